@@ -1,0 +1,67 @@
+"""shoal's error tree. Foreign exceptions are translated into these at the boundary."""
+
+from __future__ import annotations
+
+
+class ShoalError(Exception):
+    """Base of every error shoal raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(ShoalError):
+    """Bad usage or bad input (a file, a line, a field). Nothing was changed."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, source: str | None = None, line: int | None = None):
+        self.source = source
+        self.line = line
+        where = ""
+        if source is not None:
+            where = f"{source}:{line}: " if line is not None else f"{source}: "
+        super().__init__(f"{where}{message}")
+
+
+class IllegalTransition(ShoalError):
+    """A state change the job state machine does not allow."""
+
+
+class NotFound(ShoalError):
+    """A job, worker or group that does not exist."""
+
+    exit_code = 2
+
+
+class Conflict(ShoalError):
+    """The request is valid but does not fit the job's current state."""
+
+    exit_code = 2
+
+
+class AuthError(ShoalError):
+    """Missing, unknown or insufficient token."""
+
+    exit_code = 2
+
+
+class ConnectError(ShoalError):
+    """The server cannot be reached."""
+
+    exit_code = 3
+
+
+class ServerError(ShoalError):
+    """The server answered with an error it could not attribute to the request."""
+
+    exit_code = 1
+
+
+class StoreUnavailable(ShoalError):
+    """The database cannot be written (full disk, read-only file)."""
+
+    exit_code = 1
+
+
+class ProtocolError(ShoalError):
+    """A peer sent a message that does not follow the worker protocol."""
