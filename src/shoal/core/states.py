@@ -32,21 +32,30 @@ class Transition:
     """One journal entry: what changed, when, and why."""
 
     job_id: int
-    from_state: JobState
+    from_state: JobState | None  # None: the job was created
     to_state: JobState
     at: float
     reason: str | None = None
+
+
+def created(job: Job, *, now: float) -> Transition:
+    """The journal entry of a new job, in the state it was created in."""
+    return Transition(job.id, None, job.state, now, None)
 
 
 def can_transition(from_state: JobState, to_state: JobState) -> bool:
     return to_state in ALLOWED[from_state]
 
 
-def transition(job: Job, to_state: JobState, *, now: float, reason: str | None = None) -> Transition:
+def transition(
+    job: Job, to_state: JobState, *, now: float, reason: str | None = None
+) -> Transition:
     """Move `job` to `to_state`, keeping the bookkeeping fields that belong to each state right."""
     from_state = job.state
     if to_state not in ALLOWED[from_state]:
-        raise IllegalTransition(f"job {job.id}: {from_state.value} -> {to_state.value} is not allowed")
+        raise IllegalTransition(
+            f"job {job.id}: {from_state.value} -> {to_state.value} is not allowed"
+        )
     job.state = to_state
     if to_state is S.QUEUED:
         job.queued_at = now

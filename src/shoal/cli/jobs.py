@@ -1,0 +1,408 @@
+"""The job verbs: add, status, jobs, wait, logs, kill, retry, rm."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from shoal.cli import render, session_of
+from shoal.cli.errors import EXIT_JOB_FAILED, EXIT_OK
+from shoal.core.errors import ConnectError, InputError, NotFound, StoreUnavailable
+
+if TYPE_CHECKING:
+    from shoal.client import AddResult, Client
+    from shoal.core.models import JobSpec
+    from shoal.formats import ParsedJob
+
+# `shoal wait` long-polls the server; `logs --follow` polls more often, because output can
+# grow without any job changing state.
+WAIT_POLL_SECONDS = 25.0
+FOLLOW_POLL_SECONDS = 2.0
+MIN_POLL_INTERVAL = 0.25
+# How long `wait` rides out a server that is restarting before giving up.
+RECONNECT_SECONDS = 60.0
+RECONNECT_DELAY = 1.0
+JOBS_PAGE_SIZE = 1000
+
+
+class InputFormat(StrEnum):
+    AUTO = "auto"
+    LINES = "lines"
+    WR = "wr"
+    RUNMAKER = "runmaker"
+
+
+# The flag that sets each JobSpec field, to name it in error messages.
+FLAG_OF_FIELD = {
+    "cmd": "CMD",
+    "cwd": "--cwd",
+    "group": "--group",
+    "priority": "--priority",
+    "retries": "--retries",
+    "cores": "--cores",
+    "memory_bytes": "--memory",
+    "time_seconds": "--time",
+    "time_limit_seconds": "--time-limit",
+    "after": "--after",
+    "limits": "--limit",
+    "env": "--env",
+    "on_worker": "--on",
+    "name": "--name",
+}
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the server's answer as JSON.")]
+GroupOption = Annotated[str | None, typer.Option("--group", "-g", help="Only this group.")]
+IdsArgument = Annotated[list[int] | None, typer.Argument(metavar="[ID]...", show_default=False)]
+
+
+# ---- add ------------------------------------------------------------------------------
+
+
+def job_defaults(
+    *,
+    cwd: str | None = None,
+    group: str | None = None,
+    priority: int | None = None,
+    retries: int | None = None,
+    cores: int | None = None,
+    memory: str | None = None,
+    run_time: str | None = None,
+    time_limit: str | None = None,
+    after: list[str] | None = None,
+    limits: list[str] | None = None,
+    env: list[str] | None = None,
+    on_worker: str | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """The JobSpec fields set by `add`'s flags, from their text. Flags not given are absent,
+    except cwd, which defaults to the current directory (made absolute, like --cwd)."""
+    from shoal.core.models import parse_duration, parse_memory
+
+    fields: dict[str, Any] = {
+        "cwd": os.path.abspath(os.path.expanduser(cwd)) if cwd else os.getcwd(),
+        "group": group,
+        "priority": priority,
+        "retries": retries,
+        "cores": cores,
+        "on_worker": on_worker,
+        "name": name,
+        "after": after or None,
+        "limits": limits or None,
+        "env": parse_env(env) if env else None,
+    }
+    for field, flag, text, parse in (
+        ("memory_bytes", "--memory", memory, parse_memory),
+        ("time_seconds", "--time", run_time, parse_duration),
+        ("time_limit_seconds", "--time-limit", time_limit, parse_duration),
+    ):
+        if text is not None:
+            try:
+                fields[field] = parse(text)
+            except ValueError as exc:
+                raise InputError(f"{flag}: {exc}") from None
+    return {field: value for field, value in fields.items() if value is not None}
+
+
+def parse_env(assignments: list[str]) -> dict[str, str]:
+    """['K=V', 'PATH'] -> {'K': 'V', 'PATH': <this shell's PATH>}, as `docker run -e` does."""
+    env = {}
+    for assignment in assignments:
+        key, equals, value = assignment.partition("=")
+        if not equals:
+            if key not in os.environ:
+                raise InputError(f"--env: {key!r} has no '=' and is not set here")
+            value = os.environ[key]
+        if not key:
+            raise InputError(f"--env: {assignment!r} has no variable name")
+        env[key] = value
+    return env
+
+
+def spec_from_fields(fields: dict[str, Any], *, source: str | None = None,
+                     line: int | None = None) -> JobSpec:
+    """A validated JobSpec; a bad field is an InputError naming its flag (or file and line)."""
+    from pydantic import ValidationError
+
+    from shoal.core.models import JobSpec
+
+    try:
+        return JobSpec.model_validate(fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        where = field if source else FLAG_OF_FIELD.get(field, field)
+        message = error["msg"].removeprefix("Value error, ")
+        raise InputError(f"{where}: {message}", source=source, line=line) from None
+
+
+def specs_from_command(words: list[str], defaults: dict[str, Any]) -> list[JobSpec]:
+    return [spec_from_fields({**defaults, "cmd": " ".join(words)})]
+
+
+def specs_from_parsed(parsed: list[ParsedJob], defaults: dict[str, Any]) -> list[JobSpec]:
+    """Apply the flags to jobs read from a file: a line's own options win; env is merged."""
+    spec_from_fields({**defaults, "cmd": "true"})  # a bad flag is reported once, by name
+    specs = []
+    for job in parsed:
+        own = job.spec.model_fields_set
+        update = {field: value for field, value in defaults.items() if field not in own}
+        if "env" in own and "env" in defaults:
+            update["env"] = {**defaults["env"], **job.spec.env}
+        # The defaults were validated above and the line by its parser: no need to again.
+        specs.append(job.spec.model_copy(update=update))
+    return specs
+
+
+def read_jobs(file: str, input_format: InputFormat) -> list[ParsedJob]:
+    from shoal.formats import parse_file, parse_text
+
+    if file == "-":
+        return parse_text(sys.stdin.read(), input_format.value, source="<stdin>")
+    try:
+        return parse_file(file, input_format.value)
+    except OSError as exc:
+        raise InputError(f"cannot read it: {exc.strerror or exc}", source=file) from None
+
+
+def format_add_result(result: AddResult) -> str:
+    line = f"added {result.added}, {result.existed} already existed"
+    if result.requeued:
+        line += f", {result.requeued} requeued"
+    return line
+
+
+def add(
+    ctx: typer.Context,
+    command: Annotated[list[str] | None, typer.Argument(
+        metavar="CMD...", show_default=False,
+        help="The command (words joined with spaces). Options go before it.")] = None,
+    file: Annotated[str | None, typer.Option(
+        "--file", "-f", metavar="FILE|-", help="Read jobs from FILE ('-': standard input).")
+    ] = None,
+    input_format: Annotated[InputFormat | None, typer.Option(
+        "--format", help="Format of FILE  [default: auto]", show_default=False)] = None,
+    cwd: Annotated[str | None, typer.Option(
+        metavar="DIR", help="Working directory  [default: this one]")] = None,
+    group: Annotated[str | None, typer.Option("--group", "-g", help="Group  [default: default]")
+    ] = None,
+    priority: Annotated[int | None, typer.Option(help="Higher runs first  [default: 0]")] = None,
+    retries: Annotated[int | None, typer.Option(
+        help="Attempts after a failure  [default: 0]")] = None,
+    cores: Annotated[int | None, typer.Option(help="Cores needed  [default: 1]")] = None,
+    memory: Annotated[str | None, typer.Option(
+        metavar="SIZE", help="Memory needed: 512M, 8G (bare numbers are MB)")] = None,
+    run_time: Annotated[str | None, typer.Option(
+        "--time", metavar="DURATION", help="Expected run time: 90s, 30m, 1h30m")] = None,
+    time_limit: Annotated[str | None, typer.Option(
+        metavar="DURATION", help="Kill the job after this long")] = None,
+    after: Annotated[list[str] | None, typer.Option(
+        metavar="ID|group:G", help="Run after this job, or every job of a group (repeatable)")
+    ] = None,
+    limit: Annotated[list[str] | None, typer.Option(
+        metavar="NAME", help="A named concurrency limit (repeatable)")] = None,
+    env: Annotated[list[str] | None, typer.Option(
+        metavar="K=V", help="Environment variable; K alone copies it from here (repeatable)")
+    ] = None,
+    on: Annotated[str | None, typer.Option(metavar="WORKER", help="Run on this worker only")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="A name for the job")] = None,
+    rerun: Annotated[bool, typer.Option(
+        help="Queue again jobs already added that have ended")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Add jobs: one command, or a file of them. Adding a (cmd, cwd) twice adds it once.
+
+    Flags are defaults for the jobs of a file; a line's own options win.
+    """
+    if bool(command) == (file is not None):
+        raise typer.BadParameter("give a command or -f FILE (not both)")
+    if input_format is not None and file is None:
+        raise typer.BadParameter("--format applies to -f FILE", param_hint="'--format'")
+    defaults = job_defaults(
+        cwd=cwd, group=group, priority=priority, retries=retries, cores=cores, memory=memory,
+        run_time=run_time, time_limit=time_limit, after=after, limits=limit, env=env, on_worker=on,
+        name=name,
+    )
+    if command:
+        specs = specs_from_command(command, defaults)
+    else:
+        assert file is not None
+        specs = specs_from_parsed(read_jobs(file, input_format or InputFormat.AUTO), defaults)
+    result = session_of(ctx).client().add(specs, rerun=rerun)
+    if as_json:
+        render.print_json({"added": result.added, "existed": result.existed,
+                           "requeued": result.requeued, "ids": list(result.ids)})
+    else:
+        print(format_add_result(result))
+
+
+# ---- looking -------------------------------------------------------------------------
+
+
+def status(
+    ctx: typer.Context,
+    job_id: Annotated[int | None, typer.Argument(metavar="[ID]", show_default=False)] = None,
+    group: GroupOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Counts of jobs per group and state; with ID, that job in detail."""
+    client = session_of(ctx).client()
+    if job_id is not None:
+        if group is not None:
+            raise typer.BadParameter("give an ID or --group, not both")
+        job = client.job(job_id)
+        if as_json:
+            render.print_json(job)
+        else:
+            render.print_job(job)
+        return
+    answer = client.status(group=group)
+    if as_json:
+        render.print_json(answer)
+    elif not any(answer.get("totals", {}).values()):
+        where = "" if group is None else f" in group {render.one_line(group)}"
+        print(f"no jobs{where}", file=sys.stderr)
+    else:
+        render.print_table(*render.status_rows(answer))
+
+
+def check_state(state: str | None) -> str | None:
+    if state is not None and state not in render.STATES:
+        raise typer.BadParameter(f"{state!r} is not one of {', '.join(render.STATES)}")
+    return state
+
+
+def jobs(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option(
+        "--state", "-s", callback=check_state, help="Only jobs in this state.")] = None,
+    group: GroupOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List jobs, oldest first."""
+    found = all_jobs(session_of(ctx).client(), state=state, group=group)
+    if as_json:
+        render.print_json({"jobs": found, "total": len(found)})
+    elif found:
+        render.print_table(*render.jobs_rows(found))
+    else:
+        print("no jobs", file=sys.stderr)
+
+
+def all_jobs(client: Client, *, state: str | None, group: str | None) -> list[dict[str, Any]]:
+    """Every matching job, a page at a time (until an empty page, whatever the server's cap)."""
+    found: list[dict[str, Any]] = []
+    while page := client.jobs(state=state, group=group, limit=JOBS_PAGE_SIZE, offset=len(found)):
+        found.extend(page)
+    return found
+
+
+def wait(ctx: typer.Context, group: GroupOption = None) -> None:
+    """Wait until every job (of a group) has ended. Exit 0 iff all are done, 1 if any
+    failed or was cancelled."""
+    client = session_of(ctx).client()
+    answer = client.status(group=group)
+    counts: dict[str, int] = answer.get("totals", {})
+    if not any(counts.values()):
+        if group is not None:
+            raise NotFound(f"no jobs in group {group!r}")
+        print("no jobs", file=sys.stderr)
+        return
+    display = render.WaitDisplay()
+    try:
+        while not all_ended(counts):
+            display.update(counts)
+            answer = next_status(client, group=group, since=answer["version"])
+            counts = answer.get("totals", {})
+    finally:
+        display.finish(counts)
+    unsuccessful = counts.get("failed", 0) + counts.get("cancelled", 0)
+    raise typer.Exit(EXIT_JOB_FAILED if unsuccessful else EXIT_OK)
+
+
+def all_ended(counts: dict[str, int]) -> bool:
+    return all(state in render.FINAL_STATES for state, count in counts.items() if count)
+
+
+def next_status(client: Client, *, group: str | None, since: int) -> dict[str, Any]:
+    """The next status after version `since` (long poll), riding out a server restart."""
+    started = time.monotonic()
+    while True:
+        try:
+            answer = client.status(group=group, wait=WAIT_POLL_SECONDS, since=since)
+        except (ConnectError, StoreUnavailable):
+            if time.monotonic() - started > RECONNECT_SECONDS:
+                raise
+            time.sleep(RECONNECT_DELAY)
+            continue
+        # A busy server changes version every tick; the display needs no more than this.
+        time.sleep(max(0.0, MIN_POLL_INTERVAL - (time.monotonic() - started)))
+        return answer
+
+
+def logs(
+    ctx: typer.Context,
+    job_id: Annotated[int, typer.Argument(metavar="ID")],
+    stderr: Annotated[bool, typer.Option("--stderr", help="Standard error, not output.")
+    ] = False,
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-F", help="Keep printing new output until the job ends.")] = False,
+) -> None:
+    """Print a job's captured output (its beginning and end, when the middle was too big)."""
+    client = session_of(ctx).client()
+    stream = "stderr" if stderr else "stdout"
+    terminal = sys.stdout.isatty()
+    version = client.status()["version"] if follow else None
+    position = 0
+    while True:
+        log = client.logs(job_id, stream)
+        pieces, position = render.unseen_output(log, position)
+        for piece in pieces:
+            if isinstance(piece, int):
+                sys.stdout.flush()
+                print(render.omitted_marker(piece), file=sys.stderr, flush=True)
+            else:  # job output is untrusted: never raw onto a terminal
+                sys.stdout.write(render.sanitize(piece) if terminal else piece)
+        sys.stdout.flush()
+        if version is None or log["state"] in render.FINAL_STATES:
+            return
+        version = client.status(wait=FOLLOW_POLL_SECONDS, since=version)["version"]
+
+
+# ---- acting ---------------------------------------------------------------------------
+
+
+def act(ctx: typer.Context, action: str, ids: list[int] | None, group: str | None,
+        as_json: bool, outcome: str) -> None:
+    """kill, retry or remove: by ids or by group."""
+    if bool(ids) == (group is not None):
+        raise typer.BadParameter("give job IDs or --group (not both)")
+    client = session_of(ctx).client()
+    answer = getattr(client, action)(ids=ids or None, group=group)
+    if as_json:
+        render.print_json(answer)
+    else:
+        print(f"{render.plural(answer['affected'], 'job')} {outcome}")
+
+
+def kill(ctx: typer.Context, ids: IdsArgument = None, group: GroupOption = None,
+         as_json: JsonOption = False) -> None:
+    """Cancel jobs: waiting ones at once, running ones are killed by their worker."""
+    act(ctx, "kill", ids, group, as_json, "killed")
+
+
+def retry(ctx: typer.Context, ids: IdsArgument = None, group: GroupOption = None,
+          as_json: JsonOption = False) -> None:
+    """Queue failed and cancelled jobs again (others are left alone)."""
+    act(ctx, "retry", ids, group, as_json, "queued again")
+
+
+def remove(ctx: typer.Context, ids: IdsArgument = None, group: GroupOption = None,
+           as_json: JsonOption = False) -> None:
+    """Remove jobs that are not running, with their history."""
+    act(ctx, "remove", ids, group, as_json, "removed")

@@ -1,0 +1,224 @@
+"""The Python client of a shoal server: one method per HTTP API call, errors in shoal's tree.
+
+    with shoal.Client() as client:           # finds the server through $SHOAL_HOME
+        result = client.add([shoal.JobSpec(cmd="echo hi")])
+        client.status(wait=10, since=version)  # long poll
+
+Everything foreign (httpx exceptions, HTTP error statuses) is translated here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from shoal.core.errors import (
+    AuthError,
+    Conflict,
+    ConnectError,
+    InputError,
+    NotFound,
+    ServerError,
+    ShoalError,
+    StoreUnavailable,
+)
+from shoal.home import resolve_connection
+
+if TYPE_CHECKING:  # pydantic is not imported until a caller builds JobSpecs
+    from shoal.core.models import JobSpec
+
+API_PREFIX = "/api/v1"
+# A long poll is held by the server for up to `wait` seconds; allow that plus a margin.
+LONG_POLL_MARGIN_SECONDS = 10.0
+
+_ERROR_BY_STATUS: dict[int, type[ShoalError]] = {
+    400: InputError,
+    401: AuthError,
+    403: AuthError,
+    404: NotFound,
+    409: Conflict,
+    413: InputError,
+    422: InputError,
+    503: StoreUnavailable,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AddResult:
+    """The server's answer to an add: counts, and the job id of each input spec in order."""
+
+    added: int
+    existed: int
+    requeued: int
+    ids: tuple[int, ...]
+
+
+class Client:
+    """A synchronous client. Reuses one connection; close it, or use it as a context manager."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30):
+        if url is None or token is None:
+            connection = resolve_connection(server=url, token=token)
+            url, token = connection.url, connection.admin_token
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(base_url=self.url + API_PREFIX, headers=headers, timeout=timeout)
+
+    def __repr__(self) -> str:  # the token stays out of reprs
+        return f"Client(url={self.url!r})"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ---- the API -----------------------------------------------------------------------
+
+    def version(self) -> dict[str, Any]:
+        """`{"version": ..., "protocol_version": ...}`; needs no token."""
+        return self._request("GET", "/version")
+
+    def add(self, specs: Iterable[JobSpec], rerun: bool = False) -> AddResult:
+        """Add a batch of jobs, accepted whole or not at all.
+
+        A spec whose (cmd, cwd) is already known is not added again; with `rerun`, such a job
+        that has ended (done, failed or cancelled) is queued again.
+        """
+        jobs = [spec.model_dump(mode="json", exclude_defaults=True) for spec in specs]
+        answer = self._request("POST", "/jobs", json={"jobs": jobs, "rerun": rerun})
+        return AddResult(
+            added=answer["added"],
+            existed=answer["existed"],
+            requeued=answer.get("requeued", 0),
+            ids=tuple(answer["ids"]),
+        )
+
+    def jobs(
+        self,
+        state: str | None = None,
+        group: str | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """One page of jobs, ordered by id."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if state is not None:
+            params["state"] = state
+        if group is not None:
+            params["group"] = group
+        answer: list[dict[str, Any]] = self._request("GET", "/jobs", params=params)["jobs"]
+        return answer
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        """A job with its stdout/stderr head and tail and its attempt history."""
+        return self._request("GET", f"/jobs/{int(job_id)}")
+
+    def logs(self, job_id: int, stream: str = "stdout") -> dict[str, Any]:
+        """`{"job_id", "stream", "state", "head", "tail", "total_bytes"}`."""
+        return self._request("GET", f"/jobs/{int(job_id)}/logs", params={"stream": stream})
+
+    def kill(self, ids: Iterable[int] | None = None, group: str | None = None) -> dict[str, Any]:
+        """Cancel queued jobs at once and ask workers to kill running ones."""
+        return self._request("POST", "/jobs/kill", json=_selection(ids, group))
+
+    def retry(self, ids: Iterable[int] | None = None, group: str | None = None) -> dict[str, Any]:
+        """Queue failed and cancelled jobs again; jobs in other states are skipped."""
+        return self._request("POST", "/jobs/retry", json=_selection(ids, group))
+
+    def remove(self, ids: Iterable[int] | None = None, group: str | None = None) -> dict[str, Any]:
+        """Forget jobs that are not running (a running one is a Conflict)."""
+        return self._request("POST", "/jobs/remove", json=_selection(ids, group))
+
+    def status(
+        self, group: str | None = None, wait: float | None = None, since: int | None = None
+    ) -> dict[str, Any]:
+        """Counts per state. With `wait` and `since`, returns once the version differs from
+        `since`, or after `wait` seconds (at most 30): a long poll."""
+        params: dict[str, Any] = {}
+        if group is not None:
+            params["group"] = group
+        timeout = self.timeout
+        if wait is not None:
+            params["wait"] = wait
+            timeout = max(timeout, wait + LONG_POLL_MARGIN_SECONDS)
+        if since is not None:
+            params["since"] = since
+        return self._request("GET", "/status", params=params, timeout=timeout)
+
+    def workers(self) -> list[dict[str, Any]]:
+        answer: list[dict[str, Any]] = self._request("GET", "/workers")["workers"]
+        return answer
+
+    # ---- the boundary ------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, timeout: float | None = None,
+                 **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(
+                method, path, timeout=self.timeout if timeout is None else timeout, **kwargs
+            )
+        except httpx.TransportError as exc:  # connect, timeout, protocol and network errors
+            raise ConnectError(f"cannot reach the server at {self.url}: {_describe(exc)}") from None
+        except httpx.InvalidURL as exc:
+            raise ConnectError(f"cannot reach the server at {self.url}: {exc}") from None
+        if response.is_success:
+            try:
+                return response.json()
+            except ValueError:
+                raise ServerError(
+                    f"the server at {self.url} sent a reply that is not JSON"
+                ) from None
+        raise error_from_response(response.status_code, response.content)
+
+
+def error_from_response(status_code: int, body: bytes) -> ShoalError:
+    """The shoal error for an HTTP error reply; its message is the server's own."""
+    error_class = _ERROR_BY_STATUS.get(status_code, ServerError)
+    return error_class(_error_message(status_code, body))
+
+
+def _error_message(status_code: int, body: bytes) -> str:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"]
+        detail = payload.get("detail")  # a framework-made reply that bypassed the error shape
+        if isinstance(detail, str):
+            return detail
+        if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+            first = detail[0]
+            where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+            return f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg"))
+    reason = httpx.codes.get_reason_phrase(status_code) or "error"
+    return f"the server answered HTTP {status_code} ({reason})"
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+def _selection(ids: Iterable[int] | None, group: str | None) -> dict[str, Any]:
+    """The body of kill/retry/remove: either ids or a group, never both, never neither."""
+    id_list = None if ids is None else [int(job_id) for job_id in ids]
+    if (id_list is None) == (group is None):
+        raise InputError("name either job ids or a group")
+    if id_list is not None and not id_list:
+        raise InputError("no job ids given")
+    return {"ids": id_list} if id_list is not None else {"group": group}

@@ -1,0 +1,176 @@
+"""The embedded default: `shoal run FILE -j N` runs a file's commands on this machine.
+
+The same service and worker code as a real deployment, in one process and one event loop: the
+worker is linked to the service by plain calls instead of a WebSocket. State lives in `.shoal/`
+beside FILE (or `$SHOAL_HOME` when set), so a second run skips what is done and retries failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shoal.core.errors import InputError
+from shoal.core.models import FINAL_STATES, JobState
+from shoal.core.protocol import Resources, ToWorker
+from shoal.core.states import Transition
+from shoal.formats import ParsedJob, RunmakerMarker, parse_file
+from shoal.home import DATABASE_FILE
+from shoal.server.app import lock_home
+from shoal.server.reactor import ReactorConfig
+from shoal.server.service import Service
+from shoal.store import Store
+from shoal.worker.agent import Agent
+from shoal.worker.resources import detect_resources
+
+LOCAL_WORKER = "local"
+_RUNMAKER_CHAR = {JobState.QUEUED: ".", JobState.DELAYED: ".", JobState.RUNNING: "r", JobState.DONE: "d", JobState.FAILED: "!",
+                  JobState.CANCELLED: "!"}
+
+
+@dataclass
+class RunReport:
+    """What a run did, for the summary."""
+
+    total: int
+    skipped_done: int
+    done: int = 0
+    failed: int = 0
+    interrupted: bool = False
+    wall_seconds: float = 0.0
+    failures: list[dict[str, object]] = field(default_factory=list)
+    slowest: list[dict[str, object]] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.interrupted and self.failed == 0 and self.done == self.total
+
+
+class _LocalLink:
+    """The service's side of an in-process worker: a send is a direct call."""
+
+    def __init__(self, agent: Agent):
+        self._agent = agent
+
+    def send(self, message: ToWorker) -> None:
+        self._agent.handle(message)
+
+    def close(self, reason: str) -> None:
+        self._agent.disconnected()
+
+
+def state_dir(path: Path) -> Path:
+    home = os.environ.get("SHOAL_HOME")
+    return Path(home).expanduser() if home else path.resolve().parent / ".shoal"
+
+
+def group_for(path: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9_.:@+-]", "_", path.name)[:128] or "run"
+
+
+def load(path: Path, fmt: str, parallel: int) -> list[ParsedJob]:
+    parsed = parse_file(path, fmt, defaults={"cwd": os.getcwd(), "group": group_for(path)})
+    for item in parsed:
+        if item.spec.cores > parallel:
+            raise InputError(f"asks for {item.spec.cores} cores but -j is {parallel}",
+                             source=str(path), line=item.line)
+        if item.spec.after or item.spec.limits:
+            raise InputError("dependencies and limits are not supported by `shoal run`",
+                             source=str(path), line=item.line)
+    return parsed
+
+
+async def run_jobs(path: Path, parsed: list[ParsedJob], parallel: int,
+                   progress: Callable[[int, int, int], None] | None = None) -> RunReport:
+    """Run the jobs, return the report. `progress(done, failed, total)` is called as they end."""
+    home = state_dir(path)
+    lock_home(home)
+    store = Store(home / DATABASE_FILE)
+    service = Service(store, ReactorConfig(lost_grace_seconds=0.0))
+    await service.start()
+    started = time.monotonic()
+    to_run = [item for item in parsed if item.state_char != "d"]
+    result = service.add([item.spec for item in to_run])
+    ids: list[int] = result["ids"]
+    jobs = service.reactor.jobs
+    done_before = [job_id for job_id in ids if jobs[job_id].state is JobState.DONE]
+    again = [job_id for job_id in ids if jobs[job_id].state in (JobState.FAILED, JobState.CANCELLED)]
+    if again:
+        service.act("retry", again, None)
+    pending = set(ids) - set(done_before)
+    this_run = sorted(pending)
+    report = RunReport(total=len(pending), skipped_done=len(parsed) - len(pending))
+    marker = RunmakerMarker(path) if any(i.state_offset is not None for i in parsed) else None
+    offsets = {job_id: item.state_offset for job_id, item in zip(ids, to_run, strict=True)
+               if item.state_offset is not None}
+    finished = asyncio.Event()
+
+    def follow(transitions: list[Transition]) -> None:
+        for entry in transitions:
+            if entry.job_id not in pending:
+                continue
+            if marker is not None and entry.job_id in offsets and entry.to_state in _RUNMAKER_CHAR:
+                marker.mark(offsets[entry.job_id], _RUNMAKER_CHAR[entry.to_state])  # type: ignore[arg-type]
+            if entry.to_state in FINAL_STATES:
+                pending.discard(entry.job_id)
+                if entry.to_state is JobState.DONE:
+                    report.done += 1
+                else:
+                    report.failed += 1
+                if progress is not None:
+                    progress(report.done, report.failed, report.total)
+        if not pending:
+            finished.set()
+
+    service.on_commit = follow
+    if not pending:
+        finished.set()
+    memory = detect_resources().memory_bytes
+    agent = Agent(LOCAL_WORKER, Resources(cores=parallel, memory_bytes=memory),
+                  home / "spool", host=socket.gethostname())
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupted.set)
+    try:
+        worker_id = service.join(agent.register_message(), _LocalLink(agent))
+        agent.connected(lambda message: service.deliver(worker_id, message))
+        waiters = [asyncio.create_task(finished.wait()), asyncio.create_task(interrupted.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+        if interrupted.is_set() and pending:
+            report.interrupted = True
+            agent.accepting = False
+            await agent.runner.shutdown(kill=True)
+            await asyncio.sleep(0.05)  # let the last reports reach the service
+            service.leave(worker_id)  # what it still held goes back to the queue
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        report.wall_seconds = time.monotonic() - started
+        _summarise(service, this_run, report)
+        await service.stop()
+        if marker is not None:
+            marker.close()
+    return report
+
+
+def _summarise(service: Service, ids: list[int], report: RunReport) -> None:
+    jobs = [service.reactor.jobs[job_id] for job_id in ids if job_id in service.reactor.jobs]
+    ran = [job for job in jobs if job.wall_seconds is not None]
+    ran.sort(key=lambda job: job.wall_seconds or 0.0, reverse=True)
+    report.slowest = [{"id": job.id, "cmd": job.cmd, "wall_seconds": job.wall_seconds}
+                      for job in ran[:3]]
+    for job in jobs:
+        if job.state in (JobState.FAILED, JobState.CANCELLED) and len(report.failures) < 10:
+            stderr = service.store.output(job.id, "stderr")
+            report.failures.append({"id": job.id, "cmd": job.cmd, "reason": job.fail_reason,
+                                    "stderr_tail": (stderr.tail or stderr.head)[-2000:]})

@@ -1,0 +1,94 @@
+"""Input formats for job files: `lines`, `wr` and `runmaker` (see docs/formats.md).
+
+Parsing is all or nothing: any problem raises InputError naming the file, the line and the
+field, and no jobs are returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from shoal.core.errors import InputError
+from shoal.formats.common import ParsedJob, SpecBuilder
+from shoal.formats.detect import detect_format
+from shoal.formats.lines import parse_lines
+from shoal.formats.runmaker import RunmakerMarker, parse_runmaker
+from shoal.formats.wr import parse_wr
+
+__all__ = [
+    "FORMATS",
+    "ParsedJob",
+    "RunmakerMarker",
+    "detect_format",
+    "parse_file",
+    "parse_text",
+]
+
+FORMATS = ("auto", "lines", "wr", "runmaker")
+
+_UTF8_BOM = "\ufeff"
+
+
+def parse_text(
+    text: str,
+    fmt: str = "auto",
+    *,
+    source: str = "<stdin>",
+    defaults: Mapping[str, Any] | None = None,
+) -> list[ParsedJob]:
+    """Parse job file content. defaults are JobSpec fields that a line's own options override."""
+    if fmt not in FORMATS:
+        raise InputError(
+            f'format "{fmt}" is not known (known: {", ".join(FORMATS)})', source=source
+        )
+    _check_encodable(text, source)
+    first_offset = 0
+    if text.startswith(_UTF8_BOM):
+        text = text[1:]
+        first_offset = len(_UTF8_BOM.encode())
+    builder = SpecBuilder(defaults, source)
+    if fmt == "auto":
+        fmt = detect_format(text)
+    if fmt == "runmaker":
+        return parse_runmaker(text, builder, first_offset=first_offset)
+    if fmt == "wr":
+        return parse_wr(text, builder)
+    return parse_lines(text, builder)
+
+
+def parse_file(
+    path: str | Path, fmt: str = "auto", *, defaults: Mapping[str, Any] | None = None
+) -> list[ParsedJob]:
+    """Read and parse a job file. Runmaker state offsets are byte offsets into this file."""
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except (OSError, ValueError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise InputError(f"cannot read the file: {reason}", source=source) from None
+    try:
+        # Decoded as is, without newline translation, so byte offsets stay true to the file.
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line_start = data.rfind(b"\n", 0, error.start) + 1
+        raise InputError(
+            f"not UTF-8 text: byte 0x{data[error.start]:02x} "
+            f"at byte column {error.start - line_start + 1}",
+            source=source,
+            line=data.count(b"\n", 0, error.start) + 1,
+        ) from None
+    return parse_text(text, fmt, source=source, defaults=defaults)
+
+
+def _check_encodable(text: str, source: str) -> None:
+    """A str can hold lone surrogates that no file can; refuse them before they reach a job."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InputError(
+            "text is not valid Unicode (a lone surrogate)",
+            source=source,
+            line=text.count("\n", 0, error.start) + 1,
+        ) from None

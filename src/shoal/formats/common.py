@@ -1,0 +1,79 @@
+"""What every input format shares: the parsed job record, line splitting, and spec building."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from shoal.core.errors import InputError
+from shoal.core.models import JobSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedJob:
+    """One job read from an input file, with where it came from."""
+
+    spec: JobSpec
+    line: int  # 1-based line number in the file
+    state_offset: int | None = None  # runmaker only: byte offset of the state character
+    state_char: str | None = None  # runmaker only: the state character as read
+
+
+def numbered_lines(text: str) -> Iterator[tuple[int, str]]:
+    """Yield (1-based number, line) split on '\\n' only.
+
+    str.splitlines would also split on form feeds, U+2028 and other characters that may
+    legitimately sit inside a command, and would then disagree with editors on line numbers.
+    """
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line does not start another
+    return enumerate(lines, start=1)
+
+
+def is_blank_or_comment(line: str) -> bool:
+    stripped = line.strip()
+    return not stripped or stripped.startswith("#")
+
+
+def describe_validation_error(error: ValidationError, labels: Mapping[str, str]) -> str:
+    """One line for pydantic's first complaint, naming the field or the option it came from."""
+    problems = error.errors(include_url=False)
+    first = problems[0]
+    field = ".".join(str(part) for part in first["loc"][:1]) or "job"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "is not a job field"
+    name = f'option "{labels[field]}"' if field in labels else f'field "{field}"'
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{name}: {message}{more}"
+
+
+class SpecBuilder:
+    """Turns the fields read from one line into a JobSpec, with the caller's defaults underneath."""
+
+    def __init__(self, defaults: Mapping[str, Any] | None, source: str):
+        self.source = source
+        self._defaults = dict(defaults or {})
+        try:
+            # Checked once here so a bad default is reported as such, not blamed on line 1.
+            JobSpec.model_validate({"cmd": "true", **self._defaults})
+        except ValidationError as error:
+            message = describe_validation_error(error, {})
+            raise InputError(f"bad default: {message}", source=source) from None
+
+    def build(
+        self, fields: Mapping[str, Any], line: int, labels: Mapping[str, str] | None = None
+    ) -> JobSpec:
+        """labels maps a JobSpec field to the name the user wrote, for error messages."""
+        try:
+            return JobSpec.model_validate({**self._defaults, **fields})
+        except ValidationError as error:
+            message = describe_validation_error(error, labels or {})
+            raise InputError(message, source=self.source, line=line) from None
+
+    def error(self, message: str, line: int) -> InputError:
+        return InputError(message, source=self.source, line=line)

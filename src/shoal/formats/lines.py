@@ -1,0 +1,20 @@
+"""The `lines` format: one shell command a line."""
+
+from __future__ import annotations
+
+from shoal.formats.common import ParsedJob, SpecBuilder, is_blank_or_comment, numbered_lines
+
+
+def parse_lines(text: str, builder: SpecBuilder) -> list[ParsedJob]:
+    """Blank lines and lines whose first non-space character is '#' are skipped.
+
+    A trailing backslash does not continue a command onto the next line: each line is
+    one job, so line numbers and jobs always correspond.
+    """
+    jobs = []
+    for number, line in numbered_lines(text):
+        if is_blank_or_comment(line):
+            continue
+        spec = builder.build({"cmd": line.strip()}, number)
+        jobs.append(ParsedJob(spec=spec, line=number))
+    return jobs

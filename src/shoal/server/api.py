@@ -1,0 +1,142 @@
+"""HTTP routes under /api/v1. Thin: validate, call the service, shape the answer."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from shoal import __version__
+from shoal.core.errors import AuthError, InputError
+from shoal.core.models import JobSpec, JobState
+from shoal.core.protocol import PROTOCOL_VERSION
+from shoal.server.auth import WORKER
+from shoal.server.service import Service
+
+MAX_WAIT_SECONDS = 30.0
+
+
+class Forbidden(AuthError):
+    """A valid token whose role may not do this."""
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def require_client(request: Request) -> str:
+    """Any role but a worker's: workers may only use the worker channel."""
+    role = request.app.state.tokens.role_of(bearer_token(request))
+    if role is None:
+        raise AuthError("a valid token is required (Authorization: Bearer TOKEN)")
+    if role == WORKER:
+        raise Forbidden("worker tokens may only use the worker channel")
+    return str(role)
+
+
+def service_of(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+Client = Annotated[str, Depends(require_client)]
+ServiceDep = Annotated[Service, Depends(service_of)]
+
+
+class AddRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    jobs: list[JobSpec] = Field(max_length=1_000_000)
+    rerun: bool = False
+
+
+class AddResponse(BaseModel):
+    added: int
+    existed: int
+    requeued: int
+    ids: list[int]
+
+
+class Selection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[int] | None = Field(default=None, max_length=1_000_000)
+    group: str | None = None
+
+
+class ActionResponse(BaseModel):
+    affected: int
+    ids: list[int]
+
+
+class VersionResponse(BaseModel):
+    version: str
+    protocol_version: int
+
+
+router = APIRouter(prefix="/api/v1")
+
+
+@router.get("/version", response_model=VersionResponse)
+def version() -> dict[str, Any]:
+    return {"version": __version__, "protocol_version": PROTOCOL_VERSION}
+
+
+@router.post("/jobs", status_code=201, response_model=AddResponse)
+def add_jobs(body: AddRequest, _role: Client, service: ServiceDep) -> dict[str, Any]:
+    return service.add(body.jobs, rerun=body.rerun)
+
+
+@router.get("/jobs")
+def list_jobs(_role: Client, service: ServiceDep, state: JobState | None = None,
+              group: str | None = None, limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+              offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+    return service.jobs(state, group, limit, offset)
+
+
+@router.get("/jobs/{job_id}")
+def get_job(job_id: int, _role: Client, service: ServiceDep) -> dict[str, Any]:
+    return service.job(job_id)
+
+
+@router.get("/jobs/{job_id}/logs")
+def get_logs(job_id: int, _role: Client, service: ServiceDep,
+             stream: Literal["stdout", "stderr"] = "stdout") -> dict[str, Any]:
+    return service.logs(job_id, stream)
+
+
+def _act(action: str, body: Selection, service: Service) -> dict[str, Any]:
+    if (body.ids is None) == (body.group is None):
+        raise InputError("give either ids or a group")
+    affected = service.act(action, body.ids, body.group)
+    return {"affected": len(affected), "ids": affected}
+
+
+@router.post("/jobs/kill", response_model=ActionResponse)
+def kill_jobs(body: Selection, _role: Client, service: ServiceDep) -> dict[str, Any]:
+    return _act("kill", body, service)
+
+
+@router.post("/jobs/retry", response_model=ActionResponse)
+def retry_jobs(body: Selection, _role: Client, service: ServiceDep) -> dict[str, Any]:
+    return _act("retry", body, service)
+
+
+@router.post("/jobs/remove", response_model=ActionResponse)
+def remove_jobs(body: Selection, _role: Client, service: ServiceDep) -> dict[str, Any]:
+    return _act("remove", body, service)
+
+
+@router.get("/status")
+async def status(_role: Client, service: ServiceDep, group: str | None = None,
+                 wait: Annotated[float | None, Query(ge=0)] = None,
+                 since: int | None = None) -> dict[str, Any]:
+    if wait and since is not None:
+        await service.wait_for_change(since, min(wait, MAX_WAIT_SECONDS))
+    return service.status(group)
+
+
+@router.get("/workers")
+def workers(_role: Client, service: ServiceDep) -> dict[str, Any]:
+    return {"workers": service.workers()}

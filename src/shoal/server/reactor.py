@@ -1,0 +1,510 @@
+"""The server's brain. Pure: events in, new state and effects out; the caller passes the time.
+
+The service loop feeds every event here (adds, worker messages, user actions, ticks), then takes
+the accumulated `Effects`, commits them in one transaction and only then sends the messages.
+Every job state change goes through `core.states.transition`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from shoal.core.errors import Conflict, InputError, NotFound
+from shoal.core.models import FINAL_STATES, Job, JobSpec, JobState
+from shoal.core.protocol import (
+    Ack,
+    Assign,
+    Assignment,
+    AttemptResult,
+    Kill,
+    KillOrder,
+    Register,
+    StartedItem,
+    ToWorker,
+)
+from shoal.core.states import Transition, created, transition
+from shoal.server import scheduler
+from shoal.store import AttemptRow
+
+S = JobState
+
+
+@dataclass(frozen=True)
+class ReactorConfig:
+    heartbeat_seconds: float = 5.0
+    lease_timeout_seconds: float = 30.0  # a worker silent this long loses its attempts
+    lost_grace_seconds: float = 60.0  # a lost attempt waits this long for its worker to return
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 600.0
+
+
+@dataclass(slots=True)
+class WorkerState:
+    id: int
+    name: str
+    host: str
+    cores: int
+    memory_bytes: int
+    connected_at: float
+    last_seen: float
+    connected: bool = True
+    used_cores: int = 0
+    used_memory_bytes: int = 0
+    job_ids: set[int] = field(default_factory=set)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id, "name": self.name, "host": self.host, "connected": self.connected,
+            "resources": {"cores": self.cores, "memory_bytes": self.memory_bytes},
+            "used": {"cores": self.used_cores, "memory_bytes": self.used_memory_bytes},
+            "running": len(self.job_ids), "connected_at": self.connected_at,
+            "last_seen": self.last_seen,
+        }
+
+
+@dataclass(slots=True)
+class Effects:
+    """What one tick changed: to commit, then to send."""
+
+    changed: dict[int, Job] = field(default_factory=dict)
+    transitions: list[Transition] = field(default_factory=list)
+    new_attempts: list[AttemptRow] = field(default_factory=list)
+    started: list[tuple[int, int, float]] = field(default_factory=list)  # lease, pid, at
+    results: list[AttemptResult] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)
+    assignments: dict[int, list[Assignment]] = field(default_factory=lambda: defaultdict(list))
+    kills: dict[int, list[KillOrder]] = field(default_factory=lambda: defaultdict(list))
+    acks: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
+    disconnect: list[int] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.changed or self.transitions or self.removed or self.assignments
+                    or self.kills or self.acks or self.disconnect)
+
+    def messages(self) -> dict[int, list[ToWorker]]:
+        """Messages per worker id, batched: one Assign and one Kill at most each."""
+        out: dict[int, list[ToWorker]] = defaultdict(list)
+        for worker_id, lease_ids in self.acks.items():
+            out[worker_id].append(Ack(lease_ids=lease_ids))
+        for worker_id, kills in self.kills.items():
+            out[worker_id].append(Kill(items=kills))
+        for worker_id, items in self.assignments.items():
+            out[worker_id].append(Assign(items=items))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class AddPlan:
+    new_jobs: list[Job]
+    requeue: list[int]
+    ids: list[int]
+    existed: int
+
+
+class Reactor:
+    def __init__(self, jobs: Iterable[Job], *, next_job_id: int, next_lease_id: int,
+                 config: ReactorConfig | None = None, now: float = 0.0):
+        self.config = config or ReactorConfig()
+        self.jobs: dict[int, Job] = {}
+        self.by_key: dict[tuple[str, str], int] = {}
+        self.workers: dict[int, WorkerState] = {}
+        self._next_job_id = next_job_id
+        self._next_lease_id = next_lease_id
+        self._next_worker_id = 1
+        self._seq = 0
+        self._queue: list[tuple[int, int, int]] = []  # (-priority, seq, job id)
+        self._delayed: list[tuple[float, int]] = []  # (retry_at, job id)
+        self._lost: list[tuple[float, int]] = []  # (give-up time, job id)
+        self._kill_reasons: dict[int, str] = {}
+        self._effects = Effects()
+        self.version = 0  # bumps whenever a job changes; status watchers wait on it
+        for job in sorted(jobs, key=lambda j: (j.queued_at or 0.0, j.id)):
+            self.jobs[job.id] = job
+            self.by_key[job.key] = job.id
+            if job.state is S.QUEUED:
+                self._enqueue(job)
+            elif job.state is S.DELAYED:
+                heapq.heappush(self._delayed, (job.retry_at or now, job.id))
+            elif job.state is S.RUNNING or job.state is S.LOST:
+                # The server restarted: the attempt lives on only if its worker comes back.
+                if job.state is S.RUNNING:
+                    self._change(job, S.LOST, now, "server restarted")
+                heapq.heappush(self._lost, (now + self.config.lost_grace_seconds, job.id))
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+
+    def take_effects(self) -> Effects:
+        effects, self._effects = self._effects, Effects()
+        if effects.changed or effects.removed:
+            self.version += 1
+        return effects
+
+    def _change(self, job: Job, to: JobState, now: float, reason: str | None = None) -> None:
+        self._effects.transitions.append(transition(job, to, now=now, reason=reason))
+        self._effects.changed[job.id] = job
+        if to is S.QUEUED:
+            self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (-job.priority, self._seq, job.id))
+
+    def get(self, job_id: int) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} does not exist")
+        return job
+
+    # ---- adding ------------------------------------------------------------------------------
+
+    def plan_add(self, specs: Sequence[JobSpec], *, rerun: bool, now: float) -> AddPlan:
+        """Decide what an add does, changing nothing, so a failed commit leaves no trace."""
+        new_jobs: list[Job] = []
+        requeue: list[int] = []
+        ids: list[int] = []
+        existed = 0
+        batch_keys: dict[tuple[str, str], int] = {}
+        next_id = self._next_job_id
+        for index, spec in enumerate(specs):
+            if spec.after or spec.limits:
+                field_name = "after" if spec.after else "limits"
+                raise InputError(f"jobs[{index}].{field_name}: dependencies and limits are "
+                                 "not supported by this server version")
+            if spec.cwd is None or not spec.cwd.startswith("/"):
+                raise InputError(f"jobs[{index}].cwd: must be an absolute path")
+            key = spec.key
+            twin_id = self.by_key.get(key, batch_keys.get(key))
+            if twin_id is not None:
+                existed += 1
+                ids.append(twin_id)
+                twin = self.jobs.get(twin_id)
+                if rerun and twin is not None and twin.state in FINAL_STATES \
+                        and twin_id not in requeue:
+                    requeue.append(twin_id)
+                continue
+            job = Job(
+                id=next_id, cmd=spec.cmd, cwd=spec.cwd, env=dict(spec.env), group=spec.group,
+                priority=spec.priority, retries=spec.retries, cores=spec.cores,
+                memory_bytes=spec.memory_bytes, time_limit_seconds=spec.time_limit_seconds,
+                time_seconds=spec.time_seconds, req_group=spec.req_group, name=spec.name,
+                on_worker=spec.on_worker, state=S.QUEUED, added_at=now, queued_at=now,
+            )
+            batch_keys[key] = next_id
+            new_jobs.append(job)
+            ids.append(next_id)
+            next_id += 1
+        return AddPlan(new_jobs, requeue, ids, existed - len(requeue))
+
+    @staticmethod
+    def journal_of_new(plan: AddPlan, now: float) -> list[Transition]:
+        return [created(job, now=now) for job in plan.new_jobs]
+
+    def apply_add(self, plan: AddPlan, *, now: float) -> None:
+        """Make an add real once its new jobs are committed. Requeued twins go through the
+        normal effects, which the caller commits before it acknowledges the add."""
+        for job in plan.new_jobs:
+            self.jobs[job.id] = job
+            self.by_key[job.key] = job.id
+            self._enqueue(job)
+        if plan.new_jobs:
+            self._next_job_id = plan.new_jobs[-1].id + 1
+        for job_id in plan.requeue:
+            job = self.jobs[job_id]
+            job.attempts = job.lost_attempts = 0
+            self._change(job, S.QUEUED, now, "added again (--rerun)")
+        self.version += 1
+
+    # ---- workers -----------------------------------------------------------------------------
+
+    def worker_joined(self, register: Register, now: float) -> int:
+        worker = WorkerState(
+            id=self._next_worker_id, name=register.name, host=register.host,
+            cores=register.resources.cores, memory_bytes=register.resources.memory_bytes,
+            connected_at=now, last_seen=now,
+        )
+        self._next_worker_id += 1
+        # A worker of the same name that is still marked connected is a stale session.
+        for other in list(self.workers.values()):
+            if other.connected and other.name == worker.name:
+                self.worker_left(other.id, now, reason="replaced by a new session")
+        self.workers[worker.id] = worker
+        reported = {a.lease_id: a for a in register.running}
+        for attempt in register.running:
+            job = self.jobs.get(attempt.job_id)
+            if job is not None and job.lease_id == attempt.lease_id \
+                    and job.state in (S.RUNNING, S.LOST):
+                if job.state is S.LOST:
+                    self._change(job, S.RUNNING, now, f"worker {worker.name} came back")
+                job.worker, job.host, job.pid = worker.name, worker.host, attempt.pid
+                self._effects.changed[job.id] = job
+                self._hold(worker, job)
+                if job.id in self._kill_reasons:
+                    self._effects.kills[worker.id].append(
+                        KillOrder(job_id=job.id, lease_id=attempt.lease_id,
+                                  reason=self._kill_reasons[job.id]))
+            else:
+                # Its job was given to someone else, or removed: this copy must die.
+                self._effects.kills[worker.id].append(
+                    KillOrder(job_id=attempt.job_id, lease_id=attempt.lease_id,
+                              reason="stale lease"))
+        # Attempts the server gave this worker that it no longer has ended with it.
+        for job in self.jobs.values():
+            if job.state in (S.RUNNING, S.LOST) and job.worker == worker.name \
+                    and job.lease_id not in reported:
+                if job.state is S.RUNNING:
+                    self._release_from_all(job)
+                    self._change(job, S.LOST, now, f"worker {worker.name} restarted")
+                    job.lost_attempts += 1
+                self._give_up_lost(job, now)
+        return worker.id
+
+    def worker_left(self, worker_id: int, now: float, reason: str = "disconnected") -> None:
+        worker = self.workers.get(worker_id)
+        if worker is None or not worker.connected:
+            return
+        worker.connected = False
+        worker.last_seen = now
+        for job_id in sorted(worker.job_ids):
+            job = self.jobs[job_id]
+            if job.state is S.RUNNING:
+                self._change(job, S.LOST, now, f"worker {worker.name} {reason}")
+                job.lost_attempts += 1
+                if job.id in self._kill_reasons:
+                    self._change(job, S.CANCELLED, now, self._kill_reasons.pop(job.id))
+                else:
+                    heapq.heappush(self._lost, (now + self.config.lost_grace_seconds, job.id))
+        worker.job_ids.clear()
+        worker.used_cores = worker.used_memory_bytes = 0
+        self._effects.disconnect.append(worker_id)
+
+    def heard_from(self, worker_id: int, now: float) -> None:
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker.last_seen = now
+
+    def _hold(self, worker: WorkerState, job: Job) -> None:
+        if job.id not in worker.job_ids:
+            worker.job_ids.add(job.id)
+            worker.used_cores += job.cores
+            worker.used_memory_bytes += job.memory_bytes
+
+    def _release(self, worker: WorkerState, job: Job) -> None:
+        if job.id in worker.job_ids:
+            worker.job_ids.discard(job.id)
+            worker.used_cores -= job.cores
+            worker.used_memory_bytes -= job.memory_bytes
+
+    def _release_from_all(self, job: Job) -> None:
+        for worker in self.workers.values():
+            self._release(worker, job)
+
+    def _holds_lease(self, worker_id: int, job: Job | None, lease_id: int) -> bool:
+        if job is None or job.lease_id != lease_id or job.state is not S.RUNNING:
+            return False
+        return job.id in self.workers[worker_id].job_ids
+
+    # ---- reports from workers ----------------------------------------------------------------
+
+    def started(self, worker_id: int, items: Sequence[StartedItem], now: float) -> None:
+        self.heard_from(worker_id, now)
+        for item in items:
+            job = self.jobs.get(item.job_id)
+            if not self._holds_lease(worker_id, job, item.lease_id):
+                self._effects.kills[worker_id].append(
+                    KillOrder(job_id=item.job_id, lease_id=item.lease_id, reason="stale lease"))
+                continue
+            assert job is not None
+            job.pid, job.started_at = item.pid, item.started_at
+            self._effects.changed[job.id] = job
+            self._effects.started.append((item.lease_id, item.pid, item.started_at))
+
+    def finished(self, worker_id: int, items: Sequence[AttemptResult], now: float) -> None:
+        self.heard_from(worker_id, now)
+        worker = self.workers[worker_id]
+        for result in items:
+            self._effects.acks[worker_id].append(result.lease_id)
+            job = self.jobs.get(result.job_id)
+            if not self._holds_lease(worker_id, job, result.lease_id):
+                continue  # a stale lease: its job was lost and given to another attempt
+            assert job is not None
+            self._release(worker, job)
+            self._record_result(job, result)
+            self._effects.results.append(result)
+            self._conclude(job, result, now)
+
+    def _record_result(self, job: Job, result: AttemptResult) -> None:
+        job.pid = result.pid or job.pid
+        job.exit_code = result.exit_code
+        job.started_at, job.ended_at = result.started_at, result.ended_at
+        job.wall_seconds, job.cpu_seconds = result.wall_seconds, result.cpu_seconds
+        job.peak_rss_bytes = result.peak_rss_bytes
+
+    def _conclude(self, job: Job, result: AttemptResult, now: float) -> None:
+        kill_reason = self._kill_reasons.pop(job.id, None)
+        if result.outcome == "exited" and result.exit_code == 0:
+            self._change(job, S.DONE, now)
+            return
+        if result.outcome == "killed":
+            if kill_reason is not None:
+                self._change(job, S.CANCELLED, now, kill_reason)
+            else:  # the worker stopped and killed its jobs: not the job's fault, run it again
+                job.lost_attempts += 1
+                self._change(job, S.LOST, now, f"worker {job.worker} stopped")
+                self._give_up_lost(job, now)
+            return
+        reason = _failure_reason(result)
+        failed_attempts = job.attempts - job.lost_attempts
+        if failed_attempts <= job.retries:
+            job.retry_at = now + self._backoff(job, failed_attempts)
+            self._change(job, S.DELAYED, now, reason)
+            heapq.heappush(self._delayed, (job.retry_at, job.id))
+        else:
+            self._change(job, S.FAILED, now, reason)
+
+    def _backoff(self, job: Job, failures: int) -> float:
+        """Exponential with ±25 % jitter, seeded by job and attempt so it stays a pure function."""
+        base = min(self.config.retry_max_seconds,
+                   self.config.retry_base_seconds * 2 ** max(0, failures - 1))
+        return base * (0.75 + 0.5 * random.Random(job.id * 7919 + failures).random())
+
+    # ---- user actions ------------------------------------------------------------------------
+
+    def select(self, ids: Sequence[int] | None, group: str | None) -> list[Job]:
+        if ids is not None:
+            return [self.get(job_id) for job_id in ids]
+        if group is None:
+            raise InputError("name job ids or a group")
+        return [job for job in self.jobs.values() if job.group == group]
+
+    def kill(self, jobs: Sequence[Job], now: float, reason: str = "killed by user") -> list[int]:
+        affected = []
+        for job in jobs:
+            if job.state in (S.QUEUED, S.WAITING, S.DELAYED, S.LOST):
+                self._change(job, S.CANCELLED, now, reason)
+                affected.append(job.id)
+            elif job.state is S.RUNNING and job.lease_id is not None:
+                self._kill_reasons[job.id] = reason
+                for worker in self.workers.values():
+                    if job.id in worker.job_ids:
+                        self._effects.kills[worker.id].append(
+                            KillOrder(job_id=job.id, lease_id=job.lease_id, reason=reason))
+                affected.append(job.id)
+        return affected
+
+    def retry(self, jobs: Sequence[Job], now: float) -> list[int]:
+        affected = []
+        for job in jobs:
+            if job.state in (S.FAILED, S.CANCELLED):
+                job.attempts = job.lost_attempts = 0
+                self._change(job, S.QUEUED, now, "retried by user")
+                affected.append(job.id)
+        return affected
+
+    def remove(self, jobs: Sequence[Job], now: float) -> list[int]:
+        busy = [job.id for job in jobs if job.state in (S.RUNNING, S.LOST)]
+        if busy:
+            raise Conflict(f"job {busy[0]} is running; kill it first")
+        for job in jobs:
+            del self.jobs[job.id]
+            self.by_key.pop(job.key, None)
+            self._effects.changed.pop(job.id, None)
+            self._effects.removed.append(job.id)
+        return [job.id for job in jobs]
+
+    # ---- time --------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Drop silent workers, release due retries, give up on lost attempts."""
+        for worker in self.workers.values():
+            if worker.connected and now - worker.last_seen > self.config.lease_timeout_seconds:
+                self.worker_left(worker.id, now, reason="stopped heartbeating")
+        while self._delayed and self._delayed[0][0] <= now:
+            _, job_id = heapq.heappop(self._delayed)
+            job = self.jobs.get(job_id)
+            if job is not None and job.state is S.DELAYED:
+                self._change(job, S.QUEUED, now, "backoff over")
+        while self._lost and self._lost[0][0] <= now:
+            _, job_id = heapq.heappop(self._lost)
+            job = self.jobs.get(job_id)
+            if job is not None and job.state is S.LOST:
+                self._give_up_lost(job, now)
+
+    def _give_up_lost(self, job: Job, now: float) -> None:
+        self._change(job, S.QUEUED, now, "lost attempt given up")
+
+    def next_deadline(self) -> float | None:
+        deadlines = [heap[0][0] for heap in (self._delayed, self._lost) if heap]
+        connected = [w.last_seen + self.config.lease_timeout_seconds
+                     for w in self.workers.values() if w.connected]
+        if connected:
+            deadlines.append(min(connected))
+        return min(deadlines) if deadlines else None
+
+    # ---- scheduling --------------------------------------------------------------------------
+
+    def _queued_in_order(self) -> Iterator[Job]:
+        while self._queue:
+            _, _, job_id = heapq.heappop(self._queue)
+            job = self.jobs.get(job_id)
+            if job is not None and job.state is S.QUEUED:
+                yield job
+
+    def schedule(self, now: float) -> int:
+        """Assign queued jobs to connected workers with room. Returns how many were assigned."""
+        capacities = [
+            scheduler.Capacity(w.id, w.name, w.cores - w.used_cores,
+                               w.memory_bytes - w.used_memory_bytes, w.cores, w.memory_bytes)
+            for w in self.workers.values() if w.connected
+        ]
+        if not self._queue or not any(c.free_cores > 0 for c in capacities):
+            return 0
+        result = scheduler.plan(self._queued_in_order(), capacities)
+        for job in result.skipped:
+            self._enqueue(job)
+        for job, worker_id in result.assignments:
+            self._assign(job, self.workers[worker_id], now)
+        return len(result.assignments)
+
+    def _assign(self, job: Job, worker: WorkerState, now: float) -> None:
+        lease_id = self._next_lease_id
+        self._next_lease_id += 1
+        self._change(job, S.RUNNING, now)
+        job.lease_id = lease_id
+        job.attempts += 1
+        job.worker, job.host, job.pid = worker.name, worker.host, None
+        job.started_at, job.ended_at = now, None
+        job.exit_code = job.wall_seconds = job.cpu_seconds = job.peak_rss_bytes = None
+        self._hold(worker, job)
+        self._effects.new_attempts.append(
+            AttemptRow(lease_id, job.id, job.attempts, worker.name, worker.host))
+        self._effects.assignments[worker.id].append(Assignment(
+            job_id=job.id, lease_id=lease_id, cmd=job.cmd, cwd=job.cwd, env=job.env,
+            cores=job.cores, memory_bytes=job.memory_bytes,
+            time_limit_seconds=job.time_limit_seconds,
+        ))
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    def counts(self, group: str | None = None) -> dict[str, dict[str, int]]:
+        groups: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for job in self.jobs.values():
+            if group is None or job.group == group:
+                groups[job.group][job.state.value] += 1
+        return {name: dict(states) for name, states in sorted(groups.items())}
+
+
+def _failure_reason(result: AttemptResult) -> str:
+    if result.outcome == "time_limit":
+        return "time limit"
+    if result.outcome == "memory_limit":
+        return "memory limit"
+    if result.outcome == "spawn_error":
+        return f"could not start: {result.error or 'unknown error'}"
+    if result.signal:
+        return f"killed by signal {result.signal}"
+    return f"exit code {result.exit_code}"

@@ -1,0 +1,246 @@
+"""The service loop: moves events into the reactor, commits its effects, then sends messages.
+
+One `step` = tick the clock, schedule, commit everything in one transaction, send. Events that
+arrive while a step runs are handled by the next one, so load batches itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from shoal.core.errors import InputError, StoreUnavailable
+from shoal.core.models import JobSpec, JobState
+from shoal.core.protocol import (
+    PROTOCOL_VERSION,
+    Finished,
+    FromWorker,
+    Heartbeat,
+    Register,
+    Started,
+    ToWorker,
+    Welcome,
+)
+from shoal.core.states import Transition
+from shoal.server.reactor import Effects, Reactor, ReactorConfig
+from shoal.store import Store
+
+log = logging.getLogger("shoal.server")
+
+MAX_JOBS_PER_ADD = 1_000_000
+
+
+class WorkerLink(Protocol):
+    """How the service reaches one connected worker (a WebSocket, or a worker in process)."""
+
+    def send(self, message: ToWorker) -> None: ...
+
+    def close(self, reason: str) -> None: ...
+
+
+class Service:
+    def __init__(self, store: Store, config: ReactorConfig | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.store = store
+        self.clock = clock
+        max_job_id, max_lease_id = store.max_ids()
+        self.reactor = Reactor(store.load_jobs(), next_job_id=max_job_id + 1,
+                               next_lease_id=max_lease_id + 1, config=config, now=clock())
+        self._links: dict[int, WorkerLink] = {}
+        self._unsaved: list[Effects] = []
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.store_error: str | None = None
+        # Called with each committed batch of transitions (the embedded runner follows its jobs).
+        self.on_commit: Callable[[list[Transition]], None] | None = None
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.step()
+        self._task = asyncio.create_task(self._run(), name="shoal-service")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            self.step()
+        except StoreUnavailable:
+            log.error("could not save the last changes: %s", self.store_error)
+        for link in list(self._links.values()):
+            link.close("server stopping")
+        self.store.close()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            deadline = self.reactor.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - self.clock())
+            if self._unsaved:
+                timeout = 1.0 if timeout is None else min(timeout, 1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            with contextlib.suppress(StoreUnavailable):  # logged in _commit; retried next step
+                self.step()
+
+    def step(self) -> None:
+        now = self.clock()
+        self.reactor.tick(now)
+        self.reactor.schedule(now)
+        self._commit(self.reactor.take_effects())
+
+    def _commit(self, effects: Effects) -> None:
+        """Commit, then send. Effects that could not be committed wait, unsent, for a retry."""
+        if effects.empty and not self._unsaved:
+            return
+        batch = [*self._unsaved, effects]
+        changed = {job_id: job for e in batch for job_id, job in e.changed.items()}
+        try:
+            self.store.commit_tick(
+                changed.values(),
+                [t for e in batch for t in e.transitions],
+                [a for e in batch for a in e.new_attempts],
+                [r for e in batch for r in e.results],
+                [s for e in batch for s in e.started],
+                [r for e in batch for r in e.removed],
+            )
+        except StoreUnavailable as exc:
+            if self.store_error is None:
+                log.error("%s", exc)
+            self.store_error = str(exc)
+            self._unsaved = batch
+            raise
+        if self.store_error is not None:
+            log.warning("the database is writable again")
+        self.store_error = None
+        self._unsaved = []
+        for done in batch:
+            self._send(done)
+            if self.on_commit is not None and done.transitions:
+                self.on_commit(done.transitions)
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _send(self, effects: Effects) -> None:
+        for worker_id, messages in effects.messages().items():
+            link = self._links.get(worker_id)
+            if link is not None:
+                for message in messages:
+                    link.send(message)
+        for worker_id in effects.disconnect:
+            link = self._links.pop(worker_id, None)
+            if link is not None:
+                link.close("lease expired")
+
+    # ---- workers -----------------------------------------------------------------------------
+
+    def join(self, register: Register, link: WorkerLink) -> int:
+        if register.protocol_version != PROTOCOL_VERSION:
+            raise InputError(f"protocol version {register.protocol_version} is not supported "
+                             f"(this server speaks {PROTOCOL_VERSION})")
+        worker_id = self.reactor.worker_joined(register, self.clock())
+        self._links[worker_id] = link
+        link.send(Welcome(worker_id=worker_id,
+                          heartbeat_seconds=self.reactor.config.heartbeat_seconds))
+        log.info("worker %s joined from %s with %d cores", register.name, register.host,
+                 register.resources.cores)
+        self.wake()
+        return worker_id
+
+    def leave(self, worker_id: int) -> None:
+        if self._links.pop(worker_id, None) is not None:
+            self.reactor.worker_left(worker_id, self.clock())
+            self.wake()
+
+    def deliver(self, worker_id: int, message: FromWorker) -> None:
+        now = self.clock()
+        if isinstance(message, Finished):
+            self.reactor.finished(worker_id, message.items, now)
+        elif isinstance(message, Started):
+            self.reactor.started(worker_id, message.items, now)
+        elif isinstance(message, Heartbeat):
+            self.reactor.heard_from(worker_id, now)
+            return
+        elif isinstance(message, Register):
+            raise InputError("register sent twice")
+        self.wake()
+
+    # ---- user actions ------------------------------------------------------------------------
+
+    def add(self, specs: Sequence[JobSpec], *, rerun: bool = False) -> dict[str, Any]:
+        """Durable before it returns: new jobs are committed, then scheduled."""
+        if len(specs) > MAX_JOBS_PER_ADD:
+            raise InputError(f"more than {MAX_JOBS_PER_ADD} jobs in one add")
+        now = self.clock()
+        plan = self.reactor.plan_add(specs, rerun=rerun, now=now)
+        self.store.add_jobs(plan.new_jobs, [], self.reactor.journal_of_new(plan, now))
+        self.reactor.apply_add(plan, now=now)
+        self.step()
+        return {"added": len(plan.new_jobs), "existed": plan.existed,
+                "requeued": len(plan.requeue), "ids": plan.ids}
+
+    def act(self, action: str, ids: Sequence[int] | None, group: str | None) -> list[int]:
+        jobs = self.reactor.select(ids, group)
+        now = self.clock()
+        if action == "kill":
+            affected = self.reactor.kill(jobs, now)
+        elif action == "retry":
+            affected = self.reactor.retry(jobs, now)
+        elif action == "remove":
+            affected = self.reactor.remove(jobs, now)
+        else:
+            raise InputError(f"unknown action {action!r}")
+        self.step()
+        return affected
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    def status(self, group: str | None = None) -> dict[str, Any]:
+        groups = self.reactor.counts(group)
+        totals: dict[str, int] = {}
+        for states in groups.values():
+            for state, count in states.items():
+                totals[state] = totals.get(state, 0) + count
+        return {"version": self.reactor.version, "totals": totals, "groups": groups}
+
+    async def wait_for_change(self, since: int, timeout: float) -> None:
+        """Return once the reactor's version differs from `since`, or after `timeout`."""
+        if self.reactor.version != since:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        job = self.reactor.get(job_id)
+        data = job.to_dict()
+        for stream in ("stdout", "stderr"):
+            data[stream] = self.store.output(job_id, stream).model_dump()
+        data["attempt_history"] = self.store.attempt_history(job_id)
+        return data
+
+    def logs(self, job_id: int, stream: str) -> dict[str, Any]:
+        job = self.reactor.get(job_id)
+        captured = self.store.output(job_id, stream)
+        return {"job_id": job_id, "stream": stream, "state": job.state.value,
+                **captured.model_dump()}
+
+    def jobs(self, state: JobState | None, group: str | None, limit: int,
+             offset: int) -> dict[str, Any]:
+        selected = [job for job in self.reactor.jobs.values()
+                    if (state is None or job.state is state)
+                    and (group is None or job.group == group)]
+        selected.sort(key=lambda job: job.id)
+        return {"jobs": [job.to_dict() for job in selected[offset:offset + limit]],
+                "total": len(selected)}
+
+    def workers(self) -> list[dict[str, object]]:
+        return [worker.to_dict() for worker in self.reactor.workers.values()]

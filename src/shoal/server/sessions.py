@@ -1,0 +1,86 @@
+"""One WebSocket per worker: register, then a reader feeding the service and a writer queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from fastapi import WebSocket, WebSocketDisconnect
+
+from shoal.core.errors import ProtocolError, ShoalError
+from shoal.core.protocol import (
+    MAX_MESSAGE_BYTES,
+    Refused,
+    Register,
+    ToWorker,
+    decode_from_worker,
+    encode,
+)
+from shoal.server.api import bearer_token
+from shoal.server.service import Service
+
+log = logging.getLogger("shoal.server")
+REGISTER_TIMEOUT_SECONDS = 10.0
+
+
+class WebSocketLink:
+    """Sends are queued and written by one task, so the service never waits on a socket."""
+
+    def __init__(self, websocket: WebSocket):
+        self._websocket = websocket
+        self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write())
+
+    def send(self, message: ToWorker) -> None:
+        self._outbox.put_nowait(encode(message))
+
+    def close(self, reason: str) -> None:
+        self._outbox.put_nowait(None)
+
+    async def _write(self) -> None:
+        try:
+            while (text := await self._outbox.get()) is not None:
+                await self._websocket.send_text(text)
+            await self._websocket.close()
+        except Exception:  # the socket went away; the reader notices and cleans up
+            return
+
+    async def finish(self) -> None:
+        self._writer.cancel()
+        await asyncio.gather(self._writer, return_exceptions=True)
+
+
+async def worker_session(websocket: WebSocket) -> None:
+    tokens = websocket.app.state.tokens
+    if tokens.role_of(bearer_token(websocket)) is None:  # type: ignore[arg-type]
+        await websocket.close(code=4401, reason="a valid token is required")
+        return
+    await websocket.accept()
+    service: Service = websocket.app.state.service
+    worker_id: int | None = None
+    link = WebSocketLink(websocket)
+    try:
+        first = await asyncio.wait_for(websocket.receive_text(), REGISTER_TIMEOUT_SECONDS)
+        register = decode_from_worker(first)
+        if not isinstance(register, Register):
+            raise ProtocolError("the first message must be a register")
+        worker_id = service.join(register, link)
+        while True:
+            text = await websocket.receive_text()
+            if len(text) > MAX_MESSAGE_BYTES:
+                raise ProtocolError("message too large")
+            service.deliver(worker_id, decode_from_worker(text))
+    except (WebSocketDisconnect, asyncio.CancelledError):
+        pass
+    except (ShoalError, TimeoutError) as exc:
+        log.warning("worker session closed: %s", exc or "no register in time")
+        with contextlib.suppress(Exception):
+            await websocket.send_text(encode(Refused(reason=str(exc) or "no register in time")))
+            await websocket.close(code=4400)
+    except Exception:
+        log.exception("worker session failed")
+    finally:
+        if worker_id is not None:
+            service.leave(worker_id)
+        await link.finish()

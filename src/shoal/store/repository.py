@@ -1,0 +1,239 @@
+"""The repository: every read and write of the database goes through Store.
+
+The connection runs in autocommit mode and each method that writes opens one explicit
+transaction, so a batch of transitions costs one commit, not one per job.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from shoal.core.errors import StoreUnavailable
+from shoal.core.models import Job, JobState
+from shoal.core.protocol import AttemptResult, Captured
+from shoal.core.states import Transition
+from shoal.store.schema import migrate
+
+_JOB_COLUMNS = (
+    "id, name, cmd, cwd, env, grp, priority, retries, cores, memory_bytes, time_seconds, "
+    "time_limit_seconds, req_group, dependencies, limits, on_worker, state, fail_reason, "
+    "exit_code, attempts, lost_attempts, worker, host, pid, lease_id, added_at, queued_at, "
+    "retry_at, started_at, ended_at, wall_seconds, cpu_seconds, peak_rss_bytes"
+)
+_MUTABLE = (
+    "state", "fail_reason", "exit_code", "attempts", "lost_attempts", "worker", "host", "pid",
+    "lease_id", "queued_at", "retry_at", "started_at", "ended_at", "wall_seconds", "cpu_seconds",
+    "peak_rss_bytes", "priority",
+)
+_UPDATE_SQL = f"UPDATE jobs SET {', '.join(c + ' = ?' for c in _MUTABLE)} WHERE id = ?"
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    """An attempt as first recorded, when the job is assigned to a worker."""
+
+    lease_id: int
+    job_id: int
+    attempt: int
+    worker: str
+    host: str | None
+
+
+def _job_row(job: Job) -> tuple[object, ...]:
+    return (
+        job.id, job.name, job.cmd, job.cwd, json.dumps(job.env), job.group, job.priority,
+        job.retries, job.cores, job.memory_bytes, job.time_seconds, job.time_limit_seconds,
+        job.req_group, json.dumps(job.dependencies), json.dumps(job.limits), job.on_worker,
+        job.state.value, job.fail_reason, job.exit_code, job.attempts, job.lost_attempts,
+        job.worker, job.host, job.pid, job.lease_id, job.added_at, job.queued_at, job.retry_at,
+        job.started_at, job.ended_at, job.wall_seconds, job.cpu_seconds, job.peak_rss_bytes,
+    )
+
+
+def _mutable_row(job: Job) -> tuple[object, ...]:
+    return (
+        job.state.value, job.fail_reason, job.exit_code, job.attempts, job.lost_attempts,
+        job.worker, job.host, job.pid, job.lease_id, job.queued_at, job.retry_at,
+        job.started_at, job.ended_at, job.wall_seconds, job.cpu_seconds, job.peak_rss_bytes,
+        job.priority, job.id,
+    )
+
+
+def _job_from_row(row: Sequence[object]) -> Job:
+    (id_, name, cmd, cwd, env, grp, priority, retries, cores, memory_bytes, time_seconds,
+     time_limit_seconds, req_group, dependencies, limits, on_worker, state, fail_reason,
+     exit_code, attempts, lost_attempts, worker, host, pid, lease_id, added_at, queued_at,
+     retry_at, started_at, ended_at, wall_seconds, cpu_seconds, peak_rss_bytes) = row
+    return Job(
+        id=id_, name=name, cmd=cmd, cwd=cwd, env=json.loads(env), group=grp,  # type: ignore[arg-type]
+        priority=priority, retries=retries, cores=cores, memory_bytes=memory_bytes,  # type: ignore[arg-type]
+        time_seconds=time_seconds, time_limit_seconds=time_limit_seconds,  # type: ignore[arg-type]
+        req_group=req_group, dependencies=json.loads(dependencies),  # type: ignore[arg-type]
+        limits=json.loads(limits), on_worker=on_worker, state=JobState(state),  # type: ignore[arg-type]
+        fail_reason=fail_reason, exit_code=exit_code, attempts=attempts,  # type: ignore[arg-type]
+        lost_attempts=lost_attempts, worker=worker, host=host, pid=pid,  # type: ignore[arg-type]
+        lease_id=lease_id, added_at=added_at, queued_at=queued_at,  # type: ignore[arg-type]
+        retry_at=retry_at, started_at=started_at, ended_at=ended_at,  # type: ignore[arg-type]
+        wall_seconds=wall_seconds, cpu_seconds=cpu_seconds,  # type: ignore[arg-type]
+        peak_rss_bytes=peak_rss_bytes,  # type: ignore[arg-type]
+    )
+
+
+class Store:
+    """One SQLite database in WAL mode. Not thread-safe: the server uses it from its loop."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode = WAL")
+            # Transitions survive a crash of the process (WAL, NORMAL); adds are fsynced (FULL)
+            # before they are acknowledged, so they survive the machine too.
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA foreign_keys = OFF")
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            migrate(self._db)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"{path}: cannot open the database ({exc})") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"{self.path}: cannot write ({exc})") from None
+        try:
+            yield self._db
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._db.execute("ROLLBACK")
+            raise StoreUnavailable(f"{self.path}: cannot write ({exc})") from None
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    # ---- loading -------------------------------------------------------------------------
+
+    def load_jobs(self) -> list[Job]:
+        rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY id").fetchall()
+        return [_job_from_row(row) for row in rows]
+
+    def max_ids(self) -> tuple[int, int]:
+        """The largest job id and lease id ever handed out (0 when none)."""
+        job_id = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0]
+        lease = self._db.execute("SELECT COALESCE(MAX(lease_id), 0) FROM attempts").fetchone()[0]
+        stored = self.get_meta("max_job_id")
+        return max(job_id, int(stored or 0)), lease
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # ---- writes --------------------------------------------------------------------------
+
+    def add_jobs(self, new_jobs: Sequence[Job], changed: Sequence[Job],
+                 transitions: Sequence[Transition]) -> None:
+        """Commit a whole add (new jobs, requeued twins) durably before it is acknowledged."""
+        self._db.execute("PRAGMA synchronous = FULL")
+        try:
+            self._add_jobs(new_jobs, changed, transitions)
+        finally:
+            self._db.execute("PRAGMA synchronous = NORMAL")
+
+    def _add_jobs(self, new_jobs: Sequence[Job], changed: Sequence[Job],
+                  transitions: Sequence[Transition]) -> None:
+        with self._transaction() as db:
+            db.executemany(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES "
+                           f"({', '.join('?' * 33)})", [_job_row(j) for j in new_jobs])
+            db.executemany(_UPDATE_SQL, [_mutable_row(j) for j in changed])
+            self._journal(db, transitions)
+            if new_jobs:
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('max_job_id', ?)",
+                           (str(max(j.id for j in new_jobs)),))
+
+    def commit_tick(self, changed: Iterable[Job], transitions: Sequence[Transition],
+                    new_attempts: Sequence[AttemptRow], results: Sequence[AttemptResult],
+                    started: Sequence[tuple[int, int, float]], removed: Sequence[int]) -> None:
+        """One transaction for everything a loop tick changed."""
+        with self._transaction() as db:
+            db.executemany(_UPDATE_SQL, [_mutable_row(j) for j in changed])
+            self._journal(db, transitions)
+            db.executemany(
+                "INSERT OR IGNORE INTO attempts (lease_id, job_id, attempt, worker, host) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(a.lease_id, a.job_id, a.attempt, a.worker, a.host) for a in new_attempts],
+            )
+            db.executemany("UPDATE attempts SET pid = ?, started_at = ? WHERE lease_id = ?",
+                           [(pid, at, lease) for lease, pid, at in started])
+            db.executemany(
+                "UPDATE attempts SET pid = ?, started_at = ?, ended_at = ?, outcome = ?, "
+                "exit_code = ?, wall_seconds = ?, cpu_seconds = ?, peak_rss_bytes = ? "
+                "WHERE lease_id = ?",
+                [(r.pid, r.started_at, r.ended_at, r.outcome, r.exit_code, r.wall_seconds,
+                  r.cpu_seconds, r.peak_rss_bytes, r.lease_id) for r in results],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO outputs (job_id, stream, head, tail, total_bytes) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(r.job_id, stream, cap.head, cap.tail, cap.total_bytes)
+                 for r in results for stream, cap in (("stdout", r.stdout), ("stderr", r.stderr))],
+            )
+            if removed:
+                ids = [(job_id,) for job_id in removed]
+                for table in ("jobs", "attempts", "outputs", "transitions"):
+                    column = "id" if table == "jobs" else "job_id"
+                    db.executemany(f"DELETE FROM {table} WHERE {column} = ?", ids)
+
+    @staticmethod
+    def _journal(db: sqlite3.Connection, transitions: Sequence[Transition]) -> None:
+        db.executemany(
+            "INSERT INTO transitions (job_id, from_state, to_state, at, reason) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(t.job_id, t.from_state.value if t.from_state else None, t.to_state.value, t.at,
+              t.reason) for t in transitions],
+        )
+
+    # ---- reads for the API ---------------------------------------------------------------
+
+    def output(self, job_id: int, stream: str) -> Captured:
+        row = self._db.execute(
+            "SELECT head, tail, total_bytes FROM outputs WHERE job_id = ? AND stream = ?",
+            (job_id, stream),
+        ).fetchone()
+        return Captured() if row is None else Captured(head=row[0], tail=row[1], total_bytes=row[2])
+
+    def attempt_history(self, job_id: int) -> list[dict[str, object]]:
+        rows = self._db.execute(
+            "SELECT attempt, lease_id, worker, host, pid, started_at, ended_at, outcome, "
+            "exit_code, wall_seconds, cpu_seconds, peak_rss_bytes FROM attempts "
+            "WHERE job_id = ? ORDER BY lease_id", (job_id,),
+        ).fetchall()
+        keys = ("attempt", "lease_id", "worker", "host", "pid", "started_at", "ended_at",
+                "outcome", "exit_code", "wall_seconds", "cpu_seconds", "peak_rss_bytes")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    # ---- tokens --------------------------------------------------------------------------
+
+    def tokens(self) -> dict[str, tuple[str, str]]:
+        """token hash -> (role, name)."""
+        rows = self._db.execute("SELECT token_hash, role, name FROM tokens").fetchall()
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+    def replace_tokens(self, role: str, name: str, token_hash: str, now: float) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM tokens WHERE role = ? AND name = ?", (role, name))
+            db.execute("INSERT INTO tokens (token_hash, role, name, created_at) VALUES (?,?,?,?)",
+                       (token_hash, role, name, now))

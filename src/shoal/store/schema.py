@@ -1,0 +1,105 @@
+"""The schema as an ordered list of migrations; PRAGMA user_version counts those applied."""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema.
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        name TEXT,
+        cmd TEXT NOT NULL,
+        cwd TEXT NOT NULL,
+        env TEXT NOT NULL,
+        grp TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        retries INTEGER NOT NULL,
+        cores INTEGER NOT NULL,
+        memory_bytes INTEGER NOT NULL,
+        time_seconds REAL,
+        time_limit_seconds REAL,
+        req_group TEXT,
+        dependencies TEXT NOT NULL,
+        limits TEXT NOT NULL,
+        on_worker TEXT,
+        state TEXT NOT NULL,
+        fail_reason TEXT,
+        exit_code INTEGER,
+        attempts INTEGER NOT NULL,
+        lost_attempts INTEGER NOT NULL,
+        worker TEXT,
+        host TEXT,
+        pid INTEGER,
+        lease_id INTEGER,
+        added_at REAL NOT NULL,
+        queued_at REAL,
+        retry_at REAL,
+        started_at REAL,
+        ended_at REAL,
+        wall_seconds REAL,
+        cpu_seconds REAL,
+        peak_rss_bytes INTEGER
+    );
+    CREATE UNIQUE INDEX jobs_by_key ON jobs (cmd, cwd);
+    CREATE INDEX jobs_by_group ON jobs (grp);
+    CREATE TABLE attempts (
+        lease_id INTEGER PRIMARY KEY,
+        job_id INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        worker TEXT NOT NULL,
+        host TEXT,
+        pid INTEGER,
+        started_at REAL,
+        ended_at REAL,
+        outcome TEXT,
+        exit_code INTEGER,
+        wall_seconds REAL,
+        cpu_seconds REAL,
+        peak_rss_bytes INTEGER
+    );
+    CREATE INDEX attempts_by_job ON attempts (job_id);
+    CREATE TABLE outputs (
+        job_id INTEGER NOT NULL,
+        stream TEXT NOT NULL,
+        head TEXT NOT NULL,
+        tail TEXT NOT NULL,
+        total_bytes INTEGER NOT NULL,
+        PRIMARY KEY (job_id, stream)
+    );
+    CREATE TABLE transitions (
+        seq INTEGER PRIMARY KEY,
+        job_id INTEGER NOT NULL,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        at REAL NOT NULL,
+        reason TEXT
+    );
+    CREATE INDEX transitions_by_job ON transitions (job_id);
+    CREATE TABLE tokens (
+        token_hash TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(connection: sqlite3.Connection) -> int:
+    """Bring the database to SCHEMA_VERSION; refuse one written by a newer shoal."""
+    current = connection.execute("PRAGMA user_version").fetchone()[0]
+    if current > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {current} is newer than this shoal understands "
+            f"({SCHEMA_VERSION}); upgrade shoal"
+        )
+    for version in range(current, SCHEMA_VERSION):
+        connection.executescript(
+            "BEGIN;" + MIGRATIONS[version] + f"PRAGMA user_version = {version + 1}; COMMIT;"
+        )
+    return SCHEMA_VERSION

@@ -1,0 +1,1 @@
+"""The worker side: detect this host's resources, and run, measure and police assigned commands."""

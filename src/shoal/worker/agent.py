@@ -1,0 +1,198 @@
+"""The worker agent: runs what the server assigns and reports back, over any link.
+
+`Agent` knows nothing of sockets. Reports are batched: everything that started or finished during
+one turn of the event loop goes out as one Started and one Finished message. Finished reports are
+kept until the server acknowledges them and are sent again after a reconnect, so a result is never
+lost to a broken connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from shoal.core.errors import AuthError, ConnectError, ProtocolError
+from shoal.core.protocol import (
+    MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+    Ack,
+    Assign,
+    AttemptResult,
+    Finished,
+    FromWorker,
+    Heartbeat,
+    Kill,
+    Refused,
+    Register,
+    Resources,
+    Started,
+    StartedItem,
+    ToWorker,
+    Welcome,
+    decode_to_worker,
+    encode,
+)
+from shoal.worker.runner import Runner
+
+log = logging.getLogger("shoal.worker")
+
+
+class Agent:
+    def __init__(self, name: str, resources: Resources, spool_dir: Path,
+                 host: str | None = None):
+        self.name = name
+        self.host = host or socket.gethostname()
+        self.resources = resources
+        self.runner = Runner(spool_dir, host=self.host, on_started=self._on_started,
+                             on_finished=self._on_finished)
+        self._send: Callable[[FromWorker], None] | None = None
+        self._started: list[StartedItem] = []
+        self._finished: list[AttemptResult] = []
+        self._unacked: dict[int, AttemptResult] = {}
+        self._flush_pending = False
+        self.heartbeat_seconds = 5.0
+        self.accepting = True  # False while stopping: new assignments are left to the server
+
+    def register_message(self) -> Register:
+        return Register(protocol_version=PROTOCOL_VERSION, name=self.name, host=self.host,
+                        resources=self.resources, running=self.runner.running())
+
+    def connected(self, send: Callable[[FromWorker], None]) -> None:
+        """Start reporting through `send`; results the server never acknowledged go again."""
+        self._send = send
+        self._started.clear()  # the register message already listed what is running
+        self._finished = list(self._unacked.values())
+        self._schedule_flush()
+
+    def disconnected(self) -> None:
+        self._send = None
+
+    def handle(self, message: ToWorker) -> None:
+        if isinstance(message, Assign):
+            if not self.accepting:
+                return
+            for assignment in message.items:
+                self.runner.start(assignment)
+        elif isinstance(message, Kill):
+            for order in message.items:
+                self.runner.kill(order.job_id, order.lease_id, order.reason)
+        elif isinstance(message, Ack):
+            for lease_id in message.lease_ids:
+                self._unacked.pop(lease_id, None)
+        elif isinstance(message, Welcome):
+            self.heartbeat_seconds = message.heartbeat_seconds
+        elif isinstance(message, Refused):
+            raise ProtocolError(f"the server refused this worker: {message.reason}")
+
+    def _on_started(self, item: StartedItem) -> None:
+        self._started.append(item)
+        self._schedule_flush()
+
+    def _on_finished(self, result: AttemptResult) -> None:
+        self._unacked[result.lease_id] = result
+        self._finished.append(result)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        if self._send is None:
+            return
+        if self._started:
+            items, self._started = self._started, []
+            self._send(Started(items=items))
+        if self._finished:
+            results, self._finished = self._finished, []
+            self._send(Finished(items=results))
+
+
+def websocket_url(server_url: str) -> str:
+    base = server_url.rstrip("/")
+    if base.startswith("https://"):
+        return "wss://" + base[len("https://"):] + "/api/v1/worker"
+    if base.startswith("http://"):
+        return "ws://" + base[len("http://"):] + "/api/v1/worker"
+    raise ConnectError(f"not a server URL: {server_url!r} (expected http://HOST:PORT)")
+
+
+async def run_worker(agent: Agent, server_url: str, token: str | None,
+                     stop: asyncio.Event) -> None:
+    """Connect, register, serve; reconnect with backoff until `stop` is set."""
+    import websockets
+    from websockets.exceptions import InvalidStatus
+
+    url = websocket_url(server_url)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    delay = 0.2
+    while not stop.is_set():
+        try:
+            async with websockets.connect(url, additional_headers=headers,
+                                          max_size=MAX_MESSAGE_BYTES, compression=None,
+                                          open_timeout=10, ping_interval=None) as ws:
+                await ws.send(encode(agent.register_message()))
+                welcome = decode_to_worker(await asyncio.wait_for(ws.recv(), 10))
+                agent.handle(welcome)
+                if not isinstance(welcome, Welcome):
+                    raise ProtocolError(f"expected a welcome, got {welcome.type}")
+                log.info("worker %s connected to %s", agent.name, server_url)
+                delay = 0.2
+                await _serve(agent, ws, stop)
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in (401, 403):
+                raise AuthError(f"the server at {server_url} refused the worker token") from None
+            log.warning("server answered %s; retrying", status)
+        except ProtocolError:
+            raise
+        except (OSError, TimeoutError, websockets.ConnectionClosed) as exc:
+            log.warning("connection to %s failed: %s", server_url, exc or type(exc).__name__)
+        finally:
+            agent.disconnected()
+        if stop.is_set():
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay * (0.5 + random.random()))
+        delay = min(delay * 2, 10.0)
+
+
+async def _serve(agent: Agent, ws: object, stop: asyncio.Event) -> None:
+    from websockets.asyncio.client import ClientConnection
+
+    assert isinstance(ws, ClientConnection)
+    outbox: asyncio.Queue[str] = asyncio.Queue()
+    agent.connected(lambda message: outbox.put_nowait(encode(message)))
+
+    async def write() -> None:
+        while True:
+            await ws.send(await outbox.get())
+
+    async def heartbeat() -> None:
+        while True:
+            await asyncio.sleep(agent.heartbeat_seconds)
+            outbox.put_nowait(encode(Heartbeat()))
+
+    async def read() -> None:
+        async for text in ws:
+            if isinstance(text, bytes):
+                text = text.decode()
+            agent.handle(decode_to_worker(text))
+
+    tasks = [asyncio.create_task(coro) for coro in (write(), heartbeat(), read(), stop.wait())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

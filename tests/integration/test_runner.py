@@ -1,0 +1,281 @@
+"""The runner against real processes: exit status, output, environment, kills, limits, measures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from shoal.core.protocol import Assignment, AttemptResult, StartedItem
+from shoal.worker.runner import Runner
+
+PYTHON = sys.executable
+MB = 1024 * 1024
+
+During = Callable[[Runner], Awaitable[None]]
+
+
+def job(
+    cmd: str,
+    *,
+    lease_id: int = 1,
+    cwd: Path | str = "/",
+    env: dict[str, str] | None = None,
+    cores: int = 1,
+    memory_bytes: int = 0,
+    time_limit_seconds: float | None = None,
+) -> Assignment:
+    return Assignment(
+        job_id=1000 + lease_id,
+        lease_id=lease_id,
+        cmd=cmd,
+        cwd=str(cwd),
+        env=env or {},
+        cores=cores,
+        memory_bytes=memory_bytes,
+        time_limit_seconds=time_limit_seconds,
+    )
+
+
+def run(
+    spool: Path,
+    *assignments: Assignment,
+    during: During | None = None,
+    capture_bytes: int = 64 * 1024,
+) -> tuple[list[StartedItem], dict[int, AttemptResult]]:
+    """Start the assignments, run `during` alongside, and wait for every job to finish."""
+    started: list[StartedItem] = []
+    finished: dict[int, AttemptResult] = {}
+
+    async def main() -> None:
+        runner = Runner(
+            spool,
+            host="test-host",
+            on_started=started.append,
+            on_finished=lambda result: finished.__setitem__(result.lease_id, result),
+            capture_bytes=capture_bytes,
+        )
+        for assignment in assignments:
+            runner.start(assignment)
+        if during is not None:
+            await during(runner)
+        await runner.shutdown(kill=False)
+
+    asyncio.run(main())
+    assert set(finished) == {a.lease_id for a in assignments}
+    return started, finished
+
+
+def python_cmd(code: str) -> str:
+    return f"{PYTHON} -c '{code}'"
+
+
+def group_has_live_process(pgid: int) -> bool:
+    """Whether any process of the group is still alive.
+
+    Zombies do not count: where init does not reap orphans they linger, holding nothing.
+    """
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    for process in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except ProcessLookupError:
+            continue
+    return False
+
+
+def wait_until_group_gone(pgid: int, timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while group_has_live_process(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_exit_codes_and_signals(tmp_path: Path) -> None:
+    started, results = run(
+        tmp_path,
+        job("true", lease_id=1),
+        job("exit 3", lease_id=2),
+        job("kill -KILL $$", lease_id=3),
+    )
+    assert [r.exit_code for r in (results[1], results[2], results[3])] == [0, 3, 128 + 9]
+    assert [r.signal for r in (results[1], results[2], results[3])] == [None, None, 9]
+    assert {r.outcome for r in results.values()} == {"exited"}
+    assert {item.lease_id for item in started} == {1, 2, 3}
+    for item in started:
+        result = results[item.lease_id]
+        assert result.pid == item.pid
+        assert result.job_id == item.job_id == 1000 + item.lease_id
+        assert result.started_at <= result.ended_at
+        assert result.wall_seconds >= 0
+    assert list(tmp_path.iterdir()) == []  # spool files are deleted
+
+
+def test_output_keeps_head_tail_and_size(tmp_path: Path) -> None:
+    body = 'sys.stdout.write("A" * 1000 + "x" * (2**20 - 2000) + "Z" * 1000)'
+    _, results = run(
+        tmp_path,
+        job(python_cmd(f'import sys; {body}; sys.stderr.write("oops\\n")'), lease_id=1),
+        job("printf 'h\\xe9llo'", lease_id=2),
+        job("true", lease_id=3),
+    )
+    big = results[1]
+    assert big.stdout.total_bytes == MB
+    assert len(big.stdout.head) == len(big.stdout.tail) == 64 * 1024
+    assert big.stdout.head.startswith("A" * 1000 + "x")
+    assert big.stdout.tail.endswith("x" + "Z" * 1000)
+    assert (big.stderr.head, big.stderr.tail, big.stderr.total_bytes) == ("oops\n", "", 5)
+    assert results[2].stdout.head == "h\ufffdllo"  # invalid UTF-8 is replaced, not fatal
+    assert results[3].stdout.total_bytes == results[3].stderr.total_bytes == 0
+
+
+def test_capture_bytes_is_respected(tmp_path: Path) -> None:
+    _, results = run(tmp_path, job("printf 0123456789", lease_id=1), capture_bytes=4)
+    assert (results[1].stdout.head, results[1].stdout.tail) == ("0123", "6789")
+    assert results[1].stdout.total_bytes == 10
+
+
+def test_env_and_cwd_are_applied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.setenv("SHOAL_TEST_INHERITED", "from-worker")
+    cmd = 'pwd; echo "$GREETING"; echo "$SHOAL_JOB_ID $SHOAL_ATTEMPT_LEASE $SHOAL_TEST_INHERITED"'
+    _, results = run(
+        tmp_path / "spool", job(cmd, lease_id=7, cwd=workdir, env={"GREETING": "hi there"})
+    )
+    assert results[7].stdout.head == f"{workdir}\nhi there\n1007 7 from-worker\n"
+
+
+def test_stdin_is_empty(tmp_path: Path) -> None:
+    _, results = run(tmp_path, job("wc -c", lease_id=1))
+    assert results[1].stdout.head.strip() == "0"
+
+
+def test_missing_cwd_is_a_spawn_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    started, results = run(tmp_path / "spool", job("true", lease_id=1, cwd=missing))
+    result = results[1]
+    assert started == []
+    assert result.outcome == "spawn_error"
+    assert result.error == f"cwd {missing}: No such file or directory"
+    assert result.exit_code is None
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_kill_ends_the_whole_group_quickly(tmp_path: Path) -> None:
+    async def kill_soon(runner: Runner) -> None:
+        await asyncio.sleep(0.2)
+        assert runner.kill(job_id=9999, lease_id=1, reason="wrong job") is False
+        assert runner.kill(job_id=1001, lease_id=1, reason="user asked") is True
+        assert runner.kill(job_id=1002, lease_id=2, reason="not running") is False
+
+    t0 = time.monotonic()
+    _, results = run(tmp_path, job("sleep 30 & sleep 30; wait", lease_id=1), during=kill_soon)
+    result = results[1]
+    assert time.monotonic() - t0 < 2
+    assert result.outcome == "killed"
+    assert result.error == "user asked"
+    assert result.signal == 15
+    assert result.pid is not None
+    assert wait_until_group_gone(result.pid)
+
+
+def test_kill_escalates_to_sigkill_when_sigterm_is_ignored(tmp_path: Path) -> None:
+    async def kill_soon(runner: Runner) -> None:
+        await asyncio.sleep(0.2)
+        runner.kill(job_id=1001, lease_id=1, reason="stop")
+
+    _, results = run(tmp_path, job("trap '' TERM; sleep 30; true", lease_id=1), during=kill_soon)
+    result = results[1]
+    assert result.outcome == "killed"
+    assert result.signal == 9
+    assert 3.0 <= result.wall_seconds < 5
+    assert result.pid is not None
+    assert wait_until_group_gone(result.pid)
+
+
+def test_background_child_is_killed_when_the_leader_exits(tmp_path: Path) -> None:
+    _, results = run(tmp_path, job("sleep 30 & echo $!", lease_id=1))
+    result = results[1]
+    assert result.outcome == "exited"
+    assert result.exit_code == 0
+    assert result.wall_seconds < 2
+    assert result.pid is not None
+    assert wait_until_group_gone(result.pid)
+    child = int(result.stdout.head)
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+
+
+def test_time_limit(tmp_path: Path) -> None:
+    _, results = run(tmp_path, job("sleep 30", lease_id=1, time_limit_seconds=0.5))
+    result = results[1]
+    assert result.outcome == "time_limit"
+    assert result.signal == 15
+    assert 0.45 <= result.wall_seconds < 2
+    assert result.error is not None and "time limit" in result.error
+
+
+def test_memory_limit(tmp_path: Path) -> None:
+    hog = python_cmd('import time; data = b"x" * (300 * 2**20); time.sleep(20)')
+    _, results = run(tmp_path, job(hog, lease_id=1, memory_bytes=100 * MB))
+    result = results[1]
+    assert result.outcome == "memory_limit"
+    assert result.signal == 9
+    assert result.wall_seconds < 5
+    assert result.peak_rss_bytes > 100 * MB
+    assert result.error is not None and "memory" in result.error
+
+
+def test_cpu_seconds_of_a_busy_loop(tmp_path: Path) -> None:
+    busy = python_cmd(
+        "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass"
+    )
+    _, results = run(tmp_path, job(busy, lease_id=1))
+    assert results[1].exit_code == 0
+    assert results[1].cpu_seconds > 0.3
+
+
+def test_peak_rss_covers_the_whole_tree(tmp_path: Path) -> None:
+    # The memory is held by a background child that the leader never reaps (it is killed when
+    # the leader exits), so only sampling the process tree can see it.
+    holder = python_cmd('import time; data = b"x" * (200 * 2**20); time.sleep(30)')
+    _, results = run(tmp_path, job(f"{holder} & sleep 1.5", lease_id=1))
+    assert results[1].exit_code == 0
+    assert results[1].peak_rss_bytes >= 200 * MB
+
+
+def test_running_busy_cores_and_shutdown_with_kill(tmp_path: Path) -> None:
+    finished: list[AttemptResult] = []
+
+    async def main() -> None:
+        runner = Runner(
+            tmp_path, host="test-host", on_started=lambda _: None, on_finished=finished.append
+        )
+        runner.start(job("sleep 30", lease_id=1, cores=2))
+        runner.start(job("sleep 30", lease_id=2, cores=3))
+        runner.start(job("true", lease_id=3, cores=1))
+        await asyncio.sleep(0.2)
+        running = sorted(runner.running(), key=lambda attempt: attempt.lease_id)
+        assert [(a.job_id, a.lease_id) for a in running] == [(1001, 1), (1002, 2)]
+        assert all(a.pid is not None and psutil.pid_exists(a.pid) for a in running)
+        assert runner.busy_cores == 5
+        await asyncio.wait_for(runner.shutdown(kill=True), timeout=5)
+        assert runner.running() == []
+        assert runner.busy_cores == 0
+        runner.start(job("true", lease_id=4))  # refused once shut down
+
+    asyncio.run(main())
+    outcomes = {result.lease_id: result.outcome for result in finished}
+    assert outcomes == {1: "killed", 2: "killed", 3: "exited", 4: "spawn_error"}
