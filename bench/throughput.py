@@ -1,8 +1,9 @@
 """Throughput of trivial jobs: shoal against xargs, GNU parallel and HyperQueue.
 
-Every runner executes N jobs of `bash -c true`, P at a time, on this machine.
-All runners are measured in the same invocation, interleaved, each `--repeat`
-times; the median is reported. See bench/README.md.
+Every runner executes N jobs `bash -c 'true I'` (I = 1..N: distinct commands, since shoal
+runs identical lines once), P at a time, on this machine. All runners are measured in the
+same invocation, interleaved, each `--repeat` times; the median is reported.
+See bench/README.md.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Series:
 
 
 def run_xargs(jobs: int, parallel: int) -> dict[str, float]:
-    script = f"seq {jobs} | xargs -P{parallel} -I{{}} bash -c true"
+    script = f"seq {jobs} | xargs -P{parallel} -I{{}} bash -c 'true {{}}'"
     start = time.perf_counter()
     subprocess.run(["bash", "-c", script], check=True, timeout=TIMEOUT_S)
     return {"xargs": time.perf_counter() - start}
@@ -67,7 +68,7 @@ def run_xargs(jobs: int, parallel: int) -> dict[str, float]:
 def run_parallel(jobs: int, parallel: int) -> dict[str, float]:
     if shutil.which("parallel") is None:
         raise Unavailable("GNU parallel is not on PATH")
-    script = f"seq {jobs} | parallel --will-cite -N0 -j{parallel} bash -c true"
+    script = f"seq {jobs} | parallel --will-cite -j{parallel} \"bash -c 'true {{}}'\""
     start = time.perf_counter()
     subprocess.run(["bash", "-c", script], check=True, timeout=TIMEOUT_S)
     return {"parallel": time.perf_counter() - start}
@@ -108,8 +109,8 @@ def run_hyperqueue(jobs: int, parallel: int) -> dict[str, float]:
             cluster.start_worker(WorkerConfig(cores=parallel))
             client = cluster.client()
             job = Job(default_workdir=workdir)  # task stdout/stderr files land here
-            for _ in range(jobs):
-                job.program(["bash", "-c", "true"])
+            for i in range(1, jobs + 1):
+                job.program(["bash", "-c", f"true {i}"])
             submit_wall, submit = time.time(), time.perf_counter()
             client.wait_for_jobs([client.submit(job)])
             done = time.perf_counter()
@@ -129,18 +130,21 @@ def shoal_path() -> Path:
     return Path(sys.executable).parent / "shoal"
 
 
-def shoal_once(jobs: int, parallel: int) -> float:
+def shoal_once(jobs: int, parallel: int) -> tuple[float, float]:
+    """Seconds end to end, and shoal's own `wall_seconds`; checks that all jobs ran."""
     exe = shoal_path()
     if not os.access(exe, os.X_OK):
         raise Unavailable(f"{exe} is not installed")
     with tempfile.TemporaryDirectory(prefix="bench-shoal-") as tmp:
         jobfile = Path(tmp, "jobs.txt")
-        jobfile.write_text("true\n" * jobs)
+        jobfile.write_text("".join(f"true {i}\n" for i in range(1, jobs + 1)))
+        env = {k: v for k, v in os.environ.items() if k != "SHOAL_HOME"}  # state beside FILE
         start = time.perf_counter()
         try:
             proc = subprocess.run(
-                [str(exe), "run", str(jobfile), "-j", str(parallel)],
+                [str(exe), "run", str(jobfile), "-j", str(parallel), "--json"],
                 cwd=tmp,
+                env=env,
                 capture_output=True,
                 text=True,
                 timeout=TIMEOUT_S,
@@ -151,11 +155,18 @@ def shoal_once(jobs: int, parallel: int) -> float:
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1]
         raise Unavailable(f"`shoal run` exited {proc.returncode}: {tail}")
-    return elapsed
+    try:
+        summary = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise Unavailable(f"`shoal run --json` printed no JSON summary ({exc})") from exc
+    if summary.get("done") != jobs:
+        raise Unavailable(f"`shoal run` ran {summary.get('done')} of {jobs} jobs")
+    return elapsed, float(summary["wall_seconds"])
 
 
 def run_shoal(jobs: int, parallel: int) -> dict[str, float]:
-    return {"shoal": shoal_once(jobs, parallel)}
+    elapsed, internal = shoal_once(jobs, parallel)
+    return {"shoal": elapsed, "shoal-internal": internal}
 
 
 RUN: dict[str, Callable[[int, int], dict[str, float]]] = {
@@ -169,8 +180,8 @@ RUN: dict[str, Callable[[int, int], dict[str, float]]] = {
 def rows(parallel: int) -> dict[str, Series]:
     p = parallel
     return {
-        "xargs": Series("xargs", f"`seq N | xargs -P{p} -I{{}} bash -c true`"),
-        "parallel": Series("GNU parallel", f"`seq N | parallel -N0 -j{p} bash -c true`"),
+        "xargs": Series("xargs", f"`seq N | xargs -P{p} -I{{}} bash -c 'true {{}}'`"),
+        "parallel": Series("GNU parallel", f"`seq N | parallel -j{p} \"bash -c 'true {{}}'\"`"),
         "hyperqueue": Series("HyperQueue", f"submit → `wait_for_jobs` returns, {p} cores"),
         "hyperqueue-total": Series(
             "HyperQueue + start-up", "cluster and worker start → `wait_for_jobs` returns"
@@ -178,7 +189,12 @@ def rows(parallel: int) -> dict[str, Series]:
         "hyperqueue-last-task": Series(
             "HyperQueue last task", "submit → last task output file written", in_table=False
         ),
-        "shoal": Series("shoal", f"`shoal run FILE -j{p}` end to end, process start-up included"),
+        "shoal": Series(
+            "shoal", f"`shoal run FILE -j {p} --json` end to end, process start-up included"
+        ),
+        "shoal-internal": Series(
+            "shoal, own clock", "`wall_seconds` of shoal's JSON summary", in_table=False
+        ),
     }
 
 
@@ -247,8 +263,8 @@ def report(table: dict[str, Series], facts: dict[str, str], args: argparse.Names
     n = args.jobs
     xargs = table["xargs"].median(n)
     lines = [
-        f"{n} jobs of `bash -c true`, {args.parallel} at a time, median of {args.repeat} "
-        "interleaved runs.",
+        f"{n} jobs `bash -c 'true I'` (I = 1..{n}), {args.parallel} at a time, "
+        f"median of {args.repeat} interleaved runs.",
         "",
         "Machine: " + "; ".join(f"{k} {v}" for k, v in facts.items()) + ".",
         "",
@@ -273,14 +289,20 @@ def report(table: dict[str, Series], facts: dict[str, str], args: argparse.Names
         f"{ratio(shoal, hq_total)} (HyperQueue including its start-up). "
         "Above 1x means shoal is faster.",
     ]
-    last = table["hyperqueue-last-task"]
-    if last.seconds and table["hyperqueue"].seconds:
+    secs = {k: statistics.median(s.seconds) for k, s in table.items() if s.seconds}
+    if "hyperqueue-last-task" in secs:
         lines += [
             "",
             "HyperQueue's `wait_for_jobs` polls about once a second, so its figure includes up "
-            f"to a second of waiting: its last task started {statistics.median(last.seconds):.2f} s"
-            f" after submit (median), against {statistics.median(table['hyperqueue'].seconds):.2f}"
-            " s until `wait_for_jobs` returned.",
+            f"to a second of waiting: its last task started {secs['hyperqueue-last-task']:.2f} s "
+            f"after submit (median), against {secs['hyperqueue']:.2f} s until it returned.",
+        ]
+    if "shoal-internal" in secs:
+        lines += [
+            "",
+            f"shoal's own summary reports {secs['shoal-internal']:.2f} s (median) of the "
+            f"{secs['shoal']:.2f} s measured end to end; the difference is process start-up "
+            "and shut-down.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -289,13 +311,16 @@ DOC_INTRO = f"""# Performance
 
 ## Throughput of trivial jobs
 
-`bench/throughput.py` runs the same number of `bash -c true` jobs, two at a time, through
-`shoal run`, `xargs -P`, GNU parallel (when installed) and a local HyperQueue cluster, and
-reports jobs per second. The jobs do nothing, so the figure is the per-job overhead of each
-runner: spawning, bookkeeping and, for shoal, recording every job's state in `.shoal/`.
-`xargs` only forks and waits, so it is the ceiling for spawning a `bash -c` per job.
+`bench/throughput.py` runs the same jobs, `bash -c 'true 1'` to `bash -c 'true 5000'`, two at
+a time, through `shoal run`, `xargs -P`, GNU parallel (when installed) and a local HyperQueue
+cluster, and reports jobs per second. The jobs do nothing, so the figure is the per-job
+overhead of each runner: spawning, bookkeeping and, for shoal, recording every job's state in
+`.shoal/`. `xargs` only forks and waits, so it is the ceiling for spawning a `bash -c` per job.
+shoal is timed as a whole command, `shoal run FILE -j 2 --json`, including its start-up;
+HyperQueue from submitting the job, and separately including the start of its cluster.
+See `bench/README.md` for the details of each runner.
 
-Reproduce with:
+Reproduce with `make bench`, or directly:
 
 ```
 .venv/bin/python bench/throughput.py --jobs 5000 --repeat 3 --write-docs

@@ -31,8 +31,8 @@ from shoal.worker.agent import Agent
 from shoal.worker.resources import detect_resources
 
 LOCAL_WORKER = "local"
-_RUNMAKER_CHAR = {JobState.QUEUED: ".", JobState.DELAYED: ".", JobState.RUNNING: "r", JobState.DONE: "d", JobState.FAILED: "!",
-                  JobState.CANCELLED: "!"}
+_RUNMAKER_CHAR = {JobState.QUEUED: ".", JobState.DELAYED: ".", JobState.RUNNING: "r",
+                  JobState.DONE: "d", JobState.FAILED: "!", JobState.CANCELLED: "!"}
 
 
 @dataclass
@@ -101,7 +101,8 @@ async def run_jobs(path: Path, parsed: list[ParsedJob], parallel: int,
     ids: list[int] = result["ids"]
     jobs = service.reactor.jobs
     done_before = [job_id for job_id in ids if jobs[job_id].state is JobState.DONE]
-    again = [job_id for job_id in ids if jobs[job_id].state in (JobState.FAILED, JobState.CANCELLED)]
+    again = [job_id for job_id in ids
+             if jobs[job_id].state in (JobState.FAILED, JobState.CANCELLED)]
     if again:
         service.act("retry", again, None)
     pending = set(ids) - set(done_before)
@@ -117,7 +118,7 @@ async def run_jobs(path: Path, parsed: list[ParsedJob], parallel: int,
             if entry.job_id not in pending:
                 continue
             if marker is not None and entry.job_id in offsets and entry.to_state in _RUNMAKER_CHAR:
-                marker.mark(offsets[entry.job_id], _RUNMAKER_CHAR[entry.to_state])  # type: ignore[arg-type]
+                marker.mark(offsets[entry.job_id], _RUNMAKER_CHAR[entry.to_state])
             if entry.to_state in FINAL_STATES:
                 pending.discard(entry.job_id)
                 if entry.to_state is JobState.DONE:

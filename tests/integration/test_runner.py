@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from shoal.core.protocol import Assignment, AttemptResult, StartedItem
+from shoal.worker.resources import detect_resources
 from shoal.worker.runner import Runner
 
 PYTHON = sys.executable
@@ -279,3 +280,9 @@ def test_running_busy_cores_and_shutdown_with_kill(tmp_path: Path) -> None:
     asyncio.run(main())
     outcomes = {result.lease_id: result.outcome for result in finished}
     assert outcomes == {1: "killed", 2: "killed", 3: "exited", 4: "spawn_error"}
+
+
+def test_detect_resources() -> None:
+    resources = detect_resources()
+    assert resources.cores == len(os.sched_getaffinity(0))
+    assert 0 < resources.memory_bytes <= psutil.virtual_memory().total

@@ -236,10 +236,26 @@ BAD = [
     ("wr", 'a\t{"memory": 1e300}', 'jobs.txt:1: option "memory": 1e+300 is too large'),
     (
         "wr",
+        'a\t{"memory": "' + "9" * 400 + 'G"}',
+        'jobs.txt:1: option "memory": "' + "9" * 36 + "... is too large",
+    ),
+    (
+        "wr",
         'a\t{"time": "soon"}',
         "jobs.txt:1: option \"time\": not a duration: 'soon' (examples: 90s, 30m, 1h30m)",
     ),
-    ("wr", 'a\t{"time": -5}', 'jobs.txt:1: option "time": -5 is not a usable duration'),
+    ("wr", 'a\t{"time": -5}', 'jobs.txt:1: option "time" must not be negative, not -5'),
+    (
+        "wr",
+        'a\t{"time": "' + "9" * 400 + 'h"}',
+        'jobs.txt:1: option "time": "' + "9" * 36 + "... is too large",
+    ),
+    (
+        "wr",
+        'a\t{"priority": ' + "9" * 5000 + "}",
+        "jobs.txt:1: bad JSON after the tab: Exceeds the limit (4300 digits) for integer string "
+        "conversion",
+    ),
     ("wr", 'a\t{"cwd": 5}', 'jobs.txt:1: option "cwd" should be a string, not 5'),
     (
         "wr",
@@ -338,6 +354,11 @@ BAD = [
         'set it to "." to run the job or "d" to skip it '
         '(known: "." new, "r" running, "d" done, "!" failed, '
         '"e" error)',
+    ),
+    (
+        "wr",
+        'a\t{"x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        "jobs.txt:1: bad JSON after the tab: nested too deeply",
     ),
     ("runmaker", ".  \n", 'jobs.txt:1: no command after the state character "."'),
     ("lines", "a\n\ud800\n", "jobs.txt:2: text is not valid Unicode (a lone surrogate)"),

@@ -12,6 +12,7 @@ import traceback
 
 import typer
 
+from shoal.cli.render import sanitize
 from shoal.core.errors import ShoalError
 
 EXIT_OK = 0
@@ -45,7 +46,7 @@ def error_line(exc: BaseException) -> str:
         message = f"{exc.strerror}{where}"
     else:
         message = f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)"
-    return "shoal: " + " ".join(message.split())
+    return "shoal: " + " ".join(sanitize(message).split())  # messages can quote job data
 
 
 def report(exc: BaseException, *, debug: bool) -> int:
@@ -57,6 +58,11 @@ def report(exc: BaseException, *, debug: bool) -> int:
         return 1
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
+    if isinstance(exc, SystemExit):  # a verb that exits by itself, as Python would
+        if isinstance(exc.code, int) or exc.code is None:
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
     if debug:
         traceback.print_exception(exc)
     print(error_line(exc), file=sys.stderr)

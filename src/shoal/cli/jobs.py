@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -17,7 +18,6 @@ from shoal.core.errors import ConnectError, InputError, NotFound, StoreUnavailab
 if TYPE_CHECKING:
     from shoal.client import AddResult, Client
     from shoal.core.models import JobSpec
-    from shoal.formats import ParsedJob
 
 # `shoal wait` long-polls the server; `logs --follow` polls more often, because output can
 # grow without any job changing state.
@@ -27,7 +27,7 @@ MIN_POLL_INTERVAL = 0.25
 # How long `wait` rides out a server that is restarting before giving up.
 RECONNECT_SECONDS = 60.0
 RECONNECT_DELAY = 1.0
-JOBS_PAGE_SIZE = 1000
+JOBS_PAGE_SIZE = 10_000
 
 
 class InputFormat(StrEnum):
@@ -123,9 +123,8 @@ def parse_env(assignments: list[str]) -> dict[str, str]:
     return env
 
 
-def spec_from_fields(fields: dict[str, Any], *, source: str | None = None,
-                     line: int | None = None) -> JobSpec:
-    """A validated JobSpec; a bad field is an InputError naming its flag (or file and line)."""
+def spec_from_fields(fields: dict[str, Any]) -> JobSpec:
+    """A validated JobSpec; a bad field is an InputError naming the flag that set it."""
     from pydantic import ValidationError
 
     from shoal.core.models import JobSpec
@@ -135,38 +134,26 @@ def spec_from_fields(fields: dict[str, Any], *, source: str | None = None,
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else ""
-        where = field if source else FLAG_OF_FIELD.get(field, field)
         message = error["msg"].removeprefix("Value error, ")
-        raise InputError(f"{where}: {message}", source=source, line=line) from None
+        raise InputError(f"{FLAG_OF_FIELD.get(field, field)}: {message}") from None
 
 
 def specs_from_command(words: list[str], defaults: dict[str, Any]) -> list[JobSpec]:
     return [spec_from_fields({**defaults, "cmd": " ".join(words)})]
 
 
-def specs_from_parsed(parsed: list[ParsedJob], defaults: dict[str, Any]) -> list[JobSpec]:
-    """Apply the flags to jobs read from a file: a line's own options win; env is merged."""
-    spec_from_fields({**defaults, "cmd": "true"})  # a bad flag is reported once, by name
-    specs = []
-    for job in parsed:
-        own = job.spec.model_fields_set
-        update = {field: value for field, value in defaults.items() if field not in own}
-        if "env" in own and "env" in defaults:
-            update["env"] = {**defaults["env"], **job.spec.env}
-        # The defaults were validated above and the line by its parser: no need to again.
-        specs.append(job.spec.model_copy(update=update))
-    return specs
-
-
-def read_jobs(file: str, input_format: InputFormat) -> list[ParsedJob]:
+def specs_from_file(file: str, input_format: InputFormat,
+                    defaults: dict[str, Any]) -> list[JobSpec]:
+    """Jobs read from FILE ('-': stdin), the flags as defaults that a line's options override."""
     from shoal.formats import parse_file, parse_text
 
+    spec_from_fields({**defaults, "cmd": "true"})  # a bad flag is reported by its name
     if file == "-":
-        return parse_text(sys.stdin.read(), input_format.value, source="<stdin>")
-    try:
-        return parse_file(file, input_format.value)
-    except OSError as exc:
-        raise InputError(f"cannot read it: {exc.strerror or exc}", source=file) from None
+        parsed = parse_text(sys.stdin.read(), input_format.value, source="<stdin>",
+                            defaults=defaults)
+    else:
+        parsed = parse_file(file, input_format.value, defaults=defaults)
+    return [job.spec for job in parsed]
 
 
 def format_add_result(result: AddResult) -> str:
@@ -185,44 +172,47 @@ def add(
         "--file", "-f", metavar="FILE|-", help="Read jobs from FILE ('-': standard input).")
     ] = None,
     input_format: Annotated[InputFormat | None, typer.Option(
-        "--format", help="Format of FILE  [default: auto]", show_default=False)] = None,
+        "--format", help="Format of FILE (default: auto).", show_default=False)] = None,
     cwd: Annotated[str | None, typer.Option(
-        metavar="DIR", help="Working directory  [default: this one]")] = None,
-    group: Annotated[str | None, typer.Option("--group", "-g", help="Group  [default: default]")
+        metavar="DIR", help="Working directory (default: this one).")] = None,
+    group: Annotated[str | None, typer.Option(
+        "--group", "-g", help="Group, for reports and bulk actions (default: default).")
     ] = None,
-    priority: Annotated[int | None, typer.Option(help="Higher runs first  [default: 0]")] = None,
+    priority: Annotated[int | None, typer.Option(
+        help="Higher runs first (default: 0).")] = None,
     retries: Annotated[int | None, typer.Option(
-        help="Attempts after a failure  [default: 0]")] = None,
-    cores: Annotated[int | None, typer.Option(help="Cores needed  [default: 1]")] = None,
+        help="Attempts after a failure (default: 0).")] = None,
+    cores: Annotated[int | None, typer.Option(help="Cores needed (default: 1).")] = None,
     memory: Annotated[str | None, typer.Option(
-        metavar="SIZE", help="Memory needed: 512M, 8G (bare numbers are MB)")] = None,
+        metavar="SIZE", help="Memory needed: 512M, 8G (bare numbers are MB).")] = None,
     run_time: Annotated[str | None, typer.Option(
-        "--time", metavar="DURATION", help="Expected run time: 90s, 30m, 1h30m")] = None,
+        "--time", metavar="DURATION", help="Expected run time: 90s, 30m, 1h30m.")] = None,
     time_limit: Annotated[str | None, typer.Option(
-        metavar="DURATION", help="Kill the job after this long")] = None,
+        metavar="DURATION", help="Kill the job after this long.")] = None,
     after: Annotated[list[str] | None, typer.Option(
-        metavar="ID|group:G", help="Run after this job, or every job of a group (repeatable)")
+        metavar="ID|group:G", help="Run after this job, or every job of a group (repeatable).")
     ] = None,
     limit: Annotated[list[str] | None, typer.Option(
-        metavar="NAME", help="A named concurrency limit (repeatable)")] = None,
+        metavar="NAME", help="A named concurrency limit (repeatable).")] = None,
     env: Annotated[list[str] | None, typer.Option(
-        metavar="K=V", help="Environment variable; K alone copies it from here (repeatable)")
+        metavar="K=V", help="Environment variable; K alone copies it from here (repeatable).")
     ] = None,
-    on: Annotated[str | None, typer.Option(metavar="WORKER", help="Run on this worker only")
+    on: Annotated[str | None, typer.Option(metavar="WORKER", help="Run on this worker only.")
     ] = None,
-    name: Annotated[str | None, typer.Option(help="A name for the job")] = None,
+    name: Annotated[str | None, typer.Option(help="A name for the job.")] = None,
     rerun: Annotated[bool, typer.Option(
-        help="Queue again jobs already added that have ended")] = False,
+        "--rerun", help="Queue again the jobs already added that have ended.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Add jobs: one command, or a file of them. Adding a (cmd, cwd) twice adds it once.
+    """Add jobs: one command, or a file of them.
 
-    Flags are defaults for the jobs of a file; a line's own options win.
+    A (cmd, cwd) already added is not added again (see --rerun).
+    With -f, the flags are defaults: a line's own options win.
     """
     if bool(command) == (file is not None):
-        raise typer.BadParameter("give a command or -f FILE (not both)")
+        raise InputError("give a command or -f FILE (not both)")
     if input_format is not None and file is None:
-        raise typer.BadParameter("--format applies to -f FILE", param_hint="'--format'")
+        raise InputError("--format applies to -f FILE only")
     defaults = job_defaults(
         cwd=cwd, group=group, priority=priority, retries=retries, cores=cores, memory=memory,
         run_time=run_time, time_limit=time_limit, after=after, limits=limit, env=env, on_worker=on,
@@ -232,11 +222,10 @@ def add(
         specs = specs_from_command(command, defaults)
     else:
         assert file is not None
-        specs = specs_from_parsed(read_jobs(file, input_format or InputFormat.AUTO), defaults)
+        specs = specs_from_file(file, input_format or InputFormat.AUTO, defaults)
     result = session_of(ctx).client().add(specs, rerun=rerun)
     if as_json:
-        render.print_json({"added": result.added, "existed": result.existed,
-                           "requeued": result.requeued, "ids": list(result.ids)})
+        render.print_json(dataclasses.asdict(result))
     else:
         print(format_add_result(result))
 
@@ -254,7 +243,7 @@ def status(
     client = session_of(ctx).client()
     if job_id is not None:
         if group is not None:
-            raise typer.BadParameter("give an ID or --group, not both")
+            raise InputError("give an ID or --group, not both")
         job = client.job(job_id)
         if as_json:
             render.print_json(job)
@@ -303,8 +292,10 @@ def all_jobs(client: Client, *, state: str | None, group: str | None) -> list[di
 
 
 def wait(ctx: typer.Context, group: GroupOption = None) -> None:
-    """Wait until every job (of a group) has ended. Exit 0 iff all are done, 1 if any
-    failed or was cancelled."""
+    """Wait until every job (of a group) has ended.
+
+    Exit 0 iff all are done, 1 if any failed or was cancelled.
+    """
     client = session_of(ctx).client()
     answer = client.status(group=group)
     counts: dict[str, int] = answer.get("totals", {})
@@ -353,7 +344,11 @@ def logs(
     follow: Annotated[bool, typer.Option(
         "--follow", "-F", help="Keep printing new output until the job ends.")] = False,
 ) -> None:
-    """Print a job's captured output (its beginning and end, when the middle was too big)."""
+    """Print a job's captured output.
+
+    When the output was too big to keep whole, its beginning and end are printed, with a
+    note on stderr of how much is missing between them.
+    """
     client = session_of(ctx).client()
     stream = "stderr" if stderr else "stdout"
     terminal = sys.stdout.isatty()
@@ -381,7 +376,7 @@ def act(ctx: typer.Context, action: str, ids: list[int] | None, group: str | Non
         as_json: bool, outcome: str) -> None:
     """kill, retry or remove: by ids or by group."""
     if bool(ids) == (group is not None):
-        raise typer.BadParameter("give job IDs or --group (not both)")
+        raise InputError("give job IDs or --group (not both)")
     client = session_of(ctx).client()
     answer = getattr(client, action)(ids=ids or None, group=group)
     if as_json:
@@ -392,7 +387,7 @@ def act(ctx: typer.Context, action: str, ids: list[int] | None, group: str | Non
 
 def kill(ctx: typer.Context, ids: IdsArgument = None, group: GroupOption = None,
          as_json: JsonOption = False) -> None:
-    """Cancel jobs: waiting ones at once, running ones are killed by their worker."""
+    """Cancel jobs: not yet running ones at once; running ones are killed."""
     act(ctx, "kill", ids, group, as_json, "killed")
 
 

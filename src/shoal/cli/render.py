@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 # The job states in the order a job usually meets them. Kept here, not taken from
-# core.models.JobState, so that read-only verbs do not import pydantic; a unit test keeps
-# the two equal.
+# core.models.JobState, so that loading the command line (`shoal --help`) does not import
+# pydantic; a unit test keeps the two equal.
 STATES: tuple[str, ...] = (
     "waiting", "queued", "delayed", "running", "lost", "done", "failed", "cancelled",
 )
@@ -192,7 +192,7 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]],
             if header:
                 padded = paint(padded, "1", color=color)
             elif i == state_column:
-                padded = paint_state(padded, color=color)
+                padded = paint(padded, _STATE_COLORS.get(text), color=color)
             parts.append(padded)
         return "  ".join(parts).rstrip()
 

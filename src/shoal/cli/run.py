@@ -22,7 +22,8 @@ FORMATS = ("auto", "lines", "wr", "runmaker")
 
 def run_command(
     file: Annotated[Path, typer.Argument(help="File of commands (lines, wr or runmaker format).")],
-    jobs: Annotated[int, typer.Option("-j", "--jobs", help="Commands at once (default: cores).")] = 0,
+    jobs: Annotated[int, typer.Option("-j", "--jobs", help="Commands at once (default: all cores).")
+                    ] = 0,
     format: Annotated[str, typer.Option("--format", help="auto, lines, wr or runmaker.")] = "auto",
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:

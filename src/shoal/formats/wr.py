@@ -72,7 +72,8 @@ def _load_options(
     except RecursionError:
         raise builder.error(f"bad JSON{where}: nested too deeply", number) from None
     except ValueError as error:  # e.g. NaN, or an integer with thousands of digits
-        raise builder.error(f"bad JSON{where}: {error}", number) from None
+        reason = str(error).split(":")[0]  # drop advice about Python internals
+        raise builder.error(f"bad JSON{where}: {reason}", number) from None
     if not isinstance(value, dict):
         raise builder.error(
             f'the JSON{where} is not an object; options look like {{"memory": "1G"}}', number

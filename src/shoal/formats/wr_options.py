@@ -113,10 +113,12 @@ def _memory(value: str | int | float, out: Mapped) -> None:
             if value < 0:
                 raise ValueError("must not be negative")
             size = int(value * 1024**2)  # bare numbers are megabytes, as in wr
-    except (ValueError, OverflowError) as error:
+    except OverflowError:
+        raise OptionError(f'option "memory": {_show(value)} is too large') from None
+    except ValueError as error:
         raise OptionError(f'option "memory": {error}') from None
     if size > MAX_MEMORY_BYTES:
-        raise OptionError(f'option "memory": {value!r} is too large')
+        raise OptionError(f'option "memory": {_show(value)} is too large')
     out.set("memory", "memory_bytes", size)
 
 
@@ -125,8 +127,10 @@ def _time(value: str | int | float, out: Mapped) -> None:
         seconds = parse_duration(value)
     except (ValueError, OverflowError) as error:
         raise OptionError(f'option "time": {error}') from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise OptionError(f'option "time": {value!r} is not a usable duration')
+    if seconds < 0:
+        raise OptionError(f'option "time" must not be negative, not {_show(value)}')
+    if not math.isfinite(seconds):
+        raise OptionError(f'option "time": {_show(value)} is too large')
     # wr reads "0s" as no estimate; shoal spells that None.
     out.set("time", "time_seconds", seconds or None)
 

@@ -55,6 +55,7 @@ class Service:
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.store_error: str | None = None
         # Called with each committed batch of transitions (the embedded runner follows its jobs).
         self.on_commit: Callable[[list[Transition]], None] | None = None
@@ -66,9 +67,10 @@ class Service:
         self._task = asyncio.create_task(self._run(), name="shoal-service")
 
     async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await self._task
         try:
             self.step()
         except StoreUnavailable:
@@ -81,14 +83,23 @@ class Service:
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
             deadline = self.reactor.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - self.clock())
             if self._unsaved:
-                timeout = 1.0 if timeout is None else min(timeout, 1.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                retry_at = self.clock() + 1.0
+                deadline = retry_at if deadline is None else min(deadline, retry_at)
+            # A timer that sets the wake event, rather than wait_for: no task per turn, and
+            # no lost cancellation when the timer and a wake race.
+            timer = None
+            if deadline is not None:
+                timer = loop.call_later(max(0.0, deadline - self.clock()), self._wake.set)
+            await self._wake.wait()
+            if timer is not None:
+                timer.cancel()
             self._wake.clear()
+            if self._stopping:
+                break
             with contextlib.suppress(StoreUnavailable):  # logged in _commit; retried next step
                 self.step()
 

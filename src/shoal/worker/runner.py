@@ -1,8 +1,10 @@
 """Run assigned commands: spawn them, reap them without threads, measure them, enforce limits.
 
 Each command runs as ``bash -c CMD`` in a session of its own, so its process group id is its pid
-and the whole job can be signalled at once. stdin is /dev/null; stdout and stderr go to files in
-the spool directory (see ``capture``), so a running job costs the event loop nothing.
+and the whole job can be signalled at once. Its environment is the worker's (as it was when the
+Runner was made) plus the assignment's, ``SHOAL_JOB_ID`` and ``SHOAL_ATTEMPT_LEASE``. stdin is
+/dev/null; stdout and stderr go to files in the spool directory (see ``capture``), so a running
+job costs the event loop nothing.
 
 Reaping needs no thread per child: the loop watches a pidfd for each child and, once it becomes
 readable, reaps the child with ``wait4`` for its status and rusage (CPU time and peak RSS, which
@@ -203,8 +205,9 @@ class Runner:
             for attempt in list(self._attempts.values()):
                 self._stop(attempt, "killed", "the worker is shutting down")
         if self._attempts:
-            self._drained = asyncio.get_running_loop().create_future()
-            await self._drained
+            if self._drained is None or self._drained.done():
+                self._drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drained)  # several callers may wait on the same drain
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_due = None, math.inf

@@ -1,0 +1,41 @@
+# Two commands on a fresh clone: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint typecheck unit bench clean
+
+$(BIN)/shoal: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test-deps: $(BIN)/shoal
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(BIN)/shoal
+	rm -rf build/demo && mkdir -p build/demo && cp demo/jobs.txt build/demo/
+	cd build/demo && ../../$(BIN)/shoal run jobs.txt -j 4
+	@echo
+	@echo "Run it again and nothing reruns: cd build/demo && ../../$(BIN)/shoal run jobs.txt"
+
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check src tests bench
+
+typecheck: $(VENV)/.test-deps
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest -q
+
+unit: $(VENV)/.test-deps
+	$(BIN)/pytest -q tests/unit
+
+bench: $(BIN)/shoal
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/throughput.py --write-docs
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,127 @@
+"""The `shoal` command: global options, the verbs, and the process's exit code.
+
+The server, worker and embedded-runner verbs pull in heavy modules (the web stack); they
+are imported only when invoked, so that the client verbs, run thousands of times from
+scripts, start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from shoal.cli import Session, jobs, session_of, workers
+from shoal.cli.errors import EXIT_BAD_INPUT, report
+from shoal.core.errors import ShoalError
+
+# name -> (module, function, one-line help). Each function is a typer-style command.
+LAZY_COMMANDS = {
+    "run": ("shoal.cli.run", "run_command", "Run a file of jobs on this machine, no server."),
+    "server": ("shoal.cli.serve", "server_command", "Run the server, the coordinator."),
+    "worker": ("shoal.cli.serve", "worker_command", "Run a worker: take jobs and run them."),
+}
+
+
+class ShoalGroup(TyperGroup):
+    """The verb group: the lazy verbs are listed by name and loaded only when invoked."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*LAZY_COMMANDS, *super().list_commands(ctx)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in LAZY_COMMANDS:  # listed in help, not loaded
+            help_text = LAZY_COMMANDS[cmd_name][2]
+            command = TyperCommand(name=cmd_name, help=help_text, short_help=help_text)
+        return command
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and args[0] in LAZY_COMMANDS and args[0] not in self.commands:
+            self.commands[args[0]] = load_command(args[0])
+        return super().resolve_command(ctx, args)
+
+
+def load_command(name: str) -> Any:
+    module_name, function_name, _ = LAZY_COMMANDS[name]
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as exc:
+        raise ShoalError(f"'shoal {name}' is not available: {exc}") from exc
+    single = typer.Typer(add_completion=False)
+    single.command(name)(function)
+    return typer.main.get_command(single)
+
+
+app = typer.Typer(
+    name="shoal",
+    cls=ShoalGroup,
+    help="Run many shell commands on many machines.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+
+def show_version(value: bool) -> None:
+    if value:
+        import shoal
+
+        print(f"shoal {shoal.__version__}")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def root(
+    ctx: typer.Context,
+    server: Annotated[str | None, typer.Option(
+        metavar="URL", help="The server's URL (else SHOAL_SERVER, else $SHOAL_HOME).")] = None,
+    token: Annotated[str | None, typer.Option(
+        metavar="TOKEN", help="The access token (else SHOAL_TOKEN, else $SHOAL_HOME).")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=show_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """Run many shell commands on many machines."""
+    session = session_of(ctx)
+    session.server, session.token, session.debug = server, token, debug
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+# Everything after the command's first word belongs to the command: `shoal add ls -l`.
+app.command("add", context_settings={"allow_interspersed_args": False})(jobs.add)
+app.command("status")(jobs.status)
+app.command("jobs")(jobs.jobs)
+app.command("wait")(jobs.wait)
+app.command("logs")(jobs.logs)
+app.command("kill")(jobs.kill)
+app.command("retry")(jobs.retry)
+app.command("rm")(jobs.remove)
+app.command("workers")(workers.workers)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (the console script exits with it)."""
+    session = Session()
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(
+            args=list(sys.argv[1:] if argv is None else argv),
+            prog_name="shoal",
+            standalone_mode=False,
+            obj=session,
+        )
+    except BaseException as exc:  # every way out becomes one line and an exit code
+        return report(exc, debug=session.debug)
+    finally:
+        session.close()
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

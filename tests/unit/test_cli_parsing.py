@@ -1,0 +1,366 @@
+"""The command line without a real server: add's options into JobSpecs, usage errors, the
+wait and logs loops against scripted answers, and the render helpers."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.cli import render
+from shoal.cli.jobs import InputFormat, job_defaults, parse_env, specs_from_command, specs_from_file
+from shoal.cli.main import main
+from shoal.core.errors import InputError
+from shoal.core.models import JobState
+
+from .test_client_errors import FakeServer, closed_port_url, fake_server, isolated_home
+
+__all__ = ["closed_port_url", "fake_server", "isolated_home"]  # fixtures used here
+
+GiB = 1024**3
+ADDED = {"added": 1, "existed": 0, "requeued": 0, "ids": [1]}
+
+
+def run(server: FakeServer, *args: str) -> int:
+    return main(["--server", server.url, "--token", "t", *args])
+
+
+# ---- add: options into JobSpecs -----------------------------------------------------------
+
+
+def test_every_add_option_reaches_the_job(fake_server: FakeServer, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("POST", "/jobs", 201, ADDED)
+    code = run(fake_server, "add", "--cwd", str(tmp_path), "--group", "g", "--priority", "-2",
+               "--retries", "3", "--cores", "2", "--memory", "1.5G", "--time", "1h30m",
+               "--time-limit", "2h", "--after", "7", "--after", "group:prep", "--limit", "db",
+               "--env", "A=1", "--env", "B==x", "--on", "w1", "--name", "n1",
+               "ls", "-l", "--color")
+    assert code == 0
+    assert capsys.readouterr().out == "added 1, 0 already existed\n"
+    (request,) = fake_server.requests
+    assert request.body == {
+        "rerun": False,
+        "jobs": [{
+            "cmd": "ls -l --color",  # options after the command belong to it
+            "cwd": str(tmp_path),
+            "group": "g",
+            "priority": -2,
+            "retries": 3,
+            "cores": 2,
+            "memory_bytes": int(1.5 * GiB),
+            "time_seconds": 5400.0,
+            "time_limit_seconds": 7200.0,
+            "after": ["7", "group:prep"],
+            "limits": ["db"],
+            "env": {"A": "1", "B": "=x"},
+            "on_worker": "w1",
+            "name": "n1",
+        }],
+    }
+
+
+def test_add_defaults_to_the_current_directory_and_reports_requeued(
+        fake_server: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("POST", "/jobs", 201, {"added": 0, "existed": 1, "requeued": 1,
+                                             "ids": [4]})
+    assert run(fake_server, "add", "--rerun", "--", "echo", "hi") == 0
+    assert capsys.readouterr().out == "added 0, 1 already existed, 1 requeued\n"
+    assert fake_server.requests[0].body == {
+        "jobs": [{"cmd": "echo hi", "cwd": os.getcwd()}], "rerun": True,
+    }
+
+
+def test_add_json_prints_the_servers_answer(fake_server: FakeServer,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("POST", "/jobs", 201, ADDED)
+    assert run(fake_server, "add", "--json", "true") == 0
+    assert capsys.readouterr().out == (
+        '{\n  "added": 1,\n  "existed": 0,\n  "requeued": 0,\n  "ids": [\n    1\n  ]\n}\n'
+    )
+
+
+def test_add_from_a_file_flags_are_defaults_and_lines_win(
+        fake_server: FakeServer, tmp_path: Path) -> None:
+    fake_server.reply("POST", "/jobs", 201, {"added": 2, "existed": 0, "requeued": 0,
+                                             "ids": [1, 2]})
+    jobs_file = tmp_path / "jobs.wr"
+    jobs_file.write_text('one\ntwo\t{"priority": 9, "rep_grp": "mine", "cwd": "/srv"}\n')
+    assert run(fake_server, "add", "-f", str(jobs_file), "--format", "wr", "--group", "g",
+               "--priority", "1", "--cwd", "/data") == 0
+    assert fake_server.requests[0].body["jobs"] == [
+        {"cmd": "one", "cwd": "/data", "group": "g", "priority": 1},
+        {"cmd": "two", "cwd": "/srv", "group": "mine", "priority": 9},
+    ]
+
+
+def test_add_reads_standard_input(fake_server: FakeServer,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_server.reply("POST", "/jobs", 201, ADDED)
+    monkeypatch.setattr("sys.stdin", io.StringIO("# two jobs\necho a\n\necho b\n"))
+    assert run(fake_server, "add", "-f", "-", "--cwd", "/w") == 0
+    assert fake_server.requests[0].body["jobs"] == [
+        {"cmd": "echo a", "cwd": "/w"}, {"cmd": "echo b", "cwd": "/w"},
+    ]
+
+
+def test_job_defaults_parse_sizes_durations_and_paths(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert job_defaults() == {"cwd": str(tmp_path)}
+    assert job_defaults(cwd="sub", memory="512", run_time="90", time_limit="1d") == {
+        "cwd": str(tmp_path / "sub"),
+        "memory_bytes": 512 * 1024**2,  # bare numbers are megabytes
+        "time_seconds": 90.0,
+        "time_limit_seconds": 86400.0,
+    }
+
+
+def test_env_values_may_come_from_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOAL_TEST_VAR", "from here")
+    monkeypatch.delenv("SHOAL_UNSET_VAR", raising=False)
+    assert parse_env(["SHOAL_TEST_VAR", "X="]) == {"SHOAL_TEST_VAR": "from here", "X": ""}
+    with pytest.raises(InputError, match="not set here"):
+        parse_env(["SHOAL_UNSET_VAR"])
+    with pytest.raises(InputError, match="no variable name"):
+        parse_env(["=1"])
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"memory": "8Q"}, "--memory: not a memory size: '8Q' (examples: 512M, 8G)"),
+        ({"run_time": "soon"}, "--time: not a duration: 'soon'"),
+        ({"priority": 10**9}, "--priority: Input should be less than or equal to 1000000"),
+        ({"group": "a b"}, "--group: group names are 1-128 characters"),
+        ({"cores": 0}, "--cores: Input should be greater than or equal to 1"),
+        ({"time_limit": "0"}, "--time-limit: Input should be greater than 0"),
+    ],
+)
+def test_bad_flags_are_named(flags: dict[str, Any], message: str) -> None:
+    with pytest.raises(InputError) as caught:
+        specs_from_command(["true"], job_defaults(**flags))
+    assert str(caught.value).startswith(message)
+
+
+def test_a_bad_flag_with_a_file_names_the_flag_not_the_file(tmp_path: Path) -> None:
+    jobs_file = tmp_path / "jobs.txt"
+    jobs_file.write_text("echo a\n")
+    with pytest.raises(InputError, match=r"^--priority: "):
+        specs_from_file(str(jobs_file), InputFormat.AUTO, job_defaults(priority=-(10**7)))
+
+
+def test_a_bad_line_names_file_and_line(tmp_path: Path) -> None:
+    jobs_file = tmp_path / "jobs.wr"
+    jobs_file.write_text('ok\nbad\t{"priority": "high"}\n')
+    with pytest.raises(InputError) as caught:
+        specs_from_file(str(jobs_file), InputFormat.WR, job_defaults())
+    assert caught.value.source == str(jobs_file)
+    assert caught.value.line == 2
+
+
+# ---- usage errors: exit 2, one line, no server contacted ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["add"], "shoal: give a command or -f FILE (not both)"),
+        (["add", "-f", "x", "echo"], "shoal: give a command or -f FILE (not both)"),
+        (["add", "--format", "wr", "echo"], "shoal: --format applies to -f FILE only"),
+        (["add", "--priority", "high", "echo"], "shoal: Invalid value for '--priority'"),
+        (["add", "--format", "csv", "-f", "x"], "shoal: Invalid value for '--format'"),
+        (["add", "--memory", "lots", "echo"], "shoal: --memory: not a memory size"),
+        (["jobs", "--state", "finished"], "shoal: Invalid value for '--state'"),
+        (["status", "one"], "shoal: Invalid value for '[ID]'"),
+        (["status", "1", "--group", "g"], "shoal: give an ID or --group, not both"),
+        (["kill"], "shoal: give job IDs or --group (not both)"),
+        (["rm", "1", "--group", "g"], "shoal: give job IDs or --group (not both)"),
+        (["retry", "x"], "shoal: Invalid value for '[ID]...'"),
+        (["logs"], "shoal: Missing argument 'ID'"),
+        (["frobnicate"], "shoal: No such command 'frobnicate'"),
+        (["jobs", "--bogus"], "shoal: No such option: --bogus"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args: list[str], message: str, closed_port_url: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--server", closed_port_url, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message)
+    assert err.count("\n") == 1
+
+
+def test_no_verb_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "add" in capsys.readouterr().out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("shoal ")
+
+
+# ---- wait and logs against scripted answers --------------------------------------------------
+
+
+def test_wait_exits_1_when_a_job_failed(fake_server: FakeServer,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("GET", "/status", body={"version": 1, "totals": {"running": 2}})
+    fake_server.reply("GET", "/status", body={"version": 2,
+                                              "totals": {"done": 1, "running": 1}})
+    fake_server.reply("GET", "/status", body={"version": 3,
+                                              "totals": {"done": 1, "failed": 1}})
+    assert run(fake_server, "wait", "--group", "g") == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "0/2 ended: 2 running"
+    assert out[-1] == "2/2 ended: 1 done, 1 failed"
+    polls = [request.query for request in fake_server.requests]
+    assert polls[0] == "group=g"
+    assert polls[1].startswith("group=g&wait=") and polls[1].endswith("&since=1")
+
+
+def test_wait_exits_0_when_all_are_done(fake_server: FakeServer) -> None:
+    fake_server.reply("GET", "/status", body={"version": 5, "totals": {"done": 3}})
+    assert run(fake_server, "wait") == 0
+
+
+def test_wait_for_a_group_without_jobs_is_an_error(fake_server: FakeServer,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("GET", "/status", body={"version": 5, "totals": {}})
+    assert run(fake_server, "wait", "-g", "typo") == 2
+    assert capsys.readouterr().err == "shoal: no jobs in group 'typo'\n"
+
+
+def test_logs_marks_the_omitted_middle_on_stderr(fake_server: FakeServer,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("GET", "/jobs/3/logs", body={
+        "job_id": 3, "stream": "stderr", "state": "done",
+        "head": "first\n", "tail": "last\n", "total_bytes": 1000})
+    assert run(fake_server, "logs", "3", "--stderr") == 0
+    captured = capsys.readouterr()
+    assert captured.out == "first\nlast\n"
+    assert captured.err == "… [989 bytes omitted] …\n"
+    assert fake_server.requests[0].query == "stream=stderr"
+
+
+def test_logs_follow_prints_only_new_text(fake_server: FakeServer,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("GET", "/status", body={"version": 1, "totals": {"running": 1}})
+    for state, head in (("running", "a\n"), ("running", "a\nb\n"), ("done", "a\nb\nc\n")):
+        fake_server.reply("GET", "/jobs/8/logs", body={
+            "job_id": 8, "stream": "stdout", "state": state, "head": head, "tail": "",
+            "total_bytes": len(head)})
+    assert run(fake_server, "logs", "8", "--follow") == 0
+    assert capsys.readouterr().out == "a\nb\nc\n"
+
+
+# ---- render helpers ---------------------------------------------------------------------
+
+
+def test_render_knows_every_job_state_in_order() -> None:
+    assert tuple(state.value for state in JobState) == render.STATES
+    assert {state.value for state in JobState if state.is_final} == render.FINAL_STATES
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("plain\ttext\n", "plain\ttext\n"),
+        ("\x1b[31mred\x1b[0m", "red"),
+        ("\x1b]0;evil title\x07after", "after"),
+        ("\x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\", "link"),
+        ("bell\x07 nul\x00", "bell\\x07 nul\\x00"),
+        ("progress\r50%\r\n", "progress\n50%\n"),
+        ("\x9b2Jc1", "c1"),
+        ("rtl\u202eevil", "rtl\\u202eevil"),
+        ("\x1bPdevice control\x1b\\ok", "ok"),
+    ],
+)
+def test_sanitize_removes_terminal_controls(text: str, shown: str) -> None:
+    assert render.sanitize(text) == shown
+
+
+def test_one_line_keeps_cells_on_one_line() -> None:
+    assert render.one_line("a\nb\tc") == "a\\nb c"
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [(None, "-"), (0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (8 * GiB, "8.0 GiB"),
+     (3 * 1024**6, "3072.0 PiB")],
+)
+def test_format_bytes(size: int | None, shown: str) -> None:
+    assert render.format_bytes(size) == shown
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(None, "-"), (0.25, "250ms"), (5, "5.0s"), (75, "1m15s"), (7300, "2h01m"),
+     (90000, "1d01h")],
+)
+def test_format_duration(seconds: float | None, shown: str) -> None:
+    assert render.format_duration(seconds) == shown
+
+
+def test_format_ago_and_plural() -> None:
+    assert render.format_ago(100.0, now=130.0) == "30.0s ago"
+    assert render.format_ago(None) == "-"
+    assert render.plural(1, "job") == "1 job"
+    assert render.plural(2, "job") == "2 jobs"
+
+
+def test_summarize_counts_in_lifecycle_order() -> None:
+    counts = {"failed": 1, "done": 3, "queued": 0, "running": 2, "mystery": 1}
+    assert render.summarize_counts(counts) == "2 running, 3 done, 1 failed, 1 mystery"
+    assert render.summarize_counts({}) == "no jobs"
+
+
+def test_status_rows_have_a_total_row_for_many_groups() -> None:
+    headers, rows = render.status_rows({
+        "totals": {"done": 3, "failed": 1, "queued": 0},
+        "groups": {"b": {"done": 1}, "a": {"done": 2, "failed": 1}},
+    })
+    assert headers == ["GROUP", "done", "failed", "TOTAL"]
+    assert rows == [["a", "2", "1", "3"], ["b", "1", "", "1"], ["(all)", "3", "1", "4"]]
+
+
+def test_print_table_aligns_and_never_cuts_off_a_terminal() -> None:
+    out = io.StringIO()
+    render.print_table(["ID", "STATE", "COMMAND"],
+                       [["1", "done", "echo " + "x" * 300], ["12", "failed", "false"]],
+                       stream=out)
+    assert out.getvalue().splitlines() == [
+        "ID  STATE   COMMAND",
+        " 1  done    echo " + "x" * 300,
+        "12  failed  false",
+    ]
+
+
+def test_job_rows_escape_untrusted_text() -> None:
+    job = {"id": 1, "state": "done", "group": "g", "exit_code": 0, "attempts": 1,
+           "wall_seconds": 2.0, "worker": "w\x1b[2J", "name": None,
+           "cmd": "echo \x1b[31mhi\nthere"}
+    headers, rows = render.jobs_rows([job])
+    assert headers[-1] == "COMMAND"
+    assert rows == [["1", "done", "g", "0", "1", "2.0s", "w", "echo hi\\nthere"]]
+
+
+@pytest.mark.parametrize(
+    ("log", "position", "pieces", "after"),
+    [
+        ({"head": "abc", "tail": "", "total_bytes": 3}, 0, ["abc"], 3),
+        ({"head": "abc", "tail": "xyz", "total_bytes": 10}, 0, ["abc", 4, "xyz"], 10),
+        ({"head": "abc", "tail": "xyz", "total_bytes": 10}, 3, [4, "xyz"], 10),
+        ({"head": "abc", "tail": "xyz", "total_bytes": 12}, 10, ["yz"], 12),
+        ({"head": "abc", "tail": "xyz", "total_bytes": 20}, 10, [7, "xyz"], 20),
+        ({"head": "abcd", "tail": "cdef", "total_bytes": 6}, 0, ["abcd", "ef"], 6),  # overlap
+        ({"head": "é", "tail": "", "total_bytes": 2}, 0, ["é"], 2),
+        ({"head": "", "tail": "", "total_bytes": 0}, 0, [], 0),
+    ],
+)
+def test_unseen_output(log: dict[str, Any], position: int, pieces: list[str | int],
+                       after: int) -> None:
+    assert render.unseen_output(log, position) == (pieces, after)
