@@ -6,13 +6,17 @@ import asyncio
 import logging
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from shoal.core.errors import InputError
 from shoal.home import DEFAULT_PORT, resolve_connection, shoal_home
+
+if TYPE_CHECKING:
+    from shoal.worker.agent import Agent
 
 
 def _logging(debug: bool) -> None:
@@ -56,7 +60,11 @@ def worker_command(
     from shoal.worker.resources import detect_resources
 
     _logging(False)
-    connection = resolve_connection(role="worker", server=server, token=token)
+    def locate() -> tuple[str, str | None]:
+        connection = resolve_connection(role="worker", server=server, token=token)
+        return connection.url, connection.worker_token
+
+    locate()  # fail now, with a clear message, if there is no server to find
     detected = detect_resources()
     try:
         memory_bytes = parse_memory(memory) if memory else detected.memory_bytes
@@ -67,14 +75,12 @@ def worker_command(
     resources = Resources(cores=cores or detected.cores, memory_bytes=memory_bytes)
     worker_name = name or socket.gethostname()
     spool_dir = spool or shoal_home() / "spool" / worker_name
-    asyncio.run(_work(Agent(worker_name, resources, spool_dir), connection.url,
-                      connection.worker_token))
+    asyncio.run(_work(Agent(worker_name, resources, spool_dir), locate))
 
 
-async def _work(agent: object, url: str, token: str | None) -> None:
-    from shoal.worker.agent import Agent, run_worker
+async def _work(agent: Agent, locate: Callable[[], tuple[str, str | None]]) -> None:
+    from shoal.worker.agent import run_worker
 
-    assert isinstance(agent, Agent)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -87,4 +93,4 @@ async def _work(agent: object, url: str, token: str | None) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(shut_down()))
-    await run_worker(agent, url, token, stop)
+    await run_worker(agent, locate, stop)

@@ -223,7 +223,9 @@ class Store:
         ).fetchall()
         keys = ("attempt", "lease_id", "worker", "host", "pid", "started_at", "ended_at",
                 "outcome", "exit_code", "wall_seconds", "cpu_seconds", "peak_rss_bytes")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        # Numbered by order: a user's retry restarts the retry budget, not the history.
+        return [dict(zip(keys, (number, *row[1:]), strict=True))
+                for number, row in enumerate(rows, start=1)]
 
     # ---- tokens --------------------------------------------------------------------------
 

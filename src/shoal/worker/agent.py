@@ -124,17 +124,28 @@ def websocket_url(server_url: str) -> str:
     raise ConnectError(f"not a server URL: {server_url!r} (expected http://HOST:PORT)")
 
 
-async def run_worker(agent: Agent, server_url: str, token: str | None,
+async def run_worker(agent: Agent, locate: Callable[[], tuple[str, str | None]],
                      stop: asyncio.Event) -> None:
-    """Connect, register, serve; reconnect with backoff until `stop` is set."""
+    """Connect, register, serve; reconnect with backoff until `stop` is set.
+
+    `locate` gives the server URL and token; it is asked again before every attempt, so a
+    worker that found its server through $SHOAL_HOME follows it to a new address.
+    """
     import websockets
     from websockets.exceptions import InvalidStatus
 
-    url = websocket_url(server_url)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
     delay = 0.2
     while not stop.is_set():
         try:
+            server_url, token = locate()
+        except ConnectError as exc:  # between two servers: wait for the next one
+            log.warning("%s", exc)
+            server_url, token = "", None
+        try:
+            if not server_url:
+                raise ConnectionError("no server known yet")
+            url = websocket_url(server_url)
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
             async with websockets.connect(url, additional_headers=headers,
                                           max_size=MAX_MESSAGE_BYTES, compression=None,
                                           open_timeout=10, ping_interval=None) as ws:

@@ -1,0 +1,151 @@
+"""`shoal run FILE -j N`: the embedded default, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+from .cluster import SHOAL, wait_until
+
+
+def run(path: Path, *args: str, cwd: Path | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k != "SHOAL_HOME"}
+    return subprocess.run([*SHOAL, "run", str(path), *args], text=True, capture_output=True,
+                          timeout=120, cwd=cwd or path.parent, env={**environment, **(env or {})})
+
+
+def test_runs_everything_and_resumes(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    marker = tmp_path / "marker"
+    jobs = tmp_path / "jobs.txt"
+    lines = [f"echo {i} >> {ledger}" for i in range(40)]
+    lines.append(f"echo flaky >> {ledger}; test -f {marker} || {{ echo 'no marker' >&2; exit 3; }}")
+    jobs.write_text("# forty good jobs and a flaky one\n\n" + "\n".join(lines) + "\n")
+
+    first = run(jobs, "-j", "3")
+    assert first.returncode == 1
+    assert "40 done, 1 failed of 41" in first.stdout
+    assert "exit code 3" in first.stdout and "no marker" in first.stdout
+    assert (tmp_path / ".shoal" / "shoal.db").exists()  # state beside the file
+
+    marker.touch()
+    second = run(jobs, "-j", "3", "--json")
+    assert second.returncode == 0, second.stdout + second.stderr
+    summary = json.loads(second.stdout)
+    assert (summary["done"], summary["failed"], summary["skipped_done"]) == (1, 0, 40)
+    # Done jobs did not run again; the failed one ran twice in all.
+    counts = Counter(ledger.read_text().split())
+    assert counts == Counter({**{str(i): 1 for i in range(40)}, "flaky": 2})
+
+
+def test_runs_n_at_a_time(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("".join(f"sleep 0.3; echo {i}\n" for i in range(6)))
+    result = run(jobs, "-j", "2", "--json")
+    assert result.returncode == 0
+    from shoal.store import Store
+
+    store = Store(tmp_path / ".shoal" / "shoal.db")
+    spans = [(j.started_at, j.ended_at) for j in store.load_jobs()]
+    store.close()
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert peak == 2
+
+
+def test_runmaker_file_is_rewritten_in_place(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.rm"
+    jobs.write_text("# runmaker file\n. echo first\nd echo already-done\n. exit 5\n. echo ünï\n")
+    result = run(jobs, "-j", "2")
+    assert result.returncode == 1
+    assert jobs.read_text() == ("# runmaker file\nd echo first\nd echo already-done\n"
+                                "! exit 5\nd echo ünï\n")
+    assert "3 done" not in result.stdout and "2 done, 1 failed of 3" in result.stdout
+
+
+def test_wr_format_and_shoal_home(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.wr"
+    jobs.write_text('echo a\t{"rep_grp": "grp-a", "retries": 0}\necho b\t{"env": ["X=1"]}\n')
+    home = tmp_path / "home"
+    result = run(jobs, "-j", "2", env={"SHOAL_HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    assert (home / "shoal.db").exists() and not (tmp_path / ".shoal").exists()
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.wr"
+    jobs.write_text('echo a\t{"retries": 1}\necho b\t{"retries": 1,}\n')
+    result = run(jobs)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert f"{jobs}:2" in line
+    assert not (tmp_path / ".shoal").exists()  # nothing was started or written
+    assert run(tmp_path / "missing.txt").returncode == 2
+    assert run(jobs, "-j", "0").returncode == 2
+    assert run(jobs, "--format", "xml").returncode == 2
+
+
+def test_interrupt_kills_running_jobs_and_a_rerun_finishes(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("".join(f"sleep 30; echo {i} >> {ledger}\n" for i in range(2))
+                    + f"echo quick >> {ledger}\n")
+    environment = {k: v for k, v in os.environ.items() if k != "SHOAL_HOME"}
+    process = subprocess.Popen([*SHOAL, "run", str(jobs), "-j", "2"], cwd=tmp_path,
+                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    wait_until(lambda: len(_children_sleeping(process.pid)) == 2, timeout=20,
+               message="two sleeps running")
+    sleepers = _children_sleeping(process.pid)
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=20)
+    assert process.returncode == 130
+    assert "interrupted" in out
+    for pid in sleepers:
+        assert not _alive(pid)
+    jobs.write_text(jobs.read_text().replace("sleep 30", "sleep 0.1"))
+    # Edited commands are new jobs; the interrupted ones were requeued, not failed.
+    from shoal.store import Store
+
+    store = Store(tmp_path / ".shoal" / "shoal.db")
+    states = Counter(job.state.value for job in store.load_jobs())
+    store.close()
+    assert states["failed"] == 0 and states["cancelled"] == 0
+
+
+def _children_sleeping(parent: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline[:2] == [b"sleep", b"30"]:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_no_traceback_without_debug(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_bytes(b"echo \xff\xfe\n")
+    result = run(jobs)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{jobs}:1" in result.stderr

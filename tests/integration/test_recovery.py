@@ -1,0 +1,64 @@
+"""Workers and the server going away: jobs are neither lost nor run twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+from .cluster import Cluster, wait_until
+
+
+def test_a_killed_workers_job_runs_again_elsewhere(cluster: Cluster, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    [job_id] = cluster.api("POST", "/jobs", json={"jobs": [
+        {"cmd": f"echo start >> {ledger}; sleep 2; echo end >> {ledger}", "cwd": "/tmp",
+         "on_worker": None}]})["ids"]
+    job = cluster.wait_state(job_id, "running")
+    victim = job["worker"]
+    wait_until(lambda: ledger.exists())
+    os.killpg(cluster.workers[victim].pid, signal.SIGKILL)
+    job = cluster.wait_state(job_id, "done", timeout=30)
+    survivor = ({"w1", "w2"} - {victim}).pop()
+    assert job["worker"] == survivor
+    assert job["lost_attempts"] == 1
+    outcomes = [(a["worker"], a["outcome"]) for a in job["attempt_history"]]
+    assert outcomes == [(victim, None), (survivor, "exited")]
+
+
+def test_a_restarted_server_keeps_jobs_and_adopts_running_ones(cluster: Cluster,
+                                                               tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    specs = [{"cmd": f"sleep 3; echo {i} >> {ledger}", "cwd": "/tmp"} for i in range(4)]
+    specs += [{"cmd": f"echo quick-{i} >> {ledger}", "cwd": "/tmp"} for i in range(20)]
+    ids = cluster.api("POST", "/jobs", json={"jobs": specs})["ids"]
+    wait_until(lambda: sum(cluster.job(i)["state"] == "running" for i in ids[:4]) == 4)
+    assert cluster.server is not None
+    port = cluster.url.rsplit(":", 1)[1]
+    cluster.server.send_signal(signal.SIGKILL)
+    cluster.server.wait()
+    cluster.start_server("--port", port, "--retry-base", "0.2", "--lease-timeout", "3",
+                         "--lost-grace", "30")
+    # The workers reconnect by themselves and report the attempts they kept running.
+    wait_until(lambda: sum(w["connected"] for w in cluster.api("GET", "/workers")["workers"])
+               == 2, timeout=30, message="workers to reconnect")
+    assert cluster.cli("wait", timeout=60).returncode == 0
+    counts = Counter(ledger.read_text().split())
+    assert counts == Counter([*map(str, range(4)), *(f"quick-{i}" for i in range(20))])
+    for job_id in ids[:4]:
+        assert cluster.job(job_id)["attempts"] == 1  # adopted, not rerun
+
+
+def test_workers_follow_a_server_that_moved(cluster: Cluster) -> None:
+    """A worker that found its server through $SHOAL_HOME finds it again at a new port."""
+    assert cluster.server is not None
+    old_url = cluster.url
+    cluster.server.send_signal(signal.SIGTERM)
+    cluster.server.wait()
+    cluster.start_server()
+    assert cluster.url != old_url
+    wait_until(lambda: sum(w["connected"] for w in cluster.api("GET", "/workers")["workers"])
+               == 2, timeout=30, message="workers to find the new address")
+    [job_id] = cluster.api("POST", "/jobs", json={"jobs": [{"cmd": "true", "cwd": "/"}]})["ids"]
+    cluster.wait_state(job_id, "done")
