@@ -22,8 +22,7 @@ from shoal.core.models import FINAL_STATES, JobState
 from shoal.core.protocol import Resources, ToWorker
 from shoal.core.states import Transition
 from shoal.formats import ParsedJob, RunmakerMarker, parse_file
-from shoal.home import DATABASE_FILE
-from shoal.server.app import lock_home
+from shoal.home import DATABASE_FILE, lock_home
 from shoal.server.reactor import ReactorConfig
 from shoal.server.service import Service
 from shoal.store import Store

@@ -6,12 +6,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from shoal.core.errors import ConnectError
+from shoal.core.errors import ConnectError, ShoalError
 
 CONNECTION_FILE = "server.json"
 DATABASE_FILE = "shoal.db"
@@ -79,3 +80,15 @@ def resolve_connection(*, role: str = "admin", server: str | None = None,
     if role == "worker":
         return Connection(url.rstrip("/"), None, token)
     return Connection(url.rstrip("/"), token, None)
+
+
+def lock_home(home: Path) -> int:
+    """Hold an exclusive lock on `home` for this process's life: one server per database."""
+    home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(home / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ShoalError(f"{home} is in use by another shoal server") from None
+    return fd

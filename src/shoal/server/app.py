@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import socket
@@ -26,7 +25,7 @@ from shoal.core.errors import (
     ShoalError,
     StoreUnavailable,
 )
-from shoal.home import DATABASE_FILE, Connection, write_connection
+from shoal.home import DATABASE_FILE, Connection, lock_home, write_connection
 from shoal.server import api, sessions
 from shoal.server.auth import TokenBook
 from shoal.server.reactor import ReactorConfig
@@ -107,18 +106,6 @@ def create_app(service: Service, tokens: TokenBook) -> FastAPI:
         return _error(500, "internal", "internal error; see the server log")
 
     return app
-
-
-def lock_home(home: Path) -> int:
-    """Hold an exclusive lock on `home` for this process's life: one server per database."""
-    home.mkdir(parents=True, exist_ok=True)
-    fd = os.open(home / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ShoalError(f"{home} is in use by another shoal server") from None
-    return fd
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -171,26 +171,34 @@ class Store:
         with self._transaction() as db:
             db.executemany(_UPDATE_SQL, [_mutable_row(j) for j in changed])
             self._journal(db, transitions)
-            db.executemany(
-                "INSERT OR IGNORE INTO attempts (lease_id, job_id, attempt, worker, host) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(a.lease_id, a.job_id, a.attempt, a.worker, a.host) for a in new_attempts],
-            )
-            db.executemany("UPDATE attempts SET pid = ?, started_at = ? WHERE lease_id = ?",
-                           [(pid, at, lease) for lease, pid, at in started])
-            db.executemany(
-                "UPDATE attempts SET pid = ?, started_at = ?, ended_at = ?, outcome = ?, "
-                "exit_code = ?, wall_seconds = ?, cpu_seconds = ?, peak_rss_bytes = ? "
-                "WHERE lease_id = ?",
-                [(r.pid, r.started_at, r.ended_at, r.outcome, r.exit_code, r.wall_seconds,
-                  r.cpu_seconds, r.peak_rss_bytes, r.lease_id) for r in results],
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO outputs (job_id, stream, head, tail, total_bytes) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(r.job_id, stream, cap.head, cap.tail, cap.total_bytes)
-                 for r in results for stream, cap in (("stdout", r.stdout), ("stderr", r.stderr))],
-            )
+            if new_attempts:
+                db.executemany(
+                    "INSERT OR IGNORE INTO attempts (lease_id, job_id, attempt, worker, host) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(a.lease_id, a.job_id, a.attempt, a.worker, a.host) for a in new_attempts],
+                )
+            if started:
+                db.executemany("UPDATE attempts SET pid = ?, started_at = ? WHERE lease_id = ?",
+                               [(pid, at, lease) for lease, pid, at in started])
+            if results:
+                db.executemany(
+                    "UPDATE attempts SET pid = ?, started_at = ?, ended_at = ?, outcome = ?, "
+                    "exit_code = ?, wall_seconds = ?, cpu_seconds = ?, peak_rss_bytes = ? "
+                    "WHERE lease_id = ?",
+                    [(r.pid, r.started_at, r.ended_at, r.outcome, r.exit_code, r.wall_seconds,
+                      r.cpu_seconds, r.peak_rss_bytes, r.lease_id) for r in results],
+                )
+                # A new attempt's output replaces the last one's; silent streams leave no row.
+                db.executemany("DELETE FROM outputs WHERE job_id = ?",
+                               [(r.job_id,) for r in results])
+                db.executemany(
+                    "INSERT INTO outputs (job_id, stream, head, tail, total_bytes) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(r.job_id, stream, cap.head, cap.tail, cap.total_bytes)
+                     for r in results
+                     for stream, cap in (("stdout", r.stdout), ("stderr", r.stderr))
+                     if cap.total_bytes],
+                )
             if removed:
                 ids = [(job_id,) for job_id in removed]
                 for table in ("jobs", "attempts", "outputs", "transitions"):
