@@ -10,9 +10,10 @@ Everything foreign (httpx exceptions, HTTP error statuses) is translated here, a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import httpx
 
@@ -34,6 +35,8 @@ if TYPE_CHECKING:  # pydantic is not imported until a caller builds JobSpecs
 API_PREFIX = "/api/v1"
 # A long poll is held by the server for up to `wait` seconds; allow that plus a margin.
 LONG_POLL_MARGIN_SECONDS = 10.0
+# An add is answered once committed, which for a million jobs takes a while: allow for it.
+ADD_SECONDS_PER_JOB = 0.0002
 
 _ERROR_BY_STATUS: dict[int, type[ShoalError]] = {
     400: InputError,
@@ -89,14 +92,17 @@ class Client:
         """`{"version": ..., "protocol_version": ...}`; needs no token."""
         return self._request("GET", "/version")
 
-    def add(self, specs: Iterable[JobSpec], rerun: bool = False) -> AddResult:
+    def add(self, specs: Iterable[JobSpec | Mapping[str, Any]], rerun: bool = False) -> AddResult:
         """Add a batch of jobs, accepted whole or not at all.
 
-        A spec whose (cmd, cwd) is already known is not added again; with `rerun`, such a job
-        that has ended (done, failed or cancelled) is queued again.
+        Each spec is a JobSpec, or a dict of its fields that is sent as it is (the server
+        checks it). A spec whose (cmd, cwd) is already known is not added again; with `rerun`,
+        such a job that has ended (done, failed or cancelled) is queued again.
         """
-        jobs = [spec.model_dump(mode="json", exclude_defaults=True) for spec in specs]
-        answer = self._request("POST", "/jobs", json={"jobs": jobs, "rerun": rerun})
+        jobs = [dict(spec) if isinstance(spec, Mapping)
+                else spec.model_dump(mode="json", exclude_defaults=True) for spec in specs]
+        answer = self._request("POST", "/jobs", json={"jobs": jobs, "rerun": rerun},
+                               timeout=self.timeout + len(jobs) * ADD_SECONDS_PER_JOB)
         return AddResult(
             added=answer["added"],
             existed=answer["existed"],
@@ -159,6 +165,19 @@ class Client:
     def workers(self) -> list[dict[str, Any]]:
         answer: list[dict[str, Any]] = self._request("GET", "/workers")["workers"]
         return answer
+
+    def limits(self) -> list[dict[str, Any]]:
+        """Every named concurrency limit: `{"name", "cap", "running", "queued"}` each."""
+        answer: list[dict[str, Any]] = self._request("GET", "/limits")["limits"]
+        return answer
+
+    def set_limit(self, name: str, cap: int | None) -> dict[str, Any]:
+        """Cap how many jobs of limit `name` run at once: 0 pauses them, None lifts the cap."""
+        if name in ("", ".", ".."):  # no name, or one that would change the URL's path
+            raise InputError(f"not a limit name: {name!r}")
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
+            raise InputError(f"a limit's cap is a whole number, 0 or more, or None: {cap!r}")
+        return self._request("PUT", f"/limits/{quote(name, safe='')}", json={"cap": cap})
 
     # ---- the boundary ------------------------------------------------------------------
 

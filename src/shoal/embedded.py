@@ -80,9 +80,6 @@ def load(path: Path, fmt: str, parallel: int) -> list[ParsedJob]:
         if item.spec.cores > parallel:
             raise InputError(f"asks for {item.spec.cores} cores but -j is {parallel}",
                              source=str(path), line=item.line)
-        if item.spec.after or item.spec.limits:
-            raise InputError("dependencies and limits are not supported by `shoal run`",
-                             source=str(path), line=item.line)
     return parsed
 
 

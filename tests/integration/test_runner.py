@@ -30,6 +30,7 @@ def job(
     env: dict[str, str] | None = None,
     cores: int = 1,
     memory_bytes: int = 0,
+    gpus: list[str] | None = None,
     time_limit_seconds: float | None = None,
 ) -> Assignment:
     return Assignment(
@@ -40,6 +41,7 @@ def job(
         env=env or {},
         cores=cores,
         memory_bytes=memory_bytes,
+        gpus=gpus or [],
         time_limit_seconds=time_limit_seconds,
     )
 
@@ -49,6 +51,8 @@ def run(
     *assignments: Assignment,
     during: During | None = None,
     capture_bytes: int = 64 * 1024,
+    offered_gpus: list[str] | None = None,
+    enforce_memory: bool = True,
 ) -> tuple[list[StartedItem], dict[int, AttemptResult]]:
     """Start the assignments, run `during` alongside, and wait for every job to finish."""
     started: list[StartedItem] = []
@@ -61,6 +65,8 @@ def run(
             on_started=started.append,
             on_finished=lambda result: finished.__setitem__(result.lease_id, result),
             capture_bytes=capture_bytes,
+            offered_gpus=offered_gpus or [],
+            enforce_memory=enforce_memory,
         )
         for assignment in assignments:
             runner.start(assignment)
@@ -237,6 +243,64 @@ def test_memory_limit(tmp_path: Path) -> None:
     assert result.wall_seconds < 5
     assert result.peak_rss_bytes > 100 * MB
     assert result.error is not None and "memory" in result.error
+
+
+def test_memory_is_not_enforced_when_told_so(tmp_path: Path) -> None:
+    hog = python_cmd('import time; data = b"x" * (300 * 2**20); time.sleep(1)')
+    _, results = run(tmp_path, job(hog, lease_id=1, memory_bytes=100 * MB), enforce_memory=False)
+    result = results[1]
+    assert (result.outcome, result.exit_code, result.error) == ("exited", 0, None)
+    assert result.peak_rss_bytes > 100 * MB  # still measured
+
+
+def test_time_limit_holds_when_memory_is_not_enforced(tmp_path: Path) -> None:
+    _, results = run(
+        tmp_path, job("sleep 30", lease_id=1, time_limit_seconds=0.5), enforce_memory=False
+    )
+    assert results[1].outcome == "time_limit"
+
+
+SHOW_GPUS = 'echo "${CUDA_VISIBLE_DEVICES-unset}|$SHOAL_GPUS"'
+
+
+def test_granted_gpus_are_the_only_visible_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")  # the worker's own allocation
+    _, results = run(
+        tmp_path,
+        job(SHOW_GPUS, lease_id=1, gpus=["1", "3"], env={"CUDA_VISIBLE_DEVICES": "0"}),
+        job(SHOW_GPUS, lease_id=2),
+        offered_gpus=["0", "1", "2", "3"],
+    )
+    assert results[1].stdout.head == "1,3|1,3\n"
+    assert results[2].stdout.head == "|\n"  # asked for none: sees none
+
+
+def test_gpu_variable_is_left_alone_on_a_worker_without_gpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    _, results = run(tmp_path, job(SHOW_GPUS, lease_id=1))
+    assert results[1].stdout.head == "unset|\n"
+
+
+def test_running_reports_the_granted_gpus(tmp_path: Path) -> None:
+    async def main() -> None:
+        runner = Runner(
+            tmp_path,
+            host="test-host",
+            on_started=lambda _: None,
+            on_finished=lambda _: None,
+            offered_gpus=["0", "1"],
+        )
+        runner.start(job("sleep 30", lease_id=1, gpus=["1"]))
+        runner.start(job("sleep 30", lease_id=2))
+        gpus = {attempt.lease_id: attempt.gpus for attempt in runner.running()}
+        assert gpus == {1: ["1"], 2: []}
+        await asyncio.wait_for(runner.shutdown(kill=True), timeout=5)
+
+    asyncio.run(main())
 
 
 def test_cpu_seconds_of_a_busy_loop(tmp_path: Path) -> None:

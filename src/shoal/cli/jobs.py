@@ -6,7 +6,9 @@ import dataclasses
 import os
 import sys
 import time
+from collections.abc import Sequence
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -48,7 +50,12 @@ FLAG_OF_FIELD = {
     "memory_bytes": "--memory",
     "time_seconds": "--time",
     "time_limit_seconds": "--time-limit",
+    "gpus": "--gpus",
+    "resources": "--resource",
+    "req_group": "--req-group",
+    "grow_memory": "--grow-memory",
     "after": "--after",
+    "after_any": "--after-any",
     "limits": "--limit",
     "env": "--env",
     "on_worker": "--on",
@@ -73,7 +80,12 @@ def job_defaults(
     memory: str | None = None,
     run_time: str | None = None,
     time_limit: str | None = None,
+    gpus: int | None = None,
+    resources: list[str] | None = None,
+    req_group: str | None = None,
+    grow_memory: bool = False,
     after: list[str] | None = None,
+    after_any: list[str] | None = None,
     limits: list[str] | None = None,
     env: list[str] | None = None,
     on_worker: str | None = None,
@@ -89,9 +101,14 @@ def job_defaults(
         "priority": priority,
         "retries": retries,
         "cores": cores,
+        "gpus": gpus,
+        "resources": parse_resources(resources) if resources else None,
+        "req_group": req_group,
+        "grow_memory": grow_memory or None,
         "on_worker": on_worker,
         "name": name,
         "after": after or None,
+        "after_any": after_any or None,
         "limits": limits or None,
         "env": parse_env(env) if env else None,
     }
@@ -121,6 +138,26 @@ def parse_env(assignments: list[str]) -> dict[str, str]:
             raise InputError(f"--env: {assignment!r} has no variable name")
         env[key] = value
     return env
+
+
+def parse_resources(requests: list[str]) -> dict[str, int]:
+    """['license=2', 'scratch'] -> {'license': 2, 'scratch': 1}: named resources, as Slurm's
+    --licenses (a bare name asks for one)."""
+    from shoal.core.models import RESERVED_RESOURCES
+
+    resources: dict[str, int] = {}
+    for request in requests:
+        name, equals, amount = request.partition("=")
+        name = name.strip()
+        if name in RESERVED_RESOURCES:
+            option = "--memory" if name == "memory" else f"--{name}"
+            raise InputError(f"--resource: {name} has its own option, {option}")
+        if not name or (equals and not amount.strip().isdigit()):
+            raise InputError(f"--resource: {request!r} is not NAME=N (e.g. license=2)")
+        if name in resources:
+            raise InputError(f"--resource: {name} is given twice")
+        resources[name] = int(amount) if equals else 1
+    return resources
 
 
 def spec_from_fields(fields: dict[str, Any]) -> JobSpec:
@@ -156,6 +193,76 @@ def specs_from_file(file: str, input_format: InputFormat,
     return [job.spec for job in parsed]
 
 
+def check_job_source(command: list[str] | None, file: str | None, array: str | None,
+                     each_line: str | None) -> None:
+    """Jobs come from one place: a command, a file, or a command repeated over items."""
+    given = [flag for flag, value in (("-f", file), ("--array", array),
+                                      ("--each-line", each_line)) if value is not None]
+    if len(given) > 1:
+        raise InputError("give only one of -f, --array and --each-line")
+    if array is not None or each_line is not None:
+        if not command:
+            raise InputError(f"{given[0]}: give the command to run for each item")
+    elif bool(command) == (file is not None):
+        raise InputError("give a command or -f FILE (not both)")
+
+
+def jobs_from_array(words: list[str], defaults: dict[str, Any], *, array: str | None = None,
+                    each_line: str | None = None) -> list[dict[str, Any]]:
+    """One job per item of --array SPEC or --each-line FILE, as job spec fields.
+
+    Kept as plain dicts rather than JobSpecs: a million of those take many seconds to
+    build. Items differ only in cmd, name and two env values, so checking the job of the
+    longest item checks them all (lines with a NUL are refused as they are read).
+    """
+    from shoal.cli import arrays
+
+    flag = "--array" if array is not None else "--each-line"
+    fields = {**defaults, "cmd": " ".join(words)}
+    spec_from_fields({**fields, "cmd": "true"})  # a bad flag is reported by its name
+    if arrays.PLACEHOLDER not in fields["cmd"]:
+        raise InputError(f"{flag}: the command has no {arrays.PLACEHOLDER} to replace")
+    try:
+        if array is not None:
+            items = arrays.items_from_numbers(arrays.parse_array_spec(array))
+        else:
+            assert each_line is not None
+            source = "<stdin>" if each_line == "-" else each_line
+            try:
+                items = arrays.items_from_lines(read_text(each_line))
+            except ValueError as exc:
+                raise ValueError(f"{source}: {exc}") from None
+    except ValueError as exc:
+        raise InputError(f"{flag}: {exc}") from None
+    if not items:
+        return []
+    longest = max(items, key=lambda item: len(item[1].encode()))
+    try:
+        spec_from_fields(arrays.expand(fields, [longest])[0])
+    except InputError as exc:
+        raise InputError(f"{flag}: item {longest[1][:40]!r}: {exc}") from None
+    return arrays.expand(fields, items)
+
+
+def read_text(file: str) -> str:
+    """The text of FILE ('-': standard input), as UTF-8."""
+    if file == "-":
+        stdin = getattr(sys.stdin, "buffer", None)
+        data: bytes | str = stdin.read() if stdin is not None else sys.stdin.read()
+    else:
+        try:
+            data = Path(file).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read the file: {exc.strerror or exc}") from None
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"line {line} is not UTF-8 text") from None
+
+
 def format_add_result(result: AddResult) -> str:
     line = f"added {result.added}, {result.existed} already existed"
     if result.requeued:
@@ -173,6 +280,12 @@ def add(
     ] = None,
     input_format: Annotated[InputFormat | None, typer.Option(
         "--format", help="Format of FILE (default: auto).", show_default=False)] = None,
+    array: Annotated[str | None, typer.Option(
+        metavar="SPEC", help="One job per number: 1-100, 1-100:10, 1,5,9; {} in CMD is the "
+        "number.")] = None,
+    each_line: Annotated[str | None, typer.Option(
+        metavar="FILE|-", help="One job per non-blank line of FILE; {} in CMD is the line.")
+    ] = None,
     cwd: Annotated[str | None, typer.Option(
         metavar="DIR", help="Working directory (default: this one).")] = None,
     group: Annotated[str | None, typer.Option(
@@ -185,40 +298,63 @@ def add(
     cores: Annotated[int | None, typer.Option(help="Cores needed (default: 1).")] = None,
     memory: Annotated[str | None, typer.Option(
         metavar="SIZE", help="Memory needed: 512M, 8G (bare numbers are MB).")] = None,
+    gpus: Annotated[int | None, typer.Option(metavar="N", help="GPUs needed (default: 0).")
+    ] = None,
+    resource: Annotated[list[str] | None, typer.Option(
+        metavar="NAME=N", help="A named resource needed, e.g. license=1 (repeatable).")] = None,
     run_time: Annotated[str | None, typer.Option(
         "--time", metavar="DURATION", help="Expected run time: 90s, 30m, 1h30m.")] = None,
     time_limit: Annotated[str | None, typer.Option(
         metavar="DURATION", help="Kill the job after this long.")] = None,
+    req_group: Annotated[str | None, typer.Option(
+        metavar="NAME", help="Requirements group: jobs alike, whose needs are learned.")
+    ] = None,
+    grow_memory: Annotated[bool, typer.Option(
+        "--grow-memory", help="Killed for using more memory than asked: retry with more.")
+    ] = False,
     after: Annotated[list[str] | None, typer.Option(
-        metavar="ID|group:G", help="Run after this job, or every job of a group (repeatable).")
+        metavar="ID|group:G",
+        help="Run after this job, or every job of a group, has succeeded (repeatable).")
+    ] = None,
+    after_any: Annotated[list[str] | None, typer.Option(
+        metavar="ID|group:G",
+        help="Run after this job, or every job of a group, has ended, however (repeatable).")
     ] = None,
     limit: Annotated[list[str] | None, typer.Option(
-        metavar="NAME", help="A named concurrency limit (repeatable).")] = None,
+        metavar="NAME[:N]", help="A named concurrency limit; :N sets its cap (repeatable).")
+    ] = None,
     env: Annotated[list[str] | None, typer.Option(
         metavar="K=V", help="Environment variable; K alone copies it from here (repeatable).")
     ] = None,
-    on: Annotated[str | None, typer.Option(metavar="WORKER", help="Run on this worker only.")
+    on: Annotated[str | None, typer.Option(
+        metavar="WORKER|K=V", help="Run on this worker only, or on workers with this label.")
     ] = None,
     name: Annotated[str | None, typer.Option(help="A name for the job.")] = None,
     rerun: Annotated[bool, typer.Option(
         "--rerun", help="Queue again the jobs already added that have ended.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Add jobs: one command, or a file of them.
+    """Add jobs: one command, a file of them, or one command over many items.
 
     A (cmd, cwd) already added is not added again (see --rerun).
     With -f, the flags are defaults: a line's own options win.
+    With --array or --each-line, every {} in CMD (and --name) is replaced by the item, and
+    each job gets SHOAL_ARRAY_INDEX and SHOAL_ARRAY_ITEM. All items are added at once.
     """
-    if bool(command) == (file is not None):
-        raise InputError("give a command or -f FILE (not both)")
+    check_job_source(command, file, array, each_line)
     if input_format is not None and file is None:
         raise InputError("--format applies to -f FILE only")
     defaults = job_defaults(
         cwd=cwd, group=group, priority=priority, retries=retries, cores=cores, memory=memory,
-        run_time=run_time, time_limit=time_limit, after=after, limits=limit, env=env, on_worker=on,
-        name=name,
+        run_time=run_time, time_limit=time_limit, gpus=gpus, resources=resource,
+        req_group=req_group, grow_memory=grow_memory, after=after, after_any=after_any,
+        limits=limit, env=env, on_worker=on, name=name,
     )
-    if command:
+    specs: Sequence[JobSpec | dict[str, Any]]
+    if array is not None or each_line is not None:
+        assert command
+        specs = jobs_from_array(command, defaults, array=array, each_line=each_line)
+    elif command:
         specs = specs_from_command(command, defaults)
     else:
         assert file is not None
@@ -271,6 +407,8 @@ def jobs(
     state: Annotated[str | None, typer.Option(
         "--state", "-s", callback=check_state, help="Only jobs in this state.")] = None,
     group: GroupOption = None,
+    why: Annotated[bool, typer.Option(
+        "--why", help="Show why each waiting or queued job is not running.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """List jobs, oldest first."""
@@ -278,7 +416,7 @@ def jobs(
     if as_json:
         render.print_json({"jobs": found, "total": len(found)})
     elif found:
-        render.print_table(*render.jobs_rows(found))
+        render.print_table(*render.jobs_rows(found, why=why))
     else:
         print("no jobs", file=sys.stderr)
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from shoal.cli import Session, jobs, session_of, workers
+from shoal.cli import Session, jobs, limits, session_of, workers
 from shoal.cli.errors import EXIT_BAD_INPUT, report
 from shoal.core.errors import ShoalError
 
@@ -103,6 +103,8 @@ app.command("kill")(jobs.kill)
 app.command("retry")(jobs.retry)
 app.command("rm")(jobs.remove)
 app.command("workers")(workers.workers)
+app.command("limit")(limits.limit)
+app.command("limits")(limits.limits)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,8 @@ STATES: tuple[str, ...] = (
     "waiting", "queued", "delayed", "running", "lost", "done", "failed", "cancelled",
 )
 FINAL_STATES = frozenset({"done", "failed", "cancelled"})
+# The states in which the server says why a job is not running (its pending_reason).
+PENDING_STATES = frozenset({"waiting", "queued", "delayed"})
 
 _STATE_COLORS = {  # SGR codes
     "waiting": "2",
@@ -153,9 +155,10 @@ def paint_state(state: str, *, color: bool) -> str:
     return paint(state, _STATE_COLORS.get(state), color=color)
 
 
-_RIGHT_ALIGNED = frozenset(
-    {"ID", "#", "EXIT", "TRIES", "WALL", "RUNNING", "TOTAL", "CORES", "MEMORY", *STATES}
-)
+_RIGHT_ALIGNED = frozenset({
+    "ID", "#", "EXIT", "TRIES", "WALL", "RUNNING", "QUEUED", "TOTAL", "CORES", "MEMORY", "GPUS",
+    "CAP", *STATES,
+})
 _MIN_LAST_COLUMN = 20
 
 
@@ -220,10 +223,13 @@ def status_rows(status: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     return ["GROUP", *columns, "TOTAL"], rows
 
 
-def jobs_rows(jobs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def jobs_rows(jobs: Sequence[Mapping[str, Any]], *,
+              why: bool = False) -> tuple[list[str], list[list[str]]]:
+    """One row per job; with `why`, a WHY column: the server's reason a job is not running."""
     with_names = any(job.get("name") for job in jobs)
     headers = ["ID", "STATE", "GROUP", "EXIT", "TRIES", "WALL", "WORKER"]
-    headers += ["NAME", "COMMAND"] if with_names else ["COMMAND"]
+    headers += ["NAME"] if with_names else []
+    headers += ["WHY"] if why else []
     rows = []
     for job in jobs:
         row = [
@@ -237,26 +243,82 @@ def jobs_rows(jobs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[s
         ]
         if with_names:
             row.append(text_cell(job.get("name")))
+        if why:
+            row.append(text_cell(pending_reason(job)))
         rows.append([*row, one_line(job["cmd"])])
-    return headers, rows
+    return [*headers, "COMMAND"], rows
+
+
+def pending_reason(job: Mapping[str, Any]) -> str | None:
+    """Why a job that is waiting its turn is not running, if the server says."""
+    return job.get("pending_reason") if job.get("state") in PENDING_STATES else None
 
 
 def workers_rows(workers: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    headers = ["NAME", "HOST", "STATE", "CORES", "MEMORY", "RUNNING", "LAST SEEN"]
+    """One row per worker. GPUS, RESOURCES (named ones) and LABELS appear only when some
+    worker has them, so a plain cluster keeps a narrow table."""
+    offers = [worker.get("resources") or {} for worker in workers]
+    with_gpus = any(offer.get("gpus") for offer in offers)
+    with_custom = any(offer.get("custom") for offer in offers)
+    with_labels = any(worker.get("labels") for worker in workers)
+    headers = ["NAME", "HOST", "STATE", "CORES", "MEMORY"]
+    headers += ["GPUS"] if with_gpus else []
+    headers += ["RESOURCES"] if with_custom else []
+    headers += ["RUNNING", "LAST SEEN"]
+    headers += ["LABELS"] if with_labels else []
     rows = []
-    for worker in workers:
-        offered, used = worker.get("resources") or {}, worker.get("used") or {}
-        rows.append([
+    for worker, offered in zip(workers, offers, strict=True):
+        used = worker.get("used") or {}
+        row = [
             text_cell(worker.get("name")),
             text_cell(worker.get("host")),
             "connected" if worker.get("connected") else "disconnected",
             f"{used.get('cores', 0)}/{offered.get('cores', 0)}",
             f"{format_bytes(used.get('memory_bytes', 0))}/"
             f"{format_bytes(offered.get('memory_bytes', 0))}",
-            str(worker.get("running", 0)),
-            format_ago(worker.get("last_seen")),
-        ])
+        ]
+        if with_gpus:
+            row.append(f"{used.get('gpus', 0)}/{len(offered.get('gpus') or ())}")
+        if with_custom:
+            row.append(custom_resources_cell(offered.get("custom") or {},
+                                             used.get("custom") or {}))
+        row += [str(worker.get("running", 0)), format_ago(worker.get("last_seen"))]
+        if with_labels:
+            labels = worker.get("labels") or {}
+            row.append(one_line(",".join(f"{key}={labels[key]}" for key in sorted(labels)))
+                       or "-")
+        rows.append(row)
     return headers, rows
+
+
+def custom_resources_cell(offered: Mapping[str, int], used: Mapping[str, int]) -> str:
+    """{'license': 4}, {'license': 1} -> 'license=1/4': used of offered, per name."""
+    cells = [f"{name}={used.get(name, 0)}/{offered[name]}" for name in sorted(offered)]
+    return one_line(",".join(cells)) or "-"
+
+
+def limits_rows(limits: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    rows = [
+        [text_cell(entry.get("name")), format_cap(entry.get("cap")),
+         str(entry.get("running", 0)), str(entry.get("queued", 0))]
+        for entry in limits
+    ]
+    return ["NAME", "CAP", "RUNNING", "QUEUED"], rows
+
+
+def format_cap(cap: int | None) -> str:
+    """A limit's cap: '-' when there is none, 'paused' at 0."""
+    if cap is None:
+        return "-"
+    return "paused" if cap == 0 else str(cap)
+
+
+def describe_limit(entry: Mapping[str, Any]) -> str:
+    """'limit db: cap 4, 2 running, 10 queued' (or 'no cap', or 'paused')."""
+    cap = entry.get("cap")
+    cap_text = "no cap" if cap is None else "paused" if cap == 0 else f"cap {cap}"
+    return (f"limit {text_cell(entry.get('name'))}: {cap_text}, "
+            f"{entry.get('running', 0)} running, {entry.get('queued', 0)} queued")
 
 
 def attempts_rows(attempts: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -285,42 +347,26 @@ def text_cell(value: object) -> str:
 
 def job_fields(job: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The `status ID` view of a job as (label, text) pairs; empty ones are left out."""
-    resources = job.get("resources") or {}
-    requested = [plural(resources.get("cores", 1), "core")]
-    if resources.get("memory_bytes"):
-        requested.append(format_bytes(resources["memory_bytes"]))
-    if job.get("time_seconds"):
-        requested.append(f"expected {format_duration(job['time_seconds'])}")
-    if job.get("time_limit_seconds"):
-        requested.append(f"limit {format_duration(job['time_limit_seconds'])}")
-    attempts = str(job.get("attempts", 0))
-    if job.get("lost_attempts"):
-        attempts += f" ({job['lost_attempts']} lost)"
-    worker = ""
-    if job.get("worker"):
-        worker = f"{job['worker']} on {job.get('host') or '?'}"
-        worker += f", pid {job['pid']}" if job.get("pid") else ""
-    used = ""
-    if job.get("wall_seconds") is not None:
-        used = (f"wall {format_duration(job['wall_seconds'])}, "
-                f"cpu {format_duration(job.get('cpu_seconds'))}, "
-                f"peak RSS {format_bytes(job.get('peak_rss_bytes'))}")
     exit_code = job.get("exit_code")
     fields = [
         ("command", job["cmd"]),
         ("name", job.get("name") or ""),
         ("state", job["state"]),
+        (WHY_LABEL, pending_reason(job) or ""),
         ("reason", job.get("fail_reason") or ""),
         ("exit code", "" if exit_code is None else str(exit_code)),
         ("group", job.get("group") or ""),
         ("cwd", job.get("cwd") or ""),
         ("priority", str(job.get("priority", 0))),
         ("retries", str(job.get("retries", 0))),
-        ("attempts", attempts),
-        ("worker", worker),
-        ("requested", ", ".join(requested)),
-        ("used", used),
+        ("attempts", attempts_text(job)),
+        ("worker", worker_text(job)),
+        ("requested", requested_text(job)),
+        ("req group", job.get("req_group") or ""),
+        ("requirements", job.get("requirements_source") or ""),
+        ("used", used_text(job)),
         ("after", ", ".join(map(str, job.get("dependencies") or ()))),
+        ("after any", ", ".join(map(str, job.get("dependencies_any") or ()))),
         ("limits", ", ".join(job.get("limits") or ())),
         ("on worker", job.get("on_worker") or ""),
         ("env", ", ".join(job.get("env") or ())),
@@ -332,6 +378,55 @@ def job_fields(job: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(label, one_line(text)) for label, text in fields if text]
 
 
+WHY_LABEL = "why not running"
+
+
+def requested_text(job: Mapping[str, Any]) -> str:
+    """'2 cores, 8.0 GiB (grows), 1 GPU, license=1, expected 1h00m, limit 2h00m'."""
+    resources = job.get("resources") or {}
+    requested = [plural(resources.get("cores", 1), "core")]
+    if resources.get("memory_bytes"):
+        grows = " (grows)" if job.get("grow_memory") else ""
+        requested.append(format_bytes(resources["memory_bytes"]) + grows)
+    elif job.get("grow_memory"):
+        requested.append("memory grows")
+    if resources.get("gpus"):
+        requested.append(plural(resources["gpus"], "GPU"))
+    custom = resources.get("custom") or {}
+    requested += [f"{name}={custom[name]}" for name in sorted(custom)]
+    if job.get("time_seconds"):
+        requested.append(f"expected {format_duration(job['time_seconds'])}")
+    if job.get("time_limit_seconds"):
+        requested.append(f"limit {format_duration(job['time_limit_seconds'])}")
+    return ", ".join(requested)
+
+
+def attempts_text(job: Mapping[str, Any]) -> str:
+    attempts = str(job.get("attempts", 0))
+    if job.get("lost_attempts"):
+        attempts += f" ({job['lost_attempts']} lost)"
+    return attempts
+
+
+def worker_text(job: Mapping[str, Any]) -> str:
+    """'node1 on node1, pid 3234, GPUs 0,1': where it runs, and while it runs, its GPUs."""
+    if not job.get("worker"):
+        return ""
+    text = f"{job['worker']} on {job.get('host') or '?'}"
+    text += f", pid {job['pid']}" if job.get("pid") else ""
+    if job.get("state") == "running" and job.get("gpu_ids"):
+        text += f", GPUs {','.join(map(str, job['gpu_ids']))}"
+    return text
+
+
+def used_text(job: Mapping[str, Any]) -> str:
+    if job.get("wall_seconds") is None:
+        return ""
+    return (f"wall {format_duration(job['wall_seconds'])}, "
+            f"cpu {format_duration(job.get('cpu_seconds'))}, "
+            f"peak RSS {format_bytes(job.get('peak_rss_bytes'))}")
+
+
 OUTPUT_TAIL_LINES = 10
 
 
@@ -340,9 +435,14 @@ def print_job(job: Mapping[str, Any], stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     color = use_color(stream)
     stream.write(paint(f"job {job['id']}", "1", color=color) + "\n")
-    for label, text in job_fields(job):
-        shown = paint_state(text, color=color) if label == "state" else text
-        stream.write(f"  {label:<10} {shown}\n")
+    fields = job_fields(job)
+    width = max(10, *(len(label) for label, _ in fields))
+    for label, text in fields:
+        if label == "state":
+            text = paint_state(text, color=color)
+        elif label == WHY_LABEL:  # the first thing to know about a job that does not start
+            text = paint(text, "1;33", color=color)
+        stream.write(f"  {label:<{width}} {text}\n")
     if job.get("attempt_history"):
         stream.write("\n")
         print_table(*attempts_rows(job["attempt_history"]), stream=stream)

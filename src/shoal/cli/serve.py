@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 import socket
 from collections.abc import Callable
@@ -13,10 +14,19 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from shoal.core.errors import InputError
+from shoal.core.models import RESERVED_RESOURCES
 from shoal.home import DEFAULT_PORT, resolve_connection, shoal_home
 
 if TYPE_CHECKING:
     from shoal.worker.agent import Agent
+
+_WHOLE_NUMBER_RE = re.compile(r"^[0-9]{1,19}$")  # ASCII only: str.isdigit takes '²'
+MAX_GPUS = 1024  # as many as a worker may offer in its registration
+_GPU_ID_RE = re.compile(r"^[A-Za-z0-9_.:/][A-Za-z0-9_.:/-]{0,127}$")  # indexes, UUIDs, MIG ids
+_RESOURCE_NAME_RE = re.compile(r"^[A-Za-z0-9_.@+-]{1,128}$")
+_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9_.:/@+-]{1,128}$")
+MAX_LABEL_VALUE_CHARS = 256
+MAX_RESOURCE_AMOUNT = 2**62  # fits the store's 64-bit integers with room to add
 
 
 def _logging(debug: bool) -> None:
@@ -51,6 +61,20 @@ def worker_command(
     name: Annotated[str | None, typer.Option(help="Worker name (default: the host name).")] = None,
     cores: Annotated[int | None, typer.Option(help="Cores to offer (default: all).")] = None,
     memory: Annotated[str | None, typer.Option(help="Memory to offer, e.g. 8G.")] = None,
+    gpus: Annotated[str | None, typer.Option(
+        metavar="N|LIST",
+        help="GPUs to offer: a count N (ids 0..N-1) or ids like 0,2 (one id: '3,'). "
+             "Default: $CUDA_VISIBLE_DEVICES, else what nvidia-smi lists.")] = None,
+    resource: Annotated[list[str] | None, typer.Option(
+        "--resource", metavar="NAME=N",
+        help="A named resource to offer, e.g. licenses=4. Repeatable.")] = None,
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", metavar="KEY=VALUE",
+        help="A label jobs can ask for, e.g. zone=a. Repeatable.")] = None,
+    enforce_memory: Annotated[bool, typer.Option(
+        "--enforce-memory/--no-enforce-memory",
+        help="Kill a job that uses more memory than it asked for. Without it, memory is only "
+             "a scheduling figure; time limits still apply.")] = True,
     spool: Annotated[Path | None, typer.Option(help="Directory for output being captured.")] = None,
 ) -> None:
     """Run a worker: connect to the server and run the jobs it assigns."""
@@ -60,22 +84,96 @@ def worker_command(
     from shoal.worker.resources import detect_resources
 
     _logging(False)
+    # Check every option before looking for the server: a bad value is a usage error.
+    if cores is not None and cores < 1:
+        raise InputError("--cores: must be at least 1")
+    try:
+        memory_bytes = parse_memory(memory) if memory else None
+    except ValueError as exc:
+        raise InputError(f"--memory: {exc}") from None
+    gpu_ids = parse_gpus_option(gpus) if gpus is not None else None
+    custom = parse_resource_options(resource or [])
+    labels = parse_label_options(label or [])
+
     def locate() -> tuple[str, str | None]:
         connection = resolve_connection(role="worker", server=server, token=token)
         return connection.url, connection.worker_token
 
     locate()  # fail now, with a clear message, if there is no server to find
-    detected = detect_resources()
-    try:
-        memory_bytes = parse_memory(memory) if memory else detected.memory_bytes
-    except ValueError as exc:
-        raise InputError(f"--memory: {exc}") from None
-    if cores is not None and cores < 1:
-        raise InputError("--cores: must be at least 1")
-    resources = Resources(cores=cores or detected.cores, memory_bytes=memory_bytes)
+    detected = detect_resources(with_gpus=gpu_ids is None)
+    resources = Resources(
+        cores=cores or detected.cores,
+        memory_bytes=memory_bytes if memory_bytes is not None else detected.memory_bytes,
+        gpus=gpu_ids if gpu_ids is not None else detected.gpus,
+        custom=custom,
+    )
     worker_name = name or socket.gethostname()
     spool_dir = spool or shoal_home() / "spool" / worker_name
-    asyncio.run(_work(Agent(worker_name, resources, spool_dir), locate))
+    agent = Agent(worker_name, resources, spool_dir, labels=labels, enforce_memory=enforce_memory)
+    asyncio.run(_work(agent, locate))
+
+
+def parse_gpus_option(text: str) -> list[str]:
+    """`--gpus`: a count N offers ids 0..N-1; a comma list offers exactly those ids.
+
+    A lone id needs a trailing comma ('3,'), since '3' alone is a count.
+    """
+    value = text.strip()
+    if _WHOLE_NUMBER_RE.match(value):
+        count = int(value)
+        if count > MAX_GPUS:
+            raise InputError(f"--gpus: at most {MAX_GPUS} GPUs can be offered")
+        return [str(index) for index in range(count)]
+    ids = [item.strip() for item in value.split(",")]
+    if len(ids) > 1 and ids[-1] == "":
+        ids.pop()
+    for gpu_id in ids:
+        if not _GPU_ID_RE.match(gpu_id):
+            raise InputError(f"--gpus: {text!r} is neither a count nor a list of GPU ids like 0,2")
+    if len(set(ids)) != len(ids):
+        raise InputError(f"--gpus: {text!r} names a GPU twice")
+    if len(ids) > MAX_GPUS:
+        raise InputError(f"--gpus: at most {MAX_GPUS} GPUs can be offered")
+    return ids
+
+
+def parse_resource_options(items: list[str]) -> dict[str, int]:
+    """`--resource NAME=N`, repeatable: named resources (licenses, tokens) offered by amount."""
+    offered: dict[str, int] = {}
+    for item in items:
+        name, equals, amount = item.partition("=")
+        name, amount = name.strip(), amount.strip()
+        if not equals or not name:
+            raise InputError(f"--resource: {item!r} is not NAME=N")
+        if not _RESOURCE_NAME_RE.match(name):
+            raise InputError(f"--resource: bad name {name!r} (letters, digits and _.@+- only)")
+        if name in RESERVED_RESOURCES:
+            raise InputError(f"--resource: {name!r} is offered with --{name}, not --resource")
+        if not _WHOLE_NUMBER_RE.match(amount) or not 1 <= int(amount) <= MAX_RESOURCE_AMOUNT:
+            raise InputError(f"--resource: {name}: the amount must be a whole number from 1")
+        if name in offered:
+            raise InputError(f"--resource: {name!r} is given twice")
+        offered[name] = int(amount)
+    return offered
+
+
+def parse_label_options(items: list[str]) -> dict[str, str]:
+    """`--label KEY=VALUE`, repeatable: facts about this worker that jobs can ask for."""
+    labels: dict[str, str] = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        key = key.strip()
+        if not equals or not key or not value:
+            raise InputError(f"--label: {item!r} is not KEY=VALUE")
+        if not _LABEL_KEY_RE.match(key):
+            raise InputError(f"--label: bad key {key!r} (letters, digits and _.:/@+- only)")
+        if len(value) > MAX_LABEL_VALUE_CHARS or not value.isprintable():
+            raise InputError(f"--label: {key}: the value must be printable and at most "
+                             f"{MAX_LABEL_VALUE_CHARS} characters")
+        if key in labels:
+            raise InputError(f"--label: {key!r} is given twice")
+        labels[key] = value
+    return labels
 
 
 async def _work(agent: Agent, locate: Callable[[], tuple[str, str | None]]) -> None:

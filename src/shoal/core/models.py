@@ -14,6 +14,9 @@ MAX_ENV_ITEMS = 512
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:@+-]{1,128}$")
 _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?\s*$", re.IGNORECASE)
 _MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
+DEPENDENCY_RE = re.compile(r"^(\d+|group:[A-Za-z0-9_.:@+-]{1,128})$")
+LIMIT_RE = re.compile(r"^[A-Za-z0-9_.@+-]{1,128}(:\d{1,9})?$")
+RESERVED_RESOURCES = frozenset({"cores", "memory", "gpus"})
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -78,8 +81,12 @@ class JobSpec(BaseModel):
     memory_bytes: int = Field(default=0, ge=0)
     time_seconds: float | None = Field(default=None, gt=0)
     time_limit_seconds: float | None = Field(default=None, gt=0)
+    gpus: int = Field(default=0, ge=0, le=1024)
+    resources: dict[str, int] = Field(default_factory=dict)
     req_group: str | None = None
+    grow_memory: bool = False
     after: list[str] = Field(default_factory=list)
+    after_any: list[str] = Field(default_factory=list)
     limits: list[str] = Field(default_factory=list)
     on_worker: str | None = None
 
@@ -111,6 +118,32 @@ class JobSpec(BaseModel):
                 raise ValueError(f"bad environment variable name {key!r}")
         return value
 
+    @field_validator("resources")
+    @classmethod
+    def _resource_names(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, amount in value.items():
+            if not _NAME_RE.match(name) or name in RESERVED_RESOURCES:
+                raise ValueError(f"bad resource name {name!r}")
+            if amount < 1:
+                raise ValueError(f"resource {name}: amount must be at least 1")
+        return value
+
+    @field_validator("after", "after_any")
+    @classmethod
+    def _dependency_shape(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not DEPENDENCY_RE.match(entry):
+                raise ValueError(f"{entry!r} is neither a job id nor group:NAME")
+        return value
+
+    @field_validator("limits")
+    @classmethod
+    def _limit_shape(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not LIMIT_RE.match(entry):
+                raise ValueError(f"{entry!r} is not a limit name (NAME, or NAME:N to set its cap)")
+        return value
+
     @property
     def key(self) -> tuple[str, str]:
         """Two adds of the same (cmd, cwd) are the same job."""
@@ -134,7 +167,12 @@ class Job:
     time_seconds: float | None = None
     req_group: str | None = None
     name: str | None = None
+    gpus: int = 0
+    resources: dict[str, int] = field(default_factory=dict)
+    grow_memory: bool = False
+    requirements_source: str | None = None
     dependencies: list[str] = field(default_factory=list)
+    dependencies_any: list[str] = field(default_factory=list)
     limits: list[str] = field(default_factory=list)
     on_worker: str | None = None
     state: JobState = JobState.QUEUED
@@ -170,11 +208,15 @@ class Job:
             "group": self.group,
             "priority": self.priority,
             "retries": self.retries,
-            "resources": {"cores": self.cores, "memory_bytes": self.memory_bytes},
+            "resources": {"cores": self.cores, "memory_bytes": self.memory_bytes,
+                          "gpus": self.gpus, "custom": dict(self.resources)},
             "time_seconds": self.time_seconds,
             "time_limit_seconds": self.time_limit_seconds,
             "req_group": self.req_group,
+            "requirements_source": self.requirements_source,
+            "grow_memory": self.grow_memory,
             "dependencies": list(self.dependencies),
+            "dependencies_any": list(self.dependencies_any),
             "limits": list(self.limits),
             "on_worker": self.on_worker,
             "state": self.state.value,

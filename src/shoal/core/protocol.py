@@ -17,8 +17,12 @@ class _Message(BaseModel):
 
 
 class Resources(_Message):
+    """What a worker offers. GPUs are offered as items (their ids), named resources by amount."""
+
     cores: int = Field(ge=0)
     memory_bytes: int = Field(ge=0)
+    gpus: list[str] = Field(default_factory=list, max_length=1024)
+    custom: dict[str, int] = Field(default_factory=dict)
 
 
 # ---- worker -> server -------------------------------------------------------------------
@@ -31,6 +35,7 @@ class RunningAttempt(_Message):
     lease_id: int
     pid: int | None = None
     started_at: float
+    gpus: list[str] = Field(default_factory=list)
 
 
 class Register(_Message):
@@ -39,6 +44,7 @@ class Register(_Message):
     name: str = Field(min_length=1, max_length=128)
     host: str = Field(max_length=255)
     resources: Resources
+    labels: dict[str, str] = Field(default_factory=dict)
     running: list[RunningAttempt] = Field(default_factory=list)
 
 
@@ -116,6 +122,7 @@ class Assignment(_Message):
     env: dict[str, str]
     cores: int
     memory_bytes: int
+    gpus: list[str] = Field(default_factory=list)  # exactly these: CUDA_VISIBLE_DEVICES
     time_limit_seconds: float | None = None
 
     def __repr__(self) -> str:  # env values are secrets: never in a repr or log

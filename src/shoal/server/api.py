@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from shoal import __version__
@@ -135,6 +135,30 @@ async def status(_role: Client, service: ServiceDep, group: str | None = None,
     if wait and since is not None:
         await service.wait_for_change(since, min(wait, MAX_WAIT_SECONDS))
     return service.status(group)
+
+
+class LimitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cap: int | None = Field(ge=0, le=1_000_000_000)
+
+
+LimitName = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.@+-]{1,128}$")]
+
+
+@router.get("/limits")
+def list_limits(_role: Client, service: ServiceDep) -> dict[str, Any]:
+    return {"limits": service.reactor.limits()}
+
+
+@router.get("/limits/{name}")
+def get_limit(name: LimitName, _role: Client, service: ServiceDep) -> dict[str, Any]:
+    return service.limit(name)
+
+
+@router.put("/limits/{name}")
+def set_limit(name: LimitName, body: LimitRequest, _role: Client,
+              service: ServiceDep) -> dict[str, Any]:
+    return service.set_limit(name, body.cap)
 
 
 @router.get("/workers")

@@ -2,14 +2,15 @@
 
 The service loop feeds every event here (adds, worker messages, user actions, ticks), then takes
 the accumulated `Effects`, commits them in one transaction and only then sends the messages.
-Every job state change goes through `core.states.transition`.
+Every job state change goes through `_change`, which calls `core.states.transition` and keeps
+the counters that depend on states (limits, dependency groups) right.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -28,9 +29,14 @@ from shoal.core.protocol import (
 )
 from shoal.core.states import Transition, created, transition
 from shoal.server import scheduler
+from shoal.server.dependencies import GROUP_PREFIX, Dependencies
+from shoal.server.requirements import LearnedRequirements
+from shoal.server.workers import WorkerState
 from shoal.store import AttemptRow
 
 S = JobState
+_HOLDING = frozenset({S.RUNNING, S.LOST})  # an attempt that may still be alive somewhere
+MEMORY_GROWTH = 1.5
 
 
 @dataclass(frozen=True)
@@ -40,30 +46,7 @@ class ReactorConfig:
     lost_grace_seconds: float = 60.0  # a lost attempt waits this long for its worker to return
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 600.0
-
-
-@dataclass(slots=True)
-class WorkerState:
-    id: int
-    name: str
-    host: str
-    cores: int
-    memory_bytes: int
-    connected_at: float
-    last_seen: float
-    connected: bool = True
-    used_cores: int = 0
-    used_memory_bytes: int = 0
-    job_ids: set[int] = field(default_factory=set)
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "id": self.id, "name": self.name, "host": self.host, "connected": self.connected,
-            "resources": {"cores": self.cores, "memory_bytes": self.memory_bytes},
-            "used": {"cores": self.used_cores, "memory_bytes": self.used_memory_bytes},
-            "running": len(self.job_ids), "connected_at": self.connected_at,
-            "last_seen": self.last_seen,
-        }
+    reserve_after_seconds: float = 60.0  # a job that fits nowhere this long gets a worker held
 
 
 @dataclass(slots=True)
@@ -76,6 +59,7 @@ class Effects:
     started: list[tuple[int, int, float]] = field(default_factory=list)  # lease, pid, at
     results: list[AttemptResult] = field(default_factory=list)
     removed: list[int] = field(default_factory=list)
+    learned: list[tuple[str, int, float]] = field(default_factory=list)
     assignments: dict[int, list[Assignment]] = field(default_factory=lambda: defaultdict(list))
     kills: dict[int, list[KillOrder]] = field(default_factory=lambda: defaultdict(list))
     acks: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
@@ -84,7 +68,7 @@ class Effects:
     @property
     def empty(self) -> bool:
         return not (self.changed or self.transitions or self.removed or self.assignments
-                    or self.kills or self.acks or self.disconnect)
+                    or self.kills or self.acks or self.disconnect or self.learned)
 
     def messages(self) -> dict[int, list[ToWorker]]:
         """Messages per worker id, batched: one Assign and one Kill at most each."""
@@ -104,15 +88,23 @@ class AddPlan:
     requeue: list[int]
     ids: list[int]
     existed: int
+    limit_caps: dict[str, int]
 
 
 class Reactor:
     def __init__(self, jobs: Iterable[Job], *, next_job_id: int, next_lease_id: int,
-                 config: ReactorConfig | None = None, now: float = 0.0):
+                 config: ReactorConfig | None = None, now: float = 0.0,
+                 limit_caps: dict[str, int | None] | None = None,
+                 history: dict[str, list[tuple[int, float]]] | None = None):
         self.config = config or ReactorConfig()
         self.jobs: dict[int, Job] = {}
         self.by_key: dict[tuple[str, str], int] = {}
         self.workers: dict[int, WorkerState] = {}
+        self.limit_caps: dict[str, int | None] = dict(limit_caps or {})
+        self.limit_running: Counter[str] = Counter()
+        self.deps = Dependencies()
+        self.learned = LearnedRequirements(history)
+        self.reservations: dict[int, int] = {}  # job id -> worker id held for it
         self._next_job_id = next_job_id
         self._next_lease_id = next_lease_id
         self._next_worker_id = 1
@@ -120,21 +112,23 @@ class Reactor:
         self._queue: list[tuple[int, int, int]] = []  # (-priority, seq, job id)
         self._delayed: list[tuple[float, int]] = []  # (retry_at, job id)
         self._lost: list[tuple[float, int]] = []  # (give-up time, job id)
+        self._recheck: set[int] = set()  # waiting jobs whose dependencies moved
         self._kill_reasons: dict[int, str] = {}
         self._effects = Effects()
         self.version = 0  # bumps whenever a job changes; status watchers wait on it
         for job in sorted(jobs, key=lambda j: (j.queued_at or 0.0, j.id)):
-            self.jobs[job.id] = job
-            self.by_key[job.key] = job.id
+            self._track(job)
             if job.state is S.QUEUED:
                 self._enqueue(job)
             elif job.state is S.DELAYED:
                 heapq.heappush(self._delayed, (job.retry_at or now, job.id))
-            elif job.state is S.RUNNING or job.state is S.LOST:
+            elif job.state in _HOLDING:
                 # The server restarted: the attempt lives on only if its worker comes back.
                 if job.state is S.RUNNING:
                     self._change(job, S.LOST, now, "server restarted")
                 heapq.heappush(self._lost, (now + self.config.lost_grace_seconds, job.id))
+            elif job.state is S.WAITING:
+                self._recheck.add(job.id)
 
     # ---- bookkeeping -------------------------------------------------------------------------
 
@@ -144,11 +138,25 @@ class Reactor:
             self.version += 1
         return effects
 
+    def _track(self, job: Job) -> None:
+        self.jobs[job.id] = job
+        self.by_key[job.key] = job.id
+        self.deps.joined(job)
+        if job.state in _HOLDING:
+            self.limit_running.update(job.limits)
+
     def _change(self, job: Job, to: JobState, now: float, reason: str | None = None) -> None:
+        """The one place a job's state changes."""
+        before = job.state
         self._effects.transitions.append(transition(job, to, now=now, reason=reason))
         self._effects.changed[job.id] = job
+        if (before in _HOLDING) != (to in _HOLDING):
+            self.limit_running.update({name: 1 if to in _HOLDING else -1 for name in job.limits})
+        self._recheck.update(self.deps.moved(job, before, to))
         if to is S.QUEUED:
             self._enqueue(job)
+        if before is S.QUEUED:
+            self.reservations.pop(job.id, None)
 
     def _enqueue(self, job: Job) -> None:
         self._seq += 1
@@ -168,13 +176,11 @@ class Reactor:
         requeue: list[int] = []
         ids: list[int] = []
         existed = 0
+        limit_caps: dict[str, int] = {}
         batch_keys: dict[tuple[str, str], int] = {}
+        batch_groups: set[str] = set()
         next_id = self._next_job_id
         for index, spec in enumerate(specs):
-            if spec.after or spec.limits:
-                field_name = "after" if spec.after else "limits"
-                raise InputError(f"jobs[{index}].{field_name}: dependencies and limits are "
-                                 "not supported by this server version")
             if spec.cwd is None or not spec.cwd.startswith("/"):
                 raise InputError(f"jobs[{index}].cwd: must be an absolute path")
             key = spec.key
@@ -187,18 +193,51 @@ class Reactor:
                         and twin_id not in requeue:
                     requeue.append(twin_id)
                 continue
+            limits = []
+            for entry in spec.limits:
+                name, _, cap = entry.partition(":")
+                limits.append(name)
+                if cap:
+                    limit_caps[name] = int(cap)
             job = Job(
                 id=next_id, cmd=spec.cmd, cwd=spec.cwd, env=dict(spec.env), group=spec.group,
                 priority=spec.priority, retries=spec.retries, cores=spec.cores,
                 memory_bytes=spec.memory_bytes, time_limit_seconds=spec.time_limit_seconds,
                 time_seconds=spec.time_seconds, req_group=spec.req_group, name=spec.name,
-                on_worker=spec.on_worker, state=S.QUEUED, added_at=now, queued_at=now,
+                gpus=spec.gpus, resources=dict(spec.resources), grow_memory=spec.grow_memory,
+                dependencies=list(spec.after), dependencies_any=list(spec.after_any),
+                limits=sorted(set(limits)), on_worker=spec.on_worker,
+                state=S.WAITING if spec.after or spec.after_any else S.QUEUED,
+                added_at=now, queued_at=None if spec.after or spec.after_any else now,
             )
+            if spec.req_group:
+                memory, seconds, source = self.learned.suggest(
+                    spec.req_group, memory=not spec.memory_bytes, time=spec.time_seconds is None)
+                job.memory_bytes = memory or job.memory_bytes
+                job.time_seconds = seconds if seconds is not None else job.time_seconds
+                job.requirements_source = source
             batch_keys[key] = next_id
+            batch_groups.add(spec.group)
             new_jobs.append(job)
             ids.append(next_id)
             next_id += 1
-        return AddPlan(new_jobs, requeue, ids, existed - len(requeue))
+        self._check_dependencies(new_jobs, batch_groups)
+        return AddPlan(new_jobs, requeue, ids, existed - len(requeue), limit_caps)
+
+    def _check_dependencies(self, new_jobs: list[Job], batch_groups: set[str]) -> None:
+        for index, job in enumerate(new_jobs):
+            for entry in (*job.dependencies, *job.dependencies_any):
+                if entry.startswith(GROUP_PREFIX):
+                    group = entry[len(GROUP_PREFIX):]
+                    if not self.deps.group_size[group] and group not in batch_groups:
+                        raise InputError(f"job {index + 1} of the batch: {entry} has no jobs")
+                elif int(entry) not in self.jobs:
+                    raise InputError(f"job {index + 1} of the batch: dependency {entry} "
+                                     "does not exist")
+        looping = self.deps.find_cycle(new_jobs, self.jobs)
+        if looping is not None:
+            raise InputError(f"dependency cycle: {looping.cmd!r} would wait for itself "
+                             "through its dependencies")
 
     @staticmethod
     def journal_of_new(plan: AddPlan, now: float) -> list[Transition]:
@@ -207,24 +246,57 @@ class Reactor:
     def apply_add(self, plan: AddPlan, *, now: float) -> None:
         """Make an add real once its new jobs are committed. Requeued twins go through the
         normal effects, which the caller commits before it acknowledges the add."""
+        self.limit_caps.update(plan.limit_caps)
         for job in plan.new_jobs:
-            self.jobs[job.id] = job
-            self.by_key[job.key] = job.id
-            self._enqueue(job)
+            self._track(job)
+            if job.state is S.QUEUED:
+                self._enqueue(job)
+            else:
+                self._recheck.add(job.id)
         if plan.new_jobs:
             self._next_job_id = plan.new_jobs[-1].id + 1
         for job_id in plan.requeue:
             job = self.jobs[job_id]
             job.attempts = job.lost_attempts = 0
             self._change(job, S.QUEUED, now, "added again (--rerun)")
+        self._settle_dependencies(now)
         self.version += 1
+
+    def _settle_dependencies(self, now: float) -> None:
+        """Release or cancel waiting jobs whose dependencies moved; cancellations cascade."""
+        while self._recheck:
+            job = self.jobs.get(self._recheck.pop())
+            if job is None or job.state is not S.WAITING:
+                continue
+            verdict, reason = self.deps.verdict(job, self.jobs)
+            if verdict == "ready":
+                self._change(job, S.QUEUED, now, "dependencies done")
+            elif verdict == "cancel":
+                self._change(job, S.CANCELLED, now, reason)
+
+    # ---- limits ------------------------------------------------------------------------------
+
+    def set_limit(self, name: str, cap: int | None) -> None:
+        self.limit_caps[name] = cap
+
+    def limits(self) -> list[dict[str, object]]:
+        names = set(self.limit_caps) | {n for job in self.jobs.values() for n in job.limits}
+        queued: Counter[str] = Counter()
+        for job in self.jobs.values():
+            if job.state is S.QUEUED:
+                queued.update(job.limits)
+        return [{"name": name, "cap": self.limit_caps.get(name),
+                 "running": self.limit_running[name], "queued": queued[name]}
+                for name in sorted(names)]
 
     # ---- workers -----------------------------------------------------------------------------
 
     def worker_joined(self, register: Register, now: float) -> int:
+        offered = register.resources
         worker = WorkerState(
             id=self._next_worker_id, name=register.name, host=register.host,
-            cores=register.resources.cores, memory_bytes=register.resources.memory_bytes,
+            cores=offered.cores, memory_bytes=offered.memory_bytes, gpus=list(offered.gpus),
+            custom=dict(offered.custom), labels=dict(register.labels),
             connected_at=now, last_seen=now,
         )
         self._next_worker_id += 1
@@ -236,13 +308,12 @@ class Reactor:
         reported = {a.lease_id: a for a in register.running}
         for attempt in register.running:
             job = self.jobs.get(attempt.job_id)
-            if job is not None and job.lease_id == attempt.lease_id \
-                    and job.state in (S.RUNNING, S.LOST):
+            if job is not None and job.lease_id == attempt.lease_id and job.state in _HOLDING:
                 if job.state is S.LOST:
                     self._change(job, S.RUNNING, now, f"worker {worker.name} came back")
                 job.worker, job.host, job.pid = worker.name, worker.host, attempt.pid
                 self._effects.changed[job.id] = job
-                self._hold(worker, job)
+                worker.hold(job, attempt.gpus)
                 if job.id in self._kill_reasons:
                     self._effects.kills[worker.id].append(
                         KillOrder(job_id=job.id, lease_id=attempt.lease_id,
@@ -254,12 +325,13 @@ class Reactor:
                               reason="stale lease"))
         # Attempts the server gave this worker that it no longer has ended with it.
         for job in self.jobs.values():
-            if job.state in (S.RUNNING, S.LOST) and job.worker == worker.name \
+            if job.state in _HOLDING and job.worker == worker.name \
                     and job.lease_id not in reported:
                 if job.state is S.RUNNING:
-                    self._release_from_all(job)
-                    self._change(job, S.LOST, now, f"worker {worker.name} restarted")
+                    for other in self.workers.values():
+                        other.release(job)
                     job.lost_attempts += 1
+                    self._change(job, S.LOST, now, f"worker {worker.name} restarted")
                 self._give_up_lost(job, now)
         return worker.id
 
@@ -272,14 +344,14 @@ class Reactor:
         for job_id in sorted(worker.job_ids):
             job = self.jobs[job_id]
             if job.state is S.RUNNING:
-                self._change(job, S.LOST, now, f"worker {worker.name} {reason}")
                 job.lost_attempts += 1
+                self._change(job, S.LOST, now, f"worker {worker.name} {reason}")
                 if job.id in self._kill_reasons:
                     self._change(job, S.CANCELLED, now, self._kill_reasons.pop(job.id))
                 else:
                     heapq.heappush(self._lost, (now + self.config.lost_grace_seconds, job.id))
-        worker.job_ids.clear()
-        worker.used_cores = worker.used_memory_bytes = 0
+        worker.release_all()
+        self.reservations = {j: w for j, w in self.reservations.items() if w != worker_id}
         self._effects.disconnect.append(worker_id)
 
     def heard_from(self, worker_id: int, now: float) -> None:
@@ -287,26 +359,16 @@ class Reactor:
         if worker is not None:
             worker.last_seen = now
 
-    def _hold(self, worker: WorkerState, job: Job) -> None:
-        if job.id not in worker.job_ids:
-            worker.job_ids.add(job.id)
-            worker.used_cores += job.cores
-            worker.used_memory_bytes += job.memory_bytes
-
-    def _release(self, worker: WorkerState, job: Job) -> None:
-        if job.id in worker.job_ids:
-            worker.job_ids.discard(job.id)
-            worker.used_cores -= job.cores
-            worker.used_memory_bytes -= job.memory_bytes
-
-    def _release_from_all(self, job: Job) -> None:
-        for worker in self.workers.values():
-            self._release(worker, job)
-
     def _holds_lease(self, worker_id: int, job: Job | None, lease_id: int) -> bool:
         if job is None or job.lease_id != lease_id or job.state is not S.RUNNING:
             return False
         return job.id in self.workers[worker_id].job_ids
+
+    def gpu_ids(self, job_id: int) -> list[str]:
+        for worker in self.workers.values():
+            if job_id in worker.gpus_held:
+                return list(worker.gpus_held[job_id])
+        return []
 
     # ---- reports from workers ----------------------------------------------------------------
 
@@ -314,11 +376,10 @@ class Reactor:
         self.heard_from(worker_id, now)
         for item in items:
             job = self.jobs.get(item.job_id)
-            if not self._holds_lease(worker_id, job, item.lease_id):
+            if job is None or not self._holds_lease(worker_id, job, item.lease_id):
                 self._effects.kills[worker_id].append(
                     KillOrder(job_id=item.job_id, lease_id=item.lease_id, reason="stale lease"))
                 continue
-            assert job is not None
             job.pid, job.started_at = item.pid, item.started_at
             self._effects.changed[job.id] = job
             self._effects.started.append((item.lease_id, item.pid, item.started_at))
@@ -329,13 +390,13 @@ class Reactor:
         for result in items:
             self._effects.acks[worker_id].append(result.lease_id)
             job = self.jobs.get(result.job_id)
-            if not self._holds_lease(worker_id, job, result.lease_id):
+            if job is None or not self._holds_lease(worker_id, job, result.lease_id):
                 continue  # a stale lease: its job was lost and given to another attempt
-            assert job is not None
-            self._release(worker, job)
+            worker.release(job)
             self._record_result(job, result)
             self._effects.results.append(result)
             self._conclude(job, result, now)
+        self._settle_dependencies(now)
 
     def _record_result(self, job: Job, result: AttemptResult) -> None:
         job.pid = result.pid or job.pid
@@ -347,6 +408,10 @@ class Reactor:
     def _conclude(self, job: Job, result: AttemptResult, now: float) -> None:
         kill_reason = self._kill_reasons.pop(job.id, None)
         if result.outcome == "exited" and result.exit_code == 0:
+            if job.req_group:
+                self.learned.record(job.req_group, result.peak_rss_bytes, result.wall_seconds)
+                self._effects.learned.append(
+                    (job.req_group, result.peak_rss_bytes, result.wall_seconds))
             self._change(job, S.DONE, now)
             return
         if result.outcome == "killed":
@@ -360,6 +425,10 @@ class Reactor:
         reason = _failure_reason(result)
         failed_attempts = job.attempts - job.lost_attempts
         if failed_attempts <= job.retries:
+            if result.outcome == "memory_limit" and job.grow_memory and job.memory_bytes:
+                job.memory_bytes = int(job.memory_bytes * MEMORY_GROWTH)
+                job.requirements_source = (f"memory raised to {job.memory_bytes >> 20} MiB "
+                                           "after a memory-limit kill (--grow-memory)")
             job.retry_at = now + self._backoff(job, failed_attempts)
             self._change(job, S.DELAYED, now, reason)
             heapq.heappush(self._delayed, (job.retry_at, job.id))
@@ -394,6 +463,7 @@ class Reactor:
                         self._effects.kills[worker.id].append(
                             KillOrder(job_id=job.id, lease_id=job.lease_id, reason=reason))
                 affected.append(job.id)
+        self._settle_dependencies(now)
         return affected
 
     def retry(self, jobs: Sequence[Job], now: float) -> list[int]:
@@ -403,17 +473,20 @@ class Reactor:
                 job.attempts = job.lost_attempts = 0
                 self._change(job, S.QUEUED, now, "retried by user")
                 affected.append(job.id)
+        self._settle_dependencies(now)
         return affected
 
     def remove(self, jobs: Sequence[Job], now: float) -> list[int]:
-        busy = [job.id for job in jobs if job.state in (S.RUNNING, S.LOST)]
+        busy = [job.id for job in jobs if job.state in _HOLDING]
         if busy:
             raise Conflict(f"job {busy[0]} is running; kill it first")
         for job in jobs:
             del self.jobs[job.id]
             self.by_key.pop(job.key, None)
+            self._recheck.update(self.deps.left(job))
             self._effects.changed.pop(job.id, None)
             self._effects.removed.append(job.id)
+        self._settle_dependencies(now)
         return [job.id for job in jobs]
 
     # ---- time --------------------------------------------------------------------------------
@@ -433,6 +506,7 @@ class Reactor:
             job = self.jobs.get(job_id)
             if job is not None and job.state is S.LOST:
                 self._give_up_lost(job, now)
+        self._settle_dependencies(now)
 
     def _give_up_lost(self, job: Job, now: float) -> None:
         self._change(job, S.QUEUED, now, "lost attempt given up")
@@ -454,23 +528,30 @@ class Reactor:
             if job is not None and job.state is S.QUEUED:
                 yield job
 
+    def capacities(self) -> list[scheduler.Capacity]:
+        return [w.capacity() for w in self.workers.values() if w.connected]
+
+    def _limit_room(self) -> dict[str, int | None]:
+        return {name: None if cap is None else cap - self.limit_running[name]
+                for name, cap in self.limit_caps.items()}
+
     def schedule(self, now: float) -> int:
         """Assign queued jobs to connected workers with room. Returns how many were assigned."""
-        capacities = [
-            scheduler.Capacity(w.id, w.name, w.cores - w.used_cores,
-                               w.memory_bytes - w.used_memory_bytes, w.cores, w.memory_bytes)
-            for w in self.workers.values() if w.connected
-        ]
+        self._settle_dependencies(now)
+        capacities = self.capacities()
         if not self._queue or not any(c.free_cores > 0 for c in capacities):
             return 0
-        result = scheduler.plan(self._queued_in_order(), capacities)
+        result = scheduler.plan(self._queued_in_order(), capacities,
+                                limit_room=self._limit_room(), now=now,
+                                starve_after_seconds=self.config.reserve_after_seconds)
         for job in result.skipped:
             self._enqueue(job)
-        for job, worker_id in result.assignments:
-            self._assign(job, self.workers[worker_id], now)
+        self.reservations = result.reserved
+        for job, worker_id, gpu_ids in result.assignments:
+            self._assign(job, self.workers[worker_id], gpu_ids, now)
         return len(result.assignments)
 
-    def _assign(self, job: Job, worker: WorkerState, now: float) -> None:
+    def _assign(self, job: Job, worker: WorkerState, gpu_ids: list[str], now: float) -> None:
         lease_id = self._next_lease_id
         self._next_lease_id += 1
         self._change(job, S.RUNNING, now)
@@ -479,16 +560,30 @@ class Reactor:
         job.worker, job.host, job.pid = worker.name, worker.host, None
         job.started_at, job.ended_at = now, None
         job.exit_code = job.wall_seconds = job.cpu_seconds = job.peak_rss_bytes = None
-        self._hold(worker, job)
+        worker.hold(job, gpu_ids)
         self._effects.new_attempts.append(
             AttemptRow(lease_id, job.id, job.attempts, worker.name, worker.host))
         self._effects.assignments[worker.id].append(Assignment(
             job_id=job.id, lease_id=lease_id, cmd=job.cmd, cwd=job.cwd, env=job.env,
-            cores=job.cores, memory_bytes=job.memory_bytes,
+            cores=job.cores, memory_bytes=job.memory_bytes, gpus=gpu_ids,
             time_limit_seconds=job.time_limit_seconds,
         ))
 
     # ---- reading -----------------------------------------------------------------------------
+
+    def pending_reason(self, job: Job,
+                       capacities: list[scheduler.Capacity] | None = None) -> str | None:
+        """Why a queued or waiting job is not running, for `shoal status ID`. Pass
+        `capacities` (from `capacities()`) when asking for many jobs at once."""
+        if job.state is S.WAITING:
+            return self.deps.describe(job, self.jobs)
+        if job.state is not S.QUEUED:
+            return None
+        if job.id in self.reservations:
+            held = self.workers[self.reservations[job.id]].name
+            return f"worker {held} is being drained for it (it fits nowhere else yet)"
+        return scheduler.why_not_running(job, capacities or self.capacities(), self.limit_caps,
+                                         self.limit_running)
 
     def counts(self, group: str | None = None) -> dict[str, dict[str, int]]:
         groups: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))

@@ -27,6 +27,7 @@ from shoal.core.protocol import (
 )
 from shoal.core.states import Transition
 from shoal.server.reactor import Effects, Reactor, ReactorConfig
+from shoal.server.requirements import HISTORY_PER_GROUP
 from shoal.store import Store
 
 log = logging.getLogger("shoal.server")
@@ -49,7 +50,9 @@ class Service:
         self.clock = clock
         max_job_id, max_lease_id = store.max_ids()
         self.reactor = Reactor(store.load_jobs(), next_job_id=max_job_id + 1,
-                               next_lease_id=max_lease_id + 1, config=config, now=clock())
+                               next_lease_id=max_lease_id + 1, config=config, now=clock(),
+                               limit_caps=store.limits(),
+                               history=store.requirement_history(HISTORY_PER_GROUP))
         self._links: dict[int, WorkerLink] = {}
         self._unsaved: list[Effects] = []
         self._wake = asyncio.Event()
@@ -123,6 +126,7 @@ class Service:
                 [r for e in batch for r in e.results],
                 [s for e in batch for s in e.started],
                 [r for e in batch for r in e.removed],
+                [row for e in batch for row in e.learned],
             )
         except StoreUnavailable as exc:
             if self.store_error is None:
@@ -193,7 +197,8 @@ class Service:
             raise InputError(f"more than {MAX_JOBS_PER_ADD} jobs in one add")
         now = self.clock()
         plan = self.reactor.plan_add(specs, rerun=rerun, now=now)
-        self.store.add_jobs(plan.new_jobs, [], self.reactor.journal_of_new(plan, now))
+        self.store.add_jobs(plan.new_jobs, self.reactor.journal_of_new(plan, now),
+                            plan.limit_caps)
         self.reactor.apply_add(plan, now=now)
         self.step()
         return {"added": len(plan.new_jobs), "existed": plan.existed,
@@ -230,9 +235,23 @@ class Service:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
 
+    def set_limit(self, name: str, cap: int | None) -> dict[str, object]:
+        self.store.set_limits({name: cap})
+        self.reactor.set_limit(name, cap)
+        self.step()
+        return self.limit(name)
+
+    def limit(self, name: str) -> dict[str, object]:
+        for entry in self.reactor.limits():
+            if entry["name"] == name:
+                return entry
+        return {"name": name, "cap": None, "running": 0, "queued": 0}
+
     def job(self, job_id: int) -> dict[str, Any]:
         job = self.reactor.get(job_id)
         data = job.to_dict()
+        data["gpu_ids"] = self.reactor.gpu_ids(job_id)
+        data["pending_reason"] = self.reactor.pending_reason(job)
         for stream in ("stdout", "stderr"):
             data[stream] = self.store.output(job_id, stream).model_dump()
         data["attempt_history"] = self.store.attempt_history(job_id)
@@ -250,8 +269,16 @@ class Service:
                     if (state is None or job.state is state)
                     and (group is None or job.group == group)]
         selected.sort(key=lambda job: job.id)
-        return {"jobs": [job.to_dict() for job in selected[offset:offset + limit]],
-                "total": len(selected)}
+        page = selected[offset:offset + limit]
+        capacities = self.reactor.capacities()
+        listed = []
+        for job in page:
+            data = job.to_dict()
+            data["gpu_ids"] = self.reactor.gpu_ids(job.id) if job.state is JobState.RUNNING \
+                else []
+            data["pending_reason"] = self.reactor.pending_reason(job, capacities)
+            listed.append(data)
+        return {"jobs": listed, "total": len(selected)}
 
     def workers(self) -> list[dict[str, object]]:
         return [worker.to_dict() for worker in self.reactor.workers.values()]

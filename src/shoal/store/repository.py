@@ -23,12 +23,14 @@ _JOB_COLUMNS = (
     "id, name, cmd, cwd, env, grp, priority, retries, cores, memory_bytes, time_seconds, "
     "time_limit_seconds, req_group, dependencies, limits, on_worker, state, fail_reason, "
     "exit_code, attempts, lost_attempts, worker, host, pid, lease_id, added_at, queued_at, "
-    "retry_at, started_at, ended_at, wall_seconds, cpu_seconds, peak_rss_bytes"
+    "retry_at, started_at, ended_at, wall_seconds, cpu_seconds, peak_rss_bytes, gpus, "
+    "resources, grow_memory, requirements_source, dependencies_any"
 )
+_JOB_PLACEHOLDERS = ", ".join("?" * 38)
 _MUTABLE = (
     "state", "fail_reason", "exit_code", "attempts", "lost_attempts", "worker", "host", "pid",
     "lease_id", "queued_at", "retry_at", "started_at", "ended_at", "wall_seconds", "cpu_seconds",
-    "peak_rss_bytes", "priority",
+    "peak_rss_bytes", "priority", "memory_bytes", "requirements_source",
 )
 _UPDATE_SQL = f"UPDATE jobs SET {', '.join(c + ' = ?' for c in _MUTABLE)} WHERE id = ?"
 
@@ -52,6 +54,8 @@ def _job_row(job: Job) -> tuple[object, ...]:
         job.state.value, job.fail_reason, job.exit_code, job.attempts, job.lost_attempts,
         job.worker, job.host, job.pid, job.lease_id, job.added_at, job.queued_at, job.retry_at,
         job.started_at, job.ended_at, job.wall_seconds, job.cpu_seconds, job.peak_rss_bytes,
+        job.gpus, json.dumps(job.resources), int(job.grow_memory), job.requirements_source,
+        json.dumps(job.dependencies_any),
     )
 
 
@@ -60,7 +64,7 @@ def _mutable_row(job: Job) -> tuple[object, ...]:
         job.state.value, job.fail_reason, job.exit_code, job.attempts, job.lost_attempts,
         job.worker, job.host, job.pid, job.lease_id, job.queued_at, job.retry_at,
         job.started_at, job.ended_at, job.wall_seconds, job.cpu_seconds, job.peak_rss_bytes,
-        job.priority, job.id,
+        job.priority, job.memory_bytes, job.requirements_source, job.id,
     )
 
 
@@ -68,7 +72,8 @@ def _job_from_row(row: Sequence[object]) -> Job:
     (id_, name, cmd, cwd, env, grp, priority, retries, cores, memory_bytes, time_seconds,
      time_limit_seconds, req_group, dependencies, limits, on_worker, state, fail_reason,
      exit_code, attempts, lost_attempts, worker, host, pid, lease_id, added_at, queued_at,
-     retry_at, started_at, ended_at, wall_seconds, cpu_seconds, peak_rss_bytes) = row
+     retry_at, started_at, ended_at, wall_seconds, cpu_seconds, peak_rss_bytes, gpus, resources,
+     grow_memory, requirements_source, dependencies_any) = row
     return Job(
         id=id_, name=name, cmd=cmd, cwd=cwd, env=json.loads(env), group=grp,  # type: ignore[arg-type]
         priority=priority, retries=retries, cores=cores, memory_bytes=memory_bytes,  # type: ignore[arg-type]
@@ -80,7 +85,10 @@ def _job_from_row(row: Sequence[object]) -> Job:
         lease_id=lease_id, added_at=added_at, queued_at=queued_at,  # type: ignore[arg-type]
         retry_at=retry_at, started_at=started_at, ended_at=ended_at,  # type: ignore[arg-type]
         wall_seconds=wall_seconds, cpu_seconds=cpu_seconds,  # type: ignore[arg-type]
-        peak_rss_bytes=peak_rss_bytes,  # type: ignore[arg-type]
+        peak_rss_bytes=peak_rss_bytes, gpus=gpus,  # type: ignore[arg-type]
+        resources=json.loads(resources), grow_memory=bool(grow_memory),  # type: ignore[arg-type]
+        requirements_source=requirements_source,  # type: ignore[arg-type]
+        dependencies_any=json.loads(dependencies_any),  # type: ignore[arg-type]
     )
 
 
@@ -144,21 +152,22 @@ class Store:
 
     # ---- writes --------------------------------------------------------------------------
 
-    def add_jobs(self, new_jobs: Sequence[Job], changed: Sequence[Job],
-                 transitions: Sequence[Transition]) -> None:
-        """Commit a whole add (new jobs, requeued twins) durably before it is acknowledged."""
+    def add_jobs(self, new_jobs: Sequence[Job], transitions: Sequence[Transition],
+                 limit_caps: dict[str, int] | None = None) -> None:
+        """Commit a whole add durably before it is acknowledged."""
         self._db.execute("PRAGMA synchronous = FULL")
         try:
-            self._add_jobs(new_jobs, changed, transitions)
+            self._add_jobs(new_jobs, transitions, limit_caps or {})
         finally:
             self._db.execute("PRAGMA synchronous = NORMAL")
 
-    def _add_jobs(self, new_jobs: Sequence[Job], changed: Sequence[Job],
-                  transitions: Sequence[Transition]) -> None:
+    def _add_jobs(self, new_jobs: Sequence[Job], transitions: Sequence[Transition],
+                  limit_caps: dict[str, int]) -> None:
         with self._transaction() as db:
-            db.executemany(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES "
-                           f"({', '.join('?' * 33)})", [_job_row(j) for j in new_jobs])
-            db.executemany(_UPDATE_SQL, [_mutable_row(j) for j in changed])
+            db.executemany("INSERT OR REPLACE INTO limits (name, cap) VALUES (?, ?)",
+                           list(limit_caps.items()))
+            db.executemany(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({_JOB_PLACEHOLDERS})",
+                           [_job_row(j) for j in new_jobs])
             self._journal(db, transitions)
             if new_jobs:
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('max_job_id', ?)",
@@ -166,9 +175,13 @@ class Store:
 
     def commit_tick(self, changed: Iterable[Job], transitions: Sequence[Transition],
                     new_attempts: Sequence[AttemptRow], results: Sequence[AttemptResult],
-                    started: Sequence[tuple[int, int, float]], removed: Sequence[int]) -> None:
+                    started: Sequence[tuple[int, int, float]], removed: Sequence[int],
+                    learned: Sequence[tuple[str, int, float]] = ()) -> None:
         """One transaction for everything a loop tick changed."""
         with self._transaction() as db:
+            if learned:
+                db.executemany("INSERT INTO requirement_history (req_group, peak_rss_bytes, "
+                               "wall_seconds) VALUES (?, ?, ?)", list(learned))
             db.executemany(_UPDATE_SQL, [_mutable_row(j) for j in changed])
             self._journal(db, transitions)
             if new_attempts:
@@ -234,6 +247,25 @@ class Store:
         # Numbered by order: a user's retry restarts the retry budget, not the history.
         return [dict(zip(keys, (number, *row[1:]), strict=True))
                 for number, row in enumerate(rows, start=1)]
+
+    # ---- limits and learned requirements --------------------------------------------------
+
+    def limits(self) -> dict[str, int | None]:
+        return {row[0]: row[1] for row in self._db.execute("SELECT name, cap FROM limits")}
+
+    def set_limits(self, caps: dict[str, int | None]) -> None:
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO limits (name, cap) VALUES (?, ?)",
+                           list(caps.items()))
+
+    def requirement_history(self, per_group: int) -> dict[str, list[tuple[int, float]]]:
+        """The last `per_group` (peak RSS, wall seconds) of each requirement group."""
+        history: dict[str, list[tuple[int, float]]] = {}
+        for group, rss, wall in self._db.execute(
+                "SELECT req_group, peak_rss_bytes, wall_seconds FROM requirement_history "
+                "ORDER BY seq"):
+            history.setdefault(group, []).append((rss, wall))
+        return {group: rows[-per_group:] for group, rows in history.items()}
 
     # ---- tokens --------------------------------------------------------------------------
 

@@ -85,6 +85,23 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # 2: scheduling: GPUs and named resources, dependencies on any outcome, limits,
+    # learned requirements.
+    """
+    ALTER TABLE jobs ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN resources TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE jobs ADD COLUMN grow_memory INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN requirements_source TEXT;
+    ALTER TABLE jobs ADD COLUMN dependencies_any TEXT NOT NULL DEFAULT '[]';
+    CREATE TABLE limits (name TEXT PRIMARY KEY, cap INTEGER);
+    CREATE TABLE requirement_history (
+        seq INTEGER PRIMARY KEY,
+        req_group TEXT NOT NULL,
+        peak_rss_bytes INTEGER NOT NULL,
+        wall_seconds REAL NOT NULL
+    );
+    CREATE INDEX requirement_history_by_group ON requirement_history (req_group, seq);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

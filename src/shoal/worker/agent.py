@@ -44,12 +44,15 @@ log = logging.getLogger("shoal.worker")
 
 class Agent:
     def __init__(self, name: str, resources: Resources, spool_dir: Path,
-                 host: str | None = None):
+                 host: str | None = None, labels: dict[str, str] | None = None,
+                 enforce_memory: bool = True):
         self.name = name
         self.host = host or socket.gethostname()
         self.resources = resources
+        self.labels = dict(labels or {})
         self.runner = Runner(spool_dir, host=self.host, on_started=self._on_started,
-                             on_finished=self._on_finished)
+                             on_finished=self._on_finished, offered_gpus=resources.gpus,
+                             enforce_memory=enforce_memory)
         self._send: Callable[[FromWorker], None] | None = None
         self._started: list[StartedItem] = []
         self._finished: list[AttemptResult] = []
@@ -60,7 +63,8 @@ class Agent:
 
     def register_message(self) -> Register:
         return Register(protocol_version=PROTOCOL_VERSION, name=self.name, host=self.host,
-                        resources=self.resources, running=self.runner.running())
+                        resources=self.resources, labels=self.labels,
+                        running=self.runner.running())
 
     def connected(self, send: Callable[[FromWorker], None]) -> None:
         """Start reporting through `send`; results the server never acknowledged go again."""

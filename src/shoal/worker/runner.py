@@ -2,9 +2,15 @@
 
 Each command runs as ``bash -c CMD`` in a session of its own, so its process group id is its pid
 and the whole job can be signalled at once. Its environment is the worker's (as it was when the
-Runner was made) plus the assignment's, ``SHOAL_JOB_ID`` and ``SHOAL_ATTEMPT_LEASE``. stdin is
-/dev/null; stdout and stderr go to files in the spool directory (see ``capture``), so a running
-job costs the event loop nothing.
+Runner was made) plus the assignment's, ``SHOAL_JOB_ID``, ``SHOAL_ATTEMPT_LEASE`` and
+``SHOAL_GPUS`` (the GPU ids granted, comma-separated, empty if none). stdin is /dev/null; stdout
+and stderr go to files in the spool directory (see ``capture``), so a running job costs the event
+loop nothing.
+
+GPUs: a job granted GPUs gets ``CUDA_VISIBLE_DEVICES`` set to exactly their ids. On a worker
+that offers GPUs, a job granted none gets ``CUDA_VISIBLE_DEVICES=""``, so it cannot use a GPU
+the scheduler has given to another job; either value overrides one in the job's own env. On a
+worker that offers none, the variable is left as the worker and the job have it.
 
 Reaping needs no thread per child: the loop watches a pidfd for each child and, once it becomes
 readable, reaps the child with ``wait4`` for its status and rusage (CPU time and peak RSS, which
@@ -18,7 +24,8 @@ the group on purpose (``setsid``, ``setpgid``) are out of reach.
 
 One loop timer serves all jobs: it samples the process trees of jobs older than 0.2 s (every
 0.5 s, or every 0.1 s under a memory limit) and fires time limits and SIGKILL escalations. A short
-job therefore costs a spawn and a reap, nothing more.
+job therefore costs a spawn and a reap, nothing more. With ``enforce_memory=False`` a job's memory
+is only a figure for the scheduler: it is measured but never enforced, time limits still are.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,8 +99,12 @@ class Runner:
         on_started: Callable[[StartedItem], None],
         on_finished: Callable[[AttemptResult], None],
         capture_bytes: int = 64 * 1024,
+        offered_gpus: Sequence[str] = (),
+        enforce_memory: bool = True,
     ) -> None:
         self.host = host
+        self._hide_unassigned_gpus = bool(offered_gpus)
+        self._enforce_memory = enforce_memory
         self._spool_dir = Path(spool_dir)
         self._spool_dir.mkdir(parents=True, exist_ok=True)
         self._on_started = on_started
@@ -123,6 +134,7 @@ class Runner:
                 lease_id=attempt.assignment.lease_id,
                 pid=attempt.pid,
                 started_at=attempt.started_at,
+                gpus=list(attempt.assignment.gpus),
             )
             for attempt in self._attempts.values()
         ]
@@ -158,7 +170,7 @@ class Runner:
             self._report_spawn_error(assignment, started_at, f"cannot watch process: {exc}")
             return
 
-        memory_limited = assignment.memory_bytes > 0
+        memory_limited = self._enforce_memory and assignment.memory_bytes > 0
         limit = assignment.time_limit_seconds
         attempt = _Attempt(
             assignment=assignment,
@@ -220,12 +232,16 @@ class Runner:
     def _spawn(
         self, assignment: Assignment, stdout_path: str, stderr_path: str
     ) -> subprocess.Popen[bytes]:
+        gpus = os.fsencode(",".join(assignment.gpus))
         env = {
             **self._base_env,
             **{os.fsencode(name): os.fsencode(value) for name, value in assignment.env.items()},
             b"SHOAL_JOB_ID": b"%d" % assignment.job_id,
             b"SHOAL_ATTEMPT_LEASE": b"%d" % assignment.lease_id,
+            b"SHOAL_GPUS": gpus,
         }
+        if assignment.gpus or self._hide_unassigned_gpus:
+            env[b"CUDA_VISIBLE_DEVICES"] = gpus
         stdout_fd = open_spool_file(stdout_path)
         try:
             stderr_fd = open_spool_file(stderr_path)
@@ -349,7 +365,7 @@ class Runner:
             rss_bytes = table.tree_rss_bytes(attempt.pid)
             attempt.peak_tree_rss_bytes = max(attempt.peak_tree_rss_bytes, rss_bytes)
             limit = attempt.assignment.memory_bytes
-            if 0 < limit < rss_bytes:
+            if self._enforce_memory and 0 < limit < rss_bytes:
                 # No grace period: a job over its memory may take the host down with it.
                 self._stop(
                     attempt,

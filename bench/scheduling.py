@@ -1,0 +1,260 @@
+"""Scheduling rate of the shoal server, without executing anything.
+
+A real `Service` over a real SQLite `Store` in a temporary directory, in one process and one
+event loop, with N simulated workers that acknowledge every assignment at once: each `Assign`
+is answered by a `Started` and a `Finished` (exit 0) for every job in it, delivered back on the
+next turn of the loop. No process is spawned, so what is timed is the server: placing jobs,
+the state changes, the commits to SQLite and the messages. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from throughput import DOCS, cell, machine
+
+from shoal.core.models import JobSpec, JobState
+from shoal.core.protocol import (
+    PROTOCOL_VERSION,
+    Assign,
+    AttemptResult,
+    Finished,
+    Register,
+    Resources,
+    Started,
+    StartedItem,
+    ToWorker,
+)
+from shoal.core.states import Transition
+from shoal.server.reactor import ReactorConfig
+from shoal.server.service import Service
+from shoal.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "scheduling.json"
+START, END = "<!-- scheduling:start -->", "<!-- scheduling:end -->"
+ADD_BATCH = 10_000
+WORKER_MEMORY_BYTES = 64 * 1024**3
+TIMEOUT_S = 1800.0
+
+# HyperQueue's own published figure: it cannot be run in zero-worker mode here (that needs a
+# build with the zero-worker feature), so this is a quoted figure, not a measurement.
+HQ_CLAIM = "Overhead per task is around 0.1 ms"
+HQ_SOURCE = "https://github.com/It4innovations/hyperqueue/blob/main/docs/README.md"
+HQ_EXPERIMENT = ("https://github.com/It4innovations/hyperqueue/blob/main/benchmarks/"
+                 "experiment-per-task-overhead.py")
+HQ_IMPLIED_JOBS_PER_S = 1 / 0.1e-3
+
+
+class SimulatedWorker:
+    """A worker link that reports every assigned job started and finished, without running it."""
+
+    def __init__(self, service: Service):
+        self.service = service
+        self.worker_id = 0  # known once `join` returns; no Assign arrives before that
+        self.loop = asyncio.get_running_loop()
+
+    def send(self, message: ToWorker) -> None:
+        if not isinstance(message, Assign):
+            return  # Welcome, Ack, Kill: nothing to do
+        # model_construct: the simulated worker should cost as little as possible; the server
+        # side (reactor, store) is what is measured.
+        started = Started.model_construct(items=[
+            StartedItem.model_construct(job_id=a.job_id, lease_id=a.lease_id, pid=0,
+                                        started_at=0.0)
+            for a in message.items])
+        finished = Finished.model_construct(items=[
+            AttemptResult.model_construct(job_id=a.job_id, lease_id=a.lease_id,
+                                          outcome="exited", exit_code=0, pid=0, started_at=0.0,
+                                          ended_at=0.0, wall_seconds=0.0, cpu_seconds=0.0,
+                                          peak_rss_bytes=0)
+            for a in message.items])
+        self.loop.call_soon(self.service.deliver, self.worker_id, started)
+        self.loop.call_soon(self.service.deliver, self.worker_id, finished)
+
+    def close(self, reason: str) -> None:
+        pass
+
+
+@dataclass
+class Run:
+    """One measured run."""
+
+    add_seconds: float
+    schedule_seconds: float
+    commits: int  # store transactions from the join until the last job was done
+    done: int
+
+
+def count_calls(store: Store, name: str, counter: list[int]) -> None:
+    """Wrap a store method so each call (one transaction) bumps counter[0]."""
+    method: Callable[..., None] = getattr(store, name)
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        counter[0] += 1
+        method(*args, **kwargs)
+
+    setattr(store, name, counted)
+
+
+async def run_once(jobs: int, workers: int, cores: int) -> Run:
+    with tempfile.TemporaryDirectory(prefix="bench-scheduling-") as tmp:
+        store = Store(Path(tmp) / "shoal.db")
+        commits = [0]
+        count_calls(store, "commit_tick", commits)
+        service = Service(store, ReactorConfig())
+        await service.start()
+        done = 0
+        all_done = asyncio.Event()
+
+        def follow(transitions: list[Transition]) -> None:
+            nonlocal done
+            done += sum(1 for t in transitions if t.to_state is JobState.DONE)
+            if done >= jobs:
+                all_done.set()
+
+        service.on_commit = follow
+        specs = [JobSpec(cmd=f"true {i}", cwd="/tmp") for i in range(1, jobs + 1)]
+        begin = time.perf_counter()
+        for first in range(0, jobs, ADD_BATCH):
+            result = service.add(specs[first:first + ADD_BATCH])
+            if result["added"] != len(specs[first:first + ADD_BATCH]):
+                raise RuntimeError(f"add: expected new jobs, got {result['added']} added")
+        add_seconds = time.perf_counter() - begin
+
+        commits[0] = 0
+        begin = time.perf_counter()
+        for index in range(workers):
+            link = SimulatedWorker(service)
+            register = Register(protocol_version=PROTOCOL_VERSION, name=f"sim-{index}",
+                                host="bench", resources=Resources(
+                                    cores=cores, memory_bytes=WORKER_MEMORY_BYTES))
+            link.worker_id = service.join(register, link)
+        await asyncio.wait_for(all_done.wait(), TIMEOUT_S)
+        schedule_seconds = time.perf_counter() - begin
+        run = Run(add_seconds, schedule_seconds, commits[0], done)
+        await service.stop()
+    if run.done != jobs:
+        raise RuntimeError(f"{run.done} of {jobs} jobs done")
+    return run
+
+
+# --- reporting -------------------------------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def report(runs: list[Run], facts: dict[str, str], args: argparse.Namespace) -> str:
+    n = args.jobs
+    rates = [n / r.schedule_seconds for r in runs]
+    adds = [n / r.add_seconds for r in runs]
+    commits = median([r.commits for r in runs])
+    rate = median(rates)
+    slots = args.workers * args.cores
+    lines = [
+        f"{n} jobs, {args.workers} simulated workers of {args.cores} cores ({slots} jobs at a "
+        f"time), median of {args.repeat} runs. Workers acknowledge every assignment at once "
+        "(started, then finished with exit 0) without spawning anything.",
+        "",
+        "Machine: " + "; ".join(f"{k} {v}" for k, v in facts.items()) + ".",
+        "",
+        "| what is timed | rate (median) | min..max |",
+        "|---|---:|---:|",
+        f"| add, in batches of {ADD_BATCH} (each batch one fsynced transaction) | "
+        f"{median(adds):.0f} jobs/s | {min(adds):.0f}..{max(adds):.0f} |",
+        f"| workers join → every job done (assign, started, finished, all committed) | "
+        f"{rate:.0f} jobs/s | {min(rates):.0f}..{max(rates):.0f} |",
+        "",
+        f"Scheduling took {median([r.schedule_seconds for r in runs]):.2f} s (median) in "
+        f"{commits:.0f} transactions, {n / commits:.0f} jobs per transaction on average "
+        f"({1e6 / rate:.0f} µs per job).",
+        "",
+        f"HyperQueue (published figure, not measured here): \"{cell(HQ_CLAIM)}\" "
+        f"([docs]({HQ_SOURCE})), the equivalent of about {HQ_IMPLIED_JOBS_PER_S:.0f} jobs/s "
+        "if each job's overhead is paid in turn. The setting of that figure is not given "
+        "beside it; HyperQueue measures it with its zero-worker mode "
+        f"([experiment]({HQ_EXPERIMENT})). shoal / that figure: "
+        f"{rate / HQ_IMPLIED_JOBS_PER_S:.2f}x.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+DOC_SECTION = f"""## Scheduling rate
+
+`bench/scheduling.py` measures how many jobs per second the server can schedule when running
+them costs nothing: a real server (its reactor, scheduler and SQLite store, every state change
+committed) with simulated workers in the same process that report each job they are given as
+started and finished at once. It is the ceiling that the server puts on throughput, whatever the
+workers do; the figure above, with real processes, is bounded by spawning them. The WebSocket
+and its JSON codec are not included. HyperQueue is shown by its published figure, labelled as
+such: its zero-worker mode needs a special build, which is not run here.
+
+```
+.venv/bin/python bench/scheduling.py --jobs 100000 --workers 16 --cores 8 --write-docs
+```
+
+{START}
+{END}
+"""
+
+
+def write_docs(text: str) -> None:
+    doc = DOCS.read_text()
+    if START not in doc or END not in doc:
+        doc = doc.rstrip("\n") + "\n\n" + DOC_SECTION
+    head, rest = doc.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    DOCS.write_text(f"{head}{START}\n{text}{END}{tail}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=100_000, help="jobs per run (default 100000)")
+    parser.add_argument("--workers", type=int, default=16, help="simulated workers (default 16)")
+    parser.add_argument("--cores", type=int, default=8, help="cores per worker (default 8)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs (default 3)")
+    parser.add_argument("--write-docs", action="store_true", help=f"update {DOCS.name}")
+    args = parser.parse_args()
+    if min(args.jobs, args.workers, args.cores, args.repeat) < 1:
+        parser.error("--jobs, --workers, --cores and --repeat must be at least 1")
+
+    runs = []
+    for i in range(args.repeat):
+        print(f"[{i + 1}/{args.repeat}] scheduling {args.jobs} jobs ...", file=sys.stderr,
+              flush=True)
+        runs.append(asyncio.run(run_once(args.jobs, args.workers, args.cores)))
+    facts = machine()
+    text = report(runs, facts, args)
+    print(text, end="")
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    params = {k: getattr(args, k) for k in ("jobs", "workers", "cores", "repeat")}
+    result = {
+        "params": params,
+        "machine": facts,
+        "runs": [asdict(r) for r in runs],
+        "jobs_per_s": median([args.jobs / r.schedule_seconds for r in runs]),
+        "adds_per_s": median([args.jobs / r.add_seconds for r in runs]),
+        "hyperqueue_published": {"claim": HQ_CLAIM, "source": HQ_SOURCE,
+                                 "implied_jobs_per_s": HQ_IMPLIED_JOBS_PER_S},
+    }
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    if args.write_docs:
+        write_docs(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The limit verbs: `limit` shows or sets one named concurrency limit, `limits` lists them."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+
+from shoal.cli import render, session_of
+from shoal.core.errors import InputError
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the server's answer as JSON.")]
+
+
+def limit(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The limit's name.")],
+    cap: Annotated[int | None, typer.Argument(
+        metavar="[N]", show_default=False,
+        help="How many of its jobs may run at once; 0 pauses them.")] = None,
+    unset: Annotated[bool, typer.Option(
+        "--unset", help="Remove the cap: its jobs run as resources allow.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a concurrency limit; with N, set its cap; with --unset, remove it."""
+    if cap is not None and unset:
+        raise InputError("give N or --unset, not both")
+    if cap is not None and cap < 0:
+        raise InputError("N: a cap is 0 or more (0 pauses the limit's jobs)")
+    client = session_of(ctx).client()
+    if unset or cap is not None:
+        answer = client.set_limit(name, cap)
+    else:
+        answer = find_limit(client.limits(), name)
+    if as_json:
+        render.print_json(answer)
+    else:
+        print(render.describe_limit(answer))
+
+
+def find_limit(known: Sequence[dict[str, Any]], name: str) -> dict[str, Any]:
+    """The limit called `name`. One the server does not list has no cap and no jobs yet:
+    a limit exists once a job names it or a cap is set, so this is not an error."""
+    for entry in known:
+        if entry.get("name") == name:
+            return entry
+    return {"name": name, "cap": None, "running": 0, "queued": 0}
+
+
+def limits(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """List the concurrency limits: cap, running and queued jobs of each."""
+    found = session_of(ctx).client().limits()
+    if as_json:
+        render.print_json({"limits": found})
+    elif found:
+        render.print_table(*render.limits_rows(found))
+    else:
+        print("no limits", file=sys.stderr)
