@@ -63,6 +63,26 @@ def test_every_add_option_reaches_the_job(fake_server: FakeServer, tmp_path: Pat
     }
 
 
+def test_every_new_add_option_reaches_the_job(fake_server: FakeServer) -> None:
+    fake_server.reply("POST", "/jobs", 201, ADDED)
+    assert run(fake_server, "add", "--cwd", "/w", "--gpus", "2", "--resource", "license=2",
+               "--resource", "scratch", "--after-any", "3", "--after-any", "group:prep",
+               "--limit", "db:4", "--limit", "net", "--on", "rack=a", "--grow-memory",
+               "--req-group", "align", "--time-limit", "1h", "align", "x.fq") == 0
+    assert fake_server.requests[0].body["jobs"] == [{
+        "cmd": "align x.fq",
+        "cwd": "/w",
+        "gpus": 2,
+        "resources": {"license": 2, "scratch": 1},  # a bare name asks for one
+        "after_any": ["3", "group:prep"],
+        "limits": ["db:4", "net"],
+        "on_worker": "rack=a",
+        "grow_memory": True,
+        "req_group": "align",
+        "time_limit_seconds": 3600.0,
+    }]
+
+
 def test_add_defaults_to_the_current_directory_and_reports_requeued(
         fake_server: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
     fake_server.reply("POST", "/jobs", 201, {"added": 0, "existed": 1, "requeued": 1,
@@ -138,6 +158,17 @@ def test_env_values_may_come_from_here(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"group": "a b"}, "--group: group names are 1-128 characters"),
         ({"cores": 0}, "--cores: Input should be greater than or equal to 1"),
         ({"time_limit": "0"}, "--time-limit: Input should be greater than 0"),
+        ({"gpus": -1}, "--gpus: Input should be greater than or equal to 0"),
+        ({"resources": ["gpus=1"]}, "--resource: gpus has its own option, --gpus"),
+        ({"resources": ["memory=1"]}, "--resource: memory has its own option, --memory"),
+        ({"resources": ["lic=x"]}, "--resource: 'lic=x' is not NAME=N (e.g. license=2)"),
+        ({"resources": ["=2"]}, "--resource: '=2' is not NAME=N (e.g. license=2)"),
+        ({"resources": ["lic=1", "lic=2"]}, "--resource: lic is given twice"),
+        ({"resources": ["lic=0"]}, "--resource: resource lic: amount must be at least 1"),
+        ({"resources": ["a b=1"]}, "--resource: bad resource name 'a b'"),
+        ({"after": ["x"]}, "--after: 'x' is neither a job id nor group:NAME"),
+        ({"after_any": ["group:"]}, "--after-any: 'group:' is neither a job id nor group:NAME"),
+        ({"limits": ["db:x"]}, "--limit: 'db:x' is not a limit name (NAME, or NAME:N to set"),
     ],
 )
 def test_bad_flags_are_named(flags: dict[str, Any], message: str) -> None:
@@ -174,6 +205,16 @@ def test_a_bad_line_names_file_and_line(tmp_path: Path) -> None:
         (["add", "--priority", "high", "echo"], "shoal: Invalid value for '--priority'"),
         (["add", "--format", "csv", "-f", "x"], "shoal: Invalid value for '--format'"),
         (["add", "--memory", "lots", "echo"], "shoal: --memory: not a memory size"),
+        (["add", "--gpus", "two", "echo"], "shoal: Invalid value for '--gpus'"),
+        (["add", "--resource", "lic=many", "echo"], "shoal: --resource: 'lic=many' is not NAME=N"),
+        (["add", "--after-any", "seven", "echo"], "shoal: --after-any: 'seven' is neither"),
+        (["add", "--limit", "a b", "echo"], "shoal: --limit: 'a b' is not a limit name"),
+        (["add", "--grow-memory=yes", "echo"], "shoal: Option '--grow-memory' does not take"),
+        (["jobs", "--why", "yes"], "shoal: Got unexpected extra argument(s) (yes)"),
+        (["limit"], "shoal: Missing argument 'NAME'"),
+        (["limit", "db", "x"], "shoal: Invalid value for '[N]'"),
+        (["limit", "db", "3", "--unset"], "shoal: give N or --unset, not both"),
+        (["limits", "db"], "shoal: Got unexpected extra argument(s) (db)"),
         (["jobs", "--state", "finished"], "shoal: Invalid value for '--state'"),
         (["status", "one"], "shoal: Invalid value for '[ID]'"),
         (["status", "1", "--group", "g"], "shoal: give an ID or --group, not both"),
@@ -364,3 +405,145 @@ def test_job_rows_escape_untrusted_text() -> None:
 def test_unseen_output(log: dict[str, Any], position: int, pieces: list[str | int],
                        after: int) -> None:
     assert render.unseen_output(log, position) == (pieces, after)
+
+
+# ---- limits --------------------------------------------------------------------------------
+
+
+def test_limit_sets_pauses_unsets_and_shows(fake_server: FakeServer,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("PUT", "/limits/db", body={"name": "db", "cap": 4, "running": 2,
+                                                 "queued": 10})
+    fake_server.reply("PUT", "/limits/db", body={"name": "db", "cap": 0, "running": 1,
+                                                 "queued": 11})
+    fake_server.reply("PUT", "/limits/db", body={"name": "db", "cap": None, "running": 3,
+                                                 "queued": 9})
+    fake_server.reply("GET", "/limits", body={"limits": [
+        {"name": "net", "cap": 2, "running": 0, "queued": 0}]})
+    assert run(fake_server, "limit", "db", "4") == 0
+    assert run(fake_server, "limit", "db", "0") == 0
+    assert run(fake_server, "limit", "db", "--unset") == 0
+    assert run(fake_server, "limit", "net") == 0
+    assert run(fake_server, "limit", "unused") == 0  # a limit no job names yet is no error
+    assert capsys.readouterr().out.splitlines() == [
+        "limit db: cap 4, 2 running, 10 queued",
+        "limit db: paused, 1 running, 11 queued",
+        "limit db: no cap, 3 running, 9 queued",
+        "limit net: cap 2, 0 running, 0 queued",
+        "limit unused: no cap, 0 running, 0 queued",
+    ]
+    assert [(r.method, r.body) for r in fake_server.requests] == [
+        ("PUT", {"cap": 4}), ("PUT", {"cap": 0}), ("PUT", {"cap": None}), ("GET", None),
+        ("GET", None),
+    ]
+
+
+def test_limit_json_prints_the_limit(fake_server: FakeServer,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("GET", "/limits", body={"limits": []})
+    assert run(fake_server, "limit", "db", "--json") == 0
+    assert capsys.readouterr().out == (
+        '{\n  "name": "db",\n  "cap": null,\n  "running": 0,\n  "queued": 0\n}\n')
+
+
+def test_limits_lists_caps(fake_server: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("GET", "/limits", body={"limits": [
+        {"name": "db", "cap": 2, "running": 2, "queued": 130},
+        {"name": "license", "cap": 0, "running": 0, "queued": 4},
+        {"name": "net", "cap": None, "running": 12, "queued": 0}]})
+    fake_server.reply("GET", "/limits", body={"limits": []})
+    assert run(fake_server, "limits") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "NAME        CAP  RUNNING  QUEUED",
+        "db            2        2     130",
+        "license  paused        0       4",
+        "net           -       12       0",
+    ]
+    assert run(fake_server, "limits") == 0
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "no limits\n")
+
+
+# ---- what status, jobs --why and workers show -------------------------------------------
+
+
+QUEUED_JOB = {
+    "id": 12, "cmd": "train --big", "state": "queued", "group": "ml", "cwd": "/w",
+    "priority": 0, "retries": 0, "attempts": 0, "exit_code": None, "worker": None,
+    "resources": {"cores": 64, "memory_bytes": 8 * GiB, "gpus": 2, "custom": {"license": 1}},
+    "grow_memory": True, "req_group": "train",
+    "requirements_source": "memory and time learned from req-group train: p95 of 40 runs",
+    "dependencies": ["3"], "dependencies_any": ["group:prep"], "limits": ["db:2"],
+    "pending_reason": "needs 64 cores; largest worker offers 16", "gpu_ids": [],
+    "added_at": None,
+}
+
+
+def test_status_of_a_job_says_why_it_is_not_running(fake_server: FakeServer,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("GET", "/jobs/12", body=QUEUED_JOB)
+    assert run(fake_server, "status", "12") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "job 12",
+        "  command          train --big",
+        "  state            queued",
+        "  why  not running needs 64 cores; largest worker offers 16",
+        "  group            ml",
+        "  cwd              /w",
+        "  priority         0",
+        "  retries          0",
+        "  attempts         0",
+        "  requested        64 cores, 8.0 GiB (grows), 2 GPUs, license=1",
+        "  req  group       train",
+        "  requirements     memory and time learned from req-group train: p95 of 40 runs",
+        "  after            3",
+        "  after  any       group:prep",
+        "  limits           db:2",
+        "  added            -",
+    ]
+
+
+def test_a_running_job_shows_its_gpus_and_no_pending_reason() -> None:
+    job = {**QUEUED_JOB, "state": "running", "worker": "g1", "host": "gpu-1", "pid": 77,
+           "gpu_ids": ["0", "3"], "pending_reason": "stale"}
+    fields = dict(render.job_fields(job))
+    assert fields["worker"] == "g1 on gpu-1, pid 77, GPUs 0,3"
+    assert render.WHY_LABEL not in fields
+
+
+def test_jobs_why_adds_the_reason_of_jobs_not_running(
+        fake_server: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    done = {"id": 1, "cmd": "prep", "state": "done", "group": "ml", "exit_code": 0,
+            "attempts": 1, "wall_seconds": 2.0, "worker": "w1", "pending_reason": None}
+    queued = {**QUEUED_JOB, "pending_reason": "limit db is full"}
+    waiting = {**QUEUED_JOB, "id": 13, "state": "waiting", "cmd": "report",
+               "pending_reason": "waiting for job 12"}
+    fake_server.reply("GET", "/jobs", body={"jobs": [done, queued, waiting], "total": 3})
+    fake_server.reply("GET", "/jobs", body={"jobs": [], "total": 3})
+    assert run(fake_server, "jobs", "--why") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "ID  STATE    GROUP  EXIT  TRIES  WALL  WORKER  WHY                 COMMAND",
+        " 1  done     ml        0      1  2.0s  w1      -                   prep",
+        "12  queued   ml        -      0     -  -       limit db is full    train --big",
+        "13  waiting  ml        -      0     -  -       waiting for job 12  report",
+    ]
+
+
+def test_workers_show_gpus_named_resources_and_labels_when_there_are_any() -> None:
+    plain = {"name": "cpu1", "host": "cpu1", "connected": True, "running": 1, "last_seen": None,
+             "resources": {"cores": 16, "memory_bytes": 0, "gpus": [], "custom": {}},
+             "used": {"cores": 1, "memory_bytes": 0, "gpus": 0, "custom": {}}, "labels": {}}
+    headers, rows = render.workers_rows([plain])
+    assert headers == ["NAME", "HOST", "STATE", "CORES", "MEMORY", "RUNNING", "LAST SEEN"]
+    gpu = {**plain, "name": "gpu1", "host": "gpu1", "labels": {"zone": "b", "rack": "a"},
+           "resources": {"cores": 32, "memory_bytes": 0, "gpus": ["0", "1", "2", "3"],
+                         "custom": {"scratch": 5, "license": 4}},
+           "used": {"cores": 8, "memory_bytes": 0, "gpus": 2, "custom": {"license": 1}}}
+    headers, rows = render.workers_rows([plain, gpu])
+    assert headers == ["NAME", "HOST", "STATE", "CORES", "MEMORY", "GPUS", "RESOURCES",
+                       "RUNNING", "LAST SEEN", "LABELS"]
+    assert rows == [
+        ["cpu1", "cpu1", "connected", "1/16", "0 B/0 B", "0/0", "-", "1", "-", "-"],
+        ["gpu1", "gpu1", "connected", "8/32", "0 B/0 B", "2/4", "license=1/4,scratch=0/5",
+         "1", "-", "rack=a,zone=b"],
+    ]

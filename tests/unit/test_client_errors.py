@@ -94,7 +94,7 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        do_GET = do_POST = _answer
+        do_GET = do_POST = do_PUT = _answer
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -247,6 +247,49 @@ def test_kill_retry_remove_take_ids_or_a_group(fake_server: FakeServer) -> None:
         with pytest.raises(InputError):
             client.kill(ids=[])
     assert [request.body for request in fake_server.requests] == [{"group": "g"}]
+
+
+def test_limits_are_listed_and_capped(fake_server: FakeServer) -> None:
+    db = {"name": "db", "cap": 2, "running": 2, "queued": 5}
+    fake_server.reply("GET", "/limits", body={"limits": [db]})
+    fake_server.reply("PUT", "/limits/db", body={**db, "cap": 0})
+    fake_server.reply("PUT", "/limits/a%2Fb%20c", body={"name": "a/b c", "cap": None,
+                                                        "running": 0, "queued": 0})
+    with Client(fake_server.url, TOKEN) as client:
+        assert client.limits() == [db]
+        assert client.set_limit("db", 0)["cap"] == 0
+        assert client.set_limit("a/b c", None)["cap"] is None  # the name cannot escape its path
+    assert [(r.method, r.path, r.body) for r in fake_server.requests] == [
+        ("GET", "/api/v1/limits", None),
+        ("PUT", "/api/v1/limits/db", {"cap": 0}),
+        ("PUT", "/api/v1/limits/a%2Fb%20c", {"cap": None}),
+    ]
+
+
+@pytest.mark.parametrize(("name", "cap"), [("db", -1), ("db", 1.5), ("db", True), ("", 1),
+                                           ("..", 1)])
+def test_a_bad_limit_is_refused_before_sending(fake_server: FakeServer, name: str,
+                                               cap: object) -> None:
+    with Client(fake_server.url, TOKEN) as client, pytest.raises(InputError):
+        client.set_limit(name, cap)  # type: ignore[arg-type]
+    assert fake_server.requests == []
+
+
+def test_limit_errors_carry_the_servers_message(fake_server: FakeServer) -> None:
+    fake_server.reply("PUT", "/limits/a%20b", 400, {"error": {
+        "code": "invalid", "message": "'a b' is not a limit name"}})
+    with Client(fake_server.url, TOKEN) as client, \
+            pytest.raises(InputError, match=r"^'a b' is not a limit name$"):
+        client.set_limit("a b", 3)
+
+
+def test_a_big_add_is_given_time_to_commit(fake_server: FakeServer) -> None:
+    fake_server.reply("POST", "/jobs", 201, {"added": 3000, "existed": 0, "requeued": 0,
+                                             "ids": list(range(3000))}, delay=0.5)
+    jobs = [{"cmd": f"echo {n}", "cwd": "/"} for n in range(3000)]
+    with Client(fake_server.url, TOKEN, timeout=0.2) as client:
+        assert client.add(jobs).added == 3000  # dicts are sent as they are
+    assert fake_server.requests[0].body == {"jobs": jobs, "rerun": False}
 
 
 def test_a_reply_that_is_not_json_is_a_server_error(fake_server: FakeServer) -> None:

@@ -436,7 +436,7 @@ def print_job(job: Mapping[str, Any], stream: TextIO | None = None) -> None:
     color = use_color(stream)
     stream.write(paint(f"job {job['id']}", "1", color=color) + "\n")
     fields = job_fields(job)
-    width = max(10, *(len(label) for label, _ in fields))
+    width = max(10, *(len(label) + 1 for label, _ in fields))
     for label, text in fields:
         if label == "state":
             text = paint_state(text, color=color)

@@ -1,0 +1,247 @@
+"""Job arrays: --array specs and --each-line files into items, items into jobs, and `shoal add`
+sending them all in one request."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from shoal.cli.arrays import (
+    MAX_ARRAY_ITEMS,
+    expand,
+    items_from_lines,
+    items_from_numbers,
+    parse_array_spec,
+)
+from shoal.cli.main import main
+
+from .test_client_errors import FakeServer, closed_port_url, fake_server, isolated_home
+
+__all__ = ["closed_port_url", "fake_server", "isolated_home"]  # fixtures used here
+
+EXAMPLES = "(examples: 1-100, 1-100:10, 1,5,9, 1-3,7)"
+
+
+def run(server: FakeServer, *args: str) -> int:
+    return main(["--server", server.url, "--token", "t", *args])
+
+
+# ---- --array SPEC -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "numbers"),
+    [
+        ("7", [7]),
+        ("0-4", [0, 1, 2, 3, 4]),
+        ("1-10:3", [1, 4, 7, 10]),
+        ("1-10:4", [1, 5, 9]),  # the step need not land on the end
+        ("1,5,9", [1, 5, 9]),
+        ("1-3,7", [1, 2, 3, 7]),
+        ("9,1,3-4,3", [1, 3, 4, 9]),  # ascending, each number once, as Slurm
+        (" 1-2 , 5 ", [1, 2, 5]),
+        ("007", [7]),
+        ("5-5", [5]),
+    ],
+)
+def test_array_specs(spec: str, numbers: list[int]) -> None:
+    assert parse_array_spec(spec) == numbers
+
+
+def test_an_array_may_have_a_million_items() -> None:
+    numbers = parse_array_spec(f"1-{MAX_ARRAY_ITEMS}")
+    assert (len(numbers), numbers[0], numbers[-1]) == (MAX_ARRAY_ITEMS, 1, MAX_ARRAY_ITEMS)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", f"no numbers given {EXAMPLES}"),
+        ("  ", f"no numbers given {EXAMPLES}"),
+        ("1-10%4", "'1-10%4': a % throttle is not supported; "
+                   "use --limit NAME:4 to run at most 4 at once"),
+        ("1-10%", "'1-10%': a % throttle is not supported; "
+                  "use --limit NAME:N to run at most N at once"),
+        ("a", f"'a' is not a number, a range A-B or A-B:STEP {EXAMPLES}"),
+        ("-1", f"'-1' is not a number, a range A-B or A-B:STEP {EXAMPLES}"),
+        ("3:2", f"'3:2' is not a number, a range A-B or A-B:STEP {EXAMPLES}"),
+        ("1-5:", f"'1-5:' is not a number, a range A-B or A-B:STEP {EXAMPLES}"),
+        ("1..5", f"'1..5' is not a number, a range A-B or A-B:STEP {EXAMPLES}"),
+        ("1,,2", f"an empty entry between commas {EXAMPLES}"),
+        ("1,", f"an empty entry between commas {EXAMPLES}"),
+        ("10-1", "'10-1': the range ends before it starts"),
+        ("1-10:0", "'1-10:0': the step must be at least 1"),
+        ("0-1000000", "'0-1000000' makes more than 1,000,000 items; split them into several adds"),
+        ("1-99999999999999", "'1-99999999999999' makes more than 1,000,000 items; "
+                             "split them into several adds"),
+        ("1-600000,600001-1200000", "'1-600000,600001-1200000' makes more than 1,000,000 "
+                                    "items; split them into several adds"),
+    ],
+)
+def test_bad_array_specs(spec: str, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_array_spec(spec)
+    assert str(caught.value) == message
+
+
+def test_overlapping_ranges_count_each_number_once_against_the_cap() -> None:
+    assert len(parse_array_spec(f"1-{MAX_ARRAY_ITEMS},1-10")) == MAX_ARRAY_ITEMS
+
+
+def test_array_items_are_indexed_by_their_number() -> None:
+    assert items_from_numbers([3, 10]) == [(3, "3"), (10, "10")]
+
+
+# ---- --each-line FILE -----------------------------------------------------------------------
+
+
+def test_each_non_blank_line_is_an_item_indexed_from_0() -> None:
+    text = "\ufeffa.fq\n\n   \nmy file.fq\r\n  spaced  \nlast"
+    assert items_from_lines(text) == [(0, "a.fq"), (1, "my file.fq"), (2, "  spaced  "),
+                                      (3, "last")]
+    assert items_from_lines("") == []
+    assert items_from_lines("# kept: not a comment\n") == [(0, "# kept: not a comment")]
+
+
+def test_a_line_with_a_nul_is_refused_by_its_number() -> None:
+    with pytest.raises(ValueError) as caught:
+        items_from_lines("ok\n\nbad\x00\n")
+    assert str(caught.value) == "line 3 contains a NUL byte"
+
+
+def test_at_most_a_million_lines() -> None:
+    assert len(items_from_lines("x\n" * MAX_ARRAY_ITEMS)) == MAX_ARRAY_ITEMS
+    with pytest.raises(ValueError) as caught:
+        items_from_lines("x\n" * (MAX_ARRAY_ITEMS + 1))
+    assert str(caught.value) == "more than 1,000,000 items; split them into several adds"
+
+
+# ---- items into jobs ------------------------------------------------------------------------
+
+
+def test_every_placeholder_is_replaced_and_the_item_is_in_the_env() -> None:
+    fields = {"cmd": "gzip {} && mv {}.gz out/", "cwd": "/w", "name": "zip-{}",
+              "env": {"A": "1", "SHOAL_ARRAY_ITEM": "mine"}}
+    assert expand(fields, [(0, "a.txt"), (1, "b {}")]) == [
+        {"cmd": "gzip a.txt && mv a.txt.gz out/", "cwd": "/w", "name": "zip-a.txt",
+         "env": {"A": "1", "SHOAL_ARRAY_ITEM": "a.txt", "SHOAL_ARRAY_INDEX": "0"}},
+        # an item's own {} is left as it is
+        {"cmd": "gzip b {} && mv b {}.gz out/", "cwd": "/w", "name": "zip-b {}",
+         "env": {"A": "1", "SHOAL_ARRAY_ITEM": "b {}", "SHOAL_ARRAY_INDEX": "1"}},
+    ]
+    assert fields["cmd"] == "gzip {} && mv {}.gz out/"  # the input is not changed
+
+
+def test_a_name_without_a_placeholder_is_shared() -> None:
+    jobs = expand({"cmd": "run {}", "name": "sweep"}, [(1, "1"), (2, "2")])
+    assert [job["name"] for job in jobs] == ["sweep", "sweep"]
+    assert [job["env"] for job in jobs] == [
+        {"SHOAL_ARRAY_INDEX": "1", "SHOAL_ARRAY_ITEM": "1"},
+        {"SHOAL_ARRAY_INDEX": "2", "SHOAL_ARRAY_ITEM": "2"},
+    ]
+
+
+def test_a_command_without_a_placeholder_is_refused() -> None:
+    with pytest.raises(ValueError) as caught:
+        expand({"cmd": "echo hi"}, [(1, "1")])
+    assert str(caught.value) == "the command has no {} to replace"
+
+
+# ---- shoal add --array / --each-line ------------------------------------------------------
+
+
+def test_add_array_sends_every_item_in_one_request(
+        fake_server: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("POST", "/jobs", 201, {"added": 3, "existed": 0, "requeued": 0,
+                                             "ids": [1, 2, 3]})
+    assert run(fake_server, "add", "--array", "1-5:2", "--cwd", "/w", "--group", "sweep",
+               "--env", "MODE=fast", "simulate", "--seed", "{}", ">", "out/{}.txt") == 0
+    assert capsys.readouterr().out == "added 3, 0 already existed\n"
+    (request,) = fake_server.requests
+    assert request.body == {"rerun": False, "jobs": [
+        {"cmd": f"simulate --seed {n} > out/{n}.txt", "cwd": "/w", "group": "sweep",
+         "env": {"MODE": "fast", "SHOAL_ARRAY_INDEX": str(n), "SHOAL_ARRAY_ITEM": str(n)}}
+        for n in (1, 3, 5)
+    ]}
+
+
+def test_add_each_line_of_a_file(fake_server: FakeServer, tmp_path: Path) -> None:
+    fake_server.reply("POST", "/jobs", 201, {"added": 2, "existed": 0, "requeued": 0,
+                                             "ids": [1, 2]})
+    samples = tmp_path / "samples.txt"
+    samples.write_text("s1\n\ns 2\n")
+    assert run(fake_server, "add", "--each-line", str(samples), "--cwd", "/w", "--cores", "4",
+               "align", '"$SHOAL_ARRAY_ITEM"', ">", "{}.bam") == 0
+    assert fake_server.requests[0].body["jobs"] == [
+        {"cmd": 'align "$SHOAL_ARRAY_ITEM" > s1.bam', "cwd": "/w", "cores": 4,
+         "env": {"SHOAL_ARRAY_INDEX": "0", "SHOAL_ARRAY_ITEM": "s1"}},
+        {"cmd": 'align "$SHOAL_ARRAY_ITEM" > s 2.bam', "cwd": "/w", "cores": 4,
+         "env": {"SHOAL_ARRAY_INDEX": "1", "SHOAL_ARRAY_ITEM": "s 2"}},
+    ]
+
+
+def test_add_each_line_of_standard_input(fake_server: FakeServer,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_server.reply("POST", "/jobs", 201, {"added": 2, "existed": 0, "requeued": 0,
+                                             "ids": [1, 2]})
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"a\nb\n")))
+    assert run(fake_server, "add", "--each-line", "-", "--cwd", "/w", "wc -l {}") == 0
+    assert [job["cmd"] for job in fake_server.requests[0].body["jobs"]] == ["wc -l a",
+                                                                            "wc -l b"]
+
+
+def test_an_empty_list_adds_nothing(fake_server: FakeServer, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("POST", "/jobs", 201, {"added": 0, "existed": 0, "requeued": 0,
+                                             "ids": []})
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    assert run(fake_server, "add", "--each-line", str(empty), "echo {}") == 0
+    assert fake_server.requests[0].body["jobs"] == []
+    assert capsys.readouterr().out == "added 0, 0 already existed\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--array", "1-3", "echo hi"], "shoal: --array: the command has no {} to replace"),
+        (["--each-line", "-", "echo hi"], "shoal: --each-line: the command has no {} to replace"),
+        (["--array", "1-3"], "shoal: --array: give the command to run for each item"),
+        (["--array", "1-9%2", "echo {}"], "shoal: --array: '1-9%2': a % throttle is not "
+                                          "supported; use --limit NAME:2 to run at most 2 at once"),
+        (["--array", "2-1", "echo {}"], "shoal: --array: '2-1': the range ends before it starts"),
+        (["--array", "1-3", "--each-line", "f", "echo {}"],
+         "shoal: give only one of -f, --array and --each-line"),
+        (["--each-line", "f", "-f", "jobs.txt"],
+         "shoal: give only one of -f, --array and --each-line"),
+        (["--each-line", "/no/such/file", "echo {}"],
+         "shoal: --each-line: /no/such/file: cannot read the file: No such file or directory"),
+        (["--array", "1-3", "--cores", "0", "echo {}"],
+         "shoal: --cores: Input should be greater than or equal to 1"),
+        (["--array", "1", "--format", "wr", "echo {}"], "shoal: --format applies to -f FILE only"),
+    ],
+)
+def test_array_usage_errors_exit_2_with_one_line(args: list[str], message: str,
+                                                 closed_port_url: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--server", closed_port_url, "add", *args]) == 2
+    err = capsys.readouterr().err
+    assert err == message + "\n"
+
+
+def test_bad_lines_are_named(tmp_path: Path, closed_port_url: str,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(b"ok\ncaf\xe9\n")
+    assert main(["--server", closed_port_url, "add", "--each-line", str(latin1), "cat {}"]) == 2
+    assert capsys.readouterr().err == (
+        f"shoal: --each-line: {latin1}: line 2 is not UTF-8 text\n")
+    too_long = tmp_path / "long.txt"
+    too_long.write_text("short\n" + "x" * 200_000 + "\n")
+    assert main(["--server", closed_port_url, "add", "--each-line", str(too_long),
+                 "cat {}"]) == 2
+    assert capsys.readouterr().err == (
+        "shoal: --each-line: item 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx': "
+        "CMD: command is longer than 131072 bytes\n")
