@@ -334,12 +334,12 @@ def add(
         "--rerun", help="Queue again the jobs already added that have ended.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Add jobs: one command, a file of them, or one command over many items.
+    """Add jobs: a command, a file of them, or an array of one command.
 
     A (cmd, cwd) already added is not added again (see --rerun).
     With -f, the flags are defaults: a line's own options win.
-    With --array or --each-line, every {} in CMD (and --name) is replaced by the item, and
-    each job gets SHOAL_ARRAY_INDEX and SHOAL_ARRAY_ITEM. All items are added at once.
+    With --array or --each-line, each {} in CMD and --name becomes the item.
+    Each job gets SHOAL_ARRAY_INDEX and SHOAL_ARRAY_ITEM; all are added at once.
     """
     check_job_source(command, file, array, each_line)
     if input_format is not None and file is None:

@@ -24,7 +24,7 @@ def limit(
         "--unset", help="Remove the cap: its jobs run as resources allow.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Show a concurrency limit; with N, set its cap; with --unset, remove it."""
+    """Show a concurrency limit, or set its cap (0 pauses its jobs)."""
     if cap is not None and unset:
         raise InputError("give N or --unset, not both")
     if cap is not None and cap < 0:

@@ -12,24 +12,21 @@ import heapq
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from shoal.core.errors import Conflict, InputError, NotFound
 from shoal.core.models import FINAL_STATES, Job, JobSpec, JobState
 from shoal.core.protocol import (
-    Ack,
-    Assign,
     Assignment,
     AttemptResult,
-    Kill,
     KillOrder,
     Register,
     StartedItem,
-    ToWorker,
 )
 from shoal.core.states import Transition, created, transition
 from shoal.server import scheduler
 from shoal.server.dependencies import GROUP_PREFIX, Dependencies
+from shoal.server.effects import AddPlan, Effects
 from shoal.server.requirements import LearnedRequirements
 from shoal.server.workers import WorkerState
 from shoal.store import AttemptRow
@@ -47,48 +44,6 @@ class ReactorConfig:
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 600.0
     reserve_after_seconds: float = 60.0  # a job that fits nowhere this long gets a worker held
-
-
-@dataclass(slots=True)
-class Effects:
-    """What one tick changed: to commit, then to send."""
-
-    changed: dict[int, Job] = field(default_factory=dict)
-    transitions: list[Transition] = field(default_factory=list)
-    new_attempts: list[AttemptRow] = field(default_factory=list)
-    started: list[tuple[int, int, float]] = field(default_factory=list)  # lease, pid, at
-    results: list[AttemptResult] = field(default_factory=list)
-    removed: list[int] = field(default_factory=list)
-    learned: list[tuple[str, int, float]] = field(default_factory=list)
-    assignments: dict[int, list[Assignment]] = field(default_factory=lambda: defaultdict(list))
-    kills: dict[int, list[KillOrder]] = field(default_factory=lambda: defaultdict(list))
-    acks: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
-    disconnect: list[int] = field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        return not (self.changed or self.transitions or self.removed or self.assignments
-                    or self.kills or self.acks or self.disconnect or self.learned)
-
-    def messages(self) -> dict[int, list[ToWorker]]:
-        """Messages per worker id, batched: one Assign and one Kill at most each."""
-        out: dict[int, list[ToWorker]] = defaultdict(list)
-        for worker_id, lease_ids in self.acks.items():
-            out[worker_id].append(Ack(lease_ids=lease_ids))
-        for worker_id, kills in self.kills.items():
-            out[worker_id].append(Kill(items=kills))
-        for worker_id, items in self.assignments.items():
-            out[worker_id].append(Assign(items=items))
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class AddPlan:
-    new_jobs: list[Job]
-    requeue: list[int]
-    ids: list[int]
-    existed: int
-    limit_caps: dict[str, int]
 
 
 class Reactor:

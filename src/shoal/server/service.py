@@ -26,7 +26,8 @@ from shoal.core.protocol import (
     Welcome,
 )
 from shoal.core.states import Transition
-from shoal.server.reactor import Effects, Reactor, ReactorConfig
+from shoal.server.effects import Effects
+from shoal.server.reactor import Reactor, ReactorConfig
 from shoal.server.requirements import HISTORY_PER_GROUP
 from shoal.store import Store
 
