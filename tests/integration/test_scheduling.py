@@ -165,3 +165,17 @@ def test_arrays_add_one_job_per_item_atomically(shaped: Cluster, tmp_path: Path)
     assert len(json.loads(lines.stdout)["ids"]) == 2
     refused = shaped.cli("add", "--array", "1-3", "echo no placeholder")
     assert refused.returncode == 2
+
+
+def test_limits_survive_a_server_restart(shaped: Cluster) -> None:
+    assert shaped.cli("limit", "db", "1").returncode == 0
+    ids = add(shaped, *[{"cmd": f"sleep 0.3; echo {i}", "limits": ["db"]} for i in range(3)])
+    assert shaped.server is not None
+    port = shaped.url.rsplit(":", 1)[1]
+    shaped.server.terminate()
+    shaped.server.wait()
+    shaped.start_server("--port", port, "--retry-base", "0.2")
+    assert json.loads(shaped.cli("limit", "db", "--json").stdout)["cap"] == 1
+    for job_id in ids:
+        shaped.wait_state(job_id, "done", timeout=60)
+    assert peak_overlap(spans(shaped, ids)) == 1

@@ -43,6 +43,8 @@ def server_command(
         help="Seconds a lost job waits for its worker to come back before it runs again.")] = 60.0,
     retry_base: Annotated[float, typer.Option(
         help="First retry delay in seconds; doubles on each failure, with jitter.")] = 1.0,
+    reserve_after: Annotated[float, typer.Option(
+        help="Seconds a job may fit nowhere before a worker is drained for it.")] = 60.0,
 ) -> None:
     """Run the coordinator. State lives in $SHOAL_HOME (default ~/.shoal)."""
     from shoal.server.app import serve
@@ -50,7 +52,7 @@ def server_command(
 
     _logging(False)
     config = ReactorConfig(lease_timeout_seconds=lease_timeout, lost_grace_seconds=lost_grace,
-                           retry_base_seconds=retry_base,
+                           retry_base_seconds=retry_base, reserve_after_seconds=reserve_after,
                            heartbeat_seconds=min(5.0, lease_timeout / 3))
     serve(shoal_home(), host, port, config)
 
