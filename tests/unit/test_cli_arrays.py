@@ -221,6 +221,10 @@ def test_an_empty_list_adds_nothing(fake_server: FakeServer, tmp_path: Path,
         (["--array", "1-3", "--cores", "0", "echo {}"],
          "shoal: --cores: Input should be greater than or equal to 1"),
         (["--array", "1", "--format", "wr", "echo {}"], "shoal: --format applies to -f FILE only"),
+        (["--group", "g", "echo {}", "--array", "1-3"],
+         "shoal: --array: options go before the command, or they are part of it"),
+        (["echo", "{}", "--each-line=f"],
+         "shoal: --each-line: options go before the command, or they are part of it"),
     ],
 )
 def test_array_usage_errors_exit_2_with_one_line(args: list[str], message: str,
@@ -229,6 +233,14 @@ def test_array_usage_errors_exit_2_with_one_line(args: list[str], message: str,
     assert main(["--server", closed_port_url, "add", *args]) == 2
     err = capsys.readouterr().err
     assert err == message + "\n"
+
+
+def test_a_command_may_have_its_own_array_option(fake_server: FakeServer) -> None:
+    fake_server.reply("POST", "/jobs", 201, {"added": 1, "existed": 0, "requeued": 0,
+                                             "ids": [1]})
+    assert run(fake_server, "add", "--cwd", "/w", "sbatch", "--array", "1-9", "job.sh") == 0
+    assert fake_server.requests[0].body["jobs"] == [
+        {"cmd": "sbatch --array 1-9 job.sh", "cwd": "/w"}]
 
 
 def test_bad_lines_are_named(tmp_path: Path, closed_port_url: str,

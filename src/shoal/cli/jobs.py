@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ MIN_POLL_INTERVAL = 0.25
 RECONNECT_SECONDS = 60.0
 RECONNECT_DELAY = 1.0
 JOBS_PAGE_SIZE = 10_000
+_WHOLE_NUMBER = re.compile(r"[0-9]+")
 
 
 class InputFormat(StrEnum):
@@ -152,7 +154,7 @@ def parse_resources(requests: list[str]) -> dict[str, int]:
         if name in RESERVED_RESOURCES:
             option = "--memory" if name == "memory" else f"--{name}"
             raise InputError(f"--resource: {name} has its own option, {option}")
-        if not name or (equals and not amount.strip().isdigit()):
+        if not name or (equals and not _WHOLE_NUMBER.fullmatch(amount.strip())):
             raise InputError(f"--resource: {request!r} is not NAME=N (e.g. license=2)")
         if name in resources:
             raise InputError(f"--resource: {name} is given twice")
@@ -205,6 +207,13 @@ def check_job_source(command: list[str] | None, file: str | None, array: str | N
             raise InputError(f"{given[0]}: give the command to run for each item")
     elif bool(command) == (file is not None):
         raise InputError("give a command or -f FILE (not both)")
+    elif command and any("{}" in word for word in command):
+        # `shoal add 'echo {}' --array 1-9` would add one job that runs "echo {} --array 1-9".
+        for word in command:
+            option = word.partition("=")[0]
+            if option in ("--array", "--each-line"):
+                raise InputError(f"{option}: options go before the command, "
+                                 "or they are part of it")
 
 
 def jobs_from_array(words: list[str], defaults: dict[str, Any], *, array: str | None = None,
@@ -220,20 +229,9 @@ def jobs_from_array(words: list[str], defaults: dict[str, Any], *, array: str | 
     flag = "--array" if array is not None else "--each-line"
     fields = {**defaults, "cmd": " ".join(words)}
     spec_from_fields({**fields, "cmd": "true"})  # a bad flag is reported by its name
-    if arrays.PLACEHOLDER not in fields["cmd"]:
+    if arrays.PLACEHOLDER not in fields["cmd"]:  # checked before a long list is read
         raise InputError(f"{flag}: the command has no {arrays.PLACEHOLDER} to replace")
-    try:
-        if array is not None:
-            items = arrays.items_from_numbers(arrays.parse_array_spec(array))
-        else:
-            assert each_line is not None
-            source = "<stdin>" if each_line == "-" else each_line
-            try:
-                items = arrays.items_from_lines(read_text(each_line))
-            except ValueError as exc:
-                raise ValueError(f"{source}: {exc}") from None
-    except ValueError as exc:
-        raise InputError(f"{flag}: {exc}") from None
+    items = array_items(array, each_line)
     if not items:
         return []
     longest = max(items, key=lambda item: len(item[1].encode()))
@@ -242,6 +240,23 @@ def jobs_from_array(words: list[str], defaults: dict[str, Any], *, array: str | 
     except InputError as exc:
         raise InputError(f"{flag}: item {longest[1][:40]!r}: {exc}") from None
     return arrays.expand(fields, items)
+
+
+def array_items(array: str | None, each_line: str | None) -> list[tuple[int, str]]:
+    """The items of --array SPEC, or else of --each-line FILE; a bad one names its option."""
+    from shoal.cli import arrays
+
+    if array is not None:
+        try:
+            return arrays.items_from_numbers(arrays.parse_array_spec(array))
+        except ValueError as exc:
+            raise InputError(f"--array: {exc}") from None
+    assert each_line is not None
+    source = "<stdin>" if each_line == "-" else each_line
+    try:
+        return arrays.items_from_lines(read_text(each_line))
+    except ValueError as exc:
+        raise InputError(f"--each-line: {source}: {exc}") from None
 
 
 def read_text(file: str) -> str:

@@ -29,6 +29,7 @@ def limit(
         raise InputError("give N or --unset, not both")
     if cap is not None and cap < 0:
         raise InputError("N: a cap is 0 or more (0 pauses the limit's jobs)")
+    check_limit_name(name)
     client = session_of(ctx).client()
     if unset or cap is not None:
         answer = client.set_limit(name, cap)
@@ -38,6 +39,19 @@ def limit(
         render.print_json(answer)
     else:
         print(render.describe_limit(answer))
+
+
+def check_limit_name(name: str) -> None:
+    """Refuse here, in the user's terms, a name the server would refuse by its URL pattern."""
+    from shoal.core.models import LIMIT_RE
+
+    base, colon, cap = name.partition(":")
+    if colon and LIMIT_RE.match(name):  # the add-time NAME:N form
+        raise InputError(f"NAME: {name!r} has a cap in it; give it apart: "
+                         f"shoal limit {base} {cap}")
+    if not LIMIT_RE.match(name) or name in (".", ".."):
+        raise InputError(f"NAME: {name!r} is not a limit name "
+                         "(1-128 letters, digits and _.@+-)")
 
 
 def find_limit(known: Sequence[dict[str, Any]], name: str) -> dict[str, Any]:
