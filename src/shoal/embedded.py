@@ -145,7 +145,7 @@ async def run_jobs(path: Path, parsed: list[ParsedJob], parallel: int,
             waiter.cancel()
         if interrupted.is_set() and pending:
             report.interrupted = True
-            agent.accepting = False
+            agent.begin_stop()
             await agent.runner.shutdown(kill=True)
             await asyncio.sleep(0.05)  # let the last reports reach the service
             service.leave(worker_id)  # what it still held goes back to the queue

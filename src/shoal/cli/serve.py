@@ -78,6 +78,19 @@ def worker_command(
         help="Kill a job that uses more memory than it asked for. Without it, memory is only "
              "a scheduling figure; time limits still apply.")] = True,
     spool: Annotated[Path | None, typer.Option(help="Directory for output being captured.")] = None,
+    on_server_lost: Annotated[str, typer.Option(
+        metavar="kill|finish",
+        help="When the server has been unreachable for --server-lost-timeout: kill the "
+             "running jobs (the server runs them again elsewhere), or let them finish.")
+    ] = "kill",
+    server_lost_timeout: Annotated[float | None, typer.Option(
+        metavar="SECONDS",
+        help="Default: half of how long the server keeps a silent worker's jobs for it.")
+    ] = None,
+    on_stop: Annotated[str, typer.Option(
+        metavar="requeue|finish",
+        help="On SIGTERM or Ctrl-C: kill the running jobs and hand them back to the server, "
+             "or finish them first. Either way no new job starts.")] = "requeue",
 ) -> None:
     """Run a worker: connect to the server and run the jobs it assigns."""
     from shoal.core.models import parse_memory
@@ -93,6 +106,12 @@ def worker_command(
         memory_bytes = parse_memory(memory) if memory else None
     except ValueError as exc:
         raise InputError(f"--memory: {exc}") from None
+    if on_server_lost not in ("kill", "finish"):
+        raise InputError(f"--on-server-lost: {on_server_lost!r} is not kill or finish")
+    if on_stop not in ("requeue", "finish"):
+        raise InputError(f"--on-stop: {on_stop!r} is not requeue or finish")
+    if server_lost_timeout is not None and server_lost_timeout <= 0:
+        raise InputError("--server-lost-timeout: must be more than 0")
     gpu_ids = parse_gpus_option(gpus) if gpus is not None else None
     custom = parse_resource_options(resource or [])
     labels = parse_label_options(label or [])
@@ -111,8 +130,9 @@ def worker_command(
     )
     worker_name = name or socket.gethostname()
     spool_dir = spool or shoal_home() / "spool" / worker_name
-    agent = Agent(worker_name, resources, spool_dir, labels=labels, enforce_memory=enforce_memory)
-    asyncio.run(_work(agent, locate))
+    agent = Agent(worker_name, resources, spool_dir, labels=labels, enforce_memory=enforce_memory,
+                  on_server_lost=on_server_lost, server_lost_timeout=server_lost_timeout)
+    asyncio.run(_work(agent, locate, on_stop))
 
 
 def parse_gpus_option(text: str) -> list[str]:
@@ -178,19 +198,28 @@ def parse_label_options(items: list[str]) -> dict[str, str]:
     return labels
 
 
-async def _work(agent: Agent, locate: Callable[[], tuple[str, str | None]]) -> None:
+async def _work(agent: Agent, locate: Callable[[], tuple[str, str | None]],
+                on_stop: str) -> None:
     from shoal.worker.agent import run_worker
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
 
     async def shut_down() -> None:
-        # Kill while still connected so the results reach the server, which runs them again.
-        agent.accepting = False
-        await agent.runner.shutdown(kill=True)
-        await asyncio.sleep(0.2)
+        # While still connected: the server assigns nothing more, and gets every result
+        # (killed jobs come back as lost, and it runs them again elsewhere at once).
+        agent.begin_stop()
+        await agent.runner.shutdown(kill=on_stop == "requeue")
+        await agent.wait_acknowledged(timeout=5.0)
         stop.set()
 
+    def on_signal() -> None:
+        if stopping:  # a second signal: do not wait for running jobs any more
+            agent.kill_all("stopped twice")
+            return
+        stopping.append(asyncio.ensure_future(shut_down()))
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(shut_down()))
+        loop.add_signal_handler(sig, on_signal)
     await run_worker(agent, locate, stop)

@@ -52,6 +52,12 @@ class Heartbeat(_Message):
     type: Literal["heartbeat"] = "heartbeat"
 
 
+class Stopping(_Message):
+    """The worker is stopping: assign it nothing more."""
+
+    type: Literal["stopping"] = "stopping"
+
+
 class StartedItem(_Message):
     job_id: int
     lease_id: int
@@ -97,7 +103,8 @@ class Finished(_Message):
     items: list[AttemptResult]
 
 
-FromWorker = Annotated[Register | Heartbeat | Started | Finished, Field(discriminator="type")]
+FromWorker = Annotated[Register | Heartbeat | Stopping | Started | Finished,
+                      Field(discriminator="type")]
 
 # ---- server -> worker -------------------------------------------------------------------
 
@@ -107,6 +114,9 @@ class Welcome(_Message):
     protocol_version: int = PROTOCOL_VERSION
     worker_id: int
     heartbeat_seconds: float
+    # How long after the worker's last message the server keeps its attempts for it
+    # (lease timeout + lost grace). A worker cut off for longer must assume they are gone.
+    hold_seconds: float = 90.0
 
 
 class Refused(_Message):

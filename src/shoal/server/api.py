@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
 
 from shoal import __version__
 from shoal.core.errors import AuthError, InputError
 from shoal.core.models import JobSpec, JobState
 from shoal.core.protocol import PROTOCOL_VERSION
-from shoal.server.auth import WORKER
+from shoal.server.auth import ADMIN, WORKER
 from shoal.server.service import Service
 
 MAX_WAIT_SECONDS = 30.0
@@ -142,7 +148,7 @@ class LimitRequest(BaseModel):
     cap: int | None = Field(ge=0, le=1_000_000_000)
 
 
-LimitName = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.@+-]{1,128}$")]
+LimitName = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_.@+-]{1,128}$")]
 
 
 @router.get("/limits")
@@ -159,6 +165,36 @@ def get_limit(name: LimitName, _role: Client, service: ServiceDep) -> dict[str, 
 def set_limit(name: LimitName, body: LimitRequest, _role: Client,
               service: ServiceDep) -> dict[str, Any]:
     return service.set_limit(name, body.cap)
+
+
+@router.get("/server")
+def server_info(_role: Client, service: ServiceDep) -> dict[str, Any]:
+    return service.info(__version__)
+
+
+@router.post("/server/drain")
+def drain(_role: Client, service: ServiceDep) -> dict[str, Any]:
+    return service.drain()
+
+
+@router.post("/server/stop")
+def stop(_role: Client, service: ServiceDep) -> dict[str, Any]:
+    # Answer first, then stop: the reply must leave before the server does.
+    asyncio.get_running_loop().call_later(0.2, service.shutdown, "asked to stop")
+    return {"stopping": True}
+
+
+@router.get("/server/backup", response_class=FileResponse,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+def backup(role: Client, service: ServiceDep) -> FileResponse:
+    if role != ADMIN:
+        raise Forbidden("only an admin token may take a backup")
+    handle = tempfile.NamedTemporaryFile(prefix="shoal-backup-", suffix=".db", delete=False)  # noqa: SIM115
+    handle.close()
+    path = Path(handle.name)
+    service.backup(path)
+    return FileResponse(path, media_type="application/octet-stream", filename="shoal.db",
+                        background=BackgroundTask(path.unlink, missing_ok=True))
 
 
 @router.get("/workers")

@@ -141,4 +141,5 @@ def serve(home: Path, host: str, port: int, config: ReactorConfig | None = None)
         create_app(service, tokens), log_level="warning", access_log=False,
         ws_max_size=16 * 1024 * 1024, timeout_graceful_shutdown=5,
     ))
+    service.request_shutdown = lambda: setattr(server, "should_exit", True)
     asyncio.run(server.serve(sockets=[sock]))

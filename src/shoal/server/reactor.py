@@ -60,6 +60,8 @@ class Reactor:
         self.deps = Dependencies()
         self.learned = LearnedRequirements(history)
         self.reservations: dict[int, int] = {}  # job id -> worker id held for it
+        self.draining = False  # no new starts; the service stops once nothing runs
+        self.holding = 0  # jobs running or lost: attempts that may still be alive
         self._next_job_id = next_job_id
         self._next_lease_id = next_lease_id
         self._next_worker_id = 1
@@ -99,6 +101,7 @@ class Reactor:
         self.deps.joined(job)
         if job.state in _HOLDING:
             self.limit_running.update(job.limits)
+            self.holding += 1
 
     def _change(self, job: Job, to: JobState, now: float, reason: str | None = None) -> None:
         """The one place a job's state changes."""
@@ -107,6 +110,7 @@ class Reactor:
         self._effects.changed[job.id] = job
         if (before in _HOLDING) != (to in _HOLDING):
             self.limit_running.update({name: 1 if to in _HOLDING else -1 for name in job.limits})
+            self.holding += 1 if to in _HOLDING else -1
         self._recheck.update(self.deps.moved(job, before, to))
         if to is S.QUEUED:
             self._enqueue(job)
@@ -309,6 +313,12 @@ class Reactor:
         self.reservations = {j: w for j, w in self.reservations.items() if w != worker_id}
         self._effects.disconnect.append(worker_id)
 
+    def worker_stopping(self, worker_id: int, now: float) -> None:
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker.accepting = False
+            worker.last_seen = now
+
     def heard_from(self, worker_id: int, now: float) -> None:
         worker = self.workers.get(worker_id)
         if worker is not None:
@@ -484,7 +494,7 @@ class Reactor:
                 yield job
 
     def capacities(self) -> list[scheduler.Capacity]:
-        return [w.capacity() for w in self.workers.values() if w.connected]
+        return [w.capacity() for w in self.workers.values() if w.connected and w.accepting]
 
     def _limit_room(self) -> dict[str, int | None]:
         return {name: None if cap is None else cap - self.limit_running[name]
@@ -494,7 +504,7 @@ class Reactor:
         """Assign queued jobs to connected workers with room. Returns how many were assigned."""
         self._settle_dependencies(now)
         capacities = self.capacities()
-        if not self._queue or not any(c.free_cores > 0 for c in capacities):
+        if self.draining or not self._queue or not any(c.free_cores > 0 for c in capacities):
             return 0
         result = scheduler.plan(self._queued_in_order(), capacities,
                                 limit_room=self._limit_room(), now=now,

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from shoal.core.errors import InputError, StoreUnavailable
@@ -22,6 +23,7 @@ from shoal.core.protocol import (
     Heartbeat,
     Register,
     Started,
+    Stopping,
     ToWorker,
     Welcome,
 )
@@ -63,6 +65,9 @@ class Service:
         self.store_error: str | None = None
         # Called with each committed batch of transitions (the embedded runner follows its jobs).
         self.on_commit: Callable[[list[Transition]], None] | None = None
+        # Asks whatever runs the service to shut it down (drain finished, or `server stop`).
+        self.request_shutdown: Callable[[], None] | None = None
+        self.started_at = clock()
 
     # ---- the loop ----------------------------------------------------------------------------
 
@@ -112,6 +117,13 @@ class Service:
         self.reactor.tick(now)
         self.reactor.schedule(now)
         self._commit(self.reactor.take_effects())
+        if self.reactor.draining and not self.reactor.holding and not self._unsaved:
+            self.shutdown("drained: no job is running")
+
+    def shutdown(self, reason: str) -> None:
+        if self.request_shutdown is not None:
+            log.info("stopping: %s", reason)
+            self.request_shutdown()
 
     def _commit(self, effects: Effects) -> None:
         """Commit, then send. Effects that could not be committed wait, unsent, for a retry."""
@@ -165,8 +177,9 @@ class Service:
                              f"(this server speaks {PROTOCOL_VERSION})")
         worker_id = self.reactor.worker_joined(register, self.clock())
         self._links[worker_id] = link
-        link.send(Welcome(worker_id=worker_id,
-                          heartbeat_seconds=self.reactor.config.heartbeat_seconds))
+        config = self.reactor.config
+        link.send(Welcome(worker_id=worker_id, heartbeat_seconds=config.heartbeat_seconds,
+                          hold_seconds=config.lease_timeout_seconds + config.lost_grace_seconds))
         log.info("worker %s joined from %s with %d cores", register.name, register.host,
                  register.resources.cores)
         self.wake()
@@ -186,6 +199,8 @@ class Service:
         elif isinstance(message, Heartbeat):
             self.reactor.heard_from(worker_id, now)
             return
+        elif isinstance(message, Stopping):
+            self.reactor.worker_stopping(worker_id, now)
         elif isinstance(message, Register):
             raise InputError("register sent twice")
         self.wake()
@@ -218,6 +233,23 @@ class Service:
             raise InputError(f"unknown action {action!r}")
         self.step()
         return affected
+
+    def drain(self) -> dict[str, Any]:
+        self.reactor.draining = True
+        self.step()
+        return {"draining": True, "running": self.reactor.holding}
+
+    def backup(self, destination: Path) -> int:
+        """A consistent copy of the database, taken while serving. Returns its size."""
+        self.store.backup(destination)
+        return destination.stat().st_size
+
+    def info(self, version: str) -> dict[str, Any]:
+        return {"version": version, "draining": self.reactor.draining,
+                "started_at": self.started_at, "jobs": len(self.reactor.jobs),
+                "running": self.reactor.holding,
+                "workers": sum(w.connected for w in self.reactor.workers.values()),
+                "store_error": self.store_error}
 
     # ---- reading -----------------------------------------------------------------------------
 

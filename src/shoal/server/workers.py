@@ -21,6 +21,7 @@ class WorkerState:
     custom: dict[str, int] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     connected: bool = True
+    accepting: bool = True  # False once the worker said it is stopping
     used_cores: int = 0
     used_memory_bytes: int = 0
     used_custom: dict[str, int] = field(default_factory=dict)
@@ -70,6 +71,7 @@ class WorkerState:
     def to_dict(self) -> dict[str, object]:
         return {
             "id": self.id, "name": self.name, "host": self.host, "connected": self.connected,
+            "accepting": self.accepting,
             "labels": dict(self.labels),
             "resources": {"cores": self.cores, "memory_bytes": self.memory_bytes,
                           "gpus": list(self.gpus), "custom": dict(self.custom)},

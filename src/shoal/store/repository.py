@@ -129,6 +129,17 @@ class Store:
             self._db.execute("ROLLBACK")
             raise
 
+    def backup(self, destination: Path) -> None:
+        """SQLite's online backup: a consistent snapshot while the server keeps writing."""
+        try:
+            target = sqlite3.connect(destination)
+            try:
+                self._db.backup(target, pages=4096)
+            finally:
+                target.close()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"backup to {destination} failed: {exc}") from None
+
     # ---- loading -------------------------------------------------------------------------
 
     def load_jobs(self) -> list[Job]:

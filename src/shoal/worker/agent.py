@@ -13,6 +13,7 @@ import contextlib
 import logging
 import random
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from shoal.core.protocol import (
     Resources,
     Started,
     StartedItem,
+    Stopping,
     ToWorker,
     Welcome,
     decode_to_worker,
@@ -45,7 +47,8 @@ log = logging.getLogger("shoal.worker")
 class Agent:
     def __init__(self, name: str, resources: Resources, spool_dir: Path,
                  host: str | None = None, labels: dict[str, str] | None = None,
-                 enforce_memory: bool = True):
+                 enforce_memory: bool = True, on_server_lost: str = "kill",
+                 server_lost_timeout: float | None = None):
         self.name = name
         self.host = host or socket.gethostname()
         self.resources = resources
@@ -60,6 +63,55 @@ class Agent:
         self._flush_pending = False
         self.heartbeat_seconds = 5.0
         self.accepting = True  # False while stopping: new assignments are left to the server
+        self.on_server_lost = on_server_lost
+        self._server_lost_timeout = server_lost_timeout
+        self.hold_seconds = 90.0  # the server's promise, from its welcome
+        self.last_contact = time.monotonic()
+        self._gave_up_on_server = False
+
+    @property
+    def server_lost_timeout(self) -> float:
+        """How long without the server before its policy applies. By default half of what
+        the server holds attempts for, so with `kill` a cut-off worker's copies are gone
+        before the server gives their jobs to someone else."""
+        if self._server_lost_timeout is not None:
+            return self._server_lost_timeout
+        return self.hold_seconds / 2
+
+    def check_server_lost(self) -> None:
+        """Called periodically: apply the server-lost policy once the timeout has passed."""
+        if self._send is not None or self._gave_up_on_server:
+            return
+        if time.monotonic() - self.last_contact < self.server_lost_timeout:
+            return
+        self._gave_up_on_server = True
+        running = self.runner.running()
+        if self.on_server_lost == "kill" and running:
+            log.warning("no server for %.0fs: killing %d jobs (--on-server-lost kill)",
+                        self.server_lost_timeout, len(running))
+            self.kill_all("lost the server")
+        elif running:
+            log.warning("no server for %.0fs: letting %d jobs finish (--on-server-lost finish)",
+                        self.server_lost_timeout, len(running))
+
+    def kill_all(self, reason: str) -> None:
+        for attempt in self.runner.running():
+            self.runner.kill(attempt.job_id, attempt.lease_id, reason)
+
+    def begin_stop(self) -> None:
+        """Take no more work, and tell the server so."""
+        self.accepting = False
+        if self._send is not None:
+            self._send(Stopping())
+
+    async def wait_acknowledged(self, timeout: float) -> bool:
+        """Wait until the server has acknowledged every result, or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        while self._unacked or self._finished:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     def register_message(self) -> Register:
         return Register(protocol_version=PROTOCOL_VERSION, name=self.name, host=self.host,
@@ -69,6 +121,10 @@ class Agent:
     def connected(self, send: Callable[[FromWorker], None]) -> None:
         """Start reporting through `send`; results the server never acknowledged go again."""
         self._send = send
+        self.last_contact = time.monotonic()
+        self._gave_up_on_server = False
+        if not self.accepting:
+            send(Stopping())
         self._started.clear()  # the register message already listed what is running
         self._finished = list(self._unacked.values())
         self._schedule_flush()
@@ -77,6 +133,7 @@ class Agent:
         self._send = None
 
     def handle(self, message: ToWorker) -> None:
+        self.last_contact = time.monotonic()
         if isinstance(message, Assign):
             if not self.accepting:
                 return
@@ -90,6 +147,7 @@ class Agent:
                 self._unacked.pop(lease_id, None)
         elif isinstance(message, Welcome):
             self.heartbeat_seconds = message.heartbeat_seconds
+            self.hold_seconds = message.hold_seconds
         elif isinstance(message, Refused):
             raise ProtocolError(f"the server refused this worker: {message.reason}")
 
@@ -135,6 +193,22 @@ async def run_worker(agent: Agent, locate: Callable[[], tuple[str, str | None]],
     `locate` gives the server URL and token; it is asked again before every attempt, so a
     worker that found its server through $SHOAL_HOME follows it to a new address.
     """
+    watchdog = asyncio.create_task(_watch_server(agent, stop))
+    try:
+        await _connect_loop(agent, locate, stop)
+    finally:
+        watchdog.cancel()
+        await asyncio.gather(watchdog, return_exceptions=True)
+
+
+async def _watch_server(agent: Agent, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        agent.check_server_lost()
+        await asyncio.sleep(0.25)
+
+
+async def _connect_loop(agent: Agent, locate: Callable[[], tuple[str, str | None]],
+                        stop: asyncio.Event) -> None:
     import websockets
     from websockets.exceptions import InvalidStatus
 
@@ -191,9 +265,17 @@ async def _serve(agent: Agent, ws: object, stop: asyncio.Event) -> None:
             await ws.send(await outbox.get())
 
     async def heartbeat() -> None:
+        # A heartbeat keeps our lease; the ping tells us the server is still there, so a
+        # cut link is noticed even when nothing else is said.
         while True:
             await asyncio.sleep(agent.heartbeat_seconds)
             outbox.put_nowait(encode(Heartbeat()))
+            pong = await ws.ping()
+            try:
+                await asyncio.wait_for(pong, max(1.0, 2 * agent.heartbeat_seconds))
+            except TimeoutError:
+                raise ConnectionError("the server stopped answering") from None
+            agent.last_contact = time.monotonic()
 
     async def read() -> None:
         async for text in ws:

@@ -51,6 +51,7 @@ from shoal.core.protocol import (
     StartedItem,
 )
 from shoal.worker.capture import collect_and_remove, open_spool_file, remove_quietly
+from shoal.worker.keeper import Keeper
 from shoal.worker.measure import ProcessTable
 
 _log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class Runner:
         self._timer_due = math.inf
         self._drained: asyncio.Future[None] | None = None
         self._closing = False
+        self._keeper = Keeper()
 
     # ---- public interface ----------------------------------------------------------------
 
@@ -170,6 +172,7 @@ class Runner:
             self._report_spawn_error(assignment, started_at, f"cannot watch process: {exc}")
             return
 
+        self._keeper.track(process.pid)  # the job's group dies with this worker, however it dies
         memory_limited = self._enforce_memory and assignment.memory_bytes > 0
         limit = assignment.time_limit_seconds
         attempt = _Attempt(
@@ -226,6 +229,7 @@ class Runner:
         if self._devnull >= 0:
             os.close(self._devnull)
             self._devnull = -1
+        self._keeper.close()
 
     # ---- spawning ------------------------------------------------------------------------
 
@@ -293,6 +297,7 @@ class Runner:
         self._loop.remove_reader(attempt.pidfd)
         os.close(attempt.pidfd)
         del self._attempts[attempt.assignment.lease_id]
+        self._keeper.untrack(attempt.pid)
         self._busy_cores -= attempt.assignment.cores
 
         exit_code, signal_number, error = None, None, attempt.stop_reason
