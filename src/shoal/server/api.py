@@ -33,7 +33,7 @@ def bearer_token(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def require_client(request: Request) -> str:
+async def require_client(request: Request) -> str:
     """Any role but a worker's: workers may only use the worker channel."""
     role = request.app.state.tokens.role_of(bearer_token(request))
     if role is None:
@@ -43,7 +43,7 @@ def require_client(request: Request) -> str:
     return str(role)
 
 
-def service_of(request: Request) -> Service:
+async def service_of(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
 
@@ -81,33 +81,35 @@ class VersionResponse(BaseModel):
     protocol_version: int
 
 
+# Every handler and dependency is `async def`: FastAPI would run a plain `def` in a thread,
+# and the service, reactor and store belong to the event loop's thread alone.
 router = APIRouter(prefix="/api/v1")
 
 
 @router.get("/version", response_model=VersionResponse)
-def version() -> dict[str, Any]:
+async def version() -> dict[str, Any]:
     return {"version": __version__, "protocol_version": PROTOCOL_VERSION}
 
 
 @router.post("/jobs", status_code=201, response_model=AddResponse)
-def add_jobs(body: AddRequest, _role: Client, service: ServiceDep) -> dict[str, Any]:
+async def add_jobs(body: AddRequest, _role: Client, service: ServiceDep) -> dict[str, Any]:
     return service.add(body.jobs, rerun=body.rerun)
 
 
 @router.get("/jobs")
-def list_jobs(_role: Client, service: ServiceDep, state: JobState | None = None,
+async def list_jobs(_role: Client, service: ServiceDep, state: JobState | None = None,
               group: str | None = None, limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
               offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
     return service.jobs(state, group, limit, offset)
 
 
 @router.get("/jobs/{job_id}")
-def get_job(job_id: int, _role: Client, service: ServiceDep) -> dict[str, Any]:
+async def get_job(job_id: int, _role: Client, service: ServiceDep) -> dict[str, Any]:
     return service.job(job_id)
 
 
 @router.get("/jobs/{job_id}/logs")
-def get_logs(job_id: int, _role: Client, service: ServiceDep,
+async def get_logs(job_id: int, _role: Client, service: ServiceDep,
              stream: Literal["stdout", "stderr"] = "stdout") -> dict[str, Any]:
     return service.logs(job_id, stream)
 
@@ -120,17 +122,17 @@ def _act(action: str, body: Selection, service: Service) -> dict[str, Any]:
 
 
 @router.post("/jobs/kill", response_model=ActionResponse)
-def kill_jobs(body: Selection, _role: Client, service: ServiceDep) -> dict[str, Any]:
+async def kill_jobs(body: Selection, _role: Client, service: ServiceDep) -> dict[str, Any]:
     return _act("kill", body, service)
 
 
 @router.post("/jobs/retry", response_model=ActionResponse)
-def retry_jobs(body: Selection, _role: Client, service: ServiceDep) -> dict[str, Any]:
+async def retry_jobs(body: Selection, _role: Client, service: ServiceDep) -> dict[str, Any]:
     return _act("retry", body, service)
 
 
 @router.post("/jobs/remove", response_model=ActionResponse)
-def remove_jobs(body: Selection, _role: Client, service: ServiceDep) -> dict[str, Any]:
+async def remove_jobs(body: Selection, _role: Client, service: ServiceDep) -> dict[str, Any]:
     return _act("remove", body, service)
 
 
@@ -152,33 +154,33 @@ LimitName = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_.@+-]{1,128}$")]
 
 
 @router.get("/limits")
-def list_limits(_role: Client, service: ServiceDep) -> dict[str, Any]:
+async def list_limits(_role: Client, service: ServiceDep) -> dict[str, Any]:
     return {"limits": service.reactor.limits()}
 
 
 @router.get("/limits/{name}")
-def get_limit(name: LimitName, _role: Client, service: ServiceDep) -> dict[str, Any]:
+async def get_limit(name: LimitName, _role: Client, service: ServiceDep) -> dict[str, Any]:
     return service.limit(name)
 
 
 @router.put("/limits/{name}")
-def set_limit(name: LimitName, body: LimitRequest, _role: Client,
+async def set_limit(name: LimitName, body: LimitRequest, _role: Client,
               service: ServiceDep) -> dict[str, Any]:
     return service.set_limit(name, body.cap)
 
 
 @router.get("/server")
-def server_info(_role: Client, service: ServiceDep) -> dict[str, Any]:
+async def server_info(_role: Client, service: ServiceDep) -> dict[str, Any]:
     return service.info(__version__)
 
 
 @router.post("/server/drain")
-def drain(_role: Client, service: ServiceDep) -> dict[str, Any]:
+async def drain(_role: Client, service: ServiceDep) -> dict[str, Any]:
     return service.drain()
 
 
 @router.post("/server/stop")
-def stop(_role: Client, service: ServiceDep) -> dict[str, Any]:
+async def stop(_role: Client, service: ServiceDep) -> dict[str, Any]:
     # Answer first, then stop: the reply must leave before the server does.
     asyncio.get_running_loop().call_later(0.2, service.shutdown, "asked to stop")
     return {"stopping": True}
@@ -186,7 +188,7 @@ def stop(_role: Client, service: ServiceDep) -> dict[str, Any]:
 
 @router.get("/server/backup", response_class=FileResponse,
             responses={200: {"content": {"application/octet-stream": {}}}})
-def backup(role: Client, service: ServiceDep) -> FileResponse:
+async def backup(role: Client, service: ServiceDep) -> FileResponse:
     if role != ADMIN:
         raise Forbidden("only an admin token may take a backup")
     handle = tempfile.NamedTemporaryFile(prefix="shoal-backup-", suffix=".db", delete=False)  # noqa: SIM115
@@ -198,5 +200,5 @@ def backup(role: Client, service: ServiceDep) -> FileResponse:
 
 
 @router.get("/workers")
-def workers(_role: Client, service: ServiceDep) -> dict[str, Any]:
+async def workers(_role: Client, service: ServiceDep) -> dict[str, Any]:
     return {"workers": service.workers()}

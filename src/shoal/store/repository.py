@@ -123,11 +123,16 @@ class Store:
             yield self._db
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise StoreUnavailable(f"{self.path}: cannot write ({exc})") from None
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
+
+    def _rollback(self) -> None:
+        # SQLite rolls back by itself on some errors (a full disk): only undo what is open.
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def backup(self, destination: Path) -> None:
         """SQLite's online backup: a consistent snapshot while the server keeps writing."""
