@@ -139,3 +139,4 @@ def test_a_full_disk_refuses_adds_with_503_and_recovers(small_disk: Path,
     finally:
         cluster.stop()
     wait_until(lambda: cluster.server is None or cluster.server.poll() is not None)
+
