@@ -9,9 +9,12 @@ Everything foreign (httpx exceptions, HTTP error statuses) is translated here, a
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -37,6 +40,9 @@ API_PREFIX = "/api/v1"
 LONG_POLL_MARGIN_SECONDS = 10.0
 # An add is answered once committed, which for a million jobs takes a while: allow for it.
 ADD_SECONDS_PER_JOB = 0.0002
+# The server copies the whole database before it sends the first byte of a backup.
+BACKUP_WAIT_SECONDS = 3600.0
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 _ERROR_BY_STATUS: dict[int, type[ShoalError]] = {
     400: InputError,
@@ -179,7 +185,61 @@ class Client:
             raise InputError(f"a limit's cap is a whole number, 0 or more, or None: {cap!r}")
         return self._request("PUT", f"/limits/{quote(name, safe='')}", json={"cap": cap})
 
+    # ---- the server itself -------------------------------------------------------------
+
+    def server_info(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """`{"version", "draining", "started_at", "jobs", "running", "workers",
+        "store_error"}`. `timeout` overrides the client's for this request."""
+        return self._request("GET", "/server", timeout=timeout)
+
+    def drain(self) -> dict[str, Any]:
+        """Ask the server to start no new job and to exit once none is running:
+        `{"draining": true, "running": n}`. Asking again changes nothing."""
+        return self._request("POST", "/server/drain")
+
+    def stop_server(self) -> dict[str, Any]:
+        """Ask the server to exit now; workers keep running their jobs and report them to
+        the next server started on the same $SHOAL_HOME. `{"stopping": true}`."""
+        return self._request("POST", "/server/stop")
+
+    def backup(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> int:
+        """Write a copy of the server's database, taken while it serves, to `path`; return
+        its size in bytes. Needs the admin token.
+
+        The copy is written beside `path` and renamed onto it once complete, so `path` is
+        never a partial backup. An existing `path` is an InputError unless `overwrite`.
+        """
+        target = check_backup_path(path, overwrite=overwrite)
+        partial = target.with_name(target.name + ".tmp")
+        written = self._download("/server/backup", partial)
+        try:
+            with partial.open("rb") as copy:
+                if copy.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                    raise ServerError(f"the server at {self.url} sent a backup that is not "
+                                      "an SQLite database")
+            _publish(partial, target, overwrite=overwrite)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            raise
+        return written
+
     # ---- the boundary ------------------------------------------------------------------
+
+    def _download(self, path: str, destination: Path) -> int:
+        """Stream a GET's body into `destination` (created readable by its owner only: a
+        database holds jobs' environments), synced to disk; return the bytes written."""
+        timeout = httpx.Timeout(self.timeout, read=max(self.timeout, BACKUP_WAIT_SECONDS))
+        try:
+            with self._http.stream("GET", path, timeout=timeout,
+                                   headers={"Accept": "application/octet-stream"}) as response:
+                if not response.is_success:
+                    raise error_from_response(response.status_code, response.read())
+                return _write_file(destination, response.iter_bytes())
+        except httpx.TransportError as exc:
+            raise ConnectError(f"cannot reach the server at {self.url}: {_describe(exc)}") from None
+        except httpx.InvalidURL as exc:
+            raise ConnectError(f"cannot reach the server at {self.url}: {exc}") from None
 
     def _request(self, method: str, path: str, *, timeout: float | None = None,
                  **kwargs: Any) -> Any:
@@ -225,6 +285,71 @@ def _error_message(status_code: int, body: bytes) -> str:
             return f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg"))
     reason = httpx.codes.get_reason_phrase(status_code) or "error"
     return f"the server answered HTTP {status_code} ({reason})"
+
+
+def check_backup_path(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """`path` as a Path, if a backup may be written there; else an InputError naming it."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise InputError(f"{target.parent}: no such directory")
+    if target.is_dir():
+        raise InputError(f"{target}: is a directory")
+    if not overwrite and (target.exists() or target.is_symlink()):
+        raise InputError(f"{target}: already exists")
+    return target
+
+
+def _write_file(destination: Path, chunks: Iterator[bytes]) -> int:
+    try:
+        fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        raise InputError(f"{destination}: cannot write: {exc.strerror}") from None
+    written = 0
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+                written += len(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException as exc:  # a full disk, a lost connection, Ctrl-C: leave nothing
+        with contextlib.suppress(OSError):
+            destination.unlink()
+        if isinstance(exc, OSError):
+            raise ShoalError(f"{destination}: cannot write: {exc.strerror or exc}") from None
+        raise
+    return written
+
+
+def _publish(partial: Path, target: Path, *, overwrite: bool) -> None:
+    """Rename the complete `partial` onto `target`, durably."""
+    try:
+        if overwrite:
+            os.replace(partial, target)
+        else:
+            _link_without_replacing(partial, target)
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # so that the rename itself survives a crash
+        except OSError:  # some file systems cannot sync a directory; the file is synced
+            pass
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        raise ShoalError(f"{target}: cannot write: {exc.strerror or exc}") from None
+
+
+def _link_without_replacing(partial: Path, target: Path) -> None:
+    try:  # unlike a rename, a link does not replace a file made while the backup came
+        os.link(partial, target)
+    except FileExistsError:
+        raise InputError(f"{target}: already exists") from None
+    except OSError:  # a file system without hard links
+        if target.exists() or target.is_symlink():
+            raise InputError(f"{target}: already exists") from None
+        os.replace(partial, target)
+    else:
+        partial.unlink()
 
 
 def _describe(exc: httpx.TransportError) -> str:

@@ -4,15 +4,17 @@ wait and logs loops against scripted answers, and the render helpers."""
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shoal.cli import render
+from shoal.cli import admin, render
 from shoal.cli.jobs import InputFormat, job_defaults, parse_env, specs_from_command, specs_from_file
 from shoal.cli.main import main
+from shoal.client import SQLITE_HEADER
 from shoal.core.errors import InputError
 from shoal.core.models import JobState
 
@@ -550,3 +552,163 @@ def test_workers_show_gpus_named_resources_and_labels_when_there_are_any() -> No
         ["gpu1", "gpu1", "connected", "8/32", "0 B/0 B", "2/4", "license=1/4,scratch=0/5",
          "1", "-", "rack=a,zone=b"],
     ]
+
+
+# ---- drain, server stop, server info, backup -----------------------------------------------
+
+SERVER_INFO = {"version": "0.1.0", "draining": False, "started_at": 1795314000.0, "jobs": 3,
+               "running": 2, "workers": 1, "store_error": None}
+
+
+@pytest.fixture
+def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(admin, "DRAIN_POLL_SECONDS", 0.01)
+    monkeypatch.setattr(admin, "STOP_POLL_SECONDS", 0.01)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["drain", "--no-wait", "--timeout", "5"], "shoal: give --no-wait or --timeout, not both"),
+        (["drain", "--timeout", "0"], "shoal: --timeout: must be more than 0 seconds"),
+        (["drain", "--timeout", "soon"], "shoal: Invalid value for '--timeout'"),
+        (["drain", "now"], "shoal: Got unexpected extra argument(s) (now)"),
+        (["backup"], "shoal: Missing argument 'PATH'"),
+        (["backup", "/nonexistent-dir/b.db"], "shoal: /nonexistent-dir: no such directory"),
+        (["backup", "/"], "shoal: /: is a directory"),
+        (["server", "--port", "1", "stop"], "shoal: Got unexpected extra argument(s) (stop)"),
+        (["server", "stop", "now"], "shoal: Got unexpected extra argument(s) (now)"),
+        (["server", "info", "--bogus"], "shoal: No such option: --bogus"),
+        (["server", "bogus"], "shoal: Got unexpected extra argument(s) (bogus)"),
+    ],
+)
+def test_admin_usage_errors_exit_2_before_asking_the_server(
+        args: list[str], message: str, closed_port_url: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--server", closed_port_url, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message)
+    assert err.count("\n") == 1
+
+
+def test_server_help_lists_its_options_and_the_admin_verbs(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["server", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--port" in out and "--lease-timeout" in out
+    assert "shoal server stop" in out and "shoal server info" in out
+
+
+def test_drain_no_wait_asks_and_returns(fake_server: FakeServer,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("GET", "/server", body=SERVER_INFO)
+    fake_server.reply("POST", "/server/drain", body={"draining": True, "running": 2})
+    assert run(fake_server, "drain", "--no-wait") == 0
+    assert capsys.readouterr().out == (
+        "server draining: 2 jobs running; it stops once they have ended\n")
+    assert [(r.method, r.path) for r in fake_server.requests] == [
+        ("GET", "/api/v1/server"), ("POST", "/api/v1/server/drain")]
+
+
+def test_drain_waits_until_the_server_has_exited(fake_server: FakeServer, quick_polls: None,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("GET", "/server", body=SERVER_INFO)
+    fake_server.reply("POST", "/server/drain", body={"draining": True, "running": 2})
+    fake_server.reply("GET", "/server", body={**SERVER_INFO, "draining": True, "running": 1})
+    fake_server.reply("GET", "/server", body={**SERVER_INFO, "draining": True, "running": 0})
+    fake_server.reply("GET", "/server", hang_up=True)
+    assert run(fake_server, "drain") == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0] == "draining: 2 jobs running"  # off a terminal, changes at most every 5s
+    assert lines[-1] == "server drained and stopped"
+    assert captured.err == ""
+    assert [r.path for r in fake_server.requests].count("/api/v1/server") == 4
+
+
+def test_drain_takes_a_newly_started_server_for_the_drained_one_gone(
+        fake_server: FakeServer, quick_polls: None) -> None:
+    fake_server.reply("GET", "/server", body=SERVER_INFO)
+    fake_server.reply("POST", "/server/drain", body={"draining": True, "running": 1})
+    fake_server.reply("GET", "/server", body={**SERVER_INFO, "started_at": 1795319999.0})
+    assert run(fake_server, "drain") == 0
+
+
+def test_drain_gives_up_at_its_timeout(fake_server: FakeServer, quick_polls: None,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("GET", "/server", body={**SERVER_INFO, "draining": True})
+    fake_server.reply("POST", "/server/drain", body={"draining": True, "running": 2})
+    assert run(fake_server, "drain", "--timeout", "0.2") == 1
+    assert capsys.readouterr().err == (
+        "shoal: the server is still draining after 200ms, 2 jobs running; "
+        "it stops once they have ended\n")
+
+
+def test_drain_of_an_unreachable_server_exits_3(closed_port_url: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--server", closed_port_url, "drain"]) == 3
+    assert capsys.readouterr().err.startswith("shoal: cannot reach the server at ")
+
+
+def test_server_stop_waits_until_it_no_longer_answers(
+        fake_server: FakeServer, quick_polls: None, capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("GET", "/server", body=SERVER_INFO)
+    fake_server.reply("GET", "/server", body=SERVER_INFO)
+    fake_server.reply("GET", "/server", hang_up=True)
+    fake_server.reply("POST", "/server/stop", body={"stopping": True})
+    assert run(fake_server, "server", "stop") == 0
+    assert capsys.readouterr().out == "server stopped\n"
+    assert [(r.method, r.path) for r in fake_server.requests] == [
+        ("GET", "/api/v1/server"), ("POST", "/api/v1/server/stop"),
+        ("GET", "/api/v1/server"), ("GET", "/api/v1/server")]
+
+
+def test_server_stop_fails_if_the_server_keeps_answering(
+        fake_server: FakeServer, quick_polls: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(admin, "STOP_WAIT_SECONDS", 0.2)
+    fake_server.reply("GET", "/server", body=SERVER_INFO)
+    fake_server.reply("POST", "/server/stop", body={"stopping": True})
+    assert run(fake_server, "server", "stop") == 1
+    assert capsys.readouterr().err == (
+        f"shoal: the server at {fake_server.url} still answers 0.2s after being asked to stop\n")
+
+
+def test_server_info_shows_the_answer(fake_server: FakeServer,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    broken = {**SERVER_INFO, "draining": True, "store_error": "disk full\x1b[2J"}
+    fake_server.reply("GET", "/server", body=broken)
+    assert run(fake_server, "server", "info") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"server    {fake_server.url}"
+    assert lines[1:3] == ["version   0.1.0", "state     draining"]
+    assert lines[3].startswith("started   ") and lines[3].endswith(" ago)")
+    assert lines[4:] == ["jobs      3, 2 running", "workers   1", "store     disk full"]
+    assert run(fake_server, "server", "info", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == broken
+
+
+def test_backup_writes_the_file_and_says_what_it_holds(
+        fake_server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    database = SQLITE_HEADER + bytes(3 * 1024**2)
+    fake_server.reply("GET", "/server", body=SERVER_INFO)
+    fake_server.reply("GET", "/server/backup", body=database)
+    target = tmp_path / "b.db"
+    assert run(fake_server, "backup", str(target)) == 0
+    assert capsys.readouterr().out == f"backup of 3 jobs written to {target} (3.0 MiB)\n"
+    assert target.read_bytes() == database
+    requests = len(fake_server.requests)
+    assert run(fake_server, "backup", str(target)) == 2  # refused before asking the server
+    assert capsys.readouterr().err == f"shoal: {target}: already exists (--force replaces it)\n"
+    assert len(fake_server.requests) == requests
+    assert run(fake_server, "backup", "--force", str(target)) == 0
+
+
+def test_backup_with_a_user_token_is_refused_in_one_line(
+        fake_server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("GET", "/server", body=SERVER_INFO)
+    fake_server.reply("GET", "/server/backup", 403, {"error": {
+        "code": "forbidden", "message": "only an admin token may take a backup"}})
+    assert run(fake_server, "backup", str(tmp_path / "b.db")) == 2
+    assert capsys.readouterr().err == "shoal: only an admin token may take a backup\n"
+    assert list(tmp_path.iterdir()) == []

@@ -7,7 +7,9 @@ The server here is a real HTTP server on localhost that answers what each test s
 from __future__ import annotations
 
 import json
+import re
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +34,7 @@ from shoal import (
 )
 from shoal.cli.errors import error_line, exit_code_for, report
 from shoal.cli.main import main
-from shoal.client import error_from_response
+from shoal.client import SQLITE_HEADER, error_from_response
 
 TOKEN = "s3cret-token-value"
 
@@ -42,6 +44,8 @@ class Reply:
     status: int = 200
     body: Any = None  # JSON-encoded unless bytes
     delay: float = 0.0
+    hang_up: bool = False  # close the connection unanswered, as a server that has exited
+    cut: bool = False  # announce the whole body, send half of it, close the connection
 
 
 @dataclass
@@ -65,8 +69,9 @@ class FakeServer:
     url: str = ""
 
     def reply(self, method: str, path: str, status: int = 200, body: Any = None,
-              delay: float = 0.0) -> None:
-        self.replies.setdefault((method, "/api/v1" + path), []).append(Reply(status, body, delay))
+              delay: float = 0.0, *, hang_up: bool = False, cut: bool = False) -> None:
+        self.replies.setdefault((method, "/api/v1" + path), []).append(
+            Reply(status, body, delay, hang_up, cut))
 
     def next_reply(self, method: str, path: str) -> Reply:
         queue = self.replies.get((method, path))
@@ -87,12 +92,16 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             ))
             reply = server.next_reply(self.command, parts.path)
             time.sleep(reply.delay)
+            if reply.hang_up:
+                self.close_connection = True
+                return
             body = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
             self.send_response(reply.status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(body[:len(body) // 2] if reply.cut else body)
+            self.close_connection = reply.cut
 
         do_GET = do_POST = do_PUT = _answer
 
@@ -311,6 +320,114 @@ def test_the_client_finds_the_server_through_the_environment(
     with Client() as client:
         assert client.workers() == []
     assert fake_server.requests[0].headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+# ---- the server itself: info, drain, stop, backup ------------------------------------------
+
+INFO = {"version": "0.1.0", "draining": False, "started_at": 1795314000.5, "jobs": 3,
+        "running": 1, "workers": 2, "store_error": None}
+DATABASE = SQLITE_HEADER + bytes(range(256)) * 64  # what a backup's body starts with
+
+
+def test_server_info_drain_and_stop_reach_their_routes(fake_server: FakeServer) -> None:
+    fake_server.reply("GET", "/server", body=INFO)
+    fake_server.reply("POST", "/server/drain", body={"draining": True, "running": 1})
+    fake_server.reply("POST", "/server/stop", body={"stopping": True})
+    with Client(fake_server.url, TOKEN) as client:
+        assert client.server_info() == INFO
+        assert client.drain() == {"draining": True, "running": 1}
+        assert client.stop_server() == {"stopping": True}
+    assert [(r.method, r.path) for r in fake_server.requests] == [
+        ("GET", "/api/v1/server"), ("POST", "/api/v1/server/drain"),
+        ("POST", "/api/v1/server/stop"),
+    ]
+
+
+def test_a_server_that_has_exited_is_a_connect_error(fake_server: FakeServer) -> None:
+    fake_server.reply("GET", "/server", hang_up=True)
+    with Client(fake_server.url, TOKEN) as client, pytest.raises(ConnectError):
+        client.server_info()
+
+
+def test_backup_writes_the_whole_copy_for_its_owner_only(fake_server: FakeServer,
+                                                         tmp_path: Path) -> None:
+    fake_server.reply("GET", "/server/backup", body=DATABASE)
+    target = tmp_path / "backup.db"
+    with Client(fake_server.url, TOKEN) as client:
+        assert client.backup(target) == len(DATABASE)
+    assert target.read_bytes() == DATABASE
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600  # a database holds jobs' env values
+    assert sorted(tmp_path.iterdir()) == [target]  # no partial file left beside it
+    assert fake_server.requests[0].headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+def test_backup_refuses_an_existing_file_unless_told(fake_server: FakeServer,
+                                                     tmp_path: Path) -> None:
+    fake_server.reply("GET", "/server/backup", body=DATABASE)
+    target = tmp_path / "backup.db"
+    target.write_bytes(b"yesterday")
+    with Client(fake_server.url, TOKEN) as client:
+        with pytest.raises(InputError, match=f"^{re.escape(str(target))}: already exists$"):
+            client.backup(target)
+        assert fake_server.requests == []  # refused before asking
+        assert target.read_bytes() == b"yesterday"
+        assert client.backup(str(target), overwrite=True) == len(DATABASE)
+    assert target.read_bytes() == DATABASE
+
+
+@pytest.mark.parametrize("where", ["missing/backup.db", "."])
+def test_backup_needs_a_directory_to_write_a_file_in(fake_server: FakeServer, tmp_path: Path,
+                                                     where: str) -> None:
+    target = tmp_path / where
+    named = str(tmp_path / "missing") if where != "." else str(target)
+    with Client(fake_server.url, TOKEN) as client, \
+            pytest.raises(InputError, match=f"^{re.escape(named)}: "):
+        client.backup(target, overwrite=True)
+    assert fake_server.requests == []
+
+
+def test_a_file_made_during_the_backup_is_not_replaced(fake_server: FakeServer,
+                                                       tmp_path: Path) -> None:
+    fake_server.reply("GET", "/server/backup", body=DATABASE, delay=0.5)
+    target = tmp_path / "backup.db"
+    meanwhile = threading.Timer(0.1, target.write_bytes, args=(b"someone else's",))
+    meanwhile.start()
+    with Client(fake_server.url, TOKEN) as client, \
+            pytest.raises(InputError, match="already exists"):
+        client.backup(target)
+    meanwhile.join()
+    assert target.read_bytes() == b"someone else's"
+    assert sorted(tmp_path.iterdir()) == [target]
+
+
+@pytest.mark.parametrize(
+    ("reply", "error_class", "message"),
+    [
+        ({"status": 403, "body": {"error": {"code": "forbidden",
+                                            "message": "only an admin token may take a backup"}}},
+         AuthError, "^only an admin token may take a backup$"),
+        ({"status": 503, "body": {"error": {"code": "unavailable", "message": "disk full"}}},
+         StoreUnavailable, "^disk full$"),
+        ({"body": b"<html>a proxy's page</html>"}, ServerError, "not an SQLite database"),
+        ({"body": DATABASE, "cut": True}, ConnectError, "^cannot reach the server at "),
+        ({"hang_up": True}, ConnectError, "^cannot reach the server at "),
+    ],
+)
+def test_a_failed_backup_leaves_nothing_behind(fake_server: FakeServer, tmp_path: Path,
+                                               reply: dict[str, Any],
+                                               error_class: type[ShoalError],
+                                               message: str) -> None:
+    fake_server.reply("GET", "/server/backup", **reply)
+    with Client(fake_server.url, TOKEN) as client, pytest.raises(error_class, match=message):
+        client.backup(tmp_path / "backup.db")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_backup_waits_for_the_server_to_copy_a_big_database(fake_server: FakeServer,
+                                                            tmp_path: Path) -> None:
+    fake_server.reply("GET", "/server/backup", body=DATABASE, delay=0.5)
+    with Client(fake_server.url, TOKEN, timeout=0.2) as client:
+        assert client.backup(tmp_path / "backup.db") == len(DATABASE)
 
 
 # ---- the command line's way out ---------------------------------------------------------

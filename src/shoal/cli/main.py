@@ -15,14 +15,15 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from shoal.cli import Session, jobs, limits, session_of, workers
+from shoal.cli import Session, admin, jobs, limits, session_of, workers
 from shoal.cli.errors import EXIT_BAD_INPUT, report
 from shoal.core.errors import ShoalError
 
 # name -> (module, function, one-line help). Each function is a typer-style command.
 LAZY_COMMANDS = {
     "run": ("shoal.cli.run", "run_command", "Run a file of jobs on this machine, no server."),
-    "server": ("shoal.cli.serve", "server_command", "Run the server, the coordinator."),
+    "server": ("shoal.cli.serve", "server_command",
+               "Run the server, the coordinator; or stop it, or show how it is."),
     "worker": ("shoal.cli.serve", "worker_command", "Run a worker: take jobs and run them."),
 }
 
@@ -42,11 +43,15 @@ class ShoalGroup(TyperGroup):
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         if args and args[0] in LAZY_COMMANDS and args[0] not in self.commands:
-            self.commands[args[0]] = load_command(args[0])
+            self.commands[args[0]] = load_command(args[0], args[1:])
         return super().resolve_command(ctx, args)
 
 
-def load_command(name: str) -> Any:
+def load_command(name: str, rest: Sequence[str] = ()) -> Any:
+    if name == "server" and rest[:1] and rest[0] in admin.SERVER_SUBCOMMANDS:
+        # `shoal server stop|info` talk to a running server. Running one takes no
+        # arguments, only options, so these words cannot mean anything else there.
+        return typer.main.get_command(admin.server_app)
     module_name, function_name, _ = LAZY_COMMANDS[name]
     try:
         function = getattr(importlib.import_module(module_name), function_name)
@@ -54,7 +59,11 @@ def load_command(name: str) -> Any:
         raise ShoalError(f"'shoal {name}' is not available: {exc}") from exc
     single = typer.Typer(add_completion=False)
     single.command(name)(function)
-    return typer.main.get_command(single)
+    command = typer.main.get_command(single)
+    if name == "server":
+        command.epilog = ("To stop the running server: shoal server stop. "
+                          "To show it: shoal server info [--json].")
+    return command
 
 
 app = typer.Typer(
@@ -105,6 +114,8 @@ app.command("rm")(jobs.remove)
 app.command("workers")(workers.workers)
 app.command("limit")(limits.limit)
 app.command("limits")(limits.limits)
+app.command("drain")(admin.drain)
+app.command("backup")(admin.backup)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -62,7 +62,7 @@ class StartedItem(_Message):
     job_id: int
     lease_id: int
     pid: int
-    started_at: float
+    started_at: float  # for a gated attempt: the instant the process itself passed the line
 
 
 class Started(_Message):
@@ -103,8 +103,48 @@ class Finished(_Message):
     items: list[AttemptResult]
 
 
-FromWorker = Annotated[Register | Heartbeat | Stopping | Started | Finished,
-                      Field(discriminator="type")]
+class ReadyItem(_Message):
+    job_id: int
+    lease_id: int
+    pid: int
+    cwd: str  # where it will run (the fresh directory, if one was made)
+    copied_files: int = 0
+    copied_bytes: int = 0
+    skipped_files: int = 0  # already there with the same size and SHA-256
+
+
+class Ready(_Message):
+    """Gated attempts prepared: files in place, process spawned and held at the start line."""
+
+    type: Literal["ready"] = "ready"
+    items: list[ReadyItem]
+
+
+class TimeReply(_Message):
+    """Answer to a TimeProbe: when it arrived and when this reply left, in the worker's clock."""
+
+    type: Literal["time_reply"] = "time_reply"
+    probe_id: int
+    server_sent_at: float
+    worker_received_at: float
+    worker_replied_at: float
+
+
+class OutputChunk(_Message):
+    """Live output of a running attempt, answering a Peek."""
+
+    type: Literal["output"] = "output"
+    request_id: int
+    lease_id: int
+    stream: Literal["stdout", "stderr"]
+    offset: int
+    data: str
+    total_bytes: int
+    found: bool = True
+
+
+FromWorker = Annotated[Register | Heartbeat | Stopping | Started | Finished | Ready | TimeReply
+                       | OutputChunk, Field(discriminator="type")]
 
 # ---- server -> worker -------------------------------------------------------------------
 
@@ -124,6 +164,18 @@ class Refused(_Message):
     reason: str
 
 
+class FileEntry(_Message):
+    """One file or directory to put in place before a component starts. A relative `path` is
+    under the component's base directory. Files are fetched by content from the server
+    (GET /api/v1/blobs/SHA256) unless the worker already has that exact content there."""
+
+    path: str = Field(min_length=1, max_length=4096)
+    kind: Literal["file", "dir"] = "file"
+    mode: int = Field(default=0o644, ge=0, le=0o7777)
+    size: int = Field(default=0, ge=0)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
 class Assignment(_Message):
     job_id: int
     lease_id: int
@@ -134,6 +186,11 @@ class Assignment(_Message):
     memory_bytes: int
     gpus: list[str] = Field(default_factory=list)  # exactly these: CUDA_VISIBLE_DEVICES
     time_limit_seconds: float | None = None
+    # Ensemble components: stage `files`, spawn the command held at a start line, report
+    # Ready, and start only on Release. `cwd` empty with a gate: a fresh directory.
+    gate: bool = False
+    files: list[FileEntry] = Field(default_factory=list)
+    always_copy: bool = False
 
     def __repr__(self) -> str:  # env values are secrets: never in a repr or log
         return f"Assignment(job_id={self.job_id}, lease_id={self.lease_id})"
@@ -164,7 +221,33 @@ class Ack(_Message):
     lease_ids: list[int]
 
 
-ToWorker = Annotated[Welcome | Refused | Assign | Kill | Ack, Field(discriminator="type")]
+class Release(_Message):
+    """Open the start line of these gated attempts at `at`, in the worker's own clock."""
+
+    type: Literal["release"] = "release"
+    lease_ids: list[int]
+    at: float
+
+
+class TimeProbe(_Message):
+    type: Literal["time_probe"] = "time_probe"
+    probe_id: int
+    server_sent_at: float
+
+
+class Peek(_Message):
+    """Ask for up to `limit` bytes of a running attempt's output from `offset`."""
+
+    type: Literal["peek"] = "peek"
+    request_id: int
+    lease_id: int
+    stream: Literal["stdout", "stderr"]
+    offset: int = Field(ge=0)
+    limit: int = Field(default=65536, ge=1, le=1 << 20)
+
+
+ToWorker = Annotated[Welcome | Refused | Assign | Kill | Ack | Release | TimeProbe | Peek,
+                     Field(discriminator="type")]
 
 _from_worker: TypeAdapter[FromWorker] = TypeAdapter(FromWorker)
 _to_worker: TypeAdapter[ToWorker] = TypeAdapter(ToWorker)
