@@ -126,7 +126,7 @@ async def run_jobs(path: Path, parsed: list[ParsedJob], parallel: int,
         if not pending:
             finished.set()
 
-    service.on_commit = follow
+    service.listeners.append(follow)
     if not pending:
         finished.set()
     memory = detect_resources().memory_bytes

@@ -89,6 +89,10 @@ class JobSpec(BaseModel):
     after_any: list[str] = Field(default_factory=list)
     limits: list[str] = Field(default_factory=list)
     on_worker: str | None = None
+    # Ensemble components: prepared, held at a start line, released by the orchestrator.
+    gate: bool = False
+    files: list[dict[str, Any]] = Field(default_factory=list)  # FileEntry objects
+    always_copy: bool = False
 
     @field_validator("cmd")
     @classmethod
@@ -173,6 +177,9 @@ class Job:
     requirements_source: str | None = None
     dependencies: list[str] = field(default_factory=list)
     dependencies_any: list[str] = field(default_factory=list)
+    gate: bool = False
+    files: list[dict[str, Any]] = field(default_factory=list)
+    always_copy: bool = False
     limits: list[str] = field(default_factory=list)
     on_worker: str | None = None
     state: JobState = JobState.QUEUED
@@ -195,6 +202,8 @@ class Job:
 
     @property
     def key(self) -> tuple[str, str]:
+        if self.gate:  # every ensemble run starts its components anew: never a duplicate
+            return (self.cmd, f"\0component {self.id}")
         return (self.cmd, self.cwd)
 
     def to_dict(self) -> dict[str, Any]:
@@ -218,6 +227,7 @@ class Job:
             "dependencies": list(self.dependencies),
             "dependencies_any": list(self.dependencies_any),
             "limits": list(self.limits),
+            "gate": self.gate,
             "on_worker": self.on_worker,
             "state": self.state.value,
             "fail_reason": self.fail_reason,

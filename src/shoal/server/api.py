@@ -18,6 +18,7 @@ from shoal.core.errors import AuthError, InputError
 from shoal.core.models import JobSpec, JobState
 from shoal.core.protocol import PROTOCOL_VERSION
 from shoal.server.auth import ADMIN, WORKER
+from shoal.server.ensembles import EnsembleRequest
 from shoal.server.service import Service
 
 MAX_WAIT_SECONDS = 30.0
@@ -110,8 +111,16 @@ async def get_job(job_id: int, _role: Client, service: ServiceDep) -> dict[str, 
 
 @router.get("/jobs/{job_id}/logs")
 async def get_logs(job_id: int, _role: Client, service: ServiceDep,
-             stream: Literal["stdout", "stderr"] = "stdout") -> dict[str, Any]:
-    return service.logs(job_id, stream)
+                   stream: Literal["stdout", "stderr"] = "stdout",
+                   offset: Annotated[int | None, Query(ge=0)] = None) -> dict[str, Any]:
+    """The kept head and tail; with `offset`, a running job's live output from there."""
+    if offset is not None:
+        chunk = await service.peek(job_id, stream, offset)
+        if chunk is not None and chunk.found:
+            return {"job_id": job_id, "stream": stream, "state": "running", "live": True,
+                    "offset": chunk.offset, "data": chunk.data,
+                    "total_bytes": chunk.total_bytes}
+    return {**service.logs(job_id, stream), "live": False}
 
 
 def _act(action: str, body: Selection, service: Service) -> dict[str, Any]:
@@ -197,6 +206,74 @@ async def backup(role: Client, service: ServiceDep) -> FileResponse:
     service.backup(path)
     return FileResponse(path, media_type="application/octet-stream", filename="shoal.db",
                         background=BackgroundTask(path.unlink, missing_ok=True))
+
+
+# ---- ensembles and their files ------------------------------------------------------------
+
+
+async def require_worker_or_admin(request: Request) -> str:
+    """Blobs are fetched by workers staging files, and by admins."""
+    role = request.app.state.tokens.role_of(bearer_token(request))
+    if role is None:
+        raise AuthError("a valid token is required (Authorization: Bearer TOKEN)")
+    if role not in (ADMIN, WORKER):
+        raise Forbidden("only workers and admins may fetch files")
+    return str(role)
+
+
+class MissingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sha256: list[str] = Field(max_length=1_000_000)
+
+
+@router.post("/blobs/missing")
+async def blobs_missing(body: MissingRequest, _role: Client,
+                        request: Request) -> dict[str, Any]:
+    return {"missing": request.app.state.blobs.missing(body.sha256)}
+
+
+@router.put("/blobs/{sha256}", status_code=201)
+async def put_blob(sha256: str, _role: Client, request: Request) -> dict[str, Any]:
+    size = await request.app.state.blobs.put_stream(sha256, request.stream())
+    return {"sha256": sha256, "size": size}
+
+
+@router.get("/blobs/{sha256}", response_class=FileResponse,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+async def get_blob(sha256: str, request: Request,
+                   _role: Annotated[str, Depends(require_worker_or_admin)]) -> FileResponse:
+    return FileResponse(request.app.state.blobs.open_path(sha256),
+                        media_type="application/octet-stream")
+
+
+@router.post("/ensembles", status_code=201)
+async def start_ensemble(body: EnsembleRequest, _role: Client,
+                         request: Request) -> dict[str, Any]:
+    runner = request.app.state.ensembles
+    run_id = runner.start(body)
+    return runner.snapshot(run_id)
+
+
+@router.get("/ensembles")
+async def list_ensembles(_role: Client, request: Request,
+                         name: str | None = None) -> dict[str, Any]:
+    return {"runs": request.app.state.ensembles.list_runs(name)}
+
+
+@router.get("/ensembles/{run_id}")
+async def get_ensemble(run_id: int, _role: Client, request: Request,
+                       wait: Annotated[float | None, Query(ge=0)] = None,
+                       since: int | None = None) -> dict[str, Any]:
+    runner = request.app.state.ensembles
+    if wait and since is not None:
+        await runner.wait_for_change(run_id, since, min(wait, MAX_WAIT_SECONDS))
+    return runner.snapshot(run_id)
+
+
+@router.post("/ensembles/{run_id}/cancel")
+async def cancel_ensemble(run_id: int, _role: Client, request: Request) -> dict[str, Any]:
+    request.app.state.ensembles.cancel(run_id)
+    return {"cancelled": True}
 
 
 @router.get("/workers")

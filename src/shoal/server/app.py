@@ -28,6 +28,8 @@ from shoal.core.errors import (
 from shoal.home import DATABASE_FILE, Connection, lock_home, write_connection
 from shoal.server import api, sessions
 from shoal.server.auth import TokenBook
+from shoal.server.blobs import BlobStore
+from shoal.server.ensembles import EnsembleRunner
 from shoal.server.reactor import ReactorConfig
 from shoal.server.service import Service
 from shoal.store import Store
@@ -65,7 +67,7 @@ def _validation_message(exc: RequestValidationError) -> str:
     return f"{path or 'request'}: {first.get('msg', 'invalid')}"
 
 
-def create_app(service: Service, tokens: TokenBook) -> FastAPI:
+def create_app(service: Service, tokens: TokenBook, blobs: BlobStore | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await service.start()
@@ -76,6 +78,8 @@ def create_app(service: Service, tokens: TokenBook) -> FastAPI:
                   docs_url="/api/v1/docs", openapi_url="/api/v1/openapi.json", redoc_url=None)
     app.state.service = service
     app.state.tokens = tokens
+    app.state.blobs = blobs or BlobStore(service.store.path.parent / "blobs")
+    app.state.ensembles = EnsembleRunner(service)
     app.include_router(api.router)
     app.add_api_websocket_route("/api/v1/worker", sessions.worker_session)
 

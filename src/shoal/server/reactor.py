@@ -19,6 +19,7 @@ from shoal.core.models import FINAL_STATES, Job, JobSpec, JobState
 from shoal.core.protocol import (
     Assignment,
     AttemptResult,
+    FileEntry,
     KillOrder,
     Register,
     StartedItem,
@@ -140,10 +141,10 @@ class Reactor:
         batch_groups: set[str] = set()
         next_id = self._next_job_id
         for index, spec in enumerate(specs):
-            if spec.cwd is None or not spec.cwd.startswith("/"):
+            if spec.cwd is None or not (spec.cwd.startswith("/") or (spec.gate and not spec.cwd)):
                 raise InputError(f"jobs[{index}].cwd: must be an absolute path")
             key = spec.key
-            twin_id = self.by_key.get(key, batch_keys.get(key))
+            twin_id = None if spec.gate else self.by_key.get(key, batch_keys.get(key))
             if twin_id is not None:
                 existed += 1
                 ids.append(twin_id)
@@ -165,7 +166,8 @@ class Reactor:
                 time_seconds=spec.time_seconds, req_group=spec.req_group, name=spec.name,
                 gpus=spec.gpus, resources=dict(spec.resources), grow_memory=spec.grow_memory,
                 dependencies=list(spec.after), dependencies_any=list(spec.after_any),
-                limits=sorted(set(limits)), on_worker=spec.on_worker,
+                limits=sorted(set(limits)), on_worker=spec.on_worker, gate=spec.gate,
+                files=list(spec.files), always_copy=spec.always_copy,
                 state=S.WAITING if spec.after or spec.after_any else S.QUEUED,
                 added_at=now, queued_at=None if spec.after or spec.after_any else now,
             )
@@ -175,7 +177,8 @@ class Reactor:
                 job.memory_bytes = memory or job.memory_bytes
                 job.time_seconds = seconds if seconds is not None else job.time_seconds
                 job.requirements_source = source
-            batch_keys[key] = next_id
+            if not spec.gate:
+                batch_keys[key] = next_id
             batch_groups.add(spec.group)
             new_jobs.append(job)
             ids.append(next_id)
@@ -250,10 +253,10 @@ class Reactor:
 
     # ---- workers -----------------------------------------------------------------------------
 
-    def worker_joined(self, register: Register, now: float) -> int:
+    def worker_joined(self, register: Register, now: float, address: str | None = None) -> int:
         offered = register.resources
         worker = WorkerState(
-            id=self._next_worker_id, name=register.name, host=register.host,
+            id=self._next_worker_id, name=register.name, host=register.host, address=address,
             cores=offered.cores, memory_bytes=offered.memory_bytes, gpus=list(offered.gpus),
             custom=dict(offered.custom), labels=dict(register.labels),
             connected_at=now, last_seen=now,
@@ -531,7 +534,9 @@ class Reactor:
         self._effects.assignments[worker.id].append(Assignment(
             job_id=job.id, lease_id=lease_id, cmd=job.cmd, cwd=job.cwd, env=job.env,
             cores=job.cores, memory_bytes=job.memory_bytes, gpus=gpu_ids,
-            time_limit_seconds=job.time_limit_seconds,
+            time_limit_seconds=job.time_limit_seconds, gate=job.gate,
+            files=[FileEntry.model_validate(entry) for entry in job.files],
+            always_copy=job.always_copy,
         ))
 
     # ---- reading -----------------------------------------------------------------------------

@@ -21,9 +21,13 @@ from shoal.core.protocol import (
     Finished,
     FromWorker,
     Heartbeat,
+    OutputChunk,
+    Peek,
+    Ready,
     Register,
     Started,
     Stopping,
+    TimeReply,
     ToWorker,
     Welcome,
 )
@@ -63,8 +67,13 @@ class Service:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.store_error: str | None = None
-        # Called with each committed batch of transitions (the embedded runner follows its jobs).
-        self.on_commit: Callable[[list[Transition]], None] | None = None
+        # Called with each committed batch of transitions (the embedded runner and the
+        # ensemble runner follow their jobs through these).
+        self.listeners: list[Callable[[list[Transition]], None]] = []
+        # Receives what only ensembles care about: time replies, ready and gated starts.
+        self.ensemble_messages: Callable[[int, object], None] | None = None
+        self._peeks: dict[int, asyncio.Future[OutputChunk]] = {}
+        self._next_peek = 0
         # Asks whatever runs the service to shut it down (drain finished, or `server stop`).
         self.request_shutdown: Callable[[], None] | None = None
         self.started_at = clock()
@@ -153,8 +162,9 @@ class Service:
         self._unsaved = []
         for done in batch:
             self._send(done)
-            if self.on_commit is not None and done.transitions:
-                self.on_commit(done.transitions)
+            if done.transitions:
+                for listener in self.listeners:
+                    listener(done.transitions)
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -171,11 +181,35 @@ class Service:
 
     # ---- workers -----------------------------------------------------------------------------
 
-    def join(self, register: Register, link: WorkerLink) -> int:
+    def send_to_worker(self, worker_id: int, message: ToWorker) -> None:
+        link = self._links.get(worker_id)
+        if link is not None:
+            link.send(message)
+
+    async def peek(self, job_id: int, stream: str, offset: int) -> OutputChunk | None:
+        """Live output of a running job, asked of its worker; None if it cannot answer."""
+        job = self.reactor.get(job_id)
+        holder = next((w for w in self.reactor.workers.values() if job_id in w.job_ids), None)
+        if job.state is not JobState.RUNNING or holder is None or job.lease_id is None:
+            return None
+        self._next_peek += 1
+        request_id = self._next_peek
+        future: asyncio.Future[OutputChunk] = asyncio.get_running_loop().create_future()
+        self._peeks[request_id] = future
+        self.send_to_worker(holder.id, Peek(request_id=request_id, lease_id=job.lease_id,
+                                            stream=stream, offset=offset))  # type: ignore[arg-type]
+        try:
+            return await asyncio.wait_for(future, 5.0)
+        except TimeoutError:
+            return None
+        finally:
+            self._peeks.pop(request_id, None)
+
+    def join(self, register: Register, link: WorkerLink, address: str | None = None) -> int:
         if register.protocol_version != PROTOCOL_VERSION:
             raise InputError(f"protocol version {register.protocol_version} is not supported "
                              f"(this server speaks {PROTOCOL_VERSION})")
-        worker_id = self.reactor.worker_joined(register, self.clock())
+        worker_id = self.reactor.worker_joined(register, self.clock(), address=address)
         self._links[worker_id] = link
         config = self.reactor.config
         link.send(Welcome(worker_id=worker_id, heartbeat_seconds=config.heartbeat_seconds,
@@ -196,6 +230,26 @@ class Service:
             self.reactor.finished(worker_id, message.items, now)
         elif isinstance(message, Started):
             self.reactor.started(worker_id, message.items, now)
+            if self.ensemble_messages is not None:
+                for item in message.items:
+                    job = self.reactor.jobs.get(item.job_id)
+                    if job is not None and job.gate:
+                        self.ensemble_messages(worker_id, item)
+        elif isinstance(message, Ready):
+            self.reactor.heard_from(worker_id, now)
+            if self.ensemble_messages is not None:
+                for ready in message.items:
+                    self.ensemble_messages(worker_id, ready)
+            return
+        elif isinstance(message, TimeReply):
+            if self.ensemble_messages is not None:
+                self.ensemble_messages(worker_id, message)
+            return
+        elif isinstance(message, OutputChunk):
+            future = self._peeks.get(message.request_id)
+            if future is not None and not future.done():
+                future.set_result(message)
+            return
         elif isinstance(message, Heartbeat):
             self.reactor.heard_from(worker_id, now)
             return

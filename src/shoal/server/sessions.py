@@ -65,7 +65,8 @@ async def worker_session(websocket: WebSocket) -> None:
         register = decode_from_worker(first)
         if not isinstance(register, Register):
             raise ProtocolError("the first message must be a register")
-        worker_id = service.join(register, link)
+        address = websocket.client.host if websocket.client is not None else None
+        worker_id = service.join(register, link, address=address)
         while True:
             text = await websocket.receive_text()
             if len(text) > MAX_MESSAGE_BYTES:

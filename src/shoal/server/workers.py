@@ -17,6 +17,7 @@ class WorkerState:
     memory_bytes: int
     connected_at: float
     last_seen: float
+    address: str | None = None  # where its connection came from
     gpus: list[str] = field(default_factory=list)
     custom: dict[str, int] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
@@ -70,7 +71,8 @@ class WorkerState:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "id": self.id, "name": self.name, "host": self.host, "connected": self.connected,
+            "id": self.id, "name": self.name, "host": self.host, "address": self.address,
+            "connected": self.connected,
             "accepting": self.accepting,
             "labels": dict(self.labels),
             "resources": {"cores": self.cores, "memory_bytes": self.memory_bytes,

@@ -24,9 +24,9 @@ _JOB_COLUMNS = (
     "time_limit_seconds, req_group, dependencies, limits, on_worker, state, fail_reason, "
     "exit_code, attempts, lost_attempts, worker, host, pid, lease_id, added_at, queued_at, "
     "retry_at, started_at, ended_at, wall_seconds, cpu_seconds, peak_rss_bytes, gpus, "
-    "resources, grow_memory, requirements_source, dependencies_any"
+    "resources, grow_memory, requirements_source, dependencies_any, gate, files, always_copy"
 )
-_JOB_PLACEHOLDERS = ", ".join("?" * 38)
+_JOB_PLACEHOLDERS = ", ".join("?" * 41)
 _MUTABLE = (
     "state", "fail_reason", "exit_code", "attempts", "lost_attempts", "worker", "host", "pid",
     "lease_id", "queued_at", "retry_at", "started_at", "ended_at", "wall_seconds", "cpu_seconds",
@@ -55,7 +55,8 @@ def _job_row(job: Job) -> tuple[object, ...]:
         job.worker, job.host, job.pid, job.lease_id, job.added_at, job.queued_at, job.retry_at,
         job.started_at, job.ended_at, job.wall_seconds, job.cpu_seconds, job.peak_rss_bytes,
         job.gpus, json.dumps(job.resources), int(job.grow_memory), job.requirements_source,
-        json.dumps(job.dependencies_any),
+        json.dumps(job.dependencies_any), int(job.gate), json.dumps(job.files),
+        int(job.always_copy),
     )
 
 
@@ -73,7 +74,7 @@ def _job_from_row(row: Sequence[object]) -> Job:
      time_limit_seconds, req_group, dependencies, limits, on_worker, state, fail_reason,
      exit_code, attempts, lost_attempts, worker, host, pid, lease_id, added_at, queued_at,
      retry_at, started_at, ended_at, wall_seconds, cpu_seconds, peak_rss_bytes, gpus, resources,
-     grow_memory, requirements_source, dependencies_any) = row
+     grow_memory, requirements_source, dependencies_any, gate, files, always_copy) = row
     return Job(
         id=id_, name=name, cmd=cmd, cwd=cwd, env=json.loads(env), group=grp,  # type: ignore[arg-type]
         priority=priority, retries=retries, cores=cores, memory_bytes=memory_bytes,  # type: ignore[arg-type]
@@ -89,6 +90,8 @@ def _job_from_row(row: Sequence[object]) -> Job:
         resources=json.loads(resources), grow_memory=bool(grow_memory),  # type: ignore[arg-type]
         requirements_source=requirements_source,  # type: ignore[arg-type]
         dependencies_any=json.loads(dependencies_any),  # type: ignore[arg-type]
+        gate=bool(gate), files=json.loads(files),  # type: ignore[arg-type]
+        always_copy=bool(always_copy),
     )
 
 

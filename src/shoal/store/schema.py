@@ -102,6 +102,14 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX requirement_history_by_group ON requirement_history (req_group, seq);
     """,
+    # 3: ensemble components: held at a start line, with files to put in place.
+    """
+    ALTER TABLE jobs ADD COLUMN gate INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN files TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE jobs ADD COLUMN always_copy INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX jobs_by_key;
+    CREATE INDEX jobs_by_key ON jobs (cmd, cwd);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
