@@ -95,6 +95,7 @@ class Run:
 
     add_seconds: float
     schedule_seconds: float
+    schedule_cpu_seconds: float  # CPU time of this process over the same span
     worker_seconds: float  # of schedule_seconds, spent building the simulated replies
     commits: int  # store transactions from the join until the last job was done
 
@@ -137,7 +138,7 @@ async def run_once(jobs: int, workers: int, cores: int) -> Run:
 
         commits[0] = 0
         worker_seconds = [0.0]
-        begin = time.perf_counter()
+        begin, begin_cpu = time.perf_counter(), time.process_time()
         for index in range(workers):
             link = SimulatedWorker(service, worker_seconds)
             register = Register(protocol_version=PROTOCOL_VERSION, name=f"sim-{index}",
@@ -153,7 +154,8 @@ async def run_once(jobs: int, workers: int, cores: int) -> Run:
                 await service.stop()
                 raise RuntimeError(f"no job finished in {STALL_S:.0f} s: {done} of {jobs} "
                                    f"done, states {totals}")
-        run = Run(add_seconds, time.perf_counter() - begin, worker_seconds[0], commits[0])
+        run = Run(add_seconds, time.perf_counter() - begin, time.process_time() - begin_cpu,
+                  worker_seconds[0], commits[0])
         await service.stop()
     return run
 
@@ -170,6 +172,8 @@ def report(runs: list[Run], facts: dict[str, str], args: argparse.Namespace) -> 
     rates = [n / r.schedule_seconds for r in runs]
     adds = [n / r.add_seconds for r in runs]
     server = [n / (r.schedule_seconds - r.worker_seconds) for r in runs]
+    cpu_share = [r.schedule_cpu_seconds / r.schedule_seconds for r in runs]
+    per_cpu = [n / r.schedule_cpu_seconds for r in runs]
     commits = median([r.commits for r in runs])
     rate = median(rates)
     slots = args.workers * args.cores
@@ -196,6 +200,11 @@ def report(runs: list[Run], facts: dict[str, str], args: argparse.Namespace) -> 
         f"({n / commits:.0f} jobs per transaction). Of that, the simulated workers spent "
         f"{median([r.worker_seconds for r in runs]):.2f} s building their replies; without "
         f"it the server alone ran at {median(server):.0f} jobs/s.",
+        "",
+        f"The process had the CPU for {100 * median(cpu_share):.0f} % of that time (median); "
+        "on a shared machine the rest went to other work. Per second of CPU time the rate "
+        f"was {median(per_cpu):.0f} jobs/s, roughly what the server would reach with a core "
+        "of this machine to itself.",
         "",
         f"shoal's target is {TARGET_JOBS_PER_S} jobs/s for {TARGET_SETTING[0]} jobs over "
         f"{TARGET_SETTING[1]} workers: {verdict}.",
@@ -260,7 +269,8 @@ def main() -> int:
         print(f"[{i + 1}/{args.repeat}] scheduling {args.jobs} jobs ...", file=sys.stderr,
               flush=True)
         runs.append(asyncio.run(run_once(args.jobs, args.workers, args.cores)))
-    facts = machine() | {"load average at start": f"{load:.2f}"}
+    loads = f"{load:.2f} at start, {os.getloadavg()[0]:.2f} at end"
+    facts = machine() | {"load average": loads}
     text = report(runs, facts, args)
     print(text, end="")
 
