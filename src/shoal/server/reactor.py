@@ -110,7 +110,8 @@ class Reactor:
         self._effects.transitions.append(transition(job, to, now=now, reason=reason))
         self._effects.changed[job.id] = job
         if (before in _HOLDING) != (to in _HOLDING):
-            self.limit_running.update({name: 1 if to in _HOLDING else -1 for name in job.limits})
+            if job.limits:
+                self.limit_running.update({n: 1 if to in _HOLDING else -1 for n in job.limits})
             self.holding += 1 if to in _HOLDING else -1
         self._recheck.update(self.deps.moved(job, before, to))
         if to is S.QUEUED:

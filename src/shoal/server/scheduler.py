@@ -10,6 +10,7 @@ Pulling stops as soon as no worker has a free core, so a long queue costs nothin
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -96,21 +97,26 @@ def plan(queued: Iterable[Job], workers: list[Capacity], *,
     (None: unlimited); it is updated as jobs are placed."""
     result = Plan([], [])
     room: dict[str, int | None] = dict(limit_room or {})
-    free = [w for w in workers if w.free_cores > 0]
+    # Free workers kept in order, most free cores first (ties: the order given), so the first
+    # that fits is the best one and a pass costs little more than a job per slot.
+    position = {w.worker_id: index for index, w in enumerate(workers)}
+
+    def rank(worker: Capacity) -> tuple[int, int]:
+        return (-worker.free_cores, position[worker.worker_id])
+
+    free = sorted((w for w in workers if w.free_cores > 0), key=rank)
     if not free:
         return result
     for job in queued:
-        if not limits_allow(job, room):
+        if job.limits and not limits_allow(job, room):
             result.skipped.append(job)
             continue
-        best: Capacity | None = None
-        for worker in free:
-            if fits(job, worker) and (best is None or worker.free_cores > best.free_cores):
-                best = worker
+        best = next((worker for worker in free if fits(job, worker)), None)
         if best is not None:
             result.assignments.append((job, best.worker_id, _take(job, best, room)))
-            if best.free_cores <= 0:
-                free = [w for w in free if w.free_cores > 0]
+            free.remove(best)
+            if best.free_cores > 0:
+                bisect.insort(free, best, key=rank)
         else:
             result.skipped.append(job)
             if not result.reserved and job.queued_at is not None \
