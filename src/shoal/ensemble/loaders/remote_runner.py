@@ -1,0 +1,296 @@
+"""remote_runner's Python configuration files (MIT-LL SPARTA, spar_python/remote_runner).
+
+A configuration is a Python program: it runs, with full access to this machine, in a
+namespace holding `config`, `Component`, `util`, `options` and `extra_options`, and fills
+`config` with config.add_component(...). A muddler (--muddler FILE) is another program
+defining muddle(config), called afterwards to rewrite the components. Running either is
+running the user's code, exactly as remote_runner itself does.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import getpass
+import math
+import os
+import sys
+import threading
+import traceback
+import types
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, NoReturn
+
+from shoal.core.errors import InputError
+from shoal.ensemble.loaders.common import (
+    build_component,
+    build_ensemble,
+    command_from,
+    local_path,
+    missing_local,
+    read_text,
+    remote_path,
+    safe_name,
+)
+from shoal.ensemble.loaders.compat import config_classes, config_util
+from shoal.ensemble.loaders.compat import remote_runner as remote_runner_module
+from shoal.ensemble.loaders.compat.config_classes import Component as ConfigComponent
+from shoal.ensemble.loaders.compat.config_classes import Config
+from shoal.ensemble.spec import LOCALHOST, Component, Ensemble, FileCopy
+
+# Importable while a configuration or muddler runs, then removed again.
+SHIM_MODULES: dict[str, types.ModuleType] = {
+    "remote_runner": remote_runner_module,
+    "remote_runner.config_classes": config_classes,
+    "remote_runner.config_util": config_util,
+    "config_classes": config_classes,
+    "config_util": config_util,
+}
+REQUIRED = ("name", "host", "executable", "start_index")
+# The working directory and sys.modules belong to the whole process: one load at a time.
+_PROCESS_STATE = threading.Lock()
+
+
+def load_remote_runner(path: Path, text: str, *, muddler: Path | None = None) -> list[Ensemble]:
+    """Run the configuration (and the muddler), then map its components to one ensemble."""
+    files = _SourceFiles(path, muddler)
+    muddler_text = read_text(muddler) if muddler is not None else ""
+    options = _options(files.config, files.muddler)
+    with _PROCESS_STATE, _shim_modules(), contextlib.redirect_stdout(sys.stderr):
+        run_config = _compiled(text, files.config, files)
+        namespace = _namespace(files.config, options, config=Config())
+        with _working_directory(files.config.parent):  # as remote_runner runs configurations
+            run_config(namespace)
+        config = namespace["config"]  # remote_runner takes whatever the name holds at the end
+        if not isinstance(config, Config):
+            raise files.error(f"`config` must stay the configuration object, not {config!r}",
+                              str(files.config))
+        if files.muddler is not None:
+            _muddle(config, _compiled(muddler_text, files.muddler, files), files, options)
+    return [_Mapper(config, files).ensemble()]
+
+
+class _SourceFiles:
+    """The configuration and muddler, absolute for running, shown as the user named them."""
+
+    def __init__(self, config: Path, muddler: Path | None) -> None:
+        self.config = config.absolute()
+        self.muddler = muddler.absolute() if muddler is not None else None
+        self._shown = {str(self.config): str(config)}
+        if muddler is not None:
+            self._shown[str(self.muddler)] = str(muddler)
+
+    def shown(self, filename: str) -> str:
+        return self._shown.get(filename, filename)
+
+    def error(self, message: str, filename: str, line: int | None = None) -> InputError:
+        return InputError(message, source=self.shown(filename), line=line)
+
+
+def _options(path: Path, muddler: Path | None) -> types.SimpleNamespace:
+    """remote_runner's command-line options as a configuration sees them (its defaults)."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = os.environ.get("USER", "")
+    return types.SimpleNamespace(
+        config_file=str(path), ssh_user=user, ssh_pass=None, log_level="INFO", screen="runner",
+        kill_first=True, terminate=True, always_copy=False, no_zombie=False,
+        muddler=str(muddler.absolute()) if muddler else None, extra_args=None, arg_parser=None,
+        remote_done_dir=None)
+
+
+def _namespace(path: Path, options: types.SimpleNamespace, **extra: Any) -> dict[str, Any]:
+    return {
+        "__name__": "__remote_runner_config__",
+        "__file__": str(path),
+        "__builtins__": builtins,
+        "Component": ConfigComponent,
+        "util": config_util,
+        "options": options,
+        "extra_options": None,  # remote_runner's --extra-args are not supported
+        "xrange": range,  # configurations were written for Python 2
+        **extra,
+    }
+
+
+@contextlib.contextmanager
+def _shim_modules() -> Iterator[None]:
+    saved = {name: sys.modules.get(name) for name in SHIM_MODULES}
+    sys.modules.update(SHIM_MODULES)
+    try:
+        yield
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+@contextlib.contextmanager
+def _working_directory(directory: Path) -> Iterator[None]:
+    try:
+        previous: str | None = os.getcwd()
+    except OSError:  # the current directory was removed: nowhere to come back to
+        previous = None
+    os.chdir(directory)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            os.chdir(previous)
+
+
+def _compiled(text: str, path: Path, files: _SourceFiles) -> Callable[[dict[str, Any]], None]:
+    """Compile a file; return a function running it in a namespace, errors as InputError."""
+    filename = str(path)
+    try:
+        code = compile(text, filename, "exec")
+    except SyntaxError as error:
+        raise files.error(f"Python syntax error: {error.msg}", filename, error.lineno) from None
+    except (ValueError, RecursionError, MemoryError) as error:
+        raise files.error(f"cannot compile: {error}", filename) from None
+
+    def run(namespace: dict[str, Any]) -> None:
+        try:
+            exec(code, namespace)
+        except (Exception, SystemExit) as error:
+            raise _user_code_error(error, filename, files) from None
+
+    return run
+
+
+def _muddle(config: Config, run_muddler: Callable[[dict[str, Any]], None], files: _SourceFiles,
+            options: types.SimpleNamespace) -> None:
+    assert files.muddler is not None
+    filename = str(files.muddler)
+    namespace = _namespace(files.muddler, options)
+    run_muddler(namespace)
+    muddle = namespace.get("muddle")
+    if not callable(muddle):
+        raise files.error("a muddler must define muddle(config)", filename)
+    try:
+        muddle(config)
+    except (Exception, SystemExit) as error:
+        raise _user_code_error(error, filename, files) from None
+
+
+def _user_code_error(error: BaseException, filename: str, files: _SourceFiles) -> InputError:
+    """One line naming the deepest line of `filename` the error passed through."""
+    line = None
+    for frame, number in traceback.walk_tb(error.__traceback__):
+        if frame.f_code.co_filename == filename:
+            line = number
+    if isinstance(error, SystemExit):
+        return files.error(f"the code called sys.exit({error.code!r})", filename, line)
+    return files.error(f"{type(error).__name__}: {error}", filename, line)
+
+
+class _Mapper:
+    """The components config holds, as one shoal ensemble named after the file."""
+
+    def __init__(self, config: Config, files: _SourceFiles) -> None:
+        self.config = config
+        self.files = files
+        self.config_dir = files.config.parent
+
+    def where(self, component: ConfigComponent | None) -> tuple[str, int | None]:
+        """The file and line that added `component`: the configuration's or the muddler's."""
+        added_at = self.config.added_at(component) if component is not None else None
+        if added_at is None:
+            return self.files.shown(str(self.files.config)), None
+        return self.files.shown(added_at[0]), added_at[1]
+
+    def fail(self, component: ConfigComponent | None, message: str) -> NoReturn:
+        source, line = self.where(component)
+        raise InputError(message, source=source, line=line)
+
+    def ensemble(self) -> Ensemble:
+        components = list(self.config.all_components())
+        if not components:
+            self.fail(None, "the configuration adds no components (config.add_component)")
+        for component in components:
+            self.check(component)
+        stage_of = {index: stage for stage, index in
+                    enumerate(sorted({c.start_index for c in components}))}
+        names = self.names(components)
+        mapped = [self.component(c, name, stage_of[c.start_index])
+                  for c, name in zip(components, names, strict=True)]
+        # remote_runner waits for every wait=True component whatever its exit status and
+        # never abandons a run: no minimum number of successes.
+        return build_ensemble({"name": self.files.config.stem, "min_hosts": 0,
+                               "components": mapped}, source=self.where(None)[0])
+
+    def check(self, component: ConfigComponent) -> None:
+        missing = [name for name in REQUIRED if not hasattr(component, name)]
+        label = f"component {getattr(component, 'name', '')!r}"
+        if missing:
+            self.fail(component, f"{label} does not set {', '.join(missing)}")
+        for attribute in ("name", "host", "executable"):
+            value = getattr(component, attribute)
+            if not isinstance(value, str) or not value.strip():
+                self.fail(component, f"{label}: {attribute} must be a non-empty string, not "
+                                     f"{value!r}")
+        start_index = component.start_index
+        if (isinstance(start_index, bool) or not isinstance(start_index, int | float)
+                or not math.isfinite(start_index)):
+            self.fail(component, f"{label}: start_index must be a number, not {start_index!r}")
+        if component.base_dir is not None and not isinstance(component.base_dir, str):
+            self.fail(component, f"{label}: base_dir must be a string or None")
+        if isinstance(component.args, str | bytes | Mapping) or not _iterable(component.args):
+            self.fail(component, f"{label}: args must be a list, not {component.args!r}")
+        if not isinstance(component.files, Mapping) or not all(
+                isinstance(key, str) and isinstance(value, str) and key and value
+                for key, value in component.files.items()):
+            self.fail(component, f"{label}: files must be a dict of local path -> remote path")
+
+    def names(self, components: list[ConfigComponent]) -> list[str]:
+        """Names as given; a name used on several hosts becomes NAME@HOST on each."""
+        given = [c.name for c in components]
+        names = [safe_name(f"{c.name}@{c.host}" if given.count(c.name) > 1 else c.name)
+                 for c in components]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                self.fail(components[index], f"two components are named {given[index]!r} on "
+                                             f"host {components[index].host!r}")
+        return names
+
+    def component(self, component: ConfigComponent, name: str, stage: int) -> Component:
+        files = [FileCopy(local=local_path(local, self.config_dir), remote=remote_path(remote))
+                 for local, remote in component.files.items()]
+        missing = missing_local(copy.local for copy in files)
+        if missing:
+            self.fail(component, f"component {component.name!r}: no such local file or "
+                                 f"directory: {missing[0]}")
+        fields = {
+            "name": name,
+            "host": component.host,
+            "command": command_from(self.executable(component), [str(a) for a in component.args]),
+            "base_dir": component.base_dir,
+            "files": files,
+            "stage": stage,
+            "wait": bool(getattr(component, "wait", True)),  # older versions had no `wait`
+        }
+        source, line = self.where(component)
+        return build_component(fields, source=source, line=line)
+
+    def executable(self, component: ConfigComponent) -> str:
+        """Absolute stays; relative is from the config's directory on localhost, else from
+        base_dir (where the command runs), so a bare name is not looked up in PATH."""
+        executable: str = component.executable
+        if os.path.isabs(executable):
+            return executable
+        if component.host == LOCALHOST:
+            return local_path(executable, self.config_dir)
+        return executable if executable.startswith(("./", "../")) else f"./{executable}"
+
+
+def _iterable(value: Any) -> bool:
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return True
+
