@@ -102,7 +102,7 @@ def test_a_worker_back_within_grace_keeps_its_attempt() -> None:
     w1b = reactor.worker_joined(register("w1", running=[
         RunningAttempt(job_id=job_id, lease_id=lease, started_at=1.0)]), 5.0)
     job = reactor.get(job_id)
-    assert (job.state, job.lease_id, job.lost_attempts) == (S.RUNNING, lease, 1)
+    assert (job.state, job.lease_id, job.lost_attempts) == (S.RUNNING, lease, 0)  # adopted
     reactor.finished(w1b, [result(job_id, lease)], 6.0)
     assert reactor.get(job_id).state is S.DONE
 

@@ -83,6 +83,7 @@ class Reactor:
             elif job.state in _HOLDING:
                 # The server restarted: the attempt lives on only if its worker comes back.
                 if job.state is S.RUNNING:
+                    job.lost_attempts += 1
                     self._change(job, S.LOST, now, "server restarted")
                 heapq.heappush(self._lost, (now + self.config.lost_grace_seconds, job.id))
             elif job.state is S.WAITING:
@@ -272,7 +273,8 @@ class Reactor:
         for attempt in register.running:
             job = self.jobs.get(attempt.job_id)
             if job is not None and job.lease_id == attempt.lease_id and job.state in _HOLDING:
-                if job.state is S.LOST:
+                if job.state is S.LOST:  # not lost after all: it counts as a normal attempt
+                    job.lost_attempts -= 1
                     self._change(job, S.RUNNING, now, f"worker {worker.name} came back")
                 job.worker, job.host, job.pid = worker.name, worker.host, attempt.pid
                 self._effects.changed[job.id] = job

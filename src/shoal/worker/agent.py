@@ -1,9 +1,10 @@
 """The worker agent: runs what the server assigns and reports back, over any link.
 
-`Agent` knows nothing of sockets. Reports are batched: everything that started or finished during
-one turn of the event loop goes out as one Started and one Finished message. Finished reports are
-kept until the server acknowledges them and are sent again after a reconnect, so a result is never
-lost to a broken connection.
+`Agent` knows nothing of sockets. Reports are batched: everything that became ready, started or
+finished during one turn of the event loop goes out as one Ready, one Started and one Finished
+message. Finished reports are kept until the server acknowledges them and are sent again after a
+reconnect, so a result is never lost to a broken connection; so are the Ready reports of attempts
+still held at their start line. Answers to the server's questions (TimeProbe, Peek) go at once.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from shoal.core.errors import AuthError, ConnectError, ProtocolError
 from shoal.core.protocol import (
@@ -28,18 +30,27 @@ from shoal.core.protocol import (
     FromWorker,
     Heartbeat,
     Kill,
+    OutputChunk,
+    Peek,
+    Ready,
+    ReadyItem,
     Refused,
     Register,
+    Release,
     Resources,
+    RunningAttempt,
     Started,
     StartedItem,
     Stopping,
+    TimeProbe,
+    TimeReply,
     ToWorker,
     Welcome,
     decode_to_worker,
     encode,
 )
 from shoal.worker.runner import Runner
+from shoal.worker.staging import FetchBlob, StagingError
 
 log = logging.getLogger("shoal.worker")
 
@@ -48,16 +59,22 @@ class Agent:
     def __init__(self, name: str, resources: Resources, spool_dir: Path,
                  host: str | None = None, labels: dict[str, str] | None = None,
                  enforce_memory: bool = True, on_server_lost: str = "kill",
-                 server_lost_timeout: float | None = None):
+                 server_lost_timeout: float | None = None, fetch_blob: FetchBlob | None = None):
         self.name = name
         self.host = host or socket.gethostname()
         self.resources = resources
         self.labels = dict(labels or {})
+        # The server's URL and worker token, set on each connect: staged files come from there
+        # unless `fetch_blob` says otherwise.
+        self.server: tuple[str, str | None] | None = None
         self.runner = Runner(spool_dir, host=self.host, on_started=self._on_started,
                              on_finished=self._on_finished, offered_gpus=resources.gpus,
-                             enforce_memory=enforce_memory)
+                             enforce_memory=enforce_memory, on_ready=self._on_ready,
+                             fetch_blob=fetch_blob or self._fetch_from_server)
         self._send: Callable[[FromWorker], None] | None = None
+        self._ready: list[ReadyItem] = []
         self._started: list[StartedItem] = []
+        self._tasks: set[asyncio.Task[Any]] = set()  # releases under way
         self._finished: list[AttemptResult] = []
         self._unacked: dict[int, AttemptResult] = {}
         self._flush_pending = False
@@ -80,7 +97,9 @@ class Agent:
 
     def check_server_lost(self) -> None:
         """Called periodically: apply the server-lost policy once the timeout has passed."""
-        if self._send is not None or self._gave_up_on_server:
+        # Time since the server was last heard from, whatever the socket seems to say: a cut
+        # link can look open for a while, and the server's hold runs from that moment too.
+        if self._gave_up_on_server:
             return
         if time.monotonic() - self.last_contact < self.server_lost_timeout:
             return
@@ -114,9 +133,14 @@ class Agent:
         return True
 
     def register_message(self) -> Register:
+        """Lists every attempt this worker still holds: those running, and those finished
+        whose result the server has not acknowledged (it follows right after), so the server
+        keeps their leases instead of running them again."""
+        finished = [RunningAttempt(job_id=r.job_id, lease_id=r.lease_id, pid=r.pid,
+                                   started_at=r.started_at) for r in self._unacked.values()]
         return Register(protocol_version=PROTOCOL_VERSION, name=self.name, host=self.host,
                         resources=self.resources, labels=self.labels,
-                        running=self.runner.running())
+                        running=[*self.runner.running(), *finished])
 
     def connected(self, send: Callable[[FromWorker], None]) -> None:
         """Start reporting through `send`; results the server never acknowledged go again."""
@@ -126,6 +150,7 @@ class Agent:
         if not self.accepting:
             send(Stopping())
         self._started.clear()  # the register message already listed what is running
+        self._ready = self.runner.held()  # a Ready lost with the last link would stall a stage
         self._finished = list(self._unacked.values())
         self._schedule_flush()
 
@@ -133,8 +158,22 @@ class Agent:
         self._send = None
 
     def handle(self, message: ToWorker) -> None:
+        received_at = time.time()  # first: a TimeProbe's arrival, as close to the wire as here
         self.last_contact = time.monotonic()
-        if isinstance(message, Assign):
+        if isinstance(message, TimeProbe):
+            self._answer(TimeReply(probe_id=message.probe_id,
+                                   server_sent_at=message.server_sent_at,
+                                   worker_received_at=received_at,
+                                   worker_replied_at=time.time()))
+        elif isinstance(message, Release):
+            self._run_task(self.runner.release(message.lease_ids, message.at))
+        elif isinstance(message, Peek):
+            data, total_bytes, found = self.runner.peek(message.lease_id, message.stream,
+                                                        message.offset, message.limit)
+            self._answer(OutputChunk(request_id=message.request_id, lease_id=message.lease_id,
+                                     stream=message.stream, offset=message.offset, data=data,
+                                     total_bytes=total_bytes, found=found))
+        elif isinstance(message, Assign):
             if not self.accepting:
                 return
             for assignment in message.items:
@@ -150,6 +189,28 @@ class Agent:
             self.hold_seconds = message.hold_seconds
         elif isinstance(message, Refused):
             raise ProtocolError(f"the server refused this worker: {message.reason}")
+
+    def _answer(self, message: FromWorker) -> None:
+        """Send at once, not with the next batch: the server is waiting for it."""
+        if self._send is not None:
+            self._send(message)
+
+    def _run_task(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fetch_from_server(self, sha256: str, destination: Path) -> None:
+        from shoal.worker.blobs import download_blob
+
+        if self.server is None:
+            raise StagingError("no server to fetch files from")
+        server_url, token = self.server
+        await download_blob(server_url, token, sha256, destination)
+
+    def _on_ready(self, item: ReadyItem) -> None:
+        self._ready.append(item)
+        self._schedule_flush()
 
     def _on_started(self, item: StartedItem) -> None:
         self._started.append(item)
@@ -169,6 +230,9 @@ class Agent:
         self._flush_pending = False
         if self._send is None:
             return
+        if self._ready:
+            ready, self._ready = self._ready, []
+            self._send(Ready(items=ready))
         if self._started:
             items, self._started = self._started, []
             self._send(Started(items=items))
@@ -223,10 +287,12 @@ async def _connect_loop(agent: Agent, locate: Callable[[], tuple[str, str | None
             if not server_url:
                 raise ConnectionError("no server known yet")
             url = websocket_url(server_url)
+            agent.server = (server_url, token)
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             async with websockets.connect(url, additional_headers=headers,
                                           max_size=MAX_MESSAGE_BYTES, compression=None,
-                                          open_timeout=10, ping_interval=None) as ws:
+                                          open_timeout=10, ping_interval=None,
+                                          close_timeout=1) as ws:
                 await ws.send(encode(agent.register_message()))
                 welcome = decode_to_worker(await asyncio.wait_for(ws.recv(), 10))
                 agent.handle(welcome)
@@ -257,19 +323,22 @@ async def _serve(agent: Agent, ws: object, stop: asyncio.Event) -> None:
     from websockets.asyncio.client import ClientConnection
 
     assert isinstance(ws, ClientConnection)
-    outbox: asyncio.Queue[str] = asyncio.Queue()
-    agent.connected(lambda message: outbox.put_nowait(encode(message)))
+    outbox: asyncio.Queue[FromWorker] = asyncio.Queue()
+    agent.connected(outbox.put_nowait)
 
     async def write() -> None:
         while True:
-            await ws.send(await outbox.get())
+            message = await outbox.get()
+            if isinstance(message, TimeReply):  # the time it spent queued is the worker's, too
+                message = message.model_copy(update={"worker_replied_at": time.time()})
+            await ws.send(encode(message))
 
     async def heartbeat() -> None:
         # A heartbeat keeps our lease; the ping tells us the server is still there, so a
         # cut link is noticed even when nothing else is said.
         while True:
             await asyncio.sleep(agent.heartbeat_seconds)
-            outbox.put_nowait(encode(Heartbeat()))
+            outbox.put_nowait(Heartbeat())
             pong = await ws.ping()
             try:
                 await asyncio.wait_for(pong, max(1.0, 2 * agent.heartbeat_seconds))
