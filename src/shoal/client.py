@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,7 @@ ADD_SECONDS_PER_JOB = 0.0002
 # The server copies the whole database before it sends the first byte of a backup.
 BACKUP_WAIT_SECONDS = 3600.0
 SQLITE_HEADER = b"SQLite format 3\x00"
+UPLOAD_CHUNK_BYTES = 1 << 20
 
 _ERROR_BY_STATUS: dict[int, type[ShoalError]] = {
     400: InputError,
@@ -136,9 +137,15 @@ class Client:
         """A job with its stdout/stderr head and tail and its attempt history."""
         return self._request("GET", f"/jobs/{int(job_id)}")
 
-    def logs(self, job_id: int, stream: str = "stdout") -> dict[str, Any]:
-        """`{"job_id", "stream", "state", "head", "tail", "total_bytes"}`."""
-        return self._request("GET", f"/jobs/{int(job_id)}/logs", params={"stream": stream})
+    def logs(self, job_id: int, stream: str = "stdout",
+             offset: int | None = None) -> dict[str, Any]:
+        """`{"job_id", "stream", "state", "head", "tail", "total_bytes"}`. With `offset`, a
+        running job's live output from that byte on: `{..., "offset", "data", "live": true}`
+        (a job that is not running answers as without it)."""
+        params: dict[str, Any] = {"stream": stream}
+        if offset is not None:
+            params["offset"] = offset
+        return self._request("GET", f"/jobs/{int(job_id)}/logs", params=params)
 
     def kill(self, ids: Iterable[int] | None = None, group: str | None = None) -> dict[str, Any]:
         """Cancel queued jobs at once and ask workers to kill running ones."""
@@ -184,6 +191,57 @@ class Client:
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
             raise InputError(f"a limit's cap is a whole number, 0 or more, or None: {cap!r}")
         return self._request("PUT", f"/limits/{quote(name, safe='')}", json={"cap": cap})
+
+    # ---- ensembles ---------------------------------------------------------------------
+
+    def missing_blobs(self, sha256s: Iterable[str]) -> list[str]:
+        """Which of these file contents the server does not hold yet."""
+        answer: list[str] = self._request(
+            "POST", "/blobs/missing", json={"sha256": list(sha256s)})["missing"]
+        return answer
+
+    def put_blob(self, sha256: str, path: str | os.PathLike[str],
+                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Upload a file's content, streamed; the server refuses it (InputError) unless its
+        SHA-256 is `sha256`. `progress(n)` is called as each n bytes are sent."""
+        source = Path(path)
+        try:
+            size = source.stat().st_size
+            handle = source.open("rb")
+        except OSError as exc:
+            raise InputError(f"{source}: cannot read: {exc.strerror or exc}") from None
+
+        def chunks() -> Iterator[bytes]:
+            while chunk := handle.read(UPLOAD_CHUNK_BYTES):
+                yield chunk
+                if progress is not None:
+                    progress(len(chunk))
+
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        with handle:
+            return self._request("PUT", f"/blobs/{quote(sha256, safe='')}", content=chunks(),
+                                 headers=headers)
+
+    def start_ensemble(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Start a run of an ensemble: `{"ensemble", "manifests", "always_copy", "no_kill",
+        "start"}`. Returns its first snapshot, with its `run_id`."""
+        return self._request("POST", "/ensembles", json=dict(request))
+
+    def ensemble(self, run_id: int, wait: float | None = None,
+                 since: int | None = None) -> dict[str, Any]:
+        """A snapshot of an ensemble run. With `wait` and `since`, a long poll as `status`."""
+        params: dict[str, Any] = {}
+        timeout = self.timeout
+        if wait is not None:
+            params["wait"] = wait
+            timeout = max(timeout, wait + LONG_POLL_MARGIN_SECONDS)
+        if since is not None:
+            params["since"] = since
+        return self._request("GET", f"/ensembles/{int(run_id)}", params=params, timeout=timeout)
+
+    def cancel_ensemble(self, run_id: int) -> dict[str, Any]:
+        """Kill everything an ensemble run started; `{"cancelled": true}`."""
+        return self._request("POST", f"/ensembles/{int(run_id)}/cancel")
 
     # ---- the server itself -------------------------------------------------------------
 

@@ -350,3 +350,21 @@ def test_detect_resources() -> None:
     resources = detect_resources()
     assert resources.cores == len(os.sched_getaffinity(0))
     assert 0 < resources.memory_bytes <= psutil.virtual_memory().total
+
+
+def test_peek_reads_the_live_output_of_a_running_job(tmp_path: Path) -> None:
+    async def during(runner: Runner) -> None:
+        deadline = time.monotonic() + 5
+        while runner.peek(1, "stderr", 0, 100)[1] < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        assert runner.peek(1, "stdout", 0, 100) == ("first\nsecond", 12, True)
+        assert runner.peek(1, "stdout", 6, 3) == ("sec", 12, True)
+        assert runner.peek(1, "stdout", 50, 10) == ("", 12, True)  # past the end: nothing yet
+        assert runner.peek(1, "stderr", 0, 100) == ("w\ufffd", 2, True)  # bad UTF-8 replaced
+        assert runner.peek(2, "stdout", 0, 100) == ("", 0, False)  # not running here
+        runner.kill(1001, 1, "seen enough")
+
+    cmd = "printf 'first\\nsecond'; printf 'w\\xff' >&2; sleep 30"
+    _, results = run(tmp_path, job(cmd, lease_id=1), during=during)
+    assert results[1].stdout.head == "first\nsecond"

@@ -25,6 +25,8 @@ LAZY_COMMANDS = {
     "server": ("shoal.cli.serve", "server_command",
                "Run the server, the coordinator; or stop it, or show how it is."),
     "worker": ("shoal.cli.serve", "worker_command", "Run a worker: take jobs and run them."),
+    "ensemble": ("shoal.cli.ensemble", "ensemble_app",
+                 "Run commands pinned to hosts, started in stages at the same instant."),
 }
 
 
@@ -57,6 +59,8 @@ def load_command(name: str, rest: Sequence[str] = ()) -> Any:
         function = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as exc:
         raise ShoalError(f"'shoal {name}' is not available: {exc}") from exc
+    if isinstance(function, typer.Typer):  # a verb group: `shoal ensemble run`
+        return typer.main.get_command(function)
     single = typer.Typer(add_completion=False)
     single.command(name)(function)
     command = typer.main.get_command(single)

@@ -140,6 +140,7 @@ class OutputChunk(_Message):
     offset: int
     data: str
     total_bytes: int
+    next_offset: int | None = None  # offset + bytes read (data may hold replacement characters)
     found: bool = True
 
 

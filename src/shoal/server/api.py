@@ -119,6 +119,8 @@ async def get_logs(job_id: int, _role: Client, service: ServiceDep,
         if chunk is not None and chunk.found:
             return {"job_id": job_id, "stream": stream, "state": "running", "live": True,
                     "offset": chunk.offset, "data": chunk.data,
+                    "next_offset": chunk.next_offset if chunk.next_offset is not None
+                    else chunk.offset + len(chunk.data.encode()),
                     "total_bytes": chunk.total_bytes}
     return {**service.logs(job_id, stream), "live": False}
 

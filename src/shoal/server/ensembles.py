@@ -206,7 +206,12 @@ class EnsembleRunner:
             run.note(f"internal error: {exc}")
             run.state = "failed"
         finally:
-            self._kill_all(run, "the ensemble run ended")
+            reason = {"cancelled": "the ensemble run was cancelled",
+                      "abandoned": "the ensemble run was abandoned (min_hosts)",
+                      "failed": "the ensemble run failed or timed out"}.get(
+                run.state, "the ensemble run ended")
+            self._kill_all(run, reason)
+            await self._wait_for_ends(run)
             if run.state in ("preparing", "running"):
                 run.state = "done" if self._succeeded(run) >= ensemble.required else "failed"
             run.ended_at = time.time()
@@ -223,7 +228,7 @@ class EnsembleRunner:
                 if job.group == group and job.state in (JobState.RUNNING, JobState.LOST,
                                                         JobState.QUEUED)]
         if live:
-            self.service.act("kill", live, None)
+            self.service.act("kill", live, None, f"replaced by run {run.run_id}")
 
     async def _run_stage(self, run: Run, stage: int) -> bool:
         ensemble = run.request.ensemble
@@ -346,16 +351,26 @@ class EnsembleRunner:
         waited = sum(1 for c in run.components if c.spec.wait)
         return waited - failed < run.request.ensemble.required
 
+    def _live_jobs(self, run: Run) -> list[int]:
+        jobs = self.service.reactor.jobs
+        return [c.job_id for c in run.components if c.job_id is not None
+                and c.job_id in jobs and not jobs[c.job_id].state.is_final]
+
     def _kill_all(self, run: Run, reason: str) -> None:
-        live = [c.job_id for c in run.components if c.job_id is not None
-                and self.service.reactor.jobs.get(c.job_id) is not None
-                and not self.service.reactor.jobs[c.job_id].state.is_final]
+        live = self._live_jobs(run)
         if live:
             with contextlib.suppress(Exception):
-                self.service.act("kill", live, None)
+                self.service.act("kill", live, None, reason)
         for component in run.components:
             component.ready.set()
             component.started.set()
+
+    async def _wait_for_ends(self, run: Run, timeout: float = 15.0) -> None:
+        """The run ends once what it killed has really ended, so its results are final."""
+        waiters = [c.ended.wait() for c in run.components if c.job_id is not None]
+        if waiters:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.gather(*waiters), timeout)
 
     # ---- events from the service -------------------------------------------------------------
 

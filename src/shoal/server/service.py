@@ -274,11 +274,12 @@ class Service:
         return {"added": len(plan.new_jobs), "existed": plan.existed,
                 "requeued": len(plan.requeue), "ids": plan.ids}
 
-    def act(self, action: str, ids: Sequence[int] | None, group: str | None) -> list[int]:
+    def act(self, action: str, ids: Sequence[int] | None, group: str | None,
+            reason: str = "killed by user") -> list[int]:
         jobs = self.reactor.select(ids, group)
         now = self.clock()
         if action == "kill":
-            affected = self.reactor.kill(jobs, now)
+            affected = self.reactor.kill(jobs, now, reason)
         elif action == "retry":
             affected = self.reactor.retry(jobs, now)
         elif action == "remove":

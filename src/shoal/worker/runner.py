@@ -1,21 +1,21 @@
 """Run assigned commands: spawn them, reap them without threads, measure them, enforce limits.
 
-Each command runs as ``bash -c CMD`` in a session of its own, so its process group id is its pid
-and the whole job can be signalled at once. Its environment is the worker's (as it was when the
-Runner was made) plus the assignment's, ``SHOAL_JOB_ID``, ``SHOAL_ATTEMPT_LEASE`` and
-``SHOAL_GPUS`` (the GPU ids granted, comma-separated, empty if none). stdin is /dev/null; stdout
-and stderr go to files in the spool directory (see ``capture``), so a running job costs the event
-loop nothing.
-
-GPUs: a job granted GPUs gets ``CUDA_VISIBLE_DEVICES`` set to exactly their ids. On a worker
-that offers GPUs, a job granted none gets ``CUDA_VISIBLE_DEVICES=""``, so it cannot use a GPU
-the scheduler has given to another job; either value overrides one in the job's own env. On a
-worker that offers none, the variable is left as the worker and the job have it.
+Each command runs as ``bash -c CMD`` in a session of its own, with output to spool files (see
+``spawn`` for its environment and GPUs), so a running job costs the event loop nothing.
 
 Reaping needs no thread per child: the loop watches a pidfd for each child and, once it becomes
 readable, reaps the child with ``wait4`` for its status and rusage (CPU time and peak RSS, which
 include the descendants the job reaped itself). Nothing else in the process may reap with
 ``waitpid(-1)``, or it would take these statuses.
+
+Gated attempts (ensemble components) are prepared before they start: their files are staged
+(see ``staging``) in their cwd or, when it is empty, in a fresh directory
+``shoal-JOBID-XXXXXXXX`` under ``workdir_base`` (the system's temporary directory by default;
+it is kept afterwards, with whatever the job left in it). The command is then spawned held at a
+start line (see ``gate``) and reported through ``on_ready``. ``release`` opens the lines of a
+set of attempts at one instant of this host's clock; each reports, as its start, the instant
+its own shell passed the line, and its time limit counts from then. An attempt killed while
+preparing or held ends as ``killed`` without a start.
 
 When the leader exits, whatever is left of its process group is SIGKILLed, so background children
 cannot outlive their job holding cores, memory or output files. This is done while the leader is
@@ -31,28 +31,40 @@ is only a figure for the scheduler: it is measured but never enforced, time limi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
-import shutil
 import signal
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from shoal.core.protocol import (
     Assignment,
     AttemptResult,
     Outcome,
+    ReadyItem,
     RunningAttempt,
     StartedItem,
 )
-from shoal.worker.capture import collect_and_remove, open_spool_file, remove_quietly
+from shoal.worker.capture import collect_and_remove, remove_quietly
+from shoal.worker.gate import (
+    Gate,
+    block_until,
+    boost,
+    open_gates,
+    releasing_priority,
+    sleep_until_shortly_before,
+    unboost,
+)
 from shoal.worker.keeper import Keeper
 from shoal.worker.measure import ProcessTable
+from shoal.worker.spawn import Spawner, abandon, signal_group, spawn_error_message
+from shoal.worker.staging import FetchBlob, StagingError, StagingReport, stage_files
 
 _log = logging.getLogger(__name__)
 
@@ -80,6 +92,10 @@ class _Attempt:
     peak_tree_rss_bytes: int = 0
     stop_outcome: Outcome | None = None  # set when the runner itself ends the job
     stop_reason: str | None = None
+    gate: Gate | None = None  # gated attempts only
+    released: bool = True  # False while held at the start line
+    awaiting_stamp: bool = False  # released, its start not yet reported
+    ready: ReadyItem | None = None  # what was reported when it reached the line
 
     @property
     def pid(self) -> int:
@@ -87,6 +103,17 @@ class _Attempt:
 
     def next_event(self) -> float:
         return min(self.next_sample, self.time_limit_at or math.inf, self.sigkill_at or math.inf)
+
+
+@dataclass(slots=True, eq=False)
+class _Preparation:
+    """A gated attempt whose files are being staged; it has no process yet."""
+
+    assignment: Assignment
+    received_at: float
+    task: asyncio.Task[None] | None = None
+    kill_reason: str | None = None
+    release_requested: bool = False  # released before it was ready: open its line at once
 
 
 class Runner:
@@ -102,19 +129,23 @@ class Runner:
         capture_bytes: int = 64 * 1024,
         offered_gpus: Sequence[str] = (),
         enforce_memory: bool = True,
+        on_ready: Callable[[ReadyItem], None] | None = None,
+        fetch_blob: FetchBlob | None = None,
+        workdir_base: Path | None = None,
     ) -> None:
         self.host = host
-        self._hide_unassigned_gpus = bool(offered_gpus)
+        self._spawner = Spawner(hide_unassigned_gpus=bool(offered_gpus))
         self._enforce_memory = enforce_memory
         self._spool_dir = Path(spool_dir)
         self._spool_dir.mkdir(parents=True, exist_ok=True)
         self._on_started = on_started
         self._on_finished = on_finished
+        self._on_ready = on_ready or (lambda _: None)
+        self._fetch_blob = fetch_blob
+        self._workdir_base = workdir_base
         self._capture_bytes = capture_bytes
-        self._bash = shutil.which("bash") or "/bin/bash"  # resolved once: one exec per spawn
-        self._base_env = dict(os.environb)  # bytes, so Popen need not encode it for every job
-        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._attempts: dict[int, _Attempt] = {}  # by lease id
+        self._preparing: dict[int, _Preparation] = {}  # by lease id
         self._busy_cores = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -130,6 +161,7 @@ class Runner:
         return self._busy_cores
 
     def running(self) -> list[RunningAttempt]:
+        """Every attempt this runner holds, including gated ones still preparing (no pid yet)."""
         return [
             RunningAttempt(
                 job_id=attempt.assignment.job_id,
@@ -139,38 +171,160 @@ class Runner:
                 gpus=list(attempt.assignment.gpus),
             )
             for attempt in self._attempts.values()
+        ] + [
+            RunningAttempt(
+                job_id=preparation.assignment.job_id,
+                lease_id=preparation.assignment.lease_id,
+                started_at=preparation.received_at,
+                gpus=list(preparation.assignment.gpus),
+            )
+            for preparation in self._preparing.values()
+        ]
+
+    def held(self) -> list[ReadyItem]:
+        """The Ready reports of the gated attempts still held at their start line."""
+        return [
+            attempt.ready
+            for attempt in self._attempts.values()
+            if attempt.ready is not None and not attempt.released
         ]
 
     def start(self, assignment: Assignment) -> None:
         """Spawn at once, then report `on_started`, or `on_finished` with a spawn error.
 
+        A gated assignment is prepared in a task instead: files staged, process spawned and
+        held at the start line, then `on_ready` (or `on_finished` with a spawn error).
         Must be called from the thread running the event loop.
         """
         self._loop = asyncio.get_running_loop()
-        if assignment.lease_id in self._attempts:
-            _log.warning("lease %d is already running; assignment ignored", assignment.lease_id)
+        lease_id = assignment.lease_id
+        if lease_id in self._attempts or lease_id in self._preparing:
+            _log.warning("lease %d is already running; assignment ignored", lease_id)
             return
         if self._closing:
-            self._report_spawn_error(assignment, time.time(), "the worker is shutting down")
+            self._report_unstarted(assignment, time.time(), "the worker is shutting down")
             return
+        if assignment.gate:
+            self._prepare(assignment)
+            return
+        attempt = self._launch(assignment, assignment.cwd)
+        if attempt is not None:
+            self._on_started(
+                StartedItem(
+                    job_id=assignment.job_id,
+                    lease_id=lease_id,
+                    pid=attempt.pid,
+                    started_at=attempt.started_at,
+                )
+            )
+
+    async def release(self, lease_ids: Iterable[int], at: float) -> int:
+        """Open the start lines of these held attempts at `at`, on this host's `time.time()`.
+
+        Returns how many were opened then. One still preparing is opened as soon as it is
+        ready; unknown, already released or dying ones are left alone.
+        """
+        wanted = set(lease_ids)
+        await sleep_until_shortly_before(at)
+        # From here until the gates are open the loop is blocked (about 15 ms): no attempt can
+        # end in between, so no gate descriptor can be closed and reused.
+        held = [
+            attempt
+            for lease_id in wanted
+            if (attempt := self._attempts.get(lease_id)) is not None
+            and not attempt.released
+            and attempt.stop_outcome is None
+        ]
+        gates = [attempt.gate for attempt in held if attempt.gate is not None]
+        for lease_id in wanted:
+            if (preparation := self._preparing.get(lease_id)) is not None:
+                preparation.release_requested = True
+        for attempt in held:
+            if attempt.gate is not None:
+                boost(attempt.gate, attempt.pid)
+        with releasing_priority():
+            block_until(at)
+            open_gates(gates)
+        self._after_release(held)
+        return len(held)
+
+    def peek(self, lease_id: int, stream: Literal["stdout", "stderr"], offset: int,
+             limit: int) -> tuple[str, int, bool]:
+        """Live output of a running attempt: (up to `limit` bytes from `offset` as text,
+        bytes written so far, whether the attempt is here)."""
+        attempt = self._attempts.get(lease_id)
+        if attempt is None:
+            return "", 0, lease_id in self._preparing
+        path = attempt.stdout_path if stream == "stdout" else attempt.stderr_path
+        data, total_bytes = _read_range(path, offset, limit)
+        return data.decode("utf-8", errors="replace"), total_bytes, True
+
+    def kill(self, job_id: int, lease_id: int, reason: str) -> bool:
+        """SIGTERM the job's process group, SIGKILL it after a grace period.
+
+        False if that attempt is not running here.
+        """
+        attempt = self._attempts.get(lease_id)
+        if attempt is None:
+            preparation = self._preparing.get(lease_id)
+            if preparation is None or preparation.assignment.job_id != job_id:
+                return False
+            self._cancel_preparation(preparation, reason)
+            return True
+        if attempt.assignment.job_id != job_id:
+            return False
+        self._stop(attempt, "killed", reason)
+        return True
+
+    async def shutdown(self, *, kill: bool) -> None:
+        """Wait until every job has finished and been reported, killing them first if asked."""
+        self._closing = True
+        if kill:
+            for preparation in list(self._preparing.values()):
+                self._cancel_preparation(preparation, "the worker is shutting down")
+            for attempt in list(self._attempts.values()):
+                self._stop(attempt, "killed", "the worker is shutting down")
+        if self._attempts or self._preparing:
+            if self._drained is None or self._drained.done():
+                self._drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drained)  # several callers may wait on the same drain
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_due = None, math.inf
+        self._spawner.close()
+        self._keeper.close()
+
+    # ---- spawning ------------------------------------------------------------------------
+
+    def _launch(self, assignment: Assignment, cwd: str, gate: Gate | None = None
+                ) -> _Attempt | None:
+        """Spawn the process and watch it; None (and `on_finished`) if it could not start."""
+        assert self._loop is not None
         stdout_path = f"{self._spool_dir}/{assignment.lease_id}.stdout"
         stderr_path = f"{self._spool_dir}/{assignment.lease_id}.stderr"
         started_at, started_monotonic = time.time(), time.monotonic()
         try:
-            process = self._spawn(assignment, stdout_path, stderr_path)
+            process = self._spawner.spawn(assignment, cwd, stdout_path, stderr_path, gate)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             remove_quietly(stdout_path)
             remove_quietly(stderr_path)
-            self._report_spawn_error(assignment, started_at, _spawn_error_message(exc, assignment))
-            return
+            if gate is not None:
+                gate.close()
+            self._report_unstarted(assignment, started_at, spawn_error_message(exc, cwd))
+            return None
+        finally:
+            if gate is not None:
+                gate.close_child_ends()
         try:
             pidfd = os.pidfd_open(process.pid)
         except OSError as exc:  # e.g. out of descriptors: the child cannot be watched, end it
-            _abandon(process)
+            abandon(process)
             remove_quietly(stdout_path)
             remove_quietly(stderr_path)
-            self._report_spawn_error(assignment, started_at, f"cannot watch process: {exc}")
-            return
+            if gate is not None:
+                gate.close()
+            self._report_unstarted(assignment, started_at, f"cannot watch process: {exc}")
+            return None
 
         self._keeper.track(process.pid)  # the job's group dies with this worker, however it dies
         memory_limited = self._enforce_memory and assignment.memory_bytes > 0
@@ -187,93 +341,29 @@ class Runner:
                 SAMPLE_EVERY_SECONDS_UNDER_MEMORY_LIMIT if memory_limited else SAMPLE_EVERY_SECONDS
             ),
             next_sample=started_monotonic + SAMPLE_AFTER_SECONDS,
-            time_limit_at=started_monotonic + limit if limit is not None else None,
+            # A held attempt's time limit counts from its release.
+            time_limit_at=(
+                started_monotonic + limit if limit is not None and gate is None else None
+            ),
+            gate=gate,
+            released=gate is None,
         )
         self._attempts[assignment.lease_id] = attempt
         self._busy_cores += assignment.cores
         self._loop.add_reader(pidfd, self._on_exit, attempt)
         self._wake_at(attempt.next_event())
-        self._on_started(
-            StartedItem(
-                job_id=assignment.job_id,
-                lease_id=assignment.lease_id,
-                pid=process.pid,
-                started_at=started_at,
-            )
-        )
+        return attempt
 
-    def kill(self, job_id: int, lease_id: int, reason: str) -> bool:
-        """SIGTERM the job's process group, SIGKILL it after a grace period.
-
-        False if that attempt is not running here.
-        """
-        attempt = self._attempts.get(lease_id)
-        if attempt is None or attempt.assignment.job_id != job_id:
-            return False
-        self._stop(attempt, "killed", reason)
-        return True
-
-    async def shutdown(self, *, kill: bool) -> None:
-        """Wait until every job has finished and been reported, killing them first if asked."""
-        self._closing = True
-        if kill:
-            for attempt in list(self._attempts.values()):
-                self._stop(attempt, "killed", "the worker is shutting down")
-        if self._attempts:
-            if self._drained is None or self._drained.done():
-                self._drained = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._drained)  # several callers may wait on the same drain
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer, self._timer_due = None, math.inf
-        if self._devnull >= 0:
-            os.close(self._devnull)
-            self._devnull = -1
-        self._keeper.close()
-
-    # ---- spawning ------------------------------------------------------------------------
-
-    def _spawn(
-        self, assignment: Assignment, stdout_path: str, stderr_path: str
-    ) -> subprocess.Popen[bytes]:
-        gpus = os.fsencode(",".join(assignment.gpus))
-        env = {
-            **self._base_env,
-            **{os.fsencode(name): os.fsencode(value) for name, value in assignment.env.items()},
-            b"SHOAL_JOB_ID": b"%d" % assignment.job_id,
-            b"SHOAL_ATTEMPT_LEASE": b"%d" % assignment.lease_id,
-            b"SHOAL_GPUS": gpus,
-        }
-        if assignment.gpus or self._hide_unassigned_gpus:
-            env[b"CUDA_VISIBLE_DEVICES"] = gpus
-        stdout_fd = open_spool_file(stdout_path)
-        try:
-            stderr_fd = open_spool_file(stderr_path)
-            try:
-                # The child gets its own copies of the descriptors; the parent's are not needed.
-                return subprocess.Popen(
-                    ["bash", "-c", assignment.cmd],
-                    executable=self._bash,
-                    stdin=self._devnull,
-                    stdout=stdout_fd,
-                    stderr=stderr_fd,
-                    cwd=assignment.cwd or None,
-                    env=env,
-                    start_new_session=True,
-                )
-            finally:
-                os.close(stderr_fd)
-        finally:
-            os.close(stdout_fd)
-
-    def _report_spawn_error(self, assignment: Assignment, at: float, error: str) -> None:
+    def _report_unstarted(
+        self, assignment: Assignment, at: float, error: str, outcome: Outcome = "spawn_error"
+    ) -> None:
         self._on_finished(
             AttemptResult(
                 job_id=assignment.job_id,
                 lease_id=assignment.lease_id,
-                outcome="spawn_error",
+                outcome=outcome,
                 started_at=at,
-                ended_at=at,
+                ended_at=time.time() if outcome != "spawn_error" else at,
                 wall_seconds=0.0,
                 cpu_seconds=0.0,
                 peak_rss_bytes=0,
@@ -281,11 +371,120 @@ class Runner:
             )
         )
 
+    # ---- gated attempts: prepare, hold, release ------------------------------------------
+
+    def _prepare(self, assignment: Assignment) -> None:
+        assert self._loop is not None
+        preparation = _Preparation(assignment, received_at=time.time())
+        self._preparing[assignment.lease_id] = preparation
+        self._busy_cores += assignment.cores  # held for it from now, as for a running job
+        preparation.task = self._loop.create_task(self._stage_and_spawn(preparation))
+
+    async def _stage_and_spawn(self, preparation: _Preparation) -> None:
+        assignment = preparation.assignment
+        try:
+            try:
+                cwd = self._workdir_for(assignment)
+                staged = await stage_files(
+                    assignment.files, Path(cwd), self._fetch_blob,
+                    always_copy=assignment.always_copy,
+                )
+                gate = Gate.create()
+            finally:
+                del self._preparing[assignment.lease_id]
+                self._busy_cores -= assignment.cores
+        except (StagingError, OSError) as exc:
+            error = str(exc) if isinstance(exc, StagingError) else f"cannot open a gate: {exc}"
+            self._report_unstarted(assignment, preparation.received_at, error)
+            self._check_drained()
+            return
+        except asyncio.CancelledError:
+            reason = preparation.kill_reason or "cancelled"
+            self._report_unstarted(assignment, preparation.received_at, reason, "killed")
+            self._check_drained()
+            return
+        attempt = self._launch(assignment, cwd, gate)
+        if attempt is None:
+            self._check_drained()
+            return
+        attempt.ready = _ready_item(attempt, cwd, staged)
+        self._on_ready(attempt.ready)
+        if preparation.release_requested:
+            open_gates([gate])
+            self._after_release([attempt])
+
+    def _workdir_for(self, assignment: Assignment) -> str:
+        """The component's base directory, made if missing; a fresh one if none is given."""
+        if assignment.cwd:
+            try:
+                os.makedirs(assignment.cwd, exist_ok=True)
+            except OSError as exc:
+                raise StagingError(f"cwd {assignment.cwd}: {exc.strerror or exc}") from None
+            return assignment.cwd
+        try:
+            if self._workdir_base is not None:
+                self._workdir_base.mkdir(parents=True, exist_ok=True)
+            return tempfile.mkdtemp(prefix=f"shoal-{assignment.job_id}-", dir=self._workdir_base)
+        except OSError as exc:
+            where = self._workdir_base or tempfile.gettempdir()
+            raise StagingError(
+                f"cannot make a working directory in {where}: {exc.strerror or exc}"
+            ) from None
+
+    def _cancel_preparation(self, preparation: _Preparation, reason: str) -> None:
+        if preparation.kill_reason is None and preparation.task is not None:
+            preparation.kill_reason = reason
+            preparation.task.cancel()
+
+    def _after_release(self, attempts: list[_Attempt]) -> None:
+        """Bookkeeping once the gates are open: the time limit starts, the stamp is awaited."""
+        assert self._loop is not None
+        released_at, released_monotonic = time.time(), time.monotonic()
+        for attempt in attempts:
+            attempt.released = True
+            gate = attempt.gate
+            if gate is None or not gate.opened:  # gone already; its exit is reported as usual
+                continue
+            attempt.started_at, attempt.started_monotonic = released_at, released_monotonic
+            limit = attempt.assignment.time_limit_seconds
+            if limit is not None:
+                attempt.time_limit_at = released_monotonic + limit
+                self._wake_at(attempt.time_limit_at)
+            attempt.awaiting_stamp = True
+            self._loop.add_reader(gate.stamp_read_fd, self._on_stamp, attempt)
+
+    def _on_stamp(self, attempt: _Attempt) -> None:
+        assert attempt.gate is not None
+        if attempt.gate.read_stamp():
+            unboost(attempt.gate, attempt.pid)  # not reaped yet: the pid is still its own
+            self._report_gated_start(attempt)
+
+    def _report_gated_start(self, attempt: _Attempt) -> None:
+        """Report the start at the instant the process's own shell passed the line."""
+        assert self._loop is not None and attempt.gate is not None
+        self._loop.remove_reader(attempt.gate.stamp_read_fd)
+        attempt.awaiting_stamp = False
+        attempt.started_at = attempt.gate.started_at() or attempt.started_at
+        self._on_started(
+            StartedItem(
+                job_id=attempt.assignment.job_id,
+                lease_id=attempt.assignment.lease_id,
+                pid=attempt.pid,
+                started_at=attempt.started_at,
+            )
+        )
+
+    def _check_drained(self) -> None:
+        if self._attempts or self._preparing:
+            return
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
     # ---- exit ----------------------------------------------------------------------------
 
     def _on_exit(self, attempt: _Attempt) -> None:
         """The pidfd is readable: the leader has exited and waits, a zombie, to be reaped."""
-        _signal_group(attempt.pid, signal.SIGKILL)  # leftovers; the zombie keeps the group id ours
+        signal_group(attempt.pid, signal.SIGKILL)  # leftovers; the zombie keeps the group id ours
         try:
             pid, status, rusage = os.wait4(attempt.pid, os.WNOHANG)
         except ChildProcessError:  # someone else reaped it: the status is lost
@@ -299,6 +498,11 @@ class Runner:
         del self._attempts[attempt.assignment.lease_id]
         self._keeper.untrack(attempt.pid)
         self._busy_cores -= attempt.assignment.cores
+        if attempt.gate is not None:
+            if attempt.awaiting_stamp:  # it may have exited before its stamp was read
+                attempt.gate.read_stamp()
+                self._report_gated_start(attempt)
+            attempt.gate.close()
 
         exit_code, signal_number, error = None, None, attempt.stop_reason
         if status is None:
@@ -332,8 +536,7 @@ class Runner:
         try:
             self._on_finished(result)
         finally:
-            if not self._attempts and self._drained is not None and not self._drained.done():
-                self._drained.set_result(None)
+            self._check_drained()
 
     # ---- the one timer: sampling, time limits, SIGKILL escalation ------------------------
 
@@ -359,7 +562,7 @@ class Runner:
                 self._stop(attempt, "time_limit", f"time limit of {limit:g} s reached")
             if attempt.sigkill_at is not None and attempt.sigkill_at <= due:
                 attempt.sigkill_at = None
-                _signal_group(attempt.pid, signal.SIGKILL)
+                signal_group(attempt.pid, signal.SIGKILL)
         if self._attempts:
             self._wake_at(min(attempt.next_event() for attempt in self._attempts.values()))
 
@@ -386,29 +589,34 @@ class Runner:
         if attempt.stop_outcome is None:
             attempt.stop_outcome, attempt.stop_reason = outcome, reason
         if not grace:
-            _signal_group(attempt.pid, signal.SIGKILL)
+            signal_group(attempt.pid, signal.SIGKILL)
             return
-        _signal_group(attempt.pid, signal.SIGTERM)
+        signal_group(attempt.pid, signal.SIGTERM)
         if attempt.sigkill_at is None:
             attempt.sigkill_at = time.monotonic() + KILL_GRACE_SECONDS
             self._wake_at(attempt.sigkill_at)
 
 
-def _signal_group(pgid: int, signal_number: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal_number)
+def _ready_item(attempt: _Attempt, cwd: str, staged: StagingReport) -> ReadyItem:
+    return ReadyItem(
+        job_id=attempt.assignment.job_id,
+        lease_id=attempt.assignment.lease_id,
+        pid=attempt.pid,
+        cwd=cwd,
+        copied_files=staged.copied_files,
+        copied_bytes=staged.copied_bytes,
+        skipped_files=staged.skipped_files,
+    )
 
 
-def _abandon(process: subprocess.Popen[bytes]) -> None:
-    """Kill and reap a child that cannot be watched."""
-    _signal_group(process.pid, signal.SIGKILL)
-    process.wait()
-
-
-def _spawn_error_message(exc: Exception, assignment: Assignment) -> str:
-    if isinstance(exc, OSError):
-        reason = exc.strerror or str(exc)
-        if assignment.cwd and exc.filename == assignment.cwd:
-            return f"cwd {assignment.cwd}: {reason}"
-        return f"{exc.filename}: {reason}" if exc.filename else reason
-    return f"cannot start the command: {exc}"  # e.g. a NUL byte; never echoes env values
+def _read_range(path: str, offset: int, limit: int) -> tuple[bytes, int]:
+    """Up to `limit` bytes of a spool file from `offset`, and the file's size."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b"", 0
+    try:
+        size = os.fstat(fd).st_size
+        return os.pread(fd, max(0, min(limit, size - offset)), offset), size
+    finally:
+        os.close(fd)

@@ -1,0 +1,98 @@
+"""Start a job's process: ``bash -c CMD`` in a session of its own, output to spool files.
+
+A session of its own makes the process group id the job's pid, so the whole job can be
+signalled at once. Its environment is the worker's (as it was when the Spawner was made) plus the
+assignment's, ``SHOAL_JOB_ID``, ``SHOAL_ATTEMPT_LEASE`` and ``SHOAL_GPUS`` (the GPU ids granted,
+comma-separated, empty if none). stdin is /dev/null; stdout and stderr go to files in the spool
+directory (see ``capture``), so a running job costs the event loop nothing.
+
+GPUs: a job granted GPUs gets ``CUDA_VISIBLE_DEVICES`` set to exactly their ids. On a worker
+that offers GPUs, a job granted none gets ``CUDA_VISIBLE_DEVICES=""``, so it cannot use a GPU
+the scheduler has given to another job; either value overrides one in the job's own env. On a
+worker that offers none, the variable is left as the worker and the job have it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+
+from shoal.core.protocol import Assignment
+from shoal.worker.capture import open_spool_file
+from shoal.worker.gate import Gate
+
+
+class Spawner:
+    def __init__(self, *, hide_unassigned_gpus: bool) -> None:
+        self._hide_unassigned_gpus = hide_unassigned_gpus
+        self._bash = shutil.which("bash") or "/bin/bash"  # resolved once: one exec per spawn
+        self._base_env = dict(os.environb)  # bytes, so Popen need not encode it for every job
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+
+    def spawn(
+        self,
+        assignment: Assignment,
+        cwd: str,
+        stdout_path: str,
+        stderr_path: str,
+        gate: Gate | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start the command (held at its start line if `gate` is given)."""
+        gpus = os.fsencode(",".join(assignment.gpus))
+        env = {
+            **self._base_env,
+            **{os.fsencode(name): os.fsencode(value) for name, value in assignment.env.items()},
+            b"SHOAL_JOB_ID": b"%d" % assignment.job_id,
+            b"SHOAL_ATTEMPT_LEASE": b"%d" % assignment.lease_id,
+            b"SHOAL_GPUS": gpus,
+        }
+        if assignment.gpus or self._hide_unassigned_gpus:
+            env[b"CUDA_VISIBLE_DEVICES"] = gpus
+        stdout_fd = open_spool_file(stdout_path)
+        try:
+            stderr_fd = open_spool_file(stderr_path)
+            try:
+                # The child gets its own copies of the descriptors; the parent's are not needed.
+                return subprocess.Popen(
+                    gate.argv(assignment.cmd) if gate else ["bash", "-c", assignment.cmd],
+                    executable=self._bash,
+                    stdin=self._devnull,
+                    stdout=stdout_fd,
+                    stderr=stderr_fd,
+                    cwd=cwd or None,
+                    env=env,
+                    start_new_session=True,
+                    pass_fds=gate.child_fds if gate else (),
+                )
+            finally:
+                os.close(stderr_fd)
+        finally:
+            os.close(stdout_fd)
+
+    def close(self) -> None:
+        if self._devnull >= 0:
+            os.close(self._devnull)
+            self._devnull = -1
+
+
+def spawn_error_message(exc: Exception, cwd: str) -> str:
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+        if cwd and exc.filename == cwd:
+            return f"cwd {cwd}: {reason}"
+        return f"{exc.filename}: {reason}" if exc.filename else reason
+    return f"cannot start the command: {exc}"  # e.g. a NUL byte; never echoes env values
+
+
+def signal_group(pgid: int, signal_number: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal_number)
+
+
+def abandon(process: subprocess.Popen[bytes]) -> None:
+    """Kill and reap a child that cannot be watched."""
+    signal_group(process.pid, signal.SIGKILL)
+    process.wait()
