@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -141,10 +142,15 @@ def test_bad_usage_is_one_line_and_exit_2(
 
 def test_a_local_file_gone_since_loading_is_exit_2_before_anything_starts(
         sample: Path, capsys: pytest.CaptureFixture[str], fake_server: FakeServer) -> None:
-    (sample.parent / "server.sh").chmod(0)  # the loader sees it; reading it fails
-    if os.access(sample.parent / "server.sh", os.R_OK):
-        pytest.skip("running as root: every file is readable")
-    assert main(["--server", fake_server.url, "ensemble", "run", str(sample)]) == 2
+    # The loader sees something there; reading it fails, for root too: a socket in its place.
+    script = sample.parent / "server.sh"
+    script.unlink()
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(script))
+    try:
+        assert main(["--server", fake_server.url, "ensemble", "run", str(sample)]) == 2
+    finally:
+        listener.close()
     assert "component server:" in capsys.readouterr().err
     assert fake_server.requests == []
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import os
 import stat
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -142,17 +146,31 @@ def test_a_file_in_the_way_of_a_directory(tmp_path: Path) -> None:
     assert str(caught.value) == f"{tmp_path / 'data'}: File exists"
 
 
+@contextlib.contextmanager
+def unwritable(directory: Path) -> Iterator[str]:
+    """A directory nobody may write in: by its mode, or for root (whom modes do not stop) by
+    a read-only file system mounted on it. Yields the error the kernel will give."""
+    directory.mkdir()
+    if os.geteuid() != 0:
+        directory.chmod(0o500)
+        try:
+            yield "Permission denied"
+        finally:
+            directory.chmod(0o700)
+        return
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(directory)],
+                   check=True)
+    try:
+        yield "Read-only file system"
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
 def test_an_unwritable_destination_names_the_file(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    try:
-        if _can_write(locked):
-            pytest.skip("these privileges ignore directory modes (root)")
-        with pytest.raises(StagingError) as caught:
-            stage([entry("locked/f", b"x")], tmp_path, Blobs(b"x"))
-        assert str(caught.value) == f"{locked / 'f'}: Permission denied"
-    finally:
-        locked.chmod(0o700)
+    with unwritable(locked) as error, pytest.raises(StagingError) as caught:
+        stage([entry("locked/f", b"x")], tmp_path, Blobs(b"x"))
+    assert str(caught.value) == f"{locked / 'f'}: {error}"
 
 
 def test_a_file_in_the_way_of_a_parent_directory(tmp_path: Path) -> None:
@@ -162,13 +180,3 @@ def test_a_file_in_the_way_of_a_parent_directory(tmp_path: Path) -> None:
     assert str(caught.value) == (
         f"{tmp_path / 'conf/app.toml'}: cannot create its directory {tmp_path / 'conf'}: "
         "File exists")
-
-
-def _can_write(directory: Path) -> bool:
-    probe = directory / ".probe"
-    try:
-        probe.write_text("")
-    except PermissionError:
-        return False
-    probe.unlink()
-    return True
