@@ -227,3 +227,38 @@ def test_never_two_live_attempts_and_resources_balance(events: list[tuple[str, i
         for job in reactor.jobs.values():
             if job.state is S.RUNNING:
                 assert holders.get(job.id) is not None
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["finish", "fail", "kill", "retry", "remove"]),
+                          st.integers(0, 5)), max_size=30))
+def test_counts_always_match_the_jobs(actions: list[tuple[str, int]]) -> None:
+    """Counts are kept up to date by each change; they must equal a fresh count."""
+    reactor = new_reactor()
+    ids = add(reactor, *[f"job {i}" for i in range(6)], group="a")
+    ids += add(reactor, "other", group="b")
+    worker = reactor.worker_joined(register(cores=3), 0.0)
+    leases: dict[int, int] = {}
+    now = 0.0
+    for action, index in actions:
+        now += 1
+        for worker_id, items in [(w, i) for w, i in assigned(reactor, now).items()]:
+            leases.update({job_id: lease for job_id, lease in items})
+            assert worker_id == worker
+        job = reactor.jobs.get(ids[index])
+        if job is None:
+            continue
+        if action in ("finish", "fail") and job.id in leases:
+            code = 0 if action == "finish" else 1
+            reactor.finished(worker, [result(job.id, leases.pop(job.id), exit_code=code)], now)
+        elif action == "kill":
+            reactor.kill([job], now)
+        elif action == "retry":
+            reactor.retry([job], now)
+        elif action == "remove" and job.state not in (S.RUNNING, S.LOST):
+            reactor.remove([job], now)
+        fresh: dict[str, dict[str, int]] = {}
+        for each in reactor.jobs.values():
+            fresh.setdefault(each.group, {}).setdefault(each.state.value, 0)
+            fresh[each.group][each.state.value] += 1
+        assert reactor.counts() == dict(sorted(fresh.items()))

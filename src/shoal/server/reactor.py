@@ -63,6 +63,7 @@ class Reactor:
         self.reservations: dict[int, int] = {}  # job id -> worker id held for it
         self.draining = False  # no new starts; the service stops once nothing runs
         self.holding = 0  # jobs running or lost: attempts that may still be alive
+        self._counts: Counter[tuple[str, JobState]] = Counter()  # (group, state) -> jobs
         self._next_job_id = next_job_id
         self._next_lease_id = next_lease_id
         self._next_worker_id = 1
@@ -100,6 +101,7 @@ class Reactor:
     def _track(self, job: Job) -> None:
         self.jobs[job.id] = job
         self.by_key[job.key] = job.id
+        self._counts[job.group, job.state] += 1
         self.deps.joined(job)
         if job.state in _HOLDING:
             self.limit_running.update(job.limits)
@@ -109,6 +111,8 @@ class Reactor:
         """The one place a job's state changes."""
         before = job.state
         self._effects.transitions.append(transition(job, to, now=now, reason=reason))
+        self._counts[job.group, before] -= 1
+        self._counts[job.group, to] += 1
         self._effects.changed[job.id] = job
         if (before in _HOLDING) != (to in _HOLDING):
             if job.limits:
@@ -454,6 +458,7 @@ class Reactor:
         for job in jobs:
             del self.jobs[job.id]
             self.by_key.pop(job.key, None)
+            self._counts[job.group, job.state] -= 1
             self._recheck.update(self.deps.left(job))
             self._effects.changed.pop(job.id, None)
             self._effects.removed.append(job.id)
@@ -559,11 +564,12 @@ class Reactor:
                                          self.limit_running)
 
     def counts(self, group: str | None = None) -> dict[str, dict[str, int]]:
-        groups: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for job in self.jobs.values():
-            if group is None or job.group == group:
-                groups[job.group][job.state.value] += 1
-        return {name: dict(states) for name, states in sorted(groups.items())}
+        """Jobs per group and state, kept up to date by every change (status is polled)."""
+        groups: dict[str, dict[str, int]] = defaultdict(dict)
+        for (name, state), count in self._counts.items():
+            if count and (group is None or name == group):
+                groups[name][state.value] = count
+        return {name: groups[name] for name in sorted(groups)}
 
 
 def _failure_reason(result: AttemptResult) -> str:
