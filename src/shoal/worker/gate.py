@@ -13,12 +13,13 @@ If the gate pipe closes without a byte (the runner is gone) the script exits wit
 runs the command.
 
 Where the system allows it (root, CAP_SYS_NICE or an RLIMIT_RTPRIO), the start line is crossed
-at real-time priority: the held processes get SCHED_FIFO just before their release and lose it
-as soon as their stamp has been read, and the releasing thread outranks them while it opens the
+at real-time priority: held processes get SCHED_FIFO just before their release and lose it as
+soon as their stamp has been read, and the releasing thread outranks them while it opens the
 gates. Otherwise a released process may wait a scheduler slice (milliseconds) behind whatever
-else keeps the CPUs busy. Their children are born without it (SCHED_RESET_ON_FORK), so the
-command proper runs at normal priority; only the shell that passed the line keeps it, for the
-moment it takes the runner to read the stamp. Elsewhere this is silently skipped.
+else keeps the CPUs busy. Their children are born without it (SCHED_RESET_ON_FORK), so only the
+shell that passed the line has it, until the runner reads its stamp; at most one process fewer
+than this worker has CPUs is boosted at a time, so the runner always finds a CPU to do that.
+Elsewhere this is silently skipped.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ LOOP_SLEEP_MARGIN_SECONDS = 0.015
 SPIN_MARGIN_SECONDS = 0.0003
 _LONGEST_LOOP_SLEEP_SECONDS = 1.0  # re-read the wall clock now and then: it may be stepped
 # SCHED_FIFO priorities at the line: the releasing thread above the processes it releases, so
-# the first one woken cannot hold up the gates of the others. Both are the lowest there are.
+# the first one woken cannot hold up the gates of the others; the two lowest there are.
 _HELD_PRIORITY = 1
 _RELEASER_PRIORITY = 2
 
@@ -62,16 +63,18 @@ class Gate:
     stamp: bytearray = field(default_factory=bytearray)
     opened: bool = False
     boosted: bool = False  # runs at real-time priority until its stamp is read
+    boosted_from: tuple[int, os.sched_param] | None = None
 
     @classmethod
     def create(cls) -> Gate:
         gate_read, gate_write = os.pipe2(os.O_CLOEXEC)
         try:
-            stamp_read, stamp_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            stamp_read, stamp_write = os.pipe2(os.O_CLOEXEC)
         except OSError:
             os.close(gate_read)
             os.close(gate_write)
             raise
+        os.set_blocking(stamp_read, False)  # read from the event loop
         return cls(gate_write, stamp_read, (gate_read, stamp_write))
 
     def argv(self, cmd: str) -> list[str]:
@@ -116,7 +119,7 @@ class Gate:
 
 
 def open_gates(gates: list[Gate]) -> None:
-    """Write the release byte to every gate, back to back: this loop is the start spread."""
+    """Write the release byte to every gate, back to back: nothing else between them."""
     for gate in gates:
         try:
             os.write(gate.gate_write_fd, b"\n")
@@ -142,13 +145,20 @@ def block_until(at: float) -> None:
 
 class _RealTime:
     allowed = True  # until the system says otherwise; then never asked again
+    boosted = 0  # held processes at real-time priority now, on this worker
+    # Always leave a CPU to the rest: a boosted shell runs its command's builtins at real-time
+    # priority until the runner has read its stamp, and the runner (and anything it waits
+    # for) must find a CPU to do that on. More components than CPUs cannot start together
+    # anyway.
+    most = len(os.sched_getaffinity(0)) - 1
 
 
 def boost(gate: Gate, pid: int) -> None:
     """Real-time priority for a held process, so it runs the moment its gate opens."""
-    if not _RealTime.allowed:
+    if not _RealTime.allowed or _RealTime.boosted >= _RealTime.most or gate.boosted:
         return
     try:
+        before = os.sched_getscheduler(pid), os.sched_getparam(pid)
         os.sched_setscheduler(
             pid, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(_HELD_PRIORITY)
         )
@@ -157,20 +167,26 @@ def boost(gate: Gate, pid: int) -> None:
     except OSError:  # gone already
         return
     else:
-        gate.boosted = True
+        gate.boosted, gate.boosted_from = True, before
+        _RealTime.boosted += 1
 
 
-def unboost(gate: Gate, pid: int) -> None:
-    """Back to normal priority. `pid` must not have been reaped: it could be someone else's."""
-    if gate.boosted:
-        gate.boosted = False
+def unboost(gate: Gate, pid: int | None) -> None:
+    """Back to the priority it had; `pid` None if the process is gone (reaped: its pid could
+    be someone else's by now)."""
+    if not gate.boosted:
+        return
+    gate.boosted = False
+    _RealTime.boosted -= 1
+    if pid is not None and gate.boosted_from is not None:
         with contextlib.suppress(OSError):
-            os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
+            os.sched_setscheduler(pid, *gate.boosted_from)
 
 
 @contextlib.contextmanager
 def releasing_priority() -> Iterator[None]:
-    """This thread outranks the held processes while it opens their gates."""
+    """This thread outranks the held processes while it opens their gates (a few hundred
+    microseconds of spinning, then one write per gate)."""
     before = None
     if _RealTime.allowed:
         with contextlib.suppress(OSError):

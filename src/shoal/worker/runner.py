@@ -36,7 +36,6 @@ import math
 import os
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -64,7 +63,13 @@ from shoal.worker.gate import (
 from shoal.worker.keeper import Keeper
 from shoal.worker.measure import ProcessTable
 from shoal.worker.spawn import Spawner, abandon, signal_group, spawn_error_message
-from shoal.worker.staging import FetchBlob, StagingError, StagingReport, stage_files
+from shoal.worker.staging import (
+    FetchBlob,
+    StagingError,
+    StagingReport,
+    stage_files,
+    workdir_for,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -384,7 +389,7 @@ class Runner:
         assignment = preparation.assignment
         try:
             try:
-                cwd = self._workdir_for(assignment)
+                cwd = workdir_for(assignment, self._workdir_base)
                 staged = await stage_files(
                     assignment.files, Path(cwd), self._fetch_blob,
                     always_copy=assignment.always_copy,
@@ -412,24 +417,6 @@ class Runner:
         if preparation.release_requested:
             open_gates([gate])
             self._after_release([attempt])
-
-    def _workdir_for(self, assignment: Assignment) -> str:
-        """The component's base directory, made if missing; a fresh one if none is given."""
-        if assignment.cwd:
-            try:
-                os.makedirs(assignment.cwd, exist_ok=True)
-            except OSError as exc:
-                raise StagingError(f"cwd {assignment.cwd}: {exc.strerror or exc}") from None
-            return assignment.cwd
-        try:
-            if self._workdir_base is not None:
-                self._workdir_base.mkdir(parents=True, exist_ok=True)
-            return tempfile.mkdtemp(prefix=f"shoal-{assignment.job_id}-", dir=self._workdir_base)
-        except OSError as exc:
-            where = self._workdir_base or tempfile.gettempdir()
-            raise StagingError(
-                f"cannot make a working directory in {where}: {exc.strerror or exc}"
-            ) from None
 
     def _cancel_preparation(self, preparation: _Preparation, reason: str) -> None:
         if preparation.kill_reason is None and preparation.task is not None:
@@ -502,6 +489,7 @@ class Runner:
             if attempt.awaiting_stamp:  # it may have exited before its stamp was read
                 attempt.gate.read_stamp()
                 self._report_gated_start(attempt)
+            unboost(attempt.gate, None)  # reaped: only the count is left to settle
             attempt.gate.close()
 
         exit_code, signal_number, error = None, None, attempt.stop_reason

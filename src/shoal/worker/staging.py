@@ -1,4 +1,4 @@
-"""Put an ensemble component's files in place before it starts.
+"""Put an ensemble component's directory and files in place before it starts.
 
 A file already at its destination with the same size and SHA-256 is left alone (unless
 `always_copy`), so a component run again copies only what changed. Anything else is fetched by
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoal.core.errors import ShoalError
-from shoal.core.protocol import FileEntry
+from shoal.core.protocol import Assignment, FileEntry
 
 # fetch_blob(sha256, path): write the blob with that SHA-256 to `path`; raise if it cannot.
 FetchBlob = Callable[[str, Path], Awaitable[None]]
@@ -37,6 +37,26 @@ class StagingReport:
     copied_files: int = 0
     copied_bytes: int = 0
     skipped_files: int = 0  # already there with the same size and SHA-256
+
+
+def workdir_for(assignment: Assignment, fresh_base: Path | None) -> str:
+    """The component's directory: its cwd, made if missing, or when it has none a fresh
+    ``shoal-JOBID-XXXXXXXX`` under `fresh_base` (None: the system's temporary directory)."""
+    if assignment.cwd:
+        try:
+            os.makedirs(assignment.cwd, exist_ok=True)
+        except OSError as exc:
+            raise StagingError(f"cwd {assignment.cwd}: {exc.strerror or exc}") from None
+        return assignment.cwd
+    try:
+        if fresh_base is not None:
+            fresh_base.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f"shoal-{assignment.job_id}-", dir=fresh_base)
+    except OSError as exc:
+        where = fresh_base or tempfile.gettempdir()
+        raise StagingError(
+            f"cannot make a working directory in {where}: {exc.strerror or exc}"
+        ) from None
 
 
 async def stage_files(
