@@ -19,14 +19,14 @@ from pathlib import Path
 
 from shoal.core.errors import InputError
 from shoal.core.models import FINAL_STATES, JobState
-from shoal.core.protocol import Resources, ToWorker
+from shoal.core.protocol import Resources
 from shoal.core.states import Transition
 from shoal.formats import ParsedJob, RunmakerMarker, parse_file
 from shoal.home import DATABASE_FILE, lock_home
 from shoal.server.reactor import ReactorConfig
 from shoal.server.service import Service
 from shoal.store import Store
-from shoal.worker.agent import Agent
+from shoal.worker.agent import Agent, InProcessLink
 from shoal.worker.resources import detect_resources
 
 LOCAL_WORKER = "local"
@@ -50,19 +50,6 @@ class RunReport:
     @property
     def succeeded(self) -> bool:
         return not self.interrupted and self.failed == 0 and self.done == self.total
-
-
-class _LocalLink:
-    """The service's side of an in-process worker: a send is a direct call."""
-
-    def __init__(self, agent: Agent):
-        self._agent = agent
-
-    def send(self, message: ToWorker) -> None:
-        self._agent.handle(message)
-
-    def close(self, reason: str) -> None:
-        self._agent.disconnected()
 
 
 def state_dir(path: Path) -> Path:
@@ -137,7 +124,7 @@ async def run_jobs(path: Path, parsed: list[ParsedJob], parallel: int,
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupted.set)
     try:
-        worker_id = service.join(agent.register_message(), _LocalLink(agent))
+        worker_id = service.join(agent.register_message(), InProcessLink(agent))
         agent.connected(lambda message: service.deliver(worker_id, message))
         waiters = [asyncio.create_task(finished.wait()), asyncio.create_task(interrupted.wait())]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

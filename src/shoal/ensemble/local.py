@@ -16,7 +16,6 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shoal.core.protocol import ToWorker
 from shoal.ensemble.spec import LOCALHOST
 from shoal.home import DATABASE_FILE, lock_home
 from shoal.server.blobs import BlobStore
@@ -24,25 +23,12 @@ from shoal.server.ensembles import EnsembleRequest, EnsembleRunner
 from shoal.server.reactor import ReactorConfig
 from shoal.server.service import Service
 from shoal.store import Store
-from shoal.worker.agent import Agent
+from shoal.worker.agent import Agent, InProcessLink
 from shoal.worker.resources import detect_resources
 
 T = TypeVar("T")
 # A long poll here is a wait on an event; no network to spare it from.
 MAX_WAIT_SECONDS = 30.0
-
-
-class _InProcessLink:
-    """The service's side of the in-process worker: a send is a direct call."""
-
-    def __init__(self, agent: Agent):
-        self._agent = agent
-
-    def send(self, message: ToWorker) -> None:
-        self._agent.handle(message)
-
-    def close(self, reason: str) -> None:
-        self._agent.disconnected()
 
 
 class LocalEnsembles:
@@ -134,7 +120,7 @@ class LocalEnsembles:
         detected = detect_resources()
         resources = detected.model_copy(update={"cores": max(detected.cores, self.min_cores)})
         agent = Agent(LOCALHOST, resources, self.home / "spool", fetch_blob=self._fetch_blob)
-        self._worker_id = service.join(agent.register_message(), _InProcessLink(agent))
+        self._worker_id = service.join(agent.register_message(), InProcessLink(agent))
         agent.connected(lambda message: service.deliver(self._require_worker(), message))
         self._agent = agent
 

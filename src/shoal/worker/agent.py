@@ -241,6 +241,20 @@ class Agent:
             self._send(Finished(items=results))
 
 
+
+class InProcessLink:
+    """The service's side of a worker in the same process (`shoal run`, local ensembles):
+    a send is a direct call, no socket in between."""
+
+    def __init__(self, agent: Agent):
+        self._agent = agent
+
+    def send(self, message: ToWorker) -> None:
+        self._agent.handle(message)
+
+    def close(self, reason: str) -> None:
+        self._agent.disconnected()
+
 def websocket_url(server_url: str) -> str:
     base = server_url.rstrip("/")
     if base.startswith("https://"):
