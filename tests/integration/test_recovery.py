@@ -29,13 +29,22 @@ def test_a_killed_workers_job_runs_again_elsewhere(cluster: Cluster, tmp_path: P
 
 def test_a_restarted_server_keeps_jobs_and_adopts_running_ones(cluster: Cluster,
                                                                tmp_path: Path) -> None:
+    # A server that holds attempts long enough to outlast its own restart (the fixture's
+    # holds them 4 s, so its workers would rightly give up on it after 2 s).
+    assert cluster.server is not None
+    port = cluster.url.rsplit(":", 1)[1]
+    cluster.server.send_signal(signal.SIGTERM)
+    cluster.server.wait()
+    cluster.start_server("--port", port, "--lease-timeout", "3", "--lost-grace", "30")
+    wait_until(lambda: sum(w["connected"] for w in cluster.api("GET", "/workers")["workers"])
+               == 2, timeout=30, message="workers to reconnect")
     ledger = tmp_path / "ledger"
     specs = [{"cmd": f"sleep 3; echo {i} >> {ledger}", "cwd": "/tmp"} for i in range(4)]
     specs += [{"cmd": f"echo quick-{i} >> {ledger}", "cwd": "/tmp"} for i in range(20)]
     ids = cluster.api("POST", "/jobs", json={"jobs": specs})["ids"]
-    wait_until(lambda: sum(cluster.job(i)["state"] == "running" for i in ids[:4]) == 4)
-    assert cluster.server is not None
-    port = cluster.url.rsplit(":", 1)[1]
+    # Running with a pid: the workers have the jobs (not only the server's record of them).
+    wait_until(lambda: sum(cluster.job(i)["state"] == "running" and cluster.job(i)["pid"]
+                           is not None for i in ids[:4]) == 4)
     cluster.server.send_signal(signal.SIGKILL)
     cluster.server.wait()
     cluster.start_server("--port", port, "--retry-base", "0.2", "--lease-timeout", "3",
