@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import psutil
+from common import replace_section
 from throughput import machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -331,12 +332,7 @@ and can be given work again. Reproduce with:
 
 
 def write_docs(text: str) -> None:
-    doc = DOCS.read_text()
-    if START not in doc or END not in doc:
-        doc = doc.rstrip("\n") + "\n\n" + DOC_SECTION
-    head, rest = doc.split(START, 1)
-    tail = rest.split(END, 1)[1]
-    DOCS.write_text(f"{head}{START}\n{DOC_INTRO}{text}{END}{tail}")
+    replace_section(DOCS, START, END, DOC_INTRO + text, scaffold=DOC_SECTION)
 
 
 def main() -> int:

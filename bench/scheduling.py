@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from common import replace_section
 from throughput import DOCS, cell, machine
 
 from shoal.core.models import JobSpec, JobState
@@ -244,12 +245,7 @@ vary from run to run; the min..max column shows by how much.
 
 
 def write_docs(text: str) -> None:
-    doc = DOCS.read_text()
-    if START not in doc or END not in doc:
-        doc = doc.rstrip("\n") + "\n\n" + DOC_SECTION
-    head, rest = doc.split(START, 1)
-    tail = rest.split(END, 1)[1]
-    DOCS.write_text(f"{head}{START}\n{text}{END}{tail}")
+    replace_section(DOCS, START, END, text, scaffold=DOC_SECTION)
 
 
 def main() -> int:

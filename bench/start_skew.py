@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from common import replace_section
 from throughput import machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -329,12 +330,8 @@ def report(runs: list[Run], failures: list[str], facts: dict[str, str],
 
 
 def write_docs(text: str) -> None:
-    doc = DOCS.read_text()
-    if START not in doc or END not in doc:
-        doc = doc.rstrip("\n") + f"\n\n## Start skew of ensembles\n\n{START}\n{END}\n"
-    head, rest = doc.split(START, 1)
-    tail = rest.split(END, 1)[1]
-    DOCS.write_text(f"{head}{START}\n{DOC_INTRO}{text}{END}{tail}")
+    replace_section(DOCS, START, END, DOC_INTRO + text,
+                    scaffold=f"## Start skew of ensembles\n\n{START}\n{END}\n")
 
 
 def main() -> int:

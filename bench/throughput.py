@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from common import replace_section
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "throughput.json"
 DOCS = ROOT / "docs" / "performance.md"
@@ -337,13 +339,10 @@ under the same load. Re-run the command above to get figures for your machine.
 
 
 def write_docs(text: str) -> None:
-    doc = DOCS.read_text() if DOCS.exists() else DOC_INTRO
-    if START not in doc or END not in doc:
-        doc = doc.rstrip("\n") + f"\n\n{START}\n{END}\n"
-    head, rest = doc.split(START, 1)
-    tail = rest.split(END, 1)[1]
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(f"{head}{START}\n{text}{END}{tail}")
+    if not DOCS.exists():
+        DOCS.parent.mkdir(parents=True, exist_ok=True)
+        DOCS.write_text(DOC_INTRO)
+    replace_section(DOCS, START, END, text, scaffold=f"{START}\n{END}\n")
 
 
 def main() -> int:

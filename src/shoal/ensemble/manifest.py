@@ -7,7 +7,6 @@ Local paths are read here and nowhere else; nothing is sent.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import stat
@@ -17,9 +16,8 @@ from pathlib import Path
 
 from shoal.core.errors import InputError
 from shoal.core.protocol import FileEntry
+from shoal.ensemble.digest import sha256_of_file
 from shoal.ensemble.spec import Component, Ensemble, FileCopy
-
-HASH_CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +50,7 @@ class ContentHasher:
     def sha256(self, path: Path, status: os.stat_result) -> str:
         key = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
         if key not in self._known:
-            digest = hashlib.sha256()
-            with path.open("rb") as handle:
-                while chunk := handle.read(HASH_CHUNK_BYTES):
-                    digest.update(chunk)
-            self._known[key] = digest.hexdigest()
+            self._known[key] = sha256_of_file(path)
         return self._known[key]
 
 

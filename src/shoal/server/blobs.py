@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 from shoal.core.errors import InputError, NotFound, StoreUnavailable
+from shoal.ensemble.digest import sha256_of_file
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1 << 20
@@ -19,14 +20,6 @@ def check_sha(sha256: str) -> str:
     if not SHA256_RE.match(sha256):
         raise InputError(f"{sha256!r} is not a SHA-256 in hex")
     return sha256
-
-
-def hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class BlobStore:
@@ -44,7 +37,7 @@ class BlobStore:
 
     def put_file(self, path: Path) -> str:
         """Store a local file (the embedded mode's upload)."""
-        sha = hash_file(path)
+        sha = sha256_of_file(path)
         if not self.has(sha):
             self.directory.mkdir(parents=True, exist_ok=True)
             with open(path, "rb") as source:

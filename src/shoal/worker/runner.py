@@ -10,7 +10,7 @@ include the descendants the job reaped itself). Nothing else in the process may 
 
 Gated attempts (ensemble components) are prepared before they start: their files are staged
 (see ``staging``) in their cwd or, when it is empty, in a fresh directory
-``shoal-JOBID-XXXXXXXX`` under ``workdir_base`` (the system's temporary directory by default;
+``shoal-JOBID-<random suffix>`` under ``workdir_base`` (the system's temporary directory by default;
 it is kept afterwards, with whatever the job left in it). The command is then spawned held at a
 start line (see ``gate``) and reported through ``on_ready``. ``release`` opens the lines of a
 set of attempts at one instant of this host's clock; each reports, as its start, the instant

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import stat
 import tempfile
@@ -21,11 +20,11 @@ from pathlib import Path
 
 from shoal.core.errors import ShoalError
 from shoal.core.protocol import Assignment, FileEntry
+from shoal.ensemble.digest import sha256_of_file
 
 # fetch_blob(sha256, path): write the blob with that SHA-256 to `path`; raise if it cannot.
 FetchBlob = Callable[[str, Path], Awaitable[None]]
 
-_HASH_CHUNK_BYTES = 1 << 20
 
 
 class StagingError(ShoalError):
@@ -41,7 +40,7 @@ class StagingReport:
 
 def workdir_for(assignment: Assignment, fresh_base: Path | None) -> str:
     """The component's directory: its cwd, made if missing, or when it has none a fresh
-    ``shoal-JOBID-XXXXXXXX`` under `fresh_base` (None: the system's temporary directory)."""
+    ``shoal-JOBID-<random suffix>`` under `fresh_base` (None: the system's temporary directory)."""
     if assignment.cwd:
         try:
             os.makedirs(assignment.cwd, exist_ok=True)
@@ -149,10 +148,3 @@ async def _has_content(path: Path, entry: FileEntry) -> bool:
         return entry.size == 0
     return await asyncio.to_thread(sha256_of_file, path) == entry.sha256
 
-
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(_HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()

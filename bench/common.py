@@ -1,0 +1,17 @@
+"""What the benchmarks share: writing their figures into a marked section of a document."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def replace_section(path: Path, start: str, end: str, body: str, *, scaffold: str) -> None:
+    """Put `body` between the `start` and `end` markers of `path`. A document without them
+    gets `scaffold` (which must hold both markers) appended first."""
+    doc = path.read_text() if path.exists() else ""
+    if start not in doc or end not in doc:
+        doc = doc.rstrip("\n") + "\n\n" + scaffold
+    head, rest = doc.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{head}{start}\n{body}{end}{tail}")
