@@ -30,6 +30,8 @@ import httpx
 from common import replace_section
 from throughput import machine
 
+from shoal.tls import client_context
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.hosts import Hosts  # noqa: E402 - the namespace hosts of the integration tests
@@ -106,11 +108,13 @@ class Testbed:
         if server.poll() is not None:
             raise RuntimeError(f"the server exited {server.returncode}: {self.tail('server')}")
         self.url = str(self.connection()["url"])
+        self.http = httpx.Client(timeout=30, verify=client_context(
+            Path(self.connection()["ca_file"]).read_bytes()))
         wait_until("the server to answer", self.answers)
-        token = str(self.connection()["worker_token"])
+        join = (self.home / "join").read_text().strip().removeprefix("shoal worker --join ")
         for k in range(self.count):
             self.processes.append(
-                self.hosts.worker(k, self.url, token, self.home / f"h{k}.log", env=self.env))
+                self.hosts.worker(k, join, self.home / f"h{k}.log", env=self.env))
         wait_until(f"{self.count} workers to connect", lambda: self.connected() == self.count)
 
     def answers(self) -> bool:

@@ -57,13 +57,13 @@ class Hosts:
             ip("netns", "del", name, check=False)
         ip("link", "del", self.bridge, check=False)
 
-    def worker(self, k: int, url: str, token: str, log: Path, *args: str,
+    def worker(self, k: int, join: str, log: Path, *args: str,
                env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """A real worker inside host k, named h<k>."""
+        """A real worker inside host k, named h<k>, given only the server's join string."""
         handle = open(log, "ab")  # noqa: SIM115 - lives as long as the process
         return subprocess.Popen(
             ["ip", "netns", "exec", self.names[k], sys.executable, "-m", "shoal.cli.main",
-             "worker", "--server", url, "--token", token, "--name", f"h{k}", "--cores", "4",
+             "worker", "--join", join, "--name", f"h{k}", "--cores", "4",
              "--spool", str(log.parent / f"spool-h{k}"), *args],
             stdout=handle, stderr=handle, stdin=subprocess.DEVNULL, start_new_session=True,
             env=env)

@@ -71,15 +71,17 @@ class Client:
     """A synchronous client. Reuses one connection; close it, or use it as a context manager."""
 
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30):
-        if url is None or token is None:
-            connection = resolve_connection(server=url, token=token)
-            url, token = connection.url, connection.admin_token
-        self.url = url.rstrip("/")
+        """`url` is an https/http URL or a `shoal://` connection string; what is not given
+        comes from SHOAL_SERVER/SHOAL_TOKEN, then `$SHOAL_HOME/server.json`. The server's
+        certificate is checked against the pinned CA, or the system's trust store."""
+        connection = resolve_connection(server=url, token=token)
+        self.url = connection.url
         self.timeout = timeout
         headers = {"Accept": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.Client(base_url=self.url + API_PREFIX, headers=headers, timeout=timeout)
+        if connection.admin_token:
+            headers["Authorization"] = f"Bearer {connection.admin_token}"
+        self._http = httpx.Client(base_url=self.url + API_PREFIX, headers=headers,
+                                  timeout=timeout, verify=connection.ssl_context() or True)
 
     def __repr__(self) -> str:  # the token stays out of reprs
         return f"Client(url={self.url!r})"
@@ -250,6 +252,25 @@ class Client:
         "store_error"}`. `timeout` overrides the client's for this request."""
         return self._request("GET", "/server", timeout=timeout)
 
+    def whoami(self) -> dict[str, Any]:
+        """`{"name", "role"}` of this client's token."""
+        return self._request("GET", "/whoami")
+
+    def create_token(self, role: str, name: str) -> dict[str, Any]:
+        """A new token for `name` with `role` (admin, user or worker): `{"name", "role",
+        "token", "connection"}`, the connection string carrying it. The token is shown only
+        now. Needs an admin token."""
+        return self._request("POST", "/tokens", json={"role": role, "name": name})
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """Every token made: `{"name", "role", "created_at", "revoked_at"}`, never the secret."""
+        answer: list[dict[str, Any]] = self._request("GET", "/tokens")["tokens"]
+        return answer
+
+    def revoke_token(self, name: str) -> dict[str, Any]:
+        """Revoke the token named `name` at once, closing worker channels opened with it."""
+        return self._request("DELETE", f"/tokens/{quote(name, safe='')}")
+
     def drain(self) -> dict[str, Any]:
         """Ask the server to start no new job and to exit once none is running:
         `{"draining": true, "running": n}`. Asking again changes nothing."""
@@ -413,7 +434,14 @@ def _link_without_replacing(partial: Path, target: Path) -> None:
 def _describe(exc: httpx.TransportError) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
-    return str(exc) or type(exc).__name__
+    text = str(exc) or type(exc).__name__
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return ("its certificate is not trusted (" + text.split("certificate verify failed:")[-1]
+                .strip(" )") + "); use the connection string `shoal server` printed, "
+                "which pins its CA")
+    if "WRONG_VERSION_NUMBER" in text or "RECORD_LAYER_FAILURE" in text:
+        return "it does not speak TLS there; is the URL http:// rather than https://?"
+    return text
 
 
 def _selection(ids: Iterable[int] | None, group: str | None) -> dict[str, Any]:

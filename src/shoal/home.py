@@ -1,7 +1,9 @@
-"""Where a server keeps its state, and how the CLI and local workers find it.
+"""Where a server keeps its state, and how the CLI and workers find and trust it.
 
-`$SHOAL_HOME` (default `~/.shoal`) holds `shoal.db`, and `server.json`, the connection file
-(URL and tokens, mode 0600). `SHOAL_SERVER` and `SHOAL_TOKEN` override what the file says.
+`$SHOAL_HOME` (default `~/.shoal`) holds `shoal.db`, `tls/` (the server's own CA and
+certificate) and `server.json`, the connection file (URL, tokens and the CA's fingerprint,
+mode 0600). `SHOAL_SERVER` and `SHOAL_TOKEN` override what the file says; `SHOAL_SERVER` may
+also be a connection string, `shoal://TOKEN@HOST:PORT?ca=sha256:HEX`, which carries all three.
 """
 
 from __future__ import annotations
@@ -9,14 +11,17 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from shoal.core.errors import ConnectError, ShoalError
+from shoal.core.errors import ConnectError, InputError, ShoalError
 
 CONNECTION_FILE = "server.json"
 DATABASE_FILE = "shoal.db"
 DEFAULT_PORT = 7340
+SCHEME = "shoal://"
 
 
 def shoal_home() -> Path:
@@ -28,12 +33,67 @@ class Connection:
     url: str
     admin_token: str | None
     worker_token: str | None
+    # The pinned CA (PEM) for an https URL; None trusts the system's store (an operator's
+    # certificate), and means nothing for plain http.
+    ca_pem: bytes | None = None
+    ca_fingerprint: str | None = None
 
     def __repr__(self) -> str:  # tokens are secrets
         return f"Connection(url={self.url!r})"
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """How to verify the server: None for plain http."""
+        if not self.url.startswith("https://"):
+            return None
+        from shoal.tls import client_context
 
-def write_connection(home: Path, connection: Connection, *, pid: int) -> Path:
+        return client_context(self.ca_pem)
+
+
+# ---- connection strings ----------------------------------------------------------------------
+
+
+def format_connection_string(url: str, token: str, ca_fingerprint: str | None) -> str:
+    """`shoal://TOKEN@HOST:PORT?ca=sha256:HEX` (own CA), `?tls=system` (an operator's
+    certificate) or `?tls=off` (plain http): everything a worker or user needs, in one line."""
+    parts = urlsplit(url)
+    query = (f"ca={ca_fingerprint}" if ca_fingerprint else
+             "tls=system" if parts.scheme == "https" else "tls=off")
+    return f"{SCHEME}{quote(token, safe='')}@{parts.netloc}?{query}"
+
+
+def parse_connection_string(text: str) -> tuple[str, str | None, str | None]:
+    """(URL, token, CA fingerprint) of a connection string; InputError names what is wrong."""
+    from shoal.tls import parse_pin
+
+    if not text.startswith(SCHEME):
+        raise InputError(f"not a connection string (expected {SCHEME}TOKEN@HOST:PORT?ca=...)")
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        raise InputError("connection string: the port is not a number") from None
+    if not parts.hostname or port is None:
+        raise InputError("connection string: expected HOST:PORT after the token")
+    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    unknown = set(query) - {"ca", "tls"}
+    if unknown:
+        raise InputError(f"connection string: unknown parameter {sorted(unknown)[0]!r}")
+    tls = query.get("tls", "pinned" if "ca" in query else None)
+    if tls not in ("pinned", "system", "off") or (tls == "pinned") != ("ca" in query):
+        raise InputError("connection string: give either ca=sha256:HEX, tls=system or tls=off")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    scheme = "http" if tls == "off" else "https"
+    pin = parse_pin(query["ca"]) if "ca" in query else None
+    token = unquote(parts.username) if parts.username else None
+    return f"{scheme}://{host}:{port}", token, pin
+
+
+# ---- the connection file ---------------------------------------------------------------------
+
+
+def write_connection(home: Path, connection: Connection, *, pid: int,
+                     ca_file: Path | None = None) -> Path:
     """Write the connection file atomically, readable by its owner only."""
     home.mkdir(parents=True, exist_ok=True)
     path = home / CONNECTION_FILE
@@ -42,6 +102,8 @@ def write_connection(home: Path, connection: Connection, *, pid: int) -> Path:
         "url": connection.url,
         "admin_token": connection.admin_token,
         "worker_token": connection.worker_token,
+        "ca_fingerprint": connection.ca_fingerprint,
+        "ca_file": str(ca_file) if ca_file else None,
         "pid": pid,
     }
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -56,30 +118,96 @@ def read_connection_file(home: Path) -> Connection | None:
     path = home / CONNECTION_FILE
     try:
         data = json.loads(path.read_text())
-        return Connection(data["url"], data.get("admin_token"), data.get("worker_token"))
+        ca_pem = None
+        pin = data.get("ca_fingerprint")
+        if data.get("ca_file"):
+            ca_pem = Path(data["ca_file"]).read_bytes()
+        connection = Connection(data["url"], data.get("admin_token"), data.get("worker_token"),
+                                ca_pem, pin)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConnectError(f"{path}: unreadable connection file ({exc})") from None
+    if ca_pem is not None:
+        _check_pin(ca_pem, pin, f"{data['ca_file']}")
+    return connection
+
+
+# ---- trusting a pinned CA --------------------------------------------------------------------
+
+_trusted: dict[str, bytes] = {}  # pin -> CA PEM, fetched and checked once per process
+
+
+def _check_pin(ca_pem: bytes, pin: str | None, where: str) -> None:
+    import hmac
+
+    from shoal.tls import fingerprint
+
+    try:
+        actual = fingerprint(ca_pem)
+    except ValueError as exc:
+        raise ConnectError(f"{where}: {exc}") from None
+    if pin is None or not hmac.compare_digest(actual, pin):
+        raise ConnectError(f"{where}: the CA certificate does not match the pinned "
+                           f"fingerprint {pin}")
+
+
+def trusted_ca(url: str, pin: str) -> bytes:
+    """The CA with this fingerprint: from this process's memory, else `$SHOAL_HOME/trusted/`,
+    else fetched from the server (without sending any token) and checked against the pin."""
+    from shoal.tls import fetch_pinned_ca
+
+    if pin in _trusted:
+        return _trusted[pin]
+    cached = shoal_home() / "trusted" / f"{pin.removeprefix('sha256:')}.pem"
+    try:
+        pem = cached.read_bytes()
+        _check_pin(pem, pin, str(cached))
+    except (OSError, ConnectError):
+        pem = fetch_pinned_ca(url, pin)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            cached.write_bytes(pem)
+        except OSError:  # a read-only home only costs a fetch next time
+            pass
+    _trusted[pin] = pem
+    return pem
 
 
 def resolve_connection(*, role: str = "admin", server: str | None = None,
                        token: str | None = None) -> Connection:
-    """Flags beat SHOAL_SERVER/SHOAL_TOKEN, which beat `$SHOAL_HOME/server.json`."""
+    """Flags beat SHOAL_SERVER/SHOAL_TOKEN, which beat `$SHOAL_HOME/server.json`.
+
+    `server` may be a URL or a connection string; a token given apart beats the string's.
+    """
     server = server or os.environ.get("SHOAL_SERVER")
     token = token or os.environ.get("SHOAL_TOKEN")
+    if server is not None and server.startswith(SCHEME):
+        url, carried, pin = parse_connection_string(server)
+        ca_pem = trusted_ca(url, pin) if pin else None
+        return _for_role(Connection(url, None, None, ca_pem, pin), role, token or carried)
     from_file = read_connection_file(shoal_home())
-    url = server or (from_file.url if from_file else None)
-    if url is None:
+    address = server.rstrip("/") if server else (from_file.url if from_file else None)
+    if address is None:
         raise ConnectError(
             f"no server: none found in {shoal_home() / CONNECTION_FILE}; "
-            "start one with `shoal server`, or set SHOAL_SERVER and SHOAL_TOKEN"
+            "start one with `shoal server`, or set SHOAL_SERVER (a URL or a shoal:// "
+            "connection string) and SHOAL_TOKEN"
         )
-    if token is None and from_file is not None and (server is None or server == from_file.url):
-        token = from_file.worker_token if role == "worker" else from_file.admin_token
+    if not address.startswith(("http://", "https://")):
+        raise InputError(f"not a server address: {address!r} (expected https://HOST:PORT or "
+                         f"{SCHEME}TOKEN@HOST:PORT?ca=...)")
+    if from_file is not None and address == from_file.url:
+        if token is None:
+            token = from_file.worker_token if role == "worker" else from_file.admin_token
+        return _for_role(from_file, role, token)
+    return _for_role(Connection(address, None, None), role, token)
+
+
+def _for_role(connection: Connection, role: str, token: str | None) -> Connection:
     if role == "worker":
-        return Connection(url.rstrip("/"), None, token)
-    return Connection(url.rstrip("/"), token, None)
+        return replace(connection, admin_token=None, worker_token=token)
+    return replace(connection, admin_token=token, worker_token=None)
 
 
 def lock_home(home: Path) -> int:

@@ -300,7 +300,7 @@ def test_partitioned_worker_kills_its_copies_before_they_run_elsewhere(
     faults.host = netns_host.host_address
     faults.start_server(*SERVER)
     assert netns_host.reachable(faults.port)
-    inside = ("--server", faults.url, "--token", faults.connection["worker_token"])
+    inside = ("--join", faults.join)
     faults.spawn_worker("inside", *inside, "--cores", "4", "--on-server-lost", "kill",
                         prefix=netns_host.exec_prefix())
     ids = faults.add_ledger_jobs([ticking_work(10)] * 4)  # longer than cut + lease + grace
@@ -357,7 +357,7 @@ def test_partition_healed_within_the_grace_is_adopted(netns_host: NetnsHost,
     are adopted, nothing runs twice."""
     faults.host = netns_host.host_address
     faults.start_server(*SERVER_LONG_GRACE)
-    inside = ("--server", faults.url, "--token", faults.connection["worker_token"])
+    inside = ("--join", faults.join)
     faults.spawn_worker("inside", *inside, "--cores", "4", prefix=netns_host.exec_prefix())
     ids = faults.add_ledger_jobs([ticking_work(7)] * 4)
     wait_until(lambda: ledger_starts(faults) == 4, timeout=20, message="four jobs to start")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from shoal.tls import client_context
 
 SHOAL = [sys.executable, "-m", "shoal.cli.main"]
 
@@ -64,7 +67,8 @@ class Cluster:
 
     def _answers(self) -> bool:
         try:
-            return httpx.get(f"{self.url}/api/v1/version", timeout=1).status_code == 200
+            return httpx.get(f"{self.url}/api/v1/version", timeout=1,
+                             verify=self.tls).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -104,6 +108,18 @@ class Cluster:
     def url(self) -> str:
         return str(self.connection["url"])
 
+    @property
+    def tls(self) -> ssl.SSLContext | bool:
+        """What verifies the server's certificate: its own CA, as the connection file says."""
+        ca_file = self.connection.get("ca_file")
+        return client_context(Path(ca_file).read_bytes()) if ca_file else True
+
+    @property
+    def join(self) -> str:
+        """The connection string the server wrote for workers on other hosts."""
+        line = (self.home / "join").read_text().strip()
+        return line.removeprefix("shoal worker --join ")
+
     def api(self, method: str, path: str, token: str | None = "admin", **kwargs: Any) -> Any:
         headers = {}
         if token == "admin":
@@ -111,7 +127,7 @@ class Cluster:
         elif token is not None:
             headers["Authorization"] = f"Bearer {token}"
         response = httpx.request(method, f"{self.url}/api/v1{path}", headers=headers,
-                                 timeout=30, **kwargs)
+                                 timeout=30, verify=self.tls, **kwargs)
         response.raise_for_status()
         return response.json()
 

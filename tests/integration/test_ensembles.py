@@ -34,9 +34,8 @@ def cluster(hosts: Hosts, tmp_path: Path) -> Iterator[Cluster]:
     workers = []
     try:
         instance.start_server("--host", hosts.server_address)
-        token = instance.connection["worker_token"]
         for k in range(HOSTS):
-            workers.append(hosts.worker(k, instance.url, token, logs / f"h{k}.log"))
+            workers.append(hosts.worker(k, instance.join, logs / f"h{k}.log"))
         wait_until(lambda: sum(w["connected"] for w in instance.api("GET", "/workers")["workers"])
                    == HOSTS, message="the namespace workers to connect")
         yield instance

@@ -132,11 +132,11 @@ def test_bad_input_adds_nothing(cluster: Cluster, tmp_path: Path) -> None:
     headers = {"Authorization": f"Bearer {cluster.connection['admin_token']}"}
     for body in (b"{not json", b'{"jobs": [{"cmd": ""}]}', b'{"jobs": [{"cmd": "x", "cwd": "/",'
                  b' "priority": "high"}]}', b'{"jobs": "x"}'):
-        response = httpx.post(f"{cluster.url}/api/v1/jobs", content=body, headers={
+        response = httpx.post(f"{cluster.url}/api/v1/jobs", verify=cluster.tls, content=body, headers={
             **headers, "content-type": "application/json"})
         assert response.status_code == 400, body
         assert set(response.json()["error"]) == {"code", "message"}
-    response = httpx.post(f"{cluster.url}/api/v1/jobs", headers=headers, json={
+    response = httpx.post(f"{cluster.url}/api/v1/jobs", verify=cluster.tls, headers=headers, json={
         "jobs": [{"cmd": "a", "cwd": "/"}, {"cmd": "b", "cwd": "/", "priority": "high"}]})
     assert response.status_code == 400
     assert response.json()["error"]["message"].startswith("jobs[1].priority")
@@ -146,14 +146,14 @@ def test_bad_input_adds_nothing(cluster: Cluster, tmp_path: Path) -> None:
 
 def test_tokens_are_required_and_workers_only_use_their_channel(cluster: Cluster) -> None:
     url = cluster.url
-    assert httpx.get(f"{url}/api/v1/version").status_code == 200
+    assert httpx.get(f"{url}/api/v1/version", verify=cluster.tls).status_code == 200
     for path in ("/jobs", "/status", "/workers", "/jobs/1"):
-        anonymous = httpx.get(f"{url}/api/v1{path}")
+        anonymous = httpx.get(f"{url}/api/v1{path}", verify=cluster.tls)
         assert anonymous.status_code == 401
         assert anonymous.json()["error"]["code"] == "unauthorized"
-        wrong = httpx.get(f"{url}/api/v1{path}", headers={"Authorization": "Bearer nope"})
+        wrong = httpx.get(f"{url}/api/v1{path}", verify=cluster.tls, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
-        as_worker = httpx.get(f"{url}/api/v1{path}", headers={
+        as_worker = httpx.get(f"{url}/api/v1{path}", verify=cluster.tls, headers={
             "Authorization": f"Bearer {cluster.connection['worker_token']}"})
         assert as_worker.status_code == 403
     assert oct((cluster.home / "server.json").stat().st_mode & 0o777) == "0o600"
@@ -166,7 +166,7 @@ def test_cli_finds_the_server_through_home_or_environment(cluster: Cluster,
     unreachable = cluster.cli("status", env=elsewhere)
     assert unreachable.returncode == 3
     assert len(unreachable.stderr.strip().splitlines()) == 1
-    explicit = {**elsewhere, "SHOAL_SERVER": cluster.url,
+    explicit = {**elsewhere, "SHOAL_SERVER": cluster.join,  # a connection string: pins the CA
                 "SHOAL_TOKEN": cluster.connection["admin_token"]}
     listed = cluster.cli("workers", "--json", env=explicit)
     assert listed.returncode == 0

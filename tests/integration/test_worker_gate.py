@@ -484,7 +484,7 @@ def test_agent_fetches_from_the_server_it_is_connected_to(tmp_path: Path) -> Non
 
     async def main(url: str) -> None:
         with collecting_agent(tmp_path) as (agent, sent):
-            agent.server = (url, "worker-token")
+            agent.server = (url, "worker-token", None)
             agent.handle(Assign(items=[gated("./tool.sh", cwd=tmp_path, files=files)]))
             await eventually(lambda: of_type(sent, Ready) != [])
             agent.handle(Release(lease_ids=[1], at=0.0))

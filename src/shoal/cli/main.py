@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from shoal.cli import Session, admin, jobs, limits, session_of, workers
+from shoal.cli import Session, admin, jobs, limits, session_of, tokens, workers
 from shoal.cli.errors import EXIT_BAD_INPUT, report
 from shoal.core.errors import ShoalError
 
@@ -91,7 +91,8 @@ def show_version(value: bool) -> None:
 def root(
     ctx: typer.Context,
     server: Annotated[str | None, typer.Option(
-        metavar="URL", help="The server's URL (else SHOAL_SERVER, else $SHOAL_HOME).")] = None,
+        metavar="URL", help="The server's URL or shoal:// connection string (else "
+                            "SHOAL_SERVER, else $SHOAL_HOME).")] = None,
     token: Annotated[str | None, typer.Option(
         metavar="TOKEN", help="The access token (else SHOAL_TOKEN, else $SHOAL_HOME).")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
@@ -120,6 +121,8 @@ app.command("limit")(limits.limit)
 app.command("limits")(limits.limits)
 app.command("drain")(admin.drain)
 app.command("backup")(admin.backup)
+app.command("whoami")(tokens.whoami)
+app.add_typer(tokens.token_app)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import typer
 
 from shoal.core.errors import InputError
 from shoal.core.models import RESERVED_RESOURCES
-from shoal.home import DEFAULT_PORT, resolve_connection, shoal_home
+from shoal.home import DEFAULT_PORT, Connection, resolve_connection, shoal_home
 
 if TYPE_CHECKING:
     from shoal.worker.agent import Agent
@@ -32,6 +32,7 @@ MAX_RESOURCE_AMOUNT = 2**62  # fits the store's 64-bit integers with room to add
 def _logging(debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per file fetched is noise
 
 
 def server_command(
@@ -45,20 +46,45 @@ def server_command(
         help="First retry delay in seconds; doubles on each failure, with jitter.")] = 1.0,
     reserve_after: Annotated[float, typer.Option(
         help="Seconds a job may fit nowhere before a worker is drained for it.")] = 60.0,
+    tls_cert: Annotated[Path | None, typer.Option(
+        help="Use this certificate (PEM, full chain) instead of the server's own CA; "
+             "reloaded when the file changes.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="The key of --tls-cert (PEM).")] = None,
+    tls_san: Annotated[list[str] | None, typer.Option(
+        "--tls-san", metavar="NAME|ADDRESS",
+        help="Another name or address for the server's own certificate. Repeatable.")] = None,
+    advertise: Annotated[str | None, typer.Option(
+        metavar="HOST",
+        help="The name or address workers on other hosts dial, put in the join string "
+             "(default: the listen address, or the host name).")] = None,
+    insecure_http: Annotated[bool, typer.Option(
+        "--insecure-http",
+        help="Plain HTTP, no TLS: only on a loopback address.")] = False,
 ) -> None:
-    """Run the coordinator. State lives in $SHOAL_HOME (default ~/.shoal)."""
-    from shoal.server.app import serve
+    """Run the coordinator. State lives in $SHOAL_HOME (default ~/.shoal).
+
+    It speaks TLS with its own CA, made on first start; clients on this host trust it
+    through $SHOAL_HOME, and it prints the `shoal worker --join ...` line for other hosts.
+    """
+    from shoal.server.app import TlsSettings, serve
     from shoal.server.reactor import ReactorConfig
 
     _logging(False)
+    tls = TlsSettings(cert_file=tls_cert, key_file=tls_key, insecure_http=insecure_http,
+                      extra_names=tuple(tls_san or ()), advertise=advertise)
     config = ReactorConfig(lease_timeout_seconds=lease_timeout, lost_grace_seconds=lost_grace,
                            retry_base_seconds=retry_base, reserve_after_seconds=reserve_after,
                            heartbeat_seconds=min(5.0, lease_timeout / 3))
-    serve(shoal_home(), host, port, config)
+    serve(shoal_home(), host, port, config, tls)
 
 
 def worker_command(
-    server: Annotated[str | None, typer.Option(help="Server URL (default: $SHOAL_HOME).")] = None,
+    join: Annotated[str | None, typer.Option(
+        metavar="shoal://...",
+        help="The connection string `shoal server` printed: address, worker token and the "
+             "fingerprint of the server's CA.")] = None,
+    server: Annotated[str | None, typer.Option(
+        help="Server URL or connection string (default: $SHOAL_HOME).")] = None,
     token: Annotated[str | None, typer.Option(help="Worker token (default: $SHOAL_HOME).")] = None,
     name: Annotated[str | None, typer.Option(help="Worker name (default: the host name).")] = None,
     cores: Annotated[int | None, typer.Option(help="Cores to offer (default: all).")] = None,
@@ -116,9 +142,13 @@ def worker_command(
     custom = parse_resource_options(resource or [])
     labels = parse_label_options(label or [])
 
-    def locate() -> tuple[str, str | None]:
-        connection = resolve_connection(role="worker", server=server, token=token)
-        return connection.url, connection.worker_token
+    if join is not None and server is not None:
+        raise InputError("--join: give either --join or --server")
+    if join is not None and not join.startswith("shoal://"):
+        raise InputError("--join: expected the shoal://... string `shoal server` printed")
+
+    def locate() -> Connection:
+        return resolve_connection(role="worker", server=join or server, token=token)
 
     locate()  # fail now, with a clear message, if there is no server to find
     detected = detect_resources(with_gpus=gpu_ids is None)
@@ -198,7 +228,7 @@ def parse_label_options(items: list[str]) -> dict[str, str]:
     return labels
 
 
-async def _work(agent: Agent, locate: Callable[[], tuple[str, str | None]],
+async def _work(agent: Agent, locate: Callable[[], Connection],
                 on_stop: str) -> None:
     from shoal.worker.agent import run_worker
 

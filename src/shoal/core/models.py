@@ -182,6 +182,7 @@ class Job:
     always_copy: bool = False
     limits: list[str] = field(default_factory=list)
     on_worker: str | None = None
+    owner: str = ""  # the name of the token that added it; users see only their own
     state: JobState = JobState.QUEUED
     fail_reason: str | None = None
     exit_code: int | None = None

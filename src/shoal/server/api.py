@@ -9,39 +9,21 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
 from shoal import __version__
-from shoal.core.errors import AuthError, InputError
+from shoal.core.errors import InputError, NotFound
 from shoal.core.models import JobSpec, JobState
 from shoal.core.protocol import PROTOCOL_VERSION
-from shoal.server.auth import ADMIN, WORKER
+from shoal.home import format_connection_string
+from shoal.server.auth import WORKER, Principal
 from shoal.server.ensembles import EnsembleRequest
+from shoal.server.permissions import Forbidden, authorize, principal
 from shoal.server.service import Service
 
 MAX_WAIT_SECONDS = 30.0
-
-
-class Forbidden(AuthError):
-    """A valid token whose role may not do this."""
-
-
-def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
-async def require_client(request: Request) -> str:
-    """Any role but a worker's: workers may only use the worker channel."""
-    role = request.app.state.tokens.role_of(bearer_token(request))
-    if role is None:
-        raise AuthError("a valid token is required (Authorization: Bearer TOKEN)")
-    if role == WORKER:
-        raise Forbidden("worker tokens may only use the worker channel")
-    return str(role)
 
 
 async def service_of(request: Request) -> Service:
@@ -49,7 +31,7 @@ async def service_of(request: Request) -> Service:
     return service
 
 
-Client = Annotated[str, Depends(require_client)]
+Who = Annotated[Principal, Depends(principal)]
 ServiceDep = Annotated[Service, Depends(service_of)]
 
 
@@ -84,7 +66,7 @@ class VersionResponse(BaseModel):
 
 # Every handler and dependency is `async def`: FastAPI would run a plain `def` in a thread,
 # and the service, reactor and store belong to the event loop's thread alone.
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize)])
 
 
 @router.get("/version", response_model=VersionResponse)
@@ -93,67 +75,68 @@ async def version() -> dict[str, Any]:
 
 
 @router.post("/jobs", status_code=201, response_model=AddResponse)
-async def add_jobs(body: AddRequest, _role: Client, service: ServiceDep) -> dict[str, Any]:
-    return service.add(body.jobs, rerun=body.rerun)
+async def add_jobs(body: AddRequest, who: Who, service: ServiceDep) -> dict[str, Any]:
+    return service.add(body.jobs, rerun=body.rerun, owner=who.name, sees_all=who.sees_all)
 
 
 @router.get("/jobs")
-async def list_jobs(_role: Client, service: ServiceDep, state: JobState | None = None,
+async def list_jobs(who: Who, service: ServiceDep, state: JobState | None = None,
               group: str | None = None, limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
               offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
-    return service.jobs(state, group, limit, offset)
+    return service.jobs(state, group, limit, offset, owner=who.scope)
 
 
 @router.get("/jobs/{job_id}")
-async def get_job(job_id: int, _role: Client, service: ServiceDep) -> dict[str, Any]:
-    return service.job(job_id)
+async def get_job(job_id: int, who: Who, service: ServiceDep) -> dict[str, Any]:
+    return service.job(job_id, owner=who.scope)
 
 
 @router.get("/jobs/{job_id}/logs")
-async def get_logs(job_id: int, _role: Client, service: ServiceDep,
+async def get_logs(job_id: int, who: Who, service: ServiceDep,
                    stream: Literal["stdout", "stderr"] = "stdout",
                    offset: Annotated[int | None, Query(ge=0)] = None) -> dict[str, Any]:
     """The kept head and tail; with `offset`, a running job's live output from there."""
     if offset is not None:
-        chunk = await service.peek(job_id, stream, offset)
+        chunk = await service.peek(job_id, stream, offset, owner=who.scope)
         if chunk is not None and chunk.found:
             return {"job_id": job_id, "stream": stream, "state": "running", "live": True,
                     "offset": chunk.offset, "data": chunk.data,
                     "next_offset": chunk.next_offset if chunk.next_offset is not None
                     else chunk.offset + len(chunk.data.encode()),
                     "total_bytes": chunk.total_bytes}
-    return {**service.logs(job_id, stream), "live": False}
+    return {**service.logs(job_id, stream, owner=who.scope), "live": False}
 
 
-def _act(action: str, body: Selection, service: Service) -> dict[str, Any]:
+def _act(action: str, body: Selection, service: Service, who: Principal) -> dict[str, Any]:
     if (body.ids is None) == (body.group is None):
         raise InputError("give either ids or a group")
-    affected = service.act(action, body.ids, body.group)
+    reason = "killed by user" if who.sees_all else f"killed by {who.name}"
+    affected = service.act(action, body.ids, body.group, reason, owner=who.scope)
     return {"affected": len(affected), "ids": affected}
 
 
 @router.post("/jobs/kill", response_model=ActionResponse)
-async def kill_jobs(body: Selection, _role: Client, service: ServiceDep) -> dict[str, Any]:
-    return _act("kill", body, service)
+async def kill_jobs(body: Selection, who: Who, service: ServiceDep) -> dict[str, Any]:
+    return _act("kill", body, service, who)
 
 
 @router.post("/jobs/retry", response_model=ActionResponse)
-async def retry_jobs(body: Selection, _role: Client, service: ServiceDep) -> dict[str, Any]:
-    return _act("retry", body, service)
+async def retry_jobs(body: Selection, who: Who, service: ServiceDep) -> dict[str, Any]:
+    return _act("retry", body, service, who)
 
 
 @router.post("/jobs/remove", response_model=ActionResponse)
-async def remove_jobs(body: Selection, _role: Client, service: ServiceDep) -> dict[str, Any]:
-    return _act("remove", body, service)
+async def remove_jobs(body: Selection, who: Who, service: ServiceDep) -> dict[str, Any]:
+    return _act("remove", body, service, who)
 
 
 @router.get("/status")
-async def status(_role: Client, service: ServiceDep, group: str | None = None,
+async def status(who: Who, service: ServiceDep, group: str | None = None,
                  wait: Annotated[float | None, Query(ge=0)] = None,
                  since: int | None = None) -> dict[str, Any]:
     if wait and since is not None:
         await service.wait_for_change(since, min(wait, MAX_WAIT_SECONDS))
-    return service.status(group)
+    return service.status(group, owner=who.scope)
 
 
 class LimitRequest(BaseModel):
@@ -165,33 +148,33 @@ LimitName = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_.@+-]{1,128}$")]
 
 
 @router.get("/limits")
-async def list_limits(_role: Client, service: ServiceDep) -> dict[str, Any]:
+async def list_limits(who: Who, service: ServiceDep) -> dict[str, Any]:
     return {"limits": service.reactor.limits()}
 
 
 @router.get("/limits/{name}")
-async def get_limit(name: LimitName, _role: Client, service: ServiceDep) -> dict[str, Any]:
+async def get_limit(name: LimitName, who: Who, service: ServiceDep) -> dict[str, Any]:
     return service.limit(name)
 
 
 @router.put("/limits/{name}")
-async def set_limit(name: LimitName, body: LimitRequest, _role: Client,
+async def set_limit(name: LimitName, body: LimitRequest, who: Who,
               service: ServiceDep) -> dict[str, Any]:
     return service.set_limit(name, body.cap)
 
 
 @router.get("/server")
-async def server_info(_role: Client, service: ServiceDep) -> dict[str, Any]:
+async def server_info(who: Who, service: ServiceDep) -> dict[str, Any]:
     return service.info(__version__)
 
 
 @router.post("/server/drain")
-async def drain(_role: Client, service: ServiceDep) -> dict[str, Any]:
+async def drain(who: Who, service: ServiceDep) -> dict[str, Any]:
     return service.drain()
 
 
 @router.post("/server/stop")
-async def stop(_role: Client, service: ServiceDep) -> dict[str, Any]:
+async def stop(who: Who, service: ServiceDep) -> dict[str, Any]:
     # Answer first, then stop: the reply must leave before the server does.
     asyncio.get_running_loop().call_later(0.2, service.shutdown, "asked to stop")
     return {"stopping": True}
@@ -199,9 +182,7 @@ async def stop(_role: Client, service: ServiceDep) -> dict[str, Any]:
 
 @router.get("/server/backup", response_class=FileResponse,
             responses={200: {"content": {"application/octet-stream": {}}}})
-async def backup(role: Client, service: ServiceDep) -> FileResponse:
-    if role != ADMIN:
-        raise Forbidden("only an admin token may take a backup")
+async def backup(who: Who, service: ServiceDep) -> FileResponse:
     handle = tempfile.NamedTemporaryFile(prefix="shoal-backup-", suffix=".db", delete=False)  # noqa: SIM115
     handle.close()
     path = Path(handle.name)
@@ -213,71 +194,132 @@ async def backup(role: Client, service: ServiceDep) -> FileResponse:
 # ---- ensembles and their files ------------------------------------------------------------
 
 
-async def require_worker_or_admin(request: Request) -> str:
-    """Blobs are fetched by workers staging files, and by admins."""
-    role = request.app.state.tokens.role_of(bearer_token(request))
-    if role is None:
-        raise AuthError("a valid token is required (Authorization: Bearer TOKEN)")
-    if role not in (ADMIN, WORKER):
-        raise Forbidden("only workers and admins may fetch files")
-    return str(role)
-
-
 class MissingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sha256: list[str] = Field(max_length=1_000_000)
 
 
 @router.post("/blobs/missing")
-async def blobs_missing(body: MissingRequest, _role: Client,
+async def blobs_missing(body: MissingRequest, who: Who,
                         request: Request) -> dict[str, Any]:
     return {"missing": request.app.state.blobs.missing(body.sha256)}
 
 
 @router.put("/blobs/{sha256}", status_code=201)
-async def put_blob(sha256: str, _role: Client, request: Request) -> dict[str, Any]:
+async def put_blob(sha256: str, who: Who, request: Request) -> dict[str, Any]:
     size = await request.app.state.blobs.put_stream(sha256, request.stream())
     return {"sha256": sha256, "size": size}
 
 
 @router.get("/blobs/{sha256}", response_class=FileResponse,
             responses={200: {"content": {"application/octet-stream": {}}}})
-async def get_blob(sha256: str, request: Request,
-                   _role: Annotated[str, Depends(require_worker_or_admin)]) -> FileResponse:
+async def get_blob(sha256: str, request: Request, who: Who) -> FileResponse:
+    if who.role == WORKER and not request.app.state.service.blob_in_use(sha256):
+        raise Forbidden("workers may fetch only the files of jobs handed to workers")
     return FileResponse(request.app.state.blobs.open_path(sha256),
                         media_type="application/octet-stream")
 
 
 @router.post("/ensembles", status_code=201)
-async def start_ensemble(body: EnsembleRequest, _role: Client,
+async def start_ensemble(body: EnsembleRequest, who: Who,
                          request: Request) -> dict[str, Any]:
     runner = request.app.state.ensembles
-    run_id = runner.start(body)
+    run_id = runner.start(body, owner=who.name)
     return runner.snapshot(run_id)
 
 
 @router.get("/ensembles")
-async def list_ensembles(_role: Client, request: Request,
+async def list_ensembles(who: Who, request: Request,
                          name: str | None = None) -> dict[str, Any]:
-    return {"runs": request.app.state.ensembles.list_runs(name)}
+    return {"runs": request.app.state.ensembles.list_runs(name, owner=who.scope)}
 
 
 @router.get("/ensembles/{run_id}")
-async def get_ensemble(run_id: int, _role: Client, request: Request,
+async def get_ensemble(run_id: int, who: Who, request: Request,
                        wait: Annotated[float | None, Query(ge=0)] = None,
                        since: int | None = None) -> dict[str, Any]:
     runner = request.app.state.ensembles
     if wait and since is not None:
-        await runner.wait_for_change(run_id, since, min(wait, MAX_WAIT_SECONDS))
-    return runner.snapshot(run_id)
+        await runner.wait_for_change(run_id, since, min(wait, MAX_WAIT_SECONDS),
+                                     owner=who.scope)
+    return runner.snapshot(run_id, owner=who.scope)
 
 
 @router.post("/ensembles/{run_id}/cancel")
-async def cancel_ensemble(run_id: int, _role: Client, request: Request) -> dict[str, Any]:
-    request.app.state.ensembles.cancel(run_id)
+async def cancel_ensemble(run_id: int, who: Who, request: Request) -> dict[str, Any]:
+    request.app.state.ensembles.cancel(run_id, owner=who.scope)
     return {"cancelled": True}
 
 
 @router.get("/workers")
-async def workers(_role: Client, service: ServiceDep) -> dict[str, Any]:
+async def workers(who: Who, service: ServiceDep) -> dict[str, Any]:
     return {"workers": service.workers()}
+
+
+# ---- tokens and identity -------------------------------------------------------------------
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["admin", "user", "worker"]
+    name: str = Field(min_length=1, max_length=64)
+
+
+class TokenResponse(BaseModel):
+    name: str
+    role: str
+    token: str
+    connection: str | None  # shoal://TOKEN@ADDRESS?ca=...: all another host needs
+
+
+class TokenInfo(BaseModel):
+    name: str
+    role: str
+    created_at: float
+    revoked_at: float | None
+
+
+class TokenList(BaseModel):
+    tokens: list[TokenInfo]
+
+
+class WhoAmI(BaseModel):
+    name: str
+    role: str
+
+
+@router.get("/whoami", response_model=WhoAmI)
+async def whoami(who: Who) -> dict[str, Any]:
+    return {"name": who.name, "role": who.role}
+
+
+@router.post("/tokens", status_code=201, response_model=TokenResponse)
+async def create_token(body: TokenRequest, who: Who, request: Request) -> dict[str, Any]:
+    token = request.app.state.tokens.create(body.role, body.name)
+    advertised: str | None = request.app.state.advertised_url
+    connection = None if advertised is None else format_connection_string(
+        advertised, token, request.app.state.ca_fingerprint)
+    return {"name": body.name, "role": body.role, "token": token, "connection": connection}
+
+
+@router.get("/tokens", response_model=TokenList)
+async def list_tokens(who: Who, request: Request) -> dict[str, Any]:
+    return {"tokens": request.app.state.tokens.listing()}
+
+
+@router.delete("/tokens/{name}", response_model=TokenInfo)
+async def revoke_token(name: Annotated[str, PathParam(max_length=64)], who: Who,
+                       request: Request) -> dict[str, Any]:
+    tokens = request.app.state.tokens
+    tokens.revoke(name)
+    return next(t for t in reversed(tokens.listing()) if t["name"] == name)
+
+
+@router.get("/ca", response_class=PlainTextResponse,
+            responses={200: {"content": {"text/plain": {}}}})
+async def ca_certificate(request: Request) -> PlainTextResponse:
+    """The server's own CA certificate (public), which clients pin by its fingerprint."""
+    pem: bytes | None = request.app.state.ca_pem
+    if pem is None:
+        raise NotFound("this server does not use its own certificate authority")
+    return PlainTextResponse(pem.decode(), media_type="application/x-pem-file")

@@ -6,8 +6,12 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +29,18 @@ from shoal.core.errors import (
     ShoalError,
     StoreUnavailable,
 )
-from shoal.home import DATABASE_FILE, Connection, lock_home, write_connection
+from shoal.home import (
+    DATABASE_FILE,
+    Connection,
+    format_connection_string,
+    lock_home,
+    write_connection,
+)
 from shoal.server import api, sessions
 from shoal.server.auth import TokenBook
 from shoal.server.blobs import BlobStore
 from shoal.server.ensembles import EnsembleRunner
+from shoal.server.permissions import Forbidden
 from shoal.server.reactor import ReactorConfig
 from shoal.server.service import Service
 from shoal.store import Store
@@ -43,7 +54,7 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 
 def _status_of(exc: ShoalError) -> tuple[int, str]:
-    if isinstance(exc, api.Forbidden):
+    if isinstance(exc, Forbidden):
         return 403, "forbidden"
     if isinstance(exc, AuthError):
         return 401, "unauthorized"
@@ -67,7 +78,8 @@ def _validation_message(exc: RequestValidationError) -> str:
     return f"{path or 'request'}: {first.get('msg', 'invalid')}"
 
 
-def create_app(service: Service, tokens: TokenBook, blobs: BlobStore | None = None) -> FastAPI:
+def create_app(service: Service, tokens: TokenBook, blobs: BlobStore | None = None,
+               ca_pem: bytes | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await service.start()
@@ -80,6 +92,10 @@ def create_app(service: Service, tokens: TokenBook, blobs: BlobStore | None = No
     app.state.tokens = tokens
     app.state.blobs = blobs or BlobStore(service.store.path.parent / "blobs")
     app.state.ensembles = EnsembleRunner(service)
+    app.state.ca_pem = ca_pem
+    app.state.ca_fingerprint = None
+    app.state.advertised_url = None  # set by serve(): the address in connection strings
+    tokens.revoked_listeners.append(service.disconnect_token)
     app.include_router(api.router)
     app.add_api_websocket_route("/api/v1/worker", sessions.worker_session)
 
@@ -126,24 +142,182 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(home: Path, host: str, port: int, config: ReactorConfig | None = None) -> None:
+@dataclass(frozen=True)
+class TlsSettings:
+    """How the server speaks: TLS with its own CA (the default), with the operator's own
+    certificate, or plain HTTP (loopback only)."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_http: bool = False
+    extra_names: tuple[str, ...] = ()  # --tls-san: more names/addresses for the certificate
+    advertise: str | None = None  # the address workers on other hosts should dial
+
+
+_LOOPBACK = ("127.", "::1", "localhost")
+CERTIFICATE_CHECK_SECONDS = 60.0
+OPERATOR_EXPIRY_WARNING_DAYS = 14
+
+
+def _check_tls_settings(tls: TlsSettings, host: str) -> None:
+    if tls.insecure_http and (tls.cert_file or tls.key_file):
+        raise InputError("--insecure-http: cannot be combined with --tls-cert/--tls-key")
+    if tls.insecure_http and not host.startswith(_LOOPBACK):
+        raise InputError(f"--insecure-http: only on a loopback address, not {host}; "
+                         "anyone on the network could read tokens and commands")
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise InputError("--tls-cert and --tls-key go together")
+
+
+class _Certificates:
+    """The certificate the server presents, kept valid while it runs: its own is reissued
+    before it expires or when the host gains an address; an operator's is reloaded when the
+    files change, with a warning as its expiry nears."""
+
+    def __init__(self, home: Path, host: str, tls: TlsSettings):
+        from shoal import tls as tlslib
+
+        self._tls = tls
+        self._host = host
+        self._dir = home / "tls"
+        self.ca_pem: bytes | None = None
+        self.fingerprint: str | None = None
+        if tls.cert_file is not None and tls.key_file is not None:
+            self.cert_file, self.key_file = tls.cert_file, tls.key_file
+            try:
+                tlslib.server_context(self.cert_file, self.key_file)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise InputError(f"--tls-cert/--tls-key: cannot use {self.cert_file} and "
+                                 f"{self.key_file}: {exc}") from None
+            self._stamp = self._mtimes()
+        else:
+            certs = self._ensure()
+            self.cert_file, self.key_file = certs.cert_file, certs.key_file
+            self.ca_pem = certs.ca_file.read_bytes()
+            self.fingerprint = certs.fingerprint
+            if tlslib.ca_expires_soon(certs.ca_file):
+                log.warning("the CA in %s expires within a year; move %s aside and restart to "
+                            "make a new one (workers then need the new join string)",
+                            self._dir, self._dir)
+        self._warn_if_expiring()
+
+    def _ensure(self) -> Any:
+        from shoal import tls as tlslib
+
+        extra = [*self._tls.extra_names, *([self._tls.advertise] if self._tls.advertise else [])]
+        names, addresses = tlslib.local_names(self._host, extra)
+        return tlslib.ensure_server_certificates(self._dir, names, addresses)
+
+    def _mtimes(self) -> tuple[float, float]:
+        return (os.stat(self.cert_file).st_mtime, os.stat(self.key_file).st_mtime)
+
+    def _warn_if_expiring(self) -> None:
+        from shoal import tls as tlslib
+
+        left = tlslib.certificate_expiry(self.cert_file) - datetime.now(UTC)
+        if left < timedelta(days=OPERATOR_EXPIRY_WARNING_DAYS):
+            log.warning("the server certificate %s expires in %s; renew it (the server "
+                        "reloads it when the file changes)", self.cert_file, left)
+
+    def refresh(self, context: ssl.SSLContext) -> None:
+        """Called every minute: new handshakes get the renewed certificate."""
+        try:
+            if self.ca_pem is not None:
+                if not self._ensure().renewed:
+                    return
+                log.info("server certificate renewed")
+            else:
+                stamp = self._mtimes()
+                if stamp == self._stamp:
+                    return
+                self._stamp = stamp
+                log.info("server certificate files changed; reloading them")
+                self._warn_if_expiring()
+            context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.error("cannot renew or reload the server certificate: %s", exc)
+
+
+def _is_wildcard(host: str) -> bool:
+    return host in ("0.0.0.0", "::", "")
+
+
+def _show(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def serve(home: Path, host: str, port: int, config: ReactorConfig | None = None,
+          tls: TlsSettings | None = None) -> None:
     import uvicorn
 
+    tls = tls or TlsSettings()
+    _check_tls_settings(tls, host)
     lock_home(home)
     os.chmod(home, 0o700)
+    certificates = None if tls.insecure_http else _Certificates(home, host, tls)
     store = Store(home / DATABASE_FILE)
     tokens = TokenBook(store)
     admin_token, worker_token = tokens.ensure_default_tokens(home)
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
-    shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-    url = f"http://{shown_host}:{bound_port}"
+    scheme = "http" if certificates is None else "https"
+    local_host = ("127.0.0.1" if ":" not in bound_host else "::1") \
+        if _is_wildcard(bound_host) else bound_host
+    url = f"{scheme}://{_show(local_host)}:{bound_port}"
     service = Service(store, config)
-    write_connection(home, Connection(url, admin_token, worker_token), pid=os.getpid())
-    log.info("shoal server %s listening on %s (state in %s)", __version__, url, home)
+    fingerprint = certificates.fingerprint if certificates else None
+    write_connection(home, Connection(url, admin_token, worker_token, None, fingerprint),
+                     pid=os.getpid(),
+                     ca_file=home / "tls" / "ca.pem" if fingerprint else None)
+    advertised = tls.advertise or (socket.gethostname() if _is_wildcard(bound_host)
+                                   else bound_host)
+    join = format_connection_string(f"{scheme}://{_show(advertised)}:{bound_port}",
+                                    worker_token, fingerprint)
+    _announce(home, url, join, certificates is None)
+    ssl_options: dict[str, Any] = {} if certificates is None else {
+        "ssl_certfile": str(certificates.cert_file), "ssl_keyfile": str(certificates.key_file)}
+    app = create_app(service, tokens, ca_pem=certificates.ca_pem if certificates else None)
+    app.state.ca_fingerprint = fingerprint
+    app.state.advertised_url = f"{scheme}://{_show(advertised)}:{bound_port}"
     server = uvicorn.Server(uvicorn.Config(
-        create_app(service, tokens), log_level="warning", access_log=False,
-        ws_max_size=16 * 1024 * 1024, timeout_graceful_shutdown=5,
+        app, log_level="warning", access_log=False, ws_max_size=16 * 1024 * 1024,
+        timeout_graceful_shutdown=5, **ssl_options,
     ))
     service.request_shutdown = lambda: setattr(server, "should_exit", True)
-    asyncio.run(server.serve(sockets=[sock]))
+
+    async def run() -> None:
+        keeper = asyncio.create_task(_keep_certificate(server, certificates))
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            keeper.cancel()
+
+    asyncio.run(run())
+
+
+async def _keep_certificate(server: Any, certificates: _Certificates | None) -> None:
+    if certificates is None:
+        return
+    while True:
+        await asyncio.sleep(CERTIFICATE_CHECK_SECONDS)
+        context = getattr(server.config, "ssl", None)
+        if context is not None:
+            certificates.refresh(context)
+
+
+def _announce(home: Path, url: str, join: str, insecure: bool) -> None:
+    """The join string carries the worker token: it goes to a terminal, or to a file only
+    its owner can read, never into a log."""
+    if insecure:
+        log.warning("plain HTTP on %s: tokens and commands are not encrypted; use this on "
+                    "a single host only", url)
+    path = home / "join"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"shoal worker --join {join}\n")
+    log.info("shoal server %s listening on %s (state in %s)", __version__, url, home)
+    if sys.stderr.isatty():
+        print(f"To add a worker on another host:\n  shoal worker --join {join}",
+              file=sys.stderr, flush=True)
+    else:
+        log.info("the command to add a worker on another host is in %s", path)

@@ -92,6 +92,7 @@ class Run:
     log: list[dict[str, Any]] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    owner: str = ""  # who started it: its components are their jobs
 
     @property
     def name(self) -> str:
@@ -142,41 +143,45 @@ class EnsembleRunner:
 
     # ---- public ------------------------------------------------------------------------------
 
-    def start(self, request: EnsembleRequest) -> int:
+    def start(self, request: EnsembleRequest, owner: str = "") -> int:
         workers = list(self.service.reactor.workers.values())
         components = [ComponentRun(spec, resolve_worker(spec, workers))
                       for spec in request.ensemble.components]
         unknown = set(request.manifests) - {c.name for c in request.ensemble.components}
         if unknown:
             raise InputError(f"files for unknown components: {', '.join(sorted(unknown))}")
-        run = Run(max(self.runs, default=0) + 1, request, components)
+        run = Run(max(self.runs, default=0) + 1, request, components, owner=owner)
         self.runs[run.run_id] = run
         run.task = asyncio.create_task(self._drive(run), name=f"ensemble-{run.run_id}")
         return run.run_id
 
-    def snapshot(self, run_id: int) -> dict[str, Any]:
-        return self._run(run_id).snapshot()
+    def snapshot(self, run_id: int, owner: str | None = None) -> dict[str, Any]:
+        return self._run(run_id, owner).snapshot()
 
-    def list_runs(self, name: str | None = None) -> list[dict[str, Any]]:
+    def list_runs(self, name: str | None = None,
+                  owner: str | None = None) -> list[dict[str, Any]]:
         return [{"run_id": r.run_id, "name": r.name, "state": r.state,
                  "started_at": r.started_at, "ended_at": r.ended_at}
-                for r in self.runs.values() if name is None or r.name == name]
+                for r in self.runs.values()
+                if (name is None or r.name == name) and (owner is None or r.owner == owner)]
 
-    async def wait_for_change(self, run_id: int, since: int, timeout: float) -> None:
-        run = self._run(run_id)
+    async def wait_for_change(self, run_id: int, since: int, timeout: float,
+                              owner: str | None = None) -> None:
+        run = self._run(run_id, owner)
         if run.version != since:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(run.changed.wait(), timeout)
 
-    def cancel(self, run_id: int) -> None:
-        run = self._run(run_id)
+    def cancel(self, run_id: int, owner: str | None = None) -> None:
+        run = self._run(run_id, owner)
         if run.task is not None and not run.task.done():
             run.task.cancel()
 
-    def _run(self, run_id: int) -> Run:
+    def _run(self, run_id: int, owner: str | None = None) -> Run:
+        """The run; with `owner`, only if they started it."""
         run = self.runs.get(run_id)
-        if run is None:
+        if run is None or (owner is not None and run.owner != owner):
             raise NotFound(f"ensemble run {run_id} does not exist")
         return run
 
@@ -283,7 +288,7 @@ class EnsembleRunner:
                 on_worker=component.worker.name, time_limit_seconds=timeout, gate=True,
                 files=files, always_copy=run.request.always_copy,
             ))
-        answer = self.service.add(specs)
+        answer = self.service.add(specs, owner=run.owner)
         for component, job_id in zip(members, answer["ids"], strict=True):
             component.job_id = job_id
             component.state = "preparing"

@@ -54,7 +54,7 @@ class Reactor:
                  history: dict[str, list[tuple[int, float]]] | None = None):
         self.config = config or ReactorConfig()
         self.jobs: dict[int, Job] = {}
-        self.by_key: dict[tuple[str, str], int] = {}
+        self.by_key: dict[tuple[str, str, str], int] = {}  # (owner, cmd, cwd): one job each
         self.workers: dict[int, WorkerState] = {}
         self.limit_caps: dict[str, int | None] = dict(limit_caps or {})
         self.limit_running: Counter[str] = Counter()
@@ -63,7 +63,8 @@ class Reactor:
         self.reservations: dict[int, int] = {}  # job id -> worker id held for it
         self.draining = False  # no new starts; the service stops once nothing runs
         self.holding = 0  # jobs running or lost: attempts that may still be alive
-        self._counts: Counter[tuple[str, JobState]] = Counter()  # (group, state) -> jobs
+        # (owner, group, state) -> jobs
+        self._counts: Counter[tuple[str, str, JobState]] = Counter()
         self._next_job_id = next_job_id
         self._next_lease_id = next_lease_id
         self._next_worker_id = 1
@@ -100,8 +101,8 @@ class Reactor:
 
     def _track(self, job: Job) -> None:
         self.jobs[job.id] = job
-        self.by_key[job.key] = job.id
-        self._counts[job.group, job.state] += 1
+        self.by_key[job.owner, *job.key] = job.id
+        self._counts[job.owner, job.group, job.state] += 1
         self.deps.joined(job)
         if job.state in _HOLDING:
             self.limit_running.update(job.limits)
@@ -111,8 +112,8 @@ class Reactor:
         """The one place a job's state changes."""
         before = job.state
         self._effects.transitions.append(transition(job, to, now=now, reason=reason))
-        self._counts[job.group, before] -= 1
-        self._counts[job.group, to] += 1
+        self._counts[job.owner, job.group, before] -= 1
+        self._counts[job.owner, job.group, to] += 1
         self._effects.changed[job.id] = job
         if (before in _HOLDING) != (to in _HOLDING):
             if job.limits:
@@ -128,28 +129,34 @@ class Reactor:
         self._seq += 1
         heapq.heappush(self._queue, (-job.priority, self._seq, job.id))
 
-    def get(self, job_id: int) -> Job:
+    def get(self, job_id: int, owner: str | None = None) -> Job:
+        """The job; with `owner`, only if it is theirs (another's is as good as absent)."""
         job = self.jobs.get(job_id)
-        if job is None:
+        if job is None or (owner is not None and job.owner != owner):
             raise NotFound(f"job {job_id} does not exist")
         return job
 
     # ---- adding ------------------------------------------------------------------------------
 
-    def plan_add(self, specs: Sequence[JobSpec], *, rerun: bool, now: float) -> AddPlan:
-        """Decide what an add does, changing nothing, so a failed commit leaves no trace."""
+    def plan_add(self, specs: Sequence[JobSpec], *, rerun: bool, now: float,
+                 owner: str = "", sees_all: bool = True) -> AddPlan:
+        """Decide what an add does, changing nothing, so a failed commit leaves no trace.
+
+        Duplicates are found among the owner's own jobs: two users may add the same command.
+        Without `sees_all`, dependencies may name only the owner's jobs.
+        """
         new_jobs: list[Job] = []
         requeue: list[int] = []
         ids: list[int] = []
         existed = 0
         limit_caps: dict[str, int] = {}
-        batch_keys: dict[tuple[str, str], int] = {}
+        batch_keys: dict[tuple[str, str, str], int] = {}
         batch_groups: set[str] = set()
         next_id = self._next_job_id
         for index, spec in enumerate(specs):
             if spec.cwd is None or not (spec.cwd.startswith("/") or (spec.gate and not spec.cwd)):
                 raise InputError(f"jobs[{index}].cwd: must be an absolute path")
-            key = spec.key
+            key = (owner, *spec.key)
             twin_id = None if spec.gate else self.by_key.get(key, batch_keys.get(key))
             if twin_id is not None:
                 existed += 1
@@ -176,6 +183,7 @@ class Reactor:
                 files=list(spec.files), always_copy=spec.always_copy,
                 state=S.WAITING if spec.after or spec.after_any else S.QUEUED,
                 added_at=now, queued_at=None if spec.after or spec.after_any else now,
+                owner=owner,
             )
             if spec.req_group:
                 memory, seconds, source = self.learned.suggest(
@@ -189,17 +197,19 @@ class Reactor:
             new_jobs.append(job)
             ids.append(next_id)
             next_id += 1
-        self._check_dependencies(new_jobs, batch_groups)
+        self._check_dependencies(new_jobs, batch_groups, None if sees_all else owner)
         return AddPlan(new_jobs, requeue, ids, existed - len(requeue), limit_caps)
 
-    def _check_dependencies(self, new_jobs: list[Job], batch_groups: set[str]) -> None:
+    def _check_dependencies(self, new_jobs: list[Job], batch_groups: set[str],
+                            owner: str | None) -> None:
         for index, job in enumerate(new_jobs):
             for entry in (*job.dependencies, *job.dependencies_any):
                 if entry.startswith(GROUP_PREFIX):
                     group = entry[len(GROUP_PREFIX):]
                     if not self.deps.group_size[group] and group not in batch_groups:
                         raise InputError(f"job {index + 1} of the batch: {entry} has no jobs")
-                elif int(entry) not in self.jobs:
+                elif int(entry) not in self.jobs or (
+                        owner is not None and self.jobs[int(entry)].owner != owner):
                     raise InputError(f"job {index + 1} of the batch: dependency {entry} "
                                      "does not exist")
         looping = self.deps.find_cycle(new_jobs, self.jobs)
@@ -418,12 +428,15 @@ class Reactor:
 
     # ---- user actions ------------------------------------------------------------------------
 
-    def select(self, ids: Sequence[int] | None, group: str | None) -> list[Job]:
+    def select(self, ids: Sequence[int] | None, group: str | None,
+               owner: str | None = None) -> list[Job]:
+        """Jobs by id or group; with `owner`, only theirs (another's job id is not found)."""
         if ids is not None:
-            return [self.get(job_id) for job_id in ids]
+            return [self.get(job_id, owner) for job_id in ids]
         if group is None:
             raise InputError("name job ids or a group")
-        return [job for job in self.jobs.values() if job.group == group]
+        return [job for job in self.jobs.values()
+                if job.group == group and (owner is None or job.owner == owner)]
 
     def kill(self, jobs: Sequence[Job], now: float, reason: str = "killed by user") -> list[int]:
         affected = []
@@ -457,8 +470,8 @@ class Reactor:
             raise Conflict(f"job {busy[0]} is running; kill it first")
         for job in jobs:
             del self.jobs[job.id]
-            self.by_key.pop(job.key, None)
-            self._counts[job.group, job.state] -= 1
+            self.by_key.pop((job.owner, *job.key), None)
+            self._counts[job.owner, job.group, job.state] -= 1
             self._recheck.update(self.deps.left(job))
             self._effects.changed.pop(job.id, None)
             self._effects.removed.append(job.id)
@@ -563,12 +576,14 @@ class Reactor:
         return scheduler.why_not_running(job, capacities or self.capacities(), self.limit_caps,
                                          self.limit_running)
 
-    def counts(self, group: str | None = None) -> dict[str, dict[str, int]]:
-        """Jobs per group and state, kept up to date by every change (status is polled)."""
+    def counts(self, group: str | None = None,
+               owner: str | None = None) -> dict[str, dict[str, int]]:
+        """Jobs per group and state, kept up to date by every change (status is polled).
+        With `owner`, only that owner's jobs."""
         groups: dict[str, dict[str, int]] = defaultdict(dict)
-        for (name, state), count in self._counts.items():
-            if count and (group is None or name == group):
-                groups[name][state.value] = count
+        for (who, name, state), count in self._counts.items():
+            if count and (group is None or name == group) and (owner is None or who == owner):
+                groups[name][state.value] = groups[name].get(state.value, 0) + count
         return {name: groups[name] for name in sorted(groups)}
 
 

@@ -186,9 +186,10 @@ class Service:
         if link is not None:
             link.send(message)
 
-    async def peek(self, job_id: int, stream: str, offset: int) -> OutputChunk | None:
+    async def peek(self, job_id: int, stream: str, offset: int,
+                   owner: str | None = None) -> OutputChunk | None:
         """Live output of a running job, asked of its worker; None if it cannot answer."""
-        job = self.reactor.get(job_id)
+        job = self.reactor.get(job_id, owner)
         holder = next((w for w in self.reactor.workers.values() if job_id in w.job_ids), None)
         if job.state is not JobState.RUNNING or holder is None or job.lease_id is None:
             return None
@@ -218,6 +219,19 @@ class Service:
                  register.resources.cores)
         self.wake()
         return worker_id
+
+    def disconnect_token(self, token_hash: str) -> None:
+        """A revoked token: close every worker channel opened with it, now."""
+        for link in list(self._links.values()):
+            if getattr(link, "token_hash", None) == token_hash:
+                link.close("token revoked")
+
+    def blob_in_use(self, sha256: str) -> bool:
+        """Whether a job handed to a worker names this file: all a worker may fetch."""
+        return any(entry.get("sha256") == sha256
+                   for job in self.reactor.jobs.values()
+                   if job.files and job.state in (JobState.RUNNING, JobState.LOST)
+                   for entry in job.files)
 
     def leave(self, worker_id: int) -> None:
         if self._links.pop(worker_id, None) is not None:
@@ -261,12 +275,15 @@ class Service:
 
     # ---- user actions ------------------------------------------------------------------------
 
-    def add(self, specs: Sequence[JobSpec], *, rerun: bool = False) -> dict[str, Any]:
-        """Durable before it returns: new jobs are committed, then scheduled."""
+    def add(self, specs: Sequence[JobSpec], *, rerun: bool = False, owner: str = "",
+            sees_all: bool = True) -> dict[str, Any]:
+        """Durable before it returns: new jobs are committed, then scheduled. The jobs belong
+        to `owner`; without `sees_all` they may depend only on the owner's jobs."""
         if len(specs) > MAX_JOBS_PER_ADD:
             raise InputError(f"more than {MAX_JOBS_PER_ADD} jobs in one add")
         now = self.clock()
-        plan = self.reactor.plan_add(specs, rerun=rerun, now=now)
+        plan = self.reactor.plan_add(specs, rerun=rerun, now=now, owner=owner,
+                                     sees_all=sees_all)
         self.store.add_jobs(plan.new_jobs, self.reactor.journal_of_new(plan, now),
                             plan.limit_caps)
         self.reactor.apply_add(plan, now=now)
@@ -275,8 +292,9 @@ class Service:
                 "requeued": len(plan.requeue), "ids": plan.ids}
 
     def act(self, action: str, ids: Sequence[int] | None, group: str | None,
-            reason: str = "killed by user") -> list[int]:
-        jobs = self.reactor.select(ids, group)
+            reason: str = "killed by user", owner: str | None = None) -> list[int]:
+        """`owner` limits the action to that owner's jobs (None: anyone's)."""
+        jobs = self.reactor.select(ids, group, owner)
         now = self.clock()
         if action == "kill":
             affected = self.reactor.kill(jobs, now, reason)
@@ -308,8 +326,8 @@ class Service:
 
     # ---- reading -----------------------------------------------------------------------------
 
-    def status(self, group: str | None = None) -> dict[str, Any]:
-        groups = self.reactor.counts(group)
+    def status(self, group: str | None = None, owner: str | None = None) -> dict[str, Any]:
+        groups = self.reactor.counts(group, owner)
         totals: dict[str, int] = {}
         for states in groups.values():
             for state, count in states.items():
@@ -335,8 +353,8 @@ class Service:
                 return entry
         return {"name": name, "cap": None, "running": 0, "queued": 0}
 
-    def job(self, job_id: int) -> dict[str, Any]:
-        job = self.reactor.get(job_id)
+    def job(self, job_id: int, owner: str | None = None) -> dict[str, Any]:
+        job = self.reactor.get(job_id, owner)
         data = job.to_dict()
         data["gpu_ids"] = self.reactor.gpu_ids(job_id)
         data["pending_reason"] = self.reactor.pending_reason(job)
@@ -345,17 +363,18 @@ class Service:
         data["attempt_history"] = self.store.attempt_history(job_id)
         return data
 
-    def logs(self, job_id: int, stream: str) -> dict[str, Any]:
-        job = self.reactor.get(job_id)
+    def logs(self, job_id: int, stream: str, owner: str | None = None) -> dict[str, Any]:
+        job = self.reactor.get(job_id, owner)
         captured = self.store.output(job_id, stream)
         return {"job_id": job_id, "stream": stream, "state": job.state.value,
                 **captured.model_dump()}
 
     def jobs(self, state: JobState | None, group: str | None, limit: int,
-             offset: int) -> dict[str, Any]:
+             offset: int, owner: str | None = None) -> dict[str, Any]:
         selected = [job for job in self.reactor.jobs.values()
                     if (state is None or job.state is state)
-                    and (group is None or job.group == group)]
+                    and (group is None or job.group == group)
+                    and (owner is None or job.owner == owner)]
         selected.sort(key=lambda job: job.id)
         page = selected[offset:offset + limit]
         capacities = self.reactor.capacities()

@@ -17,7 +17,7 @@ from shoal.core.protocol import (
     decode_from_worker,
     encode,
 )
-from shoal.server.api import bearer_token
+from shoal.server.permissions import bearer_token, check
 from shoal.server.service import Service
 
 log = logging.getLogger("shoal.server")
@@ -27,8 +27,9 @@ REGISTER_TIMEOUT_SECONDS = 10.0
 class WebSocketLink:
     """Sends are queued and written by one task, so the service never waits on a socket."""
 
-    def __init__(self, websocket: WebSocket):
+    def __init__(self, websocket: WebSocket, token_hash: str):
         self._websocket = websocket
+        self.token_hash = token_hash  # revoking the token closes this channel
         self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
         self._writer = asyncio.create_task(self._write())
 
@@ -53,13 +54,19 @@ class WebSocketLink:
 
 async def worker_session(websocket: WebSocket) -> None:
     tokens = websocket.app.state.tokens
-    if tokens.role_of(bearer_token(websocket)) is None:  # type: ignore[arg-type]
-        await websocket.close(code=4401, reason="a valid token is required")
+    try:
+        principal = check("WEBSOCKET", "/api/v1/worker",
+                          tokens.principal_of(bearer_token(websocket)))
+    except ShoalError as exc:  # refused before the upgrade: the client sees 403
+        log.warning("worker channel refused from %s: %s",
+                    websocket.client.host if websocket.client else "?", exc)
+        await websocket.close(code=4403, reason=str(exc)[:120])
         return
+    assert principal is not None
     await websocket.accept()
     service: Service = websocket.app.state.service
     worker_id: int | None = None
-    link = WebSocketLink(websocket)
+    link = WebSocketLink(websocket, principal.token_hash)
     try:
         first = await asyncio.wait_for(websocket.receive_text(), REGISTER_TIMEOUT_SECONDS)
         register = decode_from_worker(first)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shoal.core.errors import StoreUnavailable
+from shoal.core.errors import Conflict, StoreUnavailable
 from shoal.core.models import Job, JobState
 from shoal.core.protocol import AttemptResult, Captured
 from shoal.core.states import Transition
@@ -26,9 +26,9 @@ _JOB_COLUMNS = (
     "time_limit_seconds, req_group, dependencies, limits, on_worker, state, fail_reason, "
     "exit_code, attempts, lost_attempts, worker, host, pid, lease_id, added_at, queued_at, "
     "retry_at, started_at, ended_at, wall_seconds, cpu_seconds, peak_rss_bytes, gpus, "
-    "resources, grow_memory, requirements_source, dependencies_any, gate, files, always_copy"
+    "resources, grow_memory, requirements_source, dependencies_any, gate, files, always_copy, owner"
 )
-_JOB_PLACEHOLDERS = ", ".join("?" * 41)
+_JOB_PLACEHOLDERS = ", ".join("?" * 42)
 _MUTABLE = (
     "state", "fail_reason", "exit_code", "attempts", "lost_attempts", "worker", "host", "pid",
     "lease_id", "queued_at", "retry_at", "started_at", "ended_at", "wall_seconds", "cpu_seconds",
@@ -58,7 +58,7 @@ def _job_row(job: Job) -> tuple[object, ...]:
         job.started_at, job.ended_at, job.wall_seconds, job.cpu_seconds, job.peak_rss_bytes,
         job.gpus, json.dumps(job.resources), int(job.grow_memory), job.requirements_source,
         json.dumps(job.dependencies_any), int(job.gate), json.dumps(job.files),
-        int(job.always_copy),
+        int(job.always_copy), job.owner,
     )
 
 
@@ -85,7 +85,7 @@ def _job_from_row(row: Any) -> Job:  # a row of _JOB_COLUMNS, as SQLite returns 
      time_limit_seconds, req_group, dependencies, limits, on_worker, state, fail_reason,
      exit_code, attempts, lost_attempts, worker, host, pid, lease_id, added_at, queued_at,
      retry_at, started_at, ended_at, wall_seconds, cpu_seconds, peak_rss_bytes, gpus, resources,
-     grow_memory, requirements_source, dependencies_any, gate, files, always_copy) = row
+     grow_memory, requirements_source, dependencies_any, gate, files, always_copy, owner) = row
     return Job(
         id=id_, name=name, cmd=cmd, cwd=cwd, env=_json(env), group=grp,
         priority=priority, retries=retries, cores=cores, memory_bytes=memory_bytes,
@@ -102,7 +102,7 @@ def _job_from_row(row: Any) -> Job:  # a row of _JOB_COLUMNS, as SQLite returns 
         requirements_source=requirements_source,
         dependencies_any=_json(dependencies_any),
         gate=bool(gate), files=_json(files),
-        always_copy=bool(always_copy),
+        always_copy=bool(always_copy), owner=owner,
     )
 
 
@@ -307,9 +307,35 @@ class Store:
     # ---- tokens --------------------------------------------------------------------------
 
     def tokens(self) -> dict[str, tuple[str, str]]:
-        """token hash -> (role, name)."""
-        rows = self._db.execute("SELECT token_hash, role, name FROM tokens").fetchall()
+        """token hash -> (role, name), of the tokens not revoked."""
+        rows = self._db.execute(
+            "SELECT token_hash, role, name FROM tokens WHERE revoked_at IS NULL").fetchall()
         return {row[0]: (row[1], row[2]) for row in rows}
+
+    def token_list(self) -> list[dict[str, Any]]:
+        """Every token ever made, without its hash, oldest first."""
+        rows = self._db.execute("SELECT name, role, created_at, revoked_at FROM tokens "
+                                "ORDER BY created_at, name").fetchall()
+        return [{"name": name, "role": role, "created_at": created, "revoked_at": revoked}
+                for name, role, created, revoked in rows]
+
+    def add_token(self, role: str, name: str, token_hash: str, now: float) -> None:
+        """Conflict if a live token already has this name."""
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM tokens WHERE name = ? AND revoked_at IS NULL",
+                          (name,)).fetchone():
+                raise Conflict(f"a token named {name!r} exists; revoke it first")
+            db.execute("INSERT INTO tokens (token_hash, role, name, created_at) "
+                       "VALUES (?,?,?,?)", (token_hash, role, name, now))
+
+    def revoke_token(self, name: str, now: float) -> list[str]:
+        """Revoke the live token of this name; returns the hashes revoked (none or one)."""
+        with self._transaction() as db:
+            hashes = [row[0] for row in db.execute(
+                "SELECT token_hash FROM tokens WHERE name = ? AND revoked_at IS NULL", (name,))]
+            db.execute("UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                       (now, name))
+        return hashes
 
     def replace_tokens(self, role: str, name: str, token_hash: str, now: float) -> None:
         with self._transaction() as db:

@@ -110,6 +110,13 @@ MIGRATIONS: list[str] = [
     DROP INDEX jobs_by_key;
     CREATE INDEX jobs_by_key ON jobs (cmd, cwd);
     """,
+    # 4: users: every job has an owner (the name of the token that added it); tokens are
+    # revoked, not deleted, and a name belongs to one live token.
+    """
+    ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tokens ADD COLUMN revoked_at REAL;
+    CREATE UNIQUE INDEX live_token_names ON tokens (name) WHERE revoked_at IS NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import random
 import socket
+import ssl
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -49,6 +50,7 @@ from shoal.core.protocol import (
     decode_to_worker,
     encode,
 )
+from shoal.home import Connection
 from shoal.worker.runner import Runner
 from shoal.worker.staging import FetchBlob, StagingError
 
@@ -64,9 +66,9 @@ class Agent:
         self.host = host or socket.gethostname()
         self.resources = resources
         self.labels = dict(labels or {})
-        # The server's URL and worker token, set on each connect: staged files come from there
-        # unless `fetch_blob` says otherwise.
-        self.server: tuple[str, str | None] | None = None
+        # The server's URL, worker token and TLS context, set on each connect: staged files
+        # come from there unless `fetch_blob` says otherwise.
+        self.server: tuple[str, str | None, ssl.SSLContext | None] | None = None
         self.runner = Runner(spool_dir, host=self.host, on_started=self._on_started,
                              on_finished=self._on_finished, offered_gpus=resources.gpus,
                              enforce_memory=enforce_memory, on_ready=self._on_ready,
@@ -205,8 +207,8 @@ class Agent:
 
         if self.server is None:
             raise StagingError("no server to fetch files from")
-        server_url, token = self.server
-        await download_blob(server_url, token, sha256, destination)
+        server_url, token, context = self.server
+        await download_blob(server_url, token, sha256, destination, context)
 
     def _on_ready(self, item: ReadyItem) -> None:
         self._ready.append(item)
@@ -264,11 +266,11 @@ def websocket_url(server_url: str) -> str:
     raise ConnectError(f"not a server URL: {server_url!r} (expected http://HOST:PORT)")
 
 
-async def run_worker(agent: Agent, locate: Callable[[], tuple[str, str | None]],
+async def run_worker(agent: Agent, locate: Callable[[], Connection],
                      stop: asyncio.Event) -> None:
     """Connect, register, serve; reconnect with backoff until `stop` is set.
 
-    `locate` gives the server URL and token; it is asked again before every attempt, so a
+    `locate` gives the server's connection; it is asked again before every attempt, so a
     worker that found its server through $SHOAL_HOME follows it to a new address.
     """
     watchdog = asyncio.create_task(_watch_server(agent, stop))
@@ -285,25 +287,27 @@ async def _watch_server(agent: Agent, stop: asyncio.Event) -> None:
         await asyncio.sleep(0.25)
 
 
-async def _connect_loop(agent: Agent, locate: Callable[[], tuple[str, str | None]],
+async def _connect_loop(agent: Agent, locate: Callable[[], Connection],
                         stop: asyncio.Event) -> None:
     import websockets
     from websockets.exceptions import InvalidStatus
 
     delay = 0.2
     while not stop.is_set():
+        server_url, token, context = "", None, None
         try:
-            server_url, token = locate()
+            connection = locate()
+            server_url, token = connection.url, connection.worker_token
+            context = connection.ssl_context()
         except ConnectError as exc:  # between two servers: wait for the next one
             log.warning("%s", exc)
-            server_url, token = "", None
         try:
             if not server_url:
                 raise ConnectionError("no server known yet")
             url = websocket_url(server_url)
-            agent.server = (server_url, token)
+            agent.server = (server_url, token, context)
             headers = {"Authorization": f"Bearer {token}"} if token else {}
-            async with websockets.connect(url, additional_headers=headers,
+            async with websockets.connect(url, additional_headers=headers, ssl=context,
                                           max_size=MAX_MESSAGE_BYTES, compression=None,
                                           open_timeout=10, ping_interval=None,
                                           close_timeout=1) as ws:
@@ -318,10 +322,16 @@ async def _connect_loop(agent: Agent, locate: Callable[[], tuple[str, str | None
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in (401, 403):
-                raise AuthError(f"the server at {server_url} refused the worker token") from None
+                raise AuthError(f"the server at {server_url} refused the worker token "
+                                "(unknown, revoked, or not a worker token)") from None
             log.warning("server answered %s; retrying", status)
         except ProtocolError:
             raise
+        except ssl.SSLCertVerificationError as exc:  # retrying cannot make it trusted
+            raise ConnectError(f"the server at {server_url} is not the one pinned: "
+                               f"{exc.verify_message}; if the address is right but not in "
+                               "its certificate, start the server with --tls-san ADDRESS"
+                               ) from None
         except (OSError, TimeoutError, websockets.ConnectionClosed) as exc:
             log.warning("connection to %s failed: %s", server_url, exc or type(exc).__name__)
         finally:

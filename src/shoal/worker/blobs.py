@@ -8,6 +8,7 @@ that never stages files (and `shoal run`) does not pay for it.
 from __future__ import annotations
 
 import hashlib
+import ssl
 from pathlib import Path
 
 from shoal.worker.staging import StagingError
@@ -17,7 +18,7 @@ _TIMEOUT_SECONDS = 60.0  # per connect or read, not for the whole transfer
 
 
 async def download_blob(server_url: str, token: str | None, sha256: str,
-                        destination: Path) -> None:
+                        destination: Path, verify: ssl.SSLContext | None = None) -> None:
     """GET {server_url}/api/v1/blobs/{sha256} into `destination`; StagingError if it fails."""
     import httpx
 
@@ -25,7 +26,7 @@ async def download_blob(server_url: str, token: str | None, sha256: str,
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     digest = hashlib.sha256()
     try:
-        async with httpx.AsyncClient(timeout=_TIMEOUT_SECONDS) as client, \
+        async with httpx.AsyncClient(timeout=_TIMEOUT_SECONDS, verify=verify or True) as client, \
                 client.stream("GET", url, headers=headers) as response:
             if response.status_code != 200:
                 raise StagingError(f"the server answered {response.status_code} for blob "
