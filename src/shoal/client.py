@@ -440,7 +440,10 @@ def _describe(exc: httpx.TransportError) -> str:
                 .strip(" )") + "); use the connection string `shoal server` printed, "
                 "which pins its CA")
     if "WRONG_VERSION_NUMBER" in text or "RECORD_LAYER_FAILURE" in text:
-        return "it does not speak TLS there; is the URL http:// rather than https://?"
+        return "it does not speak TLS there; is the URL https:// rather than http://?"
+    if "disconnected without sending a response" in text:
+        return (f"{text.rstrip('.')}; a shoal server speaks TLS unless started with "
+                "--insecure-http: use https:// or its connection string")
     return text
 
 

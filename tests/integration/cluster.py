@@ -40,6 +40,7 @@ class Cluster:
         self.log_dir = log_dir
         self.server: subprocess.Popen[bytes] | None = None
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.ca_file: Path | None = None  # trust this CA rather than the server's own
         self.env = {**os.environ, "SHOAL_HOME": str(home), "PYTHONUNBUFFERED": "1"}
         self.env.pop("SHOAL_SERVER", None)
         self.env.pop("SHOAL_TOKEN", None)
@@ -111,7 +112,7 @@ class Cluster:
     @property
     def tls(self) -> ssl.SSLContext | bool:
         """What verifies the server's certificate: its own CA, as the connection file says."""
-        ca_file = self.connection.get("ca_file")
+        ca_file = self.ca_file or self.connection.get("ca_file")
         return client_context(Path(ca_file).read_bytes()) if ca_file else True
 
     @property

@@ -74,7 +74,8 @@ def test_backup_is_consistent_and_a_server_starts_on_it(cluster: Cluster,
     for job_id in ids:
         cluster.wait_state(job_id, "done")
     headers = {"Authorization": f"Bearer {cluster.connection['admin_token']}"}
-    response = httpx.get(f"{cluster.url}/api/v1/server/backup", verify=cluster.tls, headers=headers, timeout=30)
+    response = httpx.get(f"{cluster.url}/api/v1/server/backup",
+                         verify=cluster.tls, headers=headers, timeout=30)
     assert response.status_code == 200
     restored_home = tmp_path / "restored"
     restored_home.mkdir()
@@ -91,7 +92,8 @@ def test_backup_is_consistent_and_a_server_starts_on_it(cluster: Cluster,
     finally:
         restored.stop()
     worker_headers = {"Authorization": f"Bearer {cluster.connection['worker_token']}"}
-    refused = httpx.get(f"{cluster.url}/api/v1/server/backup", verify=cluster.tls, headers=worker_headers)
+    refused = httpx.get(f"{cluster.url}/api/v1/server/backup",
+                        verify=cluster.tls, headers=worker_headers)
     assert refused.status_code == 403
 
 
@@ -123,7 +125,8 @@ def test_a_full_disk_refuses_adds_with_503_and_recovers(small_disk: Path,
                 pass
         headers = {"Authorization": f"Bearer {cluster.connection['admin_token']}"}
         body = {"jobs": [{"cmd": f"echo {'x' * 200} {i}", "cwd": "/tmp"} for i in range(3000)]}
-        refused = httpx.post(f"{cluster.url}/api/v1/jobs", verify=cluster.tls, json=body, headers=headers,
+        refused = httpx.post(f"{cluster.url}/api/v1/jobs",
+                             verify=cluster.tls, json=body, headers=headers,
                              timeout=30)
         assert refused.status_code == 503
         error = refused.json()["error"]
@@ -131,7 +134,8 @@ def test_a_full_disk_refuses_adds_with_503_and_recovers(small_disk: Path,
         assert cluster.server is not None and cluster.server.poll() is None
         assert cluster.api("GET", "/status")["totals"] == {"queued": 10}  # nothing half-added
         os.unlink(filler)
-        accepted = httpx.post(f"{cluster.url}/api/v1/jobs", verify=cluster.tls, json=body, headers=headers,
+        accepted = httpx.post(f"{cluster.url}/api/v1/jobs",
+                              verify=cluster.tls, json=body, headers=headers,
                               timeout=30)
         assert accepted.status_code == 201
         assert cluster.api("GET", "/status")["totals"] == {"queued": 3010}

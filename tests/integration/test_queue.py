@@ -132,7 +132,8 @@ def test_bad_input_adds_nothing(cluster: Cluster, tmp_path: Path) -> None:
     headers = {"Authorization": f"Bearer {cluster.connection['admin_token']}"}
     for body in (b"{not json", b'{"jobs": [{"cmd": ""}]}', b'{"jobs": [{"cmd": "x", "cwd": "/",'
                  b' "priority": "high"}]}', b'{"jobs": "x"}'):
-        response = httpx.post(f"{cluster.url}/api/v1/jobs", verify=cluster.tls, content=body, headers={
+        response = httpx.post(f"{cluster.url}/api/v1/jobs",
+                              verify=cluster.tls, content=body, headers={
             **headers, "content-type": "application/json"})
         assert response.status_code == 400, body
         assert set(response.json()["error"]) == {"code", "message"}
@@ -151,7 +152,8 @@ def test_tokens_are_required_and_workers_only_use_their_channel(cluster: Cluster
         anonymous = httpx.get(f"{url}/api/v1{path}", verify=cluster.tls)
         assert anonymous.status_code == 401
         assert anonymous.json()["error"]["code"] == "unauthorized"
-        wrong = httpx.get(f"{url}/api/v1{path}", verify=cluster.tls, headers={"Authorization": "Bearer nope"})
+        wrong = httpx.get(f"{url}/api/v1{path}",
+                          verify=cluster.tls, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
         as_worker = httpx.get(f"{url}/api/v1{path}", verify=cluster.tls, headers={
             "Authorization": f"Bearer {cluster.connection['worker_token']}"})

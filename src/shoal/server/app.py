@@ -17,8 +17,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from shoal import __version__
 from shoal.core.errors import (
@@ -40,13 +41,13 @@ from shoal.server import api, sessions
 from shoal.server.auth import TokenBook
 from shoal.server.blobs import BlobStore
 from shoal.server.ensembles import EnsembleRunner
+from shoal.server.guard import GuardConfig, GuardMiddleware, guard_listener, uvicorn_options
 from shoal.server.permissions import Forbidden
 from shoal.server.reactor import ReactorConfig
 from shoal.server.service import Service
 from shoal.store import Store
 
 log = logging.getLogger("shoal.server")
-MAX_BODY_BYTES = 512 * 1024 * 1024
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -79,7 +80,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def create_app(service: Service, tokens: TokenBook, blobs: BlobStore | None = None,
-               ca_pem: bytes | None = None) -> FastAPI:
+               ca_pem: bytes | None = None, guard: GuardConfig | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await service.start()
@@ -99,13 +100,6 @@ def create_app(service: Service, tokens: TokenBook, blobs: BlobStore | None = No
     app.include_router(api.router)
     app.add_api_websocket_route("/api/v1/worker", sessions.worker_session)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return _error(413, "too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
-        return await call_next(request)
-
     @app.exception_handler(ShoalError)
     async def shoal_error(_request: Request, exc: ShoalError) -> JSONResponse:
         status, code = _status_of(exc)
@@ -120,11 +114,18 @@ def create_app(service: Service, tokens: TokenBook, blobs: BlobStore | None = No
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
         return _error(exc.status_code, code, str(exc.detail))
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_left(_request: Request, _exc: ClientDisconnect) -> Response:
+        return Response(status_code=400)  # never seen: the client left, or the guard answered
+
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
         return _error(500, "internal", "internal error; see the server log")
 
+    # Outermost: sizes, slow bodies and request rates are checked before anything else runs.
+    app.add_middleware(GuardMiddleware, config=guard,
+                       known_token=lambda token: tokens.role_of(token) is not None)
     return app
 
 
@@ -220,7 +221,10 @@ class _Certificates:
                         "reloads it when the file changes)", self.cert_file, left)
 
     def refresh(self, context: ssl.SSLContext) -> None:
-        """Called every minute: new handshakes get the renewed certificate."""
+        """Called every minute, off the event loop (finding the host's names may wait on
+        DNS): new handshakes get the renewed certificate, open connections keep theirs."""
+        from shoal.tls import reload_server_context
+
         try:
             if self.ca_pem is not None:
                 if not self._ensure().renewed:
@@ -233,8 +237,8 @@ class _Certificates:
                 self._stamp = stamp
                 log.info("server certificate files changed; reloading them")
                 self._warn_if_expiring()
-            context.load_cert_chain(self.cert_file, self.key_file)
-        except (OSError, ssl.SSLError, ValueError) as exc:
+            reload_server_context(context, self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError, ValueError, ShoalError) as exc:
             log.error("cannot renew or reload the server certificate: %s", exc)
 
 
@@ -258,8 +262,11 @@ def serve(home: Path, host: str, port: int, config: ReactorConfig | None = None,
     store = Store(home / DATABASE_FILE)
     tokens = TokenBook(store)
     admin_token, worker_token = tokens.ensure_default_tokens(home)
+    guard = GuardConfig()
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
+    if certificates is not None:  # count TLS sockets from accept, before their handshake
+        sock = guard_listener(sock, guard)
     scheme = "http" if certificates is None else "https"
     local_host = ("127.0.0.1" if ":" not in bound_host else "::1") \
         if _is_wildcard(bound_host) else bound_host
@@ -276,12 +283,13 @@ def serve(home: Path, host: str, port: int, config: ReactorConfig | None = None,
     _announce(home, url, join, certificates is None)
     ssl_options: dict[str, Any] = {} if certificates is None else {
         "ssl_certfile": str(certificates.cert_file), "ssl_keyfile": str(certificates.key_file)}
-    app = create_app(service, tokens, ca_pem=certificates.ca_pem if certificates else None)
+    app = create_app(service, tokens, ca_pem=certificates.ca_pem if certificates else None,
+                     guard=guard)
     app.state.ca_fingerprint = fingerprint
     app.state.advertised_url = f"{scheme}://{_show(advertised)}:{bound_port}"
     server = uvicorn.Server(uvicorn.Config(
-        app, log_level="warning", access_log=False, ws_max_size=16 * 1024 * 1024,
-        timeout_graceful_shutdown=5, **ssl_options,
+        app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+        **ssl_options, **uvicorn_options(guard),
     ))
     service.request_shutdown = lambda: setattr(server, "should_exit", True)
 
@@ -302,7 +310,7 @@ async def _keep_certificate(server: Any, certificates: _Certificates | None) -> 
         await asyncio.sleep(CERTIFICATE_CHECK_SECONDS)
         context = getattr(server.config, "ssl", None)
         if context is not None:
-            certificates.refresh(context)
+            await asyncio.to_thread(certificates.refresh, context)
 
 
 def _announce(home: Path, url: str, join: str, insecure: bool) -> None:

@@ -95,4 +95,4 @@ async def principal(request: Request) -> Principal:
 
 
 def _a(role: str) -> str:
-    return f"an {role}" if role[0] in "aeiou" else f"a {role}"
+    return f"an {role}" if role == ADMIN else f"a {role}"
