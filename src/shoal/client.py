@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,9 @@ ADD_SECONDS_PER_JOB = 0.0002
 # The server copies the whole database before it sends the first byte of a backup.
 BACKUP_WAIT_SECONDS = 3600.0
 SQLITE_HEADER = b"SQLite format 3\x00"
+# A request refused for its rate (429) is sent again after the server's Retry-After.
+RATE_LIMITED_RETRIES = 3
+MAX_RETRY_AFTER_SECONDS = 5.0
 UPLOAD_CHUNK_BYTES = 1 << 20
 
 _ERROR_BY_STATUS: dict[int, type[ShoalError]] = {
@@ -51,8 +55,10 @@ _ERROR_BY_STATUS: dict[int, type[ShoalError]] = {
     403: AuthError,
     404: NotFound,
     409: Conflict,
+    408: InputError,
     413: InputError,
     422: InputError,
+    431: InputError,
     503: StoreUnavailable,
 }
 
@@ -322,14 +328,20 @@ class Client:
 
     def _request(self, method: str, path: str, *, timeout: float | None = None,
                  **kwargs: Any) -> Any:
-        try:
-            response = self._http.request(
-                method, path, timeout=self.timeout if timeout is None else timeout, **kwargs
-            )
-        except httpx.TransportError as exc:  # connect, timeout, protocol and network errors
-            raise ConnectError(f"cannot reach the server at {self.url}: {_describe(exc)}") from None
-        except httpx.InvalidURL as exc:
-            raise ConnectError(f"cannot reach the server at {self.url}: {exc}") from None
+        for attempt in range(RATE_LIMITED_RETRIES + 1):
+            try:
+                response = self._http.request(
+                    method, path, timeout=self.timeout if timeout is None else timeout, **kwargs
+                )
+            except httpx.TransportError as exc:  # connect, timeout, protocol, network errors
+                raise ConnectError(
+                    f"cannot reach the server at {self.url}: {_describe(exc)}") from None
+            except httpx.InvalidURL as exc:
+                raise ConnectError(f"cannot reach the server at {self.url}: {exc}") from None
+            # A request refused for its rate was not looked at: it is safe to send again.
+            if response.status_code != 429 or attempt == RATE_LIMITED_RETRIES:
+                break
+            time.sleep(_retry_after(response))
         if response.is_success:
             try:
                 return response.json()
@@ -338,6 +350,14 @@ class Client:
                     f"the server at {self.url} sent a reply that is not JSON"
                 ) from None
         raise error_from_response(response.status_code, response.content)
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        wanted = float(response.headers.get("retry-after", "1"))
+    except ValueError:
+        wanted = 1.0
+    return min(max(wanted, 0.05), MAX_RETRY_AFTER_SECONDS)
 
 
 def error_from_response(status_code: int, body: bytes) -> ShoalError:
