@@ -29,6 +29,8 @@ import psutil
 from common import replace_section
 from throughput import machine
 
+from shoal.tls import client_context
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "recovery.json"
 DOCS = ROOT / "docs" / "reliability.md"
@@ -139,6 +141,9 @@ class Cluster:
                     time.sleep(POLL_S)
                     continue
                 self.url = str(self.connection()["url"])
+                # The server's own CA, kept in its home across restarts.
+                ca_pem = Path(self.connection()["ca_file"]).read_bytes()
+                self.http = httpx.Client(timeout=60, verify=client_context(ca_pem))
             try:  # the socket listens before the state is loaded: this waits for the answer
                 if self.http.get(f"{self.url}/api/v1/version").status_code == 200:
                     return time.perf_counter()
