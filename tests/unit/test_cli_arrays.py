@@ -255,5 +255,4 @@ def test_bad_lines_are_named(tmp_path: Path, closed_port_url: str,
     assert main(["--server", closed_port_url, "add", "--each-line", str(too_long),
                  "cat {}"]) == 2
     assert capsys.readouterr().err == (
-        "shoal: --each-line: item 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx': "
-        "CMD: command is longer than 131072 bytes\n")
+        f"shoal: --each-line: {too_long}: line 2 is longer than 65536 bytes\n")

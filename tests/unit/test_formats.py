@@ -169,8 +169,8 @@ BAD = [
     ("lines", "echo a\n \x00\nx\n", 'jobs.txt:2: field "cmd": command contains a NUL byte'),
     (
         "lines",
-        "ok\n" + "x" * (128 * 1024 + 1),
-        'jobs.txt:2: field "cmd": command is longer than 131072 bytes',
+        "ok\n" + "x" * (64 * 1024 + 1),
+        'jobs.txt:2: field "cmd": command is longer than 65536 bytes',
     ),
     (
         "wr",
@@ -236,7 +236,7 @@ BAD = [
     (
         "wr",
         'a\t{"memory": "' + "9" * 400 + 'G"}',
-        'jobs.txt:1: option "memory": "' + "9" * 36 + "... is too large",
+        "jobs.txt:1: option \"memory\": memory size '" + "9" * 40 + "'... is too large",
     ),
     (
         "wr",
@@ -259,10 +259,10 @@ BAD = [
     (
         "wr",
         'a\t{"env": "A=1"}',
-        'jobs.txt:1: option "env" should be an array of strings, not "A=1"',
+        'jobs.txt:1: option "env" should be an array of strings, not a string',
     ),
-    ("wr", 'a\t{"env": ["A"]}', 'jobs.txt:1: option "env": "A" is not of the form "KEY=VALUE"'),
-    ("wr", 'a\t{"env": ["=1"]}', 'jobs.txt:1: option "env": "=1" is not of the form "KEY=VALUE"'),
+    ("wr", 'a\t{"env": ["A"]}', 'jobs.txt:1: option "env": item 1 is not of the form "KEY=VALUE"'),
+    ("wr", 'a\t{"env": ["=1"]}', 'jobs.txt:1: option "env": item 1 is not of the form "KEY=VALUE"'),
     (
         "wr",
         'a\t{"rep_grp": "a b"}',

@@ -50,6 +50,9 @@ class World:
             if entry.to_state is S.DONE:
                 self.done_accepted[entry.job_id] = self.done_accepted.get(entry.job_id, 0) + 1
         by_session = {host.session: host for host in self.hosts.values() if host.session}
+        for session in effects.disconnect:  # the server closes the link of an expired lease
+            if session in by_session:
+                by_session.pop(session).session = None
         for session, messages in effects.messages().items():
             host = by_session.get(session)
             if host is None:
@@ -136,10 +139,11 @@ def test_leases_and_reconciliation(script: list[tuple[str, int]]) -> None:
     world = World(reactor, {name: Host() for name in NAMES})
     for action, which in script:
         world.step(action, which)
-    # Settle: everyone back, time passes, every live attempt finishes well.
-    for which in range(3):
-        world.step("join", which)
+    # Settle: everyone back (again, if the server dropped them for silence), time passes,
+    # every live attempt finishes well.
     for _ in range(40):
+        for which in range(3):
+            world.step("join", which)
         world.step("tick", 0)
         for which in range(3):
             while world.hosts[NAMES[which]].live:

@@ -3,9 +3,10 @@
     shoal add --array 1-100 'simulate --seed {}'        # items are the numbers 1..100
     shoal add --each-line samples.txt 'align {}.fq'     # items are the lines of a file
 
-Each item makes one job: every `{}` of the command (and of the name) is replaced by the item,
-and the job's env gets SHOAL_ARRAY_INDEX and SHOAL_ARRAY_ITEM. Everything here is pure and
-raises ValueError with a message the caller prefixes with the option's name.
+Each item makes one job: every `{}` of the command (and of the name, control characters
+escaped) is replaced by the item, and the job's env gets SHOAL_ARRAY_INDEX and SHOAL_ARRAY_ITEM.
+Everything here is pure and raises ValueError with a message the caller prefixes with the
+option's name.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from shoal.core.models import MAX_ENV_VALUE_BYTES
+
 PLACEHOLDER = "{}"
 MAX_ARRAY_ITEMS = 1_000_000
 INDEX_VARIABLE = "SHOAL_ARRAY_INDEX"
 ITEM_VARIABLE = "SHOAL_ARRAY_ITEM"
 
-# Slurm's --array syntax, less the % throttle: N, A-B, A-B:STEP, joined by commas.
-_ARRAY_ENTRY = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")
+# Slurm's --array syntax, less the % throttle: N, A-B, A-B:STEP, joined by commas. ASCII digits,
+# at most 18: every index fits a 64-bit integer, and int() never meets its digit limit.
+_ARRAY_ENTRY = re.compile(r"^([0-9]{1,18})(?:-([0-9]{1,18})(?::([0-9]{1,18}))?)?$")
 _THROTTLE_CAP = re.compile(r"%(\d+)$")
 _SPEC_EXAMPLES = "examples: 1-100, 1-100:10, 1,5,9, 1-3,7"
 _TOO_MANY = f"more than {MAX_ARRAY_ITEMS:,} items; split them into several adds"
@@ -83,6 +87,11 @@ def items_from_lines(text: str) -> list[ArrayItem]:
             continue
         if "\x00" in line:
             raise ValueError(f"line {number} contains a NUL byte")
+        # Each item is also the value of SHOAL_ARRAY_ITEM. Bytes are counted (by encoding)
+        # only for a line with enough characters to be too long.
+        if (len(line) > MAX_ENV_VALUE_BYTES // 4
+                and len(line.encode(errors="surrogatepass")) > MAX_ENV_VALUE_BYTES):
+            raise ValueError(f"line {number} is longer than {MAX_ENV_VALUE_BYTES} bytes")
         if len(items) == MAX_ARRAY_ITEMS:
             raise ValueError(_TOO_MANY)
         items.append((len(items), line))
@@ -108,6 +117,14 @@ def expand(fields: Mapping[str, Any], items: Sequence[ArrayItem]) -> list[dict[s
         }
         if name_varies:
             assert name is not None
-            job["name"] = name.replace(PLACEHOLDER, item)
+            job["name"] = name.replace(PLACEHOLDER, _printable(item))
         jobs.append(job)
     return jobs
+
+
+def _printable(item: str) -> str:
+    """An item as a name can hold it: a TAB or other control character written as an escape
+    (\\t), since names are one printable line. The command and env get the item as it is."""
+    if item.isprintable():
+        return item
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in item)

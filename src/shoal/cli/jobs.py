@@ -137,7 +137,7 @@ def parse_env(assignments: list[str]) -> dict[str, str]:
                 raise InputError(f"--env: {key!r} has no '=' and is not set here")
             value = os.environ[key]
         if not key:
-            raise InputError(f"--env: {assignment!r} has no variable name")
+            raise InputError("--env: an assignment has no variable name (expected NAME=VALUE)")
         env[key] = value
     return env
 

@@ -7,15 +7,42 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
-MAX_CMD_BYTES = 128 * 1024
-MAX_ENV_ITEMS = 512
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.:@+-]{1,128}$")
+# --- limits on what a client can submit (docs cite these names) ---------------------------
+# A command and each env entry reach execve as one string each, which Linux caps at 128 KiB
+# (MAX_ARG_STRLEN), and all of them together at about 2 MiB (ARG_MAX, which the worker's own
+# environment shares): these limits stay well inside both.
+MAX_COMMAND_BYTES = 64 * 1024  # UTF-8 bytes
+MAX_ENV_ENTRIES = 1024
+MAX_ENV_NAME_CHARS = 256
+MAX_ENV_VALUE_BYTES = 64 * 1024  # UTF-8 bytes, each value
+MAX_ENV_BYTES = 1024 * 1024  # UTF-8 bytes, all names and values together
+MAX_PATH_CHARS = 4096  # cwd and file paths (Linux's PATH_MAX)
+MAX_NAME_CHARS = 256  # a job's name, req_group and on_worker
+MAX_GROUP_CHARS = 128  # group, dependency group, limit and resource names
+MAX_DEPENDENCIES = 10_000  # each of after and after_any; group:NAME covers more
+MAX_LIMITS = 64
+MAX_RESOURCES = 64
+MAX_FILES = 100_000  # files and directories laid out for one job
+MAX_INT64 = 2**63 - 1  # what the store's INTEGER columns hold
+MAX_LINE_BYTES = 2 * 1024 * 1024  # one line of an input file: room for a wr line with a full env
+
+_GROUP_CHARS = r"[A-Za-z0-9_.:@+-]"
+_NAME_RE = re.compile(rf"^{_GROUP_CHARS}{{1,{MAX_GROUP_CHARS}}}$")
+_ENV_NAME_RE = re.compile(rf"^[!-<>-~]{{1,{MAX_ENV_NAME_CHARS}}}$")  # printable ASCII but '='
 _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?\s*$", re.IGNORECASE)
 _MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
-DEPENDENCY_RE = re.compile(r"^(\d+|group:[A-Za-z0-9_.:@+-]{1,128})$")
-LIMIT_RE = re.compile(r"^[A-Za-z0-9_.@+-]{1,128}(:\d{1,9})?$")
+DEPENDENCY_RE = re.compile(rf"^(\d{{1,18}}|group:{_GROUP_CHARS}{{1,{MAX_GROUP_CHARS}}})$")
+LIMIT_RE = re.compile(rf"^[A-Za-z0-9_.@+-]{{1,{MAX_GROUP_CHARS}}}(:\d{{1,9}})?$")
 RESERVED_RESOURCES = frozenset({"cores", "memory", "gpus"})
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -45,10 +72,13 @@ def parse_memory(text: str | int) -> int:
         return text * 1024**2
     match = _MEMORY_RE.match(text)
     if not match:
-        raise ValueError(f"not a memory size: {text!r} (examples: 512M, 8G)")
+        raise ValueError(f"not a memory size: {shown(text)} (examples: 512M, 8G)")
     number, unit = match.groups()
     multiplier = _MEMORY_UNITS[unit.lower()] if unit else 1024**2
-    return int(float(number) * multiplier)
+    size = float(number) * multiplier
+    if size == float("inf"):  # hundreds of digits: int() would raise OverflowError
+        raise ValueError(f"memory size {shown(text)} is too large")
+    return int(size)
 
 
 def parse_duration(text: str | float) -> float:
@@ -62,13 +92,89 @@ def parse_duration(text: str | float) -> float:
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s|d)", text.strip().lower())
     if parts and "".join(n + u for n, u in parts) == text.strip().lower():
         return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
-    raise ValueError(f"not a duration: {text!r} (examples: 90s, 30m, 1h30m)")
+    raise ValueError(f"not a duration: {shown(text)} (examples: 90s, 30m, 1h30m)")
+
+
+# --- checks shared by every model that takes a command, an env or a name ------------------
+# They raise PydanticCustomError so that the message is exactly what the user sees, without
+# pydantic's "Value error, " prefix. None of them quotes an env value: those hold secrets.
+
+
+def invalid(message: str) -> PydanticCustomError:
+    return PydanticCustomError("value_error", message)
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """`text` quoted for a one-line message, cut to `limit` characters."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+def utf8_size(text: str, what: str) -> int:
+    """The UTF-8 size of `text`, refusing what no process or file can hold: NUL, lone surrogates."""
+    if "\x00" in text:
+        raise invalid(f"{what} contains a NUL byte")
+    if text.isascii():
+        return len(text)
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        raise invalid(f"{what} is not valid Unicode (a lone surrogate)") from None
+
+
+def check_command(value: str) -> str:
+    if not value.strip():
+        raise invalid("command is empty")
+    if utf8_size(value, "command") > MAX_COMMAND_BYTES:
+        raise invalid(f"command is longer than {MAX_COMMAND_BYTES} bytes")
+    return value
+
+
+def check_env(env: dict[str, str]) -> dict[str, str]:
+    if len(env) > MAX_ENV_ENTRIES:
+        raise invalid(f"more than {MAX_ENV_ENTRIES} environment variables")
+    total = 0
+    for name, value in env.items():
+        if not _ENV_NAME_RE.match(name):
+            raise invalid(f"bad environment variable name {shown(name)}: 1-{MAX_ENV_NAME_CHARS} "
+                          "printable ASCII characters, no '=' or space")
+        size = utf8_size(value, f"the value of {name}")
+        if size > MAX_ENV_VALUE_BYTES:
+            raise invalid(f"the value of {name} is longer than {MAX_ENV_VALUE_BYTES} bytes")
+        total += len(name) + size
+    if total > MAX_ENV_BYTES:
+        raise invalid(f"the environment is larger than {MAX_ENV_BYTES} bytes in all")
+    return env
+
+
+def check_path(value: str, what: str) -> str:
+    utf8_size(value, what)
+    if len(value) > MAX_PATH_CHARS:
+        raise invalid(f"{what} is longer than {MAX_PATH_CHARS} characters")
+    return value
+
+
+def check_label(value: str, what: str, limit: int = MAX_NAME_CHARS) -> str:
+    """A free-form name shown in listings: bounded and printable, so it cannot forge lines."""
+    if len(value) > limit:
+        raise invalid(f"{what} is longer than {limit} characters")
+    if not value.isprintable():
+        raise invalid(f"{what} must be printable: no control characters such as TAB or newline")
+    return value
+
+
+def check_count(items: Any, limit: int, noun: str) -> None:
+    if len(items) > limit:
+        raise invalid(f"more than {limit} {noun}")
+
+
+_LABELS = {"name": "the name", "req_group": "the requirements group", "on_worker": "the worker"}
 
 
 class JobSpec(BaseModel):
     """One job as a user asks for it. Unknown fields are refused, so typos surface."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Inputs stay out of str(ValidationError): an env value there would leak a secret.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     cmd: str = Field(min_length=1)
     cwd: str | None = None
@@ -78,9 +184,9 @@ class JobSpec(BaseModel):
     priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
     retries: int = Field(default=0, ge=0, le=1000)
     cores: int = Field(default=1, ge=1, le=100_000)
-    memory_bytes: int = Field(default=0, ge=0)
-    time_seconds: float | None = Field(default=None, gt=0)
-    time_limit_seconds: float | None = Field(default=None, gt=0)
+    memory_bytes: int = Field(default=0, ge=0, le=MAX_INT64)
+    time_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    time_limit_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     gpus: int = Field(default=0, ge=0, le=1024)
     resources: dict[str, int] = Field(default_factory=dict)
     req_group: str | None = None
@@ -97,56 +203,84 @@ class JobSpec(BaseModel):
     @field_validator("cmd")
     @classmethod
     def _cmd_size(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("command is empty")
-        if len(value.encode()) > MAX_CMD_BYTES:
-            raise ValueError(f"command is longer than {MAX_CMD_BYTES} bytes")
-        if "\x00" in value:
-            raise ValueError("command contains a NUL byte")
+        return check_command(value)
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd(cls, value: str | None) -> str | None:
+        return value if value is None else check_path(value, "the directory")
+
+    @field_validator("name", "req_group", "on_worker")
+    @classmethod
+    def _label(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            what = _LABELS[info.field_name or ""]
+            utf8_size(value, what)
+            check_label(value, what)
         return value
 
     @field_validator("group")
     @classmethod
     def _group_name(cls, value: str) -> str:
         if not _NAME_RE.match(value):
-            raise ValueError("group names are 1-128 characters of letters, digits and _.:@+-")
+            raise invalid(f"group names are 1-{MAX_GROUP_CHARS} characters of letters, digits "
+                          "and _.:@+-")
         return value
 
     @field_validator("env")
     @classmethod
     def _env_shape(cls, value: dict[str, str]) -> dict[str, str]:
-        if len(value) > MAX_ENV_ITEMS:
-            raise ValueError(f"more than {MAX_ENV_ITEMS} environment variables")
-        for key in value:
-            if not key or "=" in key or "\x00" in key:
-                raise ValueError(f"bad environment variable name {key!r}")
-        return value
+        return check_env(value)
 
     @field_validator("resources")
     @classmethod
     def _resource_names(cls, value: dict[str, int]) -> dict[str, int]:
+        check_count(value, MAX_RESOURCES, "resources")
         for name, amount in value.items():
             if not _NAME_RE.match(name) or name in RESERVED_RESOURCES:
-                raise ValueError(f"bad resource name {name!r}")
+                raise invalid(f"bad resource name {shown(name)}")
             if amount < 1:
-                raise ValueError(f"resource {name}: amount must be at least 1")
+                raise invalid(f"resource {name}: amount must be at least 1")
+            if amount > MAX_INT64:
+                raise invalid(f"resource {name}: amount must be at most {MAX_INT64}")
         return value
 
     @field_validator("after", "after_any")
     @classmethod
     def _dependency_shape(cls, value: list[str]) -> list[str]:
+        check_count(value, MAX_DEPENDENCIES, "dependencies")
         for entry in value:
             if not DEPENDENCY_RE.match(entry):
-                raise ValueError(f"{entry!r} is neither a job id nor group:NAME")
+                raise invalid(f"{shown(entry)} is neither a job id nor group:NAME")
         return value
 
     @field_validator("limits")
     @classmethod
     def _limit_shape(cls, value: list[str]) -> list[str]:
+        check_count(value, MAX_LIMITS, "limits")
         for entry in value:
             if not LIMIT_RE.match(entry):
-                raise ValueError(f"{entry!r} is not a limit name (NAME, or NAME:N to set its cap)")
+                raise invalid(f"{shown(entry)} is not a limit name (NAME, or NAME:N to set its "
+                              "cap)")
         return value
+
+    @field_validator("files")
+    @classmethod
+    def _file_entries(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # Checked here, where the client can be told, rather than when it reaches a worker.
+        from shoal.core.protocol import FileEntry
+
+        check_count(value, MAX_FILES, "files")
+        entries = []
+        for index, entry in enumerate(value):
+            try:
+                entries.append(FileEntry.model_validate(entry).model_dump())
+            except ValidationError as error:
+                first = error.errors(include_url=False)[0]
+                where = ".".join(str(part) for part in first["loc"])
+                message = str(first["msg"]).removeprefix("Value error, ")
+                raise invalid(f"entry {index}{'.' + where if where else ''}: {message}") from None
+        return entries
 
     @property
     def key(self) -> tuple[str, str]:
@@ -215,6 +349,7 @@ class Job:
             "cmd": self.cmd,
             "cwd": self.cwd,
             "env": sorted(self.env),
+            "owner": self.owner,
             "group": self.group,
             "priority": self.priority,
             "retries": self.retries,

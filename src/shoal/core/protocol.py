@@ -4,25 +4,37 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from shoal.core.errors import ProtocolError
+from shoal.core.models import MAX_INT64, MAX_PATH_CHARS, check_path
 
 PROTOCOL_VERSION = 1
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # UTF-8 bytes of one message, either way
+MAX_PROTOCOL_ERROR_CHARS = 200  # of a message's text quoted in a ProtocolError
+
+# Numbers a peer sends are bounded: ids and sizes end up in SQLite's 64-bit INTEGER columns,
+# times in arithmetic where NaN or infinity would poison every comparison.
+Id = Annotated[int, Field(ge=0, le=MAX_INT64)]
+Size = Annotated[int, Field(ge=0, le=MAX_INT64)]
+Pid = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Time = Annotated[float, Field(allow_inf_nan=False)]
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Label = Annotated[str, Field(max_length=256)]
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: an Assignment's env values are secrets, never in an error's text.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class Resources(_Message):
     """What a worker offers. GPUs are offered as items (their ids), named resources by amount."""
 
-    cores: int = Field(ge=0)
-    memory_bytes: int = Field(ge=0)
-    gpus: list[str] = Field(default_factory=list, max_length=1024)
-    custom: dict[str, int] = Field(default_factory=dict)
+    cores: int = Field(ge=0, le=1_000_000)
+    memory_bytes: Size
+    gpus: list[Label] = Field(default_factory=list, max_length=1024)
+    custom: dict[Label, Size] = Field(default_factory=dict, max_length=1024)
 
 
 # ---- worker -> server -------------------------------------------------------------------
@@ -31,20 +43,20 @@ class Resources(_Message):
 class RunningAttempt(_Message):
     """An attempt a (re)connecting worker is still running."""
 
-    job_id: int
-    lease_id: int
-    pid: int | None = None
-    started_at: float
-    gpus: list[str] = Field(default_factory=list)
+    job_id: Id
+    lease_id: Id
+    pid: Pid | None = None
+    started_at: Time
+    gpus: list[Label] = Field(default_factory=list, max_length=1024)
 
 
 class Register(_Message):
     type: Literal["register"] = "register"
-    protocol_version: int
+    protocol_version: Id
     name: str = Field(min_length=1, max_length=128)
     host: str = Field(max_length=255)
     resources: Resources
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[Label, Label] = Field(default_factory=dict, max_length=1024)
     running: list[RunningAttempt] = Field(default_factory=list)
 
 
@@ -59,10 +71,10 @@ class Stopping(_Message):
 
 
 class StartedItem(_Message):
-    job_id: int
-    lease_id: int
-    pid: int
-    started_at: float  # for a gated attempt: the instant the process itself passed the line
+    job_id: Id
+    lease_id: Id
+    pid: Pid
+    started_at: Time  # for a gated attempt: the instant the process itself passed the line
 
 
 class Started(_Message):
@@ -75,24 +87,24 @@ class Captured(_Message):
 
     head: str = ""
     tail: str = ""
-    total_bytes: int = 0
+    total_bytes: Size = 0
 
 
 Outcome = Literal["exited", "killed", "time_limit", "memory_limit", "spawn_error"]
 
 
 class AttemptResult(_Message):
-    job_id: int
-    lease_id: int
+    job_id: Id
+    lease_id: Id
     outcome: Outcome
-    exit_code: int | None = None
-    signal: int | None = None
-    pid: int | None = None
-    started_at: float
-    ended_at: float
-    wall_seconds: float
-    cpu_seconds: float
-    peak_rss_bytes: int
+    exit_code: Annotated[int, Field(ge=-(2**31), le=2**31 - 1)] | None = None
+    signal: Annotated[int, Field(ge=0, le=1024)] | None = None
+    pid: Pid | None = None
+    started_at: Time
+    ended_at: Time
+    wall_seconds: Seconds
+    cpu_seconds: Seconds
+    peak_rss_bytes: Size
     stdout: Captured = Captured()
     stderr: Captured = Captured()
     error: str | None = None
@@ -104,13 +116,13 @@ class Finished(_Message):
 
 
 class ReadyItem(_Message):
-    job_id: int
-    lease_id: int
-    pid: int
+    job_id: Id
+    lease_id: Id
+    pid: Pid
     cwd: str  # where it will run (the fresh directory, if one was made)
-    copied_files: int = 0
-    copied_bytes: int = 0
-    skipped_files: int = 0  # already there with the same size and SHA-256
+    copied_files: Size = 0
+    copied_bytes: Size = 0
+    skipped_files: Size = 0  # already there with the same size and SHA-256
 
 
 class Ready(_Message):
@@ -124,23 +136,23 @@ class TimeReply(_Message):
     """Answer to a TimeProbe: when it arrived and when this reply left, in the worker's clock."""
 
     type: Literal["time_reply"] = "time_reply"
-    probe_id: int
-    server_sent_at: float
-    worker_received_at: float
-    worker_replied_at: float
+    probe_id: Id
+    server_sent_at: Time
+    worker_received_at: Time
+    worker_replied_at: Time
 
 
 class OutputChunk(_Message):
     """Live output of a running attempt, answering a Peek."""
 
     type: Literal["output"] = "output"
-    request_id: int
-    lease_id: int
+    request_id: Id
+    lease_id: Id
     stream: Literal["stdout", "stderr"]
-    offset: int
+    offset: Size
     data: str
-    total_bytes: int
-    next_offset: int | None = None  # offset + bytes read (data may hold replacement characters)
+    total_bytes: Size
+    next_offset: Size | None = None  # offset + bytes read (data may hold replacement characters)
     found: bool = True
 
 
@@ -152,12 +164,12 @@ FromWorker = Annotated[Register | Heartbeat | Stopping | Started | Finished | Re
 
 class Welcome(_Message):
     type: Literal["welcome"] = "welcome"
-    protocol_version: int = PROTOCOL_VERSION
-    worker_id: int
-    heartbeat_seconds: float
+    protocol_version: Id = PROTOCOL_VERSION
+    worker_id: Id
+    heartbeat_seconds: float = Field(gt=0, allow_inf_nan=False)
     # How long after the worker's last message the server keeps its attempts for it
     # (lease timeout + lost grace). A worker cut off for longer must assume they are gone.
-    hold_seconds: float = 90.0
+    hold_seconds: Seconds = 90.0
 
 
 class Refused(_Message):
@@ -170,23 +182,24 @@ class FileEntry(_Message):
     under the component's base directory. Files are fetched by content from the server
     (GET /api/v1/blobs/SHA256) unless the worker already has that exact content there."""
 
-    path: str = Field(min_length=1, max_length=4096)
+    path: Annotated[str, Field(min_length=1, max_length=MAX_PATH_CHARS),
+                    AfterValidator(lambda path: check_path(path, "the path"))]
     kind: Literal["file", "dir"] = "file"
     mode: int = Field(default=0o644, ge=0, le=0o7777)
-    size: int = Field(default=0, ge=0)
+    size: Size = 0
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 class Assignment(_Message):
-    job_id: int
-    lease_id: int
+    job_id: Id
+    lease_id: Id
     cmd: str
     cwd: str
     env: dict[str, str]
-    cores: int
-    memory_bytes: int
-    gpus: list[str] = Field(default_factory=list)  # exactly these: CUDA_VISIBLE_DEVICES
-    time_limit_seconds: float | None = None
+    cores: int = Field(ge=0, le=1_000_000)
+    memory_bytes: Size
+    gpus: list[Label] = Field(default_factory=list)  # exactly these: CUDA_VISIBLE_DEVICES
+    time_limit_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     # Ensemble components: stage `files`, spawn the command held at a start line, report
     # Ready, and start only on Release. `cwd` empty with a gate: a fresh directory.
     gate: bool = False
@@ -205,8 +218,8 @@ class Assign(_Message):
 
 
 class KillOrder(_Message):
-    job_id: int
-    lease_id: int
+    job_id: Id
+    lease_id: Id
     reason: str
 
 
@@ -219,31 +232,31 @@ class Ack(_Message):
     """The server has durably recorded these finished attempts; the worker may forget them."""
 
     type: Literal["ack"] = "ack"
-    lease_ids: list[int]
+    lease_ids: list[Id]
 
 
 class Release(_Message):
     """Open the start line of these gated attempts at `at`, in the worker's own clock."""
 
     type: Literal["release"] = "release"
-    lease_ids: list[int]
-    at: float
+    lease_ids: list[Id]
+    at: Time
 
 
 class TimeProbe(_Message):
     type: Literal["time_probe"] = "time_probe"
-    probe_id: int
-    server_sent_at: float
+    probe_id: Id
+    server_sent_at: Time
 
 
 class Peek(_Message):
     """Ask for up to `limit` bytes of a running attempt's output from `offset`."""
 
     type: Literal["peek"] = "peek"
-    request_id: int
-    lease_id: int
+    request_id: Id
+    lease_id: Id
     stream: Literal["stdout", "stderr"]
-    offset: int = Field(ge=0)
+    offset: Size
     limit: int = Field(default=65536, ge=1, le=1 << 20)
 
 
@@ -259,20 +272,42 @@ def encode(message: _Message) -> str:
 
 
 def decode_from_worker(data: str | bytes) -> FromWorker:
+    """A message a worker sent, or ProtocolError: whatever the bytes, nothing else is raised."""
     try:
-        return _from_worker.validate_json(data)
+        return _from_worker.validate_json(_checked(data, "worker"))
     except ValidationError as exc:
         raise ProtocolError(f"bad message from worker: {_first_error(exc)}") from None
 
 
 def decode_to_worker(data: str | bytes) -> ToWorker:
+    """A message the server sent, or ProtocolError."""
     try:
-        return _to_worker.validate_json(data)
+        return _to_worker.validate_json(_checked(data, "server"))
     except ValidationError as exc:
         raise ProtocolError(f"bad message from server: {_first_error(exc)}") from None
 
 
+def _checked(data: str | bytes, sender: str) -> bytes:
+    """The message as UTF-8 bytes, within MAX_MESSAGE_BYTES."""
+    if isinstance(data, str):
+        if len(data) > MAX_MESSAGE_BYTES:  # cheap: never fewer bytes than characters
+            raise ProtocolError(f"bad message from {sender}: larger than {MAX_MESSAGE_BYTES} bytes")
+        try:
+            data = data.encode()
+        except UnicodeEncodeError:
+            raise ProtocolError(f"bad message from {sender}: not valid Unicode") from None
+    elif not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtocolError(f"bad message from {sender}: not text but {type(data).__name__}")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"bad message from {sender}: larger than {MAX_MESSAGE_BYTES} bytes")
+    return bytes(data)
+
+
 def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
+    """One line, and short: the message may quote what the peer sent, which is anything."""
+    err = exc.errors(include_url=False)[0]
     where = ".".join(str(p) for p in err.get("loc", ())) or "message"
-    return f"{where}: {err.get('msg', 'invalid')}"
+    text = f"{where}: {err.get('msg', 'invalid')}"
+    if len(text) > MAX_PROTOCOL_ERROR_CHARS:
+        text = text[:MAX_PROTOCOL_ERROR_CHARS] + "..."
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)

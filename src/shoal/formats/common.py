@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shoal.core.errors import InputError
-from shoal.core.models import JobSpec
+from shoal.core.models import MAX_LINE_BYTES, JobSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,3 +77,15 @@ class SpecBuilder:
 
     def error(self, message: str, line: int) -> InputError:
         return InputError(message, source=self.source, line=line)
+
+    def lines(self, text: str) -> Iterator[tuple[int, str]]:
+        """numbered_lines, refusing a line longer than MAX_LINE_BYTES before anything parses it."""
+        for number, line in numbered_lines(text):
+            # Characters first: counting bytes means encoding, needed only for long lines.
+            if len(line) > MAX_LINE_BYTES // 4 and utf8_length(line) > MAX_LINE_BYTES:
+                raise self.error(f"the line is longer than {MAX_LINE_BYTES} bytes", number)
+            yield number, line
+
+
+def utf8_length(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shoal.formats.common import ParsedJob, SpecBuilder, is_blank_or_comment, numbered_lines
+from shoal.formats.common import ParsedJob, SpecBuilder, is_blank_or_comment
 
 
 def parse_lines(text: str, builder: SpecBuilder) -> list[ParsedJob]:
@@ -12,7 +12,7 @@ def parse_lines(text: str, builder: SpecBuilder) -> list[ParsedJob]:
     one job, so line numbers and jobs always correspond.
     """
     jobs = []
-    for number, line in numbered_lines(text):
+    for number, line in builder.lines(text):
         if is_blank_or_comment(line):
             continue
         spec = builder.build({"cmd": line.strip()}, number)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from shoal.core.errors import InputError
-from shoal.formats.common import ParsedJob, SpecBuilder, is_blank_or_comment, numbered_lines
+from shoal.formats.common import ParsedJob, SpecBuilder, is_blank_or_comment
 
 STATE_CHARS = ".rd!e"  # new, running, done, failed, error
 _STATE_NAMES = {".": "new", "r": "running", "d": "done", "!": "failed", "e": "error"}
@@ -25,7 +25,7 @@ def parse_runmaker(text: str, builder: SpecBuilder, *, first_offset: int = 0) ->
     """first_offset is the byte offset at which text starts in the file (3 after a UTF-8 BOM)."""
     jobs = []
     line_offset = first_offset
-    for number, line in numbered_lines(text):
+    for number, line in builder.lines(text):
         offset = line_offset
         line_offset += len(line.encode()) + 1
         # runmaker4 treats a '#' or '/' in the first column as a comment.
@@ -52,6 +52,8 @@ def parse_runmaker(text: str, builder: SpecBuilder, *, first_offset: int = 0) ->
 
 def _unknown_state_message(state: str) -> str:
     known = ", ".join(f'"{char}" {name}' for char, name in _STATE_NAMES.items())
+    if not state.isprintable():  # an escape sequence must not reach the terminal as is
+        return f"state {state!a} is not known (known: {known})"
     if state == "?":
         return (
             'state "?" means a runmaker4 process was claiming this job when it stopped; '

@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any
 
-from shoal.formats.common import ParsedJob, SpecBuilder, is_blank_or_comment, numbered_lines
+from shoal.formats.common import ParsedJob, SpecBuilder, is_blank_or_comment
 from shoal.formats.wr_options import OptionError, map_options
 
 # A line that is only a JSON object starts '{"' (or is '{}'); a shell group command such as
@@ -20,7 +20,7 @@ JSON_ONLY_LINE = re.compile(r'\{\s*["}]')
 
 def parse_wr(text: str, builder: SpecBuilder) -> list[ParsedJob]:
     jobs = []
-    for number, line in numbered_lines(text):
+    for number, line in builder.lines(text):
         if is_blank_or_comment(line):
             continue
         jobs.append(_parse_line(line, number, builder))

@@ -161,9 +161,8 @@ def _req_grp(value: str, out: Mapped) -> None:
 def _limit_grps(value: list[str], out: Mapped) -> None:
     for name in value:
         if "<" in name:
-            raise OptionError(
-                f'option "limit_grps": time-window limit groups such as "{name}" are not supported'
-            )
+            raise OptionError(f'option "limit_grps": time-window limit groups such as '
+                              f"{_show(name)} are not supported")
         if not name:
             raise OptionError('option "limit_grps": a limit group name is empty')
     # Kept as written, including wr's optional ":N" suffix that sets the group's limit.
@@ -184,10 +183,10 @@ def _deps(value: list[str], out: Mapped) -> None:
 
 def _env(value: list[str], out: Mapped) -> None:
     env = {}
-    for item in value:
+    for number, item in enumerate(value, start=1):
         key, sep, setting = item.partition("=")
-        if not sep or not key:
-            raise OptionError(f'option "env": {json.dumps(item)} is not of the form "KEY=VALUE"')
+        if not sep or not key:  # the item is not quoted: it may hold a secret
+            raise OptionError(f'option "env": item {number} is not of the form "KEY=VALUE"')
         env[key] = setting
     out.set("env", "env", env)
 
@@ -205,7 +204,7 @@ def _check_group_name(option: str, name: str) -> None:
     problem = _group_name_problem(name)
     if problem:
         raise OptionError(
-            f'option "{option}": {json.dumps(name)} is not a usable group name: {problem}'
+            f'option "{option}": {_show(name)} is not a usable group name: {problem}'
         )
 
 
@@ -219,6 +218,7 @@ class WrOption:
     kind: Kind
     apply: Apply | None = None  # None: accepted and ignored
     refusal: str | None = None  # set: known but not supported, and ignoring it would be wrong
+    secret: bool = False  # never quote the value in a message
 
 
 MAPPED: dict[str, WrOption] = {
@@ -234,7 +234,7 @@ MAPPED: dict[str, WrOption] = {
     "limit_grps": WrOption(STRINGS, _limit_grps),
     "dep_grps": WrOption(STRINGS, _dep_grps),
     "deps": WrOption(STRINGS, _deps),
-    "env": WrOption(STRINGS, _env),
+    "env": WrOption(STRINGS, _env, secret=True),
 }
 
 IGNORED: dict[str, WrOption] = {
@@ -287,9 +287,8 @@ def map_options(options: Mapping[str, Any]) -> Mapped:
         if value is None or value == "" or value == []:
             continue
         if not option.kind.accepts(value):
-            raise OptionError(
-                f'option "{name}" should be {option.kind.description}, not {_show(value)}'
-            )
+            shown = _kind_of(value) if option.secret else _show(value)
+            raise OptionError(f'option "{name}" should be {option.kind.description}, not {shown}')
         if option.refusal:
             raise OptionError(f'option "{name}" is not supported; {option.refusal}')
         if option.apply:
@@ -311,7 +310,7 @@ def _join_dep_groups(out: Mapped) -> None:
     rep_group = out.fields.get("group")
     if rep_group is not None and rep_group != dep_group:
         raise OptionError(
-            f'options "rep_grp" ({json.dumps(rep_group)}) and "dep_grps" ({json.dumps(dep_group)}) '
+            f'options "rep_grp" ({_show(rep_group)}) and "dep_grps" ({_show(dep_group)}) '
             "differ; a shoal job has one group, used for reports and dependencies alike"
         )
     out.set("dep_grps", "group", dep_group)
@@ -320,9 +319,23 @@ def _join_dep_groups(out: Mapped) -> None:
 def _unknown_option_message(name: str) -> str:
     close = difflib.get_close_matches(name, OPTIONS, n=1)
     hint = f'did you mean "{close[0]}"? ' if close else ""
-    return f'option "{name}" is not known ({hint}known: {", ".join(OPTIONS)})'
+    return f'option {_show(name)} is not known ({hint}known: {", ".join(OPTIONS)})'
+
+
+def _kind_of(value: Any, inside: bool = False) -> str:
+    """What a value is, for a message that must not show it."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, list):
+        if inside:
+            return "an array"
+        odd = [item for item in value if not isinstance(item, str)]
+        return f"an array holding {_kind_of(odd[0], True)}" if odd else "an array"
+    return {str: "a string", int: "a number", float: "a number", dict: "an object"}.get(
+        type(value), "null")
 
 
 def _show(value: Any) -> str:
+    """A value from the file for a message: JSON, so on one line with anything odd escaped."""
     text = json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."

@@ -70,9 +70,16 @@ def _status_of(exc: ShoalError) -> tuple[int, str]:
     return 500, "internal"
 
 
+def _quoted_part(part: str, limit: int = 64) -> str:
+    shown = part.encode("unicode_escape").decode("ascii") if not part.isprintable() else part
+    return shown if len(shown) <= limit else shown[:limit] + "…"
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     first = exc.errors()[0]
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query")]
+    # Keys in the location come from the client (env and resource names): escaped and cut.
+    location = [_quoted_part(str(part)) for part in first.get("loc", ())
+                if part not in ("body", "query")]
     path = ""
     for part in location:
         path += f"[{part}]" if part.isdigit() else (f".{part}" if path else part)

@@ -6,7 +6,16 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from shoal.core.models import Job
-from shoal.core.protocol import Ack, Assign, Assignment, AttemptResult, Kill, KillOrder, ToWorker
+from shoal.core.protocol import (
+    MAX_MESSAGE_BYTES,
+    Ack,
+    Assign,
+    Assignment,
+    AttemptResult,
+    Kill,
+    KillOrder,
+    ToWorker,
+)
 from shoal.core.states import Transition
 from shoal.store import AttemptRow
 
@@ -40,8 +49,39 @@ class Effects:
         for worker_id, kills in self.kills.items():
             out[worker_id].append(Kill(items=kills))
         for worker_id, items in self.assignments.items():
-            out[worker_id].append(Assign(items=items))
+            out[worker_id].extend(Assign(items=batch) for batch in _batches(items))
         return out
+
+
+# An Assign must stay under the message limit the worker enforces, or the worker drops the
+# connection and the jobs never start: big jobs (a long env, many files) go in several.
+ASSIGN_BUDGET_BYTES = MAX_MESSAGE_BYTES // 2
+
+
+def encoded_bound(cmd: str, cwd: str, env: dict[str, str], file_paths: list[str],
+                  gpus: int = 0) -> int:
+    """An upper bound on an assignment's JSON size: a character takes at most 6 bytes
+    (\\u00XX), and every other field a bounded amount."""
+    chars = len(cmd) + len(cwd) + sum(len(k) + len(v) for k, v in env.items())
+    return 1024 + 6 * chars + sum(512 + 6 * len(path) for path in file_paths) + 256 * gpus
+
+
+def _encoded_bound(item: Assignment) -> int:
+    return encoded_bound(item.cmd, item.cwd, item.env, [f.path for f in item.files],
+                         len(item.gpus))
+
+
+def _batches(items: list[Assignment]) -> list[list[Assignment]]:
+    batches: list[list[Assignment]] = [[]]
+    used = 0
+    for item in items:
+        size = _encoded_bound(item)
+        if batches[-1] and used + size > ASSIGN_BUDGET_BYTES:
+            batches.append([])
+            used = 0
+        batches[-1].append(item)
+        used += size
+    return batches
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -114,6 +115,11 @@ class Run:
                 "ended_at": self.ended_at,
                 "components": [c.to_dict() for c in self.components],
                 "stages": list(self.stages), "log": list(self.log)}
+
+
+def group_name(ensemble_name: str) -> str:
+    """The ensemble's name as a group name: a NetJobs label may hold spaces and such."""
+    return re.sub(r"[^A-Za-z0-9_.@+-]", "_", ensemble_name)
 
 
 def resolve_worker(component: Component, workers: list[WorkerState]) -> WorkerState:
@@ -224,14 +230,14 @@ class EnsembleRunner:
 
     def _kill_previous(self, run: Run) -> None:
         for other in self.runs.values():
-            if other is not run and other.name == run.name and other.task is not None \
-                    and not other.task.done():
+            if other is not run and other.name == run.name and other.owner == run.owner \
+                    and other.task is not None and not other.task.done():
                 run.note(f"stopping the components still running from run {other.run_id}")
                 other.task.cancel()
-        group = f"ensemble.{run.name}"
+        group = f"ensemble.{group_name(run.name)}"  # another user's run of that name is theirs
         live = [job.id for job in self.service.reactor.jobs.values()
-                if job.group == group and job.state in (JobState.RUNNING, JobState.LOST,
-                                                        JobState.QUEUED)]
+                if job.group == group and job.owner == run.owner
+                and job.state in (JobState.RUNNING, JobState.LOST, JobState.QUEUED)]
         if live:
             self.service.act("kill", live, None, f"replaced by run {run.run_id}")
 
@@ -284,7 +290,8 @@ class EnsembleRunner:
             files = [entry.model_dump() for entry in run.request.manifests.get(spec.name, [])]
             specs.append(JobSpec(
                 cmd=spec.command, cwd=spec.base_dir or "", env=dict(spec.env),
-                name=f"{ensemble.name}/{spec.name}", group=f"ensemble.{ensemble.name}",
+                name=f"{ensemble.name}/{spec.name}",
+                group=f"ensemble.{group_name(ensemble.name)}",
                 on_worker=component.worker.name, time_limit_seconds=timeout, gate=True,
                 files=files, always_copy=run.request.always_copy,
             ))

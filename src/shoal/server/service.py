@@ -32,7 +32,7 @@ from shoal.core.protocol import (
     Welcome,
 )
 from shoal.core.states import Transition
-from shoal.server.effects import Effects
+from shoal.server.effects import ASSIGN_BUDGET_BYTES, Effects, encoded_bound
 from shoal.server.reactor import Reactor, ReactorConfig
 from shoal.server.requirements import HISTORY_PER_GROUP
 from shoal.store import Store
@@ -281,6 +281,12 @@ class Service:
         to `owner`; without `sees_all` they may depend only on the owner's jobs."""
         if len(specs) > MAX_JOBS_PER_ADD:
             raise InputError(f"more than {MAX_JOBS_PER_ADD} jobs in one add")
+        for index, spec in enumerate(specs):
+            if encoded_bound(spec.cmd, spec.cwd or "", spec.env,
+                             [str(f.get("path", "")) for f in spec.files],
+                             spec.gpus) > ASSIGN_BUDGET_BYTES:
+                raise InputError(f"jobs[{index}]: command, environment and files together are "
+                                 f"too large to hand to a worker ({ASSIGN_BUDGET_BYTES} bytes)")
         now = self.clock()
         plan = self.reactor.plan_add(specs, rerun=rerun, now=now, owner=owner,
                                      sees_all=sees_all)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import reprlib
 import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -13,10 +14,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from shoal.core.errors import InputError
-from shoal.ensemble.spec import Component, Ensemble
+from shoal.core.models import MAX_LINE_BYTES
+from shoal.ensemble.spec import Component, Ensemble, FileCopy
 
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.:@+-]")
-MAX_STAGE = 1000
+
+# How values from a file are quoted in messages: short, one line, never too deep to print.
+_QUOTE = reprlib.Repr()
+_QUOTE.maxstring = _QUOTE.maxother = 60
+_QUOTE.maxlong = 40
+_QUOTE.maxlevel = 3
 
 
 def read_text(path: Path) -> str:
@@ -37,6 +44,25 @@ def read_text(path: Path) -> str:
 def split_lines(text: str) -> list[str]:
     """Lines split on '\\n' only, as editors and tomllib count them (line n is index n-1)."""
     return text.split("\n")
+
+
+def check_line_lengths(text: str, source: str) -> None:
+    """Refuse a line longer than MAX_LINE_BYTES, naming it, before anything parses the text."""
+    if len(text) <= MAX_LINE_BYTES // 4:  # no line can be that long: skip the split
+        return
+    for number, line in enumerate(split_lines(text), start=1):
+        if len(line) > MAX_LINE_BYTES // 4 and len(line.encode("utf-8", "surrogatepass")) > \
+                MAX_LINE_BYTES:
+            raise InputError(f"the line is longer than {MAX_LINE_BYTES} bytes", source=source,
+                             line=number)
+
+
+def quoted(value: Any) -> str:
+    """repr(value) for a one-line message: shortened, and safe on any object."""
+    try:
+        return _QUOTE.repr(value)
+    except Exception:  # a user's object whose repr fails
+        return f"<{type(value).__name__}>"
 
 
 def safe_name(text: str) -> str:
@@ -76,13 +102,23 @@ def build_ensemble(fields: dict[str, Any], *, source: str, line: int | None = No
         raise InputError(describe_validation(error, fields), source=source, line=line) from None
 
 
+def build_file_copy(local: str, remote: str, *, source: str, line: int | None,
+                    label: str) -> FileCopy:
+    try:
+        return FileCopy(local=local, remote=remote)
+    except ValidationError as error:
+        message = describe_validation(error, {})
+        raise InputError(f"{label}: files: {message}", source=source, line=line) from None
+
+
 def build_component(fields: dict[str, Any], *, source: str, line: int | None) -> Component:
     try:
         return Component(**fields)
     except ValidationError as error:
         label = fields.get("name", "?")
         message = describe_validation(error, fields)
-        raise InputError(f"component {label!r}: {message}", source=source, line=line) from None
+        raise InputError(f"component {quoted(label)}: {message}", source=source,
+                         line=line) from None
 
 
 def describe_validation(error: ValidationError, fields: dict[str, Any]) -> str:
@@ -94,5 +130,5 @@ def describe_validation(error: ValidationError, fields: dict[str, Any]) -> str:
         index = int(location[1])
         components = fields.get("components") or []
         name = getattr(components[index], "name", index) if index < len(components) else index
-        location = [f"component {name!r}", *location[2:]]
+        location = [f"component {quoted(name)}", *location[2:]]
     return f"{'.'.join(location)}: {message}" if location else message

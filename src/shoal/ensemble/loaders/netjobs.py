@@ -24,6 +24,8 @@ from shoal.core.errors import InputError
 from shoal.ensemble.loaders.common import (
     build_component,
     build_ensemble,
+    check_line_lengths,
+    quoted,
     safe_name,
     split_lines,
 )
@@ -55,6 +57,7 @@ def looks_like_netjobs(text: str) -> bool:
 
 
 def parse_netjobs(text: str, *, source: str) -> list[Ensemble]:
+    check_line_lengths(text, source)
     return _Parser(source).parse(text)
 
 
@@ -98,14 +101,14 @@ class _Parser:
             else:
                 self.read_line(test, line, number)
         if test is not None:
-            self.fail(f"test {test.label!r} has no 'end' line", test.line)
+            self.fail(f"test {quoted(test.label)} has no 'end' line", test.line)
         if not tests:
             self.fail("no test blocks (a block is 'label:', its lines, then 'end')", None)
         return tests
 
     def start_test(self, line: str, number: int) -> _Test:
         if not LABEL.match(line):
-            self.fail(f"expected a test label ('name:') but found {line!r}", number)
+            self.fail(f"expected a test label ('name:') but found {quoted(line)}", number)
         return _Test(label=line.split(":", 1)[0].strip(), line=number)
 
     def read_line(self, test: _Test, line: str, number: int) -> None:
@@ -121,8 +124,8 @@ class _Parser:
         elif match := TARGET.match(line):
             command = _unquote(match["command"])
             if not command.strip():
-                self.fail(f"target {match['host']!r} has no command (is an 'end' line missing "
-                          "before it?)", number)
+                self.fail(f"target {quoted(match['host'])} has no command (is an 'end' line "
+                          "missing before it?)", number)
             test.targets.append(_Target(match["host"], command, number,
                                         test.general_timeout_seconds))
         else:
@@ -145,28 +148,28 @@ class _Parser:
         digits = value[:-1].strip()
         seconds = int(digits) * _UNIT_SECONDS[value[-1]] if len(digits) < 10 else math.inf
         if seconds > _MAX_TIMEOUT_SECONDS:
-            self.fail(f"timeout {value!r} is more than a year", number)
+            self.fail(f"timeout {quoted(value)} is more than a year", number)
         return float(seconds) if seconds > 0 else None
 
     def explain(self, line: str) -> str:
         """Why a line is not understood, more precisely than NetJobs's 'unable to interpret'."""
         flag = _FLAG_NAME.match(line)
         if flag is None:
-            return f"cannot read {line!r}: expected 'host: \"command\"', a -flag, or 'end'"
+            return f"cannot read {quoted(line)}: expected 'host: \"command\"', a -flag, or 'end'"
         name = flag[1]
         if name in ("timeout", "generaltimeout"):
             return (f"-{name}: use a whole number with s, m or h (330s, 5m, 1h) or none, "
-                    f"not {line!r}")
+                    f"not {quoted(line)}")
         if name == "minhosts":
-            return f"-minhosts: use all or a whole number, not {line!r}"
+            return f"-minhosts: use all or a whole number, not {quoted(line)}"
         return f"unknown flag -{name} (NetJobs has -generaltimeout, -minhosts and -timeout)"
 
     def finish(self, test: _Test, end_line: int) -> Ensemble:
         if not test.targets:
-            self.fail(f"test {test.label!r} has no targets", end_line)
+            self.fail(f"test {quoted(test.label)} has no targets", end_line)
         hosts = {target.host for target in test.targets}
         if isinstance(test.min_hosts, int) and test.min_hosts > len(hosts):
-            self.fail(f"-minhosts is {test.min_hosts} but test {test.label!r} has "
+            self.fail(f"-minhosts is {test.min_hosts} but test {quoted(test.label)} has "
                       f"{_count(len(hosts), 'host')}", test.min_hosts_line)
         return build_ensemble(self.fields(test), source=self.source, line=test.line)
 

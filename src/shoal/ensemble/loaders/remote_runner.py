@@ -26,9 +26,12 @@ from shoal.core.errors import InputError
 from shoal.ensemble.loaders.common import (
     build_component,
     build_ensemble,
+    build_file_copy,
+    check_line_lengths,
     command_from,
     local_path,
     missing_local,
+    quoted,
     read_text,
     remote_path,
     safe_name,
@@ -37,7 +40,7 @@ from shoal.ensemble.loaders.compat import config_classes, config_util
 from shoal.ensemble.loaders.compat import remote_runner as remote_runner_module
 from shoal.ensemble.loaders.compat.config_classes import Component as ConfigComponent
 from shoal.ensemble.loaders.compat.config_classes import Config
-from shoal.ensemble.spec import LOCALHOST, Component, Ensemble, FileCopy
+from shoal.ensemble.spec import LOCALHOST, Component, Ensemble
 
 # Importable while a configuration or muddler runs, then removed again.
 SHIM_MODULES: dict[str, types.ModuleType] = {
@@ -55,7 +58,10 @@ _PROCESS_STATE = threading.Lock()
 def load_remote_runner(path: Path, text: str, *, muddler: Path | None = None) -> list[Ensemble]:
     """Run the configuration (and the muddler), then map its components to one ensemble."""
     files = _SourceFiles(path, muddler)
+    check_line_lengths(text, str(path))
     muddler_text = read_text(muddler) if muddler is not None else ""
+    if muddler is not None:
+        check_line_lengths(muddler_text, str(muddler))
     options = _options(files.config, files.muddler)
     with _PROCESS_STATE, _shim_modules(), contextlib.redirect_stdout(sys.stderr):
         run_config = _compiled(text, files.config, files)
@@ -64,7 +70,7 @@ def load_remote_runner(path: Path, text: str, *, muddler: Path | None = None) ->
             run_config(namespace)
         config = namespace["config"]  # remote_runner takes whatever the name holds at the end
         if not isinstance(config, Config):
-            raise files.error(f"`config` must stay the configuration object, not {config!r}",
+            raise files.error(f"`config` must stay the configuration object, not {quoted(config)}",
                               str(files.config))
         if files.muddler is not None:
             _muddle(config, _compiled(muddler_text, files.muddler, files), files, options)
@@ -184,8 +190,20 @@ def _user_code_error(error: BaseException, filename: str, files: _SourceFiles) -
         if frame.f_code.co_filename == filename:
             line = number
     if isinstance(error, SystemExit):
-        return files.error(f"the code called sys.exit({error.code!r})", filename, line)
-    return files.error(f"{type(error).__name__}: {error}", filename, line)
+        return files.error(f"the code called sys.exit({quoted(error.code)})", filename, line)
+    return files.error(_describe(error), filename, line)
+
+
+def _describe(error: BaseException) -> str:
+    """`Type: message` on one line, however the user's exception renders itself."""
+    try:
+        text = str(error)
+    except Exception:
+        text = ""
+    text = " ".join(text.split())
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class _Mapper:
@@ -225,22 +243,24 @@ class _Mapper:
 
     def check(self, component: ConfigComponent) -> None:
         missing = [name for name in REQUIRED if not hasattr(component, name)]
-        label = f"component {getattr(component, 'name', '')!r}"
+        label = f"component {quoted(getattr(component, 'name', ''))}"
         if missing:
             self.fail(component, f"{label} does not set {', '.join(missing)}")
         for attribute in ("name", "host", "executable"):
             value = getattr(component, attribute)
             if not isinstance(value, str) or not value.strip():
                 self.fail(component, f"{label}: {attribute} must be a non-empty string, not "
-                                     f"{value!r}")
+                                     f"{quoted(value)}")
         start_index = component.start_index
+        # An int is always finite, and may be too large for math.isfinite to convert.
         if (isinstance(start_index, bool) or not isinstance(start_index, int | float)
-                or not math.isfinite(start_index)):
-            self.fail(component, f"{label}: start_index must be a number, not {start_index!r}")
+                or (isinstance(start_index, float) and not math.isfinite(start_index))):
+            self.fail(component, f"{label}: start_index must be a number, not "
+                                 f"{quoted(start_index)}")
         if component.base_dir is not None and not isinstance(component.base_dir, str):
             self.fail(component, f"{label}: base_dir must be a string or None")
         if isinstance(component.args, str | bytes | Mapping) or not _iterable(component.args):
-            self.fail(component, f"{label}: args must be a list, not {component.args!r}")
+            self.fail(component, f"{label}: args must be a list, not {quoted(component.args)}")
         if not isinstance(component.files, Mapping) or not all(
                 isinstance(key, str) and isinstance(value, str) and key and value
                 for key, value in component.files.items()):
@@ -253,28 +273,36 @@ class _Mapper:
                  for c in components]
         for index, name in enumerate(names):
             if name in names[:index]:
-                self.fail(components[index], f"two components are named {given[index]!r} on "
-                                             f"host {components[index].host!r}")
+                self.fail(components[index], f"two components are named {quoted(given[index])} on "
+                                             f"host {quoted(components[index].host)}")
         return names
 
     def component(self, component: ConfigComponent, name: str, stage: int) -> Component:
-        files = [FileCopy(local=local_path(local, self.config_dir), remote=remote_path(remote))
+        source, line = self.where(component)
+        label = f"component {quoted(component.name)}"
+        files = [build_file_copy(local_path(local, self.config_dir), remote_path(remote),
+                                 source=source, line=line, label=label)
                  for local, remote in component.files.items()]
         missing = missing_local(copy.local for copy in files)
         if missing:
-            self.fail(component, f"component {component.name!r}: no such local file or "
+            self.fail(component, f"component {quoted(component.name)}: no such local file or "
                                  f"directory: {missing[0]}")
         fields = {
             "name": name,
             "host": component.host,
-            "command": command_from(self.executable(component), [str(a) for a in component.args]),
+            "command": command_from(self.executable(component), self.args(component, label)),
             "base_dir": component.base_dir,
             "files": files,
             "stage": stage,
             "wait": bool(getattr(component, "wait", True)),  # older versions had no `wait`
         }
-        source, line = self.where(component)
         return build_component(fields, source=source, line=line)
+
+    def args(self, component: ConfigComponent, label: str) -> list[str]:
+        try:
+            return [str(arg) for arg in component.args]
+        except Exception as error:  # an object with no text, or an iterator that fails
+            self.fail(component, f"{label}: args: {_describe(error)}")
 
     def executable(self, component: ConfigComponent) -> str:
         """Absolute stays; relative is from the config's directory on localhost, else from

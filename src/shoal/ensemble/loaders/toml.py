@@ -12,17 +12,19 @@ from typing import Any, NoReturn
 from shoal.core.errors import InputError
 from shoal.core.models import parse_duration
 from shoal.ensemble.loaders.common import (
-    MAX_STAGE,
     build_component,
     build_ensemble,
+    build_file_copy,
+    check_line_lengths,
     command_from,
     local_path,
     missing_local,
+    quoted,
     remote_path,
     safe_name,
 )
 from shoal.ensemble.loaders.toml_lines import KeyLines
-from shoal.ensemble.spec import LOCALHOST, Component, Ensemble, FileCopy
+from shoal.ensemble.spec import LOCALHOST, MAX_STAGE, Component, Ensemble, FileCopy
 
 TOP_LEVEL_KEYS = ("name", "timeout", "run_timeout", "min_hosts", "stages", "component")
 COMPONENT_KEYS = ("name", "host", "command", "executable", "args", "env", "base_dir", "files",
@@ -34,6 +36,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def parse_toml(text: str, *, source: str, base_dir: Path, default_name: str) -> Ensemble:
     """One ensemble from TOML text. Relative local paths are taken from `base_dir`."""
+    check_line_lengths(text, source)
     document = _decode(text, source)
     return _Reader(text, source, base_dir).ensemble(document, default_name)
 
@@ -76,7 +79,7 @@ def _kind(value: Any) -> str:
 def _unknown(key: str, known: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
-    return f"unknown key {key!r}{hint}"
+    return f"unknown key {quoted(key)}{hint}"
 
 
 class _Reader:
@@ -124,13 +127,13 @@ class _Reader:
         try:
             return _duration(document[key])
         except ValueError as error:
-            self.fail_top(f"{key!r}: {error}", key)
+            self.fail_top(f"{quoted(key)}: {error}", key)
 
     def min_hosts(self, value: Any, count: int) -> int | str:
         if value == "all":
             return "all"
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            self.fail_top(f"'min_hosts' must be \"all\" or a whole number, not {value!r}",
+            self.fail_top(f"'min_hosts' must be \"all\" or a whole number, not {quoted(value)}",
                           "min_hosts")
         if value > count:
             plural = "component" if count == 1 else "components"
@@ -146,7 +149,7 @@ class _Reader:
         for key, value in table.items():
             line = self.lines.stage(key)
             if not re.fullmatch(r"[0-9]{1,4}", key) or int(key) > MAX_STAGE:
-                self.fail(f"stages: {key!r} is not a stage number (0 to {MAX_STAGE})", line)
+                self.fail(f"stages: {quoted(key)} is not a stage number (0 to {MAX_STAGE})", line)
             stage = int(key)
             if stage not in used:
                 self.fail(f"stages: no component is in stage {stage}", line)
@@ -155,7 +158,7 @@ class _Reader:
                           "for", line)
             if value not in ("started", "finished"):
                 self.fail(f"stages: stage {stage} must be \"started\" or \"finished\", not "
-                          f"{value!r}", line)
+                          f"{quoted(value)}", line)
             result[stage] = value
         return result
 
@@ -177,7 +180,7 @@ class _Reader:
                               "component")
             for component in _ComponentReader(self, index, table).read():
                 if component.name in first_use:
-                    self.fail(f"component name {component.name!r} is used twice (also by "
+                    self.fail(f"component name {quoted(component.name)} is used twice (also by "
                               f"component #{first_use[component.name] + 1})",
                               self.lines.component(index, "name"))
                 first_use[component.name] = index
@@ -206,7 +209,7 @@ class _ComponentReader:
             self.fail("'name' is missing", "name")
         if not isinstance(name, str):
             self.fail(f"'name' must be a string, not {_kind(name)}", "name")
-        self.label = f"component {name!r}"
+        self.label = f"component {quoted(name)}"
         hosts = self.hosts()
         fields: dict[str, Any] = {
             "command": self.command(),
@@ -236,10 +239,10 @@ class _ComponentReader:
                       f"{_kind(value)}", "host")
         for host in value:
             if not isinstance(host, str) or not host.strip():
-                self.fail(f"'host' entries must be non-empty strings, not {host!r}", "host")
+                self.fail(f"'host' entries must be non-empty strings, not {quoted(host)}", "host")
         repeated = sorted({host for host in value if value.count(host) > 1})
         if repeated:
-            self.fail(f"'host' lists {repeated[0]!r} twice", "host")
+            self.fail(f"'host' lists {quoted(repeated[0])} twice", "host")
         return list(value)
 
     def command(self) -> str:
@@ -252,12 +255,12 @@ class _ComponentReader:
                 self.fail("'args' goes with 'executable'; put arguments in 'command' itself",
                           "args")
             if not isinstance(command, str) or not command.strip():
-                self.fail(f"'command' must be a non-empty string, not {command!r}", "command")
+                self.fail(f"'command' must be a non-empty string, not {quoted(command)}", "command")
             return command
         if executable is None:
             self.fail("'command' (or 'executable' with 'args') is missing", None)
         if not isinstance(executable, str) or not executable.strip():
-            self.fail(f"'executable' must be a non-empty string, not {executable!r}",
+            self.fail(f"'executable' must be a non-empty string, not {quoted(executable)}",
                       "executable")
         args = self.table.get("args", [])
         if not isinstance(args, list):
@@ -270,7 +273,7 @@ class _ComponentReader:
             return value
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
-        self.fail(f"{key!r} values must be strings or numbers, not {_kind(value)}", key)
+        self.fail(f"{quoted(key)} values must be strings or numbers, not {_kind(value)}", key)
 
     def env(self) -> dict[str, str]:
         table = self.table.get("env", {})
@@ -278,13 +281,13 @@ class _ComponentReader:
             self.fail(f"'env' must be a table, not {_kind(table)}", "env")
         for name in table:
             if not _ENV_NAME.match(name):
-                self.fail(f"env: {name!r} is not a variable name", "env")
+                self.fail(f"env: {quoted(name)} is not a variable name", "env")
         return {name: self.scalar_text(value, "env") for name, value in table.items()}
 
     def optional_text(self, key: str) -> str | None:
         value = self.table.get(key)
         if value is not None and (not isinstance(value, str) or not value.strip()):
-            self.fail(f"{key!r} must be a non-empty string, not {value!r}", key)
+            self.fail(f"{quoted(key)} must be a non-empty string, not {quoted(value)}", key)
         return value
 
     def files(self) -> list[FileCopy]:
@@ -299,10 +302,12 @@ class _ComponentReader:
         copies: list[FileCopy] = []
         for local, remote in pairs:
             if not isinstance(remote, str) or not remote or not local:
-                self.fail(f"files: {local!r} must map to a non-empty remote path string",
+                self.fail(f"files: {quoted(local)} must map to a non-empty remote path string",
                           "files")
-            copies.append(FileCopy(local=local_path(local, self.reader.base_dir),
-                                   remote=remote_path(remote)))
+            copies.append(build_file_copy(
+                local_path(local, self.reader.base_dir), remote_path(remote),
+                source=self.reader.source, line=self.reader.lines.component(self.index, "files"),
+                label=self.label))
         missing = missing_local(copy.local for copy in copies)
         if missing:
             self.fail(f"files: no such local file or directory: {missing[0]}", "files")
@@ -319,7 +324,7 @@ class _ComponentReader:
     def stage(self) -> int:
         value = self.table.get("stage", 0)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_STAGE:
-            self.fail(f"'stage' must be a whole number from 0 to {MAX_STAGE}, not {value!r}",
+            self.fail(f"'stage' must be a whole number from 0 to {MAX_STAGE}, not {quoted(value)}",
                       "stage")
         return value
 
@@ -347,5 +352,5 @@ def _duration(value: Any) -> float:
     except OverflowError:
         seconds = math.inf
     if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"a duration must be more than zero and finite, not {value!r}")
+        raise ValueError(f"a duration must be more than zero and finite, not {quoted(value)}")
     return seconds
