@@ -9,8 +9,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import FileResponse, Response
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
+from pydantic_core import PydanticCustomError
 from starlette.background import BackgroundTask
 
 from shoal import __version__
@@ -18,7 +19,28 @@ from shoal.core.errors import InputError, NotFound
 from shoal.core.models import JobSpec, JobState
 from shoal.core.protocol import PROTOCOL_VERSION
 from shoal.home import format_connection_string
-from shoal.server.auth import WORKER, Principal
+from shoal.server.api_answers import (
+    Cancelled,
+    Draining,
+    EnsembleRun,
+    EnsembleRunList,
+    JobDetail,
+    JobPage,
+    KeptLogs,
+    LimitInfo,
+    LimitList,
+    LiveLogs,
+    MissingBlobs,
+    ServerInfo,
+    StatusCounts,
+    Stopping,
+    StoredBlob,
+    WorkerList,
+    answers,
+    errors,
+)
+from shoal.server.auth import TOKEN_NAME_RE, WORKER, Principal
+from shoal.server.blobs import SHA256_RE
 from shoal.server.ensembles import EnsembleRequest
 from shoal.server.permissions import Forbidden, authorize, principal
 from shoal.server.service import Service
@@ -38,7 +60,7 @@ ServiceDep = Annotated[Service, Depends(service_of)]
 class AddRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     jobs: list[JobSpec] = Field(max_length=1_000_000)
-    rerun: bool = False
+    rerun: bool = Field(default=False, strict=True)  # not 0 or "yes"
 
 
 class AddResponse(BaseModel):
@@ -49,8 +71,13 @@ class AddResponse(BaseModel):
 
 
 class Selection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    ids: list[int] | None = Field(default=None, max_length=1_000_000)
+    """Jobs by id or by group: one or the other."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
+        {"required": ["ids"], "properties": {"ids": {"type": "array"}}},
+        {"required": ["group"], "properties": {"group": {"type": "string"}}},
+    ]})
+    ids: list[Annotated[int, Strict()]] | None = Field(default=None, max_length=1_000_000)
     group: str | None = None
 
 
@@ -64,56 +91,16 @@ class VersionResponse(BaseModel):
     protocol_version: int
 
 
-# ---- errors, as the spec documents them ------------------------------------------------------
-
-
-class ErrorDetail(BaseModel):
-    code: str = Field(description="A stable, machine-readable word: invalid, unauthorized, "
-                                  "forbidden, not_found, conflict, too_large, rate_limited, "
-                                  "unavailable, ...")
-    message: str = Field(description="One line for a person")
-
-
-class ErrorBody(BaseModel):
-    """Every error answer: `{"error": {"code": ..., "message": ...}}`."""
-
-    error: ErrorDetail
-
-
-_WHY: dict[int, str] = {
-    400: "The request is invalid: a parameter or a body field (named in the message)",
-    401: "No valid token: send `Authorization: Bearer TOKEN`",
-    403: "The token's role may not do this",
-    404: "No such thing, or not one the caller may see",
-    409: "Valid, but it does not fit the current state",
-    413: "The request body is too large",
-    429: "Too many requests from this client; retry after `Retry-After` seconds",
-    503: "The server cannot write its database (full disk, read-only file)",
-}
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """The documented error answers of a route, by status code."""
-    documented: dict[int | str, dict[str, Any]] = {}
-    for code in codes:
-        documented[code] = {"model": ErrorBody, "description": _WHY[code]}
-    if 429 in documented:
-        documented[429]["headers"] = {"Retry-After": {
-            "description": "Seconds to wait before the next request",
-            "required": True, "schema": {"type": "integer", "minimum": 1}}}
-    return documented
-
-
 # Who may call what is in permissions.POLICY; a route that needs a token documents 401, and
 # 403 unless every role may call it.
 AUTH = (401, 403)
 
 # Every handler and dependency is `async def`: FastAPI would run a plain `def` in a thread,
 # and the service, reactor and store belong to the event loop's thread alone.
-# Any request may be refused before it reaches a route: its body too large or its client
-# too fast (the guard in front of the app).
+# Any request may be refused before it reaches a route, by the guard in front of the app:
+# too slow, too large, or from a client sending too many.
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize)],
-                   responses=_errors(413, 429))
+                   responses=errors(408, 413, 429, 431))
 
 
 @router.get("/version", response_model=VersionResponse)
@@ -122,24 +109,24 @@ async def version() -> dict[str, Any]:
 
 
 @router.post("/jobs", status_code=201, response_model=AddResponse,
-             responses=_errors(400, *AUTH, 503))
+             responses=errors(400, *AUTH, 503))
 async def add_jobs(body: AddRequest, who: Who, service: ServiceDep) -> dict[str, Any]:
     return service.add(body.jobs, rerun=body.rerun, owner=who.name, sees_all=who.sees_all)
 
 
-@router.get("/jobs", responses=_errors(400, *AUTH))
+@router.get("/jobs", **answers(JobPage, 400, *AUTH))
 async def list_jobs(who: Who, service: ServiceDep, state: JobState | None = None,
               group: str | None = None, limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
               offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
     return service.jobs(state, group, limit, offset, owner=who.scope)
 
 
-@router.get("/jobs/{job_id}", responses=_errors(400, *AUTH, 404))
+@router.get("/jobs/{job_id}", **answers(JobDetail, 400, *AUTH, 404))
 async def get_job(job_id: int, who: Who, service: ServiceDep) -> dict[str, Any]:
     return service.job(job_id, owner=who.scope)
 
 
-@router.get("/jobs/{job_id}/logs", responses=_errors(400, *AUTH, 404))
+@router.get("/jobs/{job_id}/logs", **answers(KeptLogs | LiveLogs, 400, *AUTH, 404))
 async def get_logs(job_id: int, who: Who, service: ServiceDep,
                    stream: Literal["stdout", "stderr"] = "stdout",
                    offset: Annotated[int | None, Query(ge=0)] = None) -> dict[str, Any]:
@@ -155,7 +142,7 @@ async def get_logs(job_id: int, who: Who, service: ServiceDep,
     return {**service.logs(job_id, stream, owner=who.scope), "live": False}
 
 
-ACT_ERRORS = _errors(400, *AUTH, 404, 409, 503)
+ACT_ERRORS = errors(400, *AUTH, 404, 409, 503)
 
 
 def _act(action: str, body: Selection, service: Service, who: Principal) -> dict[str, Any]:
@@ -181,7 +168,7 @@ async def remove_jobs(body: Selection, who: Who, service: ServiceDep) -> dict[st
     return _act("remove", body, service, who)
 
 
-@router.get("/status", responses=_errors(400, *AUTH))
+@router.get("/status", **answers(StatusCounts, 400, *AUTH))
 async def status(who: Who, service: ServiceDep, group: str | None = None,
                  wait: Annotated[float | None, Query(ge=0)] = None,
                  since: int | None = None) -> dict[str, Any]:
@@ -192,39 +179,39 @@ async def status(who: Who, service: ServiceDep, group: str | None = None,
 
 class LimitRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    cap: int | None = Field(ge=0, le=1_000_000_000)
+    cap: int | None = Field(ge=0, le=1_000_000_000, strict=True)  # null: no cap; not false
 
 
 LimitName = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_.@+-]{1,128}$")]
 
 
-@router.get("/limits", responses=_errors(*AUTH))
+@router.get("/limits", **answers(LimitList, *AUTH))
 async def list_limits(who: Who, service: ServiceDep) -> dict[str, Any]:
     return {"limits": service.reactor.limits()}
 
 
-@router.get("/limits/{name}", responses=_errors(400, *AUTH))
+@router.get("/limits/{name}", **answers(LimitInfo, 400, *AUTH))
 async def get_limit(name: LimitName, who: Who, service: ServiceDep) -> dict[str, Any]:
     return service.limit(name)
 
 
-@router.put("/limits/{name}", responses=_errors(400, *AUTH, 503))
+@router.put("/limits/{name}", **answers(LimitInfo, 400, *AUTH, 503))
 async def set_limit(name: LimitName, body: LimitRequest, who: Who,
               service: ServiceDep) -> dict[str, Any]:
     return service.set_limit(name, body.cap)
 
 
-@router.get("/server", responses=_errors(*AUTH))
+@router.get("/server", **answers(ServerInfo, *AUTH))
 async def server_info(who: Who, service: ServiceDep) -> dict[str, Any]:
     return service.info(__version__)
 
 
-@router.post("/server/drain", responses=_errors(*AUTH, 503))
+@router.post("/server/drain", **answers(Draining, *AUTH, 503))
 async def drain(who: Who, service: ServiceDep) -> dict[str, Any]:
     return service.drain()
 
 
-@router.post("/server/stop", responses=_errors(*AUTH))
+@router.post("/server/stop", **answers(Stopping, *AUTH))
 async def stop(who: Who, service: ServiceDep) -> dict[str, Any]:
     # Answer first, then stop: the reply must leave before the server does.
     asyncio.get_running_loop().call_later(0.2, service.shutdown, "asked to stop")
@@ -233,7 +220,7 @@ async def stop(who: Who, service: ServiceDep) -> dict[str, Any]:
 
 @router.get("/server/backup", response_class=FileResponse,
             responses={200: {"content": {"application/octet-stream": {}}},
-                       **_errors(*AUTH, 503)})
+                       **errors(*AUTH, 503)})
 async def backup(who: Who, service: ServiceDep) -> FileResponse:
     handle = tempfile.NamedTemporaryFile(prefix="shoal-backup-", suffix=".db", delete=False)  # noqa: SIM115
     handle.close()
@@ -246,34 +233,41 @@ async def backup(who: Who, service: ServiceDep) -> FileResponse:
 # ---- ensembles and their files ------------------------------------------------------------
 
 
+Sha256 = Annotated[str, Field(pattern=SHA256_RE.pattern, description="SHA-256, in lower-case hex")]
+Sha256Path = Annotated[str, PathParam(pattern=SHA256_RE.pattern,
+                                      description="SHA-256, in lower-case hex")]
+
+
 class MissingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    sha256: list[str] = Field(max_length=1_000_000)
+    sha256: list[Sha256] = Field(max_length=1_000_000)
 
 
-@router.post("/blobs/missing", responses=_errors(400, *AUTH))
+@router.post("/blobs/missing", **answers(MissingBlobs, 400, *AUTH))
 async def blobs_missing(body: MissingRequest, who: Who,
                         request: Request) -> dict[str, Any]:
     return {"missing": request.app.state.blobs.missing(body.sha256)}
 
 
-@router.put("/blobs/{sha256}", status_code=201, responses=_errors(400, *AUTH, 503))
-async def put_blob(sha256: str, who: Who, request: Request) -> dict[str, Any]:
+@router.put("/blobs/{sha256}", status_code=201,
+            **answers(StoredBlob, 400, *AUTH, 503, status=201))
+async def put_blob(sha256: Sha256Path, who: Who, request: Request) -> dict[str, Any]:
     size = await request.app.state.blobs.put_stream(sha256, request.stream())
     return {"sha256": sha256, "size": size}
 
 
 @router.get("/blobs/{sha256}", response_class=FileResponse,
             responses={200: {"content": {"application/octet-stream": {}}},
-                       **_errors(400, *AUTH, 404)})
-async def get_blob(sha256: str, request: Request, who: Who) -> FileResponse:
+                       **errors(400, *AUTH, 404)})
+async def get_blob(sha256: Sha256Path, request: Request, who: Who) -> FileResponse:
     if who.role == WORKER and not request.app.state.service.blob_in_use(sha256):
         raise Forbidden("workers may fetch only the files of jobs handed to workers")
     return FileResponse(request.app.state.blobs.open_path(sha256),
                         media_type="application/octet-stream")
 
 
-@router.post("/ensembles", status_code=201, responses=_errors(400, *AUTH))
+@router.post("/ensembles", status_code=201,
+             **answers(EnsembleRun, 400, *AUTH, status=201))
 async def start_ensemble(body: EnsembleRequest, who: Who,
                          request: Request) -> dict[str, Any]:
     runner = request.app.state.ensembles
@@ -281,13 +275,13 @@ async def start_ensemble(body: EnsembleRequest, who: Who,
     return runner.snapshot(run_id)
 
 
-@router.get("/ensembles", responses=_errors(400, *AUTH))
+@router.get("/ensembles", **answers(EnsembleRunList, 400, *AUTH))
 async def list_ensembles(who: Who, request: Request,
                          name: str | None = None) -> dict[str, Any]:
     return {"runs": request.app.state.ensembles.list_runs(name, owner=who.scope)}
 
 
-@router.get("/ensembles/{run_id}", responses=_errors(400, *AUTH, 404))
+@router.get("/ensembles/{run_id}", **answers(EnsembleRun, 400, *AUTH, 404))
 async def get_ensemble(run_id: int, who: Who, request: Request,
                        wait: Annotated[float | None, Query(ge=0)] = None,
                        since: int | None = None) -> dict[str, Any]:
@@ -298,13 +292,13 @@ async def get_ensemble(run_id: int, who: Who, request: Request,
     return runner.snapshot(run_id, owner=who.scope)
 
 
-@router.post("/ensembles/{run_id}/cancel", responses=_errors(400, *AUTH, 404))
+@router.post("/ensembles/{run_id}/cancel", **answers(Cancelled, 400, *AUTH, 404))
 async def cancel_ensemble(run_id: int, who: Who, request: Request) -> dict[str, Any]:
     request.app.state.ensembles.cancel(run_id, owner=who.scope)
     return {"cancelled": True}
 
 
-@router.get("/workers", responses=_errors(*AUTH))
+@router.get("/workers", **answers(WorkerList, *AUTH))
 async def workers(who: Who, service: ServiceDep) -> dict[str, Any]:
     return {"workers": service.workers()}
 
@@ -312,10 +306,22 @@ async def workers(who: Who, service: ServiceDep) -> dict[str, Any]:
 # ---- tokens and identity -------------------------------------------------------------------
 
 
+TOKEN_NAME_RULE = "1-64 letters, digits and _.@+-, starting with a letter or digit"
+
+
+def _token_name(name: str) -> str:
+    # fullmatch: the pattern's `$` would let a trailing newline through.
+    if not TOKEN_NAME_RE.fullmatch(name):
+        raise PydanticCustomError("token_name", TOKEN_NAME_RULE)
+    return name
+
+
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["admin", "user", "worker"]
-    name: str = Field(min_length=1, max_length=64)
+    name: Annotated[str, AfterValidator(_token_name)] = Field(
+        json_schema_extra={"pattern": TOKEN_NAME_RE.pattern},
+        description=f"{TOKEN_NAME_RULE}; not starting with 'default-' (the server's own)")
 
 
 class TokenResponse(BaseModel):
@@ -341,13 +347,13 @@ class WhoAmI(BaseModel):
     role: str
 
 
-@router.get("/whoami", response_model=WhoAmI, responses=_errors(401))
+@router.get("/whoami", response_model=WhoAmI, responses=errors(401))
 async def whoami(who: Who) -> dict[str, Any]:
     return {"name": who.name, "role": who.role}
 
 
 @router.post("/tokens", status_code=201, response_model=TokenResponse,
-             responses=_errors(400, *AUTH, 409, 503))
+             responses=errors(400, *AUTH, 409, 503))
 async def create_token(body: TokenRequest, who: Who, request: Request) -> dict[str, Any]:
     token = request.app.state.tokens.create(body.role, body.name)
     advertised: str | None = request.app.state.advertised_url
@@ -356,13 +362,13 @@ async def create_token(body: TokenRequest, who: Who, request: Request) -> dict[s
     return {"name": body.name, "role": body.role, "token": token, "connection": connection}
 
 
-@router.get("/tokens", response_model=TokenList, responses=_errors(*AUTH))
+@router.get("/tokens", response_model=TokenList, responses=errors(*AUTH))
 async def list_tokens(who: Who, request: Request) -> dict[str, Any]:
     return {"tokens": request.app.state.tokens.listing()}
 
 
 @router.delete("/tokens/{name}", response_model=TokenInfo,
-                responses=_errors(400, *AUTH, 404, 503))
+                responses=errors(400, *AUTH, 404, 503))
 async def revoke_token(name: Annotated[str, PathParam(max_length=64)], who: Who,
                        request: Request) -> dict[str, Any]:
     tokens = request.app.state.tokens
@@ -370,11 +376,14 @@ async def revoke_token(name: Annotated[str, PathParam(max_length=64)], who: Who,
     return next(t for t in reversed(tokens.listing()) if t["name"] == name)
 
 
-@router.get("/ca", response_class=PlainTextResponse,
-            responses={200: {"content": {"application/x-pem-file": {}}}, **_errors(404)})
-async def ca_certificate(request: Request) -> PlainTextResponse:
+# `response_class=Response` (no media type of its own): the errors stay documented as JSON.
+@router.get("/ca", response_class=Response, responses={
+    200: {"description": "The CA certificate, PEM",
+          "content": {"application/x-pem-file": {"schema": {"type": "string"}}}},
+    **errors(404)})
+async def ca_certificate(request: Request) -> Response:
     """The server's own CA certificate (public), which clients pin by its fingerprint."""
     pem: bytes | None = request.app.state.ca_pem
     if pem is None:
         raise NotFound("this server does not use its own certificate authority")
-    return PlainTextResponse(pem.decode(), media_type="application/x-pem-file")
+    return Response(pem, media_type="application/x-pem-file")

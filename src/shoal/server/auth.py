@@ -82,7 +82,7 @@ class TokenBook:
         """A new token; only its hash is kept, so this is the one time it is seen."""
         if role not in ROLES:
             raise InputError(f"role: {role!r} is not one of {', '.join(ROLES)}")
-        if not TOKEN_NAME_RE.match(name):
+        if not TOKEN_NAME_RE.fullmatch(name):
             raise InputError(f"name: {name!r} is not a valid token name (1-64 letters, digits "
                              "and _.@+-, starting with a letter or digit)")
         if name.startswith("default-"):

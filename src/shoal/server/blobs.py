@@ -17,7 +17,7 @@ CHUNK = 1 << 20
 
 
 def check_sha(sha256: str) -> str:
-    if not SHA256_RE.match(sha256):
+    if not SHA256_RE.fullmatch(sha256):
         raise InputError(f"{sha256!r} is not a SHA-256 in hex")
     return sha256
 
