@@ -29,7 +29,7 @@ import psutil
 from common import replace_section
 from throughput import machine
 
-from shoal.tls import client_context
+from shoal.trust import client_context
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "recovery.json"

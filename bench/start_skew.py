@@ -30,7 +30,7 @@ import httpx
 from common import replace_section
 from throughput import machine
 
-from shoal.tls import client_context
+from shoal.trust import client_context
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

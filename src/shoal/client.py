@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from shoal.core.errors import (
     ShoalError,
     StoreUnavailable,
 )
-from shoal.home import resolve_connection
+from shoal.home import Connection, resolve_connection
 
 if TYPE_CHECKING:  # pydantic is not imported until a caller builds JobSpecs
     from shoal.core.models import JobSpec
@@ -87,7 +88,7 @@ class Client:
         if connection.admin_token:
             headers["Authorization"] = f"Bearer {connection.admin_token}"
         self._http = httpx.Client(base_url=self.url + API_PREFIX, headers=headers,
-                                  timeout=timeout, verify=connection.ssl_context() or True)
+                                  timeout=timeout, verify=_verify(connection))
 
     def __repr__(self) -> str:  # the token stays out of reprs
         return f"Client(url={self.url!r})"
@@ -350,6 +351,15 @@ class Client:
                     f"the server at {self.url} sent a reply that is not JSON"
                 ) from None
         raise error_from_response(response.status_code, response.content)
+
+
+def _verify(connection: Connection) -> ssl.SSLContext | bool:
+    """The pinned CA's context; the system's store for other https; nothing for http (httpx
+    would load a CA bundle it never uses, a good part of a short command's time)."""
+    context = connection.ssl_context()
+    if context is not None:
+        return context
+    return not connection.url.startswith("http://")
 
 
 def _retry_after(response: httpx.Response) -> float:

@@ -45,7 +45,7 @@ class Connection:
         """How to verify the server: None for plain http."""
         if not self.url.startswith("https://"):
             return None
-        from shoal.tls import client_context
+        from shoal.trust import client_context
 
         return client_context(self.ca_pem)
 
@@ -64,7 +64,7 @@ def format_connection_string(url: str, token: str, ca_fingerprint: str | None) -
 
 def parse_connection_string(text: str) -> tuple[str, str | None, str | None]:
     """(URL, token, CA fingerprint) of a connection string; InputError names what is wrong."""
-    from shoal.tls import parse_pin
+    from shoal.trust import parse_pin
 
     if not text.startswith(SCHEME):
         raise InputError(f"not a connection string (expected {SCHEME}TOKEN@HOST:PORT?ca=...)")
@@ -141,7 +141,7 @@ _trusted: dict[str, bytes] = {}  # pin -> CA PEM, fetched and checked once per p
 def _check_pin(ca_pem: bytes, pin: str | None, where: str) -> None:
     import hmac
 
-    from shoal.tls import fingerprint
+    from shoal.trust import fingerprint
 
     try:
         actual = fingerprint(ca_pem)
@@ -155,7 +155,7 @@ def _check_pin(ca_pem: bytes, pin: str | None, where: str) -> None:
 def trusted_ca(url: str, pin: str) -> bytes:
     """The CA with this fingerprint: from this process's memory, else `$SHOAL_HOME/trusted/`,
     else fetched from the server (without sending any token) and checked against the pin."""
-    from shoal.tls import fetch_pinned_ca
+    from shoal.trust import fetch_pinned_ca
 
     if pin in _trusted:
         return _trusted[pin]

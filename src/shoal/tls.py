@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hmac
 import ipaddress
 import os
-import re
 import secrets
 import socket
 import ssl
@@ -22,7 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import psutil
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -30,23 +27,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from shoal.core.errors import ConnectError, InputError
+from shoal.core.errors import InputError
+from shoal.trust import PIN_PREFIX
 
-PIN_PREFIX = "sha256:"
 CA_FILE = "ca.pem"
 CA_KEY_FILE = "ca-key.pem"
 SERVER_CERT_FILE = "server.pem"
 SERVER_KEY_FILE = "server-key.pem"
-CA_PATH = "/api/v1/ca"
 
 _LOCK_FILE = ".lock"
 _CA_DAYS = 20 * 365
 _CLOCK_SKEW = timedelta(hours=1)
-_MAX_CA_BYTES = 64 * 1024  # the CA is fetched unverified, so a hostile peer must not flood us
 _CN_MAX = 64  # RFC 5280 upper bound for commonName
-_PIN_HEX = re.compile(r"[0-9a-f]{64}|[0-9a-f]{2}(?::[0-9a-f]{2}){31}")
-# Ours, and what `openssl x509 -fingerprint -sha256` prints.
-_PIN_PREFIXES = ("sha256:", "sha256 fingerprint=")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -62,23 +54,6 @@ class ServerCertificates:
 
 
 # --- fingerprints and pins ---------------------------------------------------------------------
-
-
-def fingerprint(cert_pem: bytes) -> str:
-    """`sha256:` + hex SHA-256 of the DER encoding of the first certificate in `cert_pem`."""
-    return _fingerprint_of(_load_certificate(cert_pem))
-
-
-def parse_pin(text: str) -> str:
-    """Normalise a pin to `sha256:<64 lowercase hex>`; colon-separated byte pairs are accepted."""
-    lowered = text.strip().lower()
-    for prefix in _PIN_PREFIXES:
-        if lowered.startswith(prefix):
-            digits = lowered[len(prefix) :].strip()
-            if _PIN_HEX.fullmatch(digits):
-                return PIN_PREFIX + digits.replace(":", "")
-    shown = text if len(text) <= 80 else text[:77] + "..."
-    raise InputError(f"not a CA pin: expected sha256: followed by 64 hex digits, got {shown!r}")
 
 
 def _fingerprint_of(cert: x509.Certificate) -> str:
@@ -414,22 +389,6 @@ def _write_atomically(path: Path, content: bytes, *, mode: int) -> None:
 # --- SSL contexts -----------------------------------------------------------------------------
 
 
-def client_context(ca_pem: bytes | None) -> ssl.SSLContext:
-    """A verifying client context: trusts exactly `ca_pem` if given, else the system store."""
-    if ca_pem is None:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    else:
-        try:
-            certificates = x509.load_pem_x509_certificates(ca_pem)
-        except ValueError:
-            raise ValueError("not a PEM certificate") from None
-        # DER, so that whatever text surrounds the PEM blocks cannot confuse the loader.
-        der = b"".join(c.public_bytes(serialization.Encoding.DER) for c in certificates)
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=der)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
 def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -450,89 +409,4 @@ def reload_server_context(context: ssl.SSLContext, cert_file: Path, key_file: Pa
         context.load_cert_chain(cert_file, key_file)
 
 
-# --- bootstrapping trust from a pin -----------------------------------------------------------
 
-
-def fetch_pinned_ca(base_url: str, pin: str, *, timeout: float = 10.0) -> bytes:
-    """Fetch the server's CA without verification and return it if it matches `pin`."""
-    wanted, origin, url = _pinned_request(base_url, pin)
-    try:
-        # trust_env=False: no proxy and, above all, no .netrc credentials on an unverified channel.
-        with (
-            httpx.Client(verify=False, timeout=timeout, trust_env=False) as client,
-            client.stream("GET", url) as response,
-        ):
-            _check_status(response, origin)
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                _append_capped(body, chunk, origin)
-    except httpx.HTTPError as exc:
-        raise ConnectError(f"cannot reach {origin}: {_reason(exc)}") from None
-    return _check_pin(bytes(body), wanted, origin)
-
-
-async def fetch_pinned_ca_async(base_url: str, pin: str, *, timeout: float = 10.0) -> bytes:
-    """`fetch_pinned_ca` for asyncio callers."""
-    wanted, origin, url = _pinned_request(base_url, pin)
-    try:
-        async with (
-            httpx.AsyncClient(verify=False, timeout=timeout, trust_env=False) as client,
-            client.stream("GET", url) as response,
-        ):
-            _check_status(response, origin)
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                _append_capped(body, chunk, origin)
-    except httpx.HTTPError as exc:
-        raise ConnectError(f"cannot reach {origin}: {_reason(exc)}") from None
-    return _check_pin(bytes(body), wanted, origin)
-
-
-def _pinned_request(base_url: str, pin: str) -> tuple[str, str, str]:
-    wanted = parse_pin(pin)
-    origin = base_url.strip().rstrip("/")
-    try:
-        scheme = httpx.URL(origin).scheme
-    except httpx.InvalidURL as exc:
-        raise InputError(f"not a server URL: {origin!r} ({exc})") from None
-    if scheme != "https":
-        raise InputError(f"a CA pin needs an https:// server URL, not {origin!r}")
-    return wanted, origin, origin + CA_PATH
-
-
-def _check_status(response: httpx.Response, origin: str) -> None:
-    if response.status_code != 200:
-        raise ConnectError(
-            f"the server at {origin} answered {response.status_code} to {CA_PATH}; "
-            "it does not offer a CA to pin"
-        )
-
-
-def _append_capped(body: bytearray, chunk: bytes, origin: str) -> None:
-    body += chunk
-    if len(body) > _MAX_CA_BYTES:
-        raise ConnectError(f"the server at {origin} sent more than {_MAX_CA_BYTES} bytes as its CA")
-
-
-def _check_pin(body: bytes, wanted: str, origin: str) -> bytes:
-    try:
-        certificates = x509.load_pem_x509_certificates(body)
-    except ValueError:
-        raise ConnectError(f"the server at {origin} did not send a CA certificate") from None
-    # Only one certificate is pinned; trusting anything sent alongside it would let a
-    # man in the middle append his own CA to the genuine one.
-    if len(certificates) != 1:
-        raise ConnectError(
-            f"the server at {origin} sent {len(certificates)} certificates as its CA, expected 1"
-        )
-    presented = _fingerprint_of(certificates[0])
-    if not hmac.compare_digest(presented.encode(), wanted.encode()):
-        raise ConnectError(
-            f"the server at {origin} presents CA {presented} but the pin is {wanted}; "
-            "refusing to connect"
-        )
-    return certificates[0].public_bytes(serialization.Encoding.PEM)
-
-
-def _reason(exc: httpx.HTTPError) -> str:
-    return str(exc) or type(exc).__name__

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from shoal.tls import client_context
+from shoal.trust import client_context
 
 SHOAL = [sys.executable, "-m", "shoal.cli.main"]
 

@@ -19,7 +19,8 @@ from shoal.home import format_connection_string
 from shoal.server.auth import ADMIN, USER, WORKER
 from shoal.server.guard import GuardConfig
 from shoal.server.permissions import POLICY
-from shoal.tls import certificate_expiry, ensure_server_certificates, fingerprint
+from shoal.tls import certificate_expiry, ensure_server_certificates
+from shoal.trust import fingerprint
 
 from .cluster import Cluster, wait_until
 

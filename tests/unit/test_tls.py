@@ -20,19 +20,21 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from shoal.core.errors import ConnectError, InputError
 from shoal.tls import (
-    PIN_PREFIX,
     ServerCertificates,
     ca_expires_soon,
     certificate_expiry,
-    client_context,
     ensure_server_certificates,
+    local_names,
+    reload_server_context,
+    server_context,
+)
+from shoal.trust import (
+    PIN_PREFIX,
+    client_context,
     fetch_pinned_ca,
     fetch_pinned_ca_async,
     fingerprint,
-    local_names,
     parse_pin,
-    reload_server_context,
-    server_context,
 )
 
 NAMES = ["localhost"]
