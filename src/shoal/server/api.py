@@ -16,7 +16,7 @@ from starlette.background import BackgroundTask
 
 from shoal import __version__
 from shoal.core.errors import InputError, NotFound
-from shoal.core.models import JobSpec, JobState
+from shoal.core.models import MAX_GROUP_CHARS, JobSpec, JobState
 from shoal.core.protocol import PROTOCOL_VERSION
 from shoal.home import format_connection_string
 from shoal.server.api_answers import (
@@ -54,6 +54,7 @@ async def service_of(request: Request) -> Service:
 
 
 Who = Annotated[Principal, Depends(principal)]
+GroupQuery = Annotated[str | None, Query(max_length=MAX_GROUP_CHARS)]
 ServiceDep = Annotated[Service, Depends(service_of)]
 
 
@@ -78,7 +79,7 @@ class Selection(BaseModel):
         {"required": ["group"], "properties": {"group": {"type": "string"}}},
     ]})
     ids: list[Annotated[int, Strict()]] | None = Field(default=None, max_length=1_000_000)
-    group: str | None = None
+    group: str | None = Field(default=None, max_length=MAX_GROUP_CHARS)
 
 
 class ActionResponse(BaseModel):
@@ -116,7 +117,7 @@ async def add_jobs(body: AddRequest, who: Who, service: ServiceDep) -> dict[str,
 
 @router.get("/jobs", **answers(JobPage, 400, *AUTH))
 async def list_jobs(who: Who, service: ServiceDep, state: JobState | None = None,
-              group: str | None = None, limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+              group: GroupQuery = None, limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
               offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
     return service.jobs(state, group, limit, offset, owner=who.scope)
 
@@ -169,7 +170,7 @@ async def remove_jobs(body: Selection, who: Who, service: ServiceDep) -> dict[st
 
 
 @router.get("/status", **answers(StatusCounts, 400, *AUTH))
-async def status(who: Who, service: ServiceDep, group: str | None = None,
+async def status(who: Who, service: ServiceDep, group: GroupQuery = None,
                  wait: Annotated[float | None, Query(ge=0)] = None,
                  since: int | None = None) -> dict[str, Any]:
     if wait and since is not None:
@@ -277,7 +278,8 @@ async def start_ensemble(body: EnsembleRequest, who: Who,
 
 @router.get("/ensembles", **answers(EnsembleRunList, 400, *AUTH))
 async def list_ensembles(who: Who, request: Request,
-                         name: str | None = None) -> dict[str, Any]:
+                         name: Annotated[str | None, Query(max_length=256)] = None
+                         ) -> dict[str, Any]:
     return {"runs": request.app.state.ensembles.list_runs(name, owner=who.scope)}
 
 

@@ -10,7 +10,6 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from shoal.core.errors import ProtocolError, ShoalError
 from shoal.core.protocol import (
-    MAX_MESSAGE_BYTES,
     Refused,
     Register,
     ToWorker,
@@ -75,10 +74,8 @@ async def worker_session(websocket: WebSocket) -> None:
         address = websocket.client.host if websocket.client is not None else None
         worker_id = service.join(register, link, address=address)
         while True:
-            text = await websocket.receive_text()
-            if len(text) > MAX_MESSAGE_BYTES:
-                raise ProtocolError("message too large")
-            service.deliver(worker_id, decode_from_worker(text))
+            # The decoder refuses a message over MAX_MESSAGE_BYTES (and the socket, bigger ones).
+            service.deliver(worker_id, decode_from_worker(await websocket.receive_text()))
     except (WebSocketDisconnect, asyncio.CancelledError):
         pass
     except (ShoalError, TimeoutError) as exc:
