@@ -344,6 +344,11 @@ class Reactor:
         if worker is not None:
             worker.last_seen = now
 
+    def holds(self, worker_id: int, job_id: int, lease_id: int) -> bool:
+        """Whether this worker holds this attempt now: all it may report on."""
+        return worker_id in self.workers and \
+            self._holds_lease(worker_id, self.jobs.get(job_id), lease_id)
+
     def _holds_lease(self, worker_id: int, job: Job | None, lease_id: int) -> bool:
         if job is None or job.lease_id != lease_id or job.state is not S.RUNNING:
             return False

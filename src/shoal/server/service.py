@@ -72,7 +72,8 @@ class Service:
         self.listeners: list[Callable[[list[Transition]], None]] = []
         # Receives what only ensembles care about: time replies, ready and gated starts.
         self.ensemble_messages: Callable[[int, object], None] | None = None
-        self._peeks: dict[int, asyncio.Future[OutputChunk]] = {}
+        # request id -> (the worker asked, the answer): only that worker may answer it
+        self._peeks: dict[int, tuple[int, asyncio.Future[OutputChunk]]] = {}
         self._next_peek = 0
         # Asks whatever runs the service to shut it down (drain finished, or `server stop`).
         self.request_shutdown: Callable[[], None] | None = None
@@ -196,7 +197,7 @@ class Service:
         self._next_peek += 1
         request_id = self._next_peek
         future: asyncio.Future[OutputChunk] = asyncio.get_running_loop().create_future()
-        self._peeks[request_id] = future
+        self._peeks[request_id] = (holder.id, future)
         self.send_to_worker(holder.id, Peek(request_id=request_id, lease_id=job.lease_id,
                                             stream=stream, offset=offset))  # type: ignore[arg-type]
         try:
@@ -243,9 +244,13 @@ class Service:
         if isinstance(message, Finished):
             self.reactor.finished(worker_id, message.items, now)
         elif isinstance(message, Started):
+            # Only what this worker holds reaches the orchestrator: a worker cannot speak
+            # for another's components.
+            held = [item for item in message.items
+                    if self.reactor.holds(worker_id, item.job_id, item.lease_id)]
             self.reactor.started(worker_id, message.items, now)
             if self.ensemble_messages is not None:
-                for item in message.items:
+                for item in held:
                     job = self.reactor.jobs.get(item.job_id)
                     if job is not None and job.gate:
                         self.ensemble_messages(worker_id, item)
@@ -253,16 +258,17 @@ class Service:
             self.reactor.heard_from(worker_id, now)
             if self.ensemble_messages is not None:
                 for ready in message.items:
-                    self.ensemble_messages(worker_id, ready)
+                    if self.reactor.holds(worker_id, ready.job_id, ready.lease_id):
+                        self.ensemble_messages(worker_id, ready)
             return
         elif isinstance(message, TimeReply):
             if self.ensemble_messages is not None:
                 self.ensemble_messages(worker_id, message)
             return
         elif isinstance(message, OutputChunk):
-            future = self._peeks.get(message.request_id)
-            if future is not None and not future.done():
-                future.set_result(message)
+            asked = self._peeks.get(message.request_id)
+            if asked is not None and asked[0] == worker_id and not asked[1].done():
+                asked[1].set_result(message)
             return
         elif isinstance(message, Heartbeat):
             self.reactor.heard_from(worker_id, now)
