@@ -430,10 +430,18 @@ def test_agent_sends_held_ready_reports_again_after_a_reconnect(tmp_path: Path) 
 
 
 @contextmanager
-def blob_server(blobs: dict[str, bytes], token: str) -> Iterator[str]:
+def blob_server(blobs: dict[str, bytes], token: str, refusals: list[int] | None = None
+                ) -> Iterator[str]:
+    """Serves `blobs`; answers 429 while `refusals` (a one-item counter) is above 0."""
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             sha = self.path.rsplit("/", 1)[-1]
+            if refusals and refusals[0] > 0:
+                refusals[0] -= 1
+                self.send_response(429)
+                self.send_header("Retry-After", "0.1")
+                self.end_headers()
+                return
             if self.headers.get("Authorization") != f"Bearer {token}":
                 self.send_response(401)
                 self.end_headers()
@@ -475,6 +483,16 @@ def test_download_blob_streams_and_verifies(tmp_path: Path) -> None:
             asyncio.run(download_blob(url, "wrong", sha, tmp_path / "refused"))
     with pytest.raises(StagingError, match="cannot fetch blob"):
         asyncio.run(download_blob(url, "tok", sha, tmp_path / "gone"))
+
+
+def test_download_blob_waits_and_asks_again_when_refused_for_its_rate(tmp_path: Path) -> None:
+    content = b"rate limited, then served"
+    sha = hashlib.sha256(content).hexdigest()
+    refusals = [2]
+    with blob_server({sha: content}, "tok", refusals) as url:
+        asyncio.run(download_blob(url, "tok", sha, tmp_path / "got"))
+    assert refusals == [0]  # both refusals were met, and the third ask was served
+    assert (tmp_path / "got").read_bytes() == content
 
 
 def test_agent_fetches_from_the_server_it_is_connected_to(tmp_path: Path) -> None:
