@@ -340,3 +340,22 @@ def test_silent_connections_from_one_address_do_not_shut_out_others(secure: Clus
     finally:
         for sock in silent:
             sock.close()
+
+
+def test_a_flooding_client_is_slowed_and_others_are_not(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path / "home", tmp_path)
+    try:
+        cluster.start_server("--rate-limit", "5")  # bursts of 20, then 5 a second
+        flooder = create_token(cluster, USER, "flooder")
+        answers = [call(cluster, "GET", "/api/v1/status", flooder) for _ in range(60)]
+        refused = [a for a in answers if a.status_code == 429]
+        assert refused and len(refused) < 60
+        assert all(int(a.headers["retry-after"]) >= 1 for a in refused)
+        assert refused[0].json()["error"]["code"] == "rate_limited"
+        # Another client is served at once; the Python client waits out a 429 and succeeds.
+        assert call(cluster, "GET", "/api/v1/status", cluster.connection["admin_token"]
+                    ).status_code == 200
+        assert cluster.cli("status", env={**cluster.env, "SHOAL_TOKEN": flooder}
+                           ).returncode == 0
+    finally:
+        cluster.stop()

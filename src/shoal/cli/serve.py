@@ -60,6 +60,12 @@ def server_command(
     insecure_http: Annotated[bool, typer.Option(
         "--insecure-http",
         help="Plain HTTP, no TLS: only on a loopback address.")] = False,
+    rate_limit: Annotated[float, typer.Option(
+        metavar="N",
+        help="Requests per second one client (a token from one address) may make, in bursts "
+             "of four times as many; beyond, 429 with Retry-After.")] = 500.0,
+    max_connections_per_address: Annotated[int, typer.Option(
+        metavar="N", help="Connections one address may hold open at once.")] = 256,
 ) -> None:
     """Run the coordinator. State lives in $SHOAL_HOME (default ~/.shoal).
 
@@ -67,6 +73,7 @@ def server_command(
     through $SHOAL_HOME, and it prints the `shoal worker --join ...` line for other hosts.
     """
     from shoal.server.app import TlsSettings, serve
+    from shoal.server.guard import GuardConfig
     from shoal.server.reactor import ReactorConfig
 
     _logging(False)
@@ -75,7 +82,14 @@ def server_command(
     config = ReactorConfig(lease_timeout_seconds=lease_timeout, lost_grace_seconds=lost_grace,
                            retry_base_seconds=retry_base, reserve_after_seconds=reserve_after,
                            heartbeat_seconds=min(5.0, lease_timeout / 3))
-    serve(shoal_home(), host, port, config, tls)
+    if not rate_limit > 0:
+        raise InputError("--rate-limit: must be more than 0")
+    if max_connections_per_address < 1:
+        raise InputError("--max-connections-per-address: must be at least 1")
+    guard = GuardConfig(requests_per_second=rate_limit,
+                        request_burst=max(1, round(4 * rate_limit)),
+                        max_connections_per_ip=max_connections_per_address)
+    serve(shoal_home(), host, port, config, tls, guard)
 
 
 def worker_command(

@@ -281,7 +281,7 @@ def _show(host: str) -> str:
 
 
 def serve(home: Path, host: str, port: int, config: ReactorConfig | None = None,
-          tls: TlsSettings | None = None) -> None:
+          tls: TlsSettings | None = None, guard: GuardConfig | None = None) -> None:
     import uvicorn
 
     tls = tls or TlsSettings()
@@ -292,7 +292,7 @@ def serve(home: Path, host: str, port: int, config: ReactorConfig | None = None,
     store = Store(home / DATABASE_FILE)
     tokens = TokenBook(store)
     admin_token, worker_token = tokens.ensure_default_tokens(home)
-    guard = GuardConfig()
+    guard = guard or GuardConfig()
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     if certificates is not None:  # count TLS sockets from accept, before their handshake
