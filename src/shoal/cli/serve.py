@@ -72,7 +72,8 @@ def server_command(
     It speaks TLS with its own CA, made on first start; clients on this host trust it
     through $SHOAL_HOME, and it prints the `shoal worker --join ...` line for other hosts.
     """
-    from shoal.server.app import TlsSettings, serve
+    from shoal.server.app import serve
+    from shoal.server.certificates import TlsSettings
     from shoal.server.guard import GuardConfig
     from shoal.server.reactor import ReactorConfig
 

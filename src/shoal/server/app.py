@@ -6,12 +6,9 @@ import asyncio
 import logging
 import os
 import socket
-import ssl
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +37,12 @@ from shoal.home import (
 from shoal.server import api, sessions
 from shoal.server.auth import TokenBook
 from shoal.server.blobs import BlobStore
+from shoal.server.certificates import (
+    Certificates,
+    TlsSettings,
+    check_tls_settings,
+    keep_certificate,
+)
 from shoal.server.ensembles import EnsembleRunner
 from shoal.server.guard import GuardConfig, GuardMiddleware, guard_listener, uvicorn_options
 from shoal.server.permissions import Forbidden
@@ -173,105 +176,6 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-@dataclass(frozen=True)
-class TlsSettings:
-    """How the server speaks: TLS with its own CA (the default), with the operator's own
-    certificate, or plain HTTP (loopback only)."""
-
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    insecure_http: bool = False
-    extra_names: tuple[str, ...] = ()  # --tls-san: more names/addresses for the certificate
-    advertise: str | None = None  # the address workers on other hosts should dial
-
-
-_LOOPBACK = ("127.", "::1", "localhost")
-CERTIFICATE_CHECK_SECONDS = 60.0
-OPERATOR_EXPIRY_WARNING_DAYS = 14
-
-
-def _check_tls_settings(tls: TlsSettings, host: str) -> None:
-    if tls.insecure_http and (tls.cert_file or tls.key_file):
-        raise InputError("--insecure-http: cannot be combined with --tls-cert/--tls-key")
-    if tls.insecure_http and not host.startswith(_LOOPBACK):
-        raise InputError(f"--insecure-http: only on a loopback address, not {host}; "
-                         "anyone on the network could read tokens and commands")
-    if (tls.cert_file is None) != (tls.key_file is None):
-        raise InputError("--tls-cert and --tls-key go together")
-
-
-class _Certificates:
-    """The certificate the server presents, kept valid while it runs: its own is reissued
-    before it expires or when the host gains an address; an operator's is reloaded when the
-    files change, with a warning as its expiry nears."""
-
-    def __init__(self, home: Path, host: str, tls: TlsSettings):
-        from shoal import tls as tlslib
-
-        self._tls = tls
-        self._host = host
-        self._dir = home / "tls"
-        self.ca_pem: bytes | None = None
-        self.fingerprint: str | None = None
-        if tls.cert_file is not None and tls.key_file is not None:
-            self.cert_file, self.key_file = tls.cert_file, tls.key_file
-            try:
-                tlslib.server_context(self.cert_file, self.key_file)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                raise InputError(f"--tls-cert/--tls-key: cannot use {self.cert_file} and "
-                                 f"{self.key_file}: {exc}") from None
-            self._stamp = self._mtimes()
-        else:
-            certs = self._ensure()
-            self.cert_file, self.key_file = certs.cert_file, certs.key_file
-            self.ca_pem = certs.ca_file.read_bytes()
-            self.fingerprint = certs.fingerprint
-            if tlslib.ca_expires_soon(certs.ca_file):
-                log.warning("the CA in %s expires within a year; move %s aside and restart to "
-                            "make a new one (workers then need the new join string)",
-                            self._dir, self._dir)
-        self._warn_if_expiring()
-
-    def _ensure(self) -> Any:
-        from shoal import tls as tlslib
-
-        extra = [*self._tls.extra_names, *([self._tls.advertise] if self._tls.advertise else [])]
-        names, addresses = tlslib.local_names(self._host, extra)
-        return tlslib.ensure_server_certificates(self._dir, names, addresses)
-
-    def _mtimes(self) -> tuple[float, float]:
-        return (os.stat(self.cert_file).st_mtime, os.stat(self.key_file).st_mtime)
-
-    def _warn_if_expiring(self) -> None:
-        from shoal import tls as tlslib
-
-        left = tlslib.certificate_expiry(self.cert_file) - datetime.now(UTC)
-        if left < timedelta(days=OPERATOR_EXPIRY_WARNING_DAYS):
-            log.warning("the server certificate %s expires in %s; renew it (the server "
-                        "reloads it when the file changes)", self.cert_file, left)
-
-    def refresh(self, context: ssl.SSLContext) -> None:
-        """Called every minute, off the event loop (finding the host's names may wait on
-        DNS): new handshakes get the renewed certificate, open connections keep theirs."""
-        from shoal.tls import reload_server_context
-
-        try:
-            if self.ca_pem is not None:
-                if not self._ensure().renewed:
-                    return
-                log.info("server certificate renewed")
-            else:
-                stamp = self._mtimes()
-                if stamp == self._stamp:
-                    return
-                self._stamp = stamp
-                log.info("server certificate files changed; reloading them")
-                self._warn_if_expiring()
-            reload_server_context(context, self.cert_file, self.key_file)
-        except (OSError, ssl.SSLError, ValueError, ShoalError) as exc:
-            log.error("cannot renew or reload the server certificate: %s", exc)
-
-
 def _is_wildcard(host: str) -> bool:
     return host in ("0.0.0.0", "::", "")
 
@@ -285,10 +189,10 @@ def serve(home: Path, host: str, port: int, config: ReactorConfig | None = None,
     import uvicorn
 
     tls = tls or TlsSettings()
-    _check_tls_settings(tls, host)
+    check_tls_settings(tls, host)
     lock_home(home)
     os.chmod(home, 0o700)
-    certificates = None if tls.insecure_http else _Certificates(home, host, tls)
+    certificates = None if tls.insecure_http else Certificates(home, host, tls)
     store = Store(home / DATABASE_FILE)
     tokens = TokenBook(store)
     admin_token, worker_token = tokens.ensure_default_tokens(home)
@@ -324,23 +228,13 @@ def serve(home: Path, host: str, port: int, config: ReactorConfig | None = None,
     service.request_shutdown = lambda: setattr(server, "should_exit", True)
 
     async def run() -> None:
-        keeper = asyncio.create_task(_keep_certificate(server, certificates))
+        keeper = asyncio.create_task(keep_certificate(server, certificates))
         try:
             await server.serve(sockets=[sock])
         finally:
             keeper.cancel()
 
     asyncio.run(run())
-
-
-async def _keep_certificate(server: Any, certificates: _Certificates | None) -> None:
-    if certificates is None:
-        return
-    while True:
-        await asyncio.sleep(CERTIFICATE_CHECK_SECONDS)
-        context = getattr(server.config, "ssl", None)
-        if context is not None:
-            await asyncio.to_thread(certificates.refresh, context)
 
 
 def _announce(home: Path, url: str, join: str, insecure: bool) -> None:
