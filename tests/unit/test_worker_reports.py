@@ -75,3 +75,24 @@ def test_live_output_is_taken_only_from_the_worker_asked(tmp_path: Path) -> None
 
     answer = asyncio.run(peek())
     assert answer is not None and answer.data == "real"
+
+
+def test_a_finished_job_shows_its_output_before_the_store_has_it(tmp_path: Path) -> None:
+    """The state is in memory at once, the output in the store only after the loop commits:
+    a reader in between sees both, never 'done' with nothing captured."""
+    from shoal.core.protocol import Captured, Finished
+    from tests.unit.factories import result
+
+    service = Service(Store(tmp_path / "shoal.db"))
+    link = Link()
+    worker = service.join(register("w1"), link)
+    service.add([JobSpec(cmd="echo first", cwd="/")])
+    [assign] = [m for m in link.sent if isinstance(m, Assign)]
+    finished = result(1, assign.items[0].lease_id).model_copy(
+        update={"stdout": Captured(head="first\n", tail="", total_bytes=6)})
+    service.deliver(worker, Finished(items=[finished]))
+    job = service.job(1)
+    assert job["state"] == "done"
+    assert job["stdout"]["head"] == "first\n"
+    assert service.logs(1, "stdout")["head"] == "first\n"
+    assert service.store.output(1, "stdout").head == ""  # not committed yet: read from memory

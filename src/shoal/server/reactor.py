@@ -19,6 +19,7 @@ from shoal.core.models import FINAL_STATES, Job, JobSpec, JobState
 from shoal.core.protocol import (
     Assignment,
     AttemptResult,
+    Captured,
     FileEntry,
     KillOrder,
     Register,
@@ -343,6 +344,15 @@ class Reactor:
         worker = self.workers.get(worker_id)
         if worker is not None:
             worker.last_seen = now
+
+    def pending_output(self, job_id: int, stream: str) -> Captured | None:
+        """The output of a result taken in but not yet committed: the job's state already says
+        it ended, so its output must be read from here until the store has it."""
+        for result in reversed(self._effects.results):
+            if result.job_id == job_id:
+                captured: Captured = result.stdout if stream == "stdout" else result.stderr
+                return captured
+        return None
 
     def holds(self, worker_id: int, job_id: int, lease_id: int) -> bool:
         """Whether this worker holds this attempt now: all it may report on."""

@@ -18,6 +18,7 @@ from shoal.core.errors import InputError, StoreUnavailable
 from shoal.core.models import JobSpec, JobState
 from shoal.core.protocol import (
     PROTOCOL_VERSION,
+    Captured,
     Finished,
     FromWorker,
     Heartbeat,
@@ -371,15 +372,19 @@ class Service:
         data["gpu_ids"] = self.reactor.gpu_ids(job_id)
         data["pending_reason"] = self.reactor.pending_reason(job)
         for stream in ("stdout", "stderr"):
-            data[stream] = self.store.output(job_id, stream).model_dump()
+            data[stream] = self._output(job_id, stream).model_dump()
         data["attempt_history"] = self.store.attempt_history(job_id)
         return data
 
     def logs(self, job_id: int, stream: str, owner: str | None = None) -> dict[str, Any]:
         job = self.reactor.get(job_id, owner)
-        captured = self.store.output(job_id, stream)
+        captured = self._output(job_id, stream)
         return {"job_id": job_id, "stream": stream, "state": job.state.value,
                 **captured.model_dump()}
+
+    def _output(self, job_id: int, stream: str) -> Captured:
+        pending = self.reactor.pending_output(job_id, stream)
+        return pending if pending is not None else self.store.output(job_id, stream)
 
     def jobs(self, state: JobState | None, group: str | None, limit: int,
              offset: int, owner: str | None = None) -> dict[str, Any]:
