@@ -96,3 +96,20 @@ def test_a_finished_job_shows_its_output_before_the_store_has_it(tmp_path: Path)
     assert job["stdout"]["head"] == "first\n"
     assert service.logs(1, "stdout")["head"] == "first\n"
     assert service.store.output(1, "stdout").head == ""  # not committed yet: read from memory
+
+
+def test_a_finished_jobs_attempt_history_agrees_with_its_state_before_the_commit(
+        tmp_path: Path) -> None:
+    from shoal.core.protocol import Finished
+    from tests.unit.factories import result
+
+    service = Service(Store(tmp_path / "shoal.db"))
+    link = Link()
+    worker = service.join(register("w1"), link)
+    service.add([JobSpec(cmd="true", cwd="/")])
+    [assign] = [m for m in link.sent if isinstance(m, Assign)]
+    lease = assign.items[0].lease_id
+    service.deliver(worker, Finished(items=[result(1, lease, exit_code=0)]))
+    [attempt] = service.job(1)["attempt_history"]
+    assert (attempt["lease_id"], attempt["outcome"], attempt["exit_code"]) == (lease, "exited", 0)
+    assert attempt["worker"] == "w1"

@@ -354,6 +354,11 @@ class Reactor:
                 return captured
         return None
 
+    def pending_attempts(self, job_id: int) -> tuple[list[AttemptRow], list[AttemptResult]]:
+        """Attempts begun and results taken in for this job, not yet committed."""
+        return ([row for row in self._effects.new_attempts if row.job_id == job_id],
+                [r for r in self._effects.results if r.job_id == job_id])
+
     def holds(self, worker_id: int, job_id: int, lease_id: int) -> bool:
         """Whether this worker holds this attempt now: all it may report on."""
         return worker_id in self.workers and \

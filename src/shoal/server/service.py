@@ -373,7 +373,7 @@ class Service:
         data["pending_reason"] = self.reactor.pending_reason(job)
         for stream in ("stdout", "stderr"):
             data[stream] = self._output(job_id, stream).model_dump()
-        data["attempt_history"] = self.store.attempt_history(job_id)
+        data["attempt_history"] = self._attempt_history(job_id)
         return data
 
     def logs(self, job_id: int, stream: str, owner: str | None = None) -> dict[str, Any]:
@@ -381,6 +381,30 @@ class Service:
         captured = self._output(job_id, stream)
         return {"job_id": job_id, "stream": stream, "state": job.state.value,
                 **captured.model_dump()}
+
+    def _attempt_history(self, job_id: int) -> list[dict[str, Any]]:
+        """The store's history with what this tick has not committed yet laid over it, so
+        that it agrees with the job's state."""
+        history: list[dict[str, Any]] = self.store.attempt_history(job_id)
+        begun, ended = self.reactor.pending_attempts(job_id)
+        known = {row["lease_id"] for row in history}
+        for attempt in begun:
+            if attempt.lease_id not in known:
+                history.append({"attempt": len(history) + 1, "lease_id": attempt.lease_id,
+                                "worker": attempt.worker, "host": attempt.host, "pid": None,
+                                "started_at": None, "ended_at": None, "outcome": None,
+                                "exit_code": None, "wall_seconds": None, "cpu_seconds": None,
+                                "peak_rss_bytes": None})
+        by_lease = {row["lease_id"]: row for row in history}
+        for result in ended:
+            entry = by_lease.get(result.lease_id)
+            if entry is not None:
+                entry.update(pid=result.pid, started_at=result.started_at,
+                           ended_at=result.ended_at, outcome=result.outcome,
+                           exit_code=result.exit_code, wall_seconds=result.wall_seconds,
+                           cpu_seconds=result.cpu_seconds,
+                           peak_rss_bytes=result.peak_rss_bytes)
+        return history
 
     def _output(self, job_id: int, stream: str) -> Captured:
         pending = self.reactor.pending_output(job_id, stream)
