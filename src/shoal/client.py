@@ -173,16 +173,7 @@ class Client:
     ) -> dict[str, Any]:
         """Counts per state. With `wait` and `since`, returns once the version differs from
         `since`, or after `wait` seconds (at most 30): a long poll."""
-        params: dict[str, Any] = {}
-        if group is not None:
-            params["group"] = group
-        timeout = self.timeout
-        if wait is not None:
-            params["wait"] = wait
-            timeout = max(timeout, wait + LONG_POLL_MARGIN_SECONDS)
-        if since is not None:
-            params["since"] = since
-        return self._request("GET", "/status", params=params, timeout=timeout)
+        return self._long_poll("/status", {} if group is None else {"group": group}, wait, since)
 
     def workers(self) -> list[dict[str, Any]]:
         answer: list[dict[str, Any]] = self._request("GET", "/workers")["workers"]
@@ -239,14 +230,19 @@ class Client:
     def ensemble(self, run_id: int, wait: float | None = None,
                  since: int | None = None) -> dict[str, Any]:
         """A snapshot of an ensemble run. With `wait` and `since`, a long poll as `status`."""
-        params: dict[str, Any] = {}
+        return self._long_poll(f"/ensembles/{int(run_id)}", {}, wait, since)
+
+    def _long_poll(self, path: str, params: dict[str, Any], wait: float | None,
+                   since: int | None) -> Any:
+        """GET `path`; with `wait` and `since` the server holds the answer until something
+        changes, so the timeout allows for that."""
         timeout = self.timeout
         if wait is not None:
             params["wait"] = wait
             timeout = max(timeout, wait + LONG_POLL_MARGIN_SECONDS)
         if since is not None:
             params["since"] = since
-        return self._request("GET", f"/ensembles/{int(run_id)}", params=params, timeout=timeout)
+        return self._request("GET", path, params=params, timeout=timeout)
 
     def cancel_ensemble(self, run_id: int) -> dict[str, Any]:
         """Kill everything an ensemble run started; `{"cancelled": true}`."""

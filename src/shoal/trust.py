@@ -101,23 +101,6 @@ def fetch_pinned_ca(base_url: str, pin: str, *, timeout: float = 10.0) -> bytes:
     return _check_pin(bytes(body), wanted, origin)
 
 
-async def fetch_pinned_ca_async(base_url: str, pin: str, *, timeout: float = 10.0) -> bytes:
-    """`fetch_pinned_ca` for asyncio callers."""
-    wanted, origin, url = _pinned_request(base_url, pin)
-    try:
-        async with (
-            httpx.AsyncClient(verify=False, timeout=timeout, trust_env=False) as client,
-            client.stream("GET", url) as response,
-        ):
-            _check_status(response, origin)
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                _append_capped(body, chunk, origin)
-    except httpx.HTTPError as exc:
-        raise ConnectError(f"cannot reach {origin}: {_reason(exc)}") from None
-    return _check_pin(bytes(body), wanted, origin)
-
-
 def _pinned_request(base_url: str, pin: str) -> tuple[str, str, str]:
     wanted = parse_pin(pin)
     origin = base_url.strip().rstrip("/")

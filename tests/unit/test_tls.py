@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import shutil
 import socket
@@ -32,7 +31,6 @@ from shoal.trust import (
     PIN_PREFIX,
     client_context,
     fetch_pinned_ca,
-    fetch_pinned_ca_async,
     fingerprint,
     parse_pin,
 )
@@ -435,17 +433,6 @@ def test_fetch_from_nowhere_is_a_connect_error(issued: ServerCertificates) -> No
 def test_fetch_rejects_bad_input_before_connecting(url: str, pin: str) -> None:
     with pytest.raises(InputError):
         fetch_pinned_ca(url, pin)
-
-
-def test_async_fetch(
-    issued: ServerCertificates, other_ca: ServerCertificates, server: CAServer
-) -> None:
-    async def both() -> bytes:
-        with pytest.raises(ConnectError, match="refusing to connect"):
-            await fetch_pinned_ca_async(server.url, other_ca.fingerprint)
-        return await fetch_pinned_ca_async(server.url, issued.fingerprint)
-
-    assert asyncio.run(both()) == issued.ca_file.read_bytes()
 
 
 # --- names -------------------------------------------------------------------------------------

@@ -75,9 +75,6 @@ class TokenBook:
         principal = self.principal_of(token)
         return principal.role if principal else None
 
-    def is_live(self, token_hash: str) -> bool:
-        return token_hash in self._principals
-
     def create(self, role: str, name: str) -> str:
         """A new token; only its hash is kept, so this is the one time it is seen."""
         if role not in ROLES:
