@@ -220,7 +220,7 @@ class Client:
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
         with handle:
             return self._request("PUT", f"/blobs/{quote(sha256, safe='')}", content=chunks(),
-                                 headers=headers)
+                                 headers=headers, replayable=False)
 
     def start_ensemble(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """Start a run of an ensemble: `{"ensemble", "manifests", "always_copy", "no_kill",
@@ -324,8 +324,10 @@ class Client:
             raise ConnectError(f"cannot reach the server at {self.url}: {exc}") from None
 
     def _request(self, method: str, path: str, *, timeout: float | None = None,
-                 **kwargs: Any) -> Any:
-        for attempt in range(RATE_LIMITED_RETRIES + 1):
+                 replayable: bool = True, **kwargs: Any) -> Any:
+        """`replayable`: the body can be sent again (not a stream), so a 429 is retried."""
+        retries = RATE_LIMITED_RETRIES if replayable else 0
+        for attempt in range(retries + 1):
             try:
                 response = self._http.request(
                     method, path, timeout=self.timeout if timeout is None else timeout, **kwargs
@@ -336,9 +338,9 @@ class Client:
             except httpx.InvalidURL as exc:
                 raise ConnectError(f"cannot reach the server at {self.url}: {exc}") from None
             # A request refused for its rate was not looked at: it is safe to send again.
-            if response.status_code != 429 or attempt == RATE_LIMITED_RETRIES:
+            if response.status_code != 429 or attempt == retries:
                 break
-            time.sleep(_retry_after(response))
+            time.sleep(retry_after_seconds(response.headers.get("retry-after")))
         if response.is_success:
             try:
                 return response.json()
@@ -358,9 +360,10 @@ def _verify(connection: Connection) -> ssl.SSLContext | bool:
     return not connection.url.startswith("http://")
 
 
-def _retry_after(response: httpx.Response) -> float:
+def retry_after_seconds(header: str | None) -> float:
+    """How long a 429's Retry-After asks to wait, within reason."""
     try:
-        wanted = float(response.headers.get("retry-after", "1"))
+        wanted = float(header or 1)
     except ValueError:
         wanted = 1.0
     return min(max(wanted, 0.05), MAX_RETRY_AFTER_SECONDS)

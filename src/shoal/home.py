@@ -118,19 +118,20 @@ def read_connection_file(home: Path) -> Connection | None:
     path = home / CONNECTION_FILE
     try:
         data = json.loads(path.read_text())
-        ca_pem = None
-        pin = data.get("ca_fingerprint")
-        if data.get("ca_file"):
-            ca_pem = Path(data["ca_file"]).read_bytes()
-        connection = Connection(data["url"], data.get("admin_token"), data.get("worker_token"),
-                                ca_pem, pin)
+        url, pin, ca_file = data["url"], data.get("ca_fingerprint"), data.get("ca_file")
+        tokens = data.get("admin_token"), data.get("worker_token")
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConnectError(f"{path}: unreadable connection file ({exc})") from None
-    if ca_pem is not None:
-        _check_pin(ca_pem, pin, f"{data['ca_file']}")
-    return connection
+    ca_pem = None
+    if ca_file:
+        try:
+            ca_pem = Path(ca_file).read_bytes()
+        except OSError as exc:
+            raise ConnectError(f"{path}: ca_file {ca_file}: {exc.strerror or exc}") from None
+        _check_pin(ca_pem, pin, ca_file)
+    return Connection(url, *tokens, ca_pem, pin)
 
 
 # ---- trusting a pinned CA --------------------------------------------------------------------
@@ -186,7 +187,12 @@ def resolve_connection(*, role: str = "admin", server: str | None = None,
         url, carried, pin = parse_connection_string(server)
         ca_pem = trusted_ca(url, pin) if pin else None
         return _for_role(Connection(url, None, None, ca_pem, pin), role, token or carried)
-    from_file = read_connection_file(shoal_home())
+    try:
+        from_file = read_connection_file(shoal_home())
+    except ConnectError:
+        if server is None:
+            raise
+        from_file = None  # a broken home does not stand in the way of an address given
     address = server.rstrip("/") if server else (from_file.url if from_file else None)
     if address is None:
         raise ConnectError(

@@ -5,9 +5,11 @@ parse, call the client, render.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the server's answer as JSON.")]
 
 if TYPE_CHECKING:  # httpx is imported only by verbs that talk to a server
     from shoal.client import Client

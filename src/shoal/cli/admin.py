@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from shoal.cli import render, session_of
+from shoal.cli import JsonOption, render, session_of
 from shoal.core.errors import ConnectError, InputError, ShoalError
 
 if TYPE_CHECKING:
@@ -25,7 +25,6 @@ STOP_POLL_SECONDS = 0.2
 STOP_WAIT_SECONDS = 15.0
 MiB = 1024**2
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print the server's answer as JSON.")]
 
 
 # ---- drain ----------------------------------------------------------------------------

@@ -126,7 +126,7 @@ def live_table(snapshot: Mapping[str, Any]) -> Any:
         files = component.get("copied_files")
         table.add_row(*(Text(render.one_line(str(cell))) for cell in (
             component["name"], component["host"], component.get("stage", ""),
-            component["state"], text_or_dash(component.get("exit_code")),
+            component["state"], render.text_cell(component.get("exit_code")),
             "-" if files is None else f"{files} copied")))
     return table
 
@@ -268,7 +268,7 @@ def print_results(snapshot: Mapping[str, Any], directory: Path | None, stream: T
         render.one_line(component["name"]),
         render.one_line(component["host"]),
         render.one_line(component["state"]),
-        text_or_dash(component.get("exit_code")),
+        render.text_cell(component.get("exit_code")),
         clock_text(component.get("started_at")),
         skew_text(component.get("start_skew_seconds")),
         render.format_duration(component.get("duration_seconds")),
@@ -315,5 +315,3 @@ def skew_text(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.3f}ms"
 
 
-def text_or_dash(value: object) -> str:
-    return "-" if value is None else render.one_line(str(value))

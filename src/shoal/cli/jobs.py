@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shoal.cli import render, session_of
+from shoal.cli import JsonOption, render, session_of
 from shoal.cli.errors import EXIT_JOB_FAILED, EXIT_OK
 from shoal.core.errors import ConnectError, InputError, NotFound, StoreUnavailable
 
@@ -64,7 +64,6 @@ FLAG_OF_FIELD = {
     "name": "--name",
 }
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print the server's answer as JSON.")]
 GroupOption = Annotated[str | None, typer.Option("--group", "-g", help="Only this group.")]
 IdsArgument = Annotated[list[int] | None, typer.Argument(metavar="[ID]...", show_default=False)]
 

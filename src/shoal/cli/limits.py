@@ -8,10 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from shoal.cli import render, session_of
+from shoal.cli import JsonOption, render, session_of
 from shoal.core.errors import InputError
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print the server's answer as JSON.")]
 
 
 def limit(

@@ -6,9 +6,7 @@ from typing import Annotated
 
 import typer
 
-from shoal.cli import render, session_of
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print the server's answer as JSON.")]
+from shoal.cli import JsonOption, render, session_of
 
 token_app = typer.Typer(name="token", help="Create, list and revoke access tokens (admin).",
                         no_args_is_help=True, add_completion=False)

@@ -155,6 +155,7 @@ def check_path(value: str, what: str) -> str:
 
 def check_label(value: str, what: str, limit: int = MAX_NAME_CHARS) -> str:
     """A free-form name shown in listings: bounded and printable, so it cannot forge lines."""
+    utf8_size(value, what)
     if len(value) > limit:
         raise invalid(f"{what} is longer than {limit} characters")
     if not value.isprintable():
@@ -214,9 +215,7 @@ class JobSpec(BaseModel):
     @classmethod
     def _label(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
-            what = _LABELS[info.field_name or ""]
-            utf8_size(value, what)
-            check_label(value, what)
+            check_label(value, _LABELS[info.field_name or ""])
         return value
 
     @field_validator("group")

@@ -165,10 +165,4 @@ class LocalEnsembles:
     async def _logs(self, job_id: int, stream: str, offset: int | None) -> dict[str, Any]:
         """As GET /jobs/ID/logs: with `offset`, a running job's live output from there."""
         assert self._service is not None
-        if offset is not None:
-            chunk = await self._service.peek(job_id, stream, offset)
-            if chunk is not None and chunk.found:
-                return {"job_id": job_id, "stream": stream, "state": "running", "live": True,
-                        "offset": chunk.offset, "data": chunk.data,
-                        "total_bytes": chunk.total_bytes}
-        return {**self._service.logs(job_id, stream), "live": False}
+        return await self._service.logs_from(job_id, stream, offset)

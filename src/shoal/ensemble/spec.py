@@ -16,7 +16,6 @@ from shoal.core.models import (
     check_label,
     check_path,
     invalid,
-    utf8_size,
 )
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:@+-]{1,128}$")
@@ -68,7 +67,6 @@ class Component(BaseModel):
     @field_validator("host")
     @classmethod
     def _host(cls, value: str) -> str:
-        utf8_size(value, "the host")
         return check_label(value, "the host", MAX_HOST_CHARS)
 
     @field_validator("command")
@@ -103,7 +101,6 @@ class Ensemble(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        utf8_size(value, "the name")
         return check_label(value, "the name", MAX_ENSEMBLE_NAME_CHARS)
 
     @model_validator(mode="after")

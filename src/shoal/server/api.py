@@ -132,15 +132,7 @@ async def get_logs(job_id: int, who: Who, service: ServiceDep,
                    stream: Literal["stdout", "stderr"] = "stdout",
                    offset: Annotated[int | None, Query(ge=0)] = None) -> dict[str, Any]:
     """The kept head and tail; with `offset`, a running job's live output from there."""
-    if offset is not None:
-        chunk = await service.peek(job_id, stream, offset, owner=who.scope)
-        if chunk is not None and chunk.found:
-            return {"job_id": job_id, "stream": stream, "state": "running", "live": True,
-                    "offset": chunk.offset, "data": chunk.data,
-                    "next_offset": chunk.next_offset if chunk.next_offset is not None
-                    else chunk.offset + len(chunk.data.encode()),
-                    "total_bytes": chunk.total_bytes}
-    return {**service.logs(job_id, stream, owner=who.scope), "live": False}
+    return await service.logs_from(job_id, stream, offset, owner=who.scope)
 
 
 ACT_ERRORS = errors(400, *AUTH, 404, 409, 503)

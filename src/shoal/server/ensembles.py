@@ -359,7 +359,7 @@ class EnsembleRunner:
 
     def _hopeless(self, run: Run) -> bool:
         failed = sum(1 for c in run.components
-                     if c.spec.wait and c.state in ("failed", "killed", "timed_out", "cancelled"))
+                     if c.spec.wait and c.state in ("failed", "killed", "timed_out"))
         waited = sum(1 for c in run.components if c.spec.wait)
         return waited - failed < run.request.ensemble.required
 

@@ -376,6 +376,20 @@ class Service:
         data["attempt_history"] = self._attempt_history(job_id)
         return data
 
+    async def logs_from(self, job_id: int, stream: str, offset: int | None,
+                        owner: str | None = None) -> dict[str, Any]:
+        """The answer to GET /jobs/ID/logs: with `offset`, a running job's live output from
+        there, asked of its worker; else (or if it cannot answer) the kept head and tail."""
+        if offset is not None:
+            chunk = await self.peek(job_id, stream, offset, owner)
+            if chunk is not None and chunk.found:
+                return {"job_id": job_id, "stream": stream, "state": "running", "live": True,
+                        "offset": chunk.offset, "data": chunk.data,
+                        "next_offset": chunk.next_offset if chunk.next_offset is not None
+                        else chunk.offset + len(chunk.data.encode()),
+                        "total_bytes": chunk.total_bytes}
+        return {**self.logs(job_id, stream, owner), "live": False}
+
     def logs(self, job_id: int, stream: str, owner: str | None = None) -> dict[str, Any]:
         job = self.reactor.get(job_id, owner)
         captured = self._output(job_id, stream)

@@ -18,6 +18,7 @@ import sys
 import threading
 import traceback
 import types
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
@@ -268,13 +269,15 @@ class _Mapper:
 
     def names(self, components: list[ConfigComponent]) -> list[str]:
         """Names as given; a name used on several hosts becomes NAME@HOST on each."""
-        given = [c.name for c in components]
-        names = [safe_name(f"{c.name}@{c.host}" if given.count(c.name) > 1 else c.name)
+        uses = Counter(c.name for c in components)  # linear: there may be thousands
+        names = [safe_name(f"{c.name}@{c.host}" if uses[c.name] > 1 else c.name)
                  for c in components]
-        for index, name in enumerate(names):
-            if name in names[:index]:
-                self.fail(components[index], f"two components are named {quoted(given[index])} on "
-                                             f"host {quoted(components[index].host)}")
+        seen: set[str] = set()
+        for component, name in zip(components, names, strict=True):
+            if name in seen:
+                self.fail(component, f"two components are named {quoted(component.name)} on "
+                                     f"host {quoted(component.host)}")
+            seen.add(name)
         return names
 
     def component(self, component: ConfigComponent, name: str, stage: int) -> Component:

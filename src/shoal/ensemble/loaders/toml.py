@@ -6,6 +6,7 @@ import difflib
 import math
 import re
 import tomllib
+from collections import Counter
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -240,7 +241,7 @@ class _ComponentReader:
         for host in value:
             if not isinstance(host, str) or not host.strip():
                 self.fail(f"'host' entries must be non-empty strings, not {quoted(host)}", "host")
-        repeated = sorted({host for host in value if value.count(host) > 1})
+        repeated = sorted(host for host, uses in Counter(value).items() if uses > 1)
         if repeated:
             self.fail(f"'host' lists {quoted(repeated[0])} twice", "host")
         return list(value)
