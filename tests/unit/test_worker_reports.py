@@ -95,7 +95,7 @@ def test_a_finished_job_shows_its_output_before_the_store_has_it(tmp_path: Path)
     assert job["state"] == "done"
     assert job["stdout"]["head"] == "first\n"
     assert service.logs(1, "stdout")["head"] == "first\n"
-    assert service.store.output(1, "stdout").head == ""  # not committed yet: read from memory
+    assert service.store.output(1, "stdout").head == "first\n"  # the read committed it first
 
 
 def test_a_finished_jobs_attempt_history_agrees_with_its_state_before_the_commit(

@@ -218,7 +218,7 @@ async def backup(who: Who, service: ServiceDep) -> FileResponse:
     handle = tempfile.NamedTemporaryFile(prefix="shoal-backup-", suffix=".db", delete=False)  # noqa: SIM115
     handle.close()
     path = Path(handle.name)
-    service.backup(path)
+    await service.backup(path)
     return FileResponse(path, media_type="application/octet-stream", filename="shoal.db",
                         background=BackgroundTask(path.unlink, missing_ok=True))
 

@@ -307,11 +307,6 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def guard_app(app: ASGIApp, config: GuardConfig | None = None,
-              known_token: Callable[[str], bool] | None = None) -> ASGIApp:
-    return GuardMiddleware(app, config, known_token)
-
-
 # Connections ------------------------------------------------------------------------------------
 
 

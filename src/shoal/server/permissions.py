@@ -6,7 +6,9 @@ cannot be left open by forgetting it here.
 
 from __future__ import annotations
 
-from fastapi import Request, WebSocket
+from typing import Annotated
+
+from fastapi import Depends, Request, WebSocket
 
 from shoal.core.errors import AuthError
 from shoal.server.auth import ADMIN, USER, WORKER, Principal
@@ -86,9 +88,9 @@ async def authorize(request: Request) -> Principal | None:
     return check(request.method, path, principal)
 
 
-async def principal(request: Request) -> Principal:
-    """The caller of an endpoint that needs a token (authorize has already checked it)."""
-    found = await authorize(request)
+async def principal(found: Annotated[Principal | None, Depends(authorize)]) -> Principal:
+    """The caller of an endpoint that needs a token: authorize's answer, which FastAPI keeps
+    for the request, so the token is looked up once."""
     if found is None:
         raise AuthError("a valid token is required (Authorization: Bearer TOKEN)")
     return found

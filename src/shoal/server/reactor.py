@@ -19,7 +19,6 @@ from shoal.core.models import FINAL_STATES, Job, JobSpec, JobState
 from shoal.core.protocol import (
     Assignment,
     AttemptResult,
-    Captured,
     FileEntry,
     KillOrder,
     Register,
@@ -345,20 +344,6 @@ class Reactor:
         if worker is not None:
             worker.last_seen = now
 
-    def pending_output(self, job_id: int, stream: str) -> Captured | None:
-        """The output of a result taken in but not yet committed: the job's state already says
-        it ended, so its output must be read from here until the store has it."""
-        for result in reversed(self._effects.results):
-            if result.job_id == job_id:
-                captured: Captured = result.stdout if stream == "stdout" else result.stderr
-                return captured
-        return None
-
-    def pending_attempts(self, job_id: int) -> tuple[list[AttemptRow], list[AttemptResult]]:
-        """Attempts begun and results taken in for this job, not yet committed."""
-        return ([row for row in self._effects.new_attempts if row.job_id == job_id],
-                [r for r in self._effects.results if r.job_id == job_id])
-
     def holds(self, worker_id: int, job_id: int, lease_id: int) -> bool:
         """Whether this worker holds this attempt now: all it may report on."""
         return worker_id in self.workers and \
@@ -377,8 +362,11 @@ class Reactor:
 
     # ---- reports from workers ----------------------------------------------------------------
 
-    def started(self, worker_id: int, items: Sequence[StartedItem], now: float) -> None:
+    def started(self, worker_id: int, items: Sequence[StartedItem],
+                now: float) -> list[StartedItem]:
+        """Record the starts of attempts this worker holds; returns those (others are killed)."""
         self.heard_from(worker_id, now)
+        accepted = []
         for item in items:
             job = self.jobs.get(item.job_id)
             if job is None or not self._holds_lease(worker_id, job, item.lease_id):
@@ -388,6 +376,8 @@ class Reactor:
             job.pid, job.started_at = item.pid, item.started_at
             self._effects.changed[job.id] = job
             self._effects.started.append((item.lease_id, item.pid, item.started_at))
+            accepted.append(item)
+        return accepted
 
     def finished(self, worker_id: int, items: Sequence[AttemptResult], now: float) -> None:
         self.heard_from(worker_id, now)

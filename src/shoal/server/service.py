@@ -18,7 +18,6 @@ from shoal.core.errors import InputError, StoreUnavailable
 from shoal.core.models import JobSpec, JobState
 from shoal.core.protocol import (
     PROTOCOL_VERSION,
-    Captured,
     Finished,
     FromWorker,
     Heartbeat,
@@ -229,11 +228,12 @@ class Service:
                 link.close("token revoked")
 
     def blob_in_use(self, sha256: str) -> bool:
-        """Whether a job handed to a worker names this file: all a worker may fetch."""
+        """Whether a job held by a worker names this file: all a worker may fetch."""
+        jobs = self.reactor.jobs
         return any(entry.get("sha256") == sha256
-                   for job in self.reactor.jobs.values()
-                   if job.files and job.state in (JobState.RUNNING, JobState.LOST)
-                   for entry in job.files)
+                   for worker in self.reactor.workers.values()
+                   for job_id in worker.job_ids
+                   for entry in jobs[job_id].files)
 
     def leave(self, worker_id: int) -> None:
         if self._links.pop(worker_id, None) is not None:
@@ -247,9 +247,7 @@ class Service:
         elif isinstance(message, Started):
             # Only what this worker holds reaches the orchestrator: a worker cannot speak
             # for another's components.
-            held = [item for item in message.items
-                    if self.reactor.holds(worker_id, item.job_id, item.lease_id)]
-            self.reactor.started(worker_id, message.items, now)
+            held = self.reactor.started(worker_id, message.items, now)
             if self.ensemble_messages is not None:
                 for item in held:
                     job = self.reactor.jobs.get(item.job_id)
@@ -325,9 +323,10 @@ class Service:
         self.step()
         return {"draining": True, "running": self.reactor.holding}
 
-    def backup(self, destination: Path) -> int:
-        """A consistent copy of the database, taken while serving. Returns its size."""
-        self.store.backup(destination)
+    async def backup(self, destination: Path) -> int:
+        """A consistent copy of the database, taken while serving (in a thread: a large copy
+        must not hold up heartbeats). Returns its size."""
+        await asyncio.to_thread(self.store.backup, destination)
         return destination.stat().st_size
 
     def info(self, version: str) -> dict[str, Any]:
@@ -368,12 +367,13 @@ class Service:
 
     def job(self, job_id: int, owner: str | None = None) -> dict[str, Any]:
         job = self.reactor.get(job_id, owner)
+        self._settle()
         data = job.to_dict()
         data["gpu_ids"] = self.reactor.gpu_ids(job_id)
         data["pending_reason"] = self.reactor.pending_reason(job)
         for stream in ("stdout", "stderr"):
-            data[stream] = self._output(job_id, stream).model_dump()
-        data["attempt_history"] = self._attempt_history(job_id)
+            data[stream] = self.store.output(job_id, stream).model_dump()
+        data["attempt_history"] = self.store.attempt_history(job_id)
         return data
 
     async def logs_from(self, job_id: int, stream: str, offset: int | None,
@@ -392,37 +392,15 @@ class Service:
 
     def logs(self, job_id: int, stream: str, owner: str | None = None) -> dict[str, Any]:
         job = self.reactor.get(job_id, owner)
-        captured = self._output(job_id, stream)
+        self._settle()
+        captured = self.store.output(job_id, stream)
         return {"job_id": job_id, "stream": stream, "state": job.state.value,
                 **captured.model_dump()}
 
-    def _attempt_history(self, job_id: int) -> list[dict[str, Any]]:
-        """The store's history with what this tick has not committed yet laid over it, so
-        that it agrees with the job's state."""
-        history: list[dict[str, Any]] = self.store.attempt_history(job_id)
-        begun, ended = self.reactor.pending_attempts(job_id)
-        known = {row["lease_id"] for row in history}
-        for attempt in begun:
-            if attempt.lease_id not in known:
-                history.append({"attempt": len(history) + 1, "lease_id": attempt.lease_id,
-                                "worker": attempt.worker, "host": attempt.host, "pid": None,
-                                "started_at": None, "ended_at": None, "outcome": None,
-                                "exit_code": None, "wall_seconds": None, "cpu_seconds": None,
-                                "peak_rss_bytes": None})
-        by_lease = {row["lease_id"]: row for row in history}
-        for result in ended:
-            entry = by_lease.get(result.lease_id)
-            if entry is not None:
-                entry.update(pid=result.pid, started_at=result.started_at,
-                           ended_at=result.ended_at, outcome=result.outcome,
-                           exit_code=result.exit_code, wall_seconds=result.wall_seconds,
-                           cpu_seconds=result.cpu_seconds,
-                           peak_rss_bytes=result.peak_rss_bytes)
-        return history
-
-    def _output(self, job_id: int, stream: str) -> Captured:
-        pending = self.reactor.pending_output(job_id, stream)
-        return pending if pending is not None else self.store.output(job_id, stream)
+    def _settle(self) -> None:
+        """Commit what the loop has taken in but not yet committed, so that a read of the
+        store agrees with the state in memory (a job just ended, with its output)."""
+        self._commit(self.reactor.take_effects())
 
     def jobs(self, state: JobState | None, group: str | None, limit: int,
              offset: int, owner: str | None = None) -> dict[str, Any]:

@@ -149,13 +149,19 @@ class Store:
             self._db.execute("ROLLBACK")
 
     def backup(self, destination: Path) -> None:
-        """SQLite's online backup: a consistent snapshot while the server keeps writing."""
+        """SQLite's online backup: a consistent snapshot while the server keeps writing.
+
+        It reads through a connection of its own, so it may run in another thread while the
+        store's connection keeps serving the loop (WAL lets both read).
+        """
         try:
+            source = sqlite3.connect(self.path)
             target = sqlite3.connect(destination)
             try:
-                self._db.backup(target, pages=4096)
+                source.backup(target)
             finally:
                 target.close()
+                source.close()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"backup to {destination} failed: {exc}") from None
 

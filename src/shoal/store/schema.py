@@ -114,6 +114,8 @@ MIGRATIONS: list[str] = [
     # revoked, not deleted, and a name belongs to one live token.
     """
     ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+    -- Duplicates are found in memory, per owner; an index over every command only slowed adds.
+    DROP INDEX jobs_by_key;
     ALTER TABLE tokens ADD COLUMN revoked_at REAL;
     CREATE UNIQUE INDEX live_token_names ON tokens (name) WHERE revoked_at IS NULL;
     """,
