@@ -117,3 +117,14 @@ def test_the_server_gets_the_ensemble_without_its_files(tree: Path) -> None:
     stripped = without_files(ensemble)
     assert stripped.components[0].files == []
     assert ensemble.components[0].files  # the original is untouched
+
+
+def test_a_toml_file_sent_to_a_directory_path_keeps_its_name(tree: Path) -> None:
+    """The loaders tidy remote paths but keep the trailing '/' that means 'into'."""
+    from shoal.ensemble.loaders import load_ensembles
+
+    (tree / "e.toml").write_text('name = "e"\n[[component]]\nname = "c"\nhost = "h1"\n'
+                                 'command = "./bin/run.sh"\nfiles = { "run.sh" = "./bin//" }\n')
+    [ensemble] = load_ensembles(tree / "e.toml")
+    manifests = build_manifests(ensemble, tree)
+    assert [e.path for e in manifests.entries["c"]] == ["bin/run.sh"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,6 +24,7 @@ from shoal.core.models import FINAL_STATES, JobSpec, JobState
 from shoal.core.protocol import FileEntry, ReadyItem, Release, StartedItem, TimeProbe, TimeReply
 from shoal.core.states import Transition
 from shoal.ensemble.clock import Estimate, Sample, estimate, sample
+from shoal.ensemble.loaders.common import safe_name
 from shoal.ensemble.spec import LOCALHOST, Component, Ensemble
 from shoal.server.service import Service
 from shoal.server.workers import WorkerState
@@ -118,8 +118,8 @@ class Run:
 
 
 def group_name(ensemble_name: str) -> str:
-    """The ensemble's name as a group name: a NetJobs label may hold spaces and such."""
-    return re.sub(r"[^A-Za-z0-9_.@+-]", "_", ensemble_name)
+    """The group of an ensemble's components; a NetJobs label may hold spaces and such."""
+    return f"ensemble.{safe_name(ensemble_name)}"
 
 
 def resolve_worker(component: Component, workers: list[WorkerState]) -> WorkerState:
@@ -234,12 +234,9 @@ class EnsembleRunner:
                     and other.task is not None and not other.task.done():
                 run.note(f"stopping the components still running from run {other.run_id}")
                 other.task.cancel()
-        group = f"ensemble.{group_name(run.name)}"  # another user's run of that name is theirs
-        live = [job.id for job in self.service.reactor.jobs.values()
-                if job.group == group and job.owner == run.owner
-                and job.state in (JobState.RUNNING, JobState.LOST, JobState.QUEUED)]
-        if live:
-            self.service.act("kill", live, None, f"replaced by run {run.run_id}")
+        # Another user's run of that name is theirs: only the owner's components go.
+        self.service.act("kill", None, group_name(run.name), f"replaced by run {run.run_id}",
+                         owner=run.owner)
 
     async def _run_stage(self, run: Run, stage: int) -> bool:
         ensemble = run.request.ensemble
@@ -291,7 +288,7 @@ class EnsembleRunner:
             specs.append(JobSpec(
                 cmd=spec.command, cwd=spec.base_dir or "", env=dict(spec.env),
                 name=f"{ensemble.name}/{spec.name}",
-                group=f"ensemble.{group_name(ensemble.name)}",
+                group=group_name(ensemble.name),
                 on_worker=component.worker.name, time_limit_seconds=timeout, gate=True,
                 files=files, always_copy=run.request.always_copy,
             ))

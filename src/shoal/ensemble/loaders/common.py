@@ -81,8 +81,10 @@ def local_path(path: str, relative_to: Path) -> str:
 
 
 def remote_path(path: str) -> str:
-    """A remote path tidied ('./a//b' -> 'a/b'); relative ones stay relative (to base_dir)."""
-    return posixpath.normpath(path)
+    """A remote path tidied ('./a//b' -> 'a/b'); relative ones stay relative (to base_dir).
+    A trailing '/' stays: it means 'into this directory' (see ensemble.manifest)."""
+    tidy = posixpath.normpath(path)
+    return tidy + "/" if path.endswith("/") and not tidy.endswith("/") else tidy
 
 
 def missing_local(paths: Iterable[str]) -> list[str]:
