@@ -196,7 +196,7 @@ files = [{{ local = "../tool", remote = "bin/tool" }}]
     assert [(f.local, f.remote) for f in table.files] == [
         (str(tmp_path / "data"), "input"),
         (str(tmp_path / "tool"), "/opt/tool"),
-        (str(tmp_path / "data" / "x.bin"), "a/b"),
+        (str(tmp_path / "data" / "x.bin"), "a/b/"),  # tidied; the '/' (into a/b) stays
     ]
     assert [(f.local, f.remote) for f in listed.files] == [(str(tmp_path / "tool"), "bin/tool")]
 
