@@ -39,7 +39,7 @@ from shoal.server.api_answers import (
     answers,
     errors,
 )
-from shoal.server.auth import TOKEN_NAME_RE, WORKER, Principal
+from shoal.server.auth import TOKEN_NAME_RE, TOKEN_NAME_RULE, WORKER, Principal
 from shoal.server.blobs import SHA256_RE
 from shoal.server.ensembles import EnsembleRequest
 from shoal.server.permissions import Forbidden, authorize, principal
@@ -300,7 +300,6 @@ async def workers(who: Who, service: ServiceDep) -> dict[str, Any]:
 # ---- tokens and identity -------------------------------------------------------------------
 
 
-TOKEN_NAME_RULE = "1-64 letters, digits and _.@+-, starting with a letter or digit"
 
 
 def _token_name(name: str) -> str:

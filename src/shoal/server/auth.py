@@ -23,6 +23,7 @@ from shoal.store import Store
 ADMIN, USER, WORKER = "admin", "user", "worker"
 ROLES = (ADMIN, USER, WORKER)
 TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$")
+TOKEN_NAME_RULE = "1-64 letters, digits and _.@+-, starting with a letter or digit"
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,7 @@ class TokenBook:
         if role not in ROLES:
             raise InputError(f"role: {role!r} is not one of {', '.join(ROLES)}")
         if not TOKEN_NAME_RE.fullmatch(name):
-            raise InputError(f"name: {name!r} is not a valid token name (1-64 letters, digits "
-                             "and _.@+-, starting with a letter or digit)")
+            raise InputError(f"name: {name!r} is not a valid token name ({TOKEN_NAME_RULE})")
         if name.startswith("default-"):
             raise InputError(f"name: {name!r}: names starting with 'default-' are the "
                              "server's own")

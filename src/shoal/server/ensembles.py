@@ -51,6 +51,7 @@ class EnsembleRequest(BaseModel):
 class ComponentRun:
     spec: Component
     worker: WorkerState
+    run_id: int = 0  # set once its run exists
     job_id: int | None = None
     lease_id: int | None = None
     state: str = "pending"
@@ -158,6 +159,8 @@ class EnsembleRunner:
             raise InputError(f"files for unknown components: {', '.join(sorted(unknown))}")
         run = Run(max(self.runs, default=0) + 1, request, components, owner=owner)
         self.runs[run.run_id] = run
+        for component in components:
+            component.run_id = run.run_id
         run.task = asyncio.create_task(self._drive(run), name=f"ensemble-{run.run_id}")
         return run.run_id
 
@@ -442,10 +445,9 @@ class EnsembleRunner:
         self._touch(component)
 
     def _touch(self, component: ComponentRun) -> None:
-        for run in self.runs.values():
-            if component in run.components:
-                run.touch()
-                return
+        run = self.runs.get(component.run_id)
+        if run is not None:
+            run.touch()
 
 
 def _loop_time(deadline: float | None) -> float | None:
