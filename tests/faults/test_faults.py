@@ -121,7 +121,9 @@ def test_server_killed_five_times_during_thousands_of_jobs(faults: FaultCluster)
     faults.start_server(*SERVER)
     faults.spawn_worker("w1", "--cores", "4")
     faults.spawn_worker("w2", "--cores", "4")
-    ids = faults.add_ledger_jobs(["sleep 0.0$((RANDOM % 5))"] * 2000)
+    # 0-0.19 s each on 8 slots: more work than the five faults take to do, however fast
+    # the server gets.
+    ids = faults.add_ledger_jobs(["sleep 0.$((RANDOM % 2))$((RANDOM % 10))"] * 2000)
     began = time.monotonic()
 
     restarts = []
