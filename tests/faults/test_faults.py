@@ -290,6 +290,65 @@ def test_an_adopted_attempt_that_fails_spends_the_retry_budget(faults: FaultClus
         [(a["lease_id"], a["outcome"], a["exit_code"]) for a in job["attempt_history"]]
 
 
+def test_worker_stopped_past_lease_and_grace_has_its_copy_killed_before_the_rerun(
+        faults: FaultCluster) -> None:
+    """SIGSTOP the worker running a job for longer than lease + grace (6 s): the server gives
+    the job to another worker. The stopped worker's keeper, hearing no heartbeat for the
+    worker's server-lost timeout (half of lease + grace), has killed the first copy before
+    then, so two copies never run at once. SIGCONT: the woken worker reports its copy killed,
+    and the server takes no second result."""
+    faults.start_server(*SERVER)
+    faults.spawn_worker("frozen", "--cores", "1")
+    ids = faults.add_ledger_jobs([ticking_work(12)])  # longer than stop + lease + grace
+    wait_until(lambda: ledger_starts(faults) == 1, timeout=20, message="the job to start")
+    [first] = faults.ledger_report(ids).copies[ids[0]]
+    faults.spawn_worker("other", "--cores", "1")
+    time.sleep(0.5)
+
+    faults.signal_worker("frozen", signal.SIGSTOP)
+    stopped_at = time.time()
+    first_dead_at: float | None = None
+    try:
+        deadline = time.monotonic() + LEASE + GRACE + 8
+        while ledger_starts(faults) < 2:
+            assert time.monotonic() < deadline, "the job never started again elsewhere"
+            if first_dead_at is None and not alive(first.pid, faults):
+                first_dead_at = time.time()
+            time.sleep(0.02)
+        if first_dead_at is None and not alive(first.pid, faults):
+            first_dead_at = time.time()
+        time.sleep(1.0)
+    finally:
+        faults.signal_worker("frozen", signal.SIGCONT)
+    [second] = [c for c in faults.ledger_report(ids).copies[ids[0]] if c.lease_id != first.lease_id]
+    assert first_dead_at is not None, "the stopped worker's copy was alive when the rerun began"
+    assert second.start is not None and first_dead_at <= second.start, \
+        (f"the first copy died {first_dead_at - stopped_at:.2f} s after the stop, the second "
+         f"started {second.start - stopped_at:.2f} s after it")
+
+    wait_until(lambda: "frozen" in faults.connected_workers(), timeout=30,
+               message="the stopped worker to come back")
+    jobs = faults.wait_final(ids, timeout=30)
+    time.sleep(1.0)  # the woken worker's report of its killed copy has had time to arrive
+    ledger = faults.ledger_report(ids)
+    report_figures("worker_sigstop_past_grace", faults=1,
+                   killed_after_stop_seconds=round(first_dead_at - stopped_at, 2),
+                   rerun_after_stop_seconds=round(second.start - stopped_at, 2),
+                   margin_seconds=round(second.start - first_dead_at, 2),
+                   lost_attempts=jobs[ids[0]]["lost_attempts"], **ledger.summary())
+    assert ledger.ok, ledger.describe()
+    assert [c.finished for c in ledger.copies[ids[0]]] == [False, True], ledger.describe()
+    job = faults.job(ids[0])
+    assert (job["state"], job["worker"], job["attempts"], job["exit_code"]) \
+        == ("done", "other", 2, 0)
+    # The woken worker reported its copy; the server refused the stale lease.
+    assert [(a["worker"], a["outcome"]) for a in job["attempt_history"]] \
+        == [("frozen", None), ("other", "exited")], job["attempt_history"]
+    problems = server_problems(faults, ids, ledger, details_for=set(ids))
+    assert not problems, "\n".join(problems)
+    assert "keeper killed" in faults.log("worker-frozen")
+
+
 # ---- a worker cut off ------------------------------------------------------------------------
 
 

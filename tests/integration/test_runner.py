@@ -368,3 +368,96 @@ def test_peek_reads_the_live_output_of_a_running_job(tmp_path: Path) -> None:
     cmd = "printf 'first\\nsecond'; printf 'w\\xff' >&2; sleep 30"
     _, results = run(tmp_path, job(cmd, lease_id=1), during=during)
     assert results[1].stdout.head == "first\nsecond"
+
+
+# ---- containment: each job in a cgroup where the machine allows it ------------------------
+
+
+def _containment_or_skip(tmp_path: Path) -> str:
+    """This machine's containment; without cgroups the test skips, or fails where system
+    tests are required (SHOAL_REQUIRE_SYSTEM_TESTS=1)."""
+    from tests.system import require
+
+    async def detect() -> str:
+        runner = Runner(tmp_path / "probe", host="test-host", on_started=lambda _: None,
+                        on_finished=lambda _: None)
+        try:
+            return runner.containment
+        finally:
+            await runner.shutdown(kill=False)
+
+    containment = asyncio.run(detect())
+    require(containment != "process-group", "permission to create cgroups (root, cgroup fs)")
+    return containment
+
+
+def _escapees(marker: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        if process.info["cmdline"] == ["sleep", marker] \
+                and process.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(process)
+    return found
+
+
+@pytest.mark.parametrize("end", ["exit", "kill", "time_limit"])
+def test_a_child_that_left_the_group_dies_with_its_job(tmp_path: Path, end: str) -> None:
+    """`setsid` takes a child out of the job's process group and session; its cgroup still
+    holds it, so it dies when its job ends, however the job ends."""
+    _containment_or_skip(tmp_path)
+    marker = f"300.{os.getpid()}{time.monotonic_ns() % 10**6:06d}"  # sleep's argument: unique
+    escape = f"setsid sleep {marker} < /dev/null > /dev/null 2>&1 &"
+    cmd = {"exit": f"{escape} sleep 0.3",
+           "kill": f"{escape} sleep 30",
+           "time_limit": f"{escape} sleep 30"}[end]
+    seen: list[int] = []
+
+    async def during(runner: Runner) -> None:
+        await asyncio.sleep(0.2)
+        [attempt] = runner.running()
+        seen.extend(process.pid for process in _escapees(marker)
+                    if os.getpgid(process.pid) != attempt.pid)  # it did leave the group
+        if end == "kill":
+            runner.kill(job_id=1001, lease_id=1, reason="user asked")
+
+    try:
+        _, results = run(tmp_path, job(cmd, lease_id=1,
+                                       time_limit_seconds=0.5 if end == "time_limit" else None),
+                         during=during)
+        assert seen, "the setsid child never ran outside the job's group"
+        assert results[1].outcome == {"exit": "exited", "kill": "killed",
+                                      "time_limit": "time_limit"}[end]
+        deadline = time.monotonic() + 2.0
+        while _escapees(marker) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _escapees(marker) == []
+    finally:
+        for process in _escapees(marker):
+            process.kill()
+
+
+def test_peak_memory_is_the_jobs_own_under_a_cgroup(tmp_path: Path) -> None:
+    """wait4 counts the worker's image copied at the fork (tens of MiB for `true`); the
+    cgroup's peak counts only what the job used."""
+    _containment_or_skip(tmp_path)
+    _, results = run(tmp_path, job("true", lease_id=1),
+                     job(python_cmd('data = b"x" * (100 * 2**20)'), lease_id=2))
+    assert results[1].exit_code == 0
+    assert 0 < results[1].peak_rss_bytes < 20 * MB
+    assert results[2].exit_code == 0
+    assert results[2].peak_rss_bytes >= 100 * MB
+
+
+def test_job_cgroups_are_removed_after_their_jobs(tmp_path: Path) -> None:
+    _containment_or_skip(tmp_path)
+    parents: list[Path] = []
+
+    async def look(runner: Runner) -> None:
+        await asyncio.sleep(0.2)
+        containment = runner._containment  # where its cgroups are
+        assert containment is not None
+        parents.extend(containment.parents.values())
+        assert all(any(parent.iterdir()) for parent in parents)
+
+    run(tmp_path, job("true", lease_id=1), job("sleep 0.5", lease_id=2), during=look)
+    assert parents and not any(parent.exists() for parent in parents)

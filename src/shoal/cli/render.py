@@ -256,15 +256,19 @@ def pending_reason(job: Mapping[str, Any]) -> str | None:
 
 def workers_rows(workers: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """One row per worker. GPUS, RESOURCES (named ones) and LABELS appear only when some
-    worker has them, so a plain cluster keeps a narrow table."""
+    worker has them, so a plain cluster keeps a narrow table; CONTAINMENT (how a job's
+    processes are held together: cgroup-v1, cgroup-v2 or process-group) when some worker
+    says."""
     offers = [worker.get("resources") or {} for worker in workers]
     with_gpus = any(offer.get("gpus") for offer in offers)
     with_custom = any(offer.get("custom") for offer in offers)
     with_labels = any(worker.get("labels") for worker in workers)
+    with_containment = any(worker.get("containment") for worker in workers)
     headers = ["NAME", "HOST", "STATE", "CORES", "MEMORY"]
     headers += ["GPUS"] if with_gpus else []
     headers += ["RESOURCES"] if with_custom else []
     headers += ["RUNNING", "LAST SEEN"]
+    headers += ["CONTAINMENT"] if with_containment else []
     headers += ["LABELS"] if with_labels else []
     rows = []
     for worker, offered in zip(workers, offers, strict=True):
@@ -283,6 +287,8 @@ def workers_rows(workers: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[
             row.append(custom_resources_cell(offered.get("custom") or {},
                                              used.get("custom") or {}))
         row += [str(worker.get("running", 0)), format_ago(worker.get("last_seen"))]
+        if with_containment:
+            row.append(text_cell(worker.get("containment") or None))
         if with_labels:
             labels = worker.get("labels") or {}
             row.append(one_line(",".join(f"{key}={labels[key]}" for key in sorted(labels)))

@@ -57,6 +57,9 @@ class Register(_Message):
     host: str = Field(max_length=255)
     resources: Resources
     labels: dict[Label, Label] = Field(default_factory=dict, max_length=1024)
+    # How the worker holds a job's processes together: "cgroup-v1", "cgroup-v2" or
+    # "process-group" (setsid children escape it); None from a worker that does not say.
+    containment: str | None = Field(default=None, max_length=32)
     running: list[RunningAttempt] = Field(default_factory=list)
 
 

@@ -21,6 +21,7 @@ class WorkerState:
     gpus: list[str] = field(default_factory=list)
     custom: dict[str, int] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    containment: str | None = None  # as the worker said: cgroup-v1, cgroup-v2, process-group
     connected: bool = True
     accepting: bool = True  # False once the worker said it is stopping
     used_cores: int = 0
@@ -75,6 +76,7 @@ class WorkerState:
             "connected": self.connected,
             "accepting": self.accepting,
             "labels": dict(self.labels),
+            "containment": self.containment,
             "resources": {"cores": self.cores, "memory_bytes": self.memory_bytes,
                           "gpus": list(self.gpus), "custom": dict(self.custom)},
             "used": {"cores": self.used_cores, "memory_bytes": self.used_memory_bytes,

@@ -87,6 +87,7 @@ class Agent:
         self.hold_seconds = 90.0  # the server's promise, from its welcome
         self.last_contact = time.monotonic()
         self._gave_up_on_server = False
+        self._watching_stalls = False
 
     @property
     def server_lost_timeout(self) -> float:
@@ -115,6 +116,15 @@ class Agent:
             log.warning("no server for %.0fs: letting %d jobs finish (--on-server-lost finish)",
                         self.server_lost_timeout, len(running))
 
+    def watch_stalls(self) -> None:
+        """A worker on its own (not in the server's process): with `kill`, have the keeper
+        kill the jobs once this process has not run for the server-lost timeout, e.g. while
+        stopped, so they are dead before the server, holding them for longer, runs them
+        again elsewhere."""
+        self._watching_stalls = True
+        self.runner.watch_stalls(
+            self.server_lost_timeout if self.on_server_lost == "kill" else None)
+
     def kill_all(self, reason: str) -> None:
         for attempt in self.runner.running():
             self.runner.kill(attempt.job_id, attempt.lease_id, reason)
@@ -142,6 +152,7 @@ class Agent:
                                    started_at=r.started_at) for r in self._unacked.values()]
         return Register(protocol_version=PROTOCOL_VERSION, name=self.name, host=self.host,
                         resources=self.resources, labels=self.labels,
+                        containment=self.runner.containment,
                         running=[*self.runner.running(), *finished])
 
     def connected(self, send: Callable[[FromWorker], None]) -> None:
@@ -189,6 +200,8 @@ class Agent:
         elif isinstance(message, Welcome):
             self.heartbeat_seconds = message.heartbeat_seconds
             self.hold_seconds = message.hold_seconds
+            if self._watching_stalls:
+                self.watch_stalls()
         elif isinstance(message, Refused):
             raise ProtocolError(f"the server refused this worker: {message.reason}")
 
@@ -273,6 +286,7 @@ async def run_worker(agent: Agent, locate: Callable[[], Connection],
     `locate` gives the server's connection; it is asked again before every attempt, so a
     worker that found its server through $SHOAL_HOME follows it to a new address.
     """
+    agent.watch_stalls()
     watchdog = asyncio.create_task(_watch_server(agent, stop))
     try:
         await _connect_loop(agent, locate, stop)

@@ -1,26 +1,52 @@
-"""The keeper: kills a worker's jobs if the worker dies without doing it.
+"""The keeper: kills a worker's jobs if the worker dies, or stops answering, without doing it.
 
 Jobs run in their own sessions, so they outlive a worker killed with SIGKILL; the server would
-then run them again elsewhere while the orphans go on. The keeper is a small process in a
-session of its own, started once per worker. The worker writes `+PGID` when a job starts and
-`-PGID` when it has been reaped; when the pipe closes (the worker is gone, however it went),
-the keeper kills every group still registered and exits.
+then run them again elsewhere while the orphans go on. The same happens to a worker that is
+stopped (SIGSTOP, a debugger, a swapped-out or wedged process) for longer than the server holds
+its attempts: its jobs run on, unwatched, while their second copies start elsewhere.
+
+The keeper is a small process in a session of its own, started once per worker. The worker
+writes to its stdin, one line each:
+
+- ``+PGID [CGROUP_DIR ...]`` when a job starts (with the job's cgroup directories, if any);
+- ``-PGID`` when it has been reaped;
+- ``.`` as a heartbeat, from the worker's event loop, so only while that loop is running;
+- ``T SECONDS`` to set the heartbeat timeout (0: none).
+
+When the pipe closes (the worker is gone, however it went) the keeper kills every job still
+registered and exits. When no heartbeat has come for the timeout, it kills them too but stays:
+the worker, if it wakes up, reaps those jobs and reports them killed. The worker sets the
+timeout to its server-lost timeout, which is shorter than the server's lease plus grace, so
+a stopped worker's jobs are dead before the server gives them to another worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Sequence
+
+from shoal.worker.cgroups import kill_cgroup
+
+HEARTBEATS_PER_TIMEOUT = 4
+MAX_HEARTBEAT_SECONDS = 1.0
 
 
 class Keeper:
-    """The worker's side: start the keeper lazily, tell it about each job's process group."""
+    """The worker's side: start the keeper lazily, tell it about each job, keep it assured."""
 
     def __init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
+        self._timeout: float | None = None
+        self._beat: asyncio.TimerHandle | None = None
+        self._last_beat = 0.0
+        self._on_stall: Callable[[float], None] | None = None
 
     def _pipe(self) -> int | None:
         if self._process is None:
@@ -31,6 +57,9 @@ class Keeper:
                     start_new_session=True, close_fds=True)
             except OSError:
                 return None  # without a keeper jobs still run; only this safety net is gone
+            if self._timeout is not None:
+                self._send(b"T %r\n" % self._timeout)
+                self._schedule_beat()
         stdin = self._process.stdin
         return stdin.fileno() if stdin is not None else None
 
@@ -40,32 +69,103 @@ class Keeper:
             with contextlib.suppress(OSError):
                 os.write(fd, line)
 
-    def track(self, pgid: int) -> None:
-        self._send(b"+%d\n" % pgid)
+    def track(self, pgid: int, cgroup_dirs: Sequence[str] = ()) -> None:
+        self._send(b" ".join([b"+%d" % pgid, *(os.fsencode(d) for d in cgroup_dirs)]) + b"\n")
 
     def untrack(self, pgid: int) -> None:
         self._send(b"-%d\n" % pgid)
 
+    def watch_stalls(self, timeout: float | None,
+                     on_stall: Callable[[float], None] | None = None) -> None:
+        """Have the keeper kill every job if this worker's event loop has not run for
+        `timeout` seconds (None: never). Must be called from the thread running the loop.
+
+        `on_stall(seconds)` is called when the loop finds it was not running for longer than
+        that: the keeper will have killed the jobs."""
+        self._timeout = timeout
+        if on_stall is not None:
+            self._on_stall = on_stall
+        if self._process is not None:
+            self._send(b"T %r\n" % (timeout or 0.0))
+            self._schedule_beat()
+
+    def _schedule_beat(self) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
+            self._beat = None
+        if not self._timeout:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._last_beat = time.monotonic()
+        every = min(MAX_HEARTBEAT_SECONDS, self._timeout / HEARTBEATS_PER_TIMEOUT)
+        self._beat = loop.call_later(every, self._heartbeat, loop, every)
+
+    def _heartbeat(self, loop: asyncio.AbstractEventLoop, every: float) -> None:
+        now = time.monotonic()
+        gap, self._last_beat = now - self._last_beat, now
+        if self._process is None or self._timeout is None:
+            self._beat = None
+            return
+        self._send(b".\n")
+        self._beat = loop.call_later(every, self._heartbeat, loop, every)
+        if gap > self._timeout and self._on_stall is not None:
+            self._on_stall(gap)
+
     def close(self) -> None:
         """Normal end: every job was reaped, so the keeper has nothing left to kill."""
+        if self._beat is not None:
+            self._beat.cancel()
+            self._beat = None
         if self._process is not None and self._process.stdin is not None:
             self._process.stdin.close()
             self._process.wait()
             self._process = None
 
 
-def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the worker's terminal is not for us
-    groups: set[int] = set()
-    for raw in sys.stdin.buffer:
-        line = raw.strip()
-        if line[:1] == b"+":
-            groups.add(int(line[1:]))
-        elif line[:1] == b"-":
-            groups.discard(int(line[1:]))
-    for pgid in groups:
+def _kill(jobs: dict[int, list[str]]) -> None:
+    for pgid, cgroup_dirs in jobs.items():
         with contextlib.suppress(OSError):
             os.killpg(pgid, signal.SIGKILL)
+        if cgroup_dirs:
+            kill_cgroup(cgroup_dirs)
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the worker's terminal is not for us
+    jobs: dict[int, list[str]] = {}  # process group -> the job's cgroup directories
+    timeout: float | None = None
+    last_heard = time.monotonic()
+    pending = b""
+    fd = sys.stdin.fileno()
+    while True:
+        wait = None if timeout is None else max(0.0, last_heard + timeout - time.monotonic())
+        readable, _, _ = select.select([fd], [], [], wait)
+        if not readable:  # the worker's loop has not run for the timeout: it is stopped
+            _kill(jobs)
+            jobs.clear()
+            last_heard = time.monotonic()
+            continue
+        data = os.read(fd, 65536)
+        if not data:
+            break
+        last_heard = time.monotonic()
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            words = line.split()
+            if not words:
+                continue
+            head = words[0]
+            if head[:1] == b"+":
+                jobs[int(head[1:])] = [os.fsdecode(word) for word in words[1:]]
+            elif head[:1] == b"-":
+                jobs.pop(int(head[1:]), None)
+            elif head == b"T" and len(words) == 2:
+                timeout = float(words[1]) or None
+    _kill(jobs)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 One read of /proc/PID/stat gives a process's parent, process group and resident pages, so a
 single scan per sampling round serves every running job. (psutil's ``children()`` rescans /proc
 for each job it is asked about, and still needs a second read per process for the RSS.)
+
+`peak_memory_bytes` picks the figure a job reports as its ``peak_rss_bytes``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,22 @@ class ProcessTable:
                 members.add(pid)
                 pending.extend(self.children.get(pid, ()))
         return sum(self.rss_bytes.get(pid, 0) for pid in members)
+
+
+def peak_memory_bytes(*, cgroup_peak_bytes: int | None, reaped_max_rss_bytes: int,
+                      sampled_tree_bytes: int) -> int:
+    """A finished job's peak memory.
+
+    Its cgroup's peak (``memory.peak``, ``memory.max_usage_in_bytes``) when the job had one
+    with a memory controller: it counts every process of the job, however short-lived or far
+    it wandered, and only what the job itself used. Otherwise the larger of ``wait4``'s
+    ``ru_maxrss`` (the largest single process among the leader and the descendants it reaped;
+    it includes the worker's own image, copied at the fork before the exec) and the largest
+    sum over the process tree seen while sampling.
+    """
+    if cgroup_peak_bytes is not None and cgroup_peak_bytes > 0:
+        return cgroup_peak_bytes
+    return max(reaped_max_rss_bytes, sampled_tree_bytes)
 
 
 def _stat_fields(pid_name: str) -> list[bytes] | None:

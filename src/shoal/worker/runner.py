@@ -19,8 +19,17 @@ preparing or held ends as ``killed`` without a start.
 
 When the leader exits, whatever is left of its process group is SIGKILLed, so background children
 cannot outlive their job holding cores, memory or output files. This is done while the leader is
-still an unreaped zombie, so the group id cannot have been reused by then. Processes that left
-the group on purpose (``setsid``, ``setpgid``) are out of reach.
+still an unreaped zombie, so the group id cannot have been reused by then. Where the machine
+allows it each job also runs in a cgroup of its own (see ``cgroups``), which is killed whole at
+the same moment and on every kill: processes that left the group on purpose (``setsid``,
+``setpgid``) die with their job too. Without cgroups they are out of reach.
+
+Times: ``wall_seconds`` comes from the monotonic clock and ``ended_at`` is ``started_at`` plus
+it, so a wall clock stepped back while a job runs cannot make it end before it started.
+
+A remote worker (see ``watch_stalls``) sends its keeper a heartbeat from the event loop; a
+worker stopped for longer than the timeout finds, when it wakes, that the keeper has killed its
+jobs, and reports them killed.
 
 One loop timer serves all jobs: it samples the process trees of jobs older than 0.2 s (every
 0.5 s, or every 0.1 s under a memory limit) and fires time limits and SIGKILL escalations. A short
@@ -31,6 +40,7 @@ is only a figure for the scheduler: it is measured but never enforced, time limi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -51,6 +61,7 @@ from shoal.core.protocol import (
     StartedItem,
 )
 from shoal.worker.capture import collect_and_remove, remove_quietly
+from shoal.worker.cgroups import Containment, JobCgroup
 from shoal.worker.gate import (
     Gate,
     block_until,
@@ -61,7 +72,7 @@ from shoal.worker.gate import (
     unboost,
 )
 from shoal.worker.keeper import Keeper
-from shoal.worker.measure import ProcessTable
+from shoal.worker.measure import ProcessTable, peak_memory_bytes
 from shoal.worker.spawn import Spawner, abandon, signal_group, spawn_error_message
 from shoal.worker.staging import (
     FetchBlob,
@@ -101,6 +112,7 @@ class _Attempt:
     released: bool = True  # False while held at the start line
     awaiting_stamp: bool = False  # released, its start not yet reported
     ready: ReadyItem | None = None  # what was reported when it reached the line
+    cgroup: JobCgroup | None = None  # where the machine allows it
 
     @property
     def pid(self) -> int:
@@ -116,6 +128,7 @@ class _Preparation:
 
     assignment: Assignment
     received_at: float
+    received_monotonic: float
     task: asyncio.Task[None] | None = None
     kill_reason: str | None = None
     release_requested: bool = False  # released before it was ready: open its line at once
@@ -137,8 +150,13 @@ class Runner:
         on_ready: Callable[[ReadyItem], None] | None = None,
         fetch_blob: FetchBlob | None = None,
         workdir_base: Path | None = None,
+        contain: bool = True,
     ) -> None:
         self.host = host
+        # Each job in a cgroup of its own where this machine allows it (`contain`=False: never).
+        self._containment = (
+            Containment.detect() if contain else None
+        )
         self._spawner = Spawner(hide_unassigned_gpus=bool(offered_gpus))
         self._enforce_memory = enforce_memory
         self._spool_dir = Path(spool_dir)
@@ -164,6 +182,18 @@ class Runner:
     @property
     def busy_cores(self) -> int:
         return self._busy_cores
+
+    @property
+    def containment(self) -> str:
+        """How a job's processes are held together: ``cgroup-v1``, ``cgroup-v2`` or
+        ``process-group``."""
+        return self._containment.name if self._containment else "process-group"
+
+    def watch_stalls(self, timeout: float | None) -> None:
+        """Have the keeper kill every job once this worker's event loop has not run for
+        `timeout` seconds (None: never), e.g. while the worker is stopped with SIGSTOP.
+        Must be called from the thread running the event loop."""
+        self._keeper.watch_stalls(timeout, self._on_stall)
 
     def running(self) -> list[RunningAttempt]:
         """Every attempt this runner holds, including gated ones still preparing (no pid yet)."""
@@ -207,7 +237,8 @@ class Runner:
             _log.warning("lease %d is already running; assignment ignored", lease_id)
             return
         if self._closing:
-            self._report_unstarted(assignment, time.time(), "the worker is shutting down")
+            self._report_unstarted(assignment, time.time(), time.monotonic(),
+                                   "the worker is shutting down")
             return
         if assignment.gate:
             self._prepare(assignment)
@@ -298,6 +329,8 @@ class Runner:
             self._timer, self._timer_due = None, math.inf
         self._spawner.close()
         self._keeper.close()
+        if self._containment is not None:
+            self._containment.close()
 
     # ---- spawning ------------------------------------------------------------------------
 
@@ -308,30 +341,47 @@ class Runner:
         stdout_path = f"{self._spool_dir}/{assignment.lease_id}.stdout"
         stderr_path = f"{self._spool_dir}/{assignment.lease_id}.stderr"
         started_at, started_monotonic = time.time(), time.monotonic()
+        cgroup = (
+            self._containment.create(f"job-{assignment.lease_id}")
+            if self._containment is not None else None
+        )
         try:
-            process = self._spawner.spawn(assignment, cwd, stdout_path, stderr_path, gate)
+            # Under cgroup v1 the job is born in its cgroup; under v2 it is moved in at once.
+            with (cgroup.spawning(self._containment.home)
+                  if cgroup is not None and self._containment is not None
+                  else contextlib.nullcontext()):
+                process = self._spawner.spawn(assignment, cwd, stdout_path, stderr_path, gate)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            self._discard_cgroup(cgroup)
             remove_quietly(stdout_path)
             remove_quietly(stderr_path)
             if gate is not None:
                 gate.close()
-            self._report_unstarted(assignment, started_at, spawn_error_message(exc, cwd))
+            self._report_unstarted(assignment, started_at, started_monotonic,
+                                   spawn_error_message(exc, cwd))
             return None
         finally:
             if gate is not None:
                 gate.close_child_ends()
+        if cgroup is not None:
+            cgroup.adopt(process.pid)
         try:
             pidfd = os.pidfd_open(process.pid)
         except OSError as exc:  # e.g. out of descriptors: the child cannot be watched, end it
+            if cgroup is not None:
+                cgroup.kill()
             abandon(process)
+            self._discard_cgroup(cgroup)
             remove_quietly(stdout_path)
             remove_quietly(stderr_path)
             if gate is not None:
                 gate.close()
-            self._report_unstarted(assignment, started_at, f"cannot watch process: {exc}")
+            self._report_unstarted(assignment, started_at, started_monotonic,
+                                   f"cannot watch process: {exc}")
             return None
 
-        self._keeper.track(process.pid)  # the job's group dies with this worker, however it dies
+        # The job's group and cgroup die with this worker, however it dies.
+        self._keeper.track(process.pid, cgroup.directories if cgroup is not None else ())
         memory_limited = self._enforce_memory and assignment.memory_bytes > 0
         limit = assignment.time_limit_seconds
         attempt = _Attempt(
@@ -352,6 +402,7 @@ class Runner:
             ),
             gate=gate,
             released=gate is None,
+            cgroup=cgroup,
         )
         self._attempts[assignment.lease_id] = attempt
         self._busy_cores += assignment.cores
@@ -360,15 +411,18 @@ class Runner:
         return attempt
 
     def _report_unstarted(
-        self, assignment: Assignment, at: float, error: str, outcome: Outcome = "spawn_error"
+        self, assignment: Assignment, at: float, at_monotonic: float, error: str,
+        outcome: Outcome = "spawn_error",
     ) -> None:
+        """`at` and `at_monotonic`: when it was received, on the wall and monotonic clocks."""
+        waited = max(0.0, time.monotonic() - at_monotonic) if outcome != "spawn_error" else 0.0
         self._on_finished(
             AttemptResult(
                 job_id=assignment.job_id,
                 lease_id=assignment.lease_id,
                 outcome=outcome,
                 started_at=at,
-                ended_at=time.time() if outcome != "spawn_error" else at,
+                ended_at=at + waited,
                 wall_seconds=0.0,
                 cpu_seconds=0.0,
                 peak_rss_bytes=0,
@@ -380,7 +434,8 @@ class Runner:
 
     def _prepare(self, assignment: Assignment) -> None:
         assert self._loop is not None
-        preparation = _Preparation(assignment, received_at=time.time())
+        preparation = _Preparation(assignment, received_at=time.time(),
+                                   received_monotonic=time.monotonic())
         self._preparing[assignment.lease_id] = preparation
         self._busy_cores += assignment.cores  # held for it from now, as for a running job
         preparation.task = self._loop.create_task(self._stage_and_spawn(preparation))
@@ -400,12 +455,14 @@ class Runner:
                 self._busy_cores -= assignment.cores
         except (StagingError, OSError) as exc:
             error = str(exc) if isinstance(exc, StagingError) else f"cannot open a gate: {exc}"
-            self._report_unstarted(assignment, preparation.received_at, error)
+            self._report_unstarted(assignment, preparation.received_at,
+                                   preparation.received_monotonic, error)
             self._check_drained()
             return
         except asyncio.CancelledError:
             reason = preparation.kill_reason or "cancelled"
-            self._report_unstarted(assignment, preparation.received_at, reason, "killed")
+            self._report_unstarted(assignment, preparation.received_at,
+                                   preparation.received_monotonic, reason, "killed")
             self._check_drained()
             return
         attempt = self._launch(assignment, cwd, gate)
@@ -461,6 +518,26 @@ class Runner:
             )
         )
 
+    def _discard_cgroup(self, cgroup: JobCgroup | None) -> None:
+        if cgroup is not None and self._containment is not None:
+            self._containment.discard(cgroup)
+
+    def _on_stall(self, seconds: float) -> None:
+        """The loop did not run for `seconds`, past the keeper's timeout: the keeper has
+        killed every job (their second copies may be running elsewhere by now). Report them
+        killed and make sure of it."""
+        # Those started before the stall; none can have started during it.
+        stalled_since = time.monotonic() - seconds + _TIMER_SLACK_SECONDS
+        stalled = [attempt for attempt in self._attempts.values()
+                   if attempt.started_monotonic < stalled_since]
+        if not stalled:
+            return
+        _log.warning("this worker was stopped for %.1f s: its keeper killed its %d jobs",
+                     seconds, len(stalled))
+        reason = f"the worker was stopped for {seconds:.0f} s; its keeper killed the job"
+        for attempt in stalled:
+            self._stop(attempt, "killed", reason, grace=False)
+
     def _check_drained(self) -> None:
         if self._attempts or self._preparing:
             return
@@ -472,13 +549,17 @@ class Runner:
     def _on_exit(self, attempt: _Attempt) -> None:
         """The pidfd is readable: the leader has exited and waits, a zombie, to be reaped."""
         signal_group(attempt.pid, signal.SIGKILL)  # leftovers; the zombie keeps the group id ours
+        if attempt.cgroup is not None:
+            attempt.cgroup.kill()  # and those that left the group
         try:
             pid, status, rusage = os.wait4(attempt.pid, os.WNOHANG)
         except ChildProcessError:  # someone else reaped it: the status is lost
             pid, status, rusage = attempt.pid, None, None
         if pid == 0:  # not reapable yet after all; the reader fires again when it is
             return
-        ended_at, ended_monotonic = time.time(), time.monotonic()
+        ended_monotonic = time.monotonic()
+        cgroup_peak_bytes = attempt.cgroup.peak_memory_bytes() if attempt.cgroup else None
+        self._discard_cgroup(attempt.cgroup)
         assert self._loop is not None
         self._loop.remove_reader(attempt.pidfd)
         os.close(attempt.pidfd)
@@ -503,6 +584,7 @@ class Runner:
                 exit_code = 128 + signal_number  # as bash reports it
             else:
                 exit_code = os.WEXITSTATUS(status)
+        wall_seconds = max(0.0, ended_monotonic - attempt.started_monotonic)
         result = AttemptResult(
             job_id=attempt.assignment.job_id,
             lease_id=attempt.assignment.lease_id,
@@ -511,11 +593,13 @@ class Runner:
             signal=signal_number,
             pid=attempt.pid,
             started_at=attempt.started_at,
-            ended_at=ended_at,
-            wall_seconds=ended_monotonic - attempt.started_monotonic,
+            ended_at=attempt.started_at + wall_seconds,  # never before it started
+            wall_seconds=wall_seconds,
             cpu_seconds=rusage.ru_utime + rusage.ru_stime if rusage else 0.0,
-            peak_rss_bytes=max(
-                rusage.ru_maxrss * 1024 if rusage else 0, attempt.peak_tree_rss_bytes
+            peak_rss_bytes=peak_memory_bytes(
+                cgroup_peak_bytes=cgroup_peak_bytes,
+                reaped_max_rss_bytes=rusage.ru_maxrss * 1024 if rusage else 0,
+                sampled_tree_bytes=attempt.peak_tree_rss_bytes,
             ),
             stdout=collect_and_remove(attempt.stdout_path, self._capture_bytes),
             stderr=collect_and_remove(attempt.stderr_path, self._capture_bytes),
@@ -550,7 +634,7 @@ class Runner:
                 self._stop(attempt, "time_limit", f"time limit of {limit:g} s reached")
             if attempt.sigkill_at is not None and attempt.sigkill_at <= due:
                 attempt.sigkill_at = None
-                signal_group(attempt.pid, signal.SIGKILL)
+                _kill_all_of(attempt)
         if self._attempts:
             self._wake_at(min(attempt.next_event() for attempt in self._attempts.values()))
 
@@ -577,12 +661,20 @@ class Runner:
         if attempt.stop_outcome is None:
             attempt.stop_outcome, attempt.stop_reason = outcome, reason
         if not grace:
-            signal_group(attempt.pid, signal.SIGKILL)
+            _kill_all_of(attempt)
             return
         signal_group(attempt.pid, signal.SIGTERM)
+        if attempt.cgroup is not None:
+            attempt.cgroup.signal(signal.SIGTERM)  # those that left the group are asked too
         if attempt.sigkill_at is None:
             attempt.sigkill_at = time.monotonic() + KILL_GRACE_SECONDS
             self._wake_at(attempt.sigkill_at)
+
+
+def _kill_all_of(attempt: _Attempt) -> None:
+    signal_group(attempt.pid, signal.SIGKILL)
+    if attempt.cgroup is not None:
+        attempt.cgroup.kill()
 
 
 def _ready_item(attempt: _Attempt, cwd: str, staged: StagingReport) -> ReadyItem:

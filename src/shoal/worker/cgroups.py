@@ -1,0 +1,368 @@
+"""Job containment: each job in a cgroup of its own, so that every process it starts can be
+found, killed and measured, including those that left its process group (``setsid``).
+
+`Containment.detect` looks at what this machine allows and picks one of
+
+- ``cgroup-v2``: a unified hierarchy at /sys/fs/cgroup. Jobs go in children of a parent cgroup
+  the worker creates under its own cgroup; killing writes ``cgroup.kill`` (Linux 5.14), or
+  freezes the cgroup and SIGKILLs every pid in it. Peak memory is ``memory.peak`` where the
+  memory controller could be enabled for the parent.
+- ``cgroup-v1``: the v1 ``freezer`` and ``memory`` controllers (either is enough). A kill
+  freezes the job, SIGKILLs every pid and thaws it, so nothing can fork away in between; peak
+  memory is ``memory.max_usage_in_bytes``.
+
+and returns None when there is neither (no cgroup file system, no permission to create
+cgroups): the worker then kills process groups only, as it always did.
+
+With v1 a job is born in its cgroups: the spawning thread moves itself in (v1 moves single
+threads through ``tasks``), forks the job, and moves back. v2 moves whole processes only, so
+there the job's pid is written right after the spawn; the job has then only just exec'd bash.
+
+Standard library only: the keeper imports `kill_cgroup` too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+FREEZE_WAIT_SECONDS = 1.0
+_V1_CONTROLLERS = ("freezer", "memory")
+
+
+class JobCgroup:
+    """One job's cgroups: one directory under v2, one per controller under v1."""
+
+    def __init__(self, version: int, paths: dict[str, Path]) -> None:
+        self.version = version
+        self.paths = paths  # controller ("unified" for v2) -> directory
+        self._born_inside = False  # set once a spawn was done from inside every one
+
+    @property
+    def directories(self) -> list[str]:
+        return [str(path) for path in self.paths.values()]
+
+    @contextlib.contextmanager
+    def spawning(self, home: dict[str, Path]) -> Iterator[None]:
+        """While inside, a process forked by the calling thread is born in this job's cgroups
+        (v1; under v2 this does nothing and `adopt` must follow the spawn)."""
+        if self.version != 1:
+            yield
+            return
+        tid = str(threading.get_native_id())
+        moved: list[str] = []
+        try:
+            for controller, path in self.paths.items():
+                with contextlib.suppress(OSError):
+                    _write(path / "tasks", tid)
+                    moved.append(controller)
+            self._born_inside = len(moved) == len(self.paths)
+            yield
+        finally:
+            for controller in moved:
+                with contextlib.suppress(OSError):
+                    _write(home[controller] / "tasks", tid)
+
+    def adopt(self, pid: int) -> None:
+        """Put `pid` in this job's cgroups if it is not there yet (v2, or a v1 move that
+        failed)."""
+        if self._born_inside:
+            return
+        for path in self.paths.values():
+            with contextlib.suppress(OSError):
+                if str(pid) not in _read(path / "cgroup.procs").split():
+                    _write(path / "cgroup.procs", str(pid))
+
+    def pids(self) -> list[int]:
+        found: set[int] = set()
+        for path in self.paths.values():
+            found.update(_pids(path))
+        return sorted(found)
+
+    def signal(self, signal_number: int) -> None:
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal_number)
+
+    def kill(self) -> None:
+        """SIGKILL every process in the job's cgroups."""
+        kill_cgroup(self.directories)
+
+    def peak_memory_bytes(self) -> int | None:
+        path = self.paths.get("memory" if self.version == 1 else "unified")
+        if path is None:
+            return None
+        name = "memory.max_usage_in_bytes" if self.version == 1 else "memory.peak"
+        try:
+            return int(_read(path / name))
+        except (OSError, ValueError):
+            return None
+
+    def remove(self) -> bool:
+        """Remove the directories; False if a process is still in one (try again later)."""
+        removed = True
+        for path in self.paths.values():
+            try:
+                path.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                removed = False
+        return removed
+
+
+class Containment:
+    """Per-job cgroups under parents this worker created; see the module's docstring."""
+
+    def __init__(self, version: int, parents: dict[str, Path], home: dict[str, Path]) -> None:
+        self.version = version
+        self.parents = parents  # controller -> the worker's parent cgroup for its jobs
+        self.home = home  # controller -> the cgroup the worker itself is in
+        self._leftovers: list[JobCgroup] = []
+
+    @property
+    def name(self) -> str:
+        return f"cgroup-v{self.version}"
+
+    @classmethod
+    def detect(cls, prefix: str = "shoal-worker-", root: Path = CGROUP_ROOT
+               ) -> Containment | None:
+        """The containment this process may use, with a parent cgroup named `prefix` and
+        this process's pid created for it, or None (then jobs are contained by their process
+        group only). Empty parents left by processes that are gone (a worker killed with
+        SIGKILL) are removed on the way."""
+        tag = f"{prefix}{os.getpid()}"
+        own = _own_cgroups()
+        if (root / "cgroup.controllers").exists():  # the unified hierarchy alone: v2
+            home = {"unified": _inside(root, own.get("", "/"))}
+            _sweep(home, prefix)
+            parents = _make_parents(home, tag, probe_threads=False)
+            if not parents:
+                return None
+            with contextlib.suppress(OSError):  # only possible where the parent is empty
+                _write(home["unified"] / "cgroup.subtree_control", "+memory")
+            with contextlib.suppress(OSError):
+                _write(parents["unified"] / "cgroup.subtree_control", "+memory")
+            return cls(2, parents, home)
+        home = {controller: _inside(root / controller, own[controller])
+                for controller in _V1_CONTROLLERS
+                if controller in own and (root / controller / "tasks").exists()}
+        _sweep(home, prefix)
+        parents = _make_parents(home, tag, probe_threads=True)
+        if not parents:
+            return None
+        return cls(1, parents, {controller: home[controller] for controller in parents})
+
+    def create(self, name: str) -> JobCgroup | None:
+        """A job's cgroups, or None if they cannot be made (the job then runs uncontained)."""
+        self.collect()
+        paths: dict[str, Path] = {}
+        for controller, parent in self.parents.items():
+            path = parent / name
+            try:
+                path.mkdir()
+            except FileExistsError:
+                pass
+            except OSError:
+                JobCgroup(self.version, paths).remove()
+                return None
+            paths[controller] = path
+        return JobCgroup(self.version, paths)
+
+    def discard(self, cgroup: JobCgroup) -> None:
+        """Remove a job's cgroups now, or later if its last processes are still dying."""
+        if not cgroup.remove():
+            self._leftovers.append(cgroup)
+
+    def collect(self) -> None:
+        """Remove cgroups whose processes have since gone."""
+        if self._leftovers:
+            self._leftovers = [cgroup for cgroup in self._leftovers if not cgroup.remove()]
+
+    def close(self) -> None:
+        """Kill what is left in the job cgroups and remove them and the parents."""
+        deadline = time.monotonic() + 2.0
+        for parent in self.parents.values():
+            for child in _children(parent):
+                kill_cgroup([str(child)])
+        while True:
+            remaining = [child for parent in self.parents.values() for child in _children(parent)]
+            for child in remaining:
+                with contextlib.suppress(OSError):
+                    child.rmdir()
+            if not any(child.exists() for child in remaining) or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        for parent in self.parents.values():
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        self._leftovers.clear()
+
+
+def kill_cgroup(directories: list[str]) -> None:
+    """SIGKILL every process in these cgroup directories (one job's), so that none escapes
+    by forking: v2 writes cgroup.kill; otherwise the cgroup is frozen first if it can be."""
+    paths = [Path(directory) for directory in directories]
+    if not any(_pids(path) for path in paths):  # the usual case once a job has ended
+        return
+    for path in paths:
+        if (path / "cgroup.kill").exists():
+            with contextlib.suppress(OSError):
+                _write(path / "cgroup.kill", "1")
+                return
+    frozen = [path for path in paths if _freeze(path, True)]
+    try:
+        for _ in range(100):  # unfrozen, a fork may land between reading the list and the kill
+            pids = {pid for path in paths for pid in _pids(path)}
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            if frozen:
+                break
+    finally:
+        for path in frozen:
+            _freeze(path, False)
+
+
+def _freeze(path: Path, frozen: bool) -> bool:
+    """Freeze (v1 freezer.state, v2 cgroup.freeze) or thaw; True once frozen as asked."""
+    if (path / "freezer.state").exists():
+        state_file, value, done = path / "freezer.state", "FROZEN" if frozen else "THAWED", None
+    elif (path / "cgroup.freeze").exists():
+        state_file, value, done = path / "cgroup.freeze", "1" if frozen else "0", "events"
+    else:
+        return False
+    try:
+        _write(state_file, value)
+    except OSError:
+        return False
+    if not frozen:
+        return True
+    deadline = time.monotonic() + FREEZE_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            if done is None:
+                if _read(state_file).strip() == "FROZEN":
+                    return True
+            elif "frozen 1" in _read(path / "cgroup.events"):
+                return True
+        except OSError:
+            return False
+        time.sleep(0.001)
+    return False  # still freezing: killing pid by pid still works, only less surely
+
+
+def _own_cgroups() -> dict[str, str]:
+    """controller -> this process's cgroup path ("" for the v2 unified hierarchy)."""
+    found: dict[str, str] = {}
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        _, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if controllers == "":
+            found[""] = path
+        for controller in controllers.split(","):
+            if controller:
+                found[controller] = path
+    return found
+
+
+def _inside(mount: Path, cgroup_path: str) -> Path:
+    """The directory of `cgroup_path` under `mount`; the mount itself inside a cgroup
+    namespace, where the path shown may not exist below it."""
+    path = mount.joinpath(*[part for part in cgroup_path.split("/") if part])
+    return path if path.is_dir() else mount
+
+
+def _make_parents(home: dict[str, Path], tag: str, *, probe_threads: bool) -> dict[str, Path]:
+    """Create `tag` under each of the worker's own cgroups; keep those it may use: under v1,
+    where the calling thread could move in and back out (what every spawn does)."""
+    parents: dict[str, Path] = {}
+    tid = str(threading.get_native_id())
+    for controller, own in home.items():
+        parent = own / tag
+        try:
+            parent.mkdir(exist_ok=True)
+            if probe_threads:
+                _write(parent / "tasks", tid)
+                _write(own / "tasks", tid)
+            elif not os.access(parent / "cgroup.procs", os.W_OK):
+                raise PermissionError(errno.EACCES, "cgroup.procs")
+        except OSError:
+            with contextlib.suppress(OSError):
+                _write(own / "tasks", tid)
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+            continue
+        parents[controller] = parent
+    return parents
+
+
+def _sweep(home: dict[str, Path], prefix: str) -> None:
+    """Remove `prefix`PID parents whose process is gone, if nothing runs in them any more.
+    (One with processes may belong to a worker in another pid namespace: left alone.)"""
+    for own in home.values():
+        try:
+            entries = [entry for entry in own.iterdir() if entry.name.startswith(prefix)]
+        except OSError:
+            continue
+        for parent in entries:
+            pid = parent.name[len(prefix):]
+            if not pid.isdigit() or _process_exists(int(pid)):
+                continue
+            children = _children(parent)
+            if any(_pids(child) for child in [parent, *children]):
+                continue
+            with contextlib.suppress(OSError):
+                for child in children:
+                    child.rmdir()
+                parent.rmdir()
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _children(parent: Path) -> list[Path]:
+    try:
+        return [entry for entry in parent.iterdir() if entry.is_dir()]
+    except OSError:
+        return []
+
+
+def _pids(path: Path) -> list[int]:
+    try:
+        return [int(pid) for pid in _read(path / "cgroup.procs").split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _read(path: Path) -> str:
+    with open(path) as file:
+        return file.read()
+
+
+def _write(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
