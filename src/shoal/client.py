@@ -33,6 +33,7 @@ from shoal.core.errors import (
     StoreUnavailable,
 )
 from shoal.home import Connection, resolve_connection
+from shoal.trust import certificate_problem
 
 if TYPE_CHECKING:  # pydantic is not imported until a caller builds JobSpecs
     from shoal.core.models import JobSpec
@@ -84,6 +85,7 @@ class Client:
         connection = resolve_connection(server=url, token=token)
         self.url = connection.url
         self.timeout = timeout
+        self._pinned_ca = connection.ca_fingerprint  # to say whether a refusal is the pin's
         headers = {"Accept": "application/json"}
         if connection.admin_token:
             headers["Authorization"] = f"Bearer {connection.admin_token}"
@@ -319,9 +321,13 @@ class Client:
                     raise error_from_response(response.status_code, response.read())
                 return _write_file(destination, response.iter_bytes())
         except httpx.TransportError as exc:
-            raise ConnectError(f"cannot reach the server at {self.url}: {_describe(exc)}") from None
+            raise self._unreachable(exc) from None
         except httpx.InvalidURL as exc:
             raise ConnectError(f"cannot reach the server at {self.url}: {exc}") from None
+
+    def _unreachable(self, exc: httpx.TransportError) -> ConnectError:
+        return ConnectError(f"cannot reach the server at {self.url}: "
+                            f"{_describe(exc, self.url, self._pinned_ca)}")
 
     def _request(self, method: str, path: str, *, timeout: float | None = None,
                  replayable: bool = True, **kwargs: Any) -> Any:
@@ -333,8 +339,7 @@ class Client:
                     method, path, timeout=self.timeout if timeout is None else timeout, **kwargs
                 )
             except httpx.TransportError as exc:  # connect, timeout, protocol, network errors
-                raise ConnectError(
-                    f"cannot reach the server at {self.url}: {_describe(exc)}") from None
+                raise self._unreachable(exc) from None
             except httpx.InvalidURL as exc:
                 raise ConnectError(f"cannot reach the server at {self.url}: {exc}") from None
             # A request refused for its rate was not looked at: it is safe to send again.
@@ -460,14 +465,13 @@ def _link_without_replacing(partial: Path, target: Path) -> None:
         partial.unlink()
 
 
-def _describe(exc: httpx.TransportError) -> str:
+def _describe(exc: httpx.TransportError, url: str, pinned: str | None) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
+    problem = certificate_problem(exc, url, pinned=pinned)  # expired, wrong name, not the pin's
+    if problem is not None:
+        return problem
     text = str(exc) or type(exc).__name__
-    if "CERTIFICATE_VERIFY_FAILED" in text:
-        return ("its certificate is not trusted (" + text.split("certificate verify failed:")[-1]
-                .strip(" )") + "); use the connection string `shoal server` printed, "
-                "which pins its CA")
     if "WRONG_VERSION_NUMBER" in text or "RECORD_LAYER_FAILURE" in text:
         return "it does not speak TLS there; is the URL https:// rather than http://?"
     if "disconnected without sending a response" in text:

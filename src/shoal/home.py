@@ -95,7 +95,7 @@ def parse_connection_string(text: str) -> tuple[str, str | None, str | None]:
 def write_connection(home: Path, connection: Connection, *, pid: int,
                      ca_file: Path | None = None) -> Path:
     """Write the connection file atomically, readable by its owner only."""
-    home.mkdir(parents=True, exist_ok=True)
+    private_directory(home)
     path = home / CONNECTION_FILE
     tmp = path.with_suffix(".tmp")
     data = {
@@ -216,9 +216,26 @@ def _for_role(connection: Connection, role: str, token: str | None) -> Connectio
     return replace(connection, admin_token=token, worker_token=None)
 
 
+def private_directory(path: Path) -> Path:
+    """Make `path` (with any missing parents) and keep it to its owner, mode 0700: a home holds
+    tokens, jobs' environments and their output."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o777 != 0o700:
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask, and it may be older
+    return path
+
+
+def has_server_identity(home: Path) -> bool:
+    """Whether a server has lived in `home`: its connection file or its own CA is there, so
+    workers and users hold its tokens or pin its CA."""
+    return (home / CONNECTION_FILE).exists() or (home / "tls" / "ca.pem").exists()
+
+
 def lock_home(home: Path) -> int:
-    """Hold an exclusive lock on `home` for this process's life: one server per database."""
-    home.mkdir(parents=True, exist_ok=True)
+    """Hold an exclusive lock on `home` for this process's life: one server per database.
+
+    The home is made private (0700) first: `shoal run` keeps its state the same way."""
+    private_directory(home)
     fd = os.open(home / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

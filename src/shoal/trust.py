@@ -13,6 +13,8 @@ import hashlib
 import hmac
 import re
 import ssl
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -149,3 +151,82 @@ def _check_pin(body: bytes, wanted: str, origin: str) -> bytes:
 
 def _reason(exc: httpx.HTTPError) -> str:
     return str(exc) or type(exc).__name__
+
+
+# --- saying why a certificate was refused -----------------------------------------------------
+
+# OpenSSL's verification results (X509_V_ERR_*) that each have their own explanation.
+_NOT_YET_VALID = 9
+_EXPIRED = 10
+_WRONG_NAME = (62, 64)  # HOSTNAME_MISMATCH, IP_ADDRESS_MISMATCH
+# UNABLE_TO_GET_ISSUER_CERT, DEPTH_ZERO_SELF_SIGNED_CERT, SELF_SIGNED_CERT_IN_CHAIN,
+# UNABLE_TO_GET_ISSUER_CERT_LOCALLY, UNABLE_TO_VERIFY_LEAF_SIGNATURE
+_UNKNOWN_ISSUER = (2, 18, 19, 20, 21)
+_OPENSSL_PLACE = re.compile(r"\s*\(_ssl\.c:\d+\)")  # where in CPython the error arose
+# The same, as the text of an error that no longer carries the code.
+_CODES_BY_TEXT = (("certificate has expired", _EXPIRED),
+                  ("certificate is not yet valid", _NOT_YET_VALID),
+                  ("hostname mismatch", _WRONG_NAME[0]), ("ip address mismatch", _WRONG_NAME[1]),
+                  ("self-signed certificate", 18), ("self signed certificate", 18),
+                  ("unable to get local issuer certificate", 20),
+                  ("unable to verify the first certificate", 21))
+
+
+def certificate_problem(error: BaseException, url: str, *, pinned: str | None,
+                        now: datetime | None = None) -> str | None:
+    """What is wrong with the server's certificate, when `error` (or an error it arose from)
+    is a TLS verification failure; None when it is not one.
+
+    Expired, not yet valid, for another name, and not from the pinned CA each have their own
+    sentence, with what to do about it: only the last is a matter of the pin."""
+    found = _verification_failure(error)
+    if found is None:
+        return None
+    code, message = found
+    clock = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
+    if code == _EXPIRED:
+        return (f"its certificate has expired (this host's clock reads {clock}); if the clock "
+                "is right, the certificate must be renewed: a server renews its own while it "
+                "runs, one given with --tls-cert is replaced by whoever manages it")
+    if code == _NOT_YET_VALID:
+        return (f"its certificate is not valid yet (this host's clock reads {clock}); the "
+                "clock here or on the server is wrong")
+    if code in _WRONG_NAME:
+        host = urlsplit(url).hostname or url
+        return (f"its certificate is not for {host!r}; dial a name or address it carries, or "
+                f"add this one with `shoal server --tls-san {host}`")
+    if code in _UNKNOWN_ISSUER and pinned is not None:
+        return (f"its certificate is not signed by the pinned CA {pinned}: the server has a "
+                "new CA, or another server answers at this address; take the connection "
+                "string again from the server ($SHOAL_HOME/join)")
+    if code in _UNKNOWN_ISSUER:
+        return (f"its certificate is not trusted here ({message}): its CA is not in this "
+                "host's store; use the connection string `shoal server` printed, which pins "
+                "its CA")
+    return f"its certificate was refused ({message})"
+
+
+def _verification_failure(error: BaseException) -> tuple[int | None, str] | None:
+    """(OpenSSL's code, its message) of the certificate verification failure behind `error`."""
+    chain: list[BaseException] = []
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is not None and all(current is not seen for seen in chain):
+            chain.append(current)
+            pending += [current.__cause__, current.__context__]
+    for current in chain:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            message = _OPENSSL_PLACE.sub("", str(current.verify_message or current.reason))
+            return current.verify_code or _code_from_text(message), message
+    for current in chain:  # flattened into text by a library on the way
+        text = str(current)
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            message = _OPENSSL_PLACE.sub("", text.split("certificate verify failed:")[-1])
+            return _code_from_text(message), message.strip(" ()")
+    return None
+
+
+def _code_from_text(message: str) -> int | None:
+    lowered = message.lower()
+    return next((code for text, code in _CODES_BY_TEXT if text in lowered), None)

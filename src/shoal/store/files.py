@@ -1,0 +1,85 @@
+"""The database file on disk: kept to its owner, and refused when it has lost what it held.
+
+A database holds jobs' environments and output, so it and SQLite's `-wal` and `-shm` beside it
+are mode 0600 (SQLite gives those two the database's own mode). A server's home whose database
+is empty or damaged is not started over: that would hand out new tokens over an empty queue,
+and every job and user would be gone without a word.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from shoal.core.errors import InputError
+from shoal.home import CONNECTION_FILE, has_server_identity
+
+FILE_MODE = 0o600
+SIDE_FILES = ("-wal", "-shm", "-journal")
+# SQLite's result codes for a file that is not, or no longer, a sound database.
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+_RESTORE_HINT = ("restore the latest copy made by `shoal backup` to this path, or move the file "
+                 "away to start with an empty queue and new tokens")
+
+
+def prepare_database_file(path: Path) -> bool:
+    """Before SQLite opens `path`: refuse an empty database where a server has lived, make a
+    new one readable by its owner only, and take back wider modes from an older one.
+
+    Returns whether the file held something already (so that it is worth checking)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        size = None
+    if size == 0 and has_server_identity(path.parent):
+        raise InputError("the database is empty (0 bytes), yet a server has lived in this "
+                         f"home; not starting an empty queue over it: {_RESTORE_HINT}",
+                         source=str(path))
+    if size is None:
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    for name in (path, *(path.with_name(path.name + suffix) for suffix in SIDE_FILES)):
+        _keep_private(name)
+    return bool(size)
+
+
+def check_database(db: sqlite3.Connection, path: Path,
+                   on_refusal: Callable[[], None]) -> None:
+    """After SQLite opened a database that held something, before anything writes to it:
+    refuse one that is damaged, or (where a server has lived) one that holds no queue.
+    `on_refusal` is called first (it closes `db`). A damaged file may also make SQLite raise
+    its own error here (see `is_damage`)."""
+    problems = [str(row[0]) for row in db.execute("PRAGMA quick_check(10)").fetchall()]
+    if problems != ["ok"]:
+        on_refusal()
+        more = f", and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise damaged(path, problems[0].removeprefix("*** in database main ***").strip() + more)
+    tables = db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+    if tables == 0 and (path.parent / CONNECTION_FILE).exists():
+        on_refusal()
+        raise InputError("the database holds no tables, yet a server has lived in this home; "
+                         f"not starting an empty queue over it: {_RESTORE_HINT}",
+                         source=str(path))
+
+
+def is_damage(exc: sqlite3.Error) -> bool:
+    """Whether SQLite's error says the file is not a sound database (rather than, say, busy)."""
+    return getattr(exc, "sqlite_errorcode", None) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+
+
+def damaged(path: Path, reason: object) -> InputError:
+    return InputError(f"the database is damaged ({reason}); not starting over it: "
+                      f"{_RESTORE_HINT}", source=str(path))
+
+
+def _keep_private(path: Path) -> None:
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    if mode & 0o077:
+        os.chmod(path, FILE_MODE)
