@@ -3,8 +3,6 @@
 The same service and worker code as a real deployment, in one process and one event loop: the
 worker is linked to the service by plain calls instead of a WebSocket. State lives in `.shoal/`
 beside FILE (or `$SHOAL_HOME` when set), so a second run skips what is done and retries failures.
-It holds jobs' environments and output, so it is kept as a server's home is: the directories
-0700, the database and every file beside it 0600.
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ from shoal.core.models import FINAL_STATES, JobState
 from shoal.core.protocol import Resources
 from shoal.core.states import Transition
 from shoal.formats import ParsedJob, RunmakerMarker, parse_file
-from shoal.home import DATABASE_FILE, lock_home, private_directory
+from shoal.home import DATABASE_FILE, lock_home
 from shoal.server.reactor import ReactorConfig
 from shoal.server.service import Service
 from shoal.store import Store
@@ -78,7 +76,7 @@ async def run_jobs(path: Path, parsed: list[ParsedJob], parallel: int,
     home = state_dir(path)
     lock_home(home)
     store = Store(home / DATABASE_FILE)
-    service = Service(store, ReactorConfig(lost_grace_seconds=0.0))
+    service = Service(store, ReactorConfig(lost_grace_seconds=0.0, restart_grace_seconds=0.0))
     await service.start()
     started = time.monotonic()
     to_run = [item for item in parsed if item.state_char != "d"]
@@ -120,7 +118,7 @@ async def run_jobs(path: Path, parsed: list[ParsedJob], parallel: int,
         finished.set()
     memory = detect_resources().memory_bytes
     agent = Agent(LOCAL_WORKER, Resources(cores=parallel, memory_bytes=memory),
-                  private_directory(home / "spool"), host=socket.gethostname())
+                  home / "spool", host=socket.gethostname())
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

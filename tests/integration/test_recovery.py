@@ -71,3 +71,23 @@ def test_workers_follow_a_server_that_moved(cluster: Cluster) -> None:
                == 2, timeout=30, message="workers to find the new address")
     [job_id] = cluster.api("POST", "/jobs", json={"jobs": [{"cmd": "true", "cwd": "/"}]})["ids"]
     cluster.wait_state(job_id, "done")
+
+
+def test_results_held_through_a_restart_are_kept_even_with_a_short_lost_grace(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """The fixture's server gives lost attempts 1 s. A worker whose job ended while the
+    server was down holds the result and reconnects with backoff; the restarted server waits
+    for it rather than run the job again."""
+    assert cluster.server is not None
+    port = cluster.url.rsplit(":", 1)[1]
+    ledger = tmp_path / "ledger"
+    [job_id] = cluster.api("POST", "/jobs", json={"jobs": [
+        {"cmd": f"sleep 1; echo ran >> {ledger}", "cwd": "/tmp"}]})["ids"]
+    wait_until(lambda: cluster.job(job_id)["pid"] is not None, message="the job to start")
+    cluster.server.send_signal(signal.SIGKILL)
+    cluster.server.wait()
+    wait_until(ledger.exists, message="the job to end while the server is down")
+    cluster.start_server("--port", port, "--lease-timeout", "3", "--lost-grace", "1")
+    job = cluster.wait_state(job_id, "done", "failed", timeout=30)
+    assert (job["state"], job["attempts"]) == ("done", 1)
+    assert ledger.read_text().split() == ["ran"]

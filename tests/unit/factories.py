@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shoal.core.models import Job, JobSpec, JobState
-from shoal.core.protocol import AttemptResult, Register, Resources
+from shoal.core.protocol import PROTOCOL_VERSION, AttemptResult, Register, Resources
 
 
 def make_job(job_id: int = 1, *, state: JobState = JobState.QUEUED, priority: int = 0,
@@ -17,9 +17,12 @@ def spec(cmd: str, **fields: object) -> JobSpec:
     return JobSpec(cmd=cmd, cwd="/tmp", **fields)  # type: ignore[arg-type]
 
 
-def register(name: str = "w1", cores: int = 2, running: list | None = None) -> Register:
-    return Register(protocol_version=1, name=name, host=f"{name}.local",
+def register(name: str = "w1", cores: int = 2, running: list | None = None,
+             instance_secret: str | None = None) -> Register:
+    """A worker's register; its secret follows its name unless given (one process a name)."""
+    return Register(protocol_version=PROTOCOL_VERSION, name=name, host=f"{name}.local",
                     resources=Resources(cores=cores, memory_bytes=8 << 30),
+                    instance_secret=instance_secret or name.encode().hex().ljust(32, "0"),
                     running=running or [])
 
 

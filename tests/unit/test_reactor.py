@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -262,3 +264,75 @@ def test_counts_always_match_the_jobs(actions: list[tuple[str, int]]) -> None:
             fresh.setdefault(each.group, {}).setdefault(each.state.value, 0)
             fresh[each.group][each.state.value] += 1
         assert reactor.counts() == dict(sorted(fresh.items()))
+
+
+# ---- who may claim an attempt --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "credential", "secret"), [
+    ("evil", "worker-token", None),             # another name, another process, same token
+    ("evil", "other-token", b"w1".hex().ljust(32, "0")),  # the secret, not the token
+    ("w1", "other-token", b"w1".hex().ljust(32, "0")),    # name and secret, not token
+])
+def test_only_the_process_and_token_an_attempt_was_given_to_may_claim_it(
+        name: str, credential: str, secret: str | None) -> None:
+    reactor = new_reactor(lost_grace_seconds=60)
+    [job_id] = add(reactor, "sleep 100")
+    w1 = reactor.worker_joined(register("w1"), 0.0, credential="worker-token")
+    [(_, lease)] = assigned(reactor)[w1]
+    claim = [RunningAttempt(job_id=job_id, lease_id=lease, started_at=1.0)]
+    reactor.worker_left(w1, 2.0)  # even with the holder away, its attempt is not up for grabs
+    impostor = reactor.worker_joined(register(name, running=claim, instance_secret=secret),
+                                     3.0, credential=credential)
+    job = reactor.get(job_id)
+    assert (job.state, job.worker) == (S.LOST, "w1")
+    assert job_id not in reactor.workers[impostor].job_ids
+    kills = [m for m in reactor.take_effects().messages().get(impostor, [])
+             if isinstance(m, Kill)]
+    assert [k.lease_id for m in kills for k in m.items] == [lease]  # its own copy, if any
+    reactor.finished(impostor, [result(job_id, lease)], 4.0)
+    assert reactor.get(job_id).state is S.LOST  # a forged result changes nothing
+    reactor.worker_left(impostor, 4.5)
+    assert reactor.get(job_id).state is S.LOST  # and its leaving takes nothing with it
+    back = reactor.worker_joined(register("w1", running=claim), 5.0, credential="worker-token")
+    assert reactor.get(job_id).state is S.RUNNING and job_id in reactor.workers[back].job_ids
+
+
+def test_a_claim_on_a_connected_workers_attempt_leaves_that_worker_untouched() -> None:
+    reactor = new_reactor()
+    [job_id] = add(reactor, "sleep 100")
+    w1 = reactor.worker_joined(register("w1"), 0.0, credential="t")
+    [(_, lease)] = assigned(reactor)[w1]
+    claim = [RunningAttempt(job_id=job_id, lease_id=lease, started_at=1.0)]
+    evil = reactor.worker_joined(register("evil", running=claim), 1.0, credential="t")
+    reactor.worker_left(evil, 2.0)
+    job = reactor.get(job_id)
+    assert (job.state, job.worker) == (S.RUNNING, "w1")
+    assert reactor.workers[w1].used_cores == 1 and reactor.workers[w1].connected
+
+
+def test_a_second_process_under_a_connected_workers_name_is_refused() -> None:
+    reactor = new_reactor(heartbeat_seconds=5)
+    w1 = reactor.worker_joined(register("w1"), 0.0, credential="t")
+    with pytest.raises(Conflict, match="'w1' is already connected"):
+        reactor.worker_joined(register("w1", instance_secret="ab" * 16), 4.0, credential="t")
+    assert reactor.workers[w1].connected
+    # The same process reconnecting replaces its stale session at once.
+    again = reactor.worker_joined(register("w1"), 5.0, credential="t")
+    assert not reactor.workers[w1].connected and reactor.workers[again].connected
+    # A session silent for two heartbeats is presumed dead: a new process may take the name.
+    later = reactor.worker_joined(register("w1", instance_secret="cd" * 16), 16.0,
+                                  credential="t")
+    assert reactor.workers[later].connected and not reactor.workers[again].connected
+
+
+def test_lease_ids_increase_but_cannot_be_guessed_from_the_last() -> None:
+    reactor = new_reactor()
+    add(reactor, *(f"echo {n}" for n in range(64)))
+    worker = reactor.worker_joined(register(cores=64), 0.0)
+    leases = [lease for _, lease in assigned(reactor)[worker]]
+    assert leases == sorted(leases) and len(set(leases)) == 64
+    assert len({b - a for a, b in pairwise(leases)}) > 1
+    restarted = Reactor(list(reactor.jobs.values()), next_job_id=100,
+                        next_lease_id=reactor.next_lease_id)
+    assert restarted.next_lease_id > max(leases)

@@ -103,7 +103,7 @@ class World:
             self.reactor.tick(self.now)
         elif action == "restart":
             jobs = list(self.reactor.jobs.values())
-            self.reactor = Reactor(jobs, next_job_id=100, next_lease_id=self.reactor._next_lease_id,
+            self.reactor = Reactor(jobs, next_job_id=100, next_lease_id=self.reactor.next_lease_id,
                                    config=CONFIG, now=self.now)
             for other in self.hosts.values():
                 other.session = None

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.core.errors import InputError
+from shoal.core.errors import Forbidden, InputError
 from shoal.core.models import JobState
-from shoal.core.protocol import Assign, Register, Resources
+from shoal.core.protocol import PROTOCOL_VERSION, Assign, Register, Resources
 from shoal.server.reactor import Reactor, ReactorConfig
 
 from .factories import result, spec
@@ -32,7 +32,8 @@ def add(reactor: Reactor, *specs_: object, now: float = 0.0) -> list[int]:
 def join(reactor: Reactor, name: str = "w", cores: int = 4, gpus: int = 0,
          custom: dict[str, int] | None = None, labels: dict[str, str] | None = None) -> int:
     return reactor.worker_joined(Register(
-        protocol_version=1, name=name, host=name, labels=labels or {},
+        protocol_version=PROTOCOL_VERSION, instance_secret=name.encode().hex().ljust(32, "0"),
+        name=name, host=name, labels=labels or {},
         resources=Resources(cores=cores, memory_bytes=64 << 30,
                             gpus=[str(i) for i in range(gpus)], custom=custom or {})), 0.0)
 
@@ -215,3 +216,34 @@ def test_no_job_starts_before_its_dependencies_are_done(
         if live:
             key = sorted(live)[index % len(live)]
             finish(reactor, worker, live.pop(key), code=0 if succeed else 1, now=now)
+
+
+@pytest.mark.parametrize(("before", "entry", "allowed"), [
+    ({}, "fresh:3", True),                  # a limit nobody uses yet: its first cap
+    ({"shared": 4}, "shared:4", True),      # restating the cap it has
+    ({"shared": 4}, "shared:0", False),     # pausing another's limit
+    ({"shared": 4}, "shared:9", False),     # raising it
+    ({"shared": None}, "shared:1", False),  # capping a limit jobs already use
+])
+def test_a_cap_in_a_job_follows_the_permission_of_setting_caps(
+        before: dict[str, int | None], entry: str, allowed: bool) -> None:
+    reactor = Reactor([], next_job_id=1, next_lease_id=1,
+                      limit_caps={k: v for k, v in before.items() if v is not None})
+    for name in before:
+        add(reactor, spec(f"uses {name}", limits=[name]))
+    caps = dict(reactor.limit_caps)
+    user_spec = spec("mine", limits=[entry])
+    if allowed:
+        plan = reactor.plan_add([user_spec], rerun=False, now=0.0, may_set_caps=False)
+        reactor.apply_add(plan, now=0.0)
+        name, _, cap = entry.partition(":")
+        assert reactor.limit_caps[name] == int(cap)
+    else:
+        with pytest.raises(Forbidden, match=r"jobs\[0\]\.limits: .*only an admin"):
+            reactor.plan_add([user_spec], rerun=False, now=0.0, may_set_caps=False)
+        assert reactor.limit_caps == caps
+    # An admin may set any cap.
+    plan = reactor.plan_add([spec("admin's", limits=[entry])], rerun=False, now=0.0)
+    reactor.apply_add(plan, now=0.0)
+    name, _, cap = entry.partition(":")
+    assert reactor.limit_caps[name] == int(cap)

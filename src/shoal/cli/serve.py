@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import signal
 import socket
@@ -13,11 +14,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shoal.cli.join import worker_address
-from shoal.core.errors import ConnectError, InputError
+from shoal.core.errors import InputError
 from shoal.core.models import RESERVED_RESOURCES
 from shoal.home import DEFAULT_PORT, Connection, resolve_connection, shoal_home
-from shoal.trust import certificate_problem
 
 if TYPE_CHECKING:
     from shoal.worker.agent import Agent
@@ -96,20 +95,13 @@ def server_command(
 
 
 def worker_command(
-    join_file: Annotated[Path | None, typer.Option(
-        metavar="FILE",
-        help="Read the connection string from FILE (yours only: refused if others can read "
-             "it), e.g. a copy of the server's $SHOAL_HOME/join. Else $SHOAL_JOIN.")] = None,
     join: Annotated[str | None, typer.Option(
-        metavar="shoal://...|-",
-        help="The connection string `shoal server` printed (address, worker token, the "
-             "fingerprint of its CA), or - to read it from standard input. Given here, its "
-             "token shows in `ps` until the worker starts: prefer --join-file.")] = None,
+        metavar="shoal://...",
+        help="The connection string `shoal server` printed: address, worker token and the "
+             "fingerprint of the server's CA.")] = None,
     server: Annotated[str | None, typer.Option(
         help="Server URL or connection string (default: $SHOAL_HOME).")] = None,
-    token: Annotated[str | None, typer.Option(
-        help="Worker token (default: $SHOAL_TOKEN, else $SHOAL_HOME); it shows in `ps` "
-             "until the worker starts: prefer $SHOAL_TOKEN.")] = None,
+    token: Annotated[str | None, typer.Option(help="Worker token (default: $SHOAL_HOME).")] = None,
     name: Annotated[str | None, typer.Option(help="Worker name (default: the host name).")] = None,
     cores: Annotated[int | None, typer.Option(help="Cores to offer (default: all).")] = None,
     memory: Annotated[str | None, typer.Option(help="Memory to offer, e.g. 8G.")] = None,
@@ -166,14 +158,15 @@ def worker_command(
     custom = parse_resource_options(resource or [])
     labels = parse_label_options(label or [])
 
-    address = worker_address(join, join_file, server, token)  # hides a token given in argv
+    if join is not None and server is not None:
+        raise InputError("--join: give either --join or --server")
+    if join is not None and not join.startswith("shoal://"):
+        raise InputError("--join: expected the shoal://... string `shoal server` printed")
 
     def locate() -> Connection:
-        return resolve_connection(role="worker", server=address.server, token=address.token)
+        return resolve_connection(role="worker", server=join or server, token=token)
 
-    first = locate()  # fail now, with a clear message, if there is no server to find
-    if address.warning:
-        logging.getLogger("shoal.worker").warning("%s", address.warning)
+    locate()  # fail now, with a clear message, if there is no server to find
     detected = detect_resources(with_gpus=gpu_ids is None)
     resources = Resources(
         cores=cores or detected.cores,
@@ -181,17 +174,12 @@ def worker_command(
         gpus=gpu_ids if gpu_ids is not None else detected.gpus,
         custom=custom,
     )
-    worker_name = name or socket.gethostname()
+    # One name per process, kept across its reconnects: two workers on a host never clash.
+    worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
     spool_dir = spool or shoal_home() / "spool" / worker_name
     agent = Agent(worker_name, resources, spool_dir, labels=labels, enforce_memory=enforce_memory,
                   on_server_lost=on_server_lost, server_lost_timeout=server_lost_timeout)
-    try:
-        asyncio.run(_work(agent, locate, on_stop))
-    except ConnectError as exc:  # say what is wrong with a refused certificate
-        problem = certificate_problem(exc, first.url, pinned=first.ca_fingerprint)
-        if problem is None:
-            raise
-        raise ConnectError(f"the server at {first.url}: {problem}") from None
+    asyncio.run(_work(agent, locate, on_stop))
 
 
 def parse_gpus_option(text: str) -> list[str]:

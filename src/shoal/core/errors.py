@@ -45,6 +45,10 @@ class AuthError(ShoalError):
     exit_code = 2
 
 
+class Forbidden(AuthError):
+    """A valid token whose role may not do this."""
+
+
 class ConnectError(ShoalError):
     """The server cannot be reached."""
 

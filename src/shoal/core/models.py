@@ -325,6 +325,9 @@ class Job:
     host: str | None = None
     pid: int | None = None
     lease_id: int | None = None
+    # A digest of the token and process secret of the worker its current attempt was given
+    # to: only that worker may claim the attempt after a reconnect. Never shown.
+    holder: str | None = field(default=None, repr=False)
     added_at: float = 0.0
     queued_at: float | None = None
     retry_at: float | None = None

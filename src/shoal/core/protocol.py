@@ -9,9 +9,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 from shoal.core.errors import ProtocolError
 from shoal.core.models import MAX_INT64, MAX_PATH_CHARS, check_path
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # UTF-8 bytes of one message, either way
 MAX_PROTOCOL_ERROR_CHARS = 200  # of a message's text quoted in a ProtocolError
+# A worker waits at most this long (times up to 1.5 for jitter) between two connection
+# attempts, and less when the server's lost grace is short: it must be back within it.
+MAX_RECONNECT_DELAY_SECONDS = 10.0
+MAX_HELD_ATTEMPTS = 65_536  # attempts a reconnecting worker may list as still its own
 
 # Numbers a peer sends are bounded: ids and sizes end up in SQLite's 64-bit INTEGER columns,
 # times in arithmetic where NaN or infinity would poison every comparison.
@@ -60,7 +64,11 @@ class Register(_Message):
     # How the worker holds a job's processes together: "cgroup-v1", "cgroup-v2" or
     # "process-group" (setsid children escape it); None from a worker that does not say.
     containment: str | None = Field(default=None, max_length=32)
-    running: list[RunningAttempt] = Field(default_factory=list)
+    # Drawn at random once per worker process and sent only to the server: with the token it
+    # proves, after a reconnect, that this is the process its attempts were given to.
+    instance_secret: str = Field(min_length=32, max_length=128, pattern=r"^[0-9a-f]+$",
+                                 repr=False)
+    running: list[RunningAttempt] = Field(default_factory=list, max_length=MAX_HELD_ATTEMPTS)
 
 
 class Heartbeat(_Message):
@@ -173,6 +181,9 @@ class Welcome(_Message):
     # How long after the worker's last message the server keeps its attempts for it
     # (lease timeout + lost grace). A worker cut off for longer must assume they are gone.
     hold_seconds: Seconds = 90.0
+    # How long the server waits for a worker that disconnected to come back for its attempts:
+    # the worker keeps its reconnect delay well below it.
+    lost_grace_seconds: Seconds = 60.0
 
 
 class Refused(_Message):

@@ -113,7 +113,8 @@ class LocalEnsembles:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     async def _open(self) -> None:
-        service = Service(Store(self.home / DATABASE_FILE), ReactorConfig(lost_grace_seconds=0.0))
+        in_process = ReactorConfig(lost_grace_seconds=0.0, restart_grace_seconds=0.0)
+        service = Service(Store(self.home / DATABASE_FILE), in_process)
         await service.start()
         self._service = service
         self._runner = EnsembleRunner(service)

@@ -42,7 +42,7 @@ from shoal.server.api_answers import (
 from shoal.server.auth import TOKEN_NAME_RE, TOKEN_NAME_RULE, WORKER, Principal
 from shoal.server.blobs import SHA256_RE
 from shoal.server.ensembles import EnsembleRequest
-from shoal.server.permissions import Forbidden, authorize, principal
+from shoal.server.permissions import Forbidden, allows, authorize, principal
 from shoal.server.service import Service
 
 MAX_WAIT_SECONDS = 30.0
@@ -112,7 +112,8 @@ async def version() -> dict[str, Any]:
 @router.post("/jobs", status_code=201, response_model=AddResponse,
              responses=errors(400, *AUTH, 503))
 async def add_jobs(body: AddRequest, who: Who, service: ServiceDep) -> dict[str, Any]:
-    return service.add(body.jobs, rerun=body.rerun, owner=who.name, sees_all=who.sees_all)
+    return service.add(body.jobs, rerun=body.rerun, owner=who.name, sees_all=who.sees_all,
+                       may_set_caps=allows("PUT", "/api/v1/limits/{name}", who))
 
 
 @router.get("/jobs", **answers(JobPage, 400, *AUTH))

@@ -244,6 +244,7 @@ class WorkerInfo(_Open):
     running: int
     connected_at: float
     last_seen: float
+    containment: str | None  # how its jobs are kept: cgroup-v1, cgroup-v2 or process-group
 
 
 class WorkerList(_Open):

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request, WebSocket
 
-from shoal.core.errors import AuthError
+from shoal.core.errors import AuthError, Forbidden
 from shoal.server.auth import ADMIN, USER, WORKER, Principal
 
 PUBLIC: frozenset[str] = frozenset()  # no token needed
@@ -53,14 +53,17 @@ POLICY: dict[tuple[str, str], frozenset[str]] = {
 }
 
 
-class Forbidden(AuthError):
-    """A valid token whose role may not do this."""
-
-
 def bearer_token(request: Request | WebSocket) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def allows(method: str, route: str, principal: Principal | None) -> bool:
+    """Whether the table lets this principal call this route (for checks inside a handler)."""
+    allowed = POLICY.get((method, route))
+    return allowed is not None and (not allowed or (
+        principal is not None and principal.role in allowed))
 
 
 def check(method: str, route: str, principal: Principal | None) -> Principal | None:

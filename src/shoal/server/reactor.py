@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import heapq
 import random
+import secrets
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from shoal.core.errors import Conflict, InputError, NotFound
+from shoal.core.errors import Conflict, Forbidden, InputError, NotFound
 from shoal.core.models import FINAL_STATES, Job, JobSpec, JobState
 from shoal.core.protocol import (
+    MAX_RECONNECT_DELAY_SECONDS,
     Assignment,
     AttemptResult,
     FileEntry,
@@ -29,12 +31,13 @@ from shoal.server import scheduler
 from shoal.server.dependencies import GROUP_PREFIX, Dependencies
 from shoal.server.effects import AddPlan, Effects
 from shoal.server.requirements import LearnedRequirements
-from shoal.server.workers import WorkerState
+from shoal.server.workers import WorkerState, worker_identity
 from shoal.store import AttemptRow
 
 S = JobState
 _HOLDING = frozenset({S.RUNNING, S.LOST})  # an attempt that may still be alive somewhere
 MEMORY_GROWTH = 1.5
+LEASE_RANDOM_BITS = 20  # keeps lease ids below 2**53, exact in any JSON reader
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class ReactorConfig:
     heartbeat_seconds: float = 5.0
     lease_timeout_seconds: float = 30.0  # a worker silent this long loses its attempts
     lost_grace_seconds: float = 60.0  # a lost attempt waits this long for its worker to return
+    # After a restart, attempts wait at least this long: every worker's reconnect delay, even
+    # one grown while the server was down, fits in it. Zero where no worker reconnects.
+    restart_grace_seconds: float = 1.5 * MAX_RECONNECT_DELAY_SECONDS
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 600.0
     reserve_after_seconds: float = 60.0  # a job that fits nowhere this long gets a worker held
@@ -66,7 +72,8 @@ class Reactor:
         # (owner, group, state) -> jobs
         self._counts: Counter[tuple[str, str, JobState]] = Counter()
         self._next_job_id = next_job_id
-        self._next_lease_id = next_lease_id
+        # The first sequence whose lease ids are all at least `next_lease_id`.
+        self._lease_sequence = -(-next_lease_id >> LEASE_RANDOM_BITS)
         self._next_worker_id = 1
         self._seq = 0
         self._queue: list[tuple[int, int, int]] = []  # (-priority, seq, job id)
@@ -87,9 +94,15 @@ class Reactor:
                 if job.state is S.RUNNING:
                     job.lost_attempts += 1
                     self._change(job, S.LOST, now, "server restarted")
-                heapq.heappush(self._lost, (now + self.config.lost_grace_seconds, job.id))
+                grace = max(self.config.lost_grace_seconds, self.config.restart_grace_seconds)
+                heapq.heappush(self._lost, (now + grace, job.id))
             elif job.state is S.WAITING:
                 self._recheck.add(job.id)
+
+    @property
+    def next_lease_id(self) -> int:
+        """A lease id above every one handed out: where a restarted reactor goes on from."""
+        return self._lease_sequence << LEASE_RANDOM_BITS
 
     # ---- bookkeeping -------------------------------------------------------------------------
 
@@ -139,11 +152,12 @@ class Reactor:
     # ---- adding ------------------------------------------------------------------------------
 
     def plan_add(self, specs: Sequence[JobSpec], *, rerun: bool, now: float,
-                 owner: str = "", sees_all: bool = True) -> AddPlan:
+                 owner: str = "", sees_all: bool = True, may_set_caps: bool = True) -> AddPlan:
         """Decide what an add does, changing nothing, so a failed commit leaves no trace.
 
         Duplicates are found among the owner's own jobs: two users may add the same command.
-        Without `sees_all`, dependencies may name only the owner's jobs.
+        Without `sees_all`, dependencies may name only the owner's jobs. Without
+        `may_set_caps`, a `NAME:N` may only restate a limit's cap or give a new limit its first.
         """
         new_jobs: list[Job] = []
         requeue: list[int] = []
@@ -171,6 +185,8 @@ class Reactor:
                 name, _, cap = entry.partition(":")
                 limits.append(name)
                 if cap:
+                    if not may_set_caps:
+                        self._check_cap_from_spec(index, name, int(cap))
                     limit_caps[name] = int(cap)
             job = Job(
                 id=next_id, cmd=spec.cmd, cwd=spec.cwd, env=dict(spec.env), group=spec.group,
@@ -199,6 +215,16 @@ class Reactor:
             next_id += 1
         self._check_dependencies(new_jobs, batch_groups, None if sees_all else owner)
         return AddPlan(new_jobs, requeue, ids, existed - len(requeue), limit_caps)
+
+    def _check_cap_from_spec(self, index: int, name: str, cap: int) -> None:
+        """A cap in a job spec follows the permission of setting it directly: a user may give
+        a limit nobody uses yet its cap, or restate the cap it has, but not change it."""
+        current = self.limit_caps.get(name)
+        in_use = current is not None or any(name in job.limits for job in self.jobs.values())
+        if in_use and current != cap:
+            raise Forbidden(f"jobs[{index}].limits: '{name}:{cap}' would change the cap of "
+                            f"limit {name} (now {current}), which only an admin may do "
+                            f"(shoal limit {name} N); name it without ':N' to use it")
 
     def _check_dependencies(self, new_jobs: list[Job], batch_groups: set[str],
                             owner: str | None) -> None:
@@ -269,24 +295,37 @@ class Reactor:
 
     # ---- workers -----------------------------------------------------------------------------
 
-    def worker_joined(self, register: Register, now: float, address: str | None = None) -> int:
+    def worker_joined(self, register: Register, now: float, address: str | None = None,
+                      credential: str = "") -> int:
+        """A worker (re)connects. `credential` is a digest of the token it connected with:
+        with the process secret in its register, it decides which attempts it may claim."""
         offered = register.resources
+        identity = worker_identity(credential, register.instance_secret)
+        # A worker of the same name still marked connected is this process's stale session,
+        # or, if another process took the name while the first still answers, a clash.
+        for other in list(self.workers.values()):
+            if other.connected and other.name == register.name:
+                if other.identity != identity and \
+                        now - other.last_seen < 2 * self.config.heartbeat_seconds:
+                    raise Conflict(f"a worker named {register.name!r} is already connected "
+                                   f"(from {other.host}); give this one another --name")
+                self.worker_left(other.id, now, reason="replaced by a new session")
         worker = WorkerState(
             id=self._next_worker_id, name=register.name, host=register.host, address=address,
             cores=offered.cores, memory_bytes=offered.memory_bytes, gpus=list(offered.gpus),
             custom=dict(offered.custom), labels=dict(register.labels),
-            connected_at=now, last_seen=now,
+            connected_at=now, last_seen=now, identity=identity,
+            containment=register.containment,
         )
         self._next_worker_id += 1
-        # A worker of the same name that is still marked connected is a stale session.
-        for other in list(self.workers.values()):
-            if other.connected and other.name == worker.name:
-                self.worker_left(other.id, now, reason="replaced by a new session")
         self.workers[worker.id] = worker
         reported = {a.lease_id: a for a in register.running}
         for attempt in register.running:
             job = self.jobs.get(attempt.job_id)
-            if job is not None and job.lease_id == attempt.lease_id and job.state in _HOLDING:
+            # Only the process an attempt was given to may claim it: the same lease number
+            # from another token or process is refused, and nothing of the holder's is touched.
+            if job is not None and job.lease_id == attempt.lease_id and job.state in _HOLDING \
+                    and job.holder == identity:
                 if job.state is S.LOST:  # not lost after all: it counts as a normal attempt
                     job.lost_attempts -= 1
                     self._change(job, S.RUNNING, now, f"worker {worker.name} came back")
@@ -302,9 +341,9 @@ class Reactor:
                 self._effects.kills[worker.id].append(
                     KillOrder(job_id=attempt.job_id, lease_id=attempt.lease_id,
                               reason="stale lease"))
-        # Attempts the server gave this worker that it no longer has ended with it.
+        # Attempts the server gave this process that it no longer has ended with it.
         for job in self.jobs.values():
-            if job.state in _HOLDING and job.worker == worker.name \
+            if job.state in _HOLDING and job.holder == identity \
                     and job.lease_id not in reported:
                 if job.state is S.RUNNING:
                     for other in self.workers.values():
@@ -551,17 +590,19 @@ class Reactor:
         return len(result.assignments)
 
     def _assign(self, job: Job, worker: WorkerState, gpu_ids: list[str], now: float) -> None:
-        lease_id = self._next_lease_id
-        self._next_lease_id += 1
+        # Increasing (the sequence in the high bits) and not guessable (the low bits).
+        lease_id = (self._lease_sequence << LEASE_RANDOM_BITS) | secrets.randbits(LEASE_RANDOM_BITS)
+        self._lease_sequence += 1
         self._change(job, S.RUNNING, now)
-        job.lease_id = lease_id
+        job.lease_id, job.holder = lease_id, worker.identity
         job.attempts += 1
         job.worker, job.host, job.pid = worker.name, worker.host, None
         job.started_at, job.ended_at = now, None
         job.exit_code = job.wall_seconds = job.cpu_seconds = job.peak_rss_bytes = None
         worker.hold(job, gpu_ids)
         self._effects.new_attempts.append(
-            AttemptRow(lease_id, job.id, job.attempts, worker.name, worker.host))
+            AttemptRow(lease_id, job.id, job.attempts, worker.name, worker.host,
+                       worker.identity))
         self._effects.assignments[worker.id].append(Assignment(
             job_id=job.id, lease_id=lease_id, cmd=job.cmd, cwd=job.cwd, env=job.env,
             cores=job.cores, memory_bytes=job.memory_bytes, gpus=gpu_ids,

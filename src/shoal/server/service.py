@@ -207,15 +207,19 @@ class Service:
         finally:
             self._peeks.pop(request_id, None)
 
-    def join(self, register: Register, link: WorkerLink, address: str | None = None) -> int:
+    def join(self, register: Register, link: WorkerLink, address: str | None = None,
+             credential: str = "") -> int:
+        """`credential`: a digest of the token the worker connected with (none in process)."""
         if register.protocol_version != PROTOCOL_VERSION:
             raise InputError(f"protocol version {register.protocol_version} is not supported "
                              f"(this server speaks {PROTOCOL_VERSION})")
-        worker_id = self.reactor.worker_joined(register, self.clock(), address=address)
+        worker_id = self.reactor.worker_joined(register, self.clock(), address=address,
+                                               credential=credential)
         self._links[worker_id] = link
         config = self.reactor.config
         link.send(Welcome(worker_id=worker_id, heartbeat_seconds=config.heartbeat_seconds,
-                          hold_seconds=config.lease_timeout_seconds + config.lost_grace_seconds))
+                          hold_seconds=config.lease_timeout_seconds + config.lost_grace_seconds,
+                          lost_grace_seconds=config.lost_grace_seconds))
         log.info("worker %s joined from %s with %d cores", register.name, register.host,
                  register.resources.cores)
         self.wake()
@@ -281,7 +285,7 @@ class Service:
     # ---- user actions ------------------------------------------------------------------------
 
     def add(self, specs: Sequence[JobSpec], *, rerun: bool = False, owner: str = "",
-            sees_all: bool = True) -> dict[str, Any]:
+            sees_all: bool = True, may_set_caps: bool = True) -> dict[str, Any]:
         """Durable before it returns: new jobs are committed, then scheduled. The jobs belong
         to `owner`; without `sees_all` they may depend only on the owner's jobs."""
         if len(specs) > MAX_JOBS_PER_ADD:
@@ -294,7 +298,7 @@ class Service:
                                  f"too large to hand to a worker ({ASSIGN_BUDGET_BYTES} bytes)")
         now = self.clock()
         plan = self.reactor.plan_add(specs, rerun=rerun, now=now, owner=owner,
-                                     sees_all=sees_all)
+                                     sees_all=sees_all, may_set_caps=may_set_caps)
         self.store.add_jobs(plan.new_jobs, self.reactor.journal_of_new(plan, now),
                             plan.limit_caps)
         self.reactor.apply_add(plan, now=now)

@@ -72,7 +72,8 @@ async def worker_session(websocket: WebSocket) -> None:
         if not isinstance(register, Register):
             raise ProtocolError("the first message must be a register")
         address = websocket.client.host if websocket.client is not None else None
-        worker_id = service.join(register, link, address=address)
+        worker_id = service.join(register, link, address=address,
+                                 credential=principal.token_hash)
         while True:
             # The decoder refuses a message over MAX_MESSAGE_BYTES (and the socket, bigger ones).
             service.deliver(worker_id, decode_from_worker(await websocket.receive_text()))

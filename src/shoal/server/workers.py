@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from shoal.core.models import Job
 from shoal.server.scheduler import Capacity
+
+
+def worker_identity(credential: str, instance_secret: str) -> str:
+    """Who a worker is, for claiming attempts: its token (a digest of it) and the secret its
+    process drew at start. Another process, or the same name with another token, differs."""
+    return hashlib.sha256(f"{credential}\0{instance_secret}".encode()).hexdigest()
 
 
 @dataclass(slots=True)
@@ -17,6 +24,7 @@ class WorkerState:
     memory_bytes: int
     connected_at: float
     last_seen: float
+    identity: str = ""  # worker_identity(): whose attempts it may claim
     address: str | None = None  # where its connection came from
     gpus: list[str] = field(default_factory=list)
     custom: dict[str, int] = field(default_factory=dict)

@@ -19,7 +19,6 @@ from shoal.core.errors import Conflict, StoreUnavailable
 from shoal.core.models import Job, JobState
 from shoal.core.protocol import AttemptResult, Captured
 from shoal.core.states import Transition
-from shoal.store.files import check_database, damaged, is_damage, prepare_database_file
 from shoal.store.schema import migrate
 
 _JOB_COLUMNS = (
@@ -35,6 +34,7 @@ _MUTABLE = (
     "lease_id", "queued_at", "retry_at", "started_at", "ended_at", "wall_seconds", "cpu_seconds",
     "peak_rss_bytes", "priority", "memory_bytes", "requirements_source",
 )
+_HOLDING = (JobState.RUNNING, JobState.LOST)  # an attempt that may be alive on a worker
 _UPDATE_SQL = f"UPDATE jobs SET {', '.join(c + ' = ?' for c in _MUTABLE)} WHERE id = ?"
 
 
@@ -47,6 +47,7 @@ class AttemptRow:
     attempt: int
     worker: str
     host: str | None
+    holder: str  # the identity of the worker process it was given to (see Job.holder)
 
 
 def _job_row(job: Job) -> tuple[object, ...]:
@@ -114,10 +115,7 @@ class Store:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            held = prepare_database_file(path)  # refuses an empty one where a server lived
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            if held:  # before anything writes: a damaged database is refused, not built on
-                check_database(self._db, path, on_refusal=self._db.close)
             self._db.execute("PRAGMA journal_mode = WAL")
             # Transitions survive a crash of the process (WAL, NORMAL); adds are fsynced (FULL)
             # before they are acknowledged, so they survive the machine too.
@@ -125,13 +123,7 @@ class Store:
             self._db.execute("PRAGMA foreign_keys = OFF")
             self._db.execute("PRAGMA busy_timeout = 5000")
             migrate(self._db)
-        except sqlite3.Error as exc:
-            if is_damage(exc):
-                if hasattr(self, "_db"):  # found not to be a database: leave it as it was
-                    self._db.close()
-                raise damaged(path, exc) from None
-            raise StoreUnavailable(f"{path}: cannot open the database ({exc})") from None
-        except OSError as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"{path}: cannot open the database ({exc})") from None
 
     def close(self) -> None:
@@ -186,7 +178,20 @@ class Store:
         finally:
             gc.enable()
         gc.freeze()  # they live as long as the server: keep later collections from rescanning
+        self._load_holders([job for job in jobs if job.state in _HOLDING])
         return jobs
+
+    def _load_holders(self, jobs: Sequence[Job]) -> None:
+        """Whose attempt each job still running or lost is: only that worker may claim it."""
+        by_lease = {job.lease_id: job for job in jobs if job.lease_id is not None}
+        leases = list(by_lease)
+        for start in range(0, len(leases), 500):
+            chunk = leases[start:start + 500]
+            rows = self._db.execute(
+                "SELECT lease_id, holder FROM attempts WHERE lease_id IN "
+                f"({', '.join('?' * len(chunk))})", chunk)
+            for lease_id, holder in rows:
+                by_lease[lease_id].holder = holder
 
     def max_ids(self) -> tuple[int, int]:
         """The largest job id and lease id ever handed out (0 when none)."""
@@ -239,9 +244,10 @@ class Store:
             self._journal(db, transitions)
             if new_attempts:
                 db.executemany(
-                    "INSERT OR IGNORE INTO attempts (lease_id, job_id, attempt, worker, host) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [(a.lease_id, a.job_id, a.attempt, a.worker, a.host) for a in new_attempts],
+                    "INSERT OR IGNORE INTO attempts (lease_id, job_id, attempt, worker, host, "
+                    "holder) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(a.lease_id, a.job_id, a.attempt, a.worker, a.host, a.holder)
+                     for a in new_attempts],
                 )
             if started:
                 db.executemany("UPDATE attempts SET pid = ?, started_at = ? WHERE lease_id = ?",

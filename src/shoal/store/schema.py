@@ -119,6 +119,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE tokens ADD COLUMN revoked_at REAL;
     CREATE UNIQUE INDEX live_token_names ON tokens (name) WHERE revoked_at IS NULL;
     """,
+    # 5: an attempt belongs to the worker process (and token) it was given to.
+    """
+    ALTER TABLE attempts ADD COLUMN holder TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

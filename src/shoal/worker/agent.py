@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import socket
 import ssl
 import time
@@ -23,6 +24,7 @@ from typing import Any
 from shoal.core.errors import AuthError, ConnectError, ProtocolError
 from shoal.core.protocol import (
     MAX_MESSAGE_BYTES,
+    MAX_RECONNECT_DELAY_SECONDS,
     PROTOCOL_VERSION,
     Ack,
     Assign,
@@ -65,6 +67,8 @@ class Agent:
         self.name = name
         self.host = host or socket.gethostname()
         self.resources = resources
+        # Proves to the server, on every reconnect, that this process holds its attempts.
+        self.instance_secret = secrets.token_hex(16)
         self.labels = dict(labels or {})
         # The server's URL, worker token and TLS context, set on each connect: staged files
         # come from there unless `fetch_blob` says otherwise.
@@ -85,6 +89,7 @@ class Agent:
         self.on_server_lost = on_server_lost
         self._server_lost_timeout = server_lost_timeout
         self.hold_seconds = 90.0  # the server's promise, from its welcome
+        self.lost_grace_seconds = 60.0  # likewise: how soon a cut-off worker must be back
         self.last_contact = time.monotonic()
         self._gave_up_on_server = False
         self._watching_stalls = False
@@ -97,6 +102,12 @@ class Agent:
         if self._server_lost_timeout is not None:
             return self._server_lost_timeout
         return self.hold_seconds / 2
+
+    @property
+    def max_reconnect_delay(self) -> float:
+        """Between two connection attempts: short enough, jitter included, to be back within
+        the server's lost grace, so it never gives away attempts this worker still holds."""
+        return max(0.2, min(MAX_RECONNECT_DELAY_SECONDS, self.lost_grace_seconds / 3))
 
     def check_server_lost(self) -> None:
         """Called periodically: apply the server-lost policy once the timeout has passed."""
@@ -152,6 +163,7 @@ class Agent:
                                    started_at=r.started_at) for r in self._unacked.values()]
         return Register(protocol_version=PROTOCOL_VERSION, name=self.name, host=self.host,
                         resources=self.resources, labels=self.labels,
+                        instance_secret=self.instance_secret,
                         containment=self.runner.containment,
                         running=[*self.runner.running(), *finished])
 
@@ -200,6 +212,7 @@ class Agent:
         elif isinstance(message, Welcome):
             self.heartbeat_seconds = message.heartbeat_seconds
             self.hold_seconds = message.hold_seconds
+            self.lost_grace_seconds = message.lost_grace_seconds
             if self._watching_stalls:
                 self.watch_stalls()
         elif isinstance(message, Refused):
@@ -354,7 +367,7 @@ async def _connect_loop(agent: Agent, locate: Callable[[], Connection],
             break
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay * (0.5 + random.random()))
-        delay = min(delay * 2, 10.0)
+        delay = min(delay * 2, agent.max_reconnect_delay)
 
 
 async def _serve(agent: Agent, ws: object, stop: asyncio.Event) -> None:

@@ -1,0 +1,179 @@
+"""A worker token in the wrong hands, against a real server and a real honest worker.
+
+The impostor speaks the worker protocol directly: it claims the honest worker's attempts (with
+their real lease ids, which a guess could never find), forges and replays results, borrows the
+honest worker's name, and sends lists longer than any worker was given. No forged result may be
+accepted, no job may run twice, and the honest worker must not notice.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from shoal.core.protocol import (
+    MAX_HELD_ATTEMPTS,
+    PROTOCOL_VERSION,
+    AttemptResult,
+    Captured,
+    Finished,
+    Register,
+    Resources,
+    RunningAttempt,
+    Started,
+    StartedItem,
+    encode,
+)
+
+from .cluster import Cluster, wait_until
+
+FORGED = "FORGED BY evil"
+
+
+@pytest.fixture
+def honest(tmp_path: Path) -> Iterator[Cluster]:
+    """A real server (short lease and grace) with one real worker, w1, of two cores."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    instance = Cluster(tmp_path / "home", logs)
+    try:
+        instance.start_server("--lease-timeout", "3", "--lost-grace", "1")
+        instance.start_worker("w1", 2)
+        yield instance
+    finally:
+        instance.stop()
+
+
+def worker_token(cluster: Cluster, name: str) -> str:
+    answer = cluster.api("POST", "/tokens", json={"role": "worker", "name": name})
+    return str(answer["token"])
+
+
+def open_channel(cluster: Cluster, token: str) -> ClientConnection:
+    url = cluster.url.replace("https://", "wss://").replace("http://", "ws://")
+    tls = cluster.tls
+    return connect(f"{url}/api/v1/worker", additional_headers={"Authorization": f"Bearer {token}"},
+                   ssl=tls if not isinstance(tls, bool) else None, open_timeout=10,
+                   max_size=None)
+
+
+def register(name: str, running: list[RunningAttempt]) -> str:
+    # Built without validation: a hostile peer is not held to the model's own limits.
+    return encode(Register.model_construct(
+        protocol_version=PROTOCOL_VERSION, name=name, host="evil.example", labels={},
+        resources=Resources(cores=2, memory_bytes=1 << 30),
+        instance_secret=secrets.token_hex(16), running=running))
+
+
+def answer(channel: ClientConnection) -> dict[str, Any]:
+    return json.loads(channel.recv(timeout=10))  # type: ignore[no-any-return]
+
+
+def forged_result(job_id: int, lease_id: int) -> str:
+    now = time.time()
+    return encode(Finished(items=[AttemptResult(
+        job_id=job_id, lease_id=lease_id, outcome="exited", exit_code=0, pid=1,
+        started_at=now - 1, ended_at=now, wall_seconds=1.0, cpu_seconds=0.0,
+        peak_rss_bytes=0, stdout=Captured(head=FORGED, total_bytes=len(FORGED)))]))
+
+
+def start_ledgered_job(cluster: Cluster, tmp_path: Path, seconds: float) -> tuple[int, int, Path]:
+    """A job that appends a line to a ledger each time a copy starts; its id and lease."""
+    ledger = tmp_path / "ledger"
+    cmd = f"echo start >> {ledger}; sleep {seconds}; echo honest"
+    [job_id] = cluster.api("POST", "/jobs", json={"jobs": [{"cmd": cmd, "cwd": "/"}]})["ids"]
+    job = cluster.wait_state(job_id, "running")
+    wait_until(lambda: ledger.exists(), message="the job to start")
+    [attempt] = job["attempt_history"]
+    return job_id, int(attempt["lease_id"]), ledger
+
+
+def test_an_impostor_cannot_claim_forge_or_double_run_anothers_attempt(
+        honest: Cluster, tmp_path: Path) -> None:
+    job_id, lease_id, ledger = start_ledgered_job(honest, tmp_path, seconds=6)
+    token = worker_token(honest, "evil")
+    guesses = [RunningAttempt(job_id=job_id, lease_id=lease_id + delta, started_at=0.0)
+               for delta in range(-240, 240)]
+    with open_channel(honest, token) as evil:
+        evil.send(register("evil", guesses))
+        assert answer(evil)["type"] == "welcome"
+        # The real lease was among the claims: refused, so the forged result is a stale report.
+        evil.send(encode(Started(items=[StartedItem(job_id=job_id, lease_id=lease_id, pid=1,
+                                                    started_at=time.time())])))
+        evil.send(forged_result(job_id, lease_id))
+        time.sleep(1.0)
+        job = honest.job(job_id)
+        assert (job["state"], job["worker"]) == ("running", "w1")
+    # The impostor is gone; had it been given the attempt, the job would now be lost, then
+    # queued again beside the live copy.
+    time.sleep(2.5)
+    done = honest.wait_state(job_id, "done", "failed", timeout=30)
+    assert (done["state"], done["worker"], done["attempts"]) == ("done", "w1", 1)
+    assert "honest" in done["stdout"]["head"] and FORGED not in json.dumps(done)
+    assert ledger.read_text().count("start") == 1
+    # The honest worker's cores were never held by a ghost: it takes two more jobs at once.
+    ids = honest.api("POST", "/jobs", json={"jobs": [
+        {"cmd": f"sleep 1; echo {n}", "cwd": "/"} for n in range(2)]})["ids"]
+    for new_id in ids:
+        assert honest.wait_state(new_id, "done", timeout=30)["worker"] == "w1"
+
+
+def test_a_shared_token_does_not_let_another_process_take_a_workers_name_or_attempts(
+        honest: Cluster, tmp_path: Path) -> None:
+    job_id, lease_id, ledger = start_ledgered_job(honest, tmp_path, seconds=5)
+    # The honest worker's own token (from the join file), by another process under its name.
+    shared = honest.connection["worker_token"]
+    claim = [RunningAttempt(job_id=job_id, lease_id=lease_id, started_at=0.0)]
+    with open_channel(honest, shared) as evil:
+        evil.send(register("w1", claim))
+        refusal = answer(evil)
+        assert refusal["type"] == "refused"
+        assert "already connected" in refusal["reason"]
+    # Under a name of its own, the same claim with the same token is still refused.
+    with open_channel(honest, shared) as evil:
+        evil.send(register("w1-twin", claim))
+        assert answer(evil)["type"] == "welcome"
+        evil.send(forged_result(job_id, lease_id))
+        time.sleep(1.0)
+    workers = {w["name"]: w for w in honest.api("GET", "/workers")["workers"]}
+    assert workers["w1"]["connected"]
+    done = honest.wait_state(job_id, "done", "failed", timeout=30)
+    assert (done["state"], done["worker"], done["attempts"]) == ("done", "w1", 1)
+    assert "honest" in done["stdout"]["head"] and FORGED not in json.dumps(done)
+    assert ledger.read_text().count("start") == 1
+
+
+def test_a_register_listing_more_attempts_than_any_worker_holds_is_refused(
+        honest: Cluster) -> None:
+    token = worker_token(honest, "flood")
+    too_many = [RunningAttempt(job_id=n, lease_id=n, started_at=0.0)
+                for n in range(MAX_HELD_ATTEMPTS + 1)]
+    with open_channel(honest, token) as evil:
+        evil.send(register("flood", too_many))
+        try:
+            refusal = answer(evil)
+        except ConnectionClosed:
+            refusal = {"type": "closed"}
+        assert refusal["type"] in ("refused", "closed")
+    names = [w["name"] for w in honest.api("GET", "/workers")["workers"]]
+    assert "flood" not in names and "w1" in names
+
+
+def test_lease_ids_are_not_a_sequence(honest: Cluster) -> None:
+    ids = honest.api("POST", "/jobs", json={"jobs": [
+        {"cmd": f"echo {n}", "cwd": "/"} for n in range(12)]})["ids"]
+    leases = []
+    for job_id in ids:
+        [attempt] = honest.wait_state(job_id, "done")["attempt_history"]
+        leases.append(int(attempt["lease_id"]))
+    steps = {b - a for a, b in pairwise(sorted(leases))}
+    assert len(steps) > 1, f"lease ids step evenly: {sorted(leases)}"
