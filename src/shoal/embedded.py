@@ -3,6 +3,8 @@
 The same service and worker code as a real deployment, in one process and one event loop: the
 worker is linked to the service by plain calls instead of a WebSocket. State lives in `.shoal/`
 beside FILE (or `$SHOAL_HOME` when set), so a second run skips what is done and retries failures.
+It holds jobs' environments and output, so it is kept as a server's home is: the directories
+0700, the database and every file beside it 0600.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from shoal.core.models import FINAL_STATES, JobState
 from shoal.core.protocol import Resources
 from shoal.core.states import Transition
 from shoal.formats import ParsedJob, RunmakerMarker, parse_file
-from shoal.home import DATABASE_FILE, lock_home
+from shoal.home import DATABASE_FILE, lock_home, private_directory
 from shoal.server.reactor import ReactorConfig
 from shoal.server.service import Service
 from shoal.store import Store
@@ -118,7 +120,7 @@ async def run_jobs(path: Path, parsed: list[ParsedJob], parallel: int,
         finished.set()
     memory = detect_resources().memory_bytes
     agent = Agent(LOCAL_WORKER, Resources(cores=parallel, memory_bytes=memory),
-                  home / "spool", host=socket.gethostname())
+                  private_directory(home / "spool"), host=socket.gethostname())
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

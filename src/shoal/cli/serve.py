@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shoal.core.errors import InputError
+from shoal.cli.join import worker_address
+from shoal.core.errors import ConnectError, InputError
 from shoal.core.models import RESERVED_RESOURCES
 from shoal.home import DEFAULT_PORT, Connection, resolve_connection, shoal_home
+from shoal.trust import certificate_problem
 
 if TYPE_CHECKING:
     from shoal.worker.agent import Agent
@@ -95,14 +97,22 @@ def server_command(
 
 
 def worker_command(
+    join_file: Annotated[Path | None, typer.Option(
+        metavar="FILE",
+        help="Read the connection string from FILE (yours only: refused if others can read "
+             "it), e.g. a copy of the server's $SHOAL_HOME/join. Else $SHOAL_JOIN.")] = None,
     join: Annotated[str | None, typer.Option(
-        metavar="shoal://...",
-        help="The connection string `shoal server` printed: address, worker token and the "
-             "fingerprint of the server's CA.")] = None,
+        metavar="shoal://...|-",
+        help="The connection string `shoal server` printed (address, worker token, the "
+             "fingerprint of its CA), or - to read it from standard input. Given here, its "
+             "token shows in `ps` until the worker starts: prefer --join-file.")] = None,
     server: Annotated[str | None, typer.Option(
         help="Server URL or connection string (default: $SHOAL_HOME).")] = None,
-    token: Annotated[str | None, typer.Option(help="Worker token (default: $SHOAL_HOME).")] = None,
-    name: Annotated[str | None, typer.Option(help="Worker name (default: the host name).")] = None,
+    token: Annotated[str | None, typer.Option(
+        help="Worker token (default: $SHOAL_TOKEN, else $SHOAL_HOME); it shows in `ps` "
+             "until the worker starts: prefer $SHOAL_TOKEN.")] = None,
+    name: Annotated[str | None, typer.Option(
+        help="Worker name, unique among connected workers (default: HOST-PID).")] = None,
     cores: Annotated[int | None, typer.Option(help="Cores to offer (default: all).")] = None,
     memory: Annotated[str | None, typer.Option(help="Memory to offer, e.g. 8G.")] = None,
     gpus: Annotated[str | None, typer.Option(
@@ -158,15 +168,14 @@ def worker_command(
     custom = parse_resource_options(resource or [])
     labels = parse_label_options(label or [])
 
-    if join is not None and server is not None:
-        raise InputError("--join: give either --join or --server")
-    if join is not None and not join.startswith("shoal://"):
-        raise InputError("--join: expected the shoal://... string `shoal server` printed")
+    address = worker_address(join, join_file, server, token)  # hides a token given in argv
 
     def locate() -> Connection:
-        return resolve_connection(role="worker", server=join or server, token=token)
+        return resolve_connection(role="worker", server=address.server, token=address.token)
 
-    locate()  # fail now, with a clear message, if there is no server to find
+    first = locate()  # fail now, with a clear message, if there is no server to find
+    if address.warning:
+        logging.getLogger("shoal.worker").warning("%s", address.warning)
     detected = detect_resources(with_gpus=gpu_ids is None)
     resources = Resources(
         cores=cores or detected.cores,
@@ -179,7 +188,13 @@ def worker_command(
     spool_dir = spool or shoal_home() / "spool" / worker_name
     agent = Agent(worker_name, resources, spool_dir, labels=labels, enforce_memory=enforce_memory,
                   on_server_lost=on_server_lost, server_lost_timeout=server_lost_timeout)
-    asyncio.run(_work(agent, locate, on_stop))
+    try:
+        asyncio.run(_work(agent, locate, on_stop))
+    except ConnectError as exc:  # say what is wrong with a refused certificate
+        problem = certificate_problem(exc, first.url, pinned=first.ca_fingerprint)
+        if problem is None:
+            raise
+        raise ConnectError(f"the server at {first.url}: {problem}") from None
 
 
 def parse_gpus_option(text: str) -> list[str]:

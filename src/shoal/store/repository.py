@@ -19,6 +19,7 @@ from shoal.core.errors import Conflict, StoreUnavailable
 from shoal.core.models import Job, JobState
 from shoal.core.protocol import AttemptResult, Captured
 from shoal.core.states import Transition
+from shoal.store.files import check_database, damaged, is_damage, prepare_database_file
 from shoal.store.schema import migrate
 
 _JOB_COLUMNS = (
@@ -115,7 +116,10 @@ class Store:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            held = prepare_database_file(path)  # refuses an empty one where a server lived
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            if held:  # before anything writes: a damaged database is refused, not built on
+                check_database(self._db, path, on_refusal=self._db.close)
             self._db.execute("PRAGMA journal_mode = WAL")
             # Transitions survive a crash of the process (WAL, NORMAL); adds are fsynced (FULL)
             # before they are acknowledged, so they survive the machine too.
@@ -123,7 +127,13 @@ class Store:
             self._db.execute("PRAGMA foreign_keys = OFF")
             self._db.execute("PRAGMA busy_timeout = 5000")
             migrate(self._db)
-        except (sqlite3.Error, OSError) as exc:
+        except sqlite3.Error as exc:
+            if is_damage(exc):
+                if hasattr(self, "_db"):  # found not to be a database: leave it as it was
+                    self._db.close()
+                raise damaged(path, exc) from None
+            raise StoreUnavailable(f"{path}: cannot open the database ({exc})") from None
+        except OSError as exc:
             raise StoreUnavailable(f"{path}: cannot open the database ({exc})") from None
 
     def close(self) -> None:

@@ -163,8 +163,8 @@ class Agent:
                                    started_at=r.started_at) for r in self._unacked.values()]
         return Register(protocol_version=PROTOCOL_VERSION, name=self.name, host=self.host,
                         resources=self.resources, labels=self.labels,
-                        instance_secret=self.instance_secret,
                         containment=self.runner.containment,
+                        instance_secret=self.instance_secret,
                         running=[*self.runner.running(), *finished])
 
     def connected(self, send: Callable[[FromWorker], None]) -> None:
