@@ -108,6 +108,11 @@ def session(identity: str, tokens: dict[str, str | None],
         yield http
 
 
+def spec_reader(server: Cluster) -> dict[str, str]:
+    """The spec needs a token, of any role."""
+    return {"Authorization": f"Bearer {server.connection['admin_token']}"}
+
+
 @pytest.fixture(scope="module")
 def api_schema(live_server: Cluster, ca_file: str, identity: str) -> Any:
     """The spec as the live server publishes it, set up for one identity (a fixture per
@@ -121,7 +126,8 @@ def api_schema(live_server: Cluster, ca_file: str, identity: str) -> Any:
         "phases": {"coverage": {"enabled": plan.coverage}},
     })
     return schemathesis.openapi.from_url(f"{live_server.url}/api/v1/openapi.json",
-                                         config=config, verify=ca_file, timeout=30)
+                                         config=config, verify=ca_file, timeout=30,
+                                         headers=spec_reader(live_server))
 
 
 @pytest.fixture(autouse=True)
@@ -182,6 +188,7 @@ def test_real_objects_in_every_state_are_answered_as_documented(tmp_path: Path) 
         ca_file = str(cluster.connection["ca_file"])
         spec = schemathesis.openapi.from_url(
             f"{cluster.url}/api/v1/openapi.json", verify=ca_file, timeout=30,
+            headers=spec_reader(cluster),
             config=schemathesis.Config.from_dict({"tls-verify": ca_file}))
 
         added = cluster.api("POST", "/jobs", json={"jobs": [
@@ -242,7 +249,8 @@ def test_real_objects_in_every_state_are_answered_as_documented(tmp_path: Path) 
 
 
 def _documented_statuses_of_operations_with_inputs(server: Cluster) -> dict[str, set[str]]:
-    spec = httpx.get(f"{server.url}/api/v1/openapi.json", verify=server.tls, timeout=30).json()
+    spec = httpx.get(f"{server.url}/api/v1/openapi.json", verify=server.tls, timeout=30,
+                     headers=spec_reader(server)).json()
     return {f"{method.upper()} {path}": set(operation["responses"])
             for path, operations in spec["paths"].items()
             for method, operation in operations.items()

@@ -27,17 +27,60 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, FastAPI, Request, WebSocket, WebSocketDisconnect
+from pydantic import BaseModel, ConfigDict
+from starlette.types import Scope
 from websockets.sync.client import connect as websocket_connect
 
-from shoal.server.guard import GuardConfig, GuardMiddleware, guard_listener, uvicorn_options
+from shoal.server.guard import (
+    OFF_LOOP_BODY_BYTES,
+    GuardConfig,
+    GuardMiddleware,
+    JsonBodyRoute,
+    Refusal,
+    bearer_token,
+    guard_listener,
+    tls_event_loop,
+    uvicorn_options,
+)
 
 TOKENS = {"token-a", "token-b"}
 pytestmark = pytest.mark.timeout(60)
 
 
+class Numbers(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    numbers: list[int]
+
+
+BODIES_READ: list[str] = []  # paths whose handler ran
+
+
+def token_gate(scope: Scope) -> Refusal | None:
+    """Paths under /api/v1/private/ need a known token."""
+    if scope["path"].startswith("/api/v1/private/") and bearer_token(scope) not in TOKENS:
+        return Refusal(401, "unauthorized", "a valid token is required")
+    return None
+
+
 def make_app(config: GuardConfig) -> FastAPI:
     app = FastAPI()
+    parsed = APIRouter(route_class=JsonBodyRoute)
+
+    @parsed.post("/api/v1/numbers")
+    async def numbers(body: Numbers) -> dict[str, int]:
+        return {"count": len(body.numbers), "total": sum(body.numbers)}
+
+    @app.post("/api/v1/private/echo")
+    async def private_echo(request: Request) -> dict[str, int]:
+        BODIES_READ.append(request.url.path)
+        return {"bytes": len(await request.body())}
+
+    @app.post("/api/v1/unread")
+    async def unread() -> dict[str, bool]:
+        return {"read": False}
+
+    app.include_router(parsed)
 
     @app.get("/api/v1/version")
     async def version() -> dict[str, str]:
@@ -63,7 +106,8 @@ def make_app(config: GuardConfig) -> FastAPI:
         except WebSocketDisconnect:
             pass
 
-    app.add_middleware(GuardMiddleware, config=config, known_token=TOKENS.__contains__)
+    app.add_middleware(GuardMiddleware, config=config, known_token=TOKENS.__contains__,
+                       gate=token_gate)
     return app
 
 
@@ -83,8 +127,12 @@ def running(config: GuardConfig,
         make_app(config), log_level="warning", access_log=False, lifespan="off",
         timeout_graceful_shutdown=1, **tls, **uvicorn_options(config),
     ))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[listener])),
-                              daemon=True)
+
+    def serve() -> None:
+        with asyncio.Runner(loop_factory=lambda: tls_event_loop(config)) as runner:
+            runner.run(server.serve(sockets=[listener]))
+
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     wait_for(lambda: server.started, 20, "the server to start")
     try:
@@ -385,3 +433,73 @@ def test_the_listener_caps_the_total_and_forgets_closed_sockets() -> None:
         for client in clients:
             client.close()
         listener.close()
+
+
+def test_a_request_its_token_may_not_make_is_refused_before_its_body() -> None:
+    with running(GuardConfig()) as address:
+        sock = raw(address)
+        sock.sendall(request_head("POST", "/api/v1/private/echo", "Content-Length: 50000000")
+                     + b"x" * 1000)
+        response, closed = read_until_closed(sock, 10)
+        assert status_of(response) == 401 and error_code_of(response) == "unauthorized"
+        assert closed, "the connection stayed open with its body unread"
+
+        invented = raw(address)
+        invented.sendall(request_head("POST", "/api/v1/private/echo",
+                                      "Authorization: Bearer invented",
+                                      "Transfer-Encoding: chunked") + b"5\r\nxxxxx\r\n")
+        response, closed = read_until_closed(invented, 10)
+        assert status_of(response) == 401 and closed
+        assert BODIES_READ == []
+
+        # Without a body the connection is kept; with a known token the body is read.
+        with httpx.Client(timeout=10) as client:
+            assert client.post(url(address, "/api/v1/private/echo")).status_code == 401
+            assert client.post(url(address, "/api/v1/private/echo"), content=b"y" * 1000,
+                               headers={"Authorization": "Bearer token-a"}).json() == {
+                "bytes": 1000}
+        assert BODIES_READ == ["/api/v1/private/echo"]
+
+
+def test_an_answer_sent_before_the_body_is_read_closes_the_connection() -> None:
+    with running(GuardConfig()) as address:
+        sock = raw(address)
+        sock.sendall(request_head("POST", "/api/v1/unread", "Content-Length: 10000000")
+                     + b"x" * 1000)
+        response, closed = read_until_closed(sock, 10)
+        assert status_of(response) == 200
+        assert b"connection: close" in response.lower() and closed
+        with httpx.Client(timeout=10) as client:  # a body that was read: kept alive
+            answer = client.post(url(address, "/api/v1/private/echo"), content=b"y",
+                                 headers={"Authorization": "Bearer token-b"})
+            assert answer.headers.get("connection") != "close"
+
+
+def test_a_large_json_body_is_parsed_and_validated_as_a_small_one_is() -> None:
+    many = list(range(OFF_LOOP_BODY_BYTES // 4))
+    with running(GuardConfig()) as address, httpx.Client(timeout=30) as client:
+        numbers = url(address, "/api/v1/numbers")
+        assert client.post(numbers, json={"numbers": [1, 2]}).json() == {"count": 2, "total": 3}
+        big = client.post(numbers, json={"numbers": many})
+        assert big.json() == {"count": len(many), "total": sum(many)}
+
+        # Errors read the same whichever way the body went.
+        for padding in (0, OFF_LOOP_BODY_BYTES):
+            invalid = client.post(numbers, json={"numbers": [*many[:padding // 4], "x"]})
+            assert invalid.status_code == 422
+            [error] = invalid.json()["detail"]
+            assert error["loc"][:2] == ["body", "numbers"] and error["type"] == "int_parsing"
+            broken = client.post(numbers, content=b'{"numbers": [' + b"1," * padding + b"]",
+                                 headers={"Content-Type": "application/json"})
+            assert broken.status_code == 422
+            assert broken.json()["detail"][0]["type"] == "json_invalid"
+
+
+def test_a_tls_handshake_that_does_not_finish_is_closed_at_the_head_deadline(
+        certificate: tuple[Path, Path]) -> None:
+    with running(GuardConfig(header_timeout=1.0), certificate) as address:
+        silent = raw(address)  # asyncio alone would wait 60 s for its ClientHello
+        started = time.monotonic()
+        response, closed = read_until_closed(silent, 20)
+        assert closed and response == b""
+        assert time.monotonic() - started < 10

@@ -359,3 +359,59 @@ def test_a_flooding_client_is_slowed_and_others_are_not(tmp_path: Path) -> None:
                            ).returncode == 0
     finally:
         cluster.stop()
+
+
+# ---- the spec and the docs page; files by content ----------------------------------------------
+
+
+def test_the_spec_and_the_docs_page_need_a_token_of_any_role(secure: Cluster) -> None:
+    worker = create_token(secure, WORKER, "rack1")
+    user = create_token(secure, USER, "alice")
+    for path in ("/api/v1/openapi.json", "/api/v1/docs"):
+        refused = call(secure, "GET", path, None)
+        assert refused.status_code == 401, path
+        assert refused.json()["error"]["code"] == "unauthorized"
+        assert call(secure, "GET", path, "shoal-user-invented").status_code == 401
+        for token in (worker, user, secure.connection["admin_token"]):
+            assert call(secure, "GET", path, token).status_code == 200, path
+    assert call(secure, "GET", "/api/v1/version", None).status_code == 200
+
+
+def test_a_user_learns_only_about_their_own_uploads(secure: Cluster, tmp_path: Path) -> None:
+    alice = create_token(secure, USER, "alice")
+    bob = create_token(secure, USER, "bob")
+    content = b"alice's private file\n"
+    sha = hashlib.sha256(content).hexdigest()
+    assert call(secure, "PUT", f"/api/v1/blobs/{sha}", alice, content=content).status_code == 201
+
+    def missing(token: str) -> list[str]:
+        answer = call(secure, "POST", "/api/v1/blobs/missing", token, json={"sha256": [sha]})
+        assert answer.status_code == 200
+        listed: list[str] = answer.json()["missing"]
+        return listed
+
+    assert missing(alice) == []
+    assert missing(bob) == [sha], "bob learnt that someone has uploaded this content"
+    assert missing(secure.connection["admin_token"]) == []  # an admin sees the whole store
+
+    # Nor may bob name alice's file in a job or an ensemble, which would fetch it for him.
+    job = {"cmd": "cat f", "cwd": str(tmp_path),
+           "files": [{"path": "f", "size": len(content), "sha256": sha}]}
+    named = call(secure, "POST", "/api/v1/jobs", bob, json={"jobs": [job]})
+    assert named.status_code == 400 and sha in named.json()["error"]["message"]
+    ensemble = {"ensemble": {"name": "peek", "components": [
+        {"name": "one", "host": "nowhere", "command": "cat f"}]},
+        "manifests": {"one": [{"path": "f", "size": len(content), "sha256": sha}]}}
+    assert call(secure, "POST", "/api/v1/ensembles", bob, json=ensemble).status_code == 400
+    unknown = "0" * 64  # the same answer for a file nobody has
+    job_unknown = {**job, "files": [{"path": "f", "size": 1, "sha256": unknown}]}
+    refused = call(secure, "POST", "/api/v1/jobs", bob, json={"jobs": [job_unknown]})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"].replace(unknown, sha) == \
+        named.json()["error"]["message"]
+
+    # Once bob has sent the content himself, it is his too.
+    assert call(secure, "PUT", f"/api/v1/blobs/{sha}", bob, content=content).status_code == 201
+    assert missing(bob) == []
+    assert call(secure, "POST", "/api/v1/jobs", bob, json={"jobs": [job]}).status_code == 201
+    assert call(secure, "POST", "/api/v1/jobs", alice, json={"jobs": [job]}).status_code == 201

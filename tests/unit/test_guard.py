@@ -1,6 +1,10 @@
-"""The guard's pure parts: the token bucket, the per-client limiter, keys, the connection book."""
+"""The guard's pure parts: the token bucket, the per-client limiter, keys, the connection book,
+and the order in which the middleware refuses a request."""
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -9,7 +13,9 @@ from hypothesis import strategies as st
 from shoal.server.guard import (
     ConnectionBook,
     GuardConfig,
+    GuardMiddleware,
     RateLimiter,
+    Refusal,
     TokenBucket,
     rate_key,
 )
@@ -163,3 +169,64 @@ def test_limits_must_be_positive(field: str) -> None:
 def test_exempt_networks_must_parse() -> None:
     with pytest.raises(ValueError, match="exempt_networks"):
         GuardConfig(exempt_networks=("localhost",))
+
+
+def refuse_without_token(scope: Any) -> Refusal | None:
+    has_token = any(name == b"authorization" for name, _ in scope["headers"])
+    return None if has_token else Refusal(401, "unauthorized", "a valid token is required")
+
+
+def guarded_call(headers: list[tuple[bytes, bytes]],
+                 config: GuardConfig | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """What the middleware sends for one POST, and what happened behind it."""
+    happened: list[str] = []
+    sent: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        happened.append("app")
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def receive() -> dict[str, Any]:
+        happened.append("body read")
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    guard = GuardMiddleware(app, config, known_token=lambda token: True,
+                            gate=refuse_without_token)
+    scope = {"type": "http", "method": "POST", "path": "/api/v1/jobs",
+             "client": ("10.0.0.1", 4000), "headers": headers}
+    asyncio.run(guard(scope, receive, send))
+    return sent, happened
+
+
+@pytest.mark.parametrize(("body_header", "closes"), [
+    ((b"content-length", b"60000000"), True),
+    ((b"transfer-encoding", b"chunked"), True),
+    ((b"content-length", b"0"), False),
+])
+def test_the_gate_answers_before_the_body_is_read(body_header: tuple[bytes, bytes],
+                                                  closes: bool) -> None:
+    sent, happened = guarded_call([body_header])
+    assert happened == []
+    assert sent[0]["status"] == 401
+    assert ((b"connection", b"close") in sent[0]["headers"]) == closes
+
+
+def test_a_refused_token_is_told_so_before_the_size_is() -> None:
+    sent, _ = guarded_call([(b"content-length", b"60000000")], GuardConfig(max_body_bytes=10))
+    assert sent[0]["status"] == 401
+    sent, happened = guarded_call([(b"content-length", b"60000000"),
+                                   (b"authorization", b"Bearer good")],
+                                  GuardConfig(max_body_bytes=10))
+    assert sent[0]["status"] == 413 and happened == []
+
+
+def test_a_request_the_gate_lets_through_reaches_the_app() -> None:
+    sent, happened = guarded_call([(b"content-length", b"2"), (b"authorization", b"Bearer t")])
+    assert happened == ["app", "body read"]
+    assert sent[0]["status"] == 200
+    assert (b"connection", b"close") not in sent[0]["headers"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -42,6 +43,7 @@ from shoal.server.api_answers import (
 from shoal.server.auth import TOKEN_NAME_RE, TOKEN_NAME_RULE, WORKER, Principal
 from shoal.server.blobs import SHA256_RE
 from shoal.server.ensembles import EnsembleRequest
+from shoal.server.guard import JsonBodyRoute
 from shoal.server.permissions import Forbidden, allows, authorize, principal
 from shoal.server.service import Service
 
@@ -99,9 +101,10 @@ AUTH = (401, 403)
 # Every handler and dependency is `async def`: FastAPI would run a plain `def` in a thread,
 # and the service, reactor and store belong to the event loop's thread alone.
 # Any request may be refused before it reaches a route, by the guard in front of the app:
-# too slow, too large, or from a client sending too many.
+# too slow, too large, or from a client sending too many. JsonBodyRoute parses and validates
+# a large body in a worker thread, off the event loop.
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize)],
-                   responses=errors(408, 413, 429, 431))
+                   responses=errors(408, 413, 429, 431), route_class=JsonBodyRoute)
 
 
 @router.get("/version", response_model=VersionResponse)
@@ -111,7 +114,10 @@ async def version() -> dict[str, Any]:
 
 @router.post("/jobs", status_code=201, response_model=AddResponse,
              responses=errors(400, *AUTH, 503))
-async def add_jobs(body: AddRequest, who: Who, service: ServiceDep) -> dict[str, Any]:
+async def add_jobs(body: AddRequest, who: Who, service: ServiceDep,
+                   request: Request) -> dict[str, Any]:
+    _check_files_are_theirs(request, who, (entry.get("sha256") for job in body.jobs
+                                           for entry in job.files))
     return service.add(body.jobs, rerun=body.rerun, owner=who.name, sees_all=who.sees_all,
                        may_set_caps=allows("PUT", "/api/v1/limits/{name}", who))
 
@@ -237,16 +243,37 @@ class MissingRequest(BaseModel):
     sha256: list[Sha256] = Field(max_length=1_000_000)
 
 
+# Files are kept once by content, and recorded for each name that uploaded them: a user is
+# told only about their own uploads (never whether someone else has a file), and may name in
+# jobs and ensembles only files they uploaded. An admin sees the whole store.
+
+
+def _uploader(who: Principal) -> str | None:
+    return None if who.sees_all else who.name
+
+
+def _check_files_are_theirs(request: Request, who: Principal,
+                            shas: Iterable[str | None]) -> None:
+    named = [sha for sha in dict.fromkeys(shas) if sha is not None]
+    if not named:
+        return
+    missing = request.app.state.blobs.missing(named, owner=_uploader(who))
+    if missing:
+        raise InputError(f"files: {len(missing)} not uploaded with this token's name, "
+                         f"e.g. {missing[0]}; upload them first (PUT /api/v1/blobs/SHA256)")
+
+
 @router.post("/blobs/missing", **answers(MissingBlobs, 400, *AUTH))
 async def blobs_missing(body: MissingRequest, who: Who,
                         request: Request) -> dict[str, Any]:
-    return {"missing": request.app.state.blobs.missing(body.sha256)}
+    """Which of these files the caller has not uploaded (an admin: which the server lacks)."""
+    return {"missing": request.app.state.blobs.missing(body.sha256, owner=_uploader(who))}
 
 
 @router.put("/blobs/{sha256}", status_code=201,
             **answers(StoredBlob, 400, *AUTH, 503, status=201))
 async def put_blob(sha256: Sha256Path, who: Who, request: Request) -> dict[str, Any]:
-    size = await request.app.state.blobs.put_stream(sha256, request.stream())
+    size = await request.app.state.blobs.put_stream(sha256, request.stream(), owner=who.name)
     return {"sha256": sha256, "size": size}
 
 
@@ -264,6 +291,8 @@ async def get_blob(sha256: Sha256Path, request: Request, who: Who) -> FileRespon
              **answers(EnsembleRun, 400, *AUTH, status=201))
 async def start_ensemble(body: EnsembleRequest, who: Who,
                          request: Request) -> dict[str, Any]:
+    _check_files_are_theirs(request, who, (entry.sha256 for entries in body.manifests.values()
+                                           for entry in entries))
     runner = request.app.state.ensembles
     run_id = runner.start(body, owner=who.name)
     return runner.snapshot(run_id)

@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import compile_path
+from starlette.types import Scope
 
 from shoal import __version__
 from shoal.core.errors import (
@@ -44,8 +47,16 @@ from shoal.server.certificates import (
     keep_certificate,
 )
 from shoal.server.ensembles import EnsembleRunner
-from shoal.server.guard import GuardConfig, GuardMiddleware, guard_listener, uvicorn_options
-from shoal.server.permissions import Forbidden
+from shoal.server.guard import (
+    GuardConfig,
+    GuardMiddleware,
+    Refusal,
+    bearer_token,
+    guard_listener,
+    tls_event_loop,
+    uvicorn_options,
+)
+from shoal.server.permissions import Forbidden, check
 from shoal.server.reactor import ReactorConfig
 from shoal.server.service import Service
 from shoal.store import Store
@@ -134,10 +145,42 @@ def create_app(service: Service, tokens: TokenBook, blobs: BlobStore | None = No
         return _error(500, "internal", "internal error; see the server log")
 
     _document_errors_as_served(app)
-    # Outermost: sizes, slow bodies and request rates are checked before anything else runs.
+    # Outermost: request rates, tokens, sizes and slow bodies are checked before anything else
+    # runs, and before a byte of the body is read.
     app.add_middleware(GuardMiddleware, config=guard,
-                       known_token=lambda token: tokens.role_of(token) is not None)
+                       known_token=lambda token: tokens.role_of(token) is not None,
+                       gate=token_gate(tokens))
     return app
+
+
+NEEDS_TOKEN = "a valid token is required (Authorization: Bearer TOKEN)"
+
+
+def token_gate(tokens: TokenBook) -> Callable[[Scope], Refusal | None]:
+    """The permission table applied to a request's head, so that a request its token may not
+    make is answered 401 or 403 before its body is read. The API's routes are matched as
+    Starlette matches them (first route whose path and method fit); anything else (the OpenAPI
+    spec, the docs page, an unknown path or method) needs a valid token of any role. The
+    routes' own `authorize` still runs: this is the same check, made earlier."""
+    table = [(compile_path(route.path)[0], route.methods or set(), route.path)
+             for route in api.router.routes if isinstance(route, APIRoute)]
+
+    def gate(scope: Scope) -> Refusal | None:
+        method, path = scope["method"], scope["path"]
+        principal = tokens.principal_of(bearer_token(scope))
+        route = next((template for regex, methods, template in table
+                      if method in methods and regex.match(path)), None)
+        if route is None:
+            return None if principal is not None else Refusal(401, "unauthorized", NEEDS_TOKEN)
+        try:
+            check(method, route, principal)
+        except Forbidden as exc:
+            return Refusal(403, "forbidden", str(exc))
+        except AuthError as exc:
+            return Refusal(401, "unauthorized", str(exc))
+        return None
+
+    return gate
 
 
 def _document_errors_as_served(app: FastAPI) -> None:
@@ -234,7 +277,9 @@ def serve(home: Path, host: str, port: int, config: ReactorConfig | None = None,
         finally:
             keeper.cancel()
 
-    asyncio.run(run())
+    # A loop whose TLS servers give a handshake the head's deadline, not asyncio's 60 s.
+    with asyncio.Runner(loop_factory=lambda: tls_event_loop(guard)) as runner:
+        runner.run(run())
 
 
 def _announce(home: Path, url: str, join: str, insecure: bool) -> None:

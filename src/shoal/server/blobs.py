@@ -1,4 +1,9 @@
-"""Files for ensembles, stored by content (SHA-256) under $SHOAL_HOME/blobs."""
+"""Files for ensembles, stored by content (SHA-256) under $SHOAL_HOME/blobs.
+
+Each content is kept once, and recorded for every name that uploaded it (an empty file
+`uploaders/<digest of the name>/<sha256>`), so that the server can answer a user about their own
+uploads only: whether someone else has a file with a given hash is not theirs to learn.
+"""
 
 from __future__ import annotations
 
@@ -32,8 +37,25 @@ class BlobStore:
     def has(self, sha256: str) -> bool:
         return self.path_of(sha256).exists()
 
-    def missing(self, shas: Iterable[str]) -> list[str]:
-        return [sha for sha in dict.fromkeys(shas) if not self.has(sha)]
+    def _record_of(self, sha256: str, owner: str) -> Path:
+        # A digest, not the name itself: any string is a safe directory name this way.
+        name = hashlib.sha256(owner.encode()).hexdigest()[:32]
+        return self.directory / "uploaders" / name / check_sha(sha256)
+
+    def uploaded_by(self, sha256: str, owner: str) -> bool:
+        return self.has(sha256) and self._record_of(sha256, owner).exists()
+
+    def missing(self, shas: Iterable[str], owner: str | None = None) -> list[str]:
+        """The files not stored; with `owner`, those that name has not uploaded, whoever
+        else may have."""
+        if owner is None:
+            return [sha for sha in dict.fromkeys(shas) if not self.has(sha)]
+        return [sha for sha in dict.fromkeys(shas) if not self.uploaded_by(sha, owner)]
+
+    def _record(self, sha256: str, owner: str) -> None:
+        record = self._record_of(sha256, owner)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.touch()
 
     def put_file(self, path: Path) -> str:
         """Store a local file (the embedded mode's upload)."""
@@ -44,8 +66,11 @@ class BlobStore:
                 self._store(sha, iter(lambda: source.read(CHUNK), b""))
         return sha
 
-    async def put_stream(self, sha256: str, chunks: AsyncIterator[bytes]) -> int:
-        """Store an upload, refusing it unless its content has the announced hash."""
+    async def put_stream(self, sha256: str, chunks: AsyncIterator[bytes],
+                         owner: str | None = None) -> int:
+        """Store an upload, refusing it unless its content has the announced hash; recorded
+        for `owner` once it is. A content already stored must still be sent whole: having it
+        is what lets a user name it."""
         check_sha(sha256)
         self.directory.mkdir(parents=True, exist_ok=True)
         digest, size = hashlib.sha256(), 0
@@ -60,6 +85,8 @@ class BlobStore:
                 raise InputError(f"the uploaded content's SHA-256 is {digest.hexdigest()}, "
                                  f"not {sha256}")
             os.replace(temp, self.directory / sha256)
+            if owner is not None:
+                self._record(sha256, owner)
         except OSError as exc:
             raise StoreUnavailable(f"cannot store a file: {exc}") from None
         finally:

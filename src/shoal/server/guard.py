@@ -19,10 +19,14 @@ import math
 import socket
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -208,15 +212,18 @@ CLOSE = ((b"connection", b"close"),)
 class RequestBody:
     """One request's view of its body: counts the bytes that arrive (chunked or not) and waits at
     most `timeout` for each chunk. On a breach it answers 413 or 408 itself, closing the
-    connection so the rest of the body is never read, and tells the app the client left."""
+    connection so the rest of the body is never read, and tells the app the client left. An
+    answer sent before the app has read a body it was sent also closes the connection: the
+    server would otherwise read and throw away whatever the client still sends."""
 
-    def __init__(self, receive: Receive, send: Send, limit: int, timeout: float):
+    def __init__(self, receive: Receive, send: Send, limit: int, timeout: float,
+                 has_body: bool = True):
         self._receive = receive
         self._send = send
         self.limit = limit
         self.timeout = timeout
         self.received = 0
-        self.complete = False
+        self.complete = not has_body
         self.response_started = False
         self.answered = False
 
@@ -247,6 +254,8 @@ class RequestBody:
             return  # the client already has our answer; the app's is dropped
         if message["type"] == "http.response.start":
             self.response_started = True
+            if not self.complete:
+                message = {**message, "headers": [*message.get("headers", ()), *CLOSE]}
         await self._send(message)
 
     async def answer(self, status: int, code: str, message: str) -> None:
@@ -257,16 +266,32 @@ class RequestBody:
         await send_error(self._send, status, code, message, CLOSE)
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request is turned away before its body is read: status, error code, message."""
+
+    status: int
+    code: str
+    message: str
+
+
+Gate = Callable[[Scope], Refusal | None]
+
+
 class GuardMiddleware:
-    """Pure ASGI: per-client request rates, body sizes and body timeouts. WebSocket and lifespan
-    scopes pass through untouched; the worker channel has its own message size limit."""
+    """Pure ASGI: per-client request rates, who may ask (`gate`), body sizes and body timeouts,
+    in that order, all before the app reads a byte of the body. WebSocket and lifespan scopes
+    pass through untouched; the worker channel checks its own token and has its own message
+    size limit."""
 
     def __init__(self, app: ASGIApp, config: GuardConfig | None = None,
                  known_token: Callable[[str], bool] | None = None,
+                 gate: Gate | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.app = app
         self.config = config or GuardConfig()
         self.known_token = known_token
+        self.gate = gate
         self.exempt = Exemptions(self.config.exempt_networks)
         self.limiter = RateLimiter(self.config.requests_per_second, self.config.request_burst,
                                    self.config.max_rate_clients, clock)
@@ -284,13 +309,21 @@ class GuardMiddleware:
                                  "too many requests; retry after the time in Retry-After",
                                  ((b"retry-after", retry_after),))
                 return
+        has_body = _has_body(scope)
+        refusal = self.gate(scope) if self.gate is not None else None
+        if refusal is not None:
+            # The body is never read: the connection goes with the answer, or the rest of the
+            # body would be read as the next request.
+            await send_error(send, refusal.status, refusal.code, refusal.message,
+                             CLOSE if has_body else ())
+            return
         limit = self.config.body_limit(scope["method"], scope["path"])
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             await send_error(send, 413, "too_large",
                              f"this request's body is limited to {limit} bytes", CLOSE)
             return
-        body = RequestBody(receive, send, limit, self.config.body_timeout)
+        body = RequestBody(receive, send, limit, self.config.body_timeout, has_body)
         try:
             await self.app(scope, body.receive, body.send)
         except Exception:
@@ -305,6 +338,72 @@ def _content_length(scope: Scope) -> int | None:
         if name == b"content-length":
             return int(value) if value.isdigit() else None
     return None
+
+
+def _has_body(scope: Scope) -> bool:
+    """Whether the request says a body follows its head (a length above 0, or chunks)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding":
+            return True
+        if name == b"content-length":
+            return value.strip() not in (b"0", b"")
+    return False
+
+
+# Large JSON bodies ------------------------------------------------------------------------------
+
+# Smaller bodies are parsed and validated on the event loop, as FastAPI does, in well under a
+# millisecond a kilobyte; a larger one would hold the loop (a 50 MB add: seconds).
+OFF_LOOP_BODY_BYTES = 256 * 1024
+
+
+def _same(value: dict[str, Any]) -> dict[str, Any]:
+    """json.loads' object hook: a Python call per object, where the thread parsing may hand the
+    interpreter to the event loop (the C parser alone holds it for the whole document)."""
+    return value
+
+
+def _is_json(request: Request) -> bool:
+    # What FastAPI parses as JSON: an application/json or application/*+json content type.
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    main, _, sub = media.partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+class JsonBodyRoute(APIRoute):
+    """A route that reads its body into one buffer (Starlette keeps every chunk, then joins them:
+    two copies), and parses and validates a large JSON body in a worker thread. What FastAPI
+    then finds is the validated model, which it takes as it is."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        field = self.body_field
+        if field is None or getattr(self, "_embed_body_fields", True):
+            return handler  # no body, or one FastAPI takes apart field by field
+
+        def parse_and_validate(body: bytearray) -> Any:
+            try:
+                parsed = json.loads(body, object_hook=_same)
+            except json.JSONDecodeError as exc:  # the same error as FastAPI's
+                raise RequestValidationError([{
+                    "type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
+                    "input": {}, "ctx": {"error": exc.msg}}]) from None
+            value, errors = field.validate(parsed, {}, loc=("body",))
+            if errors:
+                raise RequestValidationError(errors)
+            return value
+
+        async def read_then_handle(request: Request) -> Response:
+            if _is_json(request):
+                body = bytearray()
+                async for chunk in request.stream():
+                    body += chunk
+                request._body = body  # type: ignore[assignment]  # one buffer, not a join
+                if len(body) >= OFF_LOOP_BODY_BYTES:
+                    request._json = await asyncio.to_thread(parse_and_validate, body)
+            return await handler(request)
+
+        return read_then_handle
 
 
 # Connections ------------------------------------------------------------------------------------
@@ -512,6 +611,29 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.connection_book.release(self.transport)
         super().connection_lost(exc)
+
+
+class TlsDeadlineLoop(asyncio.SelectorEventLoop):
+    """An event loop whose TLS servers give a handshake, and the closing exchange of a
+    connection, `tls_timeout` seconds. asyncio's defaults are 60 s and 30 s, and uvicorn passes
+    neither, so a peer that opens a TLS connection and sends nothing (or half a ClientHello)
+    held it for a minute, out of reach of the head deadline, which starts only once the
+    handshake is done."""
+
+    tls_timeout: float = 10.0
+
+    async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.Server:
+        if kwargs.get("ssl") is not None:
+            kwargs.setdefault("ssl_handshake_timeout", self.tls_timeout)
+            kwargs.setdefault("ssl_shutdown_timeout", self.tls_timeout)
+        return await super().create_server(*args, **kwargs)
+
+
+def tls_event_loop(config: GuardConfig | None = None) -> asyncio.AbstractEventLoop:
+    """A new event loop for a server: TLS handshakes get the request head's deadline."""
+    loop = TlsDeadlineLoop()
+    loop.tls_timeout = (config or GuardConfig()).header_timeout
+    return loop
 
 
 def uvicorn_options(config: GuardConfig | None = None) -> dict[str, Any]:
