@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shoal.core.errors import Conflict, StoreUnavailable
+from shoal.core.errors import Conflict, InputError, StoreUnavailable
 from shoal.core.models import Job, JobState
 from shoal.core.protocol import AttemptResult, Captured
 from shoal.core.states import Transition
@@ -127,6 +127,9 @@ class Store:
             self._db.execute("PRAGMA foreign_keys = OFF")
             self._db.execute("PRAGMA busy_timeout = 5000")
             migrate(self._db)
+        except InputError as exc:  # written by a newer shoal
+            self._db.close()
+            raise InputError(f"{path}: {exc}") from None
         except sqlite3.Error as exc:
             if is_damage(exc):
                 if hasattr(self, "_db"):  # found not to be a database: leave it as it was

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from shoal.core.errors import InputError
+
 MIGRATIONS: list[str] = [
     # 1: the first schema.
     """
@@ -132,7 +134,7 @@ def migrate(connection: sqlite3.Connection) -> int:
     """Bring the database to SCHEMA_VERSION; refuse one written by a newer shoal."""
     current = connection.execute("PRAGMA user_version").fetchone()[0]
     if current > SCHEMA_VERSION:
-        raise RuntimeError(
+        raise InputError(
             f"database schema version {current} is newer than this shoal understands "
             f"({SCHEMA_VERSION}); upgrade shoal"
         )

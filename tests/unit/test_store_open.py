@@ -1,0 +1,46 @@
+"""Opening the store: a database from a newer shoal is refused with a line naming it."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from shoal.core.errors import InputError
+from shoal.core.models import JobState
+from shoal.server.reactor import Reactor
+from shoal.store import Store
+from shoal.store.schema import SCHEMA_VERSION
+
+from .factories import register, spec
+
+
+def test_a_database_from_a_newer_shoal_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "shoal.db"
+    Store(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    before = path.read_bytes()
+    with pytest.raises(InputError, match=rf"{path}: database schema version "
+                                         rf"{SCHEMA_VERSION + 1} is newer"):
+        Store(path)
+    assert path.read_bytes() == before
+
+
+def test_the_holder_of_a_live_attempt_is_kept_across_a_restart(tmp_path: Path) -> None:
+    """Only the worker process an attempt was given to may claim it, after a restart too."""
+    store = Store(tmp_path / "shoal.db")
+    reactor = Reactor([], next_job_id=1, next_lease_id=1)
+    plan = reactor.plan_add([spec("sleep 100")], rerun=False, now=0.0)
+    store.add_jobs(plan.new_jobs, reactor.journal_of_new(plan, 0.0))
+    reactor.apply_add(plan, now=0.0)
+    worker = reactor.worker_joined(register("w1"), 0.0, credential="token-digest")
+    reactor.schedule(1.0)
+    effects = reactor.take_effects()
+    store.commit_tick(effects.changed.values(), effects.transitions, effects.new_attempts,
+                      effects.results, effects.started, effects.removed)
+    holder = reactor.workers[worker].identity
+    store.close()
+    [job] = Store(tmp_path / "shoal.db").load_jobs()
+    assert job.state is JobState.RUNNING and job.holder == holder
