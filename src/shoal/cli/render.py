@@ -258,17 +258,19 @@ def workers_rows(workers: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[
     """One row per worker. GPUS, RESOURCES (named ones) and LABELS appear only when some
     worker has them, so a plain cluster keeps a narrow table; CONTAINMENT (how a job's
     processes are held together: cgroup-v1, cgroup-v2 or process-group) when some worker
-    says."""
+    says; STARTED BY (ssh, slurm:<alloc>, or by hand) when some worker was started by shoal."""
     offers = [worker.get("resources") or {} for worker in workers]
     with_gpus = any(offer.get("gpus") for offer in offers)
     with_custom = any(offer.get("custom") for offer in offers)
     with_labels = any(worker.get("labels") for worker in workers)
     with_containment = any(worker.get("containment") for worker in workers)
+    with_provider = any(worker.get("provider") for worker in workers)
     headers = ["NAME", "HOST", "STATE", "CORES", "MEMORY"]
     headers += ["GPUS"] if with_gpus else []
     headers += ["RESOURCES"] if with_custom else []
     headers += ["RUNNING", "LAST SEEN"]
     headers += ["CONTAINMENT"] if with_containment else []
+    headers += ["STARTED BY"] if with_provider else []
     headers += ["LABELS"] if with_labels else []
     rows = []
     for worker, offered in zip(workers, offers, strict=True):
@@ -289,6 +291,8 @@ def workers_rows(workers: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[
         row += [str(worker.get("running", 0)), format_ago(worker.get("last_seen"))]
         if with_containment:
             row.append(text_cell(worker.get("containment") or None))
+        if with_provider:
+            row.append(text_cell(worker.get("provider") or "by hand"))
         if with_labels:
             labels = worker.get("labels") or {}
             row.append(one_line(",".join(f"{key}={labels[key]}" for key in sorted(labels)))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from shoal.cli.join import worker_address
+from shoal.cli.worker_count import MAX_COUNT, gpus_argument, run_workers, shares, spool_for
 from shoal.core.errors import ConnectError, InputError
 from shoal.core.models import RESERVED_RESOURCES
 from shoal.home import DEFAULT_PORT, Connection, resolve_connection, shoal_home
@@ -143,6 +144,14 @@ def worker_command(
         metavar="requeue|finish",
         help="On SIGTERM or Ctrl-C: kill the running jobs and hand them back to the server, "
              "or finish them first. Either way no new job starts.")] = "requeue",
+    count: Annotated[int, typer.Option(
+        metavar="N",
+        help="Start N workers on this host, each a process, named NAME-1..NAME-N (default "
+             "HOST-PID-1..N). Without --cores, --memory or --gpus they share the host's "
+             "evenly; an option given applies to each.")] = 1,
+    started_by: Annotated[str | None, typer.Option(
+        hidden=True, help="How this worker was started (ssh, slurm:ALLOC), for `shoal workers`.")
+    ] = None,
 ) -> None:
     """Run a worker: connect to the server and run the jobs it assigns."""
     from shoal.core.models import parse_memory
@@ -164,6 +173,10 @@ def worker_command(
         raise InputError(f"--on-stop: {on_stop!r} is not requeue or finish")
     if server_lost_timeout is not None and server_lost_timeout <= 0:
         raise InputError("--server-lost-timeout: must be more than 0")
+    if not 1 <= count <= MAX_COUNT:
+        raise InputError(f"--count: must be from 1 to {MAX_COUNT}")
+    if started_by is not None and not 1 <= len(started_by) <= 128:
+        raise InputError("--started-by: 1 to 128 characters")
     gpu_ids = parse_gpus_option(gpus) if gpus is not None else None
     custom = parse_resource_options(resource or [])
     labels = parse_label_options(label or [])
@@ -177,6 +190,25 @@ def worker_command(
     if address.warning:
         logging.getLogger("shoal.worker").warning("%s", address.warning)
     detected = detect_resources(with_gpus=gpu_ids is None)
+    if count > 1:
+        base = name or f"{socket.gethostname()}-{os.getpid()}"
+        names = [f"{base}-{index}" for index in range(1, count + 1)]
+        parts = shares(count, cores or detected.cores,
+                       memory_bytes if memory_bytes is not None else detected.memory_bytes,
+                       gpu_ids if gpu_ids is not None else detected.gpus,
+                       split_cores=cores is None, split_memory=memory_bytes is None,
+                       split_gpus=gpu_ids is None)
+        common = [*(f"--resource={item}" for item in resource or []),
+                  *(f"--label={item}" for item in label or []),
+                  "--enforce-memory" if enforce_memory else "--no-enforce-memory",
+                  f"--on-server-lost={on_server_lost}", f"--on-stop={on_stop}",
+                  *([f"--server-lost-timeout={server_lost_timeout}"]
+                    if server_lost_timeout is not None else []),
+                  *([f"--started-by={started_by}"] if started_by else [])]
+        arguments = [[f"--cores={part.cores}", f"--memory={part.memory_bytes // 1024}K",
+                      f"--gpus={gpus_argument(part.gpus)}", *spool_for(spool, worker),
+                      *common] for worker, part in zip(names, parts, strict=True)]
+        raise typer.Exit(run_workers(names, arguments, address))
     resources = Resources(
         cores=cores or detected.cores,
         memory_bytes=memory_bytes if memory_bytes is not None else detected.memory_bytes,
@@ -187,7 +219,8 @@ def worker_command(
     worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
     spool_dir = spool or shoal_home() / "spool" / worker_name
     agent = Agent(worker_name, resources, spool_dir, labels=labels, enforce_memory=enforce_memory,
-                  on_server_lost=on_server_lost, server_lost_timeout=server_lost_timeout)
+                  on_server_lost=on_server_lost, server_lost_timeout=server_lost_timeout,
+                  provider=started_by)
     try:
         asyncio.run(_work(agent, locate, on_stop))
     except ConnectError as exc:  # say what is wrong with a refused certificate

@@ -64,6 +64,8 @@ class Register(_Message):
     # How the worker holds a job's processes together: "cgroup-v1", "cgroup-v2" or
     # "process-group" (setsid children escape it); None from a worker that does not say.
     containment: str | None = Field(default=None, max_length=32)
+    # How the worker was started, when not by hand: "ssh", "slurm:<allocation>", ...
+    provider: str | None = Field(default=None, max_length=128)
     # Drawn at random once per worker process and sent only to the server: with the token it
     # proves, after a reconnect, that this is the process its attempts were given to.
     instance_secret: str = Field(min_length=32, max_length=128, pattern=r"^[0-9a-f]+$",

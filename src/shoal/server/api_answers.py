@@ -245,6 +245,7 @@ class WorkerInfo(_Open):
     connected_at: float
     last_seen: float
     containment: str | None  # how its jobs are kept: cgroup-v1, cgroup-v2 or process-group
+    provider: str | None = None  # how it was started: "ssh", "slurm:<alloc>"; null: by hand
 
 
 class WorkerList(_Open):

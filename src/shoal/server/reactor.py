@@ -315,7 +315,7 @@ class Reactor:
             cores=offered.cores, memory_bytes=offered.memory_bytes, gpus=list(offered.gpus),
             custom=dict(offered.custom), labels=dict(register.labels),
             connected_at=now, last_seen=now, identity=identity,
-            containment=register.containment,
+            containment=register.containment, provider=register.provider,
         )
         self._next_worker_id += 1
         self.workers[worker.id] = worker

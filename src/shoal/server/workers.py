@@ -30,6 +30,7 @@ class WorkerState:
     custom: dict[str, int] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     containment: str | None = None  # as the worker said: cgroup-v1, cgroup-v2, process-group
+    provider: str | None = None  # how it was started: "ssh", "slurm:<alloc>"; None: by hand
     connected: bool = True
     accepting: bool = True  # False once the worker said it is stopping
     used_cores: int = 0
@@ -85,6 +86,7 @@ class WorkerState:
             "accepting": self.accepting,
             "labels": dict(self.labels),
             "containment": self.containment,
+            "provider": self.provider,
             "resources": {"cores": self.cores, "memory_bytes": self.memory_bytes,
                           "gpus": list(self.gpus), "custom": dict(self.custom)},
             "used": {"cores": self.used_cores, "memory_bytes": self.used_memory_bytes,

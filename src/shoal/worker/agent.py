@@ -63,8 +63,10 @@ class Agent:
     def __init__(self, name: str, resources: Resources, spool_dir: Path,
                  host: str | None = None, labels: dict[str, str] | None = None,
                  enforce_memory: bool = True, on_server_lost: str = "kill",
-                 server_lost_timeout: float | None = None, fetch_blob: FetchBlob | None = None):
+                 server_lost_timeout: float | None = None, fetch_blob: FetchBlob | None = None,
+                 provider: str | None = None):
         self.name = name
+        self.provider = provider  # how this worker was started, when not by hand
         self.host = host or socket.gethostname()
         self.resources = resources
         # Proves to the server, on every reconnect, that this process holds its attempts.
@@ -163,7 +165,7 @@ class Agent:
                                    started_at=r.started_at) for r in self._unacked.values()]
         return Register(protocol_version=PROTOCOL_VERSION, name=self.name, host=self.host,
                         resources=self.resources, labels=self.labels,
-                        containment=self.runner.containment,
+                        containment=self.runner.containment, provider=self.provider,
                         instance_secret=self.instance_secret,
                         running=[*self.runner.running(), *finished])
 
