@@ -66,6 +66,9 @@ class Register(_Message):
     containment: str | None = Field(default=None, max_length=32)
     # How the worker was started, when not by hand: "ssh", "slurm:<allocation>", ...
     provider: str | None = Field(default=None, max_length=128)
+    # Seconds this worker has left before it stops (an allocation's time limit); the server
+    # gives it no job whose --time is longer. None: no limit.
+    time_left_seconds: Seconds | None = None
     # Drawn at random once per worker process and sent only to the server: with the token it
     # proves, after a reconnect, that this is the process its attempts were given to.
     instance_secret: str = Field(min_length=32, max_length=128, pattern=r"^[0-9a-f]+$",

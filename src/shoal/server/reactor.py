@@ -316,6 +316,8 @@ class Reactor:
             custom=dict(offered.custom), labels=dict(register.labels),
             connected_at=now, last_seen=now, identity=identity,
             containment=register.containment, provider=register.provider,
+            deadline=None if register.time_left_seconds is None
+            else now + register.time_left_seconds,
         )
         self._next_worker_id += 1
         self.workers[worker.id] = worker

@@ -34,6 +34,7 @@ class Capacity:
     free_gpus: list[str] = field(default_factory=list)
     total_custom: dict[str, int] = field(default_factory=dict)
     free_custom: dict[str, int] = field(default_factory=dict)
+    deadline: float | None = None  # when the worker stops (its allocation ends); None: never
 
 
 @dataclass(slots=True)
@@ -71,6 +72,12 @@ def fits(job: Job, worker: Capacity) -> bool:
             and job.gpus <= len(worker.free_gpus)
             and all(worker.free_custom.get(name, 0) >= amount
                     for name, amount in job.resources.items()))
+
+
+def in_time(job: Job, worker: Capacity, now: float) -> bool:
+    """Whether a job's expected run time (`--time`) ends before the worker does."""
+    return worker.deadline is None or job.time_seconds is None \
+        or now + job.time_seconds <= worker.deadline
 
 
 def limits_allow(job: Job, room: Mapping[str, int | None]) -> bool:
@@ -111,7 +118,8 @@ def plan(queued: Iterable[Job], workers: list[Capacity], *,
         if job.limits and not limits_allow(job, room):
             result.skipped.append(job)
             continue
-        best = next((worker for worker in free if fits(job, worker)), None)
+        best = next((worker for worker in free
+                     if fits(job, worker) and in_time(job, worker, now)), None)
         if best is not None:
             result.assignments.append((job, best.worker_id, _take(job, best, room)))
             free.remove(best)
@@ -122,7 +130,8 @@ def plan(queued: Iterable[Job], workers: list[Capacity], *,
             if not result.reserved and job.queued_at is not None \
                     and now - job.queued_at >= starve_after_seconds:
                 # The same worker every pass (largest, then oldest), so that it drains.
-                capable = [w for w in workers if could_ever_fit(job, w)]
+                capable = [w for w in workers
+                           if could_ever_fit(job, w) and in_time(job, w, now)]
                 if capable:
                     held = max(capable, key=lambda w: (w.total_cores, -w.worker_id))
                     result.reserved[job.id] = held.worker_id

@@ -31,6 +31,7 @@ class WorkerState:
     labels: dict[str, str] = field(default_factory=dict)
     containment: str | None = None  # as the worker said: cgroup-v1, cgroup-v2, process-group
     provider: str | None = None  # how it was started: "ssh", "slurm:<alloc>"; None: by hand
+    deadline: float | None = None  # when it stops (an allocation's end); None: no limit
     connected: bool = True
     accepting: bool = True  # False once the worker said it is stopping
     used_cores: int = 0
@@ -77,6 +78,7 @@ class WorkerState:
             total_custom=dict(self.custom),
             free_custom={name: amount - self.used_custom.get(name, 0)
                          for name, amount in self.custom.items()},
+            deadline=self.deadline,
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -87,6 +89,7 @@ class WorkerState:
             "labels": dict(self.labels),
             "containment": self.containment,
             "provider": self.provider,
+            "deadline": self.deadline,
             "resources": {"cores": self.cores, "memory_bytes": self.memory_bytes,
                           "gpus": list(self.gpus), "custom": dict(self.custom)},
             "used": {"cores": self.used_cores, "memory_bytes": self.used_memory_bytes,

@@ -67,6 +67,9 @@ class Agent:
                  provider: str | None = None):
         self.name = name
         self.provider = provider  # how this worker was started, when not by hand
+        # When this worker stops (time.monotonic()), e.g. its allocation's end: the server
+        # hears how long is left at each register. None: no limit.
+        self.ends_at: float | None = None
         self.host = host or socket.gethostname()
         self.resources = resources
         # Proves to the server, on every reconnect, that this process holds its attempts.
@@ -166,6 +169,8 @@ class Agent:
         return Register(protocol_version=PROTOCOL_VERSION, name=self.name, host=self.host,
                         resources=self.resources, labels=self.labels,
                         containment=self.runner.containment, provider=self.provider,
+                        time_left_seconds=None if self.ends_at is None
+                        else max(0.0, self.ends_at - time.monotonic()),
                         instance_secret=self.instance_secret,
                         running=[*self.runner.running(), *finished])
 
@@ -202,6 +207,7 @@ class Agent:
                                      total_bytes=total_bytes, found=found))
         elif isinstance(message, Assign):
             if not self.accepting:
+                self._hand_back(message)
                 return
             for assignment in message.items:
                 self.runner.start(assignment)
@@ -219,6 +225,17 @@ class Agent:
                 self.watch_stalls()
         elif isinstance(message, Refused):
             raise ProtocolError(f"the server refused this worker: {message.reason}")
+
+    def _hand_back(self, message: Assign) -> None:
+        """Assignments that crossed this worker's Stopping on the wire: each reported killed
+        before it started, which the server takes as not the job's fault and runs again
+        elsewhere at once (ignored, they would wait out the lost grace)."""
+        now = time.time()
+        for assignment in message.items:
+            self._on_finished(AttemptResult(
+                job_id=assignment.job_id, lease_id=assignment.lease_id, outcome="killed",
+                started_at=now, ended_at=now, wall_seconds=0.0, cpu_seconds=0.0,
+                peak_rss_bytes=0, error="the worker is stopping"))
 
     def _answer(self, message: FromWorker) -> None:
         """Send at once, not with the next batch: the server is waiting for it."""
