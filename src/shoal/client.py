@@ -128,21 +128,38 @@ class Client:
             ids=tuple(answer["ids"]),
         )
 
-    def jobs(
-        self,
-        state: str | None = None,
-        group: str | None = None,
-        limit: int = 1000,
-        offset: int = 0,
-    ) -> list[dict[str, Any]]:
-        """One page of jobs, ordered by id."""
-        params: dict[str, Any] = {"limit": limit, "offset": offset}
-        if state is not None:
-            params["state"] = state
-        if group is not None:
-            params["group"] = group
-        answer: list[dict[str, Any]] = self._request("GET", "/jobs", params=params)["jobs"]
-        return answer
+    def jobs_page(self, *, after_id: int | None = None, limit: int = 1000,
+                  newest_first: bool = False, **filters: Any) -> dict[str, Any]:
+        """One page: `{"jobs": [...], "total": N or None, "next_after_id": ID or None}`.
+        Filters: state (one or a list), group, name, cmd (text it contains), worker,
+        exit_code, ended_after, ended_before."""
+        params: dict[str, Any] = {"limit": limit, "order": "desc" if newest_first else "asc"}
+        if after_id is not None:
+            params["after_id"] = after_id
+        for key, value in filters.items():
+            if value is None:
+                continue
+            if key == "state" and not isinstance(value, str):
+                value = ",".join(value)
+            params[key] = value
+        return self._request("GET", "/jobs", params=params)
+
+    def jobs(self, *, limit: int | None = None, newest_first: bool = False,
+             page_size: int = 1000, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every matching job (or the first `limit`), oldest first (or newest), fetched a page
+        at a time as the iteration goes: memory stays that of one page."""
+        after_id: int | None = None
+        left = limit
+        while left is None or left > 0:
+            size = page_size if left is None else min(page_size, left)
+            page = self.jobs_page(after_id=after_id, limit=size, newest_first=newest_first,
+                                  **filters)
+            yield from page["jobs"]
+            if left is not None:
+                left -= len(page["jobs"])
+            after_id = page.get("next_after_id")
+            if after_id is None:
+                return
 
     def job(self, job_id: int) -> dict[str, Any]:
         """A job with its stdout/stderr head and tail and its attempt history."""

@@ -84,10 +84,10 @@ async def run_jobs(path: Path, parsed: list[ParsedJob], parallel: int,
     to_run = [item for item in parsed if item.state_char != "d"]
     result = service.add([item.spec for item in to_run])
     ids: list[int] = result["ids"]
-    jobs = service.reactor.jobs
-    done_before = [job_id for job_id in ids if jobs[job_id].state is JobState.DONE]
+    states = service.states(ids)  # ended ones are in the database only
+    done_before = [job_id for job_id in ids if states[job_id] is JobState.DONE]
     again = [job_id for job_id in ids
-             if jobs[job_id].state in (JobState.FAILED, JobState.CANCELLED)]
+             if states[job_id] in (JobState.FAILED, JobState.CANCELLED)]
     if again:
         service.act("retry", again, None)
     pending = set(ids) - set(done_before)
@@ -150,7 +150,7 @@ async def run_jobs(path: Path, parsed: list[ParsedJob], parallel: int,
 
 
 def _summarise(service: Service, ids: list[int], report: RunReport) -> None:
-    jobs = [service.reactor.jobs[job_id] for job_id in ids if job_id in service.reactor.jobs]
+    jobs = service.find(ids)
     ran = [job for job in jobs if job.wall_seconds is not None]
     ran.sort(key=lambda job: job.wall_seconds or 0.0, reverse=True)
     report.slowest = [{"id": job.id, "cmd": job.cmd, "wall_seconds": job.wall_seconds}

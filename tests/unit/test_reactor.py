@@ -336,3 +336,18 @@ def test_lease_ids_increase_but_cannot_be_guessed_from_the_last() -> None:
     restarted = Reactor(list(reactor.jobs.values()), next_job_id=100,
                         next_lease_id=reactor.next_lease_id)
     assert restarted.next_lease_id > max(leases)
+
+
+@pytest.mark.parametrize(("credential", "given_up"), [("t", True), ("another-token", False)])
+def test_a_worker_restarted_under_its_name_and_token_gives_up_its_old_attempts(
+        credential: str, given_up: bool) -> None:
+    """A supervisor restarting a crashed worker: its old attempts are gone, rerun at once.
+    The same name from another token proves nothing: those wait out the grace."""
+    reactor = new_reactor(lost_grace_seconds=60)
+    [job_id] = add(reactor, "sleep 100")
+    w1 = reactor.worker_joined(register("w1"), 0.0, credential="t")
+    assigned(reactor)
+    reactor.worker_left(w1, 1.0)
+    reactor.worker_joined(register("w1", instance_secret="ef" * 16), 2.0, credential=credential)
+    state = reactor.get(job_id).state
+    assert state is (S.QUEUED if given_up else S.LOST)

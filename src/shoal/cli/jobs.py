@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -30,7 +31,7 @@ MIN_POLL_INTERVAL = 0.25
 # How long `wait` rides out a server that is restarting before giving up.
 RECONNECT_SECONDS = 60.0
 RECONNECT_DELAY = 1.0
-JOBS_PAGE_SIZE = 10_000
+JOBS_PAGE_SIZE = 1_000  # the first page prints at once
 _WHOLE_NUMBER = re.compile(r"[0-9]+")
 
 
@@ -416,31 +417,81 @@ def check_state(state: str | None) -> str | None:
     return state
 
 
+def check_states(values: list[str] | None) -> list[str] | None:
+    """`--state` may be given several times, or as a comma list."""
+    states = [part.strip() for value in values or [] for part in value.split(",")]
+    for state in states:
+        check_state(state)
+    return states or None
+
+
 def jobs(
     ctx: typer.Context,
-    state: Annotated[str | None, typer.Option(
-        "--state", "-s", callback=check_state, help="Only jobs in this state.")] = None,
+    state: Annotated[list[str] | None, typer.Option(
+        "--state", "-s", callback=check_states,
+        help="Only jobs in these states (repeat, or a comma list).")] = None,
     group: GroupOption = None,
+    name: Annotated[str | None, typer.Option(help="Only jobs of this name.")] = None,
+    cmd: Annotated[str | None, typer.Option(
+        "--cmd", help="Only jobs whose command contains this text.")] = None,
+    worker: Annotated[str | None, typer.Option(help="Only jobs on this worker.")] = None,
+    exit_code: Annotated[int | None, typer.Option(
+        "--exit-code", help="Only jobs that ended with this exit code.")] = None,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", min=1, help="The first N that match.")] = None,
+    last: Annotated[int | None, typer.Option(
+        "--last", min=1, help="The last N that match (the newest), oldest first.")] = None,
     why: Annotated[bool, typer.Option(
         "--why", help="Show why each waiting or queued job is not running.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """List jobs, oldest first."""
-    found = all_jobs(session_of(ctx).client(), state=state, group=group)
-    if as_json:
-        render.print_json({"jobs": found, "total": len(found)})
-    elif found:
-        render.print_table(*render.jobs_rows(found, why=why))
+    """List jobs, oldest first. The first page prints at once; the rest follow as they
+    come, so a listing of millions starts at once and holds one page in memory."""
+    if limit is not None and last is not None:
+        raise InputError("--limit and --last: give one of them")
+    filters: dict[str, Any] = {"state": state, "group": group, "name": name, "cmd": cmd,
+               "worker": worker,
+               "exit_code": exit_code}
+    client = session_of(ctx).client()
+    if last is not None:  # the newest N, shown oldest first: few enough to hold
+        found = list(client.jobs(limit=last, newest_first=True, **filters))[::-1]
+        pages: Iterable[list[dict[str, Any]]] = [found] if found else []
     else:
+        pages = _pages(client.jobs(limit=limit, page_size=JOBS_PAGE_SIZE, **filters))
+    if as_json:
+        _print_json_stream(pages)
+        return
+    widths: list[int] = []
+    for page in pages:
+        widths = render.print_table(*render.jobs_rows(page, why=why), widths=widths,
+                                    with_header=not widths)
+    if not widths:
         print("no jobs", file=sys.stderr)
 
 
-def all_jobs(client: Client, *, state: str | None, group: str | None) -> list[dict[str, Any]]:
-    """Every matching job, a page at a time (until an empty page, whatever the server's cap)."""
-    found: list[dict[str, Any]] = []
-    while page := client.jobs(state=state, group=group, limit=JOBS_PAGE_SIZE, offset=len(found)):
-        found.extend(page)
-    return found
+def _pages(jobs: Iterator[dict[str, Any]], size: int = JOBS_PAGE_SIZE
+           ) -> Iterator[list[dict[str, Any]]]:
+    page: list[dict[str, Any]] = []
+    for job in jobs:
+        page.append(job)
+        if len(page) == size:
+            yield page
+            page = []
+    if page:
+        yield page
+
+
+def _print_json_stream(pages: Iterable[list[dict[str, Any]]]) -> None:
+    """`{"jobs": [...], "total": N}`, written as the pages come."""
+    out = sys.stdout
+    out.write('{"jobs": [')
+    total = 0
+    for page in pages:
+        for job in page:
+            out.write((",\n" if total else "\n") + json.dumps(job, sort_keys=True))
+            total += 1
+        out.flush()
+    out.write(f'\n], "total": {total}}}\n')
 
 
 def wait(ctx: typer.Context, group: GroupOption = None) -> None:

@@ -163,17 +163,19 @@ _MIN_LAST_COLUMN = 20
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]],
-                stream: TextIO | None = None) -> None:
+                stream: TextIO | None = None, *, widths: Sequence[int] = (),
+                with_header: bool = True) -> list[int]:
     """Aligned columns; cells must already be one-line safe text (see `one_line`).
 
     On a terminal the header is bold, states are coloured and the last column is cut to
-    the terminal's width; elsewhere lines are whole.
+    the terminal's width; elsewhere lines are whole. A table printed in pages passes the
+    widths each page returns to the next (they only grow) and the header once.
     """
     stream = stream or sys.stdout
     terminal, color = stream.isatty(), use_color(stream)
     rows = [list(row) for row in rows]
-    widths = [max([len(header), *(len(row[i]) for row in rows)])
-              for i, header in enumerate(headers)]
+    widths = [max([len(header), *(len(row[i]) for row in rows),
+                   *(widths[i:i + 1])]) for i, header in enumerate(headers)]
     last_width = None
     if terminal:
         used = sum(widths[:-1]) + 2 * (len(widths) - 1)
@@ -199,9 +201,12 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]],
             parts.append(padded)
         return "  ".join(parts).rstrip()
 
-    stream.write(line(headers, header=True) + "\n")
+    if with_header:
+        stream.write(line(headers, header=True) + "\n")
     for row in rows:
         stream.write(line(row, header=False) + "\n")
+    stream.flush()
+    return widths
 
 
 # ---- tables ---------------------------------------------------------------------------

@@ -37,6 +37,15 @@ class SubmitRequest:
     idle_timeout_seconds: float | None = None
     engine_args: Sequence[str] = ()  # passed to the engine untouched (sbatch args, ssh opts)
     env: Mapping[str, str] = field(default_factory=dict)
+    # Where the engine's script, job id and output files are kept for the user (created by
+    # the caller, private); None: the provider keeps nothing on disk.
+    work_dir: str | None = None
+    started_by: str | None = None  # the workers' `--started-by`, e.g. "slurm:QUEUE/ALLOC"
+    # What each worker offers (None: what it finds on its node); given to the worker, and
+    # asked of the engine where it has a way (sbatch --cpus-per-task, --mem, --gpus-per-node).
+    cores: int | None = None
+    memory_bytes: int | None = None
+    gpus: int | None = None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from starlette.background import BackgroundTask
 
 from shoal import __version__
 from shoal.core.errors import InputError, NotFound
-from shoal.core.models import MAX_GROUP_CHARS, JobSpec, JobState
+from shoal.core.models import MAX_GROUP_CHARS, MAX_INT64, JobSpec, JobState
 from shoal.core.protocol import PROTOCOL_VERSION
 from shoal.home import format_connection_string
 from shoal.server.api_answers import (
@@ -46,6 +46,7 @@ from shoal.server.ensembles import EnsembleRequest
 from shoal.server.guard import JsonBodyRoute
 from shoal.server.permissions import Forbidden, allows, authorize, principal
 from shoal.server.service import Service
+from shoal.store import JobQuery
 
 MAX_WAIT_SECONDS = 30.0
 
@@ -103,7 +104,28 @@ AUTH = (401, 403)
 # Any request may be refused before it reaches a route, by the guard in front of the app:
 # too slow, too large, or from a client sending too many. JsonBodyRoute parses and validates
 # a large body in a worker thread, off the event loop.
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize)],
+async def known_query_only(request: Request) -> None:
+    """A query parameter the route does not take is refused, not silently ignored (a
+    misspelt filter would otherwise list every job)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = {param.alias for param in _query_params(dependant)}
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        takes = ", ".join(sorted(known)) or "none"
+        raise InputError(f"unknown query parameter {unknown[0]!r} (this takes: {takes})")
+
+
+def _query_params(dependant: Any) -> list[Any]:
+    found = list(dependant.query_params)
+    for sub in dependant.dependencies:
+        found += _query_params(sub)
+    return found
+
+
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize), Depends(known_query_only)],
                    responses=errors(408, 413, 429, 431), route_class=JsonBodyRoute)
 
 
@@ -123,10 +145,39 @@ async def add_jobs(body: AddRequest, who: Who, service: ServiceDep,
 
 
 @router.get("/jobs", **answers(JobPage, 400, *AUTH))
-async def list_jobs(who: Who, service: ServiceDep, state: JobState | None = None,
-              group: GroupQuery = None, limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
-              offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
-    return service.jobs(state, group, limit, offset, owner=who.scope)
+async def list_jobs(
+    who: Who, service: ServiceDep,
+    state: Annotated[list[str] | None, Query(
+        max_length=16, description="Any of these states (repeat, or separate with commas)")
+    ] = None,
+    group: GroupQuery = None,
+    name: Annotated[str | None, Query(max_length=MAX_GROUP_CHARS)] = None,
+    cmd: Annotated[str | None, Query(max_length=4096,
+                                     description="Text the command contains")] = None,
+    worker: Annotated[str | None, Query(max_length=128)] = None,
+    exit_code: Annotated[int | None, Query(ge=-(2**31), le=2**31 - 1)] = None,
+    ended_after: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+    ended_before: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+    after_id: Annotated[int | None, Query(ge=0, le=MAX_INT64,
+                                          description="The page after this job id")] = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+    order: Literal["asc", "desc"] = "asc",
+) -> dict[str, Any]:
+    query = JobQuery(states=_states(state or []), group=group, owner=who.scope, name=name,
+                     cmd_contains=cmd, worker=worker, exit_code=exit_code,
+                     ended_after=ended_after, ended_before=ended_before)
+    return service.jobs(query, after_id=after_id, limit=limit, newest_first=order == "desc")
+
+
+def _states(values: list[str]) -> tuple[JobState, ...]:
+    states = []
+    for value in (part.strip() for text in values for part in text.split(",")):
+        try:
+            states.append(JobState(value))
+        except ValueError:
+            names = ", ".join(state.value for state in JobState)
+            raise InputError(f"state: {value[:40]!r} is not a state ({names})") from None
+    return tuple(states)
 
 
 @router.get("/jobs/{job_id}", **answers(JobDetail, 400, *AUTH, 404))

@@ -144,7 +144,10 @@ class JobDetail(JobRecord):
 
 class JobPage(_Open):
     jobs: list[JobRecord]
-    total: int = Field(description="Every job that matches, not just this page")
+    total: int | None = Field(description="Every job that matches, not just this page (null "
+                                          "when a filter other than state and group is given)")
+    next_after_id: int | None = Field(description="Pass as after_id for the next page; null "
+                                                  "on the last one")
 
 
 class KeptLogs(_Open):

@@ -8,7 +8,7 @@ Per-group counters make a group dependency O(1) to check, whatever the group's s
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
 from shoal.core.models import FINAL_STATES, Job, JobState
@@ -16,6 +16,7 @@ from shoal.core.models import FINAL_STATES, Job, JobState
 Verdict = Literal["ready", "wait", "cancel"]
 _BAD = frozenset({JobState.FAILED, JobState.CANCELLED})
 GROUP_PREFIX = "group:"
+JobLookup = Callable[[int], Job | None]  # a job by id, wherever it is kept
 
 
 class Dependencies:
@@ -30,11 +31,15 @@ class Dependencies:
     # ---- membership and state ----------------------------------------------------------------
 
     def joined(self, job: Job) -> None:
-        self.group_size[job.group] += 1
-        self.group_open[job.group] += not job.state.is_final
-        self.group_bad[job.group] += job.state in _BAD
+        self.count(job.group, job.state, 1)
         if job.state is JobState.WAITING:
             self.watch(job)
+
+    def count(self, group: str, state: JobState, jobs: int) -> None:
+        """Jobs of a group in a state, as counted by the store at start, or one new job."""
+        self.group_size[group] += jobs
+        self.group_open[group] += 0 if state.is_final else jobs
+        self.group_bad[group] += jobs if state in _BAD else 0
 
     def left(self, job: Job) -> list[int]:
         """The job was removed. Returns the jobs that must be checked again."""
@@ -71,7 +76,7 @@ class Dependencies:
 
     # ---- answers -----------------------------------------------------------------------------
 
-    def verdict(self, job: Job, jobs: Mapping[int, Job]) -> tuple[Verdict, str | None]:
+    def verdict(self, job: Job, lookup: JobLookup) -> tuple[Verdict, str | None]:
         """Whether a waiting job may run, must wait, or can never run (and why)."""
         waiting = False
         for entry in job.dependencies:
@@ -81,7 +86,7 @@ class Dependencies:
                     return "cancel", f"a job of {entry} failed or was cancelled"
                 waiting |= self.group_open[group] > 0
                 continue
-            other = jobs.get(int(entry))
+            other = lookup(int(entry))
             if other is None:
                 return "cancel", f"dependency {entry} was removed"
             if other.state in _BAD:
@@ -91,11 +96,11 @@ class Dependencies:
             if entry.startswith(GROUP_PREFIX):
                 waiting |= self.group_open[entry[len(GROUP_PREFIX):]] > 0
             else:
-                other = jobs.get(int(entry))
+                other = lookup(int(entry))
                 waiting |= other is not None and not other.state.is_final
         return ("wait", None) if waiting else ("ready", None)
 
-    def describe(self, job: Job, jobs: Mapping[int, Job]) -> str:
+    def describe(self, job: Job, lookup: JobLookup) -> str:
         """What a waiting job is still waiting for."""
         parts = []
         for entry in (*job.dependencies, *job.dependencies_any):
@@ -105,12 +110,12 @@ class Dependencies:
                     parts.append(f"{entry} ({self.group_open[group]} of "
                                  f"{self.group_size[group]} left)")
             else:
-                other = jobs.get(int(entry))
+                other = lookup(int(entry))
                 if other is not None and other.state not in FINAL_STATES:
                     parts.append(f"job {entry} ({other.state.value})")
         return "waiting for " + (" and ".join(parts) if parts else "its dependencies")
 
-    def find_cycle(self, new_jobs: Iterable[Job], jobs: Mapping[int, Job]) -> Job | None:
+    def find_cycle(self, new_jobs: Iterable[Job], lookup: JobLookup) -> Job | None:
         """A new job that would (indirectly) wait for itself, if any.
 
         Only waiting jobs have outgoing edges, so the search stays among those and the
@@ -121,7 +126,7 @@ class Dependencies:
             new_in_group[job.group].append(job.id)
 
         def node(job_id: int) -> Job | None:
-            job = new_by_id.get(job_id) or jobs.get(job_id)
+            job = new_by_id.get(job_id) or lookup(job_id)
             return job if job is not None and (job.id in new_by_id
                                                or job.state is JobState.WAITING) else None
 

@@ -28,10 +28,11 @@ from shoal.core.protocol import (
 )
 from shoal.core.states import Transition, created, transition
 from shoal.server import scheduler
+from shoal.server.archive import Archive, MemoryArchive
 from shoal.server.dependencies import GROUP_PREFIX, Dependencies
 from shoal.server.effects import AddPlan, Effects
 from shoal.server.requirements import LearnedRequirements
-from shoal.server.workers import WorkerState, worker_identity
+from shoal.server.workers import WorkerState, same_token, worker_identity
 from shoal.store import AttemptRow
 
 S = JobState
@@ -57,9 +58,14 @@ class Reactor:
     def __init__(self, jobs: Iterable[Job], *, next_job_id: int, next_lease_id: int,
                  config: ReactorConfig | None = None, now: float = 0.0,
                  limit_caps: dict[str, int | None] | None = None,
-                 history: dict[str, list[tuple[int, float]]] | None = None):
+                 history: dict[str, list[tuple[int, float]]] | None = None,
+                 archive: Archive | None = None,
+                 counts: Iterable[tuple[str, str, JobState, int]] | None = None):
+        """`jobs`: with `counts` (owner, group, state, jobs: every job's, from the store),
+        only the live ones, the ended ones being in `archive`; without, all of them."""
         self.config = config or ReactorConfig()
-        self.jobs: dict[int, Job] = {}
+        self.archive: Archive = archive or MemoryArchive()
+        self.jobs: dict[int, Job] = {}  # live jobs, and ended ones until their end is committed
         self.by_key: dict[tuple[str, str, str], int] = {}  # (owner, cmd, cwd): one job each
         self.workers: dict[int, WorkerState] = {}
         self.limit_caps: dict[str, int | None] = dict(limit_caps or {})
@@ -83,8 +89,19 @@ class Reactor:
         self._kill_reasons: dict[int, str] = {}
         self._effects = Effects()
         self.version = 0  # bumps whenever a job changes; status watchers wait on it
+        jobs = list(jobs)
+        if counts is None:
+            counts = [(*key, n) for key, n in
+                      Counter((j.owner, j.group, j.state) for j in jobs).items()]
+            for job in jobs:
+                if job.state in FINAL_STATES:
+                    self.archive.keep(job)
+            jobs = [job for job in jobs if job.state not in FINAL_STATES]
+        for owner, group, state, number in counts:
+            self._counts[owner, group, state] += number
+            self.deps.count(group, state, number)
         for job in sorted(jobs, key=lambda j: (j.queued_at or 0.0, j.id)):
-            self._track(job)
+            self._hold(job)
             if job.state is S.QUEUED:
                 self._enqueue(job)
             elif job.state is S.DELAYED:
@@ -113,14 +130,47 @@ class Reactor:
         return effects
 
     def _track(self, job: Job) -> None:
+        """A new job: counted, and held in memory."""
+        self._counts[job.owner, job.group, job.state] += 1
+        self.deps.count(job.group, job.state, 1)
+        self._hold(job)
+
+    def _hold(self, job: Job) -> None:
+        """In memory (the counters already include it)."""
         self.jobs[job.id] = job
         self.by_key[job.owner, *job.key] = job.id
-        self._counts[job.owner, job.group, job.state] += 1
-        self.deps.joined(job)
+        if job.state is S.WAITING:
+            self.deps.watch(job)
         if job.state in _HOLDING:
             self.limit_running.update(job.limits)
             self.holding += 1
 
+    def forget(self, job_ids: Iterable[int]) -> None:
+        """Ended jobs whose end is committed leave memory for the archive. Ensemble
+        components stay: their runs follow them to the end."""
+        for job_id in job_ids:
+            job = self.jobs.get(job_id)
+            if job is None or job.state not in FINAL_STATES or job.gate:
+                continue
+            del self.jobs[job_id]
+            key = (job.owner, *job.key)
+            if self.by_key.get(key) == job_id:
+                del self.by_key[key]
+            self.archive.keep(job)
+
+    def _known(self, job_id: int) -> Job | None:
+        """A job by id, live or archived."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            found = self.archive.load([job_id])
+            job = found[0] if found else None
+        return job
+
+    def _bring_back(self, job: Job) -> Job:
+        """An archived job about to be acted on (retried, removed, added again)."""
+        if job.id not in self.jobs:
+            self._hold(job)
+        return self.jobs[job.id]
     def _change(self, job: Job, to: JobState, now: float, reason: str | None = None) -> None:
         """The one place a job's state changes."""
         before = job.state
@@ -144,7 +194,7 @@ class Reactor:
 
     def get(self, job_id: int, owner: str | None = None) -> Job:
         """The job; with `owner`, only if it is theirs (another's is as good as absent)."""
-        job = self.jobs.get(job_id)
+        job = self._known(job_id)
         if job is None or (owner is not None and job.owner != owner):
             raise NotFound(f"job {job_id} does not exist")
         return job
@@ -167,16 +217,21 @@ class Reactor:
         batch_keys: dict[tuple[str, str, str], int] = {}
         batch_groups: set[str] = set()
         next_id = self._next_job_id
+        # Twins among ended jobs are in the archive: asked for all at once.
+        unknown = [key for spec in specs if not spec.gate
+                   and (key := (owner, *spec.key)) not in self.by_key]
+        archived = self.archive.twins(unknown) if unknown else {}
         for index, spec in enumerate(specs):
             if spec.cwd is None or not (spec.cwd.startswith("/") or (spec.gate and not spec.cwd)):
                 raise InputError(f"jobs[{index}].cwd: must be an absolute path")
             key = (owner, *spec.key)
-            twin_id = None if spec.gate else self.by_key.get(key, batch_keys.get(key))
+            twin_id = None if spec.gate else self.by_key.get(
+                key, batch_keys.get(key, archived.get(key)))
             if twin_id is not None:
                 existed += 1
                 ids.append(twin_id)
-                twin = self.jobs.get(twin_id)
-                if rerun and twin is not None and twin.state in FINAL_STATES \
+                twin = self.jobs.get(twin_id)  # None: archived, so it has ended
+                if rerun and (twin is None or twin.state in FINAL_STATES) \
                         and twin_id not in requeue:
                     requeue.append(twin_id)
                 continue
@@ -234,11 +289,11 @@ class Reactor:
                     group = entry[len(GROUP_PREFIX):]
                     if not self.deps.group_size[group] and group not in batch_groups:
                         raise InputError(f"job {index + 1} of the batch: {entry} has no jobs")
-                elif int(entry) not in self.jobs or (
-                        owner is not None and self.jobs[int(entry)].owner != owner):
+                elif (dependency := self._known(int(entry))) is None or (
+                        owner is not None and dependency.owner != owner):
                     raise InputError(f"job {index + 1} of the batch: dependency {entry} "
                                      "does not exist")
-        looping = self.deps.find_cycle(new_jobs, self.jobs)
+        looping = self.deps.find_cycle(new_jobs, self._known)
         if looping is not None:
             raise InputError(f"dependency cycle: {looping.cmd!r} would wait for itself "
                              "through its dependencies")
@@ -260,7 +315,7 @@ class Reactor:
         if plan.new_jobs:
             self._next_job_id = plan.new_jobs[-1].id + 1
         for job_id in plan.requeue:
-            job = self.jobs[job_id]
+            job = self._bring_back(self.get(job_id))
             job.attempts = job.lost_attempts = 0
             self._change(job, S.QUEUED, now, "added again (--rerun)")
         self._settle_dependencies(now)
@@ -272,7 +327,7 @@ class Reactor:
             job = self.jobs.get(self._recheck.pop())
             if job is None or job.state is not S.WAITING:
                 continue
-            verdict, reason = self.deps.verdict(job, self.jobs)
+            verdict, reason = self.deps.verdict(job, self._known)
             if verdict == "ready":
                 self._change(job, S.QUEUED, now, "dependencies done")
             elif verdict == "cancel":
@@ -343,10 +398,12 @@ class Reactor:
                 self._effects.kills[worker.id].append(
                     KillOrder(job_id=attempt.job_id, lease_id=attempt.lease_id,
                               reason="stale lease"))
-        # Attempts the server gave this process that it no longer has ended with it.
+        # Attempts the server gave this process that it no longer has ended with it; so did
+        # those of an earlier process of this worker (its name, its token): it restarted.
         for job in self.jobs.values():
-            if job.state in _HOLDING and job.holder == identity \
-                    and job.lease_id not in reported:
+            if job.state in _HOLDING and job.lease_id not in reported and (
+                    job.holder == identity
+                    or (job.worker == worker.name and same_token(job.holder, identity))):
                 if job.state is S.RUNNING:
                     for other in self.workers.values():
                         other.release(job)
@@ -479,15 +536,23 @@ class Reactor:
 
     # ---- user actions ------------------------------------------------------------------------
 
-    def select(self, ids: Sequence[int] | None, group: str | None,
-               owner: str | None = None) -> list[Job]:
-        """Jobs by id or group; with `owner`, only theirs (another's job id is not found)."""
+    def select(self, ids: Sequence[int] | None, group: str | None, owner: str | None = None,
+               states: frozenset[JobState] | None = None) -> list[Job]:
+        """Jobs by id or group, brought into memory to be acted on; with `owner`, only theirs
+        (another's job id is not found); with `states`, a group's members in those only."""
         if ids is not None:
-            return [self.get(job_id, owner) for job_id in ids]
+            return [self._bring_back(self.get(job_id, owner)) for job_id in ids]
         if group is None:
             raise InputError("name job ids or a group")
-        return [job for job in self.jobs.values()
-                if job.group == group and (owner is None or job.owner == owner)]
+        selected = [job for job in self.jobs.values() if job.group == group
+                    and (owner is None or job.owner == owner)
+                    and (states is None or job.state in states)]
+        if states is None or states & FINAL_STATES:
+            archived = [job_id for job_id in self.archive.ids_in_group(group, owner)
+                        if job_id not in self.jobs]
+            selected += [self._bring_back(job) for job in self.archive.load(archived)
+                         if states is None or job.state in states]
+        return sorted(selected, key=lambda job: job.id)
 
     def kill(self, jobs: Sequence[Job], now: float, reason: str = "killed by user") -> list[int]:
         affected = []
@@ -620,7 +685,7 @@ class Reactor:
         """Why a queued or waiting job is not running, for `shoal status ID`. Pass
         `capacities` (from `capacities()`) when asking for many jobs at once."""
         if job.state is S.WAITING:
-            return self.deps.describe(job, self.jobs)
+            return self.deps.describe(job, self._known)
         if job.state is not S.QUEUED:
             return None
         if job.id in self.reservations:
@@ -628,6 +693,13 @@ class Reactor:
             return f"worker {held} is being drained for it (it fits nowhere else yet)"
         return scheduler.why_not_running(job, capacities or self.capacities(), self.limit_caps,
                                          self.limit_running)
+
+    def total(self, states: Sequence[JobState] = (), group: str | None = None,
+              owner: str | None = None) -> int:
+        """How many jobs there are, from the kept counts (never a scan of the jobs)."""
+        return sum(count for (who, name, state), count in self._counts.items()
+                   if (not states or state in states) and (group is None or name == group)
+                   and (owner is None or who == owner))
 
     def counts(self, group: str | None = None,
                owner: str | None = None) -> dict[str, dict[str, int]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shoal.core.errors import InputError, StoreUnavailable
-from shoal.core.models import JobSpec, JobState
+from shoal.core.models import Job, JobSpec, JobState
 from shoal.core.protocol import (
     PROTOCOL_VERSION,
     Finished,
@@ -32,14 +32,23 @@ from shoal.core.protocol import (
     Welcome,
 )
 from shoal.core.states import Transition
+from shoal.server.archive import StoreArchive
 from shoal.server.effects import ASSIGN_BUDGET_BYTES, Effects, encoded_bound
 from shoal.server.reactor import Reactor, ReactorConfig
 from shoal.server.requirements import HISTORY_PER_GROUP
-from shoal.store import Store
+from shoal.store import JobQuery, Store
 
 log = logging.getLogger("shoal.server")
 
 MAX_JOBS_PER_ADD = 1_000_000
+# The states each action can change: a group's other members are left where they are (in
+# the database, for ended ones).
+_ACTS_ON: dict[str, frozenset[JobState] | None] = {
+    "kill": frozenset({JobState.WAITING, JobState.QUEUED, JobState.DELAYED, JobState.RUNNING,
+                       JobState.LOST}),
+    "retry": frozenset({JobState.FAILED, JobState.CANCELLED}),
+    "remove": None,
+}
 
 
 class WorkerLink(Protocol):
@@ -56,10 +65,12 @@ class Service:
         self.store = store
         self.clock = clock
         max_job_id, max_lease_id = store.max_ids()
-        self.reactor = Reactor(store.load_jobs(), next_job_id=max_job_id + 1,
+        # Only live jobs are read back: history stays in the database (the archive).
+        self.reactor = Reactor(store.load_jobs(live_only=True), next_job_id=max_job_id + 1,
                                next_lease_id=max_lease_id + 1, config=config, now=clock(),
                                limit_caps=store.limits(),
-                               history=store.requirement_history(HISTORY_PER_GROUP))
+                               history=store.requirement_history(HISTORY_PER_GROUP),
+                               archive=StoreArchive(store), counts=store.job_counts())
         self._links: dict[int, WorkerLink] = {}
         self._unsaved: list[Effects] = []
         self._wake = asyncio.Event()
@@ -166,6 +177,7 @@ class Service:
             if done.transitions:
                 for listener in self.listeners:
                     listener(done.transitions)
+            self.reactor.forget(done.changed)  # what ended is in the database now
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -309,7 +321,7 @@ class Service:
     def act(self, action: str, ids: Sequence[int] | None, group: str | None,
             reason: str = "killed by user", owner: str | None = None) -> list[int]:
         """`owner` limits the action to that owner's jobs (None: anyone's)."""
-        jobs = self.reactor.select(ids, group, owner)
+        jobs = self.reactor.select(ids, group, owner, states=_ACTS_ON.get(action))
         now = self.clock()
         if action == "kill":
             affected = self.reactor.kill(jobs, now, reason)
@@ -320,6 +332,7 @@ class Service:
         else:
             raise InputError(f"unknown action {action!r}")
         self.step()
+        self.reactor.forget(job.id for job in jobs)  # those brought back and left as they were
         return affected
 
     def drain(self) -> dict[str, Any]:
@@ -335,7 +348,7 @@ class Service:
 
     def info(self, version: str) -> dict[str, Any]:
         return {"version": version, "draining": self.reactor.draining,
-                "started_at": self.started_at, "jobs": len(self.reactor.jobs),
+                "started_at": self.started_at, "jobs": self.reactor.total(),
                 "running": self.reactor.holding,
                 "workers": sum(w.connected for w in self.reactor.workers.values()),
                 "store_error": self.store_error}
@@ -406,23 +419,40 @@ class Service:
         store agrees with the state in memory (a job just ended, with its output)."""
         self._commit(self.reactor.take_effects())
 
-    def jobs(self, state: JobState | None, group: str | None, limit: int,
-             offset: int, owner: str | None = None) -> dict[str, Any]:
-        selected = [job for job in self.reactor.jobs.values()
-                    if (state is None or job.state is state)
-                    and (group is None or job.group == group)
-                    and (owner is None or job.owner == owner)]
-        selected.sort(key=lambda job: job.id)
-        page = selected[offset:offset + limit]
+    def jobs(self, query: JobQuery, *, after_id: int | None = None, limit: int = 1000,
+             newest_first: bool = False) -> dict[str, Any]:
+        """One page of a listing, read from the database (keyset paging by id): the cost is
+        the page's, whatever the number of jobs. `total` comes from the kept counts when the
+        query is by state, group and owner only; with other filters it is null."""
+        self._settle()
+        page = self.store.list_jobs(query, after_id=after_id, limit=limit,
+                                    newest_first=newest_first)
         capacities = self.reactor.capacities()
         listed = []
-        for job in page:
+        for stored in page:
+            job = self.reactor.jobs.get(stored.id, stored)  # live: the server's own state
             data = job.to_dict()
             data["gpu_ids"] = self.reactor.gpu_ids(job.id) if job.state is JobState.RUNNING \
                 else []
             data["pending_reason"] = self.reactor.pending_reason(job, capacities)
             listed.append(data)
-        return {"jobs": listed, "total": len(selected)}
+        counted = not (query.name or query.cmd_contains or query.worker
+                       or query.exit_code is not None or query.ended_after is not None
+                       or query.ended_before is not None)
+        total = self.reactor.total(query.states, query.group, query.owner) if counted else None
+        next_after = page[-1].id if len(page) == limit else None
+        return {"jobs": listed, "total": total, "next_after_id": next_after}
+
+    def find(self, job_ids: Sequence[int]) -> list[Job]:
+        """The jobs that exist among these, live ones from memory and ended ones from the
+        database in bulk (not one query each)."""
+        held = self.reactor.jobs
+        found = [held[job_id] for job_id in job_ids if job_id in held]
+        found += self.store.jobs_by_id([job_id for job_id in job_ids if job_id not in held])
+        return found
+
+    def states(self, job_ids: Sequence[int]) -> dict[int, JobState]:
+        return {job.id: job.state for job in self.find(job_ids)}
 
     def workers(self) -> list[dict[str, object]]:
         return [worker.to_dict() for worker in self.reactor.workers.values()]

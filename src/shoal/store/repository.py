@@ -20,7 +20,7 @@ from shoal.core.models import Job, JobState
 from shoal.core.protocol import AttemptResult, Captured
 from shoal.core.states import Transition
 from shoal.store.files import check_database, damaged, is_damage, prepare_database_file
-from shoal.store.schema import migrate
+from shoal.store.schema import key_hash, migrate
 
 _JOB_COLUMNS = (
     "id, name, cmd, cwd, env, grp, priority, retries, cores, memory_bytes, time_seconds, "
@@ -29,14 +29,53 @@ _JOB_COLUMNS = (
     "retry_at, started_at, ended_at, wall_seconds, cpu_seconds, peak_rss_bytes, gpus, "
     "resources, grow_memory, requirements_source, dependencies_any, gate, files, always_copy, owner"
 )
-_JOB_PLACEHOLDERS = ", ".join("?" * 42)
+_INSERT_SQL = (f"INSERT INTO jobs ({_JOB_COLUMNS}, key_hash) "
+               f"VALUES ({', '.join('?' * 43)})")
 _MUTABLE = (
     "state", "fail_reason", "exit_code", "attempts", "lost_attempts", "worker", "host", "pid",
     "lease_id", "queued_at", "retry_at", "started_at", "ended_at", "wall_seconds", "cpu_seconds",
     "peak_rss_bytes", "priority", "memory_bytes", "requirements_source",
 )
 _HOLDING = (JobState.RUNNING, JobState.LOST)  # an attempt that may be alive on a worker
+_LIVE_SQL = "state IN ('waiting', 'queued', 'delayed', 'running', 'lost')"  # see jobs_live
 _UPDATE_SQL = f"UPDATE jobs SET {', '.join(c + ' = ?' for c in _MUTABLE)} WHERE id = ?"
+
+
+@dataclass(frozen=True, slots=True)
+class JobQuery:
+    """Which jobs a listing wants; every field narrows it (None: any)."""
+
+    states: tuple[JobState, ...] = ()
+    group: str | None = None
+    owner: str | None = None
+    name: str | None = None
+    cmd_contains: str | None = None
+    worker: str | None = None
+    exit_code: int | None = None
+    ended_after: float | None = None
+    ended_before: float | None = None
+
+    def where(self) -> tuple[str, list[object]]:
+        clauses: list[str] = []
+        params: list[object] = []
+        if self.states:
+            clauses.append(f"state IN ({', '.join('?' * len(self.states))})")
+            params += [state.value for state in self.states]
+        for column, value in (("grp", self.group), ("owner", self.owner), ("name", self.name),
+                              ("worker", self.worker), ("exit_code", self.exit_code)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if self.cmd_contains is not None:
+            clauses.append("instr(cmd, ?) > 0")
+            params.append(self.cmd_contains)
+        if self.ended_after is not None:
+            clauses.append("ended_at >= ?")
+            params.append(self.ended_after)
+        if self.ended_before is not None:
+            clauses.append("ended_at < ?")
+            params.append(self.ended_before)
+        return " AND ".join(clauses) or "1", params
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +101,7 @@ def _job_row(job: Job) -> tuple[object, ...]:
         job.gpus, json.dumps(job.resources), int(job.grow_memory), job.requirements_source,
         json.dumps(job.dependencies_any), int(job.gate), json.dumps(job.files),
         int(job.always_copy), job.owner,
+        None if job.gate else key_hash(job.owner, job.cmd, job.cwd),
     )
 
 
@@ -182,17 +222,77 @@ class Store:
 
     # ---- loading -------------------------------------------------------------------------
 
-    def load_jobs(self) -> list[Job]:
+    def load_jobs(self, live_only: bool = False) -> list[Job]:
+        """Every job, or (`live_only`) those not ended: all a restarted server holds."""
+        where = f"WHERE {_LIVE_SQL}" if live_only else ""
         # Many objects and no cycles: collecting during the load only costs time.
         gc.disable()
         try:
-            rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY id").fetchall()
+            rows = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY id").fetchall()
             jobs = [_job_from_row(row) for row in rows]
         finally:
             gc.enable()
         gc.freeze()  # they live as long as the server: keep later collections from rescanning
         self._load_holders([job for job in jobs if job.state in _HOLDING])
         return jobs
+
+    def job_counts(self) -> list[tuple[str, str, JobState, int]]:
+        """(owner, group, state, jobs) for every combination there is."""
+        return [(owner, group, JobState(state), count) for owner, group, state, count in
+                self._db.execute("SELECT owner, grp, state, COUNT(*) FROM jobs "
+                                 "GROUP BY owner, grp, state")]
+
+    # ---- ended jobs, kept here only (the reactor's archive) --------------------------------
+
+    def jobs_by_id(self, job_ids: Sequence[int]) -> list[Job]:
+        found: list[Job] = []
+        for start in range(0, len(job_ids), 500):
+            chunk = list(job_ids[start:start + 500])
+            found += [_job_from_row(row) for row in self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN ({', '.join('?' * len(chunk))})",
+                chunk)]
+        return found
+
+    def twins(self, keys: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str, str], int]:
+        """The job already added for each (owner, cmd, cwd) that has one."""
+        by_hash: dict[int, list[tuple[str, str, str]]] = {}
+        for key in keys:
+            by_hash.setdefault(key_hash(*key), []).append(key)
+        found: dict[tuple[str, str, str], int] = {}
+        hashes = list(by_hash)
+        for start in range(0, len(hashes), 500):
+            chunk = hashes[start:start + 500]
+            for job_id, owner, cmd, cwd in self._db.execute(
+                    "SELECT id, owner, cmd, cwd FROM jobs WHERE key_hash IN "
+                    f"({', '.join('?' * len(chunk))}) ORDER BY id", chunk):
+                found.setdefault((owner, cmd, cwd), job_id)
+        return found
+
+    def list_jobs(self, query: JobQuery, *, after_id: int | None = None, limit: int = 1000,
+                  newest_first: bool = False) -> list[Job]:
+        """One page, by id (keyset paging: after `after_id`, which is never an offset scan)."""
+        where, params = query.where()
+        if after_id is not None:
+            where += " AND id < ?" if newest_first else " AND id > ?"
+            params.append(after_id)
+        order = "DESC" if newest_first else "ASC"
+        rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where} "
+                                f"ORDER BY id {order} LIMIT ?", [*params, limit])
+        return [_job_from_row(row) for row in rows]
+
+    def count_jobs(self, query: JobQuery) -> int:
+        where, params = query.where()
+        return int(self._db.execute(f"SELECT COUNT(*) FROM jobs WHERE {where}",
+                                    params).fetchone()[0])
+
+    def ids_in_group(self, group: str, owner: str | None) -> list[int]:
+        if owner is None:
+            rows = self._db.execute("SELECT id FROM jobs WHERE grp = ? ORDER BY id", (group,))
+        else:
+            rows = self._db.execute("SELECT id FROM jobs WHERE grp = ? AND owner = ? "
+                                    "ORDER BY id", (group, owner))
+        return [row[0] for row in rows]
 
     def _load_holders(self, jobs: Sequence[Job]) -> None:
         """Whose attempt each job still running or lost is: only that worker may claim it."""
@@ -237,8 +337,7 @@ class Store:
         with self._transaction() as db:
             db.executemany("INSERT OR REPLACE INTO limits (name, cap) VALUES (?, ?)",
                            list(limit_caps.items()))
-            db.executemany(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({_JOB_PLACEHOLDERS})",
-                           [_job_row(j) for j in new_jobs])
+            db.executemany(_INSERT_SQL, [_job_row(j) for j in new_jobs])
             self._journal(db, transitions)
             if new_jobs:
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('max_job_id', ?)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 
 from shoal.core.errors import InputError
@@ -125,13 +126,29 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE attempts ADD COLUMN holder TEXT;
     """,
+    # 6: ended jobs live in the database only. Their duplicates are found through a 64-bit
+    # digest of (owner, cmd, cwd), and a restart reads only the live jobs.
+    """
+    ALTER TABLE jobs ADD COLUMN key_hash INTEGER;
+    UPDATE jobs SET key_hash = shoal_key_hash(owner, cmd, cwd) WHERE gate = 0;
+    CREATE INDEX jobs_by_key_hash ON jobs (key_hash) WHERE key_hash IS NOT NULL;
+    CREATE INDEX jobs_live ON jobs (id)
+        WHERE state IN ('waiting', 'queued', 'delayed', 'running', 'lost');
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def key_hash(owner: str, cmd: str, cwd: str) -> int:
+    """The digest that finds a job's duplicates among those kept only in the database."""
+    digest = hashlib.blake2b(f"{owner}\0{cmd}\0{cwd}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 def migrate(connection: sqlite3.Connection) -> int:
     """Bring the database to SCHEMA_VERSION; refuse one written by a newer shoal."""
+    connection.create_function("shoal_key_hash", 3, key_hash, deterministic=True)
     current = connection.execute("PRAGMA user_version").fetchone()[0]
     if current > SCHEMA_VERSION:
         raise InputError(
