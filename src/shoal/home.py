@@ -235,11 +235,19 @@ def lock_home(home: Path) -> int:
     """Hold an exclusive lock on `home` for this process's life: one server per database.
 
     The home is made private (0700) first: `shoal run` keeps its state the same way."""
+    fd = try_lock_home(home)
+    if fd is None:
+        raise ShoalError(f"{home} is in use by another shoal server")
+    return fd
+
+
+def try_lock_home(home: Path) -> int | None:
+    """`lock_home`, but None when another process holds the home."""
     private_directory(home)
     fd = os.open(home / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise ShoalError(f"{home} is in use by another shoal server") from None
+        return None
     return fd

@@ -344,15 +344,7 @@ BAD = [
         "runmaker",
         "x a\n",
         'jobs.txt:1: state "x" is not known (known: "." new, "r" running, "d" done, "!" failed, '
-        '"e" error)',
-    ),
-    (
-        "runmaker",
-        "? a\n",
-        'jobs.txt:1: state "?" means a runmaker4 process was claiming this job when it stopped; '
-        'set it to "." to run the job or "d" to skip it '
-        '(known: "." new, "r" running, "d" done, "!" failed, '
-        '"e" error)',
+        '"e" error, "?" being claimed by runmaker4)',
     ),
     (
         "wr",
@@ -458,8 +450,11 @@ DETECT = [
     ("echo a\necho b\n", "lines"),
     (". a\n# note\n\nd b\n! c\ne d\nr e\n", "runmaker"),
     (".\ta\n// note\n", "runmaker"),
-    (". a\necho b\n", "lines"),
-    (". a\n/ note\n", "lines"),  # single-slash notes are read only with --format runmaker
+    (". a\necho b\n", "runmaker"),  # then line 2 is an error: state characters never run
+    (". a\n/ note\n", "runmaker"),
+    ("echo a\n. b\necho c\n", "lines"),  # a `source` among commands
+    ("? a\n. b\n", "runmaker"),  # runmaker4 was claiming line 1 when it was read
+    (". a\n.typo\n. b\n", "runmaker"),
     ("echo a\necho b\t{}\n", "wr"),
     ('echo a\necho b\t{"memory": "1G" oops\n', "wr"),  # then reported as bad JSON
     ('{"cmd": "a"}\n', "wr"),
@@ -472,6 +467,21 @@ DETECT = [
 @pytest.mark.parametrize(("text", "expected"), DETECT)
 def test_detect_format(text: str, expected: str) -> None:
     assert detect_format(text) == expected
+
+
+def test_runmaker_claiming_state_is_read() -> None:
+    jobs = parse_text("? a\n. b\n")
+    assert [(job.state_char, job.spec.cmd) for job in jobs] == [("?", "a"), (".", "b")]
+
+
+@pytest.mark.parametrize(("text", "line"), [(". echo 1\n.typo\n. echo 2\n", 2),
+                                            (". a\necho b\n", 2), ("d a\nmake\n! b\n", 2)])
+def test_a_runmaker_looking_file_with_a_stray_line_is_refused(text: str, line: int) -> None:
+    with pytest.raises(InputError) as caught:
+        parse_text(text, source="runs.txt")
+    assert caught.value.line == line
+    assert str(caught.value).startswith(f"runs.txt:{line}: expected a state character")
+    assert "--format lines" in str(caught.value)
 
 
 def test_auto_uses_detection() -> None:

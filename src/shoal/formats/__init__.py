@@ -12,14 +12,15 @@ from typing import Any
 
 from shoal.core.errors import InputError
 from shoal.formats.common import ParsedJob, SpecBuilder
-from shoal.formats.detect import detect_format
+from shoal.formats.detect import detect_format, runmaker_share
 from shoal.formats.lines import parse_lines
-from shoal.formats.runmaker import RunmakerMarker, parse_runmaker
+from shoal.formats.runmaker import RunmakerFile, RunmakerMarker, parse_runmaker
 from shoal.formats.wr import parse_wr
 
 __all__ = [
     "FORMATS",
     "ParsedJob",
+    "RunmakerFile",
     "RunmakerMarker",
     "detect_format",
     "parse_file",
@@ -49,10 +50,22 @@ def parse_text(
         text = text[1:]
         first_offset = len(_UTF8_BOM.encode())
     builder = SpecBuilder(defaults, source)
-    if fmt == "auto":
+    detected = fmt == "auto"
+    if detected:
         fmt = detect_format(text)
     if fmt == "runmaker":
-        return parse_runmaker(text, builder, first_offset=first_offset)
+        try:
+            return parse_runmaker(text, builder, first_offset=first_offset)
+        except InputError as error:
+            if not detected:
+                raise
+            shaped, content = runmaker_share(text)
+            raise InputError(
+                f"{error.args[0].removeprefix(f'{source}:{error.line}: ')} (the file was read "
+                f"as runmaker's, {shaped} of its {content} lines being job lines; "
+                "--format lines runs every line as a command)",
+                source=source, line=error.line,
+            ) from None
     if fmt == "wr":
         return parse_wr(text, builder)
     return parse_lines(text, builder)

@@ -1,10 +1,13 @@
 """Telling the input formats apart (`--format auto`).
 
 The rules, in order:
-1. runmaker: at least one line, and every line that is neither blank nor a comment (first
-   non-space character '#', or starting '//') starts with a state character (. r d ! e) and a
-   space or TAB. runmaker wins first because its files are rewritten in place, so it must be
-   unambiguous: one line of any other shape and the file is not runmaker.
+1. runmaker: of the lines that are neither blank nor a comment (first non-space character '#',
+   or starting '//'), at least one, and at least half, start with a state character
+   (. r d ! e, or runmaker4's transient ?) and a space or TAB. Such a file is read as runmaker
+   even if some lines are not job lines: those are then errors naming the line. Reading it as
+   plain commands instead would run its state characters (`. cmd`, `d cmd`) as commands, and
+   a file runmaker4 is working on always has some lines of an odd shape for an instant (`?`)
+   or by a typo (`.make`).
 2. wr: some line has a TAB followed by '{', or is itself a JSON object ('{"...'). The JSON need
    not be valid: a malformed options object is then reported as an error, where the `lines`
    reading would quietly run the TAB and the JSON as part of the command.
@@ -18,7 +21,7 @@ import re
 from shoal.formats.common import is_blank_or_comment, numbered_lines
 from shoal.formats.wr import JSON_ONLY_LINE
 
-_RUNMAKER_JOB = re.compile(r"[.rd!e][ \t]")
+_RUNMAKER_JOB = re.compile(r"[.rd!e?][ \t]")
 
 
 def detect_format(text: str) -> str:
@@ -28,7 +31,7 @@ def detect_format(text: str) -> str:
         for _, line in numbered_lines(text)
         if not is_blank_or_comment(line) and not line.startswith("//")
     ]
-    if content and all(_RUNMAKER_JOB.match(line) for line in content):
+    if looks_like_runmaker(content):
         return "runmaker"
     if any(_has_wr_options(line) for line in content):
         return "wr"
@@ -40,3 +43,18 @@ def _has_wr_options(line: str) -> bool:
     if tab:
         return after.lstrip().startswith("{")
     return JSON_ONLY_LINE.match(line.strip()) is not None
+
+
+def runmaker_share(text: str) -> tuple[int, int]:
+    """(lines shaped like runmaker job lines, lines that are not blank or comments)."""
+    content = [
+        line
+        for _, line in numbered_lines(text)
+        if not is_blank_or_comment(line) and not line.startswith("//")
+    ]
+    return sum(1 for line in content if _RUNMAKER_JOB.match(line)), len(content)
+
+
+def looks_like_runmaker(content: list[str]) -> bool:
+    shaped = sum(1 for line in content if _RUNMAKER_JOB.match(line))
+    return shaped > 0 and 2 * shaped >= len(content)

@@ -3,22 +3,27 @@
 Each job line is `<state><space or TAB><command>`. runmaker4 tracks progress by overwriting the
 one state byte of each line, so several processes (even on several hosts over NFS) can share a
 file without ever rewriting it whole. shoal keeps that contract: it records the byte offset of
-every state character and later changes only that byte.
+every state character and later changes only that byte, by compare-and-set under the same
+`fcntl` record locks runmaker4, runset4 and runwait4 take (see `claim_lock_range`).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from shoal.core.errors import InputError
 from shoal.formats.common import ParsedJob, SpecBuilder, is_blank_or_comment
 
 STATE_CHARS = ".rd!e"  # new, running, done, failed, error
-_STATE_NAMES = {".": "new", "r": "running", "d": "done", "!": "failed", "e": "error"}
-# runmaker4 writes '?' while a process claims a job; any of these may be found in a live file.
-_READABLE_STATE_BYTES = frozenset((STATE_CHARS + "?").encode())
+CLAIMING = "?"  # written by runmaker4 for an instant while one of its processes claims a line
+_STATE_NAMES = {".": "new", "r": "running", "d": "done", "!": "failed", "e": "error",
+                "?": "being claimed by runmaker4"}
+# Any of these may be found in a live file.
+READABLE_STATES = STATE_CHARS + CLAIMING
+_READABLE_STATE_BYTES = frozenset(READABLE_STATES.encode())
 
 
 def parse_runmaker(text: str, builder: SpecBuilder, *, first_offset: int = 0) -> list[ParsedJob]:
@@ -40,7 +45,7 @@ def parse_runmaker(text: str, builder: SpecBuilder, *, first_offset: int = 0) ->
             raise builder.error(
                 'expected a state character, a space and a command, as in ". make all"', number
             )
-        if state not in STATE_CHARS:
+        if state not in READABLE_STATES:
             raise builder.error(_unknown_state_message(state), number)
         command = line[2:].strip()
         if not command:
@@ -54,19 +59,136 @@ def _unknown_state_message(state: str) -> str:
     known = ", ".join(f'"{char}" {name}' for char, name in _STATE_NAMES.items())
     if not state.isprintable():  # an escape sequence must not reach the terminal as is
         return f"state {state!a} is not known (known: {known})"
-    if state == "?":
-        return (
-            'state "?" means a runmaker4 process was claiming this job when it stopped; '
-            f'set it to "." to run the job or "d" to skip it (known: {known})'
-        )
     return f'state "{state}" is not known (known: {known})'
+
+
+def claim_lock_range(state_offset: int) -> tuple[int, int]:
+    """(start, length) of the record lock under which a line's state byte is compared and set.
+
+    runmaker4 (and runset4) call `fcntl.lockf(f, LOCK_EX, job.offset, 1)`. Python's argument
+    order is (len, start), so that call locks `job.offset` bytes from byte 1 -- from byte 1 to
+    the end of the file for the first line (length 0 means "to the end"). The state byte of a
+    line at offset k >= 1 lies inside [1, k + 1); the first line's does not; but every such
+    range contains byte 1, which is what makes two runmaker4 claims exclude each other.
+
+    shoal locks [0, max(k, 1) + 1): the state byte and byte 1 both. It therefore conflicts with
+    every claim runmaker4 or runset4 makes on the file, with runwait4's and runmaker4's shared
+    lock of the whole file while they read it, and with shoal's own claims.
+    """
+    return 0, max(state_offset, 1) + 1
+
+
+class RunmakerFile:
+    """A runmaker file opened for reading its jobs and compare-and-setting their states.
+
+    Reads take a shared lock on the whole file, as runmaker4's `read_jobs` does; every change
+    of a state byte is a compare-and-set under `claim_lock_range`'s exclusive lock. The
+    descriptor stays open for the object's life: POSIX record locks belong to the process, and
+    closing any descriptor of the file drops them, so the file is never opened twice here.
+    """
+
+    def __init__(self, path: str | Path, *, writable: bool = True):
+        self.path = str(path)
+        self.writable = writable
+        try:
+            self._fd: int | None = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
+        except (OSError, ValueError) as error:
+            doing = "open for writing" if writable else "open"
+            raise InputError(f"cannot {doing}: {_reason(error)}", source=self.path) from None
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise ValueError("this RunmakerFile is closed")
+        return self._fd
+
+    def read(self) -> bytes:
+        """The whole file, read under a shared lock (no claim can change it meanwhile)."""
+        fd = self.fd
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH, 0, 0, os.SEEK_SET)
+            try:
+                chunks = []
+                position = 0
+                while True:
+                    chunk = os.pread(fd, 1 << 20, position)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    position += len(chunk)
+                return b"".join(chunks)
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 0, 0, os.SEEK_SET)
+        except OSError as error:
+            raise InputError(f"cannot read: {_reason(error)}", source=self.path) from None
+
+    def states(self, offsets: Iterable[int]) -> list[str]:
+        """The state character at each offset, read under one shared lock ('' past the end)."""
+        fd = self.fd
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH, 0, 0, os.SEEK_SET)
+            try:
+                return [os.pread(fd, 1, offset).decode("latin-1") for offset in offsets]
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 0, 0, os.SEEK_SET)
+        except OSError as error:
+            raise InputError(f"cannot read: {_reason(error)}", source=self.path) from None
+
+    def compare_and_set(self, state_offset: int, expected: str, new: str,
+                        rest: bytes | None = None) -> str | None:
+        """If the state at state_offset is one of `expected`, set it to `new`.
+
+        `rest`, when given, is what must follow the state byte (the separator and the
+        command, up to the line's end): a line that no longer reads so is left alone, since
+        the file was edited and the offset may now point into another line. Returns the state
+        that was replaced, or None if nothing was written.
+        """
+        if len(new) != 1 or new not in READABLE_STATES:
+            raise ValueError(f"runmaker state must be one of {READABLE_STATES!r}, not {new!r}")
+        fd = self.fd
+        start, length = claim_lock_range(state_offset)
+        want = 1 + (len(rest) if rest is not None else 0)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX, length, start, os.SEEK_SET)
+            try:
+                current = os.pread(fd, want, state_offset)
+                if len(current) != want or chr(current[0]) not in expected:
+                    return None
+                if rest is not None and current[1:] != rest:
+                    return None
+                os.pwrite(fd, new.encode("ascii"), state_offset)
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN, length, start, os.SEEK_SET)
+        except OSError as error:
+            raise InputError(
+                f"cannot write a job state: {_reason(error)}", source=self.path
+            ) from None
+        return chr(current[0])
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def __enter__(self) -> RunmakerFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def line_rest(data: bytes, state_offset: int) -> bytes:
+    """The bytes after the state character up to the line's end (no newline), as in the file."""
+    end = data.find(b"\n", state_offset)
+    return data[state_offset + 1 : end if end >= 0 else len(data)]
 
 
 class RunmakerMarker:
     """Rewrites the state character of a runmaker file in place (one byte at state_offset).
 
-    Each write takes a POSIX record lock on that byte, as runmaker4 does, so shoal and
-    runmaker4 processes working on the same file do not interleave their updates.
+    Each write takes the record lock of `claim_lock_range`, so shoal and runmaker4 processes
+    working on the same file do not interleave their updates. It writes unconditionally (as
+    runset4 does); claiming a line is `RunmakerFile.compare_and_set`.
     """
 
     def __init__(self, path: str | Path):
@@ -85,8 +207,9 @@ class RunmakerMarker:
         if self._fd is None:
             raise ValueError("this RunmakerMarker is closed")
         fd = self._fd
+        start, length = claim_lock_range(state_offset)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX, 1, state_offset, os.SEEK_SET)
+            fcntl.lockf(fd, fcntl.LOCK_EX, length, start, os.SEEK_SET)
             try:
                 current = os.pread(fd, 1, state_offset)
                 # A byte that is no longer a state character means the file changed under us;
@@ -99,7 +222,7 @@ class RunmakerMarker:
                     )
                 os.pwrite(fd, char.encode("ascii"), state_offset)
             finally:
-                fcntl.lockf(fd, fcntl.LOCK_UN, 1, state_offset, os.SEEK_SET)
+                fcntl.lockf(fd, fcntl.LOCK_UN, length, start, os.SEEK_SET)
         except OSError as error:
             raise InputError(
                 f"cannot write a job state: {_reason(error)}", source=self.path

@@ -1,0 +1,471 @@
+"""`shoal run` on a runmaker file: the file is the queue, shared with whoever else works on it.
+
+A line runs here only once this runner has claimed it, and it is claimed only when there is a
+slot to run it: the claim (see claims.py) is a compare-and-set of the line's state byte under
+runmaker4's lock, made again every time, so `shoal run` processes (on this host or on others
+sharing the directory) and runmaker4 processes can all work on one file, each line once. What
+decides whether a line runs is its state character; the runner's database (in a home of its
+own, see `runner_home`) only keeps the history: attempts, output, times.
+
+The runner claims a few lines ahead of its free slots when jobs end quickly (as many as ended in
+the last tenth of a second), so short jobs are added to the service in batches; a line so
+claimed shows `r` a moment before it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shoal.core.errors import InputError, ShoalError
+from shoal.core.models import FINAL_STATES, JobState
+from shoal.core.protocol import Resources
+from shoal.core.states import Transition
+from shoal.formats import ParsedJob, RunmakerFile, parse_text
+from shoal.formats.runmaker import line_rest
+from shoal.home import DATABASE_FILE, private_directory, try_lock_home
+from shoal.runfile.claims import CheckReport, ClaimBook, check_claims
+from shoal.runfile.guard import Guard
+from shoal.runfile.output import LiveLines, RunmakerLog, captured_lines
+from shoal.server.reactor import ReactorConfig
+from shoal.server.service import Service
+from shoal.store import Store
+
+if TYPE_CHECKING:
+    from shoal.embedded import RunReport
+
+log = logging.getLogger("shoal.runfile")
+
+LOCAL_WORKER = "local"
+MAX_RUNNER_HOMES = 256
+AHEAD_WINDOW_SECONDS = 0.1
+MAX_AHEAD = 128
+LISTEN_POLL_SECONDS = 0.5
+
+
+@dataclass
+class RunfileOptions:
+    """What runmaker4's options become (see docs/formats.md, "coming from runmaker4")."""
+
+    parallel: int  # jobs at once on this host; 0: none (only workers that join)
+    retry_failed: bool = False  # -r: lines `!` and `e` run again
+    one_only: bool = False  # -1: each slot stops after its first job that succeeds
+    log_path: Path | None = None  # -l: runmaker4's output log
+    log_lines: int = 3  # -n
+    live: Callable[[str], None] | None = None  # runmaker4's live lines, one call each
+    listen: object | None = None  # a runfile.listen.ListenSettings
+
+
+@dataclass
+class Line:
+    number: int  # rank among the file's job lines, from 1 (runmaker4's job number)
+    parsed: ParsedJob
+    rest: bytes  # the bytes after the state character, to check the line is still the same
+
+    @property
+    def offset(self) -> int:
+        assert self.parsed.state_offset is not None
+        return self.parsed.state_offset
+
+    @property
+    def key(self) -> tuple[int, bytes]:
+        return self.offset, self.rest
+
+
+@dataclass
+class Active:
+    line: Line
+    pid: int | None = None
+    host: str = ""
+
+
+@dataclass
+class FileRunReport:
+    """What the runner found and did beyond the run report: for the summary's last lines."""
+
+    recovered: list[int] = field(default_factory=list)  # line numbers set back to "."
+    unjudgeable: list[int] = field(default_factory=list)  # `r`/`?` nobody here can judge
+    elsewhere: int = 0  # lines running elsewhere when this runner ended
+    home: Path | None = None
+
+
+def runner_home(base: Path) -> tuple[Path, int]:
+    """The first home under `base` no other runner holds: `base`, then base/runners/2, ..."""
+    for index in range(1, MAX_RUNNER_HOMES + 1):
+        home = base if index == 1 else base / "runners" / str(index)
+        fd = try_lock_home(home)
+        if fd is not None:
+            return home, fd
+    raise ShoalError(f"{base}: {MAX_RUNNER_HOMES} runners already work from here")
+
+
+def read_lines(runmaker: RunmakerFile, defaults: dict[str, object]) -> tuple[bytes, list[Line]]:
+    data = runmaker.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError("not UTF-8 text", source=runmaker.path,
+                         line=data.count(b"\n", 0, error.start) + 1) from None
+    parsed = parse_text(text, "runmaker", source=runmaker.path, defaults=defaults)
+    lines = []
+    for number, item in enumerate(parsed, start=1):
+        assert item.state_offset is not None
+        rest = line_rest(data, item.state_offset)
+        lines.append(Line(number, item, rest))
+    return data, lines
+
+
+class FileRunner:
+    def __init__(self, path: Path, options: RunfileOptions, defaults: dict[str, object],
+                 progress: Callable[[int, int, int], None] | None = None):
+        from shoal.embedded import RunReport
+
+        self.path = path
+        self.options = options
+        self.defaults = defaults
+        self.progress = progress
+        self.claimable = ".!e" if options.retry_failed else "."
+        self.runmaker = RunmakerFile(path)
+        self.book = ClaimBook(path)
+        self.guard: Guard | None = None
+        self.lines: list[Line] = []
+        self.data = b""
+        self.cursor = 0
+        self.attempted: set[tuple[int, bytes]] = set()
+        self.deferred: list[Line] = []
+        self.active: dict[int, Active] = {}  # job id -> the line it runs
+        self.active_cmds: set[tuple[str, str]] = set()
+        self.ran_ids: list[int] = []  # the jobs this runner ran, for the summary
+        self.recent_ends: deque[float] = deque()
+        self.successes = 0
+        self.rescan_broken = False
+        self.wake = asyncio.Event()
+        self.report = RunReport(total=0, skipped_done=0)
+        self.file_report = FileRunReport()
+        self.live = LiveLines(options.live) if options.live else None
+        self.log: RunmakerLog | None = None
+        if options.log_path is not None:
+            self.log = RunmakerLog(options.log_path, options.log_lines)
+        self.service: Service | None = None
+
+    # ---- the file --------------------------------------------------------------------------
+
+    def recover(self) -> CheckReport:
+        """Set a dead shoal runner's lines back to ".", then read the file again."""
+        data, lines = read_lines(self.runmaker, self.defaults)
+        found = check_claims(self.runmaker, data, [line.parsed for line in lines], self.path,
+                             recover=True)
+        if found.recovered:
+            data, lines = read_lines(self.runmaker, self.defaults)
+        self.data, self.lines, self.cursor = data, lines, 0
+        known = set(self.file_report.recovered)
+        self.file_report.recovered += [ref.line for ref in found.recovered
+                                       if ref.line not in known]
+        self.file_report.unjudgeable = [ref.line for ref in found.unjudgeable]
+        for ref in found.recovered:
+            log.info("line %d was claimed by a shoal runner that is gone: set back to '.'",
+                     ref.line)
+        return found
+
+    def rescan(self) -> bool:
+        """Read the file again; True if it has lines this runner may still claim."""
+        if self.rescan_broken:
+            return False
+        try:
+            self.recover()
+        except InputError as error:
+            log.warning("%s; no more lines are taken from the file", error)
+            self.rescan_broken = True
+            return False
+        return any(self._claimable(line) for line in self.lines)
+
+    def _claimable(self, line: Line) -> bool:
+        return line.key not in self.attempted and (line.parsed.state_char or "") in self.claimable
+
+    # ---- claiming ----------------------------------------------------------------------------
+
+    def slots(self) -> int:
+        assert self.service is not None
+        offered = sum(worker.cores for worker in self.service.reactor.workers.values()
+                      if worker.connected and worker.accepting)
+        if self.options.one_only:
+            return max(0, min(offered, self.options.parallel - self.successes))
+        return offered
+
+    def ahead(self) -> int:
+        if self.options.one_only:
+            return 0
+        horizon = time.monotonic() - AHEAD_WINDOW_SECONDS
+        while self.recent_ends and self.recent_ends[0] < horizon:
+            self.recent_ends.popleft()
+        return min(len(self.recent_ends), MAX_AHEAD)
+
+    def claim(self, line: Line) -> bool:
+        offset = line.offset
+        if not self.book.try_hold(offset):
+            return False  # another live shoal runner holds it
+        if self.runmaker.compare_and_set(offset, self.claimable, "r", line.rest) is None:
+            self.book.release(offset)
+            return False
+        self.book.mark(offset)
+        return True
+
+    def refill(self) -> None:
+        assert self.service is not None
+        want = self.slots() + (self.ahead() if self.slots() else 0) - len(self.active)
+        batch: list[Line] = []
+        cmds = set(self.active_cmds)
+        candidates = self._candidates()
+        while len(batch) < want:
+            line = next(candidates, None)
+            if line is None:
+                break
+            if line.key in self.attempted:
+                continue
+            if line.parsed.spec.key in cmds:  # the same command is running here: later
+                self.deferred.append(line)
+                continue
+            if not self.claim(line):
+                continue
+            self.attempted.add(line.key)
+            cmds.add(line.parsed.spec.key)
+            batch.append(line)
+        if not batch:
+            return
+        try:
+            result = self.service.add([line.parsed.spec for line in batch], rerun=True)
+        except BaseException:
+            for line in batch:
+                self.unclaim(line, ".")
+            raise
+        for job_id, line in zip(result["ids"], batch, strict=True):
+            self.active[job_id] = Active(line)
+            self.active_cmds.add(line.parsed.spec.key)
+            self.ran_ids.append(job_id)
+        self.report.total += len(batch)
+        self._progress()
+
+    def _candidates(self) -> Iterator[Line]:
+        """Deferred lines whose twin has ended, then the file's lines in order."""
+        waiting, self.deferred = self.deferred, []
+        for line in waiting:
+            if line.parsed.spec.key in self.active_cmds:
+                self.deferred.append(line)
+            else:
+                yield line
+        while self.cursor < len(self.lines):
+            line = self.lines[self.cursor]
+            self.cursor += 1
+            if self._claimable(line):
+                yield line
+
+    def unclaim(self, line: Line, state: str) -> None:
+        """Give the line up: clear the mark, set its state, unlock (in that order)."""
+        self.book.clear(line.offset)
+        try:
+            self.runmaker.compare_and_set(line.offset, "r", state, line.rest)
+        finally:
+            self.book.release(line.offset)
+
+    # ---- following the jobs ----------------------------------------------------------------
+
+    def follow(self, transitions: list[Transition]) -> None:
+        assert self.service is not None
+        jobs = self.service.reactor.jobs
+        for entry in transitions:
+            active = self.active.get(entry.job_id)
+            if active is None:
+                continue
+            job = jobs.get(entry.job_id)
+            if entry.to_state is JobState.RUNNING and job is not None:
+                active.pid, active.host = job.pid, job.host or ""
+                if self.guard is not None and job.pid and job.worker == LOCAL_WORKER:
+                    self.guard.started(job.pid)
+                self._show_start(active, job.cwd)
+            elif entry.to_state in FINAL_STATES:
+                self._ended(entry.job_id, active, entry.to_state)
+        self.wake.set()
+
+    def _ended(self, job_id: int, active: Active, state: JobState) -> None:
+        assert self.service is not None
+        del self.active[job_id]
+        self.active_cmds.discard(active.line.parsed.spec.key)
+        job = self.service.reactor.jobs.get(job_id)
+        exit_code = job.exit_code if job is not None else None
+        if state is JobState.DONE:
+            char = "d"
+        elif state is JobState.CANCELLED and self.report.interrupted:
+            char = "."  # given back: the next runner takes it
+        else:
+            char = "!" if exit_code is not None else "e"
+        self.unclaim(active.line, char)
+        if self.guard is not None and active.pid:
+            self.guard.ended(active.pid)
+        if char == "d":
+            self.report.done += 1
+            self.successes += 1
+        elif char != ".":
+            self.report.failed += 1
+        self.recent_ends.append(time.monotonic())
+        self._show_end(job_id, active, exit_code, job.fail_reason if job else None)
+        self._progress()
+
+    def _progress(self) -> None:
+        if self.progress is not None:
+            self.progress(self.report.done, self.report.failed, self.report.total)
+
+    def _show_start(self, active: Active, cwd: str) -> None:
+        cmd = active.line.parsed.spec.cmd
+        if self.live is not None:
+            self.live.started(cmd, active.host, active.pid)
+        if self.log is not None:
+            self.log.started(active.line.number, cmd, cwd, active.host, active.pid)
+
+    def _show_end(self, job_id: int, active: Active, exit_code: int | None,
+                  reason: str | None) -> None:
+        if self.live is None and self.log is None:
+            return
+        assert self.service is not None
+        stdout = captured_lines(self.service.store.output(job_id, "stdout"))
+        stderr = captured_lines(self.service.store.output(job_id, "stderr"))
+        exit_text = f"exit {exit_code}" if exit_code is not None else f"error {reason or ''}"
+        cmd = active.line.parsed.spec.cmd
+        if self.live is not None:
+            self.live.finished(cmd, active.host, active.pid, exit_text.strip(), stdout, stderr)
+        if self.log is not None:
+            self.log.finished(active.line.number, cmd, active.host, active.pid,
+                              exit_text.strip(), stdout, stderr)
+
+    # ---- the run -----------------------------------------------------------------------------
+
+    def finished(self) -> bool:
+        """Nothing runs here and nothing is left to claim (after one more look at the file)."""
+        if self.active or self.deferred:
+            return False
+        if self.options.one_only and self.successes >= self.options.parallel:
+            return True
+        if any(self._claimable(line) for line in self.lines[self.cursor:]):
+            return False
+        return not self.rescan()
+
+    async def run(self, home: Path) -> None:
+        from shoal.embedded import _summarise
+
+        config = ReactorConfig(lost_grace_seconds=0.0, restart_grace_seconds=0.0)
+        if self.options.listen is not None:
+            config = ReactorConfig(restart_grace_seconds=0.0)
+        service = self.service = Service(Store(home / DATABASE_FILE), config)
+        await service.start()
+        self._drop_leftovers()
+        self.recover()
+        self.report.skipped_done = sum(1 for line in self.lines
+                                       if line.parsed.state_char == "d")
+        self.guard = Guard(self.book.fd)
+        service.listeners.append(self.follow)
+        started = time.monotonic()
+        agent = None
+        worker_id = None
+        listener = None
+        loop = asyncio.get_running_loop()
+        interrupted = asyncio.Event()
+
+        def interrupt() -> None:
+            interrupted.set()
+            self.wake.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, interrupt)
+        try:
+            if self.options.parallel > 0:
+                from shoal.worker.agent import Agent, InProcessLink
+                from shoal.worker.resources import detect_resources
+
+                agent = Agent(LOCAL_WORKER, Resources(cores=self.options.parallel,
+                                                      memory_bytes=detect_resources().memory_bytes),
+                              private_directory(home / "spool"), host=socket.gethostname())
+                worker_id = service.join(agent.register_message(), InProcessLink(agent))
+                agent.connected(lambda message: service.deliver(worker_id, message))
+            if self.options.listen is not None:
+                from shoal.runfile.listen import start_listening
+
+                listener = await start_listening(service, home, self.options.listen)
+            while not interrupted.is_set():
+                self.refill()
+                if self.finished():
+                    break
+                self.wake.clear()
+                timeout = LISTEN_POLL_SECONDS if listener is not None else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout)
+            if interrupted.is_set() and self.active:
+                self.report.interrupted = True
+                if agent is not None and worker_id is not None:
+                    agent.begin_stop()
+                    await agent.runner.shutdown(kill=True)
+                    await asyncio.sleep(0.05)  # let the last reports reach the service
+                    service.leave(worker_id)
+                service.act("kill", list(self.active), None, reason="interrupted")
+                await asyncio.sleep(0.05)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            for active in list(self.active.values()):  # what did not end is given back
+                self.unclaim(active.line, ".")
+            self.active.clear()
+            self.report.wall_seconds = time.monotonic() - started
+            _summarise(service, sorted(set(self.ran_ids)), self.report)
+            if listener is not None:
+                await listener.stop()
+            await service.stop()
+            self.file_report.elsewhere = self._running_elsewhere()
+
+    def _drop_leftovers(self) -> None:
+        """Jobs an earlier runner of this home left unfinished: the file decides, not them."""
+        assert self.service is not None
+        left = [job.id for job in self.service.reactor.jobs.values()
+                if job.state not in FINAL_STATES]
+        if left:
+            self.service.act("kill", left, None,
+                             reason="left by an earlier run; the file decides what runs")
+
+    def _running_elsewhere(self) -> int:
+        try:
+            states = self.runmaker.states(line.offset for line in self.lines)
+        except InputError:
+            return 0
+        return sum(1 for state in states if state in "r?")
+
+    def close(self) -> None:
+        if self.guard is not None:
+            self.guard.close()
+        self.book.close()
+        self.runmaker.close()
+        if self.log is not None:
+            self.log.close()
+
+
+async def run_runmaker_file(path: Path, options: RunfileOptions, defaults: dict[str, object],
+                            progress: Callable[[int, int, int], None] | None = None,
+                            base_home: Path | None = None) -> tuple[RunReport, FileRunReport]:
+    """Run the runmaker file at `path`; returns (RunReport, FileRunReport)."""
+    from shoal.embedded import state_dir
+
+    home, home_fd = runner_home(base_home or state_dir(path))
+    runner = FileRunner(path, options, defaults, progress)
+    runner.file_report.home = home
+    try:
+        await runner.run(home)
+    finally:
+        runner.close()
+        os.close(home_fd)
+    return runner.report, runner.file_report

@@ -1,0 +1,87 @@
+"""The claims guard: keeps a runner's line locks until the runner and its jobs are all gone.
+
+A runner's claims are locks on its open description of the claims file (see claims.py). The
+guard is a small process, in a session of its own, that inherits that description, so the locks
+outlive a runner killed with SIGKILL for as long as the jobs it started may still run (its
+worker's keeper kills them then). The runner writes to the guard's stdin, one line each:
+
+- ``+PGID`` when a job starts, ``-PGID`` when it has ended.
+
+When stdin closes, the runner is gone: the guard waits until every process group still listed
+has no process left, then exits, and the locks go with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+
+
+class Guard:
+    """The runner's side: start the guard with the claims description, tell it about jobs."""
+
+    def __init__(self, claims_fd: int):
+        self._process: subprocess.Popen[bytes] | None = None
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "shoal.runfile.guard", str(claims_fd)],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True, pass_fds=(claims_fd,))
+        except OSError:
+            self._process = None  # the locks then last as long as the runner only
+
+    def _say(self, text: str) -> None:
+        if self._process is None or self._process.stdin is None:
+            return
+        try:
+            self._process.stdin.write(text.encode() + b"\n")
+            self._process.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            self._process = None
+
+    def started(self, pgid: int) -> None:
+        self._say(f"+{pgid}")
+
+    def ended(self, pgid: int) -> None:
+        self._say(f"-{pgid}")
+
+    def close(self) -> None:
+        if self._process is not None:
+            process, self._process = self._process, None
+            with contextlib.suppress(OSError, ValueError):
+                if process.stdin is not None:
+                    process.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
+
+
+def _alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def main(argv: list[str]) -> int:
+    held_fd = int(argv[1])  # kept open until the end: the claims' locks live on it
+    groups: set[int] = set()
+    for raw in sys.stdin.buffer:
+        text = raw.strip().decode("ascii", "replace")
+        if len(text) > 1 and text[1:].isdigit():
+            (groups.add if text[0] == "+" else groups.discard)(int(text[1:]))
+    while groups:
+        groups = {pgid for pgid in groups if _alive(pgid)}
+        if groups:
+            time.sleep(0.05)
+    os.close(held_fd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
