@@ -23,7 +23,7 @@ from shoal.core.errors import InputError
 from shoal.core.models import FINAL_STATES, JobState
 from shoal.core.protocol import Resources
 from shoal.core.states import Transition
-from shoal.formats import ParsedJob, RunmakerMarker, parse_file
+from shoal.formats import ParsedJob, parse_file
 from shoal.home import DATABASE_FILE, lock_home, private_directory
 from shoal.server.reactor import ReactorConfig
 from shoal.server.service import Service
@@ -32,8 +32,6 @@ from shoal.worker.agent import Agent, InProcessLink
 from shoal.worker.resources import detect_resources
 
 LOCAL_WORKER = "local"
-_RUNMAKER_CHAR = {JobState.QUEUED: ".", JobState.DELAYED: ".", JobState.RUNNING: "r",
-                  JobState.DONE: "d", JobState.FAILED: "!", JobState.CANCELLED: "!"}
 
 
 @dataclass
@@ -63,8 +61,16 @@ def group_for(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.:@+-]", "_", path.name)[:128] or "run"
 
 
+def job_defaults(path: Path) -> dict[str, object]:
+    return {"cwd": os.getcwd(), "group": group_for(path)}
+
+
+def is_runmaker(parsed: list[ParsedJob]) -> bool:
+    return bool(parsed) and parsed[0].state_offset is not None
+
+
 def load(path: Path, fmt: str, parallel: int) -> list[ParsedJob]:
-    parsed = parse_file(path, fmt, defaults={"cwd": os.getcwd(), "group": group_for(path)})
+    parsed = parse_file(path, fmt, defaults=job_defaults(path))
     for item in parsed:
         if item.spec.cores > parallel:
             raise InputError(f"asks for {item.spec.cores} cores but -j is {parallel}",
@@ -74,7 +80,15 @@ def load(path: Path, fmt: str, parallel: int) -> list[ParsedJob]:
 
 async def run_jobs(path: Path, parsed: list[ParsedJob], parallel: int,
                    progress: Callable[[int, int, int], None] | None = None) -> RunReport:
-    """Run the jobs, return the report. `progress(done, failed, total)` is called as they end."""
+    """Run the jobs, return the report. `progress(done, failed, total)` is called as they end.
+
+    A runmaker file is the queue itself: shoal.runfile runs it, claiming line by line."""
+    if is_runmaker(parsed):
+        from shoal.runfile.driver import RunfileOptions, run_runmaker_file
+
+        report, _ = await run_runmaker_file(path, RunfileOptions(parallel=parallel),
+                                            job_defaults(path), progress)
+        return report
     home = state_dir(path)
     lock_home(home)
     store = Store(home / DATABASE_FILE)
@@ -93,17 +107,12 @@ async def run_jobs(path: Path, parsed: list[ParsedJob], parallel: int,
     pending = set(ids) - set(done_before)
     this_run = sorted(pending)
     report = RunReport(total=len(pending), skipped_done=len(parsed) - len(pending))
-    marker = RunmakerMarker(path) if any(i.state_offset is not None for i in parsed) else None
-    offsets = {job_id: item.state_offset for job_id, item in zip(ids, to_run, strict=True)
-               if item.state_offset is not None}
     finished = asyncio.Event()
 
     def follow(transitions: list[Transition]) -> None:
         for entry in transitions:
             if entry.job_id not in pending:
                 continue
-            if marker is not None and entry.job_id in offsets and entry.to_state in _RUNMAKER_CHAR:
-                marker.mark(offsets[entry.job_id], _RUNMAKER_CHAR[entry.to_state])
             if entry.to_state in FINAL_STATES:
                 pending.discard(entry.job_id)
                 if entry.to_state is JobState.DONE:
@@ -144,8 +153,6 @@ async def run_jobs(path: Path, parsed: list[ParsedJob], parallel: int,
         report.wall_seconds = time.monotonic() - started
         _summarise(service, this_run, report)
         await service.stop()
-        if marker is not None:
-            marker.close()
     return report
 
 
