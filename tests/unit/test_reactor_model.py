@@ -102,9 +102,13 @@ class World:
                     self.reactor.heard_from(other.session, self.now)
             self.reactor.tick(self.now)
         elif action == "restart":
-            jobs = list(self.reactor.jobs.values())
-            self.reactor = Reactor(jobs, next_job_id=100, next_lease_id=self.reactor.next_lease_id,
-                                   config=CONFIG, now=self.now)
+            # As the service restarts: live jobs read back, ended ones kept in the archive.
+            old = self.reactor
+            old.forget(list(old.jobs))
+            self.reactor = Reactor(list(old.jobs.values()), next_job_id=100,
+                                   next_lease_id=old.next_lease_id, config=CONFIG, now=self.now,
+                                   archive=old.archive, counts=[
+                                       (*key, count) for key, count in old._counts.items()])
             for other in self.hosts.values():
                 other.session = None
         self.reactor.tick(self.now)

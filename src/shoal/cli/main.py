@@ -25,6 +25,8 @@ LAZY_COMMANDS = {
     "server": ("shoal.cli.serve", "server_command",
                "Run the server, the coordinator; or stop it, or show how it is."),
     "worker": ("shoal.cli.serve", "worker_command", "Run a worker: take jobs and run them."),
+    "up": ("shoal.cli.up", "up_command", "Start workers on other hosts over SSH."),
+    "down": ("shoal.cli.up", "down_command", "Stop the workers `shoal up` started."),
     "ensemble": ("shoal.cli.ensemble", "ensemble_app",
                  "Run commands pinned to hosts, started in stages at the same instant."),
 }
