@@ -192,6 +192,12 @@ def specs_from_file(file: str, input_format: InputFormat,
                             defaults=defaults)
     else:
         parsed = parse_file(file, input_format.value, defaults=defaults)
+    if parsed and parsed[0].state_offset is not None:  # a runmaker file: its new lines only
+        new = [job for job in parsed if job.state_char == "."]
+        print(f"{file}: a runmaker file: adding its {len(new)} new ('.') lines, leaving "
+              f"{len(parsed) - len(new)} others; the server does not write their states "
+              "back (`shoal run FILE --listen` does)", file=sys.stderr)
+        parsed = new
     return [job.spec for job in parsed]
 
 

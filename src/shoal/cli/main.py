@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from shoal.cli import Session, admin, jobs, limits, session_of, tokens, workers
+from shoal.cli import Session, admin, file, jobs, limits, session_of, tokens, workers
 from shoal.cli.errors import EXIT_BAD_INPUT, report
 from shoal.core.errors import ShoalError
 
@@ -29,6 +29,8 @@ LAZY_COMMANDS = {
     "down": ("shoal.cli.up", "down_command", "Stop the workers `shoal up` started."),
     "ensemble": ("shoal.cli.ensemble", "ensemble_app",
                  "Run commands pinned to hosts, started in stages at the same instant."),
+    "alloc": ("shoal.cli.alloc", "alloc_app",
+              "Start workers through Slurm or another engine as queued jobs need them."),
 }
 
 
@@ -46,6 +48,10 @@ class ShoalGroup(TyperGroup):
         return command
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and args[0] == "run":  # `--listen` with no value takes its default
+            from shoal.cli.run import listen_value
+
+            args[1:] = listen_value(args[1:])
         if args and args[0] in LAZY_COMMANDS and args[0] not in self.commands:
             self.commands[args[0]] = load_command(args[0], args[1:])
         return super().resolve_command(ctx, args)
@@ -125,6 +131,7 @@ app.command("drain")(admin.drain)
 app.command("backup")(admin.backup)
 app.command("whoami")(tokens.whoami)
 app.add_typer(tokens.token_app)
+app.add_typer(file.file_app)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

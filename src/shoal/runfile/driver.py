@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING
 
 from shoal.core.errors import InputError, ShoalError
 from shoal.core.models import FINAL_STATES, JobState
-from shoal.core.protocol import Resources
+from shoal.core.protocol import FromWorker, Resources, Started
 from shoal.core.states import Transition
-from shoal.formats import ParsedJob, RunmakerFile, parse_text
-from shoal.formats.runmaker import line_rest
+from shoal.formats import RunmakerFile
 from shoal.home import DATABASE_FILE, private_directory, try_lock_home
 from shoal.runfile.claims import CheckReport, ClaimBook, check_claims
 from shoal.runfile.guard import Guard
+from shoal.runfile.lines import Line, read_lines
 from shoal.runfile.output import LiveLines, RunmakerLog, captured_lines
 from shoal.server.reactor import ReactorConfig
 from shoal.server.service import Service
@@ -43,6 +43,7 @@ from shoal.store import Store
 
 if TYPE_CHECKING:
     from shoal.embedded import RunReport
+    from shoal.runfile.listen import ListenSettings
 
 log = logging.getLogger("shoal.runfile")
 
@@ -63,23 +64,7 @@ class RunfileOptions:
     log_path: Path | None = None  # -l: runmaker4's output log
     log_lines: int = 3  # -n
     live: Callable[[str], None] | None = None  # runmaker4's live lines, one call each
-    listen: object | None = None  # a runfile.listen.ListenSettings
-
-
-@dataclass
-class Line:
-    number: int  # rank among the file's job lines, from 1 (runmaker4's job number)
-    parsed: ParsedJob
-    rest: bytes  # the bytes after the state character, to check the line is still the same
-
-    @property
-    def offset(self) -> int:
-        assert self.parsed.state_offset is not None
-        return self.parsed.state_offset
-
-    @property
-    def key(self) -> tuple[int, bytes]:
-        return self.offset, self.rest
+    listen: ListenSettings | None = None  # --listen: serve workers on other hosts
 
 
 @dataclass
@@ -87,6 +72,8 @@ class Active:
     line: Line
     pid: int | None = None
     host: str = ""
+    announced: bool = False  # "executing" shown
+    forked: bool = False  # "forked" shown
 
 
 @dataclass
@@ -107,22 +94,6 @@ def runner_home(base: Path) -> tuple[Path, int]:
         if fd is not None:
             return home, fd
     raise ShoalError(f"{base}: {MAX_RUNNER_HOMES} runners already work from here")
-
-
-def read_lines(runmaker: RunmakerFile, defaults: dict[str, object]) -> tuple[bytes, list[Line]]:
-    data = runmaker.read()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise InputError("not UTF-8 text", source=runmaker.path,
-                         line=data.count(b"\n", 0, error.start) + 1) from None
-    parsed = parse_text(text, "runmaker", source=runmaker.path, defaults=defaults)
-    lines = []
-    for number, item in enumerate(parsed, start=1):
-        assert item.state_offset is not None
-        rest = line_rest(data, item.state_offset)
-        lines.append(Line(number, item, rest))
-    return data, lines
 
 
 class FileRunner:
@@ -248,10 +219,14 @@ class FileRunner:
             for line in batch:
                 self.unclaim(line, ".")
             raise
+        jobs = self.service.reactor.jobs
         for job_id, line in zip(result["ids"], batch, strict=True):
-            self.active[job_id] = Active(line)
+            active = self.active[job_id] = Active(line)
             self.active_cmds.add(line.parsed.spec.key)
             self.ran_ids.append(job_id)
+            job = jobs.get(job_id)
+            if job is not None and job.state is JobState.RUNNING:  # assigned within the add
+                self._assigned(active, job.host or "")
         self.report.total += len(batch)
         self._progress()
 
@@ -288,13 +263,29 @@ class FileRunner:
                 continue
             job = jobs.get(entry.job_id)
             if entry.to_state is JobState.RUNNING and job is not None:
-                active.pid, active.host = job.pid, job.host or ""
-                if self.guard is not None and job.pid and job.worker == LOCAL_WORKER:
-                    self.guard.started(job.pid)
-                self._show_start(active, job.cwd)
+                self._assigned(active, job.host or "")
             elif entry.to_state in FINAL_STATES:
                 self._ended(entry.job_id, active, entry.to_state)
         self.wake.set()
+
+    def _assigned(self, active: Active, host: str) -> None:
+        active.host = host
+        if self.live is not None and not active.announced:
+            self.live.executing(active.line.parsed.spec.cmd)
+        active.announced = True
+
+    def local_started(self, message: FromWorker) -> None:
+        """The local worker's Started report: the job's process (its group) is known."""
+        if not isinstance(message, Started):
+            return
+        for item in message.items:
+            active = self.active.get(item.job_id)
+            if active is None:
+                continue
+            active.pid = item.pid
+            if self.guard is not None:
+                self.guard.started(item.pid)
+            self._show_start(active)
 
     def _ended(self, job_id: int, active: Active, state: JobState) -> None:
         assert self.service is not None
@@ -311,6 +302,11 @@ class FileRunner:
         self.unclaim(active.line, char)
         if self.guard is not None and active.pid:
             self.guard.ended(active.pid)
+        if job is not None:
+            active.host = job.host or active.host
+            active.pid = job.pid or active.pid
+        if not active.forked and job is not None and job.started_at is not None:
+            self._show_start(active)  # a remote worker's job: its pid comes with the end
         if char == "d":
             self.report.done += 1
             self.successes += 1
@@ -324,12 +320,19 @@ class FileRunner:
         if self.progress is not None:
             self.progress(self.report.done, self.report.failed, self.report.total)
 
-    def _show_start(self, active: Active, cwd: str) -> None:
-        cmd = active.line.parsed.spec.cmd
+    def _show_start(self, active: Active) -> None:
+        if active.forked:
+            return
+        active.forked = True
+        spec = active.line.parsed.spec
         if self.live is not None:
-            self.live.started(cmd, active.host, active.pid)
+            if not active.announced:
+                self.live.executing(spec.cmd)
+                active.announced = True
+            self.live.forked(spec.cmd, active.host, active.pid)
         if self.log is not None:
-            self.log.started(active.line.number, cmd, cwd, active.host, active.pid)
+            self.log.started(active.line.number, spec.cmd, spec.cwd or "", active.host,
+                             active.pid)
 
     def _show_end(self, job_id: int, active: Active, exit_code: int | None,
                   reason: str | None) -> None:
@@ -394,7 +397,13 @@ class FileRunner:
                                                       memory_bytes=detect_resources().memory_bytes),
                               private_directory(home / "spool"), host=socket.gethostname())
                 worker_id = service.join(agent.register_message(), InProcessLink(agent))
-                agent.connected(lambda message: service.deliver(worker_id, message))
+                local_id = worker_id
+
+                def report(message: FromWorker) -> None:
+                    service.deliver(local_id, message)
+                    self.local_started(message)
+
+                agent.connected(report)
             if self.options.listen is not None:
                 from shoal.runfile.listen import start_listening
 

@@ -49,8 +49,10 @@ class LiveLines:
     def __init__(self, emit: Callable[[str], None]):
         self._emit = emit
 
-    def started(self, cmd: str, host: str, pid: int | None) -> None:
+    def executing(self, cmd: str) -> None:
         self._emit(f"executing `{_clean(cmd)}'")
+
+    def forked(self, cmd: str, host: str, pid: int | None) -> None:
         self._emit(f'status ({host},{pid}): forked "{_clean(cmd)}"')
 
     def finished(self, cmd: str, host: str, pid: int | None, exit_text: str,
