@@ -70,6 +70,10 @@ def server_command(
              "of four times as many; beyond, 429 with Retry-After.")] = 500.0,
     max_connections_per_address: Annotated[int, typer.Option(
         metavar="N", help="Connections one address may hold open at once.")] = 256,
+    metrics_public: Annotated[bool, typer.Option(
+        "--metrics-public",
+        help="Serve /metrics without a token (on a trusted network only); otherwise it needs "
+             "an admin or metrics token (`shoal token create --role metrics`).")] = False,
 ) -> None:
     """Run the coordinator. State lives in $SHOAL_HOME (default ~/.shoal).
 
@@ -94,7 +98,7 @@ def server_command(
     guard = GuardConfig(requests_per_second=rate_limit,
                         request_burst=max(1, round(4 * rate_limit)),
                         max_connections_per_ip=max_connections_per_address)
-    serve(shoal_home(), host, port, config, tls, guard)
+    serve(shoal_home(), host, port, config, tls, guard, metrics_public=metrics_public)
 
 
 def worker_command(

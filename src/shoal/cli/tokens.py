@@ -16,8 +16,9 @@ token_app = typer.Typer(name="token", help="Create, list and revoke access token
 def create(
     ctx: typer.Context,
     role: Annotated[str, typer.Option(
-        metavar="admin|user|worker",
-        help="user: their own jobs; admin: everything; worker: the worker channel only.")],
+        metavar="admin|user|worker|metrics",
+        help="user: their own jobs; admin: everything; worker: the worker channel only; "
+             "metrics: /metrics only (for Prometheus).")],
     name: Annotated[str, typer.Option(help="Who holds it; jobs belong to this name.")],
     as_json: JsonOption = False,
 ) -> None:

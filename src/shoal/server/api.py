@@ -392,7 +392,7 @@ def _token_name(name: str) -> str:
 
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: Literal["admin", "user", "worker"]
+    role: Literal["admin", "user", "worker", "metrics"]
     name: Annotated[str, AfterValidator(_token_name)] = Field(
         json_schema_extra={"pattern": TOKEN_NAME_RE.pattern},
         description=f"{TOKEN_NAME_RULE}; not starting with 'default-' (the server's own)")

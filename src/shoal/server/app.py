@@ -37,7 +37,7 @@ from shoal.home import (
     lock_home,
     write_connection,
 )
-from shoal.server import api, sessions
+from shoal.server import api, dashboard, sessions
 from shoal.server.auth import TokenBook
 from shoal.server.blobs import BlobStore
 from shoal.server.certificates import (
@@ -46,6 +46,7 @@ from shoal.server.certificates import (
     check_tls_settings,
     keep_certificate,
 )
+from shoal.server.dashboard_access import WebGate
 from shoal.server.ensembles import EnsembleRunner
 from shoal.server.guard import (
     GuardConfig,
@@ -101,7 +102,8 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def create_app(service: Service, tokens: TokenBook, blobs: BlobStore | None = None,
-               ca_pem: bytes | None = None, guard: GuardConfig | None = None) -> FastAPI:
+               ca_pem: bytes | None = None, guard: GuardConfig | None = None,
+               metrics_public: bool = False) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await service.start()
@@ -120,6 +122,8 @@ def create_app(service: Service, tokens: TokenBook, blobs: BlobStore | None = No
     tokens.revoked_listeners.append(service.disconnect_token)
     app.include_router(api.router)
     app.add_api_websocket_route("/api/v1/worker", sessions.worker_session)
+    # The dashboard at / and /metrics: observers of the service's events.
+    web_gate = dashboard.install(app, service, tokens, metrics_public=metrics_public)
 
     @app.exception_handler(ShoalError)
     async def shoal_error(_request: Request, exc: ShoalError) -> JSONResponse:
@@ -149,24 +153,28 @@ def create_app(service: Service, tokens: TokenBook, blobs: BlobStore | None = No
     # runs, and before a byte of the body is read.
     app.add_middleware(GuardMiddleware, config=guard,
                        known_token=lambda token: tokens.role_of(token) is not None,
-                       gate=token_gate(tokens))
+                       gate=token_gate(tokens, web_gate))
     return app
 
 
 NEEDS_TOKEN = "a valid token is required (Authorization: Bearer TOKEN)"
 
 
-def token_gate(tokens: TokenBook) -> Callable[[Scope], Refusal | None]:
+def token_gate(tokens: TokenBook,
+               web: WebGate | None = None) -> Callable[[Scope], Refusal | None]:
     """The permission table applied to a request's head, so that a request its token may not
     make is answered 401 or 403 before its body is read. The API's routes are matched as
     Starlette matches them (first route whose path and method fit); anything else (the OpenAPI
     spec, the docs page, an unknown path or method) needs a valid token of any role. The
-    routes' own `authorize` still runs: this is the same check, made earlier."""
+    routes' own `authorize` still runs: this is the same check, made earlier. The dashboard's
+    and /metrics' paths are `web`'s to judge (they also take a session cookie)."""
     table = [(compile_path(route.path)[0], route.methods or set(), route.path)
              for route in api.router.routes if isinstance(route, APIRoute)]
 
     def gate(scope: Scope) -> Refusal | None:
         method, path = scope["method"], scope["path"]
+        if web is not None and web.owns(path):
+            return web.gate(scope)
         principal = tokens.principal_of(bearer_token(scope))
         route = next((template for regex, methods, template in table
                       if method in methods and regex.match(path)), None)
@@ -228,7 +236,8 @@ def _show(host: str) -> str:
 
 
 def serve(home: Path, host: str, port: int, config: ReactorConfig | None = None,
-          tls: TlsSettings | None = None, guard: GuardConfig | None = None) -> None:
+          tls: TlsSettings | None = None, guard: GuardConfig | None = None,
+          metrics_public: bool = False) -> None:
     import uvicorn
 
     tls = tls or TlsSettings()
@@ -261,7 +270,7 @@ def serve(home: Path, host: str, port: int, config: ReactorConfig | None = None,
     ssl_options: dict[str, Any] = {} if certificates is None else {
         "ssl_certfile": str(certificates.cert_file), "ssl_keyfile": str(certificates.key_file)}
     app = create_app(service, tokens, ca_pem=certificates.ca_pem if certificates else None,
-                     guard=guard)
+                     guard=guard, metrics_public=metrics_public)
     app.state.ca_fingerprint = fingerprint
     app.state.advertised_url = f"{scheme}://{_show(advertised)}:{bound_port}"
     server = uvicorn.Server(uvicorn.Config(

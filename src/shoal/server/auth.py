@@ -2,7 +2,8 @@
 
 A token's name is its holder's identity: jobs belong to the name that added them. Roles:
 `admin` sees and does everything; `user` sees and acts on their own jobs; `worker` may only
-use the worker channel (and fetch the files of the jobs handed to workers).
+use the worker channel (and fetch the files of the jobs handed to workers); `metrics` may
+only read /metrics (for a Prometheus scraper).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from shoal.core.errors import InputError, NotFound
 from shoal.home import Connection, read_connection_file
 from shoal.store import Store
 
-ADMIN, USER, WORKER = "admin", "user", "worker"
-ROLES = (ADMIN, USER, WORKER)
+ADMIN, USER, WORKER, METRICS = "admin", "user", "worker", "metrics"
+ROLES = (ADMIN, USER, WORKER, METRICS)
 TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$")
 TOKEN_NAME_RULE = "1-64 letters, digits and _.@+-, starting with a letter or digit"
 

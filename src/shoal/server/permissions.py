@@ -11,12 +11,13 @@ from typing import Annotated
 from fastapi import Depends, Request, WebSocket
 
 from shoal.core.errors import AuthError, Forbidden
-from shoal.server.auth import ADMIN, USER, WORKER, Principal
+from shoal.server.auth import ADMIN, METRICS, USER, WORKER, Principal
 
 PUBLIC: frozenset[str] = frozenset()  # no token needed
 CLIENTS = frozenset({ADMIN, USER})
 ADMINS = frozenset({ADMIN})
-ANY_TOKEN = frozenset({ADMIN, USER, WORKER})
+ANY_TOKEN = frozenset({ADMIN, USER, WORKER, METRICS})
+METRICS_READERS = frozenset({ADMIN, METRICS})
 
 _API = "/api/v1"
 POLICY: dict[tuple[str, str], frozenset[str]] = {
@@ -50,6 +51,24 @@ POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("GET", f"{_API}/tokens"): ADMINS,
     ("DELETE", f"{_API}/tokens/{{name}}"): ADMINS,
     ("WEBSOCKET", f"{_API}/worker"): frozenset({ADMIN, WORKER}),
+    # The dashboard (server/dashboard.py): its pages and data need a session of a client
+    # token; its login page and static files need none. /metrics: see server/metrics.py.
+    ("GET", "/login"): PUBLIC,
+    ("POST", "/login"): PUBLIC,
+    ("POST", "/logout"): PUBLIC,
+    ("GET", "/static/{path:path}"): PUBLIC,
+    ("GET", "/"): CLIENTS,
+    ("GET", "/ui/jobs"): CLIENTS,
+    ("GET", "/ui/jobs/{job_id}"): CLIENTS,
+    ("GET", "/ui/jobs/{job_id}/output"): CLIENTS,
+    ("GET", "/ui/jobs/{job_id}/dependants"): CLIENTS,
+    ("POST", "/ui/actions/{action}"): CLIENTS,
+    ("GET", "/ui/workers"): CLIENTS,
+    ("GET", "/ui/workers/series"): CLIENTS,
+    ("GET", "/ui/ensembles"): CLIENTS,
+    ("GET", "/ui/ensembles/{run_id}"): CLIENTS,
+    ("GET", "/ui/feed"): CLIENTS,
+    ("GET", "/metrics"): METRICS_READERS,
 }
 
 

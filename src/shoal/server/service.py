@@ -34,6 +34,7 @@ from shoal.core.protocol import (
 from shoal.core.states import Transition
 from shoal.server.archive import StoreArchive
 from shoal.server.effects import ASSIGN_BUDGET_BYTES, Effects, encoded_bound
+from shoal.server.events import Events
 from shoal.server.reactor import Reactor, ReactorConfig
 from shoal.server.requirements import HISTORY_PER_GROUP
 from shoal.store import JobQuery, Store
@@ -81,6 +82,8 @@ class Service:
         # Called with each committed batch of transitions (the embedded runner and the
         # ensemble runner follow their jobs through these).
         self.listeners: list[Callable[[list[Transition]], None]] = []
+        # Observers (metrics, the dashboard): told what each committed tick did.
+        self.events = Events()
         # Receives what only ensembles care about: time replies, ready and gated starts.
         self.ensemble_messages: Callable[[int, object], None] | None = None
         # request id -> (the worker asked, the answer): only that worker may answer it
@@ -152,6 +155,7 @@ class Service:
             return
         batch = [*self._unsaved, effects]
         changed = {job_id: job for e in batch for job_id, job in e.changed.items()}
+        commit_started = time.perf_counter()
         try:
             self.store.commit_tick(
                 changed.values(),
@@ -168,6 +172,7 @@ class Service:
             self.store_error = str(exc)
             self._unsaved = batch
             raise
+        commit_seconds = time.perf_counter() - commit_started
         if self.store_error is not None:
             log.warning("the database is writable again")
         self.store_error = None
@@ -178,6 +183,7 @@ class Service:
                 for listener in self.listeners:
                     listener(done.transitions)
             self.reactor.forget(done.changed)  # what ended is in the database now
+        self.events.committed(batch, commit_seconds, self.clock())
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -228,6 +234,9 @@ class Service:
         worker_id = self.reactor.worker_joined(register, self.clock(), address=address,
                                                credential=credential)
         self._links[worker_id] = link
+        self.events.worker_joined(worker_id, register.name, register.host,
+                                  register.resources.cores, register.resources.memory_bytes,
+                                  len(register.resources.gpus), self.clock())
         config = self.reactor.config
         link.send(Welcome(worker_id=worker_id, heartbeat_seconds=config.heartbeat_seconds,
                           hold_seconds=config.lease_timeout_seconds + config.lost_grace_seconds,
@@ -314,6 +323,7 @@ class Service:
         self.store.add_jobs(plan.new_jobs, self.reactor.journal_of_new(plan, now),
                             plan.limit_caps)
         self.reactor.apply_add(plan, now=now)
+        self.events.added(plan.new_jobs, now)
         self.step()
         return {"added": len(plan.new_jobs), "existed": plan.existed,
                 "requeued": len(plan.requeue), "ids": plan.ids}

@@ -16,6 +16,7 @@ from shoal.core.protocol import (
     decode_from_worker,
     encode,
 )
+from shoal.server.events import Events
 from shoal.server.permissions import bearer_token, check
 from shoal.server.service import Service
 
@@ -26,14 +27,18 @@ REGISTER_TIMEOUT_SECONDS = 10.0
 class WebSocketLink:
     """Sends are queued and written by one task, so the service never waits on a socket."""
 
-    def __init__(self, websocket: WebSocket, token_hash: str):
+    def __init__(self, websocket: WebSocket, token_hash: str, events: Events | None = None):
         self._websocket = websocket
+        self._events = events  # counts the messages sent
         self.token_hash = token_hash  # revoking the token closes this channel
         self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
         self._writer = asyncio.create_task(self._write())
 
     def send(self, message: ToWorker) -> None:
-        self._outbox.put_nowait(encode(message))
+        text = encode(message)
+        self._outbox.put_nowait(text)
+        if self._events is not None:
+            self._events.worker_message("out", message.type, len(text))
 
     def close(self, reason: str) -> None:
         self._outbox.put_nowait(None)
@@ -65,7 +70,7 @@ async def worker_session(websocket: WebSocket) -> None:
     await websocket.accept()
     service: Service = websocket.app.state.service
     worker_id: int | None = None
-    link = WebSocketLink(websocket, principal.token_hash)
+    link = WebSocketLink(websocket, principal.token_hash, service.events)
     try:
         first = await asyncio.wait_for(websocket.receive_text(), REGISTER_TIMEOUT_SECONDS)
         register = decode_from_worker(first)
@@ -76,7 +81,10 @@ async def worker_session(websocket: WebSocket) -> None:
                                  credential=principal.token_hash)
         while True:
             # The decoder refuses a message over MAX_MESSAGE_BYTES (and the socket, bigger ones).
-            service.deliver(worker_id, decode_from_worker(await websocket.receive_text()))
+            text = await websocket.receive_text()
+            message = decode_from_worker(text)
+            service.events.worker_message("in", message.type, len(text))
+            service.deliver(worker_id, message)
     except (WebSocketDisconnect, asyncio.CancelledError):
         pass
     except (ShoalError, TimeoutError) as exc:
