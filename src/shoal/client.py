@@ -264,8 +264,34 @@ class Client:
         return self._request("GET", path, params=params, timeout=timeout)
 
     def cancel_ensemble(self, run_id: int) -> dict[str, Any]:
-        """Kill everything an ensemble run started; `{"cancelled": true}`."""
+        """Stop an ensemble run: one still going is cancelled; a detached one's services are
+        stopped. `{"cancelled": true}`."""
         return self._request("POST", f"/ensembles/{int(run_id)}/cancel")
+
+    def list_ensembles(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The ensemble runs the server keeps (this token's): `{"run_id", "name", "state",
+        "outcome", "reason", "started_at", "ended_at", "component_count",
+        "services_running"}` each."""
+        params = {"name": name} if name is not None else {}
+        runs: list[dict[str, Any]] = self._request("GET", "/ensembles", params=params)["runs"]
+        return runs
+
+    def run_ensemble(self, path: str | os.PathLike[str], *, no_kill: bool = False,
+                     always_copy: bool = False, sequential: bool = False,
+                     muddler: str | os.PathLike[str] | None = None,
+                     extra_args: str | None = None,
+                     arg_parser: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+        """Run the ensembles of a file (TOML, NetJobs or remote_runner) as `shoal ensemble
+        run` does, each followed until it ends (or detaches, leaving services running);
+        their last snapshots, in order. A host `localhost` is a worker of this machine (one
+        is started for the run if none is connected)."""
+        from shoal.ensemble.driver import run_file
+
+        return run_file(self, Path(path), no_kill=no_kill, always_copy=always_copy,
+                        sequential=sequential,
+                        muddler=Path(muddler) if muddler is not None else None,
+                        extra_args=extra_args,
+                        arg_parser=Path(arg_parser) if arg_parser is not None else None)
 
     # ---- the server itself -------------------------------------------------------------
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from shoal.cli.ensemble import upload_missing
 from shoal.cli.ensemble_output import RunWatcher
 from shoal.cli.main import main
+from shoal.ensemble.driver import Silent, upload_missing
 from shoal.ensemble.manifest import build_manifests
 from shoal.ensemble.spec import Component, Ensemble, FileCopy
 
@@ -82,16 +82,20 @@ ensemble web-bench: 4 components on 3 hosts, start synchronized
   stage 0: first
     server on h1: timeout 5m00s, waited for
       $ ./server --port 8080
+      in a fresh directory on its host (mktemp -d), its files in it
       env SECRET
       file {root}/server.sh -> bin/server.sh (24 B, mode 755)
       dir {root}/data -> data (2 files, 3.0 KiB)
     monitor on h1: timeout 5m00s, service, killed when the run ends
       $ vmstat 1
+      in a fresh directory on its host (mktemp -d), its files in it
   stage 1: once stage 0 has started
     client@h2 on h2: timeout 1m30s, waited for
       $ ./load -c 10
+      in a fresh directory on its host (mktemp -d), its files in it
     client@h3 on h3: timeout 1m30s, waited for
       $ ./load -c 10
+      in a fresh directory on its host (mktemp -d), its files in it
 """
     assert err == "dry run: nothing was started\n"
     assert sorted(os.listdir(sample.parent)) == before  # no .shoal/, no shoal-runs/
@@ -118,7 +122,7 @@ def test_timeout_overrides_the_files_run_timeout_in_the_plan(
 
 
 @pytest.mark.parametrize(("arguments", "message"), [
-    (["ensemble", "run"], "Missing argument 'FILE'"),
+    (["ensemble", "run"], "no ensemble file: give FILE (or -c FILE)"),
     (["ensemble", "run", "{sample}", "--bogus"], "No such option: --bogus"),
     (["ensemble", "run", "{sample}", "--timeout", "soon"], "--timeout: not a duration: 'soon'"),
     (["ensemble", "run", "{sample}", "--timeout", "0"], "--timeout: must be more than 0"),
@@ -230,7 +234,7 @@ def test_a_run_is_followed_and_its_results_kept(
     script_run(fake_server, "done", 0)
     log_dir = pair.parent / "out"
     code = main(["--server", fake_server.url, "--token", "t", "ensemble", "run", str(pair),
-                 "--log-dir", str(log_dir), "--no-kill"])
+                 "--log-dir", str(log_dir), "--no-kill", "-v"])
     out, err = capsys.readouterr()
     assert code == 0, err
     start = next(r for r in fake_server.requests if r.path == "/api/v1/ensembles")
@@ -257,7 +261,7 @@ def test_a_failed_run_exits_1_and_json_gives_the_snapshots(
         pair: Path, fake_server: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
     script_run(fake_server, "failed", 3)
     code = main(["--server", fake_server.url, "--token", "t", "ensemble", "run", str(pair),
-                 "--json"])
+                 "--json", "--verbose"])
     out, err = capsys.readouterr()
     assert code == 1
     (result,) = json.loads(out)
@@ -305,7 +309,7 @@ def test_only_contents_the_other_side_lacks_are_sent(tmp_path: Path) -> None:
     manifests = build_manifests(ensemble, tmp_path)
     old_sha = hashlib.sha256(b"already there").hexdigest()
     shelf = BlobShelf({old_sha})
-    upload_missing(shelf, manifests)  # type: ignore[arg-type]
+    upload_missing(shelf, manifests, Silent())  # type: ignore[arg-type]
     assert shelf.contents == {old_sha: b"", hashlib.sha256(b"fresh").hexdigest(): b"fresh"}
 
 
@@ -396,5 +400,11 @@ stage = 1
     assert (tmp_path / ".shoal").is_dir()  # its state, beside the file
     lines = out.splitlines()
     assert lines[0].startswith("ensemble here: abandoned")  # too few can succeed
-    assert lines[2].split()[:4] == ["first", "localhost", "done", "0"]
-    assert lines[3].split()[:4] == ["second", "localhost", "failed", "4"]
+    assert "second" in lines[1]  # why
+    rows = {line.split()[0]: line.split()[:4] for line in lines if line.startswith(("first",
+                                                                                   "second"))}
+    assert rows["first"] == ["first", "localhost", "done", "0"]
+    assert rows["second"] == ["second", "localhost", "failed", "4"]
+    # Each component's output follows the results, with the file that holds it.
+    assert "tool ran with x" in lines and "bad" in lines
+    assert any(line.startswith("--- second (localhost) stderr, 1 line: ") for line in lines)

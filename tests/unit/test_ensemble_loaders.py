@@ -233,7 +233,7 @@ BAD_TOML = [
     ("x = [\n", 1, "TOML: Invalid value (at the end)"),
     ("timout = 5\n" + ONE, 1, "unknown key 'timout' (did you mean 'timeout'?)"),
     ("colour = 5\n" + ONE, 1, "unknown key 'colour' (known: name, timeout, run_timeout, "
-                              "min_hosts, stages, component)"),
+                              "min_hosts, base_dir, stages, component)"),
     ('[[component]]\nname = "a"\ncomand = "true"\n', 3,
      "component #1: unknown key 'comand' (did you mean 'command'?)"),
     ("", None, "no [[component]] tables: an ensemble needs at least one component"),
@@ -546,7 +546,8 @@ BAD_REMOTE_RUNNER = [
     ("import sys\nsys.exit(3)\n", 2, "the code called sys.exit(3)"),
     ("import os\nx = undefined_name\n", 2, "NameError: name 'undefined_name' is not defined"),
     ("import os\nx = extra_options.apple\n", 2,
-     "AttributeError: 'NoneType' object has no attribute 'apple'"),
+     "AttributeError: 'NoneType' object has no attribute 'apple' (extra_options is None "
+     "without --extra-args and --arg-parser)"),
     ("import os\n", None, "the configuration adds no components (config.add_component)"),
     ("import os\nconfig = []\n", None, "`config` must stay the configuration object, not []"),
     ("import os\nc = Component()\nc.name = 'x'\nconfig.add_component(c)\n", 4,

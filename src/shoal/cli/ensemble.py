@@ -1,86 +1,55 @@
-"""`shoal ensemble run FILE`: start commands pinned to hosts, stage by stage, each stage at one
-instant; follow them; collect every result and every output into a run directory.
+"""`shoal ensemble`: run ensembles (TOML, NetJobs, remote_runner files), list their runs, show
+one, attach to a component's live output, stop what a run left running.
 
-A file may hold several ensembles (a NetJobs file's tests): they run one after the other.
-Ensembles whose hosts are all `localhost` run in this process, with no server.
+Thin: parsing and printing. The run loop is `shoal.ensemble.driver`; which worker serves each
+host (`localhost` among them) is `shoal.ensemble.hosts`. Ensembles whose hosts are all
+`localhost` run in this process when no server is known.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shoal.cli import render, session_of
+from shoal.cli import Session, render, session_of
 from shoal.cli.ensemble_output import (
     AttachedOutput,
     LogDirs,
     RunWatcher,
+    netjobs_log_path,
     note,
+    print_outputs,
     print_results,
     write_log_dir,
 )
 from shoal.cli.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_OK
-from shoal.cli.jobs import RECONNECT_DELAY, RECONNECT_SECONDS, WAIT_POLL_SECONDS
-from shoal.core.errors import ConnectError, InputError, StoreUnavailable
+from shoal.core.errors import InputError
+from shoal.ensemble.driver import (
+    Interrupted,
+    Outcome,
+    RunOptions,
+    find_run,
+    next_snapshot,
+    run_ensembles,
+)
 
 if TYPE_CHECKING:
-    from shoal.ensemble.manifest import Manifests
+    from shoal.client import Client
+    from shoal.ensemble.driver import EnsembleBackend
     from shoal.ensemble.spec import Ensemble
 
-RUN_FINAL_STATES = frozenset({"done", "failed", "abandoned", "cancelled"})
-COMPONENT_LIVE_STATES = frozenset({"preparing", "ready", "running"})
-# How long, after a run has ended, its killed components are given to report their end.
-SETTLE_SECONDS = 10.0
 # How often an attached component's output is read while it runs.
 ATTACH_POLL_SECONDS = 0.2
 # Uploads smaller than this are over before a progress bar would say anything.
 PROGRESS_MIN_BYTES = 8 << 20
-HIDDEN = "(hidden)"
-
-
-class EnsembleBackend(Protocol):
-    """Where runs happen: a server's Client, or LocalEnsembles in this process."""
-
-    def missing_blobs(self, sha256s: Iterable[str]) -> list[str]: ...
-
-    def put_blob(self, sha256: str, path: str, progress: Callable[[int], None] | None = None
-                 ) -> dict[str, Any]: ...
-
-    def start_ensemble(self, request: Mapping[str, Any]) -> dict[str, Any]: ...
-
-    def ensemble(self, run_id: int, wait: float | None = None, since: int | None = None
-                 ) -> dict[str, Any]: ...
-
-    def cancel_ensemble(self, run_id: int) -> dict[str, Any]: ...
-
-    def logs(self, job_id: int, stream: str = "stdout", offset: int | None = None
-             ) -> dict[str, Any]: ...
-
-
-@dataclass
-class RunOptions:
-    always_copy: bool = False
-    no_kill: bool = False
-    sequential: bool = False
-    attach: str | None = None
-    log_dir: Path | None = None
-    json_output: bool = False
-
-
-@dataclass
-class Outcome:
-    """How one ensemble's run ended, and where its output went."""
-
-    snapshot: dict[str, Any]
-    log_dir: Path
-
 
 ensemble_app = typer.Typer(name="ensemble", add_completion=False,
                            context_settings={"help_option_names": ["-h", "--help"]})
@@ -97,79 +66,135 @@ def ensemble_group(ctx: typer.Context) -> None:
 @ensemble_app.command("run")
 def run_command(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(
-        help="The ensemble: TOML, a NetJobs config, or a remote_runner .py config.")],
+    file: Annotated[Path | None, typer.Argument(
+        help="The ensemble: TOML, a NetJobs config, or a remote_runner .py config.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", metavar="FILE", help="FILE, as remote_runner's -c gives it.")] = None,
     dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Print the plan; start nothing, contact no host or server.")] = False,
+        "--dry-run", "-s", help="Print the plan; start nothing, contact no host or server "
+                                "(NetJobs' -s).")] = False,
     json_output: Annotated[bool, typer.Option(
         "--json", help="Print each run's final snapshot (or the plan) as JSON.")] = False,
     always_copy: Annotated[bool, typer.Option(
         "--always-copy", help="Copy every file, even where the host has it already.")] = False,
     no_kill: Annotated[bool, typer.Option(
-        "--no-kill", help="Leave services (wait = false) running when the run ends.")] = False,
+        "--no-kill", help="Leave services (wait = false) running when the run ends, and leave "
+                          "those of the ensemble's previous run alone.")] = False,
     attach: Annotated[str | None, typer.Option(
         "--attach", metavar="NAME", help="Stream this component's output as it runs.")] = None,
     muddler: Annotated[Path | None, typer.Option(
-        "--muddler", metavar="FILE", help="A remote_runner muddler file.")] = None,
+        "--muddler", "-m", metavar="FILE", help="A remote_runner muddler file.")] = None,
+    extra_args: Annotated[str | None, typer.Option(
+        "--extra-args", metavar="ARGS",
+        help="remote_runner's extra arguments, parsed by --arg-parser into extra_options.")
+    ] = None,
+    arg_parser: Annotated[Path | None, typer.Option(
+        "--arg-parser", "-a", metavar="FILE",
+        help="A remote_runner arg parser: a file defining parse_args(extra_args, ssh_user).")
+    ] = None,
     sequential: Annotated[bool, typer.Option(
         "--sequential", help="Start each component as soon as it is ready, not together.")
     ] = False,
     log_dir: Annotated[Path | None, typer.Option(
         "--log-dir", metavar="DIR",
         help="Where outputs go (default: shoal-runs/NAME-TIMESTAMP/).")] = None,
+    netjobs_log: Annotated[bool, typer.Option(
+        "--log-file", "-l",
+        help="Also write each run's results and output to LABEL_TIMESTAMP.log beside FILE "
+             "(NetJobs' -l).")] = False,
     timeout: Annotated[str | None, typer.Option(
         "--timeout", metavar="T", help="End each run after T (90s, 30m, 1h); beats the file's.")
     ] = None,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Print a line as each component changes state.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Print only the results, not each component's output.")] = False,
 ) -> None:
     """Run the ensembles of FILE: send files, start stages together, collect results.
 
     A file with several ensembles (a NetJobs file's tests) runs them one after the other.
-    Each run's outputs go to a directory (--log-dir). Exit 0 iff every ensemble ended done,
-    1 otherwise, 130 when interrupted (the run is cancelled first).
+    Each run's results are printed, then each component's output (unless --quiet); all of it
+    is kept in a directory (--log-dir). A run of services only, or with --no-kill, leaves its
+    services running (see `shoal ensemble list`, `attach` and `stop`). Exit 0 iff every
+    ensemble ended done (or detached after what it waited for went well), 1 otherwise, 130
+    when interrupted (the run is cancelled first).
     """
     from shoal.ensemble.loaders import load_ensembles
 
+    path = ensemble_file(file, config)
     run_timeout = parse_timeout(timeout)
-    ensembles = load_ensembles(file, muddler=muddler)
+    ensembles = load_ensembles(path, muddler=muddler, extra_args=extra_args,
+                               arg_parser=arg_parser)
     if not ensembles:
-        raise InputError(f"{file}: holds no ensemble")
+        raise InputError(f"{path}: holds no ensemble")
     if run_timeout is not None:
         ensembles = [e.model_copy(update={"run_timeout_seconds": run_timeout}) for e in ensembles]
     if attach is not None:
         check_attach(attach, ensembles)
-    root = file.resolve().parent
-    start = "sequential" if sequential else "synchronized"
+    root = path.resolve().parent
     if dry_run:
+        from shoal.cli.ensemble_plan import plan_json, print_plan
+
         if json_output:
             render.print_json(plan_json(ensembles, root))
         else:
-            print_plan(ensembles, root, start)
+            print_plan(ensembles, root, "sequential" if sequential else "synchronized",
+                       no_kill=no_kill)
         print("dry run: nothing was started", file=sys.stderr)
         raise typer.Exit(EXIT_OK)
 
     from shoal.ensemble.manifest import build_manifests
 
     manifests = [build_manifests(ensemble, root) for ensemble in ensembles]  # all, before any runs
-    options = RunOptions(always_copy, no_kill, sequential, attach, log_dir, json_output)
-    session = session_of(ctx)
-    try:
-        if all(e.local_only for e in ensembles) and session.server is None:
-            from shoal.embedded import state_dir
-            from shoal.ensemble.local import LocalEnsembles
+    options = RunOptions(always_copy, no_kill, sequential,
+                         poll_seconds=ATTACH_POLL_SECONDS if attach else 25.0)
+    results = sys.stderr if json_output else sys.stdout  # stdout holds the JSON
+    observer = CliObserver(verbose=verbose, attach=attach,
+                           attach_out=sys.stderr if json_output else sys.stdout)
+    log_dirs = LogDirs(log_dir, several=len(ensembles) > 1)
 
-            most = max(len(ensemble.components) for ensemble in ensembles)
-            with LocalEnsembles(state_dir(file), min_cores=most) as local:
-                outcomes = run_all(local, ensembles, manifests, options)
-        else:
-            outcomes = run_all(session.client(), ensembles, manifests, options)
-    except Interrupted as interrupted:
-        outcomes, exit_code = interrupted.outcomes, EXIT_INTERRUPTED
-    else:
-        succeeded = all(outcome.snapshot["state"] == "done" for outcome in outcomes)
-        exit_code = EXIT_OK if succeeded else EXIT_JOB_FAILED
+    def record(ensemble: Ensemble, outcome: Outcome) -> None:
+        observer.end_of_run()
+        outcome.log_dir = log_dirs.make(ensemble.name)
+        write_log_dir(outcome.log_dir, outcome.snapshot, backend)
+        print_results(outcome.snapshot, outcome.log_dir, results)
+        if not quiet:
+            print_outputs(outcome.snapshot, outcome.log_dir, results)
+        if netjobs_log:
+            write_netjobs_log(path, outcome)
+
+    session = session_of(ctx)
+    with run_backend(session, ensembles, path) as (backend, local):
+        from shoal.ensemble.hosts import resolve_hosts
+
+        options.detach = not local
+        observer.start_attached(backend)
+        placement = resolve_hosts(backend, ensembles, workdir=Path.cwd(),
+                                  allow_temporary=not local)
+        for line in placement.notes:
+            note(line)
+        outcomes: list[Outcome] = []
+        try:
+            outcomes = run_ensembles(backend, ensembles, manifests, options,
+                                     placement=placement, observer=observer, on_result=record)
+            exit_code = EXIT_OK if all(o.succeeded for o in outcomes) else EXIT_JOB_FAILED
+        except Interrupted as interrupted:
+            outcomes, exit_code = interrupted.outcomes, EXIT_INTERRUPTED
+        finally:
+            observer.end_of_run()
+            placement.release(keep=any(o.snapshot["state"] == "detached" for o in outcomes))
     if json_output:
         render.print_json([{**o.snapshot, "log_dir": str(o.log_dir)} for o in outcomes])
     raise typer.Exit(exit_code)
+
+
+def ensemble_file(file: Path | None, config: Path | None) -> Path:
+    if file is not None and config is not None:
+        raise InputError("give the ensemble file once: as FILE or as -c FILE")
+    path = file or config
+    if path is None:
+        raise InputError("no ensemble file: give FILE (or -c FILE)")
+    return path
 
 
 def parse_timeout(text: str | None) -> float | None:
@@ -193,227 +218,226 @@ def check_attach(name: str, ensembles: Sequence[Ensemble]) -> None:
                          f"(components: {', '.join(names)})")
 
 
-# ---- the plan (--dry-run) ---------------------------------------------------------------
-
-
-def print_plan(ensembles: Sequence[Ensemble], root: Path, start: str,
-               stream: TextIO | None = None) -> None:
-    """Per ensemble: its stages in order, and each component's host, command, files,
-    timeout and whether the run waits for it."""
-    from shoal.ensemble.manifest import build_manifests, copy_entries, summarize_copy
-
-    stream = stream or sys.stdout
-    for number, ensemble in enumerate(ensembles, 1):
-        build_manifests(ensemble, root, hash_contents=False)  # a missing file is an error here too
-        if number > 1:
-            stream.write("\n")
-        if len(ensembles) > 1:
-            stream.write(f"[{number}/{len(ensembles)}] ")
-        hosts = {c.host for c in ensemble.components}
-        stream.write(f"ensemble {render.one_line(ensemble.name)}: "
-                     f"{render.plural(len(ensemble.components), 'component')} on "
-                     f"{render.plural(len(hosts), 'host')}, start {start}\n")
-        waited = sum(1 for c in ensemble.components if c.wait)
-        must = (f"every waited-for component ({waited})" if ensemble.required == waited
-                else f"{ensemble.required} of the {waited} waited-for components")
-        stream.write(f"  must succeed: {must}; "
-                     f"run timeout {timeout_text(ensemble.run_timeout_seconds)}\n")
-        previous: int | None = None
-        for stage in ensemble.stages:
-            if previous is None:
-                stream.write(f"  stage {stage}: first\n")
-            else:
-                after = ensemble.stage_starts_after.get(stage, "started")
-                stream.write(f"  stage {stage}: once stage {previous} has {after}\n")
-            previous = stage
-            for component in (c for c in ensemble.components if c.stage == stage):
-                timeout = component.timeout_seconds or ensemble.timeout_seconds
-                role = "waited for" if component.wait else "service, killed when the run ends"
-                stream.write(f"    {render.one_line(component.name)} on "
-                             f"{render.one_line(component.host)}: timeout "
-                             f"{timeout_text(timeout)}, {role}\n")
-                stream.write(f"      $ {render.one_line(component.command)}\n")
-                if component.base_dir:
-                    stream.write(f"      in {render.one_line(component.base_dir)}\n")
-                if component.env:  # names only: values may be secrets
-                    stream.write(f"      env {', '.join(sorted(component.env))}\n")
-                for copy in component.files:
-                    entries = [entry for entry, _ in copy_entries(copy, root, component.name,
-                                                                  None)]
-                    files, size = summarize_copy(entries)
-                    what = (f"{render.format_bytes(size)}, mode {entries[0].mode:o}"
-                            if entries[0].kind == "file"
-                            else f"{render.plural(files, 'file')}, {render.format_bytes(size)}")
-                    stream.write(f"      {entries[0].kind} {render.one_line(copy.local)} -> "
-                                 f"{render.one_line(entries[0].path)} ({what})\n")
-
-
-def plan_json(ensembles: Sequence[Ensemble], root: Path) -> list[dict[str, Any]]:
-    from shoal.ensemble.manifest import build_manifests
-
-    plans = []
-    for ensemble in ensembles:
-        manifests = build_manifests(ensemble, root, hash_contents=False)
-        plan = ensemble.model_dump(mode="json")
-        for component in plan["components"]:  # values may be secrets; names are enough here
-            component["env"] = dict.fromkeys(component["env"], HIDDEN)
-        plans.append({"ensemble": plan, "manifests": manifests_json(manifests)})
-    return plans
-
-
-def timeout_text(seconds: float | None) -> str:
-    return "none" if seconds is None else render.format_duration(seconds)
-
-
-def manifests_json(manifests: Manifests) -> dict[str, list[dict[str, Any]]]:
-    return {name: [entry.model_dump(mode="json") for entry in entries]
-            for name, entries in manifests.entries.items()}
-
-
-# ---- running ----------------------------------------------------------------------------
-
-
-def run_all(backend: EnsembleBackend, ensembles: Sequence[Ensemble],
-            manifests: Sequence[Manifests], options: RunOptions) -> list[Outcome]:
-    """Run each ensemble in turn, until one is interrupted."""
-    from shoal.ensemble.manifest import without_files
-
-    outcomes: list[Outcome] = []
-    log_dirs = LogDirs(options.log_dir, several=len(ensembles) > 1)
-    results = sys.stderr if options.json_output else sys.stdout  # stdout holds the JSON
-    for number, (ensemble, manifest) in enumerate(zip(ensembles, manifests, strict=True), 1):
-        if len(ensembles) > 1:
-            note(f"[{number}/{len(ensembles)}] ensemble {render.one_line(ensemble.name)}")
-        try:
-            upload_missing(backend, manifest)
-        except KeyboardInterrupt:
-            note("interrupted while sending files; nothing of this run was started")
-            raise Interrupted(outcomes) from None
-        snapshot = backend.start_ensemble({
-            "ensemble": without_files(ensemble).model_dump(mode="json"),
-            "manifests": manifests_json(manifest),
-            "always_copy": options.always_copy,
-            "no_kill": options.no_kill,
-            "start": "sequential" if options.sequential else "synchronized",
-        })
-        try:  # made once the run is accepted: a refused one leaves no empty directory
-            directory = log_dirs.make(ensemble.name)
-        except InputError:
-            backend.cancel_ensemble(snapshot["run_id"])
-            raise
-        snapshot, interrupted = follow_run(backend, snapshot, options)
-        write_log_dir(directory, snapshot, backend)
-        print_results(snapshot, directory, results)
-        outcomes.append(Outcome(snapshot, directory))
-        if interrupted:
-            raise Interrupted(outcomes)
-    return outcomes
-
-
-class Interrupted(Exception):
-    """Ctrl-C: the runs that ended so far (the last one cancelled)."""
-
-    def __init__(self, outcomes: list[Outcome]):
-        super().__init__("interrupted")
-        self.outcomes = outcomes
-
-
-def upload_missing(backend: EnsembleBackend, manifests: Manifests) -> None:
-    """Send the contents the other side does not have yet, with a bar by bytes on a terminal
-    when there is much to send."""
-    if not manifests.blobs:
-        return
-    missing = [manifests.blobs[sha] for sha in backend.missing_blobs(list(manifests.blobs))
-               if sha in manifests.blobs]
-    total = sum(blob.size for blob in missing)
-    if not missing:
-        return
-    note(f"sending {render.plural(len(missing), 'file')} ({render.format_bytes(total)})")
-    with upload_progress(total) as advance:
-        for blob in missing:
-            try:
-                backend.put_blob(blob.sha256, str(blob.path), advance)
-            except InputError as exc:  # most likely, the file changed since it was hashed
-                raise InputError(f"{blob.path}: {exc}") from None
-
-
 @contextlib.contextmanager
-def upload_progress(total: int) -> Iterator[Callable[[int], None] | None]:
-    if total < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
-        yield None
+def run_backend(session: Session, ensembles: Sequence[Ensemble], path: Path
+                ) -> Iterator[tuple[EnsembleBackend, bool]]:
+    """The server when one is known; this process (no server) for ensembles on localhost
+    only when none is. The flag says which: True for this process."""
+    if all(e.local_only for e in ensembles) and not server_known(session):
+        from shoal.embedded import state_dir
+        from shoal.ensemble.local import LocalEnsembles
+
+        with LocalEnsembles(state_dir(path), workdir=Path.cwd()) as local:
+            yield local, True
+    else:
+        yield session.client(), False
+
+
+def server_known(session: Session) -> bool:
+    """A server given (--server, SHOAL_SERVER), or one alive in $SHOAL_HOME."""
+    if session.server or os.environ.get("SHOAL_SERVER"):
+        return True
+    from shoal.home import CONNECTION_FILE, shoal_home
+
+    try:
+        pid = int(json.loads((shoal_home() / CONNECTION_FILE).read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process, alive
+        return True
+    return True
+
+
+def write_netjobs_log(config: Path, outcome: Outcome) -> None:
+    import io
+
+    text = io.StringIO()
+    print_results(outcome.snapshot, outcome.log_dir, text)
+    if outcome.log_dir is not None:
+        print_outputs(outcome.snapshot, outcome.log_dir, text)
+    target = netjobs_log_path(config, outcome.snapshot["name"])
+    try:
+        target.write_text(text.getvalue(), errors="replace")
+    except OSError as exc:
+        note(f"{target}: cannot write the log file: {exc.strerror or exc}")
+
+
+class CliObserver:
+    """The driver's observer on a terminal: a live table (and with -v a line per change),
+    an attached component's output, an upload's progress."""
+
+    def __init__(self, *, verbose: bool, attach: str | None, attach_out: Any):
+        self.verbose = verbose
+        self.attach = attach
+        self.attach_out = attach_out
+        self._watcher: RunWatcher | None = None
+        self._attached: AttachedOutput | None = None
+        self._run_id: int | None = None
+
+    def note(self, text: str) -> None:
+        note(text)
+
+    def update(self, snapshot: Mapping[str, Any]) -> None:
+        if snapshot["run_id"] != self._run_id:
+            self.end_of_run()
+            self._run_id = snapshot["run_id"]
+            self._watcher = RunWatcher(live=self.attach is None, verbose=self.verbose)
+            self._watcher.__enter__()
+        assert self._watcher is not None
+        self._watcher.update(snapshot)
+        if self._attached is not None:
+            self._attached.poll(snapshot)
+
+    def start_attached(self, backend: EnsembleBackend) -> None:
+        if self.attach is not None:
+            self._attached = AttachedOutput(backend, self.attach, self.attach_out)
+
+    def end_of_run(self) -> None:
+        if self._watcher is not None:
+            self._watcher.__exit__(None, None, None)
+            self._watcher = None
+        self._run_id = None
+
+    @contextlib.contextmanager
+    def uploading(self, files: int, total_bytes: int) -> Iterator[Callable[[int], None] | None]:
+        if self.verbose:
+            note(f"sending {render.plural(files, 'file')} ({render.format_bytes(total_bytes)})")
+        if total_bytes < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
+            yield None
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        with Progress(BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
+                      TimeRemainingColumn(), console=Console(stderr=True)) as bar:
+            task = bar.add_task("sending", total=total_bytes)
+            yield lambda sent: bar.advance(task, sent)
+
+
+# ---- runs kept by the server ------------------------------------------------------------
+
+
+RunArgument = Annotated[str, typer.Argument(
+    metavar="RUN", help="A run id, or an ensemble's name for its latest run.")]
+
+
+def run_id_of(client: Client, which: str) -> int:
+    return find_run(client.list_ensembles() if not which.isdigit() else [], which)
+
+
+@ensemble_app.command("list")
+def list_command(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Option(
+        "--name", metavar="NAME", help="Only the runs of this ensemble.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="The runs as JSON.")] = False,
+) -> None:
+    """Ensemble runs the server knows: running, detached (services left running) and past."""
+    runs = session_of(ctx).client().list_ensembles(name)
+    if json_output:
+        render.print_json(runs)
         return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    with Progress(BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=Console(stderr=True)) as bar:
-        task = bar.add_task("sending", total=total)
-        yield lambda sent: bar.advance(task, sent)
+    rows = [[str(run["run_id"]), render.one_line(run["name"]),
+             render.one_line(run["state"] + (f" ({run['outcome']})"
+                                             if run["state"] == "detached" and run.get("outcome")
+                                             else "")),
+             render.format_ago(run["started_at"]),
+             str(run.get("component_count", "")), str(run.get("services_running", 0))]
+            for run in runs]
+    if not rows:
+        print("no ensemble runs", file=sys.stderr)
+        return
+    render.print_table(["RUN", "NAME", "STATE", "STARTED", "COMPONENTS", "SERVICES UP"], rows)
 
 
-def follow_run(backend: EnsembleBackend, snapshot: dict[str, Any],
-               options: RunOptions) -> tuple[dict[str, Any], bool]:
-    """Follow a run to its end: the final snapshot, and whether Ctrl-C cancelled it."""
-    run_id = snapshot["run_id"]
-    attached = None
-    if options.attach is not None:
-        out = sys.stderr if options.json_output else sys.stdout
-        attached = AttachedOutput(backend, options.attach, out)
-    wait = ATTACH_POLL_SECONDS if attached is not None else WAIT_POLL_SECONDS
-    with RunWatcher(live=attached is None) as watcher:
-        watcher.update(snapshot)
-        try:
-            while snapshot["state"] not in RUN_FINAL_STATES:
-                snapshot = next_snapshot(backend, run_id, snapshot, wait)
-                watcher.update(snapshot)
-                if attached is not None:
-                    attached.poll(snapshot)
-            snapshot = settle(backend, snapshot, watcher, keep_services=options.no_kill)
-            if attached is not None:
-                attached.poll(snapshot)  # what it wrote last
-            return snapshot, False
-        except KeyboardInterrupt:
-            watcher.line(f"interrupted: cancelling run {run_id}")
-            backend.cancel_ensemble(run_id)
-            while snapshot["state"] not in RUN_FINAL_STATES:
-                snapshot = next_snapshot(backend, run_id, snapshot, WAIT_POLL_SECONDS)
-                watcher.update(snapshot)
-            return settle(backend, snapshot, watcher, keep_services=options.no_kill), True
+@ensemble_app.command("show")
+def show_command(
+    ctx: typer.Context,
+    run: RunArgument,
+    json_output: Annotated[bool, typer.Option("--json", help="The run's snapshot as JSON.")
+                           ] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Only the results, not each component's output.")] = False,
+) -> None:
+    """One run: its outcome, each component's state, exit status, times and output."""
+    client = session_of(ctx).client()
+    snapshot = client.ensemble(run_id_of(client, run))
+    if json_output:
+        render.print_json(snapshot)
+        return
+    print_results(snapshot, None, sys.stdout)
+    if not quiet:
+        for component in snapshot.get("components", []):
+            for stream in ("stdout", "stderr"):
+                from shoal.cli.ensemble_output import captured_output
+
+                text = captured_output(client, component.get("job_id"), stream)
+                if text:
+                    print(f"--- {render.one_line(component['name'])} "
+                          f"({render.one_line(component['host'])}) {stream}"
+                          + (f", job {component['job_id']} (shoal logs "
+                             f"{component['job_id']}{' --stderr' if stream == 'stderr' else ''})"
+                             if component.get("job_id") else ""))
+                    sys.stdout.write(render.sanitize(text) if sys.stdout.isatty() else text)
+                    if not text.endswith("\n"):
+                        sys.stdout.write("\n")
 
 
-def settle(backend: EnsembleBackend, snapshot: dict[str, Any], watcher: RunWatcher, *,
-           keep_services: bool) -> dict[str, Any]:
-    """The snapshot once the components the run's end killed have ended too (for a while at
-    most), so that results and saved outputs are final."""
-    deadline = time.monotonic() + SETTLE_SECONDS
-    while still_running(snapshot, keep_services) and time.monotonic() < deadline:
-        remaining = max(0.1, deadline - time.monotonic())
-        snapshot = next_snapshot(backend, snapshot["run_id"], snapshot, remaining)
-        watcher.update(snapshot)
-    return snapshot
+@ensemble_app.command("attach")
+def attach_command(
+    ctx: typer.Context,
+    run: RunArgument,
+    component: Annotated[str, typer.Argument(metavar="COMPONENT")],
+) -> None:
+    """Stream a component's output live, from its start, until it ends. Ctrl-C leaves it
+    running."""
+    client = session_of(ctx).client()
+    run_id = run_id_of(client, run)
+    snapshot = client.ensemble(run_id)
+    names = [c["name"] for c in snapshot.get("components", [])]
+    if component not in names:
+        raise InputError(f"run {run_id} has no component {component!r} "
+                         f"(components: {', '.join(names)})")
+    attached = AttachedOutput(client, component, sys.stdout)
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            attached.poll(snapshot)
+            part = next(c for c in snapshot["components"] if c["name"] == component)
+            if part["state"] in ("done", "failed", "timed_out", "killed", "skipped") \
+                    and (part.get("job_id") is None or attached.ended >= {"stdout", "stderr"}):
+                break
+            snapshot = next_snapshot(client, run_id, snapshot, ATTACH_POLL_SECONDS)
+    part = next(c for c in snapshot["components"] if c["name"] == component)
+    note(f"{component}: {part['state']}"
+         + (f" (exit {part['exit_code']})" if part.get("exit_code") is not None else ""))
 
 
-def still_running(snapshot: Mapping[str, Any], keep_services: bool) -> bool:
-    return any(component.get("job_id") is not None
-               and component["state"] in COMPONENT_LIVE_STATES
-               and (component.get("wait", True) or not keep_services)
-               for component in snapshot.get("components", []))
-
-
-def next_snapshot(backend: EnsembleBackend, run_id: int, snapshot: Mapping[str, Any],
-                  wait: float) -> dict[str, Any]:
-    """The run's next version (long poll), riding out a server restart."""
-    started = time.monotonic()
-    while True:
-        try:
-            return backend.ensemble(run_id, wait=wait, since=snapshot["version"])
-        except (ConnectError, StoreUnavailable):
-            if time.monotonic() - started > RECONNECT_SECONDS:
-                raise
-            time.sleep(RECONNECT_DELAY)
+@ensemble_app.command("stop")
+def stop_command(ctx: typer.Context, run: RunArgument) -> None:
+    """Stop a run: what it left running (detached), or all of it if it still runs."""
+    client = session_of(ctx).client()
+    run_id = run_id_of(client, run)
+    snapshot = client.ensemble(run_id)
+    if snapshot["state"] in ("done", "failed", "abandoned", "cancelled"):
+        note(f"run {run_id} ({render.one_line(snapshot['name'])}) has already ended: "
+             f"{snapshot['state']}")
+        return
+    live = [c["name"] for c in snapshot.get("components", [])
+            if c["state"] in ("preparing", "ready", "running")]
+    client.cancel_ensemble(run_id)
+    deadline = time.monotonic() + 60
+    while snapshot["state"] not in ("done", "failed", "abandoned", "cancelled") \
+            and time.monotonic() < deadline:
+        snapshot = next_snapshot(client, run_id, snapshot, 5.0)
+    note(f"run {run_id} ({render.one_line(snapshot['name'])}): stopped "
+         f"{render.plural(len(live), 'component')}; it ended {snapshot['state']}")

@@ -21,7 +21,7 @@ from shoal.core.errors import InputError, NotFound
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from shoal.cli.ensemble import EnsembleBackend
+    from shoal.ensemble.driver import EnsembleBackend
 
 STREAMS = ("stdout", "stderr")
 # Reads in a row of an attached component's output, while it has more to give.
@@ -39,10 +39,12 @@ def note(message: str) -> None:
 
 
 class RunWatcher:
-    """Prints each change of the run's or a component's state as a line on stderr; on a
-    terminal, keeps a table of the components below those lines while the run goes."""
+    """With `verbose`, prints each change of the run's or a component's state as a line on
+    stderr; on a terminal, keeps a table of the components below those lines while the run
+    goes."""
 
-    def __init__(self, *, live: bool):
+    def __init__(self, *, live: bool, verbose: bool = True):
+        self.verbose = verbose
         self._states: dict[str, str] = {}
         self._run_state: str | None = None
         self._console: Console | None = None
@@ -72,7 +74,8 @@ class RunWatcher:
 
     def update(self, snapshot: Mapping[str, Any]) -> None:
         for line in self.changes(snapshot):
-            self.line(line)
+            if self.verbose:
+                self.line(line)
         if self._live is not None:
             self._live.update(live_table(snapshot), refresh=True)
 
@@ -263,7 +266,12 @@ def print_results(snapshot: Mapping[str, Any], directory: Path | None, stream: T
     elapsed = ""
     if snapshot.get("started_at") and snapshot.get("ended_at"):
         elapsed = f" in {render.format_duration(snapshot['ended_at'] - snapshot['started_at'])}"
-    stream.write(f"ensemble {name}: {render.one_line(snapshot['state'])}{elapsed}\n")
+    state = render.one_line(snapshot["state"])
+    if snapshot["state"] == "detached" and snapshot.get("outcome"):
+        state += f" ({render.one_line(snapshot['outcome'])}; services left running)"
+    stream.write(f"ensemble {name}: {state}{elapsed}\n")
+    if snapshot.get("reason") and snapshot["state"] != "done":
+        stream.write(f"  {render.one_line(snapshot['reason'])}\n")
     rows = [[
         render.one_line(component["name"]),
         render.one_line(component["host"]),
@@ -281,6 +289,60 @@ def print_results(snapshot: Mapping[str, Any], directory: Path | None, stream: T
         stream.write(f"stage {stage['stage']}: {stage_text(stage)}\n")
     if directory is not None:
         stream.write(f"output in {directory}\n")
+    if snapshot["state"] == "detached":
+        run_id = snapshot["run_id"]
+        live = [c["name"] for c in snapshot.get("components", [])
+                if not c.get("wait", True) and c["state"] in ("preparing", "ready", "running")]
+        if live:
+            stream.write(f"left running: {render.one_line(', '.join(live))}; follow one with "
+                         f"`shoal ensemble attach {run_id} NAME`, stop them with "
+                         f"`shoal ensemble stop {run_id}`\n")
+
+
+# ---- each component's output, after the results (NetJobs prints it) ----------------------
+
+OUTPUT_HEAD_LINES = 10
+OUTPUT_TAIL_LINES = 10
+OUTPUT_LINE_CHARS = 300
+
+
+def print_outputs(snapshot: Mapping[str, Any], directory: Path, stream: TextIO) -> None:
+    """Each component's captured output, as saved in the run directory: its first and last
+    lines (the middle of a long one left out), and the file that holds it all."""
+    for component in snapshot.get("components", []):
+        for name in STREAMS:
+            path = directory / f"{component['name']}.{name}"
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            if not text:
+                continue
+            lines = text.splitlines()
+            stream.write(f"--- {render.one_line(component['name'])} "
+                         f"({render.one_line(component['host'])}) {name}, "
+                         f"{render.plural(len(lines), 'line')}: {path}\n")
+            shown: list[str | int] = list(lines)
+            if len(lines) > OUTPUT_HEAD_LINES + OUTPUT_TAIL_LINES:
+                shown = [*lines[:OUTPUT_HEAD_LINES], len(lines) - OUTPUT_HEAD_LINES
+                         - OUTPUT_TAIL_LINES, *lines[-OUTPUT_TAIL_LINES:]]
+            for line in shown:
+                if isinstance(line, int):
+                    stream.write(f"[... {render.plural(line, 'line')} more in the file ...]\n")
+                    continue
+                line = render.sanitize(line)
+                if len(line) > OUTPUT_LINE_CHARS:
+                    line = line[:OUTPUT_LINE_CHARS] + " [...]"
+                stream.write(line + "\n")
+
+
+def netjobs_log_path(config: Path, ensemble_name: str) -> Path:
+    """NetJobs -l: LABEL_TIMESTAMP.log, beside the configuration file."""
+    import datetime
+
+    name = _UNSAFE_IN_FILE_NAME.sub("_", ensemble_name)[:100] or "ensemble"
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    return config.absolute().parent / f"{name}_{stamp}.log"
 
 
 def stage_text(stage: Mapping[str, Any]) -> str:

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -156,6 +157,18 @@ def worker_command(
     started_by: Annotated[str | None, typer.Option(
         hidden=True, help="How this worker was started (ssh, slurm:ALLOC), for `shoal workers`.")
     ] = None,
+    workdir: Annotated[Path | None, typer.Option(
+        metavar="DIR",
+        help="Where ensemble components with a relative directory run, NetJobs commands "
+             "among them (default: the directory the worker is started in).")] = None,
+    exit_when_idle: Annotated[float | None, typer.Option(
+        metavar="SECONDS",
+        help="Stop once no job has run here for SECONDS (a temporary worker).")] = None,
+    time_limit: Annotated[float | None, typer.Option(
+        metavar="SECONDS",
+        help="Stop after SECONDS, handing back what still runs (a worker inside a batch "
+             "allocation); meanwhile the server gives it no job whose --time is longer than "
+             "what it has left.")] = None,
 ) -> None:
     """Run a worker: connect to the server and run the jobs it assigns."""
     from shoal.core.models import parse_memory
@@ -165,6 +178,11 @@ def worker_command(
 
     _logging(False)
     # Check every option before looking for the server: a bad value is a usage error.
+    workdir_path = check_workdir(workdir) if workdir is not None else None
+    if exit_when_idle is not None and not exit_when_idle > 0:
+        raise InputError("--exit-when-idle: must be more than 0")
+    if time_limit is not None and not 0 < time_limit < 1e9:
+        raise InputError("--time-limit: must be more than 0 seconds")
     if cores is not None and cores < 1:
         raise InputError("--cores: must be at least 1")
     try:
@@ -208,7 +226,10 @@ def worker_command(
                   f"--on-server-lost={on_server_lost}", f"--on-stop={on_stop}",
                   *([f"--server-lost-timeout={server_lost_timeout}"]
                     if server_lost_timeout is not None else []),
-                  *([f"--started-by={started_by}"] if started_by else [])]
+                  *([f"--started-by={started_by}"] if started_by else []),
+                  *([f"--workdir={workdir_path}"] if workdir_path else []),
+                  *([f"--exit-when-idle={exit_when_idle}"] if exit_when_idle else []),
+                  *([f"--time-limit={time_limit}"] if time_limit else [])]
         arguments = [[f"--cores={part.cores}", f"--memory={part.memory_bytes // 1024}K",
                       f"--gpus={gpus_argument(part.gpus)}", *spool_for(spool, worker),
                       *common] for worker, part in zip(names, parts, strict=True)]
@@ -225,13 +246,24 @@ def worker_command(
     agent = Agent(worker_name, resources, spool_dir, labels=labels, enforce_memory=enforce_memory,
                   on_server_lost=on_server_lost, server_lost_timeout=server_lost_timeout,
                   provider=started_by)
+    agent.runner.workdir = workdir_path
+    if time_limit is not None:
+        agent.ends_at = time.monotonic() + time_limit
     try:
-        asyncio.run(_work(agent, locate, on_stop))
+        asyncio.run(_work(agent, locate, on_stop, exit_when_idle))
     except ConnectError as exc:  # say what is wrong with a refused certificate
         problem = certificate_problem(exc, first.url, pinned=first.ca_fingerprint)
         if problem is None:
             raise
         raise ConnectError(f"the server at {first.url}: {problem}") from None
+
+
+def check_workdir(workdir: Path) -> Path:
+    """--workdir: an existing directory, made absolute (the worker may change directory)."""
+    path = workdir.expanduser().absolute()
+    if not path.is_dir():
+        raise InputError(f"--workdir: {workdir}: no such directory")
+    return path
 
 
 def parse_gpus_option(text: str) -> list[str]:
@@ -298,7 +330,7 @@ def parse_label_options(items: list[str]) -> dict[str, str]:
 
 
 async def _work(agent: Agent, locate: Callable[[], Connection],
-                on_stop: str) -> None:
+                on_stop: str, exit_when_idle: float | None = None) -> None:
     from shoal.worker.agent import run_worker
 
     stop = asyncio.Event()
@@ -321,4 +353,25 @@ async def _work(agent: Agent, locate: Callable[[], Connection],
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    await run_worker(agent, locate, stop)
+    idle = None if exit_when_idle is None else asyncio.ensure_future(
+        _stop_when_idle(agent, exit_when_idle, on_signal))
+    if agent.ends_at is not None:  # the end of its time: stop as on SIGTERM
+        loop.call_later(max(0.0, agent.ends_at - time.monotonic()), on_signal)
+    try:
+        await run_worker(agent, locate, stop)
+    finally:
+        if idle is not None:
+            idle.cancel()
+
+
+async def _stop_when_idle(agent: Agent, seconds: float, stop: Callable[[], None]) -> None:
+    """Stop, as on SIGTERM, once nothing has run here for `seconds`."""
+    idle_since = time.monotonic()
+    while True:
+        await asyncio.sleep(min(1.0, seconds / 4))
+        if agent.runner.running():
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since >= seconds:
+            logging.getLogger("shoal.worker").info("idle for %gs: stopping", seconds)
+            stop()
+            return

@@ -14,6 +14,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -184,7 +185,7 @@ class JobSpec(BaseModel):
     group: str = "default"
     priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
     retries: int = Field(default=0, ge=0, le=1000)
-    cores: int = Field(default=1, ge=1, le=100_000)
+    cores: int = Field(default=1, ge=0, le=100_000)  # 0: ensemble components only
     memory_bytes: int = Field(default=0, ge=0, le=MAX_INT64)
     time_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     time_limit_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
@@ -280,6 +281,14 @@ class JobSpec(BaseModel):
                 message = str(first["msg"]).removeprefix("Value error, ")
                 raise invalid(f"entry {index}{'.' + where if where else ''}: {message}") from None
         return entries
+
+    @model_validator(mode="after")
+    def _cores_for_gated_only(self) -> JobSpec:
+        # An ensemble component runs beside whatever else its host runs; a queued job needs a core.
+        if self.cores == 0 and not self.gate:
+            raise ValidationError.from_exception_data(type(self).__name__, [{
+                "type": "greater_than_equal", "loc": ("cores",), "input": 0, "ctx": {"ge": 1}}])
+        return self
 
     @property
     def key(self) -> tuple[str, str]:

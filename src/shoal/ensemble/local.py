@@ -38,10 +38,10 @@ class LocalEnsembles:
     what still runs and saves the state.
     """
 
-    def __init__(self, home: Path, *, min_cores: int = 1):
+    def __init__(self, home: Path, *, workdir: Path | None = None):
         self.home = home
-        # Every component of a stage must run at once, whatever this machine's core count.
-        self.min_cores = min_cores
+        # Where components with a relative directory (NetJobs commands) run.
+        self.workdir = workdir
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="shoal-ensemble")
@@ -107,6 +107,9 @@ class LocalEnsembles:
              offset: int | None = None) -> dict[str, Any]:
         return self._call(self._logs(job_id, stream, offset))
 
+    def workers(self) -> list[dict[str, Any]]:
+        return self._call(self._workers())
+
     # ---- on the loop ------------------------------------------------------------------
 
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
@@ -118,9 +121,9 @@ class LocalEnsembles:
         await service.start()
         self._service = service
         self._runner = EnsembleRunner(service)
-        detected = detect_resources()
-        resources = detected.model_copy(update={"cores": max(detected.cores, self.min_cores)})
-        agent = Agent(LOCALHOST, resources, self.home / "spool", fetch_blob=self._fetch_blob)
+        agent = Agent(LOCALHOST, detect_resources(), self.home / "spool",
+                      fetch_blob=self._fetch_blob)
+        agent.runner.workdir = self.workdir
         self._worker_id = service.join(agent.register_message(), InProcessLink(agent))
         agent.connected(lambda message: service.deliver(self._require_worker(), message))
         self._agent = agent
@@ -162,6 +165,10 @@ class LocalEnsembles:
     async def _cancel(self, run_id: int) -> dict[str, Any]:
         self._require_runner().cancel(run_id)
         return {"cancelled": True}
+
+    async def _workers(self) -> list[dict[str, Any]]:
+        assert self._service is not None
+        return [dict(worker) for worker in self._service.workers()]
 
     async def _logs(self, job_id: int, stream: str, offset: int | None) -> dict[str, Any]:
         """As GET /jobs/ID/logs: with `offset`, a running job's live output from there."""

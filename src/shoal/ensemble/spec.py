@@ -56,6 +56,10 @@ class Component(BaseModel):
     # None: the ensemble's timeout
     timeout_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     wait: bool = True  # False: a service, killed when the run ends
+    # What it takes from its worker. None: nothing, so that it starts with the others whatever
+    # else the host runs; set, it waits until its worker has that much free.
+    cores: int | None = Field(default=None, ge=1, le=100_000)
+    memory_bytes: int | None = Field(default=None, ge=1, le=2**63 - 1)
 
     @field_validator("name")
     @classmethod

@@ -1,11 +1,19 @@
 """Running ensembles: components pinned to workers, prepared, then released at one instant.
 
 Each component is a job (group `ensemble.NAME`) pinned to its worker and marked with a gate:
-the worker puts its files in place, spawns it held at a start line, and reports Ready. When
-every component of a stage is ready, the server picks an instant a little ahead, converts it
-into each worker's own clock (offsets estimated by NTP-style probes just before), and sends
-Release. Components report the instant they really passed the line, so skew is measured,
-not assumed. Outcomes come from the ordinary job machinery: leases, results, logs.
+the worker puts its files in place, spawns it held at a start line, and reports Ready. A
+component takes no cores unless it asks for some, so every component of a stage is placed at
+once, however many its host has. When every component of a stage is ready, the server picks
+an instant a little ahead, converts it into each worker's own clock (offsets estimated by
+NTP-style probes just before), and sends Release. Components report the instant they really
+passed the line, so skew is measured, not assumed. Outcomes come from the ordinary job
+machinery: leases, results, logs.
+
+A component's timeout counts from the moment its preparation begins; the run's timeout from
+the run's start. When the waited-for components are over, services (wait = false) are killed,
+unless the run leaves them running (a run of services only, or --no-kill): it is then
+`detached` until they end or `stop` (a cancel) ends them. Every component that did not succeed
+says why.
 """
 
 from __future__ import annotations
@@ -14,108 +22,29 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from collections import defaultdict
 
 from shoal.core.errors import InputError, NotFound
 from shoal.core.models import FINAL_STATES, JobSpec, JobState
-from shoal.core.protocol import FileEntry, ReadyItem, Release, StartedItem, TimeProbe, TimeReply
+from shoal.core.protocol import ReadyItem, Release, StartedItem, TimeProbe, TimeReply
 from shoal.core.states import Transition
 from shoal.ensemble.clock import Estimate, Sample, estimate, sample
 from shoal.ensemble.loaders.common import safe_name
-from shoal.ensemble.spec import LOCALHOST, Component, Ensemble
+from shoal.ensemble.spec import LOCALHOST, Component
+from shoal.ensemble.states import COMPONENT_FAILURES, ComponentState, RunState
+from shoal.server.ensemble_runs import ComponentRun, EnsembleRequest, Run, seconds_text
 from shoal.server.service import Service
 from shoal.server.workers import WorkerState
 
 log = logging.getLogger("shoal.server")
+C, R = ComponentState, RunState
 
 PROBES = 8
 PROBE_GAP_SECONDS = 0.01
-PREPARE_TIMEOUT_SECONDS = 300.0
 MIN_LEAD_SECONDS = 0.05  # how far ahead of "now" a release is set, at least
+ENDS_WAIT_SECONDS = 15.0  # how long a run's end waits for what it killed to report its end
 
-
-class EnsembleRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    ensemble: Ensemble
-    manifests: dict[str, list[FileEntry]] = Field(default_factory=dict)
-    always_copy: bool = False
-    no_kill: bool = False
-    start: Literal["synchronized", "sequential"] = "synchronized"
-
-
-@dataclass
-class ComponentRun:
-    spec: Component
-    worker: WorkerState
-    run_id: int = 0  # set once its run exists
-    job_id: int | None = None
-    lease_id: int | None = None
-    state: str = "pending"
-    ready_at: float | None = None
-    started_at: float | None = None  # in the server's clock
-    ended_at: float | None = None
-    exit_code: int | None = None
-    fail_reason: str | None = None
-    copied_files: int = 0
-    skipped_files: int = 0
-    copied_bytes: int = 0
-    start_skew_seconds: float | None = None
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    started: asyncio.Event = field(default_factory=asyncio.Event)
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def to_dict(self) -> dict[str, Any]:
-        duration = (self.ended_at - self.started_at
-                    if self.ended_at is not None and self.started_at is not None else None)
-        return {"name": self.spec.name, "host": self.spec.host, "worker": self.worker.name,
-                "job_id": self.job_id, "stage": self.spec.stage, "wait": self.spec.wait,
-                "state": self.state, "exit_code": self.exit_code, "ready_at": self.ready_at,
-                "started_at": self.started_at, "start_skew_seconds": self.start_skew_seconds,
-                "ended_at": self.ended_at, "duration_seconds": duration,
-                "copied_files": self.copied_files, "skipped_files": self.skipped_files,
-                "copied_bytes": self.copied_bytes, "fail_reason": self.fail_reason}
-
-
-@dataclass
-class Run:
-    run_id: int
-    request: EnsembleRequest
-    components: list[ComponentRun]
-    state: str = "preparing"
-    stage: int | None = None
-    started_at: float = field(default_factory=time.time)
-    ended_at: float | None = None
-    version: int = 0
-    stages: list[dict[str, Any]] = field(default_factory=list)
-    log: list[dict[str, Any]] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-    owner: str = ""  # who started it: its components are their jobs
-
-    @property
-    def name(self) -> str:
-        return self.request.ensemble.name
-
-    def note(self, message: str) -> None:
-        self.log.append({"at": time.time(), "message": message})
-        log.info("ensemble %s #%d: %s", self.name, self.run_id, message)
-        self.touch()
-
-    def touch(self) -> None:
-        self.version += 1
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "name": self.name, "state": self.state,
-                "version": self.version, "stage": self.stage, "started_at": self.started_at,
-                "ended_at": self.ended_at,
-                "components": [c.to_dict() for c in self.components],
-                "stages": list(self.stages), "log": list(self.log)}
+__all__ = ["EnsembleRequest", "EnsembleRunner", "group_name", "resolve_worker"]
 
 
 def group_name(ensemble_name: str) -> str:
@@ -123,9 +52,18 @@ def group_name(ensemble_name: str) -> str:
     return f"ensemble.{safe_name(ensemble_name)}"
 
 
-def resolve_worker(component: Component, workers: list[WorkerState]) -> WorkerState:
-    """A host names a worker by its name, its host name or its address."""
+def resolve_worker(component: Component, workers: list[WorkerState],
+                   placement: dict[str, str] | None = None) -> WorkerState:
+    """A host names a worker by its name, its host name or its address; `placement` maps the
+    hosts the client resolved itself (localhost) to a worker's name."""
     connected = [w for w in workers if w.connected and w.accepting]
+    wanted = (placement or {}).get(component.host)
+    if wanted is not None:
+        found = [w for w in connected if w.name == wanted]
+        if found:
+            return found[0]
+        raise InputError(f"component {component.name}: host {component.host} is worker "
+                         f"{wanted}, which is not connected")
     for matches in (lambda w: w.name == component.host, lambda w: w.host == component.host,
                     lambda w: w.address == component.host):
         found = [w for w in connected if matches(w)]
@@ -136,6 +74,25 @@ def resolve_worker(component: Component, workers: list[WorkerState]) -> WorkerSt
     names = ", ".join(sorted(w.name for w in connected)) or "none"
     raise InputError(f"component {component.name}: host {component.host} matches no "
                      f"connected worker (connected: {names})")
+
+
+def check_resources(components: list[ComponentRun]) -> None:
+    """Refuse, at once, components that ask for more than their worker has in all: they
+    could never start together."""
+    cores: dict[str, int] = defaultdict(int)
+    memory: dict[str, int] = defaultdict(int)
+    for component in components:
+        cores[component.worker.name] += component.spec.cores or 0
+        memory[component.worker.name] += component.spec.memory_bytes or 0
+    for component in components:
+        worker = component.worker
+        if cores[worker.name] > worker.cores:
+            raise InputError(f"components on worker {worker.name} ask for {cores[worker.name]} "
+                             f"cores together; it offers {worker.cores}")
+        if worker.memory_bytes and memory[worker.name] > worker.memory_bytes:
+            raise InputError(f"components on worker {worker.name} ask for "
+                             f"{memory[worker.name] >> 20} MiB of memory together; it offers "
+                             f"{worker.memory_bytes >> 20} MiB")
 
 
 class EnsembleRunner:
@@ -151,12 +108,16 @@ class EnsembleRunner:
     # ---- public ------------------------------------------------------------------------------
 
     def start(self, request: EnsembleRequest, owner: str = "") -> int:
+        ensemble = request.ensemble
         workers = list(self.service.reactor.workers.values())
-        components = [ComponentRun(spec, resolve_worker(spec, workers))
-                      for spec in request.ensemble.components]
-        unknown = set(request.manifests) - {c.name for c in request.ensemble.components}
+        components = [ComponentRun(spec, resolve_worker(spec, workers, request.placement),
+                                   timeout_seconds=spec.timeout_seconds
+                                   or ensemble.timeout_seconds)
+                      for spec in ensemble.components]
+        unknown = set(request.manifests) - {c.name for c in ensemble.components}
         if unknown:
             raise InputError(f"files for unknown components: {', '.join(sorted(unknown))}")
+        check_resources(components)
         run = Run(max(self.runs, default=0) + 1, request, components, owner=owner)
         self.runs[run.run_id] = run
         for component in components:
@@ -164,14 +125,12 @@ class EnsembleRunner:
         run.task = asyncio.create_task(self._drive(run), name=f"ensemble-{run.run_id}")
         return run.run_id
 
-    def snapshot(self, run_id: int, owner: str | None = None) -> dict[str, Any]:
+    def snapshot(self, run_id: int, owner: str | None = None) -> dict[str, object]:
         return self._run(run_id, owner).snapshot()
 
     def list_runs(self, name: str | None = None,
-                  owner: str | None = None) -> list[dict[str, Any]]:
-        return [{"run_id": r.run_id, "name": r.name, "state": r.state,
-                 "started_at": r.started_at, "ended_at": r.ended_at}
-                for r in self.runs.values()
+                  owner: str | None = None) -> list[dict[str, object]]:
+        return [r.summary() for r in self.runs.values()
                 if (name is None or r.name == name) and (owner is None or r.owner == owner)]
 
     async def wait_for_change(self, run_id: int, since: int, timeout: float,
@@ -183,8 +142,12 @@ class EnsembleRunner:
             await asyncio.wait_for(run.changed.wait(), timeout)
 
     def cancel(self, run_id: int, owner: str | None = None) -> None:
+        """Stop a run: one still going is cancelled; a detached one's services are stopped."""
         run = self._run(run_id, owner)
         if run.task is not None and not run.task.done():
+            if run.stop_reason is None:
+                run.stop_reason = ("stopped (shoal ensemble stop)" if run.state is R.DETACHED
+                                   else "cancelled")
             run.task.cancel()
 
     def _run(self, run_id: int, owner: str | None = None) -> Run:
@@ -198,44 +161,94 @@ class EnsembleRunner:
 
     async def _drive(self, run: Run) -> None:
         ensemble = run.request.ensemble
+        timeouts = asyncio.create_task(self._enforce_timeouts(run))
+        final = R.FAILED
         try:
             if not run.request.no_kill:
                 self._kill_previous(run)
             run.note(f"{len(run.components)} components in {len(ensemble.stages)} stages")
-            deadline = (time.monotonic() + ensemble.run_timeout_seconds
-                        if ensemble.run_timeout_seconds else None)
-            async with asyncio.timeout_at(_loop_time(deadline)):
-                for stage in ensemble.stages:
-                    if not await self._run_stage(run, stage):
-                        break
-                await self._wait_for_outcome(run)
-        except TimeoutError:
-            run.note("the run's timeout passed: stopping everything")
-            run.state = "failed"
+            try:
+                await self._stages_and_outcome(run)
+            except TimeoutError:
+                assert ensemble.run_timeout_seconds is not None
+                run.reason = (f"the run's timeout ({seconds_text(ensemble.run_timeout_seconds)})"
+                              f" passed {self._where(run)}")
+                run.note(run.reason)
+            else:
+                final = self._outcome(run)
+                services = run.live_services()
+                waits = any(c.spec.wait for c in run.components)
+                if services and (run.request.no_kill or not waits):
+                    run.outcome = final
+                    run.move(R.DETACHED)
+                    run.note(f"{len(services)} services left running: stop them with "
+                             f"`shoal ensemble stop {run.run_id}`")
+                    await asyncio.gather(*(c.ended.wait() for c in services))
+                    run.note("every service left running has ended")
         except asyncio.CancelledError:
-            run.note("cancelled: stopping everything")
-            run.state = "cancelled"
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            run.reason = run.stop_reason or "cancelled"
+            run.note(run.reason)
+            final = run.outcome if run.state is R.DETACHED and run.outcome else R.CANCELLED
         except Exception as exc:  # a bug must not leave components running
             log.exception("ensemble run failed")
-            run.note(f"internal error: {exc}")
-            run.state = "failed"
+            run.reason = f"internal error: {exc}"
+            run.note(run.reason)
+            final = R.FAILED
         finally:
-            reason = {"cancelled": "the ensemble run was cancelled",
-                      "abandoned": "the ensemble run was abandoned (min_hosts)",
-                      "failed": "the ensemble run failed or timed out"}.get(
-                run.state, "the ensemble run ended")
-            self._kill_all(run, reason)
+            timeouts.cancel()
+            self._end_components(run, final)
             await self._wait_for_ends(run)
-            if run.state in ("preparing", "running"):
-                run.state = "done" if self._succeeded(run) >= ensemble.required else "failed"
             run.ended_at = time.time()
-            run.note(f"ended: {run.state}")
+            run.note(f"ended: {final.value}" + (f" ({run.reason})" if run.reason else ""))
+            run.move(final)  # last: whoever follows the run sees everything with it
+
+    async def _stages_and_outcome(self, run: Run) -> None:
+        ensemble = run.request.ensemble
+        deadline = (time.monotonic() + ensemble.run_timeout_seconds
+                    if ensemble.run_timeout_seconds else None)
+        async with asyncio.timeout_at(_loop_time(deadline)):
+            for stage in ensemble.stages:
+                if not await self._run_stage(run, stage):
+                    return
+            await self._wait_for_outcome(run)
+
+    def _outcome(self, run: Run) -> RunState:
+        """How the run ended for what it waited for (its state once nothing more is to run)."""
+        if run.outcome is R.ABANDONED:
+            return R.ABANDONED
+        ensemble = run.request.ensemble
+        succeeded = sum(1 for c in run.components if c.spec.wait and c.state is C.DONE)
+        if succeeded < ensemble.required:
+            failed = [c for c in run.components if c.spec.wait and c.state is not C.DONE]
+            run.reason = (f"{succeeded} of the {ensemble.required} components that must succeed "
+                          f"did ({_names(failed)} did not)")
+            return R.FAILED
+        unstarted = [c for c in run.components if not c.spec.wait
+                     and c.state in COMPONENT_FAILURES and c.started_at is None]
+        if unstarted:
+            run.reason = f"services could not start: {_names(unstarted)}"
+            return R.FAILED
+        return R.DONE
+
+    def _where(self, run: Run) -> str:
+        """Where a run stood, for the reason it was cut short."""
+        if run.stage is None:
+            return "before its first stage"
+        members = [c for c in run.components if c.spec.stage == run.stage]
+        if run.state is R.PREPARING:
+            ready = sum(1 for c in members if c.state is C.READY)
+            return f"while stage {run.stage} was preparing ({ready} of {len(members)} ready)"
+        return f"during stage {run.stage}"
 
     def _kill_previous(self, run: Run) -> None:
         for other in self.runs.values():
             if other is not run and other.name == run.name and other.owner == run.owner \
                     and other.task is not None and not other.task.done():
-                run.note(f"stopping the components still running from run {other.run_id}")
+                run.note(f"stopping what is still running from run {other.run_id}")
+                other.stop_reason = f"replaced by run {run.run_id}"
                 other.task.cancel()
         # Another user's run of that name is theirs: only the owner's components go.
         self.service.act("kill", None, group_name(run.name), f"replaced by run {run.run_id}",
@@ -245,19 +258,17 @@ class EnsembleRunner:
         ensemble = run.request.ensemble
         members = [c for c in run.components if c.spec.stage == stage]
         run.stage = stage
-        run.state = "preparing"
+        run.move(R.PREPARING)
         run.note(f"stage {stage}: preparing {len(members)} components")
         await self._probe_clocks({c.worker.id for c in members})
         self._add_jobs(run, members)
         await asyncio.gather(*(c.ready.wait() for c in members))
-        ready = [c for c in members if c.state == "ready"]
+        ready = [c for c in members if c.state is C.READY]
         if len(ready) < len(members):
             run.note(f"stage {stage}: {len(members) - len(ready)} components failed to prepare")
-        if self._hopeless(run):
-            run.state = "abandoned"
-            run.note("too few components can succeed (min_hosts): abandoning the run")
+        if self._abandon_if_hopeless(run):
             return False
-        run.state = "running"
+        run.move(R.RUNNING)
         if run.request.start == "sequential":
             await self._release_in_turn(run, ready)
         else:
@@ -279,6 +290,8 @@ class EnsembleRunner:
         next_stages = [s for s in ensemble.stages if s > stage]
         if next_stages and ensemble.stage_starts_after.get(next_stages[0]) == "finished":
             await asyncio.gather(*(c.ended.wait() for c in members))
+            if self._abandon_if_hopeless(run):
+                return False
         return True
 
     def _add_jobs(self, run: Run, members: list[ComponentRun]) -> None:
@@ -286,21 +299,60 @@ class EnsembleRunner:
         specs = []
         for component in members:
             spec = component.spec
-            timeout = spec.timeout_seconds or ensemble.timeout_seconds
             files = [entry.model_dump() for entry in run.request.manifests.get(spec.name, [])]
             specs.append(JobSpec(
                 cmd=spec.command, cwd=spec.base_dir or "", env=dict(spec.env),
                 name=f"{ensemble.name}/{spec.name}",
                 group=group_name(ensemble.name),
-                on_worker=component.worker.name, time_limit_seconds=timeout, gate=True,
+                cores=spec.cores or 0, memory_bytes=spec.memory_bytes or 0,
+                on_worker=component.worker.name,
+                # The worker's limit counts from the start; the run's (below) from preparing.
+                time_limit_seconds=component.timeout_seconds, gate=True,
                 files=files, always_copy=run.request.always_copy,
             ))
         answer = self.service.add(specs, owner=run.owner)
+        now, clock = time.time(), time.monotonic()
         for component, job_id in zip(members, answer["ids"], strict=True):
             component.job_id = job_id
-            component.state = "preparing"
+            component.preparing_at = now
+            if component.timeout_seconds is not None:
+                component.deadline = clock + component.timeout_seconds
             self._by_job[job_id] = component
+            if component.state is C.PENDING:  # it may have ended already, as its job was added
+                component.move(C.PREPARING)
         run.touch()
+
+    async def _enforce_timeouts(self, run: Run) -> None:
+        """Kill each component whose timeout has passed since its preparation began."""
+        while True:
+            changed = run.changed
+            clock = time.monotonic()
+            expired = [c for c in run.components if c.deadline is not None
+                       and c.deadline <= clock and c.state.is_live and c.timed_out is None]
+            for component in expired:
+                assert component.timeout_seconds is not None and component.job_id is not None
+                component.timed_out = (f"timed out after {seconds_text(component.timeout_seconds)}"
+                                       f"{self._timeout_detail(component)}")
+                self.service.act("kill", [component.job_id], None, component.timed_out)
+            upcoming = [c.deadline for c in run.components if c.deadline is not None
+                        and c.deadline > clock and c.state.is_live]
+            wait = min(upcoming) - clock if upcoming else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), wait)
+
+    def _timeout_detail(self, component: ComponentRun) -> str:
+        """Where a component stood when its time ran out, if it had not started."""
+        job = self.service.reactor.jobs.get(component.job_id or 0)
+        if component.state is C.PREPARING and job is not None and job.state is JobState.QUEUED:
+            why = self.service.reactor.pending_reason(job) or "waiting for its worker"
+            return f", preparing: not yet placed on worker {component.worker.name} ({why})"
+        if component.state is C.PREPARING:
+            return (f", preparing on worker {component.worker.name}: its files were still "
+                    "being put in place")
+        if component.state is C.READY:
+            return (f", held at the start line: the rest of stage {component.spec.stage} was "
+                    "not ready")
+        return ""
 
     async def _probe_clocks(self, worker_ids: set[int]) -> None:
         for worker_id in worker_ids:
@@ -346,43 +398,56 @@ class EnsembleRunner:
         try:
             while pending:
                 _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                if self._hopeless(run):
-                    run.state = "abandoned"
-                    run.note("too few components can succeed (min_hosts): abandoning the run")
+                if self._abandon_if_hopeless(run):
                     return
         finally:
             for waiter in pending:
                 waiter.cancel()
 
-    def _succeeded(self, run: Run) -> int:
-        return sum(1 for c in run.components if c.spec.wait and c.state == "done")
+    def _abandon_if_hopeless(self, run: Run) -> bool:
+        """Abandon the run once too few waited-for components can still succeed."""
+        ensemble = run.request.ensemble
+        waited = [c for c in run.components if c.spec.wait]
+        failed = [c for c in waited if c.state in COMPONENT_FAILURES]
+        if len(waited) - len(failed) >= ensemble.required:
+            return False
+        run.reason = (f"min_hosts is {ensemble.min_hosts}, but {_names(failed)} "
+                      f"{'has' if len(failed) == 1 else 'have'} not succeeded: at most "
+                      f"{len(waited) - len(failed)} of the {ensemble.required} needed still can")
+        run.note(f"abandoning the run: {run.reason}")
+        run.outcome = R.ABANDONED
+        return True
 
-    def _hopeless(self, run: Run) -> bool:
-        failed = sum(1 for c in run.components
-                     if c.spec.wait and c.state in ("failed", "killed", "timed_out"))
-        waited = sum(1 for c in run.components if c.spec.wait)
-        return waited - failed < run.request.ensemble.required
-
-    def _live_jobs(self, run: Run) -> list[int]:
+    def _end_components(self, run: Run, final: RunState) -> None:
+        """Kill what the run leaves behind, each with the reason; the stages that never came
+        are skipped."""
+        if run.stop_reason is not None:  # a stop, a newer run of it, a cancel
+            reason = run.stop_reason
+        elif final is R.DONE:
+            reason = "a service, stopped as the run ended"
+        elif final is R.ABANDONED:
+            reason = f"stopped: the run was abandoned ({run.reason})"
+        else:
+            reason = f"stopped: {run.reason or 'the run ' + final.value}"
+        by_reason: dict[str, list[int]] = defaultdict(list)
         jobs = self.service.reactor.jobs
-        return [c.job_id for c in run.components if c.job_id is not None
-                and c.job_id in jobs and not jobs[c.job_id].state.is_final]
-
-    def _kill_all(self, run: Run, reason: str) -> None:
-        live = self._live_jobs(run)
-        if live:
-            with contextlib.suppress(Exception):
-                self.service.act("kill", live, None, reason)
         for component in run.components:
-            component.ready.set()
-            component.started.set()
+            if component.state is C.PENDING:
+                component.move(C.SKIPPED, f"its stage never came: {run.reason or 'the run ended'}")
+                run.touch()
+            elif component.job_id is not None and component.job_id in jobs \
+                    and not jobs[component.job_id].state.is_final:
+                by_reason[reason].append(component.job_id)
+        for why, ids in by_reason.items():
+            with contextlib.suppress(Exception):
+                self.service.act("kill", ids, None, why)
 
-    async def _wait_for_ends(self, run: Run, timeout: float = 15.0) -> None:
+    async def _wait_for_ends(self, run: Run) -> None:
         """The run ends once what it killed has really ended, so its results are final."""
         waiters = [c.ended.wait() for c in run.components if c.job_id is not None]
         if waiters:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.gather(*waiters), timeout)
+                await asyncio.wait_for(asyncio.gather(*waiters), ENDS_WAIT_SECONDS)
 
     # ---- events from the service -------------------------------------------------------------
 
@@ -395,16 +460,20 @@ class EnsembleRunner:
                 message.server_sent_at, message.worker_received_at, message.worker_replied_at,
                 received))
         elif isinstance(message, ReadyItem):
-            component = self._by_job.get(message.job_id)
-            if component is not None and component.state == "preparing":
-                component.lease_id = message.lease_id
-                component.state = "ready"
-                component.ready_at = time.time()
-                component.copied_files = message.copied_files
-                component.skipped_files = message.skipped_files
-                component.copied_bytes = message.copied_bytes
-                component.ready.set()
-                self._touch(component)
+            self._ready(message)
+
+    def _ready(self, message: ReadyItem) -> None:
+        component = self._by_job.get(message.job_id)
+        if component is None or component.state is not C.PREPARING:
+            return
+        component.lease_id = message.lease_id
+        component.cwd = message.cwd
+        component.ready_at = time.time()
+        component.copied_files = message.copied_files
+        component.skipped_files = message.skipped_files
+        component.copied_bytes = message.copied_bytes
+        component.move(C.READY)
+        self._touch(component)
 
     def _on_transitions(self, transitions: list[Transition]) -> None:
         for entry in transitions:
@@ -419,35 +488,42 @@ class EnsembleRunner:
 
     def started(self, job_id: int, worker_started_at: float) -> None:
         component = self._by_job.get(job_id)
-        if component is None or component.started.is_set():
+        if component is None or component.state not in (C.PREPARING, C.READY):
             return
         offset = self.clock(component.worker.id).offset
         component.started_at = worker_started_at - offset
-        component.state = "running"
-        component.started.set()
+        component.move(C.RUNNING)
         self._touch(component)
 
     def _ended(self, component: ComponentRun, state: JobState, exit_code: int | None,
                reason: str | None) -> None:
+        if component.state.is_final:
+            return
         component.exit_code = exit_code
         component.ended_at = time.time()
         if state is JobState.DONE:
-            component.state = "done"
+            component.move(C.DONE)
+        elif component.timed_out is not None:
+            component.move(C.TIMED_OUT, component.timed_out)
         elif reason == "time limit":
-            component.state = "timed_out"
+            timeout = seconds_text(component.timeout_seconds or 0)
+            component.move(C.TIMED_OUT, f"timed out after {timeout}")
         elif state is JobState.CANCELLED:
-            component.state = "killed"
+            component.move(C.KILLED, reason)
         else:
-            component.state = "failed"
-        component.fail_reason = reason
-        for event in (component.ready, component.started, component.ended):
-            event.set()
+            component.move(C.FAILED, reason)
         self._touch(component)
 
     def _touch(self, component: ComponentRun) -> None:
         run = self.runs.get(component.run_id)
         if run is not None:
             run.touch()
+
+
+def _names(components: list[ComponentRun], most: int = 5) -> str:
+    names = [c.name for c in components[:most]]
+    more = len(components) - len(names)
+    return ", ".join(names) + (f" and {more} more" if more > 0 else "") if names else "none"
 
 
 def _loop_time(deadline: float | None) -> float | None:

@@ -83,6 +83,8 @@ class Reactor:
         self._next_worker_id = 1
         self._seq = 0
         self._queue: list[tuple[int, int, int]] = []  # (-priority, seq, job id)
+        # Queued ensemble components: they go to their pinned worker at once, not by queue order.
+        self._gated: set[int] = set()
         self._delayed: list[tuple[float, int]] = []  # (retry_at, job id)
         self._lost: list[tuple[float, int]] = []  # (give-up time, job id)
         self._recheck: set[int] = set()  # waiting jobs whose dependencies moved
@@ -187,8 +189,12 @@ class Reactor:
             self._enqueue(job)
         if before is S.QUEUED:
             self.reservations.pop(job.id, None)
+            self._gated.discard(job.id)
 
     def _enqueue(self, job: Job) -> None:
+        if job.gate:
+            self._gated.add(job.id)
+            return
         self._seq += 1
         heapq.heappush(self._queue, (-job.priority, self._seq, job.id))
 
@@ -222,7 +228,9 @@ class Reactor:
                    and (key := (owner, *spec.key)) not in self.by_key]
         archived = self.archive.twins(unknown) if unknown else {}
         for index, spec in enumerate(specs):
-            if spec.cwd is None or not (spec.cwd.startswith("/") or (spec.gate and not spec.cwd)):
+            # An ensemble component's may be empty (a fresh directory) or relative (under its
+            # worker's working directory).
+            if spec.cwd is None or not (spec.cwd.startswith("/") or spec.gate):
                 raise InputError(f"jobs[{index}].cwd: must be an absolute path")
             key = (owner, *spec.key)
             twin_id = None if spec.gate else self.by_key.get(
@@ -643,9 +651,10 @@ class Reactor:
     def schedule(self, now: float) -> int:
         """Assign queued jobs to connected workers with room. Returns how many were assigned."""
         self._settle_dependencies(now)
+        placed = self._place_components(now) if self._gated else 0
         capacities = self.capacities()
         if self.draining or not self._queue or not any(c.free_cores > 0 for c in capacities):
-            return 0
+            return placed
         result = scheduler.plan(self._queued_in_order(), capacities,
                                 limit_room=self._limit_room(), now=now,
                                 starve_after_seconds=self.config.reserve_after_seconds)
@@ -654,7 +663,24 @@ class Reactor:
         self.reservations = result.reserved
         for job, worker_id, gpu_ids in result.assignments:
             self._assign(job, self.workers[worker_id], gpu_ids, now)
-        return len(result.assignments)
+        return placed + len(result.assignments)
+
+    def _place_components(self, now: float) -> int:
+        """Ensemble components go to the worker they are pinned to as soon as it is connected:
+        they must all start together, so they take no cores unless they asked for some (and
+        then wait for those only), and no queue stands in front of them."""
+        if self.draining:
+            return 0
+        by_name = {w.name: w for w in self.workers.values() if w.connected and w.accepting}
+        placed = 0
+        for job_id in sorted(self._gated):
+            job = self.jobs[job_id]
+            worker = by_name.get(job.on_worker or "")
+            if worker is None or not scheduler.fits(job, worker.capacity()):
+                continue
+            self._assign(job, worker, [], now)
+            placed += 1
+        return placed
 
     def _assign(self, job: Job, worker: WorkerState, gpu_ids: list[str], now: float) -> None:
         # Increasing (the sequence in the high bits) and not guessable (the low bits).

@@ -151,6 +151,7 @@ class Runner:
         fetch_blob: FetchBlob | None = None,
         workdir_base: Path | None = None,
         contain: bool = True,
+        workdir: Path | None = None,
     ) -> None:
         self.host = host
         # Each job in a cgroup of its own where this machine allows it (`contain`=False: never).
@@ -166,6 +167,8 @@ class Runner:
         self._on_ready = on_ready or (lambda _: None)
         self._fetch_blob = fetch_blob
         self._workdir_base = workdir_base
+        # Where a gated attempt with a relative cwd runs (None: this process's directory).
+        self.workdir = workdir
         self._capture_bytes = capture_bytes
         self._attempts: dict[int, _Attempt] = {}  # by lease id
         self._preparing: dict[int, _Preparation] = {}  # by lease id
@@ -444,7 +447,7 @@ class Runner:
         assignment = preparation.assignment
         try:
             try:
-                cwd = workdir_for(assignment, self._workdir_base)
+                cwd = workdir_for(assignment, self._workdir_base, self.workdir)
                 staged = await stage_files(
                     assignment.files, Path(cwd), self._fetch_blob,
                     always_copy=assignment.always_copy,

@@ -38,15 +38,19 @@ class StagingReport:
     skipped_files: int = 0  # already there with the same size and SHA-256
 
 
-def workdir_for(assignment: Assignment, fresh_base: Path | None) -> str:
-    """The component's directory: its cwd, made if missing, or when it has none a fresh
-    ``shoal-JOBID-<random suffix>`` under `fresh_base` (None: the system's temporary directory)."""
+def workdir_for(assignment: Assignment, fresh_base: Path | None,
+                workdir: Path | None = None) -> str:
+    """The component's directory: its cwd, made if missing (a relative cwd is under `workdir`,
+    the worker's working directory; None: this process's current directory), or when it has
+    none a fresh ``shoal-JOBID-<random suffix>`` under `fresh_base` (None: the system's
+    temporary directory), as ``mktemp -d`` makes one."""
     if assignment.cwd:
+        cwd = os.path.normpath(os.path.join(workdir or os.getcwd(), assignment.cwd))
         try:
-            os.makedirs(assignment.cwd, exist_ok=True)
+            os.makedirs(cwd, exist_ok=True)
         except OSError as exc:
-            raise StagingError(f"cwd {assignment.cwd}: {exc.strerror or exc}") from None
-        return assignment.cwd
+            raise StagingError(f"cwd {cwd}: {exc.strerror or exc}") from None
+        return cwd
     try:
         if fresh_base is not None:
             fresh_base.mkdir(parents=True, exist_ok=True)

@@ -33,18 +33,24 @@ def detect_kind(text: str) -> Kind:
     return "toml"
 
 
-def load_ensembles(path: Path | str, *, muddler: Path | None = None) -> list[Ensemble]:
-    """The ensembles a file describes, in the order to run them (NetJobs: one per test)."""
+def load_ensembles(path: Path | str, *, muddler: Path | None = None,
+                   extra_args: str | None = None,
+                   arg_parser: Path | None = None) -> list[Ensemble]:
+    """The ensembles a file describes, in the order to run them (NetJobs: one per test).
+    `muddler`, `extra_args` and `arg_parser` are remote_runner's."""
     path = Path(path)
     text = read_text(path)
     kind = detect_kind(text)
-    if muddler is not None and kind != "remote_runner":
-        raise InputError(f"--muddler applies to remote_runner configurations; this file reads "
-                         f"as {kind}", source=str(path))
+    for given, option in ((muddler, "--muddler"), (extra_args, "--extra-args"),
+                          (arg_parser, "--arg-parser")):
+        if given is not None and kind != "remote_runner":
+            raise InputError(f"{option} applies to remote_runner configurations; this file "
+                             f"reads as {kind}", source=str(path))
     if kind == "netjobs":
         return parse_netjobs(text, source=str(path))
     if kind == "remote_runner":
-        return load_remote_runner(path, text, muddler=muddler)
+        return load_remote_runner(path, text, muddler=muddler, extra_args=extra_args,
+                                  arg_parser=arg_parser)
     return [parse_toml(text, source=str(path), base_dir=path.absolute().parent,
                        default_name=path.stem)]
 

@@ -42,6 +42,8 @@ END = re.compile(r"^end\s*$")
 _UNIT_SECONDS = {"h": 3600, "m": 60, "s": 1}
 _FLAG_NAME = re.compile(r"^-(\w+)")
 _MAX_TIMEOUT_SECONDS = 366 * 86400
+# A relative base_dir is under the worker's working directory (`shoal worker --workdir`).
+WORKER_DIRECTORY = "."
 
 
 def looks_like_netjobs(text: str) -> bool:
@@ -181,8 +183,9 @@ class _Parser:
         overrides_to_none = general is not None and any(
             target.timeout_seconds is None for target in test.targets)
         components = [
+            # In the directory its agent would run in: its worker's working directory.
             build_component({"name": name, "host": target.host, "command": target.command,
-                             "stage": 0, "wait": True,
+                             "stage": 0, "wait": True, "base_dir": WORKER_DIRECTORY,
                              "timeout_seconds": (target.timeout_seconds if overrides_to_none
                                                  or target.timeout_seconds != general
                                                  else None)},

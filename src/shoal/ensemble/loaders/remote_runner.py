@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import getpass
+import io
 import math
 import os
 import sys
@@ -56,17 +57,31 @@ REQUIRED = ("name", "host", "executable", "start_index")
 _PROCESS_STATE = threading.Lock()
 
 
-def load_remote_runner(path: Path, text: str, *, muddler: Path | None = None) -> list[Ensemble]:
-    """Run the configuration (and the muddler), then map its components to one ensemble."""
-    files = _SourceFiles(path, muddler)
+def load_remote_runner(path: Path, text: str, *, muddler: Path | None = None,
+                       extra_args: str | None = None,
+                       arg_parser: Path | None = None) -> list[Ensemble]:
+    """Run the configuration (and the muddler), then map its components to one ensemble.
+
+    With `extra_args`, the `arg_parser` file's parse_args(extra_args, ssh_user) gives
+    `extra_options` to both, as remote_runner's --extra-args and --arg-parser do."""
+    if extra_args is not None and arg_parser is None:
+        raise InputError("--extra-args needs --arg-parser: a file defining "
+                         "parse_args(extra_args, ssh_user), as in remote_runner")
+    files = _SourceFiles(path, muddler, arg_parser)
     check_line_lengths(text, str(path))
     muddler_text = read_text(muddler) if muddler is not None else ""
     if muddler is not None:
         check_line_lengths(muddler_text, str(muddler))
-    options = _options(files.config, files.muddler)
+    parser_text = read_text(arg_parser) if arg_parser is not None else ""
+    if arg_parser is not None:
+        check_line_lengths(parser_text, str(arg_parser))
+    options = _options(files.config, files.muddler, extra_args, files.arg_parser)
     with _PROCESS_STATE, _shim_modules(), contextlib.redirect_stdout(sys.stderr):
+        extra_options = None
+        if extra_args is not None:
+            extra_options = _parse_extra_args(parser_text, extra_args, options, files)
         run_config = _compiled(text, files.config, files)
-        namespace = _namespace(files.config, options, config=Config())
+        namespace = _namespace(files.config, options, extra_options, config=Config())
         with _working_directory(files.config.parent):  # as remote_runner runs configurations
             run_config(namespace)
         config = namespace["config"]  # remote_runner takes whatever the name holds at the end
@@ -74,19 +89,48 @@ def load_remote_runner(path: Path, text: str, *, muddler: Path | None = None) ->
             raise files.error(f"`config` must stay the configuration object, not {quoted(config)}",
                               str(files.config))
         if files.muddler is not None:
-            _muddle(config, _compiled(muddler_text, files.muddler, files), files, options)
+            _muddle(config, _compiled(muddler_text, files.muddler, files), files, options,
+                    extra_options)
     return [_Mapper(config, files).ensemble()]
+
+
+def _parse_extra_args(parser_text: str, extra_args: str, options: types.SimpleNamespace,
+                      files: _SourceFiles) -> Any:
+    """What the arg parser's parse_args(extra_args, ssh_user) returns: `extra_options`."""
+    assert files.arg_parser is not None
+    filename = str(files.arg_parser)
+    namespace: dict[str, Any] = {"__name__": "__remote_runner_arg_parser__",
+                                 "__file__": filename, "__builtins__": builtins}
+    _compiled(parser_text, files.arg_parser, files)(namespace)
+    parse_args = namespace.get("parse_args")
+    if not callable(parse_args):
+        raise files.error("an arg parser must define parse_args(extra_args, ssh_user)",
+                          filename)
+    said = io.StringIO()  # argparse explains a refusal on stderr, then exits
+    try:
+        with contextlib.redirect_stderr(said):
+            return parse_args(extra_args, options.ssh_user)
+    except SystemExit as error:
+        lines = [line for line in said.getvalue().strip().splitlines() if line.strip()]
+        why = lines[-1].strip() if lines else f"sys.exit({quoted(error.code)})"
+        raise files.error(f"--extra-args {quoted(extra_args)}: {why}", filename) from None
+    except Exception as error:
+        raise _user_code_error(error, filename, files) from None
 
 
 class _SourceFiles:
     """The configuration and muddler, absolute for running, shown as the user named them."""
 
-    def __init__(self, config: Path, muddler: Path | None) -> None:
+    def __init__(self, config: Path, muddler: Path | None,
+                 arg_parser: Path | None = None) -> None:
         self.config = config.absolute()
         self.muddler = muddler.absolute() if muddler is not None else None
+        self.arg_parser = arg_parser.absolute() if arg_parser is not None else None
         self._shown = {str(self.config): str(config)}
         if muddler is not None:
             self._shown[str(self.muddler)] = str(muddler)
+        if arg_parser is not None:
+            self._shown[str(self.arg_parser)] = str(arg_parser)
 
     def shown(self, filename: str) -> str:
         return self._shown.get(filename, filename)
@@ -95,7 +139,8 @@ class _SourceFiles:
         return InputError(message, source=self.shown(filename), line=line)
 
 
-def _options(path: Path, muddler: Path | None) -> types.SimpleNamespace:
+def _options(path: Path, muddler: Path | None, extra_args: str | None = None,
+             arg_parser: Path | None = None) -> types.SimpleNamespace:
     """remote_runner's command-line options as a configuration sees them (its defaults)."""
     try:
         user = getpass.getuser()
@@ -104,11 +149,12 @@ def _options(path: Path, muddler: Path | None) -> types.SimpleNamespace:
     return types.SimpleNamespace(
         config_file=str(path), ssh_user=user, ssh_pass=None, log_level="INFO", screen="runner",
         kill_first=True, terminate=True, always_copy=False, no_zombie=False,
-        muddler=str(muddler.absolute()) if muddler else None, extra_args=None, arg_parser=None,
-        remote_done_dir=None)
+        muddler=str(muddler.absolute()) if muddler else None, extra_args=extra_args,
+        arg_parser=str(arg_parser) if arg_parser else None, remote_done_dir=None)
 
 
-def _namespace(path: Path, options: types.SimpleNamespace, **extra: Any) -> dict[str, Any]:
+def _namespace(path: Path, options: types.SimpleNamespace, extra_options: Any = None,
+               **extra: Any) -> dict[str, Any]:
     return {
         "__name__": "__remote_runner_config__",
         "__file__": str(path),
@@ -116,7 +162,7 @@ def _namespace(path: Path, options: types.SimpleNamespace, **extra: Any) -> dict
         "Component": ConfigComponent,
         "util": config_util,
         "options": options,
-        "extra_options": None,  # remote_runner's --extra-args are not supported
+        "extra_options": extra_options,  # None without --extra-args, as in remote_runner
         "xrange": range,  # configurations were written for Python 2
         **extra,
     }
@@ -170,10 +216,10 @@ def _compiled(text: str, path: Path, files: _SourceFiles) -> Callable[[dict[str,
 
 
 def _muddle(config: Config, run_muddler: Callable[[dict[str, Any]], None], files: _SourceFiles,
-            options: types.SimpleNamespace) -> None:
+            options: types.SimpleNamespace, extra_options: Any) -> None:
     assert files.muddler is not None
     filename = str(files.muddler)
-    namespace = _namespace(files.muddler, options)
+    namespace = _namespace(files.muddler, options, extra_options)
     run_muddler(namespace)
     muddle = namespace.get("muddle")
     if not callable(muddle):
@@ -192,7 +238,19 @@ def _user_code_error(error: BaseException, filename: str, files: _SourceFiles) -
             line = number
     if isinstance(error, SystemExit):
         return files.error(f"the code called sys.exit({quoted(error.code)})", filename, line)
-    return files.error(_describe(error), filename, line)
+    hint = ""
+    if isinstance(error, AttributeError) and "'NoneType'" in str(error) \
+            and "extra_options" in _source_line(filename, line):
+        hint = " (extra_options is None without --extra-args and --arg-parser)"
+    return files.error(_describe(error) + hint, filename, line)
+
+
+def _source_line(filename: str, line: int | None) -> str:
+    if line is None:
+        return ""
+    import linecache
+
+    return linecache.getline(filename, line)
 
 
 def _describe(error: BaseException) -> str:

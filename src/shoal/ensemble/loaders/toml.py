@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from shoal.core.errors import InputError
-from shoal.core.models import parse_duration
+from shoal.core.models import parse_duration, parse_memory
 from shoal.ensemble.loaders.common import (
     build_component,
     build_ensemble,
@@ -27,9 +27,10 @@ from shoal.ensemble.loaders.common import (
 from shoal.ensemble.loaders.toml_lines import KeyLines
 from shoal.ensemble.spec import LOCALHOST, MAX_STAGE, Component, Ensemble, FileCopy
 
-TOP_LEVEL_KEYS = ("name", "timeout", "run_timeout", "min_hosts", "stages", "component")
+TOP_LEVEL_KEYS = ("name", "timeout", "run_timeout", "min_hosts", "base_dir", "stages",
+                  "component")
 COMPONENT_KEYS = ("name", "host", "command", "executable", "args", "env", "base_dir", "files",
-                  "stage", "timeout", "wait")
+                  "stage", "timeout", "wait", "cores", "memory")
 _SYNTAX_POSITION = re.compile(r"^(?P<message>.*?) \(at (?:line (?P<line>\d+), column "
                               r"(?P<column>\d+)|end of document)\)$", re.DOTALL)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -90,6 +91,7 @@ class _Reader:
         self.source = source
         self.base_dir = base_dir
         self.lines = KeyLines(text)
+        self.default_base_dir: str | None = None  # the top-level base_dir
 
     # --- errors ------------------------------------------------------------------------
 
@@ -110,6 +112,11 @@ class _Reader:
             self.fail_top(f"'name' must be a string, not {_kind(name)}", "name")
         if not name.strip():
             self.fail_top("'name' is empty", "name")
+        base_dir = document.get("base_dir")
+        if base_dir is not None and (not isinstance(base_dir, str) or not base_dir.strip()):
+            self.fail_top(f"'base_dir' must be a non-empty string, not {quoted(base_dir)}",
+                          "base_dir")
+        self.default_base_dir = base_dir
         components = self.components(document.get("component"))
         min_hosts = self.min_hosts(document.get("min_hosts", "all"), len(components))
         fields: dict[str, Any] = {
@@ -215,11 +222,13 @@ class _ComponentReader:
         fields: dict[str, Any] = {
             "command": self.command(),
             "env": self.env(),
-            "base_dir": self.optional_text("base_dir"),
+            "base_dir": self.optional_text("base_dir") or self.reader.default_base_dir,
             "files": self.files(),
             "stage": self.stage(),
             "timeout_seconds": self.timeout(),
             "wait": self.wait(),
+            "cores": self.cores(),
+            "memory_bytes": self.memory(),
         }
         line = self.reader.lines.component(self.index, "name")
         if isinstance(self.table.get("host", LOCALHOST), str):
@@ -336,6 +345,27 @@ class _ComponentReader:
             return _duration(self.table["timeout"])
         except ValueError as error:
             self.fail(f"'timeout': {error}", "timeout")
+
+    def cores(self) -> int | None:
+        value = self.table.get("cores")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not 1 <= value <= 100_000):
+            self.fail(f"'cores' must be a whole number from 1, not {quoted(value)}", "cores")
+        return value
+
+    def memory(self) -> int | None:
+        value = self.table.get("memory")
+        if value is None:
+            return None
+        try:
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise ValueError(f"not a memory size: {quoted(value)}")
+            size = parse_memory(value)
+        except ValueError as error:
+            self.fail(f"'memory': {error} (examples: \"512M\", \"8G\")", "memory")
+        if size < 1:
+            self.fail(f"'memory' must be more than zero, not {quoted(value)}", "memory")
+        return size
 
     def wait(self) -> bool:
         value = self.table.get("wait", True)
