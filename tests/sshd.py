@@ -8,6 +8,7 @@ after `close()`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import random
@@ -63,7 +64,7 @@ class Sshd:
         return f"{account.name}@{self.address}:{self.port}"
 
 
-class Testbed:
+class SshBed:
     def __init__(self) -> None:
         require_sshd()
         self.root = Path(tempfile.mkdtemp(prefix="shoal-ssh-", dir="/tmp"))
@@ -179,10 +180,8 @@ class Testbed:
                 if not processes:
                     break
                 for process in processes:
-                    try:
+                    with contextlib.suppress(psutil.Error):
                         process.kill()
-                    except psutil.Error:
-                        pass
                 time.sleep(0.1)
             subprocess.run(["userdel", account.name], capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
@@ -205,3 +204,39 @@ def _listening(address: str, port: int, netns: str | None) -> bool:
                            f"import socket; socket.create_connection(({address!r}, {port}), 1)"],
                           capture_output=True)
     return done.returncode == 0
+
+
+def install_shared_shoal(python: str = "/usr/bin/python3") -> Path:
+    """This shoal installed for every account: a venv made by the same offline install the
+    bootstrap runs on a host, in a world-readable directory. Returns that directory; the
+    venv's bin is `shared_bin(it)`."""
+    import json
+
+    from shoal.provision.bootstrap import INSTALL_PYTHON, Target, fetch_wheels, install_arguments
+
+    require(os.path.exists(python), python)
+    probe = subprocess.run([python, "-c", "import json, platform, sys, sysconfig; print(json.dumps("
+                            "[list(sys.version_info[:3]), sysconfig.get_platform(), "
+                            "list(platform.libc_ver())]))"],
+                           capture_output=True, text=True, check=True)
+    version, platform_name, libc = json.loads(probe.stdout)
+    require(tuple(version[:2]) >= (3, 11), f"{python} 3.11 or later")
+    target = Target(python, tuple(version), platform_name, tuple(libc))  # type: ignore[arg-type]
+    wheels, _, build = fetch_wheels(target)
+    root = Path(tempfile.mkdtemp(prefix="shoal-ssh-shared-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    wheels_dir = root / "wheels"
+    wheels_dir.mkdir()
+    for wheel in wheels:
+        shutil.copy(wheel, wheels_dir / wheel.name)
+    arguments = install_arguments(str(wheels_dir), wheels, build)
+    done = subprocess.run([python, "-c", INSTALL_PYTHON, json.dumps(arguments)],
+                          env={"HOME": str(root), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
+    return root
+
+
+def shared_bin(root: Path) -> Path:
+    return root / ".shoal" / "venv" / "bin"
