@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 # grow without any job changing state.
 WAIT_POLL_SECONDS = 25.0
 FOLLOW_POLL_SECONDS = 2.0
+FOLLOW_LIVE_SECONDS = 0.5  # between reads of a running job's output
 MIN_POLL_INTERVAL = 0.25
 # How long `wait` rides out a server that is restarting before giving up.
 RECONNECT_SECONDS = 60.0
@@ -551,9 +552,10 @@ def logs(
     stderr: Annotated[bool, typer.Option("--stderr", help="Standard error, not output.")
     ] = False,
     follow: Annotated[bool, typer.Option(
-        "--follow", "-F", help="Keep printing new output until the job ends.")] = False,
+        "--follow", "-f", "-F",
+        help="Print output as it is written, until the job ends.")] = False,
 ) -> None:
-    """Print a job's captured output.
+    """Print a job's output: all of it once it has ended, what there is so far while it runs.
 
     When the output was too big to keep whole, its beginning and end are printed, with a
     note on stderr of how much is missing between them.
@@ -561,21 +563,38 @@ def logs(
     client = session_of(ctx).client()
     stream = "stderr" if stderr else "stdout"
     terminal = sys.stdout.isatty()
+
+    def show(piece: str | int) -> None:
+        if isinstance(piece, int):
+            sys.stdout.flush()
+            print(render.omitted_marker(piece), file=sys.stderr, flush=True)
+        else:  # job output is untrusted: never raw onto a terminal
+            sys.stdout.write(render.sanitize(piece) if terminal else piece)
+
+    position = 0  # bytes of the stream printed so far
     version = client.status()["version"] if follow else None
-    position = 0
     while True:
-        log = client.logs(job_id, stream)
-        pieces, position = render.unseen_output(log, position)
-        for piece in pieces:
-            if isinstance(piece, int):
+        # A running job's output comes live from its worker, from where we are.
+        log = client.logs(job_id, stream, offset=position)
+        while log.get("live"):
+            if log["data"]:
+                show(log["data"])
                 sys.stdout.flush()
-                print(render.omitted_marker(piece), file=sys.stderr, flush=True)
-            else:  # job output is untrusted: never raw onto a terminal
-                sys.stdout.write(render.sanitize(piece) if terminal else piece)
+            position = max(position, int(log["next_offset"]))
+            if position >= int(log.get("total_bytes", 0)) or not log["data"]:
+                break
+            log = client.logs(job_id, stream, offset=position)
+        if not log.get("live"):  # not running (any more): what was kept, from where we are
+            pieces, position = render.unseen_output(log, position)
+            for piece in pieces:
+                show(piece)
         sys.stdout.flush()
         if version is None or log["state"] in render.FINAL_STATES:
             return
-        version = client.status(wait=FOLLOW_POLL_SECONDS, since=version)["version"]
+        if log.get("live"):
+            time.sleep(FOLLOW_LIVE_SECONDS)
+        else:  # waiting to start: wake when something changes
+            version = client.status(wait=FOLLOW_POLL_SECONDS, since=version)["version"]
 
 
 # ---- acting ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.core.errors import Conflict, InputError, StoreUnavailable
-from shoal.core.models import Job, JobState
+from shoal.core.models import MAX_INT64, Job, JobState
 from shoal.core.protocol import AttemptResult, Captured
 from shoal.core.states import Transition
 from shoal.store.files import check_database, damaged, is_damage, prepare_database_file
@@ -246,6 +246,8 @@ class Store:
     # ---- ended jobs, kept here only (the reactor's archive) --------------------------------
 
     def jobs_by_id(self, job_ids: Sequence[int]) -> list[Job]:
+        # An id no INTEGER column can hold names no job (and SQLite would refuse it).
+        job_ids = [job_id for job_id in job_ids if 0 < job_id <= MAX_INT64]
         found: list[Job] = []
         for start in range(0, len(job_ids), 500):
             chunk = list(job_ids[start:start + 500])

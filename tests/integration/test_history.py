@@ -1,0 +1,128 @@
+"""Ended jobs live in the database only: a restarted server reads back the live ones, and
+everything a user does with history still works. Listings page by id and stream."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+
+import httpx
+
+from .cluster import Cluster, wait_until
+
+
+def restart(cluster: Cluster) -> None:
+    assert cluster.server is not None
+    port = cluster.url.rsplit(":", 1)[1]
+    cluster.server.send_signal(signal.SIGTERM)
+    cluster.server.wait()
+    cluster.start_server("--port", port, "--lease-timeout", "3", "--lost-grace", "1")
+    wait_until(lambda: sum(w["connected"] for w in cluster.api("GET", "/workers")["workers"])
+               == 2, timeout=30, message="workers to reconnect")
+
+
+def test_history_is_used_after_a_restart_though_only_live_jobs_are_read_back(
+        cluster: Cluster, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    specs = [{"cmd": f"echo {i} >> {ledger}", "cwd": "/", "group": "old"} for i in range(20)]
+    specs.append({"cmd": "exit 3", "cwd": "/", "group": "old"})
+    ids = cluster.api("POST", "/jobs", json={"jobs": specs})["ids"]
+    for job_id in ids:
+        cluster.wait_state(job_id, "done", "failed")
+    restart(cluster)
+    info = cluster.api("GET", "/server")
+    assert info["jobs"] == 21  # counted from the database, not from jobs held in memory
+    status = cluster.api("GET", "/status", params={"group": "old"})
+    assert status["totals"] == {"done": 20, "failed": 1}
+    # A duplicate of an ended job is found in the database, and --rerun brings it back.
+    again = cluster.api("POST", "/jobs", json={"jobs": specs[:2]})
+    assert (again["added"], again["existed"], again["ids"]) == (0, 2, ids[:2])
+    rerun = cluster.api("POST", "/jobs", json={"jobs": specs[:1], "rerun": True})
+    assert rerun["requeued"] == 1
+    assert cluster.wait_state(ids[0], "done")["attempts"] == 1
+    # A dependency on an ended job, a retry of a failed one, a removal of done ones.
+    [later] = cluster.api("POST", "/jobs", json={"jobs": [
+        {"cmd": f"echo dep >> {ledger}", "cwd": "/", "after": [str(ids[5])]}]})["ids"]
+    assert cluster.wait_state(later, "done")
+    retried = cluster.api("POST", "/jobs/retry", json={"group": "old"})
+    assert retried["ids"] == [ids[-1]]
+    assert cluster.wait_state(ids[-1], "failed")["exit_code"] == 3
+    removed = cluster.api("POST", "/jobs/remove", json={"ids": ids[10:15]})
+    assert removed["ids"] == ids[10:15]
+    gone = httpx.get(f"{cluster.url}/api/v1/jobs/{ids[10]}", verify=cluster.tls,
+                     headers={"Authorization": f"Bearer {cluster.connection['admin_token']}"})
+    assert gone.status_code == 404
+    assert cluster.job(ids[3])["stdout"]["total_bytes"] == 0  # read from the database
+    assert sorted(ledger.read_text().split()) == sorted(
+        [*map(str, range(20)), "0", "dep"])  # each once, the rerun and the dependant
+
+
+def test_pages_never_skip_or_repeat_while_jobs_come_and_go(cluster: Cluster) -> None:
+    assert cluster.api("POST", "/jobs/kill", json={"group": "nothing"})["affected"] == 0
+    first = cluster.api("POST", "/jobs", json={"jobs": [
+        {"cmd": f"sleep 0.01; echo {i}", "cwd": "/", "group": "paged"} for i in range(250)]})
+    original = set(first["ids"])
+    stop = threading.Event()
+
+    def churn() -> None:
+        n = 0
+        while not stop.is_set():
+            added = cluster.api("POST", "/jobs", json={"jobs": [
+                {"cmd": f"echo churn {n}", "cwd": "/", "group": "churn"}]})
+            cluster.api("POST", "/jobs/remove", json={"ids": added["ids"]})
+            n += 1
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    try:
+        seen: list[int] = []
+        after = None
+        while True:
+            params: dict[str, object] = {"group": "paged", "limit": 7}
+            if after is not None:
+                params["after_id"] = after
+            page = cluster.api("GET", "/jobs", params=params)
+            seen += [job["id"] for job in page["jobs"]]
+            after = page["next_after_id"]
+            if after is None:
+                break
+    finally:
+        stop.set()
+        churner.join()
+    assert seen == sorted(original)  # every one, once, in order
+
+
+def test_listing_filters_and_refuses_unknown_parameters(cluster: Cluster) -> None:
+    ids = cluster.api("POST", "/jobs", json={"jobs": [
+        {"cmd": "echo findme-alpha", "cwd": "/", "group": "f", "name": "a"},
+        {"cmd": "exit 4", "cwd": "/", "group": "f"},
+        {"cmd": "echo other", "cwd": "/", "group": "f"}]})["ids"]
+    for job_id in ids:
+        cluster.wait_state(job_id, "done", "failed")
+    listed = cluster.api("GET", "/jobs", params={"cmd": "findme", "group": "f"})
+    assert [j["id"] for j in listed["jobs"]] == [ids[0]] and listed["total"] is None
+    both = cluster.api("GET", "/jobs", params={"state": "done,failed", "group": "f"})
+    assert both["total"] == 3 and len(both["jobs"]) == 3
+    assert [j["id"] for j in cluster.api("GET", "/jobs", params={"exit_code": 4})["jobs"]] \
+        == [ids[1]]
+    assert [j["id"] for j in cluster.api("GET", "/jobs", params={"name": "a"})["jobs"]] \
+        == [ids[0]]
+    newest = cluster.api("GET", "/jobs", params={"order": "desc", "limit": 1})
+    assert newest["jobs"][0]["id"] == ids[-1]
+    for params in ({"where": "x"}, {"projection": "id"}, {"offset": 10}, {"state": "nope"}):
+        answer = httpx.get(f"{cluster.url}/api/v1/jobs", params=params, verify=cluster.tls,
+                           headers={"Authorization":
+                                    f"Bearer {cluster.connection['admin_token']}"})
+        assert answer.status_code == 400, params
+        assert answer.json()["error"]["code"] in ("invalid", "bad_request")
+    # The CLI: several states, --limit, --last, a JSON stream that is one document.
+    out = cluster.cli("jobs", "--state", "done", "--state", "failed", "--group", "f", "--json")
+    assert out.returncode == 0, out.stderr
+    assert [j["id"] for j in json.loads(out.stdout)["jobs"]] == ids
+    last = cluster.cli("jobs", "--group", "f", "--last", "2", "--json")
+    assert [j["id"] for j in json.loads(last.stdout)["jobs"]] == ids[1:]
+    first = cluster.cli("jobs", "--group", "f", "--limit", "1")
+    assert first.returncode == 0 and "findme-alpha" in first.stdout
+    assert "exit 4" not in first.stdout
