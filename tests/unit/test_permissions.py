@@ -8,14 +8,14 @@ import pytest
 from fastapi.routing import APIRoute, APIWebSocketRoute
 
 from shoal.core.errors import AuthError
-from shoal.server import api, dashboard
+from shoal.server import api, api_alloc, dashboard
 from shoal.server.auth import ADMIN, USER, WORKER, Principal
 from shoal.server.permissions import POLICY, Forbidden, check
 
 
 def _routes() -> set[tuple[str, str]]:
     found = set()
-    for route in [*api.router.routes, *dashboard.router.routes]:
+    for route in [*api.router.routes, *dashboard.router.routes, *api_alloc.router.routes]:
         if isinstance(route, APIRoute):
             found.update((method, route.path) for method in route.methods)
     return found

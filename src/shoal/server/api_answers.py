@@ -249,6 +249,7 @@ class WorkerInfo(_Open):
     last_seen: float
     containment: str | None  # how its jobs are kept: cgroup-v1, cgroup-v2 or process-group
     provider: str | None = None  # how it was started: "ssh", "slurm:<alloc>"; null: by hand
+    deadline: float | None = None  # when it stops (its allocation's end); null: no limit
 
 
 class WorkerList(_Open):
@@ -302,6 +303,81 @@ class EnsembleRunList(_Open):
 
 class Cancelled(_Open):
     cancelled: bool
+
+
+class AllocCounts(_Open):
+    queued: int
+    running: int
+    finished: int
+    failed: int
+
+
+class AllocQueueSummary(_Open):
+    """An allocation queue (docs/deployment.md, "Slurm")."""
+
+    name: str
+    provider: str  # slurm or command
+    state: Literal["active", "paused"]
+    paused_reason: str | None
+    max_workers: int
+    workers_per_alloc: int
+    backlog: int
+    time_limit_seconds: float
+    idle_timeout_seconds: float
+    cores: int | None
+    memory_bytes: int | None
+    gpus: int | None
+    engine_args: list[str]
+    allocations: AllocCounts  # by state
+    workers: int  # workers of its allocations queued or running
+    created_at: float
+
+
+class AllocQueueList(_Open):
+    queues: list[AllocQueueSummary]
+
+
+class AllocationInfo(_Open):
+    id: int
+    queue: str
+    engine_id: str  # the engine's id: a Slurm job id, or what the submit command printed
+    state: str  # queued, running, finished, failed
+    workers: int
+    submitted_at: float
+    started_at: float | None
+    ended_at: float | None
+    reason: str | None
+    work_dir: str | None  # its script, job id and output files
+    joined: int  # its workers that joined the server
+
+
+class AllocEvent(_Open):
+    at: float
+    message: str
+
+
+class AllocQueueInfo(AllocQueueSummary):
+    submit_failures: int
+    start_failures: int
+    last_error: str | None
+    directory: str
+    history: list[AllocationInfo]  # every allocation it has submitted, oldest first
+    events: list[AllocEvent]
+
+
+class AllocLog(_Open):
+    queue: str
+    allocation: int
+    stream: str
+    path: str
+    total_bytes: int
+    data: str  # the file's end
+
+
+class AllocRemoved(_Open):
+    name: str
+    removed: bool
+    cancelled: int
 
 
 def answers(model: Any, *codes: int, status: int = 200) -> dict[str, Any]:

@@ -107,7 +107,9 @@ def create_app(service: Service, tokens: TokenBook, blobs: BlobStore | None = No
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await service.start()
+        await allocations.start()
         yield
+        await allocations.close(cancel=service.shutdown_reason is not None)
         await service.stop()
 
     app = FastAPI(title="shoal", version=__version__, lifespan=lifespan,
@@ -121,6 +123,9 @@ def create_app(service: Service, tokens: TokenBook, blobs: BlobStore | None = No
     app.state.advertised_url = None  # set by serve(): the address in connection strings
     tokens.revoked_listeners.append(service.disconnect_token)
     app.include_router(api.router)
+    from shoal.server import api_alloc  # /api/v1/alloc and the manager of its queues
+
+    allocations = api_alloc.install(app, service)
     app.add_api_websocket_route("/api/v1/worker", sessions.worker_session)
     # The dashboard at / and /metrics: observers of the service's events.
     web_gate = dashboard.install(app, service, tokens, metrics_public=metrics_public)
@@ -168,8 +173,11 @@ def token_gate(tokens: TokenBook,
     spec, the docs page, an unknown path or method) needs a valid token of any role. The
     routes' own `authorize` still runs: this is the same check, made earlier. The dashboard's
     and /metrics' paths are `web`'s to judge (they also take a session cookie)."""
+    from shoal.server import api_alloc
+
     table = [(compile_path(route.path)[0], route.methods or set(), route.path)
-             for route in api.router.routes if isinstance(route, APIRoute)]
+             for route in [*api.router.routes, *api_alloc.router.routes]
+             if isinstance(route, APIRoute)]
 
     def gate(scope: Scope) -> Refusal | None:
         method, path = scope["method"], scope["path"]

@@ -19,6 +19,7 @@ or `max_start_failures` allocations in a row that ended before any of their work
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -37,6 +38,8 @@ RETRY_BASE_SECONDS = 2.0
 RETRY_MAX_SECONDS = 300.0
 MAX_DEMAND_JOBS = 100_000  # queued jobs looked at per pass: enough to fill any queue's room
 _ACTIVE = (AllocationState.QUEUED, AllocationState.RUNNING)
+QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+QUEUE_NAME_RULE = "1-64 letters, digits and _.- (not starting with _.-)"
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,14 @@ POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("GET", f"{_API}/tokens"): ADMINS,
     ("DELETE", f"{_API}/tokens/{{name}}"): ADMINS,
     ("WEBSOCKET", f"{_API}/worker"): frozenset({ADMIN, WORKER}),
+    # Allocation queues run engine commands on the server's host as its user: admins only.
+    ("POST", f"{_API}/alloc"): ADMINS,
+    ("GET", f"{_API}/alloc"): ADMINS,
+    ("GET", f"{_API}/alloc/{{name}}"): ADMINS,
+    ("GET", f"{_API}/alloc/{{name}}/log"): ADMINS,
+    ("POST", f"{_API}/alloc/{{name}}/pause"): ADMINS,
+    ("POST", f"{_API}/alloc/{{name}}/resume"): ADMINS,
+    ("DELETE", f"{_API}/alloc/{{name}}"): ADMINS,
     # The dashboard (server/dashboard.py): its pages and data need a session of a client
     # token; its login page and static files need none. /metrics: see server/metrics.py.
     ("GET", "/login"): PUBLIC,

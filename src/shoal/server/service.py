@@ -91,6 +91,7 @@ class Service:
         self._next_peek = 0
         # Asks whatever runs the service to shut it down (drain finished, or `server stop`).
         self.request_shutdown: Callable[[], None] | None = None
+        self.shutdown_reason: str | None = None  # set by shutdown(); None: a signal, a crash
         self.started_at = clock()
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -145,6 +146,7 @@ class Service:
             self.shutdown("drained: no job is running")
 
     def shutdown(self, reason: str) -> None:
+        self.shutdown_reason = reason  # on purpose: what `shoal alloc` submitted is cancelled
         if self.request_shutdown is not None:
             log.info("stopping: %s", reason)
             self.request_shutdown()

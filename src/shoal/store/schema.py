@@ -135,6 +135,38 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_live ON jobs (id)
         WHERE state IN ('waiting', 'queued', 'delayed', 'running', 'lost');
     """,
+    # 7: allocation queues (workers through Slurm or the user's commands), what each has
+    # submitted, and what happened to them.
+    """
+    CREATE TABLE alloc_queues (
+        name TEXT PRIMARY KEY,
+        provider TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE allocations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        queue TEXT NOT NULL,
+        engine_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        workers INTEGER NOT NULL,
+        submitted_at REAL NOT NULL,
+        started_at REAL,
+        ended_at REAL,
+        reason TEXT,
+        work_dir TEXT,
+        joined INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX allocations_by_queue ON allocations (queue, id);
+    CREATE TABLE alloc_events (
+        seq INTEGER PRIMARY KEY,
+        queue TEXT NOT NULL,
+        at REAL NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX alloc_events_by_queue ON alloc_events (queue, seq);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
