@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 
     from shoal.embedded import RunReport
     from shoal.formats import ParsedJob
+    from shoal.provision.hosts import SshHost
     from shoal.runfile.driver import FileRunReport, RunfileOptions
+    from shoal.runfile.listen import ListenSettings
 
 T = TypeVar("T")
 FORMATS = ("auto", "lines", "wr", "runmaker")
@@ -66,6 +68,12 @@ def run_command(
         help=f"runmaker file: let workers on other hosts take its lines (default "
              f"{DEFAULT_LISTEN}); prints their join line. Lines run here only with -j N.")
     ] = None,
+    hosts: Annotated[str | None, typer.Option(
+        "--hosts", metavar="HOST,...",
+        help="Also run the jobs on these [user@]host[:port] over SSH (GNU parallel's "
+             "--sshlogin): a worker is started on each for this run and stopped after it, "
+             "joined to this run on --listen (default: every address, any free port). "
+             "Commands run in the same directory there.")] = None,
 ) -> None:
     """Run every command of FILE on this machine, N at a time; no server to start.
 
@@ -82,18 +90,30 @@ def run_command(
         raise InputError("-j: must be at least 1")
     if format not in FORMATS:
         raise InputError(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
+    ssh_hosts = _ssh_hosts(hosts)
+    host_listen = None
+    if ssh_hosts and listen is not None:  # where the hosts' workers join: not runmaker's
+        from shoal.runfile.listen import parse_listen as parse_address
+
+        host_listen, listen = parse_address(listen), None
     if listen is not None and not jobs:
         parallel = 0  # as runmaker4-server: only the workers that join run lines
+    elif one_only and not jobs:
+        parallel = 1  # runmaker4 -1: one job; with -j N, one per slot
     parsed = load(file, format, parallel or 2**31)
     options = _runfile_options(file, parsed, parallel, retry=retry, one_only=one_only,
                                logfile=logfile, loglines=loglines, live=live, listen=listen)
+    if options is not None and ssh_hosts:
+        raise InputError("--hosts: not for a runmaker file; give --listen and start workers "
+                         "with `shoal up`")
     if options is not None:
         _run_runmaker(file, options, json_output)
     console = Console(stderr=True)
     if console.is_terminal and not json_output:
-        report = _run_with_bar(file, parsed, parallel, console)
+        report = _run_with_bar(file, parsed, parallel, console, ssh_hosts, host_listen)
     else:
-        report = asyncio.run(run_jobs(file, parsed, parallel))
+        report = asyncio.run(run_jobs(file, parsed, parallel, hosts=ssh_hosts,
+                                      listen=host_listen))
     print_summary(report, json_output=json_output)
     if report.interrupted:
         raise typer.Exit(130)
@@ -101,7 +121,8 @@ def run_command(
 
 
 def _run_with_bar(file: Path, parsed: list[ParsedJob], parallel: int,
-                  console: Console) -> RunReport:
+                  console: Console, hosts: list[SshHost] | None = None,
+                  listen: ListenSettings | None = None) -> RunReport:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -120,7 +141,20 @@ def _run_with_bar(file: Path, parsed: list[ParsedJob], parallel: int,
         def progress(done: int, failed: int, total: int) -> None:
             bar.update(task, completed=done + failed, total=total, failed=failed)
 
-        return asyncio.run(run_jobs(file, parsed, parallel, progress))
+        return asyncio.run(run_jobs(file, parsed, parallel, progress, hosts=hosts or (),
+                                    listen=listen))
+
+
+def _ssh_hosts(text: str | None) -> list[SshHost]:
+    """`--hosts a,b,c`: each [ssh://][user@]host[:port], each once."""
+    if text is None:
+        return []
+    from shoal.provision.hosts import parse_host, unique_hosts
+
+    items = [item for item in text.split(",") if item.strip()]
+    if not items:
+        raise InputError("--hosts: no host in it")
+    return unique_hosts([parse_host(item) for item in items])
 
 
 def _runfile_options(file: Path, parsed: list[ParsedJob], parallel: int, *, retry: bool,
