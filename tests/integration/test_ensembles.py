@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -276,3 +278,196 @@ def test_an_unknown_host_is_refused_before_anything_runs(cluster: Cluster,
     code, _, stderr = run(cluster, spec)
     assert code == 2
     assert "host h9 matches no connected worker" in stderr
+
+
+# ---- what NetJobs and remote_runner users bring ------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+PEERS = ROOT.parent / "shared" / "peers"
+
+
+def python_on_path(env: dict[str, str]) -> dict[str, str]:
+    """`python` as NetJobs' sample commands call it: this interpreter's directory first."""
+    return {**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}
+
+
+def test_more_components_than_cores_start_together(cluster: Cluster, tmp_path: Path) -> None:
+    config = tmp_path / "crowded.txt"  # six commands on h0, whose worker offers 4 cores
+    config.write_text("crowded:\n-generaltimeout: 60s\n"
+                      + "".join(f'h0: "sleep 3; echo {n}"\n' for n in range(6)) + "end\n")
+    code, [snapshot], stderr = run(cluster, config)
+    assert code == 0, stderr
+    parts = snapshot["components"]
+    assert [c["state"] for c in parts] == ["done"] * 6
+    assert max(c["started_at"] for c in parts) < min(c["ended_at"] for c in parts)  # at once
+    assert len(snapshot["stages"]) == 1 and snapshot["stages"][0]["release_at"] is not None
+
+
+def occupy(cluster: Cluster, worker: str) -> int:
+    """A plain job holding all 4 cores of a namespace worker."""
+    added = cluster.api("POST", "/jobs", json={"jobs": [{
+        "cmd": "sleep 300", "cwd": "/", "cores": 4, "on_worker": worker}]})
+    job_id = int(added["ids"][0])
+    cluster.wait_state(job_id, "running", timeout=60)
+    return job_id
+
+
+SQUEEZED = """
+name = "squeezed"
+{timeout}
+[[component]]
+name = "quick"
+host = "h0"
+command = "echo quick"
+
+[[component]]
+name = "big"
+host = "h1"
+command = "echo big"
+cores = {cores}
+"""
+
+
+def test_a_timeout_counts_preparation_and_says_why(cluster: Cluster, tmp_path: Path) -> None:
+    blocker = occupy(cluster, "h1")
+    spec = tmp_path / "squeezed.toml"
+    spec.write_text(SQUEEZED.format(timeout='timeout = "3s"', cores=2))
+    code, [snapshot], stderr = run(cluster, spec)
+    assert code == 1, stderr
+    assert snapshot["state"] == "abandoned" and snapshot["reason"]
+    parts = by_name(snapshot)
+    assert parts["big"]["state"] == "timed_out"
+    assert parts["big"]["fail_reason"].startswith("timed out after 3s, preparing: not yet "
+                                                  "placed on worker h1")
+    assert parts["big"]["started_at"] is None
+    assert parts["quick"]["state"] in ("timed_out", "killed") and parts["quick"]["fail_reason"]
+    assert parts["quick"]["started_at"] is None  # held at the line, never released
+
+    # The run's own timeout, during preparation, also says where the run stood.
+    spec.write_text(SQUEEZED.format(timeout="", cores=2))
+    code, [snapshot], stderr = run(cluster, spec, "--timeout", "3s")
+    assert code == 1, stderr
+    assert snapshot["state"] == "failed"
+    assert snapshot["reason"] == ("the run's timeout (3s) passed while stage 0 was preparing "
+                                  "(1 of 2 ready)")
+    parts = by_name(snapshot)
+    assert parts["big"]["state"] == "killed"
+    assert parts["big"]["fail_reason"] == f"stopped: {snapshot['reason']}"
+    cluster.cli("kill", str(blocker))
+
+
+def test_a_plan_that_can_never_fit_is_refused_at_once(cluster: Cluster, tmp_path: Path) -> None:
+    spec = tmp_path / "greedy.toml"
+    spec.write_text(SQUEEZED.format(timeout="", cores=5))
+    code, _, stderr = run(cluster, spec)
+    assert code == 2
+    assert stderr.strip().splitlines()[-1] == ("shoal: components on worker h1 ask for 5 cores "
+                                              "together; it offers 4")
+
+
+def temporary_workers(cluster: Cluster) -> list[dict[str, Any]]:
+    return [w for w in cluster.api("GET", "/workers")["workers"]
+            if "-ensemble-" in w["name"] and w["connected"]]
+
+
+def test_netjobs_sample_config_as_shipped(cluster: Cluster, tmp_path: Path) -> None:
+    """All on localhost, relative paths included: a temporary worker started for the run,
+    working in the directory the run is typed in, as NetJobsAgent would be."""
+    netjobs = PEERS / "netjobs"
+    result = cluster.cli("ensemble", "run", "sample_config.txt", "--json", "--log-dir",
+                         str(tmp_path / "runs"), cwd=netjobs, env=python_on_path(cluster.env))
+    assert result.returncode == 0, result.stderr
+    assert f"started temporary worker {socket.gethostname()}-ensemble-" in result.stderr
+    assert f"working in {netjobs}" in result.stderr
+    test0, test1 = json.loads(result.stdout)
+    assert (test0["name"], test0["state"], test1["name"], test1["state"]) == \
+        ("test0", "done", "test1", "done")  # test1: -minhosts 0
+    assert (Path(test0["log_dir"]) / "localhost.stdout").read_text() == "hello, world\n"
+    parts = by_name(test1)
+    assert {c["cwd"] for c in parts.values()} == {str(netjobs)}
+    assert parts["localhost+2"]["state"] == parts["localhost+5"]["state"] == "done"
+    log_dir = Path(test1["log_dir"])
+    assert (log_dir / "localhost+5.stdout").read_text() == "goodbye, world\n"
+    for name in ("localhost+1", "localhost+4"):  # sleep10.py, sleep5.py: -generaltimeout 2s
+        assert parts[name]["state"] == "timed_out"
+        assert parts[name]["fail_reason"].startswith("timed out after 2s")
+    for name in ("localhost+1", "localhost+3", "localhost+4"):  # found, relative as they are
+        assert "can't open file" not in (log_dir / f"{name}.stderr").read_text()
+    wait_until(lambda: not temporary_workers(cluster), timeout=30,
+               message="the temporary worker to stop after the run")
+
+
+def test_localhost_beside_remote_hosts_uses_this_machines_worker(cluster: Cluster,
+                                                                 tmp_path: Path) -> None:
+    spec = tmp_path / "mixed.toml"
+    spec.write_text("""
+name = "mixed"
+base_dir = "."
+
+[[component]]
+name = "load"
+host = "h1"
+command = "echo load"
+
+[[component]]
+name = "report"
+host = "localhost"
+command = "cat marker.txt"
+stage = 1
+""")
+    # No worker of this machine: one is started for the run.
+    (tmp_path / "marker.txt").write_text("typed here\n")
+    code, [snapshot], stderr = run(cluster, spec)
+    assert code == 0, stderr
+    parts = by_name(snapshot)
+    assert parts["load"]["worker"] == "h1"
+    assert parts["report"]["worker"].startswith(f"{socket.gethostname()}-ensemble-")
+    assert parts["report"]["cwd"] == str(tmp_path)
+    assert (Path(snapshot["log_dir"]) / "report.stdout").read_text() == "typed here\n"
+
+    # A worker of this machine is connected: that one, in its own working directory.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "marker.txt").write_text("the worker's directory\n")
+    cluster.start_worker("here", 1, "--workdir", str(elsewhere))
+    code, [snapshot], stderr = run(cluster, spec)
+    assert code == 0, stderr
+    assert "localhost: worker here, connected from this machine" in stderr
+    report = by_name(snapshot)["report"]
+    assert (report["worker"], report["cwd"]) == ("here", str(elsewhere))
+    assert (Path(snapshot["log_dir"]) / "report.stdout").read_text() == \
+        "the worker's directory\n"
+
+
+def test_output_is_calm_by_default_verbose_with_v_and_logged_with_l(
+        cluster: Cluster, tmp_path: Path) -> None:
+    config = tmp_path / "talk.txt"
+    config.write_text('talk:\n-minhosts: 1\nh0: "echo said on h0; echo warned >&2; exit 1"\n'
+                      'h1: "seq 1 100"\nend\n')
+    calm = cluster.cli("ensemble", "run", str(config), "--log-dir", str(tmp_path / "calm"),
+                       cwd=tmp_path)
+    assert calm.returncode == 0
+    assert calm.stderr == ""  # no progress lines
+    out = calm.stdout.splitlines()
+    assert out[0].startswith("ensemble talk: done")
+    # After the results: each output, head and tail, with the file holding all of it.
+    h0_out = out.index(f"--- h0 (h0) stdout, 1 line: {tmp_path / 'calm' / 'h0.stdout'}")
+    assert out[h0_out + 1] == "said on h0"
+    assert out[out.index(f"--- h0 (h0) stderr, 1 line: {tmp_path / 'calm' / 'h0.stderr'}")
+               + 1] == "warned"
+    h1_out = out.index(f"--- h1 (h1) stdout, 100 lines: {tmp_path / 'calm' / 'h1.stdout'}")
+    assert out[h1_out + 1:h1_out + 13] == [*map(str, range(1, 11)),
+                                           "[... 80 lines more in the file ...]", "91"]
+
+    loud = cluster.cli("ensemble", "run", str(config), "-v", "-q", "-l", "--log-dir",
+                       str(tmp_path / "loud"), cwd=tmp_path)
+    assert loud.returncode == 0
+    assert " h0 (h0): " in loud.stderr and " talk: done\n" in loud.stderr  # a line a change
+    assert "---" not in loud.stdout  # -q: the results only
+    [log] = tmp_path.glob("talk_*.log")  # NetJobs' -l, beside the configuration
+    assert log.read_text().startswith("ensemble talk: done")
+    assert "said on h0" in log.read_text()
+
+    planned = cluster.cli("ensemble", "run", str(config), "-s", cwd=tmp_path)
+    assert planned.returncode == 0 and "dry run: nothing was started" in planned.stderr
+    assert "its worker's working directory" in planned.stdout
