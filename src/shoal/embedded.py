@@ -15,9 +15,10 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shoal.core.errors import InputError
 from shoal.core.models import FINAL_STATES, JobState
@@ -30,6 +31,11 @@ from shoal.server.service import Service
 from shoal.store import Store
 from shoal.worker.agent import Agent, InProcessLink
 from shoal.worker.resources import detect_resources
+
+if TYPE_CHECKING:
+    from shoal.provision.hosts import SshHost
+    from shoal.provision.temporary import TemporaryWorkers
+    from shoal.runfile.listen import Listener, ListenSettings
 
 LOCAL_WORKER = "local"
 
@@ -79,8 +85,14 @@ def load(path: Path, fmt: str, parallel: int) -> list[ParsedJob]:
 
 
 async def run_jobs(path: Path, parsed: list[ParsedJob], parallel: int,
-                   progress: Callable[[int, int, int], None] | None = None) -> RunReport:
+                   progress: Callable[[int, int, int], None] | None = None, *,
+                   hosts: Sequence[SshHost] = (),
+                   listen: ListenSettings | None = None) -> RunReport:
     """Run the jobs, return the report. `progress(done, failed, total)` is called as they end.
+
+    With `hosts`, the service also listens (TLS, its own worker token) on `listen` (default:
+    every address, any free port), and workers started over SSH on those hosts take jobs too,
+    until the run ends and they are stopped.
 
     A runmaker file is the queue itself: shoal.runfile runs it, claiming line by line."""
     if is_runmaker(parsed):
@@ -134,7 +146,10 @@ async def run_jobs(path: Path, parsed: list[ParsedJob], parallel: int,
     interrupted = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupted.set)
+    remote = None
     try:
+        if hosts:
+            remote = await _ssh_workers(service, home, hosts, listen)
         worker_id = service.join(agent.register_message(), InProcessLink(agent))
         agent.connected(lambda message: service.deliver(worker_id, message))
         waiters = [asyncio.create_task(finished.wait()), asyncio.create_task(interrupted.wait())]
@@ -151,9 +166,25 @@ async def run_jobs(path: Path, parsed: list[ParsedJob], parallel: int,
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         report.wall_seconds = time.monotonic() - started
+        if remote is not None:
+            workers, listener = remote
+            await workers.stop()
+            await listener.stop()
         _summarise(service, this_run, report)
         await service.stop()
     return report
+
+
+async def _ssh_workers(service: Service, home: Path, hosts: Sequence[SshHost],
+                       listen: ListenSettings | None) -> tuple[TemporaryWorkers, Listener]:
+    """Listen for workers, and start them on `hosts` over SSH, in the background."""
+    from shoal.provision.temporary import TemporaryWorkers
+    from shoal.runfile.listen import ListenSettings, start_listening
+
+    listener = await start_listening(service, home, listen or ListenSettings("0.0.0.0", 0))
+    workers = TemporaryWorkers(hosts, listener.join, label="shoal run")
+    workers.start()
+    return workers, listener
 
 
 def _summarise(service: Service, ids: list[int], report: RunReport) -> None:

@@ -237,3 +237,44 @@ def test_down_names_a_host_it_never_started(tmp_path: Path, bed: SshBed) -> None
                                        "by `shoal up`")
     finally:
         cluster.stop()
+
+
+def test_run_with_hosts_spreads_jobs_over_ssh_workers_and_stops_them(
+        tmp_path: Path, bed: SshBed, shared_shoal: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    with namespace_hosts(2) as hosts:
+        accounts = [bed.add_account() for _ in range(2)]
+        daemons = [bed.start_sshd(hosts.address(k), 22, netns=hosts.names[k],
+                                  path=f"{shared_shoal}:{DEFAULT_PATH}") for k in range(2)]
+        for daemon in daemons:
+            bed.trust(daemon)
+        work = bed.root / "work"
+        work.mkdir()
+        os.chmod(work, 0o777)  # the accounts write their results here too
+        jobs = work / "jobs.txt"
+        jobs.write_text("".join(f"sleep 2; id -un > out-{i}\n" for i in range(16)))
+        env = bed.client_env({k: v for k, v in os.environ.items()
+                              if not k.startswith("SHOAL_")})
+        specs = ",".join(f"{a.name}@{d.address}" for a, d in zip(accounts, daemons, strict=True))
+        run = subprocess.run(
+            [sys.executable, "-m", "shoal.cli.main", "run", str(jobs), "-j", "1", "--json",
+             "--hosts", specs, "--listen", f"{hosts.server_address}:0"],
+            cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout + run.stderr
+        summary = json.loads(run.stdout)
+        assert summary["done"] == 16, summary
+        owners = {(work / f"out-{i}").read_text().strip() for i in range(16)}
+        assert owners & {a.name for a in accounts}, owners  # some ran on the SSH hosts
+        assert_no_processes_left(bed, accounts)
+        # Resumable as ever: a second run finds everything done.
+        again = subprocess.run(
+            [sys.executable, "-m", "shoal.cli.main", "run", str(jobs), "--json",
+             "--hosts", specs, "--listen", f"{hosts.server_address}:0"],
+            cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["skipped_done"] == 16
+        assert_no_processes_left(bed, accounts)

@@ -1,0 +1,75 @@
+"""Workers over SSH for one run only: started when it starts, stopped when it ends.
+
+`shoal run FILE --hosts a,b` (GNU parallel's --sshlogin) and ensembles with `ssh://` hosts
+(remote_runner's model) use them. The hosts are reached in the background, so the run starts
+at once on what it has; a host that fails is one line on stderr naming it, and the run goes on
+without it. `stop()` stops every worker that was started, whatever happened meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import Callable, Sequence
+
+from shoal.provision.hosts import SshHost
+from shoal.provision.ssh import HostError, RemoteWorker, SshProvider, SshSettings
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class TemporaryWorkers:
+    def __init__(self, hosts: Sequence[SshHost], join: str, *,
+                 settings: SshSettings | None = None, worker_args: Sequence[str] = (),
+                 names: Sequence[str] | None = None, label: str = "shoal",
+                 say: Callable[[str], None] = _say):
+        self.hosts = list(hosts)
+        self.names = list(names) if names is not None else [h.worker_name for h in hosts]
+        self.join = join
+        self.provider = SshProvider(settings)
+        self.worker_args = list(worker_args)
+        self.label = label
+        self.say = say
+        self.started: list[RemoteWorker] = []
+        self.failed: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begin starting the workers, in the background."""
+        self._task = asyncio.create_task(self._start_all(), name="shoal-ssh-workers")
+
+    async def wait_started(self) -> None:
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def _start_all(self) -> None:
+        async def one(host: SshHost, name: str) -> None:
+            try:
+                worker = await self.provider.start_worker(host, self.join, name=name,
+                                                          worker_args=self.worker_args)
+            except HostError as exc:
+                self.failed.append(str(host))
+                self.say(f"{self.label}: {exc}")
+                return
+            self.started.append(worker)
+
+        await asyncio.gather(*(one(host, name)
+                               for host, name in zip(self.hosts, self.names, strict=True)))
+
+    async def stop(self) -> None:
+        """Stop every worker started (waiting for those still being started)."""
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
+
+        async def one(worker: RemoteWorker) -> None:
+            try:
+                await self.provider.stop_worker(worker)
+            except HostError as exc:
+                self.say(f"{self.label}: {exc} (stop it by hand: pid {worker.pid})")
+
+        await asyncio.gather(*(one(worker) for worker in self.started))
+        self.started = []
