@@ -227,7 +227,24 @@ async def _up(provider: SshProvider, hosts: list[SshHost], join: str, worker_arg
     failed += len(to_start) - len(started)
     waiting = {name: worker for worker in started for name in expected_names(worker, count)}
     deadline = time.monotonic() + timeout
+    next_check = time.monotonic() + 5.0
+    dead: set[str] = set()
     while waiting and time.monotonic() < deadline:
+        if time.monotonic() >= next_check:  # a worker that exited will never join: say why
+            next_check = time.monotonic() + 5.0
+            for worker in {w.host: w for w in waiting.values()}.values():
+                try:
+                    alive, last = await provider.check(worker)
+                except HostError:
+                    continue
+                if not alive:
+                    _fail("up", f"{worker.host}: worker {worker.name} (pid {worker.pid}) "
+                                f"exited without joining: {last or 'no output'} (its log on "
+                                f"the host: {worker.log})")
+                    dead.add(worker.host)
+                    waiting = {n: w for n, w in waiting.items() if w is not worker}
+            if not waiting:
+                break
         for info in await asyncio.to_thread(list_workers):
             if info.get("connected") and info.get("name") in waiting:
                 worker = waiting.pop(info["name"])
@@ -241,7 +258,7 @@ async def _up(provider: SshProvider, hosts: list[SshHost], join: str, worker_arg
     for worker in late.values():
         _fail("up", f"{worker.host}: worker {worker.name} (pid {worker.pid}) did not join "
                     f"within {timeout:.0f}s; its log on the host: {worker.log}")
-    failed += len(late)
+    failed += len(late) + len(dead)
     total = len(hosts)
     print(f"{total - failed} of {total} hosts up", file=sys.stderr)
     return failed

@@ -30,24 +30,35 @@ try:
 except Exception:
     info["shoal"] = None
 print("PROBE " + json.dumps(info))
+sys.exit(0 if sys.version_info[:2] >= (3, 11) else 1)
 """
 
-# The candidates, best first: the Python of a bootstrapped venv, then those on PATH. Then the
-# `shoal` on PATH, if any, and its version.
-PYTHON_CANDIDATES = ("$HOME/.shoal/venv/bin/python", "python3", "python3.14", "python3.13",
-                     "python3.12", "python3.11", "python")
+# The Python of a bootstrapped venv, then those on PATH, best first: each interpreter once,
+# up to the first of 3.11 or later. Then the `shoal` on PATH, if any, and its version (asked
+# of its own interpreter: cheaper than starting the whole command).
+VENV_PYTHON = "$HOME/.shoal/venv/bin/python"
+PYTHON_CANDIDATES = ("python3", "python3.14", "python3.13", "python3.12", "python3.11", "python")
+SHOAL_VERSION_PYTHON = "from importlib.metadata import version; print(version('shoal'))"
 
 
 def probe_command() -> str:
     code = shlex.quote(PROBE_PYTHON)
     loop = " ".join(f'"{name}"' for name in PYTHON_CANDIDATES)
     script = (
+        f'[ -x "{VENV_PYTHON}" ] && "{VENV_PYTHON}" -c {code} "{VENV_PYTHON}" 2>/dev/null; '
+        'seen=" "; '
         f"for p in {loop}; do "
         'exe=$(command -v "$p" 2>/dev/null) || continue; '
-        f'"$exe" -c {code} "$exe" 2>/dev/null; '
+        'real=$(readlink -f "$exe" 2>/dev/null || echo "$exe"); '
+        'case "$seen" in *" $real "*) continue;; esac; '
+        'seen="$seen$real "; '
+        f'"$exe" -c {code} "$exe" 2>/dev/null && break; '
         "done; "
-        "s=$(command -v shoal 2>/dev/null) && "
-        'echo "SHOAL $s $("$s" --version 2>/dev/null | head -n 1)"; '
+        "if s=$(command -v shoal 2>/dev/null); then "
+        "i=$(head -n 1 \"$s\" | sed -n 's/^#! *//p' | cut -d ' ' -f 1); "
+        f'v=$([ -x "$i" ] && "$i" -c {shlex.quote(SHOAL_VERSION_PYTHON)} 2>/dev/null); '
+        '[ -n "$v" ] || v=$("$s" --version 2>/dev/null | head -n 1 | sed "s/^shoal //"); '
+        'echo "SHOAL $s $v"; fi; '
         "exit 0"
     )
     return "sh -c " + shlex.quote(script)
@@ -174,7 +185,7 @@ except OSError:
 print(json.dumps({"how": how}))
 """
 
-# Whether the worker `pid` named `name` still runs there.
+# Whether the worker `pid` named `name` still runs there; if not, the end of its log.
 ALIVE_PYTHON = r"""
 import json, sys
 spec = json.loads(sys.argv[1])
@@ -184,7 +195,16 @@ try:
     alive = b"worker" in words and spec["name"].encode() in words
 except OSError:
     alive = False
-print(json.dumps({"alive": alive}))
+tail = ""
+if not alive and spec.get("log"):
+    try:
+        with open(spec["log"], "rb") as handle:
+            handle.seek(0, 2)
+            handle.seek(max(0, handle.tell() - 4000))
+            tail = handle.read().decode("utf-8", "replace")
+    except OSError:
+        pass
+print(json.dumps({"alive": alive, "tail": tail}))
 """
 
 

@@ -283,7 +283,7 @@ class SshProvider:
             argv = [shoal_command, "worker", "--name", name, f"--started-by={started_by}",
                     *worker_args]
             result = await self._run(conn, host, python_command(
-                python, LAUNCH_PYTHON, {"argv": argv, "name": name, "settle": 1.0}),
+                python, LAUNCH_PYTHON, {"argv": argv, "name": name, "settle": 0.3}),
                 input=join + "\n")
             answer = last_json(str(result.stdout or ""))
             if answer is None or "pid" not in answer:
@@ -319,7 +319,7 @@ class SshProvider:
                     pythons.append(info)
             elif line.startswith("SHOAL "):
                 words = line.split()
-                on_path = (words[1], words[3] if len(words) > 3 else "")
+                on_path = (words[1], words[2] if len(words) > 2 else "")
         return pythons, on_path
 
     async def _choose(self, conn: asyncssh.SSHClientConnection, host: SshHost,
@@ -340,7 +340,7 @@ class SshProvider:
                 return str(venv["exe"]), str(venv_shoal)
         elif venv is not None and str(venv.get("shoal") or "").partition("+")[0] == version:
             return str(venv["exe"]), str(venv_shoal)
-        if on_path is not None and on_path[1] == version and pythons:
+        if on_path is not None and on_path[1].partition("+")[0] == version and pythons:
             return str(pythons[0]["exe"]), on_path[0]
         if not self.settings.bootstrap:
             found = ("no shoal on its PATH" if on_path is None
@@ -417,12 +417,18 @@ class SshProvider:
         return str(answer.get("how"))
 
     async def is_alive(self, worker: RemoteWorker) -> bool:
+        alive, _ = await self.check(worker)
+        return alive
+
+    async def check(self, worker: RemoteWorker) -> tuple[bool, str]:
+        """Whether it runs; if not, the last line of its log."""
         host = parse_host(worker.host)
         async with await self.connect(host) as conn:
             result = await self._run(conn, host, python_command(
-                worker.python, ALIVE_PYTHON, {"pid": worker.pid, "name": worker.name}))
-        answer = last_json(str(result.stdout or ""))
-        return bool(answer and answer.get("alive"))
+                worker.python, ALIVE_PYTHON,
+                {"pid": worker.pid, "name": worker.name, "log": worker.log}))
+        answer = last_json(str(result.stdout or "")) or {}
+        return bool(answer.get("alive")), _last_line(answer.get("tail"))
 
 
 def _last_line(text: object) -> str:
