@@ -123,15 +123,18 @@
         plot.setData(data);
         return;
       }
+      // Resources change only when something happens: a step, not a slope, between samples.
+      const step = window.uPlot.paths.stepped({align: 1});
       plot = new window.uPlot({
         width: Math.max(320, holder.clientWidth || 800), height: 220,
         series: [{},
-          {label: "cores used", stroke: "#1f77b4", width: 2},
-          {label: "cores offered", stroke: "#1f77b4", dash: [5, 5]},
-          {label: "memory used (GiB)", stroke: "#2ca02c", width: 2, scale: "GiB"},
-          {label: "memory offered (GiB)", stroke: "#2ca02c", dash: [5, 5], scale: "GiB"},
-          {label: "GPUs used", stroke: "#d62728", width: 2},
-          {label: "GPUs offered", stroke: "#d62728", dash: [5, 5]}],
+          {label: "cores used", stroke: "#1f77b4", width: 2, paths: step},
+          {label: "cores offered", stroke: "#1f77b4", dash: [5, 5], paths: step},
+          {label: "memory used (GiB)", stroke: "#2ca02c", width: 2, scale: "GiB", paths: step},
+          {label: "memory offered (GiB)", stroke: "#2ca02c", dash: [5, 5], scale: "GiB",
+           paths: step},
+          {label: "GPUs used", stroke: "#d62728", width: 2, paths: step},
+          {label: "GPUs offered", stroke: "#d62728", dash: [5, 5], paths: step}],
         axes: [{}, {label: "cores, GPUs"}, {side: 1, scale: "GiB", label: "GiB",
                                              grid: {show: false}}],
       }, data, holder);
