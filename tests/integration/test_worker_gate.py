@@ -169,6 +169,28 @@ def test_gated_attempts_released_together_all_start_after_the_line(tmp_path: Pat
     assert all(start >= at for start in starts), (at, starts)
 
 
+def test_a_relative_directory_is_under_the_workers_working_directory(tmp_path: Path) -> None:
+    """As a NetJobs agent runs its commands where it was started: `shoal worker --workdir`."""
+    workdir = tmp_path / "agent-here"
+    (workdir / "scripts").mkdir(parents=True)
+    (workdir / "scripts" / "hello.sh").write_text("echo hello from $(pwd)\n")
+
+    async def main() -> None:
+        async with gate_runner(tmp_path) as (runner, events):
+            runner.workdir = workdir
+            runner.start(gated("bash scripts/hello.sh", lease_id=1, cwd="."))
+            runner.start(gated("pwd", lease_id=2, cwd="sub/dir"))
+            await eventually(lambda: 1 in events.ready and 2 in events.ready)
+            assert events.ready[1].cwd == str(workdir)
+            assert events.ready[2].cwd == str(workdir / "sub" / "dir")  # made if missing
+            assert await runner.release([1, 2], time.time() + LEAD_SECONDS) == 2
+            await eventually(lambda: 1 in events.finished and 2 in events.finished)
+            assert events.finished[1].exit_code == 0
+
+    asyncio.run(main())
+    assert (workdir / "sub" / "dir").is_dir()
+
+
 def test_files_are_staged_in_a_fresh_directory(tmp_path: Path) -> None:
     script = b"#!/bin/sh\ncat data.txt\n"
     blobs = Blobs(script, b"payload")

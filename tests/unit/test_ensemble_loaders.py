@@ -663,3 +663,68 @@ def test_toml_refuses_any_mix_of_its_lines_with_input_error_only(lines: list[str
 def test_netjobs_refuses_any_mix_of_its_lines_with_input_error_only(lines: list[str]) -> None:
     with contextlib.suppress(InputError):
         parse_netjobs("\n".join(lines), source="t")
+
+
+# ---- directories, resources, remote_runner's extra arguments ------------------------------
+
+PEER_EXAMPLE = Path(__file__).resolve().parents[3] / "shared" / "peers" / "remote_runner" / \
+    "example"
+
+
+def test_toml_resources_and_a_default_base_dir(tmp_path: Path) -> None:
+    ensemble = load_one(write(tmp_path, "r.toml", """
+base_dir = "."
+[[component]]
+name = "a"
+command = "true"
+cores = 2
+memory = "512M"
+[[component]]
+name = "b"
+command = "true"
+base_dir = "/srv/b"
+"""))
+    a, b = ensemble.components
+    assert (a.cores, a.memory_bytes, a.base_dir) == (2, 512 * 1024**2, ".")
+    assert (b.cores, b.memory_bytes, b.base_dir) == (None, None, "/srv/b")
+    assert "'cores' must be a whole number from 1, not 0" in error_of(
+        write(tmp_path, "c.toml", ONE + "cores = 0\n"))
+    assert "'memory': not a memory size" in error_of(write(tmp_path, "m.toml",
+                                                           ONE + 'memory = "lots"\n'))
+
+
+def test_netjobs_commands_run_in_their_workers_directory() -> None:
+    test0, _ = load_ensembles(FIXTURES / "netjobs_sample_config.txt")
+    assert test0.components[0].base_dir == "."  # the worker's working directory
+
+
+def test_remote_runner_example_with_extra_args_and_its_muddler() -> None:
+    ensemble = load_one(PEER_EXAMPLE / "config.py", muddler=PEER_EXAMPLE / "arg_muddler.py",
+                        extra_args="--apple Fuji",  # type: ignore[arg-type]
+                        arg_parser=PEER_EXAMPLE / "extra_args_parser.py")
+    first = next(c for c in ensemble.components if c.name == "script-1-172.25.87.96")
+    assert first.command == ("./script.sh 1 hello --apple Fuji --bread sourdough --chese "
+                             "cheddar muddled")
+    assert (first.base_dir, first.wait) == ("/home/odain/testing", False)
+    second = next(c for c in ensemble.components if c.name == "script-2-172.25.87.96")
+    assert second.base_dir is None  # a fresh directory, its files in it
+    assert sorted(f.remote for f in second.files) == sorted(
+        ["file1", "file2", "sub1/file1", "sub2/file1", "sub2/file2", "script.sh"])
+
+
+def test_remote_runner_extra_args_mistakes_are_one_line(tmp_path: Path) -> None:
+    config = PEER_EXAMPLE / "config.py"
+    assert error_of(config, extra_args="--apple Fuji") == (  # type: ignore[arg-type]
+        "--extra-args needs --arg-parser: a file defining parse_args(extra_args, ssh_user), "
+        "as in remote_runner")
+    refused = error_of(config, extra_args="--banana 1",  # type: ignore[arg-type]
+                       arg_parser=PEER_EXAMPLE / "extra_args_parser.py")
+    assert refused.endswith("extra_args_parser.py: --extra-args '--banana 1': Example Remote "
+                            "Runner custom arg_parser: error: unrecognized arguments: "
+                            "--banana 1")
+    empty = write(tmp_path, "parser.py", "x = 1\n")
+    assert error_of(config, extra_args="", arg_parser=empty) == (  # type: ignore[arg-type]
+        f"{empty}: an arg parser must define parse_args(extra_args, ssh_user)")
+    toml = write(tmp_path, "a.toml", ONE)
+    assert "--extra-args applies to remote_runner configurations" in error_of(
+        toml, extra_args="x")  # type: ignore[arg-type]
