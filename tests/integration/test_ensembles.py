@@ -471,3 +471,20 @@ def test_output_is_calm_by_default_verbose_with_v_and_logged_with_l(
     planned = cluster.cli("ensemble", "run", str(config), "-s", cwd=tmp_path)
     assert planned.returncode == 0 and "dry run: nothing was started" in planned.stderr
     assert "its worker's working directory" in planned.stdout
+
+
+def test_the_python_api_runs_an_ensemble_file(cluster: Cluster, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal import Client
+
+    monkeypatch.setenv("SHOAL_HOME", str(cluster.home))
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "api.txt"
+    config.write_text('api:\nh0: "echo from the api"\nlocalhost: "pwd"\nend\n')
+    with Client() as client:
+        [snapshot] = client.run_ensemble(config)
+        assert snapshot["state"] == "done"
+        parts = by_name(snapshot)
+        assert cluster.job(parts["h0"]["job_id"])["stdout"]["head"] == "from the api\n"
+        assert cluster.job(parts["localhost"]["job_id"])["stdout"]["head"] == f"{tmp_path}\n"
+        assert [run["run_id"] for run in client.list_ensembles("api")] == [snapshot["run_id"]]

@@ -408,3 +408,24 @@ stage = 1
     # Each component's output follows the results, with the file that holds it.
     assert "tool ran with x" in lines and "bad" in lines
     assert any(line.startswith("--- second (localhost) stderr, 1 line: ") for line in lines)
+
+
+def test_with_no_server_services_are_followed_until_they_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SHOAL_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no server in ~/.shoal either
+    (tmp_path / "svc.toml").write_text("""\
+name = "svc"
+[[component]]
+name = "brief"
+command = "echo serving; sleep 1"
+wait = false
+""")
+    code = main(["ensemble", "run", "svc.toml", "--log-dir", "out"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "no server: the services this run leaves running stop with this command" in err
+    assert out.startswith("ensemble svc: done")  # followed past detached, to its end
+    assert (tmp_path / "out" / "brief.stdout").read_text() == "serving\n"

@@ -190,8 +190,14 @@ def follow_run(backend: EnsembleBackend, snapshot: dict[str, Any], options: RunO
     """Follow a run until it is over: the last snapshot, and whether Ctrl-C cancelled it."""
     run_id = snapshot["run_id"]
     observer.update(snapshot)
+    told = False
     try:
         while not is_over(snapshot, detach=options.detach):
+            if snapshot["state"] == RunState.DETACHED and not told:
+                observer.note("no server: the services this run leaves running stop with "
+                              "this command; Ctrl-C stops them (with `shoal server` running, "
+                              "they would be left running)")
+                told = True
             snapshot = next_snapshot(backend, run_id, snapshot, options.poll_seconds)
             observer.update(snapshot)
         return settle(backend, snapshot, observer), False
