@@ -231,6 +231,37 @@ def test_workers_and_ensembles_pages(browser: Any, web_cluster: Cluster,
     page.wait_for_selector("#utilisation canvas")  # the chart drew
     page.wait_for_selector("tr[data-worker]:has-text('2 / 2')")
     _shot(page, screenshots, "workers", "w1", "w2", "Utilisation")
+    assert not page.problems, page.problems
+
+
+def test_an_ensemble_runs_timeline(browser: Any, web_cluster: Cluster, screenshots: Path,
+                                   tmp_path: Path) -> None:
+    spec = tmp_path / "pair.toml"
+    spec.write_text("""
+name = "pair"
+timeout = "60s"
+
+[[component]]
+name = "left"
+host = "w1"
+command = "sleep 1; echo left"
+
+[[component]]
+name = "right"
+host = "w2"
+command = "sleep 2; echo right"
+""")
+    ran = web_cluster.cli("ensemble", "run", str(spec), cwd=tmp_path, timeout=180)
+    assert ran.returncode == 0, ran.stderr
+    page = _page(browser)
+    _login(page, web_cluster, web_cluster.connection["admin_token"])
     page.goto(f"{web_cluster.url}/ui/ensembles")
-    _shot(page, screenshots, "ensembles", "Ensembles")
+    page.click("text=pair")
+    page.wait_for_selector("svg.gantt rect.c-done")
+    assert len(page.query_selector_all("svg.gantt rect")) == 2
+    assert page.query_selector("svg.gantt line.stage") is not None
+    _shot(page, screenshots, "ensemble", "pair", "left", "right", "Start spread", " ms")
+    metrics = httpx.get(f"{web_cluster.url}/metrics", timeout=30, headers={
+        "Authorization": f"Bearer {web_cluster.connection['admin_token']}"}).text
+    assert "shoal_ensemble_start_spread_seconds_count 1.0" in metrics
     assert not page.problems, page.problems

@@ -33,6 +33,7 @@ from shoal.ensemble.loaders.common import safe_name
 from shoal.ensemble.spec import LOCALHOST, Component
 from shoal.ensemble.states import COMPONENT_FAILURES, ComponentState, RunState
 from shoal.server.ensemble_runs import ComponentRun, EnsembleRequest, Run, seconds_text
+from shoal.server.events import EnsembleStageStarted
 from shoal.server.service import Service
 from shoal.server.workers import WorkerState
 
@@ -285,6 +286,8 @@ class EnsembleRunner:
             run.stages[-1]["spread_seconds"] = spread
         else:
             run.stages.append({"stage": stage, "release_at": None, "spread_seconds": spread})
+        self.service.events.emit(EnsembleStageStarted(run.run_id, run.name, stage, len(started),
+                                                      spread, time.time()))
         run.note(f"stage {stage}: {len(started)} started"
                  + (f", spread {spread * 1000:.3f} ms" if spread is not None else ""))
         next_stages = [s for s in ensemble.stages if s > stage]
