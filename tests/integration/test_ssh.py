@@ -278,3 +278,53 @@ def test_run_with_hosts_spreads_jobs_over_ssh_workers_and_stops_them(
         assert again.returncode == 0, again.stderr
         assert json.loads(again.stdout)["skipped_done"] == 16
         assert_no_processes_left(bed, accounts)
+
+
+def test_ensemble_over_ssh_hosts_starts_and_stops_its_workers(
+        tmp_path: Path, bed: SshBed, shared_shoal: Path) -> None:
+    import json
+
+    with namespace_hosts(2) as hosts:
+        cluster = server_on(hosts, tmp_path)
+        try:
+            accounts = [bed.add_account() for _ in range(2)]
+            daemons = [bed.start_sshd(hosts.address(k), 22, netns=hosts.names[k],
+                                      path=f"{shared_shoal}:{DEFAULT_PATH}") for k in range(2)]
+            for daemon in daemons:
+                bed.trust(daemon)
+            env = bed.client_env(cluster.env)
+            server_host, client_host = (f"ssh://{a.name}@{d.address}"
+                                        for a, d in zip(accounts, daemons, strict=True))
+            spec = tmp_path / "pair.toml"
+            spec.write_text(f"""
+name = "pair"
+timeout = "120s"
+
+[[component]]
+name = "server"
+host = "{server_host}"
+command = "id -un; sleep 120"
+wait = false
+
+[[component]]
+name = "client"
+host = "{client_host}"
+command = "id -un"
+stage = 1
+""")
+            result = cluster.cli("ensemble", "run", str(spec), "--json", "--log-dir",
+                                 str(tmp_path / "runs"), env=env, timeout=600, cwd=tmp_path)
+            assert result.returncode == 0, result.stdout + result.stderr
+            [snapshot] = json.loads(result.stdout)
+            assert snapshot["state"] == "done", snapshot
+            parts = {c["name"]: c for c in snapshot["components"]}
+            assert parts["server"]["state"] == "killed"  # a service, stopped at the end
+            assert parts["client"]["state"] == "done"
+            for name, account in (("server", accounts[0]), ("client", accounts[1])):
+                logs = cluster.cli("logs", str(parts[name]["job_id"]), env=env).stdout
+                assert logs.split()[0] == account.name
+            workers = cluster.api("GET", "/workers")["workers"]
+            assert not [w for w in workers if w["connected"]], workers
+            assert_no_processes_left(bed, accounts)
+        finally:
+            cluster.stop()

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from shoal.core.errors import ConnectError
 from shoal.ensemble.spec import LOCALHOST, Ensemble
+from shoal.provision.hosts import is_ssh_host
 
 # How long a temporary worker may take to connect (a Python start on a loaded machine).
 JOIN_SECONDS = 60.0
@@ -94,6 +95,7 @@ class Placement:
     workers: dict[str, str] = field(default_factory=dict)
     temporary: list[TemporaryWorker] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    ssh: Any = None  # shoal.provision.temporary.EnsembleWorkers, for `ssh://` hosts
 
     def release(self, *, keep: bool) -> None:
         """After the runs: stop the temporary workers, or (`keep`) leave them to stop by
@@ -104,6 +106,9 @@ class Placement:
             else:
                 worker.stop()
         self.temporary.clear()
+        if self.ssh is not None and not keep:  # kept, they exit once idle
+            self.ssh.stop()
+        self.ssh = None
 
 
 def resolve_hosts(source: WorkerSource, ensembles: Sequence[Ensemble], *, workdir: Path,
@@ -115,6 +120,15 @@ def resolve_hosts(source: WorkerSource, ensembles: Sequence[Ensemble], *, workdi
     placement = Placement()
     if LOCALHOST in hosts:
         _resolve_localhost(source, placement, workdir, allow_temporary, start_worker)
+    remote = sorted(host for host in hosts if is_ssh_host(host))
+    if remote and allow_temporary:  # remote_runner's model: workers over SSH for the run
+        from shoal.provision.temporary import EnsembleWorkers
+
+        placement.ssh = EnsembleWorkers.start(remote, lambda: {
+            str(w["name"]) for w in source.workers() if w.get("connected")})
+        placement.workers.update(placement.ssh.placed)
+        placement.notes += [f"{host}: temporary worker {name}, started over SSH"
+                            for host, name in placement.ssh.placed.items()]
     return placement
 
 

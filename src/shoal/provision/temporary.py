@@ -61,7 +61,7 @@ class TemporaryWorkers:
 
     async def stop(self) -> None:
         """Stop every worker started (waiting for those still being started)."""
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             with contextlib.suppress(Exception):
                 await self._task
 
@@ -73,3 +73,53 @@ class TemporaryWorkers:
 
         await asyncio.gather(*(one(worker) for worker in self.started))
         self.started = []
+
+
+# An ensemble's workers over SSH exit by themselves once idle this long: a run that leaves
+# services behind keeps them only while those run.
+ENSEMBLE_IDLE_EXIT_SECONDS = 30.0
+JOIN_SECONDS = 120.0
+
+
+class EnsembleWorkers:
+    """Temporary workers for an ensemble's `ssh://` hosts, from a synchronous caller."""
+
+    def __init__(self, workers: TemporaryWorkers, placed: dict[str, str]):
+        self.workers = workers
+        self.placed = placed  # host as written -> worker name, for those that joined
+
+    @classmethod
+    def start(cls, hosts: Sequence[str], connected: Callable[[], set[str]]) -> EnsembleWorkers:
+        """Start a worker on each host, joined to the server of $SHOAL_HOME (or $SHOAL_JOIN);
+        wait until they have connected. A host that fails is one line; it is left unplaced."""
+        import os
+        import time
+
+        from shoal.cli.up import join_string
+        from shoal.provision.hosts import parse_host
+
+        parsed = [parse_host(text) for text in hosts]
+        names = [f"{host.worker_name}-run{os.getpid()}" for host in parsed]
+        workers = TemporaryWorkers(parsed, join_string(None), names=names,
+                                   worker_args=["--exit-when-idle",
+                                                str(ENSEMBLE_IDLE_EXIT_SECONDS)],
+                                   label="shoal ensemble")
+
+        async def go() -> None:
+            workers.start()
+            await workers.wait_started()
+
+        asyncio.run(go())
+        by_name = {worker.name: text for text, worker_name in zip(hosts, names, strict=True)
+                   for worker in workers.started if worker.name == worker_name}
+        deadline = time.monotonic() + JOIN_SECONDS
+        while set(by_name) - connected() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        joined = connected()
+        for name in set(by_name) - joined:
+            workers.say(f"shoal ensemble: {by_name[name]}: worker {name} did not join within "
+                        f"{JOIN_SECONDS:.0f}s")
+        return cls(workers, {text: name for name, text in by_name.items() if name in joined})
+
+    def stop(self) -> None:
+        asyncio.run(self.workers.stop())
