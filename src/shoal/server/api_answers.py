@@ -273,13 +273,26 @@ class ComponentInfo(_Open):
     copied_files: int
     skipped_files: int
     copied_bytes: int
-    fail_reason: str | None
+    fail_reason: str | None = Field(description="Why it did not succeed, when it did not")
+    cwd: str | None = Field(default=None, description="Where it runs, as its worker said")
+    timeout_seconds: float | None = Field(
+        default=None, description="Its timeout, counted from when its preparation began")
+    preparing_at: float | None = None
+
+
+_RUN_STATE = ("preparing, running, detached (its waited-for components are over; services it "
+              "left running are up), done, failed, abandoned or cancelled")
 
 
 class EnsembleRun(_Open):
     run_id: int
     name: str
-    state: str
+    state: str = Field(description=_RUN_STATE)
+    outcome: str | None = Field(
+        default=None, description="While detached (and after): how what it waited for ended")
+    reason: str | None = Field(default=None, description="Why it failed, was abandoned, "
+                                                         "cancelled or stopped")
+    services_running: int = 0
     version: int
     stage: int | None
     started_at: float
@@ -292,9 +305,13 @@ class EnsembleRun(_Open):
 class EnsembleRunSummary(_Open):
     run_id: int
     name: str
-    state: str
+    state: str = Field(description=_RUN_STATE)
+    outcome: str | None = None
+    reason: str | None = None
     started_at: float
     ended_at: float | None
+    component_count: int = 0
+    services_running: int = Field(default=0, description="Services it left running, still up")
 
 
 class EnsembleRunList(_Open):
