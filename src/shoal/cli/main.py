@@ -31,6 +31,8 @@ LAZY_COMMANDS = {
                  "Run commands pinned to hosts, started in stages at the same instant."),
     "alloc": ("shoal.cli.alloc", "alloc_app",
               "Start workers through Slurm or another engine as queued jobs need them."),
+    "report": ("shoal.cli.report", "report_command",
+               "Plots of a group, the queue or a `shoal run`: an HTML page or a PNG."),
 }
 
 
