@@ -183,6 +183,12 @@ class Client:
         """Queue failed and cancelled jobs again; jobs in other states are skipped."""
         return self._request("POST", "/jobs/retry", json=_selection(ids, group))
 
+    def modify(self, ids: Iterable[int] | None = None, group: str | None = None, *,
+               changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Change jobs that are not running, all or none (see JobChanges for the fields)."""
+        return self._request("POST", "/jobs/modify",
+                             json={**_selection(ids, group), "changes": dict(changes)})
+
     def remove(self, ids: Iterable[int] | None = None, group: str | None = None) -> dict[str, Any]:
         """Forget jobs that are not running (a running one is a Conflict)."""
         return self._request("POST", "/jobs/remove", json=_selection(ids, group))

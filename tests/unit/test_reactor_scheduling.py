@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.core.errors import Forbidden, InputError
+from shoal.core.errors import Conflict, Forbidden, InputError
 from shoal.core.models import JobState
 from shoal.core.protocol import PROTOCOL_VERSION, Assign, Register, Resources
 from shoal.server.reactor import Reactor, ReactorConfig
@@ -247,3 +247,74 @@ def test_a_cap_in_a_job_follows_the_permission_of_setting_caps(
     reactor.apply_add(plan, now=0.0)
     name, _, cap = entry.partition(":")
     assert reactor.limit_caps[name] == int(cap)
+
+
+# ---- changing jobs after adding them (shoal mod) --------------------------------------------
+
+
+def test_a_priority_raised_in_the_queue_runs_first_and_once() -> None:
+    reactor = Reactor([], next_job_id=1, next_lease_id=1)
+    ids = add(reactor, *[spec(f"q{i}") for i in range(4)])
+    reactor.modify([reactor.get(ids[3])], {"priority": 9}, 1.0)
+    join(reactor, cores=1)
+    assert [item.job_id for item in run_all(reactor)] == [ids[3]]
+    join(reactor, "w2", cores=8)
+    assert sorted(item.job_id for item in run_all(reactor, now=2.0)) == ids[:3]  # none twice
+
+
+def test_new_dependencies_make_a_queued_job_wait_and_a_group_move_keeps_counts() -> None:
+    reactor = Reactor([], next_job_id=1, next_lease_id=1)
+    first, second = add(reactor, spec("a", group="g1"), spec("b", group="g1"))
+    reactor.modify([reactor.get(second)], {"after": [str(first)], "group": "g2"}, 1.0)
+    assert reactor.get(second).state is S.WAITING
+    assert reactor.counts() == {"g1": {"queued": 1}, "g2": {"waiting": 1}}
+    worker = join(reactor, cores=4)
+    [item] = run_all(reactor)
+    reactor.finished(worker, [result(item.job_id, item.lease_id)], 2.0)
+    assert reactor.get(second).state is S.QUEUED
+
+
+@pytest.mark.parametrize(("changes", "error"), [
+    ({"after": ["3"]}, "dependency cycle"),
+    ({"after": ["99"]}, "dependency 99 does not exist"),
+])
+def test_a_change_that_cannot_apply_to_every_job_changes_none(
+        changes: dict[str, object], error: str) -> None:
+    reactor = Reactor([], next_job_id=1, next_lease_id=1)
+    ids = add(reactor, spec("a"), spec("b"))
+    add(reactor, spec("c", after=[str(ids[1])]))
+    before = [(j.dependencies, j.state) for j in map(reactor.get, ids)]
+    with pytest.raises(InputError, match=error):
+        reactor.modify([reactor.get(i) for i in ids], changes, 1.0)
+    assert [(j.dependencies, j.state) for j in map(reactor.get, ids)] == before
+
+
+def test_a_running_job_cannot_be_changed() -> None:
+    reactor = Reactor([], next_job_id=1, next_lease_id=1)
+    ids = add(reactor, spec("a"), spec("b"))
+    join(reactor, cores=1)
+    run_all(reactor)
+    with pytest.raises(Conflict, match="is running"):
+        reactor.modify([reactor.get(i) for i in ids], {"priority": 3}, 1.0)
+    assert [reactor.get(i).priority for i in ids] == [0, 0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["g1", "g2", "g3"]),
+                          st.integers(-2, 2)), max_size=15))
+def test_counts_stay_true_whatever_is_moved(moves: list[tuple[int, str, int]]) -> None:
+    reactor = Reactor([], next_job_id=1, next_lease_id=1)
+    ids = add(reactor, *[spec(f"j{i}", group="g1") for i in range(6)])
+    worker = join(reactor, cores=2)
+    for item in run_all(reactor):
+        reactor.finished(worker, [result(item.job_id, item.lease_id)], 1.0)
+    for index, group, priority in moves:
+        job = reactor.get(ids[index])
+        if job.state is not S.RUNNING:
+            reactor.modify([job], {"group": group, "priority": priority}, 2.0)
+    fresh: dict[str, dict[str, int]] = {}
+    for job_id in ids:
+        job = reactor.get(job_id)
+        fresh.setdefault(job.group, {}).setdefault(job.state.value, 0)
+        fresh[job.group][job.state.value] += 1
+    assert reactor.counts() == dict(sorted(fresh.items()))

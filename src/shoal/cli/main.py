@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from shoal.cli import Session, admin, file, jobs, limits, session_of, tokens, workers
+from shoal.cli import Session, admin, file, jobs, limits, modify, session_of, tokens, workers
 from shoal.cli.errors import EXIT_BAD_INPUT, report
 from shoal.core.errors import ShoalError
 
@@ -126,6 +126,7 @@ app.command("logs")(jobs.logs)
 app.command("kill")(jobs.kill)
 app.command("retry")(jobs.retry)
 app.command("rm")(jobs.remove)
+app.command("mod")(modify.modify)
 app.command("workers")(workers.workers)
 app.command("limit")(limits.limit)
 app.command("limits")(limits.limits)

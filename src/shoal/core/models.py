@@ -296,6 +296,40 @@ class JobSpec(BaseModel):
         return (self.cmd, self.cwd or "")
 
 
+class JobChanges(BaseModel):
+    """What `shoal mod` changes of jobs that are not running: only the fields given (a null
+    clears one that may be empty). The command and its directory are the job itself: fixed."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    name: str | None = None
+    group: str | None = None
+    priority: int | None = None
+    retries: int | None = None
+    cores: int | None = None
+    memory_bytes: int | None = None
+    time_seconds: float | None = None
+    time_limit_seconds: float | None = None
+    gpus: int | None = None
+    resources: dict[str, int] | None = None
+    env: dict[str, str] | None = None
+    after: list[str] | None = None
+    after_any: list[str] | None = None
+    limits: list[str] | None = None
+    on_worker: str | None = None
+
+    @model_validator(mode="after")
+    def _as_an_add_would(self) -> JobChanges:
+        # The same checks as a job added with these values: one rule for each field.
+        JobSpec.model_validate({"cmd": "true", "cwd": "/", **self.given()})
+        if not self.given():
+            raise invalid("no change given")
+        return self
+
+    def given(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True)
+
+
 @dataclass(slots=True)
 class Job:
     """A job as the server tracks it. Changed only through core.states.transition."""

@@ -17,7 +17,7 @@ from starlette.background import BackgroundTask
 
 from shoal import __version__
 from shoal.core.errors import InputError, NotFound
-from shoal.core.models import MAX_GROUP_CHARS, MAX_INT64, JobSpec, JobState
+from shoal.core.models import MAX_GROUP_CHARS, MAX_INT64, JobChanges, JobSpec, JobState
 from shoal.core.protocol import PROTOCOL_VERSION
 from shoal.home import format_connection_string
 from shoal.server.api_answers import (
@@ -217,6 +217,30 @@ async def retry_jobs(body: Selection, who: Who, service: ServiceDep) -> dict[str
 @router.post("/jobs/remove", response_model=ActionResponse, responses=ACT_ERRORS)
 async def remove_jobs(body: Selection, who: Who, service: ServiceDep) -> dict[str, Any]:
     return _act("remove", body, service, who)
+
+
+class ModifyRequest(Selection):
+    """Jobs by id or by group, and what to change of them."""
+
+    changes: JobChanges
+
+
+@router.patch("/jobs/{job_id}", response_model=ActionResponse, responses=ACT_ERRORS)
+async def modify_job(job_id: int, body: JobChanges, who: Who, service: ServiceDep
+                     ) -> dict[str, Any]:
+    """Change a job that is not running (wr's `mod`): only the fields given."""
+    return service.modify([job_id], None, body, owner=who.scope,
+                          may_set_caps=allows("PUT", "/api/v1/limits/{name}", who))
+
+
+@router.post("/jobs/modify", response_model=ActionResponse, responses=ACT_ERRORS)
+async def modify_jobs(body: ModifyRequest, who: Who, service: ServiceDep) -> dict[str, Any]:
+    """Change many jobs at once, all or none: by ids (none may be running), or a group's
+    members that are waiting, queued, delayed, failed or cancelled."""
+    if (body.ids is None) == (body.group is None):
+        raise InputError("give either ids or a group")
+    return service.modify(body.ids, body.group, body.changes, owner=who.scope,
+                          may_set_caps=allows("PUT", "/api/v1/limits/{name}", who))
 
 
 @router.get("/status", **answers(StatusCounts, 400, *AUTH))

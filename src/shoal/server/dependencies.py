@@ -71,6 +71,18 @@ class Dependencies:
             else:
                 self._by_id[int(entry)].add(job.id)
 
+    def unwatch(self, job: Job) -> None:
+        """The job's dependencies are about to change (or it left its group)."""
+        self._waiting_in_group[job.group].discard(job.id)
+        for entry in (*job.dependencies, *job.dependencies_any):
+            if entry.startswith(GROUP_PREFIX):
+                self._by_group[entry[len(GROUP_PREFIX):]].discard(job.id)
+            else:
+                self._by_id[int(entry)].discard(job.id)
+
+    def waiting_on_group(self, group: str) -> list[int]:
+        return list(self._by_group.get(group, ()))
+
     def _dependants(self, job: Job) -> list[int]:
         return [*self._by_id.get(job.id, ()), *self._by_group.get(job.group, ())]
 

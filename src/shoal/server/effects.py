@@ -30,6 +30,7 @@ class Effects:
     started: list[tuple[int, int, float]] = field(default_factory=list)  # lease, pid, at
     results: list[AttemptResult] = field(default_factory=list)
     removed: list[int] = field(default_factory=list)
+    modified: dict[int, Job] = field(default_factory=dict)  # specs changed by `shoal mod`
     learned: list[tuple[str, int, float]] = field(default_factory=list)
     assignments: dict[int, list[Assignment]] = field(default_factory=lambda: defaultdict(list))
     kills: dict[int, list[KillOrder]] = field(default_factory=lambda: defaultdict(list))

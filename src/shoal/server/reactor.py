@@ -8,12 +8,14 @@ the counters that depend on states (limits, dependency groups) right.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 import secrets
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from shoal.core.errors import Conflict, Forbidden, InputError, NotFound
 from shoal.core.models import FINAL_STATES, Job, JobSpec, JobState
@@ -83,6 +85,7 @@ class Reactor:
         self._next_worker_id = 1
         self._seq = 0
         self._queue: list[tuple[int, int, int]] = []  # (-priority, seq, job id)
+        self._queued_seq: dict[int, int] = {}  # job id -> seq of its one valid queue entry
         # Queued ensemble components: they go to their pinned worker at once, not by queue order.
         self._gated: set[int] = set()
         self._delayed: list[tuple[float, int]] = []  # (retry_at, job id)
@@ -196,6 +199,7 @@ class Reactor:
             self._gated.add(job.id)
             return
         self._seq += 1
+        self._queued_seq[job.id] = self._seq  # an earlier entry of the job is now stale
         heapq.heappush(self._queue, (-job.priority, self._seq, job.id))
 
     def get(self, job_id: int, owner: str | None = None) -> Job:
@@ -588,6 +592,81 @@ class Reactor:
         self._settle_dependencies(now)
         return affected
 
+    def modify(self, jobs: Sequence[Job], changes: dict[str, Any], now: float, *,
+               may_set_caps: bool = True, owner: str | None = None) -> dict[str, int]:
+        """Change the specs of jobs that are not running, all or none (`JobChanges.given()`).
+        A queued job takes its new place in the queue; new dependencies make it wait. Returns
+        the caps that `NAME:N` limits set, for the caller to keep."""
+        busy = [job.id for job in jobs if job.state in _HOLDING]
+        if busy:
+            raise Conflict(f"job {busy[0]} is running; kill it first, or wait for it to end")
+        caps: dict[str, int] = {}
+        names: list[str] = []
+        for entry in changes.get("limits") or []:
+            name, _, cap = entry.partition(":")
+            names.append(name)
+            if cap:
+                if not may_set_caps:
+                    self._check_cap_from_spec(0, name, int(cap))
+                caps[name] = int(cap)
+        if "after" in changes or "after_any" in changes:
+            self._check_new_dependencies(jobs, changes, owner)
+        for job in jobs:
+            self._modify(job, changes, sorted(set(names)), now)
+        self.limit_caps.update(caps)
+        self._settle_dependencies(now)
+        return caps
+
+    def _check_new_dependencies(self, jobs: Sequence[Job], changes: dict[str, Any],
+                                owner: str | None) -> None:
+        entries = [*(changes.get("after") or []), *(changes.get("after_any") or [])]
+        for entry in entries:
+            if entry.startswith(GROUP_PREFIX):
+                if not self.deps.group_size[entry[len(GROUP_PREFIX):]]:
+                    raise InputError(f"after: {entry} has no jobs")
+            elif (dependency := self._known(int(entry))) is None or (
+                    owner is not None and dependency.owner != owner):
+                raise InputError(f"after: dependency {entry} does not exist")
+        # As they would be: copies with the new dependencies, looked for cycles like an add.
+        renewed = [dataclasses.replace(
+            job, dependencies=list(changes.get("after", job.dependencies) or []),
+            dependencies_any=list(changes.get("after_any", job.dependencies_any) or []))
+            for job in jobs]
+        looping = self.deps.find_cycle(renewed, self._known)
+        if looping is not None:
+            raise InputError(f"dependency cycle: job {looping.id} would wait for itself")
+
+    def _modify(self, job: Job, changes: dict[str, Any], limit_names: list[str],
+                now: float) -> None:
+        self.deps.unwatch(job)
+        old_group = job.group
+        for name, value in changes.items():
+            if name == "limits":
+                job.limits = limit_names
+            elif name == "after":
+                job.dependencies = list(value or [])
+            elif name == "after_any":
+                job.dependencies_any = list(value or [])
+            else:
+                setattr(job, name, value)
+        if job.group != old_group:
+            self._counts[job.owner, old_group, job.state] -= 1
+            self._counts[job.owner, job.group, job.state] += 1
+            self.deps.count(old_group, job.state, -1)
+            self.deps.count(job.group, job.state, 1)
+            self._recheck.update([*self.deps.waiting_on_group(old_group),
+                                  *self.deps.waiting_on_group(job.group)])
+        if job.state is S.WAITING:
+            self.deps.watch(job)
+            self._recheck.add(job.id)
+        elif job.state is S.QUEUED and (job.dependencies or job.dependencies_any):
+            self._change(job, S.WAITING, now, "dependencies changed")
+            self._recheck.add(job.id)
+        elif job.state is S.QUEUED:
+            self._enqueue(job)  # its new priority and size count from now on
+        self._effects.changed[job.id] = job
+        self._effects.modified[job.id] = job
+
     def remove(self, jobs: Sequence[Job], now: float) -> list[int]:
         busy = [job.id for job in jobs if job.state in _HOLDING]
         if busy:
@@ -636,7 +715,10 @@ class Reactor:
 
     def _queued_in_order(self) -> Iterator[Job]:
         while self._queue:
-            _, _, job_id = heapq.heappop(self._queue)
+            _, seq, job_id = heapq.heappop(self._queue)
+            if self._queued_seq.get(job_id) != seq:
+                continue  # queued again since, with another priority
+            del self._queued_seq[job_id]
             job = self.jobs.get(job_id)
             if job is not None and job.state is S.QUEUED:
                 yield job

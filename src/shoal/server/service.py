@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shoal.core.errors import InputError, StoreUnavailable
-from shoal.core.models import Job, JobSpec, JobState
+from shoal.core.models import Job, JobChanges, JobSpec, JobState
 from shoal.core.protocol import (
     PROTOCOL_VERSION,
     Finished,
@@ -50,6 +50,8 @@ _ACTS_ON: dict[str, frozenset[JobState] | None] = {
     "retry": frozenset({JobState.FAILED, JobState.CANCELLED}),
     "remove": None,
 }
+_MODIFIABLE = frozenset({JobState.WAITING, JobState.QUEUED, JobState.DELAYED, JobState.FAILED,
+                         JobState.CANCELLED})
 
 
 class WorkerLink(Protocol):
@@ -167,6 +169,7 @@ class Service:
                 [s for e in batch for s in e.started],
                 [r for e in batch for r in e.removed],
                 [row for e in batch for row in e.learned],
+                [job for e in batch for job in e.modified.values()],
             )
         except StoreUnavailable as exc:
             if self.store_error is None:
@@ -346,6 +349,22 @@ class Service:
         self.step()
         self.reactor.forget(job.id for job in jobs)  # those brought back and left as they were
         return affected
+
+    def modify(self, ids: Sequence[int] | None, group: str | None, changes: JobChanges, *,
+               owner: str | None = None, may_set_caps: bool = True) -> dict[str, Any]:
+        """`shoal mod`: all the jobs change, committed before the answer, or none does. By
+        group: its members not running and not done; by id: any, but none running."""
+        selected = self.reactor.select(ids, group, owner,
+                                       states=None if ids is not None else _MODIFIABLE)
+        if len(selected) > MAX_JOBS_PER_ADD:
+            raise InputError(f"more than {MAX_JOBS_PER_ADD} jobs in one change")
+        caps = self.reactor.modify(selected, changes.given(), self.clock(),
+                                   may_set_caps=may_set_caps, owner=owner)
+        if caps:
+            self.store.set_limits(dict(caps))
+        self.step()
+        self.reactor.forget(job.id for job in selected)
+        return {"affected": len(selected), "ids": [job.id for job in selected]}
 
     def drain(self) -> dict[str, Any]:
         self.reactor.draining = True

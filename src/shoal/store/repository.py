@@ -39,6 +39,18 @@ _MUTABLE = (
 _HOLDING = (JobState.RUNNING, JobState.LOST)  # an attempt that may be alive on a worker
 _LIVE_SQL = "state IN ('waiting', 'queued', 'delayed', 'running', 'lost')"  # see jobs_live
 _UPDATE_SQL = f"UPDATE jobs SET {', '.join(c + ' = ?' for c in _MUTABLE)} WHERE id = ?"
+# What `shoal mod` may change (core.models.JobChanges), by column.
+_SPEC_SQL = ("UPDATE jobs SET name = ?, grp = ?, priority = ?, retries = ?, cores = ?, "
+             "memory_bytes = ?, time_seconds = ?, time_limit_seconds = ?, gpus = ?, "
+             "resources = ?, env = ?, dependencies = ?, dependencies_any = ?, limits = ?, "
+             "on_worker = ? WHERE id = ?")
+
+
+def _spec_row(job: Job) -> tuple[object, ...]:
+    return (job.name, job.group, job.priority, job.retries, job.cores, job.memory_bytes,
+            job.time_seconds, job.time_limit_seconds, job.gpus, json.dumps(job.resources),
+            json.dumps(job.env), json.dumps(job.dependencies), json.dumps(job.dependencies_any),
+            json.dumps(job.limits), job.on_worker, job.id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,9 +360,12 @@ class Store:
     def commit_tick(self, changed: Iterable[Job], transitions: Sequence[Transition],
                     new_attempts: Sequence[AttemptRow], results: Sequence[AttemptResult],
                     started: Sequence[tuple[int, int, float]], removed: Sequence[int],
-                    learned: Sequence[tuple[str, int, float]] = ()) -> None:
+                    learned: Sequence[tuple[str, int, float]] = (),
+                    modified: Sequence[Job] = ()) -> None:
         """One transaction for everything a loop tick changed."""
         with self._transaction() as db:
+            if modified:
+                db.executemany(_SPEC_SQL, [_spec_row(job) for job in modified])
             if learned:
                 db.executemany("INSERT INTO requirement_history (req_group, peak_rss_bytes, "
                                "wall_seconds) VALUES (?, ?, ?)", list(learned))
