@@ -189,6 +189,14 @@ class Client:
         return self._request("POST", "/jobs/modify",
                              json={**_selection(ids, group), "changes": dict(changes)})
 
+    def purge(self, states: Iterable[str], *, ended_before: float | None = None,
+              group: str | None = None) -> dict[str, Any]:
+        """Remove ended jobs in bulk (history), e.g. done ones that ended before a time."""
+        body: dict[str, Any] = {"state": list(states), "group": group}
+        if ended_before is not None:
+            body["ended_before"] = ended_before
+        return self._request("POST", "/jobs/purge", json=body)
+
     def remove(self, ids: Iterable[int] | None = None, group: str | None = None) -> dict[str, Any]:
         """Forget jobs that are not running (a running one is a Conflict)."""
         return self._request("POST", "/jobs/remove", json=_selection(ids, group))

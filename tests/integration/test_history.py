@@ -126,3 +126,44 @@ def test_listing_filters_and_refuses_unknown_parameters(cluster: Cluster) -> Non
     first = cluster.cli("jobs", "--group", "f", "--limit", "1")
     assert first.returncode == 0 and "findme-alpha" in first.stdout
     assert "exit 4" not in first.stdout
+
+
+def test_ended_jobs_are_removed_in_bulk_and_by_age(cluster: Cluster) -> None:
+    ids = cluster.api("POST", "/jobs", json={"jobs": [
+        *({"cmd": f"echo {i}", "cwd": "/", "group": "h"} for i in range(30)),
+        {"cmd": "exit 1", "cwd": "/", "group": "h"}]})["ids"]
+    for job_id in ids:
+        cluster.wait_state(job_id, "done", "failed")
+    info = json.loads(cluster.cli("server", "info", "--json").stdout)
+    assert (info["history_jobs"], info["live_jobs"]) == (31, 0)
+    assert info["database_bytes"] > 0
+    recent = cluster.cli("rm", "--state", "done", "--before", "1h")
+    assert recent.returncode == 0 and recent.stdout.strip() == "0 jobs removed"
+    removed = cluster.cli("rm", "--state", "done", "--group", "h", "--json")
+    assert removed.returncode == 0, removed.stderr
+    assert sorted(json.loads(removed.stdout)["ids"]) == ids[:30]
+    assert cluster.api("GET", "/status", params={"group": "h"})["totals"] == {"failed": 1}
+    assert cluster.api("GET", "/jobs", params={"group": "h"})["jobs"][0]["id"] == ids[30]
+    refused = cluster.cli("rm", "--state", "queued")
+    assert refused.returncode == 2 and "only ended jobs" in refused.stderr
+    # The same command added again is a new job: the old one is gone.
+    again = cluster.api("POST", "/jobs", json={"jobs": [{"cmd": "echo 1", "cwd": "/",
+                                                         "group": "h"}]})
+    assert again["added"] == 1
+
+
+def test_a_server_keeps_history_only_as_long_as_asked(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    instance = Cluster(tmp_path / "home", logs)
+    try:
+        instance.start_server("--keep-history", "2s")
+        instance.start_worker("w1", 2)
+        ids = instance.api("POST", "/jobs", json={"jobs": [
+            {"cmd": f"echo {i}", "cwd": "/"} for i in range(5)]})["ids"]
+        for job_id in ids:
+            instance.wait_state(job_id, "done")
+        wait_until(lambda: instance.api("GET", "/status")["totals"] == {}, timeout=30,
+                   message="history older than 2 s to be removed")
+    finally:
+        instance.stop()

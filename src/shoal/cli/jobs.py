@@ -625,7 +625,33 @@ def retry(ctx: typer.Context, ids: IdsArgument = None, group: GroupOption = None
     act(ctx, "retry", ids, group, as_json, "queued again")
 
 
-def remove(ctx: typer.Context, ids: IdsArgument = None, group: GroupOption = None,
-           as_json: JsonOption = False) -> None:
-    """Remove jobs that are not running, with their history."""
-    act(ctx, "remove", ids, group, as_json, "removed")
+def remove(
+    ctx: typer.Context, ids: IdsArgument = None, group: GroupOption = None,
+    state: Annotated[list[str] | None, typer.Option(
+        "--state", "-s", callback=check_states,
+        help="Ended jobs in these states (done, failed, cancelled), in bulk.")] = None,
+    before: Annotated[str | None, typer.Option(
+        "--before", metavar="AGE", help="With --state: only those that ended more than AGE "
+        "ago (e.g. 30d, 12h).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove jobs that are not running, with their history: by IDs, a group, or ended jobs
+    in bulk (--state done --before 30d)."""
+    if state is None:
+        if before is not None:
+            raise InputError("--before goes with --state (e.g. --state done --before 30d)")
+        act(ctx, "remove", ids, group, as_json, "removed")
+        return
+    if ids:
+        raise InputError("--state removes in bulk: give it without job IDs")
+    from shoal.core.models import parse_duration
+
+    try:
+        ended_before = time.time() - parse_duration(before) if before is not None else None
+    except ValueError as exc:
+        raise InputError(f"--before: {exc}") from None
+    answer = session_of(ctx).client().purge(state, ended_before=ended_before, group=group)
+    if as_json:
+        render.print_json(answer)
+    else:
+        print(f"{render.plural(answer['affected'], 'job')} removed")

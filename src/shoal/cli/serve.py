@@ -75,12 +75,17 @@ def server_command(
         "--metrics-public",
         help="Serve /metrics without a token (on a trusted network only); otherwise it needs "
              "an admin or metrics token (`shoal token create --role metrics`).")] = False,
+    keep_history: Annotated[str | None, typer.Option(
+        metavar="AGE", help="Remove ended jobs (done, failed, cancelled) with their output "
+        "once they ended more than AGE ago (e.g. 30d); by default history is kept until "
+        "`shoal rm`.")] = None,
 ) -> None:
     """Run the coordinator. State lives in $SHOAL_HOME (default ~/.shoal).
 
     It speaks TLS with its own CA, made on first start; clients on this host trust it
     through $SHOAL_HOME, and it prints the `shoal worker --join ...` line for other hosts.
     """
+    from shoal.core.models import parse_duration
     from shoal.server.app import serve
     from shoal.server.certificates import TlsSettings
     from shoal.server.guard import GuardConfig
@@ -99,7 +104,12 @@ def server_command(
     guard = GuardConfig(requests_per_second=rate_limit,
                         request_burst=max(1, round(4 * rate_limit)),
                         max_connections_per_ip=max_connections_per_address)
-    serve(shoal_home(), host, port, config, tls, guard, metrics_public=metrics_public)
+    try:
+        keep = parse_duration(keep_history) if keep_history is not None else None
+    except ValueError as exc:
+        raise InputError(f"--keep-history: {exc}") from None
+    serve(shoal_home(), host, port, config, tls, guard, metrics_public=metrics_public,
+          keep_history_seconds=keep)
 
 
 def worker_command(

@@ -219,6 +219,22 @@ async def remove_jobs(body: Selection, who: Who, service: ServiceDep) -> dict[st
     return _act("remove", body, service, who)
 
 
+class PurgeRequest(BaseModel):
+    """Ended jobs in bulk: those in these states, ended before a time, of a group."""
+
+    model_config = ConfigDict(extra="forbid")
+    state: list[JobState] = Field(min_length=1, max_length=3)
+    ended_before: float | None = Field(default=None, allow_inf_nan=False)
+    group: str | None = Field(default=None, max_length=MAX_GROUP_CHARS)
+
+
+@router.post("/jobs/purge", response_model=ActionResponse, responses=ACT_ERRORS)
+async def purge_jobs(body: PurgeRequest, who: Who, service: ServiceDep) -> dict[str, Any]:
+    """Remove ended jobs with their output (history), straight from the database."""
+    return service.purge(body.state, ended_before=body.ended_before, group=body.group,
+                         owner=who.scope)
+
+
 class ModifyRequest(Selection):
     """Jobs by id or by group, and what to change of them."""
 

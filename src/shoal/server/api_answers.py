@@ -197,6 +197,9 @@ class ServerInfo(_Open):
     draining: bool
     started_at: float
     jobs: int
+    live_jobs: int = Field(description="Waiting, queued, delayed, running or lost")
+    history_jobs: int = Field(description="Done, failed or cancelled: kept on disk only")
+    database_bytes: int
     running: int
     workers: int
     store_error: str | None

@@ -245,7 +245,7 @@ def _show(host: str) -> str:
 
 def serve(home: Path, host: str, port: int, config: ReactorConfig | None = None,
           tls: TlsSettings | None = None, guard: GuardConfig | None = None,
-          metrics_public: bool = False) -> None:
+          metrics_public: bool = False, keep_history_seconds: float | None = None) -> None:
     import uvicorn
 
     tls = tls or TlsSettings()
@@ -266,6 +266,7 @@ def serve(home: Path, host: str, port: int, config: ReactorConfig | None = None,
         if _is_wildcard(bound_host) else bound_host
     url = f"{scheme}://{_show(local_host)}:{bound_port}"
     service = Service(store, config)
+    service.keep_history_seconds = keep_history_seconds
     fingerprint = certificates.fingerprint if certificates else None
     write_connection(home, Connection(url, admin_token, worker_token, None, fingerprint),
                      pid=os.getpid(),

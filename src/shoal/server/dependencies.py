@@ -83,6 +83,9 @@ class Dependencies:
     def waiting_on_group(self, group: str) -> list[int]:
         return list(self._by_group.get(group, ()))
 
+    def waiting_on_id(self, job_id: int) -> list[int]:
+        return list(self._by_id.get(job_id, ()))
+
     def _dependants(self, job: Job) -> list[int]:
         return [*self._by_id.get(job.id, ()), *self._by_group.get(job.group, ())]
 

@@ -33,6 +33,7 @@ POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("POST", f"{_API}/jobs/remove"): CLIENTS,
     ("PATCH", f"{_API}/jobs/{{job_id}}"): CLIENTS,
     ("POST", f"{_API}/jobs/modify"): CLIENTS,
+    ("POST", f"{_API}/jobs/purge"): CLIENTS,
     ("GET", f"{_API}/status"): CLIENTS,
     ("GET", f"{_API}/limits"): CLIENTS,
     ("GET", f"{_API}/limits/{{name}}"): CLIENTS,

@@ -667,6 +667,19 @@ class Reactor:
         self._effects.changed[job.id] = job
         self._effects.modified[job.id] = job
 
+    def purged(self, job_ids: Sequence[int], counts: Iterable[tuple[str, str, JobState, int]],
+               now: float) -> None:
+        """Ended jobs were deleted from the archive: uncount them; jobs waiting on them learn
+        that they are gone."""
+        for owner, group, state, number in counts:
+            self._counts[owner, group, state] -= number
+            self.deps.count(group, state, -number)
+            self._recheck.update(self.deps.waiting_on_group(group))
+        for job_id in job_ids:
+            self._recheck.update(self.deps.waiting_on_id(job_id))
+        self._settle_dependencies(now)
+        self.version += 1
+
     def remove(self, jobs: Sequence[Job], now: float) -> list[int]:
         busy = [job.id for job in jobs if job.state in _HOLDING]
         if busy:

@@ -50,6 +50,8 @@ _ACTS_ON: dict[str, frozenset[JobState] | None] = {
     "retry": frozenset({JobState.FAILED, JobState.CANCELLED}),
     "remove": None,
 }
+_ENDED = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+_LIVE = tuple(state for state in JobState if state not in _ENDED)
 _MODIFIABLE = frozenset({JobState.WAITING, JobState.QUEUED, JobState.DELAYED, JobState.FAILED,
                          JobState.CANCELLED})
 
@@ -95,14 +97,31 @@ class Service:
         self.request_shutdown: Callable[[], None] | None = None
         self.shutdown_reason: str | None = None  # set by shutdown(); None: a signal, a crash
         self.started_at = clock()
+        self.keep_history_seconds: float | None = None  # --keep-history: expire ended jobs
+        self._expiry: asyncio.Task[None] | None = None
 
     # ---- the loop ----------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.step()
         self._task = asyncio.create_task(self._run(), name="shoal-service")
+        if self.keep_history_seconds is not None:
+            self._expiry = asyncio.create_task(self._expire_history(self.keep_history_seconds))
+
+    async def _expire_history(self, keep: float) -> None:
+        """Now and then (at start, then every hour, or sooner for a short keep)."""
+        while True:
+            try:
+                removed = self.purge(_ENDED, ended_before=self.clock() - keep)["affected"]
+                if removed:
+                    log.info("removed %d ended jobs older than --keep-history", removed)
+            except StoreUnavailable as exc:
+                log.warning("history not expired this time: %s", exc)
+            await asyncio.sleep(min(3600.0, max(1.0, keep / 10)))
 
     async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
         self._stopping = True
         self._wake.set()
         if self._task is not None:
@@ -366,6 +385,22 @@ class Service:
         self.reactor.forget(job.id for job in selected)
         return {"affected": len(selected), "ids": [job.id for job in selected]}
 
+    def purge(self, states: Sequence[JobState], *, ended_before: float | None = None,
+              group: str | None = None, owner: str | None = None) -> dict[str, Any]:
+        """Remove ended jobs (history) in bulk, straight from the database: `shoal rm --state
+        done --before 30d`, and the server's --keep-history."""
+        bad = [state.value for state in states if not state.is_final]
+        if bad or not states:
+            raise InputError(f"state: only ended jobs (done, failed, cancelled) are removed "
+                             f"in bulk, not {', '.join(bad) or 'none'}")
+        self._settle()  # what just ended leaves memory first
+        ids, counts = self.store.purge(JobQuery(states=tuple(states), group=group, owner=owner,
+                                                ended_before=ended_before))
+        self.reactor.purged(ids, counts, self.clock())
+        self.step()
+        self.store.compact()
+        return {"affected": len(ids), "ids": ids}
+
     def drain(self) -> dict[str, Any]:
         self.reactor.draining = True
         self.step()
@@ -380,6 +415,9 @@ class Service:
     def info(self, version: str) -> dict[str, Any]:
         return {"version": version, "draining": self.reactor.draining,
                 "started_at": self.started_at, "jobs": self.reactor.total(),
+                "live_jobs": self.reactor.total(_LIVE),
+                "history_jobs": self.reactor.total(_ENDED),
+                "database_bytes": self.store.size_bytes(),
                 "running": self.reactor.holding,
                 "workers": sum(w.connected for w in self.reactor.workers.values()),
                 "store_error": self.store_error}

@@ -172,6 +172,8 @@ class Store:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             if held:  # before anything writes: a damaged database is refused, not built on
                 check_database(self._db, path, on_refusal=self._db.close)
+            # Set before the first table exists: history purged later gives its pages back.
+            self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             self._db.execute("PRAGMA journal_mode = WAL")
             # Transitions survive a crash of the process (WAL, NORMAL); adds are fsynced (FULL)
             # before they are acknowledged, so they survive the machine too.
@@ -299,6 +301,37 @@ class Store:
         where, params = query.where()
         return int(self._db.execute(f"SELECT COUNT(*) FROM jobs WHERE {where}",
                                     params).fetchone()[0])
+
+    def purge(self, query: JobQuery) -> tuple[list[int], list[tuple[str, str, JobState, int]]]:
+        """Delete ended jobs (ensemble components excepted) with their output, attempts and
+        journal, in one transaction; returns their ids and (owner, group, state, jobs)."""
+        assert query.states and all(state.is_final for state in query.states)
+        where, params = query.where()
+        with self._transaction() as db:
+            rows = db.execute(f"SELECT id, owner, grp, state FROM jobs WHERE {where} "
+                              "AND gate = 0", params).fetchall()
+            ids = [row[0] for row in rows]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ", ".join("?" * len(chunk))
+                db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", chunk)
+                for table in ("outputs", "attempts", "transitions"):
+                    db.execute(f"DELETE FROM {table} WHERE job_id IN ({marks})", chunk)
+        counts: dict[tuple[str, str, JobState], int] = {}
+        for _, owner, group, state in rows:
+            key = (owner, group, JobState(state))
+            counts[key] = counts.get(key, 0) + 1
+        return ids, [(*key, count) for key, count in counts.items()]
+
+    def compact(self, pages: int = 2000) -> None:
+        """Give back up to `pages` free pages to the file system, without a VACUUM (only a
+        database made with incremental auto-vacuum can; others reuse their free pages)."""
+        self._db.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+
+    def size_bytes(self) -> int:
+        """The database with its write-ahead log."""
+        return sum(path.stat().st_size for path in (self.path, self.path.with_name(
+            self.path.name + "-wal")) if path.exists())
 
     def ids_in_group(self, group: str, owner: str | None) -> list[int]:
         if owner is None:
