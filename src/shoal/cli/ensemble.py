@@ -24,6 +24,7 @@ from shoal.cli.ensemble_output import (
     AttachedOutput,
     LogDirs,
     RunWatcher,
+    captured_output,
     netjobs_log_path,
     note,
     print_outputs,
@@ -40,6 +41,7 @@ from shoal.ensemble.driver import (
     next_snapshot,
     run_ensembles,
 )
+from shoal.ensemble.states import ComponentState, RunState
 
 if TYPE_CHECKING:
     from shoal.client import Client
@@ -379,8 +381,6 @@ def show_command(
     if not quiet:
         for component in snapshot.get("components", []):
             for stream in ("stdout", "stderr"):
-                from shoal.cli.ensemble_output import captured_output
-
                 text = captured_output(client, component.get("job_id"), stream)
                 if text:
                     print(f"--- {render.one_line(component['name'])} "
@@ -413,7 +413,7 @@ def attach_command(
         while True:
             attached.poll(snapshot)
             part = next(c for c in snapshot["components"] if c["name"] == component)
-            if part["state"] in ("done", "failed", "timed_out", "killed", "skipped") \
+            if ComponentState(part["state"]).is_final \
                     and (part.get("job_id") is None or attached.ended >= {"stdout", "stderr"}):
                 break
             snapshot = next_snapshot(client, run_id, snapshot, ATTACH_POLL_SECONDS)
@@ -428,16 +428,15 @@ def stop_command(ctx: typer.Context, run: RunArgument) -> None:
     client = session_of(ctx).client()
     run_id = run_id_of(client, run)
     snapshot = client.ensemble(run_id)
-    if snapshot["state"] in ("done", "failed", "abandoned", "cancelled"):
+    if RunState(snapshot["state"]).is_final:
         note(f"run {run_id} ({render.one_line(snapshot['name'])}) has already ended: "
              f"{snapshot['state']}")
         return
     live = [c["name"] for c in snapshot.get("components", [])
-            if c["state"] in ("preparing", "ready", "running")]
+            if ComponentState(c["state"]).is_live]
     client.cancel_ensemble(run_id)
     deadline = time.monotonic() + 60
-    while snapshot["state"] not in ("done", "failed", "abandoned", "cancelled") \
-            and time.monotonic() < deadline:
+    while not RunState(snapshot["state"]).is_final and time.monotonic() < deadline:
         snapshot = next_snapshot(client, run_id, snapshot, 5.0)
     note(f"run {run_id} ({render.one_line(snapshot['name'])}): stopped "
          f"{render.plural(len(live), 'component')}; it ended {snapshot['state']}")

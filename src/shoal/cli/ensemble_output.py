@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from shoal.cli import render
 from shoal.core.errors import InputError, NotFound
+from shoal.ensemble.states import ComponentState
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -292,7 +293,7 @@ def print_results(snapshot: Mapping[str, Any], directory: Path | None, stream: T
     if snapshot["state"] == "detached":
         run_id = snapshot["run_id"]
         live = [c["name"] for c in snapshot.get("components", [])
-                if not c.get("wait", True) and c["state"] in ("preparing", "ready", "running")]
+                if not c.get("wait", True) and ComponentState(c["state"]).is_live]
         if live:
             stream.write(f"left running: {render.one_line(', '.join(live))}; follow one with "
                          f"`shoal ensemble attach {run_id} NAME`, stop them with "

@@ -16,7 +16,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -96,7 +96,6 @@ class Outcome:
 
     snapshot: dict[str, Any]
     log_dir: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def succeeded(self) -> bool:
