@@ -15,6 +15,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "throughput.json"
 DOCS = ROOT / "docs" / "performance.md"
 START, END = "<!-- throughput:start -->", "<!-- throughput:end -->"
-RUNNERS = ("xargs", "parallel", "hyperqueue", "shoal")
+RUNNERS = ("xargs", "parallel", "hyperqueue", "shoal", "runmaker")
 TIMEOUT_S = 1800
 
 
@@ -132,14 +133,17 @@ def shoal_path() -> Path:
     return Path(sys.executable).parent / "shoal"
 
 
-def shoal_once(jobs: int, parallel: int) -> tuple[float, float]:
-    """Seconds end to end, and shoal's own `wall_seconds`; checks that all jobs ran."""
+def shoal_once(jobs: int, parallel: int, prefix: str = "") -> tuple[float, float]:
+    """Seconds end to end, and shoal's own `wall_seconds`; checks that all jobs ran.
+
+    `prefix` starts every line: ". " makes the file a runmaker file (the file is the queue,
+    each line claimed in it before it runs)."""
     exe = shoal_path()
     if not os.access(exe, os.X_OK):
         raise Unavailable(f"{exe} is not installed")
     with tempfile.TemporaryDirectory(prefix="bench-shoal-") as tmp:
         jobfile = Path(tmp, "jobs.txt")
-        jobfile.write_text("".join(f"true {i}\n" for i in range(1, jobs + 1)))
+        jobfile.write_text("".join(f"{prefix}true {i}\n" for i in range(1, jobs + 1)))
         env = {k: v for k, v in os.environ.items() if k != "SHOAL_HOME"}  # state beside FILE
         start = time.perf_counter()
         try:
@@ -167,8 +171,21 @@ def shoal_once(jobs: int, parallel: int) -> tuple[float, float]:
 
 
 def run_shoal(jobs: int, parallel: int) -> dict[str, float]:
+    before = cpu_seconds_of_children()
     elapsed, internal = shoal_once(jobs, parallel)
-    return {"shoal": elapsed, "shoal-internal": internal}
+    return {"shoal": elapsed, "shoal-internal": internal,
+            "shoal-cpu": cpu_seconds_of_children() - before}
+
+
+def cpu_seconds_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_runmaker(jobs: int, parallel: int) -> dict[str, float]:
+    before = cpu_seconds_of_children()
+    elapsed, _ = shoal_once(jobs, parallel, prefix=". ")
+    return {"runmaker": elapsed, "runmaker-cpu": cpu_seconds_of_children() - before}
 
 
 RUN: dict[str, Callable[[int, int], dict[str, float]]] = {
@@ -176,6 +193,7 @@ RUN: dict[str, Callable[[int, int], dict[str, float]]] = {
     "parallel": run_parallel,
     "hyperqueue": run_hyperqueue,
     "shoal": run_shoal,
+    "runmaker": run_runmaker,
 }
 
 
@@ -197,6 +215,13 @@ def rows(parallel: int) -> dict[str, Series]:
         "shoal-internal": Series(
             "shoal, own clock", "`wall_seconds` of shoal's JSON summary", in_table=False
         ),
+        "shoal-cpu": Series("shoal, CPU", "CPU seconds of shoal and its jobs", in_table=False),
+        "runmaker": Series(
+            "shoal, runmaker file",
+            f"`shoal run FILE -j {p} --json`, FILE's lines `. true I`: each claimed in the file",
+        ),
+        "runmaker-cpu": Series("shoal, runmaker file, CPU", "CPU seconds of shoal and its jobs",
+                               in_table=False),
     }
 
 
@@ -291,6 +316,19 @@ def report(table: dict[str, Series], facts: dict[str, str], args: argparse.Names
         f"{ratio(shoal, hq_total)} (HyperQueue including its start-up). "
         "Above 1x means shoal is faster.",
     ]
+    runmaker = table["runmaker"].median(n)
+    if shoal and runmaker:
+        cpu = {key: statistics.median(table[key].seconds)
+               for key in ("shoal-cpu", "runmaker-cpu") if table[key].seconds}
+        by_cpu = (f"; by CPU time, which the load of other processes moves less, "
+                  f"{cpu['shoal-cpu'] / cpu['runmaker-cpu']:.2f}x ({cpu['runmaker-cpu']:.2f} s "
+                  f"against {cpu['shoal-cpu']:.2f} s)" if len(cpu) == 2 else "")
+        lines += [
+            "",
+            f"shoal on a runmaker file / on a plain-lines file: {ratio(runmaker, shoal)} "
+            f"by jobs per second{by_cpu}. The same jobs; each line of the runmaker file is "
+            "claimed by compare-and-set of its state byte before it runs, and set to `d` after.",
+        ]
     secs = {k: statistics.median(s.seconds) for k, s in table.items() if s.seconds}
     if "hyperqueue-last-task" in secs:
         lines += [

@@ -7,9 +7,10 @@ sharing the directory) and runmaker4 processes can all work on one file, each li
 decides whether a line runs is its state character; the runner's database (in a home of its
 own, see `runner_home`) only keeps the history: attempts, output, times.
 
-The runner claims a few lines ahead of its free slots when jobs end quickly (as many as ended in
-the last tenth of a second), so short jobs are added to the service in batches; a line so
-claimed shows `r` a moment before it starts.
+The runner claims lines ahead of its free slots when jobs end quickly (as many as ended in the
+last half second), and claims again only when half of those have started, so short jobs are
+added to the service in batches (each add is one synchronous commit); a line so claimed shows
+`r` about half a second at most before it starts.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ log = logging.getLogger("shoal.runfile")
 
 LOCAL_WORKER = "local"
 MAX_RUNNER_HOMES = 256
-AHEAD_WINDOW_SECONDS = 0.1
+AHEAD_WINDOW_SECONDS = 0.5
 MAX_AHEAD = 128
 LISTEN_POLL_SECONDS = 0.5
 
@@ -118,6 +119,7 @@ class FileRunner:
         self.active_cmds: set[tuple[str, str]] = set()
         self.ran_ids: list[int] = []  # the jobs this runner ran, for the summary
         self.recent_ends: deque[float] = deque()
+        self.began = time.monotonic()
         self.successes = 0
         self.rescan_broken = False
         self.wake = asyncio.Event()
@@ -176,10 +178,12 @@ class FileRunner:
     def ahead(self) -> int:
         if self.options.one_only:
             return 0
-        horizon = time.monotonic() - AHEAD_WINDOW_SECONDS
-        while self.recent_ends and self.recent_ends[0] < horizon:
+        now = time.monotonic()
+        while self.recent_ends and self.recent_ends[0] < now - AHEAD_WINDOW_SECONDS:
             self.recent_ends.popleft()
-        return min(len(self.recent_ends), MAX_AHEAD)
+        # In the first half second, the rate so far stands for the whole window.
+        seen = min(AHEAD_WINDOW_SECONDS, max(now - self.began, 0.05))
+        return min(round(len(self.recent_ends) * AHEAD_WINDOW_SECONDS / seen), MAX_AHEAD)
 
     def claim(self, line: Line) -> bool:
         offset = line.offset
@@ -193,7 +197,11 @@ class FileRunner:
 
     def refill(self) -> None:
         assert self.service is not None
-        want = self.slots() + (self.ahead() if self.slots() else 0) - len(self.active)
+        slots = self.slots()
+        ahead = self.ahead() if slots else 0
+        if len(self.active) > slots + ahead // 2:
+            return  # enough claimed: let the lines ahead run down to half, then claim a batch
+        want = slots + ahead - len(self.active)
         batch: list[Line] = []
         cmds = set(self.active_cmds)
         candidates = self._candidates()
@@ -375,7 +383,7 @@ class FileRunner:
                                        if line.parsed.state_char == "d")
         self.guard = Guard(self.book.fd)
         service.listeners.append(self.follow)
-        started = time.monotonic()
+        started = self.began = time.monotonic()
         agent = None
         worker_id = None
         listener = None

@@ -7,8 +7,9 @@ worker's keeper kills them then). The runner writes to the guard's stdin, one li
 
 - ``+PGID`` when a job starts, ``-PGID`` when it has ended.
 
-When stdin closes, the runner is gone: the guard waits until every process group still listed
-has no process left, then exits, and the locks go with it.
+The guard reads them only a few times a second (a pipe holds thousands), so a runner of short
+jobs does not wake it for each. When stdin closes, the runner is gone: the guard waits until
+every process group still listed has no process left, then exits, and the locks go with it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import os
 import subprocess
 import sys
 import time
+
+READ_EVERY_SECONDS = 0.25
 
 
 class Guard:
@@ -37,8 +40,7 @@ class Guard:
         if self._process is None or self._process.stdin is None:
             return
         try:
-            self._process.stdin.write(text.encode() + b"\n")
-            self._process.stdin.flush()
+            os.write(self._process.stdin.fileno(), text.encode() + b"\n")  # one write, unbuffered
         except (BrokenPipeError, ValueError):
             self._process = None
 
@@ -71,10 +73,17 @@ def _alive(pgid: int) -> bool:
 def main(argv: list[str]) -> int:
     held_fd = int(argv[1])  # kept open until the end: the claims' locks live on it
     groups: set[int] = set()
-    for raw in sys.stdin.buffer:
-        text = raw.strip().decode("ascii", "replace")
-        if len(text) > 1 and text[1:].isdigit():
-            (groups.add if text[0] == "+" else groups.discard)(int(text[1:]))
+    pending = b""
+    while True:
+        time.sleep(READ_EVERY_SECONDS)
+        chunk = os.read(0, 1 << 20)  # blocks only when nothing is there: then it is the end
+        if not chunk:
+            break
+        *complete, pending = (pending + chunk).split(b"\n")
+        for raw in complete:
+            text = raw.strip().decode("ascii", "replace")
+            if len(text) > 1 and text[1:].isdigit():
+                (groups.add if text[0] == "+" else groups.discard)(int(text[1:]))
     while groups:
         groups = {pgid for pgid in groups if _alive(pgid)}
         if groups:
