@@ -429,3 +429,31 @@ wait = false
     assert "no server: the services this run leaves running stop with this command" in err
     assert out.startswith("ensemble svc: done")  # followed past detached, to its end
     assert (tmp_path / "out" / "brief.stdout").read_text() == "serving\n"
+
+
+def test_a_run_abandoned_while_a_later_stage_prepares_keeps_its_services_with_no_kill(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SHOAL_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "late.toml").write_text("""\
+name = "late"
+[[component]]
+name = "service"
+command = "echo serving; sleep 1"
+wait = false
+[[component]]
+name = "unplaceable"
+command = "true"
+base_dir = "/proc/no-such-place"
+stage = 1
+""")
+    code = main(["ensemble", "run", "late.toml", "--no-kill", "--log-dir", "out"])
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    lines = out.splitlines()
+    assert lines[0].startswith("ensemble late: abandoned")
+    rows = {line.split()[0]: line for line in lines if line.startswith(("service ", "unplace"))}
+    assert rows["service"].split()[2] == "done"  # left to end by itself: --no-kill
+    assert rows["unplaceable"].split()[2] == "failed" and "/proc/no-such-place" in out

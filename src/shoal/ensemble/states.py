@@ -4,9 +4,11 @@ As `core.states` does for jobs, each table below is the whole contract: every ch
 run's or a component's state goes through `advance`, and a pair not in its table raises
 IllegalTransition.
 
-    run:        preparing <-> running --> detached --> done | failed | abandoned
-                    \\            \\           (its services end, or are stopped)
-                     +------------+--> done | failed | abandoned | cancelled
+    run:        preparing <-> running
+                    |            |
+                    +------+-----+--> detached --> done | failed | abandoned
+                           |          (once the services it left running end, or are stopped)
+                           +--> done | failed | abandoned | cancelled
 
     component:  pending --> preparing --> ready --> running --> done | failed | timed_out | killed
                    \\             \\          \\
@@ -76,8 +78,10 @@ COMPONENT_LIVE = frozenset({C.PREPARING, C.READY, C.RUNNING})
 COMPONENT_FAILURES = frozenset({C.FAILED, C.TIMED_OUT, C.KILLED})
 
 RUN_ALLOWED: dict[RunState, frozenset[RunState]] = {
-    # Each stage is prepared, then released; the run can end at any point.
-    R.PREPARING: frozenset({R.RUNNING, R.DONE, R.FAILED, R.ABANDONED, R.CANCELLED}),
+    # Each stage is prepared, then released; the run can end at any point, or leave the
+    # services of earlier stages running (abandoned while a later stage prepared, --no-kill).
+    R.PREPARING: frozenset({R.RUNNING, R.DETACHED, R.DONE, R.FAILED, R.ABANDONED,
+                            R.CANCELLED}),
     R.RUNNING: frozenset({R.PREPARING, R.DETACHED, R.DONE, R.FAILED, R.ABANDONED,
                           R.CANCELLED}),
     # Left running: it ends with the outcome it had when it detached, once its services end.
