@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -162,11 +163,13 @@ async def list_jobs(
                                           description="The page after this job id")] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
     order: Literal["asc", "desc"] = "asc",
-) -> dict[str, Any]:
+) -> Response:
     query = JobQuery(states=_states(state or []), group=group, owner=who.scope, name=name,
                      cmd_contains=cmd, worker=worker, exit_code=exit_code,
                      ended_after=ended_after, ended_before=ended_before)
-    return service.jobs(query, after_id=after_id, limit=limit, newest_first=order == "desc")
+    page = service.jobs(query, after_id=after_id, limit=limit, newest_first=order == "desc")
+    # Plain JSON: a page of 100,000 jobs skips FastAPI's generic encoder (documented above).
+    return Response(json.dumps(page, separators=(",", ":")), media_type="application/json")
 
 
 def _states(values: list[str]) -> tuple[JobState, ...]:

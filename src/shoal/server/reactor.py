@@ -812,8 +812,9 @@ class Reactor:
         if job.id in self.reservations:
             held = self.workers[self.reservations[job.id]].name
             return f"worker {held} is being drained for it (it fits nowhere else yet)"
-        return scheduler.why_not_running(job, capacities or self.capacities(), self.limit_caps,
-                                         self.limit_running)
+        if capacities is None:
+            capacities = self.capacities()
+        return scheduler.why_not_running(job, capacities, self.limit_caps, self.limit_running)
 
     def total(self, states: Sequence[JobState] = (), group: str | None = None,
               owner: str | None = None) -> int:

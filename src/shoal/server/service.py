@@ -494,12 +494,18 @@ class Service:
         the page's, whatever the number of jobs. `total` comes from the kept counts when the
         query is by state, group and owner only; with other filters it is null."""
         self._settle()
-        page = self.store.list_jobs(query, after_id=after_id, limit=limit,
-                                    newest_first=newest_first)
+        page = self.store.list_ids(query, after_id=after_id, limit=limit,
+                                   newest_first=newest_first)
+        # Live jobs are the server's own; only ended ones are read from the database.
+        held = self.reactor.jobs
+        ended = {job.id: job for job in self.store.jobs_by_id(
+            [job_id for job_id in page if job_id not in held])}
         capacities = self.reactor.capacities()
         listed = []
-        for stored in page:
-            job = self.reactor.jobs.get(stored.id, stored)  # live: the server's own state
+        for job_id in page:
+            job = held.get(job_id) or ended.get(job_id)
+            if job is None:
+                continue
             data = job.to_dict()
             data["gpu_ids"] = self.reactor.gpu_ids(job.id) if job.state is JobState.RUNNING \
                 else []
@@ -509,7 +515,7 @@ class Service:
                        or query.exit_code is not None or query.ended_after is not None
                        or query.ended_before is not None)
         total = self.reactor.total(query.states, query.group, query.owner) if counted else None
-        next_after = page[-1].id if len(page) == limit else None
+        next_after = page[-1] if len(page) == limit else None
         return {"jobs": listed, "total": total, "next_after_id": next_after}
 
     def find(self, job_ids: Sequence[int]) -> list[Job]:

@@ -287,15 +287,21 @@ class Store:
 
     def list_jobs(self, query: JobQuery, *, after_id: int | None = None, limit: int = 1000,
                   newest_first: bool = False) -> list[Job]:
-        """One page, by id (keyset paging: after `after_id`, which is never an offset scan)."""
+        """One page of jobs, as `list_ids` orders them."""
+        ids = self.list_ids(query, after_id=after_id, limit=limit, newest_first=newest_first)
+        by_id = {job.id: job for job in self.jobs_by_id(ids)}
+        return [by_id[job_id] for job_id in ids]
+
+    def list_ids(self, query: JobQuery, *, after_id: int | None = None, limit: int = 1000,
+                 newest_first: bool = False) -> list[int]:
+        """One page of ids (keyset paging: after `after_id`, which is never an offset scan)."""
         where, params = query.where()
         if after_id is not None:
             where += " AND id < ?" if newest_first else " AND id > ?"
             params.append(after_id)
         order = "DESC" if newest_first else "ASC"
-        rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where} "
-                                f"ORDER BY id {order} LIMIT ?", [*params, limit])
-        return [_job_from_row(row) for row in rows]
+        return [row[0] for row in self._db.execute(
+            f"SELECT id FROM jobs WHERE {where} ORDER BY id {order} LIMIT ?", [*params, limit])]
 
     def count_jobs(self, query: JobQuery) -> int:
         where, params = query.where()
