@@ -102,16 +102,24 @@ class AttemptRow:
     holder: str  # the identity of the worker process it was given to (see Job.holder)
 
 
+def _dump(value: Any) -> str:
+    """JSON of a collection; most are empty, and the encoder costs more than the rest of a
+    row (the mirror of `_json`)."""
+    if not value:
+        return "[]" if isinstance(value, list) else "{}"
+    return json.dumps(value)
+
+
 def _job_row(job: Job) -> tuple[object, ...]:
     return (
-        job.id, job.name, job.cmd, job.cwd, json.dumps(job.env), job.group, job.priority,
+        job.id, job.name, job.cmd, job.cwd, _dump(job.env), job.group, job.priority,
         job.retries, job.cores, job.memory_bytes, job.time_seconds, job.time_limit_seconds,
-        job.req_group, json.dumps(job.dependencies), json.dumps(job.limits), job.on_worker,
+        job.req_group, _dump(job.dependencies), _dump(job.limits), job.on_worker,
         job.state.value, job.fail_reason, job.exit_code, job.attempts, job.lost_attempts,
         job.worker, job.host, job.pid, job.lease_id, job.added_at, job.queued_at, job.retry_at,
         job.started_at, job.ended_at, job.wall_seconds, job.cpu_seconds, job.peak_rss_bytes,
-        job.gpus, json.dumps(job.resources), int(job.grow_memory), job.requirements_source,
-        json.dumps(job.dependencies_any), int(job.gate), json.dumps(job.files),
+        job.gpus, _dump(job.resources), int(job.grow_memory), job.requirements_source,
+        _dump(job.dependencies_any), int(job.gate), _dump(job.files),
         int(job.always_copy), job.owner,
         None if job.gate else key_hash(job.owner, job.cmd, job.cwd),
     )
