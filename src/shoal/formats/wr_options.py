@@ -169,6 +169,22 @@ def _limit_grps(value: list[str], out: Mapped) -> None:
     out.set("limit_grps", "limits", list(value))
 
 
+_HARMLESS_BEHAVIOURS = frozenset({"cleanup", "cleanup_all", "nothing"})
+_BEHAVIOUR_HINTS = {
+    "run": "add the command as its own job with --after-any on this one",
+    "remove": "remove ended jobs with `shoal rm --state done` (or server --keep-history)",
+}
+
+
+def _behaviours(option: str, value: list[Any]) -> None:
+    for behaviour in value:
+        for name in behaviour:
+            if name not in _HARMLESS_BEHAVIOURS:
+                hint = _BEHAVIOUR_HINTS.get(name, "shoal has no such behaviour")
+                raise OptionError(f'option "{option}": the "{name}" behaviour is not '
+                                  f"supported; {hint}")
+
+
 def _dep_grps(value: list[str], out: Mapped) -> None:
     for name in value:
         _check_group_name("dep_grps", name)
@@ -234,6 +250,11 @@ MAPPED: dict[str, WrOption] = {
     "limit_grps": WrOption(STRINGS, _limit_grps),
     "dep_grps": WrOption(STRINGS, _dep_grps),
     "deps": WrOption(STRINGS, _deps),
+    # Behaviours: only those about wr's own temporary directories, which shoal never makes,
+    # are accepted; one that would run or remove something is refused, not ignored.
+    "on_failure": WrOption(OBJECTS, lambda value, out: _behaviours("on_failure", value)),
+    "on_success": WrOption(OBJECTS, lambda value, out: _behaviours("on_success", value)),
+    "on_exit": WrOption(OBJECTS, lambda value, out: _behaviours("on_exit", value)),
     "env": WrOption(STRINGS, _env, secret=True),
 }
 
@@ -241,9 +262,6 @@ IGNORED: dict[str, WrOption] = {
     "cwd_matters": WrOption(BOOLEAN),
     "change_home": WrOption(BOOLEAN),
     "group": WrOption(STRING),  # the unix group to run as, not shoal's group
-    "on_failure": WrOption(OBJECTS),
-    "on_success": WrOption(OBJECTS),
-    "on_exit": WrOption(OBJECTS),
     "mounts": WrOption(OBJECTS),
     "override": WrOption(INTEGER),
     "disk": WrOption(INTEGER),
