@@ -502,6 +502,8 @@ class EnsembleRunner:
                reason: str | None) -> None:
         if component.state.is_final:
             return
+        if component.state is C.PENDING:  # its job ended before its run saw it added
+            component.move(C.PREPARING)
         component.exit_code = exit_code
         component.ended_at = time.time()
         if state is JobState.DONE:
