@@ -23,7 +23,7 @@ import pytest
 from tests.hosts import Hosts, namespace_hosts
 from tests.system import require
 
-from .cluster import SHOAL, wait_until
+from .cluster import SHOAL, Cluster, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PEERS = ROOT.parent / "shared" / "peers" / "runmaker"
@@ -338,3 +338,15 @@ def test_listen_lets_workers_on_other_hosts_take_lines(tmp_path: Path, three_hos
     assert states(jobs) == "".join("!" if job in FAILING else "d" for job in range(1, 25))
     summary = json.loads(out)
     assert summary["done"] + summary["failed"] == summary["total"] >= 1, err
+
+
+def test_add_takes_only_a_runmaker_file_s_new_lines(tmp_path: Path, cluster: Cluster) -> None:
+    jobs = tmp_path / "runs.txt"
+    jobs.write_text(". echo new\nd echo done\n! echo failed\nr echo running\n. echo other\n")
+    added = cluster.cli("add", "--json", "-f", str(jobs))
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["added"] == 2
+    said = f"{jobs}: a runmaker file: adding its 2 new ('.') lines, leaving 3 others"
+    assert said in added.stderr
+    listed = json.loads(cluster.cli("jobs", "--json").stdout)
+    assert sorted(job["cmd"] for job in listed["jobs"]) == ["echo new", "echo other"]
