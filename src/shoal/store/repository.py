@@ -188,10 +188,11 @@ class Store:
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute("PRAGMA foreign_keys = OFF")
             self._db.execute("PRAGMA busy_timeout = 5000")
-            migrate(self._db)
-        except InputError as exc:  # written by a newer shoal
-            self._db.close()
-            raise InputError(f"{path}: {exc}") from None
+            try:
+                migrate(self._db)
+            except InputError as exc:  # written by a newer shoal
+                self._db.close()
+                raise InputError(f"{path}: {exc}") from None
         except sqlite3.Error as exc:
             if is_damage(exc):
                 if hasattr(self, "_db"):  # found not to be a database: leave it as it was
