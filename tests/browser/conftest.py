@@ -21,7 +21,10 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 TIMEOUT_MS = 30_000
 
 
-@pytest.fixture(scope="session")
+# One browser per test module, not per session: Playwright's sync API runs an event loop in
+# this thread while it is open, and later tests that start their own with asyncio.run would
+# find it running.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     require(Path(CHROMIUM).exists() or shutil.which("chromium") is not None,
             "chromium (Debian package chromium)")
