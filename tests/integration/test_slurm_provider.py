@@ -69,21 +69,24 @@ def test_an_allocation_runs_its_worker_and_ends(slurm: Slurm, tmp_path: Path) ->
 
 
 def test_cancel_ends_a_running_allocation(slurm: Slurm, tmp_path: Path) -> None:
-    provider = SlurmProvider(slurm.env, executable=fake_worker(tmp_path, 300))
+    # The fake worker is a plain sh script: SIGTERM to the batch step ends it (a real worker
+    # hands its jobs back first); anything left would get Slurm's own cancel after the grace.
+    provider = SlurmProvider(slurm.env, executable=fake_worker(tmp_path, 300),
+                             cancel_grace_seconds=2)
     allocation = asyncio.run(provider.submit(request(tmp_path, "2")))
-    wait_until(lambda: asyncio.run(provider.status([allocation]))[allocation.engine_id].state
-               is AllocationState.RUNNING, timeout=60, message="the allocation to run")
+    work_dir = Path(allocation.work_dir or "")
+    wait_until(lambda: (work_dir / "argv").exists(), timeout=60, message="the worker to start")
     asyncio.run(provider.cancel(allocation))
     status = wait_until(
         lambda: (s := asyncio.run(provider.status([allocation]))[allocation.engine_id]).state
-        is AllocationState.FINISHED and s, timeout=60, message="the allocation to end")
-    assert "CANCELLED" in (status.reason or "")
+        is not AllocationState.RUNNING and s, timeout=60, message="the allocation to end")
+    assert status.state in (AllocationState.FINISHED, AllocationState.FAILED)
     asyncio.run(provider.cancel(allocation))  # again: already gone is fine
 
 
 def test_a_refused_submission_says_why(slurm: Slurm, tmp_path: Path) -> None:
     provider = SlurmProvider(slurm.env, executable=fake_worker(tmp_path, 1))
-    with pytest.raises(ProvisionError, match="(?i)invalid partition"):
+    with pytest.raises(ProvisionError, match=r"(?i)invalid partition"):
         asyncio.run(provider.submit(request(tmp_path, "3", engine_args=["--partition=nope"])))
 
 

@@ -9,6 +9,7 @@ must be on a file system the nodes share with the server, as home directories ar
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import time
@@ -59,7 +60,8 @@ class SlurmProvider:
 
     def __init__(self, env: Mapping[str, str] | None = None,
                  executable: Sequence[str] | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, cancel_grace_seconds: float = 20.0):
+        self.cancel_grace_seconds = cancel_grace_seconds
         self.env = dict(env or {})
         self.executable = list(executable) if executable else None
         self.clock = clock
@@ -134,9 +136,24 @@ class SlurmProvider:
         return {job_id: seen.get(job_id, gone) for job_id in ids}
 
     async def cancel(self, allocation: Allocation) -> None:
-        code, out, err = await run(["scancel", allocation.engine_id], what="scancel",
-                                   env=self.env)
-        if code != 0 and "invalid job id" not in err.lower():
+        """SIGTERM to the batch step alone, the worker (srun passes it on to the workers
+        of a larger allocation): each hands its running jobs back to the server, which runs
+        them again elsewhere at once, and exits. Slurm's own cancel, which would kill the
+        jobs' processes under the workers (and so fail the jobs), comes only after
+        `cancel_grace_seconds`, or at once for an allocation not started yet."""
+        job_id = allocation.engine_id
+        code, _, _ = await run(["scancel", "--batch", "--signal=TERM", job_id],
+                               what="scancel", env=self.env)
+        if code == 0:
+            deadline = self.clock() + self.cancel_grace_seconds
+            while self.clock() < deadline:
+                status = (await self.status([allocation]))[job_id]
+                if status.state in (AllocationState.FINISHED, AllocationState.FAILED):
+                    return
+                await asyncio.sleep(0.5)
+        code, out, err = await run(["scancel", job_id], what="scancel", env=self.env)
+        if code != 0 and not any(gone in err.lower() for gone in ("invalid job id",
+                                                                  "already complet")):
             raise ProvisionError(error_line("scancel", code, err, out))
 
 

@@ -18,7 +18,7 @@ import logging
 import re
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +42,13 @@ from shoal.server.autoscale import (
     Slot,
     WorkerShape,
 )
+from shoal.server.events import Event, JobsAdded, JobTransitioned
 from shoal.store.allocations import AllocationRow, AllocationStore, QueueRow
 
 log = logging.getLogger("shoal.server.alloc")
 
-PASS_SECONDS = 2.0  # how often each queue is looked at
+PASS_SECONDS = 2.0  # how often each queue is looked at, at the least
+MIN_GAP_SECONDS = 0.25  # between two passes, however often jobs are queued
 STATUS_SECONDS = 4.0  # how often the engine is asked about a queue's allocations
 CANCEL_TIMEOUT_SECONDS = 60.0
 _ACTIVE = (AllocationState.QUEUED.value, AllocationState.RUNNING.value)
@@ -135,6 +137,7 @@ class AllocationManager:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._watching = False
 
     # ---- life ----------------------------------------------------------------------------
 
@@ -146,6 +149,7 @@ class AllocationManager:
                 log.error("allocation queue %s: %s", row.name, exc)
         if self.queues:
             log.info("allocation queues: %s", ", ".join(self.queues))
+        self._watch()
         self._task = asyncio.create_task(self._run(), name="shoal-alloc")
 
     def _runtime(self, row: QueueRow) -> _Queue:
@@ -172,12 +176,31 @@ class AllocationManager:
                 raise
             except Exception:  # one bad pass must not end autoscaling
                 log.exception("allocation pass failed")
+            await asyncio.sleep(MIN_GAP_SECONDS)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.pass_seconds)
+                await asyncio.wait_for(self._wake.wait(),
+                                       max(0.0, self.pass_seconds - MIN_GAP_SECONDS))
             self._wake.clear()
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _watch(self) -> None:
+        """Follow the service's events while there is a queue (none: no cost to others)."""
+        events = self.service.events
+        if self.queues and not self._watching:
+            events.subscribe(self)
+        elif not self.queues and self._watching:
+            events.unsubscribe(self)
+        self._watching = bool(self.queues)
+
+    def process(self, events: Sequence[Event]) -> None:
+        """The service's events (an EventProcessor): jobs newly queued are demand, looked at
+        without waiting for the timer (at most every MIN_GAP_SECONDS)."""
+        if self.queues and any(isinstance(event, JobsAdded) or (
+                isinstance(event, JobTransitioned) and event.to_state is JobState.QUEUED)
+                for event in events):
+            self._wake.set()
 
     # ---- one pass ------------------------------------------------------------------------
 
@@ -398,6 +421,7 @@ class AllocationManager:
         queue = self._runtime(row)  # refuses an unknown provider before anything is kept
         self.store.add_queue(row)
         self.queues[name] = queue
+        self._watch()
         self._event(queue, f"added: {describe_settings(provider, settings)}", row.created_at)
         self.wake()
         return self.info(name)
@@ -436,6 +460,7 @@ class AllocationManager:
                                  f"log {name}`")
             self.store.remove_queue(name)
             del self.queues[name]
+            self._watch()
         return {"name": name, "removed": True, "cancelled": len(rows)}
 
     def listing(self) -> list[dict[str, Any]]:
