@@ -182,7 +182,10 @@ def main() -> None:
     body = (f"Measured {result['when']} on {result['machine']} (shared with other work), "
             f"{args.jobs:,} jobs queued in {args.jobs // BATCH or 1} groups, no workers; "
             f"median of {args.repeat}. Adding them took {add_seconds:.0f} s; the server held "
-            f"{rss / 2**30:.1f} GiB.\n\n" + "\n".join(table) + f"\n\n{paint_line}\n")
+            f"{rss / 2**30:.1f} GiB.\n\n" + "\n".join(table) + f"\n\n{paint_line}\n"
+            "\nThe search for text in commands reads every row (`instr` over the jobs table, "
+            "no index): the one request here whose cost grows with the queue. Each page's cost "
+            "otherwise is its page's: keyset pages by id, and counts kept by the server.\n")
     print(body)
     if args.write_docs:
         replace_section(DOCS, START, END, body, scaffold=(
