@@ -209,7 +209,8 @@ class AllocationManager:
             return
         now = self.clock()
         reactor = self.service.reactor
-        queued = (job for job in list(reactor.jobs.values()) if job.state is JobState.QUEUED)
+        # Read through before the first await below: nothing changes the jobs meanwhile.
+        queued = (job for job in reactor.jobs.values() if job.state is JobState.QUEUED)
         room = {name: None if cap is None else cap - reactor.limit_running[name]
                 for name, cap in reactor.limit_caps.items()}
         demand = autoscale.demand_of(queued, room)
