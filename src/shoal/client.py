@@ -10,8 +10,11 @@ Everything foreign (httpx exceptions, HTTP error statuses) is translated here, a
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
+import re
+import secrets
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -43,6 +46,8 @@ API_PREFIX = "/api/v1"
 LONG_POLL_MARGIN_SECONDS = 10.0
 # An add is answered once committed, which for a million jobs takes a while: allow for it.
 ADD_SECONDS_PER_JOB = 0.0002
+ADD_CHUNK = 20_000  # jobs per request: a larger add goes in chunks, committed as one
+_JOB_INDEX = re.compile(r"jobs\[(\d+)\]")
 # The server copies the whole database before it sends the first byte of a backup.
 BACKUP_WAIT_SECONDS = 3600.0
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -110,23 +115,56 @@ class Client:
         """`{"version": ..., "protocol_version": ...}`; needs no token."""
         return self._request("GET", "/version")
 
-    def add(self, specs: Iterable[JobSpec | Mapping[str, Any]], rerun: bool = False) -> AddResult:
+    def add(self, specs: Iterable[JobSpec | Mapping[str, Any]], rerun: bool = False,
+            progress: Callable[[int], None] | None = None) -> AddResult:
         """Add a batch of jobs, accepted whole or not at all.
 
         Each spec is a JobSpec, or a dict of its fields that is sent as it is (the server
         checks it). A spec whose (cmd, cwd) is already known is not added again; with `rerun`,
-        such a job that has ended (done, failed or cancelled) is queued again.
+        such a job that has ended (done, failed or cancelled) is queued again. More than
+        ADD_CHUNK jobs go in chunks (`specs` is read as it goes, so a generator keeps memory
+        to a chunk), kept by the server and committed as one; `progress` is told the number
+        sent after each chunk.
         """
-        jobs = [dict(spec) if isinstance(spec, Mapping)
-                else spec.model_dump(mode="json", exclude_defaults=True) for spec in specs]
-        answer = self._request("POST", "/jobs", json={"jobs": jobs, "rerun": rerun},
-                               timeout=self.timeout + len(jobs) * ADD_SECONDS_PER_JOB)
+        chunks = _chunks(specs, ADD_CHUNK)
+        first = next(chunks, [])
+        second = next(chunks, None)
+        if second is None:
+            answer = self._request("POST", "/jobs", json={"jobs": first, "rerun": rerun},
+                                   timeout=self.timeout + len(first) * ADD_SECONDS_PER_JOB)
+        else:
+            answer = self._add_in_chunks(itertools.chain([first, second], chunks), rerun,
+                                         progress)
         return AddResult(
             added=answer["added"],
             existed=answer["existed"],
             requeued=answer.get("requeued", 0),
             ids=tuple(answer["ids"]),
         )
+
+    def _add_in_chunks(self, chunks: Iterable[list[dict[str, Any]]], rerun: bool,
+                       progress: Callable[[int], None] | None) -> dict[str, Any]:
+        batch = secrets.token_hex(16)
+        sent = 0
+        try:
+            for seq, chunk in enumerate(chunks):
+                try:
+                    self._request("POST", f"/adds/{batch}", json={"seq": seq, "jobs": chunk},
+                                  timeout=self.timeout + len(chunk) * ADD_SECONDS_PER_JOB)
+                except InputError as exc:  # name the job by its place in the whole add
+                    raise InputError(_JOB_INDEX.sub(
+                        lambda m: f"jobs[{int(m[1]) + sent}]", str(exc), count=1)) from None
+                sent += len(chunk)
+                if progress is not None:
+                    progress(sent)
+            answer: dict[str, Any] = self._request(
+                "POST", f"/adds/{batch}/commit", json={"rerun": rerun},
+                timeout=self.timeout + sent * ADD_SECONDS_PER_JOB)
+            return answer
+        except BaseException:  # a refused chunk, a bad line further on, Ctrl-C: add nothing
+            with contextlib.suppress(ShoalError, httpx.HTTPError):
+                self._request("DELETE", f"/adds/{batch}")
+            raise
 
     def jobs_page(self, *, after_id: int | None = None, limit: int = 1000,
                   newest_first: bool = False, **filters: Any) -> dict[str, Any]:
@@ -545,3 +583,17 @@ def _selection(ids: Iterable[int] | None, group: str | None) -> dict[str, Any]:
     if id_list is not None and not id_list:
         raise InputError("no job ids given")
     return {"ids": id_list} if id_list is not None else {"group": group}
+
+
+def _chunks(specs: Iterable[JobSpec | Mapping[str, Any]], size: int
+            ) -> Iterator[list[dict[str, Any]]]:
+    """The specs as the JSON the server reads, `size` at a time, read as they are needed."""
+    chunk: list[dict[str, Any]] = []
+    for spec in specs:
+        chunk.append(dict(spec) if isinstance(spec, Mapping)
+                     else spec.model_dump(mode="json", exclude_defaults=True))
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

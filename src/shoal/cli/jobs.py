@@ -8,7 +8,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -381,11 +381,23 @@ def add(
     else:
         assert file is not None
         specs = specs_from_file(file, input_format or InputFormat.AUTO, defaults)
-    result = session_of(ctx).client().add(specs, rerun=rerun)
+    result = session_of(ctx).client().add(specs, rerun=rerun, progress=_add_progress(specs))
     if as_json:
         render.print_json(dataclasses.asdict(result))
     else:
         print(format_add_result(result))
+
+
+def _add_progress(specs: Sequence[Any]) -> Callable[[int], None] | None:
+    """On a terminal, how much of a large add (sent in chunks) has gone."""
+    if not sys.stderr.isatty():
+        return None
+    total = len(specs)
+
+    def show(sent: int) -> None:
+        end = "\n" if sent >= total else ""
+        print(f"\rsent {sent:,} of {total:,} jobs", end=end, file=sys.stderr, flush=True)
+    return show
 
 
 # ---- looking -------------------------------------------------------------------------

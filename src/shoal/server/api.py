@@ -21,6 +21,7 @@ from shoal.core.errors import InputError, NotFound
 from shoal.core.models import MAX_GROUP_CHARS, MAX_INT64, JobChanges, JobSpec, JobState
 from shoal.core.protocol import PROTOCOL_VERSION
 from shoal.home import format_connection_string
+from shoal.server.adds import ChunkedAdds
 from shoal.server.api_answers import (
     Cancelled,
     Draining,
@@ -143,6 +144,52 @@ async def add_jobs(body: AddRequest, who: Who, service: ServiceDep,
                                            for entry in job.files))
     return service.add(body.jobs, rerun=body.rerun, owner=who.name, sees_all=who.sees_all,
                        may_set_caps=allows("PUT", "/api/v1/limits/{name}", who))
+
+
+# ---- a large add, in chunks (see server/adds.py) -------------------------------------------
+
+BatchId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$",
+                                   description="32 hex digits the client draws at random")]
+
+
+class ChunkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seq: int = Field(ge=0, le=1_000_000, description="The chunk's place in the add")
+    jobs: list[JobSpec] = Field(min_length=1, max_length=100_000)
+
+
+class ChunkResponse(BaseModel):
+    staged: int = Field(description="Jobs the add holds so far")
+
+
+class CommitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rerun: bool = Field(default=False, strict=True)
+
+
+@router.post("/adds/{batch}", response_model=ChunkResponse, responses=errors(400, *AUTH, 409))
+async def stage_chunk(batch: BatchId, body: ChunkRequest, who: Who, service: ServiceDep,
+                      request: Request) -> dict[str, Any]:
+    """One chunk of a large add: checked as an add checks it, and kept until the commit."""
+    _check_files_are_theirs(request, who, (entry.get("sha256") for job in body.jobs
+                                           for entry in job.files))
+    return {"staged": ChunkedAdds(service).stage(batch, body.seq, body.jobs, who.name)}
+
+
+@router.post("/adds/{batch}/commit", status_code=201, response_model=AddResponse,
+             responses=errors(400, *AUTH, 404, 503))
+async def commit_chunks(batch: BatchId, body: CommitRequest, who: Who,
+                        service: ServiceDep) -> dict[str, Any]:
+    """The add of every chunk sent, as one: all of it, or (on an error) none."""
+    return await ChunkedAdds(service).commit(
+        batch, rerun=body.rerun, owner=who.name, sees_all=who.sees_all,
+        may_set_caps=allows("PUT", "/api/v1/limits/{name}", who))
+
+
+@router.delete("/adds/{batch}", response_model=ActionResponse, responses=errors(*AUTH))
+async def abort_chunks(batch: BatchId, who: Who, service: ServiceDep) -> dict[str, Any]:
+    """Drop the chunks of an add that will not be committed."""
+    return {"affected": ChunkedAdds(service).abort(batch, who.name), "ids": []}
 
 
 @router.get("/jobs", **answers(JobPage, 400, *AUTH))

@@ -335,12 +335,7 @@ class Service:
         to `owner`; without `sees_all` they may depend only on the owner's jobs."""
         if len(specs) > MAX_JOBS_PER_ADD:
             raise InputError(f"more than {MAX_JOBS_PER_ADD} jobs in one add")
-        for index, spec in enumerate(specs):
-            if encoded_bound(spec.cmd, spec.cwd or "", spec.env,
-                             [str(f.get("path", "")) for f in spec.files],
-                             spec.gpus) > ASSIGN_BUDGET_BYTES:
-                raise InputError(f"jobs[{index}]: command, environment and files together are "
-                                 f"too large to hand to a worker ({ASSIGN_BUDGET_BYTES} bytes)")
+        self.check_sizes(specs)
         now = self.clock()
         plan = self.reactor.plan_add(specs, rerun=rerun, now=now, owner=owner,
                                      sees_all=sees_all, may_set_caps=may_set_caps)
@@ -351,6 +346,16 @@ class Service:
         self.step()
         return {"added": len(plan.new_jobs), "existed": plan.existed,
                 "requeued": len(plan.requeue), "ids": plan.ids}
+
+    @staticmethod
+    def check_sizes(specs: Sequence[JobSpec]) -> None:
+        """Each job must fit one message to a worker."""
+        for index, spec in enumerate(specs):
+            if encoded_bound(spec.cmd, spec.cwd or "", spec.env,
+                             [str(f.get("path", "")) for f in spec.files],
+                             spec.gpus) > ASSIGN_BUDGET_BYTES:
+                raise InputError(f"jobs[{index}]: command, environment and files together are "
+                                 f"too large to hand to a worker ({ASSIGN_BUDGET_BYTES} bytes)")
 
     def act(self, action: str, ids: Sequence[int] | None, group: str | None,
             reason: str = "killed by user", owner: str | None = None) -> list[int]:

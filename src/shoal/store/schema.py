@@ -167,6 +167,18 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX alloc_events_by_queue ON alloc_events (queue, seq);
     """,
+    # 8: a large add arrives in chunks, kept here until it is committed whole (or dropped).
+    """
+    CREATE TABLE staged_adds (
+        batch TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        owner TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        jobs TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (batch, seq)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,91 @@
+"""A large add goes in chunks, each kept by the server, and is committed whole or not at all."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from shoal import client as client_module
+from shoal.client import Client
+from shoal.core.errors import InputError
+
+from .cluster import Cluster
+
+
+def admin(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Client:
+    """The admin's client, finding and trusting the server through its home."""
+    monkeypatch.setenv("SHOAL_HOME", str(cluster.home))
+    for name in ("SHOAL_SERVER", "SHOAL_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    return Client()
+
+
+def total_jobs(cluster: Cluster) -> int:
+    return int(cluster.api("GET", "/server")["jobs"])
+
+
+def test_an_add_in_chunks_is_one_add(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_module, "ADD_CHUNK", 40)
+    cluster.api("PUT", "/limits/hold", json={"cap": 0})
+    sent: list[int] = []
+    specs = ({"cmd": f"echo {i}", "cwd": "/", "limits": ["hold"]} for i in range(130))
+    with admin(cluster, monkeypatch) as client:
+        result = client.add(specs, progress=sent.append)
+    assert sent == [40, 80, 120, 130]
+    assert (result.added, len(result.ids), len(set(result.ids))) == (130, 130, 130)
+    assert total_jobs(cluster) == 130
+    with admin(cluster, monkeypatch) as client:  # the same again: every one already there
+        again = client.add({"cmd": f"echo {i}", "cwd": "/", "limits": ["hold"]}
+                           for i in range(130))
+    assert (again.added, again.existed, again.ids) == (0, 130, result.ids)
+
+
+def test_a_chunk_refused_or_a_bad_spec_later_leaves_nothing(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_module, "ADD_CHUNK", 25)
+    huge = "x" * 65_000
+    specs = [{"cmd": f"echo {i}", "cwd": "/"} for i in range(60)]
+    specs[55]["env"] = {f"V{n}": huge for n in range(140)}  # too large for any worker
+    with admin(cluster, monkeypatch) as client, \
+            pytest.raises(InputError, match=r"jobs\[55\]\.env: the environment is larger"):
+        client.add(specs)
+    assert total_jobs(cluster) == 0
+
+    def then_a_bad_one() -> object:
+        for i in range(60):
+            yield {"cmd": f"echo {i}", "cwd": "/"}
+        raise InputError("jobs.txt:61: something wrong")
+
+    with admin(cluster, monkeypatch) as client, pytest.raises(InputError, match="jobs.txt:61"):
+        client.add(then_a_bad_one())  # type: ignore[arg-type]
+    assert total_jobs(cluster) == 0
+
+
+def test_a_batch_is_its_senders_alone(cluster: Cluster) -> None:
+    alice = cluster.api("POST", "/tokens", json={"role": "user", "name": "alice"})["token"]
+    bob = cluster.api("POST", "/tokens", json={"role": "user", "name": "bob"})["token"]
+    batch = "ab" * 16
+
+    def post(token: str, path: str, body: dict[str, object]) -> httpx.Response:
+        return httpx.post(f"{cluster.url}/api/v1{path}", json=body, verify=cluster.tls,
+                          headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    staged = post(alice, f"/adds/{batch}", {"seq": 0, "jobs": [{"cmd": "true", "cwd": "/"}]})
+    assert staged.status_code == 200 and staged.json() == {"staged": 1}
+    assert post(bob, f"/adds/{batch}", {"seq": 1, "jobs": [
+        {"cmd": "rm -rf /tmp/x", "cwd": "/"}]}).status_code == 404
+    assert post(bob, f"/adds/{batch}/commit", {}).status_code == 404
+    again = post(alice, f"/adds/{batch}", {"seq": 0, "jobs": [{"cmd": "true", "cwd": "/"}]})
+    assert again.status_code == 409
+    done = post(alice, f"/adds/{batch}/commit", {})
+    assert done.status_code == 201 and done.json()["added"] == 1
+    assert post(alice, f"/adds/{batch}/commit", {}).status_code == 404  # gone once committed
+
+
+def test_the_cli_adds_a_file_larger_than_a_chunk(cluster: Cluster) -> None:
+    cluster.api("PUT", "/limits/hold", json={"cap": 0})
+    lines = "".join(f"echo {i}\n" for i in range(client_module.ADD_CHUNK + 5))
+    added = cluster.cli("add", "-f", "-", "--limit", "hold", input=lines, timeout=600)
+    assert added.returncode == 0, added.stderr
+    assert f"added {client_module.ADD_CHUNK + 5}, 0 already existed" in added.stdout
+    assert total_jobs(cluster) == client_module.ADD_CHUNK + 5
