@@ -29,9 +29,9 @@ def test_runs_everything_and_resumes(tmp_path: Path) -> None:
 
     first = run(jobs, "-j", "3")
     assert first.returncode == 1
-    assert "40 done, 1 failed of 41" in first.stdout
-    assert "exit code 3" in first.stdout and "no marker" in first.stdout
-    assert (tmp_path / ".shoal" / "shoal.db").exists()  # state beside the file
+    assert "40 done, 1 failed of 41" in first.stderr  # stdout is the jobs' own output
+    assert "exit code 3" in first.stderr and "no marker" in first.stderr
+    assert (tmp_path / ".shoal" / "runs" / "jobs.txt" / "shoal.db").exists()  # beside the file
 
     marker.touch()
     second = run(jobs, "-j", "3", "--json")
@@ -50,7 +50,7 @@ def test_runs_n_at_a_time(tmp_path: Path) -> None:
     assert result.returncode == 0
     from shoal.store import Store
 
-    store = Store(tmp_path / ".shoal" / "shoal.db")
+    store = Store(tmp_path / ".shoal" / "runs" / "jobs.txt" / "shoal.db")
     spans = [(j.started_at, j.ended_at) for j in store.load_jobs()]
     store.close()
     events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
@@ -77,7 +77,8 @@ def test_wr_format_and_shoal_home(tmp_path: Path) -> None:
     home = tmp_path / "home"
     result = run(jobs, "-j", "2", env={"SHOAL_HOME": str(home)})
     assert result.returncode == 0, result.stderr
-    assert (home / "shoal.db").exists() and not (tmp_path / ".shoal").exists()
+    assert (home / "runs" / "jobs.wr" / "shoal.db").exists()
+    assert not (tmp_path / ".shoal").exists()
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -106,16 +107,16 @@ def test_interrupt_kills_running_jobs_and_a_rerun_finishes(tmp_path: Path) -> No
                message="two sleeps running")
     sleepers = _children_sleeping(process.pid)
     process.send_signal(signal.SIGINT)
-    out, _ = process.communicate(timeout=20)
+    _, err = process.communicate(timeout=20)
     assert process.returncode == 130
-    assert "interrupted" in out
+    assert "interrupted" in err
     for pid in sleepers:
         assert not _alive(pid)
     jobs.write_text(jobs.read_text().replace("sleep 30", "sleep 0.1"))
     # Edited commands are new jobs; the interrupted ones were requeued, not failed.
     from shoal.store import Store
 
-    store = Store(tmp_path / ".shoal" / "shoal.db")
+    store = Store(tmp_path / ".shoal" / "runs" / "jobs.txt" / "shoal.db")
     states = Counter(job.state.value for job in store.load_jobs())
     store.close()
     assert states["failed"] == 0 and states["cancelled"] == 0

@@ -50,10 +50,10 @@ class ShoalGroup(TyperGroup):
         return command
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
-        if args and args[0] == "run":  # `--listen` with no value takes its default
-            from shoal.cli.run import listen_value
+        if args and args[0] == "run":  # `--listen` alone; a command's own options
+            from shoal.cli.run import run_arguments
 
-            args[1:] = listen_value(args[1:])
+            args[1:] = run_arguments(args[1:])
         if args and args[0] in LAZY_COMMANDS and args[0] not in self.commands:
             self.commands[args[0]] = load_command(args[0], args[1:])
         return super().resolve_command(ctx, args)

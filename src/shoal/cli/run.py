@@ -7,6 +7,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
@@ -17,11 +18,11 @@ from shoal.core.errors import InputError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from shoal.embedded import RunReport
     from shoal.formats import ParsedJob
     from shoal.provision.hosts import SshHost
+    from shoal.run.inputs import RunInput
+    from shoal.run.output import OutputSettings
     from shoal.runfile.driver import FileRunReport, RunfileOptions
-    from shoal.runfile.listen import ListenSettings
 
 T = TypeVar("T")
 FORMATS = ("auto", "lines", "wr", "runmaker")
@@ -43,7 +44,11 @@ def listen_value(args: list[str]) -> list[str]:
 
 
 def run_command(
-    file: Annotated[Path, typer.Argument(help="File of commands (lines, wr or runmaker format).")],
+    words: Annotated[list[str] | None, typer.Argument(
+        metavar="[FILE|-] [CMD [::: ARGS...] [:::: ARGFILE...]]", show_default=False,
+        help="A file of commands (lines, wr or runmaker format), or - (or nothing, from a "
+             "pipe) for commands on stdin, or a command to fill with each argument after "
+             "::: (or each line of the files after ::::, or of stdin).")] = None,
     jobs: Annotated[int, typer.Option("-j", "--jobs", help="Commands at once (default: all cores).")
                     ] = 0,
     format: Annotated[str, typer.Option("--format", help="auto, lines, wr or runmaker.")] = "auto",
@@ -74,75 +79,283 @@ def run_command(
              "--sshlogin): a worker is started on each for this run and stopped after it, "
              "joined to this run on --listen (default: every address, any free port). "
              "Commands run in the same directory there.")] = None,
+    line_buffer: Annotated[bool, typer.Option(
+        "--line-buffer", help="Print output lines as they come (default: each job's output "
+                              "whole when it ends).")] = False,
+    tag: Annotated[bool, typer.Option(
+        "--tag", help="Start each output line with the job's line number or argument.")
+    ] = False,
+    keep_order: Annotated[bool, typer.Option(
+        "-k", "--keep-order", help="Print jobs' output in input order.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", help="Print no job output, only the summary.")] = False,
+    results: Annotated[Path | None, typer.Option(
+        "--results", metavar="DIR",
+        help="Keep each job's stdout, stderr, cmd and exit_code in DIR/N/.")] = None,
+    joblog: Annotated[Path | None, typer.Option(
+        "--joblog", metavar="FILE", help="A line per ended job, in GNU parallel's format.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the commands that would run; run nothing.")] = False,
+    fresh: Annotated[bool, typer.Option(
+        "--fresh", help="Forget what earlier runs of this input did; run every job.")
+    ] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Skip jobs an earlier run of this input finished, failed or not.")
+    ] = False,
+    resume_failed: Annotated[bool, typer.Option(
+        "--resume-failed", help="Skip jobs an earlier run of this input did; run the failed "
+                                "ones again (a file's default).")] = False,
+    timeout: Annotated[str | None, typer.Option(
+        "--timeout", metavar="T", help="Kill a job that runs longer (30, 90s, 5m, 2h).")
+    ] = None,
+    retries: Annotated[int | None, typer.Option(
+        "--retries", metavar="N", min=0, help="Run a failed job up to N more times.")] = None,
+    halt: Annotated[str | None, typer.Option(
+        "--halt", metavar="WHEN,WHY=N",
+        help="Stop early, as GNU parallel: now,fail=1 | soon,fail=10% | now,success=1 | "
+             "soon,done=5 (now kills running jobs; soon lets them end).")] = None,
+    memory_limit: Annotated[str | None, typer.Option(
+        "--memory-limit", metavar="SIZE",
+        help="Kill a job whose memory goes past SIZE (e.g. 2G); it is also reserved.")
+    ] = None,
+    delay: Annotated[str | None, typer.Option(
+        "--delay", metavar="T", help="At least T between two job starts.")] = None,
+    nice: Annotated[int | None, typer.Option(
+        "--nice", metavar="N", min=-20, max=19,
+        help="Run at this niceness (shoal run and its jobs on this machine).")] = None,
 ) -> None:
-    """Run every command of FILE on this machine, N at a time; no server to start.
+    """Run every command of FILE (or stdin, or a command over arguments) on this machine, N
+    at a time; no server to start.
 
-    State is kept in .shoal/ beside FILE (or $SHOAL_HOME): run it again and what is done is
-    skipped, what failed is retried. Exit 0 iff every command succeeded.
+    State is kept in .shoal/runs/NAME/ beside FILE (or $SHOAL_HOME): run a file again and what
+    is done is skipped, what failed is retried. Each job's output is printed when it ends.
+    Exit 0 iff every command succeeded.
     """
-    from rich.console import Console
-
-    from shoal.cli.summary import print_summary
-    from shoal.embedded import load, run_jobs
+    from shoal.embedded import load
 
     parallel = jobs or len(os.sched_getaffinity(0))
+    choices = _Choices(line_buffer=line_buffer, tag=tag, keep_order=keep_order, quiet=quiet,
+                       results=results, joblog=joblog, dry_run=dry_run, fresh=fresh,
+                       resume=resume, resume_failed=resume_failed, timeout=timeout,
+                       retries=retries, halt=halt, memory_limit=memory_limit, delay=delay,
+                       nice=nice)
+    file, command, sources = _input_words(words or [])
+    if file is None or command is not None or str(file) == "-" or _is_stream(file):
+        given = [name for name, value in (("-r", retry), ("-1", one_only), ("-l", logfile),
+                                          ("--live", live)) if value]
+        if given:
+            raise InputError(f"{given[0]}: applies to runmaker files only")
+        _run_new(file, command, sources, parallel, format, json_output, hosts, listen, choices)
+    assert file is not None
     if parallel < 1:
         raise InputError("-j: must be at least 1")
     if format not in FORMATS:
         raise InputError(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
     ssh_hosts = _ssh_hosts(hosts)
-    host_listen = None
+    listen_for_hosts: str | None = None
     if ssh_hosts and listen is not None:  # where the hosts' workers join: not runmaker's
-        from shoal.runfile.listen import parse_listen as parse_address
-
-        host_listen, listen = parse_address(listen), None
+        listen_for_hosts, listen = listen, None
     if listen is not None and not jobs:
         parallel = 0  # as runmaker4-server: only the workers that join run lines
     elif one_only and not jobs:
         parallel = 1  # runmaker4 -1: one job; with -j N, one per slot
-    parsed = load(file, format, parallel or 2**31)
+    defaults = choices.job_fields()
+    parsed = load(file, format, parallel or 2**31, defaults)
     options = _runfile_options(file, parsed, parallel, retry=retry, one_only=one_only,
                                logfile=logfile, loglines=loglines, live=live, listen=listen)
     if options is not None and ssh_hosts:
         raise InputError("--hosts: not for a runmaker file; give --listen and start workers "
                          "with `shoal up`")
     if options is not None:
+        if choices.given():
+            raise InputError(f"{choices.given()[0]}: not for a runmaker file (its lines are "
+                             "claimed in the file; see docs/formats.md)")
         _run_runmaker(file, options, json_output)
-    console = Console(stderr=True)
-    if console.is_terminal and not json_output:
-        report = _run_with_bar(file, parsed, parallel, console, ssh_hosts, host_listen)
+    from shoal.run.inputs import from_parsed
+
+    _run_new(file, None, [], parallel, format, json_output, hosts, listen_for_hosts, choices,
+             parsed=from_parsed(file, parsed))
+
+
+# ---- files, stdin and arguments: shoal.run --------------------------------------------------
+
+# Options of `shoal run` that take a value, for telling a command's words from shoal's.
+_VALUE_OPTIONS = frozenset({"-j", "--jobs", "--format", "-l", "--logfile", "-n", "--loglines",
+                            "--hosts", "--results", "--joblog", "--timeout", "--retries",
+                            "--halt", "--memory-limit", "--delay", "--nice"})
+
+
+def run_arguments(args: list[str]) -> list[str]:
+    """`shoal run`'s words as GNU parallel users write them: in `shoal run -j4 gzip -9 {} :::
+    *.csv` the command's own options (`-9`) are the command's, so a `--` goes before it."""
+    out = listen_value(args)
+    from shoal.run.template import SOURCE_ARGS, SOURCE_FILES, has_placeholder
+
+    index = 0
+    while index < len(out):
+        word = out[index]
+        if word == "--":
+            return out
+        if word.startswith("-") and word != "-" and len(word) > 1:
+            if word in _VALUE_OPTIONS or (word == "--listen" and index + 1 < len(out)
+                                          and _HOST_PORT.match(out[index + 1])):
+                index += 1
+            index += 1
+            continue
+        rest = out[index:]
+        command = (SOURCE_ARGS in rest or SOURCE_FILES in rest or " " in word
+                   or any(has_placeholder(later) for later in rest))
+        if command and not (len(rest) == 1 and os.path.exists(word)):
+            return [*out[:index], "--", *rest]
+        return out
+    return out
+
+
+@dataclass
+class _Choices:
+    """What the options of a run of a file, stdin or arguments ask for."""
+
+    line_buffer: bool = False
+    tag: bool = False
+    keep_order: bool = False
+    quiet: bool = False
+    results: Path | None = None
+    joblog: Path | None = None
+    dry_run: bool = False
+    fresh: bool = False
+    resume: bool = False
+    resume_failed: bool = False
+    timeout: str | None = None
+    retries: int | None = None
+    halt: str | None = None
+    memory_limit: str | None = None
+    delay: str | None = None
+    nice: int | None = None
+
+    def given(self) -> list[str]:
+        return ["--" + name.replace("_", "-") for name, value in vars(self).items()
+                if value not in (None, False)]
+
+    def job_fields(self) -> dict[str, object]:
+        """Defaults for every job, under what a wr line's own options say."""
+        from shoal.core.models import parse_duration, parse_memory
+
+        fields: dict[str, object] = {}
+        if self.retries is not None:
+            fields["retries"] = self.retries
+        for name, flag, text, parse in (
+                ("time_limit_seconds", "--timeout", self.timeout, parse_duration),
+                ("memory_bytes", "--memory-limit", self.memory_limit, parse_memory)):
+            if text is not None:
+                try:
+                    fields[name] = parse(text)
+                except ValueError as error:
+                    raise InputError(f"{flag}: {error}") from None
+        return fields
+
+    def resume_mode(self) -> str:
+        chosen = [flag for flag, on in (("--fresh", self.fresh), ("--resume", self.resume),
+                                        ("--resume-failed", self.resume_failed)) if on]
+        if len(chosen) > 1:
+            raise InputError(f"{chosen[0]} and {chosen[1]}: give one of them")
+        return chosen[0].removeprefix("--") if chosen else "auto"
+
+    def output_settings(self, json_output: bool) -> OutputSettings:
+        from shoal.run.output import GROUP, LINE, NONE, OutputSettings
+
+        if self.line_buffer and self.keep_order:
+            raise InputError("--line-buffer and --keep-order: lines as they come cannot "
+                             "also be in input order")
+        mode = NONE if self.quiet or json_output else LINE if self.line_buffer else GROUP
+        return OutputSettings(mode=mode, tag=self.tag, keep_order=self.keep_order)
+
+    def delay_seconds(self) -> float:
+        from shoal.core.models import parse_duration
+
+        if self.delay is None:
+            return 0.0
+        try:
+            return parse_duration(self.delay)
+        except ValueError as error:
+            raise InputError(f"--delay: {error}") from None
+
+
+def _input_words(words: list[str]) -> tuple[Path | None, str | None, list[list[str]]]:
+    """(a file or -, a command, the ::: sources) from the positional words."""
+    from shoal.run.template import looks_like_template, split_sources
+
+    head, sources = split_sources(words)
+    if sources:
+        return None, " ".join(head) if head else None, sources
+    if not head:
+        return None, None, []
+    if len(head) == 1 and not looks_like_template(head[0]):
+        return Path(head[0]), None, []
+    return None, " ".join(head), []
+
+
+def _is_stream(file: Path) -> bool:
+    from shoal.run.inputs import is_stream
+
+    return is_stream(file)
+
+
+def _run_new(file: Path | None, command: str | None, sources: list[list[str]], parallel: int,
+             fmt: str, json_output: bool, hosts: str | None, listen: str | None,
+             choices: _Choices, parsed: RunInput | None = None) -> None:
+    """Run a file of commands, stdin's lines, or a command over arguments; exit."""
+    from shoal.cli.summary import print_summary
+    from shoal.embedded import job_defaults
+    from shoal.run.driver import RunSettings, parse_halt, run_input
+    from shoal.run.inputs import from_arguments, from_stream
+
+    if parallel < 1:
+        raise InputError("-j: must be at least 1")
+    if fmt not in FORMATS:
+        raise InputError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    ssh_hosts = _ssh_hosts(hosts)
+    host_listen = None
+    if listen is not None:
+        if not ssh_hosts:
+            raise InputError("--listen: for a runmaker file, or with --hosts")
+        from shoal.runfile.listen import parse_listen
+
+        host_listen = parse_listen(listen)
+    settings = RunSettings(
+        parallel=parallel, output=choices.output_settings(json_output),
+        bar=not json_output, halt=parse_halt(choices.halt) if choices.halt else None,
+        delay=choices.delay_seconds(), resume=choices.resume_mode(), joblog=choices.joblog,
+        results=choices.results, hosts=ssh_hosts, listen=host_listen)
+    if parsed is not None:
+        run = parsed
     else:
-        report = asyncio.run(run_jobs(file, parsed, parallel, hosts=ssh_hosts,
-                                      listen=host_listen))
-    print_summary(report, json_output=json_output)
+        if file is None and not sources and sys.stdin.isatty():
+            raise InputError("no input: give a FILE, - (or a pipe) for commands on stdin, "
+                             "or a command and its arguments after :::")
+        defaults = {**job_defaults(Path("stdin")), **choices.job_fields()}
+        if sources:
+            defaults["group"] = "arguments"
+            run = from_arguments(command or "", sources, defaults)
+        else:
+            run = from_stream(file, fmt, defaults, command)
+    if choices.dry_run:
+        from shoal.run.driver import dry_run
+
+        asyncio.run(dry_run(run, settings.resume))
+        raise typer.Exit(0)
+    if choices.nice is not None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, choices.nice)
+        except OSError as error:
+            raise InputError(f"--nice {choices.nice}: {error.strerror or error}") from None
+    report = asyncio.run(run_input(run, settings))
+    print_summary(report, json_output=json_output, to_stderr=True)
     if report.interrupted:
         raise typer.Exit(130)
+    if report.input_error:
+        raise typer.Exit(2)
     raise typer.Exit(0 if report.succeeded else 1)
-
-
-def _run_with_bar(file: Path, parsed: list[ParsedJob], parallel: int,
-                  console: Console, hosts: list[SshHost] | None = None,
-                  listen: ListenSettings | None = None) -> RunReport:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    from shoal.embedded import run_jobs
-
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(),
-                  console=console) as bar:
-        task = bar.add_task(file.name, total=None, failed=0)
-
-        def progress(done: int, failed: int, total: int) -> None:
-            bar.update(task, completed=done + failed, total=total, failed=failed)
-
-        return asyncio.run(run_jobs(file, parsed, parallel, progress, hosts=hosts or (),
-                                    listen=listen))
 
 
 def _ssh_hosts(text: str | None) -> list[SshHost]:

@@ -18,25 +18,47 @@ def _clean(text: str) -> str:
     return "".join(ch if ch.isprintable() or ch in "\n\t" else "?" for ch in text)
 
 
-def print_summary(report: RunReport, *, json_output: bool) -> None:
+def print_summary(report: RunReport, *, json_output: bool, to_stderr: bool = False) -> None:
+    """`to_stderr`: where jobs' own output goes to stdout (JSON goes to stdout anyway)."""
     if json_output:
         print(json.dumps({**asdict(report), "succeeded": report.succeeded}, indent=2))
         return
-    console = Console(highlight=False)
+    console = Console(highlight=False, stderr=to_stderr)
     line = f"{report.done} done, {report.failed} failed of {report.total}"
     if report.skipped_done:
         line += f" ({report.skipped_done} already done, skipped)"
+    if report.skipped_failed:
+        line += f" ({report.skipped_failed} failed before, skipped: --resume)"
+    if report.not_run:
+        line += f"; {report.not_run} not run"
+    if report.halted:
+        line += f"; stopped by {report.halted}"
+    if report.input_error:
+        line += "; the input stopped at a bad line"
     if report.interrupted:
         line += "; interrupted, run again to finish"
     console.print(f"[bold]{line}[/bold] in {report.wall_seconds:.1f}s")
     if report.slowest and report.total:
         console.print("slowest:")
         for job in report.slowest:
-            console.print(f"  {job['wall_seconds']:.2f}s  #{job['id']}  "
+            console.print(f"  {job['wall_seconds']:.2f}s  {_number(job)}  "
                           f"{escape(_clean(str(job['cmd'])))[:100]}")
     for failure in report.failures:
-        console.print(f"[red]failed[/red] #{failure['id']} ({escape(str(failure['reason']))}): "
+        console.print(f"[red]failed[/red] {_number(failure)} "
+                      f"({escape(str(failure['reason']))}): "
                       f"{escape(_clean(str(failure['cmd'])))[:200]}")
         tail = _clean(str(failure["stderr_tail"])).rstrip().splitlines()[-5:]
         for text in tail:
             console.print(f"    {escape(text)}")
+    if report.failures_more:
+        console.print(f"{report.failures_more} more failed: shoal jobs --state failed")
+    if report.input_error:
+        console.print(f"[red]error[/red] {escape(report.input_error)}")
+    if report.failures and report.state_dir is not None:
+        console.print("a job's whole output: shoal logs ID [--stderr] (ID is the #)")
+
+
+def _number(job: dict[str, object]) -> str:
+    """`line 7 (#5)`: where the job is in its input, and its id for `shoal logs`."""
+    line = job.get("line")
+    return f"#{job['id']}" if line is None else f"line {line} (#{job['id']})"

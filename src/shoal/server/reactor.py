@@ -212,12 +212,15 @@ class Reactor:
     # ---- adding ------------------------------------------------------------------------------
 
     def plan_add(self, specs: Sequence[JobSpec], *, rerun: bool, now: float,
-                 owner: str = "", sees_all: bool = True, may_set_caps: bool = True) -> AddPlan:
+                 owner: str = "", sees_all: bool = True, may_set_caps: bool = True,
+                 distinct: bool = False) -> AddPlan:
         """Decide what an add does, changing nothing, so a failed commit leaves no trace.
 
         Duplicates are found among the owner's own jobs: two users may add the same command.
         Without `sees_all`, dependencies may name only the owner's jobs. Without
         `may_set_caps`, a `NAME:N` may only restate a limit's cap or give a new limit its first.
+        With `distinct`, every spec is a new job, even one whose (cmd, cwd) is known (`shoal
+        run`: a job is a line of its input, and two identical lines are two jobs).
         """
         new_jobs: list[Job] = []
         requeue: list[int] = []
@@ -228,8 +231,8 @@ class Reactor:
         batch_groups: set[str] = set()
         next_id = self._next_job_id
         # Twins among ended jobs are in the archive: asked for all at once.
-        unknown = [key for spec in specs if not spec.gate
-                   and (key := (owner, *spec.key)) not in self.by_key]
+        unknown = [] if distinct else [key for spec in specs if not spec.gate
+                                       and (key := (owner, *spec.key)) not in self.by_key]
         archived = self.archive.twins(unknown) if unknown else {}
         for index, spec in enumerate(specs):
             # An ensemble component's may be empty (a fresh directory) or relative (under its
@@ -237,7 +240,7 @@ class Reactor:
             if spec.cwd is None or not (spec.cwd.startswith("/") or spec.gate):
                 raise InputError(f"jobs[{index}].cwd: must be an absolute path")
             key = (owner, *spec.key)
-            twin_id = None if spec.gate else self.by_key.get(
+            twin_id = None if spec.gate or distinct else self.by_key.get(
                 key, batch_keys.get(key, archived.get(key)))
             if twin_id is not None:
                 existed += 1

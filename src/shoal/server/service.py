@@ -330,15 +330,18 @@ class Service:
     # ---- user actions ------------------------------------------------------------------------
 
     def add(self, specs: Sequence[JobSpec], *, rerun: bool = False, owner: str = "",
-            sees_all: bool = True, may_set_caps: bool = True) -> dict[str, Any]:
+            sees_all: bool = True, may_set_caps: bool = True,
+            distinct: bool = False) -> dict[str, Any]:
         """Durable before it returns: new jobs are committed, then scheduled. The jobs belong
-        to `owner`; without `sees_all` they may depend only on the owner's jobs."""
+        to `owner`; without `sees_all` they may depend only on the owner's jobs. With
+        `distinct`, no spec is taken for a job already known (see Reactor.plan_add)."""
         if len(specs) > MAX_JOBS_PER_ADD:
             raise InputError(f"more than {MAX_JOBS_PER_ADD} jobs in one add")
         self.check_sizes(specs)
         now = self.clock()
         plan = self.reactor.plan_add(specs, rerun=rerun, now=now, owner=owner,
-                                     sees_all=sees_all, may_set_caps=may_set_caps)
+                                     sees_all=sees_all, may_set_caps=may_set_caps,
+                                     distinct=distinct)
         self.store.add_jobs(plan.new_jobs, self.reactor.journal_of_new(plan, now),
                             plan.limit_caps)
         self.reactor.apply_add(plan, now=now)

@@ -202,6 +202,27 @@ class Store:
         except OSError as exc:
             raise StoreUnavailable(f"{path}: cannot open the database ({exc})") from None
 
+    @classmethod
+    def read_only(cls, path: Path) -> Store:
+        """The database opened for reading only (`shoal logs` on a `shoal run`'s state while
+        it may still be running): nothing is created, migrated or written."""
+        from shoal.store.schema import SCHEMA_VERSION
+
+        store = cls.__new__(cls)
+        store.path = path
+        try:
+            store._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                        isolation_level=None, check_same_thread=False)
+            store._db.execute("PRAGMA busy_timeout = 5000")
+            version = store._db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"{path}: cannot read the database ({exc})") from None
+        if version != SCHEMA_VERSION:
+            store._db.close()
+            raise InputError(f"{path}: written by another version of shoal (schema {version}, "
+                             f"this one reads {SCHEMA_VERSION}); run it again to upgrade it")
+        return store
+
     def close(self) -> None:
         self._db.close()
 

@@ -33,8 +33,16 @@ jobs, and reports them killed.
 
 One loop timer serves all jobs: it samples the process trees of jobs older than 0.2 s (every
 0.5 s, or every 0.1 s under a memory limit) and fires time limits and SIGKILL escalations. A short
-job therefore costs a spawn and a reap, nothing more. With ``enforce_memory=False`` a job's memory
-is only a figure for the scheduler: it is measured but never enforced, time limits still are.
+job therefore costs a spawn and a reap, nothing more.
+
+A runner may be given more assignments than it runs at once (``max_running_cores``): the rest
+wait here in order and the next starts the moment a job's exit is reaped, without a round trip
+to the service; ``start_interval_seconds`` spaces starts out (``shoal run --delay``). Such a
+waiting assignment counts as held (``running()``, no pid) and is started, killed or handed
+back like any other. ``on_output`` is shown a job's spool files just before they go.
+
+With ``enforce_memory=False`` a job's memory is only a figure for the scheduler: it is
+measured but never enforced, time limits still are.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ import os
 import signal
 import subprocess
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +82,7 @@ from shoal.worker.gate import (
 )
 from shoal.worker.keeper import Keeper
 from shoal.worker.measure import ProcessTable, peak_memory_bytes
-from shoal.worker.spawn import Spawner, abandon, signal_group, spawn_error_message
+from shoal.worker.spawn import Process, Spawner, abandon, signal_group, spawn_error_message
 from shoal.worker.staging import (
     FetchBlob,
     StagingError,
@@ -95,7 +104,7 @@ _TIMER_SLACK_SECONDS = 0.002
 @dataclass(slots=True, eq=False)
 class _Attempt:
     assignment: Assignment
-    process: subprocess.Popen[bytes]
+    process: Process
     pidfd: int
     stdout_path: str
     stderr_path: str
@@ -178,13 +187,31 @@ class Runner:
         self._timer_due = math.inf
         self._drained: asyncio.Future[None] | None = None
         self._closing = False
+        self._closing_kill = False
         self._keeper = Keeper()
+        # Assignments beyond what runs at once, in order: (assignment, received, monotonic).
+        self.max_running_cores: int | None = None
+        self.start_interval_seconds = 0.0
+        self._backlog: deque[tuple[Assignment, float, float]] = deque()
+        self._last_start = -math.inf
+        self._pump_timer: asyncio.TimerHandle | None = None
+        # Shown each ended job's assignment and spool files (stdout, stderr) before they go.
+        self.on_output: Callable[[Assignment, str, str], None] | None = None
 
     # ---- public interface ----------------------------------------------------------------
 
     @property
     def busy_cores(self) -> int:
         return self._busy_cores
+
+    @property
+    def running_count(self) -> int:
+        """Jobs whose process exists now."""
+        return len(self._attempts)
+
+    def spool_paths(self, lease_id: int) -> tuple[str, str]:
+        """Where a running attempt's stdout and stderr are being written."""
+        return (f"{self._spool_dir}/{lease_id}.stdout", f"{self._spool_dir}/{lease_id}.stderr")
 
     @property
     def containment(self) -> str:
@@ -217,6 +244,10 @@ class Runner:
                 gpus=list(preparation.assignment.gpus),
             )
             for preparation in self._preparing.values()
+        ] + [
+            RunningAttempt(job_id=assignment.job_id, lease_id=assignment.lease_id,
+                           started_at=received_at, gpus=list(assignment.gpus))
+            for assignment, received_at, _ in self._backlog
         ]
 
     def held(self) -> list[ReadyItem]:
@@ -236,7 +267,8 @@ class Runner:
         """
         self._loop = asyncio.get_running_loop()
         lease_id = assignment.lease_id
-        if lease_id in self._attempts or lease_id in self._preparing:
+        if lease_id in self._attempts or lease_id in self._preparing \
+                or any(held.lease_id == lease_id for held, _, _ in self._backlog):
             _log.warning("lease %d is already running; assignment ignored", lease_id)
             return
         if self._closing:
@@ -246,12 +278,45 @@ class Runner:
         if assignment.gate:
             self._prepare(assignment)
             return
+        if self._backlog or not self._may_start(assignment):
+            self._backlog.append((assignment, time.time(), time.monotonic()))
+            self._pump()
+            return
+        self._start_now(assignment)
+
+    def _may_start(self, assignment: Assignment) -> bool:
+        cap = self.max_running_cores
+        if cap is not None and self._attempts and self._busy_cores + assignment.cores > cap:
+            return False
+        return time.monotonic() - self._last_start >= self.start_interval_seconds
+
+    def _pump(self) -> None:
+        """Start what waits in the backlog while there is room; wake when the interval ends."""
+        self._pump_timer = None
+        while self._backlog and not self._closing_kill and self._may_start(self._backlog[0][0]):
+            self._start_now(self._backlog.popleft()[0])
+        if self._backlog and self.start_interval_seconds and self._pump_timer is None \
+                and self._loop is not None:
+            wait = self._last_start + self.start_interval_seconds - time.monotonic()
+            if wait > 0:
+                self._pump_timer = self._loop.call_later(wait, self._pump)
+
+    def drop_backlog(self, reason: str) -> None:
+        """Report every assignment still waiting here as killed, unstarted."""
+        while self._backlog:
+            assignment, received_at, received_monotonic = self._backlog.popleft()
+            self._report_unstarted(assignment, received_at, received_monotonic, reason,
+                                   "killed")
+        self._check_drained()
+
+    def _start_now(self, assignment: Assignment) -> None:
+        self._last_start = time.monotonic()
         attempt = self._launch(assignment, assignment.cwd)
         if attempt is not None:
             self._on_started(
                 StartedItem(
                     job_id=assignment.job_id,
-                    lease_id=lease_id,
+                    lease_id=assignment.lease_id,
                     pid=attempt.pid,
                     started_at=attempt.started_at,
                 )
@@ -304,6 +369,11 @@ class Runner:
         False if that attempt is not running here.
         """
         attempt = self._attempts.get(lease_id)
+        for waiting in self._backlog:
+            if waiting[0].lease_id == lease_id and waiting[0].job_id == job_id:
+                self._backlog.remove(waiting)
+                self._report_unstarted(waiting[0], waiting[1], waiting[2], reason, "killed")
+                return True
         if attempt is None:
             preparation = self._preparing.get(lease_id)
             if preparation is None or preparation.assignment.job_id != job_id:
@@ -319,11 +389,13 @@ class Runner:
         """Wait until every job has finished and been reported, killing them first if asked."""
         self._closing = True
         if kill:
+            self._closing_kill = True
+            self.drop_backlog("the worker is shutting down")
             for preparation in list(self._preparing.values()):
                 self._cancel_preparation(preparation, "the worker is shutting down")
             for attempt in list(self._attempts.values()):
                 self._stop(attempt, "killed", "the worker is shutting down")
-        if self._attempts or self._preparing:
+        if self._attempts or self._preparing or self._backlog:
             if self._drained is None or self._drained.done():
                 self._drained = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._drained)  # several callers may wait on the same drain
@@ -542,7 +614,7 @@ class Runner:
             self._stop(attempt, "killed", reason, grace=False)
 
     def _check_drained(self) -> None:
-        if self._attempts or self._preparing:
+        if self._attempts or self._preparing or self._backlog:
             return
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
@@ -575,6 +647,8 @@ class Runner:
                 self._report_gated_start(attempt)
             unboost(attempt.gate, None)  # reaped: only the count is left to settle
             attempt.gate.close()
+        if self._backlog:
+            self._pump()  # the next job starts before this one is even reported
 
         exit_code, signal_number, error = None, None, attempt.stop_reason
         if status is None:
@@ -588,6 +662,11 @@ class Runner:
             else:
                 exit_code = os.WEXITSTATUS(status)
         wall_seconds = max(0.0, ended_monotonic - attempt.started_monotonic)
+        if self.on_output is not None:
+            try:
+                self.on_output(attempt.assignment, attempt.stdout_path, attempt.stderr_path)
+            except Exception:  # a failing viewer must not lose the job's result
+                _log.exception("showing the output of job %d failed", attempt.assignment.job_id)
         result = AttemptResult(
             job_id=attempt.assignment.job_id,
             lease_id=attempt.assignment.lease_id,

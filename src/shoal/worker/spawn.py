@@ -6,6 +6,13 @@ assignment's, ``SHOAL_JOB_ID``, ``SHOAL_ATTEMPT_LEASE`` and ``SHOAL_GPUS`` (the 
 comma-separated, empty if none). stdin is /dev/null; stdout and stderr go to files in the spool
 directory (see ``capture``), so a running job costs the event loop nothing.
 
+The common case, a job in the worker's own directory and not held at a start line, is started
+with ``posix_spawn`` (glibc's vfork-style clone: no copy of the worker's page tables, no
+Python in the child), which costs the worker a fraction of a ``fork``. Other jobs go through
+``subprocess.Popen``, which can change directory and pass a gate's descriptors. Descriptors
+this process inherited from its own parent are made close-on-exec once, so ``posix_spawn``
+hands a job nothing but its stdin, stdout and stderr, as Popen's ``close_fds`` does.
+
 GPUs: a job granted GPUs gets ``CUDA_VISIBLE_DEVICES`` set to exactly their ids. On a worker
 that offers GPUs, a job granted none gets ``CUDA_VISIBLE_DEVICES=""``, so it cannot use a GPU
 the scheduler has given to another job; either value overrides one in the job's own env. On a
@@ -19,10 +26,50 @@ import os
 import shutil
 import signal
 import subprocess
+from typing import Protocol
 
 from shoal.core.protocol import Assignment
 from shoal.worker.capture import open_spool_file
 from shoal.worker.gate import Gate
+
+
+class Process(Protocol):
+    """A started job's leader: a Popen, or a SpawnedProcess."""
+
+    pid: int
+    returncode: int | None
+
+    def wait(self) -> int: ...
+
+
+class SpawnedProcess:
+    """A child started by posix_spawn; the runner reaps it (wait4 on its pidfd)."""
+
+    __slots__ = ("pid", "returncode")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def _close_inherited_on_exec() -> None:
+    """Descriptors above 2 that this process inherited stay out of its jobs."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                if os.get_inheritable(fd):
+                    os.set_inheritable(fd, False)
 
 
 class Spawner:
@@ -31,6 +78,10 @@ class Spawner:
         self._bash = shutil.which("bash") or "/bin/bash"  # resolved once: one exec per spawn
         self._base_env = dict(os.environb)  # bytes, so Popen need not encode it for every job
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._cwd = os.getcwd()
+        self._posix_spawn = hasattr(os, "posix_spawn") and hasattr(os, "POSIX_SPAWN_DUP2")
+        if self._posix_spawn:
+            _close_inherited_on_exec()
 
     def spawn(
         self,
@@ -39,7 +90,7 @@ class Spawner:
         stdout_path: str,
         stderr_path: str,
         gate: Gate | None = None,
-    ) -> subprocess.Popen[bytes]:
+    ) -> Process:
         """Start the command (held at its start line if `gate` is given)."""
         gpus = os.fsencode(",".join(assignment.gpus))
         env = {
@@ -56,6 +107,13 @@ class Spawner:
             stderr_fd = open_spool_file(stderr_path)
             try:
                 # The child gets its own copies of the descriptors; the parent's are not needed.
+                if self._posix_spawn and gate is None and (not cwd or cwd == self._cwd):
+                    return SpawnedProcess(os.posix_spawn(
+                        self._bash, [b"bash", b"-c", os.fsencode(assignment.cmd)], env,
+                        file_actions=[(os.POSIX_SPAWN_DUP2, self._devnull, 0),
+                                      (os.POSIX_SPAWN_DUP2, stdout_fd, 1),
+                                      (os.POSIX_SPAWN_DUP2, stderr_fd, 2)],
+                        setsid=True))
                 return subprocess.Popen(
                     gate.argv(assignment.cmd) if gate else ["bash", "-c", assignment.cmd],
                     executable=self._bash,
@@ -92,7 +150,7 @@ def signal_group(pgid: int, signal_number: int) -> None:
         os.killpg(pgid, signal_number)
 
 
-def abandon(process: subprocess.Popen[bytes]) -> None:
+def abandon(process: Process) -> None:
     """Kill and reap a child that cannot be watched."""
     signal_group(process.pid, signal.SIGKILL)
     process.wait()

@@ -1,0 +1,491 @@
+"""`shoal run` on a file of commands, on stdin, or on arguments: the run loop.
+
+The service and an in-process worker run in this process (see shoal.embedded), with the run's
+own database (see shoal.run.state). Input is added as it comes, one durable add per batch;
+every job is a place in its input (identical lines are distinct jobs), matched with what an
+earlier run of the same input left: done jobs are skipped, failed ones run again (with
+`--resume`, failed ones are skipped too), jobs an interrupted run left are run again. What
+ends is shown (see output), logged (`--joblog`), kept (`--results`), and checked against
+`--halt`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections import defaultdict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shoal.core.errors import InputError, ShoalError
+from shoal.core.models import FINAL_STATES, Job, JobState
+from shoal.core.protocol import Resources
+from shoal.core.states import Transition
+from shoal.home import DATABASE_FILE, private_directory, try_lock_home
+from shoal.run import state
+from shoal.run.inputs import Item, RunInput
+from shoal.run.output import Joblog, OutputSettings, Printer, Results, Shown
+from shoal.run.terminal import Terminal, bar_text
+from shoal.server.reactor import ReactorConfig
+from shoal.server.service import Service
+from shoal.store import JobQuery, Store
+from shoal.worker.agent import Agent, InProcessLink
+from shoal.worker.resources import detect_resources
+
+if TYPE_CHECKING:
+    from shoal.embedded import RunReport
+    from shoal.provision.hosts import SshHost
+    from shoal.runfile.listen import ListenSettings
+
+LOCAL_WORKER = "local"
+MAX_FAILURES_SHOWN = 20
+LINE_POLL_SECONDS = 0.1
+BAR_SECONDS = 0.2
+_NOT_STARTED = (JobState.WAITING, JobState.QUEUED, JobState.DELAYED)
+
+# What an earlier run of the same input left, by what each mode does with it.
+AUTO, RESUME, RESUME_FAILED, FRESH = "auto", "resume", "resume-failed", "fresh"
+
+
+@dataclass(frozen=True)
+class Halt:
+    """GNU parallel's --halt: when (now: kill running jobs; soon: let them finish), on what
+    (fail, success, done) and how many (a count, or a percentage of the jobs)."""
+
+    when: str
+    what: str
+    count: int | None = None
+    percent: float | None = None
+
+    def reached(self, done: int, failed: int, total: int) -> bool:
+        seen = {"fail": failed, "success": done, "done": done + failed}[self.what]
+        if self.count is not None:
+            return seen >= self.count
+        assert self.percent is not None
+        return seen > 0 and total > 0 and seen * 100 >= self.percent * total
+
+
+_HALT_SHORT = {"0": None, "1": "soon,fail=1", "2": "now,fail=1", "-1": "soon,success=1",
+               "-2": "now,success=1"}
+
+
+def parse_halt(text: str) -> Halt | None:
+    value = text.strip()
+    if value in ("never", "0"):
+        return None
+    if value in _HALT_SHORT:
+        value = _HALT_SHORT[value] or ""
+    elif value.endswith("%") and "," not in value and "=" not in value:
+        value = f"soon,fail={value}"
+    when, _, rule = value.partition(",")
+    what, _, amount = rule.partition("=")
+    problem = when not in ("now", "soon") or what not in ("fail", "success", "done")
+    count: int | None = None
+    percent: float | None = None
+    try:
+        if amount.endswith("%"):
+            percent = float(amount[:-1])
+            problem = problem or not 0 < percent <= 100
+        else:
+            count = int(amount)
+            problem = problem or count < 1
+    except ValueError:
+        problem = True
+    if problem:
+        raise InputError(f"--halt: {text!r} is not WHEN,WHY=N (e.g. now,fail=1, soon,fail=10%, "
+                         "now,success=1) nor never")
+    return Halt(when, what, count, percent)
+
+
+@dataclass
+class RunSettings:
+    parallel: int
+    output: OutputSettings = field(default_factory=OutputSettings)
+    bar: bool = False
+    halt: Halt | None = None
+    delay: float = 0.0
+    resume: str = AUTO
+    joblog: Path | None = None
+    results: Path | None = None
+    hosts: Sequence[SshHost] = ()
+    listen: ListenSettings | None = None
+
+
+@dataclass
+class _Tracked:
+    item: Item
+    index: int
+
+
+class Run:
+    def __init__(self, run_input: RunInput, settings: RunSettings, report: RunReport):
+        self.input = run_input
+        self.settings = settings
+        self.report = report
+        self.tracked: dict[int, _Tracked] = {}
+        self.pending: set[int] = set()
+        self.order: list[int] = []  # this run's job ids in input order
+        self.input_open = True
+        self.halted: str | None = None
+        self.finished = asyncio.Event()
+        self.terminal = Terminal(bar=settings.bar)
+        self.service: Service | None = None
+        self.agent: Agent | None = None
+        self.printer: Printer | None = None
+        self.results = Results(settings.results) if settings.results else None
+        self.joblog: Joblog | None = None
+        self.began = time.monotonic()
+        self.failures_seen = 0
+        self.memory_bytes = detect_resources().memory_bytes
+        # What an earlier run left: cmd -> job ids in input order, and their states.
+        self._earlier: dict[str, deque[int]] = defaultdict(deque)
+        self._earlier_states: dict[int, JobState] = {}
+        self._feed_error: Exception | None = None
+
+    # ---- the run ---------------------------------------------------------------------------
+
+    async def go(self, home: Path) -> None:
+        store = Store(home / DATABASE_FILE)
+        service = Service(store, ReactorConfig(lost_grace_seconds=0.0,
+                                               restart_grace_seconds=0.0))
+        self.service = service
+        await service.start()
+        self._read_earlier(store)
+        self.printer = Printer(self.settings.output, self.terminal, home / "kept",
+                               store.output, keep_files=self.results is not None)
+        if self.settings.joblog is not None:
+            self.joblog = Joblog(self.settings.joblog,
+                                 append=self.settings.resume in (RESUME, RESUME_FAILED))
+        service.listeners.append(self._follow)
+        loop = asyncio.get_running_loop()
+        interrupted = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, interrupted.set)
+        remote = None
+        timers: list[asyncio.Task[None]] = []
+        worker_id: int | None = None
+        try:
+            if self.settings.hosts:
+                from shoal.embedded import _ssh_workers
+
+                remote = await _ssh_workers(service, home, self.settings.hosts,
+                                            self.settings.listen)
+            agent = self._agent(home)
+            worker_id = service.join(agent.register_message(), InProcessLink(agent))
+            joined = worker_id
+            agent.connected(lambda message: service.deliver(joined, message))
+            timers.append(asyncio.create_task(self._tick()))
+            timers.append(asyncio.create_task(self._feed()))
+            waiters = [asyncio.create_task(self.finished.wait()),
+                       asyncio.create_task(interrupted.wait())]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+            if self._feed_error is not None:
+                raise self._feed_error
+            if interrupted.is_set() and self.pending:
+                self.report.interrupted = True
+                agent.begin_stop()
+                await agent.runner.shutdown(kill=True)
+                await asyncio.sleep(0.05)  # let the last reports reach the service
+                service.leave(worker_id)  # what it still held goes back to the queue
+                worker_id = None
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            for timer in timers:
+                timer.cancel()
+            self.input.close()
+            if self.agent is not None and worker_id is not None:
+                self.agent.begin_stop()
+                await self.agent.runner.shutdown(kill=True)
+            if remote is not None:
+                workers, listener = remote
+                await workers.stop()
+                await listener.stop()
+            self.report.wall_seconds = time.monotonic() - self.began
+            if self.printer is not None:
+                self.printer.flush_held()
+            self.terminal.close()
+            self._summarise(service)
+            if self.joblog is not None:
+                self.joblog.close()
+            await service.stop()
+            store.close()
+
+    def _agent(self, home: Path) -> Agent:
+        parallel = self.settings.parallel
+        agent = Agent(LOCAL_WORKER, Resources(cores=parallel, memory_bytes=self.memory_bytes),
+                      private_directory(home / "spool"), host=socket.gethostname())
+        printer = self.printer
+        assert printer is not None
+        agent.runner.on_output = lambda assignment, out, err: printer.take(
+            assignment.job_id, out, err)
+        agent.runner.start_interval_seconds = self.settings.delay
+        self.agent = agent
+        return agent
+
+    def _read_earlier(self, store: Store) -> None:
+        """What an earlier run of this input left (nothing after --fresh): live jobs are
+        cancelled (the input decides what runs), then matched with the input again."""
+        assert self.service is not None
+        after: int | None = None
+        while True:
+            page = store.list_jobs(JobQuery(), after_id=after, limit=5000)
+            for job in page:
+                self._earlier[job.cmd].append(job.id)
+                self._earlier_states[job.id] = job.state
+            if len(page) < 5000:
+                break
+            after = page[-1].id
+        live = [job.id for job in self.service.reactor.jobs.values()
+                if job.state not in FINAL_STATES]
+        if live:
+            self.service.act("kill", live, None, reason="left unfinished by an earlier run")
+            for job_id in live:
+                self._earlier_states[job_id] = JobState.CANCELLED
+
+    async def _feed(self) -> None:
+        try:
+            async for batch in self.input.batches():
+                if self.halted is not None:
+                    break
+                self._add(batch)
+        except InputError as error:  # a bad line of a stream: what came before it runs
+            self.report.input_error = str(error)
+            self._stop_taking("bad input")
+        except Exception as error:
+            self._feed_error = error
+            self.finished.set()
+        finally:
+            self.input_open = False
+            self._check_finished()
+
+    def _add(self, batch: list[Item]) -> None:
+        assert self.service is not None
+        mode = self.settings.resume
+        new: list[Item] = []
+        again: list[tuple[int, Item]] = []
+        for item in batch:
+            spec = item.spec
+            if spec.cores > self.settings.parallel:
+                raise InputError(f"asks for {spec.cores} cores but -j is "
+                                 f"{self.settings.parallel}", source=self.input.label,
+                                 line=item.number)
+            if spec.memory_bytes > self.memory_bytes > 0:
+                raise InputError(f"asks for {spec.memory_bytes} bytes of memory, more than "
+                                 f"this machine has ({self.memory_bytes})",
+                                 source=self.input.label, line=item.number)
+            earlier = self._earlier.get(spec.cmd)
+            if earlier:
+                job_id = earlier.popleft()
+                before = self._earlier_states.get(job_id)
+                if before is JobState.DONE:
+                    self.report.skipped_done += 1
+                    continue
+                if before is JobState.FAILED and mode == RESUME:
+                    self.report.skipped_failed += 1
+                    continue
+                again.append((job_id, item))
+                continue
+            new.append(item)
+        if again:
+            self.service.act("retry", [job_id for job_id, _ in again], None)
+        ids: list[int] = []
+        if new:
+            ids = self.service.add([item.spec for item in new], distinct=True)["ids"]
+        for job_id, item in [*again, *zip(ids, new, strict=True)]:
+            self._track(job_id, item)
+
+    def _track(self, job_id: int, item: Item) -> None:
+        self.tracked[job_id] = _Tracked(item, len(self.order))
+        self.order.append(job_id)
+        self.pending.add(job_id)
+        self.report.total += 1
+        if self.printer is not None:
+            self.printer.watch(job_id, item.tag)
+
+    # ---- following the jobs ----------------------------------------------------------------
+
+    def _follow(self, transitions: list[Transition]) -> None:
+        ended = [entry.job_id for entry in transitions
+                 if entry.to_state in FINAL_STATES and entry.job_id in self.pending]
+        if not ended:
+            return
+        assert self.service is not None
+        for job in sorted(self.service.find(ended), key=lambda job: job.id):
+            if job.id in self.pending and job.state in FINAL_STATES:
+                self.pending.discard(job.id)
+                self._ended(job)
+        self._check_halt()
+        self._check_finished()
+
+    def _ended(self, job: Job) -> None:
+        tracked = self.tracked[job.id]
+        shown = Shown(job, tracked.item.number, tracked.item.tag, tracked.index)
+        assert self.printer is not None
+        if job.state is JobState.DONE:
+            self.report.done += 1
+        elif job.state is JobState.CANCELLED and self.halted is not None:
+            self.report.not_run += 1
+        else:
+            self.report.failed += 1
+            self.failures_seen += 1
+            if len(self.report.failures) < MAX_FAILURES_SHOWN:
+                stderr = self.printer.output_of(job.id, "stderr").decode("utf-8", "replace")
+                self.report.failures.append({
+                    "id": job.id, "line": tracked.item.number, "cmd": job.cmd,
+                    "reason": job.fail_reason, "stderr_tail": stderr[-2000:]})
+        if self.results is not None:
+            self.results.write(shown, self.printer)
+        if self.joblog is not None:
+            received = len(self.printer.output_of(job.id, "stdout"))
+            self.joblog.write(shown, received, LOCAL_WORKER)
+        self.printer.ended(shown)
+        self._update_bar(force=True)
+
+    def _check_halt(self) -> None:
+        halt = self.settings.halt
+        if halt is None or self.halted is not None:
+            return
+        report = self.report
+        if not halt.reached(report.done, report.failed, report.total):
+            return
+        self.halted = f"{halt.when},{halt.what}"
+        self.report.halted = f"--halt {halt.when},{halt.what}=" + (
+            f"{halt.count}" if halt.count is not None else f"{halt.percent:g}%")
+        self.report.halted_on_success = halt.what == "success"
+        asyncio.get_running_loop().call_soon(self._halt, halt.when)
+
+    def _halt(self, when: str) -> None:
+        """Start no more jobs; `now` also kills those running."""
+        self._stop_taking(None)
+        if when == "now":
+            self._cancel([job_id for job_id in self.pending], "killed by --halt now")
+        self._check_finished()
+
+    def _stop_taking(self, reason: str | None) -> None:
+        """No new job starts: the input is left, what is queued is cancelled."""
+        assert self.service is not None
+        if self.halted is None:
+            self.halted = reason or "stopped"
+        self.input_open = False
+        if self.agent is not None:
+            self.agent.runner.drop_backlog("not started: the run stopped")
+        queued = [job_id for job_id in self.pending
+                  if (job := self.service.reactor.jobs.get(job_id)) is not None
+                  and job.state in _NOT_STARTED]
+        self._cancel(queued, "not started: the run stopped")
+
+    def _cancel(self, ids: list[int], reason: str) -> None:
+        if ids and self.service is not None:
+            self.service.act("kill", ids, None, reason=reason)
+
+    def _check_finished(self) -> None:
+        if not self.input_open and not self.pending:
+            self.finished.set()
+
+    async def _tick(self) -> None:
+        """The bar's clock, and --line-buffer's reading of running jobs' output."""
+        line_mode = self.settings.output.mode == "line"
+        while True:
+            await asyncio.sleep(LINE_POLL_SECONDS if line_mode else BAR_SECONDS)
+            if line_mode and self.agent is not None and self.printer is not None:
+                runner = self.agent.runner
+                for attempt in runner.running():
+                    if attempt.pid is not None and attempt.job_id in self.tracked:
+                        self.printer.stream(attempt.job_id,
+                                            *runner.spool_paths(attempt.lease_id))
+            self._update_bar()
+
+    def _update_bar(self, *, force: bool = False) -> None:
+        if not self.terminal.bar:
+            return
+        running = self.agent.runner.running_count if self.agent is not None else 0
+        report = self.report
+        self.terminal.status(bar_text(
+            self.input.label, done=report.done, failed=report.failed,
+            total=report.total, running=running,
+            elapsed=time.monotonic() - self.began, input_open=self.input_open), force=force)
+
+    def _summarise(self, service: Service) -> None:
+        report = self.report
+        report.failures_more = max(0, self.failures_seen - len(report.failures))
+        ran = [job for job in service.find(self.order[-100000:])
+               if job.wall_seconds is not None and job.state is JobState.DONE]
+        ran.sort(key=lambda job: job.wall_seconds or 0.0, reverse=True)
+        report.slowest = [{"id": job.id, "line": self.tracked[job.id].item.number,
+                           "cmd": job.cmd, "wall_seconds": job.wall_seconds}
+                          for job in ran[:3]]
+
+
+def take_home(run_input: RunInput, mode: str) -> tuple[Path, int]:
+    """Lock the input's state directory (one run of an input at a time), start it over if
+    asked, and make it the last run of its base."""
+    home = state.run_dir(run_input.base, run_input.key)
+    try:
+        fd = try_lock_home(home)
+    except OSError as error:
+        raise ShoalError(f"{home}: cannot keep the run's state there: "
+                         f"{error.strerror or error}") from None
+    if fd is None:
+        raise InputError(f"{run_input.label}: another `shoal run` of it is going on "
+                         f"(its state: {home})")
+    if mode == FRESH or (run_input.stream and mode == AUTO):
+        state.clear(home)
+    state.remember_last(run_input.base, home)
+    return home, fd
+
+
+async def run_input(run_input: RunInput, settings: RunSettings) -> RunReport:
+    from shoal.embedded import RunReport
+
+    report = RunReport(total=0, skipped_done=0)
+    home, fd = take_home(run_input, settings.resume)
+    report.state_dir = str(home)
+    try:
+        await Run(run_input, settings, report).go(home)
+    finally:
+        os.close(fd)
+    return report
+
+
+
+async def dry_run(run_input: RunInput, mode: str) -> None:
+    """--dry-run: print the commands a run would start, one a line; nothing runs, nothing is
+    written (an earlier run's state is read to leave out what it would skip)."""
+    import sys
+
+    earlier: dict[str, deque[JobState]] = defaultdict(deque)
+    home = state.run_dir(run_input.base, run_input.key)
+    starting_over = mode == FRESH or (run_input.stream and mode == AUTO)
+    if not starting_over and (home / DATABASE_FILE).is_file():
+        store = Store.read_only(home / DATABASE_FILE)
+        try:
+            after: int | None = None
+            while True:
+                page = store.list_jobs(JobQuery(), after_id=after, limit=5000)
+                for job in page:
+                    earlier[job.cmd].append(job.state)
+                if len(page) < 5000:
+                    break
+                after = page[-1].id
+        finally:
+            store.close()
+    out = sys.stdout
+    try:
+        async for batch in run_input.batches():
+            for item in batch:
+                states = earlier.get(item.spec.cmd)
+                before = states.popleft() if states else None
+                if before is JobState.DONE or (before is JobState.FAILED and mode == RESUME):
+                    continue
+                out.write(item.spec.cmd + "\n")
+            out.flush()
+    finally:
+        run_input.close()

@@ -1,0 +1,212 @@
+"""What `shoal run` runs: a file's lines, stdin's lines, or a template filled from arguments.
+
+Each gives `Item`s in input order, in batches: a file or arguments all at once (the count is
+known), a stream (stdin, `/dev/stdin`, `<(...)`, a FIFO) as its lines arrive, so jobs start
+before the input ends. A job is a place in its input: two identical lines are two jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from shoal.core.errors import InputError
+from shoal.core.models import JobSpec
+from shoal.formats import ParsedJob, parse_file, parse_text
+from shoal.formats.common import SpecBuilder, is_blank_or_comment
+from shoal.run import state
+from shoal.run.template import fill, source_key, template_key
+
+BATCH = 5000
+STREAM_BATCH = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    number: int  # its line in the file or stream, or its place among the arguments
+    spec: JobSpec
+    tag: str  # what --tag puts before its output lines
+
+
+@dataclass
+class RunInput:
+    label: str  # for the bar and messages
+    key: str  # the state directory's name under <base>/runs/
+    base: Path
+    stream: bool  # read as it comes; its state starts over unless --resume
+    total: int | None = None
+    parsed: list[ParsedJob] | None = None  # a file's jobs, as read
+    _items: Iterator[Item] | None = None
+    _handle: BinaryIO | None = None
+    _template: str | None = None
+    _fmt: str = "lines"
+    _defaults: dict[str, Any] = field(default_factory=dict)
+
+    async def batches(self) -> AsyncIterator[list[Item]]:
+        if self._items is not None:
+            while True:
+                batch = [item for _, item in zip(range(BATCH), self._items, strict=False)]
+                if not batch:
+                    return
+                yield batch
+                await asyncio.sleep(0)
+            return
+        assert self._handle is not None
+        async for batch in _stream_batches(self._handle, self._line_items()):
+            yield batch
+
+    def _line_items(self) -> _LineParser:
+        return _LineParser(self.label, self._fmt, self._defaults, self._template)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def is_stream(path: Path) -> bool:
+    """stdin, /dev/stdin, <(...), a FIFO: anything but a regular file is read as it comes
+    (a path under /dev or /proc always: /dev/stdin may be a redirected regular file)."""
+    if str(path).startswith(("/dev/", "/proc/")):
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def from_file(path: Path, fmt: str, defaults: Mapping[str, Any]) -> RunInput:
+    return from_parsed(path, parse_file(path, fmt, defaults=defaults))
+
+
+def from_parsed(path: Path, parsed: list[ParsedJob]) -> RunInput:
+    items = (Item(job.line, job.spec, str(job.line)) for job in parsed)
+    return RunInput(label=path.name, key=state.file_key(path), base=state.base_dir(path),
+                    stream=False, total=len(parsed), parsed=parsed, _items=items)
+
+
+def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
+                template: str | None) -> RunInput:
+    """stdin (`path` None or `-`), or a path that is not a regular file."""
+    if fmt == "runmaker":
+        raise InputError("--format runmaker: a runmaker file is rewritten in place, so it "
+                         "cannot come from a pipe")
+    if path is None or str(path) == "-":
+        handle: BinaryIO = os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
+        label = "stdin"
+    else:
+        try:
+            handle = open(path, "rb", buffering=0)  # noqa: SIM115
+        except OSError as error:
+            raise InputError(f"cannot read it: {error.strerror or error}",
+                             source=str(path)) from None
+        label = str(path)
+    key = "stdin" if template is None else f"stdin-{template_key(template)}"
+    return RunInput(label=label, key=key, base=state.base_dir(None), stream=True,
+                    _handle=handle, _template=template,
+                    _fmt="wr" if fmt == "wr" else "lines", _defaults=dict(defaults))
+
+
+def from_arguments(template: str, sources: Sequence[Sequence[str]],
+                   defaults: Mapping[str, Any]) -> RunInput:
+    builder = SpecBuilder(defaults, "arguments")
+
+    def items() -> Iterator[Item]:
+        import itertools
+
+        for number, args in enumerate(itertools.product(*sources), start=1):
+            # With no command the arguments are the commands (`shoal run ::: 'make a' ...`).
+            cmd = fill(template, args, number) if template else " ".join(args)
+            yield Item(number, builder.build({"cmd": cmd}, number), " ".join(args))
+
+    total = 1
+    for source in sources:
+        total *= len(source)
+    return RunInput(label="arguments", key=f"args-{source_key(template, sources)}",
+                    base=state.base_dir(None), stream=False, total=total, _items=items())
+
+
+class _LineParser:
+    """One line of a stream at a time: a command (lines or wr), or an argument for a template."""
+
+    def __init__(self, label: str, fmt: str, defaults: Mapping[str, Any],
+                 template: str | None):
+        self.label = label
+        self.fmt = fmt
+        self.defaults = defaults
+        self.template = template
+        self.builder = SpecBuilder(defaults, label)
+        self.count = 0
+
+    def __call__(self, number: int, raw: bytes) -> Item | None:
+        try:
+            line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
+        except UnicodeDecodeError:
+            raise InputError("not UTF-8 text", source=self.label, line=number) from None
+        if self.template is not None:
+            if not line:
+                return None
+            self.count += 1
+            cmd = fill(self.template, [line], self.count)
+            return Item(number, self.builder.build({"cmd": cmd}, number), line)
+        if is_blank_or_comment(line):
+            return None
+        if self.fmt == "wr":
+            try:
+                job = parse_text(line + "\n", "wr", source=self.label, defaults=self.defaults)[0]
+            except InputError as error:
+                raise InputError(str(error.args[0]).split(": ", 2)[-1], source=self.label,
+                                 line=number) from None
+            return Item(number, job.spec, str(number))
+        return Item(number, self.builder.build({"cmd": line.strip()}, number), str(number))
+
+
+async def _stream_batches(handle: BinaryIO, parse: _LineParser) -> AsyncIterator[list[Item]]:
+    """Lines are read in a thread and handed over as they come; each batch is what has
+    arrived since the last one."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def read() -> None:
+        pending = b""
+        try:
+            while True:
+                chunk = os.read(handle.fileno(), 1 << 16)
+                if not chunk:
+                    break
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    loop.call_soon_threadsafe(queue.put_nowait, line)
+        except (OSError, ValueError):
+            pass
+        finally:
+            if pending:
+                loop.call_soon_threadsafe(queue.put_nowait, pending)
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    threading.Thread(target=read, name="shoal-run-input", daemon=True).start()
+    number = 0
+    ended = False
+    while not ended:
+        raw = await queue.get()
+        batch: list[Item] = []
+        while True:
+            if raw is None:
+                ended = True
+                break
+            number += 1
+            item = parse(number, raw)
+            if item is not None:
+                batch.append(item)
+            if len(batch) >= STREAM_BATCH or queue.empty():
+                break
+            raw = queue.get_nowait()
+        if batch:
+            yield batch

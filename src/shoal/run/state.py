@@ -1,0 +1,98 @@
+"""Where `shoal run` keeps a run's state: one directory per input, so runs never mix.
+
+`<base>/runs/<name>/` holds the run's database, its spool and the output kept until shown,
+where `<base>` is `.shoal/` beside the file (or in the current directory for stdin and
+arguments), or `$SHOAL_HOME` when set. `<name>` is the file's name (two files of one
+directory are two runs, which may go at the same time), `stdin`, `stdin-<digest of the
+command>`, or `args-<digest of the command and its arguments>`. `<base>/last` names the most
+recent run: `shoal logs`, `status` and `jobs` read that one when given `--state-dir <base>`
+or, with no server to ask, when `.shoal/` is in the current directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+from shoal.core.errors import InputError
+from shoal.home import DATABASE_FILE
+
+RUNS = "runs"
+LAST = "last"
+LOCK_FILE = "server.lock"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.@+-]")
+
+
+def base_dir(beside: Path | None) -> Path:
+    """`.shoal` beside the file (in the current directory for stdin), or $SHOAL_HOME."""
+    home = os.environ.get("SHOAL_HOME")
+    if home:
+        return Path(home).expanduser()
+    return (beside.resolve().parent if beside is not None else Path.cwd()) / ".shoal"
+
+
+def file_key(path: Path) -> str:
+    name = path.name or "input"
+    safe = _UNSAFE.sub("_", name)[:100]
+    if safe != name or safe.startswith("."):
+        digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
+        safe = f"{safe.lstrip('.') or 'file'}-{digest}"
+    return safe
+
+
+def run_dir(base: Path, key: str) -> Path:
+    return base / RUNS / key
+
+
+def clear(home: Path) -> None:
+    """Start the run over: everything but the lock (held by this process) goes."""
+    if not home.is_dir():
+        return
+    for entry in home.iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+
+
+def remember_last(base: Path, home: Path) -> None:
+    with contextlib.suppress(OSError):
+        temporary = base / f".{LAST}.{os.getpid()}"
+        temporary.write_text(os.path.relpath(home, base) + "\n")
+        os.replace(temporary, base / LAST)
+
+
+def default_state_dir() -> Path | None:
+    """`.shoal/` in the current directory, when it holds the state of a run."""
+    candidate = Path.cwd() / ".shoal"
+    if (candidate / LAST).is_file() or (candidate / RUNS).is_dir() \
+            or (candidate / DATABASE_FILE).is_file():
+        return candidate
+    return None
+
+
+def resolve(directory: Path) -> Path:
+    """The directory holding the database of a run: `directory` itself when it is one (a
+    `runs/<name>` directory, or a runmaker file's state), else the last run under it."""
+    if (directory / DATABASE_FILE).is_file() and not (directory / RUNS).is_dir():
+        return directory
+    with contextlib.suppress(OSError):
+        name = (directory / LAST).read_text().strip()
+        chosen = (directory / name).resolve()
+        if name and (chosen / DATABASE_FILE).is_file():
+            return chosen
+    runs = sorted((run for run in (directory / RUNS).glob("*")
+                   if (run / DATABASE_FILE).is_file()),
+                  key=lambda run: (run / DATABASE_FILE).stat().st_mtime)
+    if runs:
+        return runs[-1]
+    if (directory / DATABASE_FILE).is_file():
+        return directory
+    raise InputError(f"--state-dir {directory}: no shoal run state here")
