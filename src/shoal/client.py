@@ -152,8 +152,7 @@ class Client:
                     self._request("POST", f"/adds/{batch}", json={"seq": seq, "jobs": chunk},
                                   timeout=self.timeout + len(chunk) * ADD_SECONDS_PER_JOB)
                 except InputError as exc:  # name the job by its place in the whole add
-                    raise InputError(_JOB_INDEX.sub(
-                        lambda m: f"jobs[{int(m[1]) + sent}]", str(exc), count=1)) from None
+                    raise InputError(_in_whole_add(str(exc), sent)) from None
                 sent += len(chunk)
                 if progress is not None:
                     progress(sent)
@@ -583,6 +582,11 @@ def _selection(ids: Iterable[int] | None, group: str | None) -> dict[str, Any]:
     if id_list is not None and not id_list:
         raise InputError("no job ids given")
     return {"ids": id_list} if id_list is not None else {"group": group}
+
+
+def _in_whole_add(message: str, first: int) -> str:
+    """An error about jobs[i] of a chunk whose first job is the add's `first`."""
+    return _JOB_INDEX.sub(lambda match: f"jobs[{int(match[1]) + first}]", message, count=1)
 
 
 def _chunks(specs: Iterable[JobSpec | Mapping[str, Any]], size: int

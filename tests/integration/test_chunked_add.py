@@ -56,7 +56,7 @@ def test_a_chunk_refused_or_a_bad_spec_later_leaves_nothing(
             yield {"cmd": f"echo {i}", "cwd": "/"}
         raise InputError("jobs.txt:61: something wrong")
 
-    with admin(cluster, monkeypatch) as client, pytest.raises(InputError, match="jobs.txt:61"):
+    with admin(cluster, monkeypatch) as client, pytest.raises(InputError, match=r"jobs\.txt:61"):
         client.add(then_a_bad_one())  # type: ignore[arg-type]
     assert total_jobs(cluster) == 0
 
