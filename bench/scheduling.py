@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import statistics
 import sys
 import tempfile
@@ -143,7 +144,8 @@ async def run_once(jobs: int, workers: int, cores: int) -> Run:
         for index in range(workers):
             link = SimulatedWorker(service, worker_seconds)
             register = Register(protocol_version=PROTOCOL_VERSION, name=f"sim-{index}",
-                                host="bench", resources=Resources(
+                                host="bench", instance_secret=secrets.token_hex(16),
+                                resources=Resources(
                                     cores=cores, memory_bytes=WORKER_MEMORY_BYTES))
             link.worker_id = service.join(register, link)
         while not all_done.is_set():  # fail, rather than hang, if the server stops moving
