@@ -54,8 +54,11 @@ def from_state_dir(state_dir: Path, group: str | None) -> ReportData:
     """The jobs `shoal run` kept in its state directory (read only)."""
     from shoal.core.errors import InputError
     from shoal.home import DATABASE_FILE
+    from shoal.run.state import resolve
     from shoal.store import JobQuery, Store
 
+    if not (state_dir / DATABASE_FILE).is_file():  # a .shoal of several runs: the last
+        state_dir = resolve(state_dir)
     database = state_dir / DATABASE_FILE
     if not database.is_file():
         raise InputError(f"{state_dir}: no shoal run state here (no {DATABASE_FILE})")

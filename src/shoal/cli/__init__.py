@@ -5,11 +5,16 @@ parse, call the client, render.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the server's answer as JSON.")]
+StateDirOption = Annotated[Path | None, typer.Option(
+    "--state-dir", metavar="DIR",
+    help="Read a `shoal run`'s state (its .shoal directory, or one run's directory in it) "
+         "instead of asking a server; with no server, ./.shoal is read.")]
 
 if TYPE_CHECKING:  # httpx is imported only by verbs that talk to a server
     from shoal.client import Client
@@ -30,6 +35,29 @@ class Session:
 
             self._client = Client(self.server, self.token)
         return self._client
+
+    def reader(self, state_dir: Path | None) -> Client:
+        """For the verbs that only read (status, jobs, logs): `shoal run`'s state read
+        directly when `state_dir` is given, or when no server is set up and ./.shoal holds
+        a run; otherwise the server's client."""
+        if self._client is not None:
+            return self._client
+        from shoal.core.errors import ConnectError
+        from shoal.run.local import RunState
+
+        if state_dir is not None:
+            self._client = cast("Client", RunState(state_dir))
+            return self._client
+        try:
+            return self.client()
+        except ConnectError:
+            from shoal.run.state import default_state_dir
+
+            found = default_state_dir() if self.server is None else None
+            if found is None:
+                raise
+            self._client = cast("Client", RunState(found))
+            return self._client
 
     def close(self) -> None:
         if self._client is not None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shoal.cli import JsonOption, render, session_of
+from shoal.cli import JsonOption, StateDirOption, render, session_of
 from shoal.cli.errors import EXIT_JOB_FAILED, EXIT_OK
 from shoal.core.errors import ConnectError, InputError, NotFound, StoreUnavailable
 
@@ -408,9 +408,10 @@ def status(
     job_id: Annotated[int | None, typer.Argument(metavar="[ID]", show_default=False)] = None,
     group: GroupOption = None,
     as_json: JsonOption = False,
+    state_dir: StateDirOption = None,
 ) -> None:
     """Counts of jobs per group and state; with ID, that job in detail."""
-    client = session_of(ctx).client()
+    client = session_of(ctx).reader(state_dir)
     if job_id is not None:
         if group is not None:
             raise InputError("give an ID or --group, not both")
@@ -463,6 +464,7 @@ def jobs(
     why: Annotated[bool, typer.Option(
         "--why", help="Show why each waiting or queued job is not running.")] = False,
     as_json: JsonOption = False,
+    state_dir: StateDirOption = None,
 ) -> None:
     """List jobs, oldest first. The first page prints at once; the rest follow as they
     come, so a listing of millions starts at once and holds one page in memory."""
@@ -471,7 +473,7 @@ def jobs(
     filters: dict[str, Any] = {"state": state, "group": group, "name": name, "cmd": cmd,
                "worker": worker,
                "exit_code": exit_code}
-    client = session_of(ctx).client()
+    client = session_of(ctx).reader(state_dir)
     if last is not None:  # the newest N, shown oldest first: few enough to hold
         found = list(client.jobs(limit=last, newest_first=True, **filters))[::-1]
         pages: Iterable[list[dict[str, Any]]] = [found] if found else []
@@ -566,13 +568,14 @@ def logs(
     follow: Annotated[bool, typer.Option(
         "--follow", "-f", "-F",
         help="Print output as it is written, until the job ends.")] = False,
+    state_dir: StateDirOption = None,
 ) -> None:
     """Print a job's output: all of it once it has ended, what there is so far while it runs.
 
     When the output was too big to keep whole, its beginning and end are printed, with a
     note on stderr of how much is missing between them.
     """
-    client = session_of(ctx).client()
+    client = session_of(ctx).reader(state_dir)
     stream = "stderr" if stderr else "stdout"
     terminal = sys.stdout.isatty()
 

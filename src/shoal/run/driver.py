@@ -220,8 +220,12 @@ class Run:
 
     def _agent(self, home: Path) -> Agent:
         parallel = self.settings.parallel
-        agent = Agent(LOCAL_WORKER, Resources(cores=parallel, memory_bytes=self.memory_bytes),
+        # Offered twice its slots: the next jobs wait in the runner and start the moment a
+        # slot frees, without a round trip through the service (see worker.runner).
+        offered = parallel * 2 if not self.settings.delay else parallel
+        agent = Agent(LOCAL_WORKER, Resources(cores=offered, memory_bytes=self.memory_bytes),
                       private_directory(home / "spool"), host=socket.gethostname())
+        agent.runner.max_running_cores = parallel
         printer = self.printer
         assert printer is not None
         agent.runner.on_output = lambda assignment, out, err: printer.take(

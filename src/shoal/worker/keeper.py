@@ -13,6 +13,10 @@ writes to its stdin, one line each:
 - ``.`` as a heartbeat, from the worker's event loop, so only while that loop is running;
 - ``T SECONDS`` to set the heartbeat timeout (0: none).
 
+Lines written during one turn of the worker's event loop go in one write at its end: a write
+wakes the keeper, and one wake per job start and end is most of what a short job costs. A job
+is therefore registered within the turn of the loop that started it.
+
 When the pipe closes (the worker is gone, however it went) the keeper kills every job still
 registered and exits. When no heartbeat has come for the timeout, it kills them too but stays:
 the worker, if it wakes up, reaps those jobs and reports them killed. The worker sets the
@@ -47,6 +51,8 @@ class Keeper:
         self._beat: asyncio.TimerHandle | None = None
         self._last_beat = 0.0
         self._on_stall: Callable[[float], None] | None = None
+        self._unsent: list[bytes] = []
+        self._closed = False
 
     def _pipe(self) -> int | None:
         if self._process is None:
@@ -64,10 +70,24 @@ class Keeper:
         return stdin.fileno() if stdin is not None else None
 
     def _send(self, line: bytes) -> None:
-        fd = self._pipe()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        self._unsent.append(line)
+        if loop is None:
+            self._flush()
+        elif len(self._unsent) == 1:
+            loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        lines, self._unsent = self._unsent, []
+        if self._closed:
+            return
+        fd = self._pipe() if lines else None
         if fd is not None:
             with contextlib.suppress(OSError):
-                os.write(fd, line)
+                os.write(fd, b"".join(lines))
 
     def track(self, pgid: int, cgroup_dirs: Sequence[str] = ()) -> None:
         self._send(b" ".join([b"+%d" % pgid, *(os.fsencode(d) for d in cgroup_dirs)]) + b"\n")
@@ -116,6 +136,8 @@ class Keeper:
 
     def close(self) -> None:
         """Normal end: every job was reaped, so the keeper has nothing left to kill."""
+        self._closed = True
+        self._unsent.clear()
         if self._beat is not None:
             self._beat.cancel()
             self._beat = None
