@@ -289,7 +289,9 @@ def test_logs_marks_the_omitted_middle_on_stderr(fake_server: FakeServer,
     captured = capsys.readouterr()
     assert captured.out == "first\nlast\n"
     assert captured.err == "… [989 bytes omitted] …\n"
-    assert fake_server.requests[0].query == "stream=stderr"
+    # From byte 0: a running job would answer with its live output; an ended one with what
+    # was kept, as here.
+    assert fake_server.requests[0].query == "stream=stderr&offset=0"
 
 
 def test_logs_follow_prints_only_new_text(fake_server: FakeServer,

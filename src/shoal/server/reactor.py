@@ -794,9 +794,10 @@ class Reactor:
         self._effects.new_attempts.append(
             AttemptRow(lease_id, job.id, job.attempts, worker.name, worker.host,
                        worker.identity))
-        self._effects.assignments[worker.id].append(Assignment(
+        # Built from a job checked when it was added: not validated again, field by field.
+        self._effects.assignments[worker.id].append(Assignment.model_construct(
             job_id=job.id, lease_id=lease_id, cmd=job.cmd, cwd=job.cwd, env=job.env,
-            cores=job.cores, memory_bytes=job.memory_bytes, gpus=gpu_ids,
+            cores=job.cores, memory_bytes=job.memory_bytes, gpus=list(gpu_ids),
             time_limit_seconds=job.time_limit_seconds, gate=job.gate,
             files=[FileEntry.model_validate(entry) for entry in job.files],
             always_copy=job.always_copy,

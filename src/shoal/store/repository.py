@@ -37,7 +37,7 @@ _MUTABLE = (
     "peak_rss_bytes", "priority", "memory_bytes", "requirements_source",
 )
 _HOLDING = (JobState.RUNNING, JobState.LOST)  # an attempt that may be alive on a worker
-_LIVE_SQL = "state IN ('waiting', 'queued', 'delayed', 'running', 'lost')"  # see jobs_live
+_LIVE_SQL = "state IN ('waiting', 'queued', 'delayed', 'running', 'lost')"
 _UPDATE_SQL = f"UPDATE jobs SET {', '.join(c + ' = ?' for c in _MUTABLE)} WHERE id = ?"
 # What `shoal mod` may change (core.models.JobChanges), by column.
 _SPEC_SQL = ("UPDATE jobs SET name = ?, grp = ?, priority = ?, retries = ?, cores = ?, "

@@ -127,13 +127,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE attempts ADD COLUMN holder TEXT;
     """,
     # 6: ended jobs live in the database only. Their duplicates are found through a 64-bit
-    # digest of (owner, cmd, cwd), and a restart reads only the live jobs.
+    # digest of (owner, cmd, cwd). (A restart reads the live jobs by one scan: an index over
+    # them would cost every change of state more than it saves once at start.)
     """
     ALTER TABLE jobs ADD COLUMN key_hash INTEGER;
     UPDATE jobs SET key_hash = shoal_key_hash(owner, cmd, cwd) WHERE gate = 0;
     CREATE INDEX jobs_by_key_hash ON jobs (key_hash) WHERE key_hash IS NOT NULL;
-    CREATE INDEX jobs_live ON jobs (id)
-        WHERE state IN ('waiting', 'queued', 'delayed', 'running', 'lost');
     """,
     # 7: allocation queues (workers through Slurm or the user's commands), what each has
     # submitted, and what happened to them.
