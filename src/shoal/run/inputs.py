@@ -22,7 +22,7 @@ from shoal.core.models import JobSpec
 from shoal.formats import ParsedJob, parse_file, parse_text
 from shoal.formats.common import SpecBuilder, is_blank_or_comment
 from shoal.run import state
-from shoal.run.template import fill, source_key, template_key
+from shoal.run.template import fill, template_key
 
 BATCH = 5000
 STREAM_BATCH = 2000
@@ -117,6 +117,8 @@ def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
 def from_arguments(template: str, sources: Sequence[Sequence[str]],
                    defaults: Mapping[str, Any]) -> RunInput:
     builder = SpecBuilder(defaults, "arguments")
+    if template:
+        fill(template, [""] * len(sources), 0)  # a {N} past the sources: refused before any job
 
     def items() -> Iterator[Item]:
         import itertools
@@ -129,7 +131,8 @@ def from_arguments(template: str, sources: Sequence[Sequence[str]],
     total = 1
     for source in sources:
         total *= len(source)
-    return RunInput(label="arguments", key=f"args-{source_key(template, sources)}",
+    # Named by the command alone, so `--resume` with more arguments skips those done.
+    return RunInput(label="arguments", key=f"args-{template_key(template)}",
                     base=state.base_dir(None), stream=False, total=total, _items=items())
 
 

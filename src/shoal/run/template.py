@@ -132,18 +132,6 @@ def _file_lines(name: str) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
-def source_key(template: str, sources: Sequence[Sequence[str]]) -> str:
-    """A short digest naming the state of a run of these arguments (for --resume)."""
-    import hashlib
-
-    digest = hashlib.sha256(template.encode("utf-8", "surrogateescape"))
-    for source in sources:
-        digest.update(b"\0\0")
-        for arg in source:
-            digest.update(arg.encode("utf-8", "surrogateescape") + b"\0")
-    return digest.hexdigest()[:12]
-
-
 def template_key(template: str) -> str:
     import hashlib
 

@@ -1,0 +1,334 @@
+"""`shoal run` as GNU parallel and xargs users use it: output, stdin, arguments, state per input,
+controls, --joblog, --results, and reading a run's state afterwards with no server."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.system import require
+
+from .cluster import SHOAL, wait_until
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ("SHOAL_HOME", "SHOAL_SERVER", "SHOAL_TOKEN")}
+    return {**environment, **(extra or {})}
+
+
+def shoal(cwd: Path, *args: str, stdin: str | None = None, timeout: float = 120,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    home = {"HOME": str(cwd / "home")}  # no server anywhere: ~/.shoal is empty
+    return subprocess.run([*SHOAL, *args], cwd=cwd, text=True, capture_output=True,
+                          input=stdin if stdin is not None else "", timeout=timeout,
+                          env=_env({**home, **(env or {})}))
+
+
+def test_grouped_output_is_whole_and_tagged_in_order(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.txt"
+    # Each job writes three lines with pauses, so unbuffered they would interleave.
+    jobs.write_text("".join(f"for k in 1 2 3; do echo job{i} line$k; sleep 0.0{i}; done\n"
+                            for i in range(1, 5)))
+    result = shoal(tmp_path, "run", "jobs.txt", "-j", "4")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 12
+    for start in range(0, 12, 3):
+        block = lines[start:start + 3]
+        job = block[0].split()[0]
+        assert block == [f"{job} line1", f"{job} line2", f"{job} line3"]
+    assert "4 done, 0 failed of 4" in result.stderr  # the summary is not in the output
+
+    tagged = shoal(tmp_path, "run", "jobs.txt", "-j", "4", "-k", "--tag", "--fresh")
+    assert tagged.stdout.splitlines() == [f"{i}\tjob{i} line{k}" for i in range(1, 5)
+                                          for k in (1, 2, 3)]
+    quiet = shoal(tmp_path, "run", "jobs.txt", "--quiet", "--fresh")
+    assert quiet.stdout == "" and "4 done" in quiet.stderr
+
+
+def test_line_buffer_shows_lines_while_the_job_runs(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    process = subprocess.Popen(
+        [*SHOAL, "run", "--line-buffer", "-j", "1", "--",
+         f"echo first; while ! test -f {gate}; do sleep 0.05; done; echo second"],
+        cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=_env({"HOME": str(tmp_path)}))
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(b"x\n")
+    process.stdin.close()
+    first = process.stdout.readline()  # arrives while the job waits for the gate
+    assert first == b"first x\n" or first == b"first\n"
+    gate.touch()
+    rest = process.stdout.read()
+    assert process.wait(timeout=60) == 0
+    assert rest.strip().endswith(b"second x") or rest.strip().endswith(b"second")
+
+
+def test_stdin_jobs_start_before_the_input_ends(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    process = subprocess.Popen([*SHOAL, "run", "-j", "2"], cwd=tmp_path, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=_env({"HOME": str(tmp_path)}))
+    assert process.stdin is not None
+    process.stdin.write(f"touch {started}; echo a\n")
+    process.stdin.flush()
+    wait_until(started.exists, timeout=30, message="the first line ran with stdin still open")
+    process.stdin.write("echo b\necho a\n")
+    process.stdin.close()
+    process.stdin = None  # closed: communicate() only reads
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert sorted(out.split()) == ["a", "a", "b"]  # identical lines are two jobs
+
+
+def test_placeholders_sources_and_dry_run(tmp_path: Path) -> None:
+    result = shoal(tmp_path, "run", "-k", "-j", "2",
+                   "echo {} {.} {/} {//} {/.} {#}", ":::", "dir/a.tar.gz", "b c.txt")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["dir/a.tar.gz dir/a.tar a.tar.gz dir a.tar 1",
+                                          "b c.txt b c b c.txt . b c 2"]
+    product = shoal(tmp_path, "run", "-k", "echo", ":::", "1", "2", ":::", "x", "y")
+    assert product.stdout.splitlines() == ["1 x", "1 y", "2 x", "2 y"]
+    (tmp_path / "args").write_text("p\nq\n")
+    numbered = shoal(tmp_path, "run", "-k", "echo {2}-{1}", ":::", "A", "::::", "args")
+    assert numbered.stdout.splitlines() == ["p-A", "q-A"]
+    # The command's own options stay its own.
+    dry = shoal(tmp_path, "run", "--dry-run", "gzip", "-9", "{}", ":::", "a b.csv", "$HOME")
+    assert dry.returncode == 0 and dry.stdout.splitlines() == ["gzip -9 'a b.csv'",
+                                                               "gzip -9 '$HOME'"]
+    assert not (tmp_path / "a b.csv.gz").exists()
+    templated = shoal(tmp_path, "run", "-k", "echo got {}", stdin="x\ny\n")
+    assert templated.stdout.splitlines() == ["got x", "got y"]
+
+
+def test_dev_stdin_and_process_substitution(tmp_path: Path) -> None:
+    script = (f"{' '.join(SHOAL)} run -k /dev/stdin < <(printf 'echo one\\necho two\\n'); "
+              f"{' '.join(SHOAL)} run -k <(printf 'echo three\\n')")
+    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, text=True,
+                            capture_output=True, timeout=120,
+                            env=_env({"HOME": str(tmp_path)}))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["one", "two", "three"]
+    assert "/proc/" not in result.stderr
+
+
+def test_each_file_has_its_own_state_and_two_run_at_once(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_text(f"echo {name} >> {ledger}\necho same >> {ledger}\n"
+                                     f"echo same >> {ledger}\n")
+    assert shoal(tmp_path, "run", "a.txt").returncode == 0
+    second = shoal(tmp_path, "run", "b.txt", "--json")
+    assert json.loads(second.stdout)["done"] == 3  # nothing of b skipped as a's
+    assert ledger.read_text().split().count("same") == 4
+    again = shoal(tmp_path, "run", "a.txt", "--json")
+    assert json.loads(again.stdout)["skipped_done"] == 3
+    fresh = shoal(tmp_path, "run", "a.txt", "--fresh", "--json")
+    assert json.loads(fresh.stdout)["done"] == 3
+
+    # Two files of one directory at the same time.
+    gate = tmp_path / "gate"
+    for name in ("c.txt", "d.txt"):
+        (tmp_path / name).write_text(f"while ! test -f {gate}; do sleep 0.05; done; "
+                                     f"echo {name}\n")
+    runs = [subprocess.Popen([*SHOAL, "run", name], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             env=_env({"HOME": str(tmp_path)}))
+            for name in ("c.txt", "d.txt")]
+    wait_until(lambda: all((tmp_path / ".shoal" / "runs" / name / "shoal.db").exists()
+                           for name in ("c.txt", "d.txt")), timeout=30,
+               message="both runs started")
+    gate.touch()
+    outputs = [run.communicate(timeout=60) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert [out.strip() for out, _ in outputs] == ["c.txt", "d.txt"]
+
+
+def test_resume_and_resume_failed(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text(f"echo ok >> {ledger}\necho bad >> {ledger}; false\n")
+    assert shoal(tmp_path, "run", "jobs.txt").returncode == 1
+    resumed = shoal(tmp_path, "run", "jobs.txt", "--resume", "--json")
+    summary = json.loads(resumed.stdout)
+    assert (summary["skipped_done"], summary["skipped_failed"], summary["total"]) == (1, 1, 0)
+    assert shoal(tmp_path, "run", "jobs.txt", "--resume-failed").returncode == 1
+    assert ledger.read_text().split() == ["ok", "bad", "bad"]
+    # Arguments run again unless resumed.
+    assert shoal(tmp_path, "run", f"echo {{}} >> {ledger}", ":::", "z").returncode == 0
+    assert shoal(tmp_path, "run", "--resume", f"echo {{}} >> {ledger}", ":::", "z",
+                 "w").returncode == 0
+    assert ledger.read_text().split()[3:] == ["z", "w"]
+
+
+def test_timeout_retries_memory_limit_delay_nice(tmp_path: Path) -> None:
+    counter = tmp_path / "count"
+    result = shoal(tmp_path, "run", "--timeout", "1", "--retries", "2", "--json", "--",
+                   f"echo x >> {counter}; sleep 30", ":::", "1")
+    summary = json.loads(result.stdout)
+    assert result.returncode == 1 and summary["failed"] == 1
+    assert "time limit" in str(summary["failures"][0]["reason"])
+    assert counter.read_text().split() == ["x", "x", "x"]  # the first run and two retries
+
+    hog = "python3 -c 'b = bytearray(300 * 2**20); import time; time.sleep(5)'"
+    limited = shoal(tmp_path, "run", "--memory-limit", "100M", "--json", hog, ":::", "1")
+    assert limited.returncode == 1
+    assert "memory" in str(json.loads(limited.stdout)["failures"][0]["reason"])
+
+    spaced = shoal(tmp_path, "run", "-j", "3", "-k", "--delay", "0.4",
+                   "date +%s.%N; true {}", ":::", "1", "2", "3")
+    starts = [float(line.split()[0]) for line in spaced.stdout.splitlines()]
+    assert starts[2] - starts[0] >= 0.75  # no timing upper bound: the machine may be slow
+
+    niced = shoal(tmp_path, "run", "--nice", "7", "ps -o ni= -p $$ # {}", ":::", "1")
+    assert niced.stdout.split() == ["7"]
+
+
+def test_halt_as_gnu_parallel(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("false\n" + "".join(f"sleep 0.2; echo {i} >> {ledger}\n"
+                                        for i in range(20)))
+    now = shoal(tmp_path, "run", "jobs.txt", "-j", "1", "--halt", "now,fail=1", "--json")
+    summary = json.loads(now.stdout)
+    assert now.returncode == 1 and summary["failed"] == 1 and summary["not_run"] == 20
+    assert summary["halted"] == "--halt now,fail=1"
+    assert not ledger.exists()
+
+    success = shoal(tmp_path, "run", "--halt", "now,success=1", "-j", "2", "--json",
+                    "sleep {}; echo {}", ":::", "0", "30")
+    assert success.returncode == 0, success.stdout
+    assert json.loads(success.stdout)["done"] == 1
+    bad = shoal(tmp_path, "run", "jobs.txt", "--halt", "later,fail=1")
+    assert bad.returncode == 2 and "--halt" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_results_directory(tmp_path: Path) -> None:
+    result = shoal(tmp_path, "run", "--results", "out", "--quiet",
+                   "echo out {}; echo err {} >&2; exit {}", ":::", "0", "3")
+    assert result.returncode == 1
+    one, two = tmp_path / "out" / "1", tmp_path / "out" / "2"
+    assert (one / "stdout").read_text() == "out 0\n"
+    assert (one / "stderr").read_text() == "err 0\n"
+    assert (one / "exit_code").read_text() == "0\n"
+    assert (two / "exit_code").read_text() == "3\n"
+    assert (two / "cmd").read_text() == "echo out 3; echo err 3 >&2; exit 3\n"
+
+
+def _joblog_kinds(text: str) -> tuple[str, list[list[str]]]:
+    header, *rows = text.splitlines()
+    kinds = []
+    for row in rows:
+        seq, host, start, runtime, send, receive, exitval, signal, command = row.split("\t")
+        assert re.fullmatch(r"\d+\.\d{3}", start) and re.fullmatch(r" *\d+\.\d{3}", runtime)
+        assert len(runtime) >= 10
+        kinds.append([seq, host, send, receive, exitval, signal, command])
+    return header, sorted(kinds)
+
+
+def test_joblog_matches_gnu_parallel(tmp_path: Path) -> None:
+    require(shutil.which("parallel") is not None, "GNU parallel")
+    command = "echo out {}; echo err {} >&2; exit {}"
+    ours = tmp_path / "shoal.log"
+    theirs = tmp_path / "parallel.log"
+    shoal(tmp_path, "run", "--joblog", str(ours), "--quiet", command, ":::", "0", "3")
+    subprocess.run(["parallel", "--will-cite", "--joblog", str(theirs), command, ":::", "0",
+                    "3"], cwd=tmp_path, capture_output=True, timeout=60)
+    assert _joblog_kinds(ours.read_text()) == _joblog_kinds(theirs.read_text())
+
+    killed_ours, killed_theirs = tmp_path / "k1.log", tmp_path / "k2.log"
+    shoal(tmp_path, "run", "--joblog", str(killed_ours), "--quiet", "kill -9 $$", ":::", "1")
+    subprocess.run(["parallel", "--will-cite", "--joblog", str(killed_theirs), "kill -9 $$",
+                    ":::", "1"], cwd=tmp_path, capture_output=True, timeout=60)
+    assert _joblog_kinds(killed_ours.read_text()) == _joblog_kinds(killed_theirs.read_text())
+
+
+def test_logs_status_and_jobs_read_the_state_without_a_server(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("echo hello\necho oops >&2; exit 4\nsleep 0\n")
+    assert shoal(tmp_path, "run", "jobs.txt", "--quiet").returncode == 1
+    logs = shoal(tmp_path, "logs", "1")
+    assert logs.returncode == 0 and logs.stdout == "hello\n"
+    assert shoal(tmp_path, "logs", "2", "--stderr").stdout == "oops\n"
+    status = shoal(tmp_path, "status", "2", "--json")
+    job = json.loads(status.stdout)
+    assert (job["state"], job["exit_code"]) == ("failed", 4)
+    assert job["peak_rss_bytes"] < 40 * 2**20  # the job's own memory, not the runner's
+    listed = shoal(tmp_path, "jobs", "--state", "failed", "--json")
+    assert [entry["id"] for entry in json.loads(listed.stdout)["jobs"]] == [2]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    named = shoal(elsewhere, "jobs", "--state-dir", str(tmp_path / ".shoal"))
+    assert named.returncode == 0 and "echo hello" in named.stdout
+    nothing = shoal(elsewhere, "logs", "1")
+    assert nothing.returncode == 3  # no server and no run here
+
+
+def test_bad_input_is_one_line(tmp_path: Path) -> None:
+    for args in (["run", "--timeout", "soon", "echo", ":::", "1"],
+                 ["run", "--fresh", "--resume", "echo", ":::", "1"],
+                 ["run", "echo {3}", ":::", "1"],
+                 ["run", "--line-buffer", "-k", "echo", ":::", "1"]):
+        result = shoal(tmp_path, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    stream = shoal(tmp_path, "run", "--format", "wr", stdin='echo a\necho b\t{"retries": x}\n')
+    assert stream.returncode == 2 and "stdin:2" in stream.stderr
+
+
+def test_terminal_bar_and_grouped_output_do_not_garble(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("".join(f"echo begin{i}; sleep 0.1; echo end{i}\n" for i in range(12)))
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: shoal with stdout and stderr on the terminal
+        os.chdir(tmp_path)
+        os.execvpe(SHOAL[0], [*SHOAL, "run", "jobs.txt", "-j", "3"],
+                   _env({"HOME": str(tmp_path), "COLUMNS": "100"}))
+    captured = b""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        captured += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    text = captured.decode("utf-8", "replace")
+    assert "running" in text  # the bar was drawn
+    # Take the bar's drawings away: what is left is the output, each job's lines together.
+    plain = re.sub(r"\r\x1b\[K[^\r\n]*(?=\r\x1b\[K|$)", "", text)
+    plain = plain.replace("\r\x1b[K", "").replace("\r\n", "\n")
+    lines = [line for line in plain.split("\n") if line.startswith(("begin", "end"))]
+    assert len(lines) == 24
+    for first, second in zip(lines[::2], lines[1::2], strict=True):
+        assert first.startswith("begin") and second == "end" + first.removeprefix("begin")
+
+
+@pytest.mark.parametrize("form", ["file", "stdin"])
+def test_per_line_options_in_a_wr_file(tmp_path: Path, form: str) -> None:
+    counter = tmp_path / "count"
+    line = f'echo x >> {counter}; false\t{{"retries": 2}}\n'
+    if form == "file":
+        (tmp_path / "jobs.wr").write_text(line)
+        result = shoal(tmp_path, "run", "jobs.wr", "--retries", "0")
+    else:
+        result = shoal(tmp_path, "run", "--format", "wr", "-", stdin=line)
+    assert result.returncode == 1
+    assert counter.read_text().split() == ["x", "x", "x"]  # the line's retries beat the flag
