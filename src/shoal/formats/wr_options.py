@@ -122,6 +122,17 @@ def _memory(value: str | int | float, out: Mapped) -> None:
     out.set("memory", "memory_bytes", size)
 
 
+def _timeout(value: str | int | float, out: Mapped) -> None:
+    """shoal's own option (`shoal run --timeout` for one line): kill the job after it."""
+    try:
+        seconds = parse_duration(value)
+    except (ValueError, OverflowError) as error:
+        raise OptionError(f'option "timeout": {error}') from None
+    if not 0 < seconds < math.inf:
+        raise OptionError(f'option "timeout" must be a positive time, not {_show(value)}')
+    out.set("timeout", "time_limit_seconds", seconds)
+
+
 def _time(value: str | int | float, out: Mapped) -> None:
     try:
         seconds = parse_duration(value)
@@ -256,6 +267,8 @@ MAPPED: dict[str, WrOption] = {
     "on_success": WrOption(OBJECTS, lambda value, out: _behaviours("on_success", value)),
     "on_exit": WrOption(OBJECTS, lambda value, out: _behaviours("on_exit", value)),
     "env": WrOption(STRINGS, _env, secret=True),
+    # shoal's own, not wr's: `shoal run --timeout` for one line.
+    "timeout": WrOption(DURATION, _timeout),
 }
 
 IGNORED: dict[str, WrOption] = {

@@ -1,0 +1,71 @@
+"""shoal run's pure parts: GNU parallel's placeholders and sources, --halt, the joblog's
+signal field, and the wr option `timeout`."""
+
+from __future__ import annotations
+
+import pytest
+
+from shoal.core.errors import InputError
+from shoal.formats import parse_text
+from shoal.run.driver import Halt, parse_halt
+from shoal.run.template import fill, split_sources
+
+
+@pytest.mark.parametrize(("template", "expected"), [
+    ("x {}", "x dir/sub/file.tar.gz"),
+    ("x {.}", "x dir/sub/file.tar"),
+    ("x {/}", "x file.tar.gz"),
+    ("x {//}", "x dir/sub"),
+    ("x {/.}", "x file.tar"),
+    ("x {#}", "x 7"),
+    ("x", "x dir/sub/file.tar.gz"),
+])
+def test_placeholders(template: str, expected: str) -> None:
+    assert fill(template, ["dir/sub/file.tar.gz"], 7) == expected
+
+
+def test_arguments_are_quoted_and_numbered() -> None:
+    assert fill("echo {}", ["a b", "$HOME"], 1) == "echo 'a b' '$HOME'"
+    assert fill("cp {1} {2/}", ["x/y", "p/q.txt"], 1) == "cp x/y q.txt"
+    assert fill("echo {//} {.}", ["plain", ".hidden"], 1) == "echo . . plain .hidden"
+    with pytest.raises(InputError):
+        fill("echo {3}", ["a"], 1)
+
+
+def test_sources() -> None:
+    head, sources = split_sources(["gzip", "-9", ":::", "a", "b", ":::", "c"])
+    assert head == ["gzip", "-9"] and sources == [["a", "b"], ["c"]]
+    with pytest.raises(InputError):
+        split_sources(["echo", ":::"])
+
+
+@pytest.mark.parametrize(("text", "halt"), [
+    ("now,fail=1", Halt("now", "fail", 1)),
+    ("soon,fail=10%", Halt("soon", "fail", None, 10.0)),
+    ("now,success=1", Halt("now", "success", 1)),
+    ("2", Halt("now", "fail", 1)),
+    ("-1", Halt("soon", "success", 1)),
+    ("20%", Halt("soon", "fail", None, 20.0)),
+    ("never", None),
+])
+def test_halt_forms(text: str, halt: Halt | None) -> None:
+    assert parse_halt(text) == halt
+
+
+@pytest.mark.parametrize("text", ["later,fail=1", "now,fail=0", "now,oops=1", "now,fail=x%"])
+def test_bad_halt(text: str) -> None:
+    with pytest.raises(InputError, match="--halt"):
+        parse_halt(text)
+
+
+def test_halt_counts_and_percentages() -> None:
+    assert Halt("now", "fail", 2).reached(done=5, failed=2, total=10)
+    assert not Halt("now", "fail", None, 30.0).reached(done=5, failed=2, total=10)
+    assert Halt("soon", "done", None, 50.0).reached(done=3, failed=2, total=10)
+
+
+def test_wr_timeout_option() -> None:
+    [job] = parse_text('sleep 9\t{"timeout": "2m"}\n', "wr", defaults={"cwd": "/tmp"})
+    assert job.spec.time_limit_seconds == 120
+    with pytest.raises(InputError, match="timeout"):
+        parse_text('sleep 9\t{"timeout": "0s"}\n', "wr", defaults={"cwd": "/tmp"})
