@@ -1,7 +1,8 @@
 """Throughput of trivial jobs: shoal against xargs, GNU parallel and HyperQueue.
 
-Every runner executes N jobs `bash -c 'true I'` (I = 1..N: distinct commands, since shoal
-runs identical lines once), P at a time, on this machine. All runners are measured in the
+Every runner executes N jobs `bash -c 'true I'` (I = 1..N: distinct commands, as they were
+when shoal ran identical lines once; each line is a job of its own now), P at a time, on this
+machine. All runners are measured in the
 same invocation, interleaved, each `--repeat` times; the median is reported.
 See bench/README.md.
 """
