@@ -186,7 +186,7 @@ async def commit_chunks(batch: BatchId, body: CommitRequest, who: Who,
         may_set_caps=allows("PUT", "/api/v1/limits/{name}", who))
 
 
-@router.delete("/adds/{batch}", response_model=ActionResponse, responses=errors(*AUTH))
+@router.delete("/adds/{batch}", response_model=ActionResponse, responses=errors(400, *AUTH))
 async def abort_chunks(batch: BatchId, who: Who, service: ServiceDep) -> dict[str, Any]:
     """Drop the chunks of an add that will not be committed."""
     return {"affected": ChunkedAdds(service).abort(batch, who.name), "ids": []}
