@@ -167,7 +167,8 @@ class CommitRequest(BaseModel):
     rerun: bool = Field(default=False, strict=True)
 
 
-@router.post("/adds/{batch}", response_model=ChunkResponse, responses=errors(400, *AUTH, 409))
+@router.post("/adds/{batch}", response_model=ChunkResponse,
+             responses=errors(400, *AUTH, 404, 409))
 async def stage_chunk(batch: BatchId, body: ChunkRequest, who: Who, service: ServiceDep,
                       request: Request) -> dict[str, Any]:
     """One chunk of a large add: checked as an add checks it, and kept until the commit."""
