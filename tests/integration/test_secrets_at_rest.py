@@ -46,20 +46,21 @@ def test_shoal_run_keeps_its_state_to_its_owner(tmp_path: Path) -> None:
     jobs.write_text(f"echo secret-output; while [ ! -e {release} ]; do sleep 0.05; done\n"
                     "echo another\n")
     state = tmp_path / ".shoal"
+    run = state / "runs" / "jobs.txt"  # one directory per input file
     running = start_run(jobs, "-j", "2")
     try:
         # While it runs: the database, SQLite's files beside it and the captured output.
-        wait_until(lambda: (state / "shoal.db-wal").exists()
-                   and any((state / "spool").glob("*.stdout")),
+        wait_until(lambda: (run / "shoal.db-wal").exists()
+                   and any((run / "spool").glob("*.stdout")),
                    message="the run's state files")
         assert_private(state)
-        assert {"shoal.db", "shoal.db-wal", "shoal.db-shm"} <= set(modes(state))
+        assert {"shoal.db", "shoal.db-wal", "shoal.db-shm"} <= set(modes(run))
     finally:
         release.touch()
         out, err = running.communicate(timeout=60)
     assert running.returncode == 0, out + err
     assert_private(state)
-    assert (state / "shoal.db").exists()
+    assert (run / "shoal.db").exists()
 
 
 def test_shoal_run_takes_back_what_an_older_run_left_open(tmp_path: Path) -> None:
@@ -69,7 +70,8 @@ def test_shoal_run_takes_back_what_an_older_run_left_open(tmp_path: Path) -> Non
     assert first.wait(timeout=60) == 0
     state = tmp_path / ".shoal"
     state.chmod(0o755)
-    (state / "shoal.db").chmod(0o644)
+    (state / "runs").chmod(0o755)
+    (state / "runs" / "jobs.txt" / "shoal.db").chmod(0o644)
     jobs.write_text("echo one\necho two\n")
     second = start_run(jobs)
     assert second.wait(timeout=60) == 0

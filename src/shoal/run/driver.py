@@ -433,6 +433,7 @@ def take_home(run_input: RunInput, mode: str) -> tuple[Path, int]:
     asked, and make it the last run of its base."""
     home = state.run_dir(run_input.base, run_input.key)
     try:
+        state.make_private(run_input.base)
         fd = try_lock_home(home)
     except OSError as error:
         raise ShoalError(f"{home}: cannot keep the run's state there: "

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from shoal.core.errors import InputError
-from shoal.home import DATABASE_FILE
+from shoal.home import DATABASE_FILE, private_directory
 
 RUNS = "runs"
 LAST = "last"
@@ -62,10 +62,19 @@ def clear(home: Path) -> None:
                 entry.unlink()
 
 
+def make_private(base: Path) -> None:
+    """`<base>` and `<base>/runs` kept to their owner, like each run's directory (0700): what
+    runs are there, and their output, are nobody else's business."""
+    private_directory(base / RUNS)
+    private_directory(base)
+
+
 def remember_last(base: Path, home: Path) -> None:
     with contextlib.suppress(OSError):
         temporary = base / f".{LAST}.{os.getpid()}"
-        temporary.write_text(os.path.relpath(home, base) + "\n")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(os.path.relpath(home, base) + "\n")
         os.replace(temporary, base / LAST)
 
 
