@@ -23,7 +23,10 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 class Hosts:
     def __init__(self, count: int):
-        self.net = random.randint(100, 250)
+        # A /24 no other set of hosts on this machine uses now (tests run side by side).
+        used = ip("-o", "-4", "addr", "show").stdout
+        self.net = random.choice([net for net in range(100, 251)
+                                  if f" 10.{net}.0.1/" not in used])
         self.prefix = f"sh{os.getpid() % 10000}x{self.net}"
         self.bridge = f"{self.prefix}br"[:15]
         self.count = count
