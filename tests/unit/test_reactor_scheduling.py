@@ -318,3 +318,12 @@ def test_counts_stay_true_whatever_is_moved(moves: list[tuple[int, str, int]]) -
         fresh.setdefault(job.group, {}).setdefault(job.state.value, 0)
         fresh[job.group][job.state.value] += 1
     assert reactor.counts() == dict(sorted(fresh.items()))
+
+
+def test_the_jobs_waiting_on_one_come_from_the_dependency_index() -> None:
+    reactor = Reactor([], next_job_id=1, next_lease_id=1)
+    [first] = add(reactor, spec("a", group="g"))
+    by_id, by_group, other = add(reactor, spec("b", after=[str(first)]),
+                                 spec("c", after=["group:g"]), spec("d", group="h"))
+    assert [job.id for job in reactor.waiting_on(reactor.get(first))] == [by_id, by_group]
+    assert reactor.waiting_on(reactor.get(other)) == []

@@ -91,16 +91,6 @@ def _dependency(entry: str) -> dict[str, Any]:
 
 def dependants(service: Service, job_id: int, scope: str | None) -> list[dict[str, Any]]:
     """The jobs still waiting on this one (by its id or its group), up to MAX_DEPENDANTS."""
-    job = service.job(job_id, owner=scope)  # NotFound if it is not theirs
-    named = {str(job_id), f"group:{job['group']}"}
-    found = []
-    # Waiting jobs are always among the live ones the server holds in memory.
-    for other in service.reactor.jobs.values():
-        if other.state is not JobState.WAITING or (scope is not None and other.owner != scope):
-            continue
-        if named & {*other.dependencies, *other.dependencies_any}:
-            found.append({"id": other.id, "name": other.name, "state": other.state.value,
-                          "group": other.group})
-            if len(found) >= MAX_DEPENDANTS:
-                break
-    return found
+    waiting = service.waiting_on(job_id, scope)  # NotFound if the job is not theirs
+    return [{"id": other.id, "name": other.name, "state": other.state.value,
+             "group": other.group} for other in waiting[:MAX_DEPENDANTS]]

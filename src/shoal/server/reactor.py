@@ -820,6 +820,13 @@ class Reactor:
             capacities = self.capacities()
         return scheduler.why_not_running(job, capacities, self.limit_caps, self.limit_running)
 
+    def waiting_on(self, job: Job) -> list[Job]:
+        """The jobs still waiting on this one, by its id or its group (from the dependency
+        index: never a walk over every job)."""
+        ids = {*self.deps.waiting_on_id(job.id), *self.deps.waiting_on_group(job.group)}
+        return [self.jobs[i] for i in sorted(ids)
+                if i in self.jobs and self.jobs[i].state is S.WAITING]
+
     def total(self, states: Sequence[JobState] = (), group: str | None = None,
               owner: str | None = None) -> int:
         """How many jobs there are, from the kept counts (never a scan of the jobs)."""

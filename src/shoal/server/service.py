@@ -534,6 +534,12 @@ class Service:
         found += self.store.jobs_by_id([job_id for job_id in job_ids if job_id not in held])
         return found
 
+    def waiting_on(self, job_id: int, owner: str | None = None) -> list[Job]:
+        """The jobs (of `owner`, if given) still waiting on this one, by its id or group."""
+        job = self.reactor.get(job_id, owner)  # NotFound if it is not theirs
+        return [other for other in self.reactor.waiting_on(job)
+                if owner is None or other.owner == owner]
+
     def states(self, job_ids: Sequence[int]) -> dict[int, JobState]:
         return {job.id: job.state for job in self.find(job_ids)}
 
