@@ -22,3 +22,16 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield instance
     finally:
         instance.stop()
+
+
+@pytest.fixture
+def secure(tmp_path: Path) -> Iterator[Cluster]:
+    """A real server over TLS, with its defaults and no workers."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    instance = Cluster(tmp_path / "home", logs)
+    try:
+        instance.start_server()
+        yield instance
+    finally:
+        instance.stop()

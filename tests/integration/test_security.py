@@ -8,7 +8,6 @@ import hashlib
 import socket
 import ssl
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +24,6 @@ from shoal.trust import fingerprint
 from .cluster import Cluster, wait_until
 
 SECRET_ENV_VALUE = "s3cr3t-env-value-9f2b"
-
-
-@pytest.fixture
-def secure(tmp_path: Path) -> Iterator[Cluster]:
-    """A real server over TLS with no workers; tokens for alice and bob (users) and a worker."""
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    instance = Cluster(tmp_path / "home", logs)
-    try:
-        instance.start_server()
-        yield instance
-    finally:
-        instance.stop()
 
 
 def create_token(cluster: Cluster, role: str, name: str) -> str:

@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from .cluster import Cluster
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Cluster]:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    instance = Cluster(tmp_path / "home", logs)
-    try:
-        instance.start_server()
-        yield instance
-    finally:
-        instance.stop()
 
 
 def user_token(cluster: Cluster, name: str) -> str:
     return str(cluster.api("POST", "/tokens", json={"role": "user", "name": name})["token"])
 
 
-def test_a_user_cannot_pause_a_shared_limit_through_a_job(server: Cluster,
+def test_a_user_cannot_pause_a_shared_limit_through_a_job(secure: Cluster,
                                                           tmp_path: Path) -> None:
+    server = secure
     server.api("PUT", "/limits/shared", json={"cap": 4})
     mallory = user_token(server, "mallory")
     jobs = [{"cmd": "echo fine", "cwd": "/"},
