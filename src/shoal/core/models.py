@@ -65,6 +65,8 @@ class JobState(StrEnum):
 
 
 FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+# An attempt that may still be alive on a worker.
+HOLDING_STATES = frozenset({JobState.RUNNING, JobState.LOST})
 
 
 def parse_memory(text: str | int) -> int:

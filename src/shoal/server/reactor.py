@@ -3,22 +3,21 @@
 The service loop feeds every event here (adds, worker messages, user actions, ticks), then takes
 the accumulated `Effects`, commits them in one transaction and only then sends the messages.
 Every job state change goes through `_change`, which calls `core.states.transition` and keeps
-the counters that depend on states (limits, dependency groups) right.
+the counters that depend on states (limits, dependency groups) right. Adding jobs and changing
+them is in server/edits.py, a part of the Reactor kept apart for size.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import random
 import secrets
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from shoal.core.errors import Conflict, Forbidden, InputError, NotFound
-from shoal.core.models import FINAL_STATES, Job, JobSpec, JobState
+from shoal.core.errors import Conflict, InputError, NotFound
+from shoal.core.models import FINAL_STATES, HOLDING_STATES, Job, JobState
 from shoal.core.protocol import (
     MAX_RECONNECT_DELAY_SECONDS,
     Assignment,
@@ -28,17 +27,17 @@ from shoal.core.protocol import (
     Register,
     StartedItem,
 )
-from shoal.core.states import Transition, created, transition
+from shoal.core.states import transition
 from shoal.server import scheduler
 from shoal.server.archive import Archive, MemoryArchive
-from shoal.server.dependencies import GROUP_PREFIX, Dependencies
-from shoal.server.effects import AddPlan, Effects
+from shoal.server.dependencies import Dependencies
+from shoal.server.edits import JobEdits
+from shoal.server.effects import Effects
 from shoal.server.requirements import LearnedRequirements
 from shoal.server.workers import WorkerState, same_token, worker_identity
 from shoal.store import AttemptRow
 
 S = JobState
-_HOLDING = frozenset({S.RUNNING, S.LOST})  # an attempt that may still be alive somewhere
 MEMORY_GROWTH = 1.5
 LEASE_RANDOM_BITS = 20  # keeps lease ids below 2**53, exact in any JSON reader
 
@@ -56,7 +55,7 @@ class ReactorConfig:
     reserve_after_seconds: float = 60.0  # a job that fits nowhere this long gets a worker held
 
 
-class Reactor:
+class Reactor(JobEdits):
     def __init__(self, jobs: Iterable[Job], *, next_job_id: int, next_lease_id: int,
                  config: ReactorConfig | None = None, now: float = 0.0,
                  limit_caps: dict[str, int | None] | None = None,
@@ -111,7 +110,7 @@ class Reactor:
                 self._enqueue(job)
             elif job.state is S.DELAYED:
                 heapq.heappush(self._delayed, (job.retry_at or now, job.id))
-            elif job.state in _HOLDING:
+            elif job.state in HOLDING_STATES:
                 # The server restarted: the attempt lives on only if its worker comes back.
                 if job.state is S.RUNNING:
                     job.lost_attempts += 1
@@ -146,7 +145,7 @@ class Reactor:
         self.by_key[job.owner, *job.key] = job.id
         if job.state is S.WAITING:
             self.deps.watch(job)
-        if job.state in _HOLDING:
+        if job.state in HOLDING_STATES:
             self.limit_running.update(job.limits)
             self.holding += 1
 
@@ -183,10 +182,11 @@ class Reactor:
         self._counts[job.owner, job.group, before] -= 1
         self._counts[job.owner, job.group, to] += 1
         self._effects.changed[job.id] = job
-        if (before in _HOLDING) != (to in _HOLDING):
+        holds = to in HOLDING_STATES
+        if (before in HOLDING_STATES) != holds:
             if job.limits:
-                self.limit_running.update({n: 1 if to in _HOLDING else -1 for n in job.limits})
-            self.holding += 1 if to in _HOLDING else -1
+                self.limit_running.update({n: 1 if holds else -1 for n in job.limits})
+            self.holding += 1 if holds else -1
         self._recheck.update(self.deps.moved(job, before, to))
         if to is S.QUEUED:
             self._enqueue(job)
@@ -208,133 +208,6 @@ class Reactor:
         if job is None or (owner is not None and job.owner != owner):
             raise NotFound(f"job {job_id} does not exist")
         return job
-
-    # ---- adding ------------------------------------------------------------------------------
-
-    def plan_add(self, specs: Sequence[JobSpec], *, rerun: bool, now: float,
-                 owner: str = "", sees_all: bool = True, may_set_caps: bool = True,
-                 distinct: bool = False) -> AddPlan:
-        """Decide what an add does, changing nothing, so a failed commit leaves no trace.
-
-        Duplicates are found among the owner's own jobs: two users may add the same command.
-        Without `sees_all`, dependencies may name only the owner's jobs. Without
-        `may_set_caps`, a `NAME:N` may only restate a limit's cap or give a new limit its first.
-        With `distinct`, every spec is a new job, even one whose (cmd, cwd) is known (`shoal
-        run`: a job is a line of its input, and two identical lines are two jobs).
-        """
-        new_jobs: list[Job] = []
-        requeue: list[int] = []
-        ids: list[int] = []
-        existed = 0
-        limit_caps: dict[str, int] = {}
-        batch_keys: dict[tuple[str, str, str], int] = {}
-        batch_groups: set[str] = set()
-        next_id = self._next_job_id
-        # Twins among ended jobs are in the archive: asked for all at once.
-        unknown = [] if distinct else [key for spec in specs if not spec.gate
-                                       and (key := (owner, *spec.key)) not in self.by_key]
-        archived = self.archive.twins(unknown) if unknown else {}
-        for index, spec in enumerate(specs):
-            # An ensemble component's may be empty (a fresh directory) or relative (under its
-            # worker's working directory).
-            if spec.cwd is None or not (spec.cwd.startswith("/") or spec.gate):
-                raise InputError(f"jobs[{index}].cwd: must be an absolute path")
-            key = (owner, *spec.key)
-            twin_id = None if spec.gate or distinct else self.by_key.get(
-                key, batch_keys.get(key, archived.get(key)))
-            if twin_id is not None:
-                existed += 1
-                ids.append(twin_id)
-                twin = self.jobs.get(twin_id)  # None: archived, so it has ended
-                if rerun and (twin is None or twin.state in FINAL_STATES) \
-                        and twin_id not in requeue:
-                    requeue.append(twin_id)
-                continue
-            limits = []
-            for entry in spec.limits:
-                name, _, cap = entry.partition(":")
-                limits.append(name)
-                if cap:
-                    if not may_set_caps:
-                        self._check_cap_from_spec(index, name, int(cap))
-                    limit_caps[name] = int(cap)
-            job = Job(
-                id=next_id, cmd=spec.cmd, cwd=spec.cwd, env=dict(spec.env), group=spec.group,
-                priority=spec.priority, retries=spec.retries, cores=spec.cores,
-                memory_bytes=spec.memory_bytes, time_limit_seconds=spec.time_limit_seconds,
-                time_seconds=spec.time_seconds, req_group=spec.req_group, name=spec.name,
-                gpus=spec.gpus, resources=dict(spec.resources), grow_memory=spec.grow_memory,
-                dependencies=list(spec.after), dependencies_any=list(spec.after_any),
-                limits=sorted(set(limits)), on_worker=spec.on_worker, gate=spec.gate,
-                files=list(spec.files), always_copy=spec.always_copy,
-                state=S.WAITING if spec.after or spec.after_any else S.QUEUED,
-                added_at=now, queued_at=None if spec.after or spec.after_any else now,
-                owner=owner,
-            )
-            if spec.req_group:
-                memory, seconds, source = self.learned.suggest(
-                    spec.req_group, memory=not spec.memory_bytes, time=spec.time_seconds is None)
-                job.memory_bytes = memory or job.memory_bytes
-                job.time_seconds = seconds if seconds is not None else job.time_seconds
-                job.requirements_source = source
-            if not spec.gate:
-                batch_keys[key] = next_id
-            batch_groups.add(spec.group)
-            new_jobs.append(job)
-            ids.append(next_id)
-            next_id += 1
-        self._check_dependencies(new_jobs, batch_groups, None if sees_all else owner)
-        return AddPlan(new_jobs, requeue, ids, existed - len(requeue), limit_caps)
-
-    def _check_cap_from_spec(self, index: int, name: str, cap: int) -> None:
-        """A cap in a job spec follows the permission of setting it directly: a user may give
-        a limit nobody uses yet its cap, or restate the cap it has, but not change it."""
-        current = self.limit_caps.get(name)
-        in_use = current is not None or any(name in job.limits for job in self.jobs.values())
-        if in_use and current != cap:
-            raise Forbidden(f"jobs[{index}].limits: '{name}:{cap}' would change the cap of "
-                            f"limit {name} (now {current}), which only an admin may do "
-                            f"(shoal limit {name} N); name it without ':N' to use it")
-
-    def _check_dependencies(self, new_jobs: list[Job], batch_groups: set[str],
-                            owner: str | None) -> None:
-        for index, job in enumerate(new_jobs):
-            for entry in (*job.dependencies, *job.dependencies_any):
-                if entry.startswith(GROUP_PREFIX):
-                    group = entry[len(GROUP_PREFIX):]
-                    if not self.deps.group_size[group] and group not in batch_groups:
-                        raise InputError(f"job {index + 1} of the batch: {entry} has no jobs")
-                elif (dependency := self._known(int(entry))) is None or (
-                        owner is not None and dependency.owner != owner):
-                    raise InputError(f"job {index + 1} of the batch: dependency {entry} "
-                                     "does not exist")
-        looping = self.deps.find_cycle(new_jobs, self._known)
-        if looping is not None:
-            raise InputError(f"dependency cycle: {looping.cmd!r} would wait for itself "
-                             "through its dependencies")
-
-    @staticmethod
-    def journal_of_new(plan: AddPlan, now: float) -> list[Transition]:
-        return [created(job, now=now) for job in plan.new_jobs]
-
-    def apply_add(self, plan: AddPlan, *, now: float) -> None:
-        """Make an add real once its new jobs are committed. Requeued twins go through the
-        normal effects, which the caller commits before it acknowledges the add."""
-        self.limit_caps.update(plan.limit_caps)
-        for job in plan.new_jobs:
-            self._track(job)
-            if job.state is S.QUEUED:
-                self._enqueue(job)
-            else:
-                self._recheck.add(job.id)
-        if plan.new_jobs:
-            self._next_job_id = plan.new_jobs[-1].id + 1
-        for job_id in plan.requeue:
-            job = self._bring_back(self.get(job_id))
-            job.attempts = job.lost_attempts = 0
-            self._change(job, S.QUEUED, now, "added again (--rerun)")
-        self._settle_dependencies(now)
-        self.version += 1
 
     def _settle_dependencies(self, now: float) -> None:
         """Release or cancel waiting jobs whose dependencies moved; cancellations cascade."""
@@ -396,8 +269,8 @@ class Reactor:
             job = self.jobs.get(attempt.job_id)
             # Only the process an attempt was given to may claim it: the same lease number
             # from another token or process is refused, and nothing of the holder's is touched.
-            if job is not None and job.lease_id == attempt.lease_id and job.state in _HOLDING \
-                    and job.holder == identity:
+            if job is not None and job.lease_id == attempt.lease_id \
+                    and job.state in HOLDING_STATES and job.holder == identity:
                 if job.state is S.LOST:  # not lost after all: it counts as a normal attempt
                     job.lost_attempts -= 1
                     self._change(job, S.RUNNING, now, f"worker {worker.name} came back")
@@ -416,7 +289,7 @@ class Reactor:
         # Attempts the server gave this process that it no longer has ended with it; so did
         # those of an earlier process of this worker (its name, its token): it restarted.
         for job in self.jobs.values():
-            if job.state in _HOLDING and job.lease_id not in reported and (
+            if job.state in HOLDING_STATES and job.lease_id not in reported and (
                     job.holder == identity
                     or (job.worker == worker.name and same_token(job.holder, identity))):
                 if job.state is S.RUNNING:
@@ -595,96 +468,8 @@ class Reactor:
         self._settle_dependencies(now)
         return affected
 
-    def modify(self, jobs: Sequence[Job], changes: dict[str, Any], now: float, *,
-               may_set_caps: bool = True, owner: str | None = None) -> dict[str, int]:
-        """Change the specs of jobs that are not running, all or none (`JobChanges.given()`).
-        A queued job takes its new place in the queue; new dependencies make it wait. Returns
-        the caps that `NAME:N` limits set, for the caller to keep."""
-        busy = [job.id for job in jobs if job.state in _HOLDING]
-        if busy:
-            raise Conflict(f"job {busy[0]} is running; kill it first, or wait for it to end")
-        caps: dict[str, int] = {}
-        names: list[str] = []
-        for entry in changes.get("limits") or []:
-            name, _, cap = entry.partition(":")
-            names.append(name)
-            if cap:
-                if not may_set_caps:
-                    self._check_cap_from_spec(0, name, int(cap))
-                caps[name] = int(cap)
-        if "after" in changes or "after_any" in changes:
-            self._check_new_dependencies(jobs, changes, owner)
-        for job in jobs:
-            self._modify(job, changes, sorted(set(names)), now)
-        self.limit_caps.update(caps)
-        self._settle_dependencies(now)
-        return caps
-
-    def _check_new_dependencies(self, jobs: Sequence[Job], changes: dict[str, Any],
-                                owner: str | None) -> None:
-        entries = [*(changes.get("after") or []), *(changes.get("after_any") or [])]
-        for entry in entries:
-            if entry.startswith(GROUP_PREFIX):
-                if not self.deps.group_size[entry[len(GROUP_PREFIX):]]:
-                    raise InputError(f"after: {entry} has no jobs")
-            elif (dependency := self._known(int(entry))) is None or (
-                    owner is not None and dependency.owner != owner):
-                raise InputError(f"after: dependency {entry} does not exist")
-        # As they would be: copies with the new dependencies, looked for cycles like an add.
-        renewed = [dataclasses.replace(
-            job, dependencies=list(changes.get("after", job.dependencies) or []),
-            dependencies_any=list(changes.get("after_any", job.dependencies_any) or []))
-            for job in jobs]
-        looping = self.deps.find_cycle(renewed, self._known)
-        if looping is not None:
-            raise InputError(f"dependency cycle: job {looping.id} would wait for itself")
-
-    def _modify(self, job: Job, changes: dict[str, Any], limit_names: list[str],
-                now: float) -> None:
-        self.deps.unwatch(job)
-        old_group = job.group
-        for name, value in changes.items():
-            if name == "limits":
-                job.limits = limit_names
-            elif name == "after":
-                job.dependencies = list(value or [])
-            elif name == "after_any":
-                job.dependencies_any = list(value or [])
-            else:
-                setattr(job, name, value)
-        if job.group != old_group:
-            self._counts[job.owner, old_group, job.state] -= 1
-            self._counts[job.owner, job.group, job.state] += 1
-            self.deps.count(old_group, job.state, -1)
-            self.deps.count(job.group, job.state, 1)
-            self._recheck.update([*self.deps.waiting_on_group(old_group),
-                                  *self.deps.waiting_on_group(job.group)])
-        if job.state is S.WAITING:
-            self.deps.watch(job)
-            self._recheck.add(job.id)
-        elif job.state is S.QUEUED and (job.dependencies or job.dependencies_any):
-            self._change(job, S.WAITING, now, "dependencies changed")
-            self._recheck.add(job.id)
-        elif job.state is S.QUEUED:
-            self._enqueue(job)  # its new priority and size count from now on
-        self._effects.changed[job.id] = job
-        self._effects.modified[job.id] = job
-
-    def purged(self, job_ids: Sequence[int], counts: Iterable[tuple[str, str, JobState, int]],
-               now: float) -> None:
-        """Ended jobs were deleted from the archive: uncount them; jobs waiting on them learn
-        that they are gone."""
-        for owner, group, state, number in counts:
-            self._counts[owner, group, state] -= number
-            self.deps.count(group, state, -number)
-            self._recheck.update(self.deps.waiting_on_group(group))
-        for job_id in job_ids:
-            self._recheck.update(self.deps.waiting_on_id(job_id))
-        self._settle_dependencies(now)
-        self.version += 1
-
     def remove(self, jobs: Sequence[Job], now: float) -> list[int]:
-        busy = [job.id for job in jobs if job.state in _HOLDING]
+        busy = [job.id for job in jobs if job.state in HOLDING_STATES]
         if busy:
             raise Conflict(f"job {busy[0]} is running; kill it first")
         for job in jobs:

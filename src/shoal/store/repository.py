@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.core.errors import Conflict, InputError, StoreUnavailable
-from shoal.core.models import MAX_INT64, Job, JobState
+from shoal.core.models import HOLDING_STATES, MAX_INT64, Job, JobState
 from shoal.core.protocol import AttemptResult, Captured
 from shoal.core.states import Transition
 from shoal.store.files import check_database, damaged, is_damage, prepare_database_file
@@ -36,7 +36,6 @@ _MUTABLE = (
     "lease_id", "queued_at", "retry_at", "started_at", "ended_at", "wall_seconds", "cpu_seconds",
     "peak_rss_bytes", "priority", "memory_bytes", "requirements_source",
 )
-_HOLDING = (JobState.RUNNING, JobState.LOST)  # an attempt that may be alive on a worker
 _LIVE_SQL = "state IN ('waiting', 'queued', 'delayed', 'running', 'lost')"
 _UPDATE_SQL = f"UPDATE jobs SET {', '.join(c + ' = ?' for c in _MUTABLE)} WHERE id = ?"
 # What `shoal mod` may change (core.models.JobChanges), by column.
@@ -278,7 +277,7 @@ class Store:
         finally:
             gc.enable()
         gc.freeze()  # they live as long as the server: keep later collections from rescanning
-        self._load_holders([job for job in jobs if job.state in _HOLDING])
+        self._load_holders([job for job in jobs if job.state in HOLDING_STATES])
         return jobs
 
     def job_counts(self) -> list[tuple[str, str, JobState, int]]:

@@ -1,0 +1,268 @@
+"""Adding jobs and changing them: the part of the Reactor (server/reactor.py) that takes in
+new specs and edits of existing ones. Pure, like the rest of it: a mixin of the Reactor, kept
+in a module of its own for size; `ReactorState` names what it uses of the Reactor."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from shoal.core.errors import Conflict, Forbidden, InputError
+from shoal.core.models import FINAL_STATES, HOLDING_STATES, Job, JobSpec, JobState
+from shoal.core.states import Transition, created
+from shoal.server.archive import Archive
+from shoal.server.dependencies import GROUP_PREFIX, Dependencies
+from shoal.server.effects import AddPlan, Effects
+from shoal.server.requirements import LearnedRequirements
+
+S = JobState
+
+
+class ReactorState(Protocol):
+    """What adding and changing jobs read and write of the Reactor."""
+
+    jobs: dict[int, Job]
+    by_key: dict[tuple[str, str, str], int]
+    archive: Archive
+    deps: Dependencies
+    learned: LearnedRequirements
+    limit_caps: dict[str, int | None]
+    version: int
+    _next_job_id: int
+    _recheck: set[int]
+    _effects: Effects
+    _counts: Counter[tuple[str, str, JobState]]
+
+    def get(self, job_id: int, owner: str | None = None) -> Job: ...
+    def _known(self, job_id: int) -> Job | None: ...
+    def _bring_back(self, job: Job) -> Job: ...
+    def _track(self, job: Job) -> None: ...
+    def _enqueue(self, job: Job) -> None: ...
+    def _change(self, job: Job, to: JobState, now: float, reason: str | None = None) -> None: ...
+    def _settle_dependencies(self, now: float) -> None: ...
+    def _check_cap_from_spec(self, index: int, name: str, cap: int) -> None: ...
+    def _check_dependencies(self, new_jobs: list[Job], batch_groups: set[str],
+                            owner: str | None) -> None: ...
+    def _check_new_dependencies(self, jobs: Sequence[Job], changes: dict[str, Any],
+                                owner: str | None) -> None: ...
+    def _modify(self, job: Job, changes: dict[str, Any], limit_names: list[str],
+                now: float) -> None: ...
+
+
+class JobEdits:
+    """Adds (planned, then applied once committed) and changes (`shoal mod`, purges)."""
+
+    def plan_add(self: ReactorState, specs: Sequence[JobSpec], *, rerun: bool, now: float,
+                 owner: str = "", sees_all: bool = True, may_set_caps: bool = True,
+                 distinct: bool = False) -> AddPlan:
+        """Decide what an add does, changing nothing, so a failed commit leaves no trace.
+
+        Duplicates are found among the owner's own jobs: two users may add the same command.
+        Without `sees_all`, dependencies may name only the owner's jobs. Without
+        `may_set_caps`, a `NAME:N` may only restate a limit's cap or give a new limit its first.
+        With `distinct`, every spec is a new job, even one whose (cmd, cwd) is known (`shoal
+        run`: a job is a line of its input, and two identical lines are two jobs).
+        """
+        new_jobs: list[Job] = []
+        requeue: list[int] = []
+        ids: list[int] = []
+        existed = 0
+        limit_caps: dict[str, int] = {}
+        batch_keys: dict[tuple[str, str, str], int] = {}
+        batch_groups: set[str] = set()
+        next_id = self._next_job_id
+        # Twins among ended jobs are in the archive: asked for all at once.
+        unknown = [] if distinct else [key for spec in specs if not spec.gate
+                                       and (key := (owner, *spec.key)) not in self.by_key]
+        archived = self.archive.twins(unknown) if unknown else {}
+        for index, spec in enumerate(specs):
+            # An ensemble component's may be empty (a fresh directory) or relative (under its
+            # worker's working directory).
+            if spec.cwd is None or not (spec.cwd.startswith("/") or spec.gate):
+                raise InputError(f"jobs[{index}].cwd: must be an absolute path")
+            key = (owner, *spec.key)
+            twin_id = None if spec.gate or distinct else self.by_key.get(
+                key, batch_keys.get(key, archived.get(key)))
+            if twin_id is not None:
+                existed += 1
+                ids.append(twin_id)
+                twin = self.jobs.get(twin_id)  # None: archived, so it has ended
+                if rerun and (twin is None or twin.state in FINAL_STATES) \
+                        and twin_id not in requeue:
+                    requeue.append(twin_id)
+                continue
+            limits = []
+            for entry in spec.limits:
+                name, _, cap = entry.partition(":")
+                limits.append(name)
+                if cap:
+                    if not may_set_caps:
+                        self._check_cap_from_spec(index, name, int(cap))
+                    limit_caps[name] = int(cap)
+            job = Job(
+                id=next_id, cmd=spec.cmd, cwd=spec.cwd, env=dict(spec.env), group=spec.group,
+                priority=spec.priority, retries=spec.retries, cores=spec.cores,
+                memory_bytes=spec.memory_bytes, time_limit_seconds=spec.time_limit_seconds,
+                time_seconds=spec.time_seconds, req_group=spec.req_group, name=spec.name,
+                gpus=spec.gpus, resources=dict(spec.resources), grow_memory=spec.grow_memory,
+                dependencies=list(spec.after), dependencies_any=list(spec.after_any),
+                limits=sorted(set(limits)), on_worker=spec.on_worker, gate=spec.gate,
+                files=list(spec.files), always_copy=spec.always_copy,
+                state=S.WAITING if spec.after or spec.after_any else S.QUEUED,
+                added_at=now, queued_at=None if spec.after or spec.after_any else now,
+                owner=owner,
+            )
+            if spec.req_group:
+                memory, seconds, source = self.learned.suggest(
+                    spec.req_group, memory=not spec.memory_bytes, time=spec.time_seconds is None)
+                job.memory_bytes = memory or job.memory_bytes
+                job.time_seconds = seconds if seconds is not None else job.time_seconds
+                job.requirements_source = source
+            if not spec.gate:
+                batch_keys[key] = next_id
+            batch_groups.add(spec.group)
+            new_jobs.append(job)
+            ids.append(next_id)
+            next_id += 1
+        self._check_dependencies(new_jobs, batch_groups, None if sees_all else owner)
+        return AddPlan(new_jobs, requeue, ids, existed - len(requeue), limit_caps)
+
+    def _check_cap_from_spec(self: ReactorState, index: int, name: str, cap: int) -> None:
+        """A cap in a job spec follows the permission of setting it directly: a user may give
+        a limit nobody uses yet its cap, or restate the cap it has, but not change it."""
+        current = self.limit_caps.get(name)
+        in_use = current is not None or any(name in job.limits for job in self.jobs.values())
+        if in_use and current != cap:
+            raise Forbidden(f"jobs[{index}].limits: '{name}:{cap}' would change the cap of "
+                            f"limit {name} (now {current}), which only an admin may do "
+                            f"(shoal limit {name} N); name it without ':N' to use it")
+
+    def _check_dependencies(self: ReactorState, new_jobs: list[Job], batch_groups: set[str],
+                            owner: str | None) -> None:
+        for index, job in enumerate(new_jobs):
+            for entry in (*job.dependencies, *job.dependencies_any):
+                if entry.startswith(GROUP_PREFIX):
+                    group = entry[len(GROUP_PREFIX):]
+                    if not self.deps.group_size[group] and group not in batch_groups:
+                        raise InputError(f"job {index + 1} of the batch: {entry} has no jobs")
+                elif (dependency := self._known(int(entry))) is None or (
+                        owner is not None and dependency.owner != owner):
+                    raise InputError(f"job {index + 1} of the batch: dependency {entry} "
+                                     "does not exist")
+        looping = self.deps.find_cycle(new_jobs, self._known)
+        if looping is not None:
+            raise InputError(f"dependency cycle: {looping.cmd!r} would wait for itself "
+                             "through its dependencies")
+
+    @staticmethod
+    def journal_of_new(plan: AddPlan, now: float) -> list[Transition]:
+        return [created(job, now=now) for job in plan.new_jobs]
+
+    def apply_add(self: ReactorState, plan: AddPlan, *, now: float) -> None:
+        """Make an add real once its new jobs are committed. Requeued twins go through the
+        normal effects, which the caller commits before it acknowledges the add."""
+        self.limit_caps.update(plan.limit_caps)
+        for job in plan.new_jobs:
+            self._track(job)
+            if job.state is S.QUEUED:
+                self._enqueue(job)
+            else:
+                self._recheck.add(job.id)
+        if plan.new_jobs:
+            self._next_job_id = plan.new_jobs[-1].id + 1
+        for job_id in plan.requeue:
+            job = self._bring_back(self.get(job_id))
+            job.attempts = job.lost_attempts = 0
+            self._change(job, S.QUEUED, now, "added again (--rerun)")
+        self._settle_dependencies(now)
+        self.version += 1
+
+    def modify(self: ReactorState, jobs: Sequence[Job], changes: dict[str, Any], now: float, *,
+               may_set_caps: bool = True, owner: str | None = None) -> dict[str, int]:
+        """Change the specs of jobs that are not running, all or none (`JobChanges.given()`).
+        A queued job takes its new place in the queue; new dependencies make it wait. Returns
+        the caps that `NAME:N` limits set, for the caller to keep."""
+        busy = [job.id for job in jobs if job.state in HOLDING_STATES]
+        if busy:
+            raise Conflict(f"job {busy[0]} is running; kill it first, or wait for it to end")
+        caps: dict[str, int] = {}
+        names: list[str] = []
+        for entry in changes.get("limits") or []:
+            name, _, cap = entry.partition(":")
+            names.append(name)
+            if cap:
+                if not may_set_caps:
+                    self._check_cap_from_spec(0, name, int(cap))
+                caps[name] = int(cap)
+        if "after" in changes or "after_any" in changes:
+            self._check_new_dependencies(jobs, changes, owner)
+        for job in jobs:
+            self._modify(job, changes, sorted(set(names)), now)
+        self.limit_caps.update(caps)
+        self._settle_dependencies(now)
+        return caps
+
+    def _check_new_dependencies(self: ReactorState, jobs: Sequence[Job], changes: dict[str, Any],
+                                owner: str | None) -> None:
+        entries = [*(changes.get("after") or []), *(changes.get("after_any") or [])]
+        for entry in entries:
+            if entry.startswith(GROUP_PREFIX):
+                if not self.deps.group_size[entry[len(GROUP_PREFIX):]]:
+                    raise InputError(f"after: {entry} has no jobs")
+            elif (dependency := self._known(int(entry))) is None or (
+                    owner is not None and dependency.owner != owner):
+                raise InputError(f"after: dependency {entry} does not exist")
+        # As they would be: copies with the new dependencies, looked for cycles like an add.
+        renewed = [dataclasses.replace(
+            job, dependencies=list(changes.get("after", job.dependencies) or []),
+            dependencies_any=list(changes.get("after_any", job.dependencies_any) or []))
+            for job in jobs]
+        looping = self.deps.find_cycle(renewed, self._known)
+        if looping is not None:
+            raise InputError(f"dependency cycle: job {looping.id} would wait for itself")
+
+    def _modify(self: ReactorState, job: Job, changes: dict[str, Any], limit_names: list[str],
+                now: float) -> None:
+        self.deps.unwatch(job)
+        old_group = job.group
+        for name, value in changes.items():
+            if name == "limits":
+                job.limits = limit_names
+            elif name == "after":
+                job.dependencies = list(value or [])
+            elif name == "after_any":
+                job.dependencies_any = list(value or [])
+            else:
+                setattr(job, name, value)
+        if job.group != old_group:
+            self._counts[job.owner, old_group, job.state] -= 1
+            self._counts[job.owner, job.group, job.state] += 1
+            self.deps.count(old_group, job.state, -1)
+            self.deps.count(job.group, job.state, 1)
+            self._recheck.update([*self.deps.waiting_on_group(old_group),
+                                  *self.deps.waiting_on_group(job.group)])
+        if job.state is S.WAITING:
+            self.deps.watch(job)
+            self._recheck.add(job.id)
+        elif job.state is S.QUEUED and (job.dependencies or job.dependencies_any):
+            self._change(job, S.WAITING, now, "dependencies changed")
+            self._recheck.add(job.id)
+        elif job.state is S.QUEUED:
+            self._enqueue(job)  # its new priority and size count from now on
+        self._effects.changed[job.id] = job
+        self._effects.modified[job.id] = job
+
+    def purged(self: ReactorState, job_ids: Sequence[int],
+               counts: Iterable[tuple[str, str, JobState, int]], now: float) -> None:
+        """Ended jobs were deleted from the archive: uncount them; jobs waiting on them learn
+        that they are gone."""
+        for owner, group, state, number in counts:
+            self._counts[owner, group, state] -= number
+            self.deps.count(group, state, -number)
+            self._recheck.update(self.deps.waiting_on_group(group))
+        for job_id in job_ids:
+            self._recheck.update(self.deps.waiting_on_id(job_id))
+        self._settle_dependencies(now)
+        self.version += 1
