@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from shoal.cli import admin, render
-from shoal.cli.jobs import InputFormat, job_defaults, parse_env, specs_from_command, specs_from_file
+from shoal.cli.add import InputFormat, job_defaults, parse_env, specs_from_command, specs_from_file
 from shoal.cli.main import main
 from shoal.client import SQLITE_HEADER
 from shoal.core.errors import InputError

@@ -212,7 +212,7 @@ def test_env_values_never_appear_in_ensemble_file_errors(env: str) -> None:
 
 
 def test_env_values_never_appear_in_cli_errors() -> None:
-    from shoal.cli.jobs import spec_from_fields
+    from shoal.cli.add import spec_from_fields
 
     for env in BAD_ENVS:
         with pytest.raises(InputError) as caught:

@@ -15,7 +15,18 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from shoal.cli import Session, admin, file, jobs, limits, modify, session_of, tokens, workers
+from shoal.cli import (
+    Session,
+    add,
+    admin,
+    file,
+    jobs,
+    limits,
+    modify,
+    session_of,
+    tokens,
+    workers,
+)
 from shoal.cli.errors import EXIT_BAD_INPUT, report
 from shoal.core.errors import ShoalError
 
@@ -118,7 +129,7 @@ def root(
 
 
 # Everything after the command's first word belongs to the command: `shoal add ls -l`.
-app.command("add", context_settings={"allow_interspersed_args": False})(jobs.add)
+app.command("add", context_settings={"allow_interspersed_args": False})(add.add)
 app.command("status")(jobs.status)
 app.command("jobs")(jobs.jobs)
 app.command("wait")(jobs.wait)

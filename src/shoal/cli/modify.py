@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from shoal.cli import JsonOption, render, session_of
-from shoal.cli.jobs import GroupOption, IdsArgument, job_defaults
+from shoal.cli.add import job_defaults
+from shoal.cli.jobs import GroupOption, IdsArgument
 from shoal.core.errors import InputError
 
 

@@ -1,0 +1,380 @@
+"""`shoal add`: jobs from a command, a file of them, or an array of one command, checked here
+(a bad line names its file and line) and sent as one add, in chunks when large."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from shoal.cli import JsonOption, render, session_of
+from shoal.core.errors import InputError
+
+if TYPE_CHECKING:
+    from shoal.client import AddResult
+    from shoal.core.models import JobSpec
+
+_WHOLE_NUMBER = re.compile(r"[0-9]+")
+
+class InputFormat(StrEnum):
+    AUTO = "auto"
+    LINES = "lines"
+    WR = "wr"
+    RUNMAKER = "runmaker"
+
+
+# The flag that sets each JobSpec field, to name it in error messages.
+FLAG_OF_FIELD = {
+    "cmd": "CMD",
+    "cwd": "--cwd",
+    "group": "--group",
+    "priority": "--priority",
+    "retries": "--retries",
+    "cores": "--cores",
+    "memory_bytes": "--memory",
+    "time_seconds": "--time",
+    "time_limit_seconds": "--time-limit",
+    "gpus": "--gpus",
+    "resources": "--resource",
+    "req_group": "--req-group",
+    "grow_memory": "--grow-memory",
+    "after": "--after",
+    "after_any": "--after-any",
+    "limits": "--limit",
+    "env": "--env",
+    "on_worker": "--on",
+    "name": "--name",
+}
+
+def job_defaults(
+    *,
+    cwd: str | None = None,
+    group: str | None = None,
+    priority: int | None = None,
+    retries: int | None = None,
+    cores: int | None = None,
+    memory: str | None = None,
+    run_time: str | None = None,
+    time_limit: str | None = None,
+    gpus: int | None = None,
+    resources: list[str] | None = None,
+    req_group: str | None = None,
+    grow_memory: bool = False,
+    after: list[str] | None = None,
+    after_any: list[str] | None = None,
+    limits: list[str] | None = None,
+    env: list[str] | None = None,
+    on_worker: str | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """The JobSpec fields set by `add`'s flags, from their text. Flags not given are absent,
+    except cwd, which defaults to the current directory (made absolute, like --cwd)."""
+    from shoal.core.models import parse_duration, parse_memory
+
+    fields: dict[str, Any] = {
+        "cwd": os.path.abspath(os.path.expanduser(cwd)) if cwd else os.getcwd(),
+        "group": group,
+        "priority": priority,
+        "retries": retries,
+        "cores": cores,
+        "gpus": gpus,
+        "resources": parse_resources(resources) if resources else None,
+        "req_group": req_group,
+        "grow_memory": grow_memory or None,
+        "on_worker": on_worker,
+        "name": name,
+        "after": after or None,
+        "after_any": after_any or None,
+        "limits": limits or None,
+        "env": parse_env(env) if env else None,
+    }
+    for field, flag, text, parse in (
+        ("memory_bytes", "--memory", memory, parse_memory),
+        ("time_seconds", "--time", run_time, parse_duration),
+        ("time_limit_seconds", "--time-limit", time_limit, parse_duration),
+    ):
+        if text is not None:
+            try:
+                fields[field] = parse(text)
+            except ValueError as exc:
+                raise InputError(f"{flag}: {exc}") from None
+    return {field: value for field, value in fields.items() if value is not None}
+
+
+def parse_env(assignments: list[str]) -> dict[str, str]:
+    """['K=V', 'PATH'] -> {'K': 'V', 'PATH': <this shell's PATH>}, as `docker run -e` does."""
+    env = {}
+    for assignment in assignments:
+        key, equals, value = assignment.partition("=")
+        if not equals:
+            if key not in os.environ:
+                raise InputError(f"--env: {key!r} has no '=' and is not set here")
+            value = os.environ[key]
+        if not key:
+            raise InputError("--env: an assignment has no variable name (expected NAME=VALUE)")
+        env[key] = value
+    return env
+
+
+def parse_resources(requests: list[str]) -> dict[str, int]:
+    """['license=2', 'scratch'] -> {'license': 2, 'scratch': 1}: named resources, as Slurm's
+    --licenses (a bare name asks for one)."""
+    from shoal.core.models import RESERVED_RESOURCES
+
+    resources: dict[str, int] = {}
+    for request in requests:
+        name, equals, amount = request.partition("=")
+        name = name.strip()
+        if name in RESERVED_RESOURCES:
+            option = "--memory" if name == "memory" else f"--{name}"
+            raise InputError(f"--resource: {name} has its own option, {option}")
+        if not name or (equals and not _WHOLE_NUMBER.fullmatch(amount.strip())):
+            raise InputError(f"--resource: {request!r} is not NAME=N (e.g. license=2)")
+        if name in resources:
+            raise InputError(f"--resource: {name} is given twice")
+        resources[name] = int(amount) if equals else 1
+    return resources
+
+
+def spec_from_fields(fields: dict[str, Any]) -> JobSpec:
+    """A validated JobSpec; a bad field is an InputError naming the flag that set it."""
+    from pydantic import ValidationError
+
+    from shoal.core.models import JobSpec
+
+    try:
+        return JobSpec.model_validate(fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        message = error["msg"].removeprefix("Value error, ")
+        raise InputError(f"{FLAG_OF_FIELD.get(field, field)}: {message}") from None
+
+
+def specs_from_command(words: list[str], defaults: dict[str, Any]) -> list[JobSpec]:
+    return [spec_from_fields({**defaults, "cmd": " ".join(words)})]
+
+
+def specs_from_file(file: str, input_format: InputFormat,
+                    defaults: dict[str, Any]) -> list[JobSpec]:
+    """Jobs read from FILE ('-': stdin), the flags as defaults that a line's options override."""
+    from shoal.formats import parse_file, parse_text
+
+    spec_from_fields({**defaults, "cmd": "true"})  # a bad flag is reported by its name
+    if file == "-":
+        parsed = parse_text(sys.stdin.read(), input_format.value, source="<stdin>",
+                            defaults=defaults)
+    else:
+        parsed = parse_file(file, input_format.value, defaults=defaults)
+    if parsed and parsed[0].state_offset is not None:  # a runmaker file: its new lines only
+        new = [job for job in parsed if job.state_char == "."]
+        print(f"{file}: a runmaker file: adding its {len(new)} new ('.') lines, leaving "
+              f"{len(parsed) - len(new)} others; the server does not write their states "
+              "back (`shoal run FILE --listen` does)", file=sys.stderr)
+        parsed = new
+    return [job.spec for job in parsed]
+
+
+def check_job_source(command: list[str] | None, file: str | None, array: str | None,
+                     each_line: str | None) -> None:
+    """Jobs come from one place: a command, a file, or a command repeated over items."""
+    given = [flag for flag, value in (("-f", file), ("--array", array),
+                                      ("--each-line", each_line)) if value is not None]
+    if len(given) > 1:
+        raise InputError("give only one of -f, --array and --each-line")
+    if array is not None or each_line is not None:
+        if not command:
+            raise InputError(f"{given[0]}: give the command to run for each item")
+    elif bool(command) == (file is not None):
+        raise InputError("give a command or -f FILE (not both)")
+    elif command and any("{}" in word for word in command):
+        # `shoal add 'echo {}' --array 1-9` would add one job that runs "echo {} --array 1-9".
+        for word in command:
+            option = word.partition("=")[0]
+            if option in ("--array", "--each-line"):
+                raise InputError(f"{option}: options go before the command, "
+                                 "or they are part of it")
+
+
+def jobs_from_array(words: list[str], defaults: dict[str, Any], *, array: str | None = None,
+                    each_line: str | None = None) -> list[dict[str, Any]]:
+    """One job per item of --array SPEC or --each-line FILE, as job spec fields.
+
+    Kept as plain dicts rather than JobSpecs: a million of those take many seconds to
+    build. Items differ only in cmd, name and two env values, so checking the job of the
+    longest item checks them all (lines with a NUL are refused as they are read).
+    """
+    from shoal.cli import arrays
+
+    flag = "--array" if array is not None else "--each-line"
+    fields = {**defaults, "cmd": " ".join(words)}
+    spec_from_fields({**fields, "cmd": "true"})  # a bad flag is reported by its name
+    if arrays.PLACEHOLDER not in fields["cmd"]:  # checked before a long list is read
+        raise InputError(f"{flag}: the command has no {arrays.PLACEHOLDER} to replace")
+    items = array_items(array, each_line)
+    if not items:
+        return []
+    longest = max(items, key=lambda item: len(item[1].encode()))
+    try:
+        spec_from_fields(arrays.expand(fields, [longest])[0])
+    except InputError as exc:
+        raise InputError(f"{flag}: item {longest[1][:40]!r}: {exc}") from None
+    return arrays.expand(fields, items)
+
+
+def array_items(array: str | None, each_line: str | None) -> list[tuple[int, str]]:
+    """The items of --array SPEC, or else of --each-line FILE; a bad one names its option."""
+    from shoal.cli import arrays
+
+    if array is not None:
+        try:
+            return arrays.items_from_numbers(arrays.parse_array_spec(array))
+        except ValueError as exc:
+            raise InputError(f"--array: {exc}") from None
+    assert each_line is not None
+    source = "<stdin>" if each_line == "-" else each_line
+    try:
+        return arrays.items_from_lines(read_text(each_line))
+    except ValueError as exc:
+        raise InputError(f"--each-line: {source}: {exc}") from None
+
+
+def read_text(file: str) -> str:
+    """The text of FILE ('-': standard input), as UTF-8."""
+    if file == "-":
+        stdin = getattr(sys.stdin, "buffer", None)
+        data: bytes | str = stdin.read() if stdin is not None else sys.stdin.read()
+    else:
+        try:
+            data = Path(file).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read the file: {exc.strerror or exc}") from None
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"line {line} is not UTF-8 text") from None
+
+
+def format_add_result(result: AddResult) -> str:
+    line = f"added {result.added}, {result.existed} already existed"
+    if result.requeued:
+        line += f", {result.requeued} requeued"
+    return line
+
+
+def add(
+    ctx: typer.Context,
+    command: Annotated[list[str] | None, typer.Argument(
+        metavar="CMD...", show_default=False,
+        help="The command (words joined with spaces). Options go before it.")] = None,
+    file: Annotated[str | None, typer.Option(
+        "--file", "-f", metavar="FILE|-", help="Read jobs from FILE ('-': standard input).")
+    ] = None,
+    input_format: Annotated[InputFormat | None, typer.Option(
+        "--format", help="Format of FILE (default: auto).", show_default=False)] = None,
+    array: Annotated[str | None, typer.Option(
+        metavar="SPEC", help="One job per number: 1-100, 1-100:10, 1,5,9; {} in CMD is the "
+        "number.")] = None,
+    each_line: Annotated[str | None, typer.Option(
+        metavar="FILE|-", help="One job per non-blank line of FILE; {} in CMD is the line.")
+    ] = None,
+    cwd: Annotated[str | None, typer.Option(
+        metavar="DIR", help="Working directory (default: this one).")] = None,
+    group: Annotated[str | None, typer.Option(
+        "--group", "-g", help="Group, for reports and bulk actions (default: default).")
+    ] = None,
+    priority: Annotated[int | None, typer.Option(
+        help="Higher runs first (default: 0).")] = None,
+    retries: Annotated[int | None, typer.Option(
+        help="Attempts after a failure (default: 0).")] = None,
+    cores: Annotated[int | None, typer.Option(help="Cores needed (default: 1).")] = None,
+    memory: Annotated[str | None, typer.Option(
+        metavar="SIZE", help="Memory needed: 512M, 8G (bare numbers are MB).")] = None,
+    gpus: Annotated[int | None, typer.Option(metavar="N", help="GPUs needed (default: 0).")
+    ] = None,
+    resource: Annotated[list[str] | None, typer.Option(
+        metavar="NAME=N", help="A named resource needed, e.g. license=1 (repeatable).")] = None,
+    run_time: Annotated[str | None, typer.Option(
+        "--time", metavar="DURATION", help="Expected run time: 90s, 30m, 1h30m.")] = None,
+    time_limit: Annotated[str | None, typer.Option(
+        metavar="DURATION", help="Kill the job after this long.")] = None,
+    req_group: Annotated[str | None, typer.Option(
+        metavar="NAME", help="Requirements group: jobs alike, whose needs are learned.")
+    ] = None,
+    grow_memory: Annotated[bool, typer.Option(
+        "--grow-memory", help="Killed for using more memory than asked: retry with more.")
+    ] = False,
+    after: Annotated[list[str] | None, typer.Option(
+        metavar="ID|group:G",
+        help="Run after this job, or every job of a group, has succeeded (repeatable).")
+    ] = None,
+    after_any: Annotated[list[str] | None, typer.Option(
+        metavar="ID|group:G",
+        help="Run after this job, or every job of a group, has ended, however (repeatable).")
+    ] = None,
+    limit: Annotated[list[str] | None, typer.Option(
+        metavar="NAME[:N]", help="A named concurrency limit; :N sets its cap (repeatable).")
+    ] = None,
+    env: Annotated[list[str] | None, typer.Option(
+        metavar="K=V", help="Environment variable; K alone copies it from here (repeatable).")
+    ] = None,
+    on: Annotated[str | None, typer.Option(
+        metavar="WORKER|K=V", help="Run on this worker only, or on workers with this label.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="A name for the job.")] = None,
+    rerun: Annotated[bool, typer.Option(
+        "--rerun", help="Queue again the jobs already added that have ended.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Add jobs: a command, a file of them, or an array of one command.
+
+    A (cmd, cwd) already added is not added again (see --rerun).
+    With -f, the flags are defaults: a line's own options win.
+    With --array or --each-line, each {} in CMD and --name becomes the item.
+    Each job gets SHOAL_ARRAY_INDEX and SHOAL_ARRAY_ITEM; all are added at once.
+    """
+    check_job_source(command, file, array, each_line)
+    if input_format is not None and file is None:
+        raise InputError("--format applies to -f FILE only")
+    defaults = job_defaults(
+        cwd=cwd, group=group, priority=priority, retries=retries, cores=cores, memory=memory,
+        run_time=run_time, time_limit=time_limit, gpus=gpus, resources=resource,
+        req_group=req_group, grow_memory=grow_memory, after=after, after_any=after_any,
+        limits=limit, env=env, on_worker=on, name=name,
+    )
+    specs: Sequence[JobSpec | dict[str, Any]]
+    if array is not None or each_line is not None:
+        assert command
+        specs = jobs_from_array(command, defaults, array=array, each_line=each_line)
+    elif command:
+        specs = specs_from_command(command, defaults)
+    else:
+        assert file is not None
+        specs = specs_from_file(file, input_format or InputFormat.AUTO, defaults)
+    result = session_of(ctx).client().add(specs, rerun=rerun, progress=_add_progress(specs))
+    if as_json:
+        render.print_json(dataclasses.asdict(result))
+    else:
+        print(format_add_result(result))
+
+
+def _add_progress(specs: Sequence[Any]) -> Callable[[int], None] | None:
+    """On a terminal, how much of a large add (sent in chunks) has gone."""
+    if not sys.stderr.isatty():
+        return None
+    total = len(specs)
+
+    def show(sent: int) -> None:
+        end = "\n" if sent >= total else ""
+        print(f"\rsent {sent:,} of {total:,} jobs", end=end, file=sys.stderr, flush=True)
+    return show
