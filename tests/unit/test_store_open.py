@@ -44,3 +44,17 @@ def test_the_holder_of_a_live_attempt_is_kept_across_a_restart(tmp_path: Path) -
     store.close()
     [job] = Store(tmp_path / "shoal.db").load_jobs()
     assert job.state is JobState.RUNNING and job.holder == holder
+
+
+def test_jobs_read_back_do_not_share_their_lists(tmp_path: Path) -> None:
+    """Texts decoded once are handed out as copies: one job's limits are its own."""
+    store = Store(tmp_path / "shoal.db")
+    reactor = Reactor([], next_job_id=1, next_lease_id=1)
+    plan = reactor.plan_add([spec(f"echo {n}", limits=["db"], env={"A": "1"})
+                             for n in range(3)], rerun=False, now=0.0)
+    store.add_jobs(plan.new_jobs, reactor.journal_of_new(plan, 0.0))
+    first, second, third = store.load_jobs()
+    first.limits.append("other")
+    first.env["B"] = "2"
+    assert (second.limits, second.env) == (["db"], {"A": "1"})
+    assert third.limits is not second.limits

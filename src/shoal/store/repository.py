@@ -133,13 +133,33 @@ def _mutable_row(job: Job) -> tuple[object, ...]:
     )
 
 
+_DECODED: dict[str, Any] = {}  # text -> its value: jobs of one add share their lists
+_DECODED_MAX = 4096
+_STATE_OF = {state.value: state for state in JobState}
+
+
 def _json(text: object) -> Any:
-    """Most rows hold empty collections: skip the decoder for those (it is most of a load)."""
+    """Most rows hold empty collections, and the rest of an add's jobs the same few (their
+    limits, their env): decode each text once, and give every job a copy of its own."""
     if text == "[]":
         return []
     if text == "{}":
         return {}
-    return json.loads(str(text))
+    key = str(text)
+    value = _DECODED.get(key)
+    if value is None:
+        value = json.loads(key)
+        if len(_DECODED) < _DECODED_MAX and _flat(value):
+            _DECODED[key] = value
+        return value
+    return value.copy()  # flat: a shallow copy is a whole one
+
+
+def _flat(value: Any) -> bool:
+    """A list or dict of plain values (strings, numbers): what a shallow copy copies whole."""
+    items = value.values() if isinstance(value, dict) else value
+    return isinstance(value, list | dict) and all(
+        isinstance(item, str | int | float | bool) for item in items)
 
 
 def _job_from_row(row: Any) -> Job:  # a row of _JOB_COLUMNS, as SQLite returns it
@@ -153,7 +173,7 @@ def _job_from_row(row: Any) -> Job:  # a row of _JOB_COLUMNS, as SQLite returns 
         priority=priority, retries=retries, cores=cores, memory_bytes=memory_bytes,
         time_seconds=time_seconds, time_limit_seconds=time_limit_seconds,
         req_group=req_group, dependencies=_json(dependencies),
-        limits=_json(limits), on_worker=on_worker, state=JobState(state),
+        limits=_json(limits), on_worker=on_worker, state=_STATE_OF[state],
         fail_reason=fail_reason, exit_code=exit_code, attempts=attempts,
         lost_attempts=lost_attempts, worker=worker, host=host, pid=pid,
         lease_id=lease_id, added_at=added_at, queued_at=queued_at,
