@@ -328,3 +328,47 @@ stage = 1
             assert_no_processes_left(bed, accounts)
         finally:
             cluster.stop()
+
+
+def test_netjobs_targets_are_reached_over_ssh_with_the_flag(
+        tmp_path: Path, bed: SshBed, shared_shoal: Path) -> None:
+    """A NetJobs file names its targets as NetJobs does (an address, no ssh://): with --ssh,
+    each gets a worker over SSH for the run; without it, they match no worker."""
+    import json
+
+    with namespace_hosts(2) as hosts:
+        cluster = server_on(hosts, tmp_path)
+        try:
+            accounts = [bed.add_account() for _ in range(2)]
+            daemons = [bed.start_sshd(hosts.address(k), 22, netns=hosts.names[k],
+                                      path=f"{shared_shoal}:{DEFAULT_PATH}") for k in range(2)]
+            for daemon in daemons:
+                bed.trust(daemon)
+            env = bed.client_env(cluster.env)
+            # NetJobs names a target by its host alone: the user comes from ~/.ssh/config.
+            ssh_config = Path(env["HOME"]) / ".ssh" / "config"
+            ssh_config.parent.mkdir(mode=0o700, exist_ok=True)
+            with ssh_config.open("a") as out:
+                for account, daemon in zip(accounts, daemons, strict=True):
+                    out.write(f"Host {daemon.address}\n    User {account.name}\n")
+            targets = [daemon.address for daemon in daemons]
+            config = tmp_path / "netjobs.txt"
+            config.write_text("pair:\n-generaltimeout: 120s\n"
+                              + "".join(f'{target}: "id -un"\n' for target in targets)
+                              + "end\n")
+            refused = cluster.cli("ensemble", "run", str(config), env=env, cwd=tmp_path)
+            assert refused.returncode == 2 and "matches no connected worker" in refused.stderr
+            result = cluster.cli("ensemble", "run", str(config), "--ssh", "--json",
+                                 "--log-dir", str(tmp_path / "runs"), env=env, timeout=600,
+                                 cwd=tmp_path)
+            assert result.returncode == 0, result.stdout + result.stderr
+            [snapshot] = json.loads(result.stdout)
+            assert snapshot["state"] == "done", snapshot
+            users = sorted(cluster.cli("logs", str(c["job_id"]), env=env).stdout.split()[0]
+                           for c in snapshot["components"])
+            assert users == sorted(a.name for a in accounts)
+            workers = cluster.api("GET", "/workers")["workers"]
+            assert not [w for w in workers if w["connected"]], workers
+            assert_no_processes_left(bed, accounts)
+        finally:
+            cluster.stop()

@@ -111,6 +111,10 @@ def run_command(
         "--verbose", "-v", help="Print a line as each component changes state.")] = False,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="Print only the results, not each component's output.")] = False,
+    ssh: Annotated[bool, typer.Option(
+        "--ssh", help="Reach a host no connected worker answers to over SSH (as NetJobs and "
+        "remote_runner do): a worker is started there for the run, and stopped after it.")
+    ] = False,
 ) -> None:
     """Run the ensembles of FILE: send files, start stages together, collect results.
 
@@ -172,7 +176,7 @@ def run_command(
         options.detach = not local
         observer.start_attached(backend)
         placement = resolve_hosts(backend, ensembles, workdir=Path.cwd(),
-                                  allow_temporary=not local)
+                                  allow_temporary=not local, ssh=ssh)
         for line in placement.notes:
             note(line)
         outcomes: list[Outcome] = []

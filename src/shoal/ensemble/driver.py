@@ -260,7 +260,7 @@ def run_file(backend: EnsembleBackend, path: Path, *, no_kill: bool = False,
              always_copy: bool = False, sequential: bool = False,
              muddler: Path | None = None, extra_args: str | None = None,
              arg_parser: Path | None = None, workdir: Path | None = None,
-             observer: Observer | None = None) -> list[dict[str, Any]]:
+             observer: Observer | None = None, ssh: bool = False) -> list[dict[str, Any]]:
     """Load a file's ensembles and run them on `backend` (the Python API's way): their last
     snapshots. Temporary workers started for `localhost` are stopped afterwards, unless a
     run left services running on them."""
@@ -272,7 +272,7 @@ def run_file(backend: EnsembleBackend, path: Path, *, no_kill: bool = False,
                                arg_parser=arg_parser)
     root = path.resolve().parent
     manifests = [build_manifests(ensemble, root) for ensemble in ensembles]
-    placement = resolve_hosts(backend, ensembles, workdir=workdir or Path.cwd())
+    placement = resolve_hosts(backend, ensembles, workdir=workdir or Path.cwd(), ssh=ssh)
     outcomes: list[Outcome] = []
     try:
         outcomes = run_ensembles(backend, ensembles, manifests,

@@ -114,13 +114,16 @@ class Placement:
 def resolve_hosts(source: WorkerSource, ensembles: Sequence[Ensemble], *, workdir: Path,
                   allow_temporary: bool = True,
                   start_worker: Callable[[Path], TemporaryWorker] = TemporaryWorker.start,
-                  ) -> Placement:
-    """The workers this machine resolves for the hosts of `ensembles`."""
+                  ssh: bool = False) -> Placement:
+    """The workers this machine resolves for the hosts of `ensembles`. `ssh://` hosts get a
+    worker started over SSH for the run; with `ssh`, so does any other host that no connected
+    worker answers to (NetJobs targets, remote_runner hosts: reached as the tools reach them)."""
     hosts = {c.host for e in ensembles for c in e.components}
     placement = Placement()
     if LOCALHOST in hosts:
         _resolve_localhost(source, placement, workdir, allow_temporary, start_worker)
-    remote = sorted(host for host in hosts if is_ssh_host(host))
+    remote = sorted(host for host in hosts if is_ssh_host(host)
+                    or (ssh and host != LOCALHOST and host not in _answered(source)))
     if remote and allow_temporary:  # remote_runner's model: workers over SSH for the run
         from shoal.provision.temporary import EnsembleWorkers
 
@@ -130,6 +133,12 @@ def resolve_hosts(source: WorkerSource, ensembles: Sequence[Ensemble], *, workdi
         placement.notes += [f"{host}: temporary worker {name}, started over SSH"
                             for host, name in placement.ssh.placed.items()]
     return placement
+
+
+def _answered(source: WorkerSource) -> set[str]:
+    """The names, host names and addresses connected workers answer to."""
+    return {str(worker[key]) for worker in source.workers() if worker.get("connected")
+            for key in ("name", "host", "address") if worker.get(key)}
 
 
 def _resolve_localhost(source: WorkerSource, placement: Placement, workdir: Path,
