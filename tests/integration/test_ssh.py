@@ -3,6 +3,7 @@ test accounts with their own homes, a real server on the bridge."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,25 @@ def server_on(hosts: Hosts, tmp_path: Path) -> Cluster:
     return cluster
 
 
+@contextlib.contextmanager
+def ssh_hosts(count: int, tmp_path: Path, bed: SshBed, shared_shoal: Path
+              ) -> Iterator[tuple[Cluster, list[Account], list[Sshd], dict[str, str]]]:
+    """`count` namespace hosts, each with an sshd (trusted) and a test account, a server on
+    their bridge, and the environment of a client that logs in to them."""
+    with namespace_hosts(count) as hosts:
+        cluster = server_on(hosts, tmp_path)
+        try:
+            accounts = [bed.add_account() for _ in range(count)]
+            daemons = [bed.start_sshd(hosts.address(k), 22, netns=hosts.names[k],
+                                      path=f"{shared_shoal}:{DEFAULT_PATH}")
+                       for k in range(count)]
+            for daemon in daemons:
+                bed.trust(daemon)
+            yield cluster, accounts, daemons, bed.client_env(cluster.env)
+        finally:
+            cluster.stop()
+
+
 def add_job(cluster: Cluster, cmd: str, worker: str) -> int:
     answer = cluster.api("POST", "/jobs", json={"jobs": [
         {"cmd": cmd, "cwd": "/", "on_worker": worker}]})
@@ -72,46 +92,36 @@ def assert_no_processes_left(bed: SshBed, accounts: list[Account]) -> None:
 
 def test_up_on_four_hosts_runs_jobs_on_each_and_down_leaves_nothing(
         tmp_path: Path, bed: SshBed, shared_shoal: Path) -> None:
-    with namespace_hosts(4) as hosts:
-        cluster = server_on(hosts, tmp_path)
-        try:
-            accounts = [bed.add_account() for _ in range(4)]
-            daemons = [bed.start_sshd(hosts.address(k), 22, netns=hosts.names[k],
-                                      path=f"{shared_shoal}:{DEFAULT_PATH}") for k in range(4)]
-            for daemon in daemons:
-                bed.trust(daemon)
-            env = bed.client_env(cluster.env)
-            specs = [f"ssh://{a.name}@{d.address}" for a, d in zip(accounts, daemons, strict=True)]
-            up = cluster.cli("up", *specs, env=env, timeout=600)
-            assert up.returncode == 0, up.stdout + up.stderr
-            workers = {w["name"]: w for w in cluster.api("GET", "/workers")["workers"]}
-            names = [f"{a.name}@{d.address}" for a, d in zip(accounts, daemons, strict=True)]
-            for name in names:
-                assert workers[name]["connected"] and workers[name]["provider"] == "ssh"
-            table = cluster.cli("workers", env=env).stdout
-            assert "STARTED BY" in table and table.count(" ssh") >= 4
-            # No token on any command line there.
-            token = cluster.join.split("@")[0].removeprefix("shoal://")
-            for account in accounts:
-                for process in bed.account_processes(account):
-                    assert token not in " ".join(process.info.get("cmdline") or [])
-            ids = [add_job(cluster, f"id -un; : {name}", name) for name in names]
-            for job_id, account in zip(ids, accounts, strict=True):
-                job = cluster.wait_state(job_id, "done", "failed", timeout=120)
-                assert job["state"] == "done", job
-                assert cluster.cli("logs", str(job_id), env=env).stdout.strip() == account.name
-            # Up again: nothing new is started.
-            again = cluster.cli("up", *specs, env=env, timeout=600)
-            assert again.returncode == 0 and again.stdout.count("already up") == 4, again.stdout
-            # A long job on one host: down stops it too.
-            cluster.wait_state(add_job(cluster, "sleep 600", names[0]), "running", timeout=60)
-            down = cluster.cli("down", env=env, timeout=600)
-            assert down.returncode == 0, down.stdout + down.stderr
-            assert down.stdout.count("stopped") == 4, down.stdout
-            assert_no_processes_left(bed, accounts)
-            assert not (cluster.home / "ssh-workers.json").read_text().count('"pid"')
-        finally:
-            cluster.stop()
+    with ssh_hosts(4, tmp_path, bed, shared_shoal) as (cluster, accounts, daemons, env):
+        specs = [f"ssh://{a.name}@{d.address}" for a, d in zip(accounts, daemons, strict=True)]
+        up = cluster.cli("up", *specs, env=env, timeout=600)
+        assert up.returncode == 0, up.stdout + up.stderr
+        workers = {w["name"]: w for w in cluster.api("GET", "/workers")["workers"]}
+        names = [f"{a.name}@{d.address}" for a, d in zip(accounts, daemons, strict=True)]
+        for name in names:
+            assert workers[name]["connected"] and workers[name]["provider"] == "ssh"
+        table = cluster.cli("workers", env=env).stdout
+        assert "STARTED BY" in table and table.count(" ssh") >= 4
+        # No token on any command line there.
+        token = cluster.join.split("@")[0].removeprefix("shoal://")
+        for account in accounts:
+            for process in bed.account_processes(account):
+                assert token not in " ".join(process.info.get("cmdline") or [])
+        ids = [add_job(cluster, f"id -un; : {name}", name) for name in names]
+        for job_id, account in zip(ids, accounts, strict=True):
+            job = cluster.wait_state(job_id, "done", "failed", timeout=120)
+            assert job["state"] == "done", job
+            assert cluster.cli("logs", str(job_id), env=env).stdout.strip() == account.name
+        # Up again: nothing new is started.
+        again = cluster.cli("up", *specs, env=env, timeout=600)
+        assert again.returncode == 0 and again.stdout.count("already up") == 4, again.stdout
+        # A long job on one host: down stops it too.
+        cluster.wait_state(add_job(cluster, "sleep 600", names[0]), "running", timeout=60)
+        down = cluster.cli("down", env=env, timeout=600)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert down.stdout.count("stopped") == 4, down.stdout
+        assert_no_processes_left(bed, accounts)
+        assert not (cluster.home / "ssh-workers.json").read_text().count('"pid"')
 
 
 def test_bootstrap_installs_offline_where_shoal_is_missing(
@@ -284,19 +294,11 @@ def test_ensemble_over_ssh_hosts_starts_and_stops_its_workers(
         tmp_path: Path, bed: SshBed, shared_shoal: Path) -> None:
     import json
 
-    with namespace_hosts(2) as hosts:
-        cluster = server_on(hosts, tmp_path)
-        try:
-            accounts = [bed.add_account() for _ in range(2)]
-            daemons = [bed.start_sshd(hosts.address(k), 22, netns=hosts.names[k],
-                                      path=f"{shared_shoal}:{DEFAULT_PATH}") for k in range(2)]
-            for daemon in daemons:
-                bed.trust(daemon)
-            env = bed.client_env(cluster.env)
-            server_host, client_host = (f"ssh://{a.name}@{d.address}"
-                                        for a, d in zip(accounts, daemons, strict=True))
-            spec = tmp_path / "pair.toml"
-            spec.write_text(f"""
+    with ssh_hosts(2, tmp_path, bed, shared_shoal) as (cluster, accounts, daemons, env):
+        server_host, client_host = (f"ssh://{a.name}@{d.address}"
+                                    for a, d in zip(accounts, daemons, strict=True))
+        spec = tmp_path / "pair.toml"
+        spec.write_text(f"""
 name = "pair"
 timeout = "120s"
 
@@ -312,22 +314,20 @@ host = "{client_host}"
 command = "id -un"
 stage = 1
 """)
-            result = cluster.cli("ensemble", "run", str(spec), "--json", "--log-dir",
-                                 str(tmp_path / "runs"), env=env, timeout=600, cwd=tmp_path)
-            assert result.returncode == 0, result.stdout + result.stderr
-            [snapshot] = json.loads(result.stdout)
-            assert snapshot["state"] == "done", snapshot
-            parts = {c["name"]: c for c in snapshot["components"]}
-            assert parts["server"]["state"] == "killed"  # a service, stopped at the end
-            assert parts["client"]["state"] == "done"
-            for name, account in (("server", accounts[0]), ("client", accounts[1])):
-                logs = cluster.cli("logs", str(parts[name]["job_id"]), env=env).stdout
-                assert logs.split()[0] == account.name
-            workers = cluster.api("GET", "/workers")["workers"]
-            assert not [w for w in workers if w["connected"]], workers
-            assert_no_processes_left(bed, accounts)
-        finally:
-            cluster.stop()
+        result = cluster.cli("ensemble", "run", str(spec), "--json", "--log-dir",
+                             str(tmp_path / "runs"), env=env, timeout=600, cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        [snapshot] = json.loads(result.stdout)
+        assert snapshot["state"] == "done", snapshot
+        parts = {c["name"]: c for c in snapshot["components"]}
+        assert parts["server"]["state"] == "killed"  # a service, stopped at the end
+        assert parts["client"]["state"] == "done"
+        for name, account in (("server", accounts[0]), ("client", accounts[1])):
+            logs = cluster.cli("logs", str(parts[name]["job_id"]), env=env).stdout
+            assert logs.split()[0] == account.name
+        workers = cluster.api("GET", "/workers")["workers"]
+        assert not [w for w in workers if w["connected"]], workers
+        assert_no_processes_left(bed, accounts)
 
 
 def test_netjobs_targets_are_reached_over_ssh_with_the_flag(
@@ -336,39 +336,29 @@ def test_netjobs_targets_are_reached_over_ssh_with_the_flag(
     each gets a worker over SSH for the run; without it, they match no worker."""
     import json
 
-    with namespace_hosts(2) as hosts:
-        cluster = server_on(hosts, tmp_path)
-        try:
-            accounts = [bed.add_account() for _ in range(2)]
-            daemons = [bed.start_sshd(hosts.address(k), 22, netns=hosts.names[k],
-                                      path=f"{shared_shoal}:{DEFAULT_PATH}") for k in range(2)]
-            for daemon in daemons:
-                bed.trust(daemon)
-            env = bed.client_env(cluster.env)
-            # NetJobs names a target by its host alone: the user comes from ~/.ssh/config.
-            ssh_config = Path(env["HOME"]) / ".ssh" / "config"
-            ssh_config.parent.mkdir(mode=0o700, exist_ok=True)
-            with ssh_config.open("a") as out:
-                for account, daemon in zip(accounts, daemons, strict=True):
-                    out.write(f"Host {daemon.address}\n    User {account.name}\n")
-            targets = [daemon.address for daemon in daemons]
-            config = tmp_path / "netjobs.txt"
-            config.write_text("pair:\n-generaltimeout: 120s\n"
-                              + "".join(f'{target}: "id -un"\n' for target in targets)
-                              + "end\n")
-            refused = cluster.cli("ensemble", "run", str(config), env=env, cwd=tmp_path)
-            assert refused.returncode == 2 and "matches no connected worker" in refused.stderr
-            result = cluster.cli("ensemble", "run", str(config), "--ssh", "--json",
-                                 "--log-dir", str(tmp_path / "runs"), env=env, timeout=600,
-                                 cwd=tmp_path)
-            assert result.returncode == 0, result.stdout + result.stderr
-            [snapshot] = json.loads(result.stdout)
-            assert snapshot["state"] == "done", snapshot
-            users = sorted(cluster.cli("logs", str(c["job_id"]), env=env).stdout.split()[0]
-                           for c in snapshot["components"])
-            assert users == sorted(a.name for a in accounts)
-            workers = cluster.api("GET", "/workers")["workers"]
-            assert not [w for w in workers if w["connected"]], workers
-            assert_no_processes_left(bed, accounts)
-        finally:
-            cluster.stop()
+    with ssh_hosts(2, tmp_path, bed, shared_shoal) as (cluster, accounts, daemons, env):
+        # NetJobs names a target by its host alone: the user comes from ~/.ssh/config.
+        ssh_config = Path(env["HOME"]) / ".ssh" / "config"
+        ssh_config.parent.mkdir(mode=0o700, exist_ok=True)
+        with ssh_config.open("a") as out:
+            for account, daemon in zip(accounts, daemons, strict=True):
+                out.write(f"Host {daemon.address}\n    User {account.name}\n")
+        targets = [daemon.address for daemon in daemons]
+        config = tmp_path / "netjobs.txt"
+        config.write_text("pair:\n-generaltimeout: 120s\n"
+                          + "".join(f'{target}: "id -un"\n' for target in targets)
+                          + "end\n")
+        refused = cluster.cli("ensemble", "run", str(config), env=env, cwd=tmp_path)
+        assert refused.returncode == 2 and "matches no connected worker" in refused.stderr
+        result = cluster.cli("ensemble", "run", str(config), "--ssh", "--json",
+                             "--log-dir", str(tmp_path / "runs"), env=env, timeout=600,
+                             cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        [snapshot] = json.loads(result.stdout)
+        assert snapshot["state"] == "done", snapshot
+        users = sorted(cluster.cli("logs", str(c["job_id"]), env=env).stdout.split()[0]
+                       for c in snapshot["components"])
+        assert users == sorted(a.name for a in accounts)
+        workers = cluster.api("GET", "/workers")["workers"]
+        assert not [w for w in workers if w["connected"]], workers
+        assert_no_processes_left(bed, accounts)
