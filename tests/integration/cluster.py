@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,7 +10,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,20 @@ class Cluster:
     def wait_state(self, job_id: int, *states: str, timeout: float = 30) -> dict[str, Any]:
         return wait_until(lambda: (job := self.job(job_id))["state"] in states and job,  # type: ignore[no-any-return]
                           timeout=timeout, message=f"job {job_id} to be {'/'.join(states)}")
+
+
+@contextlib.contextmanager
+def running_cluster(tmp_path: Path, *server_args: str,
+                    workers: Sequence[tuple[str, int]] = ()) -> Iterator[Cluster]:
+    """A real server (started with `server_args`) and real workers (name, cores) in
+    `tmp_path`, all stopped afterwards."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    instance = Cluster(tmp_path / "home", logs)
+    try:
+        instance.start_server(*server_args)
+        for name, cores in workers:
+            instance.start_worker(name, cores)
+        yield instance
+    finally:
+        instance.stop()

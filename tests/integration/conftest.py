@@ -5,33 +5,19 @@ from pathlib import Path
 
 import pytest
 
-from .cluster import Cluster
+from .cluster import Cluster, running_cluster
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     """A real server with two real workers of two cores each."""
-    home = tmp_path / "home"
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    instance = Cluster(home, logs)
-    try:
-        instance.start_server("--retry-base", "0.2", "--lease-timeout", "3", "--lost-grace", "1")
-        instance.start_worker("w1", 2)
-        instance.start_worker("w2", 2)
+    with running_cluster(tmp_path, "--retry-base", "0.2", "--lease-timeout", "3",
+                         "--lost-grace", "1", workers=[("w1", 2), ("w2", 2)]) as instance:
         yield instance
-    finally:
-        instance.stop()
 
 
 @pytest.fixture
 def secure(tmp_path: Path) -> Iterator[Cluster]:
     """A real server over TLS, with its defaults and no workers."""
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    instance = Cluster(tmp_path / "home", logs)
-    try:
-        instance.start_server()
+    with running_cluster(tmp_path) as instance:
         yield instance
-    finally:
-        instance.stop()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from .cluster import Cluster, wait_until
+from .cluster import Cluster, running_cluster, wait_until
 
 
 def restart(cluster: Cluster) -> None:
@@ -153,17 +153,10 @@ def test_ended_jobs_are_removed_in_bulk_and_by_age(cluster: Cluster) -> None:
 
 
 def test_a_server_keeps_history_only_as_long_as_asked(tmp_path: Path) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    instance = Cluster(tmp_path / "home", logs)
-    try:
-        instance.start_server("--keep-history", "2s")
-        instance.start_worker("w1", 2)
+    with running_cluster(tmp_path, "--keep-history", "2s", workers=[("w1", 2)]) as instance:
         ids = instance.api("POST", "/jobs", json={"jobs": [
             {"cmd": f"echo {i}", "cwd": "/"} for i in range(5)]})["ids"]
         for job_id in ids:
             instance.wait_state(job_id, "done")
         wait_until(lambda: instance.api("GET", "/status")["totals"] == {}, timeout=30,
                    message="history older than 2 s to be removed")
-    finally:
-        instance.stop()

@@ -21,7 +21,7 @@ import httpx
 import psutil
 import pytest
 
-from .cluster import Cluster
+from .cluster import Cluster, running_cluster
 
 pytestmark = pytest.mark.timeout(180)
 MB = 1_000_000
@@ -30,15 +30,9 @@ MB = 1_000_000
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Cluster]:
     """A real server over TLS, with one worker and a short lease: a stalled server loses it."""
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    instance = Cluster(tmp_path / "home", logs)
-    try:
-        instance.start_server("--lease-timeout", "3", "--lost-grace", "1")
-        instance.start_worker("w1", 1)
+    with running_cluster(tmp_path, "--lease-timeout", "3", "--lost-grace", "1",
+                         workers=[("w1", 1)]) as instance:
         yield instance
-    finally:
-        instance.stop()
 
 
 def address_of(cluster: Cluster) -> tuple[str, int]:

@@ -34,7 +34,7 @@ from shoal.core.protocol import (
     encode,
 )
 
-from .cluster import Cluster, wait_until
+from .cluster import Cluster, running_cluster, wait_until
 
 FORGED = "FORGED BY evil"
 
@@ -42,15 +42,9 @@ FORGED = "FORGED BY evil"
 @pytest.fixture
 def honest(tmp_path: Path) -> Iterator[Cluster]:
     """A real server (short lease and grace) with one real worker, w1, of two cores."""
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    instance = Cluster(tmp_path / "home", logs)
-    try:
-        instance.start_server("--lease-timeout", "3", "--lost-grace", "1")
-        instance.start_worker("w1", 2)
+    with running_cluster(tmp_path, "--lease-timeout", "3", "--lost-grace", "1",
+                         workers=[("w1", 2)]) as instance:
         yield instance
-    finally:
-        instance.stop()
 
 
 def worker_token(cluster: Cluster, name: str) -> str:

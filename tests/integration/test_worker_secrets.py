@@ -15,20 +15,14 @@ import pytest
 
 from tests.system import require
 
-from .cluster import SHOAL, Cluster, wait_until
+from .cluster import SHOAL, Cluster, running_cluster, wait_until
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Cluster]:
     """A real server, no workers yet."""
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    instance = Cluster(tmp_path / "home", logs)
-    try:
-        instance.start_server()
+    with running_cluster(tmp_path) as instance:
         yield instance
-    finally:
-        instance.stop()
 
 
 def start_worker(server: Cluster, tmp_path: Path, name: str, args: list[str],
