@@ -241,17 +241,22 @@ def pack(demand: Sequence[Demand], slots: Sequence[Slot]) -> list[Demand]:
     """Fill the slots (first fit, largest shapes first); returns what did not fit."""
     left: list[Demand] = []
     for item in _largest_first(demand):
-        remaining = item.count
-        for slot in slots:
-            if remaining == 0:
-                break
-            placed = min(remaining, _per_slot(item.shape, slot))
-            if placed:
-                _take(item.shape, slot, placed)
-                remaining -= placed
+        remaining = _fill(item.shape, item.count, slots)
         if remaining:
             left.append(Demand(item.shape, remaining))
     return left
+
+
+def _fill(shape: Shape, count: int, slots: Sequence[Slot]) -> int:
+    """Place up to `count` jobs of `shape` in `slots`, first fit; how many did not fit."""
+    for slot in slots:
+        if count == 0:
+            break
+        placed = min(count, _per_slot(shape, slot))
+        if placed:
+            _take(shape, slot, placed)
+            count -= placed
+    return count
 
 
 def fresh_slot(settings: QueueSettings, shape: WorkerShape) -> Slot:
@@ -279,14 +284,7 @@ def workers_needed(demand: Sequence[Demand], settings: QueueSettings, shape: Wor
         return 0
     bins: list[Slot] = []
     for item in _largest_first(demand):
-        remaining = item.count
-        for slot in bins:
-            if remaining == 0:
-                break
-            placed = min(remaining, _per_slot(item.shape, slot))
-            if placed:
-                _take(item.shape, slot, placed)
-                remaining -= placed
+        remaining = _fill(item.shape, item.count, bins)
         while remaining and len(bins) < most:
             slot = fresh_slot(settings, shape)
             per = _per_slot(item.shape, slot)
