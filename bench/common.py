@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -15,3 +17,8 @@ def replace_section(path: Path, start: str, end: str, body: str, *, scaffold: st
     tail = rest.split(end, 1)[1]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"{head}{start}\n{body}{end}{tail}")
+
+
+def seconds_cell(values: Sequence[float]) -> str:
+    """A table cell of measured seconds: the median, with the range of the rounds."""
+    return f"{statistics.median(values):.2f} s ({min(values):.2f}-{max(values):.2f})"

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import replace_section  # noqa: E402
+from common import replace_section, seconds_cell  # noqa: E402
 from throughput import machine  # noqa: E402
 
 from shoal.provision.engine import shoal_executable, write_private  # noqa: E402
@@ -137,8 +137,7 @@ def report(times: dict[str, list[float]], rounds: int) -> str:
              f"{rounds} interleaved rounds (min-max in brackets).\n",
              "| how | queued demand → first job running |", "|---|---|"]
     for label, values in times.items():
-        lines.append(f"| {LABELS[label]} | {statistics.median(values):.2f} s "
-                     f"({min(values):.2f}-{max(values):.2f}) |")
+        lines.append(f"| {LABELS[label]} | {seconds_cell(values)} |")
     extra = statistics.median(times["shoal"]) - statistics.median(times["by hand"])
     lines.append(f"\nThe queue's own share, against submitting the worker by hand: {extra:+.2f} s "
                  "(within the rounds' spread: it hears of queued jobs through the server's "

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import replace_section  # noqa: E402
+from common import replace_section, seconds_cell  # noqa: E402
 from throughput import machine  # noqa: E402
 
 from tests.hosts import namespace_hosts  # noqa: E402
@@ -123,8 +123,7 @@ def report(times: dict[str, list[float]], rounds: int) -> str:
             "serial": "`shoal up --parallel 1` (one at a time)",
             "ssh loop": "OpenSSH `ssh` loop, one at a time (the peer)"}
     for label, values in times.items():
-        lines.append(f"| {what[label]} | {statistics.median(values):.2f} s "
-                     f"({min(values):.2f}-{max(values):.2f}) |")
+        lines.append(f"| {what[label]} | {seconds_cell(values)} |")
     ratio = statistics.median(times["serial"]) / statistics.median(times["parallel"])
     lines.append(f"\nIn parallel, `shoal up` is {ratio:.1f}x faster than one at a time.\n")
     return "\n".join(lines) + "\n"
