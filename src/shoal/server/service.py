@@ -519,10 +519,8 @@ class Service:
                 else []
             data["pending_reason"] = self.reactor.pending_reason(job, capacities)
             listed.append(data)
-        counted = not (query.name or query.cmd_contains or query.worker
-                       or query.exit_code is not None or query.ended_after is not None
-                       or query.ended_before is not None)
-        total = self.reactor.total(query.states, query.group, query.owner) if counted else None
+        total = self.reactor.total(query.states, query.group, query.owner) \
+            if query.counted else None
         next_after = page[-1] if len(page) == limit else None
         return {"jobs": listed, "total": total, "next_after_id": next_after}
 

@@ -6,6 +6,7 @@ transaction, so a batch of transitions costs one commit, not one per job.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import sqlite3
@@ -65,6 +66,12 @@ class JobQuery:
     exit_code: int | None = None
     ended_after: float | None = None
     ended_before: float | None = None
+
+    @property
+    def counted(self) -> bool:
+        """Whether the server's kept counts answer how many match: by state, group and owner
+        only."""
+        return dataclasses.replace(self, states=(), group=None, owner=None) == JobQuery()
 
     def where(self) -> tuple[str, list[object]]:
         clauses: list[str] = []
