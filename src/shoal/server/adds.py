@@ -29,12 +29,14 @@ class ChunkedAdds:
         now = self.service.clock()
         self.staged.expire(now - STAGED_HOURS * 3600)
         self.service.check_sizes(specs)
-        if self.staged.size(batch) + len(specs) > MAX_JOBS_PER_ADD:
+        held = self.staged.size(batch) + len(specs)
+        if held > MAX_JOBS_PER_ADD:
             self.staged.drop(batch, owner)
             raise InputError(f"more than {MAX_JOBS_PER_ADD} jobs in one add")
         text = json.dumps([spec.model_dump(mode="json", exclude_defaults=True)
                            for spec in specs])
-        return self.staged.put(batch, seq, owner, text, len(specs), now)
+        self.staged.put(batch, seq, owner, text, len(specs), now)
+        return held
 
     async def commit(self, batch: str, *, rerun: bool, owner: str, sees_all: bool,
                      may_set_caps: bool) -> dict[str, Any]:

@@ -19,8 +19,8 @@ class StagedAdds:
         self._store = store
 
     def put(self, batch: str, seq: int, owner: str, jobs_json: str, count: int,
-            now: float) -> int:
-        """Keep one chunk (its `count` jobs as JSON); returns the jobs the batch holds."""
+            now: float) -> None:
+        """Keep one chunk (its `count` jobs as JSON)."""
         with self._store._transaction() as db:
             found = db.execute("SELECT owner FROM staged_adds WHERE batch = ? LIMIT 1",
                                (batch,)).fetchone()
@@ -31,7 +31,6 @@ class StagedAdds:
                 raise Conflict(f"add batch {batch}: chunk {seq} was already sent")
             db.execute("INSERT INTO staged_adds (batch, seq, owner, created_at, jobs, count) "
                        "VALUES (?, ?, ?, ?, ?, ?)", (batch, seq, owner, now, jobs_json, count))
-        return self.size(batch)
 
     def size(self, batch: str) -> int:
         return int(self._store._db.execute(
