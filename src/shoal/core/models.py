@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from pydantic import (
     BaseModel,
@@ -332,6 +333,69 @@ class JobChanges(BaseModel):
         return self.model_dump(exclude_unset=True)
 
 
+def _refuse(*_: object, **__: object) -> Any:
+    raise TypeError("a shared empty value is never changed in place: assign a new one")
+
+
+class _EmptyList(list):
+    """The one empty list every job without dependencies, limits or files shares."""
+
+    __slots__ = ()
+    append = extend = insert = remove = pop = clear = sort = reverse = _refuse
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+
+
+class _EmptyDict(dict):
+    """The one empty dict every job without env or resources shares."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = _refuse
+    __ior__ = _refuse
+
+
+# Most jobs have no env, resources, dependencies, limits or files: at a million queued jobs,
+# an empty container each would cost hundreds of megabytes. They share these, which refuse
+# to change (a change in place would reach every job), so a job's collections are replaced.
+EMPTY_LIST: list[Any] = _EmptyList()
+EMPTY_DICT: dict[Any, Any] = _EmptyDict()
+T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def own_list(values: Iterable[T]) -> list[T]:
+    """A job's own copy of `values`, or the shared empty list."""
+    copied = list(values)
+    return copied if copied else EMPTY_LIST
+
+
+def own_dict(values: Mapping[K, V]) -> dict[K, V]:
+    """A job's own copy of `values`, or the shared empty dict."""
+    return dict(values) if values else EMPTY_DICT
+
+
+OptionalText = TypeVar("OptionalText", bound=str | None)
+_TEXTS: dict[str, str] = {}
+_TEXTS_MAX, _TEXT_MAX_CHARS = 65536, 1024
+
+
+def shared_text(value: OptionalText) -> OptionalText:
+    """One string object for each of the few values a field repeats over many jobs (their
+    directory, group, owner): a million jobs in one directory hold one copy of its path."""
+    if value is None or len(value) > _TEXT_MAX_CHARS or (
+            len(_TEXTS) >= _TEXTS_MAX and value not in _TEXTS):
+        return value
+    return cast(OptionalText, _TEXTS.setdefault(value, value))
+
+
+def _no_list() -> list[Any]:
+    return EMPTY_LIST
+
+
+def _no_dict() -> dict[Any, Any]:
+    return EMPTY_DICT
+
+
 @dataclass(slots=True)
 class Job:
     """A job as the server tracks it. Changed only through core.states.transition."""
@@ -350,15 +414,15 @@ class Job:
     req_group: str | None = None
     name: str | None = None
     gpus: int = 0
-    resources: dict[str, int] = field(default_factory=dict)
+    resources: dict[str, int] = field(default_factory=_no_dict)
     grow_memory: bool = False
     requirements_source: str | None = None
-    dependencies: list[str] = field(default_factory=list)
-    dependencies_any: list[str] = field(default_factory=list)
+    dependencies: list[str] = field(default_factory=_no_list)
+    dependencies_any: list[str] = field(default_factory=_no_list)
     gate: bool = False
-    files: list[dict[str, Any]] = field(default_factory=list)
+    files: list[dict[str, Any]] = field(default_factory=_no_list)
     always_copy: bool = False
-    limits: list[str] = field(default_factory=list)
+    limits: list[str] = field(default_factory=_no_list)
     on_worker: str | None = None
     owner: str = ""  # the name of the token that added it; users see only their own
     state: JobState = JobState.QUEUED

@@ -10,7 +10,16 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from shoal.core.errors import Conflict, Forbidden, InputError
-from shoal.core.models import FINAL_STATES, HOLDING_STATES, Job, JobSpec, JobState
+from shoal.core.models import (
+    FINAL_STATES,
+    HOLDING_STATES,
+    Job,
+    JobSpec,
+    JobState,
+    own_dict,
+    own_list,
+    shared_text,
+)
 from shoal.core.states import Transition, created
 from shoal.server.archive import Archive
 from shoal.server.dependencies import GROUP_PREFIX, Dependencies
@@ -102,17 +111,18 @@ class JobEdits:
                         self._check_cap_from_spec(index, name, int(cap))
                     limit_caps[name] = int(cap)
             job = Job(
-                id=next_id, cmd=spec.cmd, cwd=spec.cwd, env=dict(spec.env), group=spec.group,
-                priority=spec.priority, retries=spec.retries, cores=spec.cores,
-                memory_bytes=spec.memory_bytes, time_limit_seconds=spec.time_limit_seconds,
-                time_seconds=spec.time_seconds, req_group=spec.req_group, name=spec.name,
-                gpus=spec.gpus, resources=dict(spec.resources), grow_memory=spec.grow_memory,
-                dependencies=list(spec.after), dependencies_any=list(spec.after_any),
-                limits=sorted(set(limits)), on_worker=spec.on_worker, gate=spec.gate,
-                files=list(spec.files), always_copy=spec.always_copy,
+                id=next_id, cmd=spec.cmd, cwd=shared_text(spec.cwd), env=own_dict(spec.env),
+                group=shared_text(spec.group), priority=spec.priority, retries=spec.retries,
+                cores=spec.cores, memory_bytes=spec.memory_bytes,
+                time_limit_seconds=spec.time_limit_seconds, time_seconds=spec.time_seconds,
+                req_group=spec.req_group, name=spec.name, gpus=spec.gpus,
+                resources=own_dict(spec.resources), grow_memory=spec.grow_memory,
+                dependencies=own_list(spec.after), dependencies_any=own_list(spec.after_any),
+                limits=own_list(sorted(set(limits))), on_worker=spec.on_worker, gate=spec.gate,
+                files=own_list(spec.files), always_copy=spec.always_copy,
                 state=S.WAITING if spec.after or spec.after_any else S.QUEUED,
                 added_at=now, queued_at=None if spec.after or spec.after_any else now,
-                owner=owner,
+                owner=shared_text(owner),
             )
             if spec.req_group:
                 memory, seconds, source = self.learned.suggest(
@@ -216,8 +226,8 @@ class JobEdits:
                 raise InputError(f"after: dependency {entry} does not exist")
         # As they would be: copies with the new dependencies, looked for cycles like an add.
         renewed = [dataclasses.replace(
-            job, dependencies=list(changes.get("after", job.dependencies) or []),
-            dependencies_any=list(changes.get("after_any", job.dependencies_any) or []))
+            job, dependencies=own_list(changes.get("after", job.dependencies) or []),
+            dependencies_any=own_list(changes.get("after_any", job.dependencies_any) or []))
             for job in jobs]
         looping = self.deps.find_cycle(renewed, self._known)
         if looping is not None:
@@ -231,9 +241,9 @@ class JobEdits:
             if name == "limits":
                 job.limits = limit_names
             elif name == "after":
-                job.dependencies = list(value or [])
+                job.dependencies = own_list(value or [])
             elif name == "after_any":
-                job.dependencies_any = list(value or [])
+                job.dependencies_any = own_list(value or [])
             else:
                 setattr(job, name, value)
         if job.group != old_group:

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from shoal.core.errors import Conflict, InputError, StoreUnavailable
-from shoal.core.models import HOLDING_STATES, MAX_INT64, Job, JobState
+from shoal.core.models import (
+    EMPTY_DICT,
+    EMPTY_LIST,
+    HOLDING_STATES,
+    MAX_INT64,
+    Job,
+    JobState,
+    shared_text,
+)
 from shoal.core.protocol import AttemptResult, Captured
 from shoal.core.states import Transition
 from shoal.store.files import check_database, damaged, is_damage, prepare_database_file
@@ -146,12 +154,12 @@ _STATE_OF = {state.value: state for state in JobState}
 
 
 def _json(text: object) -> Any:
-    """Most rows hold empty collections, and the rest of an add's jobs the same few (their
-    limits, their env): decode each text once, and give every job a copy of its own."""
+    """Most rows hold empty collections (shared), and the rest of an add's jobs the same few
+    (their limits, their env): decode each text once, and give every job a copy of its own."""
     if text == "[]":
-        return []
+        return EMPTY_LIST
     if text == "{}":
-        return {}
+        return EMPTY_DICT
     key = str(text)
     value = _DECODED.get(key)
     if value is None:
@@ -176,13 +184,13 @@ def _job_from_row(row: Any) -> Job:  # a row of _JOB_COLUMNS, as SQLite returns 
      retry_at, started_at, ended_at, wall_seconds, cpu_seconds, peak_rss_bytes, gpus, resources,
      grow_memory, requirements_source, dependencies_any, gate, files, always_copy, owner) = row
     return Job(
-        id=id_, name=name, cmd=cmd, cwd=cwd, env=_json(env), group=grp,
+        id=id_, name=name, cmd=cmd, cwd=shared_text(cwd), env=_json(env), group=shared_text(grp),
         priority=priority, retries=retries, cores=cores, memory_bytes=memory_bytes,
         time_seconds=time_seconds, time_limit_seconds=time_limit_seconds,
-        req_group=req_group, dependencies=_json(dependencies),
-        limits=_json(limits), on_worker=on_worker, state=_STATE_OF[state],
+        req_group=shared_text(req_group), dependencies=_json(dependencies),
+        limits=_json(limits), on_worker=shared_text(on_worker), state=_STATE_OF[state],
         fail_reason=fail_reason, exit_code=exit_code, attempts=attempts,
-        lost_attempts=lost_attempts, worker=worker, host=host, pid=pid,
+        lost_attempts=lost_attempts, worker=shared_text(worker), host=shared_text(host), pid=pid,
         lease_id=lease_id, added_at=added_at, queued_at=queued_at,
         retry_at=retry_at, started_at=started_at, ended_at=ended_at,
         wall_seconds=wall_seconds, cpu_seconds=cpu_seconds,
@@ -191,7 +199,7 @@ def _job_from_row(row: Any) -> Job:  # a row of _JOB_COLUMNS, as SQLite returns 
         requirements_source=requirements_source,
         dependencies_any=_json(dependencies_any),
         gate=bool(gate), files=_json(files),
-        always_copy=bool(always_copy), owner=owner,
+        always_copy=bool(always_copy), owner=shared_text(owner),
     )
 
 
@@ -298,9 +306,9 @@ class Store:
         # Many objects and no cycles: collecting during the load only costs time.
         gc.disable()
         try:
-            rows = self._db.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY id").fetchall()
-            jobs = [_job_from_row(row) for row in rows]
+            # Row by row: the rows of a million jobs would double the load's peak.
+            jobs = [_job_from_row(row) for row in self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY id")]
         finally:
             gc.enable()
         gc.freeze()  # they live as long as the server: keep later collections from rescanning
