@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -89,3 +91,20 @@ def test_the_cli_adds_a_file_larger_than_a_chunk(cluster: Cluster) -> None:
     assert added.returncode == 0, added.stderr
     assert f"added {client_module.ADD_CHUNK + 5}, 0 already existed" in added.stdout
     assert total_jobs(cluster) == client_module.ADD_CHUNK + 5
+
+
+def test_the_cli_reads_a_file_as_it_sends_it_and_a_late_bad_line_adds_nothing(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """The file is parsed chunk by chunk: a bad line after the first chunk has gone is still
+    one line naming the file and the line, exit 2, and no job is added."""
+    jobs_file = tmp_path / "jobs.wr"
+    bad_line = client_module.ADD_CHUNK + 3
+    lines = [f"echo {i}" for i in range(client_module.ADD_CHUNK + 10)]
+    lines[bad_line - 1] = 'echo bad\t{"priority": "high"}'
+    jobs_file.write_text("\n".join(lines) + "\n")
+    added = cluster.cli("add", "-f", str(jobs_file), "--format", "wr", timeout=600)
+    assert added.returncode == 2, added.stderr
+    assert added.stderr.strip().splitlines() == [
+        line for line in added.stderr.strip().splitlines() if f"{jobs_file}:{bad_line}:" in line]
+    assert "Traceback" not in added.stderr
+    assert total_jobs(cluster) == 0

@@ -191,7 +191,7 @@ def test_a_bad_line_names_file_and_line(tmp_path: Path) -> None:
     jobs_file = tmp_path / "jobs.wr"
     jobs_file.write_text('ok\nbad\t{"priority": "high"}\n')
     with pytest.raises(InputError) as caught:
-        specs_from_file(str(jobs_file), InputFormat.WR, job_defaults())
+        list(specs_from_file(str(jobs_file), InputFormat.WR, job_defaults()))
     assert caught.value.source == str(jobs_file)
     assert caught.value.line == 2
 

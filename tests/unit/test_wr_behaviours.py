@@ -11,10 +11,10 @@ from shoal.formats import parse_text
 BEHAVIOURS = [
     ('{"on_exit": [{"cleanup": true}]}', None),
     ('{"on_failure": [{"cleanup_all": true}], "on_success": [{"nothing": true}]}', None),
-    ('{"on_failure": [{"run": "notify.sh"}]}', 'the "run" behaviour is not supported'),
+    ('{"on_failure": [{"run": "notify.sh"}]}', "the 'run' behaviour is not supported"),
     ('{"on_success": [{"cleanup": true}, {"remove": true}]}',
-     'the "remove" behaviour is not supported'),
-    ('{"on_exit": [{"explode": true}]}', 'the "explode" behaviour is not supported'),
+     "the 'remove' behaviour is not supported"),
+    ('{"on_exit": [{"explode": true}]}', "the 'explode' behaviour is not supported"),
 ]
 
 

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -163,23 +164,29 @@ def specs_from_command(words: list[str], defaults: dict[str, Any]) -> list[JobSp
 
 
 def specs_from_file(file: str, input_format: InputFormat,
-                    defaults: dict[str, Any]) -> list[JobSpec]:
-    """Jobs read from FILE ('-': stdin), the flags as defaults that a line's options override."""
-    from shoal.formats import parse_file, parse_text
+                    defaults: dict[str, Any]) -> Iterator[JobSpec]:
+    """Jobs read from FILE ('-': stdin), the flags as defaults that a line's options override.
+    They are read as they are sent: a bad line further on stops the add, which adds nothing."""
+    from shoal.formats import iter_file, iter_text
 
     spec_from_fields({**defaults, "cmd": "true"})  # a bad flag is reported by its name
     if file == "-":
-        parsed = parse_text(sys.stdin.read(), input_format.value, source="<stdin>",
-                            defaults=defaults)
+        parsed = iter_text(sys.stdin.read(), input_format.value, source="<stdin>",
+                           defaults=defaults)
     else:
-        parsed = parse_file(file, input_format.value, defaults=defaults)
-    if parsed and parsed[0].state_offset is not None:  # a runmaker file: its new lines only
-        new = [job for job in parsed if job.state_char == "."]
-        print(f"{file}: a runmaker file: adding its {len(new)} new ('.') lines, leaving "
-              f"{len(parsed) - len(new)} others; the server does not write their states "
-              "back (`shoal run FILE --listen` does)", file=sys.stderr)
-        parsed = new
-    return [job.spec for job in parsed]
+        parsed = iter_file(file, input_format.value, defaults=defaults)
+    first = next(parsed, None)
+    if first is None:
+        return iter(())
+    if first.state_offset is None:
+        return (job.spec for job in itertools.chain([first], parsed))
+    # A runmaker file: its new lines only, counted (runmaker files are small) to say so.
+    jobs = [first, *parsed]
+    new = [job.spec for job in jobs if job.state_char == "."]
+    print(f"{file}: a runmaker file: adding its {len(new)} new ('.') lines, leaving "
+          f"{len(jobs) - len(new)} others; the server does not write their states "
+          "back (`shoal run FILE --listen` does)", file=sys.stderr)
+    return iter(new)
 
 
 def check_job_source(command: list[str] | None, file: str | None, array: str | None,
@@ -352,29 +359,41 @@ def add(
         req_group=req_group, grow_memory=grow_memory, after=after, after_any=after_any,
         limits=limit, env=env, on_worker=on, name=name,
     )
-    specs: Sequence[JobSpec | dict[str, Any]]
+    specs: Iterable[JobSpec | dict[str, Any]]
     if array is not None or each_line is not None:
         assert command
         specs = jobs_from_array(command, defaults, array=array, each_line=each_line)
+        total: int | None = len(specs)
     elif command:
-        specs = specs_from_command(command, defaults)
+        specs, total = specs_from_command(command, defaults), 1
     else:
         assert file is not None
         specs = specs_from_file(file, input_format or InputFormat.AUTO, defaults)
-    result = session_of(ctx).client().add(specs, rerun=rerun, progress=_add_progress(specs))
+        total = None
+    progress = _AddProgress(total) if sys.stderr.isatty() else None
+    try:
+        result = session_of(ctx).client().add(specs, rerun=rerun, progress=progress)
+    finally:
+        if progress is not None:
+            progress.finish()
     if as_json:
         render.print_json(dataclasses.asdict(result))
     else:
         print(format_add_result(result))
 
 
-def _add_progress(specs: Sequence[Any]) -> Callable[[int], None] | None:
-    """On a terminal, how much of a large add (sent in chunks) has gone."""
-    if not sys.stderr.isatty():
-        return None
-    total = len(specs)
+class _AddProgress:
+    """On a terminal, how much of a large add (sent in chunks) has gone; a file is read as it
+    is sent, so its total is not known until the end."""
 
-    def show(sent: int) -> None:
-        end = "\n" if sent >= total else ""
-        print(f"\rsent {sent:,} of {total:,} jobs", end=end, file=sys.stderr, flush=True)
-    return show
+    def __init__(self, total: int | None):
+        self.total, self.shown = total, False
+
+    def __call__(self, sent: int) -> None:
+        self.shown = True
+        of = "" if self.total is None else f" of {self.total:,}"
+        print(f"\rsent {sent:,}{of} jobs", end="", file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        if self.shown:
+            print(file=sys.stderr)

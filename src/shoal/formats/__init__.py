@@ -6,7 +6,7 @@ field, and no jobs are returned.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ __all__ = [
     "RunmakerFile",
     "RunmakerMarker",
     "detect_format",
+    "iter_file",
+    "iter_text",
     "parse_file",
     "parse_text",
 ]
@@ -40,6 +42,25 @@ def parse_text(
     defaults: Mapping[str, Any] | None = None,
 ) -> list[ParsedJob]:
     """Parse job file content. defaults are JobSpec fields that a line's own options override."""
+    return list(iter_text(text, fmt, source=source, defaults=defaults))
+
+
+def parse_file(
+    path: str | Path, fmt: str = "auto", *, defaults: Mapping[str, Any] | None = None
+) -> list[ParsedJob]:
+    """Read and parse a job file. Runmaker state offsets are byte offsets into this file."""
+    return list(iter_file(path, fmt, defaults=defaults))
+
+
+def iter_text(
+    text: str,
+    fmt: str = "auto",
+    *,
+    source: str = "<stdin>",
+    defaults: Mapping[str, Any] | None = None,
+) -> Iterator[ParsedJob]:
+    """parse_text's jobs as they are read: a million lines are never a million jobs at once.
+    A bad format or default is refused at once; a bad line when it is reached."""
     if fmt not in FORMATS:
         raise InputError(
             f'format "{fmt}" is not known (known: {", ".join(FORMATS)})', source=source
@@ -54,27 +75,16 @@ def parse_text(
     if detected:
         fmt = detect_format(text)
     if fmt == "runmaker":
-        try:
-            return parse_runmaker(text, builder, first_offset=first_offset)
-        except InputError as error:
-            if not detected:
-                raise
-            shaped, content = runmaker_share(text)
-            raise InputError(
-                f"{error.args[0].removeprefix(f'{source}:{error.line}: ')} (the file was read "
-                f"as runmaker's, {shaped} of its {content} lines being job lines; "
-                "--format lines runs every line as a command)",
-                source=source, line=error.line,
-            ) from None
+        return _runmaker_jobs(text, builder, first_offset, detected)
     if fmt == "wr":
         return parse_wr(text, builder)
     return parse_lines(text, builder)
 
 
-def parse_file(
+def iter_file(
     path: str | Path, fmt: str = "auto", *, defaults: Mapping[str, Any] | None = None
-) -> list[ParsedJob]:
-    """Read and parse a job file. Runmaker state offsets are byte offsets into this file."""
+) -> Iterator[ParsedJob]:
+    """parse_file's jobs as they are read (the file itself is read whole, and checked)."""
     source = str(path)
     try:
         data = Path(path).read_bytes()
@@ -92,7 +102,23 @@ def parse_file(
             source=source,
             line=data.count(b"\n", 0, error.start) + 1,
         ) from None
-    return parse_text(text, fmt, source=source, defaults=defaults)
+    return iter_text(text, fmt, source=source, defaults=defaults)
+
+
+def _runmaker_jobs(text: str, builder: SpecBuilder, first_offset: int,
+                   detected: bool) -> Iterator[ParsedJob]:
+    try:
+        yield from parse_runmaker(text, builder, first_offset=first_offset)
+    except InputError as error:
+        if not detected:
+            raise
+        shaped, content = runmaker_share(text)
+        raise InputError(
+            f"{error.args[0].removeprefix(f'{builder.source}:{error.line}: ')} (the file was "
+            f"read as runmaker's, {shaped} of its {content} lines being job lines; "
+            "--format lines runs every line as a command)",
+            source=builder.source, line=error.line,
+        ) from None
 
 
 def _check_encodable(text: str, source: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shoal.core.errors import InputError
-from shoal.core.models import MAX_LINE_BYTES, JobSpec
+from shoal.core.models import MAX_LINE_BYTES, JobSpec, check_command
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +60,7 @@ class SpecBuilder:
         self._defaults = dict(defaults or {})
         try:
             # Checked once here so a bad default is reported as such, not blamed on line 1.
-            JobSpec.model_validate({"cmd": "true", **self._defaults})
+            self._template = JobSpec.model_validate({"cmd": "true", **self._defaults})
         except ValidationError as error:
             message = describe_validation_error(error, {})
             raise InputError(f"bad default: {message}", source=source) from None
@@ -69,6 +69,16 @@ class SpecBuilder:
         self, fields: Mapping[str, Any], line: int, labels: Mapping[str, str] | None = None
     ) -> JobSpec:
         """labels maps a JobSpec field to the name the user wrote, for error messages."""
+        if fields.keys() == {"cmd"} and isinstance(command := fields["cmd"], str) \
+                and _good_command(command):
+            # Only the command differs from the checked defaults: the defaults' spec with
+            # this command is the whole check, at a fifth of the cost of validating it anew.
+            template = self._template
+            return template.model_copy(update={
+                "cmd": command, "env": template.env.copy(),
+                "resources": template.resources.copy(), "after": template.after.copy(),
+                "after_any": template.after_any.copy(), "limits": template.limits.copy(),
+                "files": [entry.copy() for entry in template.files]})  # each job its own
         try:
             return JobSpec.model_validate({**self._defaults, **fields})
         except ValidationError as error:
@@ -85,6 +95,14 @@ class SpecBuilder:
             if len(line) > MAX_LINE_BYTES // 4 and utf8_length(line) > MAX_LINE_BYTES:
                 raise self.error(f"the line is longer than {MAX_LINE_BYTES} bytes", number)
             yield number, line
+
+
+def _good_command(command: str) -> bool:
+    try:
+        check_command(command)
+    except ValueError:  # pydantic's own error; validating the spec says what is wrong
+        return False
+    return True
 
 
 def utf8_length(text: str) -> int:

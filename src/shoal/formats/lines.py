@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from shoal.formats.common import ParsedJob, SpecBuilder, is_blank_or_comment
 
 
-def parse_lines(text: str, builder: SpecBuilder) -> list[ParsedJob]:
+def parse_lines(text: str, builder: SpecBuilder) -> Iterator[ParsedJob]:
     """Blank lines and lines whose first non-space character is '#' are skipped.
 
     A trailing backslash does not continue a command onto the next line: each line is
     one job, so line numbers and jobs always correspond.
     """
-    jobs = []
     for number, line in builder.lines(text):
         if is_blank_or_comment(line):
             continue
-        spec = builder.build({"cmd": line.strip()}, number)
-        jobs.append(ParsedJob(spec=spec, line=number))
-    return jobs
+        yield ParsedJob(spec=builder.build({"cmd": line.strip()}, number), line=number)

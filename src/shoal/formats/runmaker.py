@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from shoal.core.errors import InputError
@@ -26,9 +26,9 @@ READABLE_STATES = STATE_CHARS + CLAIMING
 _READABLE_STATE_BYTES = frozenset(READABLE_STATES.encode())
 
 
-def parse_runmaker(text: str, builder: SpecBuilder, *, first_offset: int = 0) -> list[ParsedJob]:
+def parse_runmaker(text: str, builder: SpecBuilder, *, first_offset: int = 0
+                   ) -> Iterator[ParsedJob]:
     """first_offset is the byte offset at which text starts in the file (3 after a UTF-8 BOM)."""
-    jobs = []
     line_offset = first_offset
     for number, line in builder.lines(text):
         offset = line_offset
@@ -51,8 +51,7 @@ def parse_runmaker(text: str, builder: SpecBuilder, *, first_offset: int = 0) ->
         if not command:
             raise builder.error(f'no command after the state character "{state}"', number)
         spec = builder.build({"cmd": command}, number)
-        jobs.append(ParsedJob(spec=spec, line=number, state_offset=offset, state_char=state))
-    return jobs
+        yield ParsedJob(spec=spec, line=number, state_offset=offset, state_char=state)
 
 
 def _unknown_state_message(state: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from shoal.formats.common import ParsedJob, SpecBuilder, is_blank_or_comment
@@ -18,13 +19,11 @@ from shoal.formats.wr_options import OptionError, map_options
 JSON_ONLY_LINE = re.compile(r'\{\s*["}]')
 
 
-def parse_wr(text: str, builder: SpecBuilder) -> list[ParsedJob]:
-    jobs = []
+def parse_wr(text: str, builder: SpecBuilder) -> Iterator[ParsedJob]:
     for number, line in builder.lines(text):
         if is_blank_or_comment(line):
             continue
-        jobs.append(_parse_line(line, number, builder))
-    return jobs
+        yield _parse_line(line, number, builder)
 
 
 def _parse_line(line: str, number: int, builder: SpecBuilder) -> ParsedJob:

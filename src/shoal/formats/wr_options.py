@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shoal.core.models import JobSpec, parse_duration, parse_memory
+from shoal.core.models import JobSpec, parse_duration, parse_memory, shown
 
 MAX_MEMORY_BYTES = 2**63 - 1  # what the store can hold
 
@@ -192,7 +192,7 @@ def _behaviours(option: str, value: list[Any]) -> None:
         for name in behaviour:
             if name not in _HARMLESS_BEHAVIOURS:
                 hint = _BEHAVIOUR_HINTS.get(name, "shoal has no such behaviour")
-                raise OptionError(f'option "{option}": the "{name}" behaviour is not '
+                raise OptionError(f'option "{option}": the {shown(name)} behaviour is not '
                                   f"supported; {hint}")
 
 
