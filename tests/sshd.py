@@ -18,6 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +35,12 @@ def require_sshd() -> None:
     require(shutil.which("ssh-keygen") is not None, "ssh-keygen")
 
 
-def keygen(path: Path, comment: str = "shoal-test") -> str:
-    """A new ed25519 key pair at `path`; returns the public key line."""
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
+def keygen(path: Path, comment: str = "shoal-test", *, passphrase: str = "",
+           kind: str = "ed25519", key_format: str = "openssh") -> str:
+    """A new key pair at `path` (encrypted with `passphrase` if one is given; the private key
+    in ssh-keygen's own format, or "pem"); returns the public key line."""
+    form = ["-m", "PEM"] if key_format == "pem" else []
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", passphrase, "-C", comment, *form,
                     "-f", str(path)], check=True, capture_output=True)
     return path.with_suffix(".pub").read_text().strip()
 
@@ -84,7 +88,10 @@ class SshBed:
 
     # ---- accounts ---------------------------------------------------------------------------
 
-    def add_account(self) -> Account:
+    def add_account(self, authorized_keys: Sequence[str] | None = None) -> Account:
+        """A new account; it trusts `authorized_keys` (public key lines), by default the
+        client's key."""
+        keys = [self.client_public] if authorized_keys is None else list(authorized_keys)
         name = f"{self.tag}u{len(self.accounts)}"
         home = self.root / f"home-{name}"
         subprocess.run(["useradd", "-M", "-d", str(home), "-s", "/bin/sh", "-p", "*", name],
@@ -93,12 +100,19 @@ class SshBed:
         account = Account(name, home, entry.pw_uid)
         self.accounts.append(account)
         (home / ".ssh").mkdir(parents=True, mode=0o700)
-        (home / ".ssh" / "authorized_keys").write_text(self.client_public + "\n")
+        (home / ".ssh" / "authorized_keys").write_text("".join(f"{key}\n" for key in keys))
         os.chmod(home / ".ssh" / "authorized_keys", 0o600)
         os.chmod(home, 0o700)
         for path in (home, home / ".ssh", home / ".ssh" / "authorized_keys"):
             os.chown(path, entry.pw_uid, entry.pw_gid)
         return account
+
+    def set_password(self, account: Account, password: str) -> None:
+        """Give the account a password (as `passwd` would): sshd checks it when it allows
+        password authentication."""
+        require_root_tool("chpasswd")
+        subprocess.run(["chpasswd"], input=f"{account.name}:{password}\n", text=True,
+                       check=True, capture_output=True)
 
     def account_processes(self, account: Account) -> list[psutil.Process]:
         found = []
@@ -113,9 +127,10 @@ class SshBed:
     # ---- daemons ----------------------------------------------------------------------------
 
     def start_sshd(self, address: str = "127.0.0.1", port: int | None = None, *,
-                   netns: str | None = None, path: str | None = None) -> Sshd:
+                   netns: str | None = None, path: str | None = None,
+                   password_authentication: bool = False) -> Sshd:
         """An sshd on address:port (in namespace `netns` if given) for the accounts; `path`
-        becomes its sessions' PATH."""
+        becomes its sessions' PATH. Keys only, unless `password_authentication`."""
         index = len(self.daemons)
         where = self.root / f"sshd-{index}"
         where.mkdir(mode=0o700)
@@ -124,7 +139,8 @@ class SshBed:
         port = port or _free_port(address if netns is None else "127.0.0.1")
         lines = [f"Port {port}", f"ListenAddress {address}", f"HostKey {host_key}",
                  f"PidFile {where / 'sshd.pid'}", "AuthorizedKeysFile .ssh/authorized_keys",
-                 "StrictModes no", "UsePAM no", "PasswordAuthentication no",
+                 "StrictModes no", "UsePAM no",
+                 f"PasswordAuthentication {'yes' if password_authentication else 'no'}",
                  "KbdInteractiveAuthentication no", "PermitRootLogin no",
                  "Subsystem sftp internal-sftp", "LogLevel VERBOSE", "UseDNS no",
                  "MaxStartups 100:30:200"]
@@ -187,6 +203,18 @@ class SshBed:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def command_directory(where: Path, commands: Sequence[str]) -> Path:
+    """A directory of links to this machine's `commands` and nothing else: as a session's
+    whole PATH, a host that has those commands only."""
+    where.mkdir(parents=True, exist_ok=True)
+    os.chmod(where, 0o755)
+    for command in commands:
+        found = shutil.which(command)
+        require(found is not None, command)
+        (where / command).symlink_to(str(found))
+    return where
+
+
 def _free_port(address: str) -> int:
     with socket.socket() as probe:
         probe.bind((address, 0))
@@ -221,7 +249,7 @@ def install_shared_shoal(python: str = "/usr/bin/python3") -> Path:
                            capture_output=True, text=True, check=True)
     version, platform_name, libc = json.loads(probe.stdout)
     require(tuple(version[:2]) >= (3, 11), f"{python} 3.11 or later")
-    target = Target(python, tuple(version), platform_name, tuple(libc))  # type: ignore[arg-type]
+    target = Target(python, tuple(version), platform_name, tuple(libc))
     wheels, _, build = fetch_wheels(target)
     root = Path(tempfile.mkdtemp(prefix="shoal-ssh-shared-", dir="/tmp"))
     os.chmod(root, 0o755)

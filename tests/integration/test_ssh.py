@@ -4,15 +4,31 @@ test accounts with their own homes, a real server on the bridge."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import os
+import secrets
+import select
 import shutil
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import shoal
+from shoal.provision.remote import PYTHON_CANDIDATES
 from tests.hosts import Hosts, namespace_hosts
-from tests.integration.cluster import Cluster, wait_until
-from tests.sshd import Account, SshBed, Sshd, install_shared_shoal, keygen, shared_bin
+from tests.integration.cluster import SHOAL, Cluster, wait_until
+from tests.sshd import (
+    Account,
+    SshBed,
+    Sshd,
+    command_directory,
+    install_shared_shoal,
+    keygen,
+    shared_bin,
+)
 
 pytestmark = pytest.mark.system
 
@@ -362,3 +378,237 @@ def test_netjobs_targets_are_reached_over_ssh_with_the_flag(
         workers = cluster.api("GET", "/workers")["workers"]
         assert not [w for w in workers if w["connected"]], workers
         assert_no_processes_left(bed, accounts)
+
+
+@contextlib.contextmanager
+def loopback_server(tmp_path: Path) -> Iterator[Cluster]:
+    """A real server on loopback, where workers started over SSH to sshds on loopback join."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    cluster = Cluster(tmp_path / "home", logs)
+    cluster.start_server()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def cli_at_terminal(args: list[str], env: dict[str, str], prompt: str, answer: str,
+                    timeout: float) -> subprocess.CompletedProcess[str]:
+    """`shoal ARGS` with a terminal for its standard input (and no controlling terminal, so
+    it reads from that one), typing `answer` once it has written `prompt`."""
+    master, terminal = os.openpty()
+    process = subprocess.Popen([*SHOAL, *args], env=env, stdin=terminal,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    os.close(terminal)
+    try:
+        assert process.stderr is not None
+        said = b""
+        deadline = time.monotonic() + timeout
+        while prompt.encode() not in said:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([process.stderr], [], [], max(left, 0))
+            chunk = os.read(process.stderr.fileno(), 4096) if ready else b""
+            if not chunk:
+                process.kill()
+                raise AssertionError(f"no prompt {prompt!r}; it said: {said.decode()!r}")
+            said += chunk
+        os.write(master, answer.encode() + b"\n")
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout.decode(),
+                                       (said + stderr).decode())
+
+
+def run_as(cluster: Cluster, worker: str, env: dict[str, str]) -> str:
+    """The user a job on `worker` runs as."""
+    job_id = add_job(cluster, f"id -un; : {worker}", worker)  # one job per worker
+    job = cluster.wait_state(job_id, "done", "failed", timeout=120)
+    assert job["state"] == "done" and job["worker"] == worker, job
+    return str(cluster.cli("logs", str(job["id"]), env=env).stdout.strip())
+
+
+def test_password_login_starts_a_worker_and_a_wrong_password_is_one_line(
+        tmp_path: Path, bed: SshBed, shared_shoal: Path) -> None:
+    path = f"{shared_shoal}:{DEFAULT_PATH}"
+    with loopback_server(tmp_path) as cluster:
+        by_key = bed.add_account()
+        by_password = bed.add_account(authorized_keys=[])  # no key of ours will do there
+        password = secrets.token_urlsafe(12)
+        bed.set_password(by_password, password)
+        keys_only = bed.start_sshd(path=path)
+        passwords = bed.start_sshd(path=path, password_authentication=True)
+        bed.trust(keys_only)
+        bed.trust(passwords)
+        env = bed.client_env(cluster.env)
+        key_spec, password_spec = keys_only.spec(by_key), passwords.spec(by_password)
+
+        # Keys alone do not get in where only the password does.
+        keys = cluster.cli("up", password_spec, env=env, timeout=600)
+        assert keys.returncode == 1
+        assert one_line_errors(keys.stderr) == [
+            f"shoal up: {password_spec}: authentication refused for user {by_password.name} "
+            "(tried ssh-agent, keys; an encrypted key needs --passphrase, a password "
+            "--password)"]
+
+        # A wrong password: one line naming that host; the host logging in by key goes on.
+        wrong_password = "not-" + password
+        wrong = cluster.cli("up", "--password", password_spec, key_spec, timeout=600,
+                            env={**env, "SHOAL_SSH_PASSWORD": wrong_password})
+        assert wrong.returncode == 1, wrong.stdout + wrong.stderr
+        assert one_line_errors(wrong.stderr) == [
+            f"shoal up: {password_spec}: authentication refused for user {by_password.name} "
+            "(tried ssh-agent, keys, password)"]
+        assert f"{key_spec}: worker {key_spec.replace(':', '_')} joined" in wrong.stdout
+        assert "1 of 2 hosts up" in wrong.stderr
+        assert wrong_password not in wrong.stdout + wrong.stderr
+        assert f"Failed password for {by_password.name}" in passwords.log.read_text()
+
+        # No password in the environment and no terminal to ask at: bad usage, one line.
+        unasked = cluster.cli("up", "--password", password_spec, env=env)
+        assert unasked.returncode == 2
+        assert unasked.stderr.strip().splitlines() == [
+            "shoal: --password: set $SHOAL_SSH_PASSWORD, or run it from a terminal to be "
+            "asked"], unasked.stderr
+
+        # The right one, asked for at the terminal, for a host given without its user.
+        address = f"{passwords.address}:{passwords.port}"
+        right = cli_at_terminal(["up", "--user", by_password.name, "--password", address],
+                                env, "SSH password: ", password, timeout=600)
+        assert right.returncode == 0, right.stdout + right.stderr
+        assert f"{address}: worker {address.replace(':', '_')} joined" in right.stdout
+        assert password not in right.stdout + right.stderr
+        assert f"Accepted password for {by_password.name}" in passwords.log.read_text()
+        assert run_as(cluster, address.replace(":", "_"), env) == by_password.name
+        assert run_as(cluster, key_spec.replace(":", "_"), env) == by_key.name
+
+        down = cluster.cli("down", "--password", timeout=600,
+                           env={**env, "SHOAL_SSH_PASSWORD": password})
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert down.stdout.count("stopped") == 2, down.stdout
+        assert_no_processes_left(bed, [by_key, by_password])
+
+
+OPENSSH_KEYS_NEED_BCRYPT = pytest.mark.xfail(
+    importlib.util.find_spec("bcrypt") is None, strict=True,
+    reason="asyncssh decrypts OpenSSH-format keys with bcrypt, which shoal does not install")
+
+
+@pytest.mark.parametrize("key_format", [
+    pytest.param("openssh", marks=OPENSSH_KEYS_NEED_BCRYPT),  # ssh-keygen's own
+    "pem",
+])
+def test_encrypted_key_logs_in_with_its_passphrase(
+        tmp_path: Path, bed: SshBed, shared_shoal: Path, key_format: str) -> None:
+    with loopback_server(tmp_path) as cluster:
+        passphrase = secrets.token_urlsafe(12)
+        encrypted = bed.client_home / ".ssh" / "id_ecdsa"
+        public = keygen(encrypted, passphrase=passphrase, kind="ecdsa", key_format=key_format)
+        account = bed.add_account(authorized_keys=[public])  # that key alone gets in
+        daemon = bed.start_sshd(path=f"{shared_shoal}:{DEFAULT_PATH}")
+        bed.trust(daemon)
+        env = bed.client_env(cluster.env)
+        spec = daemon.spec(account)
+
+        without = cluster.cli("up", spec, env=env, timeout=600)
+        assert without.returncode == 1
+        assert one_line_errors(without.stderr) == [
+            f"shoal up: {spec}: authentication refused for user {account.name} (tried "
+            "ssh-agent, keys; an encrypted key needs --passphrase, a password --password)"]
+
+        wrong = cluster.cli("up", "--passphrase", spec, timeout=600,
+                            env={**env, "SHOAL_SSH_PASSPHRASE": "not-" + passphrase})
+        assert wrong.returncode == 1
+        [line] = one_line_errors(wrong.stderr)
+        assert line.startswith(f"shoal up: {spec}: cannot decrypt an SSH key with the "
+                               "passphrase given (wrong passphrase?)"), line
+        assert passphrase not in wrong.stdout + wrong.stderr
+
+        right = cluster.cli("up", "--passphrase", spec, timeout=600,
+                            env={**env, "SHOAL_SSH_PASSPHRASE": passphrase})
+        assert right.returncode == 0, right.stdout + right.stderr
+        assert f"Accepted publickey for {account.name}" in daemon.log.read_text()
+        assert run_as(cluster, spec.replace(":", "_"), env) == account.name
+        down = cluster.cli("down", "--passphrase", timeout=600,
+                           env={**env, "SHOAL_SSH_PASSPHRASE": passphrase})
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert_no_processes_left(bed, [account])
+
+
+PROBE_COMMANDS = ("sh", "readlink", "head", "sed", "cut")  # what the probe's script calls
+
+
+def old_python(where: Path, version: tuple[int, int, int]) -> Path:
+    """A directory holding the probe's commands and a `python3` that is this machine's
+    Python saying, from its start, that it is `version`: shoal's probe runs on it as on any
+    Python and reads that version."""
+    real = "/usr/bin/python3"
+    assert os.path.exists(real)
+    command_directory(where, PROBE_COMMANDS)
+    site = where.parent / f"{where.name}-site"
+    site.mkdir(mode=0o755)
+    (site / "sitecustomize.py").write_text(
+        f"import sys\nsys.version_info = {(*version, 'final', 0)!r}\n")
+    python = where / "python3"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={site} exec {real} "$@"\n')
+    python.chmod(0o755)
+    check = subprocess.run([str(python), "-c", "import sys; print(sys.version_info[:3])"],
+                           capture_output=True, text=True, check=True)
+    assert check.stdout.strip() == str(version), check
+    return where
+
+
+def test_a_host_without_python_3_11_is_one_line_and_the_others_go_on(
+        tmp_path: Path, bed: SshBed, shared_shoal: Path) -> None:
+    with loopback_server(tmp_path) as cluster:
+        account = bed.add_account()
+        good = bed.start_sshd(path=f"{shared_shoal}:{DEFAULT_PATH}")
+        # Hosts whose logins find no Python at all, or only a Python 3.9.
+        bare = bed.start_sshd(path=str(command_directory(bed.root / "bare-bin",
+                                                         PROBE_COMMANDS)))
+        old = bed.start_sshd(path=str(old_python(bed.root / "old-bin", (3, 9, 18))))
+        # And one whose only Python is the one shoal is installed with.
+        own = command_directory(bed.root / "own-bin", (*PROBE_COMMANDS, "id"))
+        (own / "shoal").symlink_to(shared_shoal / "shoal")
+        own_python = bed.start_sshd(path=str(own))
+        for daemon in (good, bare, old, own_python):
+            bed.trust(daemon)
+        env = bed.client_env(cluster.env)
+        specs = {"good": good.spec(account), "bare": bare.spec(account),
+                 "old": old.spec(account), "own": own_python.spec(account)}
+        tried = ", ".join(PYTHON_CANDIDATES)
+        no_python = "no Python 3.11 or newer found (tried " + tried + " on its PATH; found {})"
+
+        up = cluster.cli("up", *specs.values(), env=env, timeout=600)
+        assert up.returncode == 1, up.stdout + up.stderr
+        missing = (f"; shoal {shoal.__version__} needs one, and is not installed there (no "
+                   "shoal on its PATH)")
+        assert sorted(one_line_errors(up.stderr)) == sorted([
+            f"shoal up: {specs['bare']}: {no_python.format('none')}{missing}",
+            f"shoal up: {specs['old']}: {no_python.format('python3 3.9.18')}{missing}"])
+        for kind in ("good", "own"):
+            name = specs[kind].replace(":", "_")
+            assert f"{specs[kind]}: worker {name} joined" in up.stdout, up.stdout
+            assert run_as(cluster, name, env) == account.name
+        assert "2 of 4 hosts up" in up.stderr
+
+        # --bootstrap cannot help there: the same line, and nothing is sent to those hosts.
+        bootstrap = cluster.cli("up", "--bootstrap", specs["bare"], specs["old"], env=env,
+                                timeout=600)
+        assert bootstrap.returncode == 1, bootstrap.stdout + bootstrap.stderr
+        assert sorted(one_line_errors(bootstrap.stderr)) == sorted([
+            f"shoal up: {specs['bare']}: {no_python.format('none')}; install one to "
+            "bootstrap shoal",
+            f"shoal up: {specs['old']}: {no_python.format('python3 3.9.18')}; install one to "
+            "bootstrap shoal"])
+        assert not (account.home / ".shoal" / "wheels").exists()
+
+        down = cluster.cli("down", env=env, timeout=600)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert down.stdout.count("stopped") == 2, down.stdout
+        assert_no_processes_left(bed, [account])

@@ -35,7 +35,8 @@ sys.exit(0 if sys.version_info[:2] >= (3, 11) else 1)
 
 # The Python of a bootstrapped venv, then those on PATH, best first: each interpreter once,
 # up to the first of 3.11 or later. Then the `shoal` on PATH, if any, and its version (asked
-# of its own interpreter: cheaper than starting the whole command).
+# of its own interpreter: cheaper than starting the whole command); where PATH had no 3.11 or
+# later, that interpreter is probed too, so a host whose only Python is shoal's own will do.
 VENV_PYTHON = "$HOME/.shoal/venv/bin/python"
 PYTHON_CANDIDATES = ("python3", "python3.14", "python3.13", "python3.12", "python3.11", "python")
 SHOAL_VERSION_PYTHON = "from importlib.metadata import version; print(version('shoal'))"
@@ -46,16 +47,17 @@ def probe_command() -> str:
     loop = " ".join(f'"{name}"' for name in PYTHON_CANDIDATES)
     script = (
         f'[ -x "{VENV_PYTHON}" ] && "{VENV_PYTHON}" -c {code} "{VENV_PYTHON}" 2>/dev/null; '
-        'seen=" "; '
+        'seen=" "; found=""; '
         f"for p in {loop}; do "
         'exe=$(command -v "$p" 2>/dev/null) || continue; '
         'real=$(readlink -f "$exe" 2>/dev/null || echo "$exe"); '
         'case "$seen" in *" $real "*) continue;; esac; '
         'seen="$seen$real "; '
-        f'"$exe" -c {code} "$exe" 2>/dev/null && break; '
+        f'"$exe" -c {code} "$exe" 2>/dev/null && {{ found=1; break; }}; '
         "done; "
         "if s=$(command -v shoal 2>/dev/null); then "
         "i=$(head -n 1 \"$s\" | sed -n 's/^#! *//p' | cut -d ' ' -f 1); "
+        f'[ -z "$found" ] && [ -x "$i" ] && "$i" -c {code} "$i" 2>/dev/null; '
         f'v=$([ -x "$i" ] && "$i" -c {shlex.quote(SHOAL_VERSION_PYTHON)} 2>/dev/null); '
         '[ -n "$v" ] || v=$("$s" --version 2>/dev/null | head -n 1 | sed "s/^shoal //"); '
         'echo "SHOAL $s $v"; fi; '

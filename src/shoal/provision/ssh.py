@@ -45,6 +45,7 @@ from shoal.provision.hosts import SshHost, parse_host
 from shoal.provision.remote import (
     ALIVE_PYTHON,
     LAUNCH_PYTHON,
+    PYTHON_CANDIDATES,
     STOP_PYTHON,
     last_json,
     probe_command,
@@ -91,6 +92,7 @@ class RemoteWorker:
     shoal: str  # the `shoal` it runs
     log: str
     started_at: float
+    user: str | None = None  # logged in as, where the host names none (--user)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,7 +101,8 @@ class RemoteWorker:
     def from_dict(cls, data: dict[str, Any]) -> RemoteWorker:
         return cls(host=str(data["host"]), name=str(data["name"]), pid=int(data["pid"]),
                    python=str(data["python"]), shoal=str(data["shoal"]), log=str(data["log"]),
-                   started_at=float(data["started_at"]))
+                   started_at=float(data["started_at"]),
+                   user=str(data["user"]) if data.get("user") else None)
 
 
 @dataclass
@@ -171,10 +174,13 @@ class SshProvider:
 
     # ---- connecting ----------------------------------------------------------------------
 
-    def _user(self, host: SshHost) -> str:
-        return host.user or self.settings.user or getpass.getuser()
+    def _user(self, host: SshHost, user: str | None = None) -> str:
+        return host.user or user or self.settings.user or getpass.getuser()
 
-    async def connect(self, host: SshHost) -> asyncssh.SSHClientConnection:
+    async def connect(self, host: SshHost,
+                      user: str | None = None) -> asyncssh.SSHClientConnection:
+        """Logged in to `host` as its user, else `user`, else the settings' (else as
+        ~/.ssh/config says)."""
         import asyncssh
 
         check = _HostKeyCheck()
@@ -186,8 +192,8 @@ class SshProvider:
         }
         if host.port is not None:
             options["port"] = host.port
-        if host.user or self.settings.user:
-            options["username"] = host.user or self.settings.user
+        if host.user or user or self.settings.user:
+            options["username"] = host.user or user or self.settings.user
         if self.settings.known_hosts is not None:
             options["known_hosts"] = str(self.settings.known_hosts)
         if self.settings.passphrase is not None:
@@ -202,10 +208,11 @@ class SshProvider:
             tried = "ssh-agent, keys" + (", password" if self.settings.password else "")
             hint = "" if self.settings.passphrase or self.settings.password else \
                 "; an encrypted key needs --passphrase, a password --password"
-            raise HostError(host, f"authentication refused for user {self._user(host)} "
+            raise HostError(host, f"authentication refused for user {self._user(host, user)} "
                                   f"(tried {tried}{hint})") from None
         except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
-            raise HostError(host, f"cannot use an SSH key: {exc}") from None
+            raise HostError(host, _key_problem(str(exc), self.settings.passphrase is not None)
+                            ) from None
         except TimeoutError:
             raise HostError(host, "unreachable: no answer within "
                                   f"{self.settings.connect_timeout_seconds:.0f}s") from None
@@ -295,7 +302,7 @@ class SshProvider:
                                       f"(its log: {answer.get('log')})")
             worker = RemoteWorker(host=str(host), name=name, pid=int(answer["pid"]),
                                   python=python, shoal=shoal_command, log=str(answer["log"]),
-                                  started_at=time.time())
+                                  started_at=time.time(), user=host.user or self.settings.user)
         return worker
 
     async def _probe(self, conn: asyncssh.SSHClientConnection,
@@ -342,17 +349,15 @@ class SshProvider:
             return str(venv["exe"]), str(venv_shoal)
         if on_path is not None and on_path[1].partition("+")[0] == version and pythons:
             return str(pythons[0]["exe"]), on_path[0]
-        if not self.settings.bootstrap:
-            found = ("no shoal on its PATH" if on_path is None
-                     else f"{on_path[0]} is shoal {on_path[1] or '(unknown version)'}")
-            raise HostError(host, f"shoal {version} is not installed there ({found}); "
-                                  "install it, or use --bootstrap")
+        shoal_found = ("no shoal on its PATH" if on_path is None
+                       else f"{on_path[0]} is shoal {on_path[1] or '(unknown version)'}")
         if not usable:
-            found = ", ".join(f"{Path(str(p['exe'])).name} "
-                              f"{'.'.join(str(v) for v in p.get('version', ()))}"
-                              for p in plain) or "none"
-            raise HostError(host, f"no Python {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or later there "
-                                  f"(found: {found}); install one to bootstrap shoal")
+            needs = ("install one to bootstrap shoal" if self.settings.bootstrap else
+                     f"shoal {version} needs one, and is not installed there ({shoal_found})")
+            raise HostError(host, f"{_no_python(plain)}; {needs}")
+        if not self.settings.bootstrap:
+            raise HostError(host, f"shoal {version} is not installed there ({shoal_found}); "
+                                  "install it, or use --bootstrap")
         return await self._bootstrap(conn, host, usable[0])
 
     async def _build_version(self) -> str:
@@ -404,7 +409,7 @@ class SshProvider:
         """Stop it and what it started; "stopped", "killed" (did not stop within the grace),
         or "gone" (it was not running any more)."""
         host = parse_host(worker.host)
-        async with await self.connect(host) as conn:
+        async with await self.connect(host, worker.user) as conn:
             result = await self._run(conn, host, python_command(
                 worker.python, STOP_PYTHON,
                 {"pid": worker.pid, "name": worker.name,
@@ -423,12 +428,32 @@ class SshProvider:
     async def check(self, worker: RemoteWorker) -> tuple[bool, str]:
         """Whether it runs; if not, the last line of its log."""
         host = parse_host(worker.host)
-        async with await self.connect(host) as conn:
+        async with await self.connect(host, worker.user) as conn:
             result = await self._run(conn, host, python_command(
                 worker.python, ALIVE_PYTHON,
                 {"pid": worker.pid, "name": worker.name, "log": worker.log}))
         answer = last_json(str(result.stdout or "")) or {}
         return bool(answer.get("alive")), _last_line(answer.get("tail"))
+
+
+def _key_problem(reason: str, passphrase_given: bool) -> str:
+    """Why a key asyncssh loaded cannot be used, and what to do."""
+    if "bcrypt" in reason:
+        return f"cannot use an SSH key: {reason} (install the Python package bcrypt beside shoal)"
+    if passphrase_given and ("decrypt" in reason.lower() or "passphrase" in reason.lower()):
+        return f"cannot decrypt an SSH key with the passphrase given (wrong passphrase?): {reason}"
+    return f"cannot use an SSH key: {reason}"
+
+
+def _no_python(found: list[dict[str, Any]]) -> str:
+    """Why none of the Pythons the probe `found` will do, naming what it looked for."""
+    described = []
+    for info in found:
+        text = f"{Path(str(info['exe'])).name} {'.'.join(str(v) for v in info.get('version', ()))}"
+        implementation = info.get("implementation", "cpython")
+        described.append(text if implementation == "cpython" else f"{text} ({implementation})")
+    return (f"no Python {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer found (tried "
+            f"{', '.join(PYTHON_CANDIDATES)} on its PATH; found {', '.join(described) or 'none'})")
 
 
 def _last_line(text: object) -> str:
