@@ -4,7 +4,6 @@ test accounts with their own homes, a real server on the bridge."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import secrets
 import select
@@ -494,13 +493,8 @@ def test_password_login_starts_a_worker_and_a_wrong_password_is_one_line(
         assert_no_processes_left(bed, [by_key, by_password])
 
 
-OPENSSH_KEYS_NEED_BCRYPT = pytest.mark.xfail(
-    importlib.util.find_spec("bcrypt") is None, strict=True,
-    reason="asyncssh decrypts OpenSSH-format keys with bcrypt, which shoal does not install")
-
-
 @pytest.mark.parametrize("key_format", [
-    pytest.param("openssh", marks=OPENSSH_KEYS_NEED_BCRYPT),  # ssh-keygen's own
+    "openssh",  # ssh-keygen's own
     "pem",
 ])
 def test_encrypted_key_logs_in_with_its_passphrase(

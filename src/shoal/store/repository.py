@@ -148,6 +148,7 @@ def _mutable_row(job: Job) -> tuple[object, ...]:
     )
 
 
+CACHE_KIB = 32 * 1024
 _DECODED: dict[str, Any] = {}  # text -> its value: jobs of one add share their lists
 _DECODED_MAX = 4096
 _STATE_OF = {state.value: state for state in JobState}
@@ -220,6 +221,9 @@ class Store:
             # Transitions survive a crash of the process (WAL, NORMAL); adds are fsynced (FULL)
             # before they are acknowledged, so they survive the machine too.
             self._db.execute("PRAGMA synchronous = NORMAL")
+            # A large add writes its index entries (by key digest) all over the index: with
+            # SQLite's 2 MB of cache each insert soon reads a page back; 32 MB keeps them.
+            self._db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             self._db.execute("PRAGMA foreign_keys = OFF")
             self._db.execute("PRAGMA busy_timeout = 5000")
             try:
