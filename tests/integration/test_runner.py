@@ -165,6 +165,14 @@ def test_env_and_cwd_are_applied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert results[7].stdout.head == f"{workdir}\nhi there\n1007 7 from-worker\n"
 
 
+def test_a_job_in_the_workers_own_directory_gets_sigpipe_back(tmp_path: Path) -> None:
+    """Such a job is started by posix_spawn, not Popen; Python's ignored SIGPIPE must not
+    reach it, or `yes` would end on a write error instead of the signal."""
+    cmd = "yes | head -1 > /dev/null; echo ${PIPESTATUS[0]}"
+    _, results = run(tmp_path, job(cmd, lease_id=1, cwd=os.getcwd()))
+    assert results[1].stdout.head == "141\n"
+
+
 def test_stdin_is_empty(tmp_path: Path) -> None:
     _, results = run(tmp_path, job("wc -c", lease_id=1))
     assert results[1].stdout.head.strip() == "0"

@@ -129,3 +129,42 @@ def test_the_keeper_kills_what_left_the_group_through_the_jobs_cgroup() -> None:
         keeper.kill()
         keeper.wait()
         containment.close()
+
+
+def test_the_keeper_kills_every_job_cgroup_below_the_parents_it_was_given() -> None:
+    """Jobs born in a cgroup under the worker's parents need no line of their own."""
+    from shoal.worker.cgroups import Containment
+
+    containment = Containment.detect("shoal-test-keeper-")
+    if containment is None:
+        import pytest
+
+        pytest.skip("no cgroups to put a job in")
+    cgroup = containment.create("job-1")
+    assert cgroup is not None
+    keeper = subprocess.Popen(KEEPER, stdin=subprocess.PIPE)
+    assert keeper.stdin is not None
+    with cgroup.spawning(containment.home):
+        job = subprocess.Popen(["bash", "-c", "setsid sleep 30 & wait"], start_new_session=True)
+    cgroup.adopt(job.pid)
+    try:
+        time.sleep(0.2)
+        pids = cgroup.pids()
+        assert len(pids) == 2
+        parents = [str(parent) for parent in containment.parents.values()]
+        keeper.stdin.write(b" ".join([b"P", *(os.fsencode(p) for p in parents)]) + b"\n")
+        keeper.stdin.close()
+        keeper.wait(timeout=3)
+        assert dead(job, within=3.0)
+        deadline = time.monotonic() + 3
+        while any(psutil.pid_exists(pid) and psutil.Process(pid).status()
+                  != psutil.STATUS_ZOMBIE for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status()
+                       != psutil.STATUS_ZOMBIE for pid in pids)
+    finally:
+        job.kill()
+        job.wait()
+        keeper.kill()
+        keeper.wait()
+        containment.close()

@@ -44,10 +44,15 @@ class JobCgroup:
         self.version = version
         self.paths = paths  # controller ("unified" for v2) -> directory
         self._born_inside = False  # set once a spawn was done from inside every one
+        # As strings, made once: a job's few cgroup operations run on the event loop.
+        self._dirs = [str(path) for path in paths.values()]
+        memory = paths.get("memory" if version == 1 else "unified")
+        self._peak_file = None if memory is None else str(memory) + (
+            "/memory.max_usage_in_bytes" if version == 1 else "/memory.peak")
 
     @property
     def directories(self) -> list[str]:
-        return [str(path) for path in self.paths.values()]
+        return list(self._dirs)
 
     @contextlib.contextmanager
     def spawning(self, home: dict[str, Path]) -> Iterator[None]:
@@ -59,16 +64,16 @@ class JobCgroup:
         tid = str(threading.get_native_id())
         moved: list[str] = []
         try:
-            for controller, path in self.paths.items():
+            for controller, directory in zip(self.paths, self._dirs, strict=True):
                 with contextlib.suppress(OSError):
-                    _write(path / "tasks", tid)
+                    _write(directory + "/tasks", tid)
                     moved.append(controller)
             self._born_inside = len(moved) == len(self.paths)
             yield
         finally:
             for controller in moved:
                 with contextlib.suppress(OSError):
-                    _write(home[controller] / "tasks", tid)
+                    _write(f"{home[controller]}/tasks", tid)
 
     def adopt(self, pid: int) -> None:
         """Put `pid` in this job's cgroups if it is not there yet (v2, or a v1 move that
@@ -93,24 +98,30 @@ class JobCgroup:
 
     def kill(self) -> None:
         """SIGKILL every process in the job's cgroups."""
-        kill_cgroup(self.directories)
+        # Born in all of them, its processes are in each: one empty list says none is left.
+        if self._born_inside and not _pids(self._dirs[0]):
+            return
+        kill_cgroup(self._dirs)
 
     def peak_memory_bytes(self) -> int | None:
-        path = self.paths.get("memory" if self.version == 1 else "unified")
-        if path is None:
+        if self._peak_file is None:
             return None
-        name = "memory.max_usage_in_bytes" if self.version == 1 else "memory.peak"
         try:
-            return int(_read(path / name))
+            return int(_read(self._peak_file))
         except (OSError, ValueError):
             return None
+
+    @property
+    def contained(self) -> bool:
+        """Whether the job's processes are known to be in all of its cgroups."""
+        return self._born_inside
 
     def remove(self) -> bool:
         """Remove the directories; False if a process is still in one (try again later)."""
         removed = True
-        for path in self.paths.values():
+        for directory in self._dirs:
             try:
-                path.rmdir()
+                os.rmdir(directory)
             except FileNotFoundError:
                 pass
             except OSError:
@@ -165,9 +176,9 @@ class Containment:
         self.collect()
         paths: dict[str, Path] = {}
         for controller, parent in self.parents.items():
-            path = parent / name
+            path = Path(f"{parent}/{name}")
             try:
-                path.mkdir()
+                os.mkdir(path)
             except FileExistsError:
                 pass
             except OSError:
@@ -348,19 +359,25 @@ def _children(parent: Path) -> list[Path]:
         return []
 
 
-def _pids(path: Path) -> list[int]:
+def _pids(path: Path | str) -> list[int]:
     try:
-        return [int(pid) for pid in _read(path / "cgroup.procs").split()]
+        return [int(pid) for pid in _read(f"{path}/cgroup.procs").split()]
     except (OSError, ValueError):
         return []
 
 
-def _read(path: Path) -> str:
-    with open(path) as file:
-        return file.read()
+def _read(path: Path | str) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, 65536)
+        while len(data) >= 65536 and (more := os.read(fd, 65536)):  # a long list of pids
+            data += more
+        return data.decode()
+    finally:
+        os.close(fd)
 
 
-def _write(path: Path, text: str) -> None:
+def _write(path: Path | str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, text.encode())

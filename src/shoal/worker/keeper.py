@@ -8,14 +8,18 @@ its attempts: its jobs run on, unwatched, while their second copies start elsewh
 The keeper is a small process in a session of its own, started once per worker. The worker
 writes to its stdin, one line each:
 
-- ``+PGID [CGROUP_DIR ...]`` when a job starts (with the job's cgroup directories, if any);
+- ``P PARENT_DIR ...`` once, where the worker's job cgroups are made: every process in any
+  cgroup below these directories belongs to a job;
+- ``+PGID [CGROUP_DIR ...]`` when a job starts that is not wholly in such a cgroup (with the
+  cgroup directories it has, if any);
 - ``-PGID`` when it has been reaped;
 - ``.`` as a heartbeat, from the worker's event loop, so only while that loop is running;
 - ``T SECONDS`` to set the heartbeat timeout (0: none).
 
 Lines written during one turn of the worker's event loop go in one write at its end: a write
 wakes the keeper, and one wake per job start and end is most of what a short job costs. A job
-is therefore registered within the turn of the loop that started it.
+in a cgroup is known to the keeper from the moment it exists, and costs it nothing; any other
+is registered within the turn of the loop that started it.
 
 When the pipe closes (the worker is gone, however it went) the keeper kills every job still
 registered and exits. When no heartbeat has come for the timeout, it kills them too but stays:
@@ -53,6 +57,7 @@ class Keeper:
         self._on_stall: Callable[[float], None] | None = None
         self._unsent: list[bytes] = []
         self._closed = False
+        self._parents_line = b""
 
     def _pipe(self) -> int | None:
         if self._process is None:
@@ -63,6 +68,9 @@ class Keeper:
                     start_new_session=True, close_fds=True)
             except OSError:
                 return None  # without a keeper jobs still run; only this safety net is gone
+            if self._parents_line and self._process.stdin is not None:
+                with contextlib.suppress(OSError):
+                    os.write(self._process.stdin.fileno(), self._parents_line)
             if self._timeout is not None:
                 self._send(b"T %r\n" % self._timeout)
                 self._schedule_beat()
@@ -91,6 +99,16 @@ class Keeper:
 
     def track(self, pgid: int, cgroup_dirs: Sequence[str] = ()) -> None:
         self._send(b" ".join([b"+%d" % pgid, *(os.fsencode(d) for d in cgroup_dirs)]) + b"\n")
+
+    def track_parents(self, directories: Sequence[str]) -> None:
+        """Every process in a cgroup below these directories is a job's; the keeper is told
+        when it starts."""
+        self._parents_line = b" ".join([b"P", *(os.fsencode(d) for d in directories)]) + b"\n"
+
+    def covered(self) -> None:
+        """A job has started in a cgroup below the parents: make sure the keeper runs."""
+        if self._process is None and not self._unsent:
+            self._send(b"\n")  # an empty line: only starts the keeper
 
     def untrack(self, pgid: int) -> None:
         self._send(b"-%d\n" % pgid)
@@ -147,17 +165,25 @@ class Keeper:
             self._process = None
 
 
-def _kill(jobs: dict[int, list[str]]) -> None:
+def _kill(jobs: dict[int, list[str]], parents: list[str]) -> None:
     for pgid, cgroup_dirs in jobs.items():
         with contextlib.suppress(OSError):
             os.killpg(pgid, signal.SIGKILL)
         if cgroup_dirs:
             kill_cgroup(cgroup_dirs)
+    for parent in parents:
+        try:
+            children = [entry.path for entry in os.scandir(parent) if entry.is_dir()]
+        except OSError:
+            continue
+        for child in children:
+            kill_cgroup([child])
 
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the worker's terminal is not for us
     jobs: dict[int, list[str]] = {}  # process group -> the job's cgroup directories
+    parents: list[str] = []  # the job cgroups' parents
     timeout: float | None = None
     last_heard = time.monotonic()
     pending = b""
@@ -166,7 +192,7 @@ def main() -> None:
         wait = None if timeout is None else max(0.0, last_heard + timeout - time.monotonic())
         readable, _, _ = select.select([fd], [], [], wait)
         if not readable:  # the worker's loop has not run for the timeout: it is stopped
-            _kill(jobs)
+            _kill(jobs, parents)
             jobs.clear()
             last_heard = time.monotonic()
             continue
@@ -187,7 +213,9 @@ def main() -> None:
                 jobs.pop(int(head[1:]), None)
             elif head == b"T" and len(words) == 2:
                 timeout = float(words[1]) or None
-    _kill(jobs)
+            elif head == b"P":
+                parents = [os.fsdecode(word) for word in words[1:]]
+    _kill(jobs, parents)
 
 
 if __name__ == "__main__":

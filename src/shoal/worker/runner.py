@@ -122,6 +122,7 @@ class _Attempt:
     awaiting_stamp: bool = False  # released, its start not yet reported
     ready: ReadyItem | None = None  # what was reported when it reached the line
     cgroup: JobCgroup | None = None  # where the machine allows it
+    tracked: bool = True  # told to the keeper one by one (not through its cgroup)
 
     @property
     def pid(self) -> int:
@@ -167,6 +168,10 @@ class Runner:
         self._containment = (
             Containment.detect() if contain else None
         )
+        self._keeper = Keeper()
+        if self._containment is not None:
+            self._keeper.track_parents([str(parent)
+                                        for parent in self._containment.parents.values()])
         self._spawner = Spawner(hide_unassigned_gpus=bool(offered_gpus))
         self._enforce_memory = enforce_memory
         self._spool_dir = Path(spool_dir)
@@ -188,7 +193,6 @@ class Runner:
         self._drained: asyncio.Future[None] | None = None
         self._closing = False
         self._closing_kill = False
-        self._keeper = Keeper()
         # Assignments beyond what runs at once, in order: (assignment, received, monotonic).
         self.max_running_cores: int | None = None
         self.start_interval_seconds = 0.0
@@ -455,8 +459,14 @@ class Runner:
                                    f"cannot watch process: {exc}")
             return None
 
-        # The job's group and cgroup die with this worker, however it dies.
-        self._keeper.track(process.pid, cgroup.directories if cgroup is not None else ())
+        # The job's group and cgroup die with this worker, however it dies: the keeper knows
+        # every job cgroup through their parents, and is told of the others one by one.
+        if cgroup is None or not cgroup.contained:
+            self._keeper.track(process.pid, cgroup.directories if cgroup is not None else ())
+            attempt_tracked = True
+        else:
+            self._keeper.covered()
+            attempt_tracked = False
         memory_limited = self._enforce_memory and assignment.memory_bytes > 0
         limit = assignment.time_limit_seconds
         attempt = _Attempt(
@@ -478,6 +488,7 @@ class Runner:
             gate=gate,
             released=gate is None,
             cgroup=cgroup,
+            tracked=attempt_tracked,
         )
         self._attempts[assignment.lease_id] = attempt
         self._busy_cores += assignment.cores
@@ -639,7 +650,8 @@ class Runner:
         self._loop.remove_reader(attempt.pidfd)
         os.close(attempt.pidfd)
         del self._attempts[attempt.assignment.lease_id]
-        self._keeper.untrack(attempt.pid)
+        if attempt.tracked:
+            self._keeper.untrack(attempt.pid)
         self._busy_cores -= attempt.assignment.cores
         if attempt.gate is not None:
             if attempt.awaiting_stamp:  # it may have exited before its stamp was read

@@ -32,6 +32,10 @@ from shoal.core.protocol import Assignment
 from shoal.worker.capture import open_spool_file
 from shoal.worker.gate import Gate
 
+# Python ignores these, and an ignored signal stays ignored across an exec: a job gets them
+# back at their defaults, as Popen's restore_signals gives them (`yes | head -1` ends by SIGPIPE).
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
 
 class Process(Protocol):
     """A started job's leader: a Popen, or a SpawnedProcess."""
@@ -113,7 +117,7 @@ class Spawner:
                         file_actions=[(os.POSIX_SPAWN_DUP2, self._devnull, 0),
                                       (os.POSIX_SPAWN_DUP2, stdout_fd, 1),
                                       (os.POSIX_SPAWN_DUP2, stderr_fd, 2)],
-                        setsid=True))
+                        setsid=True, setsigdef=_DEFAULT_SIGNALS))
                 return subprocess.Popen(
                     gate.argv(assignment.cmd) if gate else ["bash", "-c", assignment.cmd],
                     executable=self._bash,
