@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shoal.core.errors import InputError
 from shoal.core.models import JobState
-from shoal.formats import ParsedJob, parse_file
 from shoal.server.service import Service
 
 if TYPE_CHECKING:
@@ -67,45 +65,6 @@ def group_for(path: Path) -> str:
 
 def job_defaults(path: Path) -> dict[str, object]:
     return {"cwd": os.getcwd(), "group": group_for(path)}
-
-
-def is_runmaker(parsed: list[ParsedJob]) -> bool:
-    return bool(parsed) and parsed[0].state_offset is not None
-
-
-def load(path: Path, fmt: str, parallel: int,
-         defaults: dict[str, object] | None = None) -> list[ParsedJob]:
-    """A file's jobs; `defaults` are JobSpec fields its lines' own options override."""
-    parsed = parse_file(path, fmt, defaults={**job_defaults(path), **(defaults or {})})
-    for item in parsed:
-        if item.spec.cores > parallel:
-            raise InputError(f"asks for {item.spec.cores} cores but -j is {parallel}",
-                             source=str(path), line=item.line)
-    return parsed
-
-
-async def run_jobs(path: Path, parsed: list[ParsedJob], parallel: int,
-                   progress: Callable[[int, int, int], None] | None = None, *,
-                   hosts: Sequence[SshHost] = (),
-                   listen: ListenSettings | None = None) -> RunReport:
-    """Run the jobs, return the report (`progress(done, failed, total)`: runmaker files).
-
-    With `hosts`, the service also listens (TLS, its own worker token) on `listen` (default:
-    every address, any free port), and workers started over SSH on those hosts take jobs too,
-    until the run ends and they are stopped.
-
-    A runmaker file is the queue itself: shoal.runfile runs it, claiming line by line."""
-    if is_runmaker(parsed):
-        from shoal.runfile.driver import RunfileOptions, run_runmaker_file
-
-        report, _ = await run_runmaker_file(path, RunfileOptions(parallel=parallel),
-                                            job_defaults(path), progress)
-        return report
-    from shoal.run.driver import RunSettings, run_input
-    from shoal.run.inputs import from_parsed
-
-    return await run_input(from_parsed(path, parsed),
-                           RunSettings(parallel=parallel, hosts=hosts, listen=listen))
 
 
 async def _ssh_workers(service: Service, home: Path, hosts: Sequence[SshHost],

@@ -9,6 +9,8 @@ import pty
 import re
 import select
 import shutil
+import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -332,3 +334,43 @@ def test_per_line_options_in_a_wr_file(tmp_path: Path, form: str) -> None:
         result = shoal(tmp_path, "run", "--format", "wr", "-", stdin=line)
     assert result.returncode == 1
     assert counter.read_text().split() == ["x", "x", "x"]  # the line's retries beat the flag
+
+
+def test_a_large_file_is_fed_as_the_queue_drains_and_a_late_bad_line_runs_nothing(
+        tmp_path: Path) -> None:
+    """A file is checked whole before anything runs, then read into the queue as jobs end:
+    30,000 lines are never 30,000 queued jobs in memory, and the bar's total is the file's."""
+    from shoal.run.driver import AHEAD
+
+    ledger = tmp_path / "ledger"
+    late = tmp_path / "late.txt"
+    lines = [f"echo {i} >> {ledger}" for i in range(AHEAD + 2000)]
+    lines[AHEAD + 1000] = 'echo bad\t{"retries": "many"}'
+    late.write_text("\n".join(lines) + "\n")
+    refused = shoal(tmp_path, "run", "late.txt", "--format", "wr")
+    assert refused.returncode == 2, refused.stderr
+    assert f"late.txt:{AHEAD + 1001}:" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+    assert not ledger.exists()
+
+    big = tmp_path / "big.txt"
+    big.write_text("sleep 600\n" * 30_000)
+    run = subprocess.Popen([*SHOAL, "run", "big.txt", "-j", "2", "--json"], cwd=tmp_path,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=_env({"HOME": str(tmp_path / "home")}))
+    database = tmp_path / ".shoal" / "runs" / "big.txt" / "shoal.db"
+    try:
+        def jobs_kept() -> int:
+            if not database.exists():
+                return 0
+            with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+                return int(db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+
+        wait_until(lambda: jobs_kept() >= AHEAD, timeout=60, message="the first jobs fed")
+        time.sleep(1.0)  # the feed waits for room: no more come while two jobs run
+        assert jobs_kept() == AHEAD
+    finally:
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err
+    assert json.loads(out)["total"] == 30_000

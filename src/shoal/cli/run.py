@@ -18,7 +18,6 @@ from shoal.core.errors import InputError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from shoal.formats import ParsedJob
     from shoal.provision.hosts import SshHost
     from shoal.run.inputs import RunInput
     from shoal.run.output import OutputSettings
@@ -132,8 +131,6 @@ def run_command(
     is done is skipped, what failed is retried. Each job's output is printed when it ends.
     Exit 0 iff every command succeeded.
     """
-    from shoal.embedded import load
-
     parallel = jobs or len(os.sched_getaffinity(0))
     choices = _Choices(line_buffer=line_buffer, tag=tag, keep_order=keep_order, quiet=quiet,
                        results=results, joblog=joblog, dry_run=dry_run, fresh=fresh,
@@ -160,9 +157,12 @@ def run_command(
         parallel = 0  # as runmaker4-server: only the workers that join run lines
     elif one_only and not jobs:
         parallel = 1  # runmaker4 -1: one job; with -j N, one per slot
-    defaults = choices.job_fields()
-    parsed = load(file, format, parallel or 2**31, defaults)
-    options = _runfile_options(file, parsed, parallel, retry=retry, one_only=one_only,
+    from shoal.embedded import job_defaults
+    from shoal.run.inputs import from_file, scan_file
+
+    defaults = {**job_defaults(file), **choices.job_fields()}
+    scan = scan_file(file, format, parallel or 2**31, defaults)
+    options = _runfile_options(file, scan.runmaker, parallel, retry=retry, one_only=one_only,
                                logfile=logfile, loglines=loglines, live=live, listen=listen)
     if options is not None and ssh_hosts:
         raise InputError("--hosts: not for a runmaker file; give --listen and start workers "
@@ -172,10 +172,8 @@ def run_command(
             raise InputError(f"{choices.given()[0]}: not for a runmaker file (its lines are "
                              "claimed in the file; see docs/formats.md)")
         _run_runmaker(file, options, json_output)
-    from shoal.run.inputs import from_parsed
-
     _run_new(file, None, [], parallel, format, json_output, hosts, listen_for_hosts, choices,
-             parsed=from_parsed(file, parsed))
+             parsed=from_file(file, format, defaults, scan))
 
 
 # ---- files, stdin and arguments: shoal.run --------------------------------------------------
@@ -370,17 +368,16 @@ def _ssh_hosts(text: str | None) -> list[SshHost]:
     return unique_hosts([parse_host(item) for item in items])
 
 
-def _runfile_options(file: Path, parsed: list[ParsedJob], parallel: int, *, retry: bool,
+def _runfile_options(file: Path, runmaker: bool, parallel: int, *, retry: bool,
                      one_only: bool, logfile: Path | None, loglines: int, live: bool,
                      listen: str | None) -> RunfileOptions | None:
     """The runner's options for a runmaker file; None for another format (where the
     runmaker-only options are refused)."""
-    from shoal.embedded import is_runmaker
     from shoal.runfile.driver import RunfileOptions
 
     given = [name for name, value in (("-r", retry), ("-1", one_only), ("-l", logfile),
                                       ("--live", live), ("--listen", listen)) if value]
-    if not is_runmaker(parsed):
+    if not runmaker:
         if given:
             raise InputError(f"{given[0]}: applies to runmaker files only ({file} is not one)")
         return None

@@ -58,9 +58,11 @@ def iter_text(
     *,
     source: str = "<stdin>",
     defaults: Mapping[str, Any] | None = None,
+    check_only: bool = False,
 ) -> Iterator[ParsedJob]:
     """parse_text's jobs as they are read: a million lines are never a million jobs at once.
-    A bad format or default is refused at once; a bad line when it is reached."""
+    A bad format or default is refused at once; a bad line when it is reached. With
+    `check_only`, see SpecBuilder."""
     if fmt not in FORMATS:
         raise InputError(
             f'format "{fmt}" is not known (known: {", ".join(FORMATS)})', source=source
@@ -70,7 +72,7 @@ def iter_text(
     if text.startswith(_UTF8_BOM):
         text = text[1:]
         first_offset = len(_UTF8_BOM.encode())
-    builder = SpecBuilder(defaults, source)
+    builder = SpecBuilder(defaults, source, check_only=check_only)
     detected = fmt == "auto"
     if detected:
         fmt = detect_format(text)
@@ -82,7 +84,8 @@ def iter_text(
 
 
 def iter_file(
-    path: str | Path, fmt: str = "auto", *, defaults: Mapping[str, Any] | None = None
+    path: str | Path, fmt: str = "auto", *, defaults: Mapping[str, Any] | None = None,
+    check_only: bool = False,
 ) -> Iterator[ParsedJob]:
     """parse_file's jobs as they are read (the file itself is read whole, and checked)."""
     source = str(path)
@@ -102,7 +105,7 @@ def iter_file(
             source=source,
             line=data.count(b"\n", 0, error.start) + 1,
         ) from None
-    return iter_text(text, fmt, source=source, defaults=defaults)
+    return iter_text(text, fmt, source=source, defaults=defaults, check_only=check_only)
 
 
 def _runmaker_jobs(text: str, builder: SpecBuilder, first_offset: int,

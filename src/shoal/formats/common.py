@@ -55,12 +55,19 @@ def describe_validation_error(error: ValidationError, labels: Mapping[str, str])
 class SpecBuilder:
     """Turns the fields read from one line into a JobSpec, with the caller's defaults underneath."""
 
-    def __init__(self, defaults: Mapping[str, Any] | None, source: str):
+    def __init__(self, defaults: Mapping[str, Any] | None, source: str,
+                 check_only: bool = False):
+        """With `check_only`, lines are checked as they would be built, but a command-only
+        line's spec is not built (it is the defaults'): a file is checked and counted
+        without the cost of its jobs."""
         self.source = source
+        self.check_only = check_only
         self._defaults = dict(defaults or {})
         try:
             # Checked once here so a bad default is reported as such, not blamed on line 1.
             self._template = JobSpec.model_validate({"cmd": "true", **self._defaults})
+            self._collections = [(name, value) for name, value in self._template
+                                 if isinstance(value, list | dict) and name != "files"]
         except ValidationError as error:
             message = describe_validation_error(error, {})
             raise InputError(f"bad default: {message}", source=source) from None
@@ -73,12 +80,12 @@ class SpecBuilder:
                 and _good_command(command):
             # Only the command differs from the checked defaults: the defaults' spec with
             # this command is the whole check, at a fifth of the cost of validating it anew.
-            template = self._template
-            return template.model_copy(update={
-                "cmd": command, "env": template.env.copy(),
-                "resources": template.resources.copy(), "after": template.after.copy(),
-                "after_any": template.after_any.copy(), "limits": template.limits.copy(),
-                "files": [entry.copy() for entry in template.files]})  # each job its own
+            if self.check_only:
+                return self._template
+            # Each job its own collections: a change to one job's env is not another's.
+            return self._template.model_copy(update={
+                "cmd": command, **{name: value.copy() for name, value in self._collections},
+                "files": [entry.copy() for entry in self._template.files]})
         try:
             return JobSpec.model_validate({**self._defaults, **fields})
         except ValidationError as error:

@@ -46,6 +46,7 @@ LOCAL_WORKER = "local"
 MAX_FAILURES_SHOWN = 20
 LINE_POLL_SECONDS = 0.1
 BAR_SECONDS = 0.2
+AHEAD = 10_000  # jobs fed but not ended, at most: a file is read into the queue as it drains
 _NOT_STARTED = (JobState.WAITING, JobState.QUEUED, JobState.DELAYED)
 
 # What an earlier run of the same input left, by what each mode does with it.
@@ -116,9 +117,10 @@ class RunSettings:
     listen: ListenSettings | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Tracked:
-    item: Item
+    number: int  # the job's line (or place) in the input
+    tag: str
     index: int
 
 
@@ -146,6 +148,7 @@ class Run:
         self._earlier: dict[str, deque[int]] = defaultdict(deque)
         self._earlier_states: dict[int, JobState] = {}
         self._feed_error: Exception | None = None
+        self._room = asyncio.Event()  # set when jobs end: the feed may add more
 
     # ---- the run ---------------------------------------------------------------------------
 
@@ -190,6 +193,7 @@ class Run:
                 raise self._feed_error
             if interrupted.is_set() and self.pending:
                 self.report.interrupted = True
+                self.report.total = self._expected_total()  # the lines not yet fed too
                 agent.begin_stop()
                 await agent.runner.shutdown(kill=True)
                 await asyncio.sleep(0.05)  # let the last reports reach the service
@@ -257,6 +261,11 @@ class Run:
     async def _feed(self) -> None:
         try:
             async for batch in self.input.batches():
+                # Jobs go in as room is made: a million lines are never a million queued jobs
+                # in memory at once, and the first starts as soon as its batch is read.
+                while len(self.pending) >= AHEAD and self.halted is None:
+                    self._room.clear()
+                    await self._room.wait()
                 if self.halted is not None:
                     break
                 self._add(batch)
@@ -307,7 +316,7 @@ class Run:
             self._track(job_id, item)
 
     def _track(self, job_id: int, item: Item) -> None:
-        self.tracked[job_id] = _Tracked(item, len(self.order))
+        self.tracked[job_id] = _Tracked(item.number, item.tag, len(self.order))
         self.order.append(job_id)
         self.pending.add(job_id)
         self.report.total += 1
@@ -326,12 +335,13 @@ class Run:
             if job.id in self.pending and job.state in FINAL_STATES:
                 self.pending.discard(job.id)
                 self._ended(job)
+        self._room.set()
         self._check_halt()
         self._check_finished()
 
     def _ended(self, job: Job) -> None:
         tracked = self.tracked[job.id]
-        shown = Shown(job, tracked.item.number, tracked.item.tag, tracked.index)
+        shown = Shown(job, tracked.number, tracked.tag, tracked.index)
         assert self.printer is not None
         if job.state is JobState.DONE:
             self.report.done += 1
@@ -343,7 +353,7 @@ class Run:
             if len(self.report.failures) < MAX_FAILURES_SHOWN:
                 stderr = self.printer.output_of(job.id, "stderr").decode("utf-8", "replace")
                 self.report.failures.append({
-                    "id": job.id, "line": tracked.item.number, "cmd": job.cmd,
+                    "id": job.id, "line": tracked.number, "cmd": job.cmd,
                     "reason": job.fail_reason, "stderr_tail": stderr[-2000:]})
         if self.results is not None:
             self.results.write(shown, self.printer)
@@ -358,7 +368,7 @@ class Run:
         if halt is None or self.halted is not None:
             return
         report = self.report
-        if not halt.reached(report.done, report.failed, report.total):
+        if not halt.reached(report.done, report.failed, self._expected_total()):
             return
         self.halted = f"{halt.when},{halt.what}"
         self.report.halted = f"--halt {halt.when},{halt.what}=" + (
@@ -373,11 +383,24 @@ class Run:
             self._cancel([job_id for job_id in self.pending], "killed by --halt now")
         self._check_finished()
 
+    def _expected_total(self) -> int:
+        """The jobs this run has: all of a file's (less those skipped so far), though fed as
+        room is made; a stream's, as far as it has come."""
+        if self.input.total is None or not self.input_open:
+            return self.report.total
+        report = self.report
+        return max(report.total,
+                   self.input.total - report.skipped_done - report.skipped_failed)
+
     def _stop_taking(self, reason: str | None) -> None:
-        """No new job starts: the input is left, what is queued is cancelled."""
+        """No new job starts: the input is left, what is queued is cancelled, and what was
+        never fed counts as not run."""
         assert self.service is not None
         if self.halted is None:
             self.halted = reason or "stopped"
+        unfed = self._expected_total() - self.report.total
+        self.report.total += unfed
+        self.report.not_run += unfed
         self.input_open = False
         if self.agent is not None:
             self.agent.runner.drop_backlog("not started: the run stopped")
@@ -414,7 +437,7 @@ class Run:
         report = self.report
         self.terminal.status(bar_text(
             self.input.label, done=report.done, failed=report.failed,
-            total=report.total, running=running,
+            total=self._expected_total(), running=running,
             elapsed=time.monotonic() - self.began, input_open=self.input_open), force=force)
 
     def _summarise(self, service: Service) -> None:
@@ -423,7 +446,7 @@ class Run:
         ran = [job for job in service.find(self.order[-100000:])
                if job.wall_seconds is not None and job.state is JobState.DONE]
         ran.sort(key=lambda job: job.wall_seconds or 0.0, reverse=True)
-        report.slowest = [{"id": job.id, "line": self.tracked[job.id].item.number,
+        report.slowest = [{"id": job.id, "line": self.tracked[job.id].number,
                            "cmd": job.cmd, "wall_seconds": job.wall_seconds}
                           for job in ran[:3]]
 

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 from shoal.core.errors import InputError
 from shoal.core.models import JobSpec
-from shoal.formats import ParsedJob, parse_file, parse_text
+from shoal.formats import iter_file, parse_text
 from shoal.formats.common import SpecBuilder, is_blank_or_comment
 from shoal.run import state
 from shoal.run.template import fill, template_key
@@ -42,7 +42,6 @@ class RunInput:
     base: Path
     stream: bool  # read as it comes; its state starts over unless --resume
     total: int | None = None
-    parsed: list[ParsedJob] | None = None  # a file's jobs, as read
     _items: Iterator[Item] | None = None
     _handle: BinaryIO | None = None
     _template: str | None = None
@@ -82,14 +81,31 @@ def is_stream(path: Path) -> bool:
         return False
 
 
-def from_file(path: Path, fmt: str, defaults: Mapping[str, Any]) -> RunInput:
-    return from_parsed(path, parse_file(path, fmt, defaults=defaults))
+@dataclass(frozen=True)
+class FileScan:
+    jobs: int
+    runmaker: bool  # its lines carry runmaker's state characters
 
 
-def from_parsed(path: Path, parsed: list[ParsedJob]) -> RunInput:
-    items = (Item(job.line, job.spec, str(job.line)) for job in parsed)
+def scan_file(path: Path, fmt: str, parallel: int, defaults: Mapping[str, Any]) -> FileScan:
+    """Every line of a file checked before anything runs (a bad one anywhere is refused, and
+    nothing runs), and counted; no job is kept, so a million lines cost no more than one."""
+    jobs, runmaker = 0, False
+    for job in iter_file(path, fmt, defaults=defaults, check_only=True):
+        runmaker = runmaker or (jobs == 0 and job.state_offset is not None)
+        if job.spec.cores > parallel:
+            raise InputError(f"asks for {job.spec.cores} cores but -j is {parallel}",
+                             source=str(path), line=job.line)
+        jobs += 1
+    return FileScan(jobs, runmaker)
+
+
+def from_file(path: Path, fmt: str, defaults: Mapping[str, Any], scan: FileScan) -> RunInput:
+    """A checked file's jobs, read again as they are fed."""
+    items = (Item(job.line, job.spec, str(job.line))
+             for job in iter_file(path, fmt, defaults=defaults))
     return RunInput(label=path.name, key=state.file_key(path), base=state.base_dir(path),
-                    stream=False, total=len(parsed), parsed=parsed, _items=items)
+                    stream=False, total=scan.jobs, _items=items)
 
 
 def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
