@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from shoal.core.errors import Conflict, Forbidden, InputError
@@ -167,8 +167,8 @@ class JobEdits:
                              "through its dependencies")
 
     @staticmethod
-    def journal_of_new(plan: AddPlan, now: float) -> list[Transition]:
-        return [created(job, now=now) for job in plan.new_jobs]
+    def journal_of_new(plan: AddPlan, now: float) -> Iterator[Transition]:
+        return (created(job, now=now) for job in plan.new_jobs)
 
     def apply_add(self: ReactorState, plan: AddPlan, *, now: float) -> None:
         """Make an add real once its new jobs are committed. Requeued twins go through the

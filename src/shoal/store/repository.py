@@ -444,7 +444,7 @@ class Store:
 
     # ---- writes --------------------------------------------------------------------------
 
-    def add_jobs(self, new_jobs: Sequence[Job], transitions: Sequence[Transition],
+    def add_jobs(self, new_jobs: Sequence[Job], transitions: Iterable[Transition],
                  limit_caps: dict[str, int] | None = None) -> None:
         """Commit a whole add durably before it is acknowledged."""
         self._db.execute("PRAGMA synchronous = FULL")
@@ -453,12 +453,13 @@ class Store:
         finally:
             self._db.execute("PRAGMA synchronous = NORMAL")
 
-    def _add_jobs(self, new_jobs: Sequence[Job], transitions: Sequence[Transition],
+    def _add_jobs(self, new_jobs: Sequence[Job], transitions: Iterable[Transition],
                   limit_caps: dict[str, int]) -> None:
         with self._transaction() as db:
             db.executemany("INSERT OR REPLACE INTO limits (name, cap) VALUES (?, ?)",
                            list(limit_caps.items()))
-            db.executemany(_INSERT_SQL, [_job_row(j) for j in new_jobs])
+            # Generators: the rows of a million jobs are written, never held, at once.
+            db.executemany(_INSERT_SQL, (_job_row(j) for j in new_jobs))
             self._journal(db, transitions)
             if new_jobs:
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('max_job_id', ?)",
@@ -514,12 +515,12 @@ class Store:
                     db.executemany(f"DELETE FROM {table} WHERE {column} = ?", ids)
 
     @staticmethod
-    def _journal(db: sqlite3.Connection, transitions: Sequence[Transition]) -> None:
+    def _journal(db: sqlite3.Connection, transitions: Iterable[Transition]) -> None:
         db.executemany(
             "INSERT INTO transitions (job_id, from_state, to_state, at, reason) "
             "VALUES (?, ?, ?, ?, ?)",
-            [(t.job_id, t.from_state.value if t.from_state else None, t.to_state.value, t.at,
-              t.reason) for t in transitions],
+            ((t.job_id, t.from_state.value if t.from_state else None, t.to_state.value, t.at,
+              t.reason) for t in transitions),
         )
 
     # ---- reads for the API ---------------------------------------------------------------
