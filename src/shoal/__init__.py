@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AddResult",
+    "ArrayResult",
     "AuthError",
     "Client",
     "Conflict",
@@ -49,6 +50,7 @@ __all__ = [
 
 _LAZY_ATTRIBUTES = {
     "AddResult": "shoal.client",
+    "ArrayResult": "shoal.client",
     "Client": "shoal.client",
     "JobSpec": "shoal.core.models",
     "JobState": "shoal.core.models",

@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 import httpx
 
+from shoal.core.arrays import FIRST_ARRAY_JOBS
 from shoal.core.errors import (
     AuthError,
     Conflict,
@@ -77,6 +78,18 @@ class AddResult:
     added: int
     existed: int
     requeued: int
+    ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayResult:
+    """The server's answer to an array: its id and size, and its tasks made jobs at once
+    (the ids of the first ones; the rest are made as workers take them)."""
+
+    array: int
+    tasks: int
+    added: int
+    existed: int
     ids: tuple[int, ...]
 
 
@@ -141,6 +154,24 @@ class Client:
             requeued=answer.get("requeued", 0),
             ids=tuple(answer["ids"]),
         )
+
+    def add_array(self, spec: JobSpec | Mapping[str, Any], array: str) -> ArrayResult:
+        """One job for each number of `array` (Slurm's syntax: "1-100", "1-100:10",
+        "1,5,9"), each {} of the spec's cmd and name replaced by the number, and
+        SHOAL_ARRAY_INDEX and SHOAL_ARRAY_ITEM in its env. The server keeps it as one record
+        and makes its tasks into jobs as workers take them: ten million cost what ten do."""
+        job = dict(spec) if isinstance(spec, Mapping) else spec.model_dump(
+            mode="json", exclude_defaults=True)
+        answer = self._request("POST", "/arrays", json={"job": job, "array": array},
+                               timeout=self.timeout + FIRST_ARRAY_JOBS * ADD_SECONDS_PER_JOB)
+        return ArrayResult(array=answer["array"], tasks=answer["tasks"],
+                           added=answer["added"], existed=answer["existed"],
+                           ids=tuple(answer["ids"]))
+
+    def arrays(self) -> list[dict[str, Any]]:
+        """The arrays added (an admin's: everyone's), with how many of their tasks are jobs."""
+        answer: dict[str, Any] = self._request("GET", "/arrays")
+        return list(answer["arrays"])
 
     def _add_in_chunks(self, chunks: Iterable[list[dict[str, Any]]], rerun: bool,
                        progress: Callable[[int], None] | None) -> dict[str, Any]:

@@ -8,14 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from shoal.cli.arrays import (
+from shoal.cli.main import main
+from shoal.core.arrays import (
     MAX_ARRAY_ITEMS,
+    MAX_ARRAY_TASKS,
     expand,
     items_from_lines,
-    items_from_numbers,
+    numbers_from,
     parse_array_spec,
+    run_count,
+    runs_of,
 )
-from shoal.cli.main import main
 
 from .test_client_errors import FakeServer, closed_port_url, fake_server, isolated_home
 
@@ -47,12 +50,23 @@ def run(server: FakeServer, *args: str) -> int:
     ],
 )
 def test_array_specs(spec: str, numbers: list[int]) -> None:
-    assert parse_array_spec(spec) == numbers
+    runs = parse_array_spec(spec)
+    assert run_count(runs) == len(numbers)
+    assert numbers_from(runs, 0, len(numbers)) == numbers
+    assert numbers_from(runs, 1, 2) == numbers[1:3]
 
 
-def test_an_array_may_have_a_million_items() -> None:
-    numbers = parse_array_spec(f"1-{MAX_ARRAY_ITEMS}")
-    assert (len(numbers), numbers[0], numbers[-1]) == (MAX_ARRAY_ITEMS, 1, MAX_ARRAY_ITEMS)
+def test_a_hundred_million_tasks_are_one_run() -> None:
+    assert parse_array_spec(f"1-{MAX_ARRAY_TASKS}") == [(1, MAX_ARRAY_TASKS, 1)]
+    assert parse_array_spec("0-99:3,200-299") == [(0, 99, 3), (200, 299, 1)]
+    assert numbers_from([(0, 99, 3), (200, 299, 1)], 33, 3) == [99, 200, 201]
+    with pytest.raises(ValueError, match="makes more than 100,000,000 tasks"):
+        parse_array_spec(f"0-{MAX_ARRAY_TASKS}")
+
+
+def test_runs_of_numbers() -> None:
+    assert runs_of([1, 2, 3, 7, 9, 11, 20]) == [(1, 3, 1), (7, 11, 2), (20, 20, 1)]
+    assert runs_of([5]) == [(5, 5, 1)] and runs_of([]) == []
 
 
 @pytest.mark.parametrize(
@@ -73,11 +87,9 @@ def test_an_array_may_have_a_million_items() -> None:
         ("1,", f"an empty entry between commas {EXAMPLES}"),
         ("10-1", "'10-1': the range ends before it starts"),
         ("1-10:0", "'1-10:0': the step must be at least 1"),
-        ("0-1000000", "'0-1000000' makes more than 1,000,000 items; split them into several adds"),
-        ("1-99999999999999", "'1-99999999999999' makes more than 1,000,000 items; "
-                             "split them into several adds"),
-        ("1-600000,600001-1200000", "'1-600000,600001-1200000' makes more than 1,000,000 "
-                                    "items; split them into several adds"),
+        ("1-99999999999999", "'1-99999999999999' makes more than 100,000,000 tasks"),
+        ("1-600000,500001-1200000", "'1-600000,500001-1200000': overlapping ranges make more "
+                                    "than 1,000,000 items; split them into several adds"),
     ],
 )
 def test_bad_array_specs(spec: str, message: str) -> None:
@@ -86,12 +98,9 @@ def test_bad_array_specs(spec: str, message: str) -> None:
     assert str(caught.value) == message
 
 
-def test_overlapping_ranges_count_each_number_once_against_the_cap() -> None:
-    assert len(parse_array_spec(f"1-{MAX_ARRAY_ITEMS},1-10")) == MAX_ARRAY_ITEMS
-
-
-def test_array_items_are_indexed_by_their_number() -> None:
-    assert items_from_numbers([3, 10]) == [(3, "3"), (10, "10")]
+def test_overlapping_ranges_count_each_number_once() -> None:
+    assert parse_array_spec(f"1-{MAX_ARRAY_ITEMS - 10},1-10") == [(1, MAX_ARRAY_ITEMS - 10, 1)]
+    assert parse_array_spec("1-10:2,2-10:2") == [(1, 10, 1)]
 
 
 # ---- --each-line FILE -----------------------------------------------------------------------
@@ -152,19 +161,27 @@ def test_a_command_without_a_placeholder_is_refused() -> None:
 # ---- shoal add --array / --each-line ------------------------------------------------------
 
 
-def test_add_array_sends_every_item_in_one_request(
-        fake_server: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
-    fake_server.reply("POST", "/jobs", 201, {"added": 3, "existed": 0, "requeued": 0,
-                                             "ids": [1, 2, 3]})
+def test_add_array_sends_one_record(fake_server: FakeServer,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("POST", "/arrays", 201, {"array": 4, "tasks": 3, "added": 3,
+                                               "existed": 0, "ids": [1, 2, 3]})
     assert run(fake_server, "add", "--array", "1-5:2", "--cwd", "/w", "--group", "sweep",
                "--env", "MODE=fast", "simulate", "--seed", "{}", ">", "out/{}.txt") == 0
-    assert capsys.readouterr().out == "added 3, 0 already existed\n"
+    assert capsys.readouterr().out == "added array 4: 3 tasks, 3 jobs now\n"
     (request,) = fake_server.requests
-    assert request.body == {"rerun": False, "jobs": [
-        {"cmd": f"simulate --seed {n} > out/{n}.txt", "cwd": "/w", "group": "sweep",
-         "env": {"MODE": "fast", "SHOAL_ARRAY_INDEX": str(n), "SHOAL_ARRAY_ITEM": str(n)}}
-        for n in (1, 3, 5)
-    ]}
+    assert request.body == {"array": "1-5:2", "job": {
+        "cmd": "simulate --seed {} > out/{}.txt", "cwd": "/w", "group": "sweep",
+        "env": {"MODE": "fast"}}}
+
+
+def test_a_large_array_says_the_rest_follow(fake_server: FakeServer,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("POST", "/arrays", 201, {"array": 1, "tasks": 10_000_000,
+                                               "added": 10_000, "existed": 0, "ids": []})
+    assert run(fake_server, "add", "--array", "1-10000000", "--cwd", "/w", "echo {}") == 0
+    assert capsys.readouterr().out == (
+        "added array 1: 10,000,000 tasks, 10,000 jobs now; the rest become jobs as workers "
+        "take them (shoal arrays)\n")
 
 
 def test_add_each_line_of_a_file(fake_server: FakeServer, tmp_path: Path) -> None:

@@ -23,8 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from shoal.cli import arrays
-from shoal.core import protocol
+from shoal.core import arrays, protocol
 from shoal.core.errors import InputError, ProtocolError
 from shoal.core.models import JobSpec
 from shoal.ensemble.loaders import detect_kind
@@ -622,8 +621,12 @@ def test_ensemble_model_random_fields(fields: dict[str, Any]) -> None:
 @given(spec=st.one_of(ANY_TEXT, mutated(st.sampled_from(["1-100", "1-100:10", "1,5,9", "1-3,7"]))),
        lines=ANY_TEXT, name=st.sampled_from([None, "n", "n-{}"]))
 def test_job_arrays(spec: str, lines: str, name: str | None) -> None:
-    for read in (lambda: arrays.items_from_numbers(arrays.parse_array_spec(spec)),
-                 lambda: arrays.items_from_lines(lines)):
+    def numbers() -> list[tuple[int, str]]:
+        runs = arrays.parse_array_spec(spec)
+        assert arrays.run_count(runs) <= arrays.MAX_ARRAY_TASKS
+        return [(n, str(n)) for n in arrays.numbers_from(runs, 0, 50)]
+
+    for read in (numbers, lambda: arrays.items_from_lines(lines)):
         try:
             items = read()
         except ValueError as error:  # the caller names the option

@@ -19,7 +19,7 @@ from shoal.cli import JsonOption, render, session_of
 from shoal.core.errors import InputError
 
 if TYPE_CHECKING:
-    from shoal.client import AddResult
+    from shoal.client import AddResult, ArrayResult
     from shoal.core.models import JobSpec
 
 _WHOLE_NUMBER = re.compile(r"[0-9]+")
@@ -210,47 +210,54 @@ def check_job_source(command: list[str] | None, file: str | None, array: str | N
                                  "or they are part of it")
 
 
-def jobs_from_array(words: list[str], defaults: dict[str, Any], *, array: str | None = None,
-                    each_line: str | None = None) -> list[dict[str, Any]]:
-    """One job per item of --array SPEC or --each-line FILE, as job spec fields.
+def array_job(words: list[str], defaults: dict[str, Any], array: str) -> dict[str, Any]:
+    """--array SPEC: the job of every task, checked here as the server will check it (its
+    largest number's job checks every task's) so a mistake is named by its option."""
+    from shoal.core import arrays
+
+    fields = {**defaults, "cmd": " ".join(words)}
+    spec_from_fields({**fields, "cmd": "true"})  # a bad flag is reported by its name
+    if arrays.PLACEHOLDER not in fields["cmd"]:
+        raise InputError(f"--array: the command has no {arrays.PLACEHOLDER} to replace")
+    try:
+        runs = arrays.parse_array_spec(array)
+    except ValueError as exc:
+        raise InputError(f"--array: {exc}") from None
+    largest = arrays.numbers_from(runs, arrays.run_count(runs) - 1, 1)[0]
+    try:
+        spec_from_fields(arrays.expand(fields, [(largest, str(largest))])[0])
+    except InputError as exc:
+        raise InputError(f"--array: item {largest}: {exc}") from None
+    return fields
+
+
+def jobs_from_lines(words: list[str], defaults: dict[str, Any],
+                    each_line: str) -> list[dict[str, Any]]:
+    """One job per line of --each-line FILE, as job spec fields.
 
     Kept as plain dicts rather than JobSpecs: a million of those take many seconds to
     build. Items differ only in cmd, name and two env values, so checking the job of the
     longest item checks them all (lines with a NUL are refused as they are read).
     """
-    from shoal.cli import arrays
+    from shoal.core import arrays
 
-    flag = "--array" if array is not None else "--each-line"
     fields = {**defaults, "cmd": " ".join(words)}
     spec_from_fields({**fields, "cmd": "true"})  # a bad flag is reported by its name
     if arrays.PLACEHOLDER not in fields["cmd"]:  # checked before a long list is read
-        raise InputError(f"{flag}: the command has no {arrays.PLACEHOLDER} to replace")
-    items = array_items(array, each_line)
+        raise InputError(f"--each-line: the command has no {arrays.PLACEHOLDER} to replace")
+    source = "<stdin>" if each_line == "-" else each_line
+    try:
+        items = arrays.items_from_lines(read_text(each_line))
+    except ValueError as exc:
+        raise InputError(f"--each-line: {source}: {exc}") from None
     if not items:
         return []
     longest = max(items, key=lambda item: len(item[1].encode()))
     try:
         spec_from_fields(arrays.expand(fields, [longest])[0])
     except InputError as exc:
-        raise InputError(f"{flag}: item {longest[1][:40]!r}: {exc}") from None
+        raise InputError(f"--each-line: item {longest[1][:40]!r}: {exc}") from None
     return arrays.expand(fields, items)
-
-
-def array_items(array: str | None, each_line: str | None) -> list[tuple[int, str]]:
-    """The items of --array SPEC, or else of --each-line FILE; a bad one names its option."""
-    from shoal.cli import arrays
-
-    if array is not None:
-        try:
-            return arrays.items_from_numbers(arrays.parse_array_spec(array))
-        except ValueError as exc:
-            raise InputError(f"--array: {exc}") from None
-    assert each_line is not None
-    source = "<stdin>" if each_line == "-" else each_line
-    try:
-        return arrays.items_from_lines(read_text(each_line))
-    except ValueError as exc:
-        raise InputError(f"--each-line: {source}: {exc}") from None
 
 
 def read_text(file: str) -> str:
@@ -270,6 +277,15 @@ def read_text(file: str) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ValueError(f"line {line} is not UTF-8 text") from None
+
+
+def format_array_result(result: ArrayResult) -> str:
+    line = f"added array {result.array}: {result.tasks:,} tasks, {result.added:,} jobs now"
+    if result.existed:
+        line += f", {result.existed:,} already existed"
+    if result.tasks > result.added + result.existed:
+        line += "; the rest become jobs as workers take them (shoal arrays)"
+    return line
 
 
 def format_add_result(result: AddResult) -> str:
@@ -359,10 +375,22 @@ def add(
         req_group=req_group, grow_memory=grow_memory, after=after, after_any=after_any,
         limits=limit, env=env, on_worker=on, name=name,
     )
-    specs: Iterable[JobSpec | dict[str, Any]]
-    if array is not None or each_line is not None:
+    if array is not None:
         assert command
-        specs = jobs_from_array(command, defaults, array=array, each_line=each_line)
+        if rerun:
+            raise InputError("--rerun: not for --array (an array is added once; add it "
+                             "again as a new array)")
+        fields = array_job(command, defaults, array)
+        added = session_of(ctx).client().add_array(fields, array)
+        if as_json:
+            render.print_json(dataclasses.asdict(added))
+        else:
+            print(format_array_result(added))
+        return
+    specs: Iterable[JobSpec | dict[str, Any]]
+    if each_line is not None:
+        assert command
+        specs = jobs_from_lines(command, defaults, each_line)
         total: int | None = len(specs)
     elif command:
         specs, total = specs_from_command(command, defaults), 1

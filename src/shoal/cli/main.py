@@ -19,6 +19,7 @@ from shoal.cli import (
     Session,
     add,
     admin,
+    arrays,
     file,
     jobs,
     limits,
@@ -130,6 +131,7 @@ def root(
 
 # Everything after the command's first word belongs to the command: `shoal add ls -l`.
 app.command("add", context_settings={"allow_interspersed_args": False})(add.add)
+app.command("arrays")(arrays.arrays)
 app.command("status")(jobs.status)
 app.command("jobs")(jobs.jobs)
 app.command("wait")(jobs.wait)

@@ -193,6 +193,59 @@ async def abort_chunks(batch: BatchId, who: Who, service: ServiceDep) -> dict[st
     return {"affected": ChunkedAdds(service).abort(batch, who.name), "ids": []}
 
 
+# ---- arrays, kept as one record each (see server/arrays.py) -------------------------------
+
+
+class ArrayRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    job: JobSpec = Field(description="Every task's job; each {} in cmd and name becomes the "
+                                     "task's number")
+    array: str = Field(min_length=1, max_length=4096,
+                       description="The numbers, as Slurm's --array: 1-100, 1-100:10, 1,5,9")
+
+
+class ArrayAdded(BaseModel):
+    array: int = Field(description="The array's id")
+    tasks: int
+    added: int = Field(description="Tasks made into jobs with the add (the rest follow)")
+    existed: int
+    ids: list[int]
+
+
+class ArrayInfo(BaseModel):
+    id: int
+    owner: str
+    group: str
+    cmd: str
+    name: str | None
+    tasks: int
+    queued_as_jobs: int
+    not_yet_jobs: int
+    added_at: float
+    stopped_at: float | None
+    stop_reason: str | None
+
+
+class ArrayList(BaseModel):
+    arrays: list[ArrayInfo]
+
+
+@router.post("/arrays", status_code=201, response_model=ArrayAdded,
+             responses=errors(400, *AUTH, 503))
+async def add_array(body: ArrayRequest, who: Who, service: ServiceDep,
+                    request: Request) -> dict[str, Any]:
+    """One job for each number of `array`, kept as one record; its first tasks are jobs at
+    once, the rest are made as workers take them."""
+    _check_files_are_theirs(request, who, (entry.get("sha256") for entry in body.job.files))
+    return service.arrays.add(body.job, body.array, owner=who.name, sees_all=who.sees_all,
+                              may_set_caps=allows("PUT", "/api/v1/limits/{name}", who))
+
+
+@router.get("/arrays", **answers(ArrayList, *AUTH))
+async def list_arrays(who: Who, service: ServiceDep) -> dict[str, Any]:
+    return {"arrays": service.arrays.rows(None if who.sees_all else who.name)}
+
+
 @router.get("/jobs", **answers(JobPage, 400, *AUTH))
 async def list_jobs(
     who: Who, service: ServiceDep,

@@ -37,6 +37,8 @@ POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("POST", f"{_API}/adds/{{batch}}"): CLIENTS,
     ("POST", f"{_API}/adds/{{batch}}/commit"): CLIENTS,
     ("DELETE", f"{_API}/adds/{{batch}}"): CLIENTS,
+    ("POST", f"{_API}/arrays"): CLIENTS,
+    ("GET", f"{_API}/arrays"): CLIENTS,
     ("GET", f"{_API}/status"): CLIENTS,
     ("GET", f"{_API}/limits"): CLIENTS,
     ("GET", f"{_API}/limits/{{name}}"): CLIENTS,

@@ -78,6 +78,9 @@ class Reactor(JobEdits):
         self.holding = 0  # jobs running or lost: attempts that may still be alive
         # (owner, group, state) -> jobs
         self._counts: Counter[tuple[str, str, JobState]] = Counter()
+        # (owner, group) -> tasks of arrays not yet made into jobs: queued, for status and for
+        # dependencies on their group, but not jobs anyone can list (server/arrays.py).
+        self.unfed: Counter[tuple[str, str]] = Counter()
         self._next_job_id = next_job_id
         # The first sequence whose lease ids are all at least `next_lease_id`.
         self._lease_sequence = -(-next_lease_id >> LEASE_RANDOM_BITS)
@@ -612,6 +615,15 @@ class Reactor(JobEdits):
         return [self.jobs[i] for i in sorted(ids)
                 if i in self.jobs and self.jobs[i].state is S.WAITING]
 
+    def array_tasks(self, owner: str, group: str, tasks: int) -> None:
+        """Tasks of an array that are not jobs yet come (added), or go (made into jobs, which
+        the add counts, or dropped with the array)."""
+        self.unfed[owner, group] += tasks
+        self.deps.count(group, S.QUEUED, tasks)
+        if tasks < 0:
+            self._recheck.update(self.deps.waiting_on_group(group))
+        self.version += 1
+
     def total(self, states: Sequence[JobState] = (), group: str | None = None,
               owner: str | None = None) -> int:
         """How many jobs there are, from the kept counts (never a scan of the jobs)."""
@@ -621,10 +633,13 @@ class Reactor(JobEdits):
 
     def counts(self, group: str | None = None,
                owner: str | None = None) -> dict[str, dict[str, int]]:
-        """Jobs per group and state, kept up to date by every change (status is polled).
+        """Jobs per group and state, kept up to date by every change (status is polled); the
+        tasks of arrays not yet made into jobs are queued.
         With `owner`, only that owner's jobs."""
         groups: dict[str, dict[str, int]] = defaultdict(dict)
-        for (who, name, state), count in self._counts.items():
+        unfed = ((who, name, S.QUEUED, count) for (who, name), count in self.unfed.items())
+        for who, name, state, count in (*((*key, n) for key, n in self._counts.items()),
+                                        *unfed):
             if count and (group is None or name == group) and (owner is None or who == owner):
                 groups[name][state.value] = groups[name].get(state.value, 0) + count
         return {name: groups[name] for name in sorted(groups)}

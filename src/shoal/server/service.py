@@ -33,6 +33,7 @@ from shoal.core.protocol import (
 )
 from shoal.core.states import Transition
 from shoal.server.archive import StoreArchive
+from shoal.server.arrays import ArrayFeeds
 from shoal.server.effects import ASSIGN_BUDGET_BYTES, Effects, encoded_bound
 from shoal.server.events import Events
 from shoal.server.reactor import Reactor, ReactorConfig
@@ -99,6 +100,7 @@ class Service:
         self.started_at = clock()
         self.keep_history_seconds: float | None = None  # --keep-history: expire ended jobs
         self._expiry: asyncio.Task[None] | None = None
+        self.arrays = ArrayFeeds(self)  # arrays kept as records, made into jobs as they run
 
     # ---- the loop ----------------------------------------------------------------------------
 
@@ -141,6 +143,9 @@ class Service:
         loop = asyncio.get_running_loop()
         while not self._stopping:
             deadline = self.reactor.next_deadline()
+            check = self.arrays.next_check()
+            if check is not None:
+                deadline = check if deadline is None else min(deadline, check)
             if self._unsaved:
                 retry_at = self.clock() + 1.0
                 deadline = retry_at if deadline is None else min(deadline, retry_at)
@@ -161,6 +166,7 @@ class Service:
     def step(self) -> None:
         now = self.clock()
         self.reactor.tick(now)
+        self.arrays.feed(now)
         self.reactor.schedule(now)
         self._commit(self.reactor.take_effects())
         if self.reactor.draining and not self.reactor.holding and not self._unsaved:
@@ -365,6 +371,9 @@ class Service:
         """`owner` limits the action to that owner's jobs (None: anyone's)."""
         jobs = self.reactor.select(ids, group, owner, states=_ACTS_ON.get(action))
         now = self.clock()
+        if group is not None and action in ("kill", "remove"):
+            self.arrays.stop(group, owner, "its group was killed" if action == "kill"
+                             else "its group was removed")
         if action == "kill":
             affected = self.reactor.kill(jobs, now, reason)
         elif action == "retry":

@@ -28,6 +28,7 @@ from shoal.core.models import (
 )
 from shoal.core.protocol import AttemptResult, Captured
 from shoal.core.states import Transition
+from shoal.store.arrays import ArrayRow, load_arrays, put_array
 from shoal.store.files import check_database, damaged, is_damage, prepare_database_file
 from shoal.store.schema import key_hash, migrate
 
@@ -325,6 +326,13 @@ class Store:
                 self._db.execute("SELECT owner, grp, state, COUNT(*) FROM jobs "
                                  "GROUP BY owner, grp, state")]
 
+    def arrays(self) -> list[ArrayRow]:
+        return load_arrays(self._db)
+
+    def put_array(self, row: ArrayRow) -> None:
+        with self._transaction() as db:
+            put_array(db, row)
+
     # ---- ended jobs, kept here only (the reactor's archive) --------------------------------
 
     def jobs_by_id(self, job_ids: Sequence[int]) -> list[Job]:
@@ -445,17 +453,21 @@ class Store:
     # ---- writes --------------------------------------------------------------------------
 
     def add_jobs(self, new_jobs: Sequence[Job], transitions: Iterable[Transition],
-                 limit_caps: dict[str, int] | None = None) -> None:
-        """Commit a whole add durably before it is acknowledged."""
+                 limit_caps: dict[str, int] | None = None,
+                 array: ArrayRow | None = None) -> None:
+        """Commit a whole add durably before it is acknowledged; with `array`, the array
+        whose tasks these jobs are, as it is after them (added, or fed further)."""
         self._db.execute("PRAGMA synchronous = FULL")
         try:
-            self._add_jobs(new_jobs, transitions, limit_caps or {})
+            self._add_jobs(new_jobs, transitions, limit_caps or {}, array)
         finally:
             self._db.execute("PRAGMA synchronous = NORMAL")
 
     def _add_jobs(self, new_jobs: Sequence[Job], transitions: Iterable[Transition],
-                  limit_caps: dict[str, int]) -> None:
+                  limit_caps: dict[str, int], array: ArrayRow | None) -> None:
         with self._transaction() as db:
+            if array is not None:
+                put_array(db, array)
             db.executemany("INSERT OR REPLACE INTO limits (name, cap) VALUES (?, ?)",
                            list(limit_caps.items()))
             # Generators: the rows of a million jobs are written, never held, at once.

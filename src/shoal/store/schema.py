@@ -178,6 +178,21 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (batch, seq)
     );
     """,
+    # 9: job arrays kept as one record each; their jobs are made as workers take them.
+    """
+    CREATE TABLE arrays (
+        id INTEGER PRIMARY KEY,
+        owner TEXT NOT NULL,
+        grp TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        runs TEXT NOT NULL,
+        total INTEGER NOT NULL,
+        fed INTEGER NOT NULL,
+        added_at REAL NOT NULL,
+        stopped_at REAL,
+        stop_reason TEXT
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
