@@ -121,6 +121,20 @@ def test_silent_worker_loses_its_lease() -> None:
     assert w1 in reactor.take_effects().disconnect
 
 
+def test_a_pause_of_the_server_is_not_a_workers_silence() -> None:
+    """A long add holds the loop; the worker's heartbeats wait unread meanwhile."""
+    reactor = new_reactor(lease_timeout_seconds=10, lost_grace_seconds=0)
+    [job_id] = add(reactor, "sleep 100")
+    w1 = reactor.worker_joined(register("w1"), 0.0)
+    assigned(reactor, 0.0)
+    reactor.excuse_pause(25.0)  # the server was busy from 1 s to 26 s
+    reactor.tick(26.0)
+    assert reactor.get(job_id).state is S.RUNNING
+    assert w1 not in reactor.take_effects().disconnect
+    reactor.tick(36.0)  # silent for more than the lease after the pause: gone
+    assert reactor.get(job_id).state is S.QUEUED
+
+
 def test_retries_with_backoff_then_failed() -> None:
     reactor = new_reactor(retry_base_seconds=2)
     [job_id] = add(reactor, "false", retries=1)

@@ -20,9 +20,10 @@ def test_chunks_read_back_equal_to_what_was_staged() -> None:
     specs = [JobSpec(cmd="echo 1", cwd="/tmp"),
              JobSpec(cmd="env", cwd="/srv", env={"K": "v"}, limits=["db:2"], priority=5,
                      after=["group:prep"], time_seconds=1.5, memory_bytes=1 << 30)]
-    assert adds._parse([staged(*specs[:1]), staged(*specs[1:])]) == specs
+    assert list(adds._parse_each([staged(*specs[:1]), staged(*specs[1:])])) == [
+        specs[:1], specs[1:]]
 
 
 def test_a_chunk_that_no_longer_reads_as_jobs_is_refused() -> None:
     with pytest.raises(InputError, match="a staged chunk no longer reads as jobs"):
-        adds._parse([json.dumps([{"cmd": "", "cwd": "/tmp"}])])
+        list(adds._parse_each([json.dumps([{"cmd": "", "cwd": "/tmp"}])]))

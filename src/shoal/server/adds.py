@@ -4,9 +4,8 @@ chunk whatever the add's, and a failed or abandoned add leaves no job behind."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -43,9 +42,8 @@ class ChunkedAdds:
         """The add of every chunk, at once; the batch is gone afterwards either way."""
         texts = list(self.staged.chunks(batch, owner))
         try:
-            specs = await asyncio.to_thread(_parse, texts)  # the loop goes on meanwhile
-            return self.service.add(specs, rerun=rerun, owner=owner, sees_all=sees_all,
-                                    may_set_caps=may_set_caps)
+            return self.service.add_chunks(_parse_each(texts), rerun=rerun, owner=owner,
+                                           sees_all=sees_all, may_set_caps=may_set_caps)
         finally:
             self.staged.drop(batch)
 
@@ -53,11 +51,13 @@ class ChunkedAdds:
         return self.staged.drop(batch, owner)
 
 
-def _parse(texts: list[str]) -> list[JobSpec]:
-    """The staged specs. Checked again: pydantic's check from JSON costs no more than
-    building them unchecked (model_construct fills in defaults slowly)."""
-    try:
-        return [spec for text in texts for spec in _SPECS.validate_json(text)]
-    except ValidationError as exc:  # checked when staged: only a changed shoal gets here
-        raise InputError(f"a staged chunk no longer reads as jobs: {exc.errors()[0]['msg']}"
-                         ) from None
+def _parse_each(texts: list[str]) -> Iterator[list[JobSpec]]:
+    """The staged chunks' specs, a chunk at a time. Checked again: pydantic's check from
+    JSON costs no more than building them unchecked (model_construct fills in defaults
+    slowly)."""
+    for text in texts:
+        try:
+            yield _SPECS.validate_json(text)
+        except ValidationError as exc:  # checked when staged: only a changed shoal gets here
+            raise InputError("a staged chunk no longer reads as jobs: "
+                             f"{exc.errors()[0]['msg']}") from None

@@ -52,6 +52,11 @@ class ReactorState(Protocol):
     def _change(self, job: Job, to: JobState, now: float, reason: str | None = None) -> None: ...
     def _settle_dependencies(self, now: float) -> None: ...
     def _check_cap_from_spec(self, index: int, name: str, cap: int) -> None: ...
+    def plan_add_chunks(self, chunks: Iterable[Sequence[JobSpec]], *, rerun: bool, now: float,
+                        owner: str = "", sees_all: bool = True, may_set_caps: bool = True,
+                        distinct: bool = False) -> AddPlan: ...
+    def _new_job(self, spec: JobSpec, job_id: int, index: int, owner: str, now: float,
+                 limit_caps: dict[str, int], may_set_caps: bool) -> Job: ...
     def _check_dependencies(self, new_jobs: list[Job], batch_groups: set[str],
                             owner: str | None) -> None: ...
     def _check_new_dependencies(self, jobs: Sequence[Job], changes: dict[str, Any],
@@ -66,7 +71,16 @@ class JobEdits:
     def plan_add(self: ReactorState, specs: Sequence[JobSpec], *, rerun: bool, now: float,
                  owner: str = "", sees_all: bool = True, may_set_caps: bool = True,
                  distinct: bool = False) -> AddPlan:
-        """Decide what an add does, changing nothing, so a failed commit leaves no trace.
+        """plan_add_chunks of one chunk."""
+        return self.plan_add_chunks((specs,), rerun=rerun, now=now, owner=owner,
+                                    sees_all=sees_all, may_set_caps=may_set_caps,
+                                    distinct=distinct)
+
+    def plan_add_chunks(self: ReactorState, chunks: Iterable[Sequence[JobSpec]], *,
+                        rerun: bool, now: float, owner: str = "", sees_all: bool = True,
+                        may_set_caps: bool = True, distinct: bool = False) -> AddPlan:
+        """Decide what an add does, changing nothing, so a failed commit leaves no trace. The
+        specs come in chunks, read one at a time: only the jobs they make are held at once.
 
         Duplicates are found among the owner's own jobs: two users may add the same command.
         Without `sees_all`, dependencies may name only the owner's jobs. Without
@@ -81,63 +95,71 @@ class JobEdits:
         limit_caps: dict[str, int] = {}
         batch_keys: dict[tuple[str, str, str], int] = {}
         batch_groups: set[str] = set()
-        next_id = self._next_job_id
-        # Twins among ended jobs are in the archive: asked for all at once.
-        unknown = [] if distinct else [key for spec in specs if not spec.gate
-                                       and (key := (owner, *spec.key)) not in self.by_key]
-        archived = self.archive.twins(unknown) if unknown else {}
-        for index, spec in enumerate(specs):
-            # An ensemble component's may be empty (a fresh directory) or relative (under its
-            # worker's working directory).
-            if spec.cwd is None or not (spec.cwd.startswith("/") or spec.gate):
-                raise InputError(f"jobs[{index}].cwd: must be an absolute path")
-            key = (owner, *spec.key)
-            twin_id = None if spec.gate or distinct else self.by_key.get(
-                key, batch_keys.get(key, archived.get(key)))
-            if twin_id is not None:
-                existed += 1
-                ids.append(twin_id)
-                twin = self.jobs.get(twin_id)  # None: archived, so it has ended
-                if rerun and (twin is None or twin.state in FINAL_STATES) \
-                        and twin_id not in requeue:
-                    requeue.append(twin_id)
-                continue
-            limits = []
-            for entry in spec.limits:
-                name, _, cap = entry.partition(":")
-                limits.append(name)
-                if cap:
-                    if not may_set_caps:
-                        self._check_cap_from_spec(index, name, int(cap))
-                    limit_caps[name] = int(cap)
-            job = Job(
-                id=next_id, cmd=spec.cmd, cwd=shared_text(spec.cwd), env=own_dict(spec.env),
-                group=shared_text(spec.group), priority=spec.priority, retries=spec.retries,
-                cores=spec.cores, memory_bytes=spec.memory_bytes,
-                time_limit_seconds=spec.time_limit_seconds, time_seconds=spec.time_seconds,
-                req_group=spec.req_group, name=spec.name, gpus=spec.gpus,
-                resources=own_dict(spec.resources), grow_memory=spec.grow_memory,
-                dependencies=own_list(spec.after), dependencies_any=own_list(spec.after_any),
-                limits=own_list(sorted(set(limits))), on_worker=spec.on_worker, gate=spec.gate,
-                files=own_list(spec.files), always_copy=spec.always_copy,
-                state=S.WAITING if spec.after or spec.after_any else S.QUEUED,
-                added_at=now, queued_at=None if spec.after or spec.after_any else now,
-                owner=shared_text(owner),
-            )
-            if spec.req_group:
-                memory, seconds, source = self.learned.suggest(
-                    spec.req_group, memory=not spec.memory_bytes, time=spec.time_seconds is None)
-                job.memory_bytes = memory or job.memory_bytes
-                job.time_seconds = seconds if seconds is not None else job.time_seconds
-                job.requirements_source = source
-            if not spec.gate:
-                batch_keys[key] = next_id
-            batch_groups.add(spec.group)
-            new_jobs.append(job)
-            ids.append(next_id)
-            next_id += 1
+        index = 0
+        for specs in chunks:
+            # Twins among ended jobs are in the archive: asked for a chunk's at once.
+            unknown = [] if distinct else [key for spec in specs if not spec.gate
+                                           and (key := (owner, *spec.key)) not in self.by_key]
+            archived = self.archive.twins(unknown) if unknown else {}
+            for spec in specs:
+                # An ensemble component's may be empty (a fresh directory) or relative (under
+                # its worker's working directory).
+                if spec.cwd is None or not (spec.cwd.startswith("/") or spec.gate):
+                    raise InputError(f"jobs[{index}].cwd: must be an absolute path")
+                key = (owner, *spec.key)
+                twin_id = None if spec.gate or distinct else self.by_key.get(
+                    key, batch_keys.get(key, archived.get(key)))
+                if twin_id is not None:
+                    existed += 1
+                    ids.append(twin_id)
+                    twin = self.jobs.get(twin_id)  # None: archived, so it has ended
+                    if rerun and (twin is None or twin.state in FINAL_STATES) \
+                            and twin_id not in requeue:
+                        requeue.append(twin_id)
+                else:
+                    job_id = self._next_job_id + len(new_jobs)
+                    new_jobs.append(self._new_job(spec, job_id, index, owner, now, limit_caps,
+                                                  may_set_caps))
+                    if not spec.gate:
+                        batch_keys[key] = job_id
+                    batch_groups.add(spec.group)
+                    ids.append(job_id)
+                index += 1
         self._check_dependencies(new_jobs, batch_groups, None if sees_all else owner)
         return AddPlan(new_jobs, requeue, ids, existed - len(requeue), limit_caps)
+
+    def _new_job(self: ReactorState, spec: JobSpec, job_id: int, index: int, owner: str,
+                 now: float, limit_caps: dict[str, int], may_set_caps: bool) -> Job:
+        """The job a spec makes; a `NAME:N` of its limits goes into `limit_caps`."""
+        limits = []
+        for entry in spec.limits:
+            name, _, cap = entry.partition(":")
+            limits.append(name)
+            if cap:
+                if not may_set_caps:
+                    self._check_cap_from_spec(index, name, int(cap))
+                limit_caps[name] = int(cap)
+        waits = bool(spec.after or spec.after_any)
+        job = Job(
+            id=job_id, cmd=spec.cmd, cwd=shared_text(spec.cwd or ""), env=own_dict(spec.env),
+            group=shared_text(spec.group), priority=spec.priority, retries=spec.retries,
+            cores=spec.cores, memory_bytes=spec.memory_bytes,
+            time_limit_seconds=spec.time_limit_seconds, time_seconds=spec.time_seconds,
+            req_group=spec.req_group, name=spec.name, gpus=spec.gpus,
+            resources=own_dict(spec.resources), grow_memory=spec.grow_memory,
+            dependencies=own_list(spec.after), dependencies_any=own_list(spec.after_any),
+            limits=own_list(sorted(set(limits))), on_worker=spec.on_worker, gate=spec.gate,
+            files=own_list(spec.files), always_copy=spec.always_copy,
+            state=S.WAITING if waits else S.QUEUED, added_at=now,
+            queued_at=None if waits else now, owner=shared_text(owner),
+        )
+        if spec.req_group:
+            memory, seconds, source = self.learned.suggest(
+                spec.req_group, memory=not spec.memory_bytes, time=spec.time_seconds is None)
+            job.memory_bytes = memory or job.memory_bytes
+            job.time_seconds = seconds if seconds is not None else job.time_seconds
+            job.requirements_source = source
+        return job
 
     def _check_cap_from_spec(self: ReactorState, index: int, name: str, cap: int) -> None:
         """A cap in a job spec follows the permission of setting it directly: a user may give

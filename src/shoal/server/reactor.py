@@ -328,6 +328,13 @@ class Reactor(JobEdits):
             worker.accepting = False
             worker.last_seen = now
 
+    def excuse_pause(self, seconds: float) -> None:
+        """The server itself could not listen for `seconds` (one long add): that silence is
+        not held against any worker, whose messages wait, unread, to be heard next."""
+        for worker in self.workers.values():
+            if worker.connected:
+                worker.last_seen += seconds
+
     def heard_from(self, worker_id: int, now: float) -> None:
         worker = self.workers.get(worker_id)
         if worker is not None:

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -344,12 +344,26 @@ class Service:
         if len(specs) > MAX_JOBS_PER_ADD:
             raise InputError(f"more than {MAX_JOBS_PER_ADD} jobs in one add")
         self.check_sizes(specs)
+        return self.add_chunks((specs,), rerun=rerun, owner=owner, sees_all=sees_all,
+                               may_set_caps=may_set_caps, distinct=distinct)
+
+    def add_chunks(self, chunks: Iterable[Sequence[JobSpec]], *, rerun: bool = False,
+                   owner: str = "", sees_all: bool = True, may_set_caps: bool = True,
+                   distinct: bool = False) -> dict[str, Any]:
+        """An add whose specs (already checked for size and number) come in chunks, read one
+        at a time: a million are never held at once, only the jobs they make."""
         now = self.clock()
-        plan = self.reactor.plan_add(specs, rerun=rerun, now=now, owner=owner,
-                                     sees_all=sees_all, may_set_caps=may_set_caps,
-                                     distinct=distinct)
+        began = time.monotonic()
+        plan = self.reactor.plan_add_chunks(chunks, rerun=rerun, now=now, owner=owner,
+                                            sees_all=sees_all, may_set_caps=may_set_caps,
+                                            distinct=distinct)
         self.store.add_jobs(plan.new_jobs, self.reactor.journal_of_new(plan, now),
                             plan.limit_caps)
+        # A million jobs hold the loop for many seconds, longer than a worker's lease: its
+        # heartbeats are waiting to be read, and it must not be taken for gone meanwhile.
+        paused = time.monotonic() - began
+        if paused > 1.0:
+            self.reactor.excuse_pause(paused)
         self.reactor.apply_add(plan, now=now)
         self.events.added(plan.new_jobs, now)
         self.step()
