@@ -185,6 +185,51 @@ def measure_shoal(size: int, tmp: Path) -> dict[str, str]:
     return figures
 
 
+def measure_array(tasks: int, tmp: Path) -> dict[str, str]:
+    """`shoal add --array 1-TASKS`: one record, whatever its size."""
+    with a_server(tmp / "array") as server:
+        took, _, result = cli(server, "add", "--array", f"1-{tasks}", "--cwd", "/tmp",
+                              "--limit", "hold:0", "echo {}")
+        if result.returncode != 0:
+            return {f"add --array 1-{tasks}": f"failed: {result.stderr.decode().strip()[:120]}"}
+        return {f"add --array 1-{tasks}": f"{took:.2f} s (the CLI's start included); server "
+                                          f"{server.rss() / MiB:.0f} MB after"}
+
+
+def measure_run(size: int, tmp: Path) -> dict[str, str]:
+    """`shoal run FILE`: seconds to its first job, and the memory of shoal's own processes
+    (the run and its keeper; not the jobs, nor a child between fork and exec, whose size is
+    the run's own counted twice)."""
+    work = tmp / "run"
+    work.mkdir()
+    first = work / "first"
+    (work / "jobs.txt").write_text(f"date +%s.%N > {first}\n" +
+                                   "".join(f"true {i}\n" for i in range(size - 1)))
+    began = time.time()
+    process = subprocess.Popen([*SHOAL, "run", "jobs.txt", "-j", "2", "--quiet"], cwd=work,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "HOME": str(work)})
+    peak, started = 0, None
+    try:
+        watched = psutil.Process(process.pid)
+        while time.time() - began < 120 and process.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                own = [watched, *(child for child in watched.children(recursive=True)
+                                  if "shoal.worker.keeper" in child.cmdline())]
+                peak = max(peak, sum(p.memory_info().rss for p in own))
+            if started is None and first.exists() and first.stat().st_size:
+                started = float(first.read_text()) - began
+            if started is not None and time.time() - began > started + 5:
+                break  # the first job and a few seconds of running: its peak is past
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
+    when = f"{started:.1f} s" if started is not None else "none within 120 s"
+    return {f"shoal run of a {size:,}-line file": f"first job after {when}; shoal's own "
+                                                  f"processes {peak / MiB:.0f} MB at most"}
+
+
 def measure_hyperqueue(size: int, tmp: Path) -> dict[str, str]:
     try:
         from hyperqueue import Job, LocalCluster
@@ -235,6 +280,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         shoal = measure_shoal(args.size, Path(tmp))
+        shoal.update(measure_array(10 * args.size, Path(tmp)))
+        shoal.update(measure_run(args.size, Path(tmp)))
     hq = {"submit": "not measured"}
     if not args.no_hyperqueue:
         with tempfile.TemporaryDirectory(prefix="bench-scale-hq-") as tmp:
