@@ -488,3 +488,38 @@ def test_the_python_api_runs_an_ensemble_file(cluster: Cluster, tmp_path: Path,
         assert cluster.job(parts["h0"]["job_id"])["stdout"]["head"] == "from the api\n"
         assert cluster.job(parts["localhost"]["job_id"])["stdout"]["head"] == f"{tmp_path}\n"
         assert [run["run_id"] for run in client.list_ensembles("api")] == [snapshot["run_id"]]
+
+
+def test_runs_are_kept_across_a_server_restart(cluster: Cluster, hosts: Hosts,
+                                               tmp_path: Path) -> None:
+    spec = tmp_path / "kept.toml"
+    spec.write_text("""
+name = "kept"
+min_hosts = 1
+
+[[component]]
+name = "fine"
+host = "h0"
+command = "echo fine"
+
+[[component]]
+name = "broken"
+host = "h1"
+command = "exit 4"
+""")
+    code, [snapshot], _ = run(cluster, spec)
+    assert code == 0 and snapshot["state"] == "done"  # min_hosts = 1: one success is enough
+    assert cluster.server is not None
+    cluster.server.send_signal(signal.SIGTERM)
+    cluster.server.wait(timeout=30)
+    cluster.start_server("--host", hosts.server_address)
+
+    listed = cluster.cli("ensemble", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (summary,) = [r for r in json.loads(listed.stdout) if r["run_id"] == snapshot["run_id"]]
+    assert (summary["name"], summary["state"]) == ("kept", "done")
+    shown = cluster.cli("ensemble", "show", str(snapshot["run_id"]), "--json")
+    assert shown.returncode == 0, shown.stderr
+    parts = by_name(json.loads(shown.stdout))
+    assert (parts["fine"]["state"], parts["fine"]["exit_code"]) == ("done", 0)
+    assert (parts["broken"]["state"], parts["broken"]["exit_code"]) == ("failed", 4)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -108,6 +109,7 @@ class Run:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     owner: str = ""  # who started it: its components are their jobs
+    saver: Callable[[Run], None] | None = None  # keeps its snapshot when its state changes
 
     @property
     def name(self) -> str:
@@ -117,6 +119,8 @@ class Run:
         if to is not self.state:
             self.state = advance(f"ensemble run {self.run_id}", self.state, to)
             self.touch()
+            if self.saver is not None:
+                self.saver(self)
 
     def note(self, message: str) -> None:
         self.log.append({"at": time.time(), "message": message})
@@ -139,9 +143,19 @@ class Run:
                 "services_running": len(self.live_services())}
 
     def snapshot(self) -> dict[str, Any]:
-        return {**self.summary(), "version": self.version, "stage": self.stage,
-                "components": [c.to_dict() for c in self.components],
-                "stages": list(self.stages), "log": list(self.log)}
+        details = {"version": self.version, "stage": self.stage,
+                   "components": [c.to_dict() for c in self.components],
+                   "stages": list(self.stages), "log": list(self.log)}
+        assert details.keys() == set(_DETAILS)
+        return {**self.summary(), **details}
+
+
+_DETAILS = ("version", "stage", "components", "stages", "log")  # a snapshot less its summary
+
+
+def summary_of(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """A kept snapshot's summary, as Run.summary gives a live run's."""
+    return {key: value for key, value in snapshot.items() if key not in _DETAILS}
 
 
 def seconds_text(seconds: float) -> str:

@@ -23,8 +23,9 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from typing import Any
 
-from shoal.core.errors import InputError, NotFound
+from shoal.core.errors import InputError, NotFound, StoreUnavailable
 from shoal.core.models import FINAL_STATES, JobSpec, JobState
 from shoal.core.protocol import ReadyItem, Release, StartedItem, TimeProbe, TimeReply
 from shoal.core.states import Transition
@@ -32,10 +33,17 @@ from shoal.ensemble.clock import Estimate, Sample, estimate, sample
 from shoal.ensemble.loaders.common import safe_name
 from shoal.ensemble.spec import LOCALHOST, Component
 from shoal.ensemble.states import COMPONENT_FAILURES, ComponentState, RunState
-from shoal.server.ensemble_runs import ComponentRun, EnsembleRequest, Run, seconds_text
+from shoal.server.ensemble_runs import (
+    ComponentRun,
+    EnsembleRequest,
+    Run,
+    seconds_text,
+    summary_of,
+)
 from shoal.server.events import EnsembleStageStarted
 from shoal.server.service import Service
 from shoal.server.workers import WorkerState
+from shoal.store.ensemble_runs import load_runs, save_run
 
 log = logging.getLogger("shoal.server")
 C, R = ComponentState, RunState
@@ -105,6 +113,14 @@ class EnsembleRunner:
         self._probe_id = 0
         service.listeners.append(self._on_transitions)
         service.ensemble_messages = self._on_message
+        # Runs of earlier lives of the server, as last kept: (owner, snapshot).
+        self.past: dict[int, tuple[str, dict[str, Any]]] = {}
+        for run_id, owner, snapshot in load_runs(service.store):
+            if not R(snapshot["state"]).is_final:  # the server stopped during it
+                snapshot.update(state=R.ABANDONED.value, services_running=0,
+                                reason="the server stopped during the run")
+                self._keep(run_id, owner, snapshot)
+            self.past[run_id] = (owner, snapshot)
 
     # ---- public ------------------------------------------------------------------------------
 
@@ -119,23 +135,30 @@ class EnsembleRunner:
         if unknown:
             raise InputError(f"files for unknown components: {', '.join(sorted(unknown))}")
         check_resources(components)
-        run = Run(max(self.runs, default=0) + 1, request, components, owner=owner)
+        run = Run(max([*self.runs, *self.past], default=0) + 1, request, components, owner=owner,
+                  saver=self._save)
         self.runs[run.run_id] = run
+        self._save(run)
         for component in components:
             component.run_id = run.run_id
         run.task = asyncio.create_task(self._drive(run), name=f"ensemble-{run.run_id}")
         return run.run_id
 
     def snapshot(self, run_id: int, owner: str | None = None) -> dict[str, object]:
-        return self._run(run_id, owner).snapshot()
+        kept = self._past(run_id, owner)
+        return kept if kept is not None else self._run(run_id, owner).snapshot()
 
     def list_runs(self, name: str | None = None,
                   owner: str | None = None) -> list[dict[str, object]]:
-        return [r.summary() for r in self.runs.values()
-                if (name is None or r.name == name) and (owner is None or r.owner == owner)]
+        past = [summary_of(snapshot) for who, snapshot in self.past.values()
+                if (name is None or snapshot["name"] == name) and owner in (None, who)]
+        return past + [r.summary() for r in self.runs.values()
+                       if (name is None or r.name == name) and owner in (None, r.owner)]
 
     async def wait_for_change(self, run_id: int, since: int, timeout: float,
                               owner: str | None = None) -> None:
+        if self._past(run_id, owner) is not None:
+            return  # it ended before this server started: it will not change
         run = self._run(run_id, owner)
         if run.version != since:
             return
@@ -143,13 +166,29 @@ class EnsembleRunner:
             await asyncio.wait_for(run.changed.wait(), timeout)
 
     def cancel(self, run_id: int, owner: str | None = None) -> None:
-        """Stop a run: one still going is cancelled; a detached one's services are stopped."""
+        """Stop a run: one still going is cancelled; a detached one's services are stopped.
+        One of an earlier life of the server has nothing left to stop."""
+        if self._past(run_id, owner) is not None:
+            return
         run = self._run(run_id, owner)
         if run.task is not None and not run.task.done():
             if run.stop_reason is None:
                 run.stop_reason = ("stopped (shoal ensemble stop)" if run.state is R.DETACHED
                                    else "cancelled")
             run.task.cancel()
+
+    def _past(self, run_id: int, owner: str | None) -> dict[str, Any] | None:
+        kept = self.past.get(run_id)
+        return kept[1] if kept is not None and owner in (None, kept[0]) else None
+
+    def _save(self, run: Run) -> None:
+        self._keep(run.run_id, run.owner, run.snapshot())
+
+    def _keep(self, run_id: int, owner: str, snapshot: dict[str, Any]) -> None:
+        try:
+            save_run(self.service.store, run_id, owner, str(snapshot["name"]), snapshot)
+        except StoreUnavailable as exc:  # the run goes on; only its record after a restart is late
+            log.warning("ensemble run %d not saved: %s", run_id, exc)
 
     def _run(self, run_id: int, owner: str | None = None) -> Run:
         """The run; with `owner`, only if they started it."""

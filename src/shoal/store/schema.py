@@ -193,6 +193,15 @@ MIGRATIONS: list[str] = [
         stop_reason TEXT
     );
     """,
+    # 10: what an ensemble run was, kept when its state changes: seen after a restart.
+    """
+    CREATE TABLE ensemble_runs (
+        id INTEGER PRIMARY KEY,
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        snapshot TEXT NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
