@@ -30,7 +30,7 @@ from shoal.server.reactor import ReactorConfig
 from shoal.server.service import Service
 from shoal.store import Store
 
-from .cluster import Cluster, running_cluster
+from .cluster import Cluster, running_cluster, wait_until
 
 
 @pytest.fixture
@@ -151,3 +151,23 @@ def test_every_task_becomes_one_job_once_across_a_restart(tmp_path: Path) -> Non
     expected = ["task 0", *(f"task {n}" for n in range(1000, 1000 + tasks - 1))]
     assert sorted(commands) == sorted(expected)  # each task once, none lost
     assert states == {JobState.DONE.value}
+
+
+def test_mod_of_the_group_changes_the_tasks_to_come(held: Cluster) -> None:
+    added = held.cli("add", "--array", "1-25000", "--group", "sweep", "--limit", "hold",
+                     "--json", "echo {}")
+    assert added.returncode == 0, added.stderr
+    changed = held.cli("mod", "--group", "sweep", "--priority", "7", "--new-group", "later")
+    assert changed.returncode == 0, changed.stderr
+    # The jobs made so far moved, and so did the tasks not yet jobs, counts and all.
+    assert held.api("GET", "/status")["groups"] == {"later": {"queued": 25_000}}
+    (array,) = held.api("GET", "/arrays")["arrays"]
+    assert array["group"] == "later"
+    # Let the first jobs run: the next ones are made with the new priority and group.
+    held.api("PUT", "/limits/hold", json={"cap": None})
+    wait_until(lambda: held.api("GET", "/arrays")["arrays"][0]["queued_as_jobs"] > 10_000,
+               timeout=300, message="the next tasks made into jobs")
+    page = held.api("GET", "/jobs", params={"limit": 1, "order": "desc"})
+    newest = page["jobs"][0]
+    assert (newest["group"], newest["priority"]) == ("later", 7)
+    held.cli("kill", "--group", "later")

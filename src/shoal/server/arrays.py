@@ -140,6 +140,26 @@ class ArrayFeeds:
                 self._stop(feed, now, reason)
         return dropped
 
+    def modify(self, group: str, owner: str | None, changes: dict[str, Any]) -> None:
+        """`shoal mod --group`: the group's arrays make their jobs to come with the changes
+        (already checked as the group's jobs took them; a cap is not restated)."""
+        for feed in list(self._feeds.values()):
+            if feed.row.group != group or owner not in (None, feed.row.owner):
+                continue
+            fields = feed.spec.model_dump()
+            for name, value in changes.items():  # a null clears: the field's default
+                fields[name] = value if value is not None else \
+                    JobSpec.model_fields[name].get_default(call_default_factory=True)
+            fields["limits"] = [entry.partition(":")[0] for entry in fields["limits"]]
+            spec = JobSpec.model_validate(fields)
+            row = dataclasses.replace(feed.row, group=spec.group, spec=spec.model_dump(
+                mode="json", exclude_defaults=True))
+            self.service.store.put_array(row)
+            reactor = self.service.reactor
+            reactor.array_tasks(row.owner, feed.row.group, -row.unfed)
+            reactor.array_tasks(row.owner, row.group, row.unfed)
+            feed.row, feed.spec = row, spec
+
     def rows(self, owner: str | None) -> list[dict[str, Any]]:
         return [row.to_dict() for row in self.service.store.arrays()
                 if owner in (None, row.owner)]

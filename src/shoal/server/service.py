@@ -385,9 +385,6 @@ class Service:
         """`owner` limits the action to that owner's jobs (None: anyone's)."""
         jobs = self.reactor.select(ids, group, owner, states=_ACTS_ON.get(action))
         now = self.clock()
-        if group is not None and action in ("kill", "remove"):
-            self.arrays.stop(group, owner, "its group was killed" if action == "kill"
-                             else "its group was removed")
         if action == "kill":
             affected = self.reactor.kill(jobs, now, reason)
         elif action == "retry":
@@ -396,6 +393,9 @@ class Service:
             affected = self.reactor.remove(jobs, now)
         else:
             raise InputError(f"unknown action {action!r}")
+        if group is not None and action in ("kill", "remove"):  # the group's future jobs too
+            self.arrays.stop(group, owner, "its group was killed" if action == "kill"
+                             else "its group was removed")
         self.step()
         self.reactor.forget(job.id for job in jobs)  # those brought back and left as they were
         return affected
@@ -412,6 +412,8 @@ class Service:
                                    may_set_caps=may_set_caps, owner=owner)
         if caps:
             self.store.set_limits(dict(caps))
+        if group is not None:  # the group's arrays make their future jobs so changed too
+            self.arrays.modify(group, owner, changes.given())
         self.step()
         self.reactor.forget(job.id for job in selected)
         return {"affected": len(selected), "ids": [job.id for job in selected]}
