@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from shoal.core.models import EMPTY_DICT, EMPTY_LIST, own_dict, own_list
+from shoal.core.models import EMPTY_DICT, EMPTY_LIST, Job, JobState, own_dict, own_list
 from shoal.server.reactor import Reactor
 from shoal.store import Store
 
@@ -66,3 +67,36 @@ def test_jobs_read_back_share_what_they_repeat(tmp_path: Path) -> None:
     assert len({id(job.cwd) for job in loaded}) == 1
     assert len({id(job.owner) for job in loaded}) == 1
     assert loaded[3].env == {"K": "v"} and loaded[3].limits == ["db"]
+
+
+def test_every_field_of_a_job_reads_back_as_written(tmp_path: Path) -> None:
+    """Rows are read positionally, in Job's field order: a field moved or added in one place
+    and not the other shows here. Every field gets a value of its own (holder aside: kept
+    with the attempt, not the job)."""
+    values: dict[str, object] = {}
+    for number, field in enumerate(dataclasses.fields(Job), start=1):
+        if field.name == "holder":
+            values[field.name] = None
+        elif field.name == "state":
+            values[field.name] = JobState.FAILED
+        elif field.name in ("env", "resources"):
+            values[field.name] = {f"K{number}": number if field.name == "resources"
+                                  else str(number)}
+        elif field.name in ("dependencies", "dependencies_any", "limits"):
+            values[field.name] = [f"group:g{number}"] if "depend" in field.name else [f"l{number}"]
+        elif field.name == "files":
+            values[field.name] = [{"path": f"f{number}", "mode": 0o644, "size": 1,
+                                   "sha256": "0" * 64}]
+        elif field.type in ("bool",):
+            values[field.name] = True
+        elif "float" in str(field.type) and "int" not in str(field.type):
+            values[field.name] = number + 0.5
+        elif "int" in str(field.type):
+            values[field.name] = number
+        else:
+            values[field.name] = f"{field.name}-{number}"
+    job = Job(**values)  # type: ignore[arg-type]
+    store = Store(tmp_path / "shoal.db")
+    store.add_jobs([job], [])
+    [loaded] = store.jobs_by_id([job.id])
+    assert loaded == job
