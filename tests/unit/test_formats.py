@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -775,3 +776,24 @@ def test_parse_file_raises_only_input_errors(
         parse_file(path)
     except InputError as error:
         assert str(error).startswith(f"{path}")
+
+
+_SHAPES = st.text(alphabet=st.sampled_from(list(".rde!?#/{}\"\t \r\n\x0b\u00a0ax:1")), max_size=60)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=_SHAPES)
+def test_detection_without_a_look_at_each_line_agrees_with_the_rules(text: str) -> None:
+    """A text with no line that rule 1 or 2 could match is `lines` at once; that shortcut
+    decides as reading every line does."""
+    from shoal.formats import detect
+
+    everything = re.compile("")
+    slow = pytest.MonkeyPatch()
+    slow.setattr(detect, "_MAYBE_RUNMAKER", everything)
+    slow.setattr(detect, "_MAYBE_WR", everything)
+    try:
+        by_each_line = detect.detect_format(text)
+    finally:
+        slow.undo()
+    assert detect.detect_format(text) == by_each_line

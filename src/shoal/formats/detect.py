@@ -22,10 +22,16 @@ from shoal.formats.common import is_blank_or_comment, numbered_lines
 from shoal.formats.wr import JSON_ONLY_LINE
 
 _RUNMAKER_JOB = re.compile(r"[.rd!e?][ \t]")
+# What any line that rule 1 or 2 looks for must contain, found in the whole text at once: a
+# file with neither (a million plain commands) is `lines` without a look at each line.
+_MAYBE_RUNMAKER = re.compile(r"^[.rd!e?][ \t]", re.MULTILINE)
+_MAYBE_WR = re.compile(r"\t\s*\{|\{\s*[\"}]")
 
 
 def detect_format(text: str) -> str:
     """Return "runmaker", "wr" or "lines" for the given file content."""
+    if _MAYBE_RUNMAKER.search(text) is None and _MAYBE_WR.search(text) is None:
+        return "lines"
     content = [
         line
         for _, line in numbered_lines(text)
