@@ -363,8 +363,11 @@ def test_a_large_file_is_fed_as_the_queue_drains_and_a_late_bad_line_runs_nothin
         def jobs_kept() -> int:
             if not database.exists():
                 return 0
-            with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
-                return int(db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+            try:
+                with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+                    return int(db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+            except sqlite3.OperationalError:  # made, but its tables not yet
+                return 0
 
         wait_until(lambda: jobs_kept() >= AHEAD, timeout=60, message="the first jobs fed")
         time.sleep(1.0)  # the feed waits for room: no more come while two jobs run
