@@ -143,19 +143,9 @@ class Run:
                 "services_running": len(self.live_services())}
 
     def snapshot(self) -> dict[str, Any]:
-        details = {"version": self.version, "stage": self.stage,
-                   "components": [c.to_dict() for c in self.components],
-                   "stages": list(self.stages), "log": list(self.log)}
-        assert details.keys() == set(_DETAILS)
-        return {**self.summary(), **details}
-
-
-_DETAILS = ("version", "stage", "components", "stages", "log")  # a snapshot less its summary
-
-
-def summary_of(snapshot: dict[str, Any]) -> dict[str, Any]:
-    """A kept snapshot's summary, as Run.summary gives a live run's."""
-    return {key: value for key, value in snapshot.items() if key not in _DETAILS}
+        return {**self.summary(), "version": self.version, "stage": self.stage,
+                "components": [c.to_dict() for c in self.components],
+                "stages": list(self.stages), "log": list(self.log)}
 
 
 def seconds_text(seconds: float) -> str:

@@ -38,12 +38,17 @@ from shoal.server.ensemble_runs import (
     EnsembleRequest,
     Run,
     seconds_text,
-    summary_of,
 )
 from shoal.server.events import EnsembleStageStarted
 from shoal.server.service import Service
 from shoal.server.workers import WorkerState
-from shoal.store.ensemble_runs import load_runs, save_run
+from shoal.store.ensemble_runs import (
+    last_run_id,
+    run_snapshot,
+    run_summaries,
+    runs_in,
+    save_run,
+)
 
 log = logging.getLogger("shoal.server")
 C, R = ComponentState, RunState
@@ -113,14 +118,13 @@ class EnsembleRunner:
         self._probe_id = 0
         service.listeners.append(self._on_transitions)
         service.ensemble_messages = self._on_message
-        # Runs of earlier lives of the server, as last kept: (owner, snapshot).
-        self.past: dict[int, tuple[str, dict[str, Any]]] = {}
-        for run_id, owner, snapshot in load_runs(service.store):
-            if not R(snapshot["state"]).is_final:  # the server stopped during it
-                snapshot.update(state=R.ABANDONED.value, services_running=0,
-                                reason="the server stopped during the run")
-                self._keep(run_id, owner, snapshot)
-            self.past[run_id] = (owner, snapshot)
+        # Runs going when the server last stopped: they ended with it.
+        live = [state.value for state in R if not state.is_final]
+        for run_id, owner, summary, snapshot in runs_in(service.store, live):
+            ended = {"state": R.ABANDONED.value, "services_running": 0,
+                     "reason": "the server stopped during the run"}
+            self._keep(run_id, owner, {**summary, **ended}, {**snapshot, **ended})
+        self._last_id = last_run_id(service.store)
 
     # ---- public ------------------------------------------------------------------------------
 
@@ -135,8 +139,8 @@ class EnsembleRunner:
         if unknown:
             raise InputError(f"files for unknown components: {', '.join(sorted(unknown))}")
         check_resources(components)
-        run = Run(max([*self.runs, *self.past], default=0) + 1, request, components, owner=owner,
-                  saver=self._save)
+        self._last_id += 1
+        run = Run(self._last_id, request, components, owner=owner, saver=self._save)
         self.runs[run.run_id] = run
         self._save(run)
         for component in components:
@@ -150,8 +154,9 @@ class EnsembleRunner:
 
     def list_runs(self, name: str | None = None,
                   owner: str | None = None) -> list[dict[str, object]]:
-        past = [summary_of(snapshot) for who, snapshot in self.past.values()
-                if (name is None or snapshot["name"] == name) and owner in (None, who)]
+        """Earlier runs as kept, then this server's as they are now."""
+        past = [summary for summary in run_summaries(self.service.store, name, owner)
+                if summary["run_id"] not in self.runs]
         return past + [r.summary() for r in self.runs.values()
                        if (name is None or r.name == name) and owner in (None, r.owner)]
 
@@ -178,15 +183,18 @@ class EnsembleRunner:
             run.task.cancel()
 
     def _past(self, run_id: int, owner: str | None) -> dict[str, Any] | None:
-        kept = self.past.get(run_id)
-        return kept[1] if kept is not None and owner in (None, kept[0]) else None
+        """A run of an earlier life of the server, as kept (None: none, or one of this one)."""
+        if run_id in self.runs:
+            return None
+        return run_snapshot(self.service.store, run_id, owner)
 
     def _save(self, run: Run) -> None:
-        self._keep(run.run_id, run.owner, run.snapshot())
+        self._keep(run.run_id, run.owner, run.summary(), run.snapshot())
 
-    def _keep(self, run_id: int, owner: str, snapshot: dict[str, Any]) -> None:
+    def _keep(self, run_id: int, owner: str, summary: dict[str, Any],
+              snapshot: dict[str, Any]) -> None:
         try:
-            save_run(self.service.store, run_id, owner, str(snapshot["name"]), snapshot)
+            save_run(self.service.store, run_id, owner, summary, snapshot)
         except StoreUnavailable as exc:  # the run goes on; only its record after a restart is late
             log.warning("ensemble run %d not saved: %s", run_id, exc)
 

@@ -199,6 +199,8 @@ MIGRATIONS: list[str] = [
         id INTEGER PRIMARY KEY,
         owner TEXT NOT NULL,
         name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        summary TEXT NOT NULL,
         snapshot TEXT NOT NULL
     );
     """,
