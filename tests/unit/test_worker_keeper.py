@@ -7,8 +7,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import psutil
+import pytest
+
+from shoal.worker.cgroups import Containment, JobCgroup
+from tests.system import require
 
 KEEPER = [sys.executable, "-m", "shoal.worker.keeper"]
 
@@ -91,80 +97,71 @@ def test_without_a_timeout_only_a_closed_pipe_kills() -> None:
         keeper.wait()
 
 
-def test_the_keeper_kills_what_left_the_group_through_the_jobs_cgroup() -> None:
+@dataclass
+class CgroupJob:
+    """A job in a cgroup of its own that has put a child out of its process group (setsid),
+    and a keeper not yet told anything."""
+
+    containment: Containment
+    cgroup: JobCgroup
+    job: subprocess.Popen[bytes]
+    keeper: subprocess.Popen[bytes]
+    pids: list[int]
+
+    def tell_keeper(self, line: bytes) -> None:
+        assert self.keeper.stdin is not None
+        self.keeper.stdin.write(line + b"\n")
+        self.keeper.stdin.close()  # as when its worker dies
+        self.keeper.wait(timeout=3)
+
+    def all_dead(self, within: float = 3.0) -> bool:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if not any(psutil.pid_exists(pid) and psutil.Process(pid).status()
+                       != psutil.STATUS_ZOMBIE for pid in self.pids):
+                return True
+            time.sleep(0.02)
+        return False
+
+
+@pytest.fixture
+def cgroup_job() -> Iterator[CgroupJob]:
+    containment = Containment.detect("shoal-test-keeper-")
+    require(containment is not None, "cgroups to put a job in")
+    assert containment is not None
+    cgroup = containment.create("job-1")
+    assert cgroup is not None
+    keeper = subprocess.Popen(KEEPER, stdin=subprocess.PIPE)
+    with cgroup.spawning(containment.home):
+        job = subprocess.Popen(["bash", "-c", "setsid sleep 30 & wait"], start_new_session=True)
+    cgroup.adopt(job.pid)
+    try:
+        time.sleep(0.2)
+        pids = cgroup.pids()
+        assert len(pids) == 2
+        assert len([pid for pid in pids if os.getpgid(pid) != job.pid]) == 1  # one escaped
+        yield CgroupJob(containment, cgroup, job, keeper, pids)
+    finally:
+        job.kill()
+        job.wait()
+        keeper.kill()
+        keeper.wait()
+        containment.close()
+
+
+def test_the_keeper_kills_what_left_the_group_through_the_jobs_cgroup(
+        cgroup_job: CgroupJob) -> None:
     """With a cgroup directory on the job's line, a child that called setsid dies too."""
-    from shoal.worker.cgroups import Containment
-
-    containment = Containment.detect("shoal-test-keeper-")
-    if containment is None:
-        import pytest
-
-        pytest.skip("no cgroups to put a job in")
-    cgroup = containment.create("job-1")
-    assert cgroup is not None
-    keeper = subprocess.Popen(KEEPER, stdin=subprocess.PIPE)
-    assert keeper.stdin is not None
-    with cgroup.spawning(containment.home):
-        job = subprocess.Popen(["bash", "-c", "setsid sleep 30 & wait"], start_new_session=True)
-    cgroup.adopt(job.pid)
-    try:
-        time.sleep(0.2)
-        pids = cgroup.pids()
-        assert len(pids) == 2
-        escaped = [pid for pid in pids if os.getpgid(pid) != job.pid]
-        assert len(escaped) == 1
-        line = b" ".join([b"+%d" % job.pid, *(os.fsencode(d) for d in cgroup.directories)])
-        keeper.stdin.write(line + b"\n")
-        keeper.stdin.close()
-        keeper.wait(timeout=3)
-        assert dead(job, within=3.0)
-        deadline = time.monotonic() + 3
-        while psutil.pid_exists(escaped[0]) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not psutil.pid_exists(escaped[0]) \
-            or psutil.Process(escaped[0]).status() == psutil.STATUS_ZOMBIE
-    finally:
-        job.kill()
-        job.wait()
-        keeper.kill()
-        keeper.wait()
-        containment.close()
+    cgroup_job.tell_keeper(b" ".join([b"+%d" % cgroup_job.job.pid, *(
+        os.fsencode(d) for d in cgroup_job.cgroup.directories)]))
+    assert dead(cgroup_job.job, within=3.0)
+    assert cgroup_job.all_dead()
 
 
-def test_the_keeper_kills_every_job_cgroup_below_the_parents_it_was_given() -> None:
+def test_the_keeper_kills_every_job_cgroup_below_the_parents_it_was_given(
+        cgroup_job: CgroupJob) -> None:
     """Jobs born in a cgroup under the worker's parents need no line of their own."""
-    from shoal.worker.cgroups import Containment
-
-    containment = Containment.detect("shoal-test-keeper-")
-    if containment is None:
-        import pytest
-
-        pytest.skip("no cgroups to put a job in")
-    cgroup = containment.create("job-1")
-    assert cgroup is not None
-    keeper = subprocess.Popen(KEEPER, stdin=subprocess.PIPE)
-    assert keeper.stdin is not None
-    with cgroup.spawning(containment.home):
-        job = subprocess.Popen(["bash", "-c", "setsid sleep 30 & wait"], start_new_session=True)
-    cgroup.adopt(job.pid)
-    try:
-        time.sleep(0.2)
-        pids = cgroup.pids()
-        assert len(pids) == 2
-        parents = [str(parent) for parent in containment.parents.values()]
-        keeper.stdin.write(b" ".join([b"P", *(os.fsencode(p) for p in parents)]) + b"\n")
-        keeper.stdin.close()
-        keeper.wait(timeout=3)
-        assert dead(job, within=3.0)
-        deadline = time.monotonic() + 3
-        while any(psutil.pid_exists(pid) and psutil.Process(pid).status()
-                  != psutil.STATUS_ZOMBIE for pid in pids) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status()
-                       != psutil.STATUS_ZOMBIE for pid in pids)
-    finally:
-        job.kill()
-        job.wait()
-        keeper.kill()
-        keeper.wait()
-        containment.close()
+    parents = [str(parent) for parent in cgroup_job.containment.parents.values()]
+    cgroup_job.tell_keeper(b" ".join([b"P", *(os.fsencode(p) for p in parents)]))
+    assert dead(cgroup_job.job, within=3.0)
+    assert cgroup_job.all_dead()
