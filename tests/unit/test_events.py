@@ -76,13 +76,12 @@ def test_a_tick_becomes_events_with_group_owner_and_timings() -> None:
 def test_observers_get_batches_and_a_failing_one_is_skipped() -> None:
     bus = Events()
     assert not bus.watched
-    bus.added([make_job(1, group="g", owner="bob")], 5.0)  # nobody listens: nothing is built
+    bus.added({("bob", "g"): 1}, 5.0)  # nobody listens: nothing is built
     first, second = Recorder(), Recorder()
     bus.subscribe(first)
     bus.subscribe(Broken())
     bus.subscribe(second)
-    bus.added([make_job(n, group="g", owner="bob") for n in (1, 2, 3)]
-              + [make_job(4, group="h", owner="bob")], 5.0)
+    bus.added({("bob", "g"): 3, ("bob", "h"): 1}, 5.0)
     assert first.seen == second.seen == [JobsAdded("g", "bob", 3, 5.0),
                                          JobsAdded("h", "bob", 1, 5.0)]
     bus.unsubscribe(first)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -13,7 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, to_json
 from starlette.background import BackgroundTask
 
 from shoal import __version__
@@ -269,8 +268,9 @@ async def list_jobs(
                      cmd_contains=cmd, worker=worker, exit_code=exit_code,
                      ended_after=ended_after, ended_before=ended_before)
     page = service.jobs(query, after_id=after_id, limit=limit, newest_first=order == "desc")
-    # Plain JSON: a page of 100,000 jobs skips FastAPI's generic encoder (documented above).
-    return Response(json.dumps(page, separators=(",", ":")), media_type="application/json")
+    # Plain JSON, by pydantic-core's encoder: a page of 100,000 jobs skips FastAPI's generic
+    # one (documented above), and the standard library's, four times slower.
+    return Response(to_json(page), media_type="application/json")
 
 
 def _states(values: list[str]) -> tuple[JobState, ...]:

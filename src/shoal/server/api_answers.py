@@ -199,6 +199,8 @@ class ServerInfo(_Open):
     jobs: int
     live_jobs: int = Field(description="Waiting, queued, delayed, running or lost")
     history_jobs: int = Field(description="Done, failed or cancelled: kept on disk only")
+    backlog_jobs: int = Field(description="Queued behind the next jobs to run (the queue "
+                              "window), kept on disk until the window drains")
     database_bytes: int
     running: int
     workers: int

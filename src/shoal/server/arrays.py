@@ -183,7 +183,7 @@ class ArrayFeeds:
         service.store.add_jobs(plan.new_jobs, service.reactor.journal_of_new(plan, now),
                                plan.limit_caps, array=made)
         service.reactor.apply_add(plan, now=now)
-        service.events.added(plan.new_jobs, now)
+        service.events.added(plan.added_by_group(), now)
         feed.row, feed.made = made, [job.id for job in plan.new_jobs]
         return plan
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shoal.core.errors import Conflict, Forbidden, InputError
 from shoal.core.models import (
@@ -21,10 +21,13 @@ from shoal.core.models import (
     shared_text,
 )
 from shoal.core.states import Transition, created
-from shoal.server.archive import Archive
+from shoal.server.archive import Archive, may_wait_in_backlog, queue_key
 from shoal.server.dependencies import GROUP_PREFIX, Dependencies
 from shoal.server.effects import AddPlan, Effects
 from shoal.server.requirements import LearnedRequirements
+
+if TYPE_CHECKING:
+    from shoal.server.reactor import ReactorConfig
 
 S = JobState
 
@@ -34,6 +37,10 @@ class ReactorState(Protocol):
 
     jobs: dict[int, Job]
     by_key: dict[tuple[str, str, str], int]
+    config: ReactorConfig
+    backlog: int
+    _backlog_after: tuple[int, int] | None
+    _queued_seq: dict[int, int]
     archive: Archive
     deps: Dependencies
     learned: LearnedRequirements
@@ -54,7 +61,11 @@ class ReactorState(Protocol):
     def _check_cap_from_spec(self, index: int, name: str, cap: int) -> None: ...
     def plan_add_chunks(self, chunks: Iterable[Sequence[JobSpec]], *, rerun: bool, now: float,
                         owner: str = "", sees_all: bool = True, may_set_caps: bool = True,
-                        distinct: bool = False) -> AddPlan: ...
+                        distinct: bool = False,
+                        write: Callable[[Sequence[Job]], None] | None = None) -> AddPlan: ...
+    def _twin(self, key: tuple[str, str, str], batch_keys: dict[tuple[str, str, str], int],
+              archived: dict[tuple[str, str, str], tuple[int, JobState]]
+              ) -> tuple[int, bool] | None: ...
     def _new_job(self, spec: JobSpec, job_id: int, index: int, owner: str, now: float,
                  limit_caps: dict[str, int], may_set_caps: bool) -> Job: ...
     def _check_dependencies(self, new_jobs: list[Job], batch_groups: set[str],
@@ -78,9 +89,13 @@ class JobEdits:
 
     def plan_add_chunks(self: ReactorState, chunks: Iterable[Sequence[JobSpec]], *,
                         rerun: bool, now: float, owner: str = "", sees_all: bool = True,
-                        may_set_caps: bool = True, distinct: bool = False) -> AddPlan:
+                        may_set_caps: bool = True, distinct: bool = False,
+                        write: Callable[[Sequence[Job]], None] | None = None) -> AddPlan:
         """Decide what an add does, changing nothing, so a failed commit leaves no trace. The
         specs come in chunks, read one at a time: only the jobs they make are held at once.
+        With `write` (which writes jobs into a transaction the caller commits once the plan
+        is made, or rolls back), each chunk's new jobs are written as they are made, and
+        those that go to the backlog are not held at all.
 
         Duplicates are found among the owner's own jobs: two users may add the same command.
         Without `sees_all`, dependencies may name only the owner's jobs. Without
@@ -91,42 +106,69 @@ class JobEdits:
         new_jobs: list[Job] = []
         requeue: list[int] = []
         ids: list[int] = []
-        existed = 0
+        existed = made = 0
         limit_caps: dict[str, int] = {}
         batch_keys: dict[tuple[str, str, str], int] = {}
         batch_groups: set[str] = set()
         index = 0
+        window = _Window(self) if write is not None else None
         for specs in chunks:
-            # Twins among ended jobs are in the archive: asked for a chunk's at once.
+            # Twins among ended, backlog and (with `write`) earlier chunks' jobs are in the
+            # archive: asked for a chunk's at once.
             unknown = [] if distinct else [key for spec in specs if not spec.gate
                                            and (key := (owner, *spec.key)) not in self.by_key]
             archived = self.archive.twins(unknown) if unknown else {}
+            made_here: list[Job] = []
             for spec in specs:
                 # An ensemble component's may be empty (a fresh directory) or relative (under
                 # its worker's working directory).
                 if spec.cwd is None or not (spec.cwd.startswith("/") or spec.gate):
                     raise InputError(f"jobs[{index}].cwd: must be an absolute path")
                 key = (owner, *spec.key)
-                twin_id = None if spec.gate or distinct else self.by_key.get(
-                    key, batch_keys.get(key, archived.get(key)))
-                if twin_id is not None:
+                twin = None if spec.gate or distinct else self._twin(key, batch_keys, archived)
+                if twin is not None:
+                    twin_id, ended = twin
                     existed += 1
                     ids.append(twin_id)
-                    twin = self.jobs.get(twin_id)  # None: archived, so it has ended
-                    if rerun and (twin is None or twin.state in FINAL_STATES) \
-                            and twin_id not in requeue:
+                    if rerun and ended and twin_id not in requeue:
                         requeue.append(twin_id)
                 else:
-                    job_id = self._next_job_id + len(new_jobs)
-                    new_jobs.append(self._new_job(spec, job_id, index, owner, now, limit_caps,
-                                                  may_set_caps))
+                    job_id = self._next_job_id + made
+                    made += 1
+                    made_here.append(self._new_job(spec, job_id, index, owner, now,
+                                                   limit_caps, may_set_caps))
                     if not spec.gate:
                         batch_keys[key] = job_id
                     batch_groups.add(spec.group)
                     ids.append(job_id)
                 index += 1
+            if write is None or window is None:
+                new_jobs += made_here
+                continue
+            # Written now, in the add's open transaction: the jobs the backlog takes are
+            # dropped here, and later chunks find this one's through the archive.
+            write(made_here)
+            new_jobs += [job for job in made_here if not window.takes(job)]
+            batch_keys.clear()
         self._check_dependencies(new_jobs, batch_groups, None if sees_all else owner)
-        return AddPlan(new_jobs, requeue, ids, existed - len(requeue), limit_caps)
+        return AddPlan(new_jobs, requeue, ids, existed - len(requeue), limit_caps,
+                       deferred=window.deferred if window else Counter(),
+                       backlog_after=window.after if window else None,
+                       last_id=self._next_job_id + made - 1 if made else None)
+
+    def _twin(self: ReactorState, key: tuple[str, str, str],
+              batch_keys: dict[tuple[str, str, str], int],
+              archived: dict[tuple[str, str, str], tuple[int, JobState]]
+              ) -> tuple[int, bool] | None:
+        """The job already added with this key, and whether it has ended."""
+        twin_id = self.by_key.get(key, batch_keys.get(key))
+        if twin_id is not None:
+            held = self.jobs.get(twin_id)  # None: new in this add
+            return twin_id, held is not None and held.state in FINAL_STATES
+        if key in archived:
+            twin_id, state = archived[key]
+            return twin_id, state in FINAL_STATES
+        return None
 
     def _new_job(self: ReactorState, spec: JobSpec, job_id: int, index: int, owner: str,
                  now: float, limit_caps: dict[str, int], may_set_caps: bool) -> Job:
@@ -202,8 +244,14 @@ class JobEdits:
                 self._enqueue(job)
             else:
                 self._recheck.add(job.id)
-        if plan.new_jobs:
-            self._next_job_id = plan.new_jobs[-1].id + 1
+        for (job_owner, group), number in plan.deferred.items():
+            self._counts[job_owner, group, S.QUEUED] += number
+            self.deps.count(group, S.QUEUED, number)
+            self.backlog += number
+        if plan.deferred:
+            self._backlog_after = plan.backlog_after
+        if plan.last_id is not None:
+            self._next_job_id = plan.last_id + 1
         for job_id in plan.requeue:
             job = self._bring_back(self.get(job_id))
             job.attempts = job.lost_attempts = 0
@@ -298,3 +346,31 @@ class JobEdits:
             self._recheck.update(self.deps.waiting_on_id(job_id))
         self._settle_dependencies(now)
         self.version += 1
+
+
+class _Window:
+    """Which of an add's new jobs the backlog takes, in the order they are made: once the
+    queue in memory is full (or a backlog exists), a queued job that may wait there and
+    stands behind the backlog's start goes there. One that stands before (a higher
+    priority) is held, as the backlog's order requires."""
+
+    def __init__(self, reactor: ReactorState):
+        self.held = len(reactor._queued_seq)
+        self.window = reactor.config.queue_window
+        self.backlog = reactor.backlog
+        self.after = reactor._backlog_after
+        self.deferred: Counter[tuple[str, str]] = Counter()
+
+    def takes(self, job: Job) -> bool:
+        if not may_wait_in_backlog(job):
+            return False
+        key = queue_key(job)
+        if self.backlog or self.held >= self.window:
+            if self.after is None:
+                self.after = (key[0], key[1] - 1)
+            if key > self.after:
+                self.deferred[job.owner, job.group] += 1
+                self.backlog += 1
+                return True
+        self.held += 1
+        return False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from shoal.core.models import Job
@@ -87,8 +87,20 @@ def _batches(items: list[Assignment]) -> list[list[Assignment]]:
 
 @dataclass(frozen=True, slots=True)
 class AddPlan:
-    new_jobs: list[Job]
+    new_jobs: list[Job]  # the new jobs the reactor takes into memory
     requeue: list[int]
     ids: list[int]
     existed: int
     limit_caps: dict[str, int]
+    # New queued jobs already written and left in the backlog: (owner, group) -> jobs.
+    deferred: Counter[tuple[str, str]] = field(default_factory=Counter)
+    backlog_after: tuple[int, int] | None = None  # where the backlog starts, if it grew
+    last_id: int | None = None  # the last new job's id
+
+    @property
+    def added(self) -> int:
+        return len(self.new_jobs) + sum(self.deferred.values())
+
+    def added_by_group(self) -> Counter[tuple[str, str]]:
+        """(owner, group) -> new jobs, in memory or in the backlog."""
+        return Counter((job.owner, job.group) for job in self.new_jobs) + self.deferred

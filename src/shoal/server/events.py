@@ -13,12 +13,11 @@ An observer that raises is logged and skipped: watching must never stop the queu
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from shoal.core.models import Job, JobState
+from shoal.core.models import JobState
 
 if TYPE_CHECKING:
     from shoal.server.effects import Effects
@@ -190,11 +189,11 @@ class Events:
         if self._processors:
             self.emit_many(events_of_tick(batch, seconds, now))
 
-    def added(self, jobs: Iterable[Job], now: float) -> None:
-        """After an add's transaction: one event per owner and group."""
+    def added(self, counts: Mapping[tuple[str, str], int], now: float) -> None:
+        """After an add's transaction: one event per owner and group ((owner, group) ->
+        jobs added)."""
         if not self._processors:
             return
-        counts = Counter((job.owner, job.group) for job in jobs)
         self.emit_many([JobsAdded(group, owner, count, now)
                         for (owner, group), count in counts.items()])
 

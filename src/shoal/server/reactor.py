@@ -29,7 +29,7 @@ from shoal.core.protocol import (
 )
 from shoal.core.states import transition
 from shoal.server import scheduler
-from shoal.server.archive import Archive, MemoryArchive
+from shoal.server.archive import Archive, MemoryArchive, may_wait_in_backlog, queue_key
 from shoal.server.dependencies import Dependencies
 from shoal.server.edits import JobEdits
 from shoal.server.effects import Effects
@@ -53,6 +53,9 @@ class ReactorConfig:
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 600.0
     reserve_after_seconds: float = 60.0  # a job that fits nowhere this long gets a worker held
+    # Queued jobs held in memory: the next to run. Those beyond (the backlog) wait in the
+    # store and are taken in, in their order, when fewer than half the window is left.
+    queue_window: int = 20_000
 
 
 class Reactor(JobEdits):
@@ -81,6 +84,10 @@ class Reactor(JobEdits):
         # (owner, group) -> tasks of arrays not yet made into jobs: queued, for status and for
         # dependencies on their group, but not jobs anyone can list (server/arrays.py).
         self.unfed: Counter[tuple[str, str]] = Counter()
+        # Queued jobs in the archive only (counted in _counts), all behind `_backlog_after`
+        # (a queue_key): every queued job that may wait there and stands before it is held.
+        self.backlog = 0
+        self._backlog_after: tuple[int, int] | None = None
         self._next_job_id = next_job_id
         # The first sequence whose lease ids are all at least `next_lease_id`.
         self._lease_sequence = -(-next_lease_id >> LEASE_RANDOM_BITS)
@@ -104,6 +111,7 @@ class Reactor(JobEdits):
                 if job.state in FINAL_STATES:
                     self.archive.keep(job)
             jobs = [job for job in jobs if job.state not in FINAL_STATES]
+        counts = list(counts)
         for owner, group, state, number in counts:
             self._counts[owner, group, state] += number
             self.deps.count(group, state, number)
@@ -122,6 +130,13 @@ class Reactor(JobEdits):
                 heapq.heappush(self._lost, (now + grace, job.id))
             elif job.state is S.WAITING:
                 self._recheck.add(job.id)
+        # Read with a window (Store.load_jobs): the queued jobs not read are the backlog.
+        queued = sum(number for _, _, state, number in counts if state is S.QUEUED)
+        held = [job for job in jobs if job.state is S.QUEUED]
+        self.backlog = max(0, queued - len(held))
+        if self.backlog:
+            self._backlog_after = max(queue_key(job) for job in held
+                                      if may_wait_in_backlog(job))
 
     @property
     def next_lease_id(self) -> int:
@@ -174,10 +189,31 @@ class Reactor(JobEdits):
         return job
 
     def _bring_back(self, job: Job) -> Job:
-        """An archived job about to be acted on (retried, removed, added again)."""
+        """An archived job about to be acted on (retried, removed, added again), or one of
+        the backlog (which from now on waits in memory, in its place in the queue)."""
         if job.id not in self.jobs:
             self._hold(job)
+            if job.state is S.QUEUED:
+                self.backlog -= 1
+                self._enqueue(job)
         return self.jobs[job.id]
+
+    def _refill(self) -> None:
+        """Take the next jobs of the backlog in when the window runs low."""
+        held = len(self._queued_seq)
+        if not self.backlog or held >= self.config.queue_window // 2:
+            return
+        wanted = self.config.queue_window - held
+        loaded = self.archive.queued_after(self._backlog_after, wanted)
+        for job in loaded:
+            if job.id not in self.jobs:  # not brought back already
+                self._hold(job)
+                self._enqueue(job)
+                self.backlog -= 1
+        if len(loaded) < wanted or self.backlog <= 0:
+            self.backlog, self._backlog_after = 0, None
+        else:
+            self._backlog_after = queue_key(loaded[-1])
     def _change(self, job: Job, to: JobState, now: float, reason: str | None = None) -> None:
         """The one place a job's state changes."""
         before = job.state
@@ -196,6 +232,7 @@ class Reactor(JobEdits):
         if before is S.QUEUED:
             self.reservations.pop(job.id, None)
             self._gated.discard(job.id)
+            self._queued_seq.pop(job.id, None)  # its queue entry is stale: the window has room
 
     def _enqueue(self, job: Job) -> None:
         if job.gate:
@@ -445,7 +482,7 @@ class Reactor(JobEdits):
         selected = [job for job in self.jobs.values() if job.group == group
                     and (owner is None or job.owner == owner)
                     and (states is None or job.state in states)]
-        if states is None or states & FINAL_STATES:
+        if states is None or states & FINAL_STATES or (self.backlog and S.QUEUED in states):
             archived = [job_id for job_id in self.archive.ids_in_group(group, owner)
                         if job_id not in self.jobs]
             selected += [self._bring_back(job) for job in self.archive.load(archived)
@@ -484,6 +521,7 @@ class Reactor(JobEdits):
             raise Conflict(f"job {busy[0]} is running; kill it first")
         for job in jobs:
             del self.jobs[job.id]
+            self._queued_seq.pop(job.id, None)
             self.by_key.pop((job.owner, *job.key), None)
             self._counts[job.owner, job.group, job.state] -= 1
             self._recheck.update(self.deps.left(job))
@@ -544,6 +582,7 @@ class Reactor(JobEdits):
     def schedule(self, now: float) -> int:
         """Assign queued jobs to connected workers with room. Returns how many were assigned."""
         self._settle_dependencies(now)
+        self._refill()
         placed = self._place_components(now) if self._gated else 0
         capacities = self.capacities()
         if self.draining or not self._queue or not any(c.free_cores > 0 for c in capacities):

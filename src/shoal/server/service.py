@@ -71,8 +71,11 @@ class Service:
         self.store = store
         self.clock = clock
         max_job_id, max_lease_id = store.max_ids()
-        # Only live jobs are read back: history stays in the database (the archive).
-        self.reactor = Reactor(store.load_jobs(live_only=True), next_job_id=max_job_id + 1,
+        config = config or ReactorConfig()
+        # Only live jobs are read back, and of the queued only the window: history and the
+        # backlog stay in the database (the archive).
+        self.reactor = Reactor(store.load_jobs(live_only=True, window=config.queue_window),
+                               next_job_id=max_job_id + 1,
                                next_lease_id=max_lease_id + 1, config=config, now=clock(),
                                limit_caps=store.limits(),
                                history=store.requirement_history(HISTORY_PER_GROUP),
@@ -354,20 +357,23 @@ class Service:
         at a time: a million are never held at once, only the jobs they make."""
         now = self.clock()
         began = time.monotonic()
-        plan = self.reactor.plan_add_chunks(chunks, rerun=rerun, now=now, owner=owner,
-                                            sees_all=sees_all, may_set_caps=may_set_caps,
-                                            distinct=distinct)
-        self.store.add_jobs(plan.new_jobs, self.reactor.journal_of_new(plan, now),
-                            plan.limit_caps)
+        # Each chunk's jobs are written as it is planned, in one transaction committed (with
+        # a sync) once the whole add is planned; any refusal on the way rolls it all back.
+        with self.store.adding() as writer:
+            plan = self.reactor.plan_add_chunks(
+                chunks, rerun=rerun, now=now, owner=owner, sees_all=sees_all,
+                may_set_caps=may_set_caps, distinct=distinct,
+                write=lambda jobs: writer.write(jobs, now))
+            writer.limit_caps = plan.limit_caps
         # A million jobs hold the loop for many seconds, longer than a worker's lease: its
         # heartbeats are waiting to be read, and it must not be taken for gone meanwhile.
         paused = time.monotonic() - began
         if paused > 1.0:
             self.reactor.excuse_pause(paused)
         self.reactor.apply_add(plan, now=now)
-        self.events.added(plan.new_jobs, now)
+        self.events.added(plan.added_by_group(), now)
         self.step()
-        return {"added": len(plan.new_jobs), "existed": plan.existed,
+        return {"added": plan.added, "existed": plan.existed,
                 "requeued": len(plan.requeue), "ids": plan.ids}
 
     @staticmethod
@@ -450,6 +456,7 @@ class Service:
                 "started_at": self.started_at, "jobs": self.reactor.total(),
                 "live_jobs": self.reactor.total(_LIVE),
                 "history_jobs": self.reactor.total(_ENDED),
+                "backlog_jobs": self.reactor.backlog,
                 "database_bytes": self.store.size_bytes(),
                 "running": self.reactor.holding,
                 "workers": sum(w.connected for w in self.reactor.workers.values()),

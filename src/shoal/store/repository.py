@@ -27,7 +27,7 @@ from shoal.core.models import (
     shared_text,
 )
 from shoal.core.protocol import AttemptResult, Captured
-from shoal.core.states import Transition
+from shoal.core.states import Transition, created
 from shoal.store.arrays import ArrayRow, load_arrays, put_array
 from shoal.store.files import check_database, damaged, is_damage, prepare_database_file
 from shoal.store.schema import key_hash, migrate
@@ -47,6 +47,8 @@ _MUTABLE = (
     "peak_rss_bytes", "priority", "memory_bytes", "requirements_source",
 )
 _LIVE_SQL = "state IN ('waiting', 'queued', 'delayed', 'running', 'lost')"
+# Queued jobs that may wait in the backlog (migration 11's index): exactly its condition.
+_BACKLOG_SQL = "state = 'queued' AND limits = '[]' AND gate = 0"
 _UPDATE_SQL = f"UPDATE jobs SET {', '.join(c + ' = ?' for c in _MUTABLE)} WHERE id = ?"
 # What `shoal mod` may change (core.models.JobChanges), by column.
 _SPEC_SQL = ("UPDATE jobs SET name = ?, grp = ?, priority = ?, retries = ?, cores = ?, "
@@ -203,6 +205,35 @@ def _job_from_row(row: Any) -> Job:  # a row of _JOB_COLUMNS, as SQLite returns 
     )
 
 
+def _write_jobs(db: sqlite3.Connection, jobs: Iterable[Job],
+                transitions: Iterable[Transition]) -> None:
+    db.executemany(_INSERT_SQL, (_job_row(j) for j in jobs))
+    Store._journal(db, transitions)
+
+
+def _finish_add(db: sqlite3.Connection, limit_caps: dict[str, int],
+                last_id: int | None) -> None:
+    db.executemany("INSERT OR REPLACE INTO limits (name, cap) VALUES (?, ?)",
+                   list(limit_caps.items()))
+    if last_id is not None:
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('max_job_id', ?)",
+                   (str(last_id),))
+
+
+class JobWriter:
+    """Writes an add's new jobs inside the transaction `Store.adding` holds open."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+        self.limit_caps: dict[str, int] = {}  # set by the caller once the add is planned
+        self.last_id: int | None = None
+
+    def write(self, jobs: Sequence[Job], now: float) -> None:
+        _write_jobs(self._db, jobs, (created(job, now=now) for job in jobs))
+        if jobs:
+            self.last_id = max(self.last_id or 0, jobs[-1].id)
+
+
 class Store:
     """One SQLite database in WAL mode. Not thread-safe: the server uses it from its loop."""
 
@@ -303,15 +334,27 @@ class Store:
 
     # ---- loading -------------------------------------------------------------------------
 
-    def load_jobs(self, live_only: bool = False) -> list[Job]:
-        """Every job, or (`live_only`) those not ended: all a restarted server holds."""
-        where = f"WHERE {_LIVE_SQL}" if live_only else ""
+    def load_jobs(self, live_only: bool = False, window: int | None = None) -> list[Job]:
+        """Every job, or (`live_only`) those not ended: all a restarted server holds. With
+        `window`, only that many of the queued jobs that may wait in the backlog, the first
+        to run: the rest stay here until the queue drains (`queued_after`)."""
+        queries: list[tuple[str, tuple[int, ...]]]
+        if window is None:
+            queries = [(f"SELECT {_JOB_COLUMNS} FROM jobs "
+                        f"{f'WHERE {_LIVE_SQL}' if live_only else ''} ORDER BY id", ())]
+        else:
+            queries = [
+                (f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {_LIVE_SQL} "
+                 f"AND NOT ({_BACKLOG_SQL}) ORDER BY id", ()),
+                (f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {_BACKLOG_SQL} "
+                 "ORDER BY priority DESC, id LIMIT ?", (window,)),
+            ]
         # Many objects and no cycles: collecting during the load only costs time.
         gc.disable()
         try:
             # Row by row: the rows of a million jobs would double the load's peak.
-            jobs = [_job_from_row(row) for row in self._db.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY id")]
+            jobs = [_job_from_row(row) for sql, params in queries
+                    for row in self._db.execute(sql, params)]
         finally:
             gc.enable()
         gc.freeze()  # they live as long as the server: keep later collections from rescanning
@@ -344,20 +387,32 @@ class Store:
                 chunk)]
         return found
 
-    def twins(self, keys: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str, str], int]:
-        """The job already added for each (owner, cmd, cwd) that has one."""
+    def twins(self, keys: Sequence[tuple[str, str, str]]
+              ) -> dict[tuple[str, str, str], tuple[int, JobState]]:
+        """The job already added for each (owner, cmd, cwd) that has one, with its state."""
         by_hash: dict[int, list[tuple[str, str, str]]] = {}
         for key in keys:
             by_hash.setdefault(key_hash(*key), []).append(key)
-        found: dict[tuple[str, str, str], int] = {}
+        found: dict[tuple[str, str, str], tuple[int, JobState]] = {}
         hashes = list(by_hash)
         for start in range(0, len(hashes), 500):
             chunk = hashes[start:start + 500]
-            for job_id, owner, cmd, cwd in self._db.execute(
-                    "SELECT id, owner, cmd, cwd FROM jobs WHERE key_hash IN "
+            for job_id, owner, cmd, cwd, state in self._db.execute(
+                    "SELECT id, owner, cmd, cwd, state FROM jobs WHERE key_hash IN "
                     f"({', '.join('?' * len(chunk))}) ORDER BY id", chunk):
-                found.setdefault((owner, cmd, cwd), job_id)
+                found.setdefault((owner, cmd, cwd), (job_id, _STATE_OF[state]))
         return found
+
+    def queued_after(self, after: tuple[int, int] | None, limit: int) -> list[Job]:
+        """The next `limit` queued jobs that may wait in the backlog, in the order they run
+        (priority, then id), after the one whose (-priority, id) is `after`."""
+        where, params = _BACKLOG_SQL, []
+        if after is not None:
+            where += " AND (priority < ? OR (priority = ? AND id > ?))"
+            params = [-after[0], -after[0], after[1]]
+        return [_job_from_row(row) for row in self._db.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY priority DESC, id "
+            "LIMIT ?", (*params, limit))]
 
     def list_jobs(self, query: JobQuery, *, after_id: int | None = None, limit: int = 1000,
                   newest_first: bool = False) -> list[Job]:
@@ -466,14 +521,23 @@ class Store:
         with self._transaction() as db:
             if array is not None:
                 put_array(db, array)
-            db.executemany("INSERT OR REPLACE INTO limits (name, cap) VALUES (?, ?)",
-                           list(limit_caps.items()))
             # Generators: the rows of a million jobs are written, never held, at once.
-            db.executemany(_INSERT_SQL, (_job_row(j) for j in new_jobs))
-            self._journal(db, transitions)
-            if new_jobs:
-                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('max_job_id', ?)",
-                           (str(max(j.id for j in new_jobs)),))
+            _write_jobs(db, new_jobs, transitions)
+            _finish_add(db, limit_caps, max((j.id for j in new_jobs), default=None))
+
+    @contextmanager
+    def adding(self) -> Iterator[JobWriter]:
+        """One add written as it is planned, a part at a time, and committed durably at the
+        end (or rolled back if anything raises): the jobs of a large add are never all
+        held at once. Reads in between (duplicates) see what is written so far."""
+        self._db.execute("PRAGMA synchronous = FULL")
+        try:
+            with self._transaction() as db:
+                writer = JobWriter(db)
+                yield writer
+                _finish_add(db, writer.limit_caps, writer.last_id)
+        finally:
+            self._db.execute("PRAGMA synchronous = NORMAL")
 
     def commit_tick(self, changed: Iterable[Job], transitions: Sequence[Transition],
                     new_attempts: Sequence[AttemptRow], results: Sequence[AttemptResult],

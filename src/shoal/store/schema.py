@@ -204,6 +204,13 @@ MIGRATIONS: list[str] = [
         snapshot TEXT NOT NULL
     );
     """,
+    # 11: queued jobs beyond the server's window stay here (the backlog), read in the order
+    # they will run as the window drains. Only jobs with nothing else to watch go there:
+    # no limits, not ensemble components.
+    """
+    CREATE INDEX jobs_backlog ON jobs (priority DESC, id)
+        WHERE state = 'queued' AND limits = '[]' AND gate = 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

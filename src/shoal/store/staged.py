@@ -38,14 +38,15 @@ class StagedAdds:
             (batch,)).fetchone()[0])
 
     def chunks(self, batch: str, owner: str) -> Iterator[str]:
-        """The batch's chunks in order; NotFound if it is not this owner's."""
-        rows = self._store._db.execute(
-            "SELECT owner, jobs FROM staged_adds WHERE batch = ? ORDER BY seq",
-            (batch,)).fetchall()
-        if not rows or rows[0][0] != owner:
+        """The batch's chunks in order, read one at a time as they are iterated; NotFound
+        at once if it is not this owner's."""
+        db = self._store._db
+        seqs = db.execute("SELECT seq, owner FROM staged_adds WHERE batch = ? ORDER BY seq",
+                          (batch,)).fetchall()
+        if not seqs or seqs[0][1] != owner:
             raise NotFound(f"add batch {batch} does not exist")
-        for _, text in rows:
-            yield text
+        return (db.execute("SELECT jobs FROM staged_adds WHERE batch = ? AND seq = ?",
+                           (batch, seq)).fetchone()[0] for seq, _ in seqs)
 
     def drop(self, batch: str, owner: str | None = None) -> int:
         with self._store._transaction() as db:
