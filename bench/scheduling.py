@@ -113,12 +113,13 @@ def count_calls(store: Store, name: str, counter: list[int]) -> None:
     setattr(store, name, counted)
 
 
-async def run_once(jobs: int, workers: int, cores: int) -> Run:
+async def run_once(jobs: int, workers: int, cores: int, window: int | None) -> Run:
     with tempfile.TemporaryDirectory(prefix="bench-scheduling-") as tmp:
         store = Store(Path(tmp) / "shoal.db")
         commits = [0]
         count_calls(store, "commit_tick", commits)
-        service = Service(store, ReactorConfig())
+        service = Service(store, ReactorConfig() if window is None
+                          else ReactorConfig(queue_window=window))
         await service.start()
         done = 0
         all_done = asyncio.Event()
@@ -255,6 +256,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=100_000, help="jobs per run (default 100000)")
     parser.add_argument("--workers", type=int, default=16, help="simulated workers (default 16)")
     parser.add_argument("--cores", type=int, default=8, help="cores per worker (default 8)")
+    parser.add_argument("--queue-window", type=int, default=None,
+                        help="queued jobs the server holds in memory (default: the server's)")
     parser.add_argument("--repeat", type=int, default=3, help="runs (default 3)")
     parser.add_argument("--write-docs", action="store_true", help=f"update {DOCS.name}")
     args = parser.parse_args()
@@ -266,7 +269,8 @@ def main() -> int:
     for i in range(args.repeat):
         print(f"[{i + 1}/{args.repeat}] scheduling {args.jobs} jobs ...", file=sys.stderr,
               flush=True)
-        runs.append(asyncio.run(run_once(args.jobs, args.workers, args.cores)))
+        runs.append(asyncio.run(run_once(args.jobs, args.workers, args.cores,
+                                         args.queue_window)))
     loads = f"{load:.2f} at start, {os.getloadavg()[0]:.2f} at end"
     facts = machine() | {"load average": loads}
     text = report(runs, facts, args)

@@ -55,7 +55,7 @@ class ReactorConfig:
     reserve_after_seconds: float = 60.0  # a job that fits nowhere this long gets a worker held
     # Queued jobs held in memory: the next to run. Those beyond (the backlog) wait in the
     # store and are taken in, in their order, when fewer than half the window is left.
-    queue_window: int = 20_000
+    queue_window: int = 100_000
 
 
 class Reactor(JobEdits):
