@@ -4,9 +4,12 @@ the window, and every job still runs once, in its order, across refills and rest
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shoal.core.errors import InputError
 from shoal.core.models import JobChanges, JobSpec
@@ -125,3 +128,40 @@ def test_a_refused_add_leaves_none_of_the_chunks_it_wrote(tmp_path: Path) -> Non
     assert service.reactor.backlog == 0 and service.reactor.jobs == {}
     assert service.status()["totals"] == {}
     assert service.add(jobs(1, 15))["ids"] == list(range(1, 16))
+
+
+def test_a_full_window_of_low_priorities_does_not_keep_higher_ones_waiting(
+        tmp_path: Path) -> None:
+    service = open_service(tmp_path)
+    service.add(jobs(1, 10, priority=-1))
+    service.add(jobs(11, 15))  # higher than every job held: held, beyond the window
+    service.add(jobs(16, 20, priority=-1))  # no higher than the lowest held: the backlog
+    assert service.reactor.backlog == 5 and len(service.reactor.jobs) == 15
+    assert run_everything(service) == [*range(11, 16), *range(1, 11), *range(16, 21)]
+
+
+def test_a_backlog_job_removed_by_id_is_gone_and_never_runs(tmp_path: Path) -> None:
+    service = open_service(tmp_path)
+    service.add(jobs(1, 20))
+    assert service.act("remove", [17], None) == [17]
+    assert service.status()["totals"] == {"queued": 19} and service.reactor.backlog == 9
+    assert 17 not in run_everything(service)
+    assert database_rows(tmp_path) == 19
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 12), st.sampled_from([-1, 0, 2])), min_size=1,
+                max_size=6),
+       st.integers(1, 6))
+def test_jobs_added_before_any_runs_run_by_priority_then_age(
+        adds: list[tuple[int, int]], window: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        service = Service(Store(Path(tmp) / "shoal.db"), ReactorConfig(queue_window=window))
+        priority_of: dict[int, int] = {}
+        for count, priority in adds:
+            first = len(priority_of) + 1
+            ids = service.add(jobs(first, first + count - 1, priority=priority))["ids"]
+            priority_of.update(dict.fromkeys(ids, priority))
+        order = run_everything(service, cores=1)
+        assert order == sorted(priority_of, key=lambda job_id: (-priority_of[job_id], job_id))
+        service.store.close()

@@ -349,28 +349,49 @@ class JobEdits:
 
 
 class _Window:
-    """Which of an add's new jobs the backlog takes, in the order they are made: once the
-    queue in memory is full (or a backlog exists), a queued job that may wait there and
-    stands behind the backlog's start goes there. One that stands before (a higher
-    priority) is held, as the backlog's order requires."""
+    """Which of an add's new jobs the backlog takes, in the order they are made. Every job in
+    the backlog stands behind every queued job held that could be there (`after` is the
+    boundary): with a backlog, a new job goes there if it stands behind the boundary, and is
+    held if not (a higher priority). Without one, a full window starts it with a job of no
+    higher priority than any held; a job of a higher priority is held beyond the window."""
 
     def __init__(self, reactor: ReactorState):
+        self._reactor = reactor
         self.held = len(reactor._queued_seq)
         self.window = reactor.config.queue_window
         self.backlog = reactor.backlog
         self.after = reactor._backlog_after
         self.deferred: Counter[tuple[str, str]] = Counter()
+        self._lowest_new: int | None = None  # the lowest priority of this add's held jobs
+        self._lowest_before: list[int | None] = []  # of those held before it, once asked
 
     def takes(self, job: Job) -> bool:
         if not may_wait_in_backlog(job):
             return False
         key = queue_key(job)
-        if self.backlog or self.held >= self.window:
-            if self.after is None:
+        if self.backlog:
+            defer = self.after is not None and key > self.after
+        elif self.held >= self.window:
+            lowest = self._lowest_held()
+            defer = lowest is None or job.priority <= lowest
+            if defer:  # new ids are above every held one: all held stand before it
                 self.after = (key[0], key[1] - 1)
-            if key > self.after:
-                self.deferred[job.owner, job.group] += 1
-                self.backlog += 1
-                return True
+        else:
+            defer = False
+        if defer:
+            self.deferred[job.owner, job.group] += 1
+            self.backlog += 1
+            return True
         self.held += 1
+        self._lowest_new = job.priority if self._lowest_new is None \
+            else min(self._lowest_new, job.priority)
         return False
+
+    def _lowest_held(self) -> int | None:
+        if not self._lowest_before:  # a look at the window, once an add fills it
+            jobs = self._reactor.jobs
+            self._lowest_before.append(min(
+                (jobs[job_id].priority for job_id in self._reactor._queued_seq
+                 if may_wait_in_backlog(jobs[job_id])), default=None))
+        found = [p for p in (self._lowest_before[0], self._lowest_new) if p is not None]
+        return min(found, default=None)

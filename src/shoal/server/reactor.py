@@ -54,7 +54,7 @@ class ReactorConfig:
     retry_max_seconds: float = 600.0
     reserve_after_seconds: float = 60.0  # a job that fits nowhere this long gets a worker held
     # Queued jobs held in memory: the next to run. Those beyond (the backlog) wait in the
-    # store and are taken in, in their order, when fewer than half the window is left.
+    # store and are taken in, in their order, when half the window or less is left.
     queue_window: int = 100_000
 
 
@@ -135,8 +135,8 @@ class Reactor(JobEdits):
         held = [job for job in jobs if job.state is S.QUEUED]
         self.backlog = max(0, queued - len(held))
         if self.backlog:
-            self._backlog_after = max(queue_key(job) for job in held
-                                      if may_wait_in_backlog(job))
+            self._backlog_after = max((queue_key(job) for job in held
+                                       if may_wait_in_backlog(job)), default=None)
 
     @property
     def next_lease_id(self) -> int:
@@ -201,7 +201,7 @@ class Reactor(JobEdits):
     def _refill(self) -> None:
         """Take the next jobs of the backlog in when the window runs low."""
         held = len(self._queued_seq)
-        if not self.backlog or held >= self.config.queue_window // 2:
+        if not self.backlog or held > self.config.queue_window // 2:
             return
         wanted = self.config.queue_window - held
         loaded = self.archive.queued_after(self._backlog_after, wanted)
