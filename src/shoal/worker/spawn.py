@@ -8,7 +8,8 @@ directory (see ``capture``), so a running job costs the event loop nothing.
 
 The common case, a job in the worker's own directory and not held at a start line, is started
 with ``posix_spawn`` (glibc's vfork-style clone: no copy of the worker's page tables, no
-Python in the child), which costs the worker a fraction of a ``fork``. Other jobs go through
+Python in the child; its program directly when the command needs no shell: see ``direct``),
+which costs the worker a fraction of a ``fork``. Other jobs go through
 ``subprocess.Popen``, which can change directory and pass a gate's descriptors. Descriptors
 this process inherited from its own parent are made close-on-exec once, so ``posix_spawn``
 hands a job nothing but its stdin, stdout and stderr, as Popen's ``close_fds`` does.
@@ -30,6 +31,7 @@ from typing import Protocol
 
 from shoal.core.protocol import Assignment
 from shoal.worker.capture import open_spool_file
+from shoal.worker.direct import direct_start
 from shoal.worker.gate import Gate
 
 # Python ignores these, and an ignored signal stays ignored across an exec: a job gets them
@@ -112,12 +114,8 @@ class Spawner:
             try:
                 # The child gets its own copies of the descriptors; the parent's are not needed.
                 if self._posix_spawn and gate is None and (not cwd or cwd == self._cwd):
-                    return SpawnedProcess(os.posix_spawn(
-                        self._bash, [b"bash", b"-c", os.fsencode(assignment.cmd)], env,
-                        file_actions=[(os.POSIX_SPAWN_DUP2, self._devnull, 0),
-                                      (os.POSIX_SPAWN_DUP2, stdout_fd, 1),
-                                      (os.POSIX_SPAWN_DUP2, stderr_fd, 2)],
-                        setsid=True, setsigdef=_DEFAULT_SIGNALS))
+                    return SpawnedProcess(self._posix_spawn_job(
+                        assignment.cmd, env, stdout_fd, stderr_fd))
                 return subprocess.Popen(
                     gate.argv(assignment.cmd) if gate else ["bash", "-c", assignment.cmd],
                     executable=self._bash,
@@ -133,6 +131,23 @@ class Spawner:
                 os.close(stderr_fd)
         finally:
             os.close(stdout_fd)
+
+    def _posix_spawn_job(self, cmd: str, env: dict[bytes, bytes], stdout_fd: int,
+                         stderr_fd: int) -> int:
+        """The job's pid: its program started directly if it needs no shell (see direct),
+        else, or if that start fails, `bash -c`."""
+        actions = [(os.POSIX_SPAWN_DUP2, self._devnull, 0), (os.POSIX_SPAWN_DUP2, stdout_fd, 1),
+                   (os.POSIX_SPAWN_DUP2, stderr_fd, 2)]
+        direct = direct_start(cmd, env, self._cwd)
+        if direct is not None:
+            program, argv, direct_env = direct
+            try:
+                return os.posix_spawn(program, argv, direct_env, file_actions=actions,
+                                      setsid=True, setsigdef=_DEFAULT_SIGNALS)
+            except OSError:
+                pass  # not executable, no #! line, gone: bash says what, or runs it as a script
+        return os.posix_spawn(self._bash, [b"bash", b"-c", os.fsencode(cmd)], env,
+                              file_actions=actions, setsid=True, setsigdef=_DEFAULT_SIGNALS)
 
     def close(self) -> None:
         if self._devnull >= 0:

@@ -1,0 +1,91 @@
+"""Commands that need no shell: a program and its arguments, started as bash would start them.
+
+`bash -c 'prog arg'` parses the line, finds `prog` on the PATH and execs it in its own
+process (bash's last command replaces it). Its start-up is the cost: about a millisecond of
+CPU, as much as a short job's own work. A command that is only words (plain characters,
+'single quotes', "double quotes" without `$`, backquote, backslash or `!`), whose first
+word is no builtin or keyword of bash, assignment or path expansion, means exactly its words
+as argv: such a command is started directly, with the environment bash would give it (PWD,
+SHLVL, OLDPWD and `_` as bash sets them). Anything else, and any command whose start
+fails, goes through `bash -c` as always, which also gives the usual messages and exit codes.
+An environment that can change how bash reads or runs a line (BASH_ENV, exported functions,
+shell options) sends every command through bash.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+# `compgen -b` and `compgen -k` of bash 5: a first word that bash runs itself.
+_BASH_OWN = frozenset(re.split(r"\s+", """
+. : [ alias bg bind break builtin caller cd command compgen complete compopt continue declare
+dirs disown echo enable eval exec exit export false fc fg getopts hash help history jobs kill
+let local logout mapfile popd printf pushd pwd read readarray readonly return set shift shopt
+source suspend test times trap true type typeset ulimit umask unalias unset wait
+if then else elif fi case esac for select while until do done in function time { } ! [[ ]]
+coproc
+""".strip()))
+_PLAIN = r"[A-Za-z0-9_./:@%+,=-]"
+# One character or one quoted part at a time: `(?:x+)+` would backtrack exponentially on a
+# long word that ends in something else (`a/long/path;`).
+_WORD = rf"(?:{_PLAIN}|'[^']*'|\"[^\"$`\\!]*\")+"
+# The first word unquoted and no assignment (no '='); words one space apart.
+_LINE = re.compile(rf"([A-Za-z0-9_./:@%+,-]+)((?: {_WORD})*)")
+_WORDS = re.compile(_WORD)
+_SEGMENTS = re.compile(rf"({_PLAIN}+)|'([^']*)'|\"([^\"]*)\"")
+# Variables that change how bash reads or runs a line, or what it puts in the environment.
+_SHELL_SETTINGS = (b"BASH_ENV", b"ENV", b"SHELLOPTS", b"BASHOPTS", b"IFS", b"GLOBIGNORE",
+                   b"POSIXLY_CORRECT")
+
+
+def direct_argv(command: str) -> list[str] | None:
+    """The argv `bash -c command` would exec, if the command is only words; else None."""
+    line = _LINE.fullmatch(command)
+    if line is None or line.group(1) in _BASH_OWN:
+        return None
+    return [line.group(1)] + ["".join(next(part for part in segment.groups() if part is not None)
+                                      for segment in _SEGMENTS.finditer(word.group(0)))
+                              for word in _WORDS.finditer(line.group(2))]
+
+
+def direct_start(command: str, env: dict[bytes, bytes], cwd: str
+                 ) -> tuple[bytes, list[bytes], dict[bytes, bytes]] | None:
+    """(program, argv, environment) to exec for `command` run in `cwd` with `env`, when it
+    needs no shell and its program is found; else None (run it through bash)."""
+    if any(name in env for name in _SHELL_SETTINGS) or \
+            any(name.startswith(b"BASH_FUNC_") for name in env):
+        return None
+    argv = direct_argv(command)
+    if argv is None:
+        return None
+    level = env.get(b"SHLVL", b"0")
+    if not level.isdigit() or (level.startswith(b"0") and level != b"0"):
+        return None  # bash would rewrite it: let it
+    if "/" in argv[0]:
+        program = argv[0]
+    else:
+        path = env.get(b"PATH")
+        found = shutil.which(argv[0], path=os.fsdecode(path)) if path else None
+        if found is None:
+            return None  # bash says why, and exits 127
+        program = found
+    started = dict(env)
+    if b"OLDPWD" in env and not os.path.isdir(os.path.join(os.fsencode(cwd), env[b"OLDPWD"])):
+        del started[b"OLDPWD"]  # bash keeps it only if it names a directory
+    started[b"PWD"] = _pwd(env.get(b"PWD"), cwd)
+    started[b"SHLVL"] = level
+    started[b"_"] = os.fsencode(program)
+    return os.fsencode(program), [os.fsencode(arg) for arg in argv], started
+
+
+def _pwd(inherited: bytes | None, cwd: str) -> bytes:
+    """What bash sets PWD to: the inherited value if it names the directory, else the path."""
+    if inherited and inherited.startswith(b"/"):
+        try:
+            if os.path.samefile(inherited, cwd):
+                return inherited
+        except OSError:
+            pass
+    return os.fsencode(cwd)
