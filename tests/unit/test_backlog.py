@@ -71,6 +71,7 @@ def test_a_large_add_holds_its_window_and_runs_every_job_once_in_order(tmp_path:
     assert service.add(jobs(1, 35))["added"] == 35
     assert len(service.reactor.jobs) == WINDOW and service.reactor.backlog == 25
     assert service.status()["totals"] == {"queued": 35}
+    assert service.info("test")["backlog_jobs"] == 25
     listed = service.jobs(JobQuery(), limit=100)
     assert [job["id"] for job in listed["jobs"]] == list(range(1, 36))
     assert listed["total"] == 35 and listed["jobs"][-1]["state"] == "queued"

@@ -406,13 +406,21 @@ class Store:
     def queued_after(self, after: tuple[int, int] | None, limit: int) -> list[Job]:
         """The next `limit` queued jobs that may wait in the backlog, in the order they run
         (priority, then id), after the one whose (-priority, id) is `after`."""
-        where, params = _BACKLOG_SQL, []
-        if after is not None:
-            where += " AND (priority < ? OR (priority = ? AND id > ?))"
-            params = [-after[0], -after[0], after[1]]
-        return [_job_from_row(row) for row in self._db.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY priority DESC, id "
-            "LIMIT ?", (*params, limit))]
+        select = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {_BACKLOG_SQL}"
+        if after is None:
+            return [_job_from_row(row) for row in self._db.execute(
+                f"{select} ORDER BY priority DESC, id LIMIT ?", (limit,))]
+        # Two seeks into the index (the rest of `after`'s priority, then the lower ones): a
+        # single OR would scan it from its start.
+        priority, job_id = -after[0], after[1]
+        found = [_job_from_row(row) for row in self._db.execute(
+            f"{select} AND priority = ? AND id > ? ORDER BY priority DESC, id LIMIT ?",
+            (priority, job_id, limit))]
+        if len(found) < limit:
+            found += [_job_from_row(row) for row in self._db.execute(
+                f"{select} AND priority < ? ORDER BY priority DESC, id LIMIT ?",
+                (priority, limit - len(found)))]
+        return found
 
     def list_jobs(self, query: JobQuery, *, after_id: int | None = None, limit: int = 1000,
                   newest_first: bool = False) -> list[Job]:
