@@ -106,7 +106,8 @@ def test_the_environment_is_what_bash_gives(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("env", [
     {b"BASH_ENV": b"/tmp/rc"}, {b"BASH_FUNC_prog%%": b"() { :; }"}, {b"SHELLOPTS": b"x"},
-    {b"SHLVL": b"007"}, {b"SHLVL": b"-1"}, {b"PATH": b"/nonexistent"}, {},
+    {b"SHLVL": b"007"}, {b"SHLVL": b"-1"}, {b"PATH": b"/nonexistent"},
+    {b"PATH": b"bin:/usr/bin:/bin"}, {b"PATH": b":/usr/bin:/bin"}, {},
 ])
 def test_environments_that_bash_would_read_differently_go_through_bash(
         env: dict[bytes, bytes]) -> None:

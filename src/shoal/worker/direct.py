@@ -67,7 +67,9 @@ def direct_start(command: str, env: dict[bytes, bytes], cwd: str
         program = argv[0]
     else:
         path = env.get(b"PATH")
-        found = shutil.which(argv[0], path=os.fsdecode(path)) if path else None
+        if not path or not all(entry.startswith(b"/") for entry in path.split(b":")):
+            return None  # bash's default path, or entries relative to the job's directory
+        found = shutil.which(argv[0], path=os.fsdecode(path))
         if found is None:
             return None  # bash says why, and exits 127
         program = found

@@ -6,10 +6,10 @@ assignment's, ``SHOAL_JOB_ID``, ``SHOAL_ATTEMPT_LEASE`` and ``SHOAL_GPUS`` (the 
 comma-separated, empty if none). stdin is /dev/null; stdout and stderr go to files in the spool
 directory (see ``capture``), so a running job costs the event loop nothing.
 
-The common case, a job in the worker's own directory and not held at a start line, is started
+A command that needs no shell starts its program directly (see ``direct``), either way. The
+common case, a job in the worker's own directory and not held at a start line, is started
 with ``posix_spawn`` (glibc's vfork-style clone: no copy of the worker's page tables, no
-Python in the child; its program directly when the command needs no shell: see ``direct``),
-which costs the worker a fraction of a ``fork``. Other jobs go through
+Python in the child), which costs the worker a fraction of a ``fork``. Other jobs go through
 ``subprocess.Popen``, which can change directory and pass a gate's descriptors. Descriptors
 this process inherited from its own parent are made close-on-exec once, so ``posix_spawn``
 hands a job nothing but its stdin, stdout and stderr, as Popen's ``close_fds`` does.
@@ -27,7 +27,7 @@ import os
 import shutil
 import signal
 import subprocess
-from typing import Protocol
+from typing import Any, Protocol
 
 from shoal.core.protocol import Assignment
 from shoal.worker.capture import open_spool_file
@@ -116,17 +116,19 @@ class Spawner:
                 if self._posix_spawn and gate is None and (not cwd or cwd == self._cwd):
                     return SpawnedProcess(self._posix_spawn_job(
                         assignment.cmd, env, stdout_fd, stderr_fd))
+                options: dict[str, Any] = dict(
+                    stdin=self._devnull, stdout=stdout_fd, stderr=stderr_fd, cwd=cwd or None,
+                    start_new_session=True)
+                direct = None if gate else direct_start(assignment.cmd, env, cwd or self._cwd)
+                if direct is not None:
+                    program, argv, direct_env = direct
+                    with contextlib.suppress(OSError):  # bash says why, as below
+                        return subprocess.Popen(argv, executable=program, env=direct_env,
+                                                **options)
                 return subprocess.Popen(
                     gate.argv(assignment.cmd) if gate else ["bash", "-c", assignment.cmd],
-                    executable=self._bash,
-                    stdin=self._devnull,
-                    stdout=stdout_fd,
-                    stderr=stderr_fd,
-                    cwd=cwd or None,
-                    env=env,
-                    start_new_session=True,
-                    pass_fds=gate.child_fds if gate else (),
-                )
+                    executable=self._bash, env=env,
+                    pass_fds=gate.child_fds if gate else (), **options)
             finally:
                 os.close(stderr_fd)
         finally:
