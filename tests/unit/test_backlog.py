@@ -166,3 +166,14 @@ def test_jobs_added_before_any_runs_run_by_priority_then_age(
         order = run_everything(service, cores=1)
         assert order == sorted(priority_of, key=lambda job_id: (-priority_of[job_id], job_id))
         service.store.close()
+
+
+def test_a_refill_in_the_step_of_a_removal_does_not_bring_the_removed_back(
+        tmp_path: Path) -> None:
+    service = open_service(tmp_path)
+    service.add(jobs(1, 20))
+    # Six held jobs and one of the backlog removed at once: the window refills in the same
+    # step, before the removal is committed.
+    assert service.act("remove", [1, 2, 3, 4, 5, 6, 15], None) == [1, 2, 3, 4, 5, 6, 15]
+    assert service.status()["totals"] == {"queued": 13}
+    assert run_everything(service) == [7, 8, 9, 10, 11, 12, 13, 14, 16, 17, 18, 19, 20]

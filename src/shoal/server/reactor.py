@@ -88,6 +88,7 @@ class Reactor(JobEdits):
         # (a queue_key): every queued job that may wait there and stands before it is held.
         self.backlog = 0
         self._backlog_after: tuple[int, int] | None = None
+        self._removing: set[int] = set()  # removed jobs until their removal is committed
         self._next_job_id = next_job_id
         # The first sequence whose lease ids are all at least `next_lease_id`.
         self._lease_sequence = -(-next_lease_id >> LEASE_RANDOM_BITS)
@@ -168,9 +169,11 @@ class Reactor(JobEdits):
             self.holding += 1
 
     def forget(self, job_ids: Iterable[int]) -> None:
-        """Ended jobs whose end is committed leave memory for the archive. Ensemble
-        components stay: their runs follow them to the end."""
+        """Ended jobs whose end is committed leave memory for the archive (and removed ones,
+        whose removal is, the reactor's notice). Ensemble components stay: their runs
+        follow them to the end."""
         for job_id in job_ids:
+            self._removing.discard(job_id)
             job = self.jobs.get(job_id)
             if job is None or job.state not in FINAL_STATES or job.gate:
                 continue
@@ -206,7 +209,8 @@ class Reactor(JobEdits):
         wanted = self.config.queue_window - held
         loaded = self.archive.queued_after(self._backlog_after, wanted)
         for job in loaded:
-            if job.id not in self.jobs:  # not brought back already
+            # Not brought back already, and not removed (its row not yet deleted).
+            if job.id not in self.jobs and job.id not in self._removing:
                 self._hold(job)
                 self._enqueue(job)
                 self.backlog -= 1
@@ -214,6 +218,7 @@ class Reactor(JobEdits):
             self.backlog, self._backlog_after = 0, None
         else:
             self._backlog_after = queue_key(loaded[-1])
+
     def _change(self, job: Job, to: JobState, now: float, reason: str | None = None) -> None:
         """The one place a job's state changes."""
         before = job.state
@@ -521,6 +526,7 @@ class Reactor(JobEdits):
             raise Conflict(f"job {busy[0]} is running; kill it first")
         for job in jobs:
             del self.jobs[job.id]
+            self._removing.add(job.id)
             self._queued_seq.pop(job.id, None)
             self.by_key.pop((job.owner, *job.key), None)
             self._counts[job.owner, job.group, job.state] -= 1

@@ -215,7 +215,7 @@ class Service:
             if done.transitions:
                 for listener in self.listeners:
                     listener(done.transitions)
-            self.reactor.forget(done.changed)  # what ended is in the database now
+            self.reactor.forget([*done.changed, *done.removed])  # in the database now
         self.events.committed(batch, commit_seconds, self.clock())
         self._changed.set()
         self._changed = asyncio.Event()
