@@ -13,14 +13,16 @@ import contextlib
 import itertools
 import json
 import os
+import queue
 import re
 import secrets
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -137,7 +139,8 @@ class Client:
         such a job that has ended (done, failed or cancelled) is queued again. More than
         ADD_CHUNK jobs go in chunks (`specs` is read as it goes, so a generator keeps memory
         to a chunk), kept by the server and committed as one; `progress` is told the number
-        sent after each chunk.
+        sent after each chunk. From the third chunk on, `specs` is read in a thread of its
+        own, a chunk ahead of the one being sent.
         """
         chunks = _chunks(specs, ADD_CHUNK)
         first = next(chunks, [])
@@ -146,8 +149,8 @@ class Client:
             answer = self._request("POST", "/jobs", json={"jobs": first, "rerun": rerun},
                                    timeout=self.timeout + len(first) * ADD_SECONDS_PER_JOB)
         else:
-            answer = self._add_in_chunks(itertools.chain([first, second], chunks), rerun,
-                                         progress)
+            answer = self._add_in_chunks(itertools.chain([first, second], _ahead(chunks)),
+                                         rerun, progress)
         return AddResult(
             added=answer["added"],
             existed=answer["existed"],
@@ -618,6 +621,45 @@ def _selection(ids: Iterable[int] | None, group: str | None) -> dict[str, Any]:
 def _in_whole_add(message: str, first: int) -> str:
     """An error about jobs[i] of a chunk whose first job is the add's `first`."""
     return _JOB_INDEX.sub(lambda match: f"jobs[{int(match[1]) + first}]", message, count=1)
+
+
+T = TypeVar("T")
+
+
+def _ahead(items: Iterator[T]) -> Iterator[T]:
+    """`items`, the next one made in a thread while this one is used: an add reads and
+    checks its next chunk while the server takes the last. Its errors are raised here, in
+    their place; a consumer that stops early stops the thread."""
+    made: queue.Queue[tuple[bool | None, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def give(entry: tuple[bool | None, Any]) -> bool:
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                made.put(entry, timeout=0.1)
+                return True
+        return False
+
+    def make() -> None:
+        try:
+            for item in items:
+                if not give((True, item)):
+                    return
+            give((False, None))
+        except BaseException as exc:  # a bad line: raised where the chunk was wanted
+            give((None, exc))
+
+    threading.Thread(target=make, name="shoal-add-ahead", daemon=True).start()
+    try:
+        while True:
+            more, value = made.get()
+            if more is None:
+                raise value
+            if not more:
+                return
+            yield value
+    finally:
+        stop.set()
 
 
 def _chunks(specs: Iterable[JobSpec | Mapping[str, Any]], size: int
