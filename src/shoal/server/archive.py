@@ -35,9 +35,6 @@ class Archive(Protocol):
     def keep(self, job: Job) -> None:
         """The job has ended and its end is committed: it leaves the reactor's memory."""
 
-    def write(self, jobs: Sequence[Job]) -> None:
-        """New jobs, written as an add is planned (some of them go to the backlog)."""
-
     def load(self, job_ids: Sequence[int]) -> list[Job]:
         """Fresh objects for these jobs (the ids not found are left out)."""
         ...
@@ -60,10 +57,6 @@ class MemoryArchive:
 
     def keep(self, job: Job) -> None:
         self._jobs[job.id] = job
-
-    def write(self, jobs: Sequence[Job]) -> None:
-        for job in jobs:
-            self._jobs[job.id] = job
 
     def load(self, job_ids: Sequence[int]) -> list[Job]:
         return [self._jobs[job_id] for job_id in job_ids if job_id in self._jobs]
@@ -95,9 +88,6 @@ class StoreArchive:
 
     def keep(self, job: Job) -> None:
         return None
-
-    def write(self, jobs: Sequence[Job]) -> None:
-        return None  # the service writes them, in the add's transaction
 
     def load(self, job_ids: Sequence[int]) -> list[Job]:
         return self._store.jobs_by_id(job_ids)
