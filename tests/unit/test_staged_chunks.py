@@ -1,5 +1,6 @@
 """Chunks of a large add, as kept between their arrival and the commit: read back as they
-were staged, and checked again (a chunk from another version of shoal may no longer fit)."""
+were staged; a chunk another version of shoal staged is checked again (it may no longer
+fit)."""
 
 from __future__ import annotations
 
@@ -12,18 +13,35 @@ from shoal.core.models import JobSpec
 from shoal.server import adds
 
 
-def staged(*specs: JobSpec) -> str:
-    return json.dumps([spec.model_dump(mode="json", exclude_defaults=True) for spec in specs])
+def staged(*specs: JobSpec, checked_by: str | None = adds._CHECKED_BY) -> str:
+    jobs = [spec.model_dump(mode="json", exclude_defaults=True) for spec in specs]
+    return json.dumps(jobs if checked_by is None else {"checked_by": checked_by, "jobs": jobs})
 
 
-def test_chunks_read_back_equal_to_what_was_staged() -> None:
-    specs = [JobSpec(cmd="echo 1", cwd="/tmp"),
-             JobSpec(cmd="env", cwd="/srv", env={"K": "v"}, limits=["db:2"], priority=5,
-                     after=["group:prep"], time_seconds=1.5, memory_bytes=1 << 30)]
-    assert list(adds._parse_each([staged(*specs[:1]), staged(*specs[1:])])) == [
-        specs[:1], specs[1:]]
+SPECS = [JobSpec(cmd="echo 1", cwd="/tmp"),
+         JobSpec(cmd="env", cwd="/srv", env={"K": "v"}, limits=["db:2"], priority=5,
+                 after=["group:prep"], time_seconds=1.5, memory_bytes=1 << 30,
+                 files=[{"path": "in/a", "sha256": "0" * 64, "size": 3}])]
 
 
-def test_a_chunk_that_no_longer_reads_as_jobs_is_refused() -> None:
+@pytest.mark.parametrize("checked_by", [adds._CHECKED_BY, "0.0.1:another", None])
+def test_chunks_read_back_equal_to_what_was_staged(checked_by: str | None) -> None:
+    assert list(adds._parse_each([staged(*SPECS[:1], checked_by=checked_by),
+                                  staged(*SPECS[1:], checked_by=checked_by)])) == [
+        SPECS[:1], SPECS[1:]]
+
+
+def test_specs_of_a_chunk_this_shoal_checked_share_no_collection_that_can_change() -> None:
+    [[plain]] = adds._parse_each([staged(SPECS[0])])
+    with pytest.raises(TypeError, match="never changed in place"):
+        plain.env["K"] = "v"
+
+
+@pytest.mark.parametrize("checked_by", ["0.0.1:another", None])
+def test_a_chunk_another_version_staged_that_no_longer_reads_as_jobs_is_refused(
+        checked_by: str | None) -> None:
+    chunk = [{"cmd": "", "cwd": "/tmp"}]
+    text = json.dumps(chunk if checked_by is None else {"checked_by": checked_by,
+                                                          "jobs": chunk})
     with pytest.raises(InputError, match="a staged chunk no longer reads as jobs"):
-        list(adds._parse_each([json.dumps([{"cmd": "", "cwd": "/tmp"}])]))
+        list(adds._parse_each([text]))
