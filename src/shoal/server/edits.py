@@ -362,8 +362,10 @@ class _Window:
         self.backlog = reactor.backlog
         self.after = reactor._backlog_after
         self.deferred: Counter[tuple[str, str]] = Counter()
-        self._lowest_new: int | None = None  # the lowest priority of this add's held jobs
-        self._lowest_before: list[int | None] = []  # of those held before it, once asked
+        # The lowest priority among the queued jobs held: those before the add (looked for
+        # once, when an add fills the window) and those the add holds.
+        self._lowest: int | None = None
+        self._looked = False
 
     def takes(self, job: Job) -> bool:
         if not may_wait_in_backlog(job):
@@ -383,15 +385,16 @@ class _Window:
             self.backlog += 1
             return True
         self.held += 1
-        self._lowest_new = job.priority if self._lowest_new is None \
-            else min(self._lowest_new, job.priority)
+        self._lowest = job.priority if self._lowest is None else min(self._lowest, job.priority)
         return False
 
     def _lowest_held(self) -> int | None:
-        if not self._lowest_before:  # a look at the window, once an add fills it
+        if not self._looked:
+            self._looked = True
             jobs = self._reactor.jobs
-            self._lowest_before.append(min(
-                (jobs[job_id].priority for job_id in self._reactor._queued_seq
-                 if may_wait_in_backlog(jobs[job_id])), default=None))
-        found = [p for p in (self._lowest_before[0], self._lowest_new) if p is not None]
-        return min(found, default=None)
+            priorities = [jobs[job_id].priority for job_id in self._reactor._queued_seq
+                          if may_wait_in_backlog(jobs[job_id])]
+            if self._lowest is not None:
+                priorities.append(self._lowest)
+            self._lowest = min(priorities, default=None)
+        return self._lowest

@@ -364,7 +364,7 @@ class Service:
                 chunks, rerun=rerun, now=now, owner=owner, sees_all=sees_all,
                 may_set_caps=may_set_caps, distinct=distinct,
                 write=lambda jobs: writer.write(jobs, now))
-            writer.limit_caps = plan.limit_caps
+            writer.finish(plan.limit_caps, plan.last_id)
         # A million jobs hold the loop for many seconds, longer than a worker's lease: its
         # heartbeats are waiting to be read, and it must not be taken for gone meanwhile.
         paused = time.monotonic() - began

@@ -205,33 +205,28 @@ def _job_from_row(row: Any) -> Job:  # a row of _JOB_COLUMNS, as SQLite returns 
     )
 
 
-def _write_jobs(db: sqlite3.Connection, jobs: Iterable[Job],
-                transitions: Iterable[Transition]) -> None:
-    db.executemany(_INSERT_SQL, (_job_row(j) for j in jobs))
-    Store._journal(db, transitions)
-
-
-def _finish_add(db: sqlite3.Connection, limit_caps: dict[str, int],
-                last_id: int | None) -> None:
-    db.executemany("INSERT OR REPLACE INTO limits (name, cap) VALUES (?, ?)",
-                   list(limit_caps.items()))
-    if last_id is not None:
-        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('max_job_id', ?)",
-                   (str(last_id),))
-
-
 class JobWriter:
     """Writes an add's new jobs inside the transaction `Store.adding` holds open."""
 
     def __init__(self, db: sqlite3.Connection):
         self._db = db
-        self.limit_caps: dict[str, int] = {}  # set by the caller once the add is planned
-        self.last_id: int | None = None
 
     def write(self, jobs: Sequence[Job], now: float) -> None:
-        _write_jobs(self._db, jobs, (created(job, now=now) for job in jobs))
-        if jobs:
-            self.last_id = max(self.last_id or 0, jobs[-1].id)
+        """New jobs, each journaled as created at `now`."""
+        self.write_journaled(jobs, (created(job, now=now) for job in jobs))
+
+    def write_journaled(self, jobs: Iterable[Job], transitions: Iterable[Transition]) -> None:
+        # Generators: the rows of a million jobs are written, never held, at once.
+        self._db.executemany(_INSERT_SQL, (_job_row(job) for job in jobs))
+        Store._journal(self._db, transitions)
+
+    def finish(self, limit_caps: dict[str, int], last_id: int | None) -> None:
+        """The caps the add's specs set, and its last job's id."""
+        self._db.executemany("INSERT OR REPLACE INTO limits (name, cap) VALUES (?, ?)",
+                             list(limit_caps.items()))
+        if last_id is not None:
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES "
+                             "('max_job_id', ?)", (str(last_id),))
 
 
 class Store:
@@ -516,34 +511,24 @@ class Store:
     def add_jobs(self, new_jobs: Sequence[Job], transitions: Iterable[Transition],
                  limit_caps: dict[str, int] | None = None,
                  array: ArrayRow | None = None) -> None:
-        """Commit a whole add durably before it is acknowledged; with `array`, the array
-        whose tasks these jobs are, as it is after them (added, or fed further)."""
-        self._db.execute("PRAGMA synchronous = FULL")
-        try:
-            self._add_jobs(new_jobs, transitions, limit_caps or {}, array)
-        finally:
-            self._db.execute("PRAGMA synchronous = NORMAL")
-
-    def _add_jobs(self, new_jobs: Sequence[Job], transitions: Iterable[Transition],
-                  limit_caps: dict[str, int], array: ArrayRow | None) -> None:
-        with self._transaction() as db:
-            if array is not None:
-                put_array(db, array)
-            # Generators: the rows of a million jobs are written, never held, at once.
-            _write_jobs(db, new_jobs, transitions)
-            _finish_add(db, limit_caps, max((j.id for j in new_jobs), default=None))
+        """Commit a whole add, planned beforehand, durably before it is acknowledged; with
+        `array`, the array whose tasks these jobs are, as it is after them."""
+        with self.adding(array) as writer:
+            writer.write_journaled(new_jobs, transitions)
+            writer.finish(limit_caps or {}, max((job.id for job in new_jobs), default=None))
 
     @contextmanager
-    def adding(self) -> Iterator[JobWriter]:
+    def adding(self, array: ArrayRow | None = None) -> Iterator[JobWriter]:
         """One add written as it is planned, a part at a time, and committed durably at the
         end (or rolled back if anything raises): the jobs of a large add are never all
-        held at once. Reads in between (duplicates) see what is written so far."""
+        held at once. Reads in between (duplicates) see what is written so far. With
+        `array`, the array whose tasks these jobs are, as it is after them."""
         self._db.execute("PRAGMA synchronous = FULL")
         try:
             with self._transaction() as db:
-                writer = JobWriter(db)
-                yield writer
-                _finish_add(db, writer.limit_caps, writer.last_id)
+                if array is not None:
+                    put_array(db, array)
+                yield JobWriter(db)
         finally:
             self._db.execute("PRAGMA synchronous = NORMAL")
 
