@@ -11,7 +11,7 @@ reactor without a store (tests).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from shoal.core.models import Job, JobState
@@ -43,7 +43,10 @@ class Archive(Protocol):
         """The job already added with each key, and its state, for those that have one."""
         ...
 
-    def ids_in_group(self, group: str, owner: str | None) -> list[int]: ...
+    def ids_in_group(self, group: str, owner: str | None,
+                     states: Iterable[JobState] | None = None) -> list[int]:
+        """The group's jobs here (of `owner`, in `states`, if given), by id."""
+        ...
 
     def queued_after(self, after: tuple[int, int] | None, limit: int) -> list[Job]:
         """The next queued jobs that may wait in the backlog, by (-priority, id) after
@@ -75,9 +78,12 @@ class MemoryArchive:
                          if may_wait_in_backlog(job))
         return [job for key, job in waiting if after is None or key > after][:limit]
 
-    def ids_in_group(self, group: str, owner: str | None) -> list[int]:
+    def ids_in_group(self, group: str, owner: str | None,
+                     states: Iterable[JobState] | None = None) -> list[int]:
+        wanted = None if states is None else set(states)
         return sorted(job.id for job in self._jobs.values()
-                      if job.group == group and (owner is None or job.owner == owner))
+                      if job.group == group and (owner is None or job.owner == owner)
+                      and (wanted is None or job.state in wanted))
 
 
 class StoreArchive:
@@ -98,5 +104,6 @@ class StoreArchive:
     def queued_after(self, after: tuple[int, int] | None, limit: int) -> list[Job]:
         return self._store.queued_after(after, limit)
 
-    def ids_in_group(self, group: str, owner: str | None) -> list[int]:
-        return self._store.ids_in_group(group, owner)
+    def ids_in_group(self, group: str, owner: str | None,
+                     states: Iterable[JobState] | None = None) -> list[int]:
+        return self._store.ids_in_group(group, owner, states)

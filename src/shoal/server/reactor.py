@@ -487,8 +487,9 @@ class Reactor(JobEdits):
         selected = [job for job in self.jobs.values() if job.group == group
                     and (owner is None or job.owner == owner)
                     and (states is None or job.state in states)]
+        # Outside memory: ended jobs, and the backlog's (queued).
         if states is None or states & FINAL_STATES or (self.backlog and S.QUEUED in states):
-            archived = [job_id for job_id in self.archive.ids_in_group(group, owner)
+            archived = [job_id for job_id in self.archive.ids_in_group(group, owner, states)
                         if job_id not in self.jobs]
             selected += [self._bring_back(job) for job in self.archive.load(archived)
                          if states is None or job.state in states]

@@ -471,13 +471,19 @@ class Store:
         return sum(path.stat().st_size for path in (self.path, self.path.with_name(
             self.path.name + "-wal")) if path.exists())
 
-    def ids_in_group(self, group: str, owner: str | None) -> list[int]:
-        if owner is None:
-            rows = self._db.execute("SELECT id FROM jobs WHERE grp = ? ORDER BY id", (group,))
-        else:
-            rows = self._db.execute("SELECT id FROM jobs WHERE grp = ? AND owner = ? "
-                                    "ORDER BY id", (group, owner))
-        return [row[0] for row in rows]
+    def ids_in_group(self, group: str, owner: str | None,
+                     states: Iterable[JobState] | None = None) -> list[int]:
+        """The group's jobs (of `owner`, in `states`, if given), by id."""
+        where, params = "grp = ?", [group]
+        if owner is not None:
+            where += " AND owner = ?"
+            params.append(owner)
+        if states is not None:
+            wanted = [state.value for state in states]
+            where += f" AND state IN ({', '.join('?' * len(wanted))})"
+            params += wanted
+        return [row[0] for row in self._db.execute(
+            f"SELECT id FROM jobs WHERE {where} ORDER BY id", params)]
 
     def _load_holders(self, jobs: Sequence[Job]) -> None:
         """Whose attempt each job still running or lost is: only that worker may claim it."""
