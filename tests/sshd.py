@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+from tests.ports import free_port
 from tests.system import require, require_root_tool
 
 SSHD = "/usr/sbin/sshd"
@@ -136,7 +137,7 @@ class SshBed:
         where.mkdir(mode=0o700)
         host_key = where / "ssh_host_ed25519_key"
         host_public = keygen(host_key, "host")
-        port = port or _free_port(address if netns is None else "127.0.0.1")
+        port = port or free_port(address if netns is None else "127.0.0.1")
         lines = [f"Port {port}", f"ListenAddress {address}", f"HostKey {host_key}",
                  f"PidFile {where / 'sshd.pid'}", "AuthorizedKeysFile .ssh/authorized_keys",
                  "StrictModes no", "UsePAM no",
@@ -213,12 +214,6 @@ def command_directory(where: Path, commands: Sequence[str]) -> Path:
         require(found is not None, command)
         (where / command).symlink_to(str(found))
     return where
-
-
-def _free_port(address: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((address, 0))
-        return int(probe.getsockname()[1])
 
 
 def _listening(address: str, port: int, netns: str | None) -> bool:

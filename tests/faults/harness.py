@@ -6,23 +6,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from tests.integration.cluster import SHOAL, Cluster, wait_until
+from tests.ports import free_port
 
 from .ledger import LedgerReport, check_ledger, ledger_command
 
 FINAL = frozenset({"done", "failed", "cancelled"})
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class FaultCluster(Cluster):

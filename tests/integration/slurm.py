@@ -12,16 +12,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.ports import free_ports
 from tests.system import require, require_root_tool
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scancel", "sinfo")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def require_slurm() -> None:
@@ -54,11 +49,12 @@ class Slurm:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
         root = self.root
+        ctld_port, slurmd_port = free_ports(2)
         self.conf.write_text(f"""\
 ClusterName=shoaltest
 SlurmctldHost={self.node}(127.0.0.1)
-SlurmctldPort={free_port()}
-SlurmdPort={free_port()}
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.ports import free_port
 from tests.system import require
 
 from .cluster import Cluster, wait_until
@@ -92,12 +93,6 @@ def test_metrics_public_needs_no_token(tmp_path: Path) -> None:
 # ---- a real Prometheus ---------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def prometheus(cluster: Cluster, tmp_path: Path) -> Iterator[str]:
     """Prometheus scraping the cluster's server every second with a metrics token, over the
@@ -122,7 +117,7 @@ def prometheus(cluster: Cluster, tmp_path: Path) -> Iterator[str]:
         f"      credentials_file: {secret}\n"
         f"{tls}"
         f"    static_configs:\n      - targets: ['{target}']\n")
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",

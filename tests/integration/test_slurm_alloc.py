@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from tests.integration.cluster import Cluster, wait_until
-from tests.integration.slurm import Slurm, free_port
+from tests.integration.slurm import Slurm
+from tests.ports import free_port
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ from shoal.trust import (
     fingerprint,
     parse_pin,
 )
+from tests.ports import free_port
 
 NAMES = ["localhost"]
 ADDRESSES = ["127.0.0.1", "::1"]
@@ -106,12 +107,6 @@ def sans_of(certs: ServerCertificates) -> tuple[set[str], set[str]]:
         set(san.get_values_for_type(x509.DNSName)),
         {str(a) for a in san.get_values_for_type(x509.IPAddress)},
     )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
