@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -30,6 +30,20 @@ Label = Annotated[str, Field(max_length=256)]
 class _Message(BaseModel):
     # hide_input_in_errors: an Assignment's env values are secrets, never in an error's text.
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    @classmethod
+    def trusted(cls, **values: Any) -> Self:
+        """A message from values that were checked already, every field given: what
+        `model_construct` makes, without its walk over each field's default and alias: 0.6 µs
+        against 3.2 µs, for every job that starts."""
+        if values.keys() != cls.model_fields.keys():
+            raise TypeError(f"{cls.__name__}.trusted needs exactly its fields")
+        message = cls.__new__(cls)
+        object.__setattr__(message, "__dict__", values)
+        object.__setattr__(message, "__pydantic_fields_set__", set(values))
+        object.__setattr__(message, "__pydantic_extra__", None)
+        object.__setattr__(message, "__pydantic_private__", None)
+        return message
 
 
 class Resources(_Message):

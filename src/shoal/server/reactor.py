@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import heapq
 import random
-import secrets
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,13 +32,13 @@ from shoal.server.archive import Archive, MemoryArchive, may_wait_in_backlog, qu
 from shoal.server.dependencies import Dependencies
 from shoal.server.edits import JobEdits
 from shoal.server.effects import Effects
+from shoal.server.leases import LeaseIds
 from shoal.server.requirements import LearnedRequirements
 from shoal.server.workers import WorkerState, same_token, worker_identity
 from shoal.store import AttemptRow
 
 S = JobState
 MEMORY_GROWTH = 1.5
-LEASE_RANDOM_BITS = 20  # keeps lease ids below 2**53, exact in any JSON reader
 
 
 @dataclass(frozen=True)
@@ -90,8 +89,7 @@ class Reactor(JobEdits):
         self._backlog_after: tuple[int, int] | None = None
         self._removing: set[int] = set()  # removed jobs until their removal is committed
         self._next_job_id = next_job_id
-        # The first sequence whose lease ids are all at least `next_lease_id`.
-        self._lease_sequence = -(-next_lease_id >> LEASE_RANDOM_BITS)
+        self._leases = LeaseIds(at_least=next_lease_id)
         self._next_worker_id = 1
         self._seq = 0
         self._queue: list[tuple[int, int, int]] = []  # (-priority, seq, job id)
@@ -142,7 +140,7 @@ class Reactor(JobEdits):
     @property
     def next_lease_id(self) -> int:
         """A lease id above every one handed out: where a restarted reactor goes on from."""
-        return self._lease_sequence << LEASE_RANDOM_BITS
+        return self._leases.above_all
 
     # ---- bookkeeping -------------------------------------------------------------------------
 
@@ -622,9 +620,7 @@ class Reactor(JobEdits):
         return placed
 
     def _assign(self, job: Job, worker: WorkerState, gpu_ids: list[str], now: float) -> None:
-        # Increasing (the sequence in the high bits) and not guessable (the low bits).
-        lease_id = (self._lease_sequence << LEASE_RANDOM_BITS) | secrets.randbits(LEASE_RANDOM_BITS)
-        self._lease_sequence += 1
+        lease_id = self._leases.next()
         self._change(job, S.RUNNING, now)
         job.lease_id, job.holder = lease_id, worker.identity
         job.attempts += 1
@@ -636,7 +632,7 @@ class Reactor(JobEdits):
             AttemptRow(lease_id, job.id, job.attempts, worker.name, worker.host,
                        worker.identity))
         # Built from a job checked when it was added: not validated again, field by field.
-        self._effects.assignments[worker.id].append(Assignment.model_construct(
+        self._effects.assignments[worker.id].append(Assignment.trusted(
             job_id=job.id, lease_id=lease_id, cmd=job.cmd, cwd=job.cwd, env=job.env,
             cores=job.cores, memory_bytes=job.memory_bytes, gpus=list(gpu_ids),
             time_limit_seconds=job.time_limit_seconds, gate=job.gate,
