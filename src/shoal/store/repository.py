@@ -559,9 +559,12 @@ class Store:
                     [(a.lease_id, a.job_id, a.attempt, a.worker, a.host, a.holder)
                      for a in new_attempts],
                 )
+            # An attempt that also ended in this transaction gets its pid and start below.
+            ended = {r.lease_id for r in results}
             if started:
                 db.executemany("UPDATE attempts SET pid = ?, started_at = ? WHERE lease_id = ?",
-                               [(pid, at, lease) for lease, pid, at in started])
+                               [(pid, at, lease) for lease, pid, at in started
+                                if lease not in ended])
             if results:
                 db.executemany(
                     "UPDATE attempts SET pid = ?, started_at = ?, ended_at = ?, outcome = ?, "
