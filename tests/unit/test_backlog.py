@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.core.errors import InputError
-from shoal.core.models import JobChanges, JobSpec
+from shoal.core.models import JobChanges, JobSpec, JobState
 from shoal.core.protocol import Assign, Finished, Started, StartedItem, ToWorker
+from shoal.server.events import Event, JobsMoved, JobTransitioned
+from shoal.server.metrics import Metrics
 from shoal.server.reactor import ReactorConfig
 from shoal.server.service import Service
 from shoal.store import JobQuery, Store
@@ -37,6 +40,14 @@ class Link:
 
     def close(self, reason: str) -> None:
         pass
+
+
+class Recorder:
+    def __init__(self, seen: list[Event]):
+        self.seen = seen
+
+    def process(self, events: Sequence[Event]) -> None:
+        self.seen.extend(events)
 
 
 def run_everything(service: Service, cores: int = 2) -> list[int]:
@@ -177,3 +188,91 @@ def test_a_refill_in_the_step_of_a_removal_does_not_bring_the_removed_back(
     assert service.act("remove", [1, 2, 3, 4, 5, 6, 15], None) == [1, 2, 3, 4, 5, 6, 15]
     assert service.status()["totals"] == {"queued": 13}
     assert run_everything(service) == [7, 8, 9, 10, 11, 12, 13, 14, 16, 17, 18, 19, 20]
+
+
+# ---- a group killed or removed: its backlog is acted on in the database -------------------
+
+
+def outcome(tmp_path: Path, service: Service) -> tuple[object, ...]:
+    """What a user and the database can see: counts, each job's state and reason, the
+    journal, and what runs next."""
+    service.step()
+    with sqlite3.connect(tmp_path / "shoal.db") as db:
+        rows = db.execute("SELECT id, state, fail_reason FROM jobs ORDER BY id").fetchall()
+        journal = db.execute("SELECT job_id, from_state, to_state, reason FROM transitions "
+                             "ORDER BY job_id, seq").fetchall()
+    return service.status()["totals"], rows, journal, run_everything(service)
+
+
+def kill_and_remove(service: Service) -> list[list[int]]:
+    service.add(jobs(1, 40, group="g"))
+    service.add([spec("after g", group="w", after=["group:g"])])
+    service.add(jobs(41, 55, group="h"))
+    link = Link()
+    service.join(register(cores=3), link)
+    service.step()  # three of g's jobs run
+    affected = [service.act("kill", None, "g")]
+    affected.append(service.act("remove", None, "h"))
+    service.add(jobs(56, 70, group="h"))
+    return affected
+
+
+@pytest.mark.parametrize("window", [WINDOW, 10_000])
+def test_a_group_killed_or_removed_beyond_the_window_ends_as_one_held_in_memory(
+        tmp_path: Path, window: int) -> None:
+    """The same actions, with and without a backlog, leave the same jobs, journal and queue."""
+    held = Service(Store(tmp_path / "all" / "shoal.db"), ReactorConfig(queue_window=10_000))
+    small = Service(Store(tmp_path / "some" / "shoal.db"), ReactorConfig(queue_window=window))
+    assert kill_and_remove(held) == kill_and_remove(small)
+    expected = outcome(tmp_path / "all", held)
+    assert outcome(tmp_path / "some", small) == expected
+    # Three of g's jobs were running (their kill orders sent; this worker never obeys),
+    # the rest cancelled, and the job waiting on g cancelled with them; h's first jobs gone.
+    totals, rows, _, ran = expected
+    assert totals == {"running": 3, "cancelled": 38, "queued": 15}
+    assert rows[:4] == [(1, "running", None), (2, "running", None), (3, "running", None),
+                        (4, "cancelled", "killed by user")]
+    assert rows[40] == (41, "cancelled", "a job of group:g failed or was cancelled")
+    assert [row[0] for row in rows[41:]] == ran == list(range(57, 72))
+
+
+def test_killing_a_group_reads_none_of_its_backlog(tmp_path: Path) -> None:
+    service = open_service(tmp_path)
+    service.add(jobs(1, 1000, group="g"))
+    service.add(jobs(1001, 1050, group="h"))
+    loaded: list[int] = []
+    archive = service.reactor.archive
+    load, queued_after = archive.load, archive.queued_after
+    archive.load = lambda ids: (loaded.extend(ids), load(ids))[1]  # type: ignore[method-assign]
+    archive.queued_after = lambda after, limit: (  # type: ignore[method-assign]
+        lambda found: (loaded.extend(job.id for job in found), found)[1])(
+            queued_after(after, limit))
+    seen: list[Event] = []
+    service.events.subscribe(Recorder(seen))
+
+    assert service.act("kill", None, "g") == list(range(1, 1001))
+    assert all(job_id > 1000 for job_id in loaded)  # only h's, into the window it left
+    assert len(service.reactor.jobs) <= WINDOW
+    assert service.status()["totals"] == {"cancelled": 1000, "queued": 50}
+    assert service.reactor.backlog == 40
+    # Told as events too: the held ones one by one, the backlog's in one.
+    one_by_one = [e for e in seen
+                  if isinstance(e, JobTransitioned) and e.to_state is JobState.CANCELLED]
+    moved = [e for e in seen if isinstance(e, JobsMoved)]
+    assert [(e.group, e.from_state, e.to_state, e.count) for e in moved] == [
+        ("g", JobState.QUEUED, JobState.CANCELLED, 990)] and len(one_by_one) == 10
+    assert run_everything(service) == list(range(1001, 1051))
+
+    assert service.act("remove", None, "g") == list(range(1, 1001))
+    assert database_rows(tmp_path) == 50 and service.status()["totals"] == {"done": 50}
+
+
+def test_metrics_count_a_group_killed_in_the_database_job_by_job(tmp_path: Path) -> None:
+    service = open_service(tmp_path)
+    metrics = Metrics(service)
+    service.events.subscribe(metrics)
+    service.add(jobs(1, 35, group="g"))
+    service.act("kill", None, "g")
+    text = metrics.exposition().decode()
+    assert 'shoal_job_transitions_total{from_state="queued",to_state="cancelled"} 35.0' in text
+    assert 'shoal_jobs{group="g",state="cancelled"} 35.0' in text

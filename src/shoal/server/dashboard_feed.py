@@ -21,6 +21,7 @@ from shoal.server.events import (
     EnsembleStageStarted,
     Event,
     JobsAdded,
+    JobsMoved,
     JobsRemoved,
     JobTransitioned,
     WorkerJoined,
@@ -76,6 +77,9 @@ class LiveFeed:
                 ensembles = ensembles or event.group.startswith(ENSEMBLE_GROUP_PREFIX)
             elif isinstance(event, JobsAdded):
                 owners.add(event.owner)
+            elif isinstance(event, JobsMoved):
+                owners.add(event.owner)
+                ensembles = ensembles or event.group.startswith(ENSEMBLE_GROUP_PREFIX)
             elif isinstance(event, JobsRemoved):
                 owners.add("")  # owners unknown: tell everyone
                 jobs.update(event.job_ids)

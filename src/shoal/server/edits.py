@@ -58,6 +58,9 @@ class ReactorState(Protocol):
     def _enqueue(self, job: Job) -> None: ...
     def _change(self, job: Job, to: JobState, now: float, reason: str | None = None) -> None: ...
     def _settle_dependencies(self, now: float) -> None: ...
+    def changed_outside(self, job_ids: Sequence[int],
+                        counts: Iterable[tuple[str, str, JobState, int]],
+                        to_state: JobState | None, now: float) -> None: ...
     def _check_cap_from_spec(self, index: int, name: str, cap: int) -> None: ...
     def plan_add_chunks(self, chunks: Iterable[Sequence[JobSpec]], *, rerun: bool, now: float,
                         owner: str = "", sees_all: bool = True, may_set_caps: bool = True,
@@ -334,14 +337,23 @@ class JobEdits:
         self._effects.changed[job.id] = job
         self._effects.modified[job.id] = job
 
-    def purged(self: ReactorState, job_ids: Sequence[int],
-               counts: Iterable[tuple[str, str, JobState, int]], now: float) -> None:
-        """Ended jobs were deleted from the archive: uncount them; jobs waiting on them learn
-        that they are gone."""
+    def changed_outside(self: ReactorState, job_ids: Sequence[int],
+                        counts: Iterable[tuple[str, str, JobState, int]],
+                        to_state: JobState | None, now: float) -> None:
+        """Jobs not in memory (ended, or queued in the backlog) were moved from `state` to
+        `to_state`, or deleted (None), straight in the database: recount them; the jobs
+        that wait on them look again."""
         for owner, group, state, number in counts:
             self._counts[owner, group, state] -= number
             self.deps.count(group, state, -number)
+            if to_state is not None:
+                self._counts[owner, group, to_state] += number
+                self.deps.count(group, to_state, number)
+            if state is S.QUEUED:
+                self.backlog -= number
             self._recheck.update(self.deps.waiting_on_group(group))
+        if self.backlog <= 0:
+            self.backlog, self._backlog_after = 0, None
         for job_id in job_ids:
             self._recheck.update(self.deps.waiting_on_id(job_id))
         self._settle_dependencies(now)

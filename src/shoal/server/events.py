@@ -13,7 +13,7 @@ An observer that raises is logged and skipped: watching must never stop the queu
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -44,6 +44,19 @@ class JobsAdded:
 
     group: str
     owner: str
+    count: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobsMoved:
+    """Jobs of one owner and group changed state together, straight in the database (a
+    group's queued jobs beyond the server's memory, killed): one event for all of them."""
+
+    group: str
+    owner: str
+    from_state: JobState
+    to_state: JobState
     count: int
     at: float
 
@@ -139,8 +152,9 @@ class WorkerMessage:
     size_bytes: int
 
 
-Event = (JobTransitioned | JobsAdded | JobsRemoved | AttemptStarted | AttemptFinished
-         | WorkerJoined | WorkerLeft | Committed | EnsembleStageStarted | WorkerMessage)
+Event = (JobTransitioned | JobsMoved | JobsAdded | JobsRemoved | AttemptStarted
+         | AttemptFinished | WorkerJoined | WorkerLeft | Committed | EnsembleStageStarted
+         | WorkerMessage)
 
 
 class EventProcessor(Protocol):
@@ -196,6 +210,19 @@ class Events:
             return
         self.emit_many([JobsAdded(group, owner, count, now)
                         for (owner, group), count in counts.items()])
+
+    def changed_outside(self, job_ids: Sequence[int],
+                        counts: Iterable[tuple[str, str, JobState, int]],
+                        to_state: JobState | None, now: float) -> None:
+        """After jobs outside the reactor's memory were moved to `to_state` (None: deleted)
+        in one transaction; `counts`: (owner, group, state before, jobs)."""
+        if not self._processors:
+            return
+        if to_state is None:
+            self.emit_many([JobsRemoved(tuple(job_ids), now)])
+        else:
+            self.emit_many([JobsMoved(group, owner, state, to_state, number, now)
+                            for owner, group, state, number in counts])
 
     def worker_joined(self, worker_id: int, name: str, host: str, cores: int,
                       memory_bytes: int, gpus: int, now: float) -> None:

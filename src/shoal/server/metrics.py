@@ -31,6 +31,7 @@ from shoal.server.events import (
     EnsembleStageStarted,
     Event,
     JobsAdded,
+    JobsMoved,
     JobTransitioned,
     WorkerJoined,
     WorkerLeft,
@@ -100,6 +101,9 @@ class Metrics:
                 self.transitions.labels(
                     event.from_state.value if event.from_state else "none",
                     event.to_state.value).inc()
+            elif isinstance(event, JobsMoved):
+                self.transitions.labels(event.from_state.value,
+                                        event.to_state.value).inc(event.count)
             elif isinstance(event, WorkerMessage):
                 self.messages.labels(event.direction, event.type).inc()
                 self.message_bytes.labels(event.direction).inc(event.size_bytes)

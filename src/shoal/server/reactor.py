@@ -475,9 +475,12 @@ class Reactor(JobEdits):
     # ---- user actions ------------------------------------------------------------------------
 
     def select(self, ids: Sequence[int] | None, group: str | None, owner: str | None = None,
-               states: frozenset[JobState] | None = None) -> list[Job]:
+               states: frozenset[JobState] | None = None, *, held_only: bool = False
+               ) -> list[Job]:
         """Jobs by id or group, brought into memory to be acted on; with `owner`, only theirs
-        (another's job id is not found); with `states`, a group's members in those only."""
+        (another's job id is not found); with `states`, a group's members in those only;
+        `held_only`: a group's members in memory only (the caller acts on the others in the
+        database)."""
         if ids is not None:
             return [self._bring_back(self.get(job_id, owner)) for job_id in ids]
         if group is None:
@@ -486,7 +489,8 @@ class Reactor(JobEdits):
                     and (owner is None or job.owner == owner)
                     and (states is None or job.state in states)]
         # Outside memory: ended jobs, and the backlog's (queued).
-        if states is None or states & FINAL_STATES or (self.backlog and S.QUEUED in states):
+        if not held_only and (states is None or states & FINAL_STATES
+                              or (self.backlog and S.QUEUED in states)):
             archived = [job_id for job_id in self.archive.ids_in_group(group, owner, states)
                         if job_id not in self.jobs]
             selected += [self._bring_back(job) for job in self.archive.load(archived)

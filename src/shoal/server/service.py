@@ -388,8 +388,12 @@ class Service:
 
     def act(self, action: str, ids: Sequence[int] | None, group: str | None,
             reason: str = "killed by user", owner: str | None = None) -> list[int]:
-        """`owner` limits the action to that owner's jobs (None: anyone's)."""
-        jobs = self.reactor.select(ids, group, owner, states=_ACTS_ON.get(action))
+        """`owner` limits the action to that owner's jobs (None: anyone's). A group is
+        killed or removed in two steps, each committed: the jobs in memory, then, straight
+        in the database, the others (its backlog, its history), never read into memory."""
+        whole_group = group is not None and ids is None and action in ("kill", "remove")
+        jobs = self.reactor.select(ids, group, owner, states=_ACTS_ON.get(action),
+                                   held_only=whole_group)
         now = self.clock()
         if action == "kill":
             affected = self.reactor.kill(jobs, now, reason)
@@ -399,12 +403,33 @@ class Service:
             affected = self.reactor.remove(jobs, now)
         else:
             raise InputError(f"unknown action {action!r}")
-        if group is not None and action in ("kill", "remove"):  # the group's future jobs too
+        if whole_group:
+            assert group is not None
             self.arrays.stop(group, owner, "its group was killed" if action == "kill"
-                             else "its group was removed")
+                             else "its group was removed")  # the group's future jobs too
+            # Committed without scheduling, which could take backlog jobs into memory.
+            self._settle()
+            affected = sorted([*affected, *self._act_outside(action, group, owner, reason)])
         self.step()
         self.reactor.forget(job.id for job in jobs)  # those brought back and left as they were
         return affected
+
+    def _act_outside(self, action: str, group: str, owner: str | None, reason: str
+                     ) -> list[int]:
+        """Kill or remove the group's jobs the reactor does not hold, once what it did to
+        those it holds is committed: what is left of the group in the database is then only
+        the backlog's queued jobs and the ended ones."""
+        now = self.clock()
+        if action == "kill":
+            ids, counts = self.store.cancel_backlog(group, owner, reason, now)
+            to_state: JobState | None = JobState.CANCELLED
+        else:
+            ids, counts = self.store.remove_group(group, owner)
+            to_state = None
+        if ids:
+            self.reactor.changed_outside(ids, counts, to_state, now)
+            self.events.changed_outside(ids, counts, to_state, now)
+        return ids
 
     def modify(self, ids: Sequence[int] | None, group: str | None, changes: JobChanges, *,
                owner: str | None = None, may_set_caps: bool = True) -> dict[str, Any]:
@@ -435,7 +460,8 @@ class Service:
         self._settle()  # what just ended leaves memory first
         ids, counts = self.store.purge(JobQuery(states=tuple(states), group=group, owner=owner,
                                                 ended_before=ended_before))
-        self.reactor.purged(ids, counts, self.clock())
+        self.reactor.changed_outside(ids, counts, None, self.clock())
+        self.events.changed_outside(ids, counts, None, self.clock())
         self.step()
         self.store.compact()
         return {"affected": len(ids), "ids": ids}

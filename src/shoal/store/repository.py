@@ -10,6 +10,7 @@ import dataclasses
 import gc
 import json
 import sqlite3
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -203,6 +204,32 @@ def _job_from_row(row: Any) -> Job:  # a row of _JOB_COLUMNS, as SQLite returns 
         host and shared_text(host), pid, lease_id, None, added_at, queued_at, retry_at,
         started_at, ended_at, wall_seconds, cpu_seconds, peak_rss_bytes,
     )
+
+
+def _backlog_of(group: str, owner: str | None) -> tuple[str, list[object]]:
+    where = f"grp = ? AND {_BACKLOG_SQL}"
+    params: list[object] = [group]
+    if owner is not None:
+        where += " AND owner = ?"
+        params.append(owner)
+    return where, params
+
+
+def _delete_jobs(db: sqlite3.Connection, ids: Sequence[int]) -> None:
+    """Jobs with their output, attempts and journal."""
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        marks = ", ".join("?" * len(chunk))
+        db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", chunk)
+        for table in ("outputs", "attempts", "transitions"):
+            db.execute(f"DELETE FROM {table} WHERE job_id IN ({marks})", chunk)
+
+
+def _counted(rows: Iterable[tuple[int, str, str, str]]) -> list[tuple[str, str, JobState, int]]:
+    """(owner, group, state, jobs) of rows (id, owner, group, state)."""
+    counts: Counter[tuple[str, str, JobState]] = Counter(
+        (owner, group, _STATE_OF[state]) for _, owner, group, state in rows)
+    return [(*key, count) for key, count in counts.items()]
 
 
 class JobWriter:
@@ -448,18 +475,42 @@ class Store:
         with self._transaction() as db:
             rows = db.execute(f"SELECT id, owner, grp, state FROM jobs WHERE {where} "
                               "AND gate = 0", params).fetchall()
-            ids = [row[0] for row in rows]
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                marks = ", ".join("?" * len(chunk))
-                db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", chunk)
-                for table in ("outputs", "attempts", "transitions"):
-                    db.execute(f"DELETE FROM {table} WHERE job_id IN ({marks})", chunk)
-        counts: dict[tuple[str, str, JobState], int] = {}
-        for _, owner, group, state in rows:
-            key = (owner, group, JobState(state))
-            counts[key] = counts.get(key, 0) + 1
-        return ids, [(*key, count) for key, count in counts.items()]
+            _delete_jobs(db, [row[0] for row in rows])
+        return [row[0] for row in rows], _counted(rows)
+
+    def cancel_backlog(self, group: str, owner: str | None, reason: str, now: float
+                       ) -> tuple[list[int], list[tuple[str, str, JobState, int]]]:
+        """Cancel a group's queued jobs that the server does not hold (it holds every other
+        queued job, and cancels those itself first), journaled, in one transaction, without
+        reading them into memory. Returns their ids and (owner, group, queued, jobs)."""
+        where, params = _backlog_of(group, owner)
+        with self._transaction() as db:
+            rows = db.execute(f"SELECT id, owner, grp, state FROM jobs WHERE {where}",
+                              params).fetchall()
+            db.execute("INSERT INTO transitions (job_id, from_state, to_state, at, reason) "
+                       f"SELECT id, 'queued', 'cancelled', ?, ? FROM jobs WHERE {where} "
+                       "ORDER BY id", [now, reason, *params])
+            db.execute("UPDATE jobs SET state = 'cancelled', fail_reason = ?, lease_id = NULL "
+                       f"WHERE {where}", [reason, *params])
+        return [row[0] for row in rows], _counted(rows)
+
+    def remove_group(self, group: str, owner: str | None
+                     ) -> tuple[list[int], list[tuple[str, str, JobState, int]]]:
+        """Delete a group's jobs (of `owner`) with their output, attempts and journal, in one
+        transaction: those the server does not hold, once it has removed those it does (so
+        all that are left: ended ones and the backlog's). Returns what purge does."""
+        where, params = "grp = ?", [group]
+        if owner is not None:
+            where += " AND owner = ?"
+            params.append(owner)
+        with self._transaction() as db:
+            rows = db.execute(f"SELECT id, owner, grp, state FROM jobs WHERE {where}",
+                              params).fetchall()
+            for table in ("outputs", "attempts", "transitions"):
+                db.execute(f"DELETE FROM {table} WHERE job_id IN "
+                           f"(SELECT id FROM jobs WHERE {where})", params)
+            db.execute(f"DELETE FROM jobs WHERE {where}", params)
+        return [row[0] for row in rows], _counted(rows)
 
     def compact(self, pages: int = 2000) -> None:
         """Give back up to `pages` free pages to the file system, without a VACUUM (only a
