@@ -108,6 +108,7 @@ class Service:
     # ---- the loop ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.store.checkpoint_in_background()
         self.step()
         self._task = asyncio.create_task(self._run(), name="shoal-service")
         if self.keep_history_seconds is not None:

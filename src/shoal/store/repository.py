@@ -30,6 +30,7 @@ from shoal.core.models import (
 from shoal.core.protocol import AttemptResult, Captured
 from shoal.core.states import Transition, created
 from shoal.store.arrays import ArrayRow, load_arrays, put_array
+from shoal.store.checkpoints import Checkpoints
 from shoal.store.files import check_database, damaged, is_damage, prepare_database_file
 from shoal.store.schema import key_hash, migrate
 
@@ -261,6 +262,7 @@ class Store:
 
     def __init__(self, path: Path):
         self.path = path
+        self._checkpoints: Checkpoints | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             held = prepare_database_file(path)  # refuses an empty one where a server lived
@@ -300,6 +302,7 @@ class Store:
 
         store = cls.__new__(cls)
         store.path = path
+        store._checkpoints = None
         try:
             store._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
                                         isolation_level=None, check_same_thread=False)
@@ -313,7 +316,17 @@ class Store:
                              f"this one reads {SCHEMA_VERSION}); run it again to upgrade it")
         return store
 
+    def checkpoint_in_background(self) -> None:
+        """From now on, the log is copied into the database off the caller's thread (see
+        store.checkpoints); `close` stops it."""
+        if self._checkpoints is None:
+            self._checkpoints = Checkpoints(self.path)
+            self._db.execute("PRAGMA wal_autocheckpoint = 0")
+
     def close(self) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.stop()
+            self._checkpoints = None
         self._db.close()
 
     @contextmanager
