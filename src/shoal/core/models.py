@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar, cast
@@ -363,10 +363,9 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-def own_list(values: Iterable[T]) -> list[T]:
+def own_list(values: Collection[T]) -> list[T]:
     """A job's own copy of `values`, or the shared empty list."""
-    copied = list(values)
-    return copied if copied else EMPTY_LIST
+    return list(values) if values else EMPTY_LIST
 
 
 def own_dict(values: Mapping[K, V]) -> dict[K, V]:

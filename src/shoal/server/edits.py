@@ -193,8 +193,9 @@ class JobEdits:
             req_group=spec.req_group, name=spec.name, gpus=spec.gpus,
             resources=own_dict(spec.resources), grow_memory=spec.grow_memory,
             dependencies=own_list(spec.after), dependencies_any=own_list(spec.after_any),
-            limits=own_list(sorted(set(limits))), on_worker=spec.on_worker, gate=spec.gate,
-            files=own_list(spec.files), always_copy=spec.always_copy,
+            limits=own_list(sorted(set(limits)) if limits else ()),
+            on_worker=spec.on_worker, gate=spec.gate, files=own_list(spec.files),
+            always_copy=spec.always_copy,
             state=S.WAITING if waits else S.QUEUED, added_at=now,
             queued_at=None if waits else now, owner=shared_text(owner),
         )
