@@ -214,6 +214,7 @@ def kill_and_remove(service: Service) -> list[list[int]]:
     affected = [service.act("kill", None, "g")]
     affected.append(service.act("remove", None, "h"))
     service.add(jobs(56, 70, group="h"))
+    affected.append(service.act("retry", None, "g"))
     return affected
 
 
@@ -228,12 +229,17 @@ def test_a_group_killed_or_removed_beyond_the_window_ends_as_one_held_in_memory(
     assert outcome(tmp_path / "some", small) == expected
     # Three of g's jobs were running (their kill orders sent; this worker never obeys),
     # the rest cancelled, and the job waiting on g cancelled with them; h's first jobs gone.
-    totals, rows, _, ran = expected
-    assert totals == {"running": 3, "cancelled": 38, "queued": 15}
+    # Then g retried: its cancelled jobs run again, in the queue's order, before h's later
+    # ones.
+    totals, rows, journal, ran = expected
+    assert totals == {"running": 3, "queued": 52, "cancelled": 1}
     assert rows[:4] == [(1, "running", None), (2, "running", None), (3, "running", None),
-                        (4, "cancelled", "killed by user")]
+                        (4, "queued", None)]
     assert rows[40] == (41, "cancelled", "a job of group:g failed or was cancelled")
-    assert [row[0] for row in rows[41:]] == ran == list(range(57, 72))
+    assert ran == [*range(4, 41), *range(57, 72)]
+    assert [entry[1:] for entry in journal if entry[0] == 4] == [
+        (None, "queued", None), ("queued", "cancelled", "killed by user"),
+        ("cancelled", "queued", "retried by user")]
 
 
 def test_killing_a_group_reads_none_of_its_backlog(tmp_path: Path) -> None:
@@ -265,6 +271,26 @@ def test_killing_a_group_reads_none_of_its_backlog(tmp_path: Path) -> None:
 
     assert service.act("remove", None, "g") == list(range(1, 1001))
     assert database_rows(tmp_path) == 50 and service.status()["totals"] == {"done": 50}
+
+
+def test_a_group_retried_in_the_database_runs_in_its_place_in_the_queue(
+        tmp_path: Path) -> None:
+    service = open_service(tmp_path)
+    service.add(jobs(1, 300, group="g"))
+    service.add(jobs(301, 330, group="h"))
+    service.add([spec("limited", group="g", limits=["db:1"])])  # always held once queued
+    service.act("kill", None, "g")
+    loaded: list[int] = []
+    archive = service.reactor.archive
+    queued_after = archive.queued_after
+    archive.queued_after = lambda after, limit: (  # type: ignore[method-assign]
+        lambda found: (loaded.extend(job.id for job in found), found)[1])(
+            queued_after(after, limit))
+    assert service.act("retry", None, "g") == [*range(1, 301), 331]
+    assert len(loaded) == WINDOW and service.reactor.backlog == 320  # the window, read again
+    assert service.status()["totals"] == {"queued": 331}
+    # Held jobs go first (the documented exception: the limited one, held from its retry).
+    assert run_everything(service) == [*range(1, 11), 331, *range(11, 331)]
 
 
 def test_metrics_count_a_group_killed_in_the_database_job_by_job(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ from shoal.server.autoscale import (
     Slot,
     WorkerShape,
 )
-from shoal.server.events import Event, JobsAdded, JobTransitioned
+from shoal.server.events import Event, JobsAdded, JobsMoved, JobTransitioned
 from shoal.store.allocations import AllocationRow, AllocationStore, QueueRow
 
 log = logging.getLogger("shoal.server.alloc")
@@ -198,8 +198,8 @@ class AllocationManager:
         """The service's events (an EventProcessor): jobs newly queued are demand, looked at
         without waiting for the timer (at most every MIN_GAP_SECONDS)."""
         if self.queues and any(isinstance(event, JobsAdded) or (
-                isinstance(event, JobTransitioned) and event.to_state is JobState.QUEUED)
-                for event in events):
+                isinstance(event, JobTransitioned | JobsMoved)
+                and event.to_state is JobState.QUEUED) for event in events):
             self._wake.set()
 
     # ---- one pass ------------------------------------------------------------------------

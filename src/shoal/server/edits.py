@@ -58,6 +58,7 @@ class ReactorState(Protocol):
     def _enqueue(self, job: Job) -> None: ...
     def _change(self, job: Job, to: JobState, now: float, reason: str | None = None) -> None: ...
     def _settle_dependencies(self, now: float) -> None: ...
+    def _rebuild_window(self) -> None: ...
     def changed_outside(self, job_ids: Sequence[int],
                         counts: Iterable[tuple[str, str, JobState, int]],
                         to_state: JobState | None, now: float) -> None: ...
@@ -343,7 +344,8 @@ class JobEdits:
                         to_state: JobState | None, now: float) -> None:
         """Jobs not in memory (ended, or queued in the backlog) were moved from `state` to
         `to_state`, or deleted (None), straight in the database: recount them; the jobs
-        that wait on them look again."""
+        that wait on them look again. Jobs queued there (plain ones only: see
+        archive.may_wait_in_backlog) join the backlog, in their place in the queue."""
         for owner, group, state, number in counts:
             self._counts[owner, group, state] -= number
             self.deps.count(group, state, -number)
@@ -352,9 +354,13 @@ class JobEdits:
                 self.deps.count(group, to_state, number)
             if state is S.QUEUED:
                 self.backlog -= number
+            if to_state is S.QUEUED:
+                self.backlog += number
             self._recheck.update(self.deps.waiting_on_group(group))
         if self.backlog <= 0:
             self.backlog, self._backlog_after = 0, None
+        elif to_state is S.QUEUED:
+            self._rebuild_window()
         for job_id in job_ids:
             self._recheck.update(self.deps.waiting_on_id(job_id))
         self._settle_dependencies(now)

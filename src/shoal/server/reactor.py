@@ -39,6 +39,7 @@ from shoal.store import AttemptRow
 
 S = JobState
 MEMORY_GROWTH = 1.5
+RETRIED = "retried by user"  # the journal's reason
 
 
 @dataclass(frozen=True)
@@ -199,13 +200,14 @@ class Reactor(JobEdits):
                 self._enqueue(job)
         return self.jobs[job.id]
 
-    def _refill(self) -> None:
-        """Take the next jobs of the backlog in when the window runs low."""
+    def _refill(self, *, from_start: bool = False) -> None:
+        """Take the next jobs of the backlog in when the window runs low (`from_start`: a
+        whole window from the queue's head, now)."""
         held = len(self._queued_seq)
-        if not self.backlog or held > self.config.queue_window // 2:
+        if not from_start and (not self.backlog or held > self.config.queue_window // 2):
             return
-        wanted = self.config.queue_window - held
-        loaded = self.archive.queued_after(self._backlog_after, wanted)
+        wanted = self.config.queue_window - (0 if from_start else held)
+        loaded = self.archive.queued_after(None if from_start else self._backlog_after, wanted)
         for job in loaded:
             # Not brought back already, and not removed (its row not yet deleted).
             if job.id not in self.jobs and job.id not in self._removing:
@@ -216,6 +218,21 @@ class Reactor(JobEdits):
             self.backlog, self._backlog_after = 0, None
         else:
             self._backlog_after = queue_key(loaded[-1])
+
+    def _rebuild_window(self) -> None:
+        """Jobs were queued in the database out of the queue's order (a group retried
+        there): the queued jobs held that may wait in the backlog go back to it, and the
+        window is read again from the queue's head, so that it holds the first again."""
+        for job_id in list(self._queued_seq):
+            job = self.jobs.get(job_id)
+            if job is not None and may_wait_in_backlog(job) \
+                    and job_id not in self._effects.changed:
+                del self.jobs[job_id], self._queued_seq[job_id]
+                self.by_key.pop((job.owner, *job.key), None)
+                self.reservations.pop(job_id, None)
+                self.backlog += 1
+        self._backlog_after = None
+        self._refill(from_start=True)
 
     def _change(self, job: Job, to: JobState, now: float, reason: str | None = None) -> None:
         """The one place a job's state changes."""
@@ -518,7 +535,7 @@ class Reactor(JobEdits):
         for job in jobs:
             if job.state in (S.FAILED, S.CANCELLED):
                 job.attempts = job.lost_attempts = 0
-                self._change(job, S.QUEUED, now, "retried by user")
+                self._change(job, S.QUEUED, now, RETRIED)
                 affected.append(job.id)
         self._settle_dependencies(now)
         return affected

@@ -36,7 +36,7 @@ from shoal.server.archive import StoreArchive
 from shoal.server.arrays import ArrayFeeds
 from shoal.server.effects import ASSIGN_BUDGET_BYTES, Effects, encoded_bound
 from shoal.server.events import Events
-from shoal.server.reactor import Reactor, ReactorConfig
+from shoal.server.reactor import RETRIED, Reactor, ReactorConfig
 from shoal.server.requirements import HISTORY_PER_GROUP
 from shoal.store import JobQuery, Store
 
@@ -389,10 +389,11 @@ class Service:
 
     def act(self, action: str, ids: Sequence[int] | None, group: str | None,
             reason: str = "killed by user", owner: str | None = None) -> list[int]:
-        """`owner` limits the action to that owner's jobs (None: anyone's). A group is
-        killed or removed in two steps, each committed: the jobs in memory, then, straight
-        in the database, the others (its backlog, its history), never read into memory."""
-        whole_group = group is not None and ids is None and action in ("kill", "remove")
+        """`owner` limits the action to that owner's jobs (None: anyone's). A whole group is
+        acted on in two steps, each committed: the jobs in memory, then, straight in the
+        database, the others (its backlog, its history), never read into memory (but for
+        those a retry must hold: see _act_outside)."""
+        whole_group = group is not None and ids is None
         jobs = self.reactor.select(ids, group, owner, states=_ACTS_ON.get(action),
                                    held_only=whole_group)
         now = self.clock()
@@ -406,31 +407,44 @@ class Service:
             raise InputError(f"unknown action {action!r}")
         if whole_group:
             assert group is not None
-            self.arrays.stop(group, owner, "its group was killed" if action == "kill"
-                             else "its group was removed")  # the group's future jobs too
+            if action != "retry":  # the group's future jobs too
+                self.arrays.stop(group, owner, "its group was killed" if action == "kill"
+                                 else "its group was removed")
             # Committed without scheduling, which could take backlog jobs into memory.
             self._settle()
-            affected = sorted([*affected, *self._act_outside(action, group, owner, reason)])
+            outside, held = self._act_outside(action, group, owner, reason)
+            jobs = [*jobs, *held]
+            affected = sorted([*affected, *outside])
         self.step()
         self.reactor.forget(job.id for job in jobs)  # those brought back and left as they were
         return affected
 
     def _act_outside(self, action: str, group: str, owner: str | None, reason: str
-                     ) -> list[int]:
-        """Kill or remove the group's jobs the reactor does not hold, once what it did to
-        those it holds is committed: what is left of the group in the database is then only
-        the backlog's queued jobs and the ended ones."""
+                     ) -> tuple[list[int], list[Job]]:
+        """Act on the group's jobs the reactor does not hold, once what it did to those it
+        holds is committed: what is left of the group in the database is then only the
+        backlog's queued jobs and the ended ones. Returns the ids acted on there, and the
+        jobs a retry read in (those that must be held once queued: with limits, ensemble
+        components)."""
         now = self.clock()
+        held: list[Job] = []
+        to_state: JobState | None
         if action == "kill":
             ids, counts = self.store.cancel_backlog(group, owner, reason, now)
-            to_state: JobState | None = JobState.CANCELLED
+            to_state = JobState.CANCELLED
+        elif action == "retry":
+            ids, counts = self.store.retry_backlog(group, owner, RETRIED, now)
+            to_state = JobState.QUEUED
         else:
             ids, counts = self.store.remove_group(group, owner)
             to_state = None
         if ids:
             self.reactor.changed_outside(ids, counts, to_state, now)
             self.events.changed_outside(ids, counts, to_state, now)
-        return ids
+        if action == "retry":
+            held = self.reactor.select(None, group, owner, states=_ACTS_ON["retry"])
+            ids = [*ids, *self.reactor.retry(held, now)]
+        return ids, held
 
     def modify(self, ids: Sequence[int] | None, group: str | None, changes: JobChanges, *,
                owner: str | None = None, may_set_caps: bool = True) -> dict[str, Any]:

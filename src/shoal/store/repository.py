@@ -213,7 +213,17 @@ def _job_from_row(row: Any) -> Job:  # a row of _JOB_COLUMNS, as SQLite returns 
 
 
 def _backlog_of(group: str, owner: str | None) -> tuple[str, list[object]]:
-    where = f"grp = ? AND {_BACKLOG_SQL}"
+    """A group's queued jobs that may wait in the backlog."""
+    return _of_group(f"grp = ? AND {_BACKLOG_SQL}", group, owner)
+
+
+def _ended_of(group: str, owner: str | None) -> tuple[str, list[object]]:
+    """A group's failed and cancelled jobs that may wait in the backlog once queued."""
+    return _of_group("grp = ? AND state IN ('failed', 'cancelled') AND limits = '[]' "
+                     "AND gate = 0", group, owner)
+
+
+def _of_group(where: str, group: str, owner: str | None) -> tuple[str, list[object]]:
     params: list[object] = [group]
     if owner is not None:
         where += " AND owner = ?"
@@ -512,15 +522,30 @@ class Store:
                        f"WHERE {where}", [reason, *params])
         return [row[0] for row in rows], _counted(rows)
 
+    def retry_backlog(self, group: str, owner: str | None, reason: str, now: float
+                      ) -> tuple[list[int], list[tuple[str, str, JobState, int]]]:
+        """Queue again a group's failed and cancelled jobs that the server does not hold and
+        that may wait in the backlog once queued (see cancel_backlog), as the reactor's
+        retry does, journaled, in one transaction. Returns their ids and (owner, group,
+        state before, jobs)."""
+        where, params = _ended_of(group, owner)
+        with self._transaction() as db:
+            rows = db.execute(f"SELECT id, owner, grp, state FROM jobs WHERE {where}",
+                              params).fetchall()
+            db.execute("INSERT INTO transitions (job_id, from_state, to_state, at, reason) "
+                       f"SELECT id, state, 'queued', ?, ? FROM jobs WHERE {where} ORDER BY id",
+                       [now, reason, *params])
+            db.execute("UPDATE jobs SET state = 'queued', queued_at = ?, retry_at = NULL, "
+                       "fail_reason = NULL, exit_code = NULL, lease_id = NULL, attempts = 0, "
+                       f"lost_attempts = 0 WHERE {where}", [now, *params])
+        return [row[0] for row in rows], _counted(rows)
+
     def remove_group(self, group: str, owner: str | None
                      ) -> tuple[list[int], list[tuple[str, str, JobState, int]]]:
         """Delete a group's jobs (of `owner`) with their output, attempts and journal, in one
         transaction: those the server does not hold, once it has removed those it does (so
         all that are left: ended ones and the backlog's). Returns what purge does."""
-        where, params = "grp = ?", [group]
-        if owner is not None:
-            where += " AND owner = ?"
-            params.append(owner)
+        where, params = _of_group("grp = ?", group, owner)
         with self._transaction() as db:
             rows = db.execute(f"SELECT id, owner, grp, state FROM jobs WHERE {where}",
                               params).fetchall()
