@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from shoal.core.collection import no_cycle_collection
 from shoal.core.errors import InputError, StoreUnavailable
 from shoal.core.models import Job, JobChanges, JobSpec, JobState
 from shoal.core.protocol import (
@@ -579,19 +580,20 @@ class Service:
                                    newest_first=newest_first)
         # Live jobs are the server's own; only ended ones are read from the database.
         held = self.reactor.jobs
-        ended = {job.id: job for job in self.store.jobs_by_id(
-            [job_id for job_id in page if job_id not in held])}
         capacities = self.reactor.capacities()
         listed = []
-        for job_id in page:
-            job = held.get(job_id) or ended.get(job_id)
-            if job is None:
-                continue
-            data = job.to_dict()
-            data["gpu_ids"] = self.reactor.gpu_ids(job.id) if job.state is JobState.RUNNING \
-                else []
-            data["pending_reason"] = self.reactor.pending_reason(job, capacities)
-            listed.append(data)
+        with no_cycle_collection():
+            ended = {job.id: job for job in self.store.jobs_by_id(
+                [job_id for job_id in page if job_id not in held])}
+            for job_id in page:
+                job = held.get(job_id) or ended.get(job_id)
+                if job is None:
+                    continue
+                data = job.to_dict()
+                data["gpu_ids"] = self.reactor.gpu_ids(job.id) \
+                    if job.state is JobState.RUNNING else []
+                data["pending_reason"] = self.reactor.pending_reason(job, capacities)
+                listed.append(data)
         total = self.reactor.total(query.states, query.group, query.owner) \
             if query.counted else None
         next_after = page[-1] if len(page) == limit else None

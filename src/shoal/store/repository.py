@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shoal.core.collection import no_cycle_collection
 from shoal.core.errors import Conflict, InputError, StoreUnavailable
 from shoal.core.models import (
     EMPTY_DICT,
@@ -399,14 +400,10 @@ class Store:
                 (f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {_BACKLOG_SQL} "
                  "ORDER BY priority DESC, id LIMIT ?", (window,)),
             ]
-        # Many objects and no cycles: collecting during the load only costs time.
-        gc.disable()
-        try:
+        with no_cycle_collection():
             # Row by row: the rows of a million jobs would double the load's peak.
             jobs = [_job_from_row(row) for sql, params in queries
                     for row in self._db.execute(sql, params)]
-        finally:
-            gc.enable()
         gc.freeze()  # they live as long as the server: keep later collections from rescanning
         self._load_holders([job for job in jobs if job.state in HOLDING_STATES])
         return jobs
