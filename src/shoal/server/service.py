@@ -170,10 +170,11 @@ class Service:
 
     def step(self) -> None:
         now = self.clock()
-        self.reactor.tick(now)
-        self.arrays.feed(now)
-        self.reactor.schedule(now)
-        self._commit(self.reactor.take_effects())
+        with no_cycle_collection():  # a tick makes many objects, none in a cycle
+            self.reactor.tick(now)
+            self.arrays.feed(now)
+            self.reactor.schedule(now)
+            self._commit(self.reactor.take_effects())
         if self.reactor.draining and not self.reactor.holding and not self._unsaved:
             self.shutdown("drained: no job is running")
 
@@ -361,7 +362,7 @@ class Service:
         began = time.monotonic()
         # Each chunk's jobs are written as it is planned, in one transaction committed (with
         # a sync) once the whole add is planned; any refusal on the way rolls it all back.
-        with self.store.adding() as writer:
+        with self.store.adding() as writer, no_cycle_collection():
             plan = self.reactor.plan_add_chunks(
                 chunks, rerun=rerun, now=now, owner=owner, sees_all=sees_all,
                 may_set_caps=may_set_caps, distinct=distinct,
