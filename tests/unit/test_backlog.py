@@ -302,3 +302,48 @@ def test_metrics_count_a_group_killed_in_the_database_job_by_job(tmp_path: Path)
     text = metrics.exposition().decode()
     assert 'shoal_job_transitions_total{from_state="queued",to_state="cancelled"} 35.0' in text
     assert 'shoal_jobs{group="g",state="cancelled"} 35.0' in text
+
+
+def change_a_group(service: Service) -> list[list[int]]:
+    service.add(jobs(1, 40, group="g"))
+    service.add(jobs(41, 55, group="h", priority=3))
+    service.act("kill", [5, 6], None)
+    changes = JobChanges(priority=5, cores=2, env={"A": "1"}, name="renamed")
+    return [service.modify(None, "g", changes)["ids"],
+            service.modify(None, "h", JobChanges(priority=-1))["ids"]]
+
+
+@pytest.mark.parametrize("window", [WINDOW, 10_000])
+def test_a_group_changed_beyond_the_window_ends_as_one_held_in_memory(
+        tmp_path: Path, window: int) -> None:
+    held = Service(Store(tmp_path / "all" / "shoal.db"), ReactorConfig(queue_window=10_000))
+    small = Service(Store(tmp_path / "some" / "shoal.db"), ReactorConfig(queue_window=window))
+    assert change_a_group(held) == change_a_group(small) == [
+        list(range(1, 41)), list(range(41, 56))]
+    for service, home in ((held, "all"), (small, "some")):
+        with sqlite3.connect(tmp_path / home / "shoal.db") as db:
+            rows = db.execute("SELECT id, priority, cores, env, name FROM jobs "
+                              "ORDER BY id").fetchall()
+        assert rows[0] == (1, 5, 2, '{"A": "1"}', "renamed")
+        assert rows[4] == (5, 5, 2, '{"A": "1"}', "renamed")  # cancelled ones too
+        assert rows[40] == (41, -1, 1, "{}", None)
+        job = service.job(30)
+        assert (job["priority"], job["resources"]["cores"], job["env"]) == (5, 2, ["A"])
+    # g first now (priority 5, its cancelled two left out), then h (-1).
+    expected = [*range(1, 5), *range(7, 41), *range(41, 56)]
+    assert run_everything(held, cores=2) == run_everything(small, cores=2) == expected
+
+
+def test_changing_a_group_in_place_reads_none_of_its_backlog(tmp_path: Path) -> None:
+    service = open_service(tmp_path)
+    service.add(jobs(1, 500, group="g"))
+    loaded: list[int] = []
+    archive = service.reactor.archive
+    load = archive.load
+    archive.load = lambda ids: (loaded.extend(ids), load(ids))[1]  # type: ignore[method-assign]
+    assert service.modify(None, "g", JobChanges(retries=3))["affected"] == 500
+    assert loaded == [] and len(service.reactor.jobs) == WINDOW
+    assert service.job(400)["retries"] == 3
+    # A change that must be held (limits are counted in memory) still reaches every job.
+    assert service.modify(None, "g", JobChanges(limits=["db"]))["affected"] == 500
+    assert service.reactor.backlog == 0 and len(service.reactor.jobs) == 500

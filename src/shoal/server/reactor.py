@@ -219,10 +219,17 @@ class Reactor(JobEdits):
         else:
             self._backlog_after = queue_key(loaded[-1])
 
+    def backlog_reordered(self) -> None:
+        """Priorities changed in the database: the window is read again (if there is a
+        backlog to read it from)."""
+        if self.backlog:
+            self._rebuild_window()
+
     def _rebuild_window(self) -> None:
         """Jobs were queued in the database out of the queue's order (a group retried
-        there): the queued jobs held that may wait in the backlog go back to it, and the
-        window is read again from the queue's head, so that it holds the first again."""
+        there, or its priorities changed): the queued jobs held that may wait in the
+        backlog go back to it, and the window is read again from the queue's head, so that
+        it holds the first again."""
         for job_id in list(self._queued_seq):
             job = self.jobs.get(job_id)
             if job is not None and may_wait_in_backlog(job) \

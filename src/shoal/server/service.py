@@ -39,7 +39,7 @@ from shoal.server.effects import ASSIGN_BUDGET_BYTES, Effects, encoded_bound
 from shoal.server.events import Events
 from shoal.server.reactor import RETRIED, Reactor, ReactorConfig
 from shoal.server.requirements import HISTORY_PER_GROUP
-from shoal.store import JobQuery, Store
+from shoal.store import CHANGED_IN_PLACE, JobQuery, Store
 
 log = logging.getLogger("shoal.server")
 
@@ -452,19 +452,30 @@ class Service:
                owner: str | None = None, may_set_caps: bool = True) -> dict[str, Any]:
         """`shoal mod`: all the jobs change, committed before the answer, or none does. By
         group: its members not running and not done; by id: any, but none running."""
-        selected = self.reactor.select(ids, group, owner,
+        given = changes.given()
+        # A group's jobs the server does not hold are changed in the database, when the
+        # change leaves each where it waits; those it holds first, and alike.
+        in_place = ids is None and group is not None and given.keys() <= CHANGED_IN_PLACE
+        selected = self.reactor.select(ids, group, owner, held_only=in_place,
                                        states=None if ids is not None else _MODIFIABLE)
         if len(selected) > MAX_JOBS_PER_ADD:
             raise InputError(f"more than {MAX_JOBS_PER_ADD} jobs in one change")
-        caps = self.reactor.modify(selected, changes.given(), self.clock(),
+        caps = self.reactor.modify(selected, given, self.clock(),
                                    may_set_caps=may_set_caps, owner=owner)
         if caps:
             self.store.set_limits(dict(caps))
         if group is not None:  # the group's arrays make their future jobs so changed too
-            self.arrays.modify(group, owner, changes.given())
+            self.arrays.modify(group, owner, given)
+        changed = [job.id for job in selected]
+        if in_place:
+            assert group is not None
+            self._settle()  # without scheduling, which could take backlog jobs into memory
+            changed = sorted({*changed, *self.store.modify_group(group, owner, given)})
+            if "priority" in given:
+                self.reactor.backlog_reordered()
         self.step()
         self.reactor.forget(job.id for job in selected)
-        return {"affected": len(selected), "ids": [job.id for job in selected]}
+        return {"affected": len(changed), "ids": changed}
 
     def purge(self, states: Sequence[JobState], *, ended_before: float | None = None,
               group: str | None = None, owner: str | None = None) -> dict[str, Any]:
