@@ -3,6 +3,7 @@ writes the journal from a run of ids or it is written job by job."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -27,4 +28,20 @@ def test_new_jobs_are_journaled_as_created(tmp_path: Path, ids: list[int]) -> No
                              "ORDER BY seq").fetchall()
     assert journal == [(1, None, "queued", 1.0, None)] + [
         (job.id, None, job.state.value, 42.5, None) for job in made]
+    store.close()
+
+
+def test_a_part_names_the_columns_any_of_its_jobs_sets(tmp_path: Path) -> None:
+    """Columns every job of a part leaves at their default are left out of its insert; one
+    job that sets one keeps it for all, and each reads back as it was written."""
+    store = Store(tmp_path / "shoal.db")
+    plain = [make_job(job_id) for job_id in range(1, 4)]
+    files = [{"path": "f", "mode": 0o644, "size": 1, "sha256": "0" * 64}]
+    mixed = [make_job(4), make_job(5), dataclasses.replace(
+        make_job(6), name="x", gpus=2, time_seconds=9.5, files=files, always_copy=True)]
+    with store.adding() as writer:
+        writer.write(plain, now=1.0)
+        writer.write(mixed, now=1.0)
+    assert store.jobs_by_id(list(range(1, 7))) == [*plain, *mixed]
+    assert store.jobs_by_id([6])[0].files == files
     store.close()

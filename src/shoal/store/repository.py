@@ -7,7 +7,9 @@ transaction, so a batch of transitions costs one commit, not one per job.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
+import itertools
 import json
 import sqlite3
 from collections import Counter
@@ -53,9 +55,32 @@ CHANGED_IN_PLACE = frozenset({"name", "priority", "retries", "cores", "memory_by
 _RUN_COLUMNS = frozenset({
     "fail_reason", "exit_code", "worker", "host", "pid", "lease_id", "retry_at", "started_at",
     "ended_at", "wall_seconds", "cpu_seconds", "peak_rss_bytes"})
-_NEW_JOB_COLUMNS = [column for column in _JOB_COLUMNS.split(", ") if column not in _RUN_COLUMNS]
-_INSERT_SQL = (f"INSERT INTO jobs ({', '.join(_NEW_JOB_COLUMNS)}, key_hash) "
-               f"VALUES ({', '.join('?' * (len(_NEW_JOB_COLUMNS) + 1))})")
+_INSERT_COLUMNS = (*(column for column in _JOB_COLUMNS.split(", ")
+                     if column not in _RUN_COLUMNS), "key_hash")
+# And those a part of an add leaves out when none of its jobs has them other than their
+# defaults (the schema's): most jobs give no name, time, GPUs, files, ...
+_DEFAULT_OF: dict[str, object] = {
+    "name": None, "time_seconds": None, "time_limit_seconds": None, "req_group": None,
+    "on_worker": None, "requirements_source": None, "gpus": 0, "resources": "{}",
+    "grow_memory": 0, "dependencies_any": "[]", "gate": 0, "files": "[]", "always_copy": 0}
+_INSERT_PART = 10_000  # jobs a statement's rows are laid out for at once
+
+
+@functools.cache
+def _insert_sql(columns: tuple[str, ...]) -> str:
+    return f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+def _insert_new_jobs(db: sqlite3.Connection, jobs: Iterable[Job]) -> None:
+    """Rows of new jobs, a part at a time, each part naming only the columns it sets."""
+    iterator = iter(jobs)
+    while part := [_new_job_row(job) for job in itertools.islice(iterator, _INSERT_PART)]:
+        by_column = list(zip(*part, strict=True))  # column-wise, so that a test is C's count
+        kept = [index for index, name in enumerate(_INSERT_COLUMNS)
+                if name not in _DEFAULT_OF
+                or by_column[index].count(_DEFAULT_OF[name]) != len(part)]
+        db.executemany(_insert_sql(tuple(_INSERT_COLUMNS[index] for index in kept)),
+                       zip(*(by_column[index] for index in kept), strict=True))
 _MUTABLE = (
     "state", "fail_reason", "exit_code", "attempts", "lost_attempts", "worker", "host", "pid",
     "lease_id", "queued_at", "retry_at", "started_at", "ended_at", "wall_seconds", "cpu_seconds",
@@ -143,7 +168,7 @@ def _dump(value: Any) -> str:
 
 
 def _new_job_row(job: Job) -> tuple[object, ...]:
-    """The row of a job that has not run yet (_INSERT_SQL's columns)."""
+    """The row of a job that has not run yet (_INSERT_COLUMNS)."""
     return (
         job.id, job.name, job.cmd, job.cwd, _dump(job.env), job.group, job.priority,
         job.retries, job.cores, job.memory_bytes, job.time_seconds, job.time_limit_seconds,
@@ -267,14 +292,14 @@ class JobWriter:
             self.write_journaled(jobs, (created(job, now=now) for job in jobs))
             return
         # One run of ids, as an add's chunk makes them: SQLite journals them from their rows.
-        self._db.executemany(_INSERT_SQL, (_new_job_row(job) for job in jobs))
+        _insert_new_jobs(self._db, jobs)
         self._db.execute("INSERT INTO transitions (job_id, from_state, to_state, at, reason) "
                          "SELECT id, NULL, state, ?, NULL FROM jobs WHERE id BETWEEN ? AND ? "
                          "ORDER BY id", (now, jobs[0].id, jobs[-1].id))
 
     def write_journaled(self, jobs: Iterable[Job], transitions: Iterable[Transition]) -> None:
         # Generators: the rows of a million jobs are written, never held, at once.
-        self._db.executemany(_INSERT_SQL, (_new_job_row(job) for job in jobs))
+        _insert_new_jobs(self._db, jobs)
         Store._journal(self._db, transitions)
 
     def finish(self, limit_caps: dict[str, int], last_id: int | None) -> None:
