@@ -44,14 +44,14 @@ _JOB_COLUMNS = (
     "retry_at, started_at, ended_at, wall_seconds, cpu_seconds, peak_rss_bytes, gpus, "
     "resources, grow_memory, requirements_source, dependencies_any, gate, files, always_copy, owner"
 )
-# A new job has not run: the columns of its run are left NULL by not naming them (each
-# bound parameter costs about 0.2 µs, a fifth of a row's insert at 43 columns).
 # What `shoal mod --group` may change straight in the database (modify_group): fields that
 # leave a job where it waits (limits, dependencies and a group are counted, or watched, in
 # the server's memory). Each is its job column's name.
 CHANGED_IN_PLACE = frozenset({"name", "priority", "retries", "cores", "memory_bytes",
                               "time_seconds", "time_limit_seconds", "gpus", "resources", "env",
                               "on_worker"})
+# A new job has not run: the columns of its run are left NULL by not naming them (each
+# bound parameter costs about 0.2 µs, a fifth of a row's insert at 43 columns).
 _RUN_COLUMNS = frozenset({
     "fail_reason", "exit_code", "worker", "host", "pid", "lease_id", "retry_at", "started_at",
     "ended_at", "wall_seconds", "cpu_seconds", "peak_rss_bytes"})
@@ -66,21 +66,6 @@ _DEFAULT_OF: dict[str, object] = {
 _INSERT_PART = 10_000  # jobs a statement's rows are laid out for at once
 
 
-@functools.cache
-def _insert_sql(columns: tuple[str, ...]) -> str:
-    return f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-
-
-def _insert_new_jobs(db: sqlite3.Connection, jobs: Iterable[Job]) -> None:
-    """Rows of new jobs, a part at a time, each part naming only the columns it sets."""
-    iterator = iter(jobs)
-    while part := [_new_job_row(job) for job in itertools.islice(iterator, _INSERT_PART)]:
-        by_column = list(zip(*part, strict=True))  # column-wise, so that a test is C's count
-        kept = [index for index, name in enumerate(_INSERT_COLUMNS)
-                if name not in _DEFAULT_OF
-                or by_column[index].count(_DEFAULT_OF[name]) != len(part)]
-        db.executemany(_insert_sql(tuple(_INSERT_COLUMNS[index] for index in kept)),
-                       zip(*(by_column[index] for index in kept), strict=True))
 _MUTABLE = (
     "state", "fail_reason", "exit_code", "attempts", "lost_attempts", "worker", "host", "pid",
     "lease_id", "queued_at", "retry_at", "started_at", "ended_at", "wall_seconds", "cpu_seconds",
@@ -179,6 +164,23 @@ def _new_job_row(job: Job) -> tuple[object, ...]:
         int(job.always_copy), job.owner,
         None if job.gate else key_hash(job.owner, job.cmd, job.cwd),
     )
+
+
+@functools.cache
+def _insert_sql(columns: tuple[str, ...]) -> str:
+    return f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+def _insert_new_jobs(db: sqlite3.Connection, jobs: Iterable[Job]) -> None:
+    """Rows of new jobs, a part at a time, each part naming only the columns it sets."""
+    iterator = iter(jobs)
+    while part := [_new_job_row(job) for job in itertools.islice(iterator, _INSERT_PART)]:
+        by_column = list(zip(*part, strict=True))  # column-wise, so that a test is C's count
+        kept = [index for index, name in enumerate(_INSERT_COLUMNS)
+                if name not in _DEFAULT_OF
+                or by_column[index].count(_DEFAULT_OF[name]) != len(part)]
+        db.executemany(_insert_sql(tuple(_INSERT_COLUMNS[index] for index in kept)),
+                       zip(*(by_column[index] for index in kept), strict=True))
 
 
 def _mutable_row(job: Job) -> tuple[object, ...]:
