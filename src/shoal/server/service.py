@@ -39,7 +39,7 @@ from shoal.server.effects import ASSIGN_BUDGET_BYTES, Effects, encoded_bound
 from shoal.server.events import Events
 from shoal.server.reactor import RETRIED, Reactor, ReactorConfig
 from shoal.server.requirements import HISTORY_PER_GROUP
-from shoal.store import CHANGED_IN_PLACE, JobQuery, Store
+from shoal.store import CHANGED_IN_PLACE, JobQuery, StateCounts, Store
 
 log = logging.getLogger("shoal.server")
 
@@ -440,13 +440,19 @@ class Service:
         else:
             ids, counts = self.store.remove_group(group, owner)
             to_state = None
-        if ids:
-            self.reactor.changed_outside(ids, counts, to_state, now)
-            self.events.changed_outside(ids, counts, to_state, now)
+        self._changed_outside(ids, counts, to_state, now)
         if action == "retry":
             held = self.reactor.select(None, group, owner, states=_ACTS_ON["retry"])
             ids = [*ids, *self.reactor.retry(held, now)]
         return ids, held
+
+    def _changed_outside(self, ids: Sequence[int], counts: StateCounts,
+                         to_state: JobState | None, now: float) -> None:
+        """Jobs the reactor does not hold were moved to `to_state` (None: deleted) in the
+        database: the reactor recounts them, and observers are told."""
+        if ids:
+            self.reactor.changed_outside(ids, counts, to_state, now)
+            self.events.changed_outside(ids, counts, to_state, now)
 
     def modify(self, ids: Sequence[int] | None, group: str | None, changes: JobChanges, *,
                owner: str | None = None, may_set_caps: bool = True) -> dict[str, Any]:
@@ -488,8 +494,7 @@ class Service:
         self._settle()  # what just ended leaves memory first
         ids, counts = self.store.purge(JobQuery(states=tuple(states), group=group, owner=owner,
                                                 ended_before=ended_before))
-        self.reactor.changed_outside(ids, counts, None, self.clock())
-        self.events.changed_outside(ids, counts, None, self.clock())
+        self._changed_outside(ids, counts, None, self.clock())
         self.step()
         self.store.compact()
         return {"affected": len(ids), "ids": ids}

@@ -1,5 +1,12 @@
 """Durable state: SQLite in WAL mode, schema migrations, and the repository."""
 
-from shoal.store.repository import CHANGED_IN_PLACE, AttemptRow, JobQuery, JobWriter, Store
+from shoal.store.repository import (
+    CHANGED_IN_PLACE,
+    AttemptRow,
+    JobQuery,
+    JobWriter,
+    StateCounts,
+    Store,
+)
 
-__all__ = ["CHANGED_IN_PLACE", "AttemptRow", "JobQuery", "JobWriter", "Store"]
+__all__ = ["CHANGED_IN_PLACE", "AttemptRow", "JobQuery", "JobWriter", "StateCounts", "Store"]

@@ -246,17 +246,6 @@ def _job_from_row(row: Any) -> Job:  # a row of _JOB_COLUMNS, as SQLite returns 
     )
 
 
-def _backlog_of(group: str, owner: str | None) -> tuple[str, list[object]]:
-    """A group's queued jobs that may wait in the backlog."""
-    return _of_group(f"grp = ? AND {_BACKLOG_SQL}", group, owner)
-
-
-def _ended_of(group: str, owner: str | None) -> tuple[str, list[object]]:
-    """A group's failed and cancelled jobs that may wait in the backlog once queued."""
-    return _of_group("grp = ? AND state IN ('failed', 'cancelled') AND limits = '[]' "
-                     "AND gate = 0", group, owner)
-
-
 def _of_group(where: str, group: str, owner: str | None) -> tuple[str, list[object]]:
     params: list[object] = [group]
     if owner is not None:
@@ -265,21 +254,26 @@ def _of_group(where: str, group: str, owner: str | None) -> tuple[str, list[obje
     return where, params
 
 
-def _delete_jobs(db: sqlite3.Connection, ids: Sequence[int]) -> None:
-    """Jobs with their output, attempts and journal."""
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        marks = ", ".join("?" * len(chunk))
-        db.execute(f"DELETE FROM jobs WHERE id IN ({marks})", chunk)
-        for table in ("outputs", "attempts", "transitions"):
-            db.execute(f"DELETE FROM {table} WHERE job_id IN ({marks})", chunk)
+# (owner, group, state, jobs): what a change made straight in the database did to the counts
+StateCounts = list[tuple[str, str, JobState, int]]
 
 
-def _counted(rows: Iterable[tuple[int, str, str, str]]) -> list[tuple[str, str, JobState, int]]:
-    """(owner, group, state, jobs) of rows (id, owner, group, state)."""
+def _affected(db: sqlite3.Connection, where: str, params: Sequence[object]
+              ) -> tuple[list[int], StateCounts]:
+    """The ids of the jobs `where` selects, and their counts by owner, group and state."""
+    rows = db.execute(f"SELECT id, owner, grp, state FROM jobs WHERE {where}",
+                      params).fetchall()
     counts: Counter[tuple[str, str, JobState]] = Counter(
         (owner, group, _STATE_OF[state]) for _, owner, group, state in rows)
-    return [(*key, count) for key, count in counts.items()]
+    return [row[0] for row in rows], [(*key, count) for key, count in counts.items()]
+
+
+def _delete_where(db: sqlite3.Connection, where: str, params: Sequence[object]) -> None:
+    """The jobs `where` selects, with their output, attempts and journal."""
+    for table in ("outputs", "attempts", "transitions"):
+        db.execute(f"DELETE FROM {table} WHERE job_id IN (SELECT id FROM jobs WHERE {where})",
+                   params)
+    db.execute(f"DELETE FROM jobs WHERE {where}", params)
 
 
 class JobWriter:
@@ -532,83 +526,75 @@ class Store:
         return int(self._db.execute(f"SELECT COUNT(*) FROM jobs WHERE {where}",
                                     params).fetchone()[0])
 
-    def purge(self, query: JobQuery) -> tuple[list[int], list[tuple[str, str, JobState, int]]]:
+    def purge(self, query: JobQuery) -> tuple[list[int], StateCounts]:
         """Delete ended jobs (ensemble components excepted) with their output, attempts and
-        journal, in one transaction; returns their ids and (owner, group, state, jobs)."""
+        journal, in one transaction; returns their ids and counts."""
         assert query.states and all(state.is_final for state in query.states)
         where, params = query.where()
+        where += " AND gate = 0"
         with self._transaction() as db:
-            rows = db.execute(f"SELECT id, owner, grp, state FROM jobs WHERE {where} "
-                              "AND gate = 0", params).fetchall()
-            _delete_jobs(db, [row[0] for row in rows])
-        return [row[0] for row in rows], _counted(rows)
+            found = _affected(db, where, params)
+            _delete_where(db, where, params)
+        return found
+
+    # A group's jobs the server does not hold, acted on straight in the database once it has
+    # acted on those it holds (committed): what is left of the group there is then only its
+    # ended jobs and the backlog's queued ones. Each returns the ids and counts before.
 
     def cancel_backlog(self, group: str, owner: str | None, reason: str, now: float
-                       ) -> tuple[list[int], list[tuple[str, str, JobState, int]]]:
-        """Cancel a group's queued jobs that the server does not hold (it holds every other
-        queued job, and cancels those itself first), journaled, in one transaction, without
-        reading them into memory. Returns their ids and (owner, group, queued, jobs)."""
-        where, params = _backlog_of(group, owner)
-        with self._transaction() as db:
-            rows = db.execute(f"SELECT id, owner, grp, state FROM jobs WHERE {where}",
-                              params).fetchall()
-            db.execute("INSERT INTO transitions (job_id, from_state, to_state, at, reason) "
-                       f"SELECT id, 'queued', 'cancelled', ?, ? FROM jobs WHERE {where} "
-                       "ORDER BY id", [now, reason, *params])
-            db.execute("UPDATE jobs SET state = 'cancelled', fail_reason = ?, lease_id = NULL "
-                       f"WHERE {where}", [reason, *params])
-        return [row[0] for row in rows], _counted(rows)
+                       ) -> tuple[list[int], StateCounts]:
+        """Cancel the group's queued jobs, journaled, as the reactor's kill does."""
+        return self._move(_of_group(f"grp = ? AND {_BACKLOG_SQL}", group, owner),
+                          JobState.CANCELLED, reason, now,
+                          "fail_reason = ?, lease_id = NULL", [reason])
 
     def retry_backlog(self, group: str, owner: str | None, reason: str, now: float
-                      ) -> tuple[list[int], list[tuple[str, str, JobState, int]]]:
-        """Queue again a group's failed and cancelled jobs that the server does not hold and
-        that may wait in the backlog once queued (see cancel_backlog), as the reactor's
-        retry does, journaled, in one transaction. Returns their ids and (owner, group,
-        state before, jobs)."""
-        where, params = _ended_of(group, owner)
+                      ) -> tuple[list[int], StateCounts]:
+        """Queue again the group's failed and cancelled jobs that may wait in the backlog
+        once queued, journaled, as the reactor's retry does."""
+        return self._move(_of_group("grp = ? AND state IN ('failed', 'cancelled') "
+                                    "AND limits = '[]' AND gate = 0", group, owner),
+                          JobState.QUEUED, reason, now,
+                          "queued_at = ?, retry_at = NULL, fail_reason = NULL, "
+                          "exit_code = NULL, lease_id = NULL, attempts = 0, lost_attempts = 0",
+                          [now])
+
+    def _move(self, selection: tuple[str, list[object]], to_state: JobState, reason: str,
+              now: float, setting: str, values: list[object]) -> tuple[list[int], StateCounts]:
+        where, params = selection
         with self._transaction() as db:
-            rows = db.execute(f"SELECT id, owner, grp, state FROM jobs WHERE {where}",
-                              params).fetchall()
+            found = _affected(db, where, params)
             db.execute("INSERT INTO transitions (job_id, from_state, to_state, at, reason) "
-                       f"SELECT id, state, 'queued', ?, ? FROM jobs WHERE {where} ORDER BY id",
-                       [now, reason, *params])
-            db.execute("UPDATE jobs SET state = 'queued', queued_at = ?, retry_at = NULL, "
-                       "fail_reason = NULL, exit_code = NULL, lease_id = NULL, attempts = 0, "
-                       f"lost_attempts = 0 WHERE {where}", [now, *params])
-        return [row[0] for row in rows], _counted(rows)
+                       f"SELECT id, state, ?, ?, ? FROM jobs WHERE {where} ORDER BY id",
+                       [to_state.value, now, reason, *params])
+            db.execute(f"UPDATE jobs SET state = ?, {setting} WHERE {where}",
+                       [to_state.value, *values, *params])
+        return found
 
     def modify_group(self, group: str, owner: str | None, changes: dict[str, Any]
                      ) -> list[int]:
-        """Change fields of a group's jobs that `shoal mod --group` may change and that the
-        server may not hold (its failed and cancelled jobs, its queued jobs that may wait in
-        the backlog), in one transaction; those it holds it has changed alike already.
-        `changes`: field -> value, of CHANGED_IN_PLACE only. Returns the ids changed."""
+        """Change the group's failed and cancelled jobs and the backlog's queued ones (those
+        it holds the server has changed alike already): `changes`, field -> value, of
+        CHANGED_IN_PLACE only. Returns the ids changed."""
         if not changes.keys() <= CHANGED_IN_PLACE:
             raise ValueError(f"not changed in place: {sorted(changes.keys() - CHANGED_IN_PLACE)}")
         where, params = _of_group(f"grp = ? AND (state IN ('failed', 'cancelled') OR "
                                   f"({_BACKLOG_SQL}))", group, owner)
         columns = ", ".join(f"{column} = ?" for column in changes)
-        values = [_dump(value or {}) if isinstance(value, dict) or column in ("env", "resources")
-                  else value for column, value in changes.items()]
+        values = [_dump(value or {}) if column in ("env", "resources") else value
+                  for column, value in changes.items()]
         with self._transaction() as db:
             ids = [row[0] for row in db.execute(f"SELECT id FROM jobs WHERE {where}", params)]
             db.execute(f"UPDATE jobs SET {columns} WHERE {where}", [*values, *params])
         return ids
 
-    def remove_group(self, group: str, owner: str | None
-                     ) -> tuple[list[int], list[tuple[str, str, JobState, int]]]:
-        """Delete a group's jobs (of `owner`) with their output, attempts and journal, in one
-        transaction: those the server does not hold, once it has removed those it does (so
-        all that are left: ended ones and the backlog's). Returns what purge does."""
+    def remove_group(self, group: str, owner: str | None) -> tuple[list[int], StateCounts]:
+        """Delete the group's jobs with their output, attempts and journal."""
         where, params = _of_group("grp = ?", group, owner)
         with self._transaction() as db:
-            rows = db.execute(f"SELECT id, owner, grp, state FROM jobs WHERE {where}",
-                              params).fetchall()
-            for table in ("outputs", "attempts", "transitions"):
-                db.execute(f"DELETE FROM {table} WHERE job_id IN "
-                           f"(SELECT id FROM jobs WHERE {where})", params)
-            db.execute(f"DELETE FROM jobs WHERE {where}", params)
-        return [row[0] for row in rows], _counted(rows)
+            found = _affected(db, where, params)
+            _delete_where(db, where, params)
+        return found
 
     def compact(self, pages: int = 2000) -> None:
         """Give back up to `pages` free pages to the file system, without a VACUUM (only a
