@@ -246,12 +246,10 @@ def _job_from_row(row: Any) -> Job:  # a row of _JOB_COLUMNS, as SQLite returns 
     )
 
 
-def _of_group(where: str, group: str, owner: str | None) -> tuple[str, list[object]]:
-    params: list[object] = [group]
-    if owner is not None:
-        where += " AND owner = ?"
-        params.append(owner)
-    return where, params
+def _of_group(condition: str, group: str, owner: str | None) -> tuple[str, list[object]]:
+    """The group's jobs (of `owner`, if given) that meet `condition`."""
+    where, params = JobQuery(group=group, owner=owner).where()
+    return f"{where} AND {condition}", params
 
 
 # (owner, group, state, jobs): what a change made straight in the database did to the counts
@@ -544,7 +542,7 @@ class Store:
     def cancel_backlog(self, group: str, owner: str | None, reason: str, now: float
                        ) -> tuple[list[int], StateCounts]:
         """Cancel the group's queued jobs, journaled, as the reactor's kill does."""
-        return self._move(_of_group(f"grp = ? AND {_BACKLOG_SQL}", group, owner),
+        return self._move(_of_group(_BACKLOG_SQL, group, owner),
                           JobState.CANCELLED, reason, now,
                           "fail_reason = ?, lease_id = NULL", [reason])
 
@@ -552,8 +550,8 @@ class Store:
                       ) -> tuple[list[int], StateCounts]:
         """Queue again the group's failed and cancelled jobs that may wait in the backlog
         once queued, journaled, as the reactor's retry does."""
-        return self._move(_of_group("grp = ? AND state IN ('failed', 'cancelled') "
-                                    "AND limits = '[]' AND gate = 0", group, owner),
+        return self._move(_of_group("state IN ('failed', 'cancelled') AND limits = '[]' "
+                                    "AND gate = 0", group, owner),
                           JobState.QUEUED, reason, now,
                           "queued_at = ?, retry_at = NULL, fail_reason = NULL, "
                           "exit_code = NULL, lease_id = NULL, attempts = 0, lost_attempts = 0",
@@ -578,8 +576,8 @@ class Store:
         CHANGED_IN_PLACE only. Returns the ids changed."""
         if not changes.keys() <= CHANGED_IN_PLACE:
             raise ValueError(f"not changed in place: {sorted(changes.keys() - CHANGED_IN_PLACE)}")
-        where, params = _of_group(f"grp = ? AND (state IN ('failed', 'cancelled') OR "
-                                  f"({_BACKLOG_SQL}))", group, owner)
+        where, params = _of_group(f"(state IN ('failed', 'cancelled') OR ({_BACKLOG_SQL}))",
+                                  group, owner)
         columns = ", ".join(f"{column} = ?" for column in changes)
         values = [_dump(value or {}) if column in ("env", "resources") else value
                   for column, value in changes.items()]
@@ -590,7 +588,7 @@ class Store:
 
     def remove_group(self, group: str, owner: str | None) -> tuple[list[int], StateCounts]:
         """Delete the group's jobs with their output, attempts and journal."""
-        where, params = _of_group("grp = ?", group, owner)
+        where, params = JobQuery(group=group, owner=owner).where()
         with self._transaction() as db:
             found = _affected(db, where, params)
             _delete_where(db, where, params)
@@ -609,14 +607,7 @@ class Store:
     def ids_in_group(self, group: str, owner: str | None,
                      states: Iterable[JobState] | None = None) -> list[int]:
         """The group's jobs (of `owner`, in `states`, if given), by id."""
-        where, params = "grp = ?", [group]
-        if owner is not None:
-            where += " AND owner = ?"
-            params.append(owner)
-        if states is not None:
-            wanted = [state.value for state in states]
-            where += f" AND state IN ({', '.join('?' * len(wanted))})"
-            params += wanted
+        where, params = JobQuery(states=tuple(states or ()), group=group, owner=owner).where()
         return [row[0] for row in self._db.execute(
             f"SELECT id FROM jobs WHERE {where} ORDER BY id", params)]
 
