@@ -44,13 +44,15 @@ from shoal.trust import certificate_problem
 if TYPE_CHECKING:  # pydantic is not imported until a caller builds JobSpecs
     from shoal.core.models import JobSpec
 
+    Spec = JobSpec | Mapping[str, Any]
+
 API_PREFIX = "/api/v1"
 # A long poll is held by the server for up to `wait` seconds; allow that plus a margin.
 LONG_POLL_MARGIN_SECONDS = 10.0
 # An add is answered once committed, which for a million jobs takes a while: allow for it.
 ADD_SECONDS_PER_JOB = 0.0002
 ADD_CHUNK = 20_000  # jobs per request: a larger add goes in chunks, committed as one
-_JOB_INDEX = re.compile(r"jobs\[(\d+)\]")
+_JOB_INDEX = re.compile(r"(jobs|cmds)\[(\d+)\]")
 # The server copies the whole database before it sends the first byte of a backup.
 BACKUP_WAIT_SECONDS = 3600.0
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -146,11 +148,13 @@ class Client:
         first = next(chunks, [])
         second = next(chunks, None)
         if second is None:
-            answer = self._request("POST", "/jobs", json={"jobs": first, "rerun": rerun},
+            answer = self._request("POST", "/jobs", json={"jobs": [_fields(spec) for spec in first],
+                                                          "rerun": rerun},
                                    timeout=self.timeout + len(first) * ADD_SECONDS_PER_JOB)
         else:
-            answer = self._add_in_chunks(itertools.chain([first, second], _ahead(chunks)),
-                                         rerun, progress)
+            bodies = itertools.chain([_chunk_body(first), _chunk_body(second)],
+                                     _ahead(map(_chunk_body, chunks)))
+            answer = self._add_in_chunks(bodies, rerun, progress)
         return AddResult(
             added=answer["added"],
             existed=answer["existed"],
@@ -176,18 +180,19 @@ class Client:
         answer: dict[str, Any] = self._request("GET", "/arrays")
         return list(answer["arrays"])
 
-    def _add_in_chunks(self, chunks: Iterable[list[dict[str, Any]]], rerun: bool,
+    def _add_in_chunks(self, bodies: Iterable[dict[str, Any]], rerun: bool,
                        progress: Callable[[int], None] | None) -> dict[str, Any]:
         batch = secrets.token_hex(16)
         sent = 0
         try:
-            for seq, chunk in enumerate(chunks):
+            for seq, body in enumerate(bodies):
+                count = len(body.get("jobs") or body["cmds"])
                 try:
-                    self._request("POST", f"/adds/{batch}", json={"seq": seq, "jobs": chunk},
-                                  timeout=self.timeout + len(chunk) * ADD_SECONDS_PER_JOB)
+                    self._request("POST", f"/adds/{batch}", json={"seq": seq, **body},
+                                  timeout=self.timeout + count * ADD_SECONDS_PER_JOB)
                 except InputError as exc:  # name the job by its place in the whole add
                     raise InputError(_in_whole_add(str(exc), sent)) from None
-                sent += len(chunk)
+                sent += count
                 if progress is not None:
                     progress(sent)
             answer: dict[str, Any] = self._request(
@@ -620,7 +625,8 @@ def _selection(ids: Iterable[int] | None, group: str | None) -> dict[str, Any]:
 
 def _in_whole_add(message: str, first: int) -> str:
     """An error about jobs[i] of a chunk whose first job is the add's `first`."""
-    return _JOB_INDEX.sub(lambda match: f"jobs[{int(match[1]) + first}]", message, count=1)
+    return _JOB_INDEX.sub(lambda match: f"{match[1]}[{int(match[2]) + first}]", message,
+                          count=1)
 
 
 T = TypeVar("T")
@@ -662,15 +668,36 @@ def _ahead(items: Iterator[T]) -> Iterator[T]:
         stop.set()
 
 
-def _chunks(specs: Iterable[JobSpec | Mapping[str, Any]], size: int
-            ) -> Iterator[list[dict[str, Any]]]:
-    """The specs as the JSON the server reads, `size` at a time, read as they are needed."""
-    chunk: list[dict[str, Any]] = []
-    for spec in specs:
-        chunk.append(dict(spec) if isinstance(spec, Mapping)
-                     else spec.model_dump(mode="json", exclude_defaults=True))
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
+def _chunks(specs: Iterable[Spec], size: int) -> Iterator[list[Spec]]:
+    """The specs, `size` at a time, read as they are needed."""
+    iterator = iter(specs)
+    while chunk := list(itertools.islice(iterator, size)):
         yield chunk
+
+
+def _fields(spec: Spec) -> dict[str, Any]:
+    """A spec as the JSON the server reads."""
+    return dict(spec) if isinstance(spec, Mapping) else spec.model_dump(
+        mode="json", exclude_defaults=True)
+
+
+def _chunk_body(specs: list[Spec]) -> dict[str, Any]:
+    """A chunk as it is sent: jobs alike but for their commands (a file's lines, say) as the
+    fields they share and their commands, which spares the server most of its work on each;
+    any other chunk as its jobs."""
+    shared = _all_but_command(specs[0])
+    commands = [_command(spec) for spec in specs]
+    if None in commands or any(_all_but_command(spec) != shared for spec in specs[1:]):
+        return {"jobs": [_fields(spec) for spec in specs]}
+    return {"cmds": commands, "shared": {
+        name: value for name, value in _fields(specs[0]).items() if name != "cmd"}}
+
+
+def _command(spec: Spec) -> str | None:
+    command = spec.get("cmd") if isinstance(spec, Mapping) else spec.cmd
+    return command if isinstance(command, str) else None
+
+
+def _all_but_command(spec: Spec) -> dict[str, Any]:
+    # A whole dict made and compared in C: a Python loop over the fields cost more.
+    return {**(spec if isinstance(spec, Mapping) else vars(spec)), "cmd": None}

@@ -108,3 +108,48 @@ def test_the_cli_reads_a_file_as_it_sends_it_and_a_late_bad_line_adds_nothing(
         line for line in added.stderr.strip().splitlines() if f"{jobs_file}:{bad_line}:" in line]
     assert "Traceback" not in added.stderr
     assert total_jobs(cluster) == 0
+
+
+def test_a_chunk_of_jobs_alike_but_for_their_commands_is_their_fields_and_commands(
+        cluster: Cluster) -> None:
+    batch = "cd" * 16
+
+    def post(path: str, body: dict[str, object]) -> httpx.Response:
+        return httpx.post(f"{cluster.url}/api/v1{path}", json=body, verify=cluster.tls,
+                          headers={"Authorization": f"Bearer {cluster.connection['admin_token']}"},
+                          timeout=30)
+
+    shared = {"cwd": "/srv", "group": "night", "priority": 7, "env": {"K": "v"}}
+    for body, message in [
+        ({"jobs": [{"cmd": "a", "cwd": "/"}], "shared": shared, "cmds": ["b"]},
+         "give jobs, or shared and cmds"),
+        ({"shared": shared, "cmds": []}, "give jobs, or shared and cmds"),
+        ({"shared": {**shared, "cmd": "c"}, "cmds": ["b"]}, "shared: holds no cmd"),
+        ({"shared": {**shared, "group": "a b"}, "cmds": ["b"]}, "shared.group: group names"),
+        ({"shared": shared, "cmds": ["ok", " "]}, "cmds[1]: command is empty"),
+    ]:
+        refused = post(f"/adds/{batch}", {"seq": 0, **body})
+        assert refused.status_code == 400, body
+        assert message in refused.json()["error"]["message"], refused.json()
+    assert post(f"/adds/{batch}", {"seq": 0, "shared": shared,
+                                   "cmds": ["echo 1", "echo 2"]}).json() == {"staged": 2}
+    assert post(f"/adds/{batch}", {"seq": 1, "jobs": [{"cmd": "echo 3", "cwd": "/"}]}
+                ).json() == {"staged": 3}
+    done = post(f"/adds/{batch}/commit", {})
+    assert done.status_code == 201 and done.json()["added"] == 3
+    jobs = {job["cmd"]: job for job in cluster.api("GET", "/jobs")["jobs"]}
+    for cmd in ("echo 1", "echo 2"):
+        assert (jobs[cmd]["cwd"], jobs[cmd]["group"], jobs[cmd]["priority"],
+                jobs[cmd]["env"]) == ("/srv", "night", 7, ["K"])
+    assert (jobs["echo 3"]["cwd"], jobs["echo 3"]["group"]) == ("/", "default")
+
+
+def test_a_bad_command_is_named_by_its_place_in_the_whole_add(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_module, "ADD_CHUNK", 10)
+    specs = [{"cmd": f"echo {i}", "cwd": "/"} for i in range(30)]
+    specs[23]["cmd"] = "echo \0"
+    with admin(cluster, monkeypatch) as client, \
+            pytest.raises(InputError, match=r"cmds\[23\]: command contains a NUL byte"):
+        client.add(specs)
+    assert total_jobs(cluster) == 0

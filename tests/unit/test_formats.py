@@ -415,6 +415,14 @@ def test_defaults_are_not_shared_between_jobs() -> None:
     assert jobs[1].spec.limits == ["x"]
 
 
+def test_an_empty_default_is_shared_and_refuses_a_change() -> None:
+    """What is not copied for each job cannot be changed through one of them."""
+    jobs = parse_text("a\nb\n", "lines", defaults={"env": {"A": "1"}})
+    with pytest.raises(TypeError, match="never changed in place"):
+        jobs[0].spec.limits.append("y")
+    assert jobs[1].spec.limits == [] and jobs[0].spec.env is not jobs[1].spec.env
+
+
 @pytest.mark.parametrize(
     ("defaults", "message"),
     [

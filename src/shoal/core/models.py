@@ -299,6 +299,20 @@ class JobSpec(BaseModel):
         return (self.cmd, self.cwd or "")
 
 
+class JobDefaults(JobSpec):
+    """Every field of a JobSpec but its command: what jobs alike but for their commands share
+    (an add's chunk of `shared` and `cmds`)."""
+
+    cmd: str = Field(default="true", exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_command(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "cmd" in data:
+            raise invalid("holds no cmd: each job's command is one of cmds")
+        return data
+
+
 class JobChanges(BaseModel):
     """What `shoal mod` changes of jobs that are not running: only the fields given (a null
     clears one that may be empty). The command and its directory are the job itself: fixed."""

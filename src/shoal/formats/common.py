@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shoal.core.errors import InputError
-from shoal.core.models import MAX_LINE_BYTES, JobSpec, check_command
+from shoal.core.models import EMPTY_DICT, EMPTY_LIST, MAX_LINE_BYTES, JobSpec, check_command
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +65,13 @@ class SpecBuilder:
         self._defaults = dict(defaults or {})
         try:
             # Checked once here so a bad default is reported as such, not blamed on line 1.
-            self._template = JobSpec.model_validate({"cmd": "true", **self._defaults})
-            self._collections = [(name, value) for name, value in self._template
-                                 if isinstance(value, list | dict) and name != "files"]
+            template = JobSpec.model_validate({"cmd": "true", **self._defaults})
+            collections = {name: value for name, value in template
+                           if isinstance(value, list | dict)}
+            self._template = template.model_copy(update={
+                name: EMPTY_DICT if isinstance(value, dict) else EMPTY_LIST
+                for name, value in collections.items() if not value})
+            self._own = [(name, value) for name, value in collections.items() if value]
         except ValidationError as error:
             message = describe_validation_error(error, {})
             raise InputError(f"bad default: {message}", source=source) from None
@@ -82,10 +86,11 @@ class SpecBuilder:
             # this command is the whole check, at a fifth of the cost of validating it anew.
             if self.check_only:
                 return self._template
-            # Each job its own collections: a change to one job's env is not another's.
+            # Each job its own collections: a change to one job's env is not another's. An
+            # empty one is shared, and refuses a change (copying each cost a third of
+            # reading a large file).
             return self._template.model_copy(update={
-                "cmd": command, **{name: value.copy() for name, value in self._collections},
-                "files": [entry.copy() for entry in self._template.files]})
+                "cmd": command, **{name: _copy(value) for name, value in self._own}})
         try:
             return JobSpec.model_validate({**self._defaults, **fields})
         except ValidationError as error:
@@ -102,6 +107,13 @@ class SpecBuilder:
             if len(line) > MAX_LINE_BYTES // 4 and utf8_length(line) > MAX_LINE_BYTES:
                 raise self.error(f"the line is longer than {MAX_LINE_BYTES} bytes", number)
             yield number, line
+
+
+def _copy(value: list[Any] | dict[str, Any]) -> list[Any] | dict[str, Any]:
+    """A collection of a job's own; the entries of its files (dicts) copied too."""
+    if isinstance(value, dict):
+        return dict(value)
+    return [dict(item) if isinstance(item, dict) else item for item in value]
 
 
 def _good_command(command: str) -> bool:

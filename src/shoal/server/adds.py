@@ -14,6 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 import shoal
 from shoal.core.errors import InputError
 from shoal.core.models import EMPTY_DICT, EMPTY_LIST, JobSpec
+from shoal.server.effects import AlikeJobs
 from shoal.server.service import MAX_JOBS_PER_ADD, Service
 from shoal.store.staged import STAGED_HOURS, StagedAdds
 
@@ -33,18 +34,19 @@ class ChunkedAdds:
         self.service = service
         self.staged = StagedAdds(service.store)
 
-    def stage(self, batch: str, seq: int, specs: Sequence[JobSpec], owner: str) -> int:
+    def stage(self, batch: str, seq: int, specs: Sequence[JobSpec] | AlikeJobs,
+              owner: str) -> int:
         """Keep one chunk (already checked as an add checks it); the jobs staged so far."""
         now = self.service.clock()
         self.staged.expire(now - STAGED_HOURS * 3600)
         self.service.check_sizes(specs)
-        held = self.staged.size(batch) + len(specs)
+        count = len(specs.cmds) if isinstance(specs, AlikeJobs) else len(specs)
+        held = self.staged.size(batch) + count
         if held > MAX_JOBS_PER_ADD:
             self.staged.drop(batch, owner)
             raise InputError(f"more than {MAX_JOBS_PER_ADD} jobs in one add")
-        text = json.dumps({"checked_by": _CHECKED_BY, "jobs": [
-            spec.model_dump(mode="json", exclude_defaults=True) for spec in specs]})
-        self.staged.put(batch, seq, owner, text, len(specs), now)
+        self.staged.put(batch, seq, owner, json.dumps({"checked_by": _CHECKED_BY,
+                                                       **_staged(specs)}), count, now)
         return held
 
     async def commit(self, batch: str, *, rerun: bool, owner: str, sees_all: bool,
@@ -61,17 +63,27 @@ class ChunkedAdds:
         return self.staged.drop(batch, owner)
 
 
-def _parse_each(texts: Iterable[str]) -> Iterator[list[JobSpec]]:
+def _staged(specs: Sequence[JobSpec] | AlikeJobs) -> dict[str, Any]:
+    """A checked chunk as it is kept: the fields each job sets."""
+    if isinstance(specs, AlikeJobs):
+        return {"shared": specs.spec.model_dump(mode="json", exclude_defaults=True,
+                                                exclude={"cmd"}), "cmds": list(specs.cmds)}
+    return {"jobs": [spec.model_dump(mode="json", exclude_defaults=True) for spec in specs]}
+
+
+def _parse_each(texts: Iterable[str]) -> Iterator[list[JobSpec] | AlikeJobs]:
     """The staged chunks' specs, a chunk at a time, read as they are needed. A chunk this
     shoal checked (the same version, the same spec schema) holds its own JSON of checked
     specs: each is the defaults with its fields put in (checking them again cost a tenth of
     a large add). Any other (staged before an upgrade) is checked again in full."""
     for text in texts:
         chunk = json.loads(text)
-        if isinstance(chunk, dict) and chunk.get("checked_by") == _CHECKED_BY:
-            yield [_DEFAULTS.model_copy(update=fields) for fields in chunk["jobs"]]
-        else:
+        if not isinstance(chunk, dict) or chunk.get("checked_by") != _CHECKED_BY:
             yield _checked(chunk["jobs"] if isinstance(chunk, dict) else chunk)
+        elif "shared" in chunk:
+            yield AlikeJobs(_DEFAULTS.model_copy(update=chunk["shared"]), chunk["cmds"])
+        else:
+            yield [_DEFAULTS.model_copy(update=fields) for fields in chunk["jobs"]]
 
 
 def _checked(specs: Any) -> list[JobSpec]:

@@ -11,13 +11,21 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
 from pydantic_core import PydanticCustomError, to_json
 from starlette.background import BackgroundTask
 
 from shoal import __version__
 from shoal.core.errors import InputError, NotFound
-from shoal.core.models import MAX_GROUP_CHARS, MAX_INT64, JobChanges, JobSpec, JobState
+from shoal.core.models import (
+    MAX_GROUP_CHARS,
+    MAX_INT64,
+    JobChanges,
+    JobDefaults,
+    JobSpec,
+    JobState,
+    check_command,
+)
 from shoal.core.protocol import PROTOCOL_VERSION
 from shoal.home import format_connection_string
 from shoal.server.adds import ChunkedAdds
@@ -43,6 +51,7 @@ from shoal.server.api_answers import (
 )
 from shoal.server.auth import TOKEN_NAME_RE, TOKEN_NAME_RULE, WORKER, Principal
 from shoal.server.blobs import SHA256_RE
+from shoal.server.effects import AlikeJobs
 from shoal.server.ensembles import EnsembleRequest
 from shoal.server.guard import JsonBodyRoute
 from shoal.server.permissions import Forbidden, allows, authorize, principal
@@ -50,6 +59,9 @@ from shoal.server.service import Service
 from shoal.store import JobQuery
 
 MAX_WAIT_SECONDS = 30.0
+MAX_CHUNK_JOBS = 100_000
+# A job's command, as JobSpec checks it (a chunk's `cmds`).
+Command = Annotated[str, AfterValidator(check_command)]
 
 
 async def service_of(request: Request) -> Service:
@@ -154,7 +166,22 @@ BatchId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$",
 class ChunkRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     seq: int = Field(ge=0, le=1_000_000, description="The chunk's place in the add")
-    jobs: list[JobSpec] = Field(min_length=1, max_length=100_000)
+    jobs: list[JobSpec] = Field(default_factory=list, max_length=MAX_CHUNK_JOBS,
+                                description="The chunk's jobs (or `shared` and `cmds`)")
+    shared: JobDefaults | None = Field(default=None, description=(
+        "For jobs alike but for their commands: every field but cmd, the same for each"))
+    cmds: list[Command] = Field(default_factory=list, max_length=MAX_CHUNK_JOBS,
+                                description="With `shared`: one job for each command")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ChunkRequest:
+        if bool(self.jobs) == (self.shared is not None) or bool(self.cmds) != (
+                self.shared is not None):
+            raise PydanticCustomError("value_error", "give jobs, or shared and cmds")
+        return self
+
+    def specs(self) -> list[JobSpec] | AlikeJobs:
+        return self.jobs or AlikeJobs(self.shared or JobDefaults(), self.cmds)
 
 
 class ChunkResponse(BaseModel):
@@ -171,9 +198,11 @@ class CommitRequest(BaseModel):
 async def stage_chunk(batch: BatchId, body: ChunkRequest, who: Who, service: ServiceDep,
                       request: Request) -> dict[str, Any]:
     """One chunk of a large add: checked as an add checks it, and kept until the commit."""
-    _check_files_are_theirs(request, who, (entry.get("sha256") for job in body.jobs
-                                           for entry in job.files))
-    return {"staged": ChunkedAdds(service).stage(batch, body.seq, body.jobs, who.name)}
+    specs = body.specs()
+    _check_files_are_theirs(request, who, (
+        entry.get("sha256") for job in ([specs.spec] if isinstance(specs, AlikeJobs) else specs)
+        for entry in job.files))
+    return {"staged": ChunkedAdds(service).stage(batch, body.seq, specs, who.name)}
 
 
 @router.post("/adds/{batch}/commit", status_code=201, response_model=AddResponse,

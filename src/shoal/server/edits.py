@@ -5,8 +5,9 @@ in a module of its own for size; `ReactorState` names what it uses of the Reacto
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shoal.core.errors import Conflict, Forbidden, InputError
@@ -23,13 +24,64 @@ from shoal.core.models import (
 from shoal.core.states import Transition, created
 from shoal.server.archive import Archive, may_wait_in_backlog, queue_key
 from shoal.server.dependencies import GROUP_PREFIX, Dependencies
-from shoal.server.effects import AddPlan, Effects
+from shoal.server.effects import AddPlan, AlikeJobs, Effects
 from shoal.server.requirements import LearnedRequirements
 
 if TYPE_CHECKING:
     from shoal.server.reactor import ReactorConfig
 
 S = JobState
+
+
+class JobSink(Protocol):
+    """Where an add's new jobs are written as they are planned (store.JobWriter)."""
+
+    def write(self, jobs: Sequence[Job], now: float) -> None: ...
+    def write_alike(self, template: Job, jobs: Sequence[tuple[int, str]],
+                    now: float) -> None: ...
+
+
+@dataclasses.dataclass
+class _Adding:
+    """One add being planned: what it was asked, and what it has made so far."""
+
+    owner: str
+    rerun: bool
+    now: float
+    may_set_caps: bool
+    distinct: bool
+    new_jobs: list[Job] = dataclasses.field(default_factory=list)  # held in memory
+    requeue: dict[int, None] = dataclasses.field(default_factory=dict)  # ordered, once each
+    ids: list[int] = dataclasses.field(default_factory=list)  # one for each spec
+    existed: int = 0
+    made: int = 0
+    index: int = 0  # of the next spec in the whole add
+    limit_caps: dict[str, int] = dataclasses.field(default_factory=dict)
+    batch_keys: dict[tuple[str, str, str], int] = dataclasses.field(default_factory=dict)
+    batch_groups: set[str] = dataclasses.field(default_factory=set)
+
+
+def _check_cwd(spec: JobSpec, index: int) -> None:
+    # An ensemble component's may be empty (a fresh directory) or relative (under its
+    # worker's working directory).
+    if spec.cwd is None or not (spec.cwd.startswith("/") or spec.gate):
+        raise InputError(f"jobs[{index}].cwd: must be an absolute path")
+
+
+# Every field of a Job, in order: Job(*_ALL_FIELDS(job)) is a copy, at a seventh of the cost
+# of dataclasses.replace.
+_ALL_FIELDS = operator.attrgetter(*(field.name for field in dataclasses.fields(Job)))
+
+
+def _like(template: Job, job_id: int, cmd: str) -> Job:
+    """A new job that is `template` but for its id and command, with collections of its own."""
+    job = Job(*_ALL_FIELDS(template))
+    job.id, job.cmd = job_id, cmd
+    job.env, job.resources = own_dict(template.env), own_dict(template.resources)
+    job.dependencies = own_list(template.dependencies)
+    job.dependencies_any = own_list(template.dependencies_any)
+    job.files, job.limits = own_list(template.files), own_list(template.limits)
+    return job
 
 
 class ReactorState(Protocol):
@@ -63,10 +115,19 @@ class ReactorState(Protocol):
                         counts: Iterable[tuple[str, str, JobState, int]],
                         to_state: JobState | None, now: float) -> None: ...
     def _check_cap_from_spec(self, index: int, name: str, cap: int) -> None: ...
-    def plan_add_chunks(self, chunks: Iterable[Sequence[JobSpec]], *, rerun: bool, now: float,
-                        owner: str = "", sees_all: bool = True, may_set_caps: bool = True,
-                        distinct: bool = False,
-                        write: Callable[[Sequence[Job]], None] | None = None) -> AddPlan: ...
+    def plan_add_chunks(self, chunks: Iterable[Sequence[JobSpec] | AlikeJobs], *, rerun: bool,
+                        now: float, owner: str = "", sees_all: bool = True,
+                        may_set_caps: bool = True, distinct: bool = False,
+                        write: JobSink | None = None) -> AddPlan: ...
+    def _plan_specs(self, add: _Adding, specs: Sequence[JobSpec], write: JobSink | None,
+                    window: _Window | None) -> None: ...
+    def _plan_alike(self, add: _Adding, chunk: AlikeJobs, write: JobSink | None,
+                    window: _Window | None) -> None: ...
+    def _archived(self, add: _Adding, keys: list[tuple[str, str, str]]
+                  ) -> dict[tuple[str, str, str], tuple[int, JobState]]: ...
+    def _new_id(self, add: _Adding, key: tuple[str, str, str],
+                archived: dict[tuple[str, str, str], tuple[int, JobState]], *,
+                fresh: bool) -> int | None: ...
     def _twin(self, key: tuple[str, str, str], batch_keys: dict[tuple[str, str, str], int],
               archived: dict[tuple[str, str, str], tuple[int, JobState]]
               ) -> tuple[int, bool] | None: ...
@@ -91,15 +152,15 @@ class JobEdits:
                                     sees_all=sees_all, may_set_caps=may_set_caps,
                                     distinct=distinct)
 
-    def plan_add_chunks(self: ReactorState, chunks: Iterable[Sequence[JobSpec]], *,
-                        rerun: bool, now: float, owner: str = "", sees_all: bool = True,
+    def plan_add_chunks(self: ReactorState, chunks: Iterable[Sequence[JobSpec] | AlikeJobs],
+                        *, rerun: bool, now: float, owner: str = "", sees_all: bool = True,
                         may_set_caps: bool = True, distinct: bool = False,
-                        write: Callable[[Sequence[Job]], None] | None = None) -> AddPlan:
+                        write: JobSink | None = None) -> AddPlan:
         """Decide what an add does, changing nothing, so a failed commit leaves no trace. The
         specs come in chunks, read one at a time: only the jobs they make are held at once.
         With `write` (which writes jobs into a transaction the caller commits once the plan
         is made, or rolls back), each chunk's new jobs are written as they are made, and
-        those that go to the backlog are not held at all.
+        those that go to the backlog are not held at all (nor, from AlikeJobs, ever made).
 
         Duplicates are found among the owner's own jobs: two users may add the same command.
         Without `sees_all`, dependencies may name only the owner's jobs. Without
@@ -107,58 +168,103 @@ class JobEdits:
         With `distinct`, every spec is a new job, even one whose (cmd, cwd) is known (`shoal
         run`: a job is a line of its input, and two identical lines are two jobs).
         """
-        new_jobs: list[Job] = []
-        requeue: list[int] = []
-        ids: list[int] = []
-        existed = made = 0
-        limit_caps: dict[str, int] = {}
-        batch_keys: dict[tuple[str, str, str], int] = {}
-        batch_groups: set[str] = set()
-        index = 0
+        add = _Adding(owner=owner, rerun=rerun, now=now, may_set_caps=may_set_caps,
+                      distinct=distinct)
         window = _Window(self) if write is not None else None
-        for specs in chunks:
-            # Twins among ended, backlog and (with `write`) earlier chunks' jobs are in the
-            # archive: asked for a chunk's at once.
-            unknown = [] if distinct else [key for spec in specs if not spec.gate
-                                           and (key := (owner, *spec.key)) not in self.by_key]
-            archived = self.archive.twins(unknown) if unknown else {}
-            made_here: list[Job] = []
-            for spec in specs:
-                # An ensemble component's may be empty (a fresh directory) or relative (under
-                # its worker's working directory).
-                if spec.cwd is None or not (spec.cwd.startswith("/") or spec.gate):
-                    raise InputError(f"jobs[{index}].cwd: must be an absolute path")
-                key = (owner, *spec.key)
-                twin = None if spec.gate or distinct else self._twin(key, batch_keys, archived)
-                if twin is not None:
-                    twin_id, ended = twin
-                    existed += 1
-                    ids.append(twin_id)
-                    if rerun and ended and twin_id not in requeue:
-                        requeue.append(twin_id)
-                else:
-                    job_id = self._next_job_id + made
-                    made += 1
-                    made_here.append(self._new_job(spec, job_id, index, owner, now,
-                                                   limit_caps, may_set_caps))
-                    if not spec.gate:
-                        batch_keys[key] = job_id
-                    batch_groups.add(spec.group)
-                    ids.append(job_id)
-                index += 1
-            if write is None or window is None:
-                new_jobs += made_here
-                continue
-            # Written now, in the add's open transaction: the jobs the backlog takes are
-            # dropped here, and later chunks find this one's through the archive.
-            write(made_here)
-            new_jobs += [job for job in made_here if not window.takes(job)]
-            batch_keys.clear()
-        self._check_dependencies(new_jobs, batch_groups, None if sees_all else owner)
-        return AddPlan(new_jobs, requeue, ids, existed - len(requeue), limit_caps,
-                       deferred=window.deferred if window else Counter(),
+        for chunk in chunks:
+            if isinstance(chunk, AlikeJobs):
+                self._plan_alike(add, chunk, write, window)
+            else:
+                self._plan_specs(add, chunk, write, window)
+            if write is not None:  # later chunks find this one's jobs through the archive
+                add.batch_keys.clear()
+        self._check_dependencies(add.new_jobs, add.batch_groups, None if sees_all else owner)
+        return AddPlan(add.new_jobs, list(add.requeue), add.ids, add.existed - len(add.requeue),
+                       add.limit_caps, deferred=window.deferred if window else Counter(),
                        backlog_after=window.after if window else None,
-                       last_id=self._next_job_id + made - 1 if made else None)
+                       last_id=self._next_job_id + add.made - 1 if add.made else None)
+
+    def _plan_specs(self: ReactorState, add: _Adding, specs: Sequence[JobSpec],
+                    write: JobSink | None, window: _Window | None) -> None:
+        # Twins among ended, backlog and (with `write`) earlier chunks' jobs are in the
+        # archive: asked for a chunk's at once.
+        archived = self._archived(add, [(add.owner, *spec.key) for spec in specs
+                                        if not spec.gate])
+        made: list[Job] = []
+        for spec in specs:
+            _check_cwd(spec, add.index)
+            job_id = self._new_id(add, (add.owner, *spec.key), archived, fresh=spec.gate)
+            if job_id is not None:
+                made.append(self._new_job(spec, job_id, add.index, add.owner, add.now,
+                                          add.limit_caps, add.may_set_caps))
+                add.batch_groups.add(spec.group)
+            add.index += 1
+        if write is None or window is None:
+            add.new_jobs += made
+            return
+        # Written now, in the add's open transaction: the jobs the backlog takes are dropped.
+        write.write(made, add.now)
+        add.new_jobs += [job for job in made if not window.takes(job)]
+
+    def _plan_alike(self: ReactorState, add: _Adding, chunk: AlikeJobs,
+                    write: JobSink | None, window: _Window | None) -> None:
+        """AlikeJobs: one job made from the spec, the others (those held) copied from it."""
+        spec = chunk.spec
+        _check_cwd(spec, add.index)
+        cwd = spec.cwd or ""
+        archived = {} if spec.gate else self._archived(
+            add, [(add.owner, cmd, cwd) for cmd in chunk.cmds])
+        made: list[tuple[int, str]] = []
+        for cmd in chunk.cmds:
+            job_id = self._new_id(add, (add.owner, cmd, cwd), archived, fresh=spec.gate)
+            if job_id is not None:
+                made.append((job_id, cmd))
+        first = add.index
+        add.index += len(chunk.cmds)
+        if not made:
+            return
+        add.batch_groups.add(spec.group)
+        template = self._new_job(spec, made[0][0], first, add.owner, add.now, add.limit_caps,
+                                 add.may_set_caps)
+        if write is None or window is None:
+            add.new_jobs += [_like(template, job_id, cmd) for job_id, cmd in made]
+            return
+        write.write_alike(template, made, add.now)
+        for place, (job_id, cmd) in enumerate(made):
+            job = _like(template, job_id, cmd)
+            if window.takes(job):
+                window.takes_rest(job, len(made) - place - 1)
+                return
+            add.new_jobs.append(job)
+
+    def _archived(self: ReactorState, add: _Adding, keys: list[tuple[str, str, str]]
+                  ) -> dict[tuple[str, str, str], tuple[int, JobState]]:
+        """The archive's jobs (ended, in the backlog, written by this add) of these keys."""
+        if add.distinct:
+            return {}
+        unknown = [key for key in keys if key not in self.by_key]
+        return self.archive.twins(unknown) if unknown else {}
+
+    def _new_id(self: ReactorState, add: _Adding, key: tuple[str, str, str],
+                archived: dict[tuple[str, str, str], tuple[int, JobState]], *,
+                fresh: bool) -> int | None:
+        """The id of the new job a spec of this key makes, or None if it is a twin of a job
+        already added (which a rerun queues again if it has ended). A `fresh` one is new
+        whatever its key (an ensemble component)."""
+        twin = None if fresh or add.distinct else self._twin(key, add.batch_keys, archived)
+        if twin is not None:
+            twin_id, ended = twin
+            add.existed += 1
+            add.ids.append(twin_id)
+            if add.rerun and ended:
+                add.requeue[twin_id] = None
+            return None
+        job_id = self._next_job_id + add.made
+        add.made += 1
+        if not fresh:
+            add.batch_keys[key] = job_id
+        add.ids.append(job_id)
+        return job_id
 
     def _twin(self: ReactorState, key: tuple[str, str, str],
               batch_keys: dict[tuple[str, str, str], int],
@@ -406,6 +512,13 @@ class _Window:
         self.held += 1
         self._lowest = job.priority if self._lowest is None else min(self._lowest, job.priority)
         return False
+
+    def takes_rest(self, job: Job, count: int) -> None:
+        """`count` more jobs like `job` (the one just taken), with higher ids: the backlog
+        takes them all, since each stands behind the one before (same priority, a higher id)
+        and so behind the boundary."""
+        self.deferred[job.owner, job.group] += count
+        self.backlog += count
 
     def _lowest_held(self) -> int | None:
         if not self._looked:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from shoal.core.models import Job
+from shoal.core.models import Job, JobSpec
 from shoal.core.protocol import (
     MAX_MESSAGE_BYTES,
     Ack,
@@ -83,6 +84,16 @@ def _batches(items: list[Assignment]) -> list[list[Assignment]]:
         batches[-1].append(item)
         used += size
     return batches
+
+
+@dataclass(frozen=True, slots=True)
+class AlikeJobs:
+    """Jobs alike but for their commands: `spec`'s fields (its own cmd unused), each with one
+    of `cmds`. A large add of a file's lines comes as these: planned and written without a
+    spec, a row or (for those left in the backlog) a Job made for each."""
+
+    spec: JobSpec
+    cmds: Sequence[str]
 
 
 @dataclass(frozen=True, slots=True)

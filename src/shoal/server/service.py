@@ -35,7 +35,7 @@ from shoal.core.protocol import (
 from shoal.core.states import Transition
 from shoal.server.archive import StoreArchive
 from shoal.server.arrays import ArrayFeeds
-from shoal.server.effects import ASSIGN_BUDGET_BYTES, Effects, encoded_bound
+from shoal.server.effects import ASSIGN_BUDGET_BYTES, AlikeJobs, Effects, encoded_bound
 from shoal.server.events import Events
 from shoal.server.reactor import RETRIED, Reactor, ReactorConfig
 from shoal.server.requirements import HISTORY_PER_GROUP
@@ -353,9 +353,9 @@ class Service:
         return self.add_chunks((specs,), rerun=rerun, owner=owner, sees_all=sees_all,
                                may_set_caps=may_set_caps, distinct=distinct)
 
-    def add_chunks(self, chunks: Iterable[Sequence[JobSpec]], *, rerun: bool = False,
-                   owner: str = "", sees_all: bool = True, may_set_caps: bool = True,
-                   distinct: bool = False) -> dict[str, Any]:
+    def add_chunks(self, chunks: Iterable[Sequence[JobSpec] | AlikeJobs], *,
+                   rerun: bool = False, owner: str = "", sees_all: bool = True,
+                   may_set_caps: bool = True, distinct: bool = False) -> dict[str, Any]:
         """An add whose specs (already checked for size and number) come in chunks, read one
         at a time: a million are never held at once, only the jobs they make."""
         now = self.clock()
@@ -365,8 +365,7 @@ class Service:
         with self.store.adding() as writer, no_cycle_collection():
             plan = self.reactor.plan_add_chunks(
                 chunks, rerun=rerun, now=now, owner=owner, sees_all=sees_all,
-                may_set_caps=may_set_caps, distinct=distinct,
-                write=lambda jobs: writer.write(jobs, now))
+                may_set_caps=may_set_caps, distinct=distinct, write=writer)
             writer.finish(plan.limit_caps, plan.last_id)
         # A million jobs hold the loop for many seconds, longer than a worker's lease: its
         # heartbeats are waiting to be read, and it must not be taken for gone meanwhile.
@@ -380,10 +379,16 @@ class Service:
                 "requeued": len(plan.requeue), "ids": plan.ids}
 
     @staticmethod
-    def check_sizes(specs: Sequence[JobSpec]) -> None:
+    def check_sizes(specs: Sequence[JobSpec] | AlikeJobs) -> None:
         """Each job must fit one message to a worker."""
-        for index, spec in enumerate(specs):
-            if encoded_bound(spec.cmd, spec.cwd or "", spec.env,
+        if isinstance(specs, AlikeJobs):  # the bound grows with the command: the longest's
+            pairs: Iterable[tuple[int, JobSpec, str]] = [max(
+                ((index, specs.spec, cmd) for index, cmd in enumerate(specs.cmds)),
+                key=lambda item: len(item[2]), default=(0, specs.spec, ""))]
+        else:
+            pairs = ((index, spec, spec.cmd) for index, spec in enumerate(specs))
+        for index, spec, cmd in pairs:
+            if encoded_bound(cmd, spec.cwd or "", spec.env,
                              [str(f.get("path", "")) for f in spec.files],
                              spec.gpus) > ASSIGN_BUDGET_BYTES:
                 raise InputError(f"jobs[{index}]: command, environment and files together are "

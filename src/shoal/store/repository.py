@@ -64,6 +64,8 @@ _DEFAULT_OF: dict[str, object] = {
     "on_worker": None, "requirements_source": None, "gpus": 0, "resources": "{}",
     "grow_memory": 0, "dependencies_any": "[]", "gate": 0, "files": "[]", "always_copy": 0}
 _INSERT_PART = 10_000  # jobs a statement's rows are laid out for at once
+_NO_DEFAULT = object()
+_ID_AT, _CMD_AT, _KEY_AT = (_INSERT_COLUMNS.index(name) for name in ("id", "cmd", "key_hash"))
 
 
 _MUTABLE = (
@@ -167,20 +169,44 @@ def _new_job_row(job: Job) -> tuple[object, ...]:
 
 
 @functools.cache
-def _insert_sql(columns: tuple[str, ...]) -> str:
-    return f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+def _insert_sql(varying: tuple[str, ...], constant: tuple[str, ...]) -> str:
+    values = [f"value ->> {index}" for index in range(len(varying))] + ["?"] * len(constant)
+    return (f"INSERT INTO jobs ({', '.join(varying + constant)}) "
+            f"SELECT {', '.join(values)} FROM json_each(?)")
 
 
-def _insert_new_jobs(db: sqlite3.Connection, jobs: Iterable[Job]) -> None:
-    """Rows of new jobs, a part at a time, each part naming only the columns it sets."""
-    iterator = iter(jobs)
-    while part := [_new_job_row(job) for job in itertools.islice(iterator, _INSERT_PART)]:
+def _insert_new_jobs(db: sqlite3.Connection, rows: Iterable[tuple[object, ...]]) -> None:
+    """Rows of new jobs (_new_job_row), a part at a time, in one statement each: the values
+    the part's rows share given once, the others as one JSON array of rows (binding each
+    value of each row cost more than SQLite's insert), and columns at their schema default
+    in every row left out."""
+    iterator = iter(rows)
+    while part := list(itertools.islice(iterator, _INSERT_PART)):
         by_column = list(zip(*part, strict=True))  # column-wise, so that a test is C's count
-        kept = [index for index, name in enumerate(_INSERT_COLUMNS)
-                if name not in _DEFAULT_OF
-                or by_column[index].count(_DEFAULT_OF[name]) != len(part)]
-        db.executemany(_insert_sql(tuple(_INSERT_COLUMNS[index] for index in kept)),
-                       zip(*(by_column[index] for index in kept), strict=True))
+        varying: list[int] = []
+        constant: list[int] = []
+        for index, name in enumerate(_INSERT_COLUMNS):
+            values = by_column[index]
+            # The id always varies, even in a part of one row: json_each gives a row for each.
+            if index == _ID_AT or values.count(values[0]) != len(part):
+                varying.append(index)
+            elif _DEFAULT_OF.get(name, _NO_DEFAULT) != values[0]:
+                constant.append(index)
+        sql = _insert_sql(tuple(_INSERT_COLUMNS[index] for index in varying),
+                          tuple(_INSERT_COLUMNS[index] for index in constant))
+        db.execute(sql, [*(by_column[index][0] for index in constant), json.dumps(
+            list(zip(*(by_column[index] for index in varying), strict=True)))])
+
+
+def _alike_rows(template: Job, jobs: Iterable[tuple[int, str]]
+                ) -> Iterator[tuple[object, ...]]:
+    """The rows of jobs that are `template` but for their (id, cmd): its row, three columns
+    changed."""
+    row = list(_new_job_row(template))
+    for job_id, cmd in jobs:
+        row[_ID_AT], row[_CMD_AT] = job_id, cmd
+        row[_KEY_AT] = None if template.gate else key_hash(template.owner, cmd, template.cwd)
+        yield tuple(row)
 
 
 def _mutable_row(job: Job) -> tuple[object, ...]:
@@ -285,15 +311,28 @@ class JobWriter:
         if not jobs or jobs[-1].id - jobs[0].id + 1 != len(jobs):
             self.write_journaled(jobs, (created(job, now=now) for job in jobs))
             return
+        _insert_new_jobs(self._db, (_new_job_row(job) for job in jobs))
+        self._journal_created(jobs[0].id, jobs[-1].id, now)
+
+    def write_alike(self, template: Job, jobs: Sequence[tuple[int, str]], now: float) -> None:
+        """New jobs that are `template` but for their (id, cmd), of consecutive ids, each
+        journaled as created at `now`: no Job is made for them."""
+        if not jobs:
+            return
+        if jobs[-1][0] - jobs[0][0] + 1 != len(jobs):
+            raise ValueError("the jobs of write_alike must have consecutive ids")
+        _insert_new_jobs(self._db, _alike_rows(template, jobs))
+        self._journal_created(jobs[0][0], jobs[-1][0], now)
+
+    def _journal_created(self, first: int, last: int, now: float) -> None:
         # One run of ids, as an add's chunk makes them: SQLite journals them from their rows.
-        _insert_new_jobs(self._db, jobs)
         self._db.execute("INSERT INTO transitions (job_id, from_state, to_state, at, reason) "
                          "SELECT id, NULL, state, ?, NULL FROM jobs WHERE id BETWEEN ? AND ? "
-                         "ORDER BY id", (now, jobs[0].id, jobs[-1].id))
+                         "ORDER BY id", (now, first, last))
 
     def write_journaled(self, jobs: Iterable[Job], transitions: Iterable[Transition]) -> None:
         # Generators: the rows of a million jobs are written, never held, at once.
-        _insert_new_jobs(self._db, jobs)
+        _insert_new_jobs(self._db, (_new_job_row(job) for job in jobs))
         Store._journal(self._db, transitions)
 
     def finish(self, limit_caps: dict[str, int], last_id: int | None) -> None:
