@@ -21,6 +21,7 @@ from shoal.core.errors import InputError
 if TYPE_CHECKING:
     from shoal.client import AddResult, ArrayResult
     from shoal.core.models import JobSpec
+    from shoal.formats import ParsedJob
 
 _WHOLE_NUMBER = re.compile(r"[0-9]+")
 
@@ -164,7 +165,7 @@ def specs_from_command(words: list[str], defaults: dict[str, Any]) -> list[JobSp
 
 
 def specs_from_file(file: str, input_format: InputFormat,
-                    defaults: dict[str, Any]) -> Iterator[JobSpec]:
+                    defaults: dict[str, Any]) -> Iterator[JobSpec | dict[str, Any]]:
     """Jobs read from FILE ('-': stdin), the flags as defaults that a line's options override.
     They are read as they are sent: a bad line further on stops the add, which adds nothing."""
     from shoal.formats import iter_file, iter_text
@@ -179,7 +180,7 @@ def specs_from_file(file: str, input_format: InputFormat,
     if first is None:
         return iter(())
     if first.state_offset is None:
-        return (job.spec for job in itertools.chain([first], parsed))
+        return _as_sent(itertools.chain([first], parsed))
     # A runmaker file: its new lines only, counted (runmaker files are small) to say so.
     jobs = [first, *parsed]
     new = [job.spec for job in jobs if job.state_char == "."]
@@ -187,6 +188,22 @@ def specs_from_file(file: str, input_format: InputFormat,
           f"{len(jobs) - len(new)} others; the server does not write their states "
           "back (`shoal run FILE --listen` does)", file=sys.stderr)
     return iter(new)
+
+
+def _as_sent(jobs: Iterator[ParsedJob]) -> Iterator[JobSpec | dict[str, Any]]:
+    """Each job as the client sends it: a line that gives only its command as the defaults'
+    fields and that command, with no JobSpec made for it (the client sends a chunk of such
+    jobs as their shared fields and their commands)."""
+    base: JobSpec | None = None
+    fields: dict[str, Any] = {}
+    for job in jobs:
+        if job.command is None:
+            yield job.spec
+            continue
+        if job.base is not base:
+            base = job.base
+            fields = base.model_dump(mode="json", exclude_defaults=True, exclude={"cmd"})
+        yield {**fields, "cmd": job.command}
 
 
 def check_job_source(command: list[str] | None, file: str | None, array: str | None,

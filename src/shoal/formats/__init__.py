@@ -58,11 +58,9 @@ def iter_text(
     *,
     source: str = "<stdin>",
     defaults: Mapping[str, Any] | None = None,
-    check_only: bool = False,
 ) -> Iterator[ParsedJob]:
     """parse_text's jobs as they are read: a million lines are never a million jobs at once.
-    A bad format or default is refused at once; a bad line when it is reached. With
-    `check_only`, see SpecBuilder."""
+    A bad format or default is refused at once; a bad line when it is reached."""
     if fmt not in FORMATS:
         raise InputError(
             f'format "{fmt}" is not known (known: {", ".join(FORMATS)})', source=source
@@ -72,7 +70,7 @@ def iter_text(
     if text.startswith(_UTF8_BOM):
         text = text[1:]
         first_offset = len(_UTF8_BOM.encode())
-    builder = SpecBuilder(defaults, source, check_only=check_only)
+    builder = SpecBuilder(defaults, source)
     detected = fmt == "auto"
     if detected:
         fmt = detect_format(text)
@@ -85,7 +83,6 @@ def iter_text(
 
 def iter_file(
     path: str | Path, fmt: str = "auto", *, defaults: Mapping[str, Any] | None = None,
-    check_only: bool = False,
 ) -> Iterator[ParsedJob]:
     """parse_file's jobs as they are read (the file itself is read whole, and checked)."""
     source = str(path)
@@ -105,7 +102,7 @@ def iter_file(
             source=source,
             line=data.count(b"\n", 0, error.start) + 1,
         ) from None
-    return iter_text(text, fmt, source=source, defaults=defaults, check_only=check_only)
+    return iter_text(text, fmt, source=source, defaults=defaults)
 
 
 def _runmaker_jobs(text: str, builder: SpecBuilder, first_offset: int,

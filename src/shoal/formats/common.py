@@ -14,12 +14,26 @@ from shoal.core.models import EMPTY_DICT, EMPTY_LIST, MAX_LINE_BYTES, JobSpec, c
 
 @dataclass(frozen=True, slots=True)
 class ParsedJob:
-    """One job read from an input file, with where it came from."""
+    """One job read from an input file, with where it came from. A line that gives only its
+    command is the defaults' spec (`base`) and that command: the job's own JobSpec is made
+    when `spec` is asked for, and a large add sent to a server never asks (making one for
+    each line cost two thirds of reading the file)."""
 
-    spec: JobSpec
+    base: JobSpec  # the job's spec; with `command`, the defaults' spec
     line: int  # 1-based line number in the file
     state_offset: int | None = None  # runmaker only: byte offset of the state character
     state_char: str | None = None  # runmaker only: the state character as read
+    command: str | None = None  # the line's command, when only that differs from `base`
+    copied: tuple[str, ...] = ()  # with `command`: the base's collections each job copies
+
+    @property
+    def spec(self) -> JobSpec:
+        if self.command is None:
+            return self.base
+        # Each job its own collections: a change to one job's env is not another's. An empty
+        # one is shared, and refuses a change.
+        return self.base.model_copy(update={"cmd": self.command, **{
+            name: _copy(getattr(self.base, name)) for name in self.copied}})
 
 
 def numbered_lines(text: str) -> Iterator[tuple[int, str]]:
@@ -55,13 +69,8 @@ def describe_validation_error(error: ValidationError, labels: Mapping[str, str])
 class SpecBuilder:
     """Turns the fields read from one line into a JobSpec, with the caller's defaults underneath."""
 
-    def __init__(self, defaults: Mapping[str, Any] | None, source: str,
-                 check_only: bool = False):
-        """With `check_only`, lines are checked as they would be built, but a command-only
-        line's spec is not built (it is the defaults'): a file is checked and counted
-        without the cost of its jobs."""
+    def __init__(self, defaults: Mapping[str, Any] | None, source: str):
         self.source = source
-        self.check_only = check_only
         self._defaults = dict(defaults or {})
         try:
             # Checked once here so a bad default is reported as such, not blamed on line 1.
@@ -71,31 +80,32 @@ class SpecBuilder:
             self._template = template.model_copy(update={
                 name: EMPTY_DICT if isinstance(value, dict) else EMPTY_LIST
                 for name, value in collections.items() if not value})
-            self._own = [(name, value) for name, value in collections.items() if value]
+            self._copied = tuple(name for name, value in collections.items() if value)
         except ValidationError as error:
             message = describe_validation_error(error, {})
             raise InputError(f"bad default: {message}", source=source) from None
 
-    def build(
-        self, fields: Mapping[str, Any], line: int, labels: Mapping[str, str] | None = None
-    ) -> JobSpec:
+    def job(self, fields: Mapping[str, Any], line: int,
+            labels: Mapping[str, str] | None = None, *, state_offset: int | None = None,
+            state_char: str | None = None) -> ParsedJob:
         """labels maps a JobSpec field to the name the user wrote, for error messages."""
         if fields.keys() == {"cmd"} and isinstance(command := fields["cmd"], str) \
                 and _good_command(command):
             # Only the command differs from the checked defaults: the defaults' spec with
             # this command is the whole check, at a fifth of the cost of validating it anew.
-            if self.check_only:
-                return self._template
-            # Each job its own collections: a change to one job's env is not another's. An
-            # empty one is shared, and refuses a change (copying each cost a third of
-            # reading a large file).
-            return self._template.model_copy(update={
-                "cmd": command, **{name: _copy(value) for name, value in self._own}})
+            return ParsedJob(self._template, line, state_offset, state_char, command,
+                             self._copied)
         try:
-            return JobSpec.model_validate({**self._defaults, **fields})
+            spec = JobSpec.model_validate({**self._defaults, **fields})
         except ValidationError as error:
             message = describe_validation_error(error, labels or {})
             raise InputError(message, source=self.source, line=line) from None
+        return ParsedJob(spec, line, state_offset, state_char)
+
+    def build(self, fields: Mapping[str, Any], line: int,
+              labels: Mapping[str, str] | None = None) -> JobSpec:
+        """The JobSpec of `job`."""
+        return self.job(fields, line, labels).spec
 
     def error(self, message: str, line: int) -> InputError:
         return InputError(message, source=self.source, line=line)

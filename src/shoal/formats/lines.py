@@ -16,4 +16,4 @@ def parse_lines(text: str, builder: SpecBuilder) -> Iterator[ParsedJob]:
     for number, line in builder.lines(text):
         if is_blank_or_comment(line):
             continue
-        yield ParsedJob(spec=builder.build({"cmd": line.strip()}, number), line=number)
+        yield builder.job({"cmd": line.strip()}, number)

@@ -50,8 +50,7 @@ def parse_runmaker(text: str, builder: SpecBuilder, *, first_offset: int = 0
         command = line[2:].strip()
         if not command:
             raise builder.error(f'no command after the state character "{state}"', number)
-        spec = builder.build({"cmd": command}, number)
-        yield ParsedJob(spec=spec, line=number, state_offset=offset, state_char=state)
+        yield builder.job({"cmd": command}, number, state_offset=offset, state_char=state)
 
 
 def _unknown_state_message(state: str) -> str:

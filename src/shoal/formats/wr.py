@@ -55,8 +55,7 @@ def _parse_line(line: str, number: int, builder: SpecBuilder) -> ParsedJob:
         mapped.labels.pop("cmd", None)
     elif "cmd" not in mapped.fields:
         raise builder.error('no command: write one before the TAB, or give a "cmd" option', number)
-    spec = builder.build(mapped.fields, number, mapped.labels)
-    return ParsedJob(spec=spec, line=number)
+    return builder.job(mapped.fields, number, mapped.labels)
 
 
 def _load_options(

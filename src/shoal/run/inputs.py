@@ -91,10 +91,10 @@ def scan_file(path: Path, fmt: str, parallel: int, defaults: Mapping[str, Any]) 
     """Every line of a file checked before anything runs (a bad one anywhere is refused, and
     nothing runs), and counted; no job is kept, so a million lines cost no more than one."""
     jobs, runmaker = 0, False
-    for job in iter_file(path, fmt, defaults=defaults, check_only=True):
+    for job in iter_file(path, fmt, defaults=defaults):
         runmaker = runmaker or (jobs == 0 and job.state_offset is not None)
-        if job.spec.cores > parallel:
-            raise InputError(f"asks for {job.spec.cores} cores but -j is {parallel}",
+        if job.base.cores > parallel:  # the base: no spec is made for a command-only line
+            raise InputError(f"asks for {job.base.cores} cores but -j is {parallel}",
                              source=str(path), line=job.line)
         jobs += 1
     return FileScan(jobs, runmaker)

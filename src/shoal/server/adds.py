@@ -16,6 +16,7 @@ from shoal.core.errors import InputError
 from shoal.core.models import EMPTY_DICT, EMPTY_LIST, JobSpec
 from shoal.server.effects import AlikeJobs
 from shoal.server.service import MAX_JOBS_PER_ADD, Service
+from shoal.store import key_hash
 from shoal.store.staged import STAGED_HOURS, StagedAdds
 
 _SPECS: TypeAdapter[list[JobSpec]] = TypeAdapter(list[JobSpec])
@@ -46,7 +47,7 @@ class ChunkedAdds:
             self.staged.drop(batch, owner)
             raise InputError(f"more than {MAX_JOBS_PER_ADD} jobs in one add")
         self.staged.put(batch, seq, owner, json.dumps({"checked_by": _CHECKED_BY,
-                                                       **_staged(specs)}), count, now)
+                                                       **_staged(specs, owner)}), count, now)
         return held
 
     async def commit(self, batch: str, *, rerun: bool, owner: str, sees_all: bool,
@@ -63,11 +64,15 @@ class ChunkedAdds:
         return self.staged.drop(batch, owner)
 
 
-def _staged(specs: Sequence[JobSpec] | AlikeJobs) -> dict[str, Any]:
-    """A checked chunk as it is kept: the fields each job sets."""
+def _staged(specs: Sequence[JobSpec] | AlikeJobs, owner: str) -> dict[str, Any]:
+    """A checked chunk as it is kept: the fields each job sets (and, of alike jobs, their
+    key digests, made now, while the server waits for the next chunk, not at the commit)."""
     if isinstance(specs, AlikeJobs):
+        cwd = specs.spec.cwd or ""
         return {"shared": specs.spec.model_dump(mode="json", exclude_defaults=True,
-                                                exclude={"cmd"}), "cmds": list(specs.cmds)}
+                                                exclude={"cmd"}), "cmds": list(specs.cmds),
+                "hashes": [] if specs.spec.gate else [key_hash(owner, cmd, cwd)
+                                                      for cmd in specs.cmds]}
     return {"jobs": [spec.model_dump(mode="json", exclude_defaults=True) for spec in specs]}
 
 
@@ -81,7 +86,8 @@ def _parse_each(texts: Iterable[str]) -> Iterator[list[JobSpec] | AlikeJobs]:
         if not isinstance(chunk, dict) or chunk.get("checked_by") != _CHECKED_BY:
             yield _checked(chunk["jobs"] if isinstance(chunk, dict) else chunk)
         elif "shared" in chunk:
-            yield AlikeJobs(_DEFAULTS.model_copy(update=chunk["shared"]), chunk["cmds"])
+            yield AlikeJobs(_DEFAULTS.model_copy(update=chunk["shared"]), chunk["cmds"],
+                            chunk["hashes"])
         else:
             yield [_DEFAULTS.model_copy(update=fields) for fields in chunk["jobs"]]
 

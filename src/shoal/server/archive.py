@@ -39,8 +39,10 @@ class Archive(Protocol):
         """Fresh objects for these jobs (the ids not found are left out)."""
         ...
 
-    def twins(self, keys: Sequence[Key]) -> dict[Key, tuple[int, JobState]]:
-        """The job already added with each key, and its state, for those that have one."""
+    def twins(self, keys: Sequence[Key], hashes: Sequence[int] | None = None
+              ) -> dict[Key, tuple[int, JobState]]:
+        """The job already added with each key, and its state, for those that have one;
+        `hashes`, when known, are the keys' digests (store.key_hash), in the same order."""
         ...
 
     def ids_in_group(self, group: str, owner: str | None,
@@ -64,7 +66,8 @@ class MemoryArchive:
     def load(self, job_ids: Sequence[int]) -> list[Job]:
         return [self._jobs[job_id] for job_id in job_ids if job_id in self._jobs]
 
-    def twins(self, keys: Sequence[Key]) -> dict[Key, tuple[int, JobState]]:
+    def twins(self, keys: Sequence[Key], hashes: Sequence[int] | None = None
+              ) -> dict[Key, tuple[int, JobState]]:
         wanted = set(keys)
         found: dict[Key, tuple[int, JobState]] = {}
         for job in sorted(self._jobs.values(), key=lambda job: job.id):
@@ -98,8 +101,9 @@ class StoreArchive:
     def load(self, job_ids: Sequence[int]) -> list[Job]:
         return self._store.jobs_by_id(job_ids)
 
-    def twins(self, keys: Sequence[Key]) -> dict[Key, tuple[int, JobState]]:
-        return self._store.twins(keys)
+    def twins(self, keys: Sequence[Key], hashes: Sequence[int] | None = None
+              ) -> dict[Key, tuple[int, JobState]]:
+        return self._store.twins(keys, hashes)
 
     def queued_after(self, after: tuple[int, int] | None, limit: int) -> list[Job]:
         return self._store.queued_after(after, limit)

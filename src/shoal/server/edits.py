@@ -37,7 +37,7 @@ class JobSink(Protocol):
     """Where an add's new jobs are written as they are planned (store.JobWriter)."""
 
     def write(self, jobs: Sequence[Job], now: float) -> None: ...
-    def write_alike(self, template: Job, jobs: Sequence[tuple[int, str]],
+    def write_alike(self, template: Job, jobs: Sequence[tuple[int, str, int | None]],
                     now: float) -> None: ...
 
 
@@ -123,7 +123,8 @@ class ReactorState(Protocol):
                     window: _Window | None) -> None: ...
     def _plan_alike(self, add: _Adding, chunk: AlikeJobs, write: JobSink | None,
                     window: _Window | None) -> None: ...
-    def _archived(self, add: _Adding, keys: list[tuple[str, str, str]]
+    def _archived(self, add: _Adding, keys: list[tuple[str, str, str]],
+                  hashes: Sequence[int] = ()
                   ) -> dict[tuple[str, str, str], tuple[int, JobState]]: ...
     def _new_id(self, add: _Adding, key: tuple[str, str, str],
                 archived: dict[tuple[str, str, str], tuple[int, JobState]], *,
@@ -212,13 +213,14 @@ class JobEdits:
         spec = chunk.spec
         _check_cwd(spec, add.index)
         cwd = spec.cwd or ""
-        archived = {} if spec.gate else self._archived(
-            add, [(add.owner, cmd, cwd) for cmd in chunk.cmds])
-        made: list[tuple[int, str]] = []
-        for cmd in chunk.cmds:
-            job_id = self._new_id(add, (add.owner, cmd, cwd), archived, fresh=spec.gate)
+        keys = [(add.owner, cmd, cwd) for cmd in chunk.cmds]
+        hashes: Sequence[int | None] = chunk.hashes or [None] * len(keys)
+        archived = {} if spec.gate else self._archived(add, keys, chunk.hashes)
+        made: list[tuple[int, str, int | None]] = []
+        for key, digest in zip(keys, hashes, strict=True):
+            job_id = self._new_id(add, key, archived, fresh=spec.gate)
             if job_id is not None:
-                made.append((job_id, cmd))
+                made.append((job_id, key[1], digest))
         first = add.index
         add.index += len(chunk.cmds)
         if not made:
@@ -227,23 +229,31 @@ class JobEdits:
         template = self._new_job(spec, made[0][0], first, add.owner, add.now, add.limit_caps,
                                  add.may_set_caps)
         if write is None or window is None:
-            add.new_jobs += [_like(template, job_id, cmd) for job_id, cmd in made]
+            add.new_jobs += [_like(template, job_id, cmd) for job_id, cmd, _ in made]
             return
         write.write_alike(template, made, add.now)
-        for place, (job_id, cmd) in enumerate(made):
+        for place, (job_id, cmd, _) in enumerate(made):
             job = _like(template, job_id, cmd)
             if window.takes(job):
                 window.takes_rest(job, len(made) - place - 1)
                 return
             add.new_jobs.append(job)
 
-    def _archived(self: ReactorState, add: _Adding, keys: list[tuple[str, str, str]]
+    def _archived(self: ReactorState, add: _Adding, keys: list[tuple[str, str, str]],
+                  hashes: Sequence[int] = ()
                   ) -> dict[tuple[str, str, str], tuple[int, JobState]]:
-        """The archive's jobs (ended, in the backlog, written by this add) of these keys."""
+        """The archive's jobs (ended, in the backlog, written by this add) of these keys (of
+        these digests, if given)."""
         if add.distinct:
             return {}
-        unknown = [key for key in keys if key not in self.by_key]
-        return self.archive.twins(unknown) if unknown else {}
+        if not hashes:
+            unknown = [key for key in keys if key not in self.by_key]
+            return self.archive.twins(unknown) if unknown else {}
+        by_key = self.by_key
+        pairs = [(key, digest) for key, digest in zip(keys, hashes, strict=True)
+                 if key not in by_key]
+        return self.archive.twins([key for key, _ in pairs],
+                                  [digest for _, digest in pairs]) if pairs else {}
 
     def _new_id(self: ReactorState, add: _Adding, key: tuple[str, str, str],
                 archived: dict[tuple[str, str, str], tuple[int, JobState]], *,

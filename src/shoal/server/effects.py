@@ -94,6 +94,9 @@ class AlikeJobs:
 
     spec: JobSpec
     cmds: Sequence[str]
+    # Each command's key digest (store.key_hash of the owner, it and spec.cwd), if known:
+    # made as the chunk is staged, they are not made again when it is committed.
+    hashes: Sequence[int] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,5 +8,7 @@ from shoal.store.repository import (
     StateCounts,
     Store,
 )
+from shoal.store.schema import key_hash
 
-__all__ = ["CHANGED_IN_PLACE", "AttemptRow", "JobQuery", "JobWriter", "StateCounts", "Store"]
+__all__ = ["CHANGED_IN_PLACE", "AttemptRow", "JobQuery", "JobWriter", "StateCounts", "Store",
+           "key_hash"]

@@ -198,14 +198,15 @@ def _insert_new_jobs(db: sqlite3.Connection, rows: Iterable[tuple[object, ...]])
             list(zip(*(by_column[index] for index in varying), strict=True)))])
 
 
-def _alike_rows(template: Job, jobs: Iterable[tuple[int, str]]
+def _alike_rows(template: Job, jobs: Iterable[tuple[int, str, int | None]]
                 ) -> Iterator[tuple[object, ...]]:
-    """The rows of jobs that are `template` but for their (id, cmd): its row, three columns
-    changed."""
+    """The rows of jobs that are `template` but for their (id, cmd, key_hash or None if not
+    known yet): its row, three columns changed."""
     row = list(_new_job_row(template))
-    for job_id, cmd in jobs:
+    for job_id, cmd, digest in jobs:
         row[_ID_AT], row[_CMD_AT] = job_id, cmd
-        row[_KEY_AT] = None if template.gate else key_hash(template.owner, cmd, template.cwd)
+        row[_KEY_AT] = None if template.gate else (
+            key_hash(template.owner, cmd, template.cwd) if digest is None else digest)
         yield tuple(row)
 
 
@@ -314,9 +315,10 @@ class JobWriter:
         _insert_new_jobs(self._db, (_new_job_row(job) for job in jobs))
         self._journal_created(jobs[0].id, jobs[-1].id, now)
 
-    def write_alike(self, template: Job, jobs: Sequence[tuple[int, str]], now: float) -> None:
-        """New jobs that are `template` but for their (id, cmd), of consecutive ids, each
-        journaled as created at `now`: no Job is made for them."""
+    def write_alike(self, template: Job, jobs: Sequence[tuple[int, str, int | None]],
+                    now: float) -> None:
+        """New jobs that are `template` but for their (id, cmd, key_hash if known), of
+        consecutive ids, each journaled as created at `now`: no Job is made for them."""
         if not jobs:
             return
         if jobs[-1][0] - jobs[0][0] + 1 != len(jobs):
@@ -505,12 +507,13 @@ class Store:
                 chunk)]
         return found
 
-    def twins(self, keys: Sequence[tuple[str, str, str]]
+    def twins(self, keys: Sequence[tuple[str, str, str]], hashes: Sequence[int] | None = None
               ) -> dict[tuple[str, str, str], tuple[int, JobState]]:
-        """The job already added for each (owner, cmd, cwd) that has one, with its state."""
+        """The job already added for each (owner, cmd, cwd) that has one, with its state;
+        `hashes`, when known, are the keys' key_hash, in the same order."""
         by_hash: dict[int, list[tuple[str, str, str]]] = {}
-        for key in keys:
-            by_hash.setdefault(key_hash(*key), []).append(key)
+        for key, digest in zip(keys, hashes or (key_hash(*key) for key in keys), strict=True):
+            by_hash.setdefault(digest, []).append(key)
         found: dict[tuple[str, str, str], tuple[int, JobState]] = {}
         hashes = list(by_hash)
         for start in range(0, len(hashes), 500):
