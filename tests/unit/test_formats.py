@@ -805,3 +805,11 @@ def test_detection_without_a_look_at_each_line_agrees_with_the_rules(text: str) 
     finally:
         slow.undo()
     assert detect.detect_format(text) == by_each_line
+
+
+def test_a_command_only_line_is_made_into_its_spec_once_when_asked() -> None:
+    [job] = parse_text("echo hi\n", "lines", defaults={"cwd": "/tmp", "env": {"A": "1"}})
+    assert job.command == "echo hi" and job.base.cmd != "echo hi"
+    assert job.spec is job.spec
+    assert (job.spec.cmd, job.spec.cwd, job.spec.env) == ("echo hi", "/tmp", {"A": "1"})
+    assert job.spec.env is not job.base.env

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,15 +25,21 @@ class ParsedJob:
     state_char: str | None = None  # runmaker only: the state character as read
     command: str | None = None  # the line's command, when only that differs from `base`
     copied: tuple[str, ...] = ()  # with `command`: the base's collections each job copies
+    _made: JobSpec | None = field(default=None, repr=False, compare=False)
 
     @property
     def spec(self) -> JobSpec:
+        """The job's own spec, made the first time it is asked for."""
         if self.command is None:
             return self.base
-        # Each job its own collections: a change to one job's env is not another's. An empty
-        # one is shared, and refuses a change.
-        return self.base.model_copy(update={"cmd": self.command, **{
-            name: _copy(getattr(self.base, name)) for name in self.copied}})
+        if self._made is None:
+            # Each job its own collections: a change to one job's env is not another's. An
+            # empty one is shared, and refuses a change.
+            object.__setattr__(self, "_made", self.base.model_copy(update={
+                "cmd": self.command,
+                **{name: _copy(getattr(self.base, name)) for name in self.copied}}))
+        assert self._made is not None
+        return self._made
 
 
 def numbered_lines(text: str) -> Iterator[tuple[int, str]]:
