@@ -377,6 +377,14 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
+def with_shared_empties(spec: JobSpec) -> JobSpec:
+    """`spec` with each empty collection the shared one that refuses changes in place: what
+    specs copied from one spec may share without one's change reaching another."""
+    return spec.model_copy(update={
+        name: EMPTY_DICT if isinstance(value, dict) else EMPTY_LIST
+        for name, value in spec if isinstance(value, dict | list) and not value})
+
+
 def own_list(values: Collection[T]) -> list[T]:
     """A job's own copy of `values`, or the shared empty list."""
     return list(values) if values else EMPTY_LIST

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shoal.core.errors import InputError
-from shoal.core.models import EMPTY_DICT, EMPTY_LIST, MAX_LINE_BYTES, JobSpec, check_command
+from shoal.core.models import MAX_LINE_BYTES, JobSpec, check_command, with_shared_empties
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +80,10 @@ class SpecBuilder:
         self._defaults = dict(defaults or {})
         try:
             # Checked once here so a bad default is reported as such, not blamed on line 1.
-            template = JobSpec.model_validate({"cmd": "true", **self._defaults})
-            collections = {name: value for name, value in template
-                           if isinstance(value, list | dict)}
-            self._template = template.model_copy(update={
-                name: EMPTY_DICT if isinstance(value, dict) else EMPTY_LIST
-                for name, value in collections.items() if not value})
-            self._copied = tuple(name for name, value in collections.items() if value)
+            self._template = with_shared_empties(
+                JobSpec.model_validate({"cmd": "true", **self._defaults}))
+            self._copied = tuple(name for name, value in self._template
+                                 if isinstance(value, list | dict) and value)
         except ValidationError as error:
             message = describe_validation_error(error, {})
             raise InputError(f"bad default: {message}", source=source) from None

@@ -13,7 +13,7 @@ from pydantic import TypeAdapter, ValidationError
 
 import shoal
 from shoal.core.errors import InputError
-from shoal.core.models import EMPTY_DICT, EMPTY_LIST, JobSpec
+from shoal.core.models import JobSpec, with_shared_empties
 from shoal.server.effects import AlikeJobs
 from shoal.server.service import MAX_JOBS_PER_ADD, Service
 from shoal.store import key_hash
@@ -23,11 +23,8 @@ _SPECS: TypeAdapter[list[JobSpec]] = TypeAdapter(list[JobSpec])
 # Which shoal checked a staged chunk: its version and the schema of a spec.
 _CHECKED_BY = "{}:{}".format(shoal.__version__, hashlib.blake2b(json.dumps(
     JobSpec.model_json_schema(), sort_keys=True).encode(), digest_size=8).hexdigest())
-# Every field but cmd (always staged) at its default; the empty collections the shared ones
-# that refuse changes in place, since every spec made from these shares them.
-_DEFAULTS = JobSpec(cmd="true").model_copy(update={
-    name: EMPTY_DICT if isinstance(value, dict) else EMPTY_LIST
-    for name, value in JobSpec(cmd="true") if isinstance(value, dict | list)})
+# Every field but cmd (always staged) at its default: every spec made from these shares them.
+_DEFAULTS = with_shared_empties(JobSpec(cmd="true"))
 
 
 class ChunkedAdds:
