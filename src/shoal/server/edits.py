@@ -126,6 +126,9 @@ class ReactorState(Protocol):
     def _archived(self, add: _Adding, keys: list[tuple[str, str, str]],
                   hashes: Sequence[int] = ()
                   ) -> dict[tuple[str, str, str], tuple[int, JobState]]: ...
+    def _all_new(self, add: _Adding, keys: list[tuple[str, str, str]],
+                 archived: dict[tuple[str, str, str], tuple[int, JobState]], *,
+                 fresh: bool) -> bool: ...
     def _new_id(self, add: _Adding, key: tuple[str, str, str],
                 archived: dict[tuple[str, str, str], tuple[int, JobState]], *,
                 fresh: bool) -> int | None: ...
@@ -216,11 +219,20 @@ class JobEdits:
         keys = [(add.owner, cmd, cwd) for cmd in chunk.cmds]
         hashes: Sequence[int | None] = chunk.hashes or [None] * len(keys)
         archived = {} if spec.gate else self._archived(add, keys, chunk.hashes)
-        made: list[tuple[int, str, int | None]] = []
-        for key, digest in zip(keys, hashes, strict=True):
-            job_id = self._new_id(add, key, archived, fresh=spec.gate)
-            if job_id is not None:
-                made.append((job_id, key[1], digest))
+        made: list[tuple[int, str, int | None]]
+        if self._all_new(add, keys, archived, fresh=spec.gate):
+            ids = range(self._next_job_id + add.made, self._next_job_id + add.made + len(keys))
+            add.made += len(keys)
+            add.ids.extend(ids)
+            if not spec.gate:
+                add.batch_keys.update(zip(keys, ids, strict=True))
+            made = list(zip(ids, chunk.cmds, hashes, strict=True))
+        else:
+            made = []
+            for key, digest in zip(keys, hashes, strict=True):
+                job_id = self._new_id(add, key, archived, fresh=spec.gate)
+                if job_id is not None:
+                    made.append((job_id, key[1], digest))
         first = add.index
         add.index += len(chunk.cmds)
         if not made:
@@ -254,6 +266,16 @@ class JobEdits:
                  if key not in by_key]
         return self.archive.twins([key for key, _ in pairs],
                                   [digest for _, digest in pairs]) if pairs else {}
+
+    def _all_new(self: ReactorState, add: _Adding, keys: list[tuple[str, str, str]],
+                 archived: dict[tuple[str, str, str], tuple[int, JobState]], *,
+                 fresh: bool) -> bool:
+        """Whether every key makes a new job (what `_new_id` would find for each, asked at
+        C speed): the ids are then the next ones in order."""
+        if fresh or add.distinct:
+            return True
+        return not archived and len(set(keys)) == len(keys) and \
+            self.by_key.keys().isdisjoint(keys) and add.batch_keys.keys().isdisjoint(keys)
 
     def _new_id(self: ReactorState, add: _Adding, key: tuple[str, str, str],
                 archived: dict[tuple[str, str, str], tuple[int, JobState]], *,
