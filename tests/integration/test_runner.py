@@ -456,6 +456,44 @@ def test_peak_memory_is_the_jobs_own_under_a_cgroup(tmp_path: Path) -> None:
     assert results[2].peak_rss_bytes >= 100 * MB
 
 
+def test_jobs_in_turn_share_kept_cgroups_and_each_peak_is_its_own(tmp_path: Path) -> None:
+    """Under v1 an ended job's empty cgroups serve the next job, their peak reset: `true`
+    after a 100 MiB job still measures a few MiB. A job that leaves much charged (its
+    written file's cache) gets its cgroups removed, not kept. Under v2 every job gets new
+    ones."""
+    containment = _containment_or_skip(tmp_path)
+    peaks: dict[int, int] = {}
+    cgroups_seen: list[set[str]] = []
+    big_file = tmp_path / "written"
+
+    async def main() -> None:
+        runner = Runner(tmp_path / "spool", host="test-host", on_started=lambda _: None,
+                        on_finished=lambda result: peaks.__setitem__(
+                            result.lease_id, result.peak_rss_bytes))
+        runner.max_running_cores = 1  # one after the other
+        commands = [python_cmd('data = b"x" * (100 * 2**20)'), "true",
+                    f"head -c {8 * MB} /dev/zero > {big_file}", "true"]
+        for lease_id, cmd in enumerate(commands, start=1):
+            runner.start(job(cmd, lease_id=lease_id))
+            while lease_id not in peaks:
+                await asyncio.sleep(0.01)
+            assert runner._containment is not None
+            cgroups_seen.append({child.name for parent in runner._containment.parents.values()
+                                 for child in parent.iterdir() if child.is_dir()})
+        await runner.shutdown(kill=False)
+
+    asyncio.run(main())
+    assert peaks[1] >= 100 * MB
+    assert 0 < peaks[2] < 20 * MB  # its own, not the 100 MiB job's before it
+    assert 0 < peaks[4] < 20 * MB
+    if containment == "cgroup-v1":
+        assert cgroups_seen[0] == cgroups_seen[1] == {"job-1"}  # kept, then used again
+        assert cgroups_seen[2] == set()  # 8 MiB of cache stayed charged: removed
+        assert cgroups_seen[3] == {"job-4"}
+    else:
+        assert cgroups_seen == [set(), set(), set(), set()]
+
+
 def test_job_cgroups_are_removed_after_their_jobs(tmp_path: Path) -> None:
     _containment_or_skip(tmp_path)
     parents: list[Path] = []

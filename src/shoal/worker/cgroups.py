@@ -18,6 +18,13 @@ With v1 a job is born in its cgroups: the spawning thread moves itself in (v1 mo
 threads through ``tasks``), forks the job, and moves back. v2 moves whole processes only, so
 there the job's pid is written right after the spawn; the job has then only just exec'd bash.
 
+Under v1 an ended job's cgroups are kept for the next job when nothing is left in them (no
+process, under `REUSE_BELOW_BYTES` still charged to its memory): its peak is reset instead of
+a `mkdir` and `rmdir` per controller, which cost a short job's worker more than all its other
+cgroup work. What the earlier jobs left charged (a few hundred KiB of cache) may count in the
+next one's peak. (v2 resets `memory.peak` only for the descriptor that wrote it: there every
+job gets new cgroups.)
+
 Standard library only: the keeper imports `kill_cgroup` too.
 """
 
@@ -34,6 +41,8 @@ from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 FREEZE_WAIT_SECONDS = 1.0
+REUSE_BELOW_BYTES = 1 << 20  # what may stay charged to a v1 memory cgroup kept for reuse
+IDLE_KEPT = 64  # cgroups kept for reuse, at most
 _V1_CONTROLLERS = ("freezer", "memory")
 
 
@@ -44,6 +53,7 @@ class JobCgroup:
         self.version = version
         self.paths = paths  # controller ("unified" for v2) -> directory
         self._born_inside = False  # set once a spawn was done from inside every one
+        self._emptied = False  # kill() found no process left
         # As strings, made once: a job's few cgroup operations run on the event loop.
         self._dirs = [str(path) for path in paths.values()]
         memory = paths.get("memory" if version == 1 else "unified")
@@ -100,6 +110,7 @@ class JobCgroup:
         """SIGKILL every process in the job's cgroups."""
         # Born in all of them, its processes are in each: one empty list says none is left.
         if self._born_inside and not _pids(self._dirs[0]):
+            self._emptied = True
             return
         kill_cgroup(self._dirs)
 
@@ -115,6 +126,24 @@ class JobCgroup:
     def contained(self) -> bool:
         """Whether the job's processes are known to be in all of its cgroups."""
         return self._born_inside
+
+    def reset_for_reuse(self) -> bool:
+        """Whether another job may have these cgroups (v1): no process left, almost nothing
+        charged to its memory; if so its peak starts again from what is."""
+        if self.version != 1:
+            return False
+        if not self._emptied and any(_pids(directory) for directory in self._dirs):
+            return False
+        memory = self.paths.get("memory")
+        if memory is not None:
+            try:
+                if int(_read(f"{memory}/memory.usage_in_bytes")) >= REUSE_BELOW_BYTES:
+                    return False
+                _write(f"{memory}/memory.max_usage_in_bytes", "0")
+            except (OSError, ValueError):
+                return False
+        self._born_inside = self._emptied = False
+        return True
 
     def remove(self) -> bool:
         """Remove the directories; False if a process is still in one (try again later)."""
@@ -137,6 +166,7 @@ class Containment:
         self.parents = parents  # controller -> the worker's parent cgroup for its jobs
         self.home = home  # controller -> the cgroup the worker itself is in
         self._leftovers: list[JobCgroup] = []
+        self._idle: list[JobCgroup] = []  # empty, reset: the next jobs' (see the module doc)
 
     @property
     def name(self) -> str:
@@ -173,6 +203,8 @@ class Containment:
 
     def create(self, name: str) -> JobCgroup | None:
         """A job's cgroups, or None if they cannot be made (the job then runs uncontained)."""
+        if self._idle:
+            return self._idle.pop()
         self.collect()
         paths: dict[str, Path] = {}
         for controller, parent in self.parents.items():
@@ -188,7 +220,11 @@ class Containment:
         return JobCgroup(self.version, paths)
 
     def discard(self, cgroup: JobCgroup) -> None:
-        """Remove a job's cgroups now, or later if its last processes are still dying."""
+        """Keep a job's cgroups for the next job, or remove them now, or later if its last
+        processes are still dying."""
+        if len(self._idle) < IDLE_KEPT and cgroup.reset_for_reuse():
+            self._idle.append(cgroup)
+            return
         if not cgroup.remove():
             self._leftovers.append(cgroup)
 
@@ -215,6 +251,7 @@ class Containment:
             with contextlib.suppress(OSError):
                 parent.rmdir()
         self._leftovers.clear()
+        self._idle.clear()
 
 
 def kill_cgroup(directories: list[str]) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
+import stat
 
 # `compgen -b` and `compgen -k` of bash 5: a first word that bash runs itself.
 _BASH_OWN = frozenset(re.split(r"\s+", """
@@ -63,23 +63,35 @@ def direct_start(command: str, env: dict[bytes, bytes], cwd: str
     level = env.get(b"SHLVL", b"0")
     if not level.isdigit() or (level.startswith(b"0") and level != b"0"):
         return None  # bash would rewrite it: let it
-    if "/" in argv[0]:
-        program = argv[0]
-    else:
+    program: bytes | None = os.fsencode(argv[0])
+    if b"/" not in program:
         path = env.get(b"PATH")
         if not path or not all(entry.startswith(b"/") for entry in path.split(b":")):
             return None  # bash's default path, or entries relative to the job's directory
-        found = shutil.which(argv[0], path=os.fsdecode(path))
-        if found is None:
+        program = find_program(program, path)
+        if program is None:
             return None  # bash says why, and exits 127
-        program = found
     started = dict(env)
     if b"OLDPWD" in env and not os.path.isdir(os.path.join(os.fsencode(cwd), env[b"OLDPWD"])):
         del started[b"OLDPWD"]  # bash keeps it only if it names a directory
     started[b"PWD"] = _pwd(env.get(b"PWD"), cwd)
     started[b"SHLVL"] = level
-    started[b"_"] = os.fsencode(program)
-    return os.fsencode(program), [os.fsencode(arg) for arg in argv], started
+    started[b"_"] = program
+    return program, [os.fsencode(arg) for arg in argv], started
+
+
+def find_program(name: bytes, path: bytes) -> bytes | None:
+    """The first executable non-directory `name` in the directories of `path`, as bash's
+    search (and `shutil.which`) finds it, at a failed stat per directory before it."""
+    for directory in path.split(b":"):
+        candidate = directory + name if directory.endswith(b"/") else directory + b"/" + name
+        try:
+            mode = os.stat(candidate).st_mode
+        except OSError:
+            continue
+        if not stat.S_ISDIR(mode) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 def _pwd(inherited: bytes | None, cwd: str) -> bytes:
