@@ -63,14 +63,15 @@ def direct_start(command: str, env: dict[bytes, bytes], cwd: str
     level = env.get(b"SHLVL", b"0")
     if not level.isdigit() or (level.startswith(b"0") and level != b"0"):
         return None  # bash would rewrite it: let it
-    program: bytes | None = os.fsencode(argv[0])
+    program = os.fsencode(argv[0])
     if b"/" not in program:
         path = env.get(b"PATH")
         if not path or not all(entry.startswith(b"/") for entry in path.split(b":")):
             return None  # bash's default path, or entries relative to the job's directory
-        program = find_program(program, path)
-        if program is None:
+        found = find_program(program, path)
+        if found is None:
             return None  # bash says why, and exits 127
+        program = found
     started = dict(env)
     if b"OLDPWD" in env and not os.path.isdir(os.path.join(os.fsencode(cwd), env[b"OLDPWD"])):
         del started[b"OLDPWD"]  # bash keeps it only if it names a directory
