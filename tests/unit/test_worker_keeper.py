@@ -132,7 +132,7 @@ def cgroup_job() -> Iterator[CgroupJob]:
     cgroup = containment.create("job-1")
     assert cgroup is not None
     keeper = subprocess.Popen(KEEPER, stdin=subprocess.PIPE)
-    with cgroup.spawning(containment.home):
+    with containment.spawning(cgroup):
         job = subprocess.Popen(["bash", "-c", "setsid sleep 30 & wait"], start_new_session=True)
     cgroup.adopt(job.pid)
     try:

@@ -54,6 +54,7 @@ class JobCgroup:
         self.paths = paths  # controller ("unified" for v2) -> directory
         self._born_inside = False  # set once a spawn was done from inside every one
         self._emptied = False  # kill() found no process left
+        self._tasks_fds: dict[str, int] | None = None
         # As strings, made once: a job's few cgroup operations run on the event loop.
         self._dirs = [str(path) for path in paths.values()]
         memory = paths.get("memory" if version == 1 else "unified")
@@ -65,25 +66,38 @@ class JobCgroup:
         return list(self._dirs)
 
     @contextlib.contextmanager
-    def spawning(self, home: dict[str, Path]) -> Iterator[None]:
+    def spawning(self, home_tasks: dict[str, int]) -> Iterator[None]:
         """While inside, a process forked by the calling thread is born in this job's cgroups
-        (v1; under v2 this does nothing and `adopt` must follow the spawn)."""
+        (v1; under v2 this does nothing and `adopt` must follow the spawn). `home_tasks`:
+        controller -> the descriptor of the worker's own `tasks` file, to move back."""
         if self.version != 1:
             yield
             return
-        tid = str(threading.get_native_id())
+        tid = b"%d" % threading.get_native_id()
         moved: list[str] = []
         try:
-            for controller, directory in zip(self.paths, self._dirs, strict=True):
+            for controller, fd in self._tasks().items():
+                if controller not in home_tasks:
+                    continue  # no way back: `adopt` moves the job in after the spawn
                 with contextlib.suppress(OSError):
-                    _write(directory + "/tasks", tid)
+                    os.write(fd, tid)
                     moved.append(controller)
             self._born_inside = len(moved) == len(self.paths)
             yield
         finally:
             for controller in moved:
                 with contextlib.suppress(OSError):
-                    _write(f"{home[controller]}/tasks", tid)
+                    os.write(home_tasks[controller], tid)
+
+    def _tasks(self) -> dict[str, int]:
+        """controller -> its `tasks` file, opened once: kept cgroups serve many spawns."""
+        if self._tasks_fds is None:
+            self._tasks_fds = {}
+            for controller, directory in zip(self.paths, self._dirs, strict=True):
+                with contextlib.suppress(OSError):
+                    self._tasks_fds[controller] = os.open(directory + "/tasks",
+                                                          os.O_WRONLY | os.O_CLOEXEC)
+        return self._tasks_fds
 
     def adopt(self, pid: int) -> None:
         """Put `pid` in this job's cgroups if it is not there yet (v2, or a v1 move that
@@ -145,8 +159,15 @@ class JobCgroup:
         self._born_inside = self._emptied = False
         return True
 
+    def close(self) -> None:
+        """Close the `tasks` files kept open: no spawn is made in these cgroups again."""
+        for fd in (self._tasks_fds or {}).values():
+            os.close(fd)
+        self._tasks_fds = {}
+
     def remove(self) -> bool:
         """Remove the directories; False if a process is still in one (try again later)."""
+        self.close()
         removed = True
         for directory in self._dirs:
             try:
@@ -167,6 +188,17 @@ class Containment:
         self.home = home  # controller -> the cgroup the worker itself is in
         self._leftovers: list[JobCgroup] = []
         self._idle: list[JobCgroup] = []  # empty, reset: the next jobs' (see the module doc)
+        # v1: the worker's own `tasks` files, opened once; a spawn moves its thread back there.
+        self._home_tasks: dict[str, int] = {}
+        if version == 1:
+            for controller in parents:
+                with contextlib.suppress(OSError):
+                    self._home_tasks[controller] = os.open(f"{home[controller]}/tasks",
+                                                           os.O_WRONLY | os.O_CLOEXEC)
+
+    def spawning(self, cgroup: JobCgroup) -> contextlib.AbstractContextManager[None]:
+        """While inside, a process forked by the calling thread is born in `cgroup` (v1)."""
+        return cgroup.spawning(self._home_tasks)
 
     @property
     def name(self) -> str:
@@ -250,8 +282,13 @@ class Containment:
         for parent in self.parents.values():
             with contextlib.suppress(OSError):
                 parent.rmdir()
+        for cgroup in self._idle + self._leftovers:
+            cgroup.close()
         self._leftovers.clear()
         self._idle.clear()
+        for fd in self._home_tasks.values():
+            os.close(fd)
+        self._home_tasks.clear()
 
 
 def kill_cgroup(directories: list[str]) -> None:

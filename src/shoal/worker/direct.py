@@ -14,6 +14,7 @@ shell options) sends every command through bash.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
@@ -54,8 +55,8 @@ def direct_start(command: str, env: dict[bytes, bytes], cwd: str
                  ) -> tuple[bytes, list[bytes], dict[bytes, bytes]] | None:
     """(program, argv, environment) to exec for `command` run in `cwd` with `env`, when it
     needs no shell and its program is found; else None (run it through bash)."""
-    if any(name in env for name in _SHELL_SETTINGS) or \
-            any(name.startswith(b"BASH_FUNC_") for name in env):
+    if not env.keys().isdisjoint(_SHELL_SETTINGS) or \
+            b"\0BASH_FUNC_" in b"\0" + b"\0".join(env):  # names hold no NUL
         return None
     argv = direct_argv(command)
     if argv is None:
@@ -65,10 +66,10 @@ def direct_start(command: str, env: dict[bytes, bytes], cwd: str
         return None  # bash would rewrite it: let it
     program = os.fsencode(argv[0])
     if b"/" not in program:
-        path = env.get(b"PATH")
-        if not path or not all(entry.startswith(b"/") for entry in path.split(b":")):
+        directories = _search_path(env.get(b"PATH"))
+        if directories is None:
             return None  # bash's default path, or entries relative to the job's directory
-        found = find_program(program, path)
+        found = find_program(program, directories)
         if found is None:
             return None  # bash says why, and exits 127
         program = found
@@ -81,11 +82,24 @@ def direct_start(command: str, env: dict[bytes, bytes], cwd: str
     return program, [os.fsencode(arg) for arg in argv], started
 
 
-def find_program(name: bytes, path: bytes) -> bytes | None:
-    """The first executable non-directory `name` in the directories of `path`, as bash's
-    search (and `shutil.which`) finds it, at a failed stat per directory before it."""
-    for directory in path.split(b":"):
-        candidate = directory + name if directory.endswith(b"/") else directory + b"/" + name
+@functools.lru_cache(maxsize=64)
+def _search_path(path: bytes | None) -> tuple[bytes, ...] | None:
+    """PATH's directories, each ending in "/", first occurrences only; None unless every
+    entry is absolute."""
+    if not path:
+        return None
+    entries = path.split(b":")
+    if not all(entry.startswith(b"/") for entry in entries):
+        return None
+    return tuple(dict.fromkeys(entry if entry.endswith(b"/") else entry + b"/"
+                               for entry in entries))
+
+
+def find_program(name: bytes, directories: tuple[bytes, ...]) -> bytes | None:
+    """The first executable non-directory `name` in these directories, as bash's search (and
+    `shutil.which`) finds it, at a failed stat per directory before it."""
+    for directory in directories:
+        candidate = directory + name
         try:
             mode = os.stat(candidate).st_mode
         except OSError:

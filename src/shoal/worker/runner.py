@@ -426,7 +426,7 @@ class Runner:
         )
         try:
             # Under cgroup v1 the job is born in its cgroup; under v2 it is moved in at once.
-            with (cgroup.spawning(self._containment.home)
+            with (self._containment.spawning(cgroup)
                   if cgroup is not None and self._containment is not None
                   else contextlib.nullcontext()):
                 process = self._spawner.spawn(assignment, cwd, stdout_path, stderr_path, gate)
