@@ -156,6 +156,16 @@ def test_each_file_has_its_own_state_and_two_run_at_once(tmp_path: Path) -> None
     assert [out.strip() for out, _ in outputs] == ["c.txt", "d.txt"]
 
 
+def test_summary_names_the_slowest_jobs_by_line(tmp_path: Path) -> None:
+    (tmp_path / "jobs.txt").write_text("sleep 0.3\ntrue\nsleep 0.6\ntrue\nsleep 0.45\n"
+                                       "false\n")
+    result = shoal(tmp_path, "run", "jobs.txt", "-j", "3", "--json")
+    slowest = json.loads(result.stdout)["slowest"]
+    assert [(job["line"], job["cmd"]) for job in slowest] == [
+        (3, "sleep 0.6"), (5, "sleep 0.45"), (1, "sleep 0.3")]  # done ones, slowest first
+    assert slowest[0]["wall_seconds"] >= 0.6
+
+
 def test_resume_and_resume_failed(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger"
     jobs = tmp_path / "jobs.txt"

@@ -12,6 +12,7 @@ ends is shown (see output), logged (`--joblog`), kept (`--results`), and checked
 from __future__ import annotations
 
 import asyncio
+import heapq
 import os
 import signal
 import socket
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
 LOCAL_WORKER = "local"
 MAX_FAILURES_SHOWN = 20
+SLOWEST_SHOWN = 3
 LINE_POLL_SECONDS = 0.1
 BAR_SECONDS = 0.2
 AHEAD = 10_000  # jobs fed but not ended, at most: a file is read into the queue as it drains
@@ -149,6 +151,8 @@ class Run:
         self._earlier_states: dict[int, JobState] = {}
         self._feed_error: Exception | None = None
         self._room = asyncio.Event()  # set when jobs end: the feed may add more
+        # The slowest done jobs so far, fastest of them first: (wall seconds, id, line, cmd).
+        self._slowest: list[tuple[float, int, int, str]] = []
 
     # ---- the run ---------------------------------------------------------------------------
 
@@ -216,7 +220,7 @@ class Run:
             if self.printer is not None:
                 self.printer.flush_held()
             self.terminal.close()
-            self._summarise(service)
+            self._summarise()
             if self.joblog is not None:
                 self.joblog.close()
             await service.stop()
@@ -345,6 +349,10 @@ class Run:
         assert self.printer is not None
         if job.state is JobState.DONE:
             self.report.done += 1
+            if job.wall_seconds is not None:
+                heapq.heappush(self._slowest, (job.wall_seconds, job.id, tracked.number, job.cmd))
+                if len(self._slowest) > SLOWEST_SHOWN:
+                    heapq.heappop(self._slowest)
         elif job.state is JobState.CANCELLED and self.halted is not None:
             self.report.not_run += 1
         else:
@@ -440,15 +448,11 @@ class Run:
             total=self._expected_total(), running=running,
             elapsed=time.monotonic() - self.began, input_open=self.input_open), force=force)
 
-    def _summarise(self, service: Service) -> None:
+    def _summarise(self) -> None:
         report = self.report
         report.failures_more = max(0, self.failures_seen - len(report.failures))
-        ran = [job for job in service.find(self.order[-100000:])
-               if job.wall_seconds is not None and job.state is JobState.DONE]
-        ran.sort(key=lambda job: job.wall_seconds or 0.0, reverse=True)
-        report.slowest = [{"id": job.id, "line": self.tracked[job.id].number,
-                           "cmd": job.cmd, "wall_seconds": job.wall_seconds}
-                          for job in ran[:3]]
+        report.slowest = [{"id": job_id, "line": line, "cmd": cmd, "wall_seconds": wall}
+                          for wall, job_id, line, cmd in sorted(self._slowest, reverse=True)]
 
 
 def take_home(run_input: RunInput, mode: str) -> tuple[Path, int]:
