@@ -27,8 +27,13 @@ lint: $(VENV)/.test-deps
 typecheck: $(VENV)/.test-deps
 	$(BIN)/mypy
 
+# The suite mostly waits (for daemons, timeouts, other processes): two pytest workers halve
+# it. Each test file stays on one worker, so a file's module fixtures (an sshd, a Slurm) are
+# made once; every system resource a fixture makes has a unique name, port or subnet.
+TEST_WORKERS ?= 2
+
 test: lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 unit: $(VENV)/.test-deps
 	$(BIN)/pytest -q tests/unit
