@@ -494,6 +494,47 @@ def test_jobs_in_turn_share_kept_cgroups_and_each_peak_is_its_own(tmp_path: Path
         assert cgroups_seen == [set(), set(), set(), set()]
 
 
+def test_spool_files_of_a_job_with_nothing_left_serve_the_next_and_linked_ones_do_not(
+        tmp_path: Path) -> None:
+    """A contained job that left no process has its spool files emptied for the next job
+    (each job still sees only its own output); a spool file linked elsewhere (as `--results`
+    keeps it) is left to that link, and the next job gets a new one."""
+    _containment_or_skip(tmp_path)
+    spool = tmp_path / "spool"
+    results: dict[int, AttemptResult] = {}
+    spool_files: list[list[str]] = []
+    linked = tmp_path / "linked.stdout"
+
+    def keep_third(assignment: Assignment, stdout_path: str, stderr_path: str) -> None:
+        if assignment.lease_id == 3:
+            os.link(stdout_path, linked)
+
+    async def main() -> None:
+        runner = Runner(spool, host="test-host", on_started=lambda _: None,
+                        on_finished=lambda result: results.__setitem__(result.lease_id, result))
+        runner.max_running_cores = 1  # one after the other
+        runner.on_output = keep_third
+        commands = ["printf 'a long first output'", "printf second; printf err >&2",
+                    "printf third", "printf fourth"]
+        for lease_id, cmd in enumerate(commands, start=1):
+            runner.start(job(cmd, lease_id=lease_id))
+            while lease_id not in results:
+                await asyncio.sleep(0.01)
+            spool_files.append(sorted(path.name for path in spool.iterdir()))
+        await runner.shutdown(kill=False)
+
+    asyncio.run(main())
+    assert [results[n].stdout.head for n in (1, 2, 3, 4)] == [
+        "a long first output", "second", "third", "fourth"]
+    assert results[2].stderr.head == "err" and results[1].stderr.head == ""
+    first_pair = ["1.stderr", "1.stdout"]
+    assert spool_files[0] == spool_files[1] == first_pair  # emptied, then written again
+    assert spool_files[2] == []  # linked: deleted here, its link keeps it
+    assert linked.read_text() == "third"  # not overwritten by the fourth job
+    assert spool_files[3] == ["4.stderr", "4.stdout"]  # new files for the next job
+    assert list(spool.iterdir()) == []  # and none left after the runner stops
+
+
 def test_job_cgroups_are_removed_after_their_jobs(tmp_path: Path) -> None:
     _containment_or_skip(tmp_path)
     parents: list[Path] = []

@@ -433,9 +433,9 @@ class Run:
             if line_mode and self.agent is not None and self.printer is not None:
                 runner = self.agent.runner
                 for attempt in runner.running():
-                    if attempt.pid is not None and attempt.job_id in self.tracked:
-                        self.printer.stream(attempt.job_id,
-                                            *runner.spool_paths(attempt.lease_id))
+                    if attempt.pid is not None and attempt.job_id in self.tracked \
+                            and (paths := runner.spool_paths(attempt.lease_id)) is not None:
+                        self.printer.stream(attempt.job_id, *paths)
             self._update_bar()
 
     def _update_bar(self, *, force: bool = False) -> None:

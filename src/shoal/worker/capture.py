@@ -1,4 +1,9 @@
-"""Job output goes to spool files, not pipes: nothing to do while a job runs, one read at exit."""
+"""Job output goes to spool files, not pipes: nothing to do while a job runs, one read at exit.
+
+A spool file whose job is known to have no process left can be emptied and written by the
+next job instead of deleted: creating a file costs more than all the rest of a short job's
+output handling (about 60 µs on ext4 here, against 5 µs to open one that exists).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,26 @@ def collect_and_remove(path: str, capture_bytes: int) -> Captured:
         return NO_OUTPUT
     finally:
         remove_quietly(path)
+
+
+def collect_and_empty(path: str, capture_bytes: int) -> tuple[Captured, bool]:
+    """Keep the head and tail of a spool file, then empty it for another job (True) if it is
+    this spool's alone (no other link to it, e.g. a `--results` copy), or else delete it."""
+    try:
+        info = os.stat(path)
+        captured = _read_head_and_tail(path, info.st_size, capture_bytes) \
+            if info.st_size else NO_OUTPUT
+    except FileNotFoundError:
+        return NO_OUTPUT, False
+    if info.st_nlink == 1:
+        try:
+            if info.st_size:
+                os.truncate(path, 0)
+            return captured, True
+        except OSError:
+            pass
+    remove_quietly(path)
+    return captured, False
 
 
 def remove_quietly(path: str) -> None:

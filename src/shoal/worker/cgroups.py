@@ -137,6 +137,12 @@ class JobCgroup:
             return None
 
     @property
+    def emptied(self) -> bool:
+        """Whether every process of the job is known to be gone: born in its cgroups, and
+        none left in them when it was killed."""
+        return self._born_inside and self._emptied
+
+    @property
     def contained(self) -> bool:
         """Whether the job's processes are known to be in all of its cgroups."""
         return self._born_inside

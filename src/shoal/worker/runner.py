@@ -64,12 +64,13 @@ from typing import Literal
 from shoal.core.protocol import (
     Assignment,
     AttemptResult,
+    Captured,
     Outcome,
     ReadyItem,
     RunningAttempt,
     StartedItem,
 )
-from shoal.worker.capture import collect_and_remove, remove_quietly
+from shoal.worker.capture import collect_and_empty, collect_and_remove, remove_quietly
 from shoal.worker.cgroups import Containment, JobCgroup
 from shoal.worker.gate import (
     Gate,
@@ -99,6 +100,7 @@ SAMPLE_EVERY_SECONDS_UNDER_MEMORY_LIMIT = 0.1
 KILL_GRACE_SECONDS = 3.0
 # The loop may fire a timer a hair early; treat anything due this soon as due now.
 _TIMER_SLACK_SECONDS = 0.002
+SPARE_SPOOLS_KEPT = 64
 
 
 @dataclass(slots=True, eq=False)
@@ -176,6 +178,8 @@ class Runner:
         self._enforce_memory = enforce_memory
         self._spool_dir = Path(spool_dir)
         self._spool_dir.mkdir(parents=True, exist_ok=True)
+        # Spool file pairs an ended job left empty, with no process of it left: the next jobs'.
+        self._spare_spools: list[tuple[str, str]] = []
         self._on_started = on_started
         self._on_finished = on_finished
         self._on_ready = on_ready or (lambda _: None)
@@ -213,9 +217,10 @@ class Runner:
         """Jobs whose process exists now."""
         return len(self._attempts)
 
-    def spool_paths(self, lease_id: int) -> tuple[str, str]:
+    def spool_paths(self, lease_id: int) -> tuple[str, str] | None:
         """Where a running attempt's stdout and stderr are being written."""
-        return (f"{self._spool_dir}/{lease_id}.stdout", f"{self._spool_dir}/{lease_id}.stderr")
+        attempt = self._attempts.get(lease_id)
+        return None if attempt is None else (attempt.stdout_path, attempt.stderr_path)
 
     @property
     def containment(self) -> str:
@@ -407,6 +412,10 @@ class Runner:
             self._timer.cancel()
             self._timer, self._timer_due = None, math.inf
         self._spawner.close()
+        for pair in self._spare_spools:
+            for path in pair:
+                remove_quietly(path)
+        self._spare_spools.clear()
         self._keeper.close()
         if self._containment is not None:
             self._containment.close()
@@ -417,8 +426,11 @@ class Runner:
                 ) -> _Attempt | None:
         """Spawn the process and watch it; None (and `on_finished`) if it could not start."""
         assert self._loop is not None
-        stdout_path = f"{self._spool_dir}/{assignment.lease_id}.stdout"
-        stderr_path = f"{self._spool_dir}/{assignment.lease_id}.stderr"
+        if self._spare_spools:  # emptied by a job that left no process behind
+            stdout_path, stderr_path = self._spare_spools.pop()
+        else:
+            stdout_path = f"{self._spool_dir}/{assignment.lease_id}.stdout"
+            stderr_path = f"{self._spool_dir}/{assignment.lease_id}.stderr"
         started_at, started_monotonic = time.time(), time.monotonic()
         cgroup = (
             self._containment.create(f"job-{assignment.lease_id}")
@@ -645,6 +657,8 @@ class Runner:
             return
         ended_monotonic = time.monotonic()
         cgroup_peak_bytes = attempt.cgroup.peak_memory_bytes() if attempt.cgroup else None
+        # No process of the job is left to write to its spool files: they can serve the next.
+        spools_reusable = attempt.cgroup is not None and attempt.cgroup.emptied
         self._discard_cgroup(attempt.cgroup)
         assert self._loop is not None
         self._loop.remove_reader(attempt.pidfd)
@@ -679,6 +693,7 @@ class Runner:
                 self.on_output(attempt.assignment, attempt.stdout_path, attempt.stderr_path)
             except Exception:  # a failing viewer must not lose the job's result
                 _log.exception("showing the output of job %d failed", attempt.assignment.job_id)
+        stdout, stderr = self._collect_output(attempt, spools_reusable)
         result = AttemptResult(
             job_id=attempt.assignment.job_id,
             lease_id=attempt.assignment.lease_id,
@@ -695,14 +710,28 @@ class Runner:
                 reaped_max_rss_bytes=rusage.ru_maxrss * 1024 if rusage else 0,
                 sampled_tree_bytes=attempt.peak_tree_rss_bytes,
             ),
-            stdout=collect_and_remove(attempt.stdout_path, self._capture_bytes),
-            stderr=collect_and_remove(attempt.stderr_path, self._capture_bytes),
+            stdout=stdout,
+            stderr=stderr,
             error=error,
         )
         try:
             self._on_finished(result)
         finally:
             self._check_drained()
+
+    def _collect_output(self, attempt: _Attempt, reusable: bool) -> tuple[Captured, Captured]:
+        """What the attempt wrote; its spool files emptied for the next job, or deleted."""
+        if not reusable or len(self._spare_spools) >= SPARE_SPOOLS_KEPT:
+            return (collect_and_remove(attempt.stdout_path, self._capture_bytes),
+                    collect_and_remove(attempt.stderr_path, self._capture_bytes))
+        stdout, stdout_kept = collect_and_empty(attempt.stdout_path, self._capture_bytes)
+        stderr, stderr_kept = collect_and_empty(attempt.stderr_path, self._capture_bytes)
+        if stdout_kept and stderr_kept:
+            self._spare_spools.append((attempt.stdout_path, attempt.stderr_path))
+        else:
+            remove_quietly(attempt.stdout_path)
+            remove_quietly(attempt.stderr_path)
+        return stdout, stderr
 
     # ---- the one timer: sampling, time limits, SIGKILL escalation ------------------------
 
