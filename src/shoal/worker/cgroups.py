@@ -191,10 +191,10 @@ class Containment:
     def __init__(self, version: int, parents: dict[str, Path], home: dict[str, Path]) -> None:
         self.version = version
         self.parents = parents  # controller -> the worker's parent cgroup for its jobs
-        self.home = home  # controller -> the cgroup the worker itself is in
         self._leftovers: list[JobCgroup] = []
         self._idle: list[JobCgroup] = []  # empty, reset: the next jobs' (see the module doc)
-        # v1: the worker's own `tasks` files, opened once; a spawn moves its thread back there.
+        # v1: the `tasks` files of the worker's own cgroups (`home`: controller -> directory),
+        # opened once; a spawn moves its thread back there.
         self._home_tasks: dict[str, int] = {}
         if version == 1:
             for controller in parents:
