@@ -21,35 +21,26 @@ def open_spool_file(path: str) -> int:
     return os.open(path, _SPOOL_FLAGS, 0o600)
 
 
-def collect_and_remove(path: str, capture_bytes: int) -> Captured:
-    """Keep the head and tail of a spool file (each up to `capture_bytes`), then delete it."""
-    try:
-        size = os.stat(path).st_size
-        return _read_head_and_tail(path, size, capture_bytes) if size else NO_OUTPUT
-    except FileNotFoundError:
-        return NO_OUTPUT
-    finally:
-        remove_quietly(path)
-
-
-def collect_and_empty(path: str, capture_bytes: int) -> tuple[Captured, bool]:
-    """Keep the head and tail of a spool file, then empty it for another job (True) if it is
-    this spool's alone (no other link to it, e.g. a `--results` copy), or else delete it."""
+def collect(path: str, capture_bytes: int, *, reuse: bool = False) -> tuple[Captured, bool]:
+    """Keep the head and tail of a spool file (each up to `capture_bytes`). Then, if `reuse`
+    and no other link to it exists (a `--results` copy is one), empty it for another job and
+    say True; else delete it."""
+    emptied = False
     try:
         info = os.stat(path)
         captured = _read_head_and_tail(path, info.st_size, capture_bytes) \
             if info.st_size else NO_OUTPUT
+        if reuse and info.st_nlink == 1:
+            with contextlib.suppress(OSError):
+                if info.st_size:
+                    os.truncate(path, 0)
+                emptied = True
+        return captured, emptied
     except FileNotFoundError:
         return NO_OUTPUT, False
-    if info.st_nlink == 1:
-        try:
-            if info.st_size:
-                os.truncate(path, 0)
-            return captured, True
-        except OSError:
-            pass
-    remove_quietly(path)
-    return captured, False
+    finally:
+        if not emptied:
+            remove_quietly(path)
 
 
 def remove_quietly(path: str) -> None:

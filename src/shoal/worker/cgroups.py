@@ -240,7 +240,8 @@ class Containment:
         return cls(1, parents, {controller: home[controller] for controller in parents})
 
     def create(self, name: str) -> JobCgroup | None:
-        """A job's cgroups, or None if they cannot be made (the job then runs uncontained)."""
+        """A job's cgroups (ones kept from an earlier job keep that job's `name`), or None if
+        they cannot be made (the job then runs uncontained)."""
         if self._idle:
             return self._idle.pop()
         self.collect()
@@ -273,6 +274,10 @@ class Containment:
 
     def close(self) -> None:
         """Kill what is left in the job cgroups and remove them and the parents."""
+        for cgroup in self._idle + self._leftovers:
+            cgroup.close()  # their `tasks` files, before the directories go
+        self._leftovers.clear()
+        self._idle.clear()
         deadline = time.monotonic() + 2.0
         for parent in self.parents.values():
             for child in _children(parent):
@@ -288,10 +293,6 @@ class Containment:
         for parent in self.parents.values():
             with contextlib.suppress(OSError):
                 parent.rmdir()
-        for cgroup in self._idle + self._leftovers:
-            cgroup.close()
-        self._leftovers.clear()
-        self._idle.clear()
         for fd in self._home_tasks.values():
             os.close(fd)
         self._home_tasks.clear()

@@ -70,7 +70,7 @@ from shoal.core.protocol import (
     RunningAttempt,
     StartedItem,
 )
-from shoal.worker.capture import collect_and_empty, collect_and_remove, remove_quietly
+from shoal.worker.capture import collect, remove_quietly
 from shoal.worker.cgroups import Containment, JobCgroup
 from shoal.worker.gate import (
     Gate,
@@ -721,14 +721,12 @@ class Runner:
 
     def _collect_output(self, attempt: _Attempt, reusable: bool) -> tuple[Captured, Captured]:
         """What the attempt wrote; its spool files emptied for the next job, or deleted."""
-        if not reusable or len(self._spare_spools) >= SPARE_SPOOLS_KEPT:
-            return (collect_and_remove(attempt.stdout_path, self._capture_bytes),
-                    collect_and_remove(attempt.stderr_path, self._capture_bytes))
-        stdout, stdout_kept = collect_and_empty(attempt.stdout_path, self._capture_bytes)
-        stderr, stderr_kept = collect_and_empty(attempt.stderr_path, self._capture_bytes)
+        reuse = reusable and len(self._spare_spools) < SPARE_SPOOLS_KEPT
+        stdout, stdout_kept = collect(attempt.stdout_path, self._capture_bytes, reuse=reuse)
+        stderr, stderr_kept = collect(attempt.stderr_path, self._capture_bytes, reuse=reuse)
         if stdout_kept and stderr_kept:
             self._spare_spools.append((attempt.stdout_path, attempt.stderr_path))
-        else:
+        elif stdout_kept or stderr_kept:  # a pair or nothing: the other was deleted
             remove_quietly(attempt.stdout_path)
             remove_quietly(attempt.stderr_path)
         return stdout, stderr
