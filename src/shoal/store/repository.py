@@ -65,7 +65,8 @@ _DEFAULT_OF: dict[str, object] = {
     "grow_memory": 0, "dependencies_any": "[]", "gate": 0, "files": "[]", "always_copy": 0}
 _INSERT_PART = 10_000  # jobs a statement's rows are laid out for at once
 _NO_DEFAULT = object()
-_ID_AT, _CMD_AT, _KEY_AT = (_INSERT_COLUMNS.index(name) for name in ("id", "cmd", "key_hash"))
+_ID_AT = _INSERT_COLUMNS.index("id")
+_ALIKE_VARYING = tuple(_INSERT_COLUMNS.index(name) for name in ("id", "cmd", "key_hash"))
 
 
 _MUTABLE = (
@@ -198,16 +199,25 @@ def _insert_new_jobs(db: sqlite3.Connection, rows: Iterable[tuple[object, ...]])
             list(zip(*(by_column[index] for index in varying), strict=True)))])
 
 
-def _alike_rows(template: Job, jobs: Iterable[tuple[int, str, int | None]]
-                ) -> Iterator[tuple[object, ...]]:
-    """The rows of jobs that are `template` but for their (id, cmd, key_hash or None if not
-    known yet): its row, three columns changed."""
-    row = list(_new_job_row(template))
-    for job_id, cmd, digest in jobs:
-        row[_ID_AT], row[_CMD_AT] = job_id, cmd
-        row[_KEY_AT] = None if template.gate else (
-            key_hash(template.owner, cmd, template.cwd) if digest is None else digest)
-        yield tuple(row)
+def _insert_alike(db: sqlite3.Connection, template: Job,
+                  jobs: Sequence[tuple[int, str, int | None]]) -> None:
+    """Rows of jobs that are `template` but for their (id, cmd, key_hash or None if not known
+    yet): the template's other columns given once, and the jobs' triples as they come (laying
+    out a whole row per job, as _insert_new_jobs must, cost more than SQLite's insert)."""
+    row = _new_job_row(template)
+    constant = [index for index, name in enumerate(_INSERT_COLUMNS)
+                if index not in _ALIKE_VARYING
+                and _DEFAULT_OF.get(name, _NO_DEFAULT) != row[index]]
+    sql = _insert_sql(tuple(_INSERT_COLUMNS[index] for index in _ALIKE_VARYING),
+                      tuple(_INSERT_COLUMNS[index] for index in constant))
+    values = [row[index] for index in constant]
+    if template.gate:  # an ensemble's component is never a duplicate: no digest
+        jobs = [(job_id, cmd, None) for job_id, cmd, _ in jobs]
+    elif any(digest is None for _, _, digest in jobs):
+        jobs = [(job_id, cmd, key_hash(template.owner, cmd, template.cwd)
+                 if digest is None else digest) for job_id, cmd, digest in jobs]
+    for start in range(0, len(jobs), _INSERT_PART):
+        db.execute(sql, [*values, json.dumps(jobs[start:start + _INSERT_PART])])
 
 
 def _mutable_row(job: Job) -> tuple[object, ...]:
@@ -323,7 +333,7 @@ class JobWriter:
             return
         if jobs[-1][0] - jobs[0][0] + 1 != len(jobs):
             raise ValueError("the jobs of write_alike must have consecutive ids")
-        _insert_new_jobs(self._db, _alike_rows(template, jobs))
+        _insert_alike(self._db, template, jobs)
         self._journal_created(jobs[0][0], jobs[-1][0], now)
 
     def _journal_created(self, first: int, last: int, now: float) -> None:
@@ -515,12 +525,13 @@ class Store:
         for key, digest in zip(keys, hashes or (key_hash(*key) for key in keys), strict=True):
             by_hash.setdefault(digest, []).append(key)
         found: dict[tuple[str, str, str], tuple[int, JobState]] = {}
-        hashes = list(by_hash)
-        for start in range(0, len(hashes), 500):
-            chunk = hashes[start:start + 500]
+        # Looked up in the index's order: each probe starts near where the last one ended.
+        hashes = sorted(by_hash)
+        for start in range(0, len(hashes), _INSERT_PART):
             for job_id, owner, cmd, cwd, state in self._db.execute(
-                    "SELECT id, owner, cmd, cwd, state FROM jobs WHERE key_hash IN "
-                    f"({', '.join('?' * len(chunk))}) ORDER BY id", chunk):
+                    "SELECT j.id, j.owner, j.cmd, j.cwd, j.state FROM json_each(?) AS h "
+                    "JOIN jobs AS j ON j.key_hash = h.value ORDER BY j.id",
+                    (json.dumps(hashes[start:start + _INSERT_PART]),)):
                 found.setdefault((owner, cmd, cwd), (job_id, _STATE_OF[state]))
         return found
 
