@@ -39,7 +39,7 @@ from shoal.runfile.guard import Guard
 from shoal.runfile.lines import Line, read_lines
 from shoal.runfile.output import LiveLines, RunmakerLog, captured_lines
 from shoal.server.reactor import ReactorConfig
-from shoal.server.service import Service
+from shoal.server.service import IN_PROCESS_COMMIT_INTERVAL_SECONDS, Service
 from shoal.store import Store
 
 if TYPE_CHECKING:
@@ -376,6 +376,8 @@ class FileRunner:
         if self.options.listen is not None:
             config = ReactorConfig(restart_grace_seconds=0.0)
         service = self.service = Service(Store(home / DATABASE_FILE), config)
+        if self.options.listen is None:  # every worker is in this process
+            service.commit_interval = IN_PROCESS_COMMIT_INTERVAL_SECONDS
         await service.start()
         self._drop_leftovers()
         self.recover()

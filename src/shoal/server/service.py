@@ -44,6 +44,9 @@ from shoal.store import CHANGED_IN_PLACE, JobQuery, StateCounts, Store
 log = logging.getLogger("shoal.server")
 
 MAX_JOBS_PER_ADD = 1_000_000
+# The commit_interval of a run whose workers are all in its process (`shoal run`): at -j2,
+# about seven jobs of `true` a commit; a transaction a job cost more CPU than its spawn.
+IN_PROCESS_COMMIT_INTERVAL_SECONDS = 0.01
 # The states each action can change: a group's other members are left where they are (in
 # the database, for ended ones).
 _ACTS_ON: dict[str, frozenset[JobState] | None] = {
@@ -60,6 +63,10 @@ _MODIFIABLE = frozenset({JobState.WAITING, JobState.QUEUED, JobState.DELAYED, Jo
 
 class WorkerLink(Protocol):
     """How the service reaches one connected worker (a WebSocket, or a worker in process)."""
+
+    # True for a worker in this process: with a commit_interval, it is sent its messages
+    # before they are committed (a crash that loses them loses the worker too).
+    immediate: bool
 
     def send(self, message: ToWorker) -> None: ...
 
@@ -83,6 +90,14 @@ class Service:
                                archive=StoreArchive(store), counts=store.job_counts())
         self._links: dict[int, WorkerLink] = {}
         self._unsaved: list[Effects] = []
+        # Above zero: workers in this process (see WorkerLink.immediate) get their messages as
+        # soon as a step decides them, and steps are committed together, at most this often.
+        # A crash then loses at most this much of their history, as it loses the workers
+        # too: their jobs are killed with them, and are queued again on restart.
+        self.commit_interval = 0.0
+        self._deferred: list[Effects] = []  # sent in process, not yet committed
+        self._commit_due = 0.0
+        self._woken_for = -1.0  # the _commit_due a wake-up is set for
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -166,16 +181,20 @@ class Service:
             if self._stopping:
                 break
             with contextlib.suppress(StoreUnavailable):  # logged in _commit; retried next step
-                self.step()
+                self.step(defer=True)
 
-    def step(self) -> None:
+    def step(self, *, defer: bool = False) -> None:
+        """`defer`: the loop's own step, whose commit may wait for the commit_interval. Any
+        other (an add, a kill, ...) commits what is pending at once: its caller reads the
+        store, or the reactor as committed, next."""
         now = self.clock()
         with no_cycle_collection():  # a tick makes many objects, none in a cycle
             self.reactor.tick(now)
             self.arrays.feed(now)
             self.reactor.schedule(now)
-            self._commit(self.reactor.take_effects())
-        if self.reactor.draining and not self.reactor.holding and not self._unsaved:
+            self._commit(self.reactor.take_effects(), now=not defer)
+        if self.reactor.draining and not self.reactor.holding and not self._unsaved \
+                and not self._deferred:
             self.shutdown("drained: no job is running")
 
     def shutdown(self, reason: str) -> None:
@@ -184,11 +203,24 @@ class Service:
             log.info("stopping: %s", reason)
             self.request_shutdown()
 
-    def _commit(self, effects: Effects) -> None:
-        """Commit, then send. Effects that could not be committed wait, unsent, for a retry."""
-        if effects.empty and not self._unsaved:
+    def _commit(self, effects: Effects, *, now: bool = False) -> None:
+        """Commit, then send. Effects that could not be committed wait, unsent, for a retry.
+        With a commit_interval, in-process workers are sent theirs first, and the commit
+        waits for the interval to pass (unless `now`, or the service is stopping)."""
+        if self.commit_interval:
+            if not effects.empty:
+                self._send(effects, early=True)
+                self._deferred.append(effects)
+            if self._deferred and not (now or self._stopping) \
+                    and self.clock() < self._commit_due:
+                self._commit_later()
+                return
+            fresh, self._deferred = self._deferred, []
+        else:
+            fresh = [] if effects.empty else [effects]
+        if not fresh and not self._unsaved:
             return
-        batch = [*self._unsaved, effects]
+        batch = [*self._unsaved, *fresh]
         changed = {job_id: job for e in batch for job_id, job in e.changed.items()}
         commit_started = time.perf_counter()
         try:
@@ -213,22 +245,41 @@ class Service:
             log.warning("the database is writable again")
         self.store_error = None
         self._unsaved = []
+        self._commit_due = self.clock() + self.commit_interval
         for done in batch:
             self._send(done)
             if done.transitions:
                 for listener in self.listeners:
                     listener(done.transitions)
-            self.reactor.forget([*done.changed, *done.removed])  # in the database now
+        # In the database now. After every listener: a job an earlier step of the batch
+        # changed may have ended in a later one, and its listener still reads it.
+        self.reactor.forget([job_id for done in batch for job_id in (*done.changed,
+                                                                     *done.removed)])
         self.events.committed(batch, commit_seconds, self.clock())
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def _send(self, effects: Effects) -> None:
+    def _commit_later(self) -> None:
+        """Wake the loop when the deferred effects are due (a step may run outside it)."""
+        if self._woken_for == self._commit_due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a test stepping by hand): the next step commits
+            return
+        self._woken_for = self._commit_due
+        loop.call_later(max(0.0, self._commit_due - self.clock()), self._wake.set)
+
+    def _send(self, effects: Effects, *, early: bool = False) -> None:
+        """Messages to the workers; `early`, before the commit: only to those that get them
+        at once (the others' part is sent after it)."""
         for worker_id, messages in effects.messages().items():
             link = self._links.get(worker_id)
-            if link is not None:
+            if link is not None and early == bool(self.commit_interval and link.immediate):
                 for message in messages:
                     link.send(message)
+        if early:
+            return
         for worker_id in effects.disconnect:
             link = self._links.pop(worker_id, None)
             if link is not None:
@@ -590,7 +641,7 @@ class Service:
     def _settle(self) -> None:
         """Commit what the loop has taken in but not yet committed, so that a read of the
         store agrees with the state in memory (a job just ended, with its output)."""
-        self._commit(self.reactor.take_effects())
+        self._commit(self.reactor.take_effects(), now=True)
 
     def jobs(self, query: JobQuery, *, after_id: int | None = None, limit: int = 1000,
              newest_first: bool = False) -> dict[str, Any]:

@@ -27,6 +27,8 @@ REGISTER_TIMEOUT_SECONDS = 10.0
 class WebSocketLink:
     """Sends are queued and written by one task, so the service never waits on a socket."""
 
+    immediate = False  # see WorkerLink
+
     def __init__(self, websocket: WebSocket, token_hash: str, events: Events | None = None):
         self._websocket = websocket
         self._events = events  # counts the messages sent

@@ -293,6 +293,8 @@ class InProcessLink:
     """The service's side of a worker in the same process (`shoal run`, local ensembles):
     a send is a direct call, no socket in between."""
 
+    immediate = True  # see WorkerLink
+
     def __init__(self, agent: Agent):
         self._agent = agent
 
