@@ -273,7 +273,9 @@ class Service:
     def _send(self, effects: Effects, *, early: bool = False) -> None:
         """Messages to the workers; `early`, before the commit: only to those that get them
         at once (the others' part is sent after it)."""
-        for worker_id, messages in effects.messages().items():
+        sending = (early or not self.commit_interval
+                   or not all(link.immediate for link in self._links.values()))
+        for worker_id, messages in (effects.messages() if sending else {}).items():
             link = self._links.get(worker_id)
             if link is not None and early == bool(self.commit_interval and link.immediate):
                 for message in messages:
