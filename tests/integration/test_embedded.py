@@ -206,3 +206,25 @@ def _running_lines(jobs: Path) -> list[int]:
         if cmdline.startswith(b"bash\0-c\0") and ledger in cmdline:
             found.append(int(entry))
     return found
+
+
+def test_hundreds_of_jobs_at_once_under_the_usual_open_files_limit(tmp_path: Path) -> None:
+    """A soft limit of 1024 open files (the usual default) and -j 500: the runner raises its
+    own limit to the hard one, and its jobs still see the limit it was started with."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard == resource.RLIM_INFINITY or hard > 2048, "the test needs room above 1024"
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("ulimit -Sn\n" + "sleep 1\n" * 599)
+    environment = {k: v for k, v in os.environ.items() if k != "SHOAL_HOME"}
+    finished = subprocess.run(
+        [*SHOAL, "run", str(jobs), "-j", "500", "--json", "--results", str(tmp_path / "out")],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard)))
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    summary = json.loads(finished.stdout)
+    assert (summary["done"], summary["failed"]) == (600, 0)
+    [first] = [path for path in (tmp_path / "out").rglob("stdout")
+               if (path.parent / "cmd").read_text().strip() == "ulimit -Sn"]
+    assert first.read_text().strip() == "1024"

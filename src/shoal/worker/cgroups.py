@@ -166,10 +166,11 @@ class JobCgroup:
         return True
 
     def close(self) -> None:
-        """Close the `tasks` files kept open: no spawn is made in these cgroups again."""
+        """Close the `tasks` files kept open (before the directories go, or to hold fewer
+        descriptors: a later spawn opens them again)."""
         for fd in (self._tasks_fds or {}).values():
             os.close(fd)
-        self._tasks_fds = {}
+        self._tasks_fds = None  # opened again if another job is spawned in these cgroups
 
     def remove(self) -> bool:
         """Remove the directories; False if a process is still in one (try again later)."""

@@ -101,6 +101,9 @@ KILL_GRACE_SECONDS = 3.0
 # The loop may fire a timer a hair early; treat anything due this soon as due now.
 _TIMER_SLACK_SECONDS = 0.002
 SPARE_SPOOLS_KEPT = 64
+# Running jobs whose cgroups keep their `tasks` files open (two descriptors each) for the
+# next spawn in them; beyond, they are closed after the spawn.
+TASKS_FILES_KEPT = 64
 
 
 @dataclass(slots=True, eq=False)
@@ -456,6 +459,8 @@ class Runner:
                 gate.close_child_ends()
         if cgroup is not None:
             cgroup.adopt(process.pid)
+            if len(self._attempts) >= TASKS_FILES_KEPT:
+                cgroup.close()  # many jobs at once: descriptors matter more than 15 µs a spawn
         try:
             pidfd = os.pidfd_open(process.pid)
         except OSError as exc:  # e.g. out of descriptors: the child cannot be watched, end it

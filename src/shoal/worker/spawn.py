@@ -18,15 +18,24 @@ GPUs: a job granted GPUs gets ``CUDA_VISIBLE_DEVICES`` set to exactly their ids.
 that offers GPUs, a job granted none gets ``CUDA_VISIBLE_DEVICES=""``, so it cannot use a GPU
 the scheduler has given to another job; either value overrides one in the job's own env. On a
 worker that offers none, the variable is left as the worker and the job have it.
+
+Open files: a worker holds a few descriptors per running job (its pidfd, its cgroups' files),
+so it raises its own soft limit to the hard one (`shoal run -j 500` under the usual 1024
+would fail to start jobs). Its jobs still get the limit the worker was started with: the soft
+limit is put back for the instant of each spawn, which the child inherits. (A job started
+through Popen needs a free descriptor below that limit for Popen's own pipe, so beyond about
+that many descriptors in use those still fail to start; posix_spawn needs none.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import subprocess
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from shoal.core.protocol import Assignment
@@ -37,6 +46,22 @@ from shoal.worker.gate import Gate
 # Python ignores these, and an ignored signal stays ignored across an exec: a job gets them
 # back at their defaults, as Popen's restore_signals gives them (`yes | head -1` ends by SIGPIPE).
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+_MOST_OPEN_FILES = 1 << 20  # what the soft limit is raised to at most (Linux's nr_open)
+
+
+def raise_open_files_limit() -> tuple[int, int] | None:
+    """Raise this process's soft limit on open files to its hard limit; the limits it had
+    (soft, hard) if it changed them, else None."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = _MOST_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard,
+                                                                         _MOST_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft >= target:
+        return None
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return None
+    return soft, hard
 
 
 class Process(Protocol):
@@ -88,6 +113,10 @@ class Spawner:
         self._posix_spawn = hasattr(os, "posix_spawn") and hasattr(os, "POSIX_SPAWN_DUP2")
         if self._posix_spawn:
             _close_inherited_on_exec()
+        # (the jobs' limits, the worker's own), if they differ: see the module's docstring.
+        raised = raise_open_files_limit()
+        self._open_files = None if raised is None else (
+            raised, resource.getrlimit(resource.RLIMIT_NOFILE))
 
     def spawn(
         self,
@@ -112,27 +141,44 @@ class Spawner:
         try:
             stderr_fd = open_spool_file(stderr_path)
             try:
-                # The child gets its own copies of the descriptors; the parent's are not needed.
-                if self._posix_spawn and gate is None and (not cwd or cwd == self._cwd):
-                    return SpawnedProcess(self._posix_spawn_job(
-                        assignment.cmd, env, stdout_fd, stderr_fd))
-                options: dict[str, Any] = dict(
-                    stdin=self._devnull, stdout=stdout_fd, stderr=stderr_fd, cwd=cwd or None,
-                    start_new_session=True)
-                direct = None if gate else direct_start(assignment.cmd, env, cwd or self._cwd)
-                if direct is not None:
-                    program, argv, direct_env = direct
-                    with contextlib.suppress(OSError):  # bash says why, as below
-                        return subprocess.Popen(argv, executable=program, env=direct_env,
-                                                **options)
-                return subprocess.Popen(
-                    gate.argv(assignment.cmd) if gate else ["bash", "-c", assignment.cmd],
-                    executable=self._bash, env=env,
-                    pass_fds=gate.child_fds if gate else (), **options)
+                with self._jobs_open_files(self._devnull, stdout_fd, stderr_fd):
+                    # The child gets its own copies of the descriptors; the parent's are not needed.
+                    if self._posix_spawn and gate is None and (not cwd or cwd == self._cwd):
+                        return SpawnedProcess(self._posix_spawn_job(
+                            assignment.cmd, env, stdout_fd, stderr_fd))
+                    options: dict[str, Any] = dict(
+                        stdin=self._devnull, stdout=stdout_fd, stderr=stderr_fd, cwd=cwd or None,
+                        start_new_session=True)
+                    direct = None if gate else direct_start(assignment.cmd, env, cwd or self._cwd)
+                    if direct is not None:
+                        program, argv, direct_env = direct
+                        with contextlib.suppress(OSError):  # bash says why, as below
+                            return subprocess.Popen(argv, executable=program, env=direct_env,
+                                                    **options)
+                    return subprocess.Popen(
+                        gate.argv(assignment.cmd) if gate else ["bash", "-c", assignment.cmd],
+                        executable=self._bash, env=env,
+                        pass_fds=gate.child_fds if gate else (), **options)
             finally:
                 os.close(stderr_fd)
         finally:
             os.close(stdout_fd)
+
+    @contextlib.contextmanager
+    def _jobs_open_files(self, *passed: int) -> Iterator[None]:
+        """While inside, the soft limit on open files is the jobs' (a child started now
+        inherits it), if the worker raised its own, and if the descriptors `passed` to the
+        child are below it (a descriptor above the limit cannot be handed over); else the
+        child gets the worker's limit."""
+        if self._open_files is None or max(passed) >= self._open_files[0][0]:
+            yield
+            return
+        jobs, own = self._open_files
+        resource.setrlimit(resource.RLIMIT_NOFILE, jobs)
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, own)
 
     def _posix_spawn_job(self, cmd: str, env: dict[bytes, bytes], stdout_fd: int,
                          stderr_fd: int) -> int:
