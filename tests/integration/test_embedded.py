@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 from collections import Counter
@@ -211,9 +212,7 @@ def _running_lines(jobs: Path) -> list[int]:
 def test_hundreds_of_jobs_at_once_under_the_usual_open_files_limit(tmp_path: Path) -> None:
     """A soft limit of 1024 open files (the usual default) and -j 500: the runner raises its
     own limit to the hard one, and its jobs still see the limit it was started with."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert hard == resource.RLIM_INFINITY or hard > 2048, "the test needs room above 1024"
     jobs = tmp_path / "jobs.txt"
     jobs.write_text("ulimit -Sn\n" + "sleep 1\n" * 599)
