@@ -1,7 +1,9 @@
 """The service loop: moves events into the reactor, commits its effects, then sends messages.
 
 One `step` = tick the clock, schedule, commit everything in one transaction, send. Events that
-arrive while a step runs are handled by the next one, so load batches itself.
+arrive while a step runs are handled by the next one, so load batches itself. With a
+`commit_interval` (`shoal run`, whose worker is in its process) the loop's steps send that
+worker its messages first and are committed together, at most that often.
 """
 
 from __future__ import annotations
