@@ -64,6 +64,7 @@ _DEFAULT_OF: dict[str, object] = {
     "on_worker": None, "requirements_source": None, "gpus": 0, "resources": "{}",
     "grow_memory": 0, "dependencies_any": "[]", "gate": 0, "files": "[]", "always_copy": 0}
 _INSERT_PART = 10_000  # jobs a statement's rows are laid out for at once
+_PROBE_PART = 10_000  # key digests looked up for duplicates in one statement
 _NO_DEFAULT = object()
 _ID_AT = _INSERT_COLUMNS.index("id")
 _ALIKE_VARYING = tuple(_INSERT_COLUMNS.index(name) for name in ("id", "cmd", "key_hash"))
@@ -527,11 +528,11 @@ class Store:
         found: dict[tuple[str, str, str], tuple[int, JobState]] = {}
         # Looked up in the index's order: each probe starts near where the last one ended.
         hashes = sorted(by_hash)
-        for start in range(0, len(hashes), _INSERT_PART):
+        for start in range(0, len(hashes), _PROBE_PART):
             for job_id, owner, cmd, cwd, state in self._db.execute(
                     "SELECT j.id, j.owner, j.cmd, j.cwd, j.state FROM json_each(?) AS h "
                     "JOIN jobs AS j ON j.key_hash = h.value ORDER BY j.id",
-                    (json.dumps(hashes[start:start + _INSERT_PART]),)):
+                    (json.dumps(hashes[start:start + _PROBE_PART]),)):
                 found.setdefault((owner, cmd, cwd), (job_id, _STATE_OF[state]))
         return found
 

@@ -49,9 +49,12 @@ _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 _MOST_OPEN_FILES = 1 << 20  # what the soft limit is raised to at most (Linux's nr_open)
 
 
-def raise_open_files_limit() -> tuple[int, int] | None:
-    """Raise this process's soft limit on open files to its hard limit; the limits it had
-    (soft, hard) if it changed them, else None."""
+_Limits = tuple[int, int]  # (soft, hard)
+
+
+def raise_open_files_limit() -> tuple[_Limits, _Limits] | None:
+    """Raise this process's soft limit on open files to its hard limit; (the limits it had,
+    the limits it has now) if it changed them, else None."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = _MOST_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard,
                                                                          _MOST_OPEN_FILES)
@@ -61,7 +64,7 @@ def raise_open_files_limit() -> tuple[int, int] | None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (ValueError, OSError):
         return None
-    return soft, hard
+    return (soft, hard), (target, hard)
 
 
 class Process(Protocol):
@@ -114,9 +117,7 @@ class Spawner:
         if self._posix_spawn:
             _close_inherited_on_exec()
         # (the jobs' limits, the worker's own), if they differ: see the module's docstring.
-        raised = raise_open_files_limit()
-        self._open_files = None if raised is None else (
-            raised, resource.getrlimit(resource.RLIMIT_NOFILE))
+        self._open_files = raise_open_files_limit()
 
     def spawn(
         self,
@@ -141,28 +142,31 @@ class Spawner:
         try:
             stderr_fd = open_spool_file(stderr_path)
             try:
+                # The child gets its own copies of the descriptors; the parent's are not needed.
                 with self._jobs_open_files(self._devnull, stdout_fd, stderr_fd):
-                    # The child gets its own copies of the descriptors; the parent's are not needed.
-                    if self._posix_spawn and gate is None and (not cwd or cwd == self._cwd):
-                        return SpawnedProcess(self._posix_spawn_job(
-                            assignment.cmd, env, stdout_fd, stderr_fd))
-                    options: dict[str, Any] = dict(
-                        stdin=self._devnull, stdout=stdout_fd, stderr=stderr_fd, cwd=cwd or None,
-                        start_new_session=True)
-                    direct = None if gate else direct_start(assignment.cmd, env, cwd or self._cwd)
-                    if direct is not None:
-                        program, argv, direct_env = direct
-                        with contextlib.suppress(OSError):  # bash says why, as below
-                            return subprocess.Popen(argv, executable=program, env=direct_env,
-                                                    **options)
-                    return subprocess.Popen(
-                        gate.argv(assignment.cmd) if gate else ["bash", "-c", assignment.cmd],
-                        executable=self._bash, env=env,
-                        pass_fds=gate.child_fds if gate else (), **options)
+                    return self._start(assignment.cmd, env, cwd, stdout_fd, stderr_fd, gate)
             finally:
                 os.close(stderr_fd)
         finally:
             os.close(stdout_fd)
+
+    def _start(self, cmd: str, env: dict[bytes, bytes], cwd: str, stdout_fd: int,
+               stderr_fd: int, gate: Gate | None) -> Process:
+        """posix_spawn where it can (see the module's docstring), else Popen."""
+        if self._posix_spawn and gate is None and (not cwd or cwd == self._cwd):
+            return SpawnedProcess(self._posix_spawn_job(cmd, env, stdout_fd, stderr_fd))
+        options: dict[str, Any] = dict(
+            stdin=self._devnull, stdout=stdout_fd, stderr=stderr_fd, cwd=cwd or None,
+            start_new_session=True)
+        direct = None if gate else direct_start(cmd, env, cwd or self._cwd)
+        if direct is not None:
+            program, argv, direct_env = direct
+            with contextlib.suppress(OSError):  # bash says why, as below
+                return subprocess.Popen(argv, executable=program, env=direct_env, **options)
+        return subprocess.Popen(
+            gate.argv(cmd) if gate else ["bash", "-c", cmd],
+            executable=self._bash, env=env,
+            pass_fds=gate.child_fds if gate else (), **options)
 
     @contextlib.contextmanager
     def _jobs_open_files(self, *passed: int) -> Iterator[None]:
