@@ -93,6 +93,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert run(tmp_path / "missing.txt").returncode == 2
     assert run(jobs, "-j", "0").returncode == 2
     assert run(jobs, "--format", "xml").returncode == 2
+    wide = tmp_path / "wide.wr"
+    wide.write_text('echo a\t{"cpus": 1}\necho b\t{"cpus": 3}\n')
+    result = run(wide, "-j", "2")
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(f"{wide}:2: asks for 3 cores but -j is 2")
 
 
 def test_interrupt_kills_running_jobs_and_a_rerun_finishes(tmp_path: Path) -> None:

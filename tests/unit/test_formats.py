@@ -14,12 +14,15 @@ from hypothesis import strategies as st
 from shoal.core.errors import InputError
 from shoal.formats import (
     FORMATS,
+    FileCheck,
     ParsedJob,
     RunmakerMarker,
+    check_file,
     detect_format,
     parse_file,
     parse_text,
 )
+from shoal.formats.lines import count_lines
 from shoal.formats.wr_options import OPTIONS
 
 GiB = 1024**3
@@ -813,3 +816,50 @@ def test_a_command_only_line_is_made_into_its_spec_once_when_asked() -> None:
     assert job.spec is job.spec
     assert (job.spec.cmd, job.spec.cwd, job.spec.env) == ("echo hi", "/tmp", {"A": "1"})
     assert job.spec.env is not job.base.env
+
+
+_PLAIN_LINES = st.lists(
+    st.one_of(
+        st.sampled_from(["", " ", "\t", "# c", "  #x", "echo a", " \u00a0", "\u2028#", "a\x00b",
+                         "x" * 16384, "é" * 16384, "y" * 65537]),
+        st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"),
+                max_size=8),
+    ),
+    max_size=8,
+).map("\n".join)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=_PLAIN_LINES, newline=st.booleans())
+def test_counting_plain_lines_agrees_with_parsing_them(text: str, newline: bool) -> None:
+    """count_lines, which makes no job, counts what parse_lines makes, or leaves it to
+    parse_lines (None) whenever a line might be refused."""
+    text += "\n" if newline else ""
+    counted = count_lines(text)
+    try:
+        jobs = parse_text(text, "lines")
+    except InputError:
+        assert counted is None
+        return
+    if counted is not None:
+        assert counted == (len(jobs), jobs[0].line if jobs else 0)
+
+
+def test_plain_lines_are_counted_without_parsing_when_none_can_be_refused() -> None:
+    assert count_lines("\n# c\n  echo a\n\t\necho b\n") == (2, 3)
+    assert count_lines("# only\n\n") == (0, 0)
+    assert count_lines("a\x00b\n") is None  # parse_lines names the line
+    assert count_lines("é" * 16385) is None  # it might be more than 64 KiB of UTF-8
+
+
+def test_a_file_is_checked_whole_and_counted(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.txt"
+    plain.write_text("# header\necho a\necho b\n")
+    assert check_file(plain, defaults={"cores": 2}) == FileCheck(2, "lines", 2, 2)
+    options = tmp_path / "jobs.wr"
+    options.write_text('echo a\t{"cpus": 1}\necho b\t{"cpus": 3}\necho c\t{"cpus": 3}\n')
+    assert check_file(options) == FileCheck(3, "wr", 3, 2)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("echo a\n" + "x" * 70_000 + "\n")
+    with pytest.raises(InputError, match=r"bad.txt:2: .*longer than"):
+        check_file(bad)

@@ -7,21 +7,24 @@ field, and no jobs are returned.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shoal.core.errors import InputError
 from shoal.formats.common import ParsedJob, SpecBuilder
 from shoal.formats.detect import detect_format, runmaker_share
-from shoal.formats.lines import parse_lines
+from shoal.formats.lines import count_lines, parse_lines
 from shoal.formats.runmaker import RunmakerFile, RunmakerMarker, parse_runmaker
 from shoal.formats.wr import parse_wr
 
 __all__ = [
     "FORMATS",
+    "FileCheck",
     "ParsedJob",
     "RunmakerFile",
     "RunmakerMarker",
+    "check_file",
     "detect_format",
     "iter_file",
     "iter_text",
@@ -61,30 +64,72 @@ def iter_text(
 ) -> Iterator[ParsedJob]:
     """parse_text's jobs as they are read: a million lines are never a million jobs at once.
     A bad format or default is refused at once; a bad line when it is reached."""
-    if fmt not in FORMATS:
-        raise InputError(
-            f'format "{fmt}" is not known (known: {", ".join(FORMATS)})', source=source
-        )
-    _check_encodable(text, source)
-    first_offset = 0
-    if text.startswith(_UTF8_BOM):
-        text = text[1:]
-        first_offset = len(_UTF8_BOM.encode())
-    builder = SpecBuilder(defaults, source)
-    detected = fmt == "auto"
-    if detected:
-        fmt = detect_format(text)
-    if fmt == "runmaker":
-        return _runmaker_jobs(text, builder, first_offset, detected)
-    if fmt == "wr":
-        return parse_wr(text, builder)
-    return parse_lines(text, builder)
+    return _Reading(text, fmt, source, defaults).jobs()
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """What checking a whole file found: its jobs, never kept."""
+
+    jobs: int
+    fmt: str  # the format it was read as
+    most_cores: int  # the most cores any of its jobs asks for
+    most_cores_line: int  # the first line asking for them (0 without jobs)
+
+
+def check_file(
+    path: str | Path, fmt: str = "auto", *, defaults: Mapping[str, Any] | None = None,
+) -> FileCheck:
+    """iter_file's checks, all of them, and its jobs counted; a file of plain commands is
+    checked without making a job for each line (see count_lines)."""
+    reading = _Reading(_read_text(path), fmt, str(path), defaults)
+    if reading.fmt == "lines" and (counted := count_lines(reading.text)) is not None:
+        jobs, first = counted
+        cores = reading.builder.base.cores if jobs else 0
+        return FileCheck(jobs, "lines", cores, first)
+    jobs, most, line = 0, 0, 0
+    for job in reading.jobs():
+        jobs += 1
+        if job.base.cores > most:
+            most, line = job.base.cores, job.line
+    return FileCheck(jobs, reading.fmt, most, line)
+
+
+class _Reading:
+    """A text made ready to parse: checked, its BOM set aside, its format known."""
+
+    def __init__(self, text: str, fmt: str, source: str,
+                 defaults: Mapping[str, Any] | None):
+        if fmt not in FORMATS:
+            raise InputError(
+                f'format "{fmt}" is not known (known: {", ".join(FORMATS)})', source=source
+            )
+        _check_encodable(text, source)
+        self.first_offset = 0
+        if text.startswith(_UTF8_BOM):
+            text = text[1:]
+            self.first_offset = len(_UTF8_BOM.encode())
+        self.text = text
+        self.builder = SpecBuilder(defaults, source)
+        self.detected = fmt == "auto"
+        self.fmt = detect_format(text) if self.detected else fmt
+
+    def jobs(self) -> Iterator[ParsedJob]:
+        if self.fmt == "runmaker":
+            return _runmaker_jobs(self.text, self.builder, self.first_offset, self.detected)
+        if self.fmt == "wr":
+            return parse_wr(self.text, self.builder)
+        return parse_lines(self.text, self.builder)
 
 
 def iter_file(
     path: str | Path, fmt: str = "auto", *, defaults: Mapping[str, Any] | None = None,
 ) -> Iterator[ParsedJob]:
     """parse_file's jobs as they are read (the file itself is read whole, and checked)."""
+    return iter_text(_read_text(path), fmt, source=str(path), defaults=defaults)
+
+
+def _read_text(path: str | Path) -> str:
     source = str(path)
     try:
         data = Path(path).read_bytes()
@@ -93,7 +138,7 @@ def iter_file(
         raise InputError(f"cannot read the file: {reason}", source=source) from None
     try:
         # Decoded as is, without newline translation, so byte offsets stay true to the file.
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as error:
         line_start = data.rfind(b"\n", 0, error.start) + 1
         raise InputError(
@@ -102,7 +147,6 @@ def iter_file(
             source=source,
             line=data.count(b"\n", 0, error.start) + 1,
         ) from None
-    return iter_text(text, fmt, source=source, defaults=defaults)
 
 
 def _runmaker_jobs(text: str, builder: SpecBuilder, first_offset: int,

@@ -24,13 +24,16 @@ from shoal.formats.wr import JSON_ONLY_LINE
 _RUNMAKER_JOB = re.compile(r"[.rd!e?][ \t]")
 # What any line that rule 1 or 2 looks for must contain, found in the whole text at once: a
 # file with neither (a million plain commands) is `lines` without a look at each line.
-_MAYBE_RUNMAKER = re.compile(r"^[.rd!e?][ \t]", re.MULTILINE)
+# (Each search is tried only where it can match: a regex that does not start with a fixed
+# character, or a line start, tries every position, 0.1 s a million lines.)
+_MAYBE_RUNMAKER = re.compile(r"\n[.rd!e?][ \t]")
 _MAYBE_WR = re.compile(r"\t\s*\{|\{\s*[\"}]")
 
 
 def detect_format(text: str) -> str:
     """Return "runmaker", "wr" or "lines" for the given file content."""
-    if _MAYBE_RUNMAKER.search(text) is None and _MAYBE_WR.search(text) is None:
+    maybe_runmaker = _RUNMAKER_JOB.match(text) or _MAYBE_RUNMAKER.search(text)
+    if not maybe_runmaker and ("{" not in text or _MAYBE_WR.search(text) is None):
         return "lines"
     content = [
         line

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 from shoal.core.errors import InputError
 from shoal.core.models import JobSpec
-from shoal.formats import iter_file, parse_text
+from shoal.formats import check_file, iter_file, parse_text
 from shoal.formats.common import SpecBuilder, is_blank_or_comment
 from shoal.run import state
 from shoal.run.template import fill, template_key
@@ -28,7 +28,7 @@ BATCH = 5000
 STREAM_BATCH = 2000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as ParsedJob: one is made for every job
 class Item:
     number: int  # its line in the file or stream, or its place among the arguments
     spec: JobSpec
@@ -90,14 +90,11 @@ class FileScan:
 def scan_file(path: Path, fmt: str, parallel: int, defaults: Mapping[str, Any]) -> FileScan:
     """Every line of a file checked before anything runs (a bad one anywhere is refused, and
     nothing runs), and counted; no job is kept, so a million lines cost no more than one."""
-    jobs, runmaker = 0, False
-    for job in iter_file(path, fmt, defaults=defaults):
-        runmaker = runmaker or (jobs == 0 and job.state_offset is not None)
-        if job.base.cores > parallel:  # the base: no spec is made for a command-only line
-            raise InputError(f"asks for {job.base.cores} cores but -j is {parallel}",
-                             source=str(path), line=job.line)
-        jobs += 1
-    return FileScan(jobs, runmaker)
+    checked = check_file(path, fmt, defaults=defaults)
+    if checked.most_cores > parallel:
+        raise InputError(f"asks for {checked.most_cores} cores but -j is {parallel}",
+                         source=str(path), line=checked.most_cores_line)
+    return FileScan(checked.jobs, runmaker=checked.fmt == "runmaker")
 
 
 def from_file(path: Path, fmt: str, defaults: Mapping[str, Any], scan: FileScan) -> RunInput:
