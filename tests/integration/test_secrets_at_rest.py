@@ -104,6 +104,7 @@ def used_home(tmp_path: Path) -> Iterator[Path]:
     database.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     database.close()
     assert not (home / "shoal.db-wal").exists()
+    assert (home / "shoal.db-sealed").exists()  # damage after a clean stop is still found
     # The server's home, as `shoal run`'s state (its certificates are public, 0644).
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     assert stat.S_IMODE((home / "shoal.db").stat().st_mode) == 0o600

@@ -58,3 +58,6 @@ def test_jobs_read_back_do_not_share_their_lists(tmp_path: Path) -> None:
     first.env["B"] = "2"
     assert (second.limits, second.env) == (["db"], {"A": "1"})
     assert third.limits is not second.limits
+    # Nor with the jobs read later: the first job's change stays its own.
+    again = store.load_jobs()[0]
+    assert (again.limits, again.env) == (["db"], {"A": "1"})

@@ -708,6 +708,11 @@ class Reactor(JobEdits):
                    if (not states or state in states) and (group is None or name == group)
                    and (owner is None or who == owner))
 
+    def count_rows(self) -> list[tuple[str, str, JobState, int]]:
+        """The kept counts, as the store's job_counts gives them."""
+        return [(owner, group, state, count)
+                for (owner, group, state), count in self._counts.items() if count]
+
     def counts(self, group: str | None = None,
                owner: str | None = None) -> dict[str, dict[str, int]]:
         """Jobs per group and state, kept up to date by every change (status is polled); the

@@ -89,7 +89,7 @@ class Service:
                                next_lease_id=max_lease_id + 1, config=config, now=clock(),
                                limit_caps=store.limits(),
                                history=store.requirement_history(HISTORY_PER_GROUP),
-                               archive=StoreArchive(store), counts=store.job_counts())
+                               archive=StoreArchive(store), counts=store.opening_counts())
         self._links: dict[int, WorkerLink] = {}
         self._unsaved: list[Effects] = []
         # Above zero: workers in this process (see WorkerLink.immediate) get their messages as
@@ -150,13 +150,16 @@ class Service:
         self._wake.set()
         if self._task is not None:
             await self._task
+        saved = True
         try:
             self.step()
         except StoreUnavailable:
+            saved = False
             log.error("could not save the last changes: %s", self.store_error)
         for link in list(self._links.values()):
             link.close("server stopping")
-        self.store.close()
+        # Everything written: the counts kept are those of the database, sealed with it.
+        self.store.close(counts=self.reactor.count_rows() if saved else None)
 
     def wake(self) -> None:
         self._wake.set()

@@ -9,9 +9,10 @@ and every job and user would be gone without a word.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from shoal.core.errors import InputError
@@ -19,6 +20,7 @@ from shoal.home import CONNECTION_FILE, has_server_identity
 
 FILE_MODE = 0o600
 SIDE_FILES = ("-wal", "-shm", "-journal")
+SEAL_SUFFIX = "-sealed"
 # SQLite's result codes for a file that is not, or no longer, a sound database.
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
@@ -83,3 +85,46 @@ def _keep_private(path: Path) -> None:
         return
     if mode & 0o077:
         os.chmod(path, FILE_MODE)
+
+
+# ---- the seal of a clean stop ------------------------------------------------------------
+
+Counts = list[tuple[str, str, str, int]]  # (owner, group, state, jobs)
+
+
+def seal(path: Path, counts: Iterable[tuple[str, str, str, int]], schema: int) -> bool:
+    """After a clean close that left nothing of SQLite's beside the file: what the file is
+    (inode, size, modification and change times) and the jobs' counts the server kept, so
+    that a start that finds the file exactly so need neither read all of it to check it nor
+    scan its jobs to count them: both grow with history. Whether it was sealed."""
+    if any(path.with_name(path.name + suffix).exists() for suffix in SIDE_FILES):
+        return False  # another connection is open, or the log was not folded in
+    record = {"file": _identity(path), "schema": schema, "counts": [list(row) for row in counts]}
+    sealed = path.with_name(path.name + SEAL_SUFFIX)
+    partial = sealed.with_name(sealed.name + ".partial")
+    handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with os.fdopen(handle, "w") as out:
+        json.dump(record, out)
+    os.replace(partial, sealed)
+    return True
+
+
+def sealed_counts(path: Path, schema: int) -> Counts | None:
+    """The counts of the seal, when the file is still exactly as it was sealed, by this
+    schema, with nothing beside it; otherwise None (the file must be checked and counted).
+    Anything that writes to the file, or sets its times back, changes its change time."""
+    if any(path.with_name(path.name + suffix).exists() for suffix in SIDE_FILES):
+        return None
+    try:
+        record = json.loads(path.with_name(path.name + SEAL_SUFFIX).read_text())
+        if record["file"] != _identity(path) or record["schema"] != schema:
+            return None
+        return [(str(owner), str(group), str(state), int(jobs))
+                for owner, group, state, jobs in record["counts"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _identity(path: Path) -> list[int]:
+    status = path.stat()
+    return [status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns]

@@ -34,8 +34,15 @@ from shoal.core.protocol import AttemptResult, Captured
 from shoal.core.states import Transition, created
 from shoal.store.arrays import ArrayRow, load_arrays, put_array
 from shoal.store.checkpoints import Checkpoints
-from shoal.store.files import check_database, damaged, is_damage, prepare_database_file
-from shoal.store.schema import key_hash, migrate
+from shoal.store.files import (
+    check_database,
+    damaged,
+    is_damage,
+    prepare_database_file,
+    seal,
+    sealed_counts,
+)
+from shoal.store.schema import SCHEMA_VERSION, key_hash, migrate
 
 _JOB_COLUMNS = (
     "id, name, cmd, cwd, env, grp, priority, retries, cores, memory_bytes, time_seconds, "
@@ -247,9 +254,9 @@ def _json(text: object) -> Any:
     value = _DECODED.get(key)
     if value is None:
         value = json.loads(key)
-        if len(_DECODED) < _DECODED_MAX and _flat(value):
-            _DECODED[key] = value
-        return value
+        if len(_DECODED) >= _DECODED_MAX or not _flat(value):
+            return value
+        _DECODED[key] = value  # kept as decoded: every job, the first too, gets a copy
     return value.copy()  # flat: a shallow copy is a whole one
 
 
@@ -366,8 +373,11 @@ class Store:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             held = prepare_database_file(path)  # refuses an empty one where a server lived
+            # As a clean stop left it: checked then, and not written since (see files.seal).
+            self._sealed_counts = sealed_counts(path, SCHEMA_VERSION) if held else None
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            if held:  # before anything writes: a damaged database is refused, not built on
+            if held and self._sealed_counts is None:
+                # Before anything writes: a damaged database is refused, not built on.
                 check_database(self._db, path, on_refusal=self._db.close)
             # Set before the first table exists: history purged later gives its pages back.
             self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
@@ -398,11 +408,10 @@ class Store:
     def read_only(cls, path: Path) -> Store:
         """The database opened for reading only (`shoal logs` on a `shoal run`'s state while
         it may still be running): nothing is created, migrated or written."""
-        from shoal.store.schema import SCHEMA_VERSION
-
         store = cls.__new__(cls)
         store.path = path
         store._checkpoints = None
+        store._sealed_counts = None
         try:
             store._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
                                         isolation_level=None, check_same_thread=False)
@@ -423,11 +432,16 @@ class Store:
             self._checkpoints = Checkpoints(self.path)
             self._db.execute("PRAGMA wal_autocheckpoint = 0")
 
-    def close(self) -> None:
+    def close(self, counts: Iterable[tuple[str, str, JobState, int]] | None = None) -> None:
+        """`counts`, every job's (owner, group, state, jobs) as the server kept them, once
+        all it changed is written: the file is sealed with them (see files.seal)."""
         if self._checkpoints is not None:
             self._checkpoints.stop()
             self._checkpoints = None
         self._db.close()
+        if counts is not None:
+            seal(self.path, ((owner, group, state.value, jobs)
+                             for owner, group, state, jobs in counts), SCHEMA_VERSION)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -491,6 +505,14 @@ class Store:
         gc.freeze()  # they live as long as the server: keep later collections from rescanning
         self._load_holders([job for job in jobs if job.state in HOLDING_STATES])
         return jobs
+
+    def opening_counts(self) -> list[tuple[str, str, JobState, int]]:
+        """job_counts as the database was opened: those a clean stop sealed, if the file is
+        as it left it (called before anything is written), else counted."""
+        sealed, self._sealed_counts = self._sealed_counts, None
+        if sealed is None:
+            return self.job_counts()
+        return [(owner, group, JobState(state), jobs) for owner, group, state, jobs in sealed]
 
     def job_counts(self) -> list[tuple[str, str, JobState, int]]:
         """(owner, group, state, jobs) for every combination there is."""
