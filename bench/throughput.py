@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "throughput.json"
 DOCS = ROOT / "docs" / "performance.md"
 START, END = "<!-- throughput:start -->", "<!-- throughput:end -->"
-RUNNERS = ("xargs", "parallel", "hyperqueue", "shoal", "runmaker")
+RUNNERS = ("xargs", "floor", "parallel", "hyperqueue", "shoal", "runmaker")
 TIMEOUT_S = 1800
 
 
@@ -67,6 +67,13 @@ def run_xargs(jobs: int, parallel: int) -> dict[str, float]:
     start = time.perf_counter()
     subprocess.run(["bash", "-c", script], check=True, timeout=TIMEOUT_S)
     return {"xargs": time.perf_counter() - start}
+
+
+def run_floor(jobs: int, parallel: int) -> dict[str, float]:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "bench" / "spawn_floor.py"), str(jobs),
+                    str(parallel)], check=True, timeout=TIMEOUT_S)
+    return {"floor": time.perf_counter() - start}
 
 
 def run_parallel(jobs: int, parallel: int) -> dict[str, float]:
@@ -191,6 +198,7 @@ def run_runmaker(jobs: int, parallel: int) -> dict[str, float]:
 
 RUN: dict[str, Callable[[int, int], dict[str, float]]] = {
     "xargs": run_xargs,
+    "floor": run_floor,
     "parallel": run_parallel,
     "hyperqueue": run_hyperqueue,
     "shoal": run_shoal,
@@ -202,6 +210,8 @@ def rows(parallel: int) -> dict[str, Series]:
     p = parallel
     return {
         "xargs": Series("xargs", f"`seq N | xargs -P{p} -I{{}} bash -c 'true {{}}'`"),
+        "floor": Series("Python's floor", "`bench/spawn_floor.py`: an asyncio loop that only "
+                        "spawns and reaps, recording nothing; Python's start-up included"),
         "parallel": Series("GNU parallel", f"`seq N | parallel -j{p} \"bash -c 'true {{}}'\"`"),
         "hyperqueue": Series("HyperQueue", f"submit → `wait_for_jobs` returns, {p} cores"),
         "hyperqueue-total": Series(
@@ -310,6 +320,14 @@ def report(table: dict[str, Series], facts: dict[str, str], args: argparse.Names
         spread, vs_xargs = f"{min(rates):.0f}..{max(rates):.0f}", ratio(med, xargs)
         lines.append(f"| {s.runner} | {cell(s.timed)} | {med:.0f} | {spread} | {vs_xargs} |")
     shoal = table["shoal"].median(n)
+    floor = table["floor"].median(n)
+    if shoal and floor:
+        lines += [
+            "",
+            f"shoal / Python's floor: {ratio(shoal, floor)}; Python's floor / xargs: "
+            f"{ratio(floor, xargs)}. The floor is what a Python loop pays to start and reap "
+            "the same processes; shoal's recording, output and bookkeeping are the rest.",
+        ]
     hq, hq_total = table["hyperqueue"].median(n), table["hyperqueue-total"].median(n)
     lines += [
         "",

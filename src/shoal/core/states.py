@@ -27,7 +27,7 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see shoal.server.events
 class Transition:
     """One journal entry: what changed, when, and why."""
 

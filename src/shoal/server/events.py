@@ -8,6 +8,11 @@ current state through the service's read methods, never the reactor's internals.
 `EventProcessor` in its scheduler core is the model.)
 
 An observer that raises is logged and skipped: watching must never stop the queue.
+
+Records are read, never changed: every observer is given the same ones. Those made for each
+job (a transition, an attempt's start and end) are plain dataclasses all the same, not
+frozen ones, whose construction costs four times as much (2 to 4 µs a record, against the
+50 µs the server spends on a job in all).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal.server.events")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see above
 class JobTransitioned:
     """A job changed state (committed)."""
 
@@ -67,7 +72,7 @@ class JobsRemoved:
     at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see above
 class AttemptStarted:
     """A job was handed to a worker. `waited_seconds`: from queued to assigned."""
 
@@ -85,7 +90,7 @@ class AttemptStarted:
     gpus: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see above
 class AttemptFinished:
     """A worker reported an attempt's end, with what it measured."""
 
