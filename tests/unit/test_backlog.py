@@ -100,14 +100,19 @@ def test_a_large_add_holds_its_window_and_runs_every_job_once_in_order(tmp_path:
 
 
 def test_a_restart_reads_the_window_and_leaves_the_rest_in_the_backlog(tmp_path: Path) -> None:
+    """A restart reads a quarter of the window; the window fills a quarter at a time."""
     service = open_service(tmp_path)
     service.add(jobs(1, 30))
     service.add(jobs(31, 32, priority=-1))
     service.store.close()
 
     service = open_service(tmp_path)
-    assert len(service.reactor.jobs) == WINDOW and service.reactor.backlog == 22
+    read = WINDOW // 4
+    assert len(service.reactor.jobs) == read and service.reactor.backlog == 32 - read
     assert service.status()["totals"] == {"queued": 32}
+    for held in (2 * read, 3 * read, 3 * read):  # more than half the window: no more read
+        service.step()
+        assert len(service.reactor.jobs) == held and service.reactor.backlog == 32 - held
     assert run_everything(service, cores=3) == list(range(1, 33))
 
 
@@ -260,7 +265,7 @@ def test_killing_a_group_reads_none_of_its_backlog(tmp_path: Path) -> None:
     assert all(job_id > 1000 for job_id in loaded)  # only h's, into the window it left
     assert len(service.reactor.jobs) <= WINDOW
     assert service.status()["totals"] == {"cancelled": 1000, "queued": 50}
-    assert service.reactor.backlog == 40
+    assert service.reactor.backlog == 50 - WINDOW // 4  # a quarter of a window read at once
     # Told as events too: the held ones one by one, the backlog's in one.
     one_by_one = [e for e in seen
                   if isinstance(e, JobTransitioned) and e.to_state is JobState.CANCELLED]

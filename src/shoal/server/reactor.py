@@ -57,6 +57,12 @@ class ReactorConfig:
     # store and are taken in, in their order, when half the window or less is left.
     queue_window: int = 100_000
 
+    @property
+    def window_read(self) -> int:
+        """Backlog jobs read at once: at a restart, and each time the window runs low. A
+        quarter of the window: reading 100,000 jobs held a restart up by a second or more."""
+        return max(1, self.queue_window // 4)
+
 
 class Reactor(JobEdits):
     def __init__(self, jobs: Iterable[Job], *, next_job_id: int, next_lease_id: int,
@@ -206,7 +212,8 @@ class Reactor(JobEdits):
         held = len(self._queued_seq)
         if not from_start and (not self.backlog or held > self.config.queue_window // 2):
             return
-        wanted = self.config.queue_window - (0 if from_start else held)
+        wanted = self.config.queue_window if from_start else min(
+            self.config.queue_window - held, self.config.window_read)
         loaded = self.archive.queued_after(None if from_start else self._backlog_after, wanted)
         for job in loaded:
             # Not brought back already, and not removed (its row not yet deleted).

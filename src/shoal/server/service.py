@@ -82,9 +82,9 @@ class Service:
         self.clock = clock
         max_job_id, max_lease_id = store.max_ids()
         config = config or ReactorConfig()
-        # Only live jobs are read back, and of the queued only the window: history and the
-        # backlog stay in the database (the archive).
-        self.reactor = Reactor(store.load_jobs(live_only=True, window=config.queue_window),
+        # Only live jobs are read back, and of the queued only the window's first part (it
+        # fills as the server works): history and the backlog stay in the database.
+        self.reactor = Reactor(store.load_jobs(live_only=True, window=config.window_read),
                                next_job_id=max_job_id + 1,
                                next_lease_id=max_lease_id + 1, config=config, now=clock(),
                                limit_caps=store.limits(),
