@@ -24,7 +24,7 @@ def count_lines(text: str) -> tuple[int, int] | None:
     """(jobs, the first job's line) of parse_lines, without making the jobs, when no line can
     be refused: no NUL, and no line so long that its UTF-8 bytes (at most four a character)
     could pass the limit of a command. Otherwise None, and parse_lines says which line is bad.
-    A million lines: 0.3 s, against 1.5 s for parse_lines."""
+    A million lines in about a sixth of the time parse_lines takes (0.4 s against 2.8 s)."""
     if "\x00" in text:
         return None
     lines = text.split("\n")
