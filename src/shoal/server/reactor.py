@@ -35,7 +35,7 @@ from shoal.server.effects import Effects
 from shoal.server.leases import LeaseIds
 from shoal.server.requirements import LearnedRequirements
 from shoal.server.workers import WorkerState, same_token, worker_identity
-from shoal.store import AttemptRow
+from shoal.store import AttemptRow, StateCounts
 
 S = JobState
 MEMORY_GROWTH = 1.5
@@ -715,7 +715,7 @@ class Reactor(JobEdits):
                    if (not states or state in states) and (group is None or name == group)
                    and (owner is None or who == owner))
 
-    def count_rows(self) -> list[tuple[str, str, JobState, int]]:
+    def count_rows(self) -> StateCounts:
         """The kept counts, as the store's job_counts gives them."""
         return [(owner, group, state, count)
                 for (owner, group, state), count in self._counts.items() if count]

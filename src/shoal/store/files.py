@@ -44,7 +44,7 @@ def prepare_database_file(path: Path) -> bool:
     if size is None:
         with contextlib.suppress(FileExistsError):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
-    for name in (path, *(path.with_name(path.name + suffix) for suffix in SIDE_FILES)):
+    for name in (path, *_side_files(path)):
         _keep_private(name)
     return bool(size)
 
@@ -89,16 +89,16 @@ def _keep_private(path: Path) -> None:
 
 # ---- the seal of a clean stop ------------------------------------------------------------
 
-Counts = list[tuple[str, str, str, int]]  # (owner, group, state, jobs)
+CountRow = tuple[str, str, str, int]  # (owner, group, state, jobs)
 
 
-def seal(path: Path, counts: Iterable[tuple[str, str, str, int]], schema: int) -> bool:
+def seal(path: Path, counts: Iterable[CountRow], schema: int) -> None:
     """After a clean close that left nothing of SQLite's beside the file: what the file is
     (inode, size, modification and change times) and the jobs' counts the server kept, so
     that a start that finds the file exactly so need neither read all of it to check it nor
-    scan its jobs to count them: both grow with history. Whether it was sealed."""
-    if any(path.with_name(path.name + suffix).exists() for suffix in SIDE_FILES):
-        return False  # another connection is open, or the log was not folded in
+    scan its jobs to count them: both grow with history."""
+    if any(side.exists() for side in _side_files(path)):
+        return  # another connection is open, or the log was not folded in
     record = {"file": _identity(path), "schema": schema, "counts": [list(row) for row in counts]}
     sealed = path.with_name(path.name + SEAL_SUFFIX)
     partial = sealed.with_name(sealed.name + ".partial")
@@ -106,14 +106,13 @@ def seal(path: Path, counts: Iterable[tuple[str, str, str, int]], schema: int) -
     with os.fdopen(handle, "w") as out:
         json.dump(record, out)
     os.replace(partial, sealed)
-    return True
 
 
-def sealed_counts(path: Path, schema: int) -> Counts | None:
+def sealed_counts(path: Path, schema: int) -> list[CountRow] | None:
     """The counts of the seal, when the file is still exactly as it was sealed, by this
     schema, with nothing beside it; otherwise None (the file must be checked and counted).
     Anything that writes to the file, or sets its times back, changes its change time."""
-    if any(path.with_name(path.name + suffix).exists() for suffix in SIDE_FILES):
+    if any(side.exists() for side in _side_files(path)):
         return None
     try:
         record = json.loads(path.with_name(path.name + SEAL_SUFFIX).read_text())
@@ -123,6 +122,11 @@ def sealed_counts(path: Path, schema: int) -> Counts | None:
                 for owner, group, state, jobs in record["counts"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _side_files(path: Path) -> list[Path]:
+    """SQLite's files beside the database (its log, its shared memory, its journal)."""
+    return [path.with_name(path.name + suffix) for suffix in SIDE_FILES]
 
 
 def _identity(path: Path) -> list[int]:

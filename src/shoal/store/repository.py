@@ -297,7 +297,8 @@ def _of_group(condition: str, group: str, owner: str | None) -> tuple[str, list[
     return f"{where} AND {condition}", params
 
 
-# (owner, group, state, jobs): what a change made straight in the database did to the counts
+# (owner, group, state, jobs): the jobs' counts, or what a change made straight in the
+# database did to them
 StateCounts = list[tuple[str, str, JobState, int]]
 
 
@@ -432,7 +433,7 @@ class Store:
             self._checkpoints = Checkpoints(self.path)
             self._db.execute("PRAGMA wal_autocheckpoint = 0")
 
-    def close(self, counts: Iterable[tuple[str, str, JobState, int]] | None = None) -> None:
+    def close(self, counts: StateCounts | None = None) -> None:
         """`counts`, every job's (owner, group, state, jobs) as the server kept them, once
         all it changed is written: the file is sealed with them (see files.seal)."""
         if self._checkpoints is not None:
@@ -506,7 +507,7 @@ class Store:
         self._load_holders([job for job in jobs if job.state in HOLDING_STATES])
         return jobs
 
-    def opening_counts(self) -> list[tuple[str, str, JobState, int]]:
+    def opening_counts(self) -> StateCounts:
         """job_counts as the database was opened: those a clean stop sealed, if the file is
         as it left it (called before anything is written), else counted."""
         sealed, self._sealed_counts = self._sealed_counts, None
@@ -514,7 +515,7 @@ class Store:
             return self.job_counts()
         return [(owner, group, JobState(state), jobs) for owner, group, state, jobs in sealed]
 
-    def job_counts(self) -> list[tuple[str, str, JobState, int]]:
+    def job_counts(self) -> StateCounts:
         """(owner, group, state, jobs) for every combination there is."""
         return [(owner, group, JobState(state), count) for owner, group, state, count in
                 self._db.execute("SELECT owner, grp, state, COUNT(*) FROM jobs "
