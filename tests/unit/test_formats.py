@@ -16,13 +16,14 @@ from shoal.formats import (
     FORMATS,
     FileCheck,
     ParsedJob,
-    RunmakerMarker,
+    RunmakerFile,
     check_file,
     detect_format,
     parse_file,
     parse_text,
 )
 from shoal.formats.lines import count_lines
+from shoal.formats.runmaker import READABLE_STATES
 from shoal.formats.wr_options import OPTIONS
 
 GiB = 1024**3
@@ -587,15 +588,16 @@ def test_runmaker_offsets_are_byte_offsets(tmp_path: Path) -> None:
     assert jobs[1].state_offset == len("# Läufe für café ☕\n. echo 'naïve 😀'\n".encode())
 
 
-def test_marker_rewrites_the_file_in_place(tmp_path: Path) -> None:
+def test_states_are_rewritten_in_place(tmp_path: Path) -> None:
     path = tmp_path / "runs.txt"
     path.write_bytes(MULTIBYTE.encode())
     inode = path.stat().st_ino
     jobs = parse_file(path)
-    with RunmakerMarker(path) as marker:
+    with RunmakerFile(path) as runmaker:
         for job, state in zip(jobs, "rd.!e", strict=True):
             assert job.state_offset is not None
-            marker.mark(job.state_offset, state)
+            assert runmaker.compare_and_set(job.state_offset, job.state_char, state) == \
+                job.state_char
     expected = (
         MULTIBYTE.replace(". echo 'naïve", "r echo 'naïve")
         .replace("d echo 日本語", "d echo 日本語")
@@ -608,51 +610,40 @@ def test_marker_rewrites_the_file_in_place(tmp_path: Path) -> None:
     assert [job.state_char for job in parse_file(path)] == ["r", "d", ".", "!", "e"]
 
 
-def test_marker_refuses_a_byte_that_is_not_a_state(tmp_path: Path) -> None:
+@pytest.mark.parametrize("offset", [3, 100], ids=["inside a command", "past the end"])
+def test_a_byte_that_is_not_a_state_is_left_alone(tmp_path: Path, offset: int) -> None:
     path = tmp_path / "runs.txt"
     path.write_text(". echo a\n")
-    with RunmakerMarker(path) as marker, pytest.raises(InputError) as caught:
-        marker.mark(3, "d")  # the "c" of "echo"
-    assert str(caught.value) == (
-        f"{path}: byte 3 is no longer a job state character; "
-        "was the file edited while its jobs ran?"
-    )
+    with RunmakerFile(path) as runmaker:
+        assert runmaker.compare_and_set(offset, READABLE_STATES, "d") is None
     assert path.read_text() == ". echo a\n"
 
 
-def test_marker_past_the_end(tmp_path: Path) -> None:
+def test_compare_and_set_checks_its_arguments(tmp_path: Path) -> None:
     path = tmp_path / "runs.txt"
     path.write_text(". a\n")
-    with RunmakerMarker(path) as marker, pytest.raises(InputError, match="no longer a job state"):
-        marker.mark(100, "d")
+    runmaker = RunmakerFile(path)
+    for new in ("x", "rd"):
+        with pytest.raises(ValueError, match="must be one of"):
+            runmaker.compare_and_set(0, ".", new)
+    runmaker.close()
+    runmaker.close()  # closing twice is harmless
+    with pytest.raises(ValueError, match="closed"):
+        runmaker.compare_and_set(0, ".", "d")
     assert path.read_text() == ". a\n"
 
 
-def test_marker_checks_its_arguments(tmp_path: Path) -> None:
-    path = tmp_path / "runs.txt"
-    path.write_text(". a\n")
-    marker = RunmakerMarker(path)
-    with pytest.raises(ValueError, match="must be one of"):
-        marker.mark(0, "x")
-    with pytest.raises(ValueError, match="must be one of"):
-        marker.mark(0, "rd")
-    marker.close()
-    marker.close()  # closing twice is harmless
-    with pytest.raises(ValueError, match="closed"):
-        marker.mark(0, "d")
-
-
-def test_marker_on_missing_file(tmp_path: Path) -> None:
+def test_runmaker_file_missing(tmp_path: Path) -> None:
     path = tmp_path / "absent.txt"
     with pytest.raises(InputError) as caught:
-        RunmakerMarker(path)
+        RunmakerFile(path)
     assert str(caught.value) == f"{path}: cannot open for writing: No such file or directory"
 
 
-def test_marker_on_something_unwritable(tmp_path: Path) -> None:
+def test_runmaker_file_unwritable(tmp_path: Path) -> None:
     # A directory cannot be opened for writing, even by root (a read-only file can be).
     with pytest.raises(InputError, match="cannot open for writing: Is a directory"):
-        RunmakerMarker(tmp_path)
+        RunmakerFile(tmp_path)
 
 
 # --- properties --------------------------------------------------------------------------

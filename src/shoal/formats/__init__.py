@@ -15,7 +15,7 @@ from shoal.core.errors import InputError
 from shoal.formats.common import ParsedJob, SpecBuilder
 from shoal.formats.detect import detect_format, runmaker_share
 from shoal.formats.lines import count_lines, parse_lines
-from shoal.formats.runmaker import RunmakerFile, RunmakerMarker, parse_runmaker
+from shoal.formats.runmaker import RunmakerFile, parse_runmaker
 from shoal.formats.wr import parse_wr
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "FileCheck",
     "ParsedJob",
     "RunmakerFile",
-    "RunmakerMarker",
     "check_file",
     "detect_format",
     "iter_file",

@@ -23,7 +23,6 @@ _STATE_NAMES = {".": "new", "r": "running", "d": "done", "!": "failed", "e": "er
                 "?": "being claimed by runmaker4"}
 # Any of these may be found in a live file.
 READABLE_STATES = STATE_CHARS + CLAIMING
-_READABLE_STATE_BYTES = frozenset(READABLE_STATES.encode())
 
 
 def parse_runmaker(text: str, builder: SpecBuilder, *, first_offset: int = 0
@@ -179,63 +178,6 @@ def line_rest(data: bytes, state_offset: int) -> bytes:
     """The bytes after the state character up to the line's end (no newline), as in the file."""
     end = data.find(b"\n", state_offset)
     return data[state_offset + 1 : end if end >= 0 else len(data)]
-
-
-class RunmakerMarker:
-    """Rewrites the state character of a runmaker file in place (one byte at state_offset).
-
-    Each write takes the record lock of `claim_lock_range`, so shoal and runmaker4 processes
-    working on the same file do not interleave their updates. It writes unconditionally (as
-    runset4 does); claiming a line is `RunmakerFile.compare_and_set`.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = str(path)
-        try:
-            self._fd: int | None = os.open(self.path, os.O_RDWR)
-        except (OSError, ValueError) as error:
-            raise InputError(
-                f"cannot open for writing: {_reason(error)}", source=self.path
-            ) from None
-
-    def mark(self, state_offset: int, char: str) -> None:
-        """Set the state at state_offset to char, one of '.rd!e'."""
-        if len(char) != 1 or char not in STATE_CHARS:
-            raise ValueError(f"runmaker state must be one of {STATE_CHARS!r}, not {char!r}")
-        if self._fd is None:
-            raise ValueError("this RunmakerMarker is closed")
-        fd = self._fd
-        start, length = claim_lock_range(state_offset)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX, length, start, os.SEEK_SET)
-            try:
-                current = os.pread(fd, 1, state_offset)
-                # A byte that is no longer a state character means the file changed under us;
-                # writing anyway would corrupt a command.
-                if len(current) != 1 or current[0] not in _READABLE_STATE_BYTES:
-                    raise InputError(
-                        f"byte {state_offset} is no longer a job state character; "
-                        "was the file edited while its jobs ran?",
-                        source=self.path,
-                    )
-                os.pwrite(fd, char.encode("ascii"), state_offset)
-            finally:
-                fcntl.lockf(fd, fcntl.LOCK_UN, length, start, os.SEEK_SET)
-        except OSError as error:
-            raise InputError(
-                f"cannot write a job state: {_reason(error)}", source=self.path
-            ) from None
-
-    def close(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
-
-    def __enter__(self) -> RunmakerMarker:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def _reason(error: Exception) -> str:

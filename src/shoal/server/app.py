@@ -57,7 +57,7 @@ from shoal.server.guard import (
     tls_event_loop,
     uvicorn_options,
 )
-from shoal.server.permissions import Forbidden, check
+from shoal.server.permissions import Forbidden, refusal
 from shoal.server.reactor import ReactorConfig
 from shoal.server.service import Service
 from shoal.store import Store
@@ -188,13 +188,7 @@ def token_gate(tokens: TokenBook,
                       if method in methods and regex.match(path)), None)
         if route is None:
             return None if principal is not None else Refusal(401, "unauthorized", NEEDS_TOKEN)
-        try:
-            check(method, route, principal)
-        except Forbidden as exc:
-            return Refusal(403, "forbidden", str(exc))
-        except AuthError as exc:
-            return Refusal(401, "unauthorized", str(exc))
-        return None
+        return refusal(method, route, principal)
 
     return gate
 

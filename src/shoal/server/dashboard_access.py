@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from starlette.routing import compile_path
 from starlette.types import Scope
 
-from shoal.core.errors import AuthError, Forbidden
 from shoal.server.auth import Principal, TokenBook
 from shoal.server.guard import Refusal, bearer_token
-from shoal.server.permissions import POLICY, check
+from shoal.server.permissions import POLICY, check, refusal
 
 COOKIE = "shoal_session"
 SESSION_SECONDS = 12 * 3600
@@ -161,13 +160,7 @@ class WebGate:
             return None  # the page answers with the login form
         if route == METRICS_PATH and self.metrics_public:
             return None
-        try:
-            check(method, route, principal)
-        except Forbidden as exc:
-            return Refusal(403, "forbidden", str(exc))
-        except AuthError as exc:
-            return Refusal(401, "unauthorized", str(exc))
-        return None
+        return refusal(method, route, principal)
 
     def allows(self, method: str, route: str, principal: Principal | None) -> Principal | None:
         """The same check inside a handler: the principal, or AuthError / Forbidden."""

@@ -12,6 +12,7 @@ from fastapi import Depends, Request, WebSocket
 
 from shoal.core.errors import AuthError, Forbidden
 from shoal.server.auth import ADMIN, METRICS, USER, WORKER, Principal
+from shoal.server.guard import Refusal
 
 PUBLIC: frozenset[str] = frozenset()  # no token needed
 CLIENTS = frozenset({ADMIN, USER})
@@ -116,6 +117,17 @@ def check(method: str, route: str, principal: Principal | None) -> Principal | N
         raise Forbidden(f"this needs {needs} token; {principal.name!r} has "
                         f"{_a(principal.role)} token")
     return principal
+
+
+def refusal(method: str, route: str, principal: Principal | None) -> Refusal | None:
+    """`check`'s answer as a gate gives it, before a body is read: None if allowed."""
+    try:
+        check(method, route, principal)
+    except Forbidden as exc:
+        return Refusal(403, "forbidden", str(exc))
+    except AuthError as exc:
+        return Refusal(401, "unauthorized", str(exc))
+    return None
 
 
 async def authorize(request: Request) -> Principal | None:

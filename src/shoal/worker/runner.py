@@ -446,13 +446,9 @@ class Runner:
                   else contextlib.nullcontext()):
                 process = self._spawner.spawn(assignment, cwd, stdout_path, stderr_path, gate)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            self._discard_cgroup(cgroup)
-            remove_quietly(stdout_path)
-            remove_quietly(stderr_path)
-            if gate is not None:
-                gate.close()
-            self._report_unstarted(assignment, started_at, started_monotonic,
-                                   spawn_error_message(exc, cwd))
+            self._unstarted(assignment, started_at, started_monotonic,
+                            spawn_error_message(exc, cwd), cgroup, gate,
+                            (stdout_path, stderr_path))
             return None
         finally:
             if gate is not None:
@@ -467,13 +463,9 @@ class Runner:
             if cgroup is not None:
                 cgroup.kill()
             abandon(process)
-            self._discard_cgroup(cgroup)
-            remove_quietly(stdout_path)
-            remove_quietly(stderr_path)
-            if gate is not None:
-                gate.close()
-            self._report_unstarted(assignment, started_at, started_monotonic,
-                                   f"cannot watch process: {exc}")
+            self._unstarted(assignment, started_at, started_monotonic,
+                            f"cannot watch process: {exc}", cgroup, gate,
+                            (stdout_path, stderr_path))
             return None
 
         # The job's group and cgroup die with this worker, however it dies: the keeper knows
@@ -512,6 +504,18 @@ class Runner:
         self._loop.add_reader(pidfd, self._on_exit, attempt)
         self._wake_at(attempt.next_event())
         return attempt
+
+    def _unstarted(self, assignment: Assignment, at: float, at_monotonic: float, error: str,
+                   cgroup: JobCgroup | None, gate: Gate | None,
+                   spool: tuple[str, str]) -> None:
+        """A spawn that failed, or a child that cannot be watched (and was ended): what it
+        was given goes away, and it is reported as not started."""
+        self._discard_cgroup(cgroup)
+        for path in spool:
+            remove_quietly(path)
+        if gate is not None:
+            gate.close()
+        self._report_unstarted(assignment, at, at_monotonic, error)
 
     def _report_unstarted(
         self, assignment: Assignment, at: float, at_monotonic: float, error: str,
