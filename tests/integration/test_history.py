@@ -137,6 +137,9 @@ def test_ended_jobs_are_removed_in_bulk_and_by_age(cluster: Cluster) -> None:
     info = json.loads(cluster.cli("server", "info", "--json").stdout)
     assert (info["history_jobs"], info["live_jobs"]) == (31, 0)
     assert info["database_bytes"] > 0
+    shown = cluster.cli("server", "info").stdout
+    assert "31: 0 live (0 running, 0 in the backlog), 31 ended" in shown
+    assert "database  " in shown
     recent = cluster.cli("rm", "--state", "done", "--before", "1h")
     assert recent.returncode == 0 and recent.stdout.strip() == "0 jobs removed"
     removed = cluster.cli("rm", "--state", "done", "--group", "h", "--json")

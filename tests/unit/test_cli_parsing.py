@@ -690,6 +690,18 @@ def test_server_info_shows_the_answer(fake_server: FakeServer,
     assert json.loads(capsys.readouterr().out) == broken
 
 
+def test_server_info_counts_live_and_ended_jobs_and_the_database(
+        fake_server: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
+    fake_server.reply("GET", "/server", body={
+        **SERVER_INFO, "jobs": 1_200_003, "live_jobs": 200_003, "running": 2,
+        "backlog_jobs": 100_001, "history_jobs": 1_000_000, "database_bytes": 3 * 1024**3})
+    assert run(fake_server, "server", "info") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[4:] == [
+        "jobs      1,200,003: 200,003 live (2 running, 100,001 in the backlog), 1,000,000 ended",
+        "workers   1", "database  3.0 GiB", "store     ok"]
+
+
 def test_backup_writes_the_file_and_says_what_it_holds(
         fake_server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     database = SQLITE_HEADER + bytes(3 * 1024**2)

@@ -190,10 +190,23 @@ def server_fields(info: dict[str, Any], url: str) -> list[tuple[str, str]]:
         ("version", render.text_cell(info.get("version"))),
         ("state", "draining" if info.get("draining") else "serving"),
         ("started", started),
-        ("jobs", f"{info.get('jobs', 0)}, {info.get('running', 0)} running"),
+        ("jobs", _job_counts(info)),
         ("workers", str(info.get("workers", 0))),
+        *([("database", render.format_bytes(info["database_bytes"]))]
+          if isinstance(info.get("database_bytes"), int) else []),
         ("store", render.one_line(info.get("store_error") or "ok")),
     ]
+
+
+def _job_counts(info: dict[str, Any]) -> str:
+    """All jobs; then, from a server that counts them apart, the live ones (held in memory
+    but for the backlog) and the ended ones (on disk only)."""
+    counts = f"{info.get('jobs', 0):,}"
+    if not all(isinstance(info.get(key), int)
+               for key in ("live_jobs", "history_jobs", "backlog_jobs")):
+        return f"{counts}, {info.get('running', 0):,} running"
+    return (f"{counts}: {info['live_jobs']:,} live ({info.get('running', 0):,} running, "
+            f"{info['backlog_jobs']:,} in the backlog), {info['history_jobs']:,} ended")
 
 
 # `shoal server stop` and `shoal server info`; any other `shoal server ...` runs a server
