@@ -226,6 +226,23 @@ def test_halt_as_gnu_parallel(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("halt", ["soon,fail=3", "soon,fail=10%"])
+def test_halt_soon_starts_nothing_after_the_failure_that_halts(tmp_path: Path,
+                                                               halt: str) -> None:
+    """GNU parallel's `soon`: once the third of 30 jobs has failed, nothing more starts; only
+    the job still running then (-j 2) may end too. The jobs waiting in the runner are not
+    started meanwhile, nor handed back to be run later."""
+    ledger = tmp_path / "ledger"
+    (tmp_path / "jobs.txt").write_text("".join(f"echo {i} >> {ledger}; exit 1\n"
+                                               for i in range(30)))
+    result = shoal(tmp_path, "run", "jobs.txt", "-j", "2", "--halt", halt, "--json")
+    summary = json.loads(result.stdout)
+    ran = ledger.read_text().split()
+    assert result.returncode == 1 and summary["halted"] == f"--halt {halt}"
+    assert 3 <= len(ran) <= 4, ran
+    assert (summary["failed"], summary["not_run"]) == (len(ran), 30 - len(ran))
+
+
 def test_results_directory(tmp_path: Path) -> None:
     result = shoal(tmp_path, "run", "--results", "out", "--quiet",
                    "echo out {}; echo err {} >&2; exit {}", ":::", "0", "3")

@@ -153,6 +153,9 @@ class Run:
         self._room = asyncio.Event()  # set when jobs end: the feed may add more
         # The slowest done jobs so far, fastest of them first: (wall seconds, id, line, cmd).
         self._slowest: list[tuple[float, int, int, str]] = []
+        # With --halt: jobs whose result the runner has but the run has not counted yet, and
+        # whether each succeeded (see _saw_end).
+        self._deciding: dict[int, bool] = {}
 
     # ---- the run ---------------------------------------------------------------------------
 
@@ -241,6 +244,8 @@ class Run:
         agent.runner.on_output = lambda assignment, out, err: printer.take(
             assignment.job_id, out, err)
         agent.runner.start_interval_seconds = self.settings.delay
+        if self.settings.halt is not None:
+            agent.runner.on_exit = self._saw_end
         self.agent = agent
         return agent
 
@@ -331,19 +336,49 @@ class Run:
 
     # ---- following the jobs ----------------------------------------------------------------
 
+    def _saw_end(self, job_id: int, succeeded: bool) -> None:
+        """With --halt: a job's end that, once counted, would stop the run holds every further
+        start until it is counted (GNU parallel starts nothing after the job that halts it;
+        the runner would otherwise start what waits in it before the count is made)."""
+        if self.settings.halt is None or self.halted is not None or job_id not in self.pending:
+            return
+        self._deciding[job_id] = succeeded
+        if self._would_halt() and self.agent is not None:
+            self.agent.runner.hold_starts()
+
+    def _would_halt(self) -> bool:
+        """Whether the results not yet counted would reach --halt if they all end the jobs."""
+        halt = self.settings.halt
+        assert halt is not None
+        succeeded = sum(self._deciding.values())
+        failed = len(self._deciding) - succeeded
+        return halt.reached(self.report.done + succeeded, self.report.failed + failed,
+                            self._expected_total())
+
     def _follow(self, transitions: list[Transition]) -> None:
         ended = [entry.job_id for entry in transitions
                  if entry.to_state in FINAL_STATES and entry.job_id in self.pending]
-        if not ended:
-            return
-        assert self.service is not None
-        for job in sorted(self.service.find(ended), key=lambda job: job.id):
-            if job.id in self.pending and job.state in FINAL_STATES:
-                self.pending.discard(job.id)
-                self._ended(job)
-        self._room.set()
-        self._check_halt()
-        self._check_finished()
+        if ended:
+            assert self.service is not None
+            for job in sorted(self.service.find(ended), key=lambda job: job.id):
+                if job.id in self.pending and job.state in FINAL_STATES:
+                    self.pending.discard(job.id)
+                    self._ended(job)
+            self._room.set()
+            self._check_halt()
+            self._check_finished()
+        if self._deciding:  # after the halt is decided: starts go on only if it was not
+            self._counted([entry.job_id for entry in transitions
+                           if entry.from_state is JobState.RUNNING])
+
+    def _counted(self, left_running: list[int]) -> None:
+        """These jobs' results are counted (ended, or queued again to retry): starts go on
+        unless what is still uncounted, or the run itself, halts."""
+        for job_id in left_running:
+            self._deciding.pop(job_id, None)
+        if self.halted is None and self.agent is not None and not (
+                self._deciding and self._would_halt()):
+            self.agent.runner.resume_starts()
 
     def _ended(self, job: Job) -> None:
         tracked = self.tracked[job.id]
@@ -412,12 +447,14 @@ class Run:
         self.report.total += unfed
         self.report.not_run += unfed
         self.input_open = False
-        if self.agent is not None:
-            self.agent.runner.drop_backlog("not started: the run stopped")
         queued = [job_id for job_id in self.pending
                   if (job := self.service.reactor.jobs.get(job_id)) is not None
                   and job.state in _NOT_STARTED]
-        self._cancel(queued, "not started: the run stopped")
+        # Given to the runner but waiting in it: killed through the service, so that they
+        # end cancelled (handed back by the runner, they would be queued again).
+        held = [attempt.job_id for attempt in self.agent.runner.running()
+                if attempt.pid is None] if self.agent is not None else []
+        self._cancel(queued + held, "not started: the run stopped")
 
     def _cancel(self, ids: list[int], reason: str) -> None:
         if ids and self.service is not None:

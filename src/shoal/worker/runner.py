@@ -39,7 +39,10 @@ A runner may be given more assignments than it runs at once (``max_running_cores
 wait here in order and the next starts the moment a job's exit is reaped, without a round trip
 to the service; ``start_interval_seconds`` spaces starts out (``shoal run --delay``). Such a
 waiting assignment counts as held (``running()``, no pid) and is started, killed or handed
-back like any other. ``on_output`` is shown a job's spool files just before they go.
+back like any other. ``on_output`` is shown a job's spool files just before they go, and
+``on_exit`` each job's end before the next job starts. ``hold_starts`` keeps what waits here waiting
+until ``resume_starts`` (``shoal run --halt``: nothing starts while an ended job may stop
+the run).
 
 With ``enforce_memory=False`` a job's memory is only a figure for the scheduler: it is
 measured but never enforced, time limits still are.
@@ -208,6 +211,9 @@ class Runner:
         self._pump_timer: asyncio.TimerHandle | None = None
         # Shown each ended job's assignment and spool files (stdout, stderr) before they go.
         self.on_output: Callable[[Assignment, str, str], None] | None = None
+        # Told of each job's end (its id, whether it succeeded) before the next job starts.
+        self.on_exit: Callable[[int, bool], None] | None = None
+        self._holding = False
 
     # ---- public interface ----------------------------------------------------------------
 
@@ -296,7 +302,17 @@ class Runner:
             return
         self._start_now(assignment)
 
+    def hold_starts(self) -> None:
+        """Start nothing more (what is assigned waits) until `resume_starts`."""
+        self._holding = True
+
+    def resume_starts(self) -> None:
+        self._holding = False
+        self._pump()
+
     def _may_start(self, assignment: Assignment) -> bool:
+        if self._holding:
+            return False
         cap = self.max_running_cores
         if cap is not None and self._attempts and self._busy_cores + assignment.cores > cap:
             return False
@@ -682,9 +698,6 @@ class Runner:
                 self._report_gated_start(attempt)
             unboost(attempt.gate, None)  # reaped: only the count is left to settle
             attempt.gate.close()
-        if self._backlog:
-            self._pump()  # the next job starts before this one is even reported
-
         exit_code, signal_number, error = None, None, attempt.stop_reason
         if status is None:
             attempt.process.returncode = -1
@@ -696,6 +709,11 @@ class Runner:
                 exit_code = 128 + signal_number  # as bash reports it
             else:
                 exit_code = os.WEXITSTATUS(status)
+        if self.on_exit is not None:
+            self.on_exit(attempt.assignment.job_id,
+                         attempt.stop_outcome is None and exit_code == 0)
+        if self._backlog:
+            self._pump()  # the next job starts before this one is even reported
         wall_seconds = max(0.0, ended_monotonic - attempt.started_monotonic)
         if self.on_output is not None:
             try:
