@@ -380,6 +380,17 @@ class Run:
                 self._deciding and self._would_halt()):
             self.agent.runner.resume_starts()
 
+    def _no_longer_running(self, job_ids: list[int]) -> list[int]:
+        """Those of these jobs the service no longer has running, and whose end (if they
+        ended) the run has counted: had a result been taken in without a transition out of
+        running, the runner's starts are not held for ever."""
+        assert self.service is not None
+        jobs = {job.id: job for job in self.service.find(job_ids)}
+        return [job_id for job_id in job_ids
+                if (job := jobs.get(job_id)) is None or (
+                    job.state is not JobState.RUNNING
+                    and not (job.state in FINAL_STATES and job_id in self.pending))]
+
     def _ended(self, job: Job) -> None:
         tracked = self.tracked[job.id]
         shown = Shown(job, tracked.number, tracked.tag, tracked.index)
@@ -469,6 +480,8 @@ class Run:
         line_mode = self.settings.output.mode == "line"
         while True:
             await asyncio.sleep(LINE_POLL_SECONDS if line_mode else BAR_SECONDS)
+            if self._deciding:
+                self._counted(self._no_longer_running(list(self._deciding)))
             if line_mode and self.agent is not None and self.printer is not None:
                 runner = self.agent.runner
                 for attempt in runner.running():
