@@ -19,7 +19,7 @@ from shoal.core.models import JobChanges, JobState
 from shoal.server.reactor import ReactorConfig
 from shoal.server.service import Service
 from shoal.store import Store, repository
-from shoal.store.files import sealed_counts
+from shoal.store.files import SEAL_SUFFIX, sealed_counts
 from shoal.store.schema import SCHEMA_VERSION
 
 from .factories import spec
@@ -87,8 +87,11 @@ def test_a_file_as_sealed_is_not_checked_again_and_one_written_since_is(
     asyncio.run(service.stop())
     assert checked == []  # a new database: nothing to check
 
+    seal = path.with_name(path.name + SEAL_SUFFIX)
+    assert seal.exists()
     service = Service(Store(path))
     assert checked == []  # as the clean stop left it
+    assert not seal.exists()  # taken: only the next clean stop vouches for the file again
     assert service.status()["totals"] == {"queued": 3}
     service.add([spec("echo more")])
     service.store.close()  # not a clean stop of the server: no seal

@@ -100,7 +100,7 @@ def seal(path: Path, counts: Iterable[CountRow], schema: int) -> None:
     if any(side.exists() for side in _side_files(path)):
         return  # another connection is open, or the log was not folded in
     record = {"file": _identity(path), "schema": schema, "counts": [list(row) for row in counts]}
-    sealed = path.with_name(path.name + SEAL_SUFFIX)
+    sealed = _seal_of(path)
     partial = sealed.with_name(sealed.name + ".partial")
     handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     with os.fdopen(handle, "w") as out:
@@ -115,13 +115,25 @@ def sealed_counts(path: Path, schema: int) -> list[CountRow] | None:
     if any(side.exists() for side in _side_files(path)):
         return None
     try:
-        record = json.loads(path.with_name(path.name + SEAL_SUFFIX).read_text())
+        record = json.loads(_seal_of(path).read_text())
         if record["file"] != _identity(path) or record["schema"] != schema:
             return None
         return [(str(owner), str(group), str(state), int(jobs))
                 for owner, group, state, jobs in record["counts"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def drop_seal(path: Path) -> None:
+    """The seal removed, once the file is open to be written: it vouched for the file as one
+    stop left it, and the next clean stop writes its own. None is left to be trusted by
+    mistake; a file refused at its opening keeps its seal, as it keeps everything."""
+    with contextlib.suppress(FileNotFoundError):
+        _seal_of(path).unlink()
+
+
+def _seal_of(path: Path) -> Path:
+    return path.with_name(path.name + SEAL_SUFFIX)
 
 
 def _side_files(path: Path) -> list[Path]:

@@ -37,6 +37,7 @@ from shoal.store.checkpoints import Checkpoints
 from shoal.store.files import (
     check_database,
     damaged,
+    drop_seal,
     is_damage,
     prepare_database_file,
     seal,
@@ -396,6 +397,7 @@ class Store:
             except InputError as exc:  # written by a newer shoal
                 self._db.close()
                 raise InputError(f"{path}: {exc}") from None
+            drop_seal(path)  # open for writing: only the next clean stop vouches for it
         except sqlite3.Error as exc:
             if is_damage(exc):
                 if hasattr(self, "_db"):  # found not to be a database: leave it as it was
