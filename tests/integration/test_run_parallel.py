@@ -231,7 +231,9 @@ def test_halt_soon_starts_nothing_after_the_failure_that_halts(tmp_path: Path,
                                                                halt: str) -> None:
     """GNU parallel's `soon`: once the third of 30 jobs has failed, nothing more starts; only
     the job still running then (-j 2) may end too. The jobs waiting in the runner are not
-    started meanwhile, nor handed back to be run later."""
+    started meanwhile, nor handed back to be run later. GNU parallel, on the same file, runs
+    as many."""
+    require(shutil.which("parallel") is not None, "GNU parallel")
     ledger = tmp_path / "ledger"
     (tmp_path / "jobs.txt").write_text("".join(f"echo {i} >> {ledger}; exit 1\n"
                                                for i in range(30)))
@@ -241,6 +243,11 @@ def test_halt_soon_starts_nothing_after_the_failure_that_halts(tmp_path: Path,
     assert result.returncode == 1 and summary["halted"] == f"--halt {halt}"
     assert 3 <= len(ran) <= 4, ran
     assert (summary["failed"], summary["not_run"]) == (len(ran), 30 - len(ran))
+
+    ledger.unlink()
+    subprocess.run(["parallel", "--will-cite", "-j", "2", "--halt", halt, "::::", "jobs.txt"],
+                   cwd=tmp_path, capture_output=True, timeout=60, check=False)
+    assert 3 <= len(ledger.read_text().split()) <= 4
 
 
 def test_results_directory(tmp_path: Path) -> None:
