@@ -40,9 +40,9 @@ wait here in order and the next starts the moment a job's exit is reaped, withou
 to the service; ``start_interval_seconds`` spaces starts out (``shoal run --delay``). Such a
 waiting assignment counts as held (``running()``, no pid) and is started, killed or handed
 back like any other. ``on_output`` is shown a job's spool files just before they go, and
-``on_exit`` each job's end before the next job starts. ``hold_starts`` keeps what waits here waiting
-until ``resume_starts`` (``shoal run --halt``: nothing starts while an ended job may stop
-the run).
+``on_exit`` each job's end before the next job starts. ``hold_starts`` keeps what waits here
+waiting until ``resume_starts`` (``shoal run --halt``: nothing starts while an ended job may
+stop the run).
 
 With ``enforce_memory=False`` a job's memory is only a figure for the scheduler: it is
 measured but never enforced, time limits still are.
