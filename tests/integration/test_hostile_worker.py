@@ -9,7 +9,9 @@ accepted, no job may run twice, and the honest worker must not notice.
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
 import time
 from collections.abc import Iterator
 from itertools import pairwise
@@ -171,3 +173,47 @@ def test_lease_ids_are_not_a_sequence(honest: Cluster) -> None:
         leases.append(int(attempt["lease_id"]))
     steps = {b - a for a, b in pairwise(sorted(leases))}
     assert len(steps) > 1, f"lease ids step evenly: {sorted(leases)}"
+
+
+def test_a_workers_name_is_not_taken_while_it_is_away_with_jobs(tmp_path: Path) -> None:
+    """The honest worker stopped for longer than two heartbeats (but not its lease): another
+    process with the same token asks for its name. Refused while the job waits for its worker,
+    which comes back, keeps its name and finishes the job once."""
+    with running_cluster(tmp_path, "--lease-timeout", "6", "--lost-grace", "5",
+                         workers=[("w1", 2)]) as cluster:
+        job_id, _, ledger = start_ledgered_job(cluster, tmp_path, seconds=6)
+        honest_worker = cluster.workers["w1"]
+        os.kill(honest_worker.pid, signal.SIGSTOP)
+        try:
+            time.sleep(4.5)  # two heartbeats of 2 s: the server presumes a silent session dead
+            with open_channel(cluster, cluster.connection["worker_token"]) as evil:
+                evil.send(register("w1", []))
+                refusal = answer(evil)
+        finally:
+            os.kill(honest_worker.pid, signal.SIGCONT)
+        assert (refusal["type"], refusal["name_clash"]) == ("refused", "held")
+        assert "wait for it to come back" in refusal["reason"]
+        done = cluster.wait_state(job_id, "done", "failed", timeout=30)
+        assert (done["state"], done["worker"], done["attempts"]) == ("done", "w1", 1)
+        assert ledger.read_text().count("start") == 1
+        assert honest_worker.poll() is None
+
+
+def test_a_new_worker_under_a_name_whose_jobs_wait_keeps_trying_then_joins(
+        tmp_path: Path) -> None:
+    """`shoal worker --name w1` with a spool directory (and so a secret) of its own, started
+    while the killed w1's job waits out the grace: not the same worker, so it is refused the
+    name for now, says so, keeps trying, and joins once the job has been given up."""
+    with running_cluster(tmp_path, "--lease-timeout", "3", "--lost-grace", "6",
+                         workers=[("w1", 2)]) as cluster:
+        job_id, _, ledger = start_ledgered_job(cluster, tmp_path, seconds=60)
+        first = cluster.workers["w1"]
+        first.kill()
+        first.wait()
+        cluster.wait_state(job_id, "lost")
+        second = cluster.start_worker("w1", 2, "--spool", str(tmp_path / "another-spool"))
+        assert "refused this worker for now" in cluster.log("worker-w1")
+        assert second.poll() is None
+        # The job, given up after the grace, runs again: on the one worker there is.
+        wait_until(lambda: ledger.read_text().count("start") == 2, message="the rerun")
+        assert cluster.job(job_id)["worker"] == "w1"

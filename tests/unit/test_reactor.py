@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.core.errors import Conflict, InputError, NotFound
+from shoal.core.errors import Conflict, InputError, NameTaken, NotFound
 from shoal.core.models import JobState
 from shoal.core.protocol import Assign, Kill, RunningAttempt, StartedItem
 from shoal.server.reactor import Reactor, ReactorConfig
@@ -286,7 +286,6 @@ def test_counts_always_match_the_jobs(actions: list[tuple[str, int]]) -> None:
 @pytest.mark.parametrize(("name", "credential", "secret"), [
     ("evil", "worker-token", None),             # another name, another process, same token
     ("evil", "other-token", b"w1".hex().ljust(32, "0")),  # the secret, not the token
-    ("w1", "other-token", b"w1".hex().ljust(32, "0")),    # name and secret, not token
 ])
 def test_only_the_process_and_token_an_attempt_was_given_to_may_claim_it(
         name: str, credential: str, secret: str | None) -> None:
@@ -352,16 +351,43 @@ def test_lease_ids_increase_but_cannot_be_guessed_from_the_last() -> None:
     assert restarted.next_lease_id > max(leases)
 
 
-@pytest.mark.parametrize(("credential", "given_up"), [("t", True), ("another-token", False)])
-def test_a_worker_restarted_under_its_name_and_token_gives_up_its_old_attempts(
-        credential: str, given_up: bool) -> None:
-    """A supervisor restarting a crashed worker: its old attempts are gone, rerun at once.
-    The same name from another token proves nothing: those wait out the grace."""
+@pytest.mark.parametrize(("credential", "secret", "given_up"), [
+    ("t", None, True),                   # the worker restarted: it keeps its secret
+    ("t", "ef" * 16, False),             # another process with the shared token
+    ("another-token", None, False),      # the secret without the token proves nothing
+])
+def test_only_the_worker_itself_restarted_gives_up_its_old_attempts_at_once(
+        credential: str, secret: str | None, given_up: bool) -> None:
+    """A supervisor restarting a crashed worker (its secret kept in its spool directory):
+    its old attempts are gone, rerun at once. Any other process is refused the name while
+    they wait out the grace, and takes nothing."""
     reactor = new_reactor(lost_grace_seconds=60)
     [job_id] = add(reactor, "sleep 100")
     w1 = reactor.worker_joined(register("w1"), 0.0, credential="t")
     assigned(reactor)
     reactor.worker_left(w1, 1.0)
-    reactor.worker_joined(register("w1", instance_secret="ef" * 16), 2.0, credential=credential)
-    state = reactor.get(job_id).state
-    assert state is (S.QUEUED if given_up else S.LOST)
+    if given_up:
+        reactor.worker_joined(register("w1"), 2.0, credential=credential)
+        assert reactor.get(job_id).state is S.QUEUED
+        return
+    with pytest.raises(NameTaken, match=r"1 job.* of another worker named 'w1' wait") as refused:
+        reactor.worker_joined(register("w1", instance_secret=secret), 2.0,
+                              credential=credential)
+    assert refused.value.held
+    assert reactor.get(job_id).state is S.LOST
+    # Once the grace is over the job runs again, and the name is free.
+    reactor.tick(62.0)
+    assert reactor.get(job_id).state is S.QUEUED
+    reactor.worker_joined(register("w1", instance_secret=secret), 63.0, credential=credential)
+
+
+def test_a_workers_name_taken_while_it_was_away_is_not_taken_from_it_for_good() -> None:
+    """An idle worker away: another process may take the name, and the first is then
+    refused as connected (its agent keeps trying); one holding jobs never loses it."""
+    reactor = new_reactor(heartbeat_seconds=5)
+    w1 = reactor.worker_joined(register("w1"), 0.0, credential="t")
+    reactor.worker_left(w1, 1.0)
+    reactor.worker_joined(register("w1", instance_secret="ab" * 16), 2.0, credential="x")
+    with pytest.raises(NameTaken, match="already connected") as refused:
+        reactor.worker_joined(register("w1"), 3.0, credential="t")
+    assert not refused.value.held

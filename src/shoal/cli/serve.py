@@ -184,6 +184,7 @@ def worker_command(
     from shoal.core.models import parse_memory
     from shoal.core.protocol import Resources
     from shoal.worker.agent import Agent
+    from shoal.worker.identity import kept_secret
     from shoal.worker.resources import detect_resources
 
     _logging(False)
@@ -255,7 +256,7 @@ def worker_command(
     spool_dir = spool or shoal_home() / "spool" / worker_name
     agent = Agent(worker_name, resources, spool_dir, labels=labels, enforce_memory=enforce_memory,
                   on_server_lost=on_server_lost, server_lost_timeout=server_lost_timeout,
-                  provider=started_by)
+                  provider=started_by, instance_secret=kept_secret(spool_dir))
     agent.runner.workdir = workdir_path
     if time_limit is not None:
         agent.ends_at = time.monotonic() + time_limit

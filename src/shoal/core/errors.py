@@ -39,6 +39,15 @@ class Conflict(ShoalError):
     exit_code = 2
 
 
+class NameTaken(Conflict):
+    """A worker's name belongs to another process: one connected and answering (`held` False),
+    or one whose running jobs still wait for it to come back (`held` True)."""
+
+    def __init__(self, message: str, *, held: bool):
+        super().__init__(message)
+        self.held = held
+
+
 class AuthError(ShoalError):
     """Missing, unknown or insufficient token."""
 

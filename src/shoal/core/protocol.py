@@ -208,6 +208,9 @@ class Welcome(_Message):
 class Refused(_Message):
     type: Literal["refused"] = "refused"
     reason: str
+    # Why a name was refused: "connected", another process has it and answers; "held",
+    # another process's jobs wait for it under that name. The worker may try again later.
+    name_clash: Literal["connected", "held"] | None = None
 
 
 class FileEntry(_Message):

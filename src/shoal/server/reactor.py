@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from shoal.core.errors import Conflict, InputError, NotFound
+from shoal.core.errors import Conflict, InputError, NameTaken, NotFound
 from shoal.core.models import FINAL_STATES, HOLDING_STATES, Job, JobState
 from shoal.core.protocol import (
     MAX_RECONNECT_DELAY_SECONDS,
@@ -34,7 +34,7 @@ from shoal.server.edits import JobEdits
 from shoal.server.effects import Effects
 from shoal.server.leases import LeaseIds
 from shoal.server.requirements import LearnedRequirements
-from shoal.server.workers import WorkerState, same_token, worker_identity
+from shoal.server.workers import WorkerState, worker_identity
 from shoal.store import AttemptRow, StateCounts
 
 S = JobState
@@ -318,14 +318,11 @@ class Reactor(JobEdits):
         with the process secret in its register, it decides which attempts it may claim."""
         offered = register.resources
         identity = worker_identity(credential, register.instance_secret)
-        # A worker of the same name still marked connected is this process's stale session,
-        # or, if another process took the name while the first still answers, a clash.
+        self._check_name_free(register.name, identity, now)
+        # A worker of the same name still marked connected is now this process's stale
+        # session, or another's silent for two heartbeats and holding nothing: presumed dead.
         for other in list(self.workers.values()):
             if other.connected and other.name == register.name:
-                if other.identity != identity and \
-                        now - other.last_seen < 2 * self.config.heartbeat_seconds:
-                    raise Conflict(f"a worker named {register.name!r} is already connected "
-                                   f"(from {other.host}); give this one another --name")
                 self.worker_left(other.id, now, reason="replaced by a new session")
         worker = WorkerState(
             id=self._next_worker_id, name=register.name, host=register.host, address=address,
@@ -360,12 +357,11 @@ class Reactor(JobEdits):
                 self._effects.kills[worker.id].append(
                     KillOrder(job_id=attempt.job_id, lease_id=attempt.lease_id,
                               reason="stale lease"))
-        # Attempts the server gave this process that it no longer has ended with it; so did
-        # those of an earlier process of this worker (its name, its token): it restarted.
+        # Attempts the server gave this process that it no longer has ended with it: it
+        # restarted (a worker keeps its secret across restarts, worker/identity.py).
         for job in self.jobs.values():
-            if job.state in HOLDING_STATES and job.lease_id not in reported and (
-                    job.holder == identity
-                    or (job.worker == worker.name and same_token(job.holder, identity))):
+            if job.state in HOLDING_STATES and job.lease_id not in reported \
+                    and job.holder == identity:
                 if job.state is S.RUNNING:
                     for other in self.workers.values():
                         other.release(job)
@@ -373,6 +369,24 @@ class Reactor(JobEdits):
                     self._change(job, S.LOST, now, f"worker {worker.name} restarted")
                 self._give_up_lost(job, now)
         return worker.id
+
+    def _check_name_free(self, name: str, identity: str, now: float) -> None:
+        """A name belongs to one process: refused to another while that one answers, and
+        while jobs it ran under the name wait for it (held, or lost within the grace), so
+        that no process, whatever its token, takes over a worker's attempts or its name
+        while it is briefly away."""
+        for other in self.workers.values():
+            if other.connected and other.name == name and other.identity != identity \
+                    and now - other.last_seen < 2 * self.config.heartbeat_seconds:
+                raise NameTaken(f"a worker named {name!r} is already connected (from "
+                                f"{other.host}); give this one another --name", held=False)
+        waiting = sum(1 for job in self.jobs.values() if job.state in HOLDING_STATES
+                      and job.worker == name and job.holder != identity)
+        if waiting:
+            raise NameTaken(f"{waiting} job(s) of another worker named {name!r} wait for it "
+                            "to come back; this name is free once they are given up "
+                            f"(within {self.config.lost_grace_seconds:g} s of its loss)",
+                            held=True)
 
     def worker_left(self, worker_id: int, now: float, reason: str = "disconnected") -> None:
         worker = self.workers.get(worker_id)

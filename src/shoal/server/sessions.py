@@ -8,7 +8,7 @@ import logging
 
 from fastapi import WebSocket, WebSocketDisconnect
 
-from shoal.core.errors import ProtocolError, ShoalError
+from shoal.core.errors import NameTaken, ProtocolError, ShoalError
 from shoal.core.protocol import (
     Refused,
     Register,
@@ -92,7 +92,10 @@ async def worker_session(websocket: WebSocket) -> None:
     except (ShoalError, TimeoutError) as exc:
         log.warning("worker session closed: %s", exc or "no register in time")
         with contextlib.suppress(Exception):
-            await websocket.send_text(encode(Refused(reason=str(exc) or "no register in time")))
+            await websocket.send_text(encode(Refused(
+                reason=str(exc) or "no register in time",
+                name_clash=("held" if exc.held else "connected")
+                if isinstance(exc, NameTaken) else None)))
             await websocket.close(code=4400)
     except Exception:
         log.exception("worker session failed")

@@ -10,17 +10,12 @@ from shoal.server.scheduler import Capacity
 
 
 def worker_identity(credential: str, instance_secret: str) -> str:
-    """Who a worker is, for claiming attempts: its token (a digest of it) and the secret its
-    process drew at start, as `TOKEN-PART.PROCESS-PART`. Another process, or the same name
-    with another token, differs."""
+    """Who a worker is, for claiming attempts: its token (a digest of it) and the secret it
+    proves itself with (kept across its restarts, worker/identity.py), as
+    `TOKEN-PART.PROCESS-PART`. Another worker, or the same secret with another token, differs."""
     token_part = hashlib.sha256(credential.encode()).hexdigest()[:32]
     process_part = hashlib.sha256(f"{credential}\0{instance_secret}".encode()).hexdigest()
     return f"{token_part}.{process_part}"
-
-
-def same_token(identity: str | None, other: str) -> bool:
-    """Whether two identities connected with the same token (whatever their processes)."""
-    return identity is not None and identity.split(".")[0] == other.split(".")[0]
 
 
 @dataclass(slots=True)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from shoal.core.errors import AuthError, ConnectError, ProtocolError
+from shoal.core.errors import AuthError, ConnectError, NameTaken, ProtocolError
 from shoal.core.protocol import (
     MAX_MESSAGE_BYTES,
     MAX_RECONNECT_DELAY_SECONDS,
@@ -64,7 +64,7 @@ class Agent:
                  host: str | None = None, labels: dict[str, str] | None = None,
                  enforce_memory: bool = True, on_server_lost: str = "kill",
                  server_lost_timeout: float | None = None, fetch_blob: FetchBlob | None = None,
-                 provider: str | None = None):
+                 provider: str | None = None, instance_secret: str | None = None):
         self.name = name
         self.provider = provider  # how this worker was started, when not by hand
         # When this worker stops (time.monotonic()), e.g. its allocation's end: the server
@@ -72,8 +72,10 @@ class Agent:
         self.ends_at: float | None = None
         self.host = host or socket.gethostname()
         self.resources = resources
-        # Proves to the server, on every reconnect, that this process holds its attempts.
-        self.instance_secret = secrets.token_hex(16)
+        # Proves to the server, on every register, that this worker holds its attempts (and,
+        # kept across restarts, that it is the worker whose attempts ended: identity.py).
+        self.instance_secret = instance_secret or secrets.token_hex(16)
+        self.joined = False  # welcomed once: a name refused later is another's for now
         self.labels = dict(labels or {})
         # The server's URL, worker token and TLS context, set on each connect: staged files
         # come from there unless `fetch_blob` says otherwise.
@@ -177,6 +179,7 @@ class Agent:
     def connected(self, send: Callable[[FromWorker], None]) -> None:
         """Start reporting through `send`; results the server never acknowledged go again."""
         self._send = send
+        self.joined = True
         self.last_contact = time.monotonic()
         self._gave_up_on_server = False
         if not self.accepting:
@@ -224,6 +227,11 @@ class Agent:
             if self._watching_stalls:
                 self.watch_stalls()
         elif isinstance(message, Refused):
+            # Its own name taken while it was away, or jobs of an earlier worker of the name
+            # still waiting for it: try again later. A live clash at the start is a mistake.
+            if message.name_clash == "held" or (message.name_clash and self.joined):
+                raise NameTaken(f"the server refused this worker for now: {message.reason}",
+                                held=message.name_clash == "held")
             raise ProtocolError(f"the server refused this worker: {message.reason}")
 
     def _hand_back(self, message: Assign) -> None:
@@ -375,6 +383,8 @@ async def _connect_loop(agent: Agent, locate: Callable[[], Connection],
             log.warning("server answered %s; retrying", status)
         except ProtocolError:
             raise
+        except NameTaken as exc:
+            log.warning("%s; trying again", exc)
         except ssl.SSLCertVerificationError as exc:  # retrying cannot make it trusted
             raise ConnectError(f"the server at {server_url} is not the one pinned: "
                                f"{exc.verify_message}; if the address is right but not in "
