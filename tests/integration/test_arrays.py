@@ -171,3 +171,31 @@ def test_mod_of_the_group_changes_the_tasks_to_come(held: Cluster) -> None:
     newest = page["jobs"][0]
     assert (newest["group"], newest["priority"]) == ("later", 7)
     held.cli("kill", "--group", "later")
+
+
+def test_a_cap_set_with_an_array_is_not_set_again_by_its_later_tasks_after_a_restart(
+        tmp_path: Path) -> None:
+    """`shared:4` in an array's spec sets the cap once, with the add; an admin raises it to
+    100; the tasks made after a server restart must not put it back to 4."""
+    tasks = FIRST_ARRAY_JOBS + 3000
+
+    async def add_then_raise() -> None:
+        service = Service(Store(tmp_path / "shoal.db"), ReactorConfig())
+        await service.start()
+        service.arrays.add(JobSpec(cmd="task {}", cwd="/tmp", limits=["shared:4"]),
+                           f"1-{tasks}", owner="u", sees_all=False, may_set_caps=True)
+        assert service.store.limits()["shared"] == 4
+        service.set_limit("shared", 100)
+        await service.stop()
+
+    async def refill_after_restart() -> None:
+        service = Service(Store(tmp_path / "shoal.db"), ReactorConfig(
+            lost_grace_seconds=0.0, restart_grace_seconds=0.0))
+        await service.start()
+        await _run_until(service, tasks)
+        assert service.arrays.rows(None)[0]["not_yet_jobs"] == 0
+        assert service.store.limits()["shared"] == 100
+        await service.stop()
+
+    asyncio.run(add_then_raise())
+    asyncio.run(refill_after_restart())

@@ -49,6 +49,12 @@ class _Feed:
     made: list[int] = field(default_factory=list)  # ids of the jobs made last
 
 
+def _without_caps(spec: JobSpec) -> JobSpec:
+    """The spec of an array's later tasks, after a restart too: a cap set with the add (by
+    whoever was allowed to) may have been changed since, and is not set again."""
+    return spec.model_copy(update={"limits": [entry.partition(":")[0] for entry in spec.limits]})
+
+
 class ArrayFeeds:
     def __init__(self, service: Service):
         self.service = service
@@ -57,7 +63,7 @@ class ArrayFeeds:
         self._feeds: dict[int, _Feed] = {}
         for row in rows:
             if row.active:
-                self._feeds[row.id] = _Feed(row, JobSpec.model_validate(row.spec))
+                self._feeds[row.id] = _Feed(row, _without_caps(JobSpec.model_validate(row.spec)))
                 service.reactor.array_tasks(row.owner, row.group, row.unfed)
         self._checked_at = -math.inf
         self._missed = False
@@ -90,9 +96,7 @@ class ArrayFeeds:
         plan = self._make(feed, min(total, FIRST_ARRAY_JOBS), now, sees_all=sees_all,
                           may_set_caps=may_set_caps)
         self._next_id += 1
-        # Later tasks restate no cap: one set with the add may have been changed since.
-        feed.spec = spec.model_copy(update={"limits": [
-            entry.partition(":")[0] for entry in spec.limits]})
+        feed.spec = _without_caps(spec)
         if feed.row.active:
             self._feeds[row.id] = feed
         self.service.reactor.array_tasks(owner, spec.group, feed.row.unfed)
