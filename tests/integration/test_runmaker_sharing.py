@@ -179,6 +179,54 @@ def test_a_killed_runner_s_lines_are_recovered_never_run_twice(tmp_path: Path) -
     assert all(starts[str(job)] == 2 for job in (1, 2, 3))  # killed once, then run to the end
 
 
+def test_a_killed_listening_runner_s_lines_stay_held_while_its_far_workers_run_them(
+        tmp_path: Path) -> None:
+    """A `--listen` runner killed with SIGKILL while a worker of its own (another process, as
+    on another host) runs two lines: they are not judged dead, so no runner takes them again,
+    while that worker may still be running them."""
+    jobs, ledger, started = tmp_path / "runs.txt", tmp_path / "ledger", tmp_path / "started"
+    jobs.write_text("# far\n" + "".join(
+        f". echo {job} >> {started}; sleep 60; echo {job} >> {ledger}\n" for job in (1, 2)))
+    victim = shoal("run", str(jobs), "--listen", "127.0.0.1:0", cwd=tmp_path)
+    join_file = tmp_path / ".shoal" / "join"
+    join = wait_until(lambda: join_file.exists() and join_file.read_text().split()[-1], 60,
+                      message="the join line")
+    far = subprocess.Popen([*SHOAL, "worker", "--join", join, "--name", "far", "--cores", "2",
+                            "--spool", str(tmp_path / "far-spool")], cwd=tmp_path,
+                           env=environment(), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until(lambda: started.exists() and len(started.read_text().split()) == 2, 60,
+                   message="both lines started on the far worker")
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+        for _ in range(3):
+            looked = subprocess.run([*SHOAL, "file", "check", "--dry-run", "--json", str(jobs)],
+                                    cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                                    env=environment())
+            assert looked.returncode == 0, looked.stderr
+            judged = json.loads(looked.stdout)
+            assert judged["dead"] == [] and [ref["line"] for ref in judged["live"]] == [2, 3]
+            time.sleep(1.0)
+        assert far.poll() is None and not ledger.exists()  # the far copies still run
+        assert states(jobs) == "rr"
+    finally:
+        os.killpg(far.pid, signal.SIGTERM)
+        far.wait(timeout=30)
+        stop_guards_in(tmp_path)  # each would hold its lines for the workers' whole hold
+
+
+def stop_guards_in(directory: Path) -> None:
+    """Kill the claims guards working in `directory` (the killed runner's, here)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if b"shoal.runfile.guard" in (entry / "cmdline").read_bytes() \
+                    and os.readlink(entry / "cwd") == str(directory):
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
 def test_lines_runmaker4_holds_are_left_alone_and_listed(tmp_path: Path, peers: Path) -> None:
     jobs, ledger = tmp_path / "runs.txt", tmp_path / "ledger"
     gate = tmp_path / "gate"

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shoal.core.errors import InputError, ShoalError
-from shoal.core.models import FINAL_STATES, JobState
+from shoal.core.models import FINAL_STATES, Job, JobState
 from shoal.core.protocol import FromWorker, Resources, Started
 from shoal.core.states import Transition
 from shoal.formats import RunmakerFile
@@ -75,6 +75,7 @@ class Active:
     host: str = ""
     announced: bool = False  # "executing" shown
     forked: bool = False  # "forked" shown
+    remote: bool = False  # running on a --listen worker: the guard holds its line a while
 
 
 @dataclass
@@ -234,7 +235,7 @@ class FileRunner:
             self.ran_ids.append(job_id)
             job = jobs.get(job_id)
             if job is not None and job.state is JobState.RUNNING:  # assigned within the add
-                self._assigned(active, job.host or "")
+                self._assigned(active, job)
         self.report.total += len(batch)
         self._progress()
 
@@ -271,13 +272,16 @@ class FileRunner:
                 continue
             job = jobs.get(entry.job_id)
             if entry.to_state is JobState.RUNNING and job is not None:
-                self._assigned(active, job.host or "")
+                self._assigned(active, job)
             elif entry.to_state in FINAL_STATES:
                 self._ended(entry.job_id, active, entry.to_state)
         self.wake.set()
 
-    def _assigned(self, active: Active, host: str) -> None:
-        active.host = host
+    def _assigned(self, active: Active, job: Job) -> None:
+        active.host = job.host or ""
+        if job.worker != LOCAL_WORKER and self.guard is not None:
+            active.remote = True
+            self.guard.remote_started(job.id)
         if self.live is not None and not active.announced:
             self.live.executing(active.line.parsed.spec.cmd)
         active.announced = True
@@ -310,6 +314,8 @@ class FileRunner:
         self.unclaim(active.line, char)
         if self.guard is not None and active.pid:
             self.guard.ended(active.pid)
+        if self.guard is not None and active.remote:
+            self.guard.remote_ended(job_id)
         if job is not None:
             active.host = job.host or active.host
             active.pid = job.pid or active.pid
@@ -383,7 +389,10 @@ class FileRunner:
         self.recover()
         self.report.skipped_done = sum(1 for line in self.lines
                                        if line.parsed.state_char == "d")
-        self.guard = Guard(self.book.fd)
+        # A --listen worker cut off from this runner kills its jobs within the hold it was
+        # told (half of it, by default): the guard keeps their lines that long.
+        self.guard = Guard(self.book.fd, remote_hold_seconds=config.lease_timeout_seconds
+                           + config.lost_grace_seconds)
         service.listeners.append(self.follow)
         started = self.began = time.monotonic()
         agent = None

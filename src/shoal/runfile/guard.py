@@ -5,11 +5,15 @@ guard is a small process, in a session of its own, that inherits that descriptio
 outlive a runner killed with SIGKILL for as long as the jobs it started may still run (its
 worker's keeper kills them then). The runner writes to the guard's stdin, one line each:
 
-- ``+PGID`` when a job starts, ``-PGID`` when it has ended.
+- ``+PGID`` when a job starts here, ``-PGID`` when it has ended;
+- ``+jID`` when job ID starts on a worker on another host (``--listen``), ``-jID`` when it
+  has ended.
 
 The guard reads them only a few times a second (a pipe holds thousands), so a runner of short
 jobs does not wake it for each. When stdin closes, the runner is gone: the guard waits until
-every process group still listed has no process left, then exits, and the locks go with it.
+every process group still listed has no process left and, if jobs on other hosts were still
+listed, until those hosts' workers have killed them (the hold the runner gave them, its first
+argument after the descriptor), then exits, and the locks go with it.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ READ_EVERY_SECONDS = 0.25
 class Guard:
     """The runner's side: start the guard with the claims description, tell it about jobs."""
 
-    def __init__(self, claims_fd: int):
+    def __init__(self, claims_fd: int, remote_hold_seconds: float = 0.0):
         self._process: subprocess.Popen[bytes] | None = None
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "shoal.runfile.guard", str(claims_fd)],
+                [sys.executable, "-m", "shoal.runfile.guard", str(claims_fd),
+                 str(remote_hold_seconds)],
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True, pass_fds=(claims_fd,))
         except OSError:
@@ -49,6 +54,12 @@ class Guard:
 
     def ended(self, pgid: int) -> None:
         self._say(f"-{pgid}")
+
+    def remote_started(self, job_id: int) -> None:
+        self._say(f"+j{job_id}")
+
+    def remote_ended(self, job_id: int) -> None:
+        self._say(f"-j{job_id}")
 
     def close(self) -> None:
         if self._process is not None:
@@ -72,7 +83,9 @@ def _alive(pgid: int) -> bool:
 
 def main(argv: list[str]) -> int:
     held_fd = int(argv[1])  # kept open until the end: the claims' locks live on it
+    remote_hold = float(argv[2]) if len(argv) > 2 else 0.0
     groups: set[int] = set()
+    remote: set[int] = set()
     pending = b""
     while True:
         time.sleep(READ_EVERY_SECONDS)
@@ -82,8 +95,12 @@ def main(argv: list[str]) -> int:
         *complete, pending = (pending + chunk).split(b"\n")
         for raw in complete:
             text = raw.strip().decode("ascii", "replace")
-            if len(text) > 1 and text[1:].isdigit():
-                (groups.add if text[0] == "+" else groups.discard)(int(text[1:]))
+            listed, number = (remote, text[2:]) if text[1:2] == "j" else (groups, text[1:])
+            if text[:1] in ("+", "-") and number.isdigit():
+                (listed.add if text[0] == "+" else listed.discard)(int(number))
+    hold_until = time.monotonic() + remote_hold if remote else 0.0
+    while time.monotonic() < hold_until:
+        time.sleep(min(1.0, max(0.0, hold_until - time.monotonic())))
     while groups:
         groups = {pgid for pgid in groups if _alive(pgid)}
         if groups:
