@@ -6,8 +6,11 @@ against workers on namespace hosts."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
+
+from tests.hosts import Hosts
 
 from .cluster import Cluster, wait_until
 from .test_ensembles import by_name, cluster, hosts, run
@@ -126,3 +129,31 @@ stage = 1
     assert job_state(cluster, server) == "running"
     assert cluster.cli("ensemble", "stop", "bench").returncode == 0
     assert job_state(cluster, server) == "cancelled"
+
+
+def test_services_left_running_across_a_server_restart_are_still_reached(
+        cluster: Cluster, hosts: Hosts, tmp_path: Path) -> None:
+    """A server restart ends the run (abandoned) but kills none of its jobs: `stop` still
+    stops the daemon it left running, and `attach` follows it to its end."""
+    spec = tmp_path / "services.toml"
+    spec.write_text(SERVICES)
+    code, [snapshot], stderr = run(cluster, spec)
+    assert code == 0, stderr
+    daemon = by_name(snapshot)["daemon"]["job_id"]
+    assert cluster.server is not None
+    port = cluster.url.rsplit(":", 1)[1]
+    cluster.server.send_signal(signal.SIGTERM)
+    cluster.server.wait()
+    cluster.start_server("--host", hosts.server_address, "--port", port)
+    wait_until(lambda: job_state(cluster, daemon) == "running", timeout=60,
+               message="the daemon's worker to report it again")
+    [entry] = listed(cluster, "--name", "services")
+    assert entry["state"] == "abandoned"
+    stopped = cluster.cli("ensemble", "stop", "services")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped what it left running: daemon" in stopped.stderr
+    wait_until(lambda: job_state(cluster, daemon) == "cancelled", timeout=30,
+               message="the daemon stopped")
+    attached = cluster.cli("ensemble", "attach", "services", "daemon", timeout=60)
+    assert attached.returncode == 0, attached.stderr
+    assert "daemon up" in attached.stdout

@@ -32,7 +32,8 @@ from shoal.cli.ensemble_output import (
     write_log_dir,
 )
 from shoal.cli.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_OK
-from shoal.core.errors import InputError
+from shoal.core.errors import InputError, NotFound
+from shoal.core.models import JobState
 from shoal.ensemble.driver import (
     Interrupted,
     Outcome,
@@ -417,13 +418,30 @@ def attach_command(
         while True:
             attached.poll(snapshot)
             part = next(c for c in snapshot["components"] if c["name"] == component)
-            if ComponentState(part["state"]).is_final \
+            # A run of an earlier life of the server is over, but not a job it left running:
+            # its output is followed to its end, and the kept snapshot never changes.
+            run_over = RunState(snapshot["state"]).is_final
+            if (ComponentState(part["state"]).is_final or run_over) \
                     and (part.get("job_id") is None or attached.ended >= {"stdout", "stderr"}):
                 break
-            snapshot = next_snapshot(client, run_id, snapshot, ATTACH_POLL_SECONDS)
+            if run_over:
+                time.sleep(ATTACH_POLL_SECONDS)
+            else:
+                snapshot = next_snapshot(client, run_id, snapshot, ATTACH_POLL_SECONDS)
     part = next(c for c in snapshot["components"] if c["name"] == component)
     note(f"{component}: {part['state']}"
          + (f" (exit {part['exit_code']})" if part.get("exit_code") is not None else ""))
+
+
+def _left_running(client: Client, snapshot: dict[str, Any]) -> list[str]:
+    """Components of an ended run whose jobs still run (left by a server restart)."""
+    left = []
+    for part in snapshot.get("components", []):
+        if part.get("job_id") is not None and not ComponentState(part["state"]).is_final:
+            with contextlib.suppress(NotFound):
+                if not JobState(client.job(part["job_id"])["state"]).is_final:
+                    left.append(part["name"])
+    return left
 
 
 @ensemble_app.command("stop")
@@ -433,8 +451,12 @@ def stop_command(ctx: typer.Context, run: RunArgument) -> None:
     run_id = run_id_of(client, run)
     snapshot = client.ensemble(run_id)
     if RunState(snapshot["state"]).is_final:
+        left = _left_running(client, snapshot)
+        if left:  # the server stopped during the run; the run's jobs did not
+            client.cancel_ensemble(run_id)
         note(f"run {run_id} ({render.one_line(snapshot['name'])}) has already ended: "
-             f"{snapshot['state']}")
+             f"{snapshot['state']}" + (f"; stopped what it left running: {', '.join(left)}"
+                                       if left else ""))
         return
     live = [c["name"] for c in snapshot.get("components", [])
             if ComponentState(c["state"]).is_live]

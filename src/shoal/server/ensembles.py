@@ -121,8 +121,10 @@ class EnsembleRunner:
         # Runs going when the server last stopped: they ended with it.
         live = [state.value for state in R if not state.is_final]
         for run_id, owner, summary, snapshot in runs_in(service.store, live):
+            # Their jobs live on (a server restart kills none): `stop` still reaches them.
             ended = {"state": R.ABANDONED.value, "services_running": 0,
-                     "reason": "the server stopped during the run"}
+                     "reason": "the server stopped during the run; `shoal ensemble stop` "
+                               "stops what it left running"}
             self._keep(run_id, owner, {**summary, **ended}, {**snapshot, **ended})
         self._last_id = last_run_id(service.store)
 
@@ -171,9 +173,15 @@ class EnsembleRunner:
             await asyncio.wait_for(run.changed.wait(), timeout)
 
     def cancel(self, run_id: int, owner: str | None = None) -> None:
-        """Stop a run: one still going is cancelled; a detached one's services are stopped.
-        One of an earlier life of the server has nothing left to stop."""
-        if self._past(run_id, owner) is not None:
+        """Stop a run: one still going is cancelled; a detached one's services are stopped;
+        the jobs that one of an earlier life of the server left running are killed."""
+        past = self._past(run_id, owner)
+        if past is not None:
+            held = self.service.reactor.jobs  # every live job is held; ended ones need nothing
+            ids = [c["job_id"] for c in past.get("components", []) if c.get("job_id") in held]
+            if ids:
+                self.service.act("kill", ids, None, f"run {run_id} stopped "
+                                 "(shoal ensemble stop)", owner=owner)
             return
         run = self._run(run_id, owner)
         if run.task is not None and not run.task.done():
