@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from itertools import pairwise
@@ -217,3 +218,21 @@ def test_a_new_worker_under_a_name_whose_jobs_wait_keeps_trying_then_joins(
         # The job, given up after the grace, runs again: on the one worker there is.
         wait_until(lambda: ledger.read_text().count("start") == 2, message="the rerun")
         assert cluster.job(job_id)["worker"] == "w1"
+
+
+def test_two_workers_started_on_one_host_without_names_both_join(tmp_path: Path) -> None:
+    """Default names are HOST-PID: two `shoal worker` on one host never clash. A second
+    `--name w1` while w1 answers stops at once with one line naming the clash."""
+    with running_cluster(tmp_path, workers=[("w1", 1)]) as cluster:
+        unnamed = [cluster._spawn(f"unnamed-{k}", ["worker", "--cores", "1"]) for k in (0, 1)]
+        cluster.workers.update({f"unnamed-{k}": p for k, p in enumerate(unnamed)})
+        host = socket.gethostname()
+        expected = {f"{host}-{process.pid}" for process in unnamed}
+        wait_until(lambda: expected <= {w["name"] for w in cluster.api("GET", "/workers")[
+            "workers"] if w["connected"]}, message="both unnamed workers to join")
+        twin = cluster.cli("worker", "--name", "w1", "--cores", "1", timeout=60)
+        [line] = [text for text in twin.stderr.splitlines() if "w1" in text]
+        assert "already connected" in line and "another --name" in line
+        assert twin.returncode == 2
+        by_name = {w["name"]: w for w in cluster.api("GET", "/workers")["workers"]}
+        assert by_name["w1"]["connected"] and cluster.workers["w1"].poll() is None

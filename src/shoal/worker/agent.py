@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from shoal.core.errors import AuthError, ConnectError, NameTaken, ProtocolError
+from shoal.core.errors import AuthError, Conflict, ConnectError, NameTaken, ProtocolError
 from shoal.core.protocol import (
     MAX_MESSAGE_BYTES,
     MAX_RECONNECT_DELAY_SECONDS,
@@ -232,6 +232,8 @@ class Agent:
             if message.name_clash == "held" or (message.name_clash and self.joined):
                 raise NameTaken(f"the server refused this worker for now: {message.reason}",
                                 held=message.name_clash == "held")
+            if message.name_clash:  # two workers given one name: the user's to mend (exit 2)
+                raise Conflict(f"the server refused this worker: {message.reason}")
             raise ProtocolError(f"the server refused this worker: {message.reason}")
 
     def _hand_back(self, message: Assign) -> None:
