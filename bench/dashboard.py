@@ -185,7 +185,10 @@ def main() -> None:
             f"{rss / 2**30:.1f} GiB.\n\n" + "\n".join(table) + f"\n\n{paint_line}\n"
             "\nThe search for text in commands reads every row (`instr` over the jobs table, "
             "no index): the one request here whose cost grows with the queue. Each page's cost "
-            "otherwise is its page's: keyset pages by id, and counts kept by the server.\n")
+            "otherwise is its page's: keyset pages by id, and counts kept by the server. "
+            "The filters timed here match many jobs; one that few match (a state, worker or "
+            "owner rare among a million) reads rows by id until it has a page, up to every "
+            "row, as the text search does.\n")
     print(body)
     if args.write_docs:
         replace_section(DOCS, START, END, body, scaffold=(
