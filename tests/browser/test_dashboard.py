@@ -265,3 +265,55 @@ command = "sleep 2; echo right"
         "Authorization": f"Bearer {web_cluster.connection['admin_token']}"}).text
     assert "shoal_ensemble_start_spread_seconds_count 1.0" in metrics
     assert not page.problems, page.problems
+
+
+def test_headers_another_users_kill_usage_and_paging(browser: Any, web_cluster: Cluster,
+                                                     screenshots: Path) -> None:
+    """Every page carries the strict security headers; a user's kill of another user's
+    running job changes nothing; a job over its expected time is marked so; the jobs table
+    pages with Next and Previous, never repeating or skipping a job."""
+    alice, bob = _user(web_cluster, "alice"), _user(web_cluster, "bob")
+    [running] = _add(web_cluster, alice, {"cmd": "sleep 600", "cwd": "/", "group": "mine"})
+    [slow] = _add(web_cluster, bob, {"cmd": "sleep 1.5", "cwd": "/", "group": "slow",
+                                     "time_seconds": 0.5})
+    many = _add(web_cluster, bob, *({"cmd": f"echo {n}", "cwd": "/", "group": "many"}
+                                    for n in range(120)))
+    web_cluster.wait_state(running, "running")
+    web_cluster.wait_state(slow, "done")
+    page = _page(browser)
+    _login(page, web_cluster, bob)
+    for path in ("/", "/ui/jobs", f"/ui/jobs/{slow}", "/ui/workers", "/ui/ensembles"):
+        headers = page.request.get(web_cluster.url + path).headers
+        assert "default-src 'none'" in headers["content-security-policy"], path
+        assert "frame-ancestors 'none'" in headers["content-security-policy"], path
+        assert (headers["x-frame-options"], headers["x-content-type-options"],
+                headers["referrer-policy"]) == ("DENY", "nosniff", "no-referrer"), path
+
+    answer = page.request.post(f"{web_cluster.url}/ui/actions/kill",
+                               form={"ids": str(running)},
+                               headers={"Origin": web_cluster.url})
+    assert answer.status == 200 and f"job {running} does not exist" in answer.text()
+    assert web_cluster.job(running)["state"] == "running"
+
+    page.goto(f"{web_cluster.url}/ui/jobs/{slow}")
+    over = page.inner_text("tr.over")
+    assert "wall time" in over and "over" in over
+    assert "over" not in page.inner_text("tr:has-text('memory')")
+    _shot(page, screenshots, "usage-over", "Asked for and used", "over")
+
+    seen: list[int] = []
+    page.goto(f"{web_cluster.url}/ui/jobs?group=many")
+    while True:
+        page.wait_for_selector("tr[data-job]")
+        seen += [int(row.get_attribute("data-job"))
+                 for row in page.query_selector_all("tr[data-job]")]
+        following = page.query_selector("a[rel=next]")
+        if following is None:
+            break
+        following.click()
+        page.wait_for_load_state()
+    assert sorted(seen) == sorted(many) and len(seen) == len(set(seen))
+    page.click("a[rel=prev]")
+    page.wait_for_selector("tr[data-job]")
+    assert len(page.query_selector_all("tr[data-job]")) == 50
+    assert not page.problems, page.problems
