@@ -398,3 +398,14 @@ def test_add_takes_only_a_runmaker_file_s_new_lines(tmp_path: Path, cluster: Clu
     assert said in added.stderr
     listed = json.loads(cluster.cli("jobs", "--json").stdout)
     assert sorted(job["cmd"] for job in listed["jobs"]) == ["echo new", "echo other"]
+
+
+def test_one_only_with_listen_and_no_slots_is_refused(tmp_path: Path) -> None:
+    jobs = tmp_path / "runs.txt"
+    jobs.write_text("# one\n. echo a\n")
+    code, _, err = finish(shoal("run", str(jobs), "-1", "--listen", "127.0.0.1:0",
+                                cwd=tmp_path), timeout=60)
+    assert code == 2
+    assert err.strip() == "shoal: -1 with --listen needs -j N: N slots here, each stopping " \
+        "after its first job that succeeds"
+    assert states(jobs) == "."

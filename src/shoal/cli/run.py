@@ -154,6 +154,9 @@ def run_command(
     if ssh_hosts and listen is not None:  # where the hosts' workers join: not runmaker's
         listen_for_hosts, listen = listen, None
     if listen is not None and not jobs:
+        if one_only:  # no slots of its own to count successes in: it would run nothing
+            raise InputError("-1 with --listen needs -j N: N slots here, each stopping after "
+                             "its first job that succeeds")
         parallel = 0  # as runmaker4-server: only the workers that join run lines
     elif one_only and not jobs:
         parallel = 1  # runmaker4 -1: one job; with -j N, one per slot
