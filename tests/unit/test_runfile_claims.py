@@ -97,6 +97,25 @@ def test_a_line_runmaker4_set_running_is_not_taken(tmp_path: Path) -> None:
     assert path.read_text() == ". a\nr b\n"
 
 
+def test_a_line_a_live_runner_ended_and_runmaker4_retook_is_not_taken(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The marks read before the lines' locks are stale: between the two, a live shoal runner
+    ended "echo b" (its mark cleared) and runmaker4 set it running again. Judged under the
+    lock, it is runmaker4's: left alone."""
+    path = tmp_path / "runs.txt"
+    path.write_text(TEXT)
+    at = offsets(path)
+    stale = {at["echo b"]}
+    monkeypatch.setattr(ClaimBook, "marks", lambda self: stale)
+    with RunmakerFile(path) as runmaker:
+        data, lines = read_lines(runmaker)
+        found = check_claims(runmaker, data, [line.parsed for line in lines], path,
+                             recover=True)
+    assert not found.recovered and not found.dead
+    assert "echo b" in [ref.cmd for ref in found.unjudgeable]
+    assert path.read_text() == TEXT
+
+
 def test_a_bad_line_is_named(tmp_path: Path) -> None:
     path = tmp_path / "runs.txt"
     path.write_text(". a\nx b\n")

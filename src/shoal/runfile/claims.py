@@ -108,6 +108,14 @@ class ClaimBook:
     def clear(self, offset: int) -> None:
         self._write(offset, CLEAR)
 
+    def marked(self, offset: int) -> bool:
+        """Whether this one line is marked claimed now (read again once its lock is held)."""
+        try:
+            return os.pread(self.fd, len(CLAIMED), offset) == CLAIMED
+        except OSError as error:
+            raise InputError(f"cannot read: {error.strerror or error}",
+                             source=str(self.path)) from None
+
     def marks(self) -> set[int]:
         """Offsets marked claimed (the file is sparse: it is read whole)."""
         try:
@@ -183,9 +191,12 @@ def check_claims(runmaker: RunmakerFile, data: bytes, jobs: list[ParsedJob],
                     report.live.append(ref)
                 continue
             try:
+                # Read again under the lock: the marks read before may be stale (a live
+                # runner ended the line, clearing its mark, and runmaker4 took it again).
+                marked_now = book.marked(offset)
                 if state != "r":
                     book.clear(offset)  # a mark its dead runner left; the line moved on
-                elif offset not in marked:
+                elif not marked_now:
                     report.unjudgeable.append(ref)
                 elif not recover:
                     report.dead.append(ref)
