@@ -336,10 +336,18 @@ class Client:
         "start"}`. Returns its first snapshot, with its `run_id`."""
         return self._request("POST", "/ensembles", json=dict(request))
 
-    def ensemble(self, run_id: int, wait: float | None = None,
+    def ensemble(self, run: int | str, wait: float | None = None,
                  since: int | None = None) -> dict[str, Any]:
-        """A snapshot of an ensemble run. With `wait` and `since`, a long poll as `status`."""
-        return self._long_poll(f"/ensembles/{int(run_id)}", {}, wait, since)
+        """A snapshot of an ensemble run: its id, or an ensemble's name for its latest run.
+        With `wait` and `since`, a long poll as `status`."""
+        return self._long_poll(f"/ensembles/{self._run_id(run)}", {}, wait, since)
+
+    def _run_id(self, run: int | str) -> int:
+        if isinstance(run, int) or run.isdigit():
+            return int(run)
+        from shoal.ensemble.driver import find_run
+
+        return find_run(self.list_ensembles(name=run), run)
 
     def _long_poll(self, path: str, params: dict[str, Any], wait: float | None,
                    since: int | None) -> Any:
@@ -353,10 +361,10 @@ class Client:
             params["since"] = since
         return self._request("GET", path, params=params, timeout=timeout)
 
-    def cancel_ensemble(self, run_id: int) -> dict[str, Any]:
-        """Stop an ensemble run: one still going is cancelled; a detached one's services are
-        stopped. `{"cancelled": true}`."""
-        return self._request("POST", f"/ensembles/{int(run_id)}/cancel")
+    def cancel_ensemble(self, run: int | str) -> dict[str, Any]:
+        """Stop an ensemble run (its id, or an ensemble's name for its latest run): one still
+        going is cancelled; a detached one's services are stopped. `{"cancelled": true}`."""
+        return self._request("POST", f"/ensembles/{self._run_id(run)}/cancel")
 
     def list_ensembles(self, name: str | None = None) -> list[dict[str, Any]]:
         """The ensemble runs the server keeps (this token's): `{"run_id", "name", "state",

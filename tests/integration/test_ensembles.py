@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from shoal.core.errors import InputError
 from tests.hosts import Hosts, namespace_hosts
 
 from .cluster import SHOAL, Cluster, wait_until
@@ -488,6 +489,11 @@ def test_the_python_api_runs_an_ensemble_file(cluster: Cluster, tmp_path: Path,
         assert cluster.job(parts["h0"]["job_id"])["stdout"]["head"] == "from the api\n"
         assert cluster.job(parts["localhost"]["job_id"])["stdout"]["head"] == f"{tmp_path}\n"
         assert [run["run_id"] for run in client.list_ensembles("api")] == [snapshot["run_id"]]
+        # RUN by name, as on the command line: the ensemble's latest run.
+        assert client.ensemble("api")["run_id"] == snapshot["run_id"]
+        assert client.cancel_ensemble("api") == {"cancelled": True}
+        with pytest.raises(InputError, match="no ensemble run is named 'nope'"):
+            client.ensemble("nope")
 
 
 def test_runs_are_kept_across_a_server_restart(cluster: Cluster, hosts: Hosts,
