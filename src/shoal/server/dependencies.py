@@ -136,6 +136,8 @@ class Dependencies:
         Only waiting jobs have outgoing edges, so the search stays among those and the
         batch's own new jobs."""
         new_by_id = {job.id: job for job in new_jobs}
+        if not any(job.dependencies or job.dependencies_any for job in new_by_id.values()):
+            return None  # a cycle through new jobs needs an edge out of one of them
         new_in_group: dict[str, list[int]] = defaultdict(list)
         for job in new_by_id.values():
             new_in_group[job.group].append(job.id)
