@@ -391,3 +391,15 @@ def test_a_workers_name_taken_while_it_was_away_is_not_taken_from_it_for_good() 
     with pytest.raises(NameTaken, match="already connected") as refused:
         reactor.worker_joined(register("w1"), 3.0, credential="t")
     assert not refused.value.held
+
+
+def test_one_secret_under_two_names_gives_up_nothing_of_the_other() -> None:
+    """Two workers that happen to share a secret (a spool directory shared by mistake): the
+    second's register lists none of the first's attempts, which go on."""
+    reactor = new_reactor()
+    [job_id] = add(reactor, "sleep 100")
+    w1 = reactor.worker_joined(register("w1", instance_secret="ab" * 16), 0.0, credential="t")
+    assigned(reactor)
+    reactor.worker_joined(register("w2", instance_secret="ab" * 16), 1.0, credential="t")
+    job = reactor.get(job_id)
+    assert (job.state, job.worker) == (S.RUNNING, "w1") and reactor.workers[w1].connected

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 # How often an attached component's output is read while it runs.
 ATTACH_POLL_SECONDS = 0.2
+PAST_RUN_POLL_SECONDS = 1.0
 # Uploads smaller than this are over before a progress bar would say anything.
 PROGRESS_MIN_BYTES = 8 << 20
 
@@ -424,8 +425,8 @@ def attach_command(
             if (ComponentState(part["state"]).is_final or run_over) \
                     and (part.get("job_id") is None or attached.ended >= {"stdout", "stderr"}):
                 break
-            if run_over:
-                time.sleep(ATTACH_POLL_SECONDS)
+            if run_over:  # nothing to long-poll: the job's output is read once a second
+                time.sleep(PAST_RUN_POLL_SECONDS)
             else:
                 snapshot = next_snapshot(client, run_id, snapshot, ATTACH_POLL_SECONDS)
     part = next(c for c in snapshot["components"] if c["name"] == component)

@@ -167,7 +167,8 @@ class AttachedOutput:
             position = self.positions.get(stream, 0)
             try:
                 answer = self.backend.logs(job_id, stream, offset=position)
-            except NotFound:
+            except NotFound:  # the job was removed: nothing more will come
+                self.ended.add(stream)
                 return
             if answer.get("live"):
                 data = answer.get("data") or ""

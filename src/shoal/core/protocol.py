@@ -304,6 +304,10 @@ _to_worker: TypeAdapter[ToWorker] = TypeAdapter(ToWorker)
 
 
 def encode(message: _Message) -> str:
+    # A refusal's optional `name_clash` is left out when unset: workers of this protocol
+    # version from before it was added refuse unknown fields, and must still read the reason.
+    if isinstance(message, Refused) and message.name_clash is None:
+        return message.model_dump_json(exclude={"name_clash"})
     return message.model_dump_json()
 
 

@@ -447,8 +447,9 @@ class FileRunner:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-            for active in list(self.active.values()):  # what did not end is given back
-                self.unclaim(active.line, ".")
+            for active in list(self.active.values()):  # what did not end is given back,
+                if not active.remote:  # but a far copy may still run: the guard keeps its line
+                    self.unclaim(active.line, ".")
             self.active.clear()
             self.report.wall_seconds = time.monotonic() - started
             _summarise(service, sorted(set(self.ran_ids)), self.report)

@@ -361,7 +361,7 @@ class Reactor(JobEdits):
         # restarted (a worker keeps its secret across restarts, worker/identity.py).
         for job in self.jobs.values():
             if job.state in HOLDING_STATES and job.lease_id not in reported \
-                    and job.holder == identity:
+                    and job.holder == identity and job.worker == worker.name:
                 if job.state is S.RUNNING:
                     for other in self.workers.values():
                         other.release(job)
@@ -384,9 +384,9 @@ class Reactor(JobEdits):
                       and job.worker == name and job.holder != identity)
         if waiting:
             raise NameTaken(f"{waiting} job(s) of another worker named {name!r} wait for it "
-                            "to come back; this name is free once they are given up "
-                            f"(within {self.config.lost_grace_seconds:g} s of its loss)",
-                            held=True)
+                            "to come back; this name is free once they are given up (the "
+                            f"lost grace, {self.config.lost_grace_seconds:g} s, after that "
+                            "worker is lost)", held=True)
 
     def worker_left(self, worker_id: int, now: float, reason: str = "disconnected") -> None:
         worker = self.workers.get(worker_id)
