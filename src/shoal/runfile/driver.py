@@ -279,7 +279,8 @@ class FileRunner:
 
     def _assigned(self, active: Active, job: Job) -> None:
         active.host = job.host or ""
-        if job.worker != LOCAL_WORKER and self.guard is not None:
+        here = self.options.parallel > 0 and job.worker == LOCAL_WORKER  # not a far "local"
+        if not here and self.guard is not None:
             active.remote = True
             self.guard.remote_started(job.id)
         if self.live is not None and not active.announced:
