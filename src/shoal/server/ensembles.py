@@ -23,6 +23,8 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Mapping
+from itertools import pairwise
 from typing import Any
 
 from shoal.core.errors import InputError, NotFound, StoreUnavailable
@@ -90,23 +92,38 @@ def resolve_worker(component: Component, workers: list[WorkerState],
                      f"connected worker (connected: {names})")
 
 
-def check_resources(components: list[ComponentRun]) -> None:
-    """Refuse, at once, components that ask for more than their worker has in all: they
-    could never start together."""
-    cores: dict[str, int] = defaultdict(int)
-    memory: dict[str, int] = defaultdict(int)
-    for component in components:
-        cores[component.worker.name] += component.spec.cores or 0
-        memory[component.worker.name] += component.spec.memory_bytes or 0
-    for component in components:
-        worker = component.worker
-        if cores[worker.name] > worker.cores:
-            raise InputError(f"components on worker {worker.name} ask for {cores[worker.name]} "
-                             f"cores together; it offers {worker.cores}")
-        if worker.memory_bytes and memory[worker.name] > worker.memory_bytes:
-            raise InputError(f"components on worker {worker.name} ask for "
-                             f"{memory[worker.name] >> 20} MiB of memory together; it offers "
-                             f"{worker.memory_bytes >> 20} MiB")
+def check_resources(components: list[ComponentRun],
+                    starts_after: Mapping[int, str] | None = None) -> None:
+    """Refuse, at once, components that ask for more than their worker has while they could
+    be running together: those of one stage, with every earlier stage's but those that must
+    have ended (a stage that starts once the one before has "finished" waits for all of it)."""
+    stages = sorted({c.spec.stage for c in components})
+    following = dict(pairwise(stages))
+    starts_after = starts_after or {}
+
+    def ended_by(stage: int, now: int) -> bool:
+        nxt = following.get(stage)
+        return nxt is not None and nxt <= now and starts_after.get(nxt) == "finished"
+
+    for now in stages:
+        cores: dict[str, int] = defaultdict(int)
+        memory: dict[str, int] = defaultdict(int)
+        workers: dict[str, WorkerState] = {}
+        for component in components:
+            stage = component.spec.stage
+            if stage > now or ended_by(stage, now):
+                continue
+            workers[component.worker.name] = component.worker
+            cores[component.worker.name] += component.spec.cores or 0
+            memory[component.worker.name] += component.spec.memory_bytes or 0
+        for name, worker in workers.items():
+            if cores[name] > worker.cores:
+                raise InputError(f"components on worker {name} ask for {cores[name]} "
+                                 f"cores together; it offers {worker.cores}")
+            if worker.memory_bytes and memory[name] > worker.memory_bytes:
+                raise InputError(f"components on worker {name} ask for "
+                                 f"{memory[name] >> 20} MiB of memory together; it offers "
+                                 f"{worker.memory_bytes >> 20} MiB")
 
 
 class EnsembleRunner:
@@ -140,7 +157,7 @@ class EnsembleRunner:
         unknown = set(request.manifests) - {c.name for c in ensemble.components}
         if unknown:
             raise InputError(f"files for unknown components: {', '.join(sorted(unknown))}")
-        check_resources(components)
+        check_resources(components, ensemble.stage_starts_after)
         self._last_id += 1
         run = Run(self._last_id, request, components, owner=owner, saver=self._save)
         self.runs[run.run_id] = run
