@@ -723,8 +723,11 @@ def test_remote_runner_extra_args_mistakes_are_one_line(tmp_path: Path) -> None:
                             "Runner custom arg_parser: error: unrecognized arguments: "
                             "--banana 1")
     empty = write(tmp_path, "parser.py", "x = 1\n")
-    assert error_of(config, extra_args="", arg_parser=empty) == (  # type: ignore[arg-type]
+    assert error_of(config, extra_args="x", arg_parser=empty) == (  # type: ignore[arg-type]
         f"{empty}: an arg parser must define parse_args(extra_args, ssh_user)")
+    # An empty --extra-args is none at all, as in remote_runner: no parser is needed.
+    without = error_of(config, extra_args="")  # type: ignore[arg-type]
+    assert without == error_of(config) and "extra_options is None" in without
     toml = write(tmp_path, "a.toml", ONE)
     assert "--extra-args applies to remote_runner configurations" in error_of(
         toml, extra_args="x")  # type: ignore[arg-type]

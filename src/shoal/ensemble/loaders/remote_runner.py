@@ -63,7 +63,9 @@ def load_remote_runner(path: Path, text: str, *, muddler: Path | None = None,
     """Run the configuration (and the muddler), then map its components to one ensemble.
 
     With `extra_args`, the `arg_parser` file's parse_args(extra_args, ssh_user) gives
-    `extra_options` to both, as remote_runner's --extra-args and --arg-parser do."""
+    `extra_options` to both, as remote_runner's --extra-args and --arg-parser do. An empty
+    `extra_args` is none at all, as remote_runner's `if options.extra_args` has it."""
+    extra_args = extra_args or None
     if extra_args is not None and arg_parser is None:
         raise InputError("--extra-args needs --arg-parser: a file defining "
                          "parse_args(extra_args, ssh_user), as in remote_runner")
