@@ -163,3 +163,23 @@ def test_a_server_keeps_history_only_as_long_as_asked(tmp_path: Path) -> None:
             instance.wait_state(job_id, "done")
         wait_until(lambda: instance.api("GET", "/status")["totals"] == {}, timeout=30,
                    message="history older than 2 s to be removed")
+
+
+def test_each_attempt_keeps_why_it_ended(cluster: Cluster) -> None:
+    """Not only the job's last reason: every attempt says why it ended, in the API and in
+    `shoal status`."""
+    failing, killed, fine = cluster.api("POST", "/jobs", json={"jobs": [
+        {"cmd": "exit 3", "cwd": "/", "retries": 1},
+        {"cmd": "sleep 300", "cwd": "/"},
+        {"cmd": "true", "cwd": "/"}]})["ids"]
+    cluster.wait_state(killed, "running")
+    cluster.api("POST", "/jobs/kill", json={"ids": [killed]})
+    failed = cluster.wait_state(failing, "failed")
+    reasons = [a["reason"] for a in failed["attempt_history"]]
+    assert len(reasons) == 2 and all("exit code 3" in (r or "") for r in reasons), reasons
+    assert [a["reason"] for a in cluster.wait_state(killed, "cancelled")["attempt_history"]] \
+        == ["killed by user"]
+    assert [a["reason"] for a in cluster.wait_state(fine, "done")["attempt_history"]] == [None]
+    shown = cluster.cli("status", str(failing))
+    assert shown.returncode == 0 and "REASON" in shown.stdout
+    assert shown.stdout.count("exit code 3") >= 2

@@ -337,7 +337,7 @@ def describe_limit(entry: Mapping[str, Any]) -> str:
 
 
 def attempts_rows(attempts: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    headers = ["#", "WORKER", "HOST", "STARTED", "WALL", "EXIT", "OUTCOME"]
+    headers = ["#", "WORKER", "HOST", "STARTED", "WALL", "EXIT", "OUTCOME", "REASON"]
     rows = [
         [
             str(attempt.get("attempt", "")),
@@ -347,6 +347,7 @@ def attempts_rows(attempts: Sequence[Mapping[str, Any]]) -> tuple[list[str], lis
             format_duration(attempt.get("wall_seconds")),
             text_cell(attempt.get("exit_code")),
             text_cell(attempt.get("outcome")),
+            text_cell(attempt.get("reason")),
         ]
         for attempt in attempts
     ]

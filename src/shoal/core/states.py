@@ -36,6 +36,9 @@ class Transition:
     to_state: JobState
     at: float
     reason: str | None = None
+    # The attempt this change ends or loses (it leaves running or lost): its reason is the
+    # attempt's own, kept with it.
+    lease_id: int | None = None
 
 
 def created(job: Job, *, now: float) -> Transition:
@@ -57,6 +60,8 @@ def transition(
             f"job {job.id}: {from_state.value} -> {to_state.value} is not allowed"
         )
     job.state = to_state
+    ended_lease = job.lease_id if from_state in (S.RUNNING, S.LOST) \
+        and to_state is not S.RUNNING else None
     if to_state is S.QUEUED:
         job.queued_at = now
         job.retry_at = None
@@ -69,4 +74,4 @@ def transition(
     if to_state is not S.RUNNING and to_state is not S.LOST:
         # Only a running (or lost, awaiting its worker) attempt holds a valid lease.
         job.lease_id = None
-    return Transition(job.id, from_state, to_state, now, reason)
+    return Transition(job.id, from_state, to_state, now, reason, ended_lease)

@@ -133,6 +133,7 @@ class Attempt(_Open):
     exit_code: int | None
     wall_seconds: float | None
     cpu_seconds: float | None
+    reason: str | None = Field(default=None, description="why this attempt ended or was lost")
     peak_rss_bytes: int | None
 
 

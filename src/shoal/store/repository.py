@@ -789,6 +789,10 @@ class Store:
                      for stream, cap in (("stdout", r.stdout), ("stderr", r.stderr))
                      if cap.total_bytes],
                 )
+            reasons = [(t.reason, t.lease_id) for t in transitions
+                       if t.lease_id is not None and t.reason is not None]
+            if reasons:
+                db.executemany("UPDATE attempts SET reason = ? WHERE lease_id = ?", reasons)
             if removed:
                 ids = [(job_id,) for job_id in removed]
                 for table in ("jobs", "attempts", "outputs", "transitions"):
@@ -816,11 +820,12 @@ class Store:
     def attempt_history(self, job_id: int) -> list[dict[str, object]]:
         rows = self._db.execute(
             "SELECT attempt, lease_id, worker, host, pid, started_at, ended_at, outcome, "
-            "exit_code, wall_seconds, cpu_seconds, peak_rss_bytes FROM attempts "
+            "exit_code, wall_seconds, cpu_seconds, peak_rss_bytes, reason FROM attempts "
             "WHERE job_id = ? ORDER BY lease_id", (job_id,),
         ).fetchall()
         keys = ("attempt", "lease_id", "worker", "host", "pid", "started_at", "ended_at",
-                "outcome", "exit_code", "wall_seconds", "cpu_seconds", "peak_rss_bytes")
+                "outcome", "exit_code", "wall_seconds", "cpu_seconds", "peak_rss_bytes",
+                "reason")
         # Numbered by order: a user's retry restarts the retry budget, not the history.
         return [dict(zip(keys, (number, *row[1:]), strict=True))
                 for number, row in enumerate(rows, start=1)]

@@ -211,6 +211,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_backlog ON jobs (priority DESC, id)
         WHERE state = 'queued' AND limits = '[]' AND gate = 0;
     """,
+    # 12: why each attempt ended (or was lost), not only the job's last reason.
+    """
+    ALTER TABLE attempts ADD COLUMN reason TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
