@@ -22,7 +22,10 @@ def modes(directory: Path) -> dict[str, int]:
     """The permission bits of `directory` and of everything under it, by relative path."""
     found = {".": stat.S_IMODE(directory.stat().st_mode)}
     for path in directory.rglob("*"):
-        found[str(path.relative_to(directory))] = stat.S_IMODE(path.lstat().st_mode)
+        try:
+            found[str(path.relative_to(directory))] = stat.S_IMODE(path.lstat().st_mode)
+        except FileNotFoundError:  # the running run replaced it since the listing
+            continue
     return found
 
 
