@@ -318,7 +318,11 @@ class Reactor(JobEdits):
         with the process secret in its register, it decides which attempts it may claim."""
         offered = register.resources
         identity = worker_identity(credential, register.instance_secret)
-        self._check_name_free(register.name, identity, now)
+        # One look at the jobs this name holds: whose they are decides both the name and,
+        # below, which attempts a restarted worker gave up.
+        held_here = [job for job in self.jobs.values()
+                     if job.state in HOLDING_STATES and job.worker == register.name]
+        self._check_name_free(register.name, identity, now, held_here)
         # A worker of the same name still marked connected is now this process's stale
         # session, or another's silent for two heartbeats and holding nothing: presumed dead.
         for other in list(self.workers.values()):
@@ -359,9 +363,9 @@ class Reactor(JobEdits):
                               reason="stale lease"))
         # Attempts the server gave this process that it no longer has ended with it: it
         # restarted (a worker keeps its secret across restarts, worker/identity.py).
-        for job in self.jobs.values():
+        for job in held_here:
             if job.state in HOLDING_STATES and job.lease_id not in reported \
-                    and job.holder == identity and job.worker == worker.name:
+                    and job.holder == identity:
                 if job.state is S.RUNNING:
                     for other in self.workers.values():
                         other.release(job)
@@ -370,7 +374,8 @@ class Reactor(JobEdits):
                 self._give_up_lost(job, now)
         return worker.id
 
-    def _check_name_free(self, name: str, identity: str, now: float) -> None:
+    def _check_name_free(self, name: str, identity: str, now: float,
+                         held_here: Sequence[Job]) -> None:
         """A name belongs to one process: refused to another while that one answers, and
         while jobs it ran under the name wait for it (held, or lost within the grace), so
         that no process, whatever its token, takes over a worker's attempts or its name
@@ -380,8 +385,7 @@ class Reactor(JobEdits):
                     and now - other.last_seen < 2 * self.config.heartbeat_seconds:
                 raise NameTaken(f"a worker named {name!r} is already connected (from "
                                 f"{other.host}); give this one another --name", held=False)
-        waiting = sum(1 for job in self.jobs.values() if job.state in HOLDING_STATES
-                      and job.worker == name and job.holder != identity)
+        waiting = sum(1 for job in held_here if job.holder != identity)
         if waiting:
             raise NameTaken(f"{waiting} job(s) of another worker named {name!r} wait for it "
                             "to come back; this name is free once they are given up (the "
