@@ -16,7 +16,7 @@ import pytest
 from shoal.worker.cgroups import Containment, JobCgroup
 from tests.system import require
 
-KEEPER = [sys.executable, "-m", "shoal.worker.keeper"]
+KEEPER = [sys.executable, "-m", "shoal.worker.keeper_process"]
 
 
 def start_job() -> subprocess.Popen[bytes]:

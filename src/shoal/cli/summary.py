@@ -6,9 +6,6 @@ import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.markup import escape
-
 if TYPE_CHECKING:
     from shoal.embedded import RunReport
 
@@ -23,6 +20,9 @@ def print_summary(report: RunReport, *, json_output: bool, to_stderr: bool = Fal
     if json_output:
         print(json.dumps({**asdict(report), "succeeded": report.succeeded}, indent=2))
         return
+    from rich.console import Console  # here: rich costs 40 ms to import, JSON needs none of it
+    from rich.markup import escape
+
     console = Console(highlight=False, stderr=to_stderr)
     line = f"{report.done} done, {report.failed} failed of {report.total}"
     if report.skipped_done:

@@ -179,7 +179,7 @@ class JobSpec(BaseModel):
     """One job as a user asks for it. Unknown fields are refused, so typos surface."""
 
     # Inputs stay out of str(ValidationError): an env value there would leak a secret.
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, defer_build=True)
 
     cmd: str = Field(min_length=1)
     cwd: str | None = None
@@ -317,7 +317,7 @@ class JobChanges(BaseModel):
     """What `shoal mod` changes of jobs that are not running: only the fields given (a null
     clears one that may be empty). The command and its directory are the job itself: fixed."""
 
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, defer_build=True)
 
     name: str | None = None
     group: str | None = None

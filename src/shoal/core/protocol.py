@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -29,7 +30,8 @@ Label = Annotated[str, Field(max_length=256)]
 
 class _Message(BaseModel):
     # hide_input_in_errors: an Assignment's env values are secrets, never in an error's text.
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True,
+                              defer_build=True)
 
     @classmethod
     def trusted(cls, **values: Any) -> Self:
@@ -135,8 +137,8 @@ class AttemptResult(_Message):
     wall_seconds: Seconds
     cpu_seconds: Seconds
     peak_rss_bytes: Size
-    stdout: Captured = Captured()
-    stderr: Captured = Captured()
+    stdout: Captured = Field(default_factory=Captured)
+    stderr: Captured = Field(default_factory=Captured)
     error: str | None = None
 
 
@@ -299,8 +301,18 @@ class Peek(_Message):
 ToWorker = Annotated[Welcome | Refused | Assign | Kill | Ack | Release | TimeProbe | Peek,
                      Field(discriminator="type")]
 
-_from_worker: TypeAdapter[FromWorker] = TypeAdapter(FromWorker)
-_to_worker: TypeAdapter[ToWorker] = TypeAdapter(ToWorker)
+
+
+# Built on first use, like the messages themselves (`defer_build`): a `shoal run`, whose worker
+# is in the same process, never decodes a message, and building them all costs 50 ms at start.
+@functools.cache
+def _from_worker() -> TypeAdapter[FromWorker]:
+    return TypeAdapter(FromWorker)
+
+
+@functools.cache
+def _to_worker() -> TypeAdapter[ToWorker]:
+    return TypeAdapter(ToWorker)
 
 
 def encode(message: _Message) -> str:
@@ -314,7 +326,7 @@ def encode(message: _Message) -> str:
 def decode_from_worker(data: str | bytes) -> FromWorker:
     """A message a worker sent, or ProtocolError: whatever the bytes, nothing else is raised."""
     try:
-        return _from_worker.validate_json(_checked(data, "worker"))
+        return _from_worker().validate_json(_checked(data, "worker"))
     except ValidationError as exc:
         raise ProtocolError(f"bad message from worker: {_first_error(exc)}") from None
 
@@ -322,7 +334,7 @@ def decode_from_worker(data: str | bytes) -> FromWorker:
 def decode_to_worker(data: str | bytes) -> ToWorker:
     """A message the server sent, or ProtocolError."""
     try:
-        return _to_worker.validate_json(_checked(data, "server"))
+        return _to_worker().validate_json(_checked(data, "server"))
     except ValidationError as exc:
         raise ProtocolError(f"bad message from server: {_first_error(exc)}") from None
 

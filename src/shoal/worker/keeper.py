@@ -33,15 +33,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import select
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 
-from shoal.worker.cgroups import kill_cgroup
-
+# The process is a module of its own that imports neither asyncio nor subprocess: it starts
+# with every worker (and every `shoal run`), so its start-up is paid on the jobs' cores.
+KEEPER_COMMAND = [sys.executable, "-m", "shoal.worker.keeper_process"]
 HEARTBEATS_PER_TIMEOUT = 4
 MAX_HEARTBEAT_SECONDS = 1.0
 
@@ -63,7 +62,7 @@ class Keeper:
         if self._process is None:
             try:
                 self._process = subprocess.Popen(
-                    [sys.executable, "-m", "shoal.worker.keeper"], stdin=subprocess.PIPE,
+                    KEEPER_COMMAND, stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     start_new_session=True, close_fds=True)
             except OSError:
@@ -163,60 +162,3 @@ class Keeper:
             self._process.stdin.close()
             self._process.wait()
             self._process = None
-
-
-def _kill(jobs: dict[int, list[str]], parents: list[str]) -> None:
-    for pgid, cgroup_dirs in jobs.items():
-        with contextlib.suppress(OSError):
-            os.killpg(pgid, signal.SIGKILL)
-        if cgroup_dirs:
-            kill_cgroup(cgroup_dirs)
-    for parent in parents:
-        try:
-            children = [entry.path for entry in os.scandir(parent) if entry.is_dir()]
-        except OSError:
-            continue
-        for child in children:
-            kill_cgroup([child])
-
-
-def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the worker's terminal is not for us
-    jobs: dict[int, list[str]] = {}  # process group -> the job's cgroup directories
-    parents: list[str] = []  # the job cgroups' parents
-    timeout: float | None = None
-    last_heard = time.monotonic()
-    pending = b""
-    fd = sys.stdin.fileno()
-    while True:
-        wait = None if timeout is None else max(0.0, last_heard + timeout - time.monotonic())
-        readable, _, _ = select.select([fd], [], [], wait)
-        if not readable:  # the worker's loop has not run for the timeout: it is stopped
-            _kill(jobs, parents)
-            jobs.clear()
-            last_heard = time.monotonic()
-            continue
-        data = os.read(fd, 65536)
-        if not data:
-            break
-        last_heard = time.monotonic()
-        pending += data
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            words = line.split()
-            if not words:
-                continue
-            head = words[0]
-            if head[:1] == b"+":
-                jobs[int(head[1:])] = [os.fsdecode(word) for word in words[1:]]
-            elif head[:1] == b"-":
-                jobs.pop(int(head[1:]), None)
-            elif head == b"T" and len(words) == 2:
-                timeout = float(words[1]) or None
-            elif head == b"P":
-                parents = [os.fsdecode(word) for word in words[1:]]
-    _kill(jobs, parents)
-
-
-if __name__ == "__main__":
-    main()
