@@ -94,6 +94,38 @@ def test_pages_never_skip_or_repeat_while_jobs_come_and_go(cluster: Cluster) -> 
     assert seen == sorted(original)  # every one, once, in order
 
 
+def test_a_page_larger_than_a_slice_streams_the_same_jobs_as_small_pages(
+        cluster: Cluster) -> None:
+    # More cores than any worker has: they stay queued, each with its reason.
+    added = cluster.api("POST", "/jobs", json={"jobs": [
+        {"cmd": f"echo big {i}", "cwd": "/", "group": "streamed", "cores": 4096}
+        for i in range(12_000)]})
+    headers = {"Authorization": f"Bearer {cluster.connection['admin_token']}"}
+    try:
+        with httpx.stream("GET", f"{cluster.url}/api/v1/jobs", verify=cluster.tls,
+                          headers=headers, timeout=60,
+                          params={"group": "streamed", "limit": 11_000}) as answer:
+            assert answer.status_code == 200
+            assert answer.headers.get("transfer-encoding") == "chunked"  # no length: streamed
+            body = b"".join(answer.iter_bytes())
+        big = json.loads(body)
+        small: list[dict[str, object]] = []
+        after = None
+        while len(small) < 11_000:
+            params: dict[str, object] = {"group": "streamed", "limit": 1000}
+            if after is not None:
+                params["after_id"] = after
+            page = cluster.api("GET", "/jobs", params=params)
+            small += page["jobs"]
+            after = page["next_after_id"]
+        assert [job["id"] for job in big["jobs"]] == added["ids"][:11_000]
+        assert big["jobs"] == small
+        assert (big["total"], big["next_after_id"]) == (12_000, added["ids"][10_999])
+        assert "4096" in str(big["jobs"][-1]["pending_reason"])
+    finally:
+        cluster.api("POST", "/jobs/kill", json={"group": "streamed"})
+
+
 def test_listing_filters_and_refuses_unknown_parameters(cluster: Cluster) -> None:
     ids = cluster.api("POST", "/jobs", json={"jobs": [
         {"cmd": "echo findme-alpha", "cwd": "/", "group": "f", "name": "a"},

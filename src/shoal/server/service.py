@@ -655,17 +655,32 @@ class Service:
         """One page of a listing, read from the database (keyset paging by id): the cost is
         the page's, whatever the number of jobs. `total` comes from the kept counts when the
         query is by state, group and owner only; with other filters it is null."""
+        page, total, next_after = self.page_of_ids(query, after_id=after_id, limit=limit,
+                                                   newest_first=newest_first)
+        return {"jobs": self.listed(page), "total": total, "next_after_id": next_after}
+
+    def page_of_ids(self, query: JobQuery, *, after_id: int | None = None, limit: int = 1000,
+                    newest_first: bool = False) -> tuple[list[int], int | None, int | None]:
+        """A page's job ids, `total` and `next_after_id` (see `jobs`): what a page streamed
+        slice by slice (`listed`) knows before its first job."""
         self._settle()
         page = self.store.list_ids(query, after_id=after_id, limit=limit,
                                    newest_first=newest_first)
-        # Live jobs are the server's own; only ended ones are read from the database.
+        total = self.reactor.total(query.states, query.group, query.owner) \
+            if query.counted else None
+        return page, total, page[-1] if len(page) == limit else None
+
+    def listed(self, job_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """These jobs as a listing shows them, in this order; one removed since is left out."""
+        # Live jobs are the server's own; only ended ones are read from the database (a job
+        # leaves memory once its end is committed, so each is in one place or the other).
         held = self.reactor.jobs
         capacities = self.reactor.capacities()
         listed = []
         with no_cycle_collection():
             ended = {job.id: job for job in self.store.jobs_by_id(
-                [job_id for job_id in page if job_id not in held])}
-            for job_id in page:
+                [job_id for job_id in job_ids if job_id not in held])}
+            for job_id in job_ids:
                 job = held.get(job_id) or ended.get(job_id)
                 if job is None:
                     continue
@@ -674,10 +689,7 @@ class Service:
                     if job.state is JobState.RUNNING else []
                 data["pending_reason"] = self.reactor.pending_reason(job, capacities)
                 listed.append(data)
-        total = self.reactor.total(query.states, query.group, query.owner) \
-            if query.counted else None
-        next_after = page[-1] if len(page) == limit else None
-        return {"jobs": listed, "total": total, "next_after_id": next_after}
+        return listed
 
     def find(self, job_ids: Sequence[int]) -> list[Job]:
         """The jobs that exist among these, live ones from memory and ended ones from the
