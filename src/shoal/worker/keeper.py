@@ -5,8 +5,8 @@ then run them again elsewhere while the orphans go on. The same happens to a wor
 stopped (SIGSTOP, a debugger, a swapped-out or wedged process) for longer than the server holds
 its attempts: its jobs run on, unwatched, while their second copies start elsewhere.
 
-The keeper is a small process in a session of its own, started once per worker. The worker
-writes to its stdin, one line each:
+The keeper is a small process in a session of its own (`shoal.worker.keeper_process`),
+started once per worker. The worker writes to its stdin, one line each:
 
 - ``P PARENT_DIR ...`` once, where the worker's job cgroups are made: every process in any
   cgroup below these directories belongs to a job;
