@@ -4,6 +4,7 @@ same environment. Checked against bash itself."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.worker.direct import direct_argv, direct_start
+from shoal.worker.direct import direct_argv, direct_start, find_program
 
 PRINTER = "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\0' \"$a\"; done\n"
 
@@ -115,3 +116,22 @@ def test_environments_that_bash_would_read_differently_go_through_bash(
     if env == {}:
         full.pop(b"PATH")  # bash searches its own default path
     assert direct_start("gzip -9 x", full, "/") is None
+
+
+def test_the_program_found_is_the_one_bash_and_which_find(tmp_path: Path) -> None:
+    # Before the real one: a directory of that name, a file that is not executable, nothing.
+    layout = {"a": "dir", "b": "plain", "c": None, "d": "exec", "e": "exec"}
+    for name, kind in layout.items():
+        (tmp_path / name).mkdir()
+        target = tmp_path / name / "prog"
+        if kind == "dir":
+            target.mkdir()
+        elif kind is not None:
+            target.write_text("#!/bin/sh\necho found\n")
+            target.chmod(0o755 if kind == "exec" else 0o644)
+    path = ":".join(str(tmp_path / name) for name in layout)
+    directories = tuple(os.fsencode(f"{tmp_path / name}/") for name in layout)
+    expected = shutil.which("prog", path=path)
+    assert expected == str(tmp_path / "d" / "prog")
+    assert find_program(b"prog", directories) == os.fsencode(expected)
+    assert find_program(b"missing", directories) is None
