@@ -46,12 +46,15 @@ class Effects:
     def messages(self) -> dict[int, list[ToWorker]]:
         """Messages per worker id, batched: one Assign and one Kill at most each."""
         out: dict[int, list[ToWorker]] = defaultdict(list)
+        # The server's own values (lease ids it made, assignments already built): a step
+        # makes these for every job, and checking them again would only cost.
         for worker_id, lease_ids in self.acks.items():
-            out[worker_id].append(Ack(lease_ids=lease_ids))
+            out[worker_id].append(Ack.trusted(type="ack", lease_ids=lease_ids))
         for worker_id, kills in self.kills.items():
             out[worker_id].append(Kill(items=kills))
         for worker_id, items in self.assignments.items():
-            out[worker_id].extend(Assign(items=batch) for batch in _batches(items))
+            out[worker_id].extend(Assign.trusted(type="assign", items=batch)
+                                  for batch in _batches(items))
         return out
 
 
