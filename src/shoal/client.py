@@ -340,14 +340,16 @@ class Client:
                  since: int | None = None) -> dict[str, Any]:
         """A snapshot of an ensemble run: its id, or an ensemble's name for its latest run.
         With `wait` and `since`, a long poll as `status`."""
-        return self._long_poll(f"/ensembles/{self._run_id(run)}", {}, wait, since)
+        return self._long_poll(f"/ensembles/{self.ensemble_run_id(run)}", {}, wait, since)
 
-    def _run_id(self, run: int | str) -> int:
+    def ensemble_run_id(self, run: int | str) -> int:
+        """A run's id from a run id, or an ensemble's name (its latest run). InputError names
+        the ensembles there are when none has that name."""
         if isinstance(run, int) or run.isdigit():
             return int(run)
         from shoal.ensemble.driver import find_run
 
-        return find_run(self.list_ensembles(name=run), run)
+        return find_run(self.list_ensembles(), run)
 
     def _long_poll(self, path: str, params: dict[str, Any], wait: float | None,
                    since: int | None) -> Any:
@@ -364,7 +366,7 @@ class Client:
     def cancel_ensemble(self, run: int | str) -> dict[str, Any]:
         """Stop an ensemble run (its id, or an ensemble's name for its latest run): one still
         going is cancelled; a detached one's services are stopped. `{"cancelled": true}`."""
-        return self._request("POST", f"/ensembles/{self._run_id(run)}/cancel")
+        return self._request("POST", f"/ensembles/{self.ensemble_run_id(run)}/cancel")
 
     def list_ensembles(self, name: str | None = None) -> list[dict[str, Any]]:
         """The ensemble runs the server keeps (this token's): `{"run_id", "name", "state",

@@ -38,7 +38,6 @@ from shoal.ensemble.driver import (
     Interrupted,
     Outcome,
     RunOptions,
-    find_run,
     next_snapshot,
     run_ensembles,
 )
@@ -339,10 +338,6 @@ RunArgument = Annotated[str, typer.Argument(
     metavar="RUN", help="A run id, or an ensemble's name for its latest run.")]
 
 
-def run_id_of(client: Client, which: str) -> int:
-    return find_run(client.list_ensembles() if not which.isdigit() else [], which)
-
-
 @ensemble_app.command("list")
 def list_command(
     ctx: typer.Context,
@@ -379,7 +374,7 @@ def show_command(
 ) -> None:
     """One run: its outcome, each component's state, exit status, times and output."""
     client = session_of(ctx).client()
-    snapshot = client.ensemble(run_id_of(client, run))
+    snapshot = client.ensemble(run)
     if json_output:
         render.print_json(snapshot)
         return
@@ -408,7 +403,7 @@ def attach_command(
     """Stream a component's output live, from its start, until it ends. Ctrl-C leaves it
     running."""
     client = session_of(ctx).client()
-    run_id = run_id_of(client, run)
+    run_id = client.ensemble_run_id(run)
     snapshot = client.ensemble(run_id)
     names = [c["name"] for c in snapshot.get("components", [])]
     if component not in names:
@@ -449,7 +444,7 @@ def _left_running(client: Client, snapshot: dict[str, Any]) -> list[str]:
 def stop_command(ctx: typer.Context, run: RunArgument) -> None:
     """Stop a run: what it left running (detached), or all of it if it still runs."""
     client = session_of(ctx).client()
-    run_id = run_id_of(client, run)
+    run_id = client.ensemble_run_id(run)
     snapshot = client.ensemble(run_id)
     if RunState(snapshot["state"]).is_final:
         left = _left_running(client, snapshot)
