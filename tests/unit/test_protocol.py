@@ -36,3 +36,11 @@ def test_a_trusted_assignment_travels_as_the_validated_one() -> None:
 def test_trusted_needs_exactly_the_fields(values: dict[str, object]) -> None:
     with pytest.raises(TypeError, match="exactly its fields"):
         Assignment.trusted(**values)
+
+
+def test_a_trusted_message_carries_its_own_type_tag() -> None:
+    trusted = Assign.trusted(items=[Assignment.trusted(**FIELDS)])
+    checked = Assign(items=[Assignment(**FIELDS)])
+    assert trusted.type == "assign"
+    assert trusted.model_dump_json() == checked.model_dump_json()
+    assert decode_to_worker(trusted.model_dump_json().encode()) == checked

@@ -37,7 +37,10 @@ class _Message(BaseModel):
     def trusted(cls, **values: Any) -> Self:
         """A message from values that were checked already, every field given: what
         `model_construct` makes, without its walk over each field's default and alias: 0.6 µs
-        against 3.2 µs, for every job that starts."""
+        against 3.2 µs, for every job that starts. A message's `type` tag is its own."""
+        tag = cls.model_fields.get("type")
+        if tag is not None and "type" not in values:
+            values = {"type": tag.default, **values}
         if values.keys() != cls.model_fields.keys():
             raise TypeError(f"{cls.__name__}.trusted needs exactly its fields")
         message = cls.__new__(cls)
@@ -300,7 +303,6 @@ class Peek(_Message):
 
 ToWorker = Annotated[Welcome | Refused | Assign | Kill | Ack | Release | TimeProbe | Peek,
                      Field(discriminator="type")]
-
 
 
 # Built on first use, like the messages themselves (`defer_build`): a `shoal run`, whose worker

@@ -49,11 +49,11 @@ class Effects:
         # The server's own values (lease ids it made, assignments already built): a step
         # makes these for every job, and checking them again would only cost.
         for worker_id, lease_ids in self.acks.items():
-            out[worker_id].append(Ack.trusted(type="ack", lease_ids=lease_ids))
+            out[worker_id].append(Ack.trusted(lease_ids=lease_ids))
         for worker_id, kills in self.kills.items():
             out[worker_id].append(Kill(items=kills))
         for worker_id, items in self.assignments.items():
-            out[worker_id].extend(Assign.trusted(type="assign", items=batch)
+            out[worker_id].extend(Assign.trusted(items=batch)
                                   for batch in _batches(items))
         return out
 

@@ -292,10 +292,10 @@ class Agent:
             self._send(Ready(items=ready))
         if self._started:
             items, self._started = self._started, []
-            self._send(Started.trusted(type="started", items=items))
+            self._send(Started.trusted(items=items))
         if self._finished:
             results, self._finished = self._finished, []
-            self._send(Finished.trusted(type="finished", items=results))
+            self._send(Finished.trusted(items=results))
 
 
 
