@@ -59,7 +59,7 @@ class ProcessTable:
 
 
 def peak_memory_bytes(*, cgroup_peak_bytes: int | None, reaped_max_rss_bytes: int,
-                      sampled_tree_bytes: int) -> int:
+                      sampled_tree_bytes: int, over_limit_bytes: int = 0) -> int:
     """A finished job's peak memory.
 
     Its cgroup's peak (``memory.peak``, ``memory.max_usage_in_bytes``) when the job had one
@@ -68,10 +68,15 @@ def peak_memory_bytes(*, cgroup_peak_bytes: int | None, reaped_max_rss_bytes: in
     ``ru_maxrss`` (the largest single process among the leader and the descendants it reaped;
     it includes the worker's own image, copied at the fork before the exec) and the largest
     sum over the process tree seen while sampling.
+
+    A job killed for its memory (``over_limit_bytes``, the sampled use it was killed for)
+    reports at least that: its cgroup counts less than its processes' resident sets (pages of
+    shared files charged elsewhere), and its peak must not read as under the limit it was
+    killed for passing.
     """
     if cgroup_peak_bytes is not None and cgroup_peak_bytes > 0:
-        return cgroup_peak_bytes
-    return max(reaped_max_rss_bytes, sampled_tree_bytes)
+        return max(cgroup_peak_bytes, over_limit_bytes)
+    return max(reaped_max_rss_bytes, sampled_tree_bytes, over_limit_bytes)
 
 
 def _stat_fields(pid_name: str) -> list[bytes] | None:

@@ -123,6 +123,7 @@ class _Attempt:
     time_limit_at: float | None
     sigkill_at: float | None = None
     peak_tree_rss_bytes: int = 0
+    over_limit_bytes: int = 0  # the sampled use it was killed for, if over its memory
     stop_outcome: Outcome | None = None  # set when the runner itself ends the job
     stop_reason: str | None = None
     gate: Gate | None = None  # gated attempts only
@@ -733,6 +734,7 @@ class Runner:
                 cgroup_peak_bytes=cgroup_peak_bytes,
                 reaped_max_rss_bytes=rusage.ru_maxrss * 1024 if rusage else 0,
                 sampled_tree_bytes=attempt.peak_tree_rss_bytes,
+                over_limit_bytes=attempt.over_limit_bytes,
             ),
             stdout=stdout,
             stderr=stderr,
@@ -791,6 +793,7 @@ class Runner:
             attempt.peak_tree_rss_bytes = max(attempt.peak_tree_rss_bytes, rss_bytes)
             limit = attempt.assignment.memory_bytes
             if self._enforce_memory and 0 < limit < rss_bytes:
+                attempt.over_limit_bytes = rss_bytes
                 # No grace period: a job over its memory may take the host down with it.
                 self._stop(
                     attempt,
