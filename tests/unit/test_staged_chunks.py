@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shoal.core.errors import InputError
 from shoal.core.models import JobSpec
 from shoal.server import adds
+from shoal.store import key_hash, key_hashes
 
 
 def staged(*specs: JobSpec, checked_by: str | None = adds._CHECKED_BY) -> str:
@@ -45,3 +48,12 @@ def test_a_chunk_another_version_staged_that_no_longer_reads_as_jobs_is_refused(
                                                           "jobs": chunk})
     with pytest.raises(InputError, match="a staged chunk no longer reads as jobs"):
         list(adds._parse_each([text]))
+
+
+@given(owner=st.text(max_size=8), cwd=st.text(max_size=8),
+       cmds=st.lists(st.text(max_size=16), max_size=8))
+def test_digests_made_in_bulk_are_those_made_one_at_a_time(owner: str, cwd: str,
+                                                            cmds: list[str]) -> None:
+    # A staged chunk's digests are made in bulk and a single job's one by one: a duplicate
+    # is found only if the two agree.
+    assert key_hashes(owner, cmds, cwd) == [key_hash(owner, cmd, cwd) for cmd in cmds]

@@ -16,7 +16,7 @@ from shoal.core.errors import InputError
 from shoal.core.models import JobSpec, with_shared_empties
 from shoal.server.effects import AlikeJobs
 from shoal.server.service import MAX_JOBS_PER_ADD, Service
-from shoal.store import key_hash
+from shoal.store import key_hashes
 from shoal.store.staged import STAGED_HOURS, StagedAdds
 
 _SPECS: TypeAdapter[list[JobSpec]] = TypeAdapter(list[JobSpec])
@@ -68,8 +68,7 @@ def _staged(specs: Sequence[JobSpec] | AlikeJobs, owner: str) -> dict[str, Any]:
         cwd = specs.spec.cwd or ""
         return {"shared": specs.spec.model_dump(mode="json", exclude_defaults=True,
                                                 exclude={"cmd"}), "cmds": list(specs.cmds),
-                "hashes": [] if specs.spec.gate else [key_hash(owner, cmd, cwd)
-                                                      for cmd in specs.cmds]}
+                "hashes": [] if specs.spec.gate else key_hashes(owner, specs.cmds, cwd)}
     return {"jobs": [spec.model_dump(mode="json", exclude_defaults=True) for spec in specs]}
 
 

@@ -8,7 +8,7 @@ from shoal.store.repository import (
     StateCounts,
     Store,
 )
-from shoal.store.schema import key_hash
+from shoal.store.schema import key_hash, key_hashes
 
 __all__ = ["CHANGED_IN_PLACE", "AttemptRow", "JobQuery", "JobWriter", "StateCounts", "Store",
-           "key_hash"]
+           "key_hash", "key_hashes"]

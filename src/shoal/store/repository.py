@@ -43,7 +43,7 @@ from shoal.store.files import (
     seal,
     sealed_counts,
 )
-from shoal.store.schema import SCHEMA_VERSION, key_hash, migrate
+from shoal.store.schema import SCHEMA_VERSION, key_hash, key_hashes, migrate
 
 _JOB_COLUMNS = (
     "id, name, cmd, cwd, env, grp, priority, retries, cores, memory_bytes, time_seconds, "
@@ -223,8 +223,9 @@ def _insert_alike(db: sqlite3.Connection, template: Job,
     if template.gate:  # an ensemble's component is never a duplicate: no digest
         jobs = [(job_id, cmd, None) for job_id, cmd, _ in jobs]
     elif any(digest is None for _, _, digest in jobs):
-        jobs = [(job_id, cmd, key_hash(template.owner, cmd, template.cwd)
-                 if digest is None else digest) for job_id, cmd, digest in jobs]
+        digests = key_hashes(template.owner, (cmd for _, cmd, _ in jobs), template.cwd)
+        jobs = [(job_id, cmd, made if digest is None else digest)
+                for (job_id, cmd, digest), made in zip(jobs, digests, strict=True)]
     for start in range(0, len(jobs), _INSERT_PART):
         db.execute(sql, [*values, json.dumps(jobs[start:start + _INSERT_PART])])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from collections.abc import Iterable
 
 from shoal.core.errors import InputError
 
@@ -224,6 +225,14 @@ def key_hash(owner: str, cmd: str, cwd: str) -> int:
     """The digest that finds a job's duplicates among those kept only in the database."""
     digest = hashlib.blake2b(f"{owner}\0{cmd}\0{cwd}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def key_hashes(owner: str, cmds: Iterable[str], cwd: str) -> list[int]:
+    """key_hash of each command of one owner and cwd, in one comprehension: a call per
+    command cost nearly as much as the digest (0.8 s of 1.9 s for a million)."""
+    blake2b, from_bytes = hashlib.blake2b, int.from_bytes
+    return [from_bytes(blake2b(f"{owner}\0{cmd}\0{cwd}".encode(), digest_size=8).digest(),
+                       "big", signed=True) for cmd in cmds]
 
 
 def migrate(connection: sqlite3.Connection) -> int:
