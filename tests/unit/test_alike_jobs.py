@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.client import _chunk_body
+from shoal.client import CommandOf, _chunk_body
 from shoal.core.models import JobDefaults, JobSpec
 from shoal.server.effects import AlikeJobs
 from shoal.server.reactor import ReactorConfig
@@ -84,6 +84,17 @@ def test_the_client_sends_a_chunk_of_alike_jobs_as_shared_fields_and_commands() 
     assert _chunk_body(specs) == {"shared": {**SHARED}, "cmds": ["echo 0", "echo 1", "echo 2"]}
     dicts = [{"cmd": "a", "cwd": "/x"}, {"cmd": "b", "cwd": "/x"}]
     assert _chunk_body(dicts) == {"shared": {"cwd": "/x"}, "cmds": ["a", "b"]}
+
+
+def test_lines_that_share_their_fields_are_sent_as_those_fields_and_their_commands() -> None:
+    shared = {"cwd": "/x", "priority": 3}
+    lines = [CommandOf(shared, "a"), CommandOf(shared, "b")]
+    assert dict(lines[0]) == {"cwd": "/x", "priority": 3, "cmd": "a"}
+    assert _chunk_body(lines) == {"shared": shared, "cmds": ["a", "b"]}
+    # Equal fields in another dict, or a plain job beside them: compared field by field.
+    assert _chunk_body([*lines, CommandOf(dict(shared), "c")])["cmds"] == ["a", "b", "c"]
+    assert _chunk_body([*lines, {**shared, "cmd": "c"}])["cmds"] == ["a", "b", "c"]
+    assert list(_chunk_body([*lines, CommandOf({"cwd": "/y"}, "c")])) == ["jobs"]
 
 
 @pytest.mark.parametrize("specs", [

@@ -8,7 +8,7 @@ import itertools
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -165,7 +165,7 @@ def specs_from_command(words: list[str], defaults: dict[str, Any]) -> list[JobSp
 
 
 def specs_from_file(file: str, input_format: InputFormat,
-                    defaults: dict[str, Any]) -> Iterator[JobSpec | dict[str, Any]]:
+                    defaults: dict[str, Any]) -> Iterator[JobSpec | Mapping[str, Any]]:
     """Jobs read from FILE ('-': stdin), the flags as defaults that a line's options override.
     They are read as they are sent: a bad line further on stops the add, which adds nothing."""
     from shoal.formats import iter_file, iter_text
@@ -190,10 +190,12 @@ def specs_from_file(file: str, input_format: InputFormat,
     return iter(new)
 
 
-def _as_sent(jobs: Iterator[ParsedJob]) -> Iterator[JobSpec | dict[str, Any]]:
+def _as_sent(jobs: Iterator[ParsedJob]) -> Iterator[JobSpec | Mapping[str, Any]]:
     """Each job as the client sends it: a line that gives only its command as the defaults'
     fields and that command, with no JobSpec made for it (the client sends a chunk of such
     jobs as their shared fields and their commands)."""
+    from shoal.client import CommandOf
+
     base: JobSpec | None = None
     fields: dict[str, Any] = {}
     for job in jobs:
@@ -203,7 +205,7 @@ def _as_sent(jobs: Iterator[ParsedJob]) -> Iterator[JobSpec | dict[str, Any]]:
         if job.base is not base:
             base = job.base
             fields = base.model_dump(mode="json", exclude_defaults=True, exclude={"cmd"})
-        yield {**fields, "cmd": job.command}
+        yield CommandOf(fields, job.command)
 
 
 def check_job_source(command: list[str] | None, file: str | None, array: str | None,
@@ -404,7 +406,7 @@ def add(
         else:
             print(format_array_result(added))
         return
-    specs: Iterable[JobSpec | dict[str, Any]]
+    specs: Iterable[JobSpec | Mapping[str, Any]]
     if each_line is not None:
         assert command
         specs = jobs_from_lines(command, defaults, each_line)
