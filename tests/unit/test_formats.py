@@ -21,6 +21,7 @@ from shoal.formats import (
     detect_format,
     parse_file,
     parse_text,
+    read_text,
 )
 from shoal.formats.lines import count_lines
 from shoal.formats.runmaker import READABLE_STATES
@@ -834,6 +835,32 @@ def test_counting_plain_lines_agrees_with_parsing_them(text: str, newline: bool)
         return
     if counted is not None:
         assert counted == (len(jobs), jobs[0].line if jobs else 0)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=_PLAIN_LINES, newline=st.booleans())
+def test_plain_commands_are_the_commands_of_the_parsed_jobs(text: str, newline: bool) -> None:
+    """plain_commands, which makes no job, gives the command of each job parse_lines makes
+    (whose spec is the defaults' with that command), or leaves it to parse_lines (None)
+    whenever a line might be refused."""
+    text += "\n" if newline else ""
+    commands = read_text(text, "lines", defaults={"cwd": "/w"}).plain_commands()
+    try:
+        jobs = parse_text(text, "lines", defaults={"cwd": "/w"})
+    except InputError:
+        assert commands is None
+        return
+    if commands is not None:
+        assert list(commands) == [job.command for job in jobs]
+        assert all(job.spec.cwd == "/w" and job.spec.cmd == job.command for job in jobs)
+
+
+def test_only_a_lines_text_gives_plain_commands() -> None:
+    assert list(read_text("echo a\n\n# c\n  echo b \n").plain_commands() or []) == [
+        "echo a", "echo b"]
+    assert read_text("a\x00b\n", "lines").plain_commands() is None  # parse_lines names it
+    assert read_text("echo a\n", "wr").plain_commands() is None
+    assert read_text('{"cmd": "echo a"}\n').plain_commands() is None  # wr, detected
 
 
 def test_plain_lines_are_counted_without_parsing_when_none_can_be_refused() -> None:

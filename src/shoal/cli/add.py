@@ -168,14 +168,20 @@ def specs_from_file(file: str, input_format: InputFormat,
                     defaults: dict[str, Any]) -> Iterator[JobSpec | Mapping[str, Any]]:
     """Jobs read from FILE ('-': stdin), the flags as defaults that a line's options override.
     They are read as they are sent: a bad line further on stops the add, which adds nothing."""
-    from shoal.formats import iter_file, iter_text
+    from shoal.client import CommandOf
+    from shoal.formats import read_file, read_text
 
     spec_from_fields({**defaults, "cmd": "true"})  # a bad flag is reported by its name
     if file == "-":
-        parsed = iter_text(sys.stdin.read(), input_format.value, source="<stdin>",
-                           defaults=defaults)
+        reading = read_text(sys.stdin.read(), input_format.value, source="<stdin>",
+                            defaults=defaults)
     else:
-        parsed = iter_file(file, input_format.value, defaults=defaults)
+        reading = read_file(file, input_format.value, defaults=defaults)
+    commands = reading.plain_commands()
+    if commands is not None:  # every line only a command: no job is made for each
+        fields = _sent_fields(reading.builder.base)
+        return (CommandOf(fields, command) for command in commands)
+    parsed = reading.jobs()
     first = next(parsed, None)
     if first is None:
         return iter(())
@@ -204,8 +210,13 @@ def _as_sent(jobs: Iterator[ParsedJob]) -> Iterator[JobSpec | Mapping[str, Any]]
             continue
         if job.base is not base:
             base = job.base
-            fields = base.model_dump(mode="json", exclude_defaults=True, exclude={"cmd"})
+            fields = _sent_fields(base)
         yield CommandOf(fields, job.command)
+
+
+def _sent_fields(base: JobSpec) -> dict[str, Any]:
+    """The fields that jobs made of `base` and each its own command share, as sent."""
+    return base.model_dump(mode="json", exclude_defaults=True, exclude={"cmd"})
 
 
 def check_job_source(command: list[str] | None, file: str | None, array: str | None,

@@ -14,7 +14,7 @@ from typing import Any
 from shoal.core.errors import InputError
 from shoal.formats.common import ParsedJob, SpecBuilder
 from shoal.formats.detect import detect_format, runmaker_share
-from shoal.formats.lines import count_lines, parse_lines
+from shoal.formats.lines import count_lines, parse_lines, plain_commands
 from shoal.formats.runmaker import RunmakerFile, parse_runmaker
 from shoal.formats.wr import parse_wr
 
@@ -22,6 +22,7 @@ __all__ = [
     "FORMATS",
     "FileCheck",
     "ParsedJob",
+    "Reading",
     "RunmakerFile",
     "check_file",
     "detect_format",
@@ -29,6 +30,8 @@ __all__ = [
     "iter_text",
     "parse_file",
     "parse_text",
+    "read_file",
+    "read_text",
 ]
 
 FORMATS = ("auto", "lines", "wr", "runmaker")
@@ -63,7 +66,19 @@ def iter_text(
 ) -> Iterator[ParsedJob]:
     """parse_text's jobs as they are read: a million lines are never a million jobs at once.
     A bad format or default is refused at once; a bad line when it is reached."""
-    return _Reading(text, fmt, source, defaults).jobs()
+    return read_text(text, fmt, source=source, defaults=defaults).jobs()
+
+
+def read_text(text: str, fmt: str = "auto", *, source: str = "<stdin>",
+              defaults: Mapping[str, Any] | None = None) -> Reading:
+    """The text made ready to give its jobs (or, if each is only a command, its commands)."""
+    return Reading(text, fmt, source, defaults)
+
+
+def read_file(path: str | Path, fmt: str = "auto", *,
+              defaults: Mapping[str, Any] | None = None) -> Reading:
+    """read_text of the file (read whole, and checked)."""
+    return Reading(_read_text(path), fmt, str(path), defaults)
 
 
 @dataclass(frozen=True)
@@ -81,7 +96,7 @@ def check_file(
 ) -> FileCheck:
     """iter_file's checks, all of them, and its jobs counted; a file of plain commands is
     checked without making a job for each line (see count_lines)."""
-    reading = _Reading(_read_text(path), fmt, str(path), defaults)
+    reading = read_file(path, fmt, defaults=defaults)
     if reading.fmt == "lines" and (counted := count_lines(reading.text)) is not None:
         jobs, first = counted
         cores = reading.builder.base.cores if jobs else 0
@@ -94,8 +109,9 @@ def check_file(
     return FileCheck(jobs, reading.fmt, most, line)
 
 
-class _Reading:
-    """A text made ready to parse: checked, its BOM set aside, its format known."""
+class Reading:
+    """A text made ready to parse: checked, its BOM set aside, its format known. A bad format
+    or default is refused when it is made."""
 
     def __init__(self, text: str, fmt: str, source: str,
                  defaults: Mapping[str, Any] | None):
@@ -120,12 +136,18 @@ class _Reading:
             return parse_wr(self.text, self.builder)
         return parse_lines(self.text, self.builder)
 
+    def plain_commands(self) -> Iterator[str] | None:
+        """Every job's command when each job is the defaults' spec (`builder.base`) with only
+        its command (a `lines` text in which no line can be refused): the same jobs as
+        `jobs()`, none of them made. Otherwise None."""
+        return plain_commands(self.text) if self.fmt == "lines" else None
+
 
 def iter_file(
     path: str | Path, fmt: str = "auto", *, defaults: Mapping[str, Any] | None = None,
 ) -> Iterator[ParsedJob]:
     """parse_file's jobs as they are read (the file itself is read whole, and checked)."""
-    return iter_text(_read_text(path), fmt, source=str(path), defaults=defaults)
+    return read_file(path, fmt, defaults=defaults).jobs()
 
 
 def _read_text(path: str | Path) -> str:
