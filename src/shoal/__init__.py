@@ -28,7 +28,7 @@ from shoal.core.errors import (
 )
 
 if TYPE_CHECKING:
-    from shoal.client import AddResult, Client
+    from shoal.client import AddResult, Client, CommandOf
     from shoal.core.models import JobSpec, JobState
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "ArrayResult",
     "AuthError",
     "Client",
+    "CommandOf",
     "Conflict",
     "ConnectError",
     "InputError",
@@ -52,6 +53,7 @@ _LAZY_ATTRIBUTES = {
     "AddResult": "shoal.client",
     "ArrayResult": "shoal.client",
     "Client": "shoal.client",
+    "CommandOf": "shoal.client",
     "JobSpec": "shoal.core.models",
     "JobState": "shoal.core.models",
 }

@@ -137,7 +137,8 @@ class Client:
         """Add a batch of jobs, accepted whole or not at all.
 
         Each spec is a JobSpec, or a dict of its fields that is sent as it is (the server
-        checks it). A spec whose (cmd, cwd) is already known is not added again; with `rerun`,
+        checks it), or a CommandOf (fields many jobs share, and a command). A spec whose
+        (cmd, cwd) is already known is not added again; with `rerun`,
         such a job that has ended (done, failed or cancelled) is queued again. More than
         ADD_CHUNK jobs go in chunks (`specs` is read as it goes, so a generator keeps memory
         to a chunk), kept by the server and committed as one; `progress` is told the number

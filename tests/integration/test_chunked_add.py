@@ -93,6 +93,36 @@ def test_the_cli_adds_a_file_larger_than_a_chunk(cluster: Cluster) -> None:
     assert total_jobs(cluster) == client_module.ADD_CHUNK + 5
 
 
+def test_jobs_given_as_shared_fields_and_commands_each_get_the_fields(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """shoal.CommandOf through the Python client, and a file of plain commands through the
+    CLI (sent as its commands), in several chunks: every job has the fields and its own
+    command, and a blank or comment line makes none."""
+    import shoal
+
+    monkeypatch.setattr(client_module, "ADD_CHUNK", 40)
+    cluster.api("PUT", "/limits/hold", json={"cap": 0})
+    fields = {"cwd": "/srv", "group": "night", "priority": 7, "limits": ["hold"]}
+    with admin(cluster, monkeypatch) as client:
+        result = client.add(shoal.CommandOf(fields, f"echo {i}") for i in range(90))
+    assert result.added == 90
+    jobs_file = tmp_path / "jobs.txt"
+    jobs_file.write_text("# made by hand\n" + "".join(
+        f"  gzip part{i}\n\n" for i in range(client_module.ADD_CHUNK + 5)))
+    added = cluster.cli("add", "-f", str(jobs_file), "--group", "zip", "--cwd", "/data",
+                        "--limit", "hold", timeout=600)
+    assert added.returncode == 0, added.stderr
+    jobs = {job["cmd"]: job for job in cluster.api(
+        "GET", "/jobs", params={"limit": 100_000})["jobs"]}
+    assert len(jobs) == 90 + client_module.ADD_CHUNK + 5
+    for i in range(90):
+        job = jobs[f"echo {i}"]
+        assert (job["cwd"], job["group"], job["priority"]) == ("/srv", "night", 7)
+    for i in range(client_module.ADD_CHUNK + 5):
+        job = jobs[f"gzip part{i}"]
+        assert (job["cwd"], job["group"], job["priority"]) == ("/data", "zip", 0)
+
+
 def test_the_cli_reads_a_file_as_it_sends_it_and_a_late_bad_line_adds_nothing(
         cluster: Cluster, tmp_path: Path) -> None:
     """The file is parsed chunk by chunk: a bad line after the first chunk has gone is still
