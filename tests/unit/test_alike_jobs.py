@@ -7,17 +7,19 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.client import CommandOf, _chunk_body
+from shoal.core.errors import StoreUnavailable
 from shoal.core.models import JobDefaults, JobSpec
 from shoal.server.effects import AlikeJobs
 from shoal.server.reactor import ReactorConfig
 from shoal.server.service import Service
-from shoal.store import Store
+from shoal.store import Store, repository
 
 SHARED = {"cwd": "/tmp", "group": "g", "priority": 3, "env": {"K": "v"}, "limits": ["db"]}
 # What adds share: a job with a limit is always held; others may wait in the backlog, in
@@ -65,9 +67,33 @@ commands = st.lists(st.sampled_from([f"echo {n}" for n in range(12)]), min_size=
        window=st.integers(1, 12), rerun=st.booleans())
 def test_alike_jobs_make_the_add_their_specs_make(adds: list[Add], window: int,
                                                   rerun: bool) -> None:
-    with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as other:
+    # Every part of alike jobs written by the store's thread (a part of one job or more),
+    # while the add plans on: its twins among earlier chunks are found all the same.
+    with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as other, \
+            mock.patch.object(repository, "ASYNC_WRITE_JOBS", 1):
         assert add_all(Path(one), adds, True, window, rerun) == add_all(
             Path(other), adds, False, window, rerun)
+
+
+def test_a_write_that_fails_in_the_thread_undoes_the_whole_add(tmp_path: Path) -> None:
+    """A part written by the store's thread fails (its first id is taken, behind the
+    service's back): the add raises as a failed write does, and leaves nothing."""
+    service = Service(Store(tmp_path / "shoal.db"))
+    service.add_chunks([AlikeJobs(JobDefaults(cwd="/tmp"), ["first"])], owner="ann")
+    before = rows(tmp_path / "shoal.db")
+    service.store._db.execute("INSERT INTO jobs (id, cmd, cwd, env, grp, priority, retries, "
+                              "cores, memory_bytes, dependencies, limits, state, attempts, "
+                              "lost_attempts, added_at) VALUES (3000, 'x', '/', '{}', 'g', 0, "
+                              "0, 1, 0, '[]', '[]', 'done', 0, 0, 1.0)")
+    taken = rows(tmp_path / "shoal.db")
+    chunks = [AlikeJobs(JobDefaults(cwd="/tmp"), [f"{word} {n}" for n in range(2500)])
+              for word in ("echo", "again")]  # ids 2 to 5001, each part by the thread
+    with pytest.raises(StoreUnavailable, match=r"UNIQUE constraint failed: jobs\.id"):
+        service.add_chunks(chunks, owner="ann")
+    assert rows(tmp_path / "shoal.db") == taken != before
+    assert service.add_chunks([AlikeJobs(JobDefaults(cwd="/tmp"), ["later"])],
+                              owner="ann")["added"] == 1  # the store still writes
+    service.store.close()
 
 
 def test_each_held_job_has_collections_of_its_own(tmp_path: Path) -> None:

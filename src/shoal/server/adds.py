@@ -76,16 +76,26 @@ def _parse_each(texts: Iterable[str]) -> Iterator[list[JobSpec] | AlikeJobs]:
     """The staged chunks' specs, a chunk at a time, read as they are needed. A chunk this
     shoal checked (the same version, the same spec schema) holds its own JSON of checked
     specs: each is the defaults with its fields put in (checking them again cost a tenth of
-    a large add). Any other (staged before an upgrade) is checked again in full."""
-    for text in texts:
-        chunk = json.loads(text)
-        if not isinstance(chunk, dict) or chunk.get("checked_by") != _CHECKED_BY:
-            yield _checked(chunk["jobs"] if isinstance(chunk, dict) else chunk)
-        elif "shared" in chunk:
-            yield AlikeJobs(_DEFAULTS.model_copy(update=chunk["shared"]), chunk["cmds"],
-                            chunk["hashes"])
-        else:
-            yield [_DEFAULTS.model_copy(update=fields) for fields in chunk["jobs"]]
+    a large add). Any other (staged before an upgrade) is checked again in full.
+
+    Each chunk is parsed before the next is read: while the store's writer still writes the
+    chunk before (see JobWriter), which a read of the database waits for."""
+    iterator = iter(texts)
+    text = next(iterator, None)
+    while text is not None:
+        parsed = _parsed(text)
+        text = next(iterator, None)
+        yield parsed
+
+
+def _parsed(text: str) -> list[JobSpec] | AlikeJobs:
+    chunk = json.loads(text)
+    if not isinstance(chunk, dict) or chunk.get("checked_by") != _CHECKED_BY:
+        return _checked(chunk["jobs"] if isinstance(chunk, dict) else chunk)
+    if "shared" in chunk:
+        return AlikeJobs(_DEFAULTS.model_copy(update=chunk["shared"]), chunk["cmds"],
+                         chunk["hashes"])
+    return [_DEFAULTS.model_copy(update=fields) for fields in chunk["jobs"]]
 
 
 def _checked(specs: Any) -> list[JobSpec]:

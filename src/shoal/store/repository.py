@@ -6,6 +6,7 @@ transaction, so a batch of transitions costs one commit, not one per job.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -14,6 +15,7 @@ import json
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +74,8 @@ _DEFAULT_OF: dict[str, object] = {
     "on_worker": None, "requirements_source": None, "gpus": 0, "resources": "{}",
     "grow_memory": 0, "dependencies_any": "[]", "gate": 0, "files": "[]", "always_copy": 0}
 _INSERT_PART = 10_000  # jobs a statement's rows are laid out for at once
+# A part of an add this large is written by a thread while the add plans its next part.
+ASYNC_WRITE_JOBS = 2_000
 _PROBE_PART = 10_000  # key digests looked up for duplicates in one statement
 _NO_DEFAULT = object()
 _ID_AT = _INSERT_COLUMNS.index("id")
@@ -208,11 +212,12 @@ def _insert_new_jobs(db: sqlite3.Connection, rows: Iterable[tuple[object, ...]])
             list(zip(*(by_column[index] for index in varying), strict=True)))])
 
 
-def _insert_alike(db: sqlite3.Connection, template: Job,
-                  jobs: Sequence[tuple[int, str, int | None]]) -> None:
-    """Rows of jobs that are `template` but for their (id, cmd, key_hash or None if not known
-    yet): the template's other columns given once, and the jobs' triples as they come (laying
-    out a whole row per job, as _insert_new_jobs must, cost more than SQLite's insert)."""
+def _alike_statements(template: Job, jobs: Sequence[tuple[int, str, int | None]]
+                      ) -> list[tuple[str, list[object]]]:
+    """The statements that write the rows of jobs that are `template` but for their (id, cmd,
+    key_hash or None if not known yet): the template's other columns given once, and the
+    jobs' triples as they come (laying out a whole row per job, as _insert_new_jobs must,
+    cost more than SQLite's insert)."""
     row = _new_job_row(template)
     constant = [index for index, name in enumerate(_INSERT_COLUMNS)
                 if index not in _ALIKE_VARYING
@@ -226,8 +231,8 @@ def _insert_alike(db: sqlite3.Connection, template: Job,
         digests = key_hashes(template.owner, (cmd for _, cmd, _ in jobs), template.cwd)
         jobs = [(job_id, cmd, made if digest is None else digest)
                 for (job_id, cmd, digest), made in zip(jobs, digests, strict=True)]
-    for start in range(0, len(jobs), _INSERT_PART):
-        db.execute(sql, [*values, json.dumps(jobs[start:start + _INSERT_PART])])
+    return [(sql, [*values, json.dumps(jobs[start:start + _INSERT_PART])])
+            for start in range(0, len(jobs), _INSERT_PART)]
 
 
 def _mutable_row(job: Job) -> tuple[object, ...]:
@@ -323,13 +328,38 @@ def _delete_where(db: sqlite3.Connection, where: str, params: Sequence[object]) 
 
 
 class JobWriter:
-    """Writes an add's new jobs inside the transaction `Store.adding` holds open."""
+    """Writes an add's new jobs inside the transaction `Store.adding` holds open.
+
+    A large part of alike jobs is written by a thread of its own (SQLite lets go of the
+    interpreter while it inserts): the add reads and plans its next chunk meanwhile. The
+    store's connection is the same, and the Store waits for that write before any other use
+    of it (`settle`), so every read, the commit and a rollback see the add as written. (The
+    statements it runs call no Python function: a callback would need the interpreter while
+    holding the connection, which a read waiting for it may hold.)"""
 
     def __init__(self, db: sqlite3.Connection):
         self._db = db
+        self._pending: Future[None] | None = None
+        self._thread: ThreadPoolExecutor | None = None
+
+    def settle(self) -> None:
+        """Wait for the write in progress, if any; raise what it raised."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Wait for the write in progress, whatever it raises (the add is being undone, or
+        `settle` raised it already), and end the thread."""
+        with contextlib.suppress(BaseException):
+            self.settle()
+        if self._thread is not None:
+            self._thread.shutdown()
+            self._thread = None
 
     def write(self, jobs: Sequence[Job], now: float) -> None:
         """New jobs, each journaled as created at `now`."""
+        self.settle()
         if not jobs or jobs[-1].id - jobs[0].id + 1 != len(jobs):
             self.write_journaled(jobs, (created(job, now=now) for job in jobs))
             return
@@ -339,13 +369,27 @@ class JobWriter:
     def write_alike(self, template: Job, jobs: Sequence[tuple[int, str, int | None]],
                     now: float) -> None:
         """New jobs that are `template` but for their (id, cmd, key_hash if known), of
-        consecutive ids, each journaled as created at `now`: no Job is made for them."""
+        consecutive ids, each journaled as created at `now`: no Job is made for them. A part
+        of ASYNC_WRITE_JOBS or more is written by the thread, and this returns at once."""
         if not jobs:
             return
         if jobs[-1][0] - jobs[0][0] + 1 != len(jobs):
             raise ValueError("the jobs of write_alike must have consecutive ids")
-        _insert_alike(self._db, template, jobs)
-        self._journal_created(jobs[0][0], jobs[-1][0], now)
+        statements = _alike_statements(template, jobs)
+        first, last = jobs[0][0], jobs[-1][0]
+        self.settle()
+        if len(jobs) < ASYNC_WRITE_JOBS:
+            self._execute(statements, first, last, now)
+            return
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-add")
+        self._pending = self._thread.submit(self._execute, statements, first, last, now)
+
+    def _execute(self, statements: list[tuple[str, list[object]]], first: int, last: int,
+                 now: float) -> None:
+        for sql, params in statements:
+            self._db.execute(sql, params)
+        self._journal_created(first, last, now)
 
     def _journal_created(self, first: int, last: int, now: float) -> None:
         # One run of ids, as an add's chunk makes them: SQLite journals them from their rows.
@@ -355,11 +399,13 @@ class JobWriter:
 
     def write_journaled(self, jobs: Iterable[Job], transitions: Iterable[Transition]) -> None:
         # Generators: the rows of a million jobs are written, never held, at once.
+        self.settle()
         _insert_new_jobs(self._db, (_new_job_row(job) for job in jobs))
         Store._journal(self._db, transitions)
 
     def finish(self, limit_caps: dict[str, int], last_id: int | None) -> None:
         """The caps the add's specs set, and its last job's id."""
+        self.settle()
         self._db.executemany("INSERT OR REPLACE INTO limits (name, cap) VALUES (?, ?)",
                              list(limit_caps.items()))
         if last_id is not None:
@@ -369,6 +415,20 @@ class JobWriter:
 
 class Store:
     """One SQLite database in WAL mode. Not thread-safe: the server uses it from its loop."""
+
+    _connection: sqlite3.Connection
+    _writer: JobWriter | None = None  # an add's, while `adding` holds its transaction
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection, once the add's writer (if any) has written what it was given."""
+        if self._writer is not None:
+            self._writer.settle()
+        return self._connection
+
+    @_db.setter
+    def _db(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
 
     def __init__(self, path: Path):
         self.path = path
@@ -465,8 +525,10 @@ class Store:
 
     def _rollback(self) -> None:
         # SQLite rolls back by itself on some errors (a full disk): only undo what is open.
-        if self._db.in_transaction:
-            self._db.execute("ROLLBACK")
+        if self._writer is not None:
+            self._writer.close()  # its write ends first; what it raised is not this error
+        if self._connection.in_transaction:
+            self._connection.execute("ROLLBACK")
 
     def backup(self, destination: Path) -> None:
         """SQLite's online backup: a consistent snapshot while the server keeps writing.
@@ -740,7 +802,13 @@ class Store:
             with self._transaction() as db:
                 if array is not None:
                     put_array(db, array)
-                yield JobWriter(db)
+                self._writer = JobWriter(db)
+                try:
+                    yield self._writer
+                    self._writer.settle()  # before the commit: what it raises undoes the add
+                finally:
+                    self._writer.close()
+                    self._writer = None
         finally:
             self._db.execute("PRAGMA synchronous = NORMAL")
 
