@@ -6,7 +6,6 @@ transaction, so a batch of transitions costs one commit, not one per job.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import gc
@@ -344,18 +343,22 @@ class JobWriter:
 
     def settle(self) -> None:
         """Wait for the write in progress, if any; raise what it raised."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
+        pending = self._pending
+        if pending is None:
+            return
+        try:
             pending.result()
+        finally:
+            if pending.done():  # not if the wait itself was interrupted (Ctrl-C)
+                self._pending = None
 
     def close(self) -> None:
-        """Wait for the write in progress, whatever it raises (the add is being undone, or
-        `settle` raised it already), and end the thread."""
-        with contextlib.suppress(BaseException):
-            self.settle()
+        """End the thread once the write in progress is done, whatever it raised (the add is
+        being undone, or `settle` raised it already)."""
         if self._thread is not None:
-            self._thread.shutdown()
+            self._thread.shutdown()  # waits for the write in progress
             self._thread = None
+        self._pending = None
 
     def write(self, jobs: Sequence[Job], now: float) -> None:
         """New jobs, each journaled as created at `now`."""
