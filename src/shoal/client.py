@@ -719,10 +719,11 @@ def _chunk_body(specs: list[Spec]) -> dict[str, Any]:
     fields they share and their commands, which spares the server most of its work on each;
     any other chunk as its jobs."""
     first = specs[0]
-    if isinstance(first, CommandOf) and "cmd" not in first.shared and all(
-            type(spec) is CommandOf and spec.shared is first.shared for spec in specs):
-        return {"cmds": [spec.cmd for spec in specs if isinstance(spec, CommandOf)],
-                "shared": dict(first.shared)}
+    if isinstance(first, CommandOf) and "cmd" not in first.shared:
+        lines = [spec for spec in specs
+                 if isinstance(spec, CommandOf) and spec.shared is first.shared]
+        if len(lines) == len(specs):
+            return {"cmds": [line.cmd for line in lines], "shared": dict(first.shared)}
     shared = _all_but_command(first)
     commands = [_command(spec) for spec in specs]
     if None in commands or any(_all_but_command(spec) != shared for spec in specs[1:]):

@@ -378,6 +378,7 @@ class JobWriter:
             return
         if jobs[-1][0] - jobs[0][0] + 1 != len(jobs):
             raise ValueError("the jobs of write_alike must have consecutive ids")
+        # Laid out while the part before may still be written; run once it is.
         statements = _alike_statements(template, jobs)
         first, last = jobs[0][0], jobs[-1][0]
         self.settle()
@@ -464,7 +465,7 @@ class Store:
             drop_seal(path)  # open for writing: only the next clean stop vouches for it
         except sqlite3.Error as exc:
             if is_damage(exc):
-                if hasattr(self, "_db"):  # found not to be a database: leave it as it was
+                if hasattr(self, "_connection"):  # not a database: leave it as it was
                     self._db.close()
                 raise damaged(path, exc) from None
             raise StoreUnavailable(f"{path}: cannot open the database ({exc})") from None

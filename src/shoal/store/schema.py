@@ -223,8 +223,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 def key_hash(owner: str, cmd: str, cwd: str) -> int:
     """The digest that finds a job's duplicates among those kept only in the database."""
-    digest = hashlib.blake2b(f"{owner}\0{cmd}\0{cwd}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return key_hashes(owner, (cmd,), cwd)[0]
 
 
 def key_hashes(owner: str, cmds: Iterable[str], cwd: str) -> list[int]:
