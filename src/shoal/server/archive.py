@@ -39,10 +39,12 @@ class Archive(Protocol):
         """Fresh objects for these jobs (the ids not found are left out)."""
         ...
 
-    def twins(self, keys: Sequence[Key], hashes: Sequence[int] | None = None
-              ) -> dict[Key, tuple[int, JobState]]:
+    def twins(self, keys: Sequence[Key], hashes: Sequence[int] | None = None, *,
+              committed_only: bool = False) -> dict[Key, tuple[int, JobState]]:
         """The job already added with each key, and its state, for those that have one;
-        `hashes`, when known, are the keys' digests (store.key_hash), in the same order."""
+        `hashes`, when known, are the keys' digests (store.key_hash), in the same order.
+        `committed_only`: among the jobs committed before the add being written, if any
+        (which may go on being written meanwhile)."""
         ...
 
     def ids_in_group(self, group: str, owner: str | None,
@@ -66,9 +68,9 @@ class MemoryArchive:
     def load(self, job_ids: Sequence[int]) -> list[Job]:
         return [self._jobs[job_id] for job_id in job_ids if job_id in self._jobs]
 
-    def twins(self, keys: Sequence[Key], hashes: Sequence[int] | None = None
-              ) -> dict[Key, tuple[int, JobState]]:
-        wanted = set(keys)
+    def twins(self, keys: Sequence[Key], hashes: Sequence[int] | None = None, *,
+              committed_only: bool = False) -> dict[Key, tuple[int, JobState]]:
+        wanted = set(keys)  # an add's jobs are never here: all of it is committed
         found: dict[Key, tuple[int, JobState]] = {}
         for job in sorted(self._jobs.values(), key=lambda job: job.id):
             key = (job.owner, *job.key)
@@ -101,9 +103,9 @@ class StoreArchive:
     def load(self, job_ids: Sequence[int]) -> list[Job]:
         return self._store.jobs_by_id(job_ids)
 
-    def twins(self, keys: Sequence[Key], hashes: Sequence[int] | None = None
-              ) -> dict[Key, tuple[int, JobState]]:
-        return self._store.twins(keys, hashes)
+    def twins(self, keys: Sequence[Key], hashes: Sequence[int] | None = None, *,
+              committed_only: bool = False) -> dict[Key, tuple[int, JobState]]:
+        return self._store.twins(keys, hashes, committed_only=committed_only)
 
     def queued_after(self, after: tuple[int, int] | None, limit: int) -> list[Job]:
         return self._store.queued_after(after, limit)

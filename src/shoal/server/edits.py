@@ -26,6 +26,7 @@ from shoal.server.archive import Archive, may_wait_in_backlog, queue_key
 from shoal.server.dependencies import GROUP_PREFIX, Dependencies
 from shoal.server.effects import AddPlan, AlikeJobs, Effects
 from shoal.server.requirements import LearnedRequirements
+from shoal.store.schema import key_hash
 
 if TYPE_CHECKING:
     from shoal.server.reactor import ReactorConfig
@@ -59,6 +60,9 @@ class _Adding:
     limit_caps: dict[str, int] = dataclasses.field(default_factory=dict)
     batch_keys: dict[tuple[str, str, str], int] = dataclasses.field(default_factory=dict)
     batch_groups: set[str] = dataclasses.field(default_factory=set)
+    # With a JobSink: the key digests of the chunks planned so far, whose jobs are written
+    # in the add's open transaction (None: nothing is written before the commit).
+    written: set[int] | None = None
 
 
 def _check_cwd(spec: JobSpec, index: int) -> None:
@@ -173,7 +177,7 @@ class JobEdits:
         run`: a job is a line of its input, and two identical lines are two jobs).
         """
         add = _Adding(owner=owner, rerun=rerun, now=now, may_set_caps=may_set_caps,
-                      distinct=distinct)
+                      distinct=distinct, written=None if write is None else set())
         window = _Window(self) if write is not None else None
         for chunk in chunks:
             if isinstance(chunk, AlikeJobs):
@@ -255,17 +259,22 @@ class JobEdits:
                   hashes: Sequence[int] = ()
                   ) -> dict[tuple[str, str, str], tuple[int, JobState]]:
         """The archive's jobs (ended, in the backlog, written by this add) of these keys (of
-        these digests, if given)."""
+        these digests, if given). An add written as it is planned looks for keys whose
+        digests none of its chunks had among the committed jobs only: beside the write of
+        its chunk before, not after it (a third of a large add's time)."""
         if add.distinct:
             return {}
-        if not hashes:
-            unknown = [key for key in keys if key not in self.by_key]
-            return self.archive.twins(unknown) if unknown else {}
         by_key = self.by_key
-        pairs = [(key, digest) for key, digest in zip(keys, hashes, strict=True)
-                 if key not in by_key]
-        return self.archive.twins([key for key, _ in pairs],
-                                  [digest for _, digest in pairs]) if pairs else {}
+        pairs = [(key, digest) for key, digest in zip(
+            keys, hashes or [key_hash(*key) for key in keys], strict=True) if key not in by_key]
+        if not pairs:
+            return {}
+        wanted, digests = [key for key, _ in pairs], [digest for _, digest in pairs]
+        if add.written is None:
+            return self.archive.twins(wanted, digests)
+        committed_only = add.written.isdisjoint(digests)
+        add.written.update(digests)
+        return self.archive.twins(wanted, digests, committed_only=committed_only)
 
     def _all_new(self: ReactorState, add: _Adding, keys: list[tuple[str, str, str]],
                  archived: dict[tuple[str, str, str], tuple[int, JobState]], *,
