@@ -647,8 +647,6 @@ class Store:
         db = self._committed_reader() if committed_only else self._db
         if hashes is None:
             hashes = [key_hash(*key) for key in keys]
-        elif len(hashes) != len(keys):
-            raise ValueError("twins: one digest for each key")
         found: dict[tuple[str, str, str], tuple[int, JobState]] = {}
         # Looked up in the index's order: each probe starts near where the last one ended.
         hashes = sorted(set(hashes))

@@ -218,8 +218,8 @@ MIGRATIONS: list[str] = [
     """,
     # 13: the key digests' index is a table of its own, written a part of an add at a time in
     # digest order: an index on jobs.key_hash took each row's digest at a random place as the
-    # row was written, a third of a million-job add's time. A job's key goes with it
-    # (store._delete_where); a key left behind would name no job, as ids are never reused.
+    # row was written, a third of a million-job add's time. A job's key is deleted with it;
+    # one left behind would name no job (lookups join jobs by id, and ids are never reused).
     """
     CREATE TABLE job_keys (
         key_hash INTEGER NOT NULL,
