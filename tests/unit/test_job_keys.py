@@ -9,14 +9,18 @@ import tempfile
 from pathlib import Path
 from unittest import mock
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.core.models import JobDefaults, JobState
 from shoal.server.effects import AlikeJobs
+from shoal.server.reactor import Reactor
 from shoal.server.service import Service
 from shoal.store import JobQuery, Store, key_hash, repository
 from shoal.store.schema import MIGRATIONS, SCHEMA_VERSION
+
+from .factories import spec
 
 CWD = "/tmp"
 
@@ -128,3 +132,18 @@ def test_purged_history_takes_its_digests_with_it(tmp_path: Path) -> None:
     in_keys, in_jobs = keys_and_jobs(path)
     assert ids == [1] and in_keys == in_jobs == {(key_hash("ann", "echo kept", CWD), 2)}
     store.close()
+
+
+def test_the_lookup_beside_the_write_reads_the_store_s_file_wherever_the_process_moved(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    store = Store(Path("shoal.db"))  # relative, as `shoal run`'s state directory may be
+    reactor = Reactor([], next_job_id=1, next_lease_id=1)
+    plan = reactor.plan_add([spec("echo kept")], rerun=False, now=5.0, owner="ann")
+    store.add_jobs(plan.new_jobs, reactor.journal_of_new(plan, 5.0))
+    monkeypatch.chdir(tmp_path / "elsewhere")  # before its first lookup beside a write
+    key = ("ann", "echo kept", CWD)
+    assert store.twins([key], committed_only=True) == {key: (1, JobState.QUEUED)}
+    store.close()
+    assert not (tmp_path / "elsewhere" / "shoal.db").exists()

@@ -451,6 +451,7 @@ class Store:
 
     def __init__(self, path: Path):
         self.path = path
+        self._file = path.absolute()  # the same file, should the working directory change
         self._checkpoints: Checkpoints | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -492,7 +493,7 @@ class Store:
         """The database opened for reading only (`shoal logs` on a `shoal run`'s state while
         it may still be running): nothing is created, migrated or written."""
         store = cls.__new__(cls)
-        store.path = path
+        store.path, store._file = path, path.absolute()
         store._checkpoints = None
         store._sealed_counts = None
         try:
@@ -518,7 +519,7 @@ class Store:
     def _committed_reader(self) -> sqlite3.Connection:
         """A second connection, read-only: each statement sees the last commit (WAL)."""
         if self._reader is None:
-            self._reader = sqlite3.connect(self.path, isolation_level=None,
+            self._reader = sqlite3.connect(self._file, isolation_level=None,
                                            check_same_thread=False)
             self._reader.execute("PRAGMA query_only = 1")
             self._reader.execute("PRAGMA busy_timeout = 5000")
