@@ -513,7 +513,7 @@ class Store:
         """From now on, the log is copied into the database off the caller's thread (see
         store.checkpoints); `close` stops it."""
         if self._checkpoints is None:
-            self._checkpoints = Checkpoints(self.path)
+            self._checkpoints = Checkpoints(self._file)
             self._db.execute("PRAGMA wal_autocheckpoint = 0")
 
     def _committed_reader(self) -> sqlite3.Connection:
@@ -899,12 +899,8 @@ class Store:
             if reasons:
                 db.executemany("UPDATE attempts SET reason = ? WHERE lease_id = ?", reasons)
             if removed:
-                ids = [(job_id,) for job_id in removed]
-                db.executemany("DELETE FROM job_keys WHERE job_id = ?1 AND key_hash = "
-                               "(SELECT key_hash FROM jobs WHERE id = ?1)", ids)
-                for table in ("jobs", "attempts", "outputs", "transitions"):
-                    column = "id" if table == "jobs" else "job_id"
-                    db.executemany(f"DELETE FROM {table} WHERE {column} = ?", ids)
+                _delete_where(db, "id IN (SELECT value FROM json_each(?))",
+                              [json.dumps(list(removed))])
 
     @staticmethod
     def _journal(db: sqlite3.Connection, transitions: Iterable[Transition]) -> None:
