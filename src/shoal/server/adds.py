@@ -76,16 +76,10 @@ def _parse_each(texts: Iterable[str]) -> Iterator[list[JobSpec] | AlikeJobs]:
     """The staged chunks' specs, a chunk at a time, read as they are needed. A chunk this
     shoal checked (the same version, the same spec schema) holds its own JSON of checked
     specs: each is the defaults with its fields put in (checking them again cost a tenth of
-    a large add). Any other (staged before an upgrade) is checked again in full.
-
-    Each chunk is parsed before the next is read: while the store's writer still writes the
-    chunk before (see JobWriter), which a read of the database waits for."""
-    iterator = iter(texts)
-    text = next(iterator, None)
-    while text is not None:
-        parsed = _parsed(text)
-        text = next(iterator, None)
-        yield parsed
+    a large add). Any other (staged before an upgrade) is checked again in full. (Each is
+    read and parsed while the store's writer writes the chunk before: see StagedAdds.chunks.)"""
+    for text in texts:
+        yield _parsed(text)
 
 
 def _parsed(text: str) -> list[JobSpec] | AlikeJobs:

@@ -1,7 +1,8 @@
 """A large add in chunks (migration 8): each chunk is kept here as it arrives, and the add is
 made from all of them at once, or from none (dropped when abandoned).
 
-It shares the Store's connection and transactions: one database, one writer, the loop's.
+It writes through the Store's connection and transactions (one database, one writer, the
+loop's), and reads the chunks it kept through the Store's reader of committed data.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ class StagedAdds:
 
     def chunks(self, batch: str, owner: str) -> Iterator[str]:
         """The batch's chunks in order, read one at a time as they are iterated; NotFound
-        at once if it is not this owner's."""
-        db = self._store._db
+        at once if it is not this owner's. Each was committed when it was staged: they are
+        read through the store's reader of committed data, beside an add's write."""
+        db = self._store._committed_reader()
         seqs = db.execute("SELECT seq, owner FROM staged_adds WHERE batch = ? ORDER BY seq",
                           (batch,)).fetchall()
         if not seqs or seqs[0][1] != owner:
