@@ -117,7 +117,8 @@ class SshBed:
 
     def account_processes(self, account: Account) -> list[psutil.Process]:
         found = []
-        for process in psutil.process_iter(["uids", "cmdline"]):
+        # Read as each process is listed: one that exits meanwhile is left out, not raised.
+        for process in psutil.process_iter(["uids", "cmdline", "status"]):
             try:
                 if process.info["uids"] and process.info["uids"].real == account.uid:
                     found.append(process)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 import shoal
@@ -95,7 +96,7 @@ def one_line_errors(stderr: str) -> list[str]:
 def assert_no_processes_left(bed: SshBed, accounts: list[Account]) -> None:
     def clean() -> bool:
         return all(not [p for p in bed.account_processes(account)
-                        if p.status() != "zombie"] for account in accounts)
+                        if p.info["status"] != psutil.STATUS_ZOMBIE] for account in accounts)
 
     try:
         wait_until(clean, timeout=30, interval=0.2, message="no process of the accounts")
