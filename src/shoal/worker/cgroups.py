@@ -55,6 +55,10 @@ class JobCgroup:
         self._born_inside = False  # set once a spawn was done from inside every one
         self._emptied = False  # kill() found no process left
         self._tasks_fds: dict[str, int] | None = None
+        # Memory files read (and under v1 written) at every job's end, opened once: a kept
+        # cgroup serves many jobs. (Not `cgroup.procs`: v1 keeps the list an open file read
+        # first.)
+        self._memory_fds: dict[str, int] = {}
         # As strings, made once: a job's few cgroup operations run on the event loop.
         self._dirs = [str(path) for path in paths.values()]
         memory = paths.get("memory" if version == 1 else "unified")
@@ -132,9 +136,17 @@ class JobCgroup:
         if self._peak_file is None:
             return None
         try:
-            return int(_read(self._peak_file))
+            return int(os.pread(self._memory_fd(self._peak_file), 64, 0))
         except (OSError, ValueError):
             return None
+
+    def _memory_fd(self, path: str) -> int:
+        fd = self._memory_fds.get(path)
+        if fd is None:  # v1 resets the peak by writing it
+            writable = self.version == 1 and path == self._peak_file
+            fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+            self._memory_fds[path] = fd
+        return fd
 
     @property
     def emptied(self) -> bool:
@@ -157,20 +169,22 @@ class JobCgroup:
         memory = self.paths.get("memory")
         if memory is not None:
             try:
-                if int(_read(f"{memory}/memory.usage_in_bytes")) >= REUSE_BELOW_BYTES:
+                usage = self._memory_fd(f"{memory}/memory.usage_in_bytes")
+                if int(os.pread(usage, 64, 0)) >= REUSE_BELOW_BYTES:
                     return False
-                _write(f"{memory}/memory.max_usage_in_bytes", "0")
+                os.pwrite(self._memory_fd(f"{memory}/memory.max_usage_in_bytes"), b"0", 0)
             except (OSError, ValueError):
                 return False
         self._born_inside = self._emptied = False
         return True
 
     def close(self) -> None:
-        """Close the `tasks` files kept open (before the directories go, or to hold fewer
-        descriptors: a later spawn opens them again)."""
-        for fd in (self._tasks_fds or {}).values():
+        """Close the files kept open (before the directories go, or to hold fewer
+        descriptors: the next job in these cgroups opens them again)."""
+        for fd in [*(self._tasks_fds or {}).values(), *self._memory_fds.values()]:
             os.close(fd)
-        self._tasks_fds = None  # opened again if another job is spawned in these cgroups
+        self._tasks_fds = None
+        self._memory_fds.clear()
 
     def remove(self) -> bool:
         """Remove the directories; False if a process is still in one (try again later)."""
