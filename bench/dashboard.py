@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import replace_section
+from common import compile_shoal, replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "dashboard.json"
@@ -128,6 +128,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
+    compile_shoal()
     work = Path(tempfile.mkdtemp(prefix="shoal-bench-dashboard-"))
     home = work / "home"
     server, url, token = start_server(home)

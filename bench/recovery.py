@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 import psutil
-from common import replace_section
+from common import compile_shoal, replace_section
 from throughput import machine
 
 from shoal.trust import client_context
@@ -346,6 +346,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="kills and restarts (default 3)")
     parser.add_argument("--write-docs", action="store_true", help=f"update {DOCS.name}")
     args = parser.parse_args()
+    compile_shoal()
     if args.jobs < WARM_DONE or args.repeat < 1:
         parser.error(f"--jobs must be at least {WARM_DONE} and --repeat at least 1")
 

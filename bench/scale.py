@@ -29,7 +29,7 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import replace_section
+from common import compile_shoal, replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOAL = [sys.executable, "-m", "shoal.cli.main"]
@@ -283,6 +283,7 @@ def main() -> None:
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--no-hyperqueue", action="store_true")
     args = parser.parse_args()
+    compile_shoal()
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         shoal = measure_shoal(args.size, Path(tmp))
         shoal.update(measure_array(10 * args.size, Path(tmp)))

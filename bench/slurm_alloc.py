@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import replace_section, seconds_cell  # noqa: E402
+from common import compile_shoal, replace_section, seconds_cell  # noqa: E402
 from throughput import machine  # noqa: E402
 
 from shoal.provision.engine import shoal_executable, write_private  # noqa: E402
@@ -151,6 +151,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
+    compile_shoal()
     times = run(args.rounds)
     body = report(times, args.rounds)
     print(body)

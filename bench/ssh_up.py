@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import replace_section, seconds_cell  # noqa: E402
+from common import compile_shoal, replace_section, seconds_cell  # noqa: E402
 from throughput import machine  # noqa: E402
 
 from tests.hosts import namespace_hosts  # noqa: E402
@@ -134,6 +134,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
+    compile_shoal()
     times = run(args.rounds)
     body = report(times, args.rounds)
     print(body)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import replace_section
+from common import compile_shoal, replace_section
 from throughput import machine
 
 from shoal.trust import client_context
@@ -345,6 +345,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20, help="runs per mode (default 20)")
     parser.add_argument("--write-docs", action="store_true", help=f"update {DOCS.name}")
     args = parser.parse_args()
+    compile_shoal()
     try:
         args.components = [int(n) for n in args.components.split(",") if n.strip()]
     except ValueError:

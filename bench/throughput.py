@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from common import replace_section
+from common import compile_shoal, replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "throughput.json"
@@ -410,6 +410,7 @@ def main() -> int:
     parser.add_argument("--write-docs", action="store_true", help=f"update {DOCS.name}")
     parser.add_argument("--only", default=",".join(RUNNERS), help="comma-separated runners")
     args = parser.parse_args()
+    compile_shoal()
     args.only = [r.strip() for r in args.only.split(",") if r.strip()]
     if unknown := set(args.only) - set(RUNNERS):
         parser.error(f"unknown runner(s): {', '.join(sorted(unknown))}")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import replace_section
+from common import compile_shoal, replace_section
 from throughput import machine
 
 from shoal.trust import client_context
@@ -129,6 +129,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
+    compile_shoal()
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
         tls = Server(Path(tmp) / "tls")
         plain = Server(Path(tmp) / "plain", "--insecure-http")
