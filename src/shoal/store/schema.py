@@ -241,11 +241,19 @@ def key_hash(owner: str, cmd: str, cwd: str) -> int:
 
 
 def key_hashes(owner: str, cmds: Iterable[str], cwd: str) -> list[int]:
-    """key_hash of each command of one owner and cwd, in one comprehension: a call per
-    command cost nearly as much as the digest (0.8 s of 1.9 s for a million)."""
-    blake2b, from_bytes = hashlib.blake2b, int.from_bytes
-    return [from_bytes(blake2b(f"{owner}\0{cmd}\0{cwd}".encode(), digest_size=8).digest(),
-                       "big", signed=True) for cmd in cmds]
+    """key_hash of each command of one owner and cwd, in one loop: a call per command cost
+    nearly as much as the digest (0.8 s of 1.9 s for a million). Each digest continues a
+    copy of the owner's: making a blake2b with its keyword arguments cost a third of the
+    whole (0.75 s against 0.52 s for a million)."""
+    owner_part = hashlib.blake2b(f"{owner}\0".encode(), digest_size=8)
+    cwd_part = f"\0{cwd}".encode()
+    from_bytes, digests = int.from_bytes, []
+    for cmd in cmds:
+        digest = owner_part.copy()
+        digest.update(cmd.encode())
+        digest.update(cwd_part)
+        digests.append(from_bytes(digest.digest(), "big", signed=True))
+    return digests
 
 
 def migrate(connection: sqlite3.Connection) -> int:
