@@ -290,7 +290,7 @@ class Containment:
     def close(self) -> None:
         """Kill what is left in the job cgroups and remove them and the parents."""
         for cgroup in self._idle + self._leftovers:
-            cgroup.close()  # their `tasks` files, before the directories go
+            cgroup.close()  # the files they keep open, before the directories go
         self._leftovers.clear()
         self._idle.clear()
         deadline = time.monotonic() + 2.0
