@@ -7,8 +7,9 @@ from shoal.store.repository import (
     JobWriter,
     StateCounts,
     Store,
+    json_text,
 )
 from shoal.store.schema import key_hash, key_hashes
 
 __all__ = ["CHANGED_IN_PLACE", "AttemptRow", "JobQuery", "JobWriter", "StateCounts", "Store",
-           "key_hash", "key_hashes"]
+           "json_text", "key_hash", "key_hashes"]

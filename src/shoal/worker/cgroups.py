@@ -167,12 +167,12 @@ class JobCgroup:
         if not self._emptied and any(_pids(directory) for directory in self._dirs):
             return False
         memory = self.paths.get("memory")
-        if memory is not None:
+        if memory is not None and self._peak_file is not None:  # v1's max_usage_in_bytes
             try:
                 usage = self._memory_fd(f"{memory}/memory.usage_in_bytes")
                 if int(os.pread(usage, 64, 0)) >= REUSE_BELOW_BYTES:
                     return False
-                os.pwrite(self._memory_fd(f"{memory}/memory.max_usage_in_bytes"), b"0", 0)
+                os.pwrite(self._memory_fd(self._peak_file), b"0", 0)
             except (OSError, ValueError):
                 return False
         self._born_inside = self._emptied = False
