@@ -2,6 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# shoal's bytecode, written ahead (only what changed): where PYTHONDONTWRITEBYTECODE is set an
+# editable install never writes it, and every shoal process started (hundreds in the suite)
+# would compile its modules again first, 0.1-0.15 s each.
+BYTECODE := $(BIN)/python -m compileall -q src
 
 .PHONY: demo test lint typecheck unit bench clean
 
@@ -16,6 +20,7 @@ $(VENV)/.test-deps: $(BIN)/shoal
 	touch $@
 
 demo: $(BIN)/shoal
+	$(BYTECODE)
 	rm -rf build/demo && mkdir -p build/demo && cp demo/jobs.txt build/demo/
 	cd build/demo && ../../$(BIN)/shoal run jobs.txt -j 4
 	@echo
@@ -33,6 +38,7 @@ typecheck: $(VENV)/.test-deps
 TEST_WORKERS ?= 2
 
 test: lint typecheck
+	$(BYTECODE)
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 unit: $(VENV)/.test-deps
