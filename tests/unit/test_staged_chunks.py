@@ -4,6 +4,7 @@ fit)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -57,3 +58,12 @@ def test_digests_made_in_bulk_are_those_made_one_at_a_time(owner: str, cwd: str,
     # A staged chunk's digests are made in bulk and a single job's one by one: a duplicate
     # is found only if the two agree.
     assert key_hashes(owner, cmds, cwd) == [key_hash(owner, cmd, cwd) for cmd in cmds]
+
+
+@given(owner=st.text(max_size=8), cwd=st.text(max_size=8), cmd=st.text(max_size=16))
+def test_the_digest_is_the_one_databases_already_hold(owner: str, cwd: str, cmd: str) -> None:
+    # job_keys rows written by earlier versions are looked up by this digest: it stays the
+    # signed big-endian 64-bit blake2b of "owner NUL cmd NUL cwd".
+    digest = hashlib.blake2b(f"{owner}\0{cmd}\0{cwd}".encode(), digest_size=8).digest()
+    assert key_hash(owner, cmd, cwd) == int.from_bytes(digest, "big", signed=True)
+

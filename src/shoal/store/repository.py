@@ -162,9 +162,10 @@ class AttemptRow:
 
 
 def json_text(value: Any) -> str:
-    """JSON text of what the store keeps or hands SQLite in bulk (an add's rows, the digests
-    it looks up, its staged chunks), by pydantic-core's encoder: 2.6 times the standard
-    library's speed on an add's rows. As text, since SQLite reads a BLOB as no JSON."""
+    """JSON text of an add's bulk (its rows and the digests it looks up, handed to
+    `json_each`, and its staged chunks), by pydantic-core's encoder: 2.6 times the standard
+    library's speed on an add's rows. As text, since SQLite reads a BLOB as no JSON. A row's
+    own small collections keep the standard library's text (`_dump`)."""
     return to_json(value).decode()
 
 
