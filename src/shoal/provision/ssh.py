@@ -18,6 +18,7 @@ import asyncio
 import getpass
 import json
 import os
+import re
 import shlex
 import socket
 import time
@@ -436,11 +437,18 @@ class SshProvider:
         return bool(answer.get("alive")), _last_line(answer.get("tail"))
 
 
+_UNPARSABLE_KEY = re.compile(r"Invalid .*private key")  # asyncssh's words, one per format
+
+
 def _key_problem(reason: str, passphrase_given: bool) -> str:
     """Why a key asyncssh loaded cannot be used, and what to do."""
     if "bcrypt" in reason:
         return f"cannot use an SSH key: {reason} (install the Python package bcrypt beside shoal)"
-    if passphrase_given and ("decrypt" in reason.lower() or "passphrase" in reason.lower()):
+    lowered = reason.lower()
+    # A PEM key's old encryption has no check value: about one wrong passphrase in 256
+    # decrypts to well-padded garbage, which then fails to parse as a key.
+    if passphrase_given and ("decrypt" in lowered or "passphrase" in lowered
+                             or _UNPARSABLE_KEY.fullmatch(reason)):
         return f"cannot decrypt an SSH key with the passphrase given (wrong passphrase?): {reason}"
     return f"cannot use an SSH key: {reason}"
 
