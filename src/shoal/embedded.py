@@ -46,6 +46,7 @@ class RunReport:
     halted_on_success: bool = False
     input_error: str | None = None  # a bad line of a stream: what came before it ran
     state_dir: str | None = None
+    numbered_by: str = "line"  # what a job's "line" counts: "line" or "argument set"
 
     @property
     def succeeded(self) -> bool:

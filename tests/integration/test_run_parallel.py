@@ -166,6 +166,17 @@ def test_summary_names_the_slowest_jobs_by_line(tmp_path: Path) -> None:
     assert slowest[0]["wall_seconds"] >= 0.6
 
 
+def test_summary_numbers_arguments_by_their_set(tmp_path: Path) -> None:
+    result = shoal(tmp_path, "run", "-j", "1", "exit {1}{2}", ":::", "0", "1", ":::", "0", "3")
+    assert result.returncode == 1
+    failed = [line for line in result.stderr.splitlines() if line.startswith("failed ")]
+    assert failed == ["failed argument set 2 (#2) (exit code 3): exit 03",
+                      "failed argument set 3 (#3) (exit code 10): exit 10",
+                      "failed argument set 4 (#4) (exit code 13): exit 13"]
+    assert json.loads(shoal(tmp_path, "run", "--json", "exit {}", ":::", "4")
+                      .stdout)["numbered_by"] == "argument set"
+
+
 def test_resume_and_resume_failed(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger"
     jobs = tmp_path / "jobs.txt"

@@ -41,10 +41,10 @@ def print_summary(report: RunReport, *, json_output: bool, to_stderr: bool = Fal
     if report.slowest and report.total:
         console.print("slowest:")
         for job in report.slowest:
-            console.print(f"  {job['wall_seconds']:.2f}s  {_number(job)}  "
+            console.print(f"  {job['wall_seconds']:.2f}s  {_number(job, report.numbered_by)}  "
                           f"{escape(_clean(str(job['cmd'])))[:100]}")
     for failure in report.failures:
-        console.print(f"[red]failed[/red] {_number(failure)} "
+        console.print(f"[red]failed[/red] {_number(failure, report.numbered_by)} "
                       f"({escape(str(failure['reason']))}): "
                       f"{escape(_clean(str(failure['cmd'])))[:200]}")
         tail = _clean(str(failure["stderr_tail"])).rstrip().splitlines()[-5:]
@@ -58,7 +58,7 @@ def print_summary(report: RunReport, *, json_output: bool, to_stderr: bool = Fal
         console.print("a job's whole output: shoal logs ID [--stderr] (ID is the #)")
 
 
-def _number(job: dict[str, object]) -> str:
+def _number(job: dict[str, object], unit: str) -> str:
     """`line 7 (#5)`: where the job is in its input, and its id for `shoal logs`."""
     line = job.get("line")
-    return f"#{job['id']}" if line is None else f"line {line} (#{job['id']})"
+    return f"#{job['id']}" if line is None else f"{unit} {line} (#{job['id']})"

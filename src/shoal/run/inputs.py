@@ -42,6 +42,7 @@ class RunInput:
     base: Path
     stream: bool  # read as it comes; its state starts over unless --resume
     total: int | None = None
+    unit: str = "line"  # what an Item's number counts, for messages
     _items: Iterator[Item] | None = None
     _handle: BinaryIO | None = None
     _template: str | None = None
@@ -146,7 +147,8 @@ def from_arguments(template: str, sources: Sequence[Sequence[str]],
         total *= len(source)
     # Named by the command alone, so `--resume` with more arguments skips those done.
     return RunInput(label="arguments", key=f"args-{template_key(template)}",
-                    base=state.base_dir(None), stream=False, total=total, _items=items())
+                    base=state.base_dir(None), stream=False, total=total, unit="argument set",
+                    _items=items())
 
 
 class _LineParser:
