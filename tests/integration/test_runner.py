@@ -221,6 +221,23 @@ def test_kill_escalates_to_sigkill_when_sigterm_is_ignored(tmp_path: Path) -> No
     assert wait_until_group_gone(result.pid)
 
 
+def test_a_loop_stalled_mid_turn_reports_the_keepers_kill_as_one(tmp_path: Path) -> None:
+    """The loop blocked inside a callback (as a worker stopped with SIGSTOP mid-turn) past the
+    keeper's timeout: the keeper kills the job, and on waking the loop sees the job's exit
+    before its heartbeat's timer. The job is still reported killed because of the stall."""
+    async def stall(runner: Runner) -> None:
+        runner.watch_stalls(0.5)
+        await asyncio.sleep(0.5)  # the job runs, the keeper has had heartbeats
+        time.sleep(2.0)  # no heartbeat: the keeper kills the job after 0.5 s of this
+        await asyncio.sleep(0.5)
+
+    _, results = run(tmp_path, job("sleep 30", lease_id=1), during=stall)
+    result = results[1]
+    assert (result.outcome, result.signal) == ("killed", 9)
+    assert result.error is not None and "its keeper killed the job" in result.error
+    assert 2.0 <= result.wall_seconds < 4
+
+
 def test_background_child_is_killed_when_the_leader_exits(tmp_path: Path) -> None:
     _, results = run(tmp_path, job("sleep 30 & echo $!", lease_id=1))
     result = results[1]

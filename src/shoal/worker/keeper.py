@@ -53,6 +53,7 @@ class Keeper:
         self._timeout: float | None = None
         self._beat: asyncio.TimerHandle | None = None
         self._last_beat = 0.0
+        self._stall_reported: float | None = None  # the last beat a stall was counted from
         self._on_stall: Callable[[float], None] | None = None
         self._unsent: list[bytes] = []
         self._closed = False
@@ -141,14 +142,24 @@ class Keeper:
         self._beat = loop.call_later(every, self._heartbeat, loop, every)
 
     def _heartbeat(self, loop: asyncio.AbstractEventLoop, every: float) -> None:
-        now = time.monotonic()
-        gap, self._last_beat = now - self._last_beat, now
         if self._process is None or self._timeout is None:
             self._beat = None
             return
         self._send(b".\n")
         self._beat = loop.call_later(every, self._heartbeat, loop, every)
-        if gap > self._timeout and self._on_stall is not None:
+        self.check_stall()
+        self._last_beat = time.monotonic()
+
+    def check_stall(self) -> None:
+        """Call `on_stall`, once, if no heartbeat has gone out for longer than the timeout.
+        The heartbeat's timer checks; so must what acts, first, on what may have happened
+        during a stall: a loop stopped mid-turn rather than in its wait wakes to its jobs'
+        exits before its timers, and must take those for the keeper's kills."""
+        if self._beat is None or self._timeout is None or self._on_stall is None:
+            return
+        gap = time.monotonic() - self._last_beat
+        if gap > self._timeout and self._stall_reported != self._last_beat:
+            self._stall_reported = self._last_beat
             self._on_stall(gap)
 
     def close(self) -> None:

@@ -667,6 +667,7 @@ class Runner:
 
     def _on_exit(self, attempt: _Attempt) -> None:
         """The pidfd is readable: the leader has exited and waits, a zombie, to be reaped."""
+        self._keeper.check_stall()  # a job the keeper killed is reported as its kill
         signal_group(attempt.pid, signal.SIGKILL)  # leftovers; the zombie keeps the group id ours
         if attempt.cgroup is not None:
             attempt.cgroup.kill()  # and those that left the group
