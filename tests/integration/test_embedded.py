@@ -91,7 +91,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert f"{jobs}:2" in line
     assert not (tmp_path / ".shoal").exists()  # nothing was started or written
     assert run(tmp_path / "missing.txt").returncode == 2
-    assert run(jobs, "-j", "0").returncode == 2
+    for bad_j in ("0", "2.5", "+1%", "lots"):
+        refused = run(jobs, "-j", bad_j)
+        assert refused.returncode == 2
+        assert refused.stderr.startswith("shoal: -j"), refused.stderr
     assert run(jobs, "--format", "xml").returncode == 2
     wide = tmp_path / "wide.wr"
     wide.write_text('echo a\t{"cpus": 1}\necho b\t{"cpus": 3}\n')

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 
 from shoal.core.errors import InputError
+from shoal.run.slots import jobs_at_once
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -48,8 +49,10 @@ def run_command(
         help="A file of commands (lines, wr or runmaker format), or - (or nothing, from a "
              "pipe) for commands on stdin, or a command to fill with each argument after "
              "::: (or each line of the files after ::::, or of stdin).")] = None,
-    jobs: Annotated[int, typer.Option("-j", "--jobs", help="Commands at once (default: all cores).")
-                    ] = 0,
+    jobs: Annotated[str | None, typer.Option(
+        "-j", "--jobs", metavar="N",
+        help="Commands at once: N, N% of the cores, +N or -N cores (default: all cores).",
+        show_default=False)] = None,
     format: Annotated[str, typer.Option("--format", help="auto, lines, wr or runmaker.")] = "auto",
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     retry: Annotated[bool, typer.Option(
@@ -131,7 +134,8 @@ def run_command(
     is done is skipped, what failed is retried. Each job's output is printed when it ends.
     Exit 0 iff every command succeeded.
     """
-    parallel = jobs or len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))
+    parallel = cores if jobs is None else jobs_at_once(jobs, cores)
     choices = _Choices(line_buffer=line_buffer, tag=tag, keep_order=keep_order, quiet=quiet,
                        results=results, joblog=joblog, dry_run=dry_run, fresh=fresh,
                        resume=resume, resume_failed=resume_failed, timeout=timeout,
