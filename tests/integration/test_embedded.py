@@ -91,7 +91,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert f"{jobs}:2" in line
     assert not (tmp_path / ".shoal").exists()  # nothing was started or written
     assert run(tmp_path / "missing.txt").returncode == 2
-    for bad_j in ("0", "2.5", "+1%", "lots"):
+    for bad_j in ("2.5", "+1%", "lots"):
         refused = run(jobs, "-j", bad_j)
         assert refused.returncode == 2
         assert refused.stderr.startswith("shoal: -j"), refused.stderr

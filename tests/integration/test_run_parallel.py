@@ -200,14 +200,14 @@ def test_resume_and_resume_failed(tmp_path: Path) -> None:
 
 def test_jobs_at_once_in_gnu_parallels_forms(tmp_path: Path) -> None:
     """`-j 1%` is one job at a time on any machine of fewer than 200 cores: no two of the
-    jobs' start-to-end spans overlap. `-j -1` and `-j+0` run too."""
+    jobs' start-to-end spans overlap. `-j -1`, `-j+0` and `-j0` run too."""
     spans = tmp_path / "spans"
     record = f"s=$(date +%s.%N); sleep 0.2; echo $s $(date +%s.%N) >> {spans} # {{}}"
     assert shoal(tmp_path, "run", "-j", "1%", record, ":::", "a", "b", "c").returncode == 0
     intervals = sorted(tuple(map(float, line.split())) for line in spans.read_text().splitlines())
     assert len(intervals) == 3
     assert all(end <= start for (_, end), (start, _) in itertools.pairwise(intervals))
-    for form in ("-j-1", "-j+0"):
+    for form in ("-j-1", "-j+0", "-j0"):
         assert shoal(tmp_path, "run", form, "--json", "true {}", ":::", "1", "2").returncode == 0
 
 

@@ -6,14 +6,14 @@ import re
 
 from shoal.core.errors import InputError
 
-_FORM = re.compile(r"(?P<sign>[+-])?(?P<number>\d+(?:\.\d+)?)(?P<percent>%)?")
+_FORM = re.compile(r"(?P<sign>[+-])?(?P<number>\d+(?:\.\d+)?)(?P<percent>%)?", re.ASCII)
 
 
 def jobs_at_once(text: str, cores: int) -> int:
     """`N`, `N%` of the cores (rounded down, at least 1), `+N` or `-N` cores (at least 1).
 
-    `-j 0`, GNU parallel's "as many as possible", is refused: a run of a million lines would
-    start them all."""
+    `0` is one per core, as runmaker4's "autodetect" (GNU parallel's "as many as possible"
+    would start every line of a million-line file at once)."""
     form = _FORM.fullmatch(text.strip())
     if form is None or (form["sign"] and form["percent"]) \
             or ("." in form["number"] and not form["percent"]):
@@ -25,7 +25,4 @@ def jobs_at_once(text: str, cores: int) -> int:
     if form["sign"]:
         offset = int(number) if form["sign"] == "+" else -int(number)
         return max(1, cores + offset)
-    if number < 1:
-        raise InputError("-j 0: give at least 1 (GNU parallel's 'as many as possible' is "
-                         "not offered; N%, +N and -N count from the cores)")
-    return int(number)
+    return int(number) or cores
