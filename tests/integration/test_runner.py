@@ -235,7 +235,7 @@ def test_a_loop_stalled_mid_turn_reports_the_keepers_kill_as_one(tmp_path: Path)
     result = results[1]
     assert (result.outcome, result.signal) == ("killed", 9)
     assert result.error is not None and "its keeper killed the job" in result.error
-    assert 2.0 <= result.wall_seconds < 4
+    assert 2.0 <= result.wall_seconds < 10  # killed, not its 30 s
 
 
 def test_background_child_is_killed_when_the_leader_exits(tmp_path: Path) -> None:
