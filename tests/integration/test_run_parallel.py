@@ -114,6 +114,21 @@ def test_placeholders_sources_and_dry_run(tmp_path: Path) -> None:
     assert templated.stdout.splitlines() == ["got x", "got y"]
 
 
+def test_slot_is_unique_among_running_jobs(tmp_path: Path) -> None:
+    """`{%}` as GNU parallel's: 1..N, no two running jobs with one slot (a job takes its
+    slot's lock directory, which fails if another running job holds it)."""
+    (tmp_path / "locks").mkdir()
+    command = ("mkdir locks/{%} && echo {%} >> slots && sleep 0.1$(( {#} % 3 )) "
+               "&& rmdir locks/{%}")
+    result = shoal(tmp_path, "run", "-j", "3", command, ":::", *map(str, range(12)))
+    assert result.returncode == 0, result.stderr
+    slots = (tmp_path / "slots").read_text().split()
+    assert len(slots) == 12 and set(slots) == {"1", "2", "3"}
+    dry = shoal(tmp_path, "run", "--dry-run", "CUDA_VISIBLE_DEVICES=$(( {%} - 1 )) t {}",
+                ":::", "x")
+    assert dry.stdout.splitlines() == ["CUDA_VISIBLE_DEVICES=$(( $SHOAL_SLOT - 1 )) t x"]
+
+
 def test_dev_stdin_and_process_substitution(tmp_path: Path) -> None:
     script = (f"{' '.join(SHOAL)} run -k /dev/stdin < <(printf 'echo one\\necho two\\n'); "
               f"{' '.join(SHOAL)} run -k <(printf 'echo three\\n')")

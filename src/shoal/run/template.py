@@ -11,6 +11,7 @@ cartesian product, the first varying slowest (as in parallel). In the template:
 | `{//}` | its directory | `dir/sub` |
 | `{/.}` | its base name without extension | `file.tar` |
 | `{#}` | the job's number (1, 2, ...) | |
+| `{%}` | its slot: 1..N among the jobs running at once, the lowest free (`$SHOAL_SLOT`) | |
 | `{N}`, `{N.}`, `{N/}`, `{N//}`, `{N/.}` | the same, of source N's argument | |
 
 Arguments are shell-quoted where they are put (as parallel does), so a file name with spaces
@@ -32,7 +33,9 @@ from shoal.core.errors import InputError
 
 SOURCE_ARGS = ":::"
 SOURCE_FILES = "::::"
-_PLACEHOLDER = re.compile(r"\{(\d*)(\.|/|//|/\.)?\}|\{#\}")
+_PLACEHOLDER = re.compile(r"\{(\d*)(\.|/|//|/\.)?\}|\{#\}|\{%\}")
+# {%}, the job's slot, is known only when it starts: the worker puts it in SHOAL_SLOT.
+SLOT = "$SHOAL_SLOT"
 
 
 def has_placeholder(template: str) -> bool:
@@ -62,6 +65,8 @@ def fill(template: str, args: Sequence[str], number: int) -> str:
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "{#}":
             return str(number)
+        if match.group(0) == "{%}":
+            return SLOT
         index, kind = match.group(1), match.group(2)
         if index:
             position = int(index)

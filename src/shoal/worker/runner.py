@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import math
 import os
@@ -132,6 +133,7 @@ class _Attempt:
     ready: ReadyItem | None = None  # what was reported when it reached the line
     cgroup: JobCgroup | None = None  # where the machine allows it
     tracked: bool = True  # told to the keeper one by one (not through its cgroup)
+    slot: int = 0  # SHOAL_SLOT: unique among this runner's running jobs, lowest free first
 
     @property
     def pid(self) -> int:
@@ -198,6 +200,8 @@ class Runner:
         self._attempts: dict[int, _Attempt] = {}  # by lease id
         self._preparing: dict[int, _Preparation] = {}  # by lease id
         self._busy_cores = 0
+        self._free_slots: list[int] = []  # a heap: given back by ended jobs
+        self._slots_made = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = math.inf
@@ -451,13 +455,16 @@ class Runner:
             self._containment.create(f"job-{assignment.lease_id}")
             if self._containment is not None else None
         )
+        slot = self._take_slot()
         try:
             # Under cgroup v1 the job is born in its cgroup; under v2 it is moved in at once.
             with (self._containment.spawning(cgroup)
                   if cgroup is not None and self._containment is not None
                   else contextlib.nullcontext()):
-                process = self._spawner.spawn(assignment, cwd, stdout_path, stderr_path, gate)
+                process = self._spawner.spawn(assignment, cwd, stdout_path, stderr_path, slot,
+                                              gate)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            heapq.heappush(self._free_slots, slot)
             self._unstarted(assignment, started_at, started_monotonic,
                             spawn_error_message(exc, cwd), cgroup, gate,
                             (stdout_path, stderr_path))
@@ -475,6 +482,7 @@ class Runner:
             if cgroup is not None:
                 cgroup.kill()
             abandon(process)
+            heapq.heappush(self._free_slots, slot)
             self._unstarted(assignment, started_at, started_monotonic,
                             f"cannot watch process: {exc}", cgroup, gate,
                             (stdout_path, stderr_path))
@@ -510,12 +518,19 @@ class Runner:
             released=gate is None,
             cgroup=cgroup,
             tracked=attempt_tracked,
+            slot=slot,
         )
         self._attempts[assignment.lease_id] = attempt
         self._busy_cores += assignment.cores
         self._loop.add_reader(pidfd, self._on_exit, attempt)
         self._wake_at(attempt.next_event())
         return attempt
+
+    def _take_slot(self) -> int:
+        if self._free_slots:
+            return heapq.heappop(self._free_slots)
+        self._slots_made += 1
+        return self._slots_made
 
     def _unstarted(self, assignment: Assignment, at: float, at_monotonic: float, error: str,
                    cgroup: JobCgroup | None, gate: Gate | None,
@@ -686,6 +701,7 @@ class Runner:
         self._loop.remove_reader(attempt.pidfd)
         os.close(attempt.pidfd)
         del self._attempts[attempt.assignment.lease_id]
+        heapq.heappush(self._free_slots, attempt.slot)
         if attempt.tracked:
             self._keeper.untrack(attempt.pid)
         self._busy_cores -= attempt.assignment.cores

@@ -2,9 +2,10 @@
 
 A session of its own makes the process group id the job's pid, so the whole job can be
 signalled at once. Its environment is the worker's (as it was when the Spawner was made) plus the
-assignment's, ``SHOAL_JOB_ID``, ``SHOAL_ATTEMPT_LEASE`` and ``SHOAL_GPUS`` (the GPU ids granted,
-comma-separated, empty if none). stdin is /dev/null; stdout and stderr go to files in the spool
-directory (see ``capture``), so a running job costs the event loop nothing.
+assignment's, ``SHOAL_JOB_ID``, ``SHOAL_ATTEMPT_LEASE``, ``SHOAL_SLOT`` (1..N, unique among the
+worker's running jobs, the lowest free first: GNU parallel's ``{%}``) and ``SHOAL_GPUS`` (the GPU
+ids granted, comma-separated, empty if none). stdin is /dev/null; stdout and stderr go to files
+in the spool directory (see ``capture``), so a running job costs the event loop nothing.
 
 A command that needs no shell starts its program directly (see ``direct``), either way. The
 common case, a job in the worker's own directory and not held at a start line, is started
@@ -125,6 +126,7 @@ class Spawner:
         cwd: str,
         stdout_path: str,
         stderr_path: str,
+        slot: int,
         gate: Gate | None = None,
     ) -> Process:
         """Start the command (held at its start line if `gate` is given)."""
@@ -134,6 +136,7 @@ class Spawner:
             **{os.fsencode(name): os.fsencode(value) for name, value in assignment.env.items()},
             b"SHOAL_JOB_ID": b"%d" % assignment.job_id,
             b"SHOAL_ATTEMPT_LEASE": b"%d" % assignment.lease_id,
+            b"SHOAL_SLOT": b"%d" % slot,
             b"SHOAL_GPUS": gpus,
         }
         if assignment.gpus or self._hide_unassigned_gpus:
