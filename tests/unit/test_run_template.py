@@ -18,6 +18,7 @@ from shoal.run.template import fill, split_sources
     ("x {//}", "x dir/sub"),
     ("x {/.}", "x file.tar"),
     ("x {#}", "x 7"),
+    ("x {%} {#}", "x $SHOAL_SLOT 7"),
     ("x", "x dir/sub/file.tar.gz"),
 ])
 def test_placeholders(template: str, expected: str) -> None:
