@@ -316,6 +316,36 @@ def _joblog_kinds(text: str) -> tuple[str, list[list[str]]]:
     return header, sorted(kinds)
 
 
+@pytest.mark.parametrize(("colsep", "args", "stdin"), [
+    (",", ["echo {2}-{1} [{3}]", "::::", "table.csv"], None),  # {3} past the columns: empty
+    (",", ["echo {1}:{3} {}", "::::", "table.csv", ":::", "x,y"], None),  # numbered on
+    ("\t", ["echo {} / {2}"], "a\tb c\nd\te  f\n"),  # a command over stdin's lines
+    (", *", ["echo", ":::", "p, q,r"], None),  # a regular expression; no placeholder
+])
+def test_colsep_as_gnu_parallel(tmp_path: Path, colsep: str, args: list[str],
+                                stdin: str | None) -> None:
+    require(shutil.which("parallel") is not None, "GNU parallel")
+    (tmp_path / "table.csv").write_text("a,b\nc,d e\n")
+    ours = shoal(tmp_path, "run", "-k", "--colsep", colsep, *args, stdin=stdin)
+    theirs = subprocess.run(["parallel", "--will-cite", "-k", "--colsep", colsep, *args],
+                            cwd=tmp_path, input=stdin, capture_output=True, text=True,
+                            timeout=60)
+    assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
+    assert ours.stdout == theirs.stdout and ours.stdout.strip()
+
+
+def test_colsep_needs_arguments_and_a_separator(tmp_path: Path) -> None:
+    (tmp_path / "jobs.txt").write_text("true\n")
+    for args, message in ((["--colsep", ",", "jobs.txt"], "a file of commands has none"),
+                          (["--colsep", "(", "echo {}", ":::", "a"], "not a regular expression"),
+                          (["--colsep", "x*", "echo {}", ":::", "a"], "an empty string")):
+        result = shoal(tmp_path, "run", *args)
+        assert result.returncode == 2, result.stderr
+        [line] = result.stderr.splitlines()
+        assert line.startswith("shoal: --colsep") and message in line, line
+    assert not (tmp_path / ".shoal").exists()
+
+
 def test_joblog_matches_gnu_parallel(tmp_path: Path) -> None:
     require(shutil.which("parallel") is not None, "GNU parallel")
     command = "echo out {}; echo err {} >&2; exit {}"

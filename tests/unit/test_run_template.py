@@ -8,7 +8,7 @@ import pytest
 from shoal.core.errors import InputError
 from shoal.formats import parse_text
 from shoal.run.driver import Halt, parse_halt
-from shoal.run.template import fill, split_sources
+from shoal.run.template import fill, parse_colsep, split_columns, split_sources
 
 
 @pytest.mark.parametrize(("template", "expected"), [
@@ -70,3 +70,19 @@ def test_wr_timeout_option() -> None:
     assert job.spec.time_limit_seconds == 120
     with pytest.raises(InputError, match="timeout"):
         parse_text('sleep 9\t{"timeout": "0s"}\n', "wr", defaults={"cwd": "/tmp"})
+
+
+def test_colsep_numbers_columns_across_sources_and_missing_ones_are_empty() -> None:
+    comma = parse_colsep(",")
+    columns = split_columns(["a,b", "x"], comma)
+    assert columns == ["a", "b", "x"]
+    assert fill("echo {3}{1} [{4}]", columns, 1, columns=True) == "echo xa ['']"
+    assert fill("echo {}", split_columns(["p q,r"], comma), 1, columns=True) == "echo 'p q' r"
+    with pytest.raises(InputError, match="no argument number 4"):
+        fill("echo {4}", columns, 1)  # without --colsep a missing source is an error
+
+
+@pytest.mark.parametrize("text", ["(", "", "x*", "[a-"])
+def test_bad_colsep_is_refused(text: str) -> None:
+    with pytest.raises(InputError, match=r"^--colsep"):
+        parse_colsep(text)

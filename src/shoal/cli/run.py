@@ -126,6 +126,10 @@ def run_command(
     nice: Annotated[int | None, typer.Option(
         "--nice", metavar="N", min=-20, max=19,
         help="Run at this niceness (shoal run and its jobs on this machine).")] = None,
+    colsep: Annotated[str | None, typer.Option(
+        "--colsep", metavar="REGEX",
+        help="Split each argument (or line given to a command) into columns {1}, {2}, ...")
+    ] = None,
 ) -> None:
     """Run every command of FILE (or stdin, or a command over arguments) on this machine, N
     at a time; no server to start.
@@ -140,7 +144,7 @@ def run_command(
                        results=results, joblog=joblog, dry_run=dry_run, fresh=fresh,
                        resume=resume, resume_failed=resume_failed, timeout=timeout,
                        retries=retries, halt=halt, memory_limit=memory_limit, delay=delay,
-                       nice=nice)
+                       nice=nice, colsep=colsep)
     file, command, sources = _input_words(words or [])
     if file is None or command is not None or str(file) == "-" or _is_stream(file):
         given = [name for name, value in (("-r", retry), ("-1", one_only), ("-l", logfile),
@@ -164,6 +168,8 @@ def run_command(
         parallel = 0  # as runmaker4-server: only the workers that join run lines
     elif one_only and not jobs:
         parallel = 1  # runmaker4 -1: one job; with -j N, one per slot
+    if colsep is not None:
+        raise InputError(_COLSEP_NEEDS_ARGUMENTS)
     from shoal.embedded import job_defaults
     from shoal.run.inputs import from_file, scan_file
 
@@ -188,7 +194,9 @@ def run_command(
 # Options of `shoal run` that take a value, for telling a command's words from shoal's.
 _VALUE_OPTIONS = frozenset({"-j", "--jobs", "--format", "-l", "--logfile", "-n", "--loglines",
                             "--hosts", "--results", "--joblog", "--timeout", "--retries",
-                            "--halt", "--memory-limit", "--delay", "--nice"})
+                            "--halt", "--memory-limit", "--delay", "--nice", "--colsep"})
+_COLSEP_NEEDS_ARGUMENTS = ("--colsep: splits arguments (after ::: or ::::, or the lines given "
+                           "to a command on stdin) into columns; a file of commands has none")
 
 
 def run_arguments(args: list[str]) -> list[str]:
@@ -237,6 +245,7 @@ class _Choices:
     memory_limit: str | None = None
     delay: str | None = None
     nice: int | None = None
+    colsep: str | None = None
 
     def given(self) -> list[str]:
         return ["--" + name.replace("_", "-") for name, value in vars(self).items()
@@ -314,6 +323,7 @@ def _run_new(file: Path | None, command: str | None, sources: list[list[str]], p
     from shoal.embedded import job_defaults
     from shoal.run.driver import RunSettings, parse_halt, run_input
     from shoal.run.inputs import from_arguments, from_stream
+    from shoal.run.template import parse_colsep
 
     if parallel < 1:
         raise InputError("-j: must be at least 1")
@@ -339,11 +349,16 @@ def _run_new(file: Path | None, command: str | None, sources: list[list[str]], p
             raise InputError("no input: give a FILE, - (or a pipe) for commands on stdin, "
                              "or a command and its arguments after :::")
         defaults = {**job_defaults(Path("stdin")), **choices.job_fields()}
+        colsep = None
+        if choices.colsep is not None:
+            if not sources and not command:
+                raise InputError(_COLSEP_NEEDS_ARGUMENTS)
+            colsep = parse_colsep(choices.colsep)
         if sources:
             defaults["group"] = "arguments"
-            run = from_arguments(command or "", sources, defaults)
+            run = from_arguments(command or "", sources, defaults, colsep)
         else:
-            run = from_stream(file, fmt, defaults, command)
+            run = from_stream(file, fmt, defaults, command, colsep)
     if choices.dry_run:
         from shoal.run.driver import dry_run
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import stat
 import sys
 import threading
@@ -22,7 +23,7 @@ from shoal.core.models import JobSpec
 from shoal.formats import check_file, iter_file, parse_text
 from shoal.formats.common import SpecBuilder, is_blank_or_comment
 from shoal.run import state
-from shoal.run.template import fill, template_key
+from shoal.run.template import fill, split_columns, template_key
 
 BATCH = 5000
 STREAM_BATCH = 2000
@@ -46,6 +47,7 @@ class RunInput:
     _items: Iterator[Item] | None = None
     _handle: BinaryIO | None = None
     _template: str | None = None
+    _colsep: re.Pattern[str] | None = None
     _fmt: str = "lines"
     _defaults: dict[str, Any] = field(default_factory=dict)
 
@@ -63,7 +65,7 @@ class RunInput:
             yield batch
 
     def _line_items(self) -> _LineParser:
-        return _LineParser(self.label, self._fmt, self._defaults, self._template)
+        return _LineParser(self.label, self._fmt, self._defaults, self._template, self._colsep)
 
     def close(self) -> None:
         if self._handle is not None:
@@ -106,8 +108,13 @@ def from_file(path: Path, fmt: str, defaults: Mapping[str, Any], scan: FileScan)
                     stream=False, total=scan.jobs, _items=items)
 
 
+def _command_key(template: str, colsep: re.Pattern[str] | None) -> str:
+    """A run's state is named by its command (and how arguments are split into columns)."""
+    return template_key(template if colsep is None else f"{template}\0{colsep.pattern}")
+
+
 def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
-                template: str | None) -> RunInput:
+                template: str | None, colsep: re.Pattern[str] | None = None) -> RunInput:
     """stdin (`path` None or `-`), or a path that is not a regular file."""
     if fmt == "runmaker":
         raise InputError("--format runmaker: a runmaker file is rewritten in place, so it "
@@ -122,31 +129,34 @@ def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
             raise InputError(f"cannot read it: {error.strerror or error}",
                              source=str(path)) from None
         label = str(path)
-    key = "stdin" if template is None else f"stdin-{template_key(template)}"
+    key = "stdin" if template is None else f"stdin-{_command_key(template, colsep)}"
     return RunInput(label=label, key=key, base=state.base_dir(None), stream=True,
-                    _handle=handle, _template=template,
+                    _handle=handle, _template=template, _colsep=colsep,
                     _fmt="wr" if fmt == "wr" else "lines", _defaults=dict(defaults))
 
 
 def from_arguments(template: str, sources: Sequence[Sequence[str]],
-                   defaults: Mapping[str, Any]) -> RunInput:
+                   defaults: Mapping[str, Any], colsep: re.Pattern[str] | None = None
+                   ) -> RunInput:
     builder = SpecBuilder(defaults, "arguments")
-    if template:
+    if template and colsep is None:
         fill(template, [""] * len(sources), 0)  # a {N} past the sources: refused before any job
 
     def items() -> Iterator[Item]:
         import itertools
 
         for number, args in enumerate(itertools.product(*sources), start=1):
+            words = args if colsep is None else split_columns(args, colsep)
             # With no command the arguments are the commands (`shoal run ::: 'make a' ...`).
-            cmd = fill(template, args, number) if template else " ".join(args)
+            cmd = (fill(template, words, number, columns=colsep is not None) if template
+                   else " ".join(words))
             yield Item(number, builder.build({"cmd": cmd}, number), " ".join(args))
 
     total = 1
     for source in sources:
         total *= len(source)
     # Named by the command alone, so `--resume` with more arguments skips those done.
-    return RunInput(label="arguments", key=f"args-{template_key(template)}",
+    return RunInput(label="arguments", key=f"args-{_command_key(template, colsep)}",
                     base=state.base_dir(None), stream=False, total=total, unit="argument set",
                     _items=items())
 
@@ -155,8 +165,9 @@ class _LineParser:
     """One line of a stream at a time: a command (lines or wr), or an argument for a template."""
 
     def __init__(self, label: str, fmt: str, defaults: Mapping[str, Any],
-                 template: str | None):
+                 template: str | None, colsep: re.Pattern[str] | None = None):
         self.label = label
+        self.colsep = colsep
         self.fmt = fmt
         self.defaults = defaults
         self.template = template
@@ -172,7 +183,9 @@ class _LineParser:
             if not line:
                 return None
             self.count += 1
-            cmd = fill(self.template, [line], self.count)
+            cmd = (fill(self.template, [line], self.count) if self.colsep is None else
+                   fill(self.template, split_columns([line], self.colsep), self.count,
+                        columns=True))
             return Item(number, self.builder.build({"cmd": cmd}, number), line)
         if is_blank_or_comment(line):
             return None

@@ -16,7 +16,8 @@ cartesian product, the first varying slowest (as in parallel). In the template:
 
 Arguments are shell-quoted where they are put (as parallel does), so a file name with spaces
 or `$` is one word, taken literally. A template with no placeholder gets the arguments
-appended, each quoted.
+appended, each quoted. With `--colsep`, each argument is first split into columns, which
+are numbered on across the sources, and a `{N}` past the last column is empty.
 """
 
 from __future__ import annotations
@@ -57,8 +58,26 @@ def _transform(value: str, kind: str | None) -> str:
     return value
 
 
-def fill(template: str, args: Sequence[str], number: int) -> str:
-    """The command for one combination of arguments (the job numbered `number`)."""
+def parse_colsep(text: str) -> re.Pattern[str]:
+    """--colsep: the regular expression between an argument's columns."""
+    try:
+        pattern = re.compile(text)
+    except re.error as error:
+        raise InputError(f"--colsep: {text!r} is not a regular expression: {error}") from None
+    if pattern.fullmatch(""):
+        raise InputError(f"--colsep: {text!r} matches an empty string; give a separator, "
+                         "such as ',' or '\\t'")
+    return pattern
+
+
+def split_columns(args: Sequence[str], colsep: re.Pattern[str]) -> list[str]:
+    """--colsep: every argument's columns, numbered on across the sources ({1}, {2}, ...)."""
+    return [column for arg in args for column in colsep.split(arg)]
+
+
+def fill(template: str, args: Sequence[str], number: int, *, columns: bool = False) -> str:
+    """The command for one combination of arguments (the job numbered `number`). With
+    `columns` (--colsep), a `{N}` past the last column is empty, as in parallel."""
     if not has_placeholder(template):
         return " ".join([template, *(shlex.quote(arg) for arg in args)])
 
@@ -70,6 +89,8 @@ def fill(template: str, args: Sequence[str], number: int) -> str:
         index, kind = match.group(1), match.group(2)
         if index:
             position = int(index)
+            if columns and position > len(args):
+                return "''"
             if not 1 <= position <= len(args):
                 raise InputError(f"{{{index}{kind or ''}}}: there are {len(args)} input "
                                  "sources, so no argument number " + index)
