@@ -183,9 +183,8 @@ class _LineParser:
             if not line:
                 return None
             self.count += 1
-            cmd = (fill(self.template, [line], self.count) if self.colsep is None else
-                   fill(self.template, split_columns([line], self.colsep), self.count,
-                        columns=True))
+            words = [line] if self.colsep is None else split_columns([line], self.colsep)
+            cmd = fill(self.template, words, self.count, columns=self.colsep is not None)
             return Item(number, self.builder.build({"cmd": cmd}, number), line)
         if is_blank_or_comment(line):
             return None
