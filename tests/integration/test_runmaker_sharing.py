@@ -89,6 +89,7 @@ def states(path: Path) -> str:
 @pytest.mark.parametrize(("order", "runmaker_jobs", "shoal_jobs"), [
     ("together", 2, 2), ("runmaker4 first", 2, 2), ("shoal first", 2, 2),
     ("together", 1, 3), ("together", 3, 1),
+    ("together", 0, 0),  # -j0: runmaker4's autodetect, one per core in both
 ])
 def test_runmaker4_and_shoal_share_one_file(tmp_path: Path, peers: Path, order: str,
                                             runmaker_jobs: int, shoal_jobs: int) -> None:

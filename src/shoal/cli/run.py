@@ -153,8 +153,6 @@ def run_command(
             raise InputError(f"{given[0]}: applies to runmaker files only")
         _run_new(file, command, sources, parallel, format, json_output, hosts, listen, choices)
     assert file is not None
-    if parallel < 1:
-        raise InputError("-j: must be at least 1")
     if format not in FORMATS:
         raise InputError(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
     ssh_hosts = _ssh_hosts(hosts)
@@ -325,8 +323,6 @@ def _run_new(file: Path | None, command: str | None, sources: list[list[str]], p
     from shoal.run.inputs import from_arguments, from_stream
     from shoal.run.template import parse_colsep
 
-    if parallel < 1:
-        raise InputError("-j: must be at least 1")
     if fmt not in FORMATS:
         raise InputError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     ssh_hosts = _ssh_hosts(hosts)

@@ -8,6 +8,7 @@ before the input ends. A job is a place in its input: two identical lines are tw
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import stat
@@ -43,7 +44,7 @@ class RunInput:
     base: Path
     stream: bool  # read as it comes; its state starts over unless --resume
     total: int | None = None
-    unit: str = "line"  # what an Item's number counts, for messages
+    numbered_by: str = "line"  # what an Item's number counts, for messages
     _items: Iterator[Item] | None = None
     _handle: BinaryIO | None = None
     _template: str | None = None
@@ -152,13 +153,12 @@ def from_arguments(template: str, sources: Sequence[Sequence[str]],
                    else " ".join(words))
             yield Item(number, builder.build({"cmd": cmd}, number), " ".join(args))
 
-    total = 1
-    for source in sources:
-        total *= len(source)
-    # Named by the command alone, so `--resume` with more arguments skips those done.
+    total = math.prod(len(source) for source in sources)
+    # Named by the command (and its --colsep) alone, so `--resume` with more arguments skips
+    # those done.
     return RunInput(label="arguments", key=f"args-{_command_key(template, colsep)}",
-                    base=state.base_dir(None), stream=False, total=total, unit="argument set",
-                    _items=items())
+                    base=state.base_dir(None), stream=False, total=total,
+                    numbered_by="argument set", _items=items())
 
 
 class _LineParser:

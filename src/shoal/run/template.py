@@ -22,12 +22,10 @@ are numbered on across the sources, and a `{N}` past the last column is empty.
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import shlex
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 from shoal.core.errors import InputError
@@ -98,23 +96,6 @@ def fill(template: str, args: Sequence[str], number: int, *, columns: bool = Fal
         return " ".join(shlex.quote(_transform(arg, kind)) for arg in args)
 
     return _PLACEHOLDER.sub(replace, template)
-
-
-@dataclass(frozen=True)
-class ArgumentSources:
-    """The template and the sources that follow it on the command line."""
-
-    template: str
-    sources: list[list[str]]
-
-    def combinations(self) -> Iterator[tuple[str, ...]]:
-        return itertools.product(*self.sources)
-
-    def count(self) -> int:
-        total = 1
-        for source in self.sources:
-            total *= len(source)
-        return total
 
 
 def split_sources(words: Sequence[str]) -> tuple[list[str], list[list[str]]]:

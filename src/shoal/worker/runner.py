@@ -464,10 +464,9 @@ class Runner:
                 process = self._spawner.spawn(assignment, cwd, stdout_path, stderr_path, slot,
                                               gate)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            heapq.heappush(self._free_slots, slot)
             self._unstarted(assignment, started_at, started_monotonic,
                             spawn_error_message(exc, cwd), cgroup, gate,
-                            (stdout_path, stderr_path))
+                            (stdout_path, stderr_path), slot)
             return None
         finally:
             if gate is not None:
@@ -482,10 +481,9 @@ class Runner:
             if cgroup is not None:
                 cgroup.kill()
             abandon(process)
-            heapq.heappush(self._free_slots, slot)
             self._unstarted(assignment, started_at, started_monotonic,
                             f"cannot watch process: {exc}", cgroup, gate,
-                            (stdout_path, stderr_path))
+                            (stdout_path, stderr_path), slot)
             return None
 
         # The job's group and cgroup die with this worker, however it dies: the keeper knows
@@ -534,9 +532,10 @@ class Runner:
 
     def _unstarted(self, assignment: Assignment, at: float, at_monotonic: float, error: str,
                    cgroup: JobCgroup | None, gate: Gate | None,
-                   spool: tuple[str, str]) -> None:
+                   spool: tuple[str, str], slot: int) -> None:
         """A spawn that failed, or a child that cannot be watched (and was ended): what it
         was given goes away, and it is reported as not started."""
+        heapq.heappush(self._free_slots, slot)
         self._discard_cgroup(cgroup)
         for path in spool:
             remove_quietly(path)
