@@ -334,6 +334,42 @@ def test_colsep_as_gnu_parallel(tmp_path: Path, colsep: str, args: list[str],
     assert ours.stdout == theirs.stdout and ours.stdout.strip()
 
 
+@pytest.mark.parametrize("args", [
+    ["echo {1}-{2}", ":::", "a", "b", "c", ":::+", "1", "2"],  # linked: the shorter lasts
+    ["echo", ":::", "a", "b", ":::", "1", "2", ":::+", "x", "y"],  # crossed, then linked
+    ["--link", "echo {1}-{2}-{3}", ":::", "a", "b", "c", ":::", "1", "2", ":::", "x"],
+    ["echo {1}-{2}", ":::", "a", "b", "::::+", "letters.txt"],
+    ["-a", "letters.txt", "echo", ":::+", "1", "2"],  # -a is crossed, even with :::+
+    ["-a", "letters.txt", "-a", "digits.txt"],  # no command: the lines are the commands
+    ["--tagstring", "T{2}#{#}", "echo x", ":::", "a b", ":::", "c"],  # unquoted, tab
+    ["--tagstring", "{.}:", "echo", "::::", "letters.txt"],
+])
+def test_linked_sources_arg_files_and_tagstring_as_gnu_parallel(tmp_path: Path,
+                                                                 args: list[str]) -> None:
+    require(shutil.which("parallel") is not None, "GNU parallel")
+    (tmp_path / "letters.txt").write_text("echo p.x\necho q.y\n")
+    (tmp_path / "digits.txt").write_text("1\n2\n")
+    ours = shoal(tmp_path, "run", "-k", *args)
+    theirs = subprocess.run(["parallel", "--will-cite", "-k", *args], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
+    assert ours.stdout == theirs.stdout and ours.stdout.strip()
+
+
+def test_link_and_tagstring_refusals(tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_text("")
+    for args, message in ((["--link", "echo"], "--link: links sources"),
+                          (["--tagstring", "{%}", "echo", ":::", "a"], "--tagstring: {%}"),
+                          (["--tagstring", "{3}", "echo", ":::", "a"], "--tagstring: {3}"),
+                          (["-a", "empty.txt", "echo"], "an input source is empty"),
+                          (["-a", "missing.txt", "echo"], "missing.txt: cannot read it")):
+        result = shoal(tmp_path, "run", *args)
+        assert result.returncode == 2, result.stderr
+        [line] = result.stderr.splitlines()
+        assert message in line, line
+    assert not (tmp_path / ".shoal").exists()
+
+
 def test_colsep_needs_arguments_and_a_separator(tmp_path: Path) -> None:
     (tmp_path / "jobs.txt").write_text("true\n")
     for args, message in ((["--colsep", ",", "jobs.txt"], "a file of commands has none"),

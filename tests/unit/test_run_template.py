@@ -3,12 +3,16 @@ signal field, and the wr option `timeout`."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shoal.core.errors import InputError
 from shoal.formats import parse_text
 from shoal.run.driver import Halt, parse_halt
-from shoal.run.template import fill, parse_colsep, split_columns, split_sources
+from shoal.run.template import Sources, fill, parse_colsep, split_columns, split_sources
 
 
 @pytest.mark.parametrize(("template", "expected"), [
@@ -35,9 +39,47 @@ def test_arguments_are_quoted_and_numbered() -> None:
 
 def test_sources() -> None:
     head, sources = split_sources(["gzip", "-9", ":::", "a", "b", ":::", "c"])
-    assert head == ["gzip", "-9"] and sources == [["a", "b"], ["c"]]
+    assert head == ["gzip", "-9"] and sources.lists == (("a", "b"), ("c",))
+    assert list(sources.combinations()) == [("a", "c"), ("b", "c")]
     with pytest.raises(InputError):
         split_sources(["echo", ":::"])
+
+
+@pytest.mark.parametrize(("words", "link_all", "expected"), [
+    ([":::", "a", "b", "c", ":::+", "1", "2"], False, ["a1", "b2"]),
+    ([":::", "a", "b", ":::+", "1", "2", "3"], False, ["a1", "b2"]),
+    ([":::", "a", "b", ":::", "1", "2", ":::+", "x", "y"], False, ["a1x", "a2y", "b1x", "b2y"]),
+    ([":::", "a", "b", "c", ":::", "1", "2", ":::", "x"], True, ["a1x", "b2x", "c1x"]),
+    ([":::+", "a", "b", ":::+", "1", "2"], False, ["a1", "b2"]),  # the first links to none
+])
+def test_linked_sources(words: list[str], link_all: bool, expected: list[str]) -> None:
+    _, sources = split_sources(["echo", *words], link_all=link_all)
+    combinations = ["".join(args) for args in sources.combinations()]
+    assert combinations == expected and sources.count() == len(expected)
+
+
+@given(st.lists(st.lists(st.text("ab", min_size=1), min_size=1, max_size=4), min_size=1,
+                max_size=4),
+       st.lists(st.booleans(), min_size=4, max_size=4), st.booleans())
+def test_sources_count_what_they_give(lists: list[list[str]], linked: list[bool],
+                                      link_all: bool) -> None:
+    """Every source's values are used in their order, one argument per source a job, and
+    `count` (the run's total) is the number of combinations."""
+    sources = Sources(tuple(tuple(values) for values in lists),
+                      (False, *linked[1:len(lists)]), link_all)
+    combinations = list(sources.combinations())
+    assert len(combinations) == sources.count()
+    assert all(len(args) == len(lists) for args in combinations)
+    if not link_all and not any(sources.linked):
+        assert combinations == list(itertools.product(*lists))
+    if link_all:
+        assert len(combinations) == max(len(values) for values in lists)
+        assert [args[0] for args in combinations][:len(lists[0])] == lists[0]
+
+
+def test_tagstring_fills_without_quoting() -> None:
+    assert fill("T{2}#{#}", ["a b", "$c"], 4, quote=False) == "T$c#4"
+    assert fill("tag", ["a b"], 1, quote=False) == "tag"  # no placeholder: nothing appended
 
 
 @pytest.mark.parametrize(("text", "halt"), [

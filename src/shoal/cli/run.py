@@ -15,6 +15,7 @@ import typer
 
 from shoal.core.errors import InputError
 from shoal.run.slots import jobs_at_once
+from shoal.run.template import Sources
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -130,6 +131,17 @@ def run_command(
         "--colsep", metavar="REGEX",
         help="Split each argument (or line given to a command) into columns {1}, {2}, ...")
     ] = None,
+    arg_file: Annotated[list[str] | None, typer.Option(
+        "-a", "--arg-file", metavar="FILE",
+        help="Each line of FILE is an argument, as after :::: (before the other sources).")
+    ] = None,
+    link: Annotated[bool, typer.Option(
+        "--link", help="Read the sources side by side, not crossed (a shorter one starts "
+                       "over); :::+ links one source to the one before it.")] = False,
+    tagstring: Annotated[str | None, typer.Option(
+        "--tagstring", metavar="STR",
+        help="Start each output line with STR, its placeholders filled ({}, {1}, {#}); "
+             "implies --tag.")] = None,
 ) -> None:
     """Run every command of FILE (or stdin, or a command over arguments) on this machine, N
     at a time; no server to start.
@@ -144,8 +156,8 @@ def run_command(
                        results=results, joblog=joblog, dry_run=dry_run, fresh=fresh,
                        resume=resume, resume_failed=resume_failed, timeout=timeout,
                        retries=retries, halt=halt, memory_limit=memory_limit, delay=delay,
-                       nice=nice, colsep=colsep)
-    file, command, sources = _input_words(words or [])
+                       nice=nice, colsep=colsep, tagstring=tagstring)
+    file, command, sources = _input_words(words or [], arg_file or [], link)
     if file is None or command is not None or str(file) == "-" or _is_stream(file):
         given = [name for name, value in (("-r", retry), ("-1", one_only), ("-l", logfile),
                                           ("--live", live)) if value]
@@ -183,8 +195,8 @@ def run_command(
             raise InputError(f"{choices.given()[0]}: not for a runmaker file (its lines are "
                              "claimed in the file; see docs/formats.md)")
         _run_runmaker(file, options, json_output)
-    _run_new(file, None, [], parallel, format, json_output, hosts, listen_for_hosts, choices,
-             parsed=from_file(file, format, defaults, scan))
+    _run_new(file, None, Sources(), parallel, format, json_output, hosts, listen_for_hosts,
+             choices, parsed=from_file(file, format, defaults, scan, choices.checked_tagstring()))
 
 
 # ---- files, stdin and arguments: shoal.run --------------------------------------------------
@@ -192,7 +204,8 @@ def run_command(
 # Options of `shoal run` that take a value, for telling a command's words from shoal's.
 _VALUE_OPTIONS = frozenset({"-j", "--jobs", "--format", "-l", "--logfile", "-n", "--loglines",
                             "--hosts", "--results", "--joblog", "--timeout", "--retries",
-                            "--halt", "--memory-limit", "--delay", "--nice", "--colsep"})
+                            "--halt", "--memory-limit", "--delay", "--nice", "--colsep",
+                            "-a", "--arg-file", "--tagstring"})
 _COLSEP_NEEDS_ARGUMENTS = ("--colsep: splits arguments (after ::: or ::::, or the lines given "
                            "to a command on stdin) into columns; a file of commands has none")
 
@@ -201,7 +214,7 @@ def run_arguments(args: list[str]) -> list[str]:
     """`shoal run`'s words as GNU parallel users write them: in `shoal run -j4 gzip -9 {} :::
     *.csv` the command's own options (`-9`) are the command's, so a `--` goes before it."""
     out = listen_value(args)
-    from shoal.run.template import SOURCE_ARGS, SOURCE_FILES, has_placeholder
+    from shoal.run.template import SOURCE_MARKS, has_placeholder
 
     index = 0
     while index < len(out):
@@ -215,7 +228,7 @@ def run_arguments(args: list[str]) -> list[str]:
             index += 1
             continue
         rest = out[index:]
-        command = (SOURCE_ARGS in rest or SOURCE_FILES in rest or " " in word
+        command = (any(mark in rest for mark in SOURCE_MARKS) or " " in word
                    or any(has_placeholder(later) for later in rest))
         if command and not (len(rest) == 1 and os.path.exists(word)):
             return [*out[:index], "--", *rest]
@@ -244,6 +257,7 @@ class _Choices:
     delay: str | None = None
     nice: int | None = None
     colsep: str | None = None
+    tagstring: str | None = None
 
     def given(self) -> list[str]:
         return ["--" + name.replace("_", "-") for name, value in vars(self).items()
@@ -280,7 +294,14 @@ class _Choices:
             raise InputError("--line-buffer and --keep-order: lines as they come cannot "
                              "also be in input order")
         mode = NONE if self.quiet or json_output else LINE if self.line_buffer else GROUP
-        return OutputSettings(mode=mode, tag=self.tag, keep_order=self.keep_order)
+        return OutputSettings(mode=mode, tag=self.tag or self.tagstring is not None,
+                              keep_order=self.keep_order)
+
+    def checked_tagstring(self) -> str | None:
+        if self.tagstring is not None and "{%}" in self.tagstring:
+            raise InputError("--tagstring: {%} is a job's slot, known only when it starts; "
+                             "{#} (its number) or its arguments can tag it")
+        return self.tagstring
 
     def delay_seconds(self) -> float:
         from shoal.core.models import parse_duration
@@ -293,18 +314,19 @@ class _Choices:
             raise InputError(f"--delay: {error}") from None
 
 
-def _input_words(words: list[str]) -> tuple[Path | None, str | None, list[list[str]]]:
+def _input_words(words: list[str], arg_files: list[str], link: bool
+                 ) -> tuple[Path | None, str | None, Sources]:
     """(a file or -, a command, the ::: sources) from the positional words."""
     from shoal.run.template import looks_like_template, split_sources
 
-    head, sources = split_sources(words)
+    head, sources = split_sources(words, arg_files, link)
     if sources:
         return None, " ".join(head) if head else None, sources
     if not head:
-        return None, None, []
+        return None, None, sources
     if len(head) == 1 and not looks_like_template(head[0]):
-        return Path(head[0]), None, []
-    return None, " ".join(head), []
+        return Path(head[0]), None, sources
+    return None, " ".join(head), sources
 
 
 def _is_stream(file: Path) -> bool:
@@ -313,7 +335,7 @@ def _is_stream(file: Path) -> bool:
     return is_stream(file)
 
 
-def _run_new(file: Path | None, command: str | None, sources: list[list[str]], parallel: int,
+def _run_new(file: Path | None, command: str | None, sources: Sources, parallel: int,
              fmt: str, json_output: bool, hosts: str | None, listen: str | None,
              choices: _Choices, parsed: RunInput | None = None) -> None:
     """Run a file of commands, stdin's lines, or a command over arguments; exit."""
@@ -350,11 +372,12 @@ def _run_new(file: Path | None, command: str | None, sources: list[list[str]], p
             if not sources and not command:
                 raise InputError(_COLSEP_NEEDS_ARGUMENTS)
             colsep = parse_colsep(choices.colsep)
+        tagstring = choices.checked_tagstring()
         if sources:
             defaults["group"] = "arguments"
-            run = from_arguments(command or "", sources, defaults, colsep)
+            run = from_arguments(command or "", sources, defaults, colsep, tagstring)
         else:
-            run = from_stream(file, fmt, defaults, command, colsep)
+            run = from_stream(file, fmt, defaults, command, colsep, tagstring)
     if choices.dry_run:
         from shoal.run.driver import dry_run
 

@@ -8,7 +8,6 @@ before the input ends. A job is a place in its input: two identical lines are tw
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import re
 import stat
@@ -24,7 +23,7 @@ from shoal.core.models import JobSpec
 from shoal.formats import check_file, iter_file, parse_text
 from shoal.formats.common import SpecBuilder, is_blank_or_comment
 from shoal.run import state
-from shoal.run.template import fill, split_columns, template_key
+from shoal.run.template import Sources, fill, split_columns, template_key
 
 BATCH = 5000
 STREAM_BATCH = 2000
@@ -49,6 +48,7 @@ class RunInput:
     _handle: BinaryIO | None = None
     _template: str | None = None
     _colsep: re.Pattern[str] | None = None
+    _tagstring: str | None = None
     _fmt: str = "lines"
     _defaults: dict[str, Any] = field(default_factory=dict)
 
@@ -66,7 +66,8 @@ class RunInput:
             yield batch
 
     def _line_items(self) -> _LineParser:
-        return _LineParser(self.label, self._fmt, self._defaults, self._template, self._colsep)
+        return _LineParser(self.label, self._fmt, self._defaults, self._template, self._colsep,
+                           self._tagstring)
 
     def close(self) -> None:
         if self._handle is not None:
@@ -101,9 +102,21 @@ def scan_file(path: Path, fmt: str, parallel: int, defaults: Mapping[str, Any]) 
     return FileScan(checked.jobs, runmaker=checked.fmt == "runmaker")
 
 
-def from_file(path: Path, fmt: str, defaults: Mapping[str, Any], scan: FileScan) -> RunInput:
+def tag_of(tagstring: str | None, words: Sequence[str], number: int, given: str, *,
+           columns: bool = False) -> str:
+    """What --tag puts before a job's lines: `given` (its line number or arguments), or
+    --tagstring filled with its arguments (a command's line for a file of commands) as they
+    are, unquoted."""
+    if tagstring is None:
+        return given
+    return fill(tagstring, words, number, columns=columns, quote=False)
+
+
+def from_file(path: Path, fmt: str, defaults: Mapping[str, Any], scan: FileScan,
+              tagstring: str | None = None) -> RunInput:
     """A checked file's jobs, read again as they are fed."""
-    items = (Item(job.line, job.spec, str(job.line))
+    items = (Item(job.line, job.spec, tag_of(tagstring, [job.spec.cmd], job.line,
+                                             str(job.line)))
              for job in iter_file(path, fmt, defaults=defaults))
     return RunInput(label=path.name, key=state.file_key(path), base=state.base_dir(path),
                     stream=False, total=scan.jobs, _items=items)
@@ -115,7 +128,8 @@ def _command_key(template: str, colsep: re.Pattern[str] | None) -> str:
 
 
 def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
-                template: str | None, colsep: re.Pattern[str] | None = None) -> RunInput:
+                template: str | None, colsep: re.Pattern[str] | None = None,
+                tagstring: str | None = None) -> RunInput:
     """stdin (`path` None or `-`), or a path that is not a regular file."""
     if fmt == "runmaker":
         raise InputError("--format runmaker: a runmaker file is rewritten in place, so it "
@@ -132,32 +146,37 @@ def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
         label = str(path)
     key = "stdin" if template is None else f"stdin-{_command_key(template, colsep)}"
     return RunInput(label=label, key=key, base=state.base_dir(None), stream=True,
-                    _handle=handle, _template=template, _colsep=colsep,
+                    _handle=handle, _template=template, _colsep=colsep, _tagstring=tagstring,
                     _fmt="wr" if fmt == "wr" else "lines", _defaults=dict(defaults))
 
 
-def from_arguments(template: str, sources: Sequence[Sequence[str]],
-                   defaults: Mapping[str, Any], colsep: re.Pattern[str] | None = None
+def from_arguments(template: str, sources: Sources, defaults: Mapping[str, Any],
+                   colsep: re.Pattern[str] | None = None, tagstring: str | None = None
                    ) -> RunInput:
     builder = SpecBuilder(defaults, "arguments")
+    width = len(sources.lists)
     if template and colsep is None:
-        fill(template, [""] * len(sources), 0)  # a {N} past the sources: refused before any job
+        fill(template, [""] * width, 0)  # a {N} past the sources: refused before any job
+    if tagstring is not None and colsep is None:
+        try:
+            fill(tagstring, [""] * width, 0, quote=False)
+        except InputError as error:
+            raise InputError(f"--tagstring: {error}") from None
 
     def items() -> Iterator[Item]:
-        import itertools
-
-        for number, args in enumerate(itertools.product(*sources), start=1):
+        for number, args in enumerate(sources.combinations(), start=1):
             words = args if colsep is None else split_columns(args, colsep)
             # With no command the arguments are the commands (`shoal run ::: 'make a' ...`).
             cmd = (fill(template, words, number, columns=colsep is not None) if template
                    else " ".join(words))
-            yield Item(number, builder.build({"cmd": cmd}, number), " ".join(args))
+            yield Item(number, builder.build({"cmd": cmd}, number),
+                       tag_of(tagstring, words, number, " ".join(args),
+                              columns=colsep is not None))
 
-    total = math.prod(len(source) for source in sources)
     # Named by the command (and its --colsep) alone, so `--resume` with more arguments skips
     # those done.
     return RunInput(label="arguments", key=f"args-{_command_key(template, colsep)}",
-                    base=state.base_dir(None), stream=False, total=total,
+                    base=state.base_dir(None), stream=False, total=sources.count(),
                     numbered_by="argument set", _items=items())
 
 
@@ -165,8 +184,10 @@ class _LineParser:
     """One line of a stream at a time: a command (lines or wr), or an argument for a template."""
 
     def __init__(self, label: str, fmt: str, defaults: Mapping[str, Any],
-                 template: str | None, colsep: re.Pattern[str] | None = None):
+                 template: str | None, colsep: re.Pattern[str] | None = None,
+                 tagstring: str | None = None):
         self.label = label
+        self.tagstring = tagstring
         self.colsep = colsep
         self.fmt = fmt
         self.defaults = defaults
@@ -184,8 +205,10 @@ class _LineParser:
                 return None
             self.count += 1
             words = [line] if self.colsep is None else split_columns([line], self.colsep)
-            cmd = fill(self.template, words, self.count, columns=self.colsep is not None)
-            return Item(number, self.builder.build({"cmd": cmd}, number), line)
+            columns = self.colsep is not None
+            cmd = fill(self.template, words, self.count, columns=columns)
+            return Item(number, self.builder.build({"cmd": cmd}, number),
+                        tag_of(self.tagstring, words, self.count, line, columns=columns))
         if is_blank_or_comment(line):
             return None
         if self.fmt == "wr":
@@ -194,8 +217,10 @@ class _LineParser:
             except InputError as error:
                 raise InputError(str(error.args[0]).split(": ", 2)[-1], source=self.label,
                                  line=number) from None
-            return Item(number, job.spec, str(number))
-        return Item(number, self.builder.build({"cmd": line.strip()}, number), str(number))
+            return Item(number, job.spec,
+                        tag_of(self.tagstring, [job.spec.cmd], number, str(number)))
+        spec = self.builder.build({"cmd": line.strip()}, number)
+        return Item(number, spec, tag_of(self.tagstring, [spec.cmd], number, str(number)))
 
 
 async def _stream_batches(handle: BinaryIO, parse: _LineParser) -> AsyncIterator[list[Item]]:

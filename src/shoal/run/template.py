@@ -1,7 +1,10 @@
 """GNU parallel's argument forms: a command template, `:::` and `::::` sources, placeholders.
 
 `shoal run 'gzip -9 {}' ::: a.csv b.csv` runs one job per argument. Several sources make the
-cartesian product, the first varying slowest (as in parallel). In the template:
+cartesian product, the first varying slowest (as in parallel). A source after `:::+` (or
+`::::+`) is linked to the one before it instead: they are read side by side, as long as the
+shorter one lasts; `--link` links every source, and a shorter one starts over until the
+longest ends (parallel's `--link`). In the template:
 
 | placeholder | is replaced by | for `dir/sub/file.tar.gz` |
 |---|---|---|
@@ -22,16 +25,22 @@ are numbered on across the sources, and a `{N}` past the last column is empty.
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from shoal.core.errors import InputError
 
 SOURCE_ARGS = ":::"
 SOURCE_FILES = "::::"
+LINKED_ARGS = ":::+"  # this source is read beside the one before it
+LINKED_FILES = "::::+"
+SOURCE_MARKS = (SOURCE_ARGS, SOURCE_FILES, LINKED_ARGS, LINKED_FILES)
 _PLACEHOLDER = re.compile(r"\{(\d*)(\.|/|//|/\.)?\}|\{#\}|\{%\}")
 # {%}, the job's slot, is known only when it starts: the worker puts it in SHOAL_SLOT.
 SLOT = "$SHOAL_SLOT"
@@ -73,11 +82,14 @@ def split_columns(args: Sequence[str], colsep: re.Pattern[str]) -> list[str]:
     return [column for arg in args for column in colsep.split(arg)]
 
 
-def fill(template: str, args: Sequence[str], number: int, *, columns: bool = False) -> str:
+def fill(template: str, args: Sequence[str], number: int, *, columns: bool = False,
+         quote: bool = True) -> str:
     """The command for one combination of arguments (the job numbered `number`). With
-    `columns` (--colsep), a `{N}` past the last column is empty, as in parallel."""
+    `columns` (--colsep), a `{N}` past the last column is empty, as in parallel. Without
+    `quote` (--tagstring), arguments go in as they are, and only where a placeholder is."""
     if not has_placeholder(template):
-        return " ".join([template, *(shlex.quote(arg) for arg in args)])
+        return " ".join([template, *(shlex.quote(arg) for arg in args)]) if quote else template
+    word = shlex.quote if quote else str
 
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "{#}":
@@ -88,38 +100,85 @@ def fill(template: str, args: Sequence[str], number: int, *, columns: bool = Fal
         if index:
             position = int(index)
             if columns and position > len(args):
-                return "''"
+                return word("")
             if not 1 <= position <= len(args):
                 raise InputError(f"{{{index}{kind or ''}}}: there are {len(args)} input "
                                  "sources, so no argument number " + index)
-            return shlex.quote(_transform(args[position - 1], kind))
-        return " ".join(shlex.quote(_transform(arg, kind)) for arg in args)
+            return word(_transform(args[position - 1], kind))
+        return " ".join(word(_transform(arg, kind)) for arg in args)
 
     return _PLACEHOLDER.sub(replace, template)
 
 
-def split_sources(words: Sequence[str]) -> tuple[list[str], list[list[str]]]:
-    """(the words before the first `:::`/`::::`, the sources after it). `::::` takes files,
-    each a source of its lines; `-` is stdin."""
+@dataclass(frozen=True)
+class Sources:
+    """The `:::` and `::::` sources, in order, and how they combine: `linked[i]` says source
+    i is read beside source i - 1 (`:::+`) rather than across it; `link_all` (--link) reads
+    them all side by side, the shorter ones starting over."""
+
+    lists: tuple[tuple[str, ...], ...] = ()
+    linked: tuple[bool, ...] = ()
+    link_all: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.lists)
+
+    def _groups(self) -> list[list[tuple[str, ...]]]:
+        """Sources read side by side, in groups; the groups are crossed."""
+        if self.link_all:
+            return [list(self.lists)] if self.lists else []
+        groups: list[list[tuple[str, ...]]] = []
+        for values, linked in zip(self.lists, self.linked, strict=True):
+            if linked and groups:
+                groups[-1].append(values)
+            else:
+                groups.append([values])
+        return groups
+
+    def _rows(self, group: list[tuple[str, ...]]) -> int:
+        lengths = [len(values) for values in group]
+        return max(lengths) if self.link_all else min(lengths)
+
+    def count(self) -> int:
+        return math.prod(self._rows(group) for group in self._groups())
+
+    def combinations(self) -> Iterator[tuple[str, ...]]:
+        """Each job's arguments, one per source, in order: the first group varies slowest."""
+        readings = [[tuple(values[row % len(values)] for values in group)
+                     for row in range(self._rows(group))] for group in self._groups()]
+        for parts in itertools.product(*readings):
+            yield tuple(arg for part in parts for arg in part)
+
+
+def split_sources(words: Sequence[str], arg_files: Sequence[str] = (),
+                  link_all: bool = False) -> tuple[list[str], Sources]:
+    """(the words before the first source mark, the sources after it). `::::` takes files,
+    each a source of its lines; `-` is stdin. `arg_files` (-a) are `::::` sources before
+    the others, and crossed with them even after `:::+`, as in parallel."""
     head: list[str] = []
-    sources: list[list[str]] = []
+    lists: list[list[str]] = [_file_lines(name) for name in arg_files]
+    linked = [False] * len(lists)
     mode: str | None = None
     for word in words:
-        if word in (SOURCE_ARGS, SOURCE_FILES):
+        if word in SOURCE_MARKS:
+            if word in (SOURCE_ARGS, LINKED_ARGS):
+                linked.append(word == LINKED_ARGS and mode is not None)
+                lists.append([])
             mode = word
-            if word == SOURCE_ARGS:
-                sources.append([])
-            continue
-        if mode is None:
+        elif mode is None:
             head.append(word)
-        elif mode == SOURCE_ARGS:
-            sources[-1].append(word)
-        else:
-            sources.append(_file_lines(word))
-    if mode is not None and (not sources or any(not source for source in sources)):
+        elif mode in (SOURCE_ARGS, LINKED_ARGS):
+            lists[-1].append(word)
+        else:  # each file after `::::+` is linked to the source before it
+            linked.append(mode == LINKED_FILES and len(lists) > len(arg_files))
+            lists.append(_file_lines(word))
+    if any(not values for values in lists):
         raise InputError(f"{SOURCE_ARGS}: an input source is empty (nothing after "
                          f"{SOURCE_ARGS}, or an empty {SOURCE_FILES} file)")
-    return head, sources
+    if link_all and not lists:
+        raise InputError(f"--link: links sources given after {SOURCE_ARGS} or "
+                         f"{SOURCE_FILES}; there are none")
+    return head, Sources(tuple(tuple(values) for values in lists), tuple(linked), link_all)
 
 
 def _file_lines(name: str) -> list[str]:
