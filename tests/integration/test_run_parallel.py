@@ -356,13 +356,66 @@ def test_linked_sources_arg_files_and_tagstring_as_gnu_parallel(tmp_path: Path,
     assert ours.stdout == theirs.stdout and ours.stdout.strip()
 
 
-def test_link_and_tagstring_refusals(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("args", "stdin"), [
+    (["-N2", "echo"], "1\n2\n3\n4\n5\n"),  # the last job's arguments are fewer
+    (["-N2", "echo {1}-{2}"], "1\n2\n3\n"),  # a {N} past them is empty
+    (["-N2", "--tag", "echo", ":::", "a", "b", "c"], None),
+    (["-N0", "echo x", ":::", "a", "b"], None),  # a job per argument, given none
+    (["-N2", "echo {#}"], "1\n2\n3\n"),
+    (["-0", "echo [{}]"], "a b\0c\nd\0e"),  # a newline inside an item is the item's
+    (["-0", "echo [{}]", "::::", "items.bin"], None),
+    (["-0", "-a", "items.bin", "echo {}"], None),
+    (["-d", ":", "echo [{}]"], "a:b:c\n"),
+    (["-d", "\\t", "echo"], "a\tb\t"),
+    (["-d", "::", "echo"], "a::b"),
+    (["-I", ",,", "echo ,,x ,,"], "a\nb c\n"),
+    (["-I", "%", "echo", "%-%", ":::", "a", "b"], None),
+])
+def test_max_args_delimiters_and_replace_string_as_gnu_parallel(
+        tmp_path: Path, args: list[str], stdin: str | None) -> None:
+    require(shutil.which("parallel") is not None, "GNU parallel")
+    (tmp_path / "items.bin").write_bytes(b"p q\0r\0")
+    ours = shoal(tmp_path, "run", "-k", *args, stdin=stdin)
+    theirs = subprocess.run(["parallel", "--will-cite", "-k", *args], cwd=tmp_path,
+                            input=stdin, capture_output=True, text=True, timeout=60)
+    assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
+    assert ours.stdout == theirs.stdout and ours.stdout.strip()
+
+
+def test_xargs_forms_null_and_replace_string(tmp_path: Path) -> None:
+    """`find -print0 | xargs -0 -n1 CMD` and `xargs -I % CMD %`: the same jobs."""
+    names = ["a b.txt", "c\nd.txt", "$e.txt"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    listing = subprocess.run(["find", ".", "-name", "*.txt", "-print0"], cwd=tmp_path,
+                             capture_output=True, check=True).stdout.decode()
+    ours = shoal(tmp_path, "run", "-k", "-0", "-N1", "ls", stdin=listing)
+    theirs = subprocess.run(["xargs", "-0", "-n1", "ls"], cwd=tmp_path, input=listing,
+                            capture_output=True, text=True, timeout=60)
+    assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
+    assert ours.stdout == theirs.stdout and len(ours.stdout.splitlines()) >= 3
+    words = "one\ntwo words\n"
+    ours = shoal(tmp_path, "run", "-k", "-I", "%", "echo", "[%]", stdin=words)
+    theirs = subprocess.run(["xargs", "-I", "%", "echo", "[%]"], cwd=tmp_path, input=words,
+                            capture_output=True, text=True, timeout=60)
+    assert ours.stdout == theirs.stdout == "[one]\n[two words]\n"
+
+
+def test_argument_option_refusals(tmp_path: Path) -> None:
     (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "jobs.txt").write_text("true\n")
     for args, message in ((["--link", "echo"], "--link: links sources"),
                           (["--tagstring", "{%}", "echo", ":::", "a"], "--tagstring: {%}"),
                           (["--tagstring", "{3}", "echo", ":::", "a"], "--tagstring: {3}"),
                           (["-a", "empty.txt", "echo"], "an input source is empty"),
-                          (["-a", "missing.txt", "echo"], "missing.txt: cannot read it")):
+                          (["-a", "missing.txt", "echo"], "missing.txt: cannot read it"),
+                          (["-N", "2", "jobs.txt"], "-N: for arguments"),
+                          (["-0", "jobs.txt"], "-0/-d: for arguments"),
+                          (["-0", "-d", ":", "echo", ":::", "a"], "-0 and -d"),
+                          (["-d", "", "echo", ":::", "a"], "-d: the delimiter is empty"),
+                          (["-N", "2", "echo", ":::", "a", ":::", "b"], "-N: groups"),
+                          (["-I", "", "echo", ":::", "a"], "-I: the replacement string"),
+                          (["-I", "%", ":::", "a"], "-I: stands for {} in a command")):
         result = shoal(tmp_path, "run", *args)
         assert result.returncode == 2, result.stderr
         [line] = result.stderr.splitlines()

@@ -12,7 +12,17 @@ from hypothesis import strategies as st
 from shoal.core.errors import InputError
 from shoal.formats import parse_text
 from shoal.run.driver import Halt, parse_halt
-from shoal.run.template import Sources, fill, parse_colsep, split_columns, split_sources
+from shoal.run.template import (
+    Sources,
+    chunked,
+    fill,
+    parse_colsep,
+    parse_delimiter,
+    split_columns,
+    split_items,
+    split_sources,
+    with_replace_string,
+)
 
 
 @pytest.mark.parametrize(("template", "expected"), [
@@ -128,3 +138,30 @@ def test_colsep_numbers_columns_across_sources_and_missing_ones_are_empty() -> N
 def test_bad_colsep_is_refused(text: str) -> None:
     with pytest.raises(InputError, match=r"^--colsep"):
         parse_colsep(text)
+
+
+@pytest.mark.parametrize(("data", "delimiter", "items"), [
+    (b"a\r\nb\n", None, ["a", "b"]),  # lines lose their CR
+    (b"a\n\nb", None, ["a", "", "b"]),  # a last item needs no ending
+    (b"a:b:c\n", b":", ["a", "b", "c\n"]),  # another delimiter: items as they are
+    (b"p q\0r\0", b"\0", ["p q", "r"]),
+    (b"a::b", b"::", ["a", "b"]),
+])
+def test_split_items(data: bytes, delimiter: bytes | None, items: list[str]) -> None:
+    assert split_items(data, delimiter) == items
+
+
+@pytest.mark.parametrize(("text", "delimiter"), [
+    ("\\t", b"\t"), ("\\0", b"\0"), ("\\x1f", b"\x1f"), ("\\012", b"\n"), (":", b":"),
+    ("::", b"::")])
+def test_delimiters_take_c_escapes(text: str, delimiter: bytes) -> None:
+    assert parse_delimiter(text) == delimiter
+
+
+def test_max_args_and_replace_string() -> None:
+    assert list(chunked(iter([("1",), ("2",), ("3",)]), 2)) == [("1", "2"), ("3",)]
+    assert list(chunked(iter([("1",), ("2",)]), 0)) == [(), ()]
+    assert with_replace_string("mv % %.bak", "%") == "mv {} {}.bak"
+    for bad in (lambda: parse_delimiter(""), lambda: with_replace_string("x", "")):
+        with pytest.raises(InputError):
+            bad()

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from shoal.provision.hosts import SshHost
-    from shoal.run.inputs import RunInput
+    from shoal.run.inputs import Filling, RunInput
     from shoal.run.output import OutputSettings
     from shoal.runfile.driver import FileRunReport, RunfileOptions
 
@@ -142,6 +142,17 @@ def run_command(
         "--tagstring", metavar="STR",
         help="Start each output line with STR, its placeholders filled ({}, {1}, {#}); "
              "implies --tag.")] = None,
+    max_args: Annotated[int | None, typer.Option(
+        "-N", "--max-args", metavar="N", min=0,
+        help="N arguments a job ({1} to {N}; the last job's may be fewer).")] = None,
+    replace: Annotated[str | None, typer.Option(
+        "-I", metavar="STR", help="STR stands for {} in the command (xargs -I).")] = None,
+    null: Annotated[bool, typer.Option(
+        "-0", "--null", help="Items of stdin, :::: files and -a files end with NUL, not a "
+                             "newline (find -print0).")] = False,
+    delimiter: Annotated[str | None, typer.Option(
+        "-d", "--delimiter", metavar="DELIM",
+        help="Items end with DELIM (\\t, \\0, \\x1f... as in C), not a newline.")] = None,
 ) -> None:
     """Run every command of FILE (or stdin, or a command over arguments) on this machine, N
     at a time; no server to start.
@@ -156,8 +167,9 @@ def run_command(
                        results=results, joblog=joblog, dry_run=dry_run, fresh=fresh,
                        resume=resume, resume_failed=resume_failed, timeout=timeout,
                        retries=retries, halt=halt, memory_limit=memory_limit, delay=delay,
-                       nice=nice, colsep=colsep, tagstring=tagstring)
-    file, command, sources = _input_words(words or [], arg_file or [], link)
+                       nice=nice, colsep=colsep, tagstring=tagstring, max_args=max_args,
+                       replace=replace, delimiter=_delimiter(null, delimiter))
+    file, command, sources = _input_words(words or [], arg_file or [], link, choices)
     if file is None or command is not None or str(file) == "-" or _is_stream(file):
         given = [name for name, value in (("-r", retry), ("-1", one_only), ("-l", logfile),
                                           ("--live", live)) if value]
@@ -178,8 +190,8 @@ def run_command(
         parallel = 0  # as runmaker4-server: only the workers that join run lines
     elif one_only and not jobs:
         parallel = 1  # runmaker4 -1: one job; with -j N, one per slot
-    if colsep is not None:
-        raise InputError(_COLSEP_NEEDS_ARGUMENTS)
+    if choices.for_arguments():
+        raise InputError(f"{choices.for_arguments()[0]}: {_NEEDS_ARGUMENTS}")
     from shoal.embedded import job_defaults
     from shoal.run.inputs import from_file, scan_file
 
@@ -196,7 +208,7 @@ def run_command(
                              "claimed in the file; see docs/formats.md)")
         _run_runmaker(file, options, json_output)
     _run_new(file, None, Sources(), parallel, format, json_output, hosts, listen_for_hosts,
-             choices, parsed=from_file(file, format, defaults, scan, choices.checked_tagstring()))
+             choices, parsed=from_file(file, format, defaults, scan, choices.filling(None)))
 
 
 # ---- files, stdin and arguments: shoal.run --------------------------------------------------
@@ -205,9 +217,18 @@ def run_command(
 _VALUE_OPTIONS = frozenset({"-j", "--jobs", "--format", "-l", "--logfile", "-n", "--loglines",
                             "--hosts", "--results", "--joblog", "--timeout", "--retries",
                             "--halt", "--memory-limit", "--delay", "--nice", "--colsep",
-                            "-a", "--arg-file", "--tagstring"})
-_COLSEP_NEEDS_ARGUMENTS = ("--colsep: splits arguments (after ::: or ::::, or the lines given "
-                           "to a command on stdin) into columns; a file of commands has none")
+                            "-a", "--arg-file", "--tagstring", "-N", "--max-args", "-I",
+                            "-d", "--delimiter"})
+_NEEDS_ARGUMENTS = ("for arguments (after ::: or ::::, -a, or the lines of stdin); a file of "
+                    "commands has none")
+
+
+def _delimiter(null: bool, text: str | None) -> bytes | None:
+    from shoal.run.template import parse_delimiter
+
+    if null and text is not None:
+        raise InputError("-0 and -d: give one of them (-0 is -d '\\0')")
+    return b"\0" if null else None if text is None else parse_delimiter(text)
 
 
 def run_arguments(args: list[str]) -> list[str]:
@@ -258,6 +279,9 @@ class _Choices:
     nice: int | None = None
     colsep: str | None = None
     tagstring: str | None = None
+    max_args: int | None = None
+    replace: str | None = None
+    delimiter: bytes | None = None
 
     def given(self) -> list[str]:
         return ["--" + name.replace("_", "-") for name, value in vars(self).items()
@@ -297,11 +321,27 @@ class _Choices:
         return OutputSettings(mode=mode, tag=self.tag or self.tagstring is not None,
                               keep_order=self.keep_order)
 
-    def checked_tagstring(self) -> str | None:
+    def for_arguments(self) -> list[str]:
+        """The options given that fill commands from arguments (no file of commands)."""
+        return [flag for flag, given in (
+            ("--colsep", self.colsep is not None), ("-N", self.max_args is not None),
+            ("-I", self.replace is not None), ("-0/-d", self.delimiter is not None)) if given]
+
+    def filling(self, command: str | None) -> Filling:
+        """How arguments fill `command` (None: they are the commands)."""
+        from shoal.run.inputs import Filling
+        from shoal.run.template import parse_colsep, with_replace_string
+
         if self.tagstring is not None and "{%}" in self.tagstring:
             raise InputError("--tagstring: {%} is a job's slot, known only when it starts; "
                              "{#} (its number) or its arguments can tag it")
-        return self.tagstring
+        if self.replace is not None:
+            if command is None:
+                raise InputError("-I: stands for {} in a command; none is given")
+            command = with_replace_string(command, self.replace)
+        colsep = None if self.colsep is None else parse_colsep(self.colsep)
+        return Filling(template=command, colsep=colsep, tagstring=self.tagstring,
+                       max_args=self.max_args, delimiter=self.delimiter)
 
     def delay_seconds(self) -> float:
         from shoal.core.models import parse_duration
@@ -314,17 +354,20 @@ class _Choices:
             raise InputError(f"--delay: {error}") from None
 
 
-def _input_words(words: list[str], arg_files: list[str], link: bool
+def _input_words(words: list[str], arg_files: list[str], link: bool, choices: _Choices
                  ) -> tuple[Path | None, str | None, Sources]:
-    """(a file or -, a command, the ::: sources) from the positional words."""
+    """(a file or -, a command, the ::: sources) from the positional words. One word is a
+    FILE unless it reads as a command, or an option for arguments says it is one
+    (`seq 9 | shoal run -N 3 echo`)."""
     from shoal.run.template import looks_like_template, split_sources
 
-    head, sources = split_sources(words, arg_files, link)
+    head, sources = split_sources(words, arg_files, link, choices.delimiter)
     if sources:
         return None, " ".join(head) if head else None, sources
     if not head:
         return None, None, sources
-    if len(head) == 1 and not looks_like_template(head[0]):
+    if len(head) == 1 and not looks_like_template(head[0]) and not (
+            choices.for_arguments() and not os.path.exists(head[0]) and head[0] != "-"):
         return Path(head[0]), None, sources
     return None, " ".join(head), sources
 
@@ -343,7 +386,6 @@ def _run_new(file: Path | None, command: str | None, sources: Sources, parallel:
     from shoal.embedded import job_defaults
     from shoal.run.driver import RunSettings, parse_halt, run_input
     from shoal.run.inputs import from_arguments, from_stream
-    from shoal.run.template import parse_colsep
 
     if fmt not in FORMATS:
         raise InputError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -367,17 +409,14 @@ def _run_new(file: Path | None, command: str | None, sources: Sources, parallel:
             raise InputError("no input: give a FILE, - (or a pipe) for commands on stdin, "
                              "or a command and its arguments after :::")
         defaults = {**job_defaults(Path("stdin")), **choices.job_fields()}
-        colsep = None
-        if choices.colsep is not None:
-            if not sources and not command:
-                raise InputError(_COLSEP_NEEDS_ARGUMENTS)
-            colsep = parse_colsep(choices.colsep)
-        tagstring = choices.checked_tagstring()
+        if choices.colsep is not None and not sources and not command:
+            raise InputError(f"--colsep: {_NEEDS_ARGUMENTS}")
+        filling = choices.filling(command)
         if sources:
             defaults["group"] = "arguments"
-            run = from_arguments(command or "", sources, defaults, colsep, tagstring)
+            run = from_arguments(sources, defaults, filling)
         else:
-            run = from_stream(file, fmt, defaults, command, colsep, tagstring)
+            run = from_stream(file, fmt, defaults, filling)
     if choices.dry_run:
         from shoal.run.driver import dry_run
 

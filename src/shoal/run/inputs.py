@@ -23,7 +23,7 @@ from shoal.core.models import JobSpec
 from shoal.formats import check_file, iter_file, parse_text
 from shoal.formats.common import SpecBuilder, is_blank_or_comment
 from shoal.run import state
-from shoal.run.template import Sources, fill, split_columns, template_key
+from shoal.run.template import Sources, chunked, fill, split_columns, template_key
 
 BATCH = 5000
 STREAM_BATCH = 2000
@@ -36,6 +36,58 @@ class Item:
     tag: str  # what --tag puts before its output lines
 
 
+@dataclass(frozen=True)
+class Filling:
+    """How arguments become commands and tags: GNU parallel's options for them."""
+
+    template: str | None = None  # CMD; None: each argument (or item of stdin) is a command
+    colsep: re.Pattern[str] | None = None  # --colsep
+    tagstring: str | None = None  # --tagstring
+    max_args: int | None = None  # -N: arguments a job
+    delimiter: bytes | None = None  # -0, -d: what ends an item of stdin (None: a line)
+
+    @property
+    def padded(self) -> bool:
+        """Whether a `{N}` past a job's last argument is empty (--colsep, -N), not refused."""
+        return self.colsep is not None or self.max_args is not None
+
+    def check(self, width: int) -> None:
+        """Before any job: a `{N}` past `width` arguments a job is refused."""
+        if self.padded:
+            return
+        if self.template:
+            fill(self.template, [""] * width, 0)
+        if self.tagstring is not None:
+            try:
+                fill(self.tagstring, [""] * width, 0, quote=False)
+            except InputError as error:
+                raise InputError(f"--tagstring: {error}") from None
+
+    def words(self, args: Sequence[str]) -> list[str]:
+        return list(args) if self.colsep is None else split_columns(args, self.colsep)
+
+    def command(self, words: Sequence[str], number: int) -> str:
+        # With no command the arguments are the commands (`shoal run ::: 'make a' ...`).
+        if self.template is None:
+            return " ".join(words)
+        return fill(self.template, words, number, columns=self.padded)
+
+    def tag(self, words: Sequence[str], number: int, given: str) -> str:
+        """What --tag puts before a job's lines: `given` (its line number or arguments), or
+        --tagstring filled with its arguments (a command's line for a file of commands) as
+        they are, unquoted."""
+        if self.tagstring is None:
+            return given
+        return fill(self.tagstring, words, number, columns=self.padded, quote=False)
+
+    def key(self) -> str:
+        """A run's state is named by its command (and how arguments are split into
+        columns)."""
+        template = self.template or ""
+        return template_key(template if self.colsep is None
+                            else f"{template}\0{self.colsep.pattern}")
+
+
 @dataclass
 class RunInput:
     label: str  # for the bar and messages
@@ -46,9 +98,7 @@ class RunInput:
     numbered_by: str = "line"  # what an Item's number counts, for messages
     _items: Iterator[Item] | None = None
     _handle: BinaryIO | None = None
-    _template: str | None = None
-    _colsep: re.Pattern[str] | None = None
-    _tagstring: str | None = None
+    _filling: Filling = Filling()
     _fmt: str = "lines"
     _defaults: dict[str, Any] = field(default_factory=dict)
 
@@ -62,12 +112,12 @@ class RunInput:
                 await asyncio.sleep(0)
             return
         assert self._handle is not None
-        async for batch in _stream_batches(self._handle, self._line_items()):
+        async for batch in _stream_batches(self._handle, self._line_items(),
+                                           self._filling.delimiter):
             yield batch
 
     def _line_items(self) -> _LineParser:
-        return _LineParser(self.label, self._fmt, self._defaults, self._template, self._colsep,
-                           self._tagstring)
+        return _LineParser(self.label, self._fmt, self._defaults, self._filling)
 
     def close(self) -> None:
         if self._handle is not None:
@@ -102,38 +152,25 @@ def scan_file(path: Path, fmt: str, parallel: int, defaults: Mapping[str, Any]) 
     return FileScan(checked.jobs, runmaker=checked.fmt == "runmaker")
 
 
-def tag_of(tagstring: str | None, words: Sequence[str], number: int, given: str, *,
-           columns: bool = False) -> str:
-    """What --tag puts before a job's lines: `given` (its line number or arguments), or
-    --tagstring filled with its arguments (a command's line for a file of commands) as they
-    are, unquoted."""
-    if tagstring is None:
-        return given
-    return fill(tagstring, words, number, columns=columns, quote=False)
-
-
 def from_file(path: Path, fmt: str, defaults: Mapping[str, Any], scan: FileScan,
-              tagstring: str | None = None) -> RunInput:
-    """A checked file's jobs, read again as they are fed."""
-    items = (Item(job.line, job.spec, tag_of(tagstring, [job.spec.cmd], job.line,
-                                             str(job.line)))
+              filling: Filling = Filling()) -> RunInput:
+    """A checked file's jobs, read again as they are fed (only --tagstring applies)."""
+    items = (Item(job.line, job.spec, filling.tag([job.spec.cmd], job.line, str(job.line)))
              for job in iter_file(path, fmt, defaults=defaults))
     return RunInput(label=path.name, key=state.file_key(path), base=state.base_dir(path),
                     stream=False, total=scan.jobs, _items=items)
 
 
-def _command_key(template: str, colsep: re.Pattern[str] | None) -> str:
-    """A run's state is named by its command (and how arguments are split into columns)."""
-    return template_key(template if colsep is None else f"{template}\0{colsep.pattern}")
-
-
 def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
-                template: str | None, colsep: re.Pattern[str] | None = None,
-                tagstring: str | None = None) -> RunInput:
+                filling: Filling) -> RunInput:
     """stdin (`path` None or `-`), or a path that is not a regular file."""
     if fmt == "runmaker":
         raise InputError("--format runmaker: a runmaker file is rewritten in place, so it "
                          "cannot come from a pipe")
+    if filling.max_args is not None and filling.template is None:
+        raise InputError("-N: arguments a job, for a command to give them to; the lines of "
+                         "stdin are commands here")
+    filling.check(1 if filling.max_args is None else filling.max_args)
     if path is None or str(path) == "-":
         handle: BinaryIO = os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
         label = "stdin"
@@ -144,71 +181,67 @@ def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
             raise InputError(f"cannot read it: {error.strerror or error}",
                              source=str(path)) from None
         label = str(path)
-    key = "stdin" if template is None else f"stdin-{_command_key(template, colsep)}"
+    key = "stdin" if filling.template is None else f"stdin-{filling.key()}"
     return RunInput(label=label, key=key, base=state.base_dir(None), stream=True,
-                    _handle=handle, _template=template, _colsep=colsep, _tagstring=tagstring,
+                    _handle=handle, _filling=filling,
                     _fmt="wr" if fmt == "wr" else "lines", _defaults=dict(defaults))
 
 
-def from_arguments(template: str, sources: Sources, defaults: Mapping[str, Any],
-                   colsep: re.Pattern[str] | None = None, tagstring: str | None = None
+def from_arguments(sources: Sources, defaults: Mapping[str, Any], filling: Filling
                    ) -> RunInput:
     builder = SpecBuilder(defaults, "arguments")
+    combinations: Iterator[tuple[str, ...]] = sources.combinations()
+    total = sources.count()
     width = len(sources.lists)
-    if template and colsep is None:
-        fill(template, [""] * width, 0)  # a {N} past the sources: refused before any job
-    if tagstring is not None and colsep is None:
-        try:
-            fill(tagstring, [""] * width, 0, quote=False)
-        except InputError as error:
-            raise InputError(f"--tagstring: {error}") from None
+    if filling.max_args is not None:
+        if width > 1:
+            raise InputError("-N: groups the arguments of one input source; there are "
+                             f"{width}")
+        combinations = chunked(combinations, filling.max_args)
+        total = total if filling.max_args == 0 else -(-total // filling.max_args)
+        width = filling.max_args
+    filling.check(width)
 
     def items() -> Iterator[Item]:
-        for number, args in enumerate(sources.combinations(), start=1):
-            words = args if colsep is None else split_columns(args, colsep)
-            # With no command the arguments are the commands (`shoal run ::: 'make a' ...`).
-            cmd = (fill(template, words, number, columns=colsep is not None) if template
-                   else " ".join(words))
-            yield Item(number, builder.build({"cmd": cmd}, number),
-                       tag_of(tagstring, words, number, " ".join(args),
-                              columns=colsep is not None))
+        for number, args in enumerate(combinations, start=1):
+            words = filling.words(args)
+            yield Item(number, builder.build({"cmd": filling.command(words, number)}, number),
+                       filling.tag(words, number, " ".join(args)))
 
     # Named by the command (and its --colsep) alone, so `--resume` with more arguments skips
     # those done.
-    return RunInput(label="arguments", key=f"args-{_command_key(template, colsep)}",
-                    base=state.base_dir(None), stream=False, total=sources.count(),
+    return RunInput(label="arguments", key=f"args-{filling.key()}",
+                    base=state.base_dir(None), stream=False, total=total,
                     numbered_by="argument set", _items=items())
 
 
 class _LineParser:
-    """One line of a stream at a time: a command (lines or wr), or an argument for a template."""
+    """One item of a stream at a time (a line, or what -0/-d ends): a command (lines or
+    wr), or an argument for a template (-N of them a job: `finish` gives the last, short)."""
 
-    def __init__(self, label: str, fmt: str, defaults: Mapping[str, Any],
-                 template: str | None, colsep: re.Pattern[str] | None = None,
-                 tagstring: str | None = None):
+    def __init__(self, label: str, fmt: str, defaults: Mapping[str, Any], filling: Filling):
         self.label = label
-        self.tagstring = tagstring
-        self.colsep = colsep
         self.fmt = fmt
         self.defaults = defaults
-        self.template = template
+        self.filling = filling
         self.builder = SpecBuilder(defaults, label)
         self.count = 0
+        self.pending: list[tuple[int, str]] = []  # -N: (number, argument) of the next job
 
     def __call__(self, number: int, raw: bytes) -> Item | None:
         try:
-            line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
+            line = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise InputError("not UTF-8 text", source=self.label, line=number) from None
-        if self.template is not None:
+        if self.filling.delimiter is None:
+            line = line.removesuffix("\n").removesuffix("\r")
+        if self.filling.template is not None:
             if not line:
                 return None
-            self.count += 1
-            words = [line] if self.colsep is None else split_columns([line], self.colsep)
-            columns = self.colsep is not None
-            cmd = fill(self.template, words, self.count, columns=columns)
-            return Item(number, self.builder.build({"cmd": cmd}, number),
-                        tag_of(self.tagstring, words, self.count, line, columns=columns))
+            self.pending.append((number, line))
+            if self.filling.max_args is not None and len(self.pending) < self.filling.max_args:
+                return None
+            return self.finish()
         if is_blank_or_comment(line):
             return None
         if self.fmt == "wr":
@@ -217,15 +250,29 @@ class _LineParser:
             except InputError as error:
                 raise InputError(str(error.args[0]).split(": ", 2)[-1], source=self.label,
                                  line=number) from None
-            return Item(number, job.spec,
-                        tag_of(self.tagstring, [job.spec.cmd], number, str(number)))
+            return Item(number, job.spec, self.filling.tag([job.spec.cmd], number, str(number)))
         spec = self.builder.build({"cmd": line.strip()}, number)
-        return Item(number, spec, tag_of(self.tagstring, [spec.cmd], number, str(number)))
+        return Item(number, spec, self.filling.tag([spec.cmd], number, str(number)))
+
+    def finish(self) -> Item | None:
+        """The job of the arguments taken so far, if any."""
+        if not self.pending:
+            return None
+        number = self.pending[0][0]
+        args = [arg for _, arg in self.pending] if self.filling.max_args != 0 else []
+        self.pending = []
+        self.count += 1
+        words = self.filling.words(args)
+        cmd = self.filling.command(words, self.count)
+        return Item(number, self.builder.build({"cmd": cmd}, number),
+                    self.filling.tag(words, self.count, " ".join(args)))
 
 
-async def _stream_batches(handle: BinaryIO, parse: _LineParser) -> AsyncIterator[list[Item]]:
-    """Lines are read in a thread and handed over as they come; each batch is what has
-    arrived since the last one."""
+async def _stream_batches(handle: BinaryIO, parse: _LineParser, delimiter: bytes | None
+                         ) -> AsyncIterator[list[Item]]:
+    """Items (lines, or what `delimiter` ends) are read in a thread and handed over as they
+    come; each batch is what has arrived since the last one."""
+    end = b"\n" if delimiter is None else delimiter
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
@@ -236,7 +283,7 @@ async def _stream_batches(handle: BinaryIO, parse: _LineParser) -> AsyncIterator
                 chunk = os.read(handle.fileno(), 1 << 16)
                 if not chunk:
                     break
-                *lines, pending = (pending + chunk).split(b"\n")
+                *lines, pending = (pending + chunk).split(end)
                 for line in lines:
                     loop.call_soon_threadsafe(queue.put_nowait, line)
         except (OSError, ValueError):
@@ -255,6 +302,9 @@ async def _stream_batches(handle: BinaryIO, parse: _LineParser) -> AsyncIterator
         while True:
             if raw is None:
                 ended = True
+                last = parse.finish()  # -N: the arguments left, fewer than a job's
+                if last is not None:
+                    batch.append(last)
                 break
             number += 1
             item = parse(number, raw)

@@ -151,12 +151,14 @@ class Sources:
 
 
 def split_sources(words: Sequence[str], arg_files: Sequence[str] = (),
-                  link_all: bool = False) -> tuple[list[str], Sources]:
+                  link_all: bool = False, delimiter: bytes | None = None
+                  ) -> tuple[list[str], Sources]:
     """(the words before the first source mark, the sources after it). `::::` takes files,
-    each a source of its lines; `-` is stdin. `arg_files` (-a) are `::::` sources before
-    the others, and crossed with them even after `:::+`, as in parallel."""
+    each a source of its lines (of its items, with a `delimiter`); `-` is stdin.
+    `arg_files` (-a) are `::::` sources before the others, and crossed with them even after
+    `:::+`, as in parallel."""
     head: list[str] = []
-    lists: list[list[str]] = [_file_lines(name) for name in arg_files]
+    lists: list[list[str]] = [_file_items(name, delimiter) for name in arg_files]
     linked = [False] * len(lists)
     mode: str | None = None
     for word in words:
@@ -171,7 +173,7 @@ def split_sources(words: Sequence[str], arg_files: Sequence[str] = (),
             lists[-1].append(word)
         else:  # each file after `::::+` is linked to the source before it
             linked.append(mode == LINKED_FILES and len(lists) > len(arg_files))
-            lists.append(_file_lines(word))
+            lists.append(_file_items(word, delimiter))
     if any(not values for values in lists):
         raise InputError(f"{SOURCE_ARGS}: an input source is empty (nothing after "
                          f"{SOURCE_ARGS}, or an empty {SOURCE_FILES} file)")
@@ -181,21 +183,60 @@ def split_sources(words: Sequence[str], arg_files: Sequence[str] = (),
     return head, Sources(tuple(tuple(values) for values in lists), tuple(linked), link_all)
 
 
-def _file_lines(name: str) -> list[str]:
+def _file_items(name: str, delimiter: bytes | None) -> list[str]:
     try:
         if name == "-":
             import sys
 
-            text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
+            data = sys.stdin.buffer.read()
         else:
-            text = Path(name).read_bytes().decode("utf-8", "surrogateescape")
+            data = Path(name).read_bytes()
     except OSError as error:
         raise InputError(f"{SOURCE_FILES} {name}: cannot read it: "
                          f"{error.strerror or error}") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line.removesuffix("\r") for line in lines]
+    return split_items(data, delimiter)
+
+
+def split_items(data: bytes, delimiter: bytes | None) -> list[str]:
+    """Input items: lines (without their CR), or what `delimiter` ends (-0, -d), taken as
+    they are. A last one without its ending counts."""
+    items = data.split(b"\n" if delimiter is None else delimiter)
+    if items and items[-1] == b"":
+        items.pop()
+    if delimiter is None:
+        items = [item.removesuffix(b"\r") for item in items]
+    return [item.decode("utf-8", "surrogateescape") for item in items]
+
+
+def parse_delimiter(text: str) -> bytes:
+    """-d: a string, with C's escapes (`\\t`, `\\0`, `\\x1f`, `\\012`) as parallel reads it."""
+    import codecs
+
+    try:
+        delimiter = codecs.escape_decode(text.encode("utf-8"))[0]
+    except ValueError as error:
+        raise InputError(f"-d: {text!r}: {error}") from None
+    if not delimiter:
+        raise InputError("-d: the delimiter is empty; give one, such as ':' or '\\0'")
+    return bytes(delimiter)
+
+
+def with_replace_string(template: str, replace: str) -> str:
+    """-I REPLACE (xargs, parallel): REPLACE stands for `{}` in the command."""
+    if not replace:
+        raise InputError("-I: the replacement string is empty")
+    return template.replace(replace, "{}")
+
+
+def chunked(combinations: Iterator[tuple[str, ...]], size: int
+            ) -> Iterator[tuple[str, ...]]:
+    """-N: a job's arguments are the next `size` of one source (the last job's may be
+    fewer); -N 0, a job per argument, given none of them."""
+    if size == 0:
+        yield from (() for _ in combinations)
+        return
+    while chunk := list(itertools.islice(combinations, size)):
+        yield tuple(arg for args in chunk for arg in args)
 
 
 def template_key(template: str) -> str:
