@@ -343,12 +343,17 @@ def test_colsep_as_gnu_parallel(tmp_path: Path, colsep: str, args: list[str],
     ["-a", "letters.txt", "-a", "digits.txt"],  # no command: the lines are the commands
     ["--tagstring", "T{2}#{#}", "echo x", ":::", "a b", ":::", "c"],  # unquoted, tab
     ["--tagstring", "{.}:", "echo", "::::", "letters.txt"],
+    ["--header", ":", "echo size={size} threads={threads}", ":::", "size", "1", "2", ":::",
+     "threads", "4", "8"],  # a sweep's parameters by name
+    ["--header", ":", "--colsep", ",", "echo {name}-{age}", "::::", "people.csv"],
+    ["--header", ":", "--tag", "echo '{x}{y} {print}'", ":::", "x", "1", "2"],  # others stay
 ])
 def test_linked_sources_arg_files_and_tagstring_as_gnu_parallel(tmp_path: Path,
                                                                  args: list[str]) -> None:
     require(shutil.which("parallel") is not None, "GNU parallel")
     (tmp_path / "letters.txt").write_text("echo p.x\necho q.y\n")
     (tmp_path / "digits.txt").write_text("1\n2\n")
+    (tmp_path / "people.csv").write_text("name,age\nann,3\nbob,4\n")
     ours = shoal(tmp_path, "run", "-k", *args)
     theirs = subprocess.run(["parallel", "--will-cite", "-k", *args], cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
@@ -370,6 +375,7 @@ def test_linked_sources_arg_files_and_tagstring_as_gnu_parallel(tmp_path: Path,
     (["-d", "::", "echo"], "a::b"),
     (["-I", ",,", "echo ,,x ,,"], "a\nb c\n"),
     (["-I", "%", "echo", "%-%", ":::", "a", "b"], None),
+    (["--header", ":", "--colsep", ",", "echo {age}:{name}"], "name,age\nann,3\nbob,4\n"),
 ])
 def test_max_args_delimiters_and_replace_string_as_gnu_parallel(
         tmp_path: Path, args: list[str], stdin: str | None) -> None:
@@ -415,7 +421,10 @@ def test_argument_option_refusals(tmp_path: Path) -> None:
                           (["-d", "", "echo", ":::", "a"], "-d: the delimiter is empty"),
                           (["-N", "2", "echo", ":::", "a", ":::", "b"], "-N: groups"),
                           (["-I", "", "echo", ":::", "a"], "-I: the replacement string"),
-                          (["-I", "%", ":::", "a"], "-I: stands for {} in a command")):
+                          (["-I", "%", ":::", "a"], "-I: stands for {} in a command"),
+                          (["--header", ":", "echo", ":::", "x"], "has its name and no"),
+                          (["--header", "1", "echo", ":::", "x", "a"], "--header: '1'"),
+                          (["--header", ":", "jobs.txt"], "--header: for arguments")):
         result = shoal(tmp_path, "run", *args)
         assert result.returncode == 2, result.stderr
         [line] = result.stderr.splitlines()

@@ -14,6 +14,7 @@ from shoal.formats import parse_text
 from shoal.run.driver import Halt, parse_halt
 from shoal.run.template import (
     Sources,
+    by_position,
     chunked,
     fill,
     parse_colsep,
@@ -165,3 +166,12 @@ def test_max_args_and_replace_string() -> None:
     for bad in (lambda: parse_delimiter(""), lambda: with_replace_string("x", "")):
         with pytest.raises(InputError):
             bad()
+
+
+def test_header_names_become_positions_and_other_braces_stay() -> None:
+    names = ["size", "threads", "size"]
+    assert by_position("run {size} {threads/} {size.} {print} {1} {#} {}", names) == \
+        "run {1} {2/} {1.} {print} {1} {#} {}"
+    _, sources = split_sources(["echo", ":::", "x", "a", ":::", "y", "b", "c"])
+    named, values = sources.without_headers()
+    assert named == ["x", "y"] and list(values.combinations()) == [("a", "b"), ("a", "c")]

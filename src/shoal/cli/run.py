@@ -153,6 +153,11 @@ def run_command(
     delimiter: Annotated[str | None, typer.Option(
         "-d", "--delimiter", metavar="DELIM",
         help="Items end with DELIM (\\t, \\0, \\x1f... as in C), not a newline.")] = None,
+    header: Annotated[str | None, typer.Option(
+        "--header", metavar=":",
+        help="The first argument of each source (first line, of a file or stdin) is its "
+             "name: {name} in the command. With --colsep, its columns name the columns.")
+    ] = None,
 ) -> None:
     """Run every command of FILE (or stdin, or a command over arguments) on this machine, N
     at a time; no server to start.
@@ -168,7 +173,8 @@ def run_command(
                        resume=resume, resume_failed=resume_failed, timeout=timeout,
                        retries=retries, halt=halt, memory_limit=memory_limit, delay=delay,
                        nice=nice, colsep=colsep, tagstring=tagstring, max_args=max_args,
-                       replace=replace, delimiter=_delimiter(null, delimiter))
+                       replace=replace, delimiter=_delimiter(null, delimiter),
+                       header=_header(header))
     file, command, sources = _input_words(words or [], arg_file or [], link, choices)
     if file is None or command is not None or str(file) == "-" or _is_stream(file):
         given = [name for name, value in (("-r", retry), ("-1", one_only), ("-l", logfile),
@@ -218,9 +224,16 @@ _VALUE_OPTIONS = frozenset({"-j", "--jobs", "--format", "-l", "--logfile", "-n",
                             "--hosts", "--results", "--joblog", "--timeout", "--retries",
                             "--halt", "--memory-limit", "--delay", "--nice", "--colsep",
                             "-a", "--arg-file", "--tagstring", "-N", "--max-args", "-I",
-                            "-d", "--delimiter"})
+                            "-d", "--delimiter", "--header"})
 _NEEDS_ARGUMENTS = ("for arguments (after ::: or ::::, -a, or the lines of stdin); a file of "
                     "commands has none")
+
+
+def _header(text: str | None) -> bool:
+    if text not in (None, ":"):
+        raise InputError(f"--header: {text!r}; give ':' (the first argument or line names "
+                         "each source, or each column)")
+    return text is not None
 
 
 def _delimiter(null: bool, text: str | None) -> bytes | None:
@@ -282,6 +295,7 @@ class _Choices:
     max_args: int | None = None
     replace: str | None = None
     delimiter: bytes | None = None
+    header: bool = False
 
     def given(self) -> list[str]:
         return ["--" + name.replace("_", "-") for name, value in vars(self).items()
@@ -325,7 +339,8 @@ class _Choices:
         """The options given that fill commands from arguments (no file of commands)."""
         return [flag for flag, given in (
             ("--colsep", self.colsep is not None), ("-N", self.max_args is not None),
-            ("-I", self.replace is not None), ("-0/-d", self.delimiter is not None)) if given]
+            ("-I", self.replace is not None), ("-0/-d", self.delimiter is not None),
+            ("--header", self.header)) if given]
 
     def filling(self, command: str | None) -> Filling:
         """How arguments fill `command` (None: they are the commands)."""
@@ -341,7 +356,7 @@ class _Choices:
             command = with_replace_string(command, self.replace)
         colsep = None if self.colsep is None else parse_colsep(self.colsep)
         return Filling(template=command, colsep=colsep, tagstring=self.tagstring,
-                       max_args=self.max_args, delimiter=self.delimiter)
+                       max_args=self.max_args, delimiter=self.delimiter, header=self.header)
 
     def delay_seconds(self) -> float:
         from shoal.core.models import parse_duration

@@ -8,6 +8,7 @@ before the input ends. A job is a place in its input: two identical lines are tw
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import stat
@@ -23,7 +24,14 @@ from shoal.core.models import JobSpec
 from shoal.formats import check_file, iter_file, parse_text
 from shoal.formats.common import SpecBuilder, is_blank_or_comment
 from shoal.run import state
-from shoal.run.template import Sources, chunked, fill, split_columns, template_key
+from shoal.run.template import (
+    Sources,
+    by_position,
+    chunked,
+    fill,
+    split_columns,
+    template_key,
+)
 
 BATCH = 5000
 STREAM_BATCH = 2000
@@ -45,6 +53,15 @@ class Filling:
     tagstring: str | None = None  # --tagstring
     max_args: int | None = None  # -N: arguments a job
     delimiter: bytes | None = None  # -0, -d: what ends an item of stdin (None: a line)
+    header: bool = False  # --header: a source's first value names it (or its columns)
+
+    def named(self, names: Sequence[str]) -> Filling:
+        """--header: the command and the tag with `{name}` put as `{N}`."""
+        names = self.words(names)  # with --colsep, the first line's columns name them
+        return dataclasses.replace(
+            self, header=False,
+            template=None if self.template is None else by_position(self.template, names),
+            tagstring=None if self.tagstring is None else by_position(self.tagstring, names))
 
     @property
     def padded(self) -> bool:
@@ -167,9 +184,10 @@ def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
     if fmt == "runmaker":
         raise InputError("--format runmaker: a runmaker file is rewritten in place, so it "
                          "cannot come from a pipe")
-    if filling.max_args is not None and filling.template is None:
-        raise InputError("-N: arguments a job, for a command to give them to; the lines of "
-                         "stdin are commands here")
+    for flag, given in (("-N", filling.max_args is not None), ("--header", filling.header)):
+        if given and filling.template is None:
+            raise InputError(f"{flag}: for arguments given to a command; the lines of stdin "
+                             "are commands here")
     filling.check(1 if filling.max_args is None else filling.max_args)
     if path is None or str(path) == "-":
         handle: BinaryIO = os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
@@ -190,6 +208,9 @@ def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
 def from_arguments(sources: Sources, defaults: Mapping[str, Any], filling: Filling
                    ) -> RunInput:
     builder = SpecBuilder(defaults, "arguments")
+    if filling.header:
+        names, sources = sources.without_headers()
+        filling = filling.named(names)
     combinations: Iterator[tuple[str, ...]] = sources.combinations()
     total = sources.count()
     width = len(sources.lists)
@@ -237,6 +258,9 @@ class _LineParser:
             line = line.removesuffix("\n").removesuffix("\r")
         if self.filling.template is not None:
             if not line:
+                return None
+            if self.filling.header:  # the first line names the argument, or its columns
+                self.filling = self.filling.named([line])
                 return None
             self.pending.append((number, line))
             if self.filling.max_args is not None and len(self.pending) < self.filling.max_args:

@@ -25,6 +25,7 @@ are numbered on across the sources, and a `{N}` past the last column is empty.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -44,6 +45,25 @@ SOURCE_MARKS = (SOURCE_ARGS, SOURCE_FILES, LINKED_ARGS, LINKED_FILES)
 _PLACEHOLDER = re.compile(r"\{(\d*)(\.|/|//|/\.)?\}|\{#\}|\{%\}")
 # {%}, the job's slot, is known only when it starts: the worker puts it in SHOAL_SLOT.
 SLOT = "$SHOAL_SLOT"
+
+
+_NAMED = re.compile(r"\{([^{}#%./\s][^{}./\s]*)(\.|/|//|/\.)?\}")
+
+
+def by_position(template: str, names: Sequence[str]) -> str:
+    """--header: `{name}` (and `{name.}`, `{name/}`, ...) of a source or column named so
+    becomes `{N}`, its position; any other `{word}` (awk's `{print}`) is left as it is."""
+    positions: dict[str, int] = {}
+    for position, name in enumerate(names, start=1):
+        positions.setdefault(name, position)
+
+    def replace(match: re.Match[str]) -> str:
+        position = positions.get(match.group(1))
+        if position is None or match.group(1).isdigit():
+            return match.group(0)
+        return f"{{{position}{match.group(2) or ''}}}"
+
+    return _NAMED.sub(replace, template)
 
 
 def has_placeholder(template: str) -> bool:
@@ -122,6 +142,15 @@ class Sources:
 
     def __bool__(self) -> bool:
         return bool(self.lists)
+
+    def without_headers(self) -> tuple[list[str], Sources]:
+        """--header: each source's first value is its name, not an argument."""
+        empty = [index for index, values in enumerate(self.lists, start=1) if len(values) < 2]
+        if empty:
+            raise InputError(f"--header: input source {empty[0]} has its name and no "
+                             "argument after it")
+        return ([values[0] for values in self.lists],
+                dataclasses.replace(self, lists=tuple(values[1:] for values in self.lists)))
 
     def _groups(self) -> list[list[tuple[str, ...]]]:
         """Sources read side by side, in groups; the groups are crossed."""
