@@ -129,8 +129,8 @@ def test_colsep_numbers_columns_across_sources_and_missing_ones_are_empty() -> N
     comma = parse_colsep(",")
     columns = split_columns(["a,b", "x"], comma)
     assert columns == ["a", "b", "x"]
-    assert fill("echo {3}{1} [{4}]", columns, 1, columns=True) == "echo xa ['']"
-    assert fill("echo {}", split_columns(["p q,r"], comma), 1, columns=True) == "echo 'p q' r"
+    assert fill("echo {3}{1} [{4}]", columns, 1, padded=True) == "echo xa ['']"
+    assert fill("echo {}", split_columns(["p q,r"], comma), 1, padded=True) == "echo 'p q' r"
     with pytest.raises(InputError, match="no argument number 4"):
         fill("echo {4}", columns, 1)  # without --colsep a missing source is an error
 

@@ -87,7 +87,7 @@ class Filling:
         # With no command the arguments are the commands (`shoal run ::: 'make a' ...`).
         if self.template is None:
             return " ".join(words)
-        return fill(self.template, words, number, columns=self.padded)
+        return fill(self.template, words, number, padded=self.padded)
 
     def tag(self, words: Sequence[str], number: int, given: str) -> str:
         """What --tag puts before a job's lines: `given` (its line number or arguments), or
@@ -95,7 +95,7 @@ class Filling:
         they are, unquoted."""
         if self.tagstring is None:
             return given
-        return fill(self.tagstring, words, number, columns=self.padded, quote=False)
+        return fill(self.tagstring, words, number, padded=self.padded, quote=False)
 
     def key(self) -> str:
         """A run's state is named by its command (and how arguments are split into

@@ -16,6 +16,7 @@ longest ends (parallel's `--link`). In the template:
 | `{#}` | the job's number (1, 2, ...) | |
 | `{%}` | its slot: 1..N among the jobs running at once, the lowest free (`$SHOAL_SLOT`) | |
 | `{N}`, `{N.}`, `{N/}`, `{N//}`, `{N/.}` | the same, of source N's argument | |
+| `{name}`, `{name.}`, ... | with `--header :`, the same, of the source (or column) so named | |
 
 Arguments are shell-quoted where they are put (as parallel does), so a file name with spaces
 or `$` is one word, taken literally. A template with no placeholder gets the arguments
@@ -102,10 +103,10 @@ def split_columns(args: Sequence[str], colsep: re.Pattern[str]) -> list[str]:
     return [column for arg in args for column in colsep.split(arg)]
 
 
-def fill(template: str, args: Sequence[str], number: int, *, columns: bool = False,
+def fill(template: str, args: Sequence[str], number: int, *, padded: bool = False,
          quote: bool = True) -> str:
     """The command for one combination of arguments (the job numbered `number`). With
-    `columns` (--colsep), a `{N}` past the last column is empty, as in parallel. Without
+    `padded` (--colsep, -N), a `{N}` past the last argument is empty, as in parallel. Without
     `quote` (--tagstring), arguments go in as they are, and only where a placeholder is."""
     if not has_placeholder(template):
         return " ".join([template, *(shlex.quote(arg) for arg in args)]) if quote else template
@@ -119,7 +120,7 @@ def fill(template: str, args: Sequence[str], number: int, *, columns: bool = Fal
         index, kind = match.group(1), match.group(2)
         if index:
             position = int(index)
-            if columns and position > len(args):
+            if padded and position > len(args):
                 return word("")
             if not 1 <= position <= len(args):
                 raise InputError(f"{{{index}{kind or ''}}}: there are {len(args)} input "
