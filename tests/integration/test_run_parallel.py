@@ -388,6 +388,22 @@ def test_max_args_delimiters_and_replace_string_as_gnu_parallel(
     assert ours.stdout == theirs.stdout and ours.stdout.strip()
 
 
+def test_workdir_as_gnu_parallel_and_under_a_wr_lines_own(tmp_path: Path) -> None:
+    require(shutil.which("parallel") is not None, "GNU parallel")
+    (tmp_path / "sub").mkdir()
+    ours = shoal(tmp_path, "run", "-k", "--wd", "sub", "pwd", ":::", "x")
+    theirs = subprocess.run(["parallel", "--will-cite", "-k", "--wd", "sub", "pwd", ":::", "x"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
+    assert ours.stdout == theirs.stdout == f"{tmp_path / 'sub'}\n"
+    (tmp_path / "jobs.wr").write_text('pwd\t{"cwd": "/tmp"}\npwd\n')
+    mixed = shoal(tmp_path, "run", "-k", "--wd", "sub", "--format", "wr", "jobs.wr")
+    assert mixed.stdout == f"/tmp\n{tmp_path / 'sub'}\n", mixed.stderr
+    missing = shoal(tmp_path, "run", "--wd", "nowhere", "pwd", ":::", "x")
+    assert missing.returncode == 2 and missing.stderr == "shoal: --wd nowhere: no such directory\n"
+    assert not (tmp_path / "nowhere").exists()  # parallel makes it; shoal changes nothing
+
+
 def test_xargs_forms_null_and_replace_string(tmp_path: Path) -> None:
     """`find -print0 | xargs -0 -n1 CMD` and `xargs -I % CMD %`: the same jobs."""
     names = ["a b.txt", "c\nd.txt", "$e.txt"]

@@ -153,6 +153,9 @@ def run_command(
     delimiter: Annotated[str | None, typer.Option(
         "-d", "--delimiter", metavar="DELIM",
         help="Items end with DELIM (\\t, \\0, \\x1f... as in C), not a newline.")] = None,
+    workdir: Annotated[str | None, typer.Option(
+        "--wd", "--workdir", metavar="DIR",
+        help="Run the jobs in DIR (default: here; a wr line's cwd beats it).")] = None,
     header: Annotated[str | None, typer.Option(
         "--header", metavar=":",
         help="The first argument of each source (first line, of a file or stdin) is its "
@@ -174,7 +177,7 @@ def run_command(
                        retries=retries, halt=halt, memory_limit=memory_limit, delay=delay,
                        nice=nice, colsep=colsep, tagstring=tagstring, max_args=max_args,
                        replace=replace, delimiter=_delimiter(null, delimiter),
-                       header=_header(header))
+                       header=_header(header), workdir=workdir)
     file, command, sources = _input_words(words or [], arg_file or [], link, choices)
     if file is None or command is not None or str(file) == "-" or _is_stream(file):
         given = [name for name, value in (("-r", retry), ("-1", one_only), ("-l", logfile),
@@ -224,7 +227,7 @@ _VALUE_OPTIONS = frozenset({"-j", "--jobs", "--format", "-l", "--logfile", "-n",
                             "--hosts", "--results", "--joblog", "--timeout", "--retries",
                             "--halt", "--memory-limit", "--delay", "--nice", "--colsep",
                             "-a", "--arg-file", "--tagstring", "-N", "--max-args", "-I",
-                            "-d", "--delimiter", "--header"})
+                            "-d", "--delimiter", "--header", "--wd", "--workdir"})
 _NEEDS_ARGUMENTS = ("for arguments (after ::: or ::::, -a, or the lines of stdin); a file of "
                     "commands has none")
 
@@ -296,6 +299,7 @@ class _Choices:
     replace: str | None = None
     delimiter: bytes | None = None
     header: bool = False
+    workdir: str | None = None
 
     def given(self) -> list[str]:
         return ["--" + name.replace("_", "-") for name, value in vars(self).items()
@@ -308,6 +312,11 @@ class _Choices:
         fields: dict[str, object] = {}
         if self.retries is not None:
             fields["retries"] = self.retries
+        if self.workdir is not None:
+            directory = Path(self.workdir).absolute()
+            if not directory.is_dir():
+                raise InputError(f"--wd {self.workdir}: no such directory")
+            fields["cwd"] = str(directory)
         for name, flag, text, parse in (
                 ("time_limit_seconds", "--timeout", self.timeout, parse_duration),
                 ("memory_bytes", "--memory-limit", self.memory_limit, parse_memory)):
