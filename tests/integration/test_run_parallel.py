@@ -440,7 +440,8 @@ def test_argument_option_refusals(tmp_path: Path) -> None:
                           (["-I", "%", ":::", "a"], "-I: stands for {} in a command"),
                           (["--header", ":", "echo", ":::", "x"], "has its name and no"),
                           (["--header", "1", "echo", ":::", "x", "a"], "--header: '1'"),
-                          (["--header", ":", "jobs.txt"], "--header: for arguments")):
+                          (["--header", ":", "jobs.txt"], "--header: for arguments"),
+                          (["--timeout", "200%", "echo", ":::", "a"], "median run time")):
         result = shoal(tmp_path, "run", *args)
         assert result.returncode == 2, result.stderr
         [line] = result.stderr.splitlines()

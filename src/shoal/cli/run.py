@@ -317,6 +317,9 @@ class _Choices:
             if not directory.is_dir():
                 raise InputError(f"--wd {self.workdir}: no such directory")
             fields["cwd"] = str(directory)
+        if self.timeout is not None and self.timeout.endswith("%"):
+            raise InputError(f"--timeout {self.timeout}: a share of the median run time, as "
+                             "GNU parallel takes it, is not supported; give a time (90s, 5m)")
         for name, flag, text, parse in (
                 ("time_limit_seconds", "--timeout", self.timeout, parse_duration),
                 ("memory_bytes", "--memory-limit", self.memory_limit, parse_memory)):
