@@ -404,6 +404,19 @@ def test_workdir_as_gnu_parallel_and_under_a_wr_lines_own(tmp_path: Path) -> Non
     assert not (tmp_path / "nowhere").exists()  # parallel makes it; shoal changes nothing
 
 
+def test_shuf_runs_every_job_once_in_a_new_order_numbered_in_it(tmp_path: Path) -> None:
+    """GNU parallel's --shuf: `{#}` counts in the shuffled order; -k keeps that order."""
+    values = [f"v{i}" for i in range(30)]
+    result = shoal(tmp_path, "run", "-j", "1", "-k", "--shuf", "echo {#} {}", ":::", *values)
+    assert result.returncode == 0, result.stderr
+    lines = [line.split() for line in result.stdout.splitlines()]
+    assert [int(number) for number, _ in lines] == list(range(1, 31))
+    ran = [value for _, value in lines]
+    assert sorted(ran) == sorted(values) and ran != values  # 1 chance in 30! to be wrong
+    refused = shoal(tmp_path, "run", "--shuf", "echo", stdin="a\nb\n")
+    assert refused.returncode == 2 and "--shuf: shuffles arguments" in refused.stderr
+
+
 def test_xargs_forms_null_and_replace_string(tmp_path: Path) -> None:
     """`find -print0 | xargs -0 -n1 CMD` and `xargs -I % CMD %`: the same jobs."""
     names = ["a b.txt", "c\nd.txt", "$e.txt"]

@@ -156,6 +156,9 @@ def run_command(
     workdir: Annotated[str | None, typer.Option(
         "--wd", "--workdir", metavar="DIR",
         help="Run the jobs in DIR (default: here; a wr line's cwd beats it).")] = None,
+    shuffle: Annotated[bool, typer.Option(
+        "--shuf", help="Run the jobs of ::: and :::: arguments in a random order ({#} counts "
+                       "in it).")] = False,
     header: Annotated[str | None, typer.Option(
         "--header", metavar=":",
         help="The first argument of each source (first line, of a file or stdin) is its "
@@ -177,7 +180,7 @@ def run_command(
                        retries=retries, halt=halt, memory_limit=memory_limit, delay=delay,
                        nice=nice, colsep=colsep, tagstring=tagstring, max_args=max_args,
                        replace=replace, delimiter=_delimiter(null, delimiter),
-                       header=_header(header), workdir=workdir)
+                       header=_header(header), workdir=workdir, shuffle=shuffle)
     file, command, sources = _input_words(words or [], arg_file or [], link, choices)
     if file is None or command is not None or str(file) == "-" or _is_stream(file):
         given = [name for name, value in (("-r", retry), ("-1", one_only), ("-l", logfile),
@@ -300,6 +303,7 @@ class _Choices:
     delimiter: bytes | None = None
     header: bool = False
     workdir: str | None = None
+    shuffle: bool = False
 
     def given(self) -> list[str]:
         return ["--" + name.replace("_", "-") for name, value in vars(self).items()
@@ -352,7 +356,7 @@ class _Choices:
         return [flag for flag, given in (
             ("--colsep", self.colsep is not None), ("-N", self.max_args is not None),
             ("-I", self.replace is not None), ("-0/-d", self.delimiter is not None),
-            ("--header", self.header)) if given]
+            ("--header", self.header), ("--shuf", self.shuffle)) if given]
 
     def filling(self, command: str | None) -> Filling:
         """How arguments fill `command` (None: they are the commands)."""
@@ -368,7 +372,8 @@ class _Choices:
             command = with_replace_string(command, self.replace)
         colsep = None if self.colsep is None else parse_colsep(self.colsep)
         return Filling(template=command, colsep=colsep, tagstring=self.tagstring,
-                       max_args=self.max_args, delimiter=self.delimiter, header=self.header)
+                       max_args=self.max_args, delimiter=self.delimiter, header=self.header,
+                       shuffle=self.shuffle)
 
     def delay_seconds(self) -> float:
         from shoal.core.models import parse_duration

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import random
 import re
 import stat
 import sys
@@ -54,6 +55,7 @@ class Filling:
     max_args: int | None = None  # -N: arguments a job
     delimiter: bytes | None = None  # -0, -d: what ends an item of stdin (None: a line)
     header: bool = False  # --header: a source's first value names it (or its columns)
+    shuffle: bool = False  # --shuf: the jobs in a random order, numbered in it
 
     def named(self, names: Sequence[str]) -> Filling:
         """--header: the command and the tag with `{name}` put as `{N}`."""
@@ -188,6 +190,9 @@ def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
         if given and filling.template is None:
             raise InputError(f"{flag}: for arguments given to a command; the lines of stdin "
                              "are commands here")
+    if filling.shuffle:
+        raise InputError("--shuf: shuffles arguments given after :::, :::: or -a; stdin is "
+                         "run as it comes (shuffle it first: `shuf | shoal run ...`)")
     filling.check(1 if filling.max_args is None else filling.max_args)
     if path is None or str(path) == "-":
         handle: BinaryIO = os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
@@ -222,6 +227,10 @@ def from_arguments(sources: Sources, defaults: Mapping[str, Any], filling: Filli
         total = total if filling.max_args == 0 else -(-total // filling.max_args)
         width = filling.max_args
     filling.check(width)
+    if filling.shuffle:  # all of them made first, as parallel does
+        shuffled = list(combinations)
+        random.shuffle(shuffled)
+        combinations = iter(shuffled)
 
     def items() -> Iterator[Item]:
         for number, args in enumerate(combinations, start=1):
