@@ -376,6 +376,9 @@ def test_linked_sources_arg_files_and_tagstring_as_gnu_parallel(tmp_path: Path,
     (["-I", ",,", "echo ,,x ,,"], "a\nb c\n"),
     (["-I", "%", "echo", "%-%", ":::", "a", "b"], None),
     (["--header", ":", "--colsep", ",", "echo {age}:{name}"], "name,age\nann,3\nbob,4\n"),
+    (["-N", "2", "echo", "-n"], "1\n2\n3\n4\n"),  # the command's own options are its own
+    (["-N2", "echo {}.txt [{/}] {1}"], "a/1\nb/2\nc/3\n"),  # a word with {} for each
+    (["-I", "%", "echo", "-n", "[%]"], "a\nb\n"),
 ])
 def test_max_args_delimiters_and_replace_string_as_gnu_parallel(
         tmp_path: Path, args: list[str], stdin: str | None) -> None:

@@ -175,3 +175,11 @@ def test_header_names_become_positions_and_other_braces_stay() -> None:
     _, sources = split_sources(["echo", ":::", "x", "a", ":::", "y", "b", "c"])
     named, values = sources.without_headers()
     assert named == ["x", "y"] and list(values.combinations()) == [("a", "b"), ("a", "c")]
+
+
+def test_max_args_repeat_a_word_holding_an_arguments_placeholder() -> None:
+    """parallel's context replace under -N: the word is repeated for each argument; a word
+    with only `{N}` or none is not."""
+    assert fill("mv {} {.}.bak {1}x", ["a.c", "b"], 1, per_word=True, padded=True) == \
+        "mv a.c b a.bak b.bak a.cx"
+    assert fill("echo {}", [], 1, per_word=True, padded=True) == "echo "

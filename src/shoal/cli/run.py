@@ -250,6 +250,19 @@ def _delimiter(null: bool, text: str | None) -> bytes | None:
     return b"\0" if null else None if text is None else parse_delimiter(text)
 
 
+# Options that give a command arguments: with one of them, the first word that is not an
+# option starts the command (`ls | shoal run -I % cp -p % /backup`).
+_ARGUMENT_OPTIONS = frozenset({"-N", "--max-args", "-I", "-0", "--null", "-d", "--delimiter",
+                               "--header", "--shuf", "--link", "-a", "--arg-file", "--colsep"})
+
+
+def _option_name(word: str) -> str:
+    """`--max-args=2` and `-N2` are `--max-args` and `-N`."""
+    if word.startswith("--"):
+        return word.partition("=")[0]
+    return word[:2]
+
+
 def run_arguments(args: list[str]) -> list[str]:
     """`shoal run`'s words as GNU parallel users write them: in `shoal run -j4 gzip -9 {} :::
     *.csv` the command's own options (`-9`) are the command's, so a `--` goes before it."""
@@ -257,18 +270,20 @@ def run_arguments(args: list[str]) -> list[str]:
     from shoal.run.template import SOURCE_MARKS, has_placeholder
 
     index = 0
+    for_arguments = False
     while index < len(out):
         word = out[index]
         if word == "--":
             return out
         if word.startswith("-") and word != "-" and len(word) > 1:
+            for_arguments = for_arguments or _option_name(word) in _ARGUMENT_OPTIONS
             if word in _VALUE_OPTIONS or (word == "--listen" and index + 1 < len(out)
                                           and _HOST_PORT.match(out[index + 1])):
                 index += 1
             index += 1
             continue
         rest = out[index:]
-        command = (any(mark in rest for mark in SOURCE_MARKS) or " " in word
+        command = (for_arguments or any(mark in rest for mark in SOURCE_MARKS) or " " in word
                    or any(has_placeholder(later) for later in rest))
         if command and not (len(rest) == 1 and os.path.exists(word)):
             return [*out[:index], "--", *rest]

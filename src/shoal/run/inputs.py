@@ -89,7 +89,8 @@ class Filling:
         # With no command the arguments are the commands (`shoal run ::: 'make a' ...`).
         if self.template is None:
             return " ".join(words)
-        return fill(self.template, words, number, padded=self.padded)
+        return fill(self.template, words, number, padded=self.padded,
+                    per_word=self.max_args is not None)
 
     def tag(self, words: Sequence[str], number: int, given: str) -> str:
         """What --tag puts before a job's lines: `given` (its line number or arguments), or

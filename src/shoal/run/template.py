@@ -44,6 +44,7 @@ LINKED_ARGS = ":::+"  # this source is read beside the one before it
 LINKED_FILES = "::::+"
 SOURCE_MARKS = (SOURCE_ARGS, SOURCE_FILES, LINKED_ARGS, LINKED_FILES)
 _PLACEHOLDER = re.compile(r"\{(\d*)(\.|/|//|/\.)?\}|\{#\}|\{%\}")
+_UNNUMBERED = re.compile(r"\{(\.|/|//|/\.)?\}")  # an argument's, not source N's
 # {%}, the job's slot, is known only when it starts: the worker puts it in SHOAL_SLOT.
 SLOT = "$SHOAL_SLOT"
 
@@ -104,15 +105,17 @@ def split_columns(args: Sequence[str], colsep: re.Pattern[str]) -> list[str]:
 
 
 def fill(template: str, args: Sequence[str], number: int, *, padded: bool = False,
-         quote: bool = True) -> str:
+         quote: bool = True, per_word: bool = False) -> str:
     """The command for one combination of arguments (the job numbered `number`). With
     `padded` (--colsep, -N), a `{N}` past the last argument is empty, as in parallel. Without
-    `quote` (--tagstring), arguments go in as they are, and only where a placeholder is."""
+    `quote` (--tagstring), arguments go in as they are, and only where a placeholder is.
+    With `per_word` (-N), a word holding `{}` (or `{.}`, ...) is repeated for each argument,
+    as parallel's context replace: `gzip {}.txt` of `a b` is `gzip a.txt b.txt`."""
     if not has_placeholder(template):
         return " ".join([template, *(shlex.quote(arg) for arg in args)]) if quote else template
     word = shlex.quote if quote else str
 
-    def replace(match: re.Match[str]) -> str:
+    def replace(match: re.Match[str], each: Sequence[str] = args) -> str:
         if match.group(0) == "{#}":
             return str(number)
         if match.group(0) == "{%}":
@@ -126,9 +129,15 @@ def fill(template: str, args: Sequence[str], number: int, *, padded: bool = Fals
                 raise InputError(f"{{{index}{kind or ''}}}: there are {len(args)} input "
                                  "sources, so no argument number " + index)
             return word(_transform(args[position - 1], kind))
-        return " ".join(word(_transform(arg, kind)) for arg in args)
+        return " ".join(word(_transform(arg, kind)) for arg in each)
 
-    return _PLACEHOLDER.sub(replace, template)
+    if not per_word or not args:
+        return _PLACEHOLDER.sub(replace, template)
+    return "".join(
+        " ".join(_PLACEHOLDER.sub(lambda match, arg=arg: replace(match, (arg,)), token)
+                 for arg in args)
+        if _UNNUMBERED.search(token) else _PLACEHOLDER.sub(replace, token)
+        for token in re.split(r"(\s+)", template))
 
 
 @dataclass(frozen=True)
