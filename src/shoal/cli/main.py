@@ -62,12 +62,12 @@ class ShoalGroup(TyperGroup):
         return command
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and args[0] in LAZY_COMMANDS and args[0] not in self.commands:
+            self.commands[args[0]] = load_command(args[0], args[1:])
         if args and args[0] == "run":  # `--listen` alone; a command's own options
             from shoal.cli.run import run_arguments
 
-            args[1:] = run_arguments(args[1:])
-        if args and args[0] in LAZY_COMMANDS and args[0] not in self.commands:
-            self.commands[args[0]] = load_command(args[0], args[1:])
+            args[1:] = run_arguments(args[1:], self.commands["run"])
         return super().resolve_command(ctx, args)
 
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -225,12 +225,6 @@ def run_command(
 
 # ---- files, stdin and arguments: shoal.run --------------------------------------------------
 
-# Options of `shoal run` that take a value, for telling a command's words from shoal's.
-_VALUE_OPTIONS = frozenset({"-j", "--jobs", "--format", "-l", "--logfile", "-n", "--loglines",
-                            "--hosts", "--results", "--joblog", "--timeout", "--retries",
-                            "--halt", "--memory-limit", "--delay", "--nice", "--colsep",
-                            "-a", "--arg-file", "--tagstring", "-N", "--max-args", "-I",
-                            "-d", "--delimiter", "--header", "--wd", "--workdir"})
 _NEEDS_ARGUMENTS = ("for arguments (after ::: or ::::, -a, or the lines of stdin); a file of "
                     "commands has none")
 
@@ -263,12 +257,22 @@ def _option_name(word: str) -> str:
     return word[:2]
 
 
-def run_arguments(args: list[str]) -> list[str]:
+def _value_options(command: Any) -> frozenset[str]:
+    """The names of `command`'s options that take a value (all but its flags), as typer
+    made them: what tells shoal's words from the command's, kept with each option."""
+    return frozenset(name for param in command.params
+                     if param.param_type_name == "option" and not param.is_flag
+                     for name in (*param.opts, *param.secondary_opts))
+
+
+def run_arguments(args: list[str], command: Any) -> list[str]:
     """`shoal run`'s words as GNU parallel users write them: in `shoal run -j4 gzip -9 {} :::
-    *.csv` the command's own options (`-9`) are the command's, so a `--` goes before it."""
-    out = listen_value(args)
+    *.csv` the command's own options (`-9`) are the command's, so a `--` goes before it.
+    `command` is `shoal run`'s, as typer made it."""
+    out = listen_value(args)  # `--listen` alone is given its value: now every one has one
     from shoal.run.template import SOURCE_MARKS, has_placeholder
 
+    value_options = _value_options(command)
     index = 0
     for_arguments = False
     while index < len(out):
@@ -277,8 +281,7 @@ def run_arguments(args: list[str]) -> list[str]:
             return out
         if word.startswith("-") and word != "-" and len(word) > 1:
             for_arguments = for_arguments or _option_name(word) in _ARGUMENT_OPTIONS
-            if word in _VALUE_OPTIONS or (word == "--listen" and index + 1 < len(out)
-                                          and _HOST_PORT.match(out[index + 1])):
+            if word in value_options:
                 index += 1
             index += 1
             continue
