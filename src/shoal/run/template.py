@@ -43,13 +43,12 @@ SOURCE_FILES = "::::"
 LINKED_ARGS = ":::+"  # this source is read beside the one before it
 LINKED_FILES = "::::+"
 SOURCE_MARKS = (SOURCE_ARGS, SOURCE_FILES, LINKED_ARGS, LINKED_FILES)
-_PLACEHOLDER = re.compile(r"\{(\d*)(\.|/|//|/\.)?\}|\{#\}|\{%\}")
-_UNNUMBERED = re.compile(r"\{(\.|/|//|/\.)?\}")  # an argument's, not source N's
+_KIND = r"(\.|/|//|/\.)?"  # what of the argument: without extension, base name, directory
+_PLACEHOLDER = re.compile(rf"\{{(\d*){_KIND}\}}|\{{#\}}|\{{%\}}")
+_UNNUMBERED = re.compile(rf"\{{{_KIND}\}}")  # an argument's, not source N's
+_NAMED = re.compile(rf"\{{([^{{}}#%./\s][^{{}}./\s]*){_KIND}\}}")  # --header's {name}
 # {%}, the job's slot, is known only when it starts: the worker puts it in SHOAL_SLOT.
 SLOT = "$SHOAL_SLOT"
-
-
-_NAMED = re.compile(r"\{([^{}#%./\s][^{}./\s]*)(\.|/|//|/\.)?\}")
 
 
 def by_position(template: str, names: Sequence[str]) -> str:
@@ -183,8 +182,12 @@ class Sources:
 
     def combinations(self) -> Iterator[tuple[str, ...]]:
         """Each job's arguments, one per source, in order: the first group varies slowest."""
+        groups = self._groups()
+        if all(len(group) == 1 for group in groups):  # nothing linked: no copy of each value
+            yield from itertools.product(*(group[0] for group in groups))
+            return
         readings = [[tuple(values[row % len(values)] for values in group)
-                     for row in range(self._rows(group))] for group in self._groups()]
+                     for row in range(self._rows(group))] for group in groups]
         for parts in itertools.product(*readings):
             yield tuple(arg for part in parts for arg in part)
 
