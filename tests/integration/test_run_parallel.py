@@ -59,10 +59,11 @@ def test_grouped_output_is_whole_and_tagged_in_order(tmp_path: Path) -> None:
     assert quiet.stdout == "" and "4 done" in quiet.stderr
 
 
-def test_line_buffer_shows_lines_while_the_job_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag", ["--line-buffer", "-u", "--ungroup"])  # parallel's names
+def test_line_buffer_shows_lines_while_the_job_runs(tmp_path: Path, flag: str) -> None:
     gate = tmp_path / "gate"
     process = subprocess.Popen(
-        [*SHOAL, "run", "--line-buffer", "-j", "1", "--",
+        [*SHOAL, "run", flag, "-j", "1", "--",
          f"echo first; while ! test -f {gate}; do sleep 0.05; done; echo second"],
         cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env=_env({"HOME": str(tmp_path)}))
@@ -338,6 +339,7 @@ def test_colsep_as_gnu_parallel(tmp_path: Path, colsep: str, args: list[str],
     ["echo {1}-{2}", ":::", "a", "b", "c", ":::+", "1", "2"],  # linked: the shorter lasts
     ["echo", ":::", "a", "b", ":::", "1", "2", ":::+", "x", "y"],  # crossed, then linked
     ["--link", "echo {1}-{2}-{3}", ":::", "a", "b", "c", ":::", "1", "2", ":::", "x"],
+    ["--xapply", "echo {1}-{2}", ":::", "a", "b", "c", ":::", "1", "2"],  # --link's old name
     ["echo {1}-{2}", ":::", "a", "b", "::::+", "letters.txt"],
     ["-a", "letters.txt", "echo", ":::+", "1", "2"],  # -a is crossed, even with :::+
     ["-a", "letters.txt", "-a", "digits.txt"],  # no command: the lines are the commands
@@ -389,6 +391,40 @@ def test_max_args_delimiters_and_replace_string_as_gnu_parallel(
                             input=stdin, capture_output=True, text=True, timeout=60)
     assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
     assert ours.stdout == theirs.stdout and ours.stdout.strip()
+
+
+@pytest.mark.parametrize(("args", "stdin"), [
+    (["echo {#}/{##}", ":::", "a", "b", "c"], None),
+    (["echo {##}", ":::", "a", "b", ":::", "1", "2", "3"], None),  # every combination
+    (["--link", "echo {##}", ":::", "a", "b", "c", ":::", "1"], None),
+    (["-N2", "echo {#}/{##}"], "1\n2\n3\n4\n5\n"),  # jobs, not arguments
+    (["echo {#}/{##} {}"], "a\nb c\n"),  # stdin is read to its end first
+    (["-0", "echo [{}] {##}"], "a\0b c\0"),
+    (["--header", ":", "echo {x}:{#}/{##}"], "x\n1\n2\n"),
+    (["--tagstring", "{#}/{##}", "echo", ":::", "x", "y"], None),
+])
+def test_number_of_jobs_as_gnu_parallel(tmp_path: Path, args: list[str],
+                                        stdin: str | None) -> None:
+    """`{##}`, which GNU parallel fills with --plus; shoal always does."""
+    require(shutil.which("parallel") is not None, "GNU parallel")
+    ours = shoal(tmp_path, "run", "-k", *args, stdin=stdin)
+    theirs = subprocess.run(["parallel", "--will-cite", "--plus", "-k", *args], cwd=tmp_path,
+                            input=stdin, capture_output=True, text=True, timeout=60)
+    assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
+    assert ours.stdout == theirs.stdout and ours.stdout.strip()
+
+
+def test_number_of_jobs_of_a_file_of_commands_and_of_nothing(tmp_path: Path) -> None:
+    (tmp_path / "jobs.txt").write_text("echo hi\necho ho\n")
+    tagged = shoal(tmp_path, "run", "-k", "--tagstring", "{#}/{##}", "jobs.txt")
+    assert tagged.returncode == 0, tagged.stderr
+    assert tagged.stdout == "1/2\thi\n2/2\tho\n"
+    nothing = shoal(tmp_path, "run", "echo {##}", stdin="")
+    assert nothing.returncode == 0, nothing.stderr
+    assert nothing.stdout == "" and "of 0" in nothing.stderr
+    # stdin read whole is still stdin: a second run starts over, as a stream's does
+    again = [shoal(tmp_path, "run", "-k", "echo {#}/{##}", stdin="a\nb\n") for _ in range(2)]
+    assert [run.stdout for run in again] == ["1/2\n2/2\n"] * 2, again[1].stderr
 
 
 def test_workdir_as_gnu_parallel_and_under_a_wr_lines_own(tmp_path: Path) -> None:
@@ -457,7 +493,8 @@ def test_argument_option_refusals(tmp_path: Path) -> None:
                           (["--header", ":", "echo", ":::", "x"], "has its name and no"),
                           (["--header", "1", "echo", ":::", "x", "a"], "--header: '1'"),
                           (["--header", ":", "jobs.txt"], "--header: for arguments"),
-                          (["--timeout", "200%", "echo", ":::", "a"], "median run time")):
+                          (["--timeout", "200%", "echo", ":::", "a"], "median run time"),
+                          (["--tagstring", "{##}"], "--tagstring: {##}: the number of jobs")):
         result = shoal(tmp_path, "run", *args)
         assert result.returncode == 2, result.stderr
         [line] = result.stderr.splitlines()

@@ -40,6 +40,13 @@ def test_placeholders(template: str, expected: str) -> None:
     assert fill(template, ["dir/sub/file.tar.gz"], 7) == expected
 
 
+def test_the_number_of_jobs_is_filled_only_where_it_is_known() -> None:
+    assert fill("x {#}/{##} {}", ["a"], 2, total=5) == "x 2/5 a"
+    assert fill("{##}{#}", ["a"], 3, total=40, quote=False) == "403"
+    with pytest.raises(InputError, match=r"\{##\}: the number of jobs is known only"):
+        fill("x {##}", ["a"], 1)
+
+
 def test_arguments_are_quoted_and_numbered() -> None:
     assert fill("echo {}", ["a b", "$HOME"], 1) == "echo 'a b' '$HOME'"
     assert fill("cp {1} {2/}", ["x/y", "p/q.txt"], 1) == "cp x/y q.txt"

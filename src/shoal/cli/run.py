@@ -83,8 +83,9 @@ def run_command(
              "joined to this run on --listen (default: every address, any free port). "
              "Commands run in the same directory there.")] = None,
     line_buffer: Annotated[bool, typer.Option(
-        "--line-buffer", help="Print output lines as they come (default: each job's output "
-                              "whole when it ends).")] = False,
+        "--line-buffer", "-u", "--ungroup",
+        help="Print output lines as they come (default: each job's output whole when it "
+             "ends). Lines are never cut, even as -u/--ungroup.")] = False,
     tag: Annotated[bool, typer.Option(
         "--tag", help="Start each output line with the job's line number or argument.")
     ] = False,
@@ -136,8 +137,9 @@ def run_command(
         help="Each line of FILE is an argument, as after :::: (before the other sources).")
     ] = None,
     link: Annotated[bool, typer.Option(
-        "--link", help="Read the sources side by side, not crossed (a shorter one starts "
-                       "over); :::+ links one source to the one before it.")] = False,
+        "--link", "--xapply",
+        help="Read the sources side by side, not crossed (a shorter one starts over); :::+ "
+             "links one source to the one before it.")] = False,
     tagstring: Annotated[str | None, typer.Option(
         "--tagstring", metavar="STR",
         help="Start each output line with STR, its placeholders filled ({}, {1}, {#}); "
@@ -247,7 +249,8 @@ def _delimiter(null: bool, text: str | None) -> bytes | None:
 # Options that give a command arguments: with one of them, the first word that is not an
 # option starts the command (`ls | shoal run -I % cp -p % /backup`).
 _ARGUMENT_OPTIONS = frozenset({"-N", "--max-args", "-I", "-0", "--null", "-d", "--delimiter",
-                               "--header", "--shuf", "--link", "-a", "--arg-file", "--colsep"})
+                               "--header", "--shuf", "--link", "--xapply", "-a", "--arg-file",
+                               "--colsep"})
 
 
 def _option_name(word: str) -> str:

@@ -31,7 +31,9 @@ from shoal.run.template import (
     chunked,
     fill,
     split_columns,
+    split_items,
     template_key,
+    wants_total,
 )
 
 BATCH = 5000
@@ -56,6 +58,7 @@ class Filling:
     delimiter: bytes | None = None  # -0, -d: what ends an item of stdin (None: a line)
     header: bool = False  # --header: a source's first value names it (or its columns)
     shuffle: bool = False  # --shuf: the jobs in a random order, numbered in it
+    total: int | None = None  # how many jobs there are, for {##}; None: not known (yet)
 
     def named(self, names: Sequence[str]) -> Filling:
         """--header: the command and the tag with `{name}` put as `{N}`."""
@@ -70,15 +73,21 @@ class Filling:
         """Whether a `{N}` past a job's last argument is empty (--colsep, -N), not refused."""
         return self.colsep is not None or self.max_args is not None
 
+    @property
+    def wants_total(self) -> bool:
+        """`{##}` is in the command or the tag: every job is counted before the first runs."""
+        return wants_total(self.template) or wants_total(self.tagstring)
+
     def check(self, width: int) -> None:
-        """Before any job: a `{N}` past `width` arguments a job is refused."""
-        if self.padded:
-            return
+        """Before any job: a `{N}` past `width` arguments a job is refused, and so is `{##}`
+        where the number of jobs is not known."""
+        width = width if not self.padded else 0
         if self.template:
-            fill(self.template, [""] * width, 0)
+            fill(self.template, [""] * width, 0, padded=self.padded, total=self.total)
         if self.tagstring is not None:
             try:
-                fill(self.tagstring, [""] * width, 0, quote=False)
+                fill(self.tagstring, [""] * width, 0, padded=self.padded, quote=False,
+                     total=self.total)
             except InputError as error:
                 raise InputError(f"--tagstring: {error}") from None
 
@@ -90,7 +99,7 @@ class Filling:
         if self.template is None:
             return " ".join(words)
         return fill(self.template, words, number, padded=self.padded,
-                    per_word=self.max_args is not None)
+                    per_word=self.max_args is not None, total=self.total)
 
     def tag(self, words: Sequence[str], number: int, given: str) -> str:
         """What --tag puts before a job's lines: `given` (its line number or arguments), or
@@ -98,7 +107,8 @@ class Filling:
         they are, unquoted."""
         if self.tagstring is None:
             return given
-        return fill(self.tagstring, words, number, padded=self.padded, quote=False)
+        return fill(self.tagstring, words, number, padded=self.padded, quote=False,
+                    total=self.total)
 
     def key(self) -> str:
         """A run's state is named by its command (and how arguments are split into
@@ -175,6 +185,8 @@ def scan_file(path: Path, fmt: str, parallel: int, defaults: Mapping[str, Any]) 
 def from_file(path: Path, fmt: str, defaults: Mapping[str, Any], scan: FileScan,
               filling: Filling = Filling()) -> RunInput:
     """A checked file's jobs, read again as they are fed (only --tagstring applies)."""
+    filling = dataclasses.replace(filling, total=scan.jobs)
+    filling.check(1)
     items = (Item(job.line, job.spec, filling.tag([job.spec.cmd], job.line, str(job.line)))
              for job in iter_file(path, fmt, defaults=defaults))
     return RunInput(label=path.name, key=state.file_key(path), base=state.base_dir(path),
@@ -194,6 +206,8 @@ def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
     if filling.shuffle:
         raise InputError("--shuf: shuffles arguments given after :::, :::: or -a; stdin is "
                          "run as it comes (shuffle it first: `shuf | shoal run ...`)")
+    if filling.wants_total and filling.template is not None:
+        return _whole_stream(path, defaults, filling)  # parallel reads it all first too
     filling.check(1 if filling.max_args is None else filling.max_args)
     if path is None or str(path) == "-":
         handle: BinaryIO = os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
@@ -209,6 +223,23 @@ def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
     return RunInput(label=label, key=key, base=state.base_dir(None), stream=True,
                     _handle=handle, _filling=filling,
                     _fmt="wr" if fmt == "wr" else "lines", _defaults=dict(defaults))
+
+
+def _whole_stream(path: Path | None, defaults: Mapping[str, Any], filling: Filling
+                  ) -> RunInput:
+    """A command's stdin read to its end, as one source of arguments, so `{##}` is known."""
+    source = None if path is None or str(path) == "-" else path
+    label = "stdin" if source is None else str(source)
+    try:
+        data = sys.stdin.buffer.read() if source is None else source.read_bytes()
+    except OSError as error:
+        raise InputError(f"cannot read it: {error.strerror or error}", source=label) from None
+    items = [item for item in split_items(data, filling.delimiter) if item]  # as a stream's
+    run = RunInput(label=label, key="", base=state.base_dir(None), stream=True, total=0,
+                   _items=iter(())) if not items else \
+        from_arguments(Sources(((*items,),), (False,)), defaults, filling)
+    # Still stdin's run: named as one, and started over unless --resume.
+    return dataclasses.replace(run, label=label, key=f"stdin-{filling.key()}", stream=True)
 
 
 def from_arguments(sources: Sources, defaults: Mapping[str, Any], filling: Filling
@@ -227,6 +258,7 @@ def from_arguments(sources: Sources, defaults: Mapping[str, Any], filling: Filli
         combinations = chunked(combinations, filling.max_args)
         total = total if filling.max_args == 0 else -(-total // filling.max_args)
         width = filling.max_args
+    filling = dataclasses.replace(filling, total=total)
     filling.check(width)
     if filling.shuffle:  # all of them made first, as parallel does
         shuffled = list(combinations)

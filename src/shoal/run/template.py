@@ -14,6 +14,7 @@ longest ends (parallel's `--link`). In the template:
 | `{//}` | its directory | `dir/sub` |
 | `{/.}` | its base name without extension | `file.tar` |
 | `{#}` | the job's number (1, 2, ...) | |
+| `{##}` | how many jobs there are (stdin is read to its end first) | |
 | `{%}` | its slot: 1..N among the jobs running at once, the lowest free (`$SHOAL_SLOT`) | |
 | `{N}`, `{N.}`, `{N/}`, `{N//}`, `{N/.}` | the same, of source N's argument | |
 | `{name}`, `{name.}`, ... | with `--header :`, the same, of the source (or column) so named | |
@@ -44,11 +45,12 @@ LINKED_ARGS = ":::+"  # this source is read beside the one before it
 LINKED_FILES = "::::+"
 SOURCE_MARKS = (SOURCE_ARGS, SOURCE_FILES, LINKED_ARGS, LINKED_FILES)
 _KIND = r"(\.|/|//|/\.)?"  # what of the argument: without extension, base name, directory
-_PLACEHOLDER = re.compile(rf"\{{(\d*){_KIND}\}}|\{{#\}}|\{{%\}}")
+_PLACEHOLDER = re.compile(rf"\{{(\d*){_KIND}\}}|\{{##?\}}|\{{%\}}")
 _UNNUMBERED = re.compile(rf"\{{{_KIND}\}}")  # an argument's, not source N's
 _NAMED = re.compile(rf"\{{([^{{}}#%./\s][^{{}}./\s]*){_KIND}\}}")  # --header's {name}
 # {%}, the job's slot, is known only when it starts: the worker puts it in SHOAL_SLOT.
 SLOT = "$SHOAL_SLOT"
+TOTAL = "{##}"
 
 
 def by_position(template: str, names: Sequence[str]) -> str:
@@ -69,6 +71,11 @@ def by_position(template: str, names: Sequence[str]) -> str:
 
 def has_placeholder(template: str) -> bool:
     return _PLACEHOLDER.search(template) is not None
+
+
+def wants_total(template: str | None) -> bool:
+    """Whether `{##}` is in it: the number of jobs must be known before the first."""
+    return template is not None and TOTAL in template
 
 
 def _transform(value: str, kind: str | None) -> str:
@@ -104,8 +111,9 @@ def split_columns(args: Sequence[str], colsep: re.Pattern[str]) -> list[str]:
 
 
 def fill(template: str, args: Sequence[str], number: int, *, padded: bool = False,
-         quote: bool = True, per_word: bool = False) -> str:
-    """The command for one combination of arguments (the job numbered `number`). With
+         quote: bool = True, per_word: bool = False, total: int | None = None) -> str:
+    """The command for one combination of arguments (the job numbered `number` of `total`,
+    which `{##}` needs). With
     `padded` (--colsep, -N), a `{N}` past the last argument is empty, as in parallel. Without
     `quote` (--tagstring), arguments go in as they are, and only where a placeholder is.
     With `per_word` (-N), a word holding `{}` (or `{.}`, ...) is repeated for each argument,
@@ -117,6 +125,12 @@ def fill(template: str, args: Sequence[str], number: int, *, padded: bool = Fals
     def replace(match: re.Match[str], each: Sequence[str] = args) -> str:
         if match.group(0) == "{#}":
             return str(number)
+        if match.group(0) == TOTAL:
+            if total is None:
+                raise InputError(f"{TOTAL}: the number of jobs is known only for arguments "
+                                 f"(after {SOURCE_ARGS}, {SOURCE_FILES}, -a, or a command's "
+                                 "stdin)")
+            return str(total)
         if match.group(0) == "{%}":
             return SLOT
         index, kind = match.group(1), match.group(2)
