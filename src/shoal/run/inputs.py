@@ -30,8 +30,8 @@ from shoal.run.template import (
     by_position,
     chunked,
     fill,
+    read_items,
     split_columns,
-    split_items,
     template_key,
     wants_total,
 )
@@ -228,13 +228,10 @@ def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
 def _whole_stream(path: Path | None, defaults: Mapping[str, Any], filling: Filling
                   ) -> RunInput:
     """A command's stdin read to its end, as one source of arguments, so `{##}` is known."""
-    source = None if path is None or str(path) == "-" else path
-    label = "stdin" if source is None else str(source)
-    try:
-        data = sys.stdin.buffer.read() if source is None else source.read_bytes()
-    except OSError as error:
-        raise InputError(f"cannot read it: {error.strerror or error}", source=label) from None
-    items = [item for item in split_items(data, filling.delimiter) if item]  # as a stream's
+    name = "-" if path is None else str(path)
+    label = "stdin" if name == "-" else name
+    # Blank lines are skipped, as a stream's are.
+    items = [item for item in read_items(name, filling.delimiter) if item]
     run = RunInput(label=label, key="", base=state.base_dir(None), stream=True, total=0,
                    _items=iter(())) if not items else \
         from_arguments(Sources(((*items,),), (False,)), defaults, filling)

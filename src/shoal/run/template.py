@@ -214,7 +214,7 @@ def split_sources(words: Sequence[str], arg_files: Sequence[str] = (),
     `arg_files` (-a) are `::::` sources before the others, and crossed with them even after
     `:::+`, as in parallel."""
     head: list[str] = []
-    lists: list[list[str]] = [_file_items(name, delimiter) for name in arg_files]
+    lists: list[list[str]] = [read_items(name, delimiter) for name in arg_files]
     linked = [False] * len(lists)
     mode: str | None = None
     for word in words:
@@ -229,7 +229,7 @@ def split_sources(words: Sequence[str], arg_files: Sequence[str] = (),
             lists[-1].append(word)
         else:  # each file after `::::+` is linked to the source before it
             linked.append(mode == LINKED_FILES and len(lists) > len(arg_files))
-            lists.append(_file_items(word, delimiter))
+            lists.append(read_items(word, delimiter))
     if any(not values for values in lists):
         raise InputError(f"{SOURCE_ARGS}: an input source is empty (nothing after "
                          f"{SOURCE_ARGS}, or an empty {SOURCE_FILES} file)")
@@ -239,7 +239,8 @@ def split_sources(words: Sequence[str], arg_files: Sequence[str] = (),
     return head, Sources(tuple(tuple(values) for values in lists), tuple(linked), link_all)
 
 
-def _file_items(name: str, delimiter: bytes | None) -> list[str]:
+def read_items(name: str, delimiter: bytes | None) -> list[str]:
+    """The items of a `::::` file (or of stdin, `-`), read to its end."""
     try:
         if name == "-":
             import sys
