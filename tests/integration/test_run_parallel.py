@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from shoal.core.models import MAX_COMMAND_BYTES
 from tests.system import require
 
 from .cluster import SHOAL, wait_until
@@ -414,6 +415,42 @@ def test_number_of_jobs_as_gnu_parallel(tmp_path: Path, args: list[str],
     assert ours.stdout == theirs.stdout and ours.stdout.strip()
 
 
+@pytest.mark.parametrize(("args", "stdin"), [
+    (["-j2", "-X", "echo"], "".join(f"{i}\n" for i in range(1, 11))),  # 2 jobs of 5
+    (["-j3", "-m", "echo"], "".join(f"{i}\n" for i in range(1, 11))),  # 4, 4 and 2
+    (["-j1", "-X", "echo x{}y"], "a\nb\nc\n"),  # the word is repeated for each
+    (["-j2", "-m", "echo x{}y"], "a\nb\nc\n"),  # {} is all of them
+    (["-j2", "-X", "echo {#}:{}"], "a\nb\nc\nd\ne\n"),
+    (["-j2", "-X", "echo", ":::", "a", "b", "c", "d", "e"], None),
+    (["-j2", "-m", "--tagstring", "{#}", "echo", ":::", "a", "b", "c"], None),
+    (["-j2", "-X", "-I", "%", "echo", "x%y", ":::", "a b", "c", "d"], None),
+])
+def test_many_arguments_a_job_as_gnu_parallel(tmp_path: Path, args: list[str],
+                                              stdin: str | None) -> None:
+    """-X and -m: few arguments are spread over the -j jobs, as parallel does."""
+    require(shutil.which("parallel") is not None, "GNU parallel")
+    ours = shoal(tmp_path, "run", "-k", *args, stdin=stdin)
+    theirs = subprocess.run(["parallel", "--will-cite", "-k", *args], cwd=tmp_path,
+                            input=stdin, capture_output=True, text=True, timeout=60)
+    assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
+    assert ours.stdout == theirs.stdout and ours.stdout.strip()
+
+
+def test_many_arguments_a_job_stay_within_a_command(tmp_path: Path) -> None:
+    """100,000 arguments: each once, in order, in commands no longer than one may be."""
+    require(shutil.which("parallel") is not None, "GNU parallel")
+    numbers = "".join(f"{i}\n" for i in range(1, 100_001))
+    ours = shoal(tmp_path, "run", "-k", "-j2", "-m", "echo", stdin=numbers)
+    theirs = subprocess.run(["parallel", "--will-cite", "-k", "-j2", "-m", "echo"],
+                            cwd=tmp_path, input=numbers, capture_output=True, text=True,
+                            timeout=120)
+    assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
+    assert ours.stdout.split() == theirs.stdout.split() == numbers.split()
+    lines = ours.stdout.splitlines()
+    assert len(lines) > 2  # more than the -j 2 spread: the size of a command cut them
+    assert max(len(f"echo {line}".encode()) for line in lines) <= MAX_COMMAND_BYTES
+
+
 def test_number_of_jobs_of_a_file_of_commands_and_of_nothing(tmp_path: Path) -> None:
     (tmp_path / "jobs.txt").write_text("echo hi\necho ho\n")
     tagged = shoal(tmp_path, "run", "-k", "--tagstring", "{#}/{##}", "jobs.txt")
@@ -468,6 +505,10 @@ def test_xargs_forms_null_and_replace_string(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
     assert ours.stdout == theirs.stdout and len(ours.stdout.splitlines()) >= 3
+    packed = shoal(tmp_path, "run", "-j", "1", "-0", "-m", "ls", "-1", stdin=listing)
+    theirs = subprocess.run(["xargs", "-0", "ls", "-1"], cwd=tmp_path, input=listing,
+                            capture_output=True, text=True, timeout=60)
+    assert packed.stdout == theirs.stdout and "1 done" in packed.stderr  # one ls for all
     words = "one\ntwo words\n"
     ours = shoal(tmp_path, "run", "-k", "-I", "%", "echo", "[%]", stdin=words)
     theirs = subprocess.run(["xargs", "-I", "%", "echo", "[%]"], cwd=tmp_path, input=words,
@@ -494,7 +535,11 @@ def test_argument_option_refusals(tmp_path: Path) -> None:
                           (["--header", "1", "echo", ":::", "x", "a"], "--header: '1'"),
                           (["--header", ":", "jobs.txt"], "--header: for arguments"),
                           (["--timeout", "200%", "echo", ":::", "a"], "median run time"),
-                          (["--tagstring", "{##}"], "--tagstring: {##}: the number of jobs")):
+                          (["--tagstring", "{##}"], "--tagstring: {##}: the number of jobs"),
+                          (["-X", "echo", ":::", "a", ":::", "b"], "-X: packs the arguments"),
+                          (["-X", "-N", "2", "echo", ":::", "a"], "-X and -N: give one"),
+                          (["-m", "jobs.txt"], "-m: for arguments"),
+                          (["-m"], "-m: for arguments given to a command")):
         result = shoal(tmp_path, "run", *args)
         assert result.returncode == 2, result.stderr
         [line] = result.stderr.splitlines()

@@ -17,6 +17,7 @@ from shoal.run.template import (
     by_position,
     chunked,
     fill,
+    packed,
     parse_colsep,
     parse_delimiter,
     split_columns,
@@ -38,6 +39,21 @@ from shoal.run.template import (
 ])
 def test_placeholders(template: str, expected: str) -> None:
     assert fill(template, ["dir/sub/file.tar.gz"], 7) == expected
+
+
+@given(st.lists(st.text(max_size=12), max_size=60), st.integers(1, 8), st.integers(0, 20),
+       st.integers(30, 80))
+def test_packed_keeps_every_argument_once_in_order_within_the_limit(
+        args: list[str], slots: int, base: int, limit: int) -> None:
+    jobs = packed(args, slots, base, lambda arg: len(arg) + 1, limit)
+    assert [arg for job in jobs for arg in job] == args
+    per_job = max(1, -(-len(args) // slots))
+    for job in jobs:
+        assert 1 <= len(job) <= per_job
+        # within the limit, unless one argument is too long for a command alone
+        assert base + sum(len(arg) + 1 for arg in job) <= limit or len(job) == 1
+    if base + sum(len(arg) + 1 for arg in args) <= limit:  # all fit in one command:
+        assert len(jobs) == -(-len(args) // per_job)  # spread evenly, as parallel
 
 
 def test_the_number_of_jobs_is_filled_only_where_it_is_known() -> None:

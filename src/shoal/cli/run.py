@@ -147,6 +147,11 @@ def run_command(
     max_args: Annotated[int | None, typer.Option(
         "-N", "--max-args", metavar="N", min=0,
         help="N arguments a job ({1} to {N}; the last job's may be fewer).")] = None,
+    context_pack: Annotated[bool, typer.Option(
+        "-X", help="As many arguments a job as fit in a command (64 KiB), spread over the -j "
+                   "jobs when they are few; a word holding {} is repeated for each.")] = False,
+    multiple_pack: Annotated[bool, typer.Option(
+        "-m", help="As -X, but {} is all of a job's arguments, space-separated.")] = False,
     replace: Annotated[str | None, typer.Option(
         "-I", metavar="STR", help="STR stands for {} in the command (xargs -I).")] = None,
     null: Annotated[bool, typer.Option(
@@ -181,7 +186,8 @@ def run_command(
                        resume=resume, resume_failed=resume_failed, timeout=timeout,
                        retries=retries, halt=halt, memory_limit=memory_limit, delay=delay,
                        nice=nice, colsep=colsep, tagstring=tagstring, max_args=max_args,
-                       replace=replace, delimiter=_delimiter(null, delimiter),
+                       pack=_pack(context_pack, multiple_pack, max_args), replace=replace,
+                       delimiter=_delimiter(null, delimiter),
                        header=_header(header), workdir=workdir, shuffle=shuffle)
     file, command, sources = _input_words(words or [], arg_file or [], link, choices)
     if file is None or command is not None or str(file) == "-" or _is_stream(file):
@@ -221,8 +227,9 @@ def run_command(
             raise InputError(f"{choices.given()[0]}: not for a runmaker file (its lines are "
                              "claimed in the file; see docs/formats.md)")
         _run_runmaker(file, options, json_output)
+    parsed = from_file(file, format, defaults, scan, choices.filling(None, parallel))
     _run_new(file, None, Sources(), parallel, format, json_output, hosts, listen_for_hosts,
-             choices, parsed=from_file(file, format, defaults, scan, choices.filling(None)))
+             choices, parsed=parsed)
 
 
 # ---- files, stdin and arguments: shoal.run --------------------------------------------------
@@ -246,11 +253,20 @@ def _delimiter(null: bool, text: str | None) -> bytes | None:
     return b"\0" if null else None if text is None else parse_delimiter(text)
 
 
+def _pack(context: bool, multiple: bool, max_args: int | None) -> str | None:
+    """-X or -m, each of which says how many arguments a job gets, as -N does."""
+    given = [flag for flag, on in (("-X", context), ("-m", multiple), ("-N", max_args is not None))
+             if on]
+    if len(given) > 1:
+        raise InputError(f"{given[0]} and {given[1]}: give one of them")
+    return given[0] if given and given[0] != "-N" else None
+
+
 # Options that give a command arguments: with one of them, the first word that is not an
 # option starts the command (`ls | shoal run -I % cp -p % /backup`).
-_ARGUMENT_OPTIONS = frozenset({"-N", "--max-args", "-I", "-0", "--null", "-d", "--delimiter",
-                               "--header", "--shuf", "--link", "--xapply", "-a", "--arg-file",
-                               "--colsep"})
+_ARGUMENT_OPTIONS = frozenset({"-N", "--max-args", "-X", "-m", "-I", "-0", "--null", "-d",
+                               "--delimiter", "--header", "--shuf", "--link", "--xapply", "-a",
+                               "--arg-file", "--colsep"})
 
 
 def _option_name(word: str) -> str:
@@ -320,6 +336,7 @@ class _Choices:
     colsep: str | None = None
     tagstring: str | None = None
     max_args: int | None = None
+    pack: str | None = None  # -X or -m
     replace: str | None = None
     delimiter: bytes | None = None
     header: bool = False
@@ -376,11 +393,12 @@ class _Choices:
         """The options given that fill commands from arguments (no file of commands)."""
         return [flag for flag, given in (
             ("--colsep", self.colsep is not None), ("-N", self.max_args is not None),
+            (self.pack or "-X", self.pack is not None),
             ("-I", self.replace is not None), ("-0/-d", self.delimiter is not None),
             ("--header", self.header), ("--shuf", self.shuffle)) if given]
 
-    def filling(self, command: str | None) -> Filling:
-        """How arguments fill `command` (None: they are the commands)."""
+    def filling(self, command: str | None, slots: int) -> Filling:
+        """How arguments fill `command` (None: they are the commands), `slots` at once."""
         from shoal.run.inputs import Filling
         from shoal.run.template import parse_colsep, with_replace_string
 
@@ -394,7 +412,7 @@ class _Choices:
         colsep = None if self.colsep is None else parse_colsep(self.colsep)
         return Filling(template=command, colsep=colsep, tagstring=self.tagstring,
                        max_args=self.max_args, delimiter=self.delimiter, header=self.header,
-                       shuffle=self.shuffle)
+                       shuffle=self.shuffle, pack=self.pack, slots=slots)
 
     def delay_seconds(self) -> float:
         from shoal.core.models import parse_duration
@@ -464,7 +482,7 @@ def _run_new(file: Path | None, command: str | None, sources: Sources, parallel:
         defaults = {**job_defaults(Path("stdin")), **choices.job_fields()}
         if choices.colsep is not None and not sources and not command:
             raise InputError(f"--colsep: {_NEEDS_ARGUMENTS}")
-        filling = choices.filling(command)
+        filling = choices.filling(command, parallel)
         if sources:
             defaults["group"] = "arguments"
             run = from_arguments(sources, defaults, filling)

@@ -21,15 +21,17 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from shoal.core.errors import InputError
-from shoal.core.models import JobSpec
+from shoal.core.models import MAX_COMMAND_BYTES, JobSpec
 from shoal.formats import check_file, iter_file, parse_text
 from shoal.formats.common import SpecBuilder, is_blank_or_comment
 from shoal.run import state
 from shoal.run.template import (
     Sources,
+    argument_places,
     by_position,
     chunked,
     fill,
+    packed,
     read_items,
     split_columns,
     template_key,
@@ -59,6 +61,8 @@ class Filling:
     header: bool = False  # --header: a source's first value names it (or its columns)
     shuffle: bool = False  # --shuf: the jobs in a random order, numbered in it
     total: int | None = None  # how many jobs there are, for {##}; None: not known (yet)
+    pack: str | None = None  # -X or -m: as many arguments a job as fit
+    slots: int = 1  # the jobs at once (-j), over which -X and -m spread few arguments
 
     def named(self, names: Sequence[str]) -> Filling:
         """--header: the command and the tag with `{name}` put as `{N}`."""
@@ -70,8 +74,15 @@ class Filling:
 
     @property
     def padded(self) -> bool:
-        """Whether a `{N}` past a job's last argument is empty (--colsep, -N), not refused."""
-        return self.colsep is not None or self.max_args is not None
+        """Whether a `{N}` past a job's last argument is empty (--colsep, -N, -X, -m), not
+        refused."""
+        return self.colsep is not None or self.max_args is not None or self.pack is not None
+
+    @property
+    def reads_all(self) -> bool:
+        """Every argument is read before the first job: to count the jobs (`{##}`), or to
+        spread them over the slots (-X, -m)."""
+        return self.wants_total or self.pack is not None
 
     @property
     def wants_total(self) -> bool:
@@ -98,8 +109,24 @@ class Filling:
         # With no command the arguments are the commands (`shoal run ::: 'make a' ...`).
         if self.template is None:
             return " ".join(words)
-        return fill(self.template, words, number, padded=self.padded,
-                    per_word=self.max_args is not None, total=self.total)
+        return fill(self.template, words, number, padded=self.padded, total=self.total,
+                    per_word=self.max_args is not None or self.pack == "-X")
+
+    def pack_jobs(self, args: Sequence[str]) -> list[tuple[str, ...]]:
+        """-X, -m: `args` grouped into jobs whose commands stay within the size of one."""
+        assert self.template is not None
+        # Sized with the widest {#} and {##}; each argument also adds a separator in every
+        # place that takes them all: a little more than the command will be, never less.
+        sizing = dataclasses.replace(self, total=len(args))
+        places = argument_places(self.template)
+
+        def size(words: Sequence[str]) -> int:
+            command = sizing.command(words, len(args))
+            return len(command.encode("utf-8", "surrogateescape"))
+
+        base = size([])
+        return packed(args, self.slots, base,
+                      lambda arg: size(self.words([arg])) - base + places, MAX_COMMAND_BYTES)
 
     def tag(self, words: Sequence[str], number: int, given: str) -> str:
         """What --tag puts before a job's lines: `given` (its line number or arguments), or
@@ -199,14 +226,15 @@ def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
     if fmt == "runmaker":
         raise InputError("--format runmaker: a runmaker file is rewritten in place, so it "
                          "cannot come from a pipe")
-    for flag, given in (("-N", filling.max_args is not None), ("--header", filling.header)):
+    for flag, given in (("-N", filling.max_args is not None), ("--header", filling.header),
+                        (filling.pack, filling.pack is not None)):
         if given and filling.template is None:
             raise InputError(f"{flag}: for arguments given to a command; the lines of stdin "
                              "are commands here")
     if filling.shuffle:
         raise InputError("--shuf: shuffles arguments given after :::, :::: or -a; stdin is "
                          "run as it comes (shuffle it first: `shuf | shoal run ...`)")
-    if filling.wants_total and filling.template is not None:
+    if filling.reads_all and filling.template is not None:
         return _whole_stream(path, defaults, filling)  # parallel reads it all first too
     filling.check(1 if filling.max_args is None else filling.max_args)
     if path is None or str(path) == "-":
@@ -255,6 +283,12 @@ def from_arguments(sources: Sources, defaults: Mapping[str, Any], filling: Filli
         combinations = chunked(combinations, filling.max_args)
         total = total if filling.max_args == 0 else -(-total // filling.max_args)
         width = filling.max_args
+    elif filling.pack is not None:
+        if width > 1:
+            raise InputError(f"{filling.pack}: packs the arguments of one input source; "
+                             f"there are {width}")
+        jobs = filling.pack_jobs([arg for (arg,) in combinations])
+        combinations, total, width = iter(jobs), len(jobs), 0
     filling = dataclasses.replace(filling, total=total)
     filling.check(width)
     if filling.shuffle:  # all of them made first, as parallel does

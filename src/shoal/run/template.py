@@ -33,7 +33,7 @@ import math
 import os
 import re
 import shlex
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +71,11 @@ def by_position(template: str, names: Sequence[str]) -> str:
 
 def has_placeholder(template: str) -> bool:
     return _PLACEHOLDER.search(template) is not None
+
+
+def argument_places(template: str) -> int:
+    """How many places in `template` take every argument of a job (`{}`, `{.}`, ...)."""
+    return len(_UNNUMBERED.findall(template))
 
 
 def wants_total(template: str | None) -> bool:
@@ -294,6 +299,28 @@ def chunked(combinations: Iterator[tuple[str, ...]], size: int
         return
     while chunk := list(itertools.islice(combinations, size)):
         yield tuple(arg for args in chunk for arg in args)
+
+
+def packed(args: Sequence[str], slots: int, base: int, cost: Callable[[str], int],
+           limit: int) -> list[tuple[str, ...]]:
+    """-X, -m: the arguments in order, as many a job as keep its command within `limit`
+    bytes (`base` with none, each adding `cost(arg)`), and spread evenly over `slots` jobs
+    when they are few (parallel's way: `seq 10 | parallel -j2 -X echo` is two jobs of five).
+    An argument too long for a command alone is a job of its own (and refused as one)."""
+    per_job = max(1, -(-len(args) // max(1, slots)))
+    jobs: list[tuple[str, ...]] = []
+    chunk: list[str] = []
+    size = base
+    for arg in args:
+        extra = cost(arg)
+        if chunk and (len(chunk) == per_job or size + extra > limit):
+            jobs.append(tuple(chunk))
+            chunk, size = [], base
+        chunk.append(arg)
+        size += extra
+    if chunk:
+        jobs.append(tuple(chunk))
+    return jobs
 
 
 def template_key(template: str) -> str:
