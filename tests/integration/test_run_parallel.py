@@ -60,7 +60,7 @@ def test_grouped_output_is_whole_and_tagged_in_order(tmp_path: Path) -> None:
     assert quiet.stdout == "" and "4 done" in quiet.stderr
 
 
-@pytest.mark.parametrize("flag", ["--line-buffer", "-u", "--ungroup"])  # parallel's names
+@pytest.mark.parametrize("flag", ["--line-buffer", "--lb", "-u", "--ungroup"])  # parallel's
 def test_line_buffer_shows_lines_while_the_job_runs(tmp_path: Path, flag: str) -> None:
     gate = tmp_path / "gate"
     process = subprocess.Popen(

@@ -83,7 +83,7 @@ def run_command(
              "joined to this run on --listen (default: every address, any free port). "
              "Commands run in the same directory there.")] = None,
     line_buffer: Annotated[bool, typer.Option(
-        "--line-buffer", "-u", "--ungroup",
+        "--line-buffer", "--lb", "-u", "--ungroup",
         help="Print output lines as they come (default: each job's output whole when it "
              "ends). Lines are never cut, even as -u/--ungroup.")] = False,
     tag: Annotated[bool, typer.Option(
