@@ -451,6 +451,61 @@ def test_many_arguments_a_job_stay_within_a_command(tmp_path: Path) -> None:
     assert max(len(f"echo {line}".encode()) for line in lines) <= MAX_COMMAND_BYTES
 
 
+def _numbers(count: int) -> str:
+    return "".join(f"{i}\n" for i in range(1, count + 1))
+
+
+@pytest.mark.parametrize(("args", "stdin"), [
+    (["--pipe", "--block", "100", "wc", "-c"], _numbers(1000)),  # cut at the last whole line
+    (["--pipe", "--block", "1k", "wc", "-l"], _numbers(10_000)),  # k: 1000s
+    (["--pipe", "--block", "1K", "wc", "-l"], _numbers(10_000)),  # K: 1024s
+    (["--pipe", "wc", "-l"], _numbers(300_000)),  # 1M blocks by default
+    (["--pipe", "--block", "20", "echo {#}; cat"], "ab\ncd\nef\ngh\nij\nkl\nmn\nop\nq"),
+])
+def test_pipe_as_gnu_parallel(tmp_path: Path, args: list[str], stdin: str) -> None:
+    """--pipe: each block of whole lines is one job's stdin, cut where parallel cuts."""
+    require(shutil.which("parallel") is not None, "GNU parallel")
+    ours = shoal(tmp_path, "run", "-k", *args, stdin=stdin)
+    theirs = subprocess.run(["parallel", "--will-cite", "-k", *args], cwd=tmp_path,
+                            input=stdin, capture_output=True, text=True, timeout=60)
+    assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
+    assert ours.stdout == theirs.stdout and len(ours.stdout.splitlines()) > 1
+
+
+def test_pipe_keeps_a_failed_blocks_bytes_for_its_retry_and_nothing_else(
+        tmp_path: Path) -> None:
+    numbers = _numbers(12)  # blocks of 6 bytes: 1-3, 4-6, 7-9, 10-11 and 12
+    command = "cat > out.{#}; test -e fixed || ! grep -qx 5 out.{#}"  # the 2nd fails once
+    first = shoal(tmp_path, "run", "--pipe", "--block", "6", command, stdin=numbers)
+    assert first.returncode == 1 and "4 done, 1 failed of 5" in first.stderr, first.stderr
+    [home] = (tmp_path / ".shoal" / "runs").iterdir()
+    kept = list((home / "blocks").iterdir())
+    assert [path.name for path in kept] == ["2"]  # the failed job's block, and only it
+    assert kept[0].read_text() == "4\n5\n6\n"
+    (tmp_path / "out.2").unlink()
+    (tmp_path / "fixed").touch()
+    again = shoal(tmp_path, "run", "--pipe", "--block", "6", "--resume-failed", command,
+                  stdin=numbers)
+    assert again.returncode == 0 and "1 done, 0 failed of 1" in again.stderr, again.stderr
+    assert (tmp_path / "out.2").read_text() == "4\n5\n6\n"  # the same bytes, run again
+    assert not any((home / "blocks").iterdir())
+    dry = shoal(tmp_path, "run", "--pipe", "--block", "6", "--dry-run", "wc -l", stdin=numbers)
+    assert dry.returncode == 0 and len(dry.stdout.splitlines()) == 5
+    assert dry.stdout.splitlines()[0].endswith("/blocks/1; wc -l")
+    assert len(list((tmp_path / ".shoal" / "runs").iterdir())) == 1  # the dry run wrote none
+
+
+def test_pipe_reads_on_as_jobs_end(tmp_path: Path) -> None:
+    """Blocks are read as jobs take them: with -j 1, a few are on the disk at a time, not all
+    of a large input at once (parallel reads no further ahead either)."""
+    lines = "".join(f"{i:0999d}\n" for i in range(60))  # 60 blocks of 1000 bytes
+    count = 'ls "$(dirname "$(readlink /proc/self/fd/0)")" | wc -l; sleep 0.02'
+    result = shoal(tmp_path, "run", "--pipe", "--block", "1k", "-j", "1", count, stdin=lines)
+    assert result.returncode == 0 and "60 done" in result.stderr, result.stderr
+    on_disk = [int(line) for line in result.stdout.split()]
+    assert len(on_disk) == 60 and max(on_disk) <= 4  # -j 1: two a slot and two more
+
+
 def test_number_of_jobs_of_a_file_of_commands_and_of_nothing(tmp_path: Path) -> None:
     (tmp_path / "jobs.txt").write_text("echo hi\necho ho\n")
     tagged = shoal(tmp_path, "run", "-k", "--tagstring", "{#}/{##}", "jobs.txt")
@@ -539,7 +594,15 @@ def test_argument_option_refusals(tmp_path: Path) -> None:
                           (["-X", "echo", ":::", "a", ":::", "b"], "-X: packs the arguments"),
                           (["-X", "-N", "2", "echo", ":::", "a"], "-X and -N: give one"),
                           (["-m", "jobs.txt"], "-m: for arguments"),
-                          (["-m"], "-m: for arguments given to a command")):
+                          (["-m"], "-m: for arguments given to a command"),
+                          (["--pipe"], "--pipe: give the command"),
+                          (["--pipe", "cat", ":::", "a"], "--pipe: stdin is cut into blocks"),
+                          (["--pipe", "-N", "2", "cat"], "not with -N"),
+                          (["--block", "1k", "cat"], "--block: the size of --pipe's"),
+                          (["--pipe", "--block", "0", "cat"], "--block: '0' is less than"),
+                          (["--pipe", "--block", "1x", "cat"], "--block: '1x' is not a size"),
+                          (["--pipe", "echo {##}"], "{##}: --pipe cuts stdin"),
+                          (["--pipe", "--hosts", "h1", "cat"], "not with --hosts")):
         result = shoal(tmp_path, "run", *args)
         assert result.returncode == 2, result.stderr
         [line] = result.stderr.splitlines()

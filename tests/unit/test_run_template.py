@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from shoal.core.errors import InputError
 from shoal.formats import parse_text
 from shoal.run.driver import Halt, parse_halt
+from shoal.run.pipe import cut, parse_block
 from shoal.run.template import (
     Sources,
     by_position,
@@ -54,6 +55,39 @@ def test_packed_keeps_every_argument_once_in_order_within_the_limit(
         assert base + sum(len(arg) + 1 for arg in job) <= limit or len(job) == 1
     if base + sum(len(arg) + 1 for arg in args) <= limit:  # all fit in one command:
         assert len(jobs) == -(-len(args) // per_job)  # spread evenly, as parallel
+
+
+@given(st.lists(st.text("ab\n", max_size=9), max_size=30).map("".join), st.integers(1, 12),
+       st.lists(st.integers(1, 7), min_size=1, max_size=20))
+def test_pipe_blocks_are_whole_lines_within_their_size(text: str, block: int,
+                                                        reads: list[int]) -> None:
+    """However the input arrives, blocks are cut at the same places: whole lines, as many as
+    fit in `block` bytes (a longer line alone), the last one maybe unended."""
+    data, buffer, blocks = text.encode(), bytearray(), []
+    taken, final = 0, False
+    while not final:
+        size = reads[len(blocks) % len(reads)]
+        buffer += data[taken:taken + size]
+        taken += size
+        final = taken >= len(data)
+        while length := cut(buffer, block, final):
+            blocks.append(bytes(buffer[:length]))
+            del buffer[:length]
+    assert b"".join(blocks) == data and not buffer
+    for index, piece in enumerate(blocks):
+        assert piece.endswith(b"\n") or index == len(blocks) - 1
+        assert len(piece) <= block or piece.count(b"\n") <= 1
+        if index + 1 < len(blocks):  # the next line did not fit
+            following = blocks[index + 1].split(b"\n")[0] + b"\n"
+            assert len(piece) + len(following) > block or len(piece) > block
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("100", 100), ("1k", 1000), ("1K", 1024), ("2M", 2 * 1024**2), ("1m", 10**6),
+    ("1.5K", 1536), (" 3g ", 3 * 10**9),
+])
+def test_block_sizes_as_gnu_parallel(text: str, size: int) -> None:
+    assert parse_block(text) == size
 
 
 def test_the_number_of_jobs_is_filled_only_where_it_is_known() -> None:

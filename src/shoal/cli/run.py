@@ -166,6 +166,14 @@ def run_command(
     shuffle: Annotated[bool, typer.Option(
         "--shuf", help="Run the jobs of ::: and :::: arguments in a random order ({#} counts "
                        "in it).")] = False,
+    pipe: Annotated[bool, typer.Option(
+        "--pipe", help="Cut stdin into blocks of whole lines, each the stdin of one run of "
+                       "the command (kept in the run's state until its job succeeds).")
+    ] = False,
+    block: Annotated[str | None, typer.Option(
+        "--block", "--block-size", metavar="SIZE",
+        help="With --pipe: a block's size (default 1M; K, M, G are 1024s, k, m, g 1000s).")
+    ] = None,
     header: Annotated[str | None, typer.Option(
         "--header", metavar=":",
         help="The first argument of each source (first line, of a file or stdin) is its "
@@ -188,7 +196,8 @@ def run_command(
                        nice=nice, colsep=colsep, tagstring=tagstring, max_args=max_args,
                        pack=_pack(context_pack, multiple_pack, max_args), replace=replace,
                        delimiter=_delimiter(null, delimiter),
-                       header=_header(header), workdir=workdir, shuffle=shuffle)
+                       header=_header(header), workdir=workdir, shuffle=shuffle,
+                       block=_block(pipe, block))
     file, command, sources = _input_words(words or [], arg_file or [], link, choices)
     if file is None or command is not None or str(file) == "-" or _is_stream(file):
         given = [name for name, value in (("-r", retry), ("-1", one_only), ("-l", logfile),
@@ -253,6 +262,33 @@ def _delimiter(null: bool, text: str | None) -> bytes | None:
     return b"\0" if null else None if text is None else parse_delimiter(text)
 
 
+def _block(pipe: bool, size: str | None) -> int | None:
+    """--pipe's block size in bytes; None without --pipe."""
+    from shoal.run.pipe import DEFAULT_BLOCK_BYTES, parse_block
+
+    if not pipe:
+        if size is not None:
+            raise InputError("--block: the size of --pipe's blocks; --pipe is not given")
+        return None
+    return DEFAULT_BLOCK_BYTES if size is None else parse_block(size)
+
+
+def _pipe_refusals(choices: _Choices, command: str | None, sources: Sources,
+                   hosts: str | None) -> None:
+    """--pipe feeds stdin to one command, in blocks: nothing else gives it input."""
+    if choices.block is None:
+        return
+    if command is None:
+        raise InputError("--pipe: give the command that reads each block "
+                         "(`... | shoal run --pipe wc -l`)")
+    clashing = [flag for flag in choices.for_arguments() if flag != "--pipe"]
+    if sources or clashing:
+        raise InputError(f"--pipe: stdin is cut into blocks for the command; not with "
+                         f"{clashing[0] if clashing else ':::, :::: or -a'}")
+    if hosts is not None:
+        raise InputError("--pipe: the blocks are kept on this machine; not with --hosts")
+
+
 def _pack(context: bool, multiple: bool, max_args: int | None) -> str | None:
     """-X or -m, each of which says how many arguments a job gets, as -N does."""
     given = [flag for flag, on in (("-X", context), ("-m", multiple), ("-N", max_args is not None))
@@ -266,7 +302,8 @@ def _pack(context: bool, multiple: bool, max_args: int | None) -> str | None:
 # option starts the command (`ls | shoal run -I % cp -p % /backup`).
 _ARGUMENT_OPTIONS = frozenset({"-N", "--max-args", "-X", "-m", "-I", "-0", "--null", "-d",
                                "--delimiter", "--header", "--shuf", "--link", "--xapply", "-a",
-                               "--arg-file", "--colsep"})
+                               "--arg-file", "--colsep", "--pipe", "--block",
+                               "--block-size"})
 
 
 def _option_name(word: str) -> str:
@@ -342,6 +379,7 @@ class _Choices:
     header: bool = False
     workdir: str | None = None
     shuffle: bool = False
+    block: int | None = None  # --pipe's block size
 
     def given(self) -> list[str]:
         return ["--" + name.replace("_", "-") for name, value in vars(self).items()
@@ -395,7 +433,8 @@ class _Choices:
             ("--colsep", self.colsep is not None), ("-N", self.max_args is not None),
             (self.pack or "-X", self.pack is not None),
             ("-I", self.replace is not None), ("-0/-d", self.delimiter is not None),
-            ("--header", self.header), ("--shuf", self.shuffle)) if given]
+            ("--header", self.header), ("--shuf", self.shuffle),
+            ("--pipe", self.block is not None)) if given]
 
     def filling(self, command: str | None, slots: int) -> Filling:
         """How arguments fill `command` (None: they are the commands), `slots` at once."""
@@ -412,7 +451,7 @@ class _Choices:
         colsep = None if self.colsep is None else parse_colsep(self.colsep)
         return Filling(template=command, colsep=colsep, tagstring=self.tagstring,
                        max_args=self.max_args, delimiter=self.delimiter, header=self.header,
-                       shuffle=self.shuffle, pack=self.pack, slots=slots)
+                       shuffle=self.shuffle, pack=self.pack, slots=slots, block=self.block)
 
     def delay_seconds(self) -> float:
         from shoal.core.models import parse_duration
@@ -482,6 +521,7 @@ def _run_new(file: Path | None, command: str | None, sources: Sources, parallel:
         defaults = {**job_defaults(Path("stdin")), **choices.job_fields()}
         if choices.colsep is not None and not sources and not command:
             raise InputError(f"--colsep: {_NEEDS_ARGUMENTS}")
+        _pipe_refusals(choices, command, sources, hosts)
         filling = choices.filling(command, parallel)
         if sources:
             defaults["group"] = "arguments"

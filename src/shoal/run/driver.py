@@ -311,9 +311,11 @@ class Run:
                 before = self._earlier_states.get(job_id)
                 if before is JobState.DONE:
                     self.report.skipped_done += 1
+                    self.input.ended(item.number, succeeded=True)
                     continue
                 if before is JobState.FAILED and mode == RESUME:
                     self.report.skipped_failed += 1
+                    self.input.ended(item.number, succeeded=False)
                     continue
                 again.append((job_id, item))
                 continue
@@ -395,6 +397,7 @@ class Run:
         tracked = self.tracked[job.id]
         shown = Shown(job, tracked.number, tracked.tag, tracked.index)
         assert self.printer is not None
+        self.input.ended(tracked.number, succeeded=job.state is JobState.DONE)
         if job.state is JobState.DONE:
             self.report.done += 1
             if job.wall_seconds is not None:
@@ -562,6 +565,7 @@ async def dry_run(run_input: RunInput, mode: str) -> None:
         finally:
             store.close()
     out = sys.stdout
+    run_input.writes = False
     try:
         async for batch in run_input.batches():
             for item in batch:

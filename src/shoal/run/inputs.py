@@ -24,7 +24,7 @@ from shoal.core.errors import InputError
 from shoal.core.models import MAX_COMMAND_BYTES, JobSpec
 from shoal.formats import check_file, iter_file, parse_text
 from shoal.formats.common import SpecBuilder, is_blank_or_comment
-from shoal.run import state
+from shoal.run import pipe, state
 from shoal.run.template import (
     Sources,
     argument_places,
@@ -63,6 +63,7 @@ class Filling:
     total: int | None = None  # how many jobs there are, for {##}; None: not known (yet)
     pack: str | None = None  # -X or -m: as many arguments a job as fit
     slots: int = 1  # the jobs at once (-j), over which -X and -m spread few arguments
+    block: int | None = None  # --pipe: stdin is cut into blocks of this size, one a job
 
     def named(self, names: Sequence[str]) -> Filling:
         """--header: the command and the tag with `{name}` put as `{N}`."""
@@ -76,7 +77,8 @@ class Filling:
     def padded(self) -> bool:
         """Whether a `{N}` past a job's last argument is empty (--colsep, -N, -X, -m), not
         refused."""
-        return self.colsep is not None or self.max_args is not None or self.pack is not None
+        return (self.colsep is not None or self.max_args is not None or self.pack is not None
+                or self.block is not None)
 
     @property
     def reads_all(self) -> bool:
@@ -139,10 +141,13 @@ class Filling:
 
     def key(self) -> str:
         """A run's state is named by its command (and how arguments are split into
-        columns)."""
-        template = self.template or ""
-        return template_key(template if self.colsep is None
-                            else f"{template}\0{self.colsep.pattern}")
+        columns, or stdin into blocks)."""
+        text = self.template or ""
+        if self.colsep is not None:
+            text += f"\0{self.colsep.pattern}"
+        if self.block is not None:
+            text += f"\0--pipe {self.block}"
+        return template_key(text)
 
 
 @dataclass
@@ -158,8 +163,14 @@ class RunInput:
     _filling: Filling = Filling()
     _fmt: str = "lines"
     _defaults: dict[str, Any] = field(default_factory=dict)
+    writes: bool = True  # False for a dry run: --pipe's blocks are not kept
+    _blocks: pipe.Blocks | None = None
 
     async def batches(self) -> AsyncIterator[list[Item]]:
+        if self._filling.block is not None:
+            async for batch in self._block_batches():
+                yield batch
+            return
         if self._items is not None:
             while True:
                 batch = [item for _, item in zip(range(BATCH), self._items, strict=False)]
@@ -173,10 +184,38 @@ class RunInput:
                                            self._filling.delimiter):
             yield batch
 
+    @property
+    def _blocks_dir(self) -> Path:
+        return state.run_dir(self.base, self.key) / pipe.BLOCKS
+
+    async def _block_batches(self) -> AsyncIterator[list[Item]]:
+        """--pipe: a job for each block of stdin, as it is read."""
+        assert self._handle is not None and self._filling.block is not None
+        builder = SpecBuilder(self._defaults, self.label)
+        directory = self._blocks_dir
+        self._blocks = pipe.Blocks(self._handle, self._filling.block,
+                                   directory if self.writes else None,
+                                   ahead=2 * self._filling.slots + 2)
+        async for numbers in self._blocks.numbers():
+            yield [Item(number, builder.build({"cmd": pipe.piped(
+                        self._filling.command([], number), pipe.block_path(directory, number))},
+                        number), self._filling.tag([], number, str(number)))
+                   for number in numbers]
+            if not self.writes:  # a dry run starts nothing: nothing ends to make room
+                for number in numbers:
+                    self._blocks.ended(number, succeeded=True)
+
+    def ended(self, number: int, succeeded: bool) -> None:
+        """The job of this item ended, or was skipped (--pipe: its block is let go)."""
+        if self._blocks is not None:
+            self._blocks.ended(number, succeeded)
+
     def _line_items(self) -> _LineParser:
         return _LineParser(self.label, self._fmt, self._defaults, self._filling)
 
     def close(self) -> None:
+        if self._blocks is not None:
+            self._blocks.close()
         if self._handle is not None:
             self._handle.close()
             self._handle = None
@@ -234,6 +273,9 @@ def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
     if filling.shuffle:
         raise InputError("--shuf: shuffles arguments given after :::, :::: or -a; stdin is "
                          "run as it comes (shuffle it first: `shuf | shoal run ...`)")
+    if filling.block is not None and filling.wants_total:
+        raise InputError("{##}: --pipe cuts stdin into jobs as it comes, so their number is "
+                         "not known")
     if filling.reads_all and filling.template is not None:
         return _whole_stream(path, defaults, filling)  # parallel reads it all first too
     filling.check(1 if filling.max_args is None else filling.max_args)
@@ -249,6 +291,7 @@ def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
         label = str(path)
     key = "stdin" if filling.template is None else f"stdin-{filling.key()}"
     return RunInput(label=label, key=key, base=state.base_dir(None), stream=True,
+                    numbered_by="line" if filling.block is None else "block",
                     _handle=handle, _filling=filling,
                     _fmt="wr" if fmt == "wr" else "lines", _defaults=dict(defaults))
 
