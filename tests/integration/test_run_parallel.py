@@ -639,6 +639,24 @@ def test_joblog_matches_gnu_parallel(tmp_path: Path) -> None:
     assert _joblog_kinds(killed_ours.read_text()) == _joblog_kinds(killed_theirs.read_text())
 
 
+def test_pipe_joblog_counts_each_blocks_bytes_as_gnu_parallel(tmp_path: Path) -> None:
+    require(shutil.which("parallel") is not None, "GNU parallel")
+    ours, theirs = tmp_path / "shoal.log", tmp_path / "parallel.log"
+    numbers = _numbers(100)
+    shoal(tmp_path, "run", "--pipe", "--block", "100", "--joblog", str(ours), "--quiet",
+          "cat", stdin=numbers)
+    subprocess.run(["parallel", "--will-cite", "--pipe", "--block", "100", "--joblog",
+                    str(theirs), "cat"], cwd=tmp_path, input=numbers, capture_output=True,
+                   text=True, timeout=60)
+
+    def sent_and_received(log: Path) -> list[tuple[str, str, str]]:
+        rows = [line.split("\t") for line in log.read_text().splitlines()[1:]]
+        return sorted((seq, send, receive) for seq, _, _, _, send, receive, *_ in rows)
+
+    assert sent_and_received(ours) == sent_and_received(theirs)
+    assert [send for _, send, _ in sent_and_received(ours)] == ["99", "99", "94"]
+
+
 def test_logs_status_and_jobs_read_the_state_without_a_server(tmp_path: Path) -> None:
     jobs = tmp_path / "jobs.txt"
     jobs.write_text("echo hello\necho oops >&2; exit 4\nsleep 0\n")

@@ -397,6 +397,7 @@ class Run:
         tracked = self.tracked[job.id]
         shown = Shown(job, tracked.number, tracked.tag, tracked.index)
         assert self.printer is not None
+        sent = self.input.stdin_bytes(tracked.number)  # before the block is let go
         self.input.ended(tracked.number, succeeded=job.state is JobState.DONE)
         if job.state is JobState.DONE:
             self.report.done += 1
@@ -418,7 +419,7 @@ class Run:
             self.results.write(shown, self.printer)
         if self.joblog is not None:
             received = len(self.printer.output_of(job.id, "stdout"))
-            self.joblog.write(shown, received, LOCAL_WORKER)
+            self.joblog.write(shown, sent, received, LOCAL_WORKER)
         self.printer.ended(shown)
         self._update_bar(force=True)
 

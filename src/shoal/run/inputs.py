@@ -205,6 +205,10 @@ class RunInput:
                 for number in numbers:
                     self._blocks.ended(number, succeeded=True)
 
+    def stdin_bytes(self, number: int) -> int:
+        """What this item's job was given on its stdin (--pipe: its block)."""
+        return 0 if self._blocks is None else self._blocks.sizes.get(number, 0)
+
     def ended(self, number: int, succeeded: bool) -> None:
         """The job of this item ended, or was skipped (--pipe: its block is let go)."""
         if self._blocks is not None:

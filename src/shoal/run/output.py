@@ -236,7 +236,8 @@ class Joblog:
             self._handle.write(JOBLOG_HEADER)
             self._handle.flush()
 
-    def write(self, shown: Shown, receive_bytes: int, local_worker: str) -> None:
+    def write(self, shown: Shown, send_bytes: int, receive_bytes: int,
+              local_worker: str) -> None:
         job = shown.job
         host = ":" if job.worker in (None, local_worker) else (job.host or job.worker or ":")
         signal_number = signal_of(job)
@@ -244,7 +245,7 @@ class Joblog:
                                               else -1)
         command = job.cmd.replace("\n", " ")
         self._handle.write(f"{shown.number}\t{host}\t{job.started_at or 0.0:.3f}\t"
-                           f"{job.wall_seconds or 0.0:10.3f}\t0\t{receive_bytes}\t"
+                           f"{job.wall_seconds or 0.0:10.3f}\t{send_bytes}\t{receive_bytes}\t"
                            f"{exit_value}\t{signal_number}\t{command}\n")
         self._handle.flush()
 

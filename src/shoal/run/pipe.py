@@ -76,10 +76,12 @@ class Blocks:
         self.directory = directory
         self._room = threading.Semaphore(ahead)
         self._closed = threading.Event()
+        self.sizes: dict[int, int] = {}  # block -> bytes, until its job ends
 
     def ended(self, number: int, succeeded: bool) -> None:
         """A block's job ended (or was skipped): room for the next; a block that succeeded
         is not needed again."""
+        self.sizes.pop(number, None)
         if succeeded and self.directory is not None:
             with contextlib.suppress(FileNotFoundError):
                 block_path(self.directory, number).unlink()
@@ -139,6 +141,7 @@ class Blocks:
                         with open(block_path(self.directory, number), "wb") as out:
                             out.write(buffer[:length])
                     del buffer[:length]
+                    self.sizes[number] = length
                     put(number)
         except ValueError:  # the handle was closed: the run is over
             pass
