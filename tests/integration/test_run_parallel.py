@@ -602,7 +602,10 @@ def test_argument_option_refusals(tmp_path: Path) -> None:
                           (["--pipe", "--block", "0", "cat"], "--block: '0' is less than"),
                           (["--pipe", "--block", "1x", "cat"], "--block: '1x' is not a size"),
                           (["--pipe", "echo {##}"], "{##}: --pipe cuts stdin"),
-                          (["--pipe", "--hosts", "h1", "cat"], "not with --hosts")):
+                          (["--pipe", "--hosts", "h1", "cat"], "not with --hosts"),
+                          (["-S", ":", "echo", ":::", "a"], "':' is this machine"),
+                          (["--sshlogin", "4/node1", "echo", ":::", "a"],
+                           "give the host alone ('node1')")):
         result = shoal(tmp_path, "run", *args)
         assert result.returncode == 2, result.stderr
         [line] = result.stderr.splitlines()

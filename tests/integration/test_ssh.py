@@ -297,9 +297,9 @@ def test_run_with_hosts_spreads_jobs_over_ssh_workers_and_stops_them(
         assert owners & {a.name for a in accounts}, owners  # some ran on the SSH hosts
         assert_no_processes_left(bed, accounts)
         # Resumable as ever: a second run finds everything done.
-        again = subprocess.run(
+        again = subprocess.run(  # -S: GNU parallel's name for --hosts
             [sys.executable, "-m", "shoal.cli.main", "run", str(jobs), "--json",
-             "--hosts", specs, "--listen", f"{hosts.server_address}:0"],
+             "-S", specs, "--listen", f"{hosts.server_address}:0"],
             cwd=work, env=env, capture_output=True, text=True, timeout=600)
         assert again.returncode == 0, again.stderr
         assert json.loads(again.stdout)["skipped_done"] == 16

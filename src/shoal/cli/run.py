@@ -77,7 +77,7 @@ def run_command(
              f"{DEFAULT_LISTEN}); prints their join line. Lines run here only with -j N.")
     ] = None,
     hosts: Annotated[str | None, typer.Option(
-        "--hosts", metavar="HOST,...",
+        "--hosts", "-S", "--sshlogin", metavar="HOST,...",
         help="Also run the jobs on these [user@]host[:port] over SSH (GNU parallel's "
              "--sshlogin): a worker is started on each for this run and stopped after it, "
              "joined to this run on --listen (default: every address, any free port). "
@@ -553,9 +553,16 @@ def _ssh_hosts(text: str | None) -> list[SshHost]:
         return []
     from shoal.provision.hosts import parse_host, unique_hosts
 
-    items = [item for item in text.split(",") if item.strip()]
+    items = [item.strip() for item in text.split(",") if item.strip()]
     if not items:
         raise InputError("--hosts: no host in it")
+    for item in items:  # GNU parallel's forms that shoal has no place for
+        if item == ":":
+            raise InputError("--hosts: ':' is this machine, where shoal run's jobs run "
+                             "already; name the other hosts only")
+        if re.match(r"^\d+/", item):
+            raise InputError(f"--hosts: {item!r}: a host's worker takes the cores it has; "
+                             f"give the host alone ({item.split('/', 1)[1]!r})")
     return unique_hosts([parse_host(item) for item in items])
 
 
