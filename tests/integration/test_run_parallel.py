@@ -449,6 +449,13 @@ def test_many_arguments_a_job_stay_within_a_command(tmp_path: Path) -> None:
     lines = ours.stdout.splitlines()
     assert len(lines) > 2  # more than the -j 2 spread: the size of a command cut them
     assert max(len(f"echo {line}".encode()) for line in lines) <= MAX_COMMAND_BYTES
+    # -X repeats the word holding {} for each argument: every copy counts
+    word = "echo {#}/{##} " + "w" * 40 + "{}"
+    repeated = shoal(tmp_path, "run", "-X", "--dry-run", word, stdin=numbers)
+    assert repeated.returncode == 0, repeated.stderr
+    commands = repeated.stdout.splitlines()
+    assert max(len(command.encode()) for command in commands) <= MAX_COMMAND_BYTES
+    assert sum(command.count("w" * 40) for command in commands) == 100_000
 
 
 def _numbers(count: int) -> str:

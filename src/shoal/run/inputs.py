@@ -27,7 +27,6 @@ from shoal.formats.common import SpecBuilder, is_blank_or_comment
 from shoal.run import pipe, state
 from shoal.run.template import (
     Sources,
-    argument_places,
     by_position,
     chunked,
     fill,
@@ -117,18 +116,16 @@ class Filling:
     def pack_jobs(self, args: Sequence[str]) -> list[tuple[str, ...]]:
         """-X, -m: `args` grouped into jobs whose commands stay within the size of one."""
         assert self.template is not None
-        # Sized with the widest {#} and {##}; each argument also adds a separator in every
-        # place that takes them all: a little more than the command will be, never less.
+        # Sized with the widest {#} and {##}, and an argument by what it adds after another
+        # (with -X, its copy of the word, separator included): never less than the command.
         sizing = dataclasses.replace(self, total=len(args))
-        places = argument_places(self.template)
 
-        def size(words: Sequence[str]) -> int:
-            command = sizing.command(words, len(args))
+        def size(some: Sequence[str]) -> int:
+            command = sizing.command(sizing.words(some), len(args))
             return len(command.encode("utf-8", "surrogateescape"))
 
-        base = size([])
-        return packed(args, self.slots, base,
-                      lambda arg: size(self.words([arg])) - base + places, MAX_COMMAND_BYTES)
+        return packed(args, self.slots, size([]),
+                      lambda arg: size([arg, arg]) - size([arg]), MAX_COMMAND_BYTES)
 
     def tag(self, words: Sequence[str], number: int, given: str) -> str:
         """What --tag puts before a job's lines: `given` (its line number or arguments), or

@@ -73,11 +73,6 @@ def has_placeholder(template: str) -> bool:
     return _PLACEHOLDER.search(template) is not None
 
 
-def argument_places(template: str) -> int:
-    """How many places in `template` take every argument of a job (`{}`, `{.}`, ...)."""
-    return len(_UNNUMBERED.findall(template))
-
-
 def wants_total(template: str | None) -> bool:
     """Whether `{##}` is in it: the number of jobs must be known before the first."""
     return template is not None and TOTAL in template
