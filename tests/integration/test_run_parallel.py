@@ -468,6 +468,8 @@ def _numbers(count: int) -> str:
     (["--pipe", "--block", "1K", "wc", "-l"], _numbers(10_000)),  # K: 1024s
     (["--pipe", "wc", "-l"], _numbers(300_000)),  # 1M blocks by default
     (["--pipe", "--block", "20", "echo {#}; cat"], "ab\ncd\nef\ngh\nij\nkl\nmn\nop\nq"),
+    (["--pipe", "--header", ":", "--block", "10", "cat; echo ---"], "h\n" + _numbers(12)),
+    (["--pipe", "--header", ":", "--block", "1k", "wc -l"], "name,n\n" + _numbers(5000)),
 ])
 def test_pipe_as_gnu_parallel(tmp_path: Path, args: list[str], stdin: str) -> None:
     """--pipe: each block of whole lines is one job's stdin, cut where parallel cuts."""

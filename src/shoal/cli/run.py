@@ -281,7 +281,7 @@ def _pipe_refusals(choices: _Choices, command: str | None, sources: Sources,
     if command is None:
         raise InputError("--pipe: give the command that reads each block "
                          "(`... | shoal run --pipe wc -l`)")
-    clashing = [flag for flag in choices.for_arguments() if flag != "--pipe"]
+    clashing = [flag for flag in choices.for_arguments() if flag not in ("--pipe", "--header")]
     if sources or clashing:
         raise InputError(f"--pipe: stdin is cut into blocks for the command; not with "
                          f"{clashing[0] if clashing else ':::, :::: or -a'}")

@@ -192,7 +192,8 @@ class RunInput:
         directory = self._blocks_dir
         self._blocks = pipe.Blocks(self._handle, self._filling.block,
                                    directory if self.writes else None,
-                                   ahead=2 * self._filling.slots + 2)
+                                   ahead=2 * self._filling.slots + 2,
+                                   header=self._filling.header)
         async for numbers in self._blocks.numbers():
             yield [Item(number, builder.build({"cmd": pipe.piped(
                         self._filling.command([], number), pipe.block_path(directory, number))},

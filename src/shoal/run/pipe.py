@@ -1,10 +1,10 @@
 """--pipe: stdin cut into blocks of whole lines, each the stdin of one job (GNU parallel's).
 
 A block is at most `--block` bytes of whole lines (a line longer than that is a block of its
-own), cut where GNU parallel cuts. Blocks are written to the run's state directory as they are
-read, so memory stays flat however much is piped in and however slow the jobs are, and a job
-run again (a retry, `--resume-failed`) reads the same bytes. A block is deleted once its job
-has succeeded.
+own), cut where GNU parallel cuts; with `--header :`, stdin's first line goes before each.
+Blocks are written to the run's state directory as they are read, so memory stays flat
+however much is piped in and however slow the jobs are, and a job run again (a retry,
+`--resume-failed`) reads the same bytes. A block is deleted once its job has succeeded.
 """
 
 from __future__ import annotations
@@ -70,10 +70,12 @@ class Blocks:
     only counted). At most `ahead` blocks are waiting or running at once: the thread reads on
     as jobs end, as parallel does, so a large input never lands on the disk all at once."""
 
-    def __init__(self, handle: BinaryIO, size: int, directory: Path | None, ahead: int):
+    def __init__(self, handle: BinaryIO, size: int, directory: Path | None, ahead: int,
+                 *, header: bool = False):
         self.handle = handle
         self.size = size
         self.directory = directory
+        self.header = header  # the first line goes before every block (--header :)
         self._room = threading.Semaphore(ahead)
         self._closed = threading.Event()
         self.sizes: dict[int, int] = {}  # block -> bytes, until its job ends
@@ -125,6 +127,7 @@ class Blocks:
 
     def _read(self, put: Callable[[int | BaseException | None], None]) -> None:
         buffer = bytearray()
+        header: bytes | None = None if self.header else b""
         number = 0
         final = False
         try:
@@ -132,6 +135,12 @@ class Blocks:
                 chunk = os.read(self.handle.fileno(), READ_BYTES)
                 final = not chunk
                 buffer += chunk
+                if header is None:  # --header: the first line, whole, before any block
+                    end = buffer.find(b"\n") + 1 or (len(buffer) if final else 0)
+                    if not end:
+                        continue
+                    header = bytes(buffer[:end])
+                    del buffer[:end]
                 while length := cut(buffer, self.size, final):
                     while not self._room.acquire(timeout=0.2):
                         if self._closed.is_set():
@@ -139,9 +148,10 @@ class Blocks:
                     number += 1
                     if self.directory is not None:
                         with open(block_path(self.directory, number), "wb") as out:
+                            out.write(header)
                             out.write(buffer[:length])
                     del buffer[:length]
-                    self.sizes[number] = length
+                    self.sizes[number] = len(header) + length
                     put(number)
         except ValueError:  # the handle was closed: the run is over
             pass
