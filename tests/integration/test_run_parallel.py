@@ -79,6 +79,42 @@ def test_line_buffer_shows_lines_while_the_job_runs(tmp_path: Path, flag: str) -
     assert rest.strip().endswith(b"second x") or rest.strip().endswith(b"second")
 
 
+def test_line_buffer_in_order_prints_the_oldest_live_and_holds_the_rest(
+        tmp_path: Path) -> None:
+    """-k with --lb, as GNU parallel: the oldest job's lines as they come; a later job's,
+    though it has ended, only once every job before it has been printed."""
+    gate, done = tmp_path / "gate", tmp_path / "two-done"
+    command = (f"if [ {{}} = 1 ]; then echo one-1; while ! test -f {gate}; do sleep 0.05; "
+               f"done; echo one-2; else echo two; touch {done}; fi")
+    process = subprocess.Popen(
+        [*SHOAL, "run", "-k", "--lb", "-j", "2", command, ":::", "1", "2"], cwd=tmp_path,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=_env({"HOME": str(tmp_path)}))
+    assert process.stdout is not None
+    try:
+        assert process.stdout.readline() == b"one-1\n"  # while the job waits for the gate
+        wait_until(done.exists, timeout=60, message="the second job to end")
+        time.sleep(0.5)  # several reads of the running jobs' output
+        ready, _, _ = select.select([process.stdout], [], [], 0)
+        assert not ready  # "two" is held: the first job has not ended
+        gate.touch()
+        assert process.stdout.read() == b"one-2\ntwo\n"
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_line_buffer_in_order_as_gnu_parallel(tmp_path: Path) -> None:
+    require(shutil.which("parallel") is not None, "GNU parallel")
+    args = ["-k", "--lb", "-j", "3", "echo a{}; sleep 0.{}; echo b{}", ":::", "3", "1", "2"]
+    ours = shoal(tmp_path, "run", *args)
+    theirs = subprocess.run(["parallel", "--will-cite", *args], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
+    assert ours.stdout == theirs.stdout == "a3\nb3\na1\nb1\na2\nb2\n"
+
+
 def test_stdin_jobs_start_before_the_input_ends(tmp_path: Path) -> None:
     started = tmp_path / "started"
     process = subprocess.Popen([*SHOAL, "run", "-j", "2"], cwd=tmp_path, stdin=subprocess.PIPE,
@@ -694,7 +730,7 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
     for args in (["run", "--timeout", "soon", "echo", ":::", "1"],
                  ["run", "--fresh", "--resume", "echo", ":::", "1"],
                  ["run", "echo {3}", ":::", "1"],
-                 ["run", "--line-buffer", "-k", "echo", ":::", "1"]):
+                 ["run", "-X", "-m", "echo", ":::", "1"]):
         result = shoal(tmp_path, *args)
         assert result.returncode == 2, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

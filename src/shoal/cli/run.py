@@ -420,9 +420,6 @@ class _Choices:
     def output_settings(self, json_output: bool) -> OutputSettings:
         from shoal.run.output import GROUP, LINE, NONE, OutputSettings
 
-        if self.line_buffer and self.keep_order:
-            raise InputError("--line-buffer and --keep-order: lines as they come cannot "
-                             "also be in input order")
         mode = NONE if self.quiet or json_output else LINE if self.line_buffer else GROUP
         return OutputSettings(mode=mode, tag=self.tag or self.tagstring is not None,
                               keep_order=self.keep_order)

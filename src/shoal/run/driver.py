@@ -334,7 +334,7 @@ class Run:
         self.pending.add(job_id)
         self.report.total += 1
         if self.printer is not None:
-            self.printer.watch(job_id, item.tag)
+            self.printer.watch(job_id, item.tag, self.tracked[job_id].index)
 
     # ---- following the jobs ----------------------------------------------------------------
 

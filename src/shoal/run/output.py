@@ -79,12 +79,18 @@ class Printer:
         self.terminal = terminal
         self.kept_dir = kept_dir
         self._stored_output = stored_output
-        # Whether ended jobs' output is needed whole: to print it grouped or keep --results.
-        self._keep = keep_files or settings.mode == GROUP
+        # -k with --line-buffer: only the oldest job not yet printed is printed as it runs;
+        # the others' output is kept until it is their turn (GNU parallel's --lb -k).
+        self._line_in_order = settings.mode == LINE and settings.keep_order
+        # Whether ended jobs' output is needed whole: to print it grouped or later (-k), or
+        # to keep it for --results.
+        self._keep = keep_files or settings.mode == GROUP or self._line_in_order
         if self._keep:
             kept_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._tags: dict[int, str] = {}  # job id -> tag, for line mode
+        self._indexes: dict[int, int] = {}  # job id -> its place in the run, for line mode
         self._offsets: dict[int, list[int]] = {}  # job id -> [stdout, stderr] bytes printed
+        self._printed_live: set[int] = set()  # line mode, -k: jobs whose output is all out
         self._held: dict[int, Shown] = {}  # index -> ended, waiting for earlier ones (-k)
         self._next_index = 0
         self._skipped: set[int] = set()
@@ -92,8 +98,10 @@ class Printer:
     # ---- the runner's hook: the job's process has ended, its spool files still exist -----------
 
     def take(self, job_id: int, stdout_path: str, stderr_path: str) -> None:
-        if self.settings.mode == LINE:
+        if self.settings.mode == LINE and self._printing_now(job_id):
             self._stream_rest(job_id, stdout_path, stderr_path)
+            if self._line_in_order:
+                self._printed_live.add(job_id)
         if self._keep:
             for path, suffix in ((stdout_path, "stdout"), (stderr_path, "stderr")):
                 kept = self.kept_dir / f"{job_id}.{suffix}"
@@ -107,11 +115,18 @@ class Printer:
 
     # ---- --line-buffer ---------------------------------------------------------------------
 
-    def watch(self, job_id: int, tag: str) -> None:
+    def watch(self, job_id: int, tag: str, index: int) -> None:
         self._tags[job_id] = tag if self.settings.tag else ""
+        self._indexes[job_id] = index
+
+    def _printing_now(self, job_id: int) -> bool:
+        """Line mode: whether the job's lines go out as they come (with -k, the oldest's)."""
+        return not self._line_in_order or self._indexes.get(job_id) == self._next_index
 
     def stream(self, job_id: int, stdout_path: str, stderr_path: str) -> None:
         """Print the complete lines written since last time (line mode, jobs running)."""
+        if not self._printing_now(job_id):
+            return
         offsets = self._offsets.setdefault(job_id, [0, 0])
         for position, path in enumerate((stdout_path, stderr_path)):
             data = _read_file(path, offsets[position])
@@ -138,8 +153,11 @@ class Printer:
 
     def ended(self, shown: Shown) -> None:
         if self.settings.mode == LINE:
-            self._tags.pop(shown.job.id, None)
-        if self.settings.mode != GROUP:
+            self._indexes.pop(shown.job.id, None)
+            if not self._line_in_order:
+                self._tags.pop(shown.job.id, None)
+        if self.settings.mode == NONE or (self.settings.mode == LINE
+                                         and not self._line_in_order):
             self._discard(shown.job.id)
             return
         if not self.settings.keep_order:
@@ -170,6 +188,12 @@ class Printer:
 
     def _print(self, shown: Shown) -> None:
         tag = shown.tag if self.settings.tag else ""
+        if self._line_in_order:
+            self._tags.pop(shown.job.id, None)
+            if shown.job.id in self._printed_live:  # printed as it ran, the oldest
+                self._printed_live.discard(shown.job.id)
+                self._discard(shown.job.id)
+                return
         for stream in ("stdout", "stderr"):
             data = self.output_of(shown.job.id, stream)
             self.terminal.write(_tagged(data, tag), stderr=stream == "stderr")
