@@ -78,7 +78,7 @@ def run_command(
     ] = None,
     hosts: Annotated[str | None, typer.Option(
         "--hosts", "-S", "--sshlogin", metavar="HOST,...",
-        help="Also run the jobs on these [user@]host[:port] over SSH (GNU parallel's "
+        help="Also run the jobs on these \\[user@]host[:port] over SSH (GNU parallel's "
              "--sshlogin): a worker is started on each for this run and stopped after it, "
              "joined to this run on --listen (default: every address, any free port). "
              "Commands run in the same directory there.")] = None,

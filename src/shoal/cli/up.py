@@ -127,7 +127,7 @@ async def bounded(parallel: int, items: Sequence[Any],
 def up_command(
     ctx: typer.Context,
     hosts: Annotated[list[str] | None, typer.Argument(
-        metavar="HOST...", help="[ssh://][user@]host[:port], or a Host of ~/.ssh/config.")
+        metavar="HOST...", help="\\[ssh://]\\[user@]host[:port], or a Host of ~/.ssh/config.")
     ] = None,
     hosts_file: Annotated[Path | None, typer.Option(
         "--hosts-file", metavar="FILE", help="Hosts, one a line (# comments).")] = None,
