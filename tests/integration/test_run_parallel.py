@@ -687,6 +687,21 @@ def test_joblog_matches_gnu_parallel(tmp_path: Path) -> None:
     assert _joblog_kinds(killed_ours.read_text()) == _joblog_kinds(killed_theirs.read_text())
 
 
+def test_joblog_plus_appends_as_gnu_parallel(tmp_path: Path) -> None:
+    require(shutil.which("parallel") is not None, "GNU parallel")
+    for value in ("a", "b"):
+        shoal(tmp_path, "run", "--joblog", "+ours.log", "--quiet", "echo", ":::", value)
+        subprocess.run(["parallel", "--will-cite", "--joblog", "+theirs.log", "echo", ":::",
+                        value], cwd=tmp_path, capture_output=True, timeout=60)
+    assert not (tmp_path / "+ours.log").exists()
+
+    def rows(name: str) -> list[tuple[str, str]]:
+        lines = (tmp_path / name).read_text().splitlines()
+        return [(line.split("\t")[0], line.split("\t")[-1]) for line in lines]
+
+    assert rows("ours.log") == rows("theirs.log") == [("1", "echo a"), ("1", "echo b")]
+
+
 def test_pipe_joblog_counts_each_blocks_bytes_as_gnu_parallel(tmp_path: Path) -> None:
     require(shutil.which("parallel") is not None, "GNU parallel")
     ours, theirs = tmp_path / "shoal.log", tmp_path / "parallel.log"

@@ -171,8 +171,11 @@ class Run:
         self.printer = Printer(self.settings.output, self.terminal, home / "kept",
                                store.output, keep_files=self.results is not None)
         if self.settings.joblog is not None:
-            self.joblog = Joblog(self.settings.joblog,
-                                 append=self.settings.resume in (RESUME, RESUME_FAILED))
+            # `+FILE` appends, with no header, as in GNU parallel; a resumed run appends too.
+            name = str(self.settings.joblog)
+            plus = name.startswith("+")
+            self.joblog = Joblog(Path(name.removeprefix("+")), header=not plus,
+                                 append=plus or self.settings.resume in (RESUME, RESUME_FAILED))
         service.listeners.append(self._follow)
         loop = asyncio.get_running_loop()
         interrupted = asyncio.Event()

@@ -246,7 +246,7 @@ class Results:
 class Joblog:
     """`--joblog FILE` in GNU parallel's format: a header, then one line per ended job."""
 
-    def __init__(self, path: Path, *, append: bool):
+    def __init__(self, path: Path, *, append: bool, header: bool = True):
         self.path = path
         fresh = not append or not path.exists() or path.stat().st_size == 0
         try:
@@ -256,7 +256,7 @@ class Joblog:
             from shoal.core.errors import InputError
 
             raise InputError(f"--joblog {path}: {error.strerror or error}") from None
-        if fresh:
+        if fresh and header:
             self._handle.write(JOBLOG_HEADER)
             self._handle.flush()
 
