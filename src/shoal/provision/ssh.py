@@ -211,9 +211,9 @@ class SshProvider:
                 "; an encrypted key needs --passphrase, a password --password"
             raise HostError(host, f"authentication refused for user {self._user(host, user)} "
                                   f"(tried {tried}{hint})") from None
-        except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
-            raise HostError(host, _key_problem(str(exc), self.settings.passphrase is not None)
-                            ) from None
+        except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError, UnicodeDecodeError) as exc:
+            raise HostError(host, _key_problem(key_failure(exc),
+                                               self.settings.passphrase is not None)) from None
         except TimeoutError:
             raise HostError(host, "unreachable: no answer within "
                                   f"{self.settings.connect_timeout_seconds:.0f}s") from None
@@ -438,6 +438,15 @@ class SshProvider:
 
 
 _UNPARSABLE_KEY = re.compile(r"Invalid .*private key")  # asyncssh's words, one per format
+
+
+def key_failure(exc: Exception) -> str:
+    """asyncssh's words for a key it could not load. Now and then a wrong passphrase decrypts
+    an old PEM key to garbage whose text fields are not UTF-8, and asyncssh lets Python's
+    decoding error out: that is an unparsable key too."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "Invalid private key (it decrypts to bytes that are no key)"
+    return str(exc)
 
 
 def _key_problem(reason: str, passphrase_given: bool) -> str:

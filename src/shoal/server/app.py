@@ -246,8 +246,10 @@ def serve(home: Path, host: str, port: int, config: ReactorConfig | None = None,
     check_tls_settings(tls, host)
     lock_home(home)
     os.chmod(home, 0o700)
-    certificates = None if tls.insecure_http else Certificates(home, host, tls)
+    # The database first: one that is refused (emptied, damaged) must leave the home as it
+    # was, and the certificate would be reissued here if the host's names had changed.
     store = Store(home / DATABASE_FILE)
+    certificates = None if tls.insecure_http else Certificates(home, host, tls)
     tokens = TokenBook(store)
     admin_token, worker_token = tokens.ensure_default_tokens(home)
     guard = guard or GuardConfig()
