@@ -14,8 +14,7 @@ import random
 import re
 import stat
 import sys
-import threading
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -25,6 +24,7 @@ from shoal.core.models import MAX_COMMAND_BYTES, JobSpec
 from shoal.formats import check_file, iter_file, parse_text
 from shoal.formats.common import SpecBuilder, is_blank_or_comment
 from shoal.run import pipe, state
+from shoal.run.arrivals import arrivals
 from shoal.run.template import (
     Sources,
     by_position,
@@ -413,47 +413,35 @@ class _LineParser:
 async def _stream_batches(handle: BinaryIO, parse: _LineParser, delimiter: bytes | None
                          ) -> AsyncIterator[list[Item]]:
     """Items (lines, or what `delimiter` ends) are read in a thread and handed over as they
-    come; each batch is what has arrived since the last one."""
+    come; each batch is what has arrived since the last one (at most STREAM_BATCH jobs)."""
     end = b"\n" if delimiter is None else delimiter
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-    def read() -> None:
+    def read(put: Callable[[bytes], None]) -> None:
         pending = b""
         try:
-            while True:
-                chunk = os.read(handle.fileno(), 1 << 16)
-                if not chunk:
-                    break
+            while chunk := os.read(handle.fileno(), 1 << 16):
                 *lines, pending = (pending + chunk).split(end)
                 for line in lines:
-                    loop.call_soon_threadsafe(queue.put_nowait, line)
-        except (OSError, ValueError):
+                    put(line)
+        except (OSError, ValueError):  # closed, or unreadable: the input ends here
             pass
         finally:
             if pending:
-                loop.call_soon_threadsafe(queue.put_nowait, pending)
-            loop.call_soon_threadsafe(queue.put_nowait, None)
+                put(pending)
 
-    threading.Thread(target=read, name="shoal-run-input", daemon=True).start()
     number = 0
-    ended = False
-    while not ended:
-        raw = await queue.get()
+    async for raws in arrivals(read, "shoal-run-input"):
         batch: list[Item] = []
-        while True:
-            if raw is None:
-                ended = True
-                last = parse.finish()  # -N: the arguments left, fewer than a job's
-                if last is not None:
-                    batch.append(last)
-                break
+        for raw in raws:
             number += 1
             item = parse(number, raw)
             if item is not None:
                 batch.append(item)
-            if len(batch) >= STREAM_BATCH or queue.empty():
-                break
-            raw = queue.get_nowait()
+            if len(batch) >= STREAM_BATCH:
+                yield batch
+                batch = []
         if batch:
             yield batch
+    last = parse.finish()  # -N: the arguments left, fewer than a job's
+    if last is not None:
+        yield [last]

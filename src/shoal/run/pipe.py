@@ -9,7 +9,6 @@ however much is piped in and however slow the jobs are, and a job run again (a r
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from shoal.core.errors import InputError
+from shoal.run.arrivals import arrivals
 
 BLOCKS = "blocks"  # under the run's state directory
 DEFAULT_BLOCK_BYTES = 1024 * 1024  # parallel's --block 1M
@@ -96,36 +96,10 @@ class Blocks:
         """The numbers of the blocks written, as they come."""
         if self.directory is not None:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[int | BaseException | None] = asyncio.Queue()
+        async for numbers in arrivals(self._read, "shoal-run-pipe"):
+            yield numbers
 
-        def put(value: int | BaseException | None) -> None:
-            with contextlib.suppress(RuntimeError):  # the run is over and its loop closed
-                loop.call_soon_threadsafe(queue.put_nowait, value)
-
-        threading.Thread(target=self._read, args=(put,), name="shoal-run-pipe",
-                         daemon=True).start()
-        ended = False
-        while not ended:
-            numbers: list[int] = []
-            failure: BaseException | None = None
-            value = await queue.get()
-            while True:  # everything read since the last batch
-                if value is None:
-                    ended = True
-                elif isinstance(value, BaseException):
-                    failure, ended = value, True
-                else:
-                    numbers.append(value)
-                if ended or queue.empty():
-                    break
-                value = queue.get_nowait()
-            if numbers:
-                yield numbers
-            if failure is not None:
-                raise failure
-
-    def _read(self, put: Callable[[int | BaseException | None], None]) -> None:
+    def _read(self, put: Callable[[int], None]) -> None:
         buffer = bytearray()
         header: bytes | None = None if self.header else b""
         number = 0
@@ -155,7 +129,4 @@ class Blocks:
                     put(number)
         except ValueError:  # the handle was closed: the run is over
             pass
-        except OSError as error:  # a full disk, say: the run stops taking blocks
-            put(error)
-        finally:
-            put(None)
+        # Any other error (a full disk, say) ends the blocks, and is raised in the loop.

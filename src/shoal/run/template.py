@@ -116,7 +116,7 @@ def fill(template: str, args: Sequence[str], number: int, *, padded: bool = Fals
     which `{##}` needs). With
     `padded` (--colsep, -N), a `{N}` past the last argument is empty, as in parallel. Without
     `quote` (--tagstring), arguments go in as they are, and only where a placeholder is.
-    With `per_word` (-N), a word holding `{}` (or `{.}`, ...) is repeated for each argument,
+    With `per_word` (-N, -X), a word holding `{}` (or `{.}`, ...) is repeated for each argument,
     as parallel's context replace: `gzip {}.txt` of `a b` is `gzip a.txt b.txt`."""
     if not has_placeholder(template):
         return " ".join([template, *(shlex.quote(arg) for arg in args)]) if quote else template
