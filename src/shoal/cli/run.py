@@ -262,6 +262,11 @@ def _delimiter(null: bool, text: str | None) -> bytes | None:
     return b"\0" if null else None if text is None else parse_delimiter(text)
 
 
+def _joblog_path(given: Path | None) -> Path | None:
+    """--joblog FILE, or GNU parallel's `+FILE` (append to FILE)."""
+    return None if given is None else Path(str(given).removeprefix("+"))
+
+
 def _block(pipe: bool, size: str | None) -> int | None:
     """--pipe's block size in bytes; None without --pipe."""
     from shoal.run.pipe import DEFAULT_BLOCK_BYTES, parse_block
@@ -507,7 +512,9 @@ def _run_new(file: Path | None, command: str | None, sources: Sources, parallel:
     settings = RunSettings(
         parallel=parallel, output=choices.output_settings(json_output),
         bar=not json_output, halt=parse_halt(choices.halt) if choices.halt else None,
-        delay=choices.delay_seconds(), resume=choices.resume_mode(), joblog=choices.joblog,
+        delay=choices.delay_seconds(), resume=choices.resume_mode(),
+        joblog=_joblog_path(choices.joblog),
+        joblog_plus=choices.joblog is not None and str(choices.joblog).startswith("+"),
         results=choices.results, hosts=ssh_hosts, listen=host_listen)
     if parsed is not None:
         run = parsed

@@ -114,6 +114,7 @@ class RunSettings:
     delay: float = 0.0
     resume: str = AUTO
     joblog: Path | None = None
+    joblog_plus: bool = False  # `--joblog +FILE`: append, with no header, as GNU parallel
     results: Path | None = None
     hosts: Sequence[SshHost] = ()
     listen: ListenSettings | None = None
@@ -171,10 +172,8 @@ class Run:
         self.printer = Printer(self.settings.output, self.terminal, home / "kept",
                                store.output, keep_files=self.results is not None)
         if self.settings.joblog is not None:
-            # `+FILE` appends, with no header, as in GNU parallel; a resumed run appends too.
-            name = str(self.settings.joblog)
-            plus = name.startswith("+")
-            self.joblog = Joblog(Path(name.removeprefix("+")), header=not plus,
+            plus = self.settings.joblog_plus  # a resumed run appends too, under a header
+            self.joblog = Joblog(self.settings.joblog, header=not plus,
                                  append=plus or self.settings.resume in (RESUME, RESUME_FAILED))
         service.listeners.append(self._follow)
         loop = asyncio.get_running_loop()
