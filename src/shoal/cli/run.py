@@ -1,6 +1,9 @@
 """`shoal run FILE -j N`: the embedded default. Parse, run, show progress, summarise."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here (nor in main.py): typer reads run_command's
+# annotations twice when it makes the command, and evaluating ~40 of them from strings each
+# time cost 5 ms of every `shoal run`; now they are evaluated once, as the module loads.
+# Names imported only for type checking are quoted where they are used.
 
 import asyncio
 import os
@@ -269,16 +272,16 @@ def _joblog_path(given: Path | None) -> Path | None:
 
 def _block(pipe: bool, size: str | None) -> int | None:
     """--pipe's block size in bytes; None without --pipe."""
-    from shoal.run.pipe import DEFAULT_BLOCK_BYTES, parse_block
-
     if not pipe:
         if size is not None:
             raise InputError("--block: the size of --pipe's blocks; --pipe is not given")
         return None
+    from shoal.run.pipe import DEFAULT_BLOCK_BYTES, parse_block
+
     return DEFAULT_BLOCK_BYTES if size is None else parse_block(size)
 
 
-def _pipe_refusals(choices: _Choices, command: str | None, sources: Sources,
+def _pipe_refusals(choices: "_Choices", command: str | None, sources: Sources,
                    hosts: str | None) -> None:
     """--pipe feeds stdin to one command, in blocks: nothing else gives it input."""
     if choices.block is None:
@@ -422,7 +425,7 @@ class _Choices:
             raise InputError(f"{chosen[0]} and {chosen[1]}: give one of them")
         return chosen[0].removeprefix("--") if chosen else "auto"
 
-    def output_settings(self, json_output: bool) -> OutputSettings:
+    def output_settings(self, json_output: bool) -> "OutputSettings":
         from shoal.run.output import GROUP, LINE, NONE, OutputSettings
 
         mode = NONE if self.quiet or json_output else LINE if self.line_buffer else GROUP
@@ -438,7 +441,7 @@ class _Choices:
             ("--header", self.header), ("--shuf", self.shuffle),
             ("--pipe", self.block is not None)) if given]
 
-    def filling(self, command: str | None, slots: int) -> Filling:
+    def filling(self, command: str | None, slots: int) -> "Filling":
         """How arguments fill `command` (None: they are the commands), `slots` at once."""
         from shoal.run.inputs import Filling
         from shoal.run.template import parse_colsep, with_replace_string
@@ -492,7 +495,7 @@ def _is_stream(file: Path) -> bool:
 
 def _run_new(file: Path | None, command: str | None, sources: Sources, parallel: int,
              fmt: str, json_output: bool, hosts: str | None, listen: str | None,
-             choices: _Choices, parsed: RunInput | None = None) -> None:
+             choices: "_Choices", parsed: "RunInput | None" = None) -> None:
     """Run a file of commands, stdin's lines, or a command over arguments; exit."""
     from shoal.cli.summary import print_summary
     from shoal.embedded import job_defaults
@@ -551,7 +554,7 @@ def _run_new(file: Path | None, command: str | None, sources: Sources, parallel:
     raise typer.Exit(0 if report.succeeded else 1)
 
 
-def _ssh_hosts(text: str | None) -> list[SshHost]:
+def _ssh_hosts(text: str | None) -> "list[SshHost]":
     """`--hosts a,b,c`: each [ssh://][user@]host[:port], each once."""
     if text is None:
         return []
@@ -572,11 +575,9 @@ def _ssh_hosts(text: str | None) -> list[SshHost]:
 
 def _runfile_options(file: Path, runmaker: bool, parallel: int, *, retry: bool,
                      one_only: bool, logfile: Path | None, loglines: int, live: bool,
-                     listen: str | None) -> RunfileOptions | None:
+                     listen: str | None) -> "RunfileOptions | None":
     """The runner's options for a runmaker file; None for another format (where the
     runmaker-only options are refused)."""
-    from shoal.runfile.driver import RunfileOptions
-
     given = [name for name, value in (("-r", retry), ("-1", one_only), ("-l", logfile),
                                       ("--live", live), ("--listen", listen)) if value]
     if not runmaker:
@@ -585,6 +586,8 @@ def _runfile_options(file: Path, runmaker: bool, parallel: int, *, retry: bool,
         return None
     if loglines < 0:
         raise InputError("-n: must be 0 or more")
+    from shoal.runfile.driver import RunfileOptions
+
     settings = None
     if listen is not None:
         from shoal.runfile.listen import parse_listen
@@ -599,7 +602,7 @@ def _runfile_options(file: Path, runmaker: bool, parallel: int, *, retry: bool,
                           listen=settings)
 
 
-def _run_runmaker(file: Path, options: RunfileOptions, json_output: bool) -> None:
+def _run_runmaker(file: Path, options: "RunfileOptions", json_output: bool) -> None:
     from rich.console import Console
 
     from shoal.cli.summary import print_summary
@@ -620,7 +623,7 @@ def _run_runmaker(file: Path, options: RunfileOptions, json_output: bool) -> Non
     raise typer.Exit(0 if report.succeeded else 1)
 
 
-def _file_notes(file: Path, found: FileRunReport) -> None:
+def _file_notes(file: Path, found: "FileRunReport") -> None:
     def lines(numbers: list[int]) -> str:
         shown = ", ".join(str(number) for number in numbers[:20])
         return shown + (f" and {len(numbers) - 20} more" if len(numbers) > 20 else "")
@@ -637,7 +640,7 @@ def _file_notes(file: Path, found: FileRunReport) -> None:
               f"`shoal file wait {file}` waits for them", file=sys.stderr)
 
 
-def _with_bar(file: Path, console: Console, run: Callable[[Callable[[int, int, int], None]], T]
+def _with_bar(file: Path, console: "Console", run: Callable[[Callable[[int, int, int], None]], T]
               ) -> T:
     from rich.progress import (
         BarColumn,
