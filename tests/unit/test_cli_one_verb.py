@@ -76,3 +76,27 @@ def test_the_whole_app_is_left_as_it_was() -> None:
     cli_main.app_for(["status"])
     cli_main.app_for(["run"])
     assert (len(cli_main.app.registered_commands), len(cli_main.app.registered_groups)) == before
+
+
+def test_main_called_with_words_leaves_the_collector_alone(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import gc
+
+    assert gc.isenabled()
+    cli_main.main(["run", "--bogus"])
+    assert gc.isenabled()
+    capsys.readouterr()
+
+
+def test_the_console_scripts_main_gives_the_collector_back(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import gc
+
+    monkeypatch.setattr("sys.argv", ["shoal", "run", "--bogus"])
+    try:
+        assert cli_main.main() == 2
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 0  # start-up's objects, passed over from now on
+    finally:
+        gc.unfreeze()  # this test process's objects go back to the collector
+    capsys.readouterr()

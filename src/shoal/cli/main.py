@@ -21,9 +21,11 @@ from shoal.cli import (
     admin,
     arrays,
     file,
+    hold_collection,
     jobs,
     limits,
     modify,
+    resume_collection,
     session_of,
     tokens,
     workers,
@@ -124,6 +126,8 @@ def root(
     """Run many shell commands on many machines."""
     session = session_of(ctx)
     session.server, session.token, session.debug = server, token, debug
+    if ctx.invoked_subcommand != "run":  # `shoal run` resumes it when its set-up is done
+        resume_collection()
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
         raise typer.Exit(EXIT_BAD_INPUT)
@@ -195,18 +199,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (the console script exits with it)."""
     session = Session()
     args = list(sys.argv[1:] if argv is None else argv)
-    command = typer.main.get_command(app_for(args))
+    if argv is None:  # the process is this command's: see hold_collection
+        hold_collection()
     try:
-        result = command.main(
-            args=args,
-            prog_name="shoal",
-            standalone_mode=False,
-            obj=session,
-        )
-    except BaseException as exc:  # every way out becomes one line and an exit code
-        return report(exc, debug=session.debug)
+        command = typer.main.get_command(app_for(args))
+        try:
+            result = command.main(
+                args=args,
+                prog_name="shoal",
+                standalone_mode=False,
+                obj=session,
+            )
+        except BaseException as exc:  # every way out becomes one line and an exit code
+            return report(exc, debug=session.debug)
+        finally:
+            session.close()
     finally:
-        session.close()
+        resume_collection()
     return result if isinstance(result, int) else 0
 
 
