@@ -21,16 +21,15 @@ from shoal.cli import (
     admin,
     arrays,
     file,
-    hold_collection,
     jobs,
     limits,
     modify,
-    resume_collection,
     session_of,
     tokens,
     workers,
 )
 from shoal.cli.errors import EXIT_BAD_INPUT, report
+from shoal.core.collection import hold_collection, resume_collection
 from shoal.core.errors import ShoalError
 
 # name -> (module, function, one-line help). Each function is a typer-style command.

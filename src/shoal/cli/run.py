@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from shoal.cli import resume_collection
+from shoal.core.collection import resume_collection
 from shoal.core.errors import InputError
 from shoal.run.slots import jobs_at_once
 from shoal.run.template import Sources
@@ -536,7 +536,7 @@ def _run_new(file: Path | None, command: str | None, sources: Sources, parallel:
             run = from_arguments(sources, defaults, filling)
         else:
             run = from_stream(file, fmt, defaults, filling)
-    resume_collection()  # the set-up is done (see shoal.cli.hold_collection)
+    resume_collection()  # the set-up is done (see shoal.core.collection.hold_collection)
     if choices.dry_run:
         from shoal.run.driver import dry_run
 
@@ -611,7 +611,7 @@ def _run_runmaker(file: Path, options: "RunfileOptions", json_output: bool) -> N
     from shoal.embedded import job_defaults
     from shoal.runfile.driver import run_runmaker_file
 
-    resume_collection()  # the set-up is done (see shoal.cli.hold_collection)
+    resume_collection()  # the set-up is done (see shoal.core.collection.hold_collection)
     console = Console(stderr=True)
     defaults = job_defaults(file)
     if console.is_terminal and not json_output and options.live is None:
