@@ -177,13 +177,20 @@ def _dump(value: Any) -> str:
     return json.dumps(value)
 
 
+_STATE_OF = {state.value: state for state in JobState}
+# The other way, None (a job's creation) included, for every row written: a dict lookup is a
+# quarter of `.value`'s cost (an enum property), paid for each job and journal entry.
+_TEXT_OF: dict[JobState | None, str | None] = {state: state.value for state in JobState}
+_TEXT_OF[None] = None
+
+
 def _new_job_row(job: Job) -> tuple[object, ...]:
     """The row of a job that has not run yet (_INSERT_COLUMNS)."""
     return (
         job.id, job.name, job.cmd, job.cwd, _dump(job.env), job.group, job.priority,
         job.retries, job.cores, job.memory_bytes, job.time_seconds, job.time_limit_seconds,
         job.req_group, _dump(job.dependencies), _dump(job.limits), job.on_worker,
-        job.state.value, job.attempts, job.lost_attempts, job.added_at, job.queued_at,
+        _TEXT_OF[job.state], job.attempts, job.lost_attempts, job.added_at, job.queued_at,
         job.gpus, _dump(job.resources), int(job.grow_memory), job.requirements_source,
         _dump(job.dependencies_any), int(job.gate), _dump(job.files),
         int(job.always_copy), job.owner,
@@ -256,7 +263,7 @@ def _alike_statements(template: Job, jobs: Sequence[tuple[int, str, int | None]]
 
 def _mutable_row(job: Job) -> tuple[object, ...]:
     return (
-        job.state.value, job.fail_reason, job.exit_code, job.attempts, job.lost_attempts,
+        _TEXT_OF[job.state], job.fail_reason, job.exit_code, job.attempts, job.lost_attempts,
         job.worker, job.host, job.pid, job.lease_id, job.queued_at, job.retry_at,
         job.started_at, job.ended_at, job.wall_seconds, job.cpu_seconds, job.peak_rss_bytes,
         job.priority, job.memory_bytes, job.requirements_source, job.id,
@@ -266,11 +273,6 @@ def _mutable_row(job: Job) -> tuple[object, ...]:
 CACHE_KIB = 32 * 1024
 _DECODED: dict[str, Any] = {}  # text -> its value: jobs of one add share their lists
 _DECODED_MAX = 4096
-_STATE_OF = {state.value: state for state in JobState}
-# The other way, None (a job's creation) included: a dict lookup is a third of `.value`'s cost,
-# paid for each journal entry.
-_TEXT_OF: dict[JobState | None, str | None] = {state: state.value for state in JobState}
-_TEXT_OF[None] = None
 
 
 def _json(text: object) -> Any:
