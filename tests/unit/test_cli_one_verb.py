@@ -100,3 +100,13 @@ def test_the_console_scripts_main_gives_the_collector_back(
     finally:
         gc.unfreeze()  # this test process's objects go back to the collector
     capsys.readouterr()
+
+
+def test_the_options_skipped_before_the_verb_are_the_roots_own() -> None:
+    """verb_of keeps its own list of the root's options (reading them from typer would make
+    the commands it saves making): a root option added later must be named there too."""
+    kept = [param for param in _whole().params if param.expose_value and not param.is_eager]
+    assert sorted(opt for param in kept if not getattr(param, "is_flag", False)
+                  for opt in param.opts) == sorted(cli_main._ROOT_VALUE_OPTIONS)
+    assert sorted(opt for param in kept if getattr(param, "is_flag", False)
+                  for opt in param.opts) == sorted(cli_main._ROOT_FLAGS)
