@@ -6,7 +6,11 @@ bench/throughput.py times it beside xargs and shoal: what shoal does beyond this
 database, the jobs' output, cgroups, the summary) is the difference between the two rows;
 what a Python event loop pays for starting processes is this row's gap to xargs.
 
-    python bench/spawn_floor.py N P
+    python bench/spawn_floor.py N P [WORK_US]
+
+WORK_US (default 0): CPU microseconds the loop spends on each job once it has ended and the
+next has started, as a runner's bookkeeping would. bench/budget.py uses it to find how much
+per-job work a ratio to xargs allows.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 
 
-async def run(jobs: int, parallel: int) -> None:
+async def run(jobs: int, parallel: int, work_seconds: float = 0.0) -> None:
     loop = asyncio.get_running_loop()
     environment = dict(os.environ)
     finished = loop.create_future()
@@ -40,6 +45,8 @@ async def run(jobs: int, parallel: int) -> None:
             start()
         elif ended == jobs:
             finished.set_result(None)
+        if work_seconds:
+            spend(work_seconds)
 
     for _ in range(min(parallel, jobs)):
         start()
@@ -47,5 +54,13 @@ async def run(jobs: int, parallel: int) -> None:
         await finished
 
 
+def spend(seconds: float) -> None:
+    """Use this much of the thread's CPU time (not wall time: a preempted loop still pays)."""
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
 if __name__ == "__main__":
-    asyncio.run(run(int(sys.argv[1]), int(sys.argv[2])))
+    work_us = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
+    asyncio.run(run(int(sys.argv[1]), int(sys.argv[2]), work_us / 1e6))
