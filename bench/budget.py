@@ -6,7 +6,7 @@ W microseconds of CPU spent on each job, for several W, beside xargs and `shoal 
 same jobs (N `bash -c 'true I'`, P at a time), interleaved. From the floor's rate at each W:
 
 - the W at which the floor falls to the target ratio of xargs (0.8x by default): the work a
-  job may cost a runner that starts as fast as the floor (in about 0.03 s);
+  job may cost a runner that starts as fast as the floor (a one-job floor, timed here too);
 - the same for a runner with shoal's start-up (a one-job `shoal run`, timed here too): the
   jobs must then run faster, to make up for the start-up;
 - the W at which the floor is as slow as shoal: shoal's whole overhead, start-up included,
