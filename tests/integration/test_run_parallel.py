@@ -244,11 +244,16 @@ def test_resume_and_resume_failed(tmp_path: Path) -> None:
     first_run, rerun = lines[:2], lines[2:]
     assert sorted(first_run) == ["bad", "ok"]  # both ran at once: either may end first
     assert rerun == ["bad"]  # only the failed one ran again
-    # Arguments run again unless resumed.
-    assert shoal(tmp_path, "run", f"echo {{}} >> {ledger}", ":::", "z").returncode == 0
+    # Arguments run again unless resumed, as GNU parallel runs them: from `:::` or a file.
+    args = tmp_path / "args.txt"
+    args.write_text("y\n")
+    for _ in range(2):
+        assert shoal(tmp_path, "run", f"echo {{}} >> {ledger}", ":::", "z").returncode == 0
+        assert shoal(tmp_path, "run", f"echo file-{{}} >> {ledger}", "::::", "args.txt",
+                     ).returncode == 0
     assert shoal(tmp_path, "run", "--resume", f"echo {{}} >> {ledger}", ":::", "z",
                  "w").returncode == 0
-    assert ledger.read_text().split()[3:] == ["z", "w"]
+    assert ledger.read_text().split()[3:] == ["z", "file-y", "z", "file-y", "w"]
 
 
 def test_jobs_at_once_in_gnu_parallels_forms(tmp_path: Path) -> None:

@@ -526,7 +526,7 @@ def take_home(run_input: RunInput, mode: str) -> tuple[Path, int]:
     if fd is None:
         raise InputError(f"{run_input.label}: another `shoal run` of it is going on "
                          f"(its state: {home})")
-    if mode == FRESH or (run_input.stream and mode == AUTO):
+    if mode == FRESH or (run_input.starts_over and mode == AUTO):
         state.clear(home)
     state.remember_last(run_input.base, home)
     return home, fd
@@ -553,7 +553,7 @@ async def dry_run(run_input: RunInput, mode: str) -> None:
 
     earlier: dict[str, deque[JobState]] = defaultdict(deque)
     home = state.run_dir(run_input.base, run_input.key)
-    starting_over = mode == FRESH or (run_input.stream and mode == AUTO)
+    starting_over = mode == FRESH or (run_input.starts_over and mode == AUTO)
     if not starting_over and (home / DATABASE_FILE).is_file():
         store = Store.read_only(home / DATABASE_FILE)
         try:

@@ -152,7 +152,8 @@ class RunInput:
     label: str  # for the bar and messages
     key: str  # the state directory's name under <base>/runs/
     base: Path
-    stream: bool  # read as it comes; its state starts over unless --resume
+    # Its state starts over unless --resume (stdin, arguments); a file's is resumed.
+    starts_over: bool
     total: int | None = None
     numbered_by: str = "line"  # what an Item's number counts, for messages
     _items: Iterator[Item] | None = None
@@ -258,7 +259,7 @@ def from_file(path: Path, fmt: str, defaults: Mapping[str, Any], scan: FileScan,
     items = (Item(job.line, job.spec, filling.tag([job.spec.cmd], job.line, str(job.line)))
              for job in iter_file(path, fmt, defaults=defaults))
     return RunInput(label=path.name, key=state.file_key(path), base=state.base_dir(path),
-                    stream=False, total=scan.jobs, _items=items)
+                    starts_over=False, total=scan.jobs, _items=items)
 
 
 def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
@@ -292,7 +293,7 @@ def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
                              source=str(path)) from None
         label = str(path)
     key = "stdin" if filling.template is None else f"stdin-{filling.key()}"
-    return RunInput(label=label, key=key, base=state.base_dir(None), stream=True,
+    return RunInput(label=label, key=key, base=state.base_dir(None), starts_over=True,
                     numbered_by="line" if filling.block is None else "block",
                     _handle=handle, _filling=filling,
                     _fmt="wr" if fmt == "wr" else "lines", _defaults=dict(defaults))
@@ -305,11 +306,11 @@ def _whole_stream(path: Path | None, defaults: Mapping[str, Any], filling: Filli
     label = "stdin" if name == "-" else name
     # Blank lines are skipped, as a stream's are.
     items = [item for item in read_items(name, filling.delimiter) if item]
-    run = RunInput(label=label, key="", base=state.base_dir(None), stream=True, total=0,
+    run = RunInput(label=label, key="", base=state.base_dir(None), starts_over=True, total=0,
                    _items=iter(())) if not items else \
         from_arguments(Sources(((*items,),), (False,)), defaults, filling)
-    # Still stdin's run: named as one, and started over unless --resume.
-    return dataclasses.replace(run, label=label, key=f"stdin-{filling.key()}", stream=True)
+    # Still stdin's run: named as one.
+    return dataclasses.replace(run, label=label, key=f"stdin-{filling.key()}")
 
 
 def from_arguments(sources: Sources, defaults: Mapping[str, Any], filling: Filling
@@ -348,9 +349,9 @@ def from_arguments(sources: Sources, defaults: Mapping[str, Any], filling: Filli
                        filling.tag(words, number, " ".join(args)))
 
     # Named by the command (and its --colsep) alone, so `--resume` with more arguments skips
-    # those done.
+    # those done; without it, the arguments run again, as GNU parallel runs them.
     return RunInput(label="arguments", key=f"args-{filling.key()}",
-                    base=state.base_dir(None), stream=False, total=total,
+                    base=state.base_dir(None), starts_over=True, total=total,
                     numbered_by="argument set", _items=items())
 
 
