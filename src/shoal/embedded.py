@@ -50,9 +50,11 @@ class RunReport:
 
     @property
     def succeeded(self) -> bool:
-        if self.interrupted or self.failed or self.input_error:
+        if self.interrupted or self.input_error:
             return False
-        return self.done == self.total or self.halted_on_success
+        # A success rule of --halt that was met is a success, whatever failed before it
+        # (GNU parallel exits 0 then too).
+        return self.halted_on_success or (not self.failed and self.done == self.total)
 
 
 def state_dir(path: Path) -> Path:

@@ -307,6 +307,12 @@ def test_halt_as_gnu_parallel(tmp_path: Path) -> None:
                     "sleep {}; echo {}", ":::", "0", "30")
     assert success.returncode == 0, success.stdout
     assert json.loads(success.stdout)["done"] == 1
+    # The rule met is what counts, whatever failed before it (GNU parallel exits 0 too).
+    after_failure = shoal(tmp_path, "run", "--halt", "now,success=1", "-j", "1", "--json",
+                          "exit {}", ":::", "1", "0", "0")
+    summary = json.loads(after_failure.stdout)
+    assert (summary["failed"], summary["done"]) == (1, 1), summary
+    assert after_failure.returncode == 0, after_failure.stderr
     bad = shoal(tmp_path, "run", "jobs.txt", "--halt", "later,fail=1")
     assert bad.returncode == 2 and "--halt" in bad.stderr
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
