@@ -697,6 +697,16 @@ def test_joblog_matches_gnu_parallel(tmp_path: Path) -> None:
                     ":::", "1"], cwd=tmp_path, capture_output=True, timeout=60)
     assert _joblog_kinds(killed_ours.read_text()) == _joblog_kinds(killed_theirs.read_text())
 
+    # Ended by --timeout: Exitval -1 and the signal sent, in both.
+    late_ours, late_theirs = tmp_path / "t1.log", tmp_path / "t2.log"
+    shoal(tmp_path, "run", "--joblog", str(late_ours), "--quiet", "--timeout", "1", "sleep {}",
+          ":::", "30")
+    subprocess.run(["parallel", "--will-cite", "--joblog", str(late_theirs), "--timeout", "1",
+                    "sleep {}", ":::", "30"], cwd=tmp_path, capture_output=True, timeout=60)
+    timed_out = _joblog_kinds(late_ours.read_text())
+    assert timed_out == _joblog_kinds(late_theirs.read_text())
+    assert timed_out[1][0][4:6] == ["-1", "15"]
+
 
 def test_joblog_plus_appends_as_gnu_parallel(tmp_path: Path) -> None:
     require(shutil.which("parallel") is not None, "GNU parallel")

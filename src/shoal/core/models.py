@@ -68,6 +68,9 @@ class JobState(StrEnum):
 FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 # An attempt that may still be alive on a worker.
 HOLDING_STATES = frozenset({JobState.RUNNING, JobState.LOST})
+# A job's fail_reason when shoal itself ended it for going past a limit.
+TIME_LIMIT_REASON = "time limit"
+MEMORY_LIMIT_REASON = "memory limit"
 
 
 def parse_memory(text: str | int) -> int:

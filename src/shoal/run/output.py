@@ -13,11 +13,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from shoal.core.models import Job, JobState
+from shoal.core.models import MEMORY_LIMIT_REASON, TIME_LIMIT_REASON, Job, JobState
 from shoal.core.protocol import Captured
 from shoal.run.terminal import Terminal
 
@@ -215,6 +216,20 @@ def signal_of(job: Job) -> int:
     return 0
 
 
+def joblog_exit(job: Job) -> tuple[int, int]:
+    """The joblog's Exitval and Signal, as GNU parallel writes them: a job that shoal ended
+    for going past a limit (--timeout, --memory-limit) is -1 and the signal that ended it
+    (shoal sends SIGTERM first, SIGKILL after a grace period); one killed by a signal
+    otherwise is 0 and that signal."""
+    if job.fail_reason in (TIME_LIMIT_REASON, MEMORY_LIMIT_REASON):
+        code = job.exit_code
+        return -1, code - 128 if code is not None and code > 128 else int(signal.SIGTERM)
+    signal_number = signal_of(job)
+    if signal_number:
+        return 0, signal_number
+    return (job.exit_code if job.exit_code is not None else -1), 0
+
+
 class Results:
     """`--results DIR`: DIR/N/ for the job numbered N, with stdout, stderr, cmd, exit_code."""
 
@@ -264,9 +279,7 @@ class Joblog:
               local_worker: str) -> None:
         job = shown.job
         host = ":" if job.worker in (None, local_worker) else (job.host or job.worker or ":")
-        signal_number = signal_of(job)
-        exit_value = 0 if signal_number else (job.exit_code if job.exit_code is not None
-                                              else -1)
+        exit_value, signal_number = joblog_exit(job)
         command = job.cmd.replace("\n", " ")
         self._handle.write(f"{shown.number}\t{host}\t{job.started_at or 0.0:.3f}\t"
                            f"{job.wall_seconds or 0.0:10.3f}\t{send_bytes}\t{receive_bytes}\t"

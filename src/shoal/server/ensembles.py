@@ -28,7 +28,7 @@ from itertools import pairwise
 from typing import Any
 
 from shoal.core.errors import InputError, NotFound, StoreUnavailable
-from shoal.core.models import FINAL_STATES, JobSpec, JobState
+from shoal.core.models import FINAL_STATES, TIME_LIMIT_REASON, JobSpec, JobState
 from shoal.core.protocol import ReadyItem, Release, StartedItem, TimeProbe, TimeReply
 from shoal.core.states import Transition
 from shoal.ensemble.clock import Estimate, Sample, estimate, sample
@@ -582,7 +582,7 @@ class EnsembleRunner:
             component.move(C.DONE)
         elif component.timed_out is not None:
             component.move(C.TIMED_OUT, component.timed_out)
-        elif reason == "time limit":
+        elif reason == TIME_LIMIT_REASON:
             timeout = seconds_text(component.timeout_seconds or 0)
             component.move(C.TIMED_OUT, f"timed out after {timeout}")
         elif state is JobState.CANCELLED:

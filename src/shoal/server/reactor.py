@@ -16,7 +16,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from shoal.core.errors import Conflict, InputError, NameTaken, NotFound
-from shoal.core.models import FINAL_STATES, HOLDING_STATES, Job, JobState
+from shoal.core.models import (
+    FINAL_STATES,
+    HOLDING_STATES,
+    MEMORY_LIMIT_REASON,
+    TIME_LIMIT_REASON,
+    Job,
+    JobState,
+)
 from shoal.core.protocol import (
     MAX_RECONNECT_DELAY_SECONDS,
     Assignment,
@@ -754,9 +761,9 @@ class Reactor(JobEdits):
 
 def _failure_reason(result: AttemptResult) -> str:
     if result.outcome == "time_limit":
-        return "time limit"
+        return TIME_LIMIT_REASON
     if result.outcome == "memory_limit":
-        return "memory limit"
+        return MEMORY_LIMIT_REASON
     if result.outcome == "spawn_error":
         return f"could not start: {result.error or 'unknown error'}"
     if result.signal:
