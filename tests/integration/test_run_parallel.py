@@ -627,13 +627,28 @@ def test_xargs_forms_null_and_replace_string(tmp_path: Path) -> None:
     assert ours.stdout == theirs.stdout == "[one]\n[two words]\n"
 
 
+def test_an_empty_source_runs_nothing_and_succeeds(tmp_path: Path) -> None:
+    """As GNU parallel: nothing after `:::`, an empty `::::` or `-a` file, alone or crossed
+    with other sources, is no job, and exit 0."""
+    (tmp_path / "empty.txt").write_text("")
+    ledger = tmp_path / "ledger"
+    for args in (["-a", "empty.txt", f"echo >> {ledger}"],
+                 [f"echo {{}} >> {ledger}", "::::", "empty.txt"],
+                 [f"echo {{}} >> {ledger}", ":::"],
+                 [f"echo {{1}} {{2}} >> {ledger}", ":::", "a", "::::", "empty.txt"]):
+        ran = shoal(tmp_path, "run", "--json", *args)
+        assert ran.returncode == 0, (args, ran.stderr)
+        summary = json.loads(ran.stdout)
+        assert (summary["total"], summary["done"], summary["failed"]) == (0, 0, 0), args
+    assert not ledger.exists()
+
+
 def test_argument_option_refusals(tmp_path: Path) -> None:
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "jobs.txt").write_text("true\n")
     for args, message in ((["--link", "echo"], "--link: links sources"),
                           (["--tagstring", "{%}", "echo", ":::", "a"], "--tagstring: {%}"),
                           (["--tagstring", "{3}", "echo", ":::", "a"], "--tagstring: {3}"),
-                          (["-a", "empty.txt", "echo"], "an input source is empty"),
                           (["-a", "missing.txt", "echo"], "missing.txt: cannot read it"),
                           (["-N", "2", "jobs.txt"], "-N: for arguments"),
                           (["-0", "jobs.txt"], "-0/-d: for arguments"),

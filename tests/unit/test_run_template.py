@@ -109,8 +109,11 @@ def test_sources() -> None:
     head, sources = split_sources(["gzip", "-9", ":::", "a", "b", ":::", "c"])
     assert head == ["gzip", "-9"] and sources.lists == (("a", "b"), ("c",))
     assert list(sources.combinations()) == [("a", "c"), ("b", "c")]
-    with pytest.raises(InputError):
-        split_sources(["echo", ":::"])
+    # An empty source is no job, crossed or linked with others (and no division by zero).
+    for words, link_all in (([":::"], False), ([":::", "a", ":::"], False),
+                            ([":::", "a", "b", ":::+"], False), ([":::", "a", ":::"], True)):
+        _, empty = split_sources(["echo", *words], link_all=link_all)
+        assert empty.count() == 0 and list(empty.combinations()) == [], words
 
 
 @pytest.mark.parametrize(("words", "link_all", "expected"), [

@@ -189,6 +189,8 @@ class Sources:
 
     def _rows(self, group: list[tuple[str, ...]]) -> int:
         lengths = [len(values) for values in group]
+        if not all(lengths):  # an empty source has nothing to start over from
+            return 0
         return max(lengths) if self.link_all else min(lengths)
 
     def count(self) -> int:
@@ -230,9 +232,9 @@ def split_sources(words: Sequence[str], arg_files: Sequence[str] = (),
         else:  # each file after `::::+` is linked to the source before it
             linked.append(mode == LINKED_FILES and len(lists) > len(arg_files))
             lists.append(read_items(word, delimiter))
-    if any(not values for values in lists):
-        raise InputError(f"{SOURCE_ARGS}: an input source is empty (nothing after "
-                         f"{SOURCE_ARGS}, or an empty {SOURCE_FILES} file)")
+    # An empty source (nothing after `:::`, an empty `::::` file) makes no jobs, and the run
+    # ends at once with nothing to do, as GNU parallel's does: `find ... > list` that found
+    # nothing is not an error.
     if link_all and not lists:
         raise InputError(f"--link: links sources given after {SOURCE_ARGS} or "
                          f"{SOURCE_FILES}; there are none")
