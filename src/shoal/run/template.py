@@ -216,7 +216,8 @@ def split_sources(words: Sequence[str], arg_files: Sequence[str] = (),
     `arg_files` (-a) are `::::` sources before the others, and crossed with them even after
     `:::+`, as in parallel."""
     head: list[str] = []
-    lists: list[list[str]] = [read_items(name, delimiter) for name in arg_files]
+    lists: list[list[str]] = [read_items(name, delimiter, given_by="-a")
+                              for name in arg_files]
     linked = [False] * len(lists)
     mode: str | None = None
     for word in words:
@@ -241,8 +242,9 @@ def split_sources(words: Sequence[str], arg_files: Sequence[str] = (),
     return head, Sources(tuple(tuple(values) for values in lists), tuple(linked), link_all)
 
 
-def read_items(name: str, delimiter: bytes | None) -> list[str]:
-    """The items of a `::::` file (or of stdin, `-`), read to its end."""
+def read_items(name: str, delimiter: bytes | None, given_by: str = SOURCE_FILES) -> list[str]:
+    """The items of a `::::` file (or of stdin, `-`), read to its end. `given_by`: the option
+    that named it, for the message if it cannot be read."""
     try:
         if name == "-":
             import sys
@@ -251,7 +253,7 @@ def read_items(name: str, delimiter: bytes | None) -> list[str]:
         else:
             data = Path(name).read_bytes()
     except OSError as error:
-        raise InputError(f"{SOURCE_FILES} {name}: cannot read it: "
+        raise InputError(f"{given_by} {name}: cannot read it: "
                          f"{error.strerror or error}") from None
     return split_items(data, delimiter)
 
