@@ -229,6 +229,12 @@ def test_summary_numbers_arguments_by_their_set(tmp_path: Path) -> None:
                       "failed argument set 4 (#4) (exit code 13): exit 13"]
     assert json.loads(shoal(tmp_path, "run", "--json", "exit {}", ":::", "4")
                       .stdout)["numbered_by"] == "argument set"
+    # Piped, a long line of the summary stays whole, not wrapped at 80 columns.
+    long = "x" * 150
+    piped = shoal(tmp_path, "run", f"echo {{}} {long}; exit 1", ":::", "a")
+    failed = [line for line in piped.stderr.splitlines() if line.startswith("failed ")]
+    assert failed == [f"failed argument set 1 (#1) (exit code 1): echo a {long}; exit 1"], \
+        piped.stderr
 
 
 def test_resume_and_resume_failed(tmp_path: Path) -> None:

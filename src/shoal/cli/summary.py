@@ -24,6 +24,7 @@ def print_summary(report: RunReport, *, json_output: bool, to_stderr: bool = Fal
     from rich.markup import escape
 
     console = Console(highlight=False, stderr=to_stderr)
+    console.soft_wrap = not console.is_terminal  # piped, a line stays whole for what reads it
     line = f"{report.done} done, {report.failed} failed of {report.total}"
     if report.skipped_done:
         line += f" ({report.skipped_done} already done, skipped)"
