@@ -210,6 +210,45 @@ def test_each_file_has_its_own_state_and_two_run_at_once(tmp_path: Path) -> None
     assert [out.strip() for out, _ in outputs] == ["c.txt", "d.txt"]
 
 
+def test_two_pipelines_in_one_directory_run_side_by_side(tmp_path: Path) -> None:
+    """As two GNU parallels: a second `... | shoal run` (or the same command with other
+    arguments) while the first runs gets a state of its own; `shoal logs` reads the last.
+    A file, or stdin with --resume, is still one run at a time."""
+    gate = tmp_path / "gate"
+    command = f"if [ {{}} = A ]; then while ! test -f {gate}; do sleep 0.05; done; fi; echo {{}}"
+    first = subprocess.Popen(
+        [*SHOAL, "run", "-j", "2", command, ":::", "A"], cwd=tmp_path, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_env({"HOME": str(tmp_path)}))
+    piped = subprocess.Popen(
+        [*SHOAL, "run"], cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=_env({"HOME": str(tmp_path)}))
+    assert piped.stdin is not None
+    piped.stdin.write(f"while ! test -f {gate}; do sleep 0.05; done; echo P\n")
+    piped.stdin.flush()  # held open: the run stays on
+    runs = tmp_path / ".shoal" / "runs"
+    wait_until(lambda: len(list(runs.glob("*/shoal.db"))) == 2, timeout=30,
+               message="both runs started")
+    try:
+        again = shoal(tmp_path, "run", "-j", "2", command, ":::", "B")
+        assert again.returncode == 0 and again.stdout == "B\n", again.stderr
+        alongside = shoal(tmp_path, "run", stdin="echo Q\n")
+        assert alongside.returncode == 0 and alongside.stdout == "Q\n", alongside.stderr
+        logs = shoal(tmp_path, "logs", "1")
+        assert logs.returncode == 0 and logs.stdout == "Q\n", logs.stderr  # the last run's
+        resumed = shoal(tmp_path, "run", "--resume", stdin="echo R\n")
+        assert resumed.returncode == 2 and "another `shoal run` of it" in resumed.stderr
+    finally:
+        gate.touch()
+        piped.stdin.close()
+    piped.stdin = None  # closed above: nothing more for communicate to send
+    outputs = [run.communicate(timeout=60) for run in (first, piped)]
+    assert [run.returncode for run in (first, piped)] == [0, 0], outputs
+    assert [out for out, _ in outputs] == ["A\n", "P\n"]
+    states = sorted(path.name for path in runs.iterdir() if path.is_dir())
+    assert states[2:] == ["stdin", "stdin.2"] and states[1] == states[0] + ".2", states
+
+
 def test_summary_names_the_slowest_jobs_by_line(tmp_path: Path) -> None:
     (tmp_path / "jobs.txt").write_text("sleep 0.3\ntrue\nsleep 0.6\ntrue\nsleep 0.45\n"
                                        "false\n")

@@ -48,6 +48,7 @@ MAX_FAILURES_SHOWN = 20
 SLOWEST_SHOWN = 3
 LINE_POLL_SECONDS = 0.1
 BAR_SECONDS = 0.2
+MAX_RUNS_AT_ONCE = 64  # runs of one stdin or command in one directory, each its own state
 AHEAD = 10_000  # jobs fed but not ended, at most: a file is read into the queue as it drains
 _NOT_STARTED = (JobState.WAITING, JobState.QUEUED, JobState.DELAYED)
 
@@ -515,15 +516,26 @@ class Run:
 
 def take_home(run_input: RunInput, mode: str) -> tuple[Path, int]:
     """Lock the input's state directory (one run of an input at a time), start it over if
-    asked, and make it the last run of its base."""
-    home = state.run_dir(run_input.base, run_input.key)
-    try:
-        state.make_private(run_input.base)
-        fd = try_lock_home(home)
-    except OSError as error:
-        raise ShoalError(f"{home}: cannot keep the run's state there: "
-                         f"{error.strerror or error}") from None
-    if fd is None:
+    asked, and make it the last run of its base.
+
+    An input that starts over anyway (stdin, arguments; not with --resume) whose directory
+    another run holds gets one of its own beside it (`stdin.2`, ...): two pipelines into
+    `shoal run` in one directory run side by side, as two GNU parallels do."""
+    key = run_input.key
+    alternates = run_input.starts_over and mode == AUTO
+    for n in range(1, MAX_RUNS_AT_ONCE + 1 if alternates else 2):
+        run_input.key = key if n == 1 else f"{key}.{n}"  # the run's other files follow it
+        home = state.run_dir(run_input.base, run_input.key)
+        try:
+            state.make_private(run_input.base)
+            fd = try_lock_home(home)
+        except OSError as error:
+            raise ShoalError(f"{home}: cannot keep the run's state there: "
+                             f"{error.strerror or error}") from None
+        if fd is not None:
+            break
+    else:
+        home = state.run_dir(run_input.base, key)
         raise InputError(f"{run_input.label}: another `shoal run` of it is going on "
                          f"(its state: {home})")
     if mode == FRESH or (run_input.starts_over and mode == AUTO):
