@@ -210,6 +210,28 @@ def test_each_file_has_its_own_state_and_two_run_at_once(tmp_path: Path) -> None
     assert [out.strip() for out, _ in outputs] == ["c.txt", "d.txt"]
 
 
+def test_a_program_given_piped_lines_runs_once_per_line(tmp_path: Path) -> None:
+    """`ls *.txt | shoal run ./process.sh` as xargs and GNU parallel read it: one word that
+    is a program, with lines piped in, is the command; a file of commands that is not
+    executable is still a FILE, and a name that is neither is still refused."""
+    script = tmp_path / "process.sh"
+    script.write_text('#!/bin/sh\necho "processing [$1]"\n')
+    script.chmod(0o755)
+    names = "a.txt\nb.txt\n"
+    ours = shoal(tmp_path, "run", "-k", "./process.sh", stdin=names)
+    theirs = subprocess.run(["xargs", "-n", "1", "./process.sh"], cwd=tmp_path, input=names,
+                            capture_output=True, text=True, timeout=60)
+    assert ours.returncode == 0 and ours.stdout == theirs.stdout == (
+        "processing [a.txt]\nprocessing [b.txt]\n"), ours.stderr
+    on_path = shoal(tmp_path, "run", "-k", "echo", stdin="1\n2\n")
+    assert on_path.returncode == 0 and on_path.stdout == "1\n2\n", on_path.stderr
+    (tmp_path / "jobs.txt").write_text("echo from the file\n")
+    as_file = shoal(tmp_path, "run", "jobs.txt", stdin=names)
+    assert as_file.returncode == 0 and as_file.stdout == "from the file\n", as_file.stderr
+    missing = shoal(tmp_path, "run", "missing.txt", stdin=names)
+    assert missing.returncode == 2 and "missing.txt: cannot read the file" in missing.stderr
+
+
 def test_two_pipelines_in_one_directory_run_side_by_side(tmp_path: Path) -> None:
     """As two GNU parallels: a second `... | shoal run` (or the same command with other
     arguments) while the first runs gets a state of its own; `shoal logs` reads the last.

@@ -473,8 +473,9 @@ class _Choices:
 def _input_words(words: list[str], arg_files: list[str], link: bool, choices: _Choices
                  ) -> tuple[Path | None, str | None, Sources]:
     """(a file or -, a command, the ::: sources) from the positional words. One word is a
-    FILE unless it reads as a command, or an option for arguments says it is one
-    (`seq 9 | shoal run -N 3 echo`)."""
+    FILE unless it reads as a command, an option for arguments says it is one
+    (`seq 9 | shoal run -N 3 echo`), or lines are piped in and it is a program
+    (`ls *.txt | shoal run ./process.sh`, as xargs and GNU parallel read it)."""
     from shoal.run.template import looks_like_template, split_sources
 
     head, sources = split_sources(words, arg_files, link, choices.delimiter)
@@ -482,10 +483,34 @@ def _input_words(words: list[str], arg_files: list[str], link: bool, choices: _C
         return None, " ".join(head) if head else None, sources
     if not head:
         return None, None, sources
-    if len(head) == 1 and not looks_like_template(head[0]) and not (
-            choices.for_arguments() and not os.path.exists(head[0]) and head[0] != "-"):
-        return Path(head[0]), None, sources
+    word = head[0]
+    if len(head) == 1 and not looks_like_template(word) and not (
+            choices.for_arguments() and not os.path.exists(word) and word != "-") \
+            and not (_stdin_is_piped() and _is_program(word)):
+        return Path(word), None, sources
     return None, " ".join(head), sources
+
+
+def _stdin_is_piped() -> bool:
+    """Lines are coming on stdin: a pipe, a FIFO or a file redirected in (not a terminal,
+    nor /dev/null, nor a socket that may never end)."""
+    import stat
+
+    try:
+        mode = os.fstat(0).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
+
+
+def _is_program(word: str) -> bool:
+    """A program to run (on PATH, or a path to an executable), and not a file of commands
+    beside it: a readable file that is not executable stays a FILE."""
+    import shutil
+
+    if word == "-" or shutil.which(word) is None:
+        return False
+    return not (os.path.isfile(word) and not os.access(word, os.X_OK))
 
 
 def _is_stream(file: Path) -> bool:
