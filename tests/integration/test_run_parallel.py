@@ -232,6 +232,33 @@ def test_a_program_given_piped_lines_runs_once_per_line(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "missing.txt: cannot read the file" in missing.stderr
 
 
+def test_interrupted_while_the_input_still_comes_is_a_partial_run(tmp_path: Path) -> None:
+    """`(seq 3; sleep 20; ...) | shoal run 'echo {}'` and Ctrl-C while it waits for the rest:
+    exit 130 and "interrupted", not 0 as if the input had ended."""
+    ledger = tmp_path / "ledger"
+    run = subprocess.Popen([*SHOAL, "run", "--json", f"echo {{}} >> {ledger}"], cwd=tmp_path,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True,
+                           env=_env({"HOME": str(tmp_path / "home")}))
+    assert run.stdin is not None and run.stdout is not None and run.stderr is not None
+    run.stdin.write("1\n2\n3\n")
+    run.stdin.flush()  # and held open: more may come
+    try:
+        wait_until(lambda: ledger.exists() and len(ledger.read_text().split()) == 3,
+                   timeout=60, message="the three jobs done")
+        time.sleep(0.3)  # their ends counted
+        run.send_signal(signal.SIGINT)
+        returncode = run.wait(timeout=60)  # stdin still open: no end of input to wait for
+    finally:
+        run.stdin.close()
+        if run.poll() is None:
+            run.kill()
+    out, err = run.stdout.read(), run.stderr.read()
+    assert returncode == 130, err
+    summary = json.loads(out)
+    assert summary["interrupted"] is True and summary["done"] == 3, summary
+
+
 def test_two_pipelines_in_one_directory_run_side_by_side(tmp_path: Path) -> None:
     """As two GNU parallels: a second `... | shoal run` (or the same command with other
     arguments) while the first runs gets a state of its own; `shoal logs` reads the last.

@@ -203,7 +203,9 @@ class Run:
                 waiter.cancel()
             if self._feed_error is not None:
                 raise self._feed_error
-            if interrupted.is_set() and self.pending:
+            # Interrupted with jobs left, or while the input still comes (`... | shoal run`
+            # waiting for more lines): a partial run either way.
+            if interrupted.is_set() and (self.pending or self.input_open):
                 self.report.interrupted = True
                 self.report.total = self._expected_total()  # the lines not yet fed too
                 agent.begin_stop()
