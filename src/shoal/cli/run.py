@@ -69,9 +69,9 @@ def run_command(
     logfile: Annotated[Path | None, typer.Option(
         "-l", "--logfile", metavar="FILE",
         help="runmaker file: runmaker4's output log (FILE must exist).")] = None,
-    loglines: Annotated[int, typer.Option(
+    loglines: Annotated[int | None, typer.Option(
         "-n", "--loglines", metavar="N",
-        help="runmaker file: with -l, the last N lines of each job's output.")] = 3,
+        help="runmaker file: with -l, the last N lines of each job's output (3).")] = None,
     live: Annotated[bool, typer.Option(
         "--live", help="runmaker file: print runmaker4's lines (executing, status, stdout) "
                        "instead of a progress bar.")] = False,
@@ -205,9 +205,11 @@ def run_command(
     file, command, sources = _input_words(words or [], arg_file or [], link, choices)
     if file is None or command is not None or str(file) == "-" or _is_stream(file):
         given = [name for name, value in (("-r", retry), ("-1", one_only), ("-l", logfile),
-                                          ("--live", live)) if value]
+                                          ("-n", loglines is not None), ("--live", live))
+                 if value]
         if given:
-            raise InputError(f"{given[0]}: applies to runmaker files only")
+            raise InputError(f"{given[0]}: applies to runmaker files only"
+                             f"{_XARGS_N * (given[0] == '-n')}")
         _run_new(file, command, sources, parallel, format, json_output, hosts, listen, choices)
     assert file is not None
     if format not in FORMATS:
@@ -600,17 +602,23 @@ def _ssh_hosts(text: str | None) -> "list[SshHost]":
     return unique_hosts([parse_host(item) for item in items])
 
 
+_XARGS_N = "; xargs' -n (arguments a job) is -N here"
+
+
 def _runfile_options(file: Path, runmaker: bool, parallel: int, *, retry: bool,
-                     one_only: bool, logfile: Path | None, loglines: int, live: bool,
+                     one_only: bool, logfile: Path | None, loglines: int | None, live: bool,
                      listen: str | None) -> "RunfileOptions | None":
     """The runner's options for a runmaker file; None for another format (where the
     runmaker-only options are refused)."""
     given = [name for name, value in (("-r", retry), ("-1", one_only), ("-l", logfile),
-                                      ("--live", live), ("--listen", listen)) if value]
+                                      ("-n", loglines is not None), ("--live", live),
+                                      ("--listen", listen)) if value]
     if not runmaker:
         if given:
-            raise InputError(f"{given[0]}: applies to runmaker files only ({file} is not one)")
+            raise InputError(f"{given[0]}: applies to runmaker files only ({file} is not "
+                             f"one){_XARGS_N * (given[0] == '-n')}")
         return None
+    loglines = 3 if loglines is None else loglines
     if loglines < 0:
         raise InputError("-n: must be 0 or more")
     from shoal.runfile.driver import RunfileOptions
