@@ -47,6 +47,7 @@ class RunReport:
     input_error: str | None = None  # a bad line of a stream: what came before it ran
     state_dir: str | None = None
     numbered_by: str = "line"  # what a job's "line" counts: "line" or "argument set"
+    rerun_resumes: bool = True  # run again, it finishes what is left (a file; not stdin)
 
     @property
     def succeeded(self) -> bool:

@@ -25,7 +25,8 @@ def print_summary(report: RunReport, *, json_output: bool, to_stderr: bool = Fal
 
     console = Console(highlight=False, stderr=to_stderr)
     console.soft_wrap = not console.is_terminal  # piped, a line stays whole for what reads it
-    line = f"{report.done} done, {report.failed} failed of {report.total}"
+    line = (f"{report.done} done, {report.failed} failed of {report.total} "
+            f"in {report.wall_seconds:.1f}s")
     if report.skipped_done:
         line += f" ({report.skipped_done} already done, skipped)"
     if report.skipped_failed:
@@ -36,9 +37,10 @@ def print_summary(report: RunReport, *, json_output: bool, to_stderr: bool = Fal
         line += f"; stopped by {report.halted}"
     if report.input_error:
         line += "; the input stopped at a bad line"
-    if report.interrupted:
-        line += "; interrupted, run again to finish"
-    console.print(f"[bold]{line}[/bold] in {report.wall_seconds:.1f}s")
+    if report.interrupted:  # a file's run resumes by itself; stdin's and arguments' start over
+        line += ("; interrupted, run it again to finish" if report.rerun_resumes
+                 else "; interrupted, run it again with --resume to finish")
+    console.print(f"[bold]{line}[/bold]")
     if report.slowest and report.total:
         console.print("slowest:")
         for job in report.slowest:

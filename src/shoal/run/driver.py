@@ -549,7 +549,8 @@ def take_home(run_input: RunInput, mode: str) -> tuple[Path, int]:
 async def run_input(run_input: RunInput, settings: RunSettings) -> RunReport:
     from shoal.embedded import RunReport
 
-    report = RunReport(total=0, skipped_done=0, numbered_by=run_input.numbered_by)
+    report = RunReport(total=0, skipped_done=0, numbered_by=run_input.numbered_by,
+                       rerun_resumes=not run_input.starts_over)
     home, fd = take_home(run_input, settings.resume)
     report.state_dir = str(home)
     try:
