@@ -413,6 +413,23 @@ def test_halt_as_gnu_parallel(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_jobs_halted_before_they_start_are_left_out_of_results_and_joblog(
+        tmp_path: Path) -> None:
+    """As GNU parallel: with -j1 and --halt now,fail=1, the jobs after the failure never
+    run, and neither --results nor --joblog has them."""
+    require(shutil.which("parallel") is not None, "GNU parallel")
+    command = "echo {}; [ {} != 2 ]"
+    shoal(tmp_path, "run", "-j", "1", "--halt", "now,fail=1", "--results", "ours",
+          "--joblog", "ours.log", command, ":::", "1", "2", "3", "4")
+    subprocess.run(["parallel", "--will-cite", "-j", "1", "--halt", "now,fail=1", "--joblog",
+                    "theirs.log", command, ":::", "1", "2", "3", "4"], cwd=tmp_path,
+                   capture_output=True, timeout=60)
+    assert sorted(path.name for path in (tmp_path / "ours").iterdir()) == ["1", "2"]
+    ours, theirs = (_joblog_kinds((tmp_path / name).read_text())
+                    for name in ("ours.log", "theirs.log"))
+    assert ours == theirs and [row[0] for row in ours[1]] == ["1", "2"]
+
+
 @pytest.mark.parametrize("halt", ["soon,fail=3", "soon,fail=10%"])
 def test_halt_soon_starts_nothing_after_the_failure_that_halts(tmp_path: Path,
                                                                halt: str) -> None:

@@ -420,9 +420,12 @@ class Run:
                 self.report.failures.append({
                     "id": job.id, "line": tracked.number, "cmd": job.cmd,
                     "reason": job.fail_reason, "stderr_tail": stderr[-2000:]})
-        if self.results is not None:
+        # A job cancelled before it had a process (by --halt, or an interrupt, while it
+        # waited) has nothing to keep: GNU parallel's --results and --joblog leave it out too.
+        ran = not (job.state is JobState.CANCELLED and job.pid is None)
+        if self.results is not None and ran:
             self.results.write(shown, self.printer)
-        if self.joblog is not None:
+        if self.joblog is not None and ran:
             received = len(self.printer.output_of(job.id, "stdout"))
             self.joblog.write(shown, sent, received, LOCAL_WORKER)
         self.printer.ended(shown)
