@@ -764,6 +764,8 @@ def test_argument_option_refusals(tmp_path: Path) -> None:
                           (["-a", "missing.txt", "echo"], "-a missing.txt: cannot read it"),
                           (["-n", "2", "echo", ":::", "a"], "xargs' -n (arguments a job) is -N"),
                           (["-n", "2", "jobs.txt"], "-n: applies to runmaker files only"),
+                          (["--memory-limit", "100P", "echo", ":::", "a"],
+                           "--memory-limit 100P: more than this machine has"),
                           (["echo", "::::", "missing.txt"], ":::: missing.txt: cannot read"),
                           (["-N", "2", "jobs.txt"], "-N: for arguments"),
                           (["-0", "jobs.txt"], "-0/-d: for arguments"),

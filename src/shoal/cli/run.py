@@ -419,6 +419,14 @@ class _Choices:
                     fields[name] = parse(text)
                 except ValueError as error:
                     raise InputError(f"{flag}: {error}") from None
+        limit = fields.get("memory_bytes")
+        if isinstance(limit, int):  # said of the option, not of every line it applies to
+            from shoal.worker.resources import detect_resources
+
+            machine = detect_resources(with_gpus=False).memory_bytes
+            if limit > machine > 0:
+                raise InputError(f"--memory-limit {self.memory_limit}: more than this machine "
+                                 f"has ({machine} bytes)")
         return fields
 
     def resume_mode(self) -> str:
