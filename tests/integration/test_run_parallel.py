@@ -737,6 +737,13 @@ def test_xargs_forms_null_and_replace_string(tmp_path: Path) -> None:
     theirs = subprocess.run(["xargs", "-I", "%", "echo", "[%]"], cwd=tmp_path, input=words,
                             capture_output=True, text=True, timeout=60)
     assert ours.stdout == theirs.stdout == "[one]\n[two words]\n"
+    # -0 and -d keep an empty item as an empty argument, as xargs does (a blank line of
+    # plain stdin is skipped, as xargs skips it).
+    for delimiter, given in ((["-0"], "a\0\0b\0"), (["-d", ","], "a,,b")):
+        ours = shoal(tmp_path, "run", "-k", *delimiter, "echo", "X", stdin=given)
+        theirs = subprocess.run(["xargs", *delimiter, "-n1", "echo", "X"], cwd=tmp_path,
+                                input=given, capture_output=True, text=True, timeout=60)
+        assert ours.stdout == theirs.stdout == "X a\nX \nX b\n", (delimiter, ours.stderr)
 
 
 def test_an_empty_source_runs_nothing_and_succeeds(tmp_path: Path) -> None:

@@ -304,8 +304,9 @@ def _whole_stream(path: Path | None, defaults: Mapping[str, Any], filling: Filli
     """A command's stdin read to its end, as one source of arguments, so `{##}` is known."""
     name = "-" if path is None else str(path)
     label = "stdin" if name == "-" else name
-    # Blank lines are skipped, as a stream's are.
-    items = [item for item in read_items(name, filling.delimiter) if item]
+    # Blank lines are skipped, as a stream's are; -0 and -d keep empty items, as xargs does.
+    items = [item for item in read_items(name, filling.delimiter)
+             if item or filling.delimiter is not None]
     run = RunInput(label=label, key="", base=state.base_dir(None), starts_over=True, total=0,
                    _items=iter(())) if not items else \
         from_arguments(Sources(((*items,),), (False,)), defaults, filling)
@@ -376,8 +377,8 @@ class _LineParser:
         if self.filling.delimiter is None:
             line = line.removesuffix("\n").removesuffix("\r")
         if self.filling.template is not None:
-            if not line:
-                return None
+            if not line and self.filling.delimiter is None:  # -0, -d: an empty argument, as
+                return None                                    # xargs and parallel give it
             if self.filling.header:  # the first line names the argument, or its columns
                 self.filling = self.filling.named([line])
                 return None
