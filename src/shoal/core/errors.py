@@ -23,6 +23,16 @@ class InputError(ShoalError):
         super().__init__(f"{where}{message}")
 
 
+class BatchInputError(InputError):
+    """A job of a batch being added is refused: `index` (from 0) says which, so a caller that
+    knows where each job came from (a file's line) can say so."""
+
+    def __init__(self, index: int, reason: str):
+        self.index = index
+        self.reason = reason
+        super().__init__(f"job {index + 1} of the batch: {reason}")
+
+
 class IllegalTransition(ShoalError):
     """A state change the job state machine does not allow."""
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shoal.core.errors import InputError, ShoalError
+from shoal.core.errors import BatchInputError, InputError, ShoalError
 from shoal.core.models import FINAL_STATES, Job, JobState
 from shoal.core.protocol import Resources
 from shoal.core.states import Transition
@@ -285,9 +285,15 @@ class Run:
                 if self.halted is not None:
                     break
                 self._add(batch)
-        except InputError as error:  # a bad line of a stream: what came before it runs
-            self.report.input_error = str(error)
-            self._stop_taking("bad input")
+        except InputError as error:
+            if not self.tracked and self.input.total is not None:
+                # Input read whole (a file, arguments) refused before any job was taken: one
+                # line and exit 2, as its parse errors are.
+                self._feed_error = error
+                self.finished.set()
+            else:  # a bad line of a stream: what came before it runs
+                self.report.input_error = str(error)
+                self._stop_taking("bad input")
         except Exception as error:
             self._feed_error = error
             self.finished.set()
@@ -329,7 +335,11 @@ class Run:
             self.service.act("retry", [job_id for job_id, _ in again], None)
         ids: list[int] = []
         if new:
-            ids = self.service.add([item.spec for item in new], distinct=True)["ids"]
+            try:
+                ids = self.service.add([item.spec for item in new], distinct=True)["ids"]
+            except BatchInputError as error:  # named by its place in the input
+                raise InputError(error.reason, source=self.input.label,
+                                 line=new[error.index].number) from None
         for job_id, item in [*again, *zip(ids, new, strict=True)]:
             self._track(job_id, item)
 

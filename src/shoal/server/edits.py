@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shoal.core.errors import Conflict, Forbidden, InputError
+from shoal.core.errors import BatchInputError, Conflict, Forbidden, InputError
 from shoal.core.models import (
     FINAL_STATES,
     HOLDING_STATES,
@@ -372,11 +372,10 @@ class JobEdits:
                 if entry.startswith(GROUP_PREFIX):
                     group = entry[len(GROUP_PREFIX):]
                     if not self.deps.group_size[group] and group not in batch_groups:
-                        raise InputError(f"job {index + 1} of the batch: {entry} has no jobs")
+                        raise BatchInputError(index, f"{entry} has no jobs")
                 elif (dependency := self._known(int(entry))) is None or (
                         owner is not None and dependency.owner != owner):
-                    raise InputError(f"job {index + 1} of the batch: dependency {entry} "
-                                     "does not exist")
+                    raise BatchInputError(index, f"dependency {entry} does not exist")
         looping = self.deps.find_cycle(new_jobs, self._known)
         if looping is not None:
             raise InputError(f"dependency cycle: {looping.cmd!r} would wait for itself "
