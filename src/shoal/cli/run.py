@@ -208,8 +208,7 @@ def run_command(
                                           ("-n", loglines is not None), ("--live", live))
                  if value]
         if given:
-            raise InputError(f"{given[0]}: applies to runmaker files only"
-                             f"{_XARGS_N * (given[0] == '-n')}")
+            raise _runmaker_only(given[0])
         _run_new(file, command, sources, parallel, format, json_output, hosts, listen, choices)
     assert file is not None
     if format not in FORMATS:
@@ -610,7 +609,10 @@ def _ssh_hosts(text: str | None) -> "list[SshHost]":
     return unique_hosts([parse_host(item) for item in items])
 
 
-_XARGS_N = "; xargs' -n (arguments a job) is -N here"
+def _runmaker_only(option: str, why: str = "") -> InputError:
+    """A runmaker4 option given for another input (-n is also xargs' habit: point to -N)."""
+    hint = "; xargs' -n (arguments a job) is -N here" if option == "-n" else ""
+    return InputError(f"{option}: applies to runmaker files only{why}{hint}")
 
 
 def _runfile_options(file: Path, runmaker: bool, parallel: int, *, retry: bool,
@@ -623,8 +625,7 @@ def _runfile_options(file: Path, runmaker: bool, parallel: int, *, retry: bool,
                                       ("--listen", listen)) if value]
     if not runmaker:
         if given:
-            raise InputError(f"{given[0]}: applies to runmaker files only ({file} is not "
-                             f"one){_XARGS_N * (given[0] == '-n')}")
+            raise _runmaker_only(given[0], f" ({file} is not one)")
         return None
     loglines = 3 if loglines is None else loglines
     if loglines < 0:
