@@ -537,10 +537,10 @@ def take_home(run_input: RunInput, mode: str) -> tuple[Path, int]:
     another run holds gets one of its own beside it (`stdin.2`, ...): two pipelines into
     `shoal run` in one directory run side by side, as two GNU parallels do."""
     key = run_input.key
-    alternates = run_input.starts_over and mode == AUTO
-    for n in range(1, MAX_RUNS_AT_ONCE + 1 if alternates else 2):
-        run_input.key = key if n == 1 else f"{key}.{n}"  # the run's other files follow it
-        home = state.run_dir(run_input.base, run_input.key)
+    others = range(2, MAX_RUNS_AT_ONCE + 1) if run_input.starts_over and mode == AUTO else ()
+    for candidate in (key, *(f"{key}.{n}" for n in others)):
+        run_input.key = candidate  # the run's other files (--pipe's blocks) follow it
+        home = state.run_dir(run_input.base, candidate)
         try:
             state.make_private(run_input.base)
             fd = try_lock_home(home)
