@@ -78,8 +78,21 @@ def test_wr_format_and_shoal_home(tmp_path: Path) -> None:
     home = tmp_path / "home"
     result = run(jobs, "-j", "2", env={"SHOAL_HOME": str(home)})
     assert result.returncode == 0, result.stderr
-    assert (home / "runs" / "jobs.wr" / "shoal.db").exists()
+    [state] = (home / "runs").glob("jobs.wr-*")  # named by the file and its directory
+    assert (state / "shoal.db").exists()
     assert not (tmp_path / ".shoal").exists()
+
+    # $SHOAL_HOME is shared by every directory: a file of the same name elsewhere is a run of
+    # its own, nothing of it skipped as done; `shoal logs` finds the last run there.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "jobs.wr").write_text(f"echo made here; touch {other}/made\n")
+    again = run(other / "jobs.wr", env={"SHOAL_HOME": str(home)})
+    assert again.returncode == 0 and (other / "made").exists(), again.stderr
+    assert len(list((home / "runs").glob("jobs.wr-*"))) == 2
+    logs = subprocess.run([*SHOAL, "logs", "1"], cwd=other, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "SHOAL_HOME": str(home)})
+    assert logs.returncode == 0 and logs.stdout == "made here\n", logs.stderr
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -258,7 +258,8 @@ def from_file(path: Path, fmt: str, defaults: Mapping[str, Any], scan: FileScan,
     filling.check(1)
     items = (Item(job.line, job.spec, filling.tag([job.spec.cmd], job.line, str(job.line)))
              for job in iter_file(path, fmt, defaults=defaults))
-    return RunInput(label=path.name, key=state.file_key(path), base=state.base_dir(path),
+    return RunInput(label=path.name, key=state.run_key(path, state.file_key(path)),
+                    base=state.base_dir(path),
                     starts_over=False, total=scan.jobs, _items=items)
 
 
@@ -292,7 +293,8 @@ def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
             raise InputError(f"cannot read it: {error.strerror or error}",
                              source=str(path)) from None
         label = str(path)
-    key = "stdin" if filling.template is None else f"stdin-{filling.key()}"
+    key = state.run_key(None, "stdin" if filling.template is None
+                        else f"stdin-{filling.key()}")
     return RunInput(label=label, key=key, base=state.base_dir(None), starts_over=True,
                     numbered_by="line" if filling.block is None else "block",
                     _handle=handle, _filling=filling,
@@ -311,7 +313,8 @@ def _whole_stream(path: Path | None, defaults: Mapping[str, Any], filling: Filli
                    _items=iter(())) if not items else \
         from_arguments(Sources(((*items,),), (False,)), defaults, filling)
     # Still stdin's run: named as one.
-    return dataclasses.replace(run, label=label, key=f"stdin-{filling.key()}")
+    return dataclasses.replace(run, label=label,
+                               key=state.run_key(None, f"stdin-{filling.key()}"))
 
 
 def from_arguments(sources: Sources, defaults: Mapping[str, Any], filling: Filling
@@ -351,7 +354,7 @@ def from_arguments(sources: Sources, defaults: Mapping[str, Any], filling: Filli
 
     # Named by the command (and its --colsep) alone, so `--resume` with more arguments skips
     # those done; without it, the arguments run again, as GNU parallel runs them.
-    return RunInput(label="arguments", key=f"args-{filling.key()}",
+    return RunInput(label="arguments", key=state.run_key(None, f"args-{filling.key()}"),
                     base=state.base_dir(None), starts_over=True, total=total,
                     numbered_by="argument set", _items=items())
 

@@ -4,9 +4,11 @@
 where `<base>` is `.shoal/` beside the file (or in the current directory for stdin and
 arguments), or `$SHOAL_HOME` when set. `<name>` is the file's name (two files of one
 directory are two runs, which may go at the same time), `stdin`, `stdin-<digest of the
-command>`, or `args-<digest of the command and its arguments>`. `<base>/last` names the most
+command>`, or `args-<digest of the command and its arguments>`; under `$SHOAL_HOME`, which
+every directory shares, followed by a digest of the directory. `<base>/last` names the most
 recent run: `shoal logs`, `status` and `jobs` read that one when given `--state-dir <base>`
-or, with no server to ask, when `.shoal/` is in the current directory.
+or, with no server to ask, when `.shoal/` is in the current directory (`$SHOAL_HOME`, when
+set).
 """
 
 from __future__ import annotations
@@ -44,6 +46,16 @@ def file_key(path: Path) -> str:
     return safe
 
 
+def run_key(beside: Path | None, name: str) -> str:
+    """The run's name under its base: `name`; under $SHOAL_HOME, which every directory
+    shares, with a digest of the directory (the file's, or the current one for stdin and
+    arguments) too, so that the runs of two directories never mix."""
+    if not os.environ.get("SHOAL_HOME"):
+        return name
+    directory = beside.resolve().parent if beside is not None else Path.cwd()
+    return f"{name}-{hashlib.sha256(os.fsencode(directory)).hexdigest()[:8]}"
+
+
 def run_dir(base: Path, key: str) -> Path:
     return base / RUNS / key
 
@@ -79,8 +91,9 @@ def remember_last(base: Path, home: Path) -> None:
 
 
 def default_state_dir() -> Path | None:
-    """`.shoal/` in the current directory, when it holds the state of a run."""
-    candidate = Path.cwd() / ".shoal"
+    """Where `shoal run` in the current directory keeps its runs (`.shoal/`, or
+    $SHOAL_HOME), when it holds the state of a run."""
+    candidate = base_dir(None)
     if (candidate / LAST).is_file() or (candidate / RUNS).is_dir() \
             or (candidate / DATABASE_FILE).is_file():
         return candidate
