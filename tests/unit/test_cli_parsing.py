@@ -292,6 +292,12 @@ def test_logs_marks_the_omitted_middle_on_stderr(fake_server: FakeServer,
     # From byte 0: a running job would answer with its live output; an ended one with what
     # was kept, as here.
     assert fake_server.requests[0].query == "stream=stderr&offset=0"
+    # A head cut inside a line is ended there: never joined to the tail's first line.
+    fake_server.reply("GET", "/jobs/4/logs", body={
+        "job_id": 4, "stream": "stdout", "state": "done",
+        "head": "1\n12", "tail": "91\n92\n", "total_bytes": 1000})
+    assert run(fake_server, "logs", "4") == 0
+    assert capsys.readouterr().out == "1\n12\n91\n92\n"
 
 
 def test_logs_follow_prints_only_new_text(fake_server: FakeServer,

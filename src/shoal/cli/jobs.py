@@ -211,13 +211,19 @@ def logs(
     client = session_of(ctx).reader(state_dir)
     stream = "stderr" if stderr else "stdout"
     terminal = sys.stdout.isatty()
+    line_open = False  # the last text printed did not end its line
 
     def show(piece: str | int) -> None:
+        nonlocal line_open
         if isinstance(piece, int):
+            if line_open:  # the kept head's last line is cut: not joined to the tail's first
+                sys.stdout.write("\n")
+                line_open = False
             sys.stdout.flush()
             print(render.omitted_marker(piece), file=sys.stderr, flush=True)
-        else:  # job output is untrusted: never raw onto a terminal
+        elif piece:  # job output is untrusted: never raw onto a terminal
             sys.stdout.write(render.sanitize(piece) if terminal else piece)
+            line_open = not piece.endswith("\n")
 
     position = 0  # bytes of the stream printed so far
     version = client.status()["version"] if follow else None
