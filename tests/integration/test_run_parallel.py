@@ -899,6 +899,15 @@ def test_logs_status_and_jobs_read_the_state_without_a_server(tmp_path: Path) ->
     assert named.returncode == 0 and "echo hello" in named.stdout
     nothing = shoal(elsewhere, "logs", "1")
     assert nothing.returncode == 3  # no server and no run here
+    # A file in another directory keeps its state beside it: the summary says where to look.
+    (elsewhere / "far.txt").write_text("echo far >&2; false\n")
+    far = shoal(tmp_path, "run", "elsewhere/far.txt")
+    hint = re.search(r"shoal logs ID \[--stderr\] --state-dir (\S+) \(ID is the #\)", far.stderr)
+    assert far.returncode == 1 and hint is not None, far.stderr
+    found = shoal(tmp_path, "logs", "1", "--stderr", "--state-dir", hint.group(1))
+    assert found.returncode == 0 and found.stdout == "far\n", found.stderr
+    plain = shoal(tmp_path, "run", "jobs.txt")  # its state is where `shoal logs` looks here
+    assert "shoal logs ID [--stderr] (ID is the #)" in plain.stderr, plain.stderr
 
 
 def test_bad_input_is_one_line(tmp_path: Path) -> None:

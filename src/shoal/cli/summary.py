@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -58,7 +60,22 @@ def print_summary(report: RunReport, *, json_output: bool, to_stderr: bool = Fal
     if report.input_error:
         console.print(f"[red]error[/red] {escape(report.input_error)}")
     if report.failures and report.state_dir is not None:
-        console.print("a job's whole output: shoal logs ID [--stderr] (ID is the #)")
+        console.print(f"a job's whole output: shoal logs ID [--stderr]"
+                      f"{escape(_found_from(report))} "
+                      "(ID is the #)")
+
+
+def _found_from(report: RunReport) -> str:
+    """` --state-dir DIR` when `shoal logs` here would not look where this run's state is (a
+    file in another directory keeps its state beside it)."""
+    from shoal.run.state import RUNS, base_dir
+
+    assert report.state_dir is not None
+    home = Path(report.state_dir)
+    base = home.parent.parent if home.parent.name == RUNS else home
+    if base.resolve() == base_dir(None).resolve():
+        return ""
+    return f" --state-dir {shlex.quote(str(home))}"
 
 
 def _number(job: dict[str, object], unit: str) -> str:
