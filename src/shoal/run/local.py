@@ -32,7 +32,7 @@ class RunState:
     def _job(self, job_id: int) -> dict[str, Any]:
         found = self.store.jobs_by_id([job_id])
         if not found:
-            raise NotFound(f"job {job_id} not found in {self.directory}")
+            raise NotFound(f"job {job_id} does not exist in {self.directory}")
         data = found[0].to_dict()
         data["gpu_ids"] = []
         data["pending_reason"] = None
