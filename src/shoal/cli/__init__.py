@@ -14,7 +14,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the server's ans
 StateDirOption = Annotated[Path | None, typer.Option(
     "--state-dir", metavar="DIR",
     help="Read a `shoal run`'s state (its .shoal directory, or one run's directory in it) "
-         "instead of asking a server; with no server, ./.shoal is read.")]
+         "instead of asking a server; with no server, ./.shoal ($SHOAL_HOME when set) is "
+         "read.")]
 
 if TYPE_CHECKING:  # httpx is imported only by verbs that talk to a server
     from shoal.client import Client
