@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 from dataclasses import asdict
@@ -66,15 +67,17 @@ def print_summary(report: RunReport, *, json_output: bool, to_stderr: bool = Fal
 
 
 def _found_from(report: RunReport) -> str:
-    """` --state-dir DIR` when `shoal logs` here would not look where this run's state is (a
-    file in another directory keeps its state beside it)."""
-    from shoal.run.state import RUNS, base_dir
+    """` --state-dir DIR` unless `shoal logs` here reads this run: asked as it asks (a file
+    in another directory keeps its state beside it; another run may have started since)."""
+    from shoal.core.errors import InputError
+    from shoal.run.state import default_state_dir, resolve
 
     assert report.state_dir is not None
     home = Path(report.state_dir)
-    base = home.parent.parent if home.parent.name == RUNS else home
-    if base.resolve() == base_dir(None).resolve():
-        return ""
+    here = default_state_dir()
+    with contextlib.suppress(InputError):  # no run there to read
+        if here is not None and resolve(here).resolve() == home.resolve():
+            return ""
     return f" --state-dir {shlex.quote(str(home))}"
 
 
