@@ -430,6 +430,23 @@ def test_jobs_halted_before_they_start_are_left_out_of_results_and_joblog(
     assert ours == theirs and [row[0] for row in ours[1]] == ["1", "2"]
 
 
+def test_jobs_halted_while_held_by_the_runner_had_no_try(tmp_path: Path) -> None:
+    """The jobs waiting in the runner when --halt now stops the run never had a process:
+    afterwards they have no try, no start time and no attempt in their history, and the
+    one that was running is the one killed by the halt."""
+    (tmp_path / "jobs.txt").write_text("sleep 0.3; exit 1\n" + "sleep 30\n" * 4)
+    run = shoal(tmp_path, "run", "jobs.txt", "-j", "2", "--halt", "now,fail=1", "--json")
+    assert run.returncode == 1 and json.loads(run.stdout)["not_run"] == 4, run.stdout
+    jobs = {job["id"]: job for job in json.loads(shoal(tmp_path, "jobs", "--json").stdout)["jobs"]}
+    assert (jobs[2]["attempts"], jobs[2]["fail_reason"]) == (1, "killed by --halt now")
+    for job_id in (3, 4, 5):
+        assert (jobs[job_id]["state"], jobs[job_id]["attempts"]) == ("cancelled", 0)
+        assert jobs[job_id]["started_at"] is None
+        status = json.loads(shoal(tmp_path, "status", str(job_id), "--json").stdout)
+        assert status["attempt_history"] == [], status
+        assert status["fail_reason"] == "not started: the run stopped"
+
+
 @pytest.mark.parametrize("halt", ["soon,fail=3", "soon,fail=10%"])
 def test_halt_soon_starts_nothing_after_the_failure_that_halts(tmp_path: Path,
                                                                halt: str) -> None:

@@ -167,6 +167,38 @@ def test_kill_cancels_queued_at_once_and_running_through_the_worker() -> None:
     assert (job.state, job.fail_reason) == (S.CANCELLED, "killed by user")
 
 
+def test_an_assignment_given_back_unstarted_is_no_attempt() -> None:
+    """A worker that held an assignment in its backlog and never started it reports it
+    killed with no pid: the job ends as the kill says, but with no attempt, no start time
+    and no row in its history; given back by a stopping worker, it runs again uncounted."""
+    reactor = new_reactor()
+    killed_id, returned_id = add(reactor, "sleep 100", "sleep 200")
+    worker = reactor.worker_joined(register(cores=2), 0.0)
+    leases = dict(assigned(reactor)[worker])
+    reactor.take_effects()
+    reactor.kill([reactor.get(killed_id)], 2.0, reason="killed by --halt now")
+    reactor.kill([reactor.get(killed_id)], 2.1, reason="a later kill")
+    unstarted = result(killed_id, leases[killed_id], outcome="killed").model_copy(
+        update={"pid": None, "exit_code": None})
+    returned = result(returned_id, leases[returned_id], outcome="killed").model_copy(
+        update={"pid": None, "exit_code": None})
+    reactor.finished(worker, [unstarted, returned], 3.0)
+    effects = reactor.take_effects()
+    killed, given_back = reactor.get(killed_id), reactor.get(returned_id)
+    assert (killed.state, killed.fail_reason) == (S.CANCELLED, "killed by --halt now")
+    assert (killed.attempts, killed.started_at, killed.ended_at) == (0, None, None)
+    assert (given_back.attempts, given_back.lost_attempts) == (0, 0)
+    assert given_back.state in (S.LOST, S.QUEUED)
+    assert sorted(effects.withdrawn) == sorted(leases.values()) and effects.results == []
+    # One that started and was killed is an attempt, as always.
+    [(_, lease)] = assigned(reactor, 4.0)[worker]
+    reactor.kill([given_back], 5.0)
+    reactor.finished(worker, [result(returned_id, lease, outcome="killed", exit_code=143)],
+                     6.0)
+    assert (given_back.state, given_back.attempts) == (S.CANCELLED, 1)
+    assert reactor.take_effects().withdrawn == []
+
+
 def test_remove_refuses_running_and_unknown_ids() -> None:
     reactor = new_reactor()
     [job_id] = add(reactor, "sleep 1")

@@ -153,6 +153,12 @@ class AttemptResult(_Message):
     stderr: Captured = Field(default_factory=Captured)
     error: str | None = None
 
+    @property
+    def never_started(self) -> bool:
+        """Killed while the worker still held it (its backlog, or staging files): no process
+        ever ran, so it was no attempt."""
+        return self.outcome == "killed" and self.pid is None
+
 
 class Finished(_Message):
     type: Literal["finished"] = "finished"

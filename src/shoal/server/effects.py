@@ -30,6 +30,7 @@ class Effects:
     new_attempts: list[AttemptRow] = field(default_factory=list)
     started: list[tuple[int, int, float]] = field(default_factory=list)  # lease, pid, at
     results: list[AttemptResult] = field(default_factory=list)
+    withdrawn: list[int] = field(default_factory=list)  # leases given back unstarted
     removed: list[int] = field(default_factory=list)
     modified: dict[int, Job] = field(default_factory=dict)  # specs changed by `shoal mod`
     learned: list[tuple[str, int, float]] = field(default_factory=list)

@@ -480,10 +480,20 @@ class Reactor(JobEdits):
             if job is None or not self._holds_lease(worker_id, job, result.lease_id):
                 continue  # a stale lease: its job was lost and given to another attempt
             worker.release(job)
-            self._record_result(job, result)
-            self._effects.results.append(result)
+            if result.never_started:
+                self._withdraw(job, result.lease_id)
+            else:
+                self._record_result(job, result)
+                self._effects.results.append(result)
             self._conclude(job, result, now)
         self._settle_dependencies(now)
+
+    def _withdraw(self, job: Job, lease_id: int) -> None:
+        """An assignment its worker gave back unstarted is no attempt: not counted, not in
+        the job's history, and no start time."""
+        job.attempts -= 1
+        job.pid = job.started_at = job.ended_at = None
+        self._effects.withdrawn.append(lease_id)
 
     def _record_result(self, job: Job, result: AttemptResult) -> None:
         job.pid = result.pid or job.pid
@@ -505,7 +515,8 @@ class Reactor(JobEdits):
             if kill_reason is not None:
                 self._change(job, S.CANCELLED, now, kill_reason)
             else:  # the worker stopped and killed its jobs: not the job's fault, run it again
-                job.lost_attempts += 1
+                if not result.never_started:
+                    job.lost_attempts += 1
                 self._change(job, S.LOST, now, f"worker {job.worker} stopped")
                 self._give_up_lost(job, now)
             return
@@ -560,7 +571,8 @@ class Reactor(JobEdits):
                 self._change(job, S.CANCELLED, now, reason)
                 affected.append(job.id)
             elif job.state is S.RUNNING and job.lease_id is not None:
-                self._kill_reasons[job.id] = reason
+                # A second kill on the way does not change why it was killed.
+                self._kill_reasons.setdefault(job.id, reason)
                 for worker in self.workers.values():
                     if job.id in worker.job_ids:
                         self._effects.kills[worker.id].append(
@@ -681,6 +693,7 @@ class Reactor(JobEdits):
 
     def _assign(self, job: Job, worker: WorkerState, gpu_ids: list[str], now: float) -> None:
         lease_id = self._leases.next()
+        self._kill_reasons.pop(job.id, None)  # a kill was meant for an attempt before this
         self._change(job, S.RUNNING, now)
         job.lease_id, job.holder = lease_id, worker.identity
         job.attempts += 1

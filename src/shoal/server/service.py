@@ -238,6 +238,7 @@ class Service:
                 [r for e in batch for r in e.removed],
                 [row for e in batch for row in e.learned],
                 [job for e in batch for job in e.modified.values()],
+                [lease for e in batch for lease in e.withdrawn],
             )
         except StoreUnavailable as exc:
             if self.store_error is None:

@@ -868,7 +868,7 @@ class Store:
                     new_attempts: Sequence[AttemptRow], results: Sequence[AttemptResult],
                     started: Sequence[tuple[int, int, float]], removed: Sequence[int],
                     learned: Sequence[tuple[str, int, float]] = (),
-                    modified: Sequence[Job] = ()) -> None:
+                    modified: Sequence[Job] = (), withdrawn: Sequence[int] = ()) -> None:
         """One transaction for everything a loop tick changed."""
         with self._transaction() as db:
             if modified:
@@ -914,6 +914,9 @@ class Store:
                        if t.lease_id is not None and t.reason is not None]
             if reasons:
                 db.executemany("UPDATE attempts SET reason = ? WHERE lease_id = ?", reasons)
+            if withdrawn:  # given back unstarted: no attempt after all
+                db.executemany("DELETE FROM attempts WHERE lease_id = ?",
+                               [(lease,) for lease in withdrawn])
             if removed:
                 _delete_where(db, "id IN (SELECT value FROM json_each(?))",
                               [json.dumps(list(removed))])
