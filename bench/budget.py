@@ -12,8 +12,12 @@ same jobs (N `bash -c 'true I'`, P at a time), interleaved. From the floor's rat
 - the W at which the floor is as slow as shoal: shoal's whole overhead, start-up included,
   as work per job.
 
+With --helpers, the floor is also run with its spawns off the loop (`spawn_floor.py
+--helpers`: a helper process per slot starts and reaps the jobs, the loop only does the W of
+each), to see how much work that arrangement allows.
+
     python bench/budget.py                         # 3000 jobs, 2 at a time, 3 repeats
-    python bench/budget.py --work 0,100,200,400 --write-docs
+    python bench/budget.py --work 0,100,200,400 --helpers --write-docs
 """
 
 from __future__ import annotations
@@ -36,10 +40,11 @@ DOCS = ROOT / "docs" / "performance.md"
 START, END = "<!-- budget:start -->", "<!-- budget:end -->"
 
 
-def floor_seconds(jobs: int, parallel: int, work_us: float) -> float:
+def floor_seconds(jobs: int, parallel: int, work_us: float, helpers: bool = False) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, str(ROOT / "bench" / "spawn_floor.py"), str(jobs),
-                    str(parallel), str(work_us)], check=True, timeout=TIMEOUT_S)
+                    str(parallel), str(work_us), *(["--helpers"] if helpers else [])],
+                   check=True, timeout=TIMEOUT_S)
     return time.perf_counter() - start
 
 
@@ -73,6 +78,8 @@ def main() -> int:
     parser.add_argument("--work", default="0,50,100,200,300,400,600",
                         help="µs of CPU per job for the floor, comma-separated")
     parser.add_argument("--target", type=float, default=0.8, help="ratio to xargs (0.8)")
+    parser.add_argument("--helpers", action="store_true",
+                        help="also time the floor with a spawning helper process per slot")
     parser.add_argument("--write-docs", action="store_true", help=f"update {DOCS.name}")
     args = parser.parse_args()
     try:
@@ -88,6 +95,7 @@ def main() -> int:
     start_up: list[float] = []
     floor_start: list[float] = []
     floor: dict[float, list[float]] = {w: [] for w in work}
+    helped: dict[float, list[float]] = {w: [] for w in work} if args.helpers else {}
     try:
         shoal_once(1, 1)  # a broken install is reported, not timed
     except Unavailable as exc:
@@ -98,10 +106,12 @@ def main() -> int:
         xargs.append(run_xargs(n, p)["xargs"])
         for w in work:
             floor[w].append(floor_seconds(n, p, w))
+            if args.helpers:
+                helped[w].append(floor_seconds(n, p, w, helpers=True))
         shoal.append(shoal_once(n, p)[0])
         start_up.append(shoal_start_seconds())
         floor_start.append(floor_seconds(1, 1, 0))
-    text = report(args, xargs, shoal, start_up, floor_start, floor)
+    text = report(args, xargs, shoal, start_up, floor_start, floor, helped)
     print(text)
     if args.write_docs:
         replace_section(DOCS, START, END, text, scaffold=f"{START}\n{END}\n")
@@ -110,7 +120,7 @@ def main() -> int:
 
 def report(args: argparse.Namespace, xargs: list[float], shoal: list[float],
            start_up: list[float], floor_start_up: list[float],
-           floor: dict[float, list[float]]) -> str:
+           floor: dict[float, list[float]], helped: dict[float, list[float]]) -> str:
     n, target = args.jobs, args.target
     xargs_rate = n / statistics.median(xargs)
     floor_start = statistics.median(floor_start_up)
@@ -137,6 +147,10 @@ def report(args: argparse.Namespace, xargs: list[float], shoal: list[float],
     for w, rate in curve:
         lines.append(f"| Python's floor + {w:.0f} µs of CPU a job | {rate:.0f} | "
                      f"{rate / xargs_rate:.2f}x |")
+    helped_curve = [(w, n / statistics.median(seconds)) for w, seconds in helped.items()]
+    for w, rate in helped_curve:
+        lines.append(f"| the floor's spawns in a helper per slot, + {w:.0f} µs a job | "
+                     f"{rate:.0f} | {rate / xargs_rate:.2f}x |")
     lines += [
         f"| shoal | {shoal_rate:.0f} | {shoal_rate / xargs_rate:.2f}x |",
         "",
@@ -150,6 +164,11 @@ def report(args: argparse.Namespace, xargs: list[float], shoal: list[float],
         f"- shoal runs as fast as the floor with **{work_at(shoal_rate, curve)} µs** a job "
         "(its start-up counted in that work).",
     ]
+    if helped_curve:
+        lines.append(
+            f"- With the spawns in a helper process per slot, {target:.1f}x leaves "
+            f"**{work_at(wanted, helped_curve)} µs** a job on the loop, "
+            f"**{work_at(wanted_after_start, helped_curve)} µs** with shoal's start-up.")
     return "\n".join(lines) + "\n"
 
 

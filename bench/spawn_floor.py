@@ -6,11 +6,18 @@ bench/throughput.py times it beside xargs and shoal: what shoal does beyond this
 database, the jobs' output, cgroups, the summary) is the difference between the two rows;
 what a Python event loop pays for starting processes is this row's gap to xargs.
 
-    python bench/spawn_floor.py N P [WORK_US]
+    python bench/spawn_floor.py N P [WORK_US] [--helpers]
 
 WORK_US (default 0): CPU microseconds the loop spends on each job once it has ended and the
 next has started, as a runner's bookkeeping would. bench/budget.py uses it to find how much
 per-job work a ratio to xargs allows.
+
+--helpers: the loop spawns nothing itself. Each of P helper processes (this script, run as
+`spawn_floor.py --slot`) starts and reaps one job at a time from the numbers sent down its
+stdin, two ahead, and writes back each that ended; the loop reads those, spends WORK_US on
+each and sends the next number. This is a runner whose spawns are off the loop (a spawner
+process of its own per slot): the helper is the job's parent, woken where the job ends, and
+the next job is already waiting in its pipe.
 """
 
 from __future__ import annotations
@@ -54,6 +61,60 @@ async def run(jobs: int, parallel: int, work_seconds: float = 0.0) -> None:
         await finished
 
 
+async def run_with_helpers(jobs: int, parallel: int, work_seconds: float = 0.0) -> None:
+    loop = asyncio.get_running_loop()
+    finished = loop.create_future()
+    sent = ended = 0
+
+    def send(helper: asyncio.subprocess.Process, count: int) -> None:
+        nonlocal sent
+        numbers = range(sent + 1, min(jobs, sent + count) + 1)
+        sent += len(numbers)
+        if numbers:
+            assert helper.stdin is not None
+            helper.stdin.write(b"".join(b"%d\n" % number for number in numbers))
+
+    def on_ended(helper: asyncio.subprocess.Process, lines: int) -> None:
+        nonlocal ended
+        for _ in range(lines):
+            ended += 1
+            send(helper, 1)
+            if work_seconds:
+                spend(work_seconds)
+        if ended == jobs and not finished.done():
+            finished.set_result(None)
+
+    async def follow(helper: asyncio.subprocess.Process) -> None:
+        assert helper.stdout is not None
+        while chunk := await helper.stdout.read(65536):
+            on_ended(helper, chunk.count(b"\n"))
+
+    helpers = [await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--slot", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE) for _ in range(min(parallel, jobs))]
+    followers = [asyncio.ensure_future(follow(helper)) for helper in helpers]
+    for helper in helpers:
+        send(helper, 2)
+    if jobs:
+        await finished
+    for helper in helpers:
+        assert helper.stdin is not None
+        helper.stdin.close()
+        await helper.wait()
+    await asyncio.gather(*followers)
+
+
+def slot() -> None:
+    """A helper: one job at a time, from the numbers on stdin; a line out for each ended."""
+    environment = dict(os.environ)
+    for line in sys.stdin.buffer:
+        pid = os.posix_spawn("/bin/bash", [b"bash", b"-c", b"true " + line.strip()],
+                             environment, setsid=True)
+        os.wait4(pid, 0)
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+
+
 def spend(seconds: float) -> None:
     """Use this much of the thread's CPU time (not wall time: a preempted loop still pays)."""
     until = time.thread_time() + seconds
@@ -62,5 +123,11 @@ def spend(seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    work_us = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
-    asyncio.run(run(int(sys.argv[1]), int(sys.argv[2]), work_us / 1e6))
+    if sys.argv[1:] == ["--slot"]:
+        slot()
+        sys.exit(0)
+    helpers = "--helpers" in sys.argv
+    args = [arg for arg in sys.argv[1:] if arg != "--helpers"]
+    work_us = float(args[2]) if len(args) > 2 else 0.0
+    runner = run_with_helpers if helpers else run
+    asyncio.run(runner(int(args[0]), int(args[1]), work_us / 1e6))
