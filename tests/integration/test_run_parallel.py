@@ -152,6 +152,22 @@ def test_placeholders_sources_and_dry_run(tmp_path: Path) -> None:
     assert templated.stdout.splitlines() == ["got x", "got y"]
 
 
+def test_a_file_then_options_with_placeholders_is_still_the_file(tmp_path: Path) -> None:
+    """`shoal run jobs.txt --tagstring {#}`: options after FILE whose values hold
+    placeholders leave FILE a file of commands, whether or not lines are piped in; a
+    command's own options still make it a command."""
+    (tmp_path / "jobs.txt").write_text("echo one\necho two\n")
+    tagged = shoal(tmp_path, "run", "jobs.txt", "--tagstring", "L{#}", "-k", "-j", "2")
+    assert tagged.returncode == 0 and tagged.stdout.splitlines() == ["L1\tone", "L2\ttwo"]
+    (tmp_path / "more.txt").write_text("echo one\necho two\n")
+    dry = shoal(tmp_path, "run", "more.txt", "--tagstring", "{#}", "--dry-run",
+                stdin="piped\n")
+    assert dry.returncode == 0 and dry.stdout.splitlines() == ["echo one", "echo two"]
+    (tmp_path / "gzip").write_text("")  # a file named like the command: still the command
+    command = shoal(tmp_path, "run", "--dry-run", "gzip", "-9", "{}", stdin="a\n")
+    assert command.returncode == 0 and command.stdout == "gzip -9 a\n", command.stdout
+
+
 def test_slot_is_unique_among_running_jobs(tmp_path: Path) -> None:
     """`{%}` as GNU parallel's: 1..N, no two running jobs with one slot (a job takes its
     slot's lock directory, which fails if another running job holds it)."""

@@ -323,6 +323,18 @@ def _option_name(word: str) -> str:
     return word[:2]
 
 
+def _options_only(words: list[str], names: frozenset[str], value_options: frozenset[str]
+                  ) -> bool:
+    """Whether `words` are all shoal's own options, each with its value."""
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if not word.startswith("-") or _option_name(word) not in names:
+            return False
+        index += 2 if word in value_options else 1
+    return True
+
+
 def _value_options(command: Any) -> frozenset[str]:
     """The names of `command`'s options that take a value (all but its flags), as typer
     made them: what tells shoal's words from the command's, kept with each option."""
@@ -339,6 +351,9 @@ def run_arguments(args: list[str], command: Any) -> list[str]:
     from shoal.run.template import SOURCE_MARKS, has_placeholder
 
     value_options = _value_options(command)
+    option_names = frozenset(name for param in command.params
+                             if param.param_type_name == "option"
+                             for name in (*param.opts, *param.secondary_opts))
     index = 0
     for_arguments = False
     while index < len(out):
@@ -352,9 +367,11 @@ def run_arguments(args: list[str], command: Any) -> list[str]:
             index += 1
             continue
         rest = out[index:]
-        command = (for_arguments or any(mark in rest for mark in SOURCE_MARKS) or " " in word
-                   or any(has_placeholder(later) for later in rest))
-        if command and not (len(rest) == 1 and os.path.exists(word)):
+        is_command = (for_arguments or any(mark in rest for mark in SOURCE_MARKS)
+                      or " " in word or any(has_placeholder(later) for later in rest))
+        # `jobs.txt --tagstring {#}`: a file, then only shoal's options, is a FILE.
+        if is_command and not (os.path.exists(word)
+                               and _options_only(rest[1:], option_names, value_options)):
             return [*out[:index], "--", *rest]
         return out
     return out
