@@ -877,6 +877,15 @@ def test_a_file_is_checked_whole_and_counted(tmp_path: Path) -> None:
     options = tmp_path / "jobs.wr"
     options.write_text('echo a\t{"cpus": 1}\necho b\t{"cpus": 3}\necho c\t{"cpus": 3}\n')
     assert check_file(options) == FileCheck(3, "wr", 3, 2)
+    waits = tmp_path / "waits.wr"
+    waits.write_text('a\t{"deps": ["g"], "memory": "1G"}\nb\t{"cwd": "rel"}\n'
+                     'c\t{"dep_grps": ["g"], "memory": "2G"}\nd\t{"deps": ["g", "none"]}\n'
+                     'e\t{"deps": ["none2"]}\n')
+    found = check_file(waits)
+    assert (found.most_memory, found.most_memory_line) == (2 << 30, 3)
+    assert found.relative_cwd_line == 2
+    assert found.missing_group == ("none", 4)  # the first line waiting for a group not here
+    assert found.forward_spans == ((1, 3),)  # job 1 waits for group g, whose first job is 3
     bad = tmp_path / "bad.txt"
     bad.write_text("echo a\n" + "x" * 70_000 + "\n")
     with pytest.raises(InputError, match=r"bad.txt:2: .*longer than"):

@@ -6,6 +6,7 @@
 # Names imported only for type checking are quoted where they are used.
 
 import asyncio
+import math
 import os
 import re
 import sys
@@ -149,7 +150,7 @@ def run_command(
         help="Start each output line with STR, its placeholders filled ({}, {1}, {#}); "
              "implies --tag.")] = None,
     max_args: Annotated[int | None, typer.Option(
-        "-N", "--max-args", metavar="N", min=0,
+        "-N", "--max-args", metavar="N", min=0, max=1_000_000,
         help="N arguments a job ({1} to {N}; the last job's may be fewer).")] = None,
     context_pack: Annotated[bool, typer.Option(
         "-X", help="As many arguments a job as fit in a command (64 KiB), spread over the -j "
@@ -230,7 +231,9 @@ def run_command(
     from shoal.run.inputs import from_file, scan_file
 
     defaults = {**job_defaults(file), **choices.job_fields()}
-    scan = scan_file(file, format, parallel or 2**31, defaults)
+    # Other hosts' workers may have more memory than this machine: they say so when they join.
+    memory = 0 if listen is not None or ssh_hosts else _machine_memory()
+    scan = scan_file(file, format, parallel or 2**31, defaults, memory)
     options = _runfile_options(file, scan.runmaker, parallel, retry=retry, one_only=one_only,
                                logfile=logfile, loglines=loglines, live=live, listen=listen)
     if options is not None and ssh_hosts:
@@ -435,11 +438,12 @@ class _Choices:
                     fields[name] = parse(text)
                 except ValueError as error:
                     raise InputError(f"{flag}: {error}") from None
+        timeout = fields.get("time_limit_seconds")
+        if isinstance(timeout, float | int) and not 0 < timeout < math.inf:
+            raise InputError(f"--timeout {self.timeout}: give a time above 0 (90s, 5m)")
         limit = fields.get("memory_bytes")
         if isinstance(limit, int):  # said of the option, not of every line it applies to
-            from shoal.worker.resources import detect_resources
-
-            machine = detect_resources(with_gpus=False).memory_bytes
+            machine = _machine_memory()
             if limit > machine > 0:
                 raise InputError(f"--memory-limit {self.memory_limit}: more than this machine "
                                  f"has ({machine} bytes)")
@@ -515,6 +519,12 @@ def _input_words(words: list[str], arg_files: list[str], link: bool, choices: _C
             and not (_stdin_is_piped() and _is_program(word)):
         return Path(word), None, sources
     return None, " ".join(head), sources
+
+
+def _machine_memory() -> int:
+    from shoal.worker.resources import detect_resources
+
+    return detect_resources(with_gpus=False).memory_bytes
 
 
 def _stdin_is_piped() -> bool:

@@ -81,6 +81,9 @@ def read_file(path: str | Path, fmt: str = "auto", *,
     return Reading(_read_text(path), fmt, str(path), defaults)
 
 
+_GROUP = "group:"
+
+
 @dataclass(frozen=True)
 class FileCheck:
     """What checking a whole file found: its jobs, never kept."""
@@ -89,6 +92,14 @@ class FileCheck:
     fmt: str  # the format it was read as
     most_cores: int  # the most cores any of its jobs asks for
     most_cores_line: int  # the first line asking for them (0 without jobs)
+    most_memory: int = 0  # the most memory (bytes) any of its jobs asks for
+    most_memory_line: int = 0
+    relative_cwd_line: int = 0  # the first line whose cwd is not absolute (0: none)
+    # A group waited for that no job of the file is in: (the group, the first line waiting).
+    missing_group: tuple[str, int] | None = None
+    # Jobs (1-based, in file order) from a job waiting for a group to the group's first job
+    # further down: each span must be added at once, or the wait would find the group empty.
+    forward_spans: tuple[tuple[int, int], ...] = ()
 
 
 def check_file(
@@ -99,14 +110,41 @@ def check_file(
     reading = read_file(path, fmt, defaults=defaults)
     if reading.fmt == "lines" and (counted := count_lines(reading.text)) is not None:
         jobs, first = counted
-        cores = reading.builder.base.cores if jobs else 0
-        return FileCheck(jobs, "lines", cores, first)
-    jobs, most, line = 0, 0, 0
+        base = reading.builder.base
+        memory = base.memory_bytes if jobs else 0
+        return FileCheck(jobs, "lines", base.cores if jobs else 0, first, memory,
+                         first if memory else 0, first if jobs and _relative(base.cwd) else 0)
+    jobs, most, line, memory, memory_line, relative = 0, 0, 0, 0, 0, 0
+    first_in_group: dict[str, int] = {}
+    waits: dict[str, tuple[int, int]] = {}  # group -> (first job waiting for it, its line)
+    spans: list[tuple[int, int]] = []
     for job in reading.jobs():
         jobs += 1
-        if job.base.cores > most:
-            most, line = job.base.cores, job.line
-    return FileCheck(jobs, reading.fmt, most, line)
+        spec = job.base
+        if spec.cores > most:
+            most, line = spec.cores, job.line
+        if spec.memory_bytes > memory:
+            memory, memory_line = spec.memory_bytes, job.line
+        if not relative and _relative(spec.cwd) and not spec.gate:
+            relative = job.line
+        first_in_group.setdefault(spec.group, jobs)
+        for entry in (*spec.after, *spec.after_any):
+            if entry.startswith(_GROUP):
+                waits.setdefault(entry[len(_GROUP):], (jobs, job.line))
+    missing = None
+    for group, (waiting, waiting_line) in waits.items():
+        group_start = first_in_group.get(group)
+        if group_start is None:
+            if missing is None or waiting_line < missing[1]:
+                missing = (group, waiting_line)
+        elif group_start > waiting:
+            spans.append((waiting, group_start))
+    return FileCheck(jobs, reading.fmt, most, line, memory, memory_line, relative, missing,
+                     tuple(sorted(spans)))
+
+
+def _relative(cwd: str | None) -> bool:
+    return cwd is not None and not cwd.startswith("/")
 
 
 class Reading:

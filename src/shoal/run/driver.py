@@ -12,8 +12,10 @@ ends is shown (see output), logged (`--joblog`), kept (`--results`), and checked
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import os
+import shutil
 import signal
 import socket
 import time
@@ -29,7 +31,7 @@ from shoal.core.protocol import Resources
 from shoal.core.states import Transition
 from shoal.home import DATABASE_FILE, private_directory, try_lock_home
 from shoal.run import state
-from shoal.run.inputs import Item, RunInput
+from shoal.run.inputs import Item, RunInput, too_much_memory
 from shoal.run.output import Joblog, OutputSettings, Printer, Results, Shown
 from shoal.run.terminal import Terminal, bar_text
 from shoal.server.reactor import ReactorConfig
@@ -313,8 +315,7 @@ class Run:
                                  f"{self.settings.parallel}", source=self.input.label,
                                  line=item.number)
             if spec.memory_bytes > self.memory_bytes > 0:
-                raise InputError(f"asks for {spec.memory_bytes} bytes of memory, more than "
-                                 f"this machine has ({self.memory_bytes})",
+                raise InputError(too_much_memory(spec.memory_bytes, self.memory_bytes),
                                  source=self.input.label, line=item.number)
             earlier = self._earlier.get(spec.cmd)
             if earlier:
@@ -529,9 +530,9 @@ class Run:
                           for wall, job_id, line, cmd in sorted(self._slowest, reverse=True)]
 
 
-def take_home(run_input: RunInput, mode: str) -> tuple[Path, int]:
+def take_home(run_input: RunInput, mode: str) -> tuple[Path, int, bool]:
     """Lock the input's state directory (one run of an input at a time), start it over if
-    asked, and make it the last run of its base.
+    asked, and make it the last run of its base; also whether the directory is new.
 
     An input that starts over anyway (stdin, arguments; not with --resume) whose directory
     another run holds gets one of its own beside it (`stdin.2`, ...): two pipelines into
@@ -541,6 +542,7 @@ def take_home(run_input: RunInput, mode: str) -> tuple[Path, int]:
     for candidate in (key, *(f"{key}.{n}" for n in others)):
         run_input.key = candidate  # the run's other files (--pipe's blocks) follow it
         home = state.run_dir(run_input.base, candidate)
+        created = not home.exists()
         try:
             state.make_private(run_input.base)
             fd = try_lock_home(home)
@@ -556,7 +558,7 @@ def take_home(run_input: RunInput, mode: str) -> tuple[Path, int]:
     if mode == FRESH or (run_input.starts_over and mode == AUTO):
         state.clear(home)
     state.remember_last(run_input.base, home)
-    return home, fd
+    return home, fd, created
 
 
 async def run_input(run_input: RunInput, settings: RunSettings) -> RunReport:
@@ -564,13 +566,42 @@ async def run_input(run_input: RunInput, settings: RunSettings) -> RunReport:
 
     report = RunReport(total=0, skipped_done=0, numbered_by=run_input.numbered_by,
                        rerun_resumes=not run_input.starts_over)
-    home, fd = take_home(run_input, settings.resume)
+    run = Run(run_input, settings, report)  # its options are checked before any state is made
+    last = run_input.base / state.LAST
+    last_before = _read_quietly(last)
+    base_is_new = not run_input.base.exists()
+    home, fd, created = take_home(run_input, settings.resume)
     report.state_dir = str(home)
     try:
-        await Run(run_input, settings, report).go(home)
+        await run.go(home)
+    except ShoalError:
+        if not report.total:  # refused before any job was taken: leave things as they were
+            _put_back(last, last_before)
+            if created:
+                shutil.rmtree(home, ignore_errors=True)
+            if base_is_new:  # what this run made of it, if no other run is in it now
+                for made in (run_input.base / state.RUNS, run_input.base):
+                    with contextlib.suppress(OSError):
+                        made.rmdir()
+        raise
     finally:
         os.close(fd)
     return report
+
+
+def _read_quietly(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _put_back(path: Path, content: bytes | None) -> None:
+    with contextlib.suppress(OSError):
+        if content is None:
+            path.unlink()
+        else:
+            path.write_bytes(content)
 
 
 

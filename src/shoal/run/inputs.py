@@ -163,6 +163,9 @@ class RunInput:
     _defaults: dict[str, Any] = field(default_factory=dict)
     writes: bool = True  # False for a dry run: --pipe's blocks are not kept
     _blocks: pipe.Blocks | None = None
+    # Spans of items (1-based, first and last) that go in one batch: a job waiting for a
+    # group whose first job comes later in the file is added with it, never before it.
+    _uncut: tuple[tuple[int, int], ...] = ()
 
     async def batches(self) -> AsyncIterator[list[Item]]:
         if self._filling.block is not None:
@@ -170,10 +173,19 @@ class RunInput:
                 yield batch
             return
         if self._items is not None:
+            taken = 0
+            spans = iter(self._uncut)
+            span = next(spans, None)
             while True:
-                batch = [item for _, item in zip(range(BATCH), self._items, strict=False)]
+                size = BATCH
+                while span is not None and span[0] <= taken + size:
+                    if span[1] > taken + size:  # the batch would end inside it: take it all
+                        size = span[1] - taken
+                    span = next(spans, None)
+                batch = [item for _, item in zip(range(size), self._items, strict=False)]
                 if not batch:
                     return
+                taken += len(batch)
                 yield batch
                 await asyncio.sleep(0)
             return
@@ -239,16 +251,46 @@ def is_stream(path: Path) -> bool:
 class FileScan:
     jobs: int
     runmaker: bool  # its lines carry runmaker's state characters
+    uncut: tuple[tuple[int, int], ...] = ()  # spans of jobs to add at once (see batches)
 
 
-def scan_file(path: Path, fmt: str, parallel: int, defaults: Mapping[str, Any]) -> FileScan:
+def scan_file(path: Path, fmt: str, parallel: int, defaults: Mapping[str, Any],
+              memory_bytes: int = 0) -> FileScan:
     """Every line of a file checked before anything runs (a bad one anywhere is refused, and
-    nothing runs), and counted; no job is kept, so a million lines cost no more than one."""
+    nothing runs), and counted; no job is kept, so a million lines cost no more than one.
+    What the run would refuse when a job is added is refused here, for the whole file:
+    more cores than -j, more memory than the machine's (`memory_bytes`, 0: not known), a
+    relative cwd, and a wait for a group none of the file's jobs is in."""
     checked = check_file(path, fmt, defaults=defaults)
+    source = str(path)
     if checked.most_cores > parallel:
         raise InputError(f"asks for {checked.most_cores} cores but -j is {parallel}",
-                         source=str(path), line=checked.most_cores_line)
-    return FileScan(checked.jobs, runmaker=checked.fmt == "runmaker")
+                         source=source, line=checked.most_cores_line)
+    if checked.most_memory > memory_bytes > 0:
+        raise InputError(too_much_memory(checked.most_memory, memory_bytes), source=source,
+                         line=checked.most_memory_line)
+    if checked.relative_cwd_line:
+        raise InputError("cwd: must be an absolute path", source=source,
+                         line=checked.relative_cwd_line)
+    if checked.missing_group is not None:
+        group, line = checked.missing_group
+        raise InputError(f"group:{group} has no jobs in this file", source=source, line=line)
+    return FileScan(checked.jobs, runmaker=checked.fmt == "runmaker",
+                    uncut=_merged(checked.forward_spans))
+
+
+def too_much_memory(asked: int, machine: int) -> str:
+    return f"asks for {asked} bytes of memory, more than this machine has ({machine})"
+
+
+def _merged(spans: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return tuple(merged)
 
 
 def from_file(path: Path, fmt: str, defaults: Mapping[str, Any], scan: FileScan,
@@ -260,7 +302,7 @@ def from_file(path: Path, fmt: str, defaults: Mapping[str, Any], scan: FileScan,
              for job in iter_file(path, fmt, defaults=defaults))
     return RunInput(label=path.name, key=state.run_key(path, state.file_key(path)),
                     base=state.base_dir(path),
-                    starts_over=False, total=scan.jobs, _items=items)
+                    starts_over=False, total=scan.jobs, _items=items, _uncut=scan.uncut)
 
 
 def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],

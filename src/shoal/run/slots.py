@@ -6,6 +6,8 @@ import re
 
 from shoal.core.errors import InputError
 
+# The local worker is offered twice its slots (see run.driver), within a worker's cores.
+MAX_JOBS_AT_ONCE = 100_000
 _FORM = re.compile(r"(?P<sign>[+-])?(?P<number>\d+(?:\.\d+)?)(?P<percent>%)?", re.ASCII)
 
 
@@ -21,8 +23,12 @@ def jobs_at_once(text: str, cores: int) -> int:
                          f"count from the {cores} cores here)")
     number = float(form["number"])
     if form["percent"]:
-        return max(1, int(cores * number / 100))
-    if form["sign"]:
+        slots = max(1, int(cores * number / 100))
+    elif form["sign"]:
         offset = int(number) if form["sign"] == "+" else -int(number)
-        return max(1, cores + offset)
-    return int(number) or cores
+        slots = max(1, cores + offset)
+    else:
+        slots = int(number) or cores
+    if slots > MAX_JOBS_AT_ONCE:
+        raise InputError(f"-j: {text!r} is more than {MAX_JOBS_AT_ONCE} jobs at once")
+    return slots

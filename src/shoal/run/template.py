@@ -255,18 +255,26 @@ def read_items(name: str, delimiter: bytes | None, given_by: str = SOURCE_FILES)
     except OSError as error:
         raise InputError(f"{given_by} {name}: cannot read it: "
                          f"{error.strerror or error}") from None
-    return split_items(data, delimiter)
+    return split_items(data, delimiter, "stdin" if name == "-" else name)
 
 
-def split_items(data: bytes, delimiter: bytes | None) -> list[str]:
+def split_items(data: bytes, delimiter: bytes | None, source: str) -> list[str]:
     """Input items: lines (without their CR), or what `delimiter` ends (-0, -d), taken as
-    they are. A last one without its ending counts."""
-    items = data.split(b"\n" if delimiter is None else delimiter)
+    they are. A last one without its ending counts. All of them must be UTF-8 text (a
+    command is text): the first that is not is refused, by its number, before any runs."""
+    ending = b"\n" if delimiter is None else delimiter
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        number = data.count(ending, 0, error.start) + 1
+        raise InputError(f"not UTF-8 text (byte 0x{data[error.start]:02x})", source=source,
+                         line=number) from None
+    items = data.split(ending)
     if items and items[-1] == b"":
         items.pop()
     if delimiter is None:
         items = [item.removesuffix(b"\r") for item in items]
-    return [item.decode("utf-8", "surrogateescape") for item in items]
+    return [item.decode("utf-8") for item in items]
 
 
 def parse_delimiter(text: str) -> bytes:

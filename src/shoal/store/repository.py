@@ -910,8 +910,9 @@ class Store:
                      for stream, cap in (("stdout", r.stdout), ("stderr", r.stderr))
                      if cap.total_bytes],
                 )
-            reasons = [(t.reason, t.lease_id) for t in transitions
-                       if t.lease_id is not None and t.reason is not None]
+            # How each ended attempt ended; one that succeeded after being lost a while (its
+            # worker back in time) keeps no reason of the loss.
+            reasons = [(t.reason, t.lease_id) for t in transitions if t.lease_id is not None]
             if reasons:
                 db.executemany("UPDATE attempts SET reason = ? WHERE lease_id = ?", reasons)
             if withdrawn:  # given back unstarted: no attempt after all
