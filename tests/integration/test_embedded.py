@@ -114,13 +114,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     result = run(wide, "-j", "2")
     assert result.returncode == 2
     assert result.stderr.strip().endswith(f"{wide}:2: asks for 3 cores but -j is 2")
-    # Refused when added (a dependency on nothing): still one line naming the file's line.
+    # A wait for a group none of the file's jobs is in: one line naming the file's line.
     waiting = tmp_path / "waiting.wr"
     waiting.write_text('echo a\necho b\t{"deps": ["nosuch"]}\n')
     result = run(waiting)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"shoal: {waiting.name}:2: group:nosuch has no jobs"], result.stderr
+        f"shoal: {waiting}:2: group:nosuch has no jobs in this file"], result.stderr
 
 
 def test_interrupt_kills_running_jobs_and_a_rerun_finishes(tmp_path: Path) -> None:

@@ -209,7 +209,15 @@ def test_bad_colsep_is_refused(text: str) -> None:
     (b"a::b", b"::", ["a", "b"]),
 ])
 def test_split_items(data: bytes, delimiter: bytes | None, items: list[str]) -> None:
-    assert split_items(data, delimiter) == items
+    assert split_items(data, delimiter, "args") == items
+
+
+@pytest.mark.parametrize(("data", "delimiter", "where"), [
+    (b"a\nb\n\xffc\n", None, "args:3:"), (b"a\0b\xfe\0", b"\0", "args:2:")])
+def test_items_that_are_not_utf8_are_refused_by_their_number(
+        data: bytes, delimiter: bytes | None, where: str) -> None:
+    with pytest.raises(InputError, match=f"^{where} not UTF-8 text"):
+        split_items(data, delimiter, "args")
 
 
 @pytest.mark.parametrize(("text", "delimiter"), [
