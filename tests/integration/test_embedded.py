@@ -69,7 +69,8 @@ def test_runmaker_file_is_rewritten_in_place(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert jobs.read_text() == ("# runmaker file\nd echo first\nd echo already-done\n"
                                 "! exit 5\nd echo ünï\n")
-    assert "3 done" not in result.stdout and "2 done, 1 failed of 3" in result.stdout
+    assert "3 done" not in result.stderr and "2 done, 1 failed of 3" in result.stderr
+    assert result.stdout == ""  # the summary is a message: stdout holds only data
 
 
 def test_wr_format_and_shoal_home(tmp_path: Path) -> None:

@@ -133,8 +133,8 @@ def test_several_shoal_runs_share_one_file(tmp_path: Path, runners: int) -> None
     check_once(jobs, ledger, count)
     summaries = [json.loads(out) for _, out, _ in results]
     assert sum(summary["total"] for summary in summaries) == count
-    homes = {tmp_path / ".shoal", *(tmp_path / ".shoal" / "runners" / str(n)
-                                    for n in range(2, runners + 1))}
+    run = tmp_path / ".shoal" / "runs" / "runs.txt"  # the file's run, as a lines file's
+    homes = {run, *(run / "runners" / str(n) for n in range(2, runners + 1))}
     assert all((home / "shoal.db").exists() for home in homes)  # a history each
 
 
@@ -189,7 +189,7 @@ def test_a_killed_listening_runner_s_lines_stay_held_while_its_far_workers_run_t
     jobs.write_text("# far\n" + "".join(
         f". echo {job} >> {started}; sleep 60; echo {job} >> {ledger}\n" for job in (1, 2)))
     victim = shoal("run", str(jobs), "--listen", "127.0.0.1:0", cwd=tmp_path)
-    join_file = tmp_path / ".shoal" / "join"
+    join_file = tmp_path / ".shoal" / "runs" / "runs.txt" / "join"
     join = wait_until(lambda: join_file.exists() and join_file.read_text().split()[-1], 60,
                       message="the join line")
     far = subprocess.Popen([*SHOAL, "worker", "--join", join, "--name", "far", "--cores", "2",
@@ -357,7 +357,7 @@ def test_listen_lets_workers_on_other_hosts_take_lines(tmp_path: Path, three_hos
     jobs.write_text("\n".join(lines) + "\n")
     address = hosts.server_address
     runner = shoal("run", str(jobs), "--listen", f"{address}:0", "--json", cwd=tmp_path)
-    join_file = tmp_path / ".shoal" / "join"
+    join_file = tmp_path / ".shoal" / "runs" / "runs.txt" / "join"
     workers: list[subprocess.Popen[bytes]] = []
     try:
         join = wait_until(lambda: join_file.exists() and join_file.read_text().split()[-1],

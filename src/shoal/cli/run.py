@@ -688,7 +688,7 @@ def _run_runmaker(file: Path, options: "RunfileOptions", json_output: bool) -> N
             run_runmaker_file(file, options, defaults, progress)))
     else:
         report, found = asyncio.run(run_runmaker_file(file, options, defaults))
-    print_summary(report, json_output=json_output)
+    print_summary(report, json_output=json_output, to_stderr=True)  # stdout: --live, --json
     _file_notes(file, found)
     if report.interrupted:
         raise typer.Exit(130)

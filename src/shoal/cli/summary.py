@@ -13,18 +13,19 @@ if TYPE_CHECKING:
     from shoal.embedded import RunReport
 
 
-def _clean(text: str) -> str:
-    """Job output is untrusted: no terminal control sequences reach the screen."""
-    return "".join(ch if ch.isprintable() or ch in "\n\t" else "?" for ch in text)
-
-
 def print_summary(report: RunReport, *, json_output: bool, to_stderr: bool = False) -> None:
-    """`to_stderr`: where jobs' own output goes to stdout (JSON goes to stdout anyway)."""
+    """`to_stderr`: where jobs' own output goes to stdout (JSON goes to stdout anyway).
+
+    What jobs wrote, and their commands and reasons, are untrusted: shown sanitized as
+    everywhere else (see shoal.cli.render.sanitize), so no terminal control sequence reaches
+    the screen."""
     if json_output:
         print(json.dumps({**asdict(report), "succeeded": report.succeeded}, indent=2))
         return
     from rich.console import Console  # here: rich costs 40 ms to import, JSON needs none of it
     from rich.markup import escape
+
+    from shoal.cli.render import one_line, sanitize
 
     console = Console(highlight=False, stderr=to_stderr)
     console.soft_wrap = not console.is_terminal  # piped, a line stays whole for what reads it
@@ -48,18 +49,18 @@ def print_summary(report: RunReport, *, json_output: bool, to_stderr: bool = Fal
         console.print("slowest:")
         for job in report.slowest:
             console.print(f"  {job['wall_seconds']:.2f}s  {_number(job, report.numbered_by)}  "
-                          f"{escape(_clean(str(job['cmd'])))[:100]}")
+                          f"{escape(one_line(str(job['cmd']))[:100])}")
     for failure in report.failures:
         console.print(f"[red]failed[/red] {_number(failure, report.numbered_by)} "
-                      f"({escape(str(failure['reason']))}): "
-                      f"{escape(_clean(str(failure['cmd'])))[:200]}")
-        tail = _clean(str(failure["stderr_tail"])).rstrip().splitlines()[-5:]
+                      f"({escape(one_line(str(failure['reason'])))}): "
+                      f"{escape(one_line(str(failure['cmd']))[:200])}")
+        tail = sanitize(str(failure["stderr_tail"])).rstrip().splitlines()[-5:]
         for text in tail:
             console.print(f"    {escape(text)}")
     if report.failures_more:
         console.print(f"{report.failures_more} more failed: shoal jobs --state failed")
     if report.input_error:
-        console.print(f"[red]error[/red] {escape(report.input_error)}")
+        console.print(f"[red]error[/red] {escape(one_line(report.input_error))}")
     if report.failures and report.state_dir is not None:
         console.print(f"a job's whole output: shoal logs ID [--stderr]"
                       f"{escape(_found_from(report))} "

@@ -4,8 +4,12 @@ A line runs here only once this runner has claimed it, and it is claimed only wh
 slot to run it: the claim (see claims.py) is a compare-and-set of the line's state byte under
 runmaker4's lock, made again every time, so `shoal run` processes (on this host or on others
 sharing the directory) and runmaker4 processes can all work on one file, each line once. What
-decides whether a line runs is its state character; the runner's database (in a home of its
-own, see `runner_home`) only keeps the history: attempts, output, times.
+decides whether a line runs is its state character; the runner's database only keeps the
+history: attempts, output, times. Each claimed line is a job of its own (two identical lines are
+two jobs), kept as a lines file's run is: in `<base>/runs/<name>/` (see shoal.run.state), or in
+`runners/N/` under it while other runners of the file hold that (see `take_runner_home`), and
+named in `<base>/last` once the run has started, so that `shoal logs`, `status` and `jobs` read
+it afterwards.
 
 The runner claims lines ahead of its free slots when jobs end quickly (as many as ended in the
 last half second), and claims again only when half of those have started, so short jobs are
@@ -34,6 +38,7 @@ from shoal.core.protocol import FromWorker, Resources, Started
 from shoal.core.states import Transition
 from shoal.formats import RunmakerFile
 from shoal.home import DATABASE_FILE, private_directory, try_lock_home
+from shoal.run import state as run_state
 from shoal.runfile.claims import CheckReport, ClaimBook, check_claims
 from shoal.runfile.guard import Guard
 from shoal.runfile.lines import Line, read_lines
@@ -88,14 +93,29 @@ class FileRunReport:
     home: Path | None = None
 
 
-def runner_home(base: Path) -> tuple[Path, int]:
-    """The first home under `base` no other runner holds: `base`, then base/runners/2, ..."""
+def runner_home(run: Path) -> tuple[Path, int]:
+    """The first home under `run` no other runner holds: `run`, then run/runners/2, ..."""
     for index in range(1, MAX_RUNNER_HOMES + 1):
-        home = base if index == 1 else base / "runners" / str(index)
+        home = run if index == 1 else run / "runners" / str(index)
         fd = try_lock_home(home)
         if fd is not None:
             return home, fd
-    raise ShoalError(f"{base}: {MAX_RUNNER_HOMES} runners already work from here")
+    raise ShoalError(f"{run}: {MAX_RUNNER_HOMES} runners already work from here")
+
+
+def take_runner_home(path: Path, base: Path | None = None) -> tuple[Path, Path, int]:
+    """Where this runner of the runmaker file at `path` keeps its state, locked: the file's
+    run under `base` (`.shoal` beside it, or $SHOAL_HOME), named as a lines file's run is, or
+    `runners/N` in it when other runners of the file hold that. Returns (base, home, lock)."""
+    base = run_state.base_dir(path) if base is None else base
+    run = run_state.run_dir(base, run_state.run_key(path, run_state.file_key(path)))
+    try:
+        run_state.make_private(base)
+        home, fd = runner_home(run)
+    except OSError as error:
+        raise ShoalError(f"{run}: cannot keep the run's state there: "
+                         f"{error.strerror or error}") from None
+    return base, home, fd
 
 
 class FileRunner:
@@ -115,10 +135,9 @@ class FileRunner:
         self.data = b""
         self.cursor = 0
         self.attempted: set[tuple[int, bytes]] = set()
-        self.deferred: list[Line] = []
         self.active: dict[int, Active] = {}  # job id -> the line it runs
-        self.active_cmds: set[tuple[str, str]] = set()
-        self.ran_ids: list[int] = []  # the jobs this runner ran, for the summary
+        self.ran: dict[int, int] = {}  # the jobs this runner ran -> their lines, for the summary
+        self.failed_ids: list[int] = []  # those that failed, as they ended
         self.recent_ends: deque[float] = deque()
         self.began = time.monotonic()
         self.successes = 0
@@ -204,26 +223,21 @@ class FileRunner:
             return  # enough claimed: let the lines ahead run down to half, then claim a batch
         want = slots + ahead - len(self.active)
         batch: list[Line] = []
-        cmds = set(self.active_cmds)
         candidates = self._candidates()
         while len(batch) < want:
             line = next(candidates, None)
             if line is None:
                 break
-            if line.key in self.attempted:
-                continue
-            if line.parsed.spec.key in cmds:  # the same command is running here: later
-                self.deferred.append(line)
-                continue
             if not self.claim(line):
                 continue
             self.attempted.add(line.key)
-            cmds.add(line.parsed.spec.key)
             batch.append(line)
         if not batch:
             return
         try:
-            result = self.service.add([line.parsed.spec for line in batch], rerun=True)
+            # Each line a job of its own: identical lines too, and lines this home's history
+            # already has (an earlier run of the file; the file decides what runs again).
+            result = self.service.add([line.parsed.spec for line in batch], distinct=True)
         except BaseException:
             for line in batch:
                 self.unclaim(line, ".")
@@ -231,8 +245,7 @@ class FileRunner:
         jobs = self.service.reactor.jobs
         for job_id, line in zip(result["ids"], batch, strict=True):
             active = self.active[job_id] = Active(line)
-            self.active_cmds.add(line.parsed.spec.key)
-            self.ran_ids.append(job_id)
+            self.ran[job_id] = line.parsed.line
             job = jobs.get(job_id)
             if job is not None and job.state is JobState.RUNNING:  # assigned within the add
                 self._assigned(active, job)
@@ -240,13 +253,7 @@ class FileRunner:
         self._progress()
 
     def _candidates(self) -> Iterator[Line]:
-        """Deferred lines whose twin has ended, then the file's lines in order."""
-        waiting, self.deferred = self.deferred, []
-        for line in waiting:
-            if line.parsed.spec.key in self.active_cmds:
-                self.deferred.append(line)
-            else:
-                yield line
+        """The file's lines this runner may claim, in order."""
         while self.cursor < len(self.lines):
             line = self.lines[self.cursor]
             self.cursor += 1
@@ -303,7 +310,6 @@ class FileRunner:
     def _ended(self, job_id: int, active: Active, state: JobState) -> None:
         assert self.service is not None
         del self.active[job_id]
-        self.active_cmds.discard(active.line.parsed.spec.key)
         job = self.service.reactor.jobs.get(job_id)
         exit_code = job.exit_code if job is not None else None
         if state is JobState.DONE:
@@ -327,6 +333,7 @@ class FileRunner:
             self.successes += 1
         elif char != ".":
             self.report.failed += 1
+            self.failed_ids.append(job_id)
         self.recent_ends.append(time.monotonic())
         self._show_end(job_id, active, exit_code, job.fail_reason if job else None)
         self._progress()
@@ -368,7 +375,7 @@ class FileRunner:
 
     def finished(self) -> bool:
         """Nothing runs here and nothing is left to claim (after one more look at the file)."""
-        if self.active or self.deferred:
+        if self.active:
             return False
         if self.options.one_only and self.successes >= self.options.parallel:
             return True
@@ -376,7 +383,9 @@ class FileRunner:
             return False
         return not self.rescan()
 
-    async def run(self, home: Path) -> None:
+    async def run(self, home: Path, base: Path | None = None) -> None:
+        """Run the file's lines, keeping the history in `home`; named the last run of `base`
+        (see shoal.run.state) once it has started."""
         from shoal.embedded import _summarise
 
         config = ReactorConfig(lost_grace_seconds=0.0, restart_grace_seconds=0.0)
@@ -388,6 +397,9 @@ class FileRunner:
         await service.start()
         self._drop_leftovers()
         self.recover()
+        if base is not None:  # `shoal logs`, `status` and `jobs` read this run from now on
+            run_state.remember_last(base, home)
+        self.report.state_dir = str(home)
         self.report.skipped_done = sum(1 for line in self.lines
                                        if line.parsed.state_char == "d")
         # A --listen worker cut off from this runner kills its jobs within the hold it was
@@ -453,7 +465,7 @@ class FileRunner:
                     self.unclaim(active.line, ".")
             self.active.clear()
             self.report.wall_seconds = time.monotonic() - started
-            _summarise(service, sorted(set(self.ran_ids)), self.report)
+            _summarise(service, self.ran, self.report, self.failed_ids)
             if listener is not None:
                 await listener.stop()
             await service.stop()
@@ -487,14 +499,17 @@ class FileRunner:
 async def run_runmaker_file(path: Path, options: RunfileOptions, defaults: dict[str, object],
                             progress: Callable[[int, int, int], None] | None = None,
                             base_home: Path | None = None) -> tuple[RunReport, FileRunReport]:
-    """Run the runmaker file at `path`; returns (RunReport, FileRunReport)."""
-    from shoal.embedded import state_dir
-
-    home, home_fd = runner_home(base_home or state_dir(path))
-    runner = FileRunner(path, options, defaults, progress)
+    """Run the runmaker file at `path`; returns (RunReport, FileRunReport). Its state is kept
+    under `base_home` (default: `.shoal` beside it, or $SHOAL_HOME; see take_runner_home)."""
+    runner = FileRunner(path, options, defaults, progress)  # a refused -l makes no state
+    try:
+        base, home, home_fd = take_runner_home(path, base_home)
+    except BaseException:
+        runner.close()
+        raise
     runner.file_report.home = home
     try:
-        await runner.run(home)
+        await runner.run(home, base)
     finally:
         runner.close()
         os.close(home_fd)
