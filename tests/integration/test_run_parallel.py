@@ -424,6 +424,12 @@ def test_halt_as_gnu_parallel(tmp_path: Path) -> None:
     summary = json.loads(after_failure.stdout)
     assert (summary["failed"], summary["done"]) == (1, 1), summary
     assert after_failure.returncode == 0, after_failure.stderr
+    # done=N: the exit is that of the job that met the rule, as GNU parallel's.
+    for code, expected in (("0", 0), ("3", 1)):
+        ended = shoal(tmp_path, "run", "--halt", "now,done=1", "--json",
+                      f"sleep {{}}; exit {code}", ":::", "0.1", "30")
+        assert ended.returncode == expected, ended.stdout
+        assert json.loads(ended.stdout)["not_run"] == 1
     bad = shoal(tmp_path, "run", "jobs.txt", "--halt", "later,fail=1")
     assert bad.returncode == 2 and "--halt" in bad.stderr
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

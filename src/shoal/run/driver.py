@@ -160,6 +160,7 @@ class Run:
         # With --halt: jobs whose result the runner has but the run has not counted yet, and
         # whether each succeeded (see _saw_end).
         self._deciding: dict[int, bool] = {}
+        self._last_ended_ok = False  # whether the job counted last succeeded
 
     # ---- the run ---------------------------------------------------------------------------
 
@@ -410,6 +411,7 @@ class Run:
                     and not (job.state in FINAL_STATES and job_id in self.pending))]
 
     def _ended(self, job: Job) -> None:
+        self._last_ended_ok = job.state is JobState.DONE
         tracked = self.tracked[job.id]
         shown = Shown(job, tracked.number, tracked.tag, tracked.index)
         assert self.printer is not None
@@ -452,7 +454,10 @@ class Run:
         self.halted = f"{halt.when},{halt.what}"
         self.report.halted = f"--halt {halt.when},{halt.what}=" + (
             f"{halt.count}" if halt.count is not None else f"{halt.percent:g}%")
-        self.report.halted_on_success = halt.what == "success"
+        # GNU parallel exits as the job that met the rule: a success rule, or a done rule
+        # met by a job that succeeded, is a success.
+        self.report.halted_on_success = halt.what == "success" or (
+            halt.what == "done" and self._last_ended_ok)
         asyncio.get_running_loop().call_soon(self._halt, halt.when)
 
     def _halt(self, when: str) -> None:
