@@ -90,3 +90,28 @@ def test_out_of_range_options_are_one_line(tmp_path: Path, words: list[str],
     assert result.returncode == 2 and named in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "ledger").exists() and not (tmp_path / ".shoal").exists()
+
+
+def test_a_stream_line_without_end_is_refused_at_its_limit(tmp_path: Path) -> None:
+    """A stream that never ends its line (/dev/zero, a binary piped in by mistake) is
+    refused once the line passes the limit, instead of growing without bound."""
+    from shoal.core.models import MAX_LINE_BYTES
+
+    result = shoal(tmp_path, "run", stdin="a" * (MAX_LINE_BYTES + 100_000), timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"stdin:1: the line is longer than {MAX_LINE_BYTES} bytes" in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--results", "--joblog", "--wd", "--halt", "--timeout"])
+def test_an_empty_option_value_is_refused(tmp_path: Path, option: str) -> None:
+    result = shoal(tmp_path, "run", option, "", "echo {} >> ledger", ":::", "a")
+    assert result.returncode == 2 and result.stderr == f"shoal: {option}: give a value " \
+        "(it is empty)\n", result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("words", [["echo {= s/a/b/ =}", ":::", "a"],
+                                   ["--tagstring", "{=$_=1=}", "echo {}", ":::", "a"]])
+def test_perl_replacement_strings_are_refused(tmp_path: Path, words: list[str]) -> None:
+    result = shoal(tmp_path, "run", *words)
+    assert result.returncode == 2 and "{= perl =}" in result.stderr and result.stdout == ""

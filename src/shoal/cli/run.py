@@ -98,10 +98,10 @@ def run_command(
         "-k", "--keep-order", help="Print jobs' output in input order.")] = False,
     quiet: Annotated[bool, typer.Option(
         "--quiet", help="Print no job output, only the summary.")] = False,
-    results: Annotated[Path | None, typer.Option(
+    results: Annotated[str | None, typer.Option(
         "--results", metavar="DIR",
         help="Keep each job's stdout, stderr, cmd and exit_code in DIR/N/.")] = None,
-    joblog: Annotated[Path | None, typer.Option(
+    joblog: Annotated[str | None, typer.Option(
         "--joblog", metavar="FILE", help="A line per ended job, in GNU parallel's format.")
     ] = None,
     dry_run: Annotated[bool, typer.Option(
@@ -192,10 +192,17 @@ def run_command(
     is done is skipped, what failed is retried. Each job's output is printed when it ends.
     Exit 0 iff every command succeeded.
     """
+    for flag, value in (("--results", results), ("--joblog", joblog), ("--wd", workdir),
+                        ("--halt", halt), ("--timeout", timeout),
+                        ("--memory-limit", memory_limit), ("--delay", delay)):
+        if value is not None and not value.strip():
+            raise InputError(f"{flag}: give a value (it is empty)")
     cores = len(os.sched_getaffinity(0))
     parallel = cores if jobs is None else jobs_at_once(jobs, cores)
     choices = _Choices(line_buffer=line_buffer, tag=tag, keep_order=keep_order, quiet=quiet,
-                       results=results, joblog=joblog, dry_run=dry_run, fresh=fresh,
+                       results=Path(results) if results is not None else None,
+                       joblog=Path(joblog) if joblog is not None else None,
+                       dry_run=dry_run, fresh=fresh,
                        resume=resume, resume_failed=resume_failed, timeout=timeout,
                        retries=retries, halt=halt, memory_limit=memory_limit, delay=delay,
                        nice=nice, colsep=colsep, tagstring=tagstring, max_args=max_args,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from shoal.core.errors import InputError
-from shoal.core.models import MAX_COMMAND_BYTES, JobSpec
+from shoal.core.models import MAX_COMMAND_BYTES, MAX_LINE_BYTES, JobSpec
 from shoal.formats import check_file, iter_file, parse_text
 from shoal.formats.common import SpecBuilder, is_blank_or_comment
 from shoal.run import pipe, state
@@ -38,6 +38,7 @@ from shoal.run.template import (
 )
 
 BATCH = 5000
+_PERL = re.compile(r"\{=.*=\}", re.DOTALL)
 STREAM_BATCH = 2000
 
 
@@ -94,6 +95,10 @@ class Filling:
         """Before any job: a `{N}` past `width` arguments a job is refused, and so is `{##}`
         where the number of jobs is not known."""
         width = width if not self.padded else 0
+        for given, text in (("the command", self.template), ("--tagstring", self.tagstring)):
+            if text is not None and _PERL.search(text):
+                raise InputError(f"{given}: {{= perl =}} replacement strings are GNU "
+                                 "parallel's, not supported; do it in the command's shell")
         if self.template:
             fill(self.template, [""] * width, 0, padded=self.padded, total=self.total)
         if self.tagstring is not None:
@@ -415,6 +420,9 @@ class _LineParser:
         self.pending: list[tuple[int, str]] = []  # -N: (number, argument) of the next job
 
     def __call__(self, number: int, raw: bytes) -> Item | None:
+        if len(raw) > MAX_LINE_BYTES:
+            raise InputError(f"the line is longer than {MAX_LINE_BYTES} bytes",
+                             source=self.label, line=number)
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -470,6 +478,8 @@ async def _stream_batches(handle: BinaryIO, parse: _LineParser, delimiter: bytes
                 *lines, pending = (pending + chunk).split(end)
                 for line in lines:
                     put(line)
+                if len(pending) > MAX_LINE_BYTES:  # no end in sight (/dev/zero): refused
+                    return
         except (OSError, ValueError):  # closed, or unreadable: the input ends here
             pass
         finally:
