@@ -39,6 +39,10 @@ def test_metrics_need_an_admin_or_metrics_token(cluster: Cluster) -> None:
     assert made.returncode == 0, made.stderr
     scraper = made.stdout.strip().splitlines()[0]
     assert _metrics(cluster, scraper).status_code == 200
+    # What to do with it says what it is for: Prometheus' credentials, not a client's server.
+    assert "credentials_file" in made.stderr and "SHOAL_SERVER" not in made.stderr
+    worker = cluster.cli("token", "create", "--role", "worker", "--name", "w9")
+    assert "--join-file" in worker.stderr and "--join shoal://" not in worker.stderr
     # ... and nothing else: a metrics token reads no jobs.
     jobs = httpx.get(f"{cluster.url}/api/v1/jobs", headers={"Authorization": f"Bearer {scraper}"},
                      timeout=30, verify=cluster.tls)

@@ -30,9 +30,21 @@ def create(
     print(answer["token"])
     connection = answer.get("connection")
     if connection:
-        hint = (f"  shoal worker --join {connection}" if answer["role"] == "worker"
-                else f"  export SHOAL_SERVER='{connection}'")
-        typer.echo(f"\nOn another host, this is all {answer['name']} needs:\n{hint}", err=True)
+        typer.echo(_hint(answer["role"], answer["name"], connection), err=True)
+
+
+def _hint(role: str, name: str, connection: str) -> str:
+    """What to do with a new token elsewhere, in the safe form for its role: a worker's join
+    string in a private file or the environment (never on a command line, where `ps` shows
+    it), a metrics token in Prometheus' credentials file (it reads /metrics only)."""
+    if role == "worker":
+        return (f"\nOn the worker's host, copy this join string into a file only you can "
+                f"read (chmod 600):\n  {connection}\nthen: shoal worker --join-file FILE "
+                "(or put it in SHOAL_JOIN; not on the command line, which ps shows)")
+    if role == "metrics":
+        return ("\nThis token reads /metrics only: give it to Prometheus as its credentials "
+                "file\n(authorization: credentials_file; see docs/dashboard.md, Metrics).")
+    return f"\nOn another host, this is all {name} needs:\n  export SHOAL_SERVER='{connection}'"
 
 
 @token_app.command("list")
