@@ -63,6 +63,7 @@ def test_drain_starts_nothing_new_and_stops_when_idle(cluster: Cluster) -> None:
     assert cluster.job(later)["state"] == "queued"
     assert cluster.server is not None
     assert cluster.server.wait(timeout=20) == 0  # it exits by itself once idle
+    assert cluster.log("server").count("stopping: drained") == 1  # said once, not per step
     cluster.start_server()
     assert cluster.job(running)["state"] == "done"
     cluster.wait_state(later, "done")  # a new server schedules again

@@ -203,6 +203,8 @@ class Service:
             self.shutdown("drained: no job is running")
 
     def shutdown(self, reason: str) -> None:
+        if self.shutdown_reason is not None:
+            return  # asked already: each step of a drained service would ask again
         self.shutdown_reason = reason  # on purpose: what `shoal alloc` submitted is cancelled
         if self.request_shutdown is not None:
             log.info("stopping: %s", reason)
