@@ -5,12 +5,15 @@ added to the run in batches of 5000, so a bad line past the first batch is the t
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from shoal.run.inputs import BATCH
 
+from .cluster import SHOAL
 from .test_run_parallel import shoal
 
 MANY = BATCH + 1
@@ -115,3 +118,16 @@ def test_an_empty_option_value_is_refused(tmp_path: Path, option: str) -> None:
 def test_perl_replacement_strings_are_refused(tmp_path: Path, words: list[str]) -> None:
     result = shoal(tmp_path, "run", *words)
     assert result.returncode == 2 and "{= perl =}" in result.stderr and result.stdout == ""
+
+
+def test_an_input_that_cannot_be_read_says_so(tmp_path: Path) -> None:
+    """A stream whose read fails is named with the error, not taken as an empty input; a
+    closed stdin is one line, not a crash."""
+    unreadable = shoal(tmp_path, "run", "/proc/self/mem")
+    assert unreadable.returncode == 2
+    assert "/proc/self/mem: cannot read it: Input/output error" in unreadable.stderr
+    closed = subprocess.run([*SHOAL, "run", "-"], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=60,
+                            preexec_fn=lambda: os.close(0))
+    assert closed.returncode == 2, closed.stderr
+    assert closed.stderr == "shoal: stdin is closed: give a FILE, or commands on stdin\n"

@@ -13,7 +13,6 @@ import os
 import random
 import re
 import stat
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,7 +330,10 @@ def from_stream(path: Path | None, fmt: str, defaults: Mapping[str, Any],
         return _whole_stream(path, defaults, filling)  # parallel reads it all first too
     filling.check(1 if filling.max_args is None else filling.max_args)
     if path is None or str(path) == "-":
-        handle: BinaryIO = os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
+        try:
+            handle: BinaryIO = os.fdopen(os.dup(0), "rb", buffering=0)
+        except OSError:
+            raise InputError("stdin is closed: give a FILE, or commands on stdin") from None
         label = "stdin"
     else:
         try:
@@ -471,6 +473,8 @@ async def _stream_batches(handle: BinaryIO, parse: _LineParser, delimiter: bytes
     come; each batch is what has arrived since the last one (at most STREAM_BATCH jobs)."""
     end = b"\n" if delimiter is None else delimiter
 
+    failed: list[str] = []
+
     def read(put: Callable[[bytes], None]) -> None:
         pending = b""
         try:
@@ -480,8 +484,10 @@ async def _stream_batches(handle: BinaryIO, parse: _LineParser, delimiter: bytes
                     put(line)
                 if len(pending) > MAX_LINE_BYTES:  # no end in sight (/dev/zero): refused
                     return
-        except (OSError, ValueError):  # closed, or unreadable: the input ends here
+        except ValueError:  # closed here: the run is stopping
             pass
+        except OSError as error:  # unreadable: said once what was read has been taken
+            failed.append(error.strerror or str(error))
         finally:
             if pending:
                 put(pending)
@@ -502,3 +508,5 @@ async def _stream_batches(handle: BinaryIO, parse: _LineParser, delimiter: bytes
     last = parse.finish()  # -N: the arguments left, fewer than a job's
     if last is not None:
         yield [last]
+    if failed:
+        raise InputError(f"cannot read it: {failed[0]}", source=parse.label)
