@@ -544,6 +544,9 @@ BAD_REMOTE_RUNNER = [
     ("import os\n\ndef helper():\n    raise ValueError('boom')\n\nhelper()\n", 4,
      "ValueError: boom"),
     ("import sys\nsys.exit(3)\n", 2, "the code called sys.exit(3)"),
+    ("import os\nclass Stop(BaseException):\n    pass\nraise Stop('here')\n", 4,
+     "Stop: here"),
+    ("import os\nraise GeneratorExit\n", 2, "GeneratorExit"),
     ("import os\nx = undefined_name\n", 2, "NameError: name 'undefined_name' is not defined"),
     ("import os\nx = extra_options.apple\n", 2,
      "AttributeError: 'NoneType' object has no attribute 'apple' (extra_options is None "

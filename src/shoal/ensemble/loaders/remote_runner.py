@@ -116,7 +116,9 @@ def _parse_extra_args(parser_text: str, extra_args: str, options: types.SimpleNa
         lines = [line for line in said.getvalue().strip().splitlines() if line.strip()]
         why = lines[-1].strip() if lines else f"sys.exit({quoted(error.code)})"
         raise files.error(f"--extra-args {quoted(extra_args)}: {why}", filename) from None
-    except Exception as error:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:  # whatever the user's code raises is its error
         raise _user_code_error(error, filename, files) from None
 
 
@@ -211,7 +213,9 @@ def _compiled(text: str, path: Path, files: _SourceFiles) -> Callable[[dict[str,
     def run(namespace: dict[str, Any]) -> None:
         try:
             exec(code, namespace)
-        except (Exception, SystemExit) as error:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:  # SystemExit, GeneratorExit and the user's own too
             raise _user_code_error(error, filename, files) from None
 
     return run
@@ -228,7 +232,9 @@ def _muddle(config: Config, run_muddler: Callable[[dict[str, Any]], None], files
         raise files.error("a muddler must define muddle(config)", filename)
     try:
         muddle(config)
-    except (Exception, SystemExit) as error:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:
         raise _user_code_error(error, filename, files) from None
 
 
