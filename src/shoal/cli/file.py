@@ -29,6 +29,16 @@ def _clean(text: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
+def check_states(text: str, allowed: str, *, one: bool) -> str:
+    """--state: state characters of a runmaker file, each one of `allowed`; exactly one
+    when `one` (what `set` writes), else one or more (what `list` shows)."""
+    if not text or (one and len(text) != 1) or any(char not in allowed for char in text):
+        listed = " ".join(allowed)
+        what = "one of" if one else "made of the state characters"
+        raise InputError(f"--state: {text!r} is not {what} {listed}")
+    return text
+
+
 @file_app.command("list")
 def list_lines(
     file: FileArgument,
@@ -38,8 +48,11 @@ def list_lines(
 ) -> None:
     """List the job lines: line number, state, command (runset4 --list)."""
     from shoal.formats import RunmakerFile
+    from shoal.formats.runmaker import READABLE_STATES
     from shoal.runfile.lines import read_lines
 
+    if state is not None:
+        check_states(state, READABLE_STATES, one=False)
     with RunmakerFile(file, writable=False) as runmaker:
         _, lines = read_lines(runmaker)
     shown = [line for line in lines if state is None or (line.parsed.state_char or "") in state]
@@ -73,8 +86,7 @@ def set_lines(
     from shoal.runfile.claims import ClaimBook
     from shoal.runfile.lines import read_lines
 
-    if len(state) != 1 or state not in SETTABLE:
-        raise InputError(f"--state: {state!r} is not one of . r d ! e")
+    check_states(state, SETTABLE, one=True)
     if all_lines == bool(lines):
         raise InputError("give line numbers or --all (not both)")
     with RunmakerFile(file) as runmaker:

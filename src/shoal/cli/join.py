@@ -41,6 +41,9 @@ class WorkerAddress:
     server: str | None
     token: str | None
     warning: str | None = None
+    # Where each came from, to name in an error: --server, SHOAL_JOIN, a file, ...
+    server_origin: str = "the server address"
+    token_origin: str = "the token"
 
     def __repr__(self) -> str:  # the token, and the one in a connection string, are secrets
         return "WorkerAddress(...)"
@@ -56,21 +59,27 @@ def worker_address(join: str | None, join_file: Path | None, server: str | None,
         raise InputError(f"{given[1]}: give only one of --join, --join-file and --server")
     strings_given = [value for value in (join, server) if value and value.startswith(SCHEME)]
     tokens_given = [token] if token else []
+    server_origin = "--server" if server is not None else SERVER_VARIABLE
+    token_origin = "--token" if token is not None else TOKEN_VARIABLE
     if join == "-":
         join = read_join_text(_read_stdin(), "standard input")
+        server_origin = "--join -"
     elif join is not None:
         join = _check_join(join, "--join")
+        server_origin = "--join"
     elif join_file is not None:
         join = read_join_file(join_file)
+        server_origin = str(join_file)
     elif server is None and os.environ.get(JOIN_VARIABLE):
         join = _check_join(os.environ[JOIN_VARIABLE], JOIN_VARIABLE)
+        server_origin = JOIN_VARIABLE
     if server is None and join is None:
         server = os.environ.get(SERVER_VARIABLE) or None
     if token is None:
         token = os.environ.get(TOKEN_VARIABLE) or None
     _forget_environment()
     warning = _hide(strings_given, tokens_given)
-    return WorkerAddress(join or server, token, warning)
+    return WorkerAddress(join or server, token, warning, server_origin, token_origin)
 
 
 def read_join_file(path: Path) -> str:
@@ -136,7 +145,10 @@ def _hide(connection_strings: list[str], tokens: list[str]) -> str | None:
     what others could see."""
     secrets = set(tokens)
     for text in connection_strings:
-        userinfo = urlsplit(text).netloc.rpartition("@")[0]
+        try:
+            userinfo = urlsplit(text).netloc.rpartition("@")[0]
+        except ValueError:  # not a connection string after all: refused once it is read
+            userinfo = text.removeprefix(SCHEME).partition("@")[0] if "@" in text else ""
         secrets.update(part for part in (userinfo, unquote(userinfo)) if part)
     if not secrets:
         return None

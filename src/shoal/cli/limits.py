@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from shoal.cli import JsonOption, render, session_of
 from shoal.core.errors import InputError
+
+_NEGATIVE_NUMBER = re.compile(r"^-[0-9]+$")
+NEGATIVE_CAP = "N: a cap is 0 or more (0 pauses the limit's jobs)"
+
+
+class LimitCommand(TyperCommand):
+    """`shoal limit NAME -1`: a negative number where the cap goes would be read as an
+    unknown option; it is a cap, and a cap cannot be negative."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        positional = 0
+        for word in args:
+            if word == "--":
+                break
+            if _NEGATIVE_NUMBER.match(word) and positional == 1:
+                raise InputError(NEGATIVE_CAP)
+            if not word.startswith("-"):
+                positional += 1
+        return super().parse_args(ctx, args)
 
 
 def limit(
@@ -26,7 +47,7 @@ def limit(
     if cap is not None and unset:
         raise InputError("give N or --unset, not both")
     if cap is not None and cap < 0:
-        raise InputError("N: a cap is 0 or more (0 pauses the limit's jobs)")
+        raise InputError(NEGATIVE_CAP)
     check_limit_name(name)
     client = session_of(ctx).client()
     if unset or cap is not None:

@@ -124,12 +124,26 @@ def root(
 ) -> None:
     """Run many shell commands on many machines."""
     session = session_of(ctx)
-    session.server, session.token, session.debug = server, token, debug
+    session.debug = debug
+    check_global_options(server, token)
+    session.server, session.token = server, token
     if ctx.invoked_subcommand != "run":  # `shoal run` resumes it when its set-up is done
         resume_collection()
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
         raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def check_global_options(server: str | None, token: str | None) -> None:
+    """--server and --token, checked as given, in their names: an address that cannot be
+    dialled, or a token that cannot be sent, is a usage error before any verb runs."""
+    if server or token:
+        from shoal.client import check_server_address, check_token
+
+        if server:
+            check_server_address(server, "--server")
+        if token:
+            check_token(token, "--token")
 
 
 # Everything after the command's first word belongs to the command: `shoal add ls -l`.
@@ -144,7 +158,7 @@ app.command("retry")(jobs.retry)
 app.command("rm")(jobs.remove)
 app.command("mod")(modify.modify)
 app.command("workers")(workers.workers)
-app.command("limit")(limits.limit)
+app.command("limit", cls=limits.LimitCommand)(limits.limit)
 app.command("limits")(limits.limits)
 app.command("drain")(admin.drain)
 app.command("backup")(admin.backup)

@@ -3,6 +3,7 @@ self-contained HTML page or a PNG."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +29,10 @@ def report_command(
     ensemble starts."""
     if html is None and png is None:
         raise InputError("give --html FILE and/or --png FILE")
+    outputs = [(option, path) for option, path in (("--html", html), ("--png", png))
+               if path is not None]
+    for option, path in outputs:  # before anything is read: a bad path wastes no plotting
+        check_output_path(path, option)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,7 +42,22 @@ def report_command(
             else report.from_server(session_of(ctx).client(), group))
     if not data.jobs:
         raise InputError(f"no jobs{f' in group {group}' if group else ''} to report on")
-    for path, write in ((html, report.write_html), (png, report.write_png)):
-        if path is not None:
-            write(data, path)
-            typer.echo(f"wrote {path} ({len(data.jobs)} jobs)", err=True)
+    writers = {"--html": report.write_html, "--png": report.write_png}
+    for option, path in outputs:
+        try:
+            writers[option](data, path)
+        except OSError as exc:  # made unwritable since it was checked, a full disk, ...
+            raise InputError(f"{option}: {path}: cannot write: {exc.strerror or exc}") from None
+        typer.echo(f"wrote {path} ({len(data.jobs)} jobs)", err=True)
+
+
+def check_output_path(path: Path, option: str) -> None:
+    """A file `option` may write: in an existing directory, not a directory itself."""
+    if path.is_dir():
+        raise InputError(f"{option}: {path}: is a directory")
+    parent = path.parent
+    if not parent.is_dir():
+        raise InputError(f"{option}: {path}: no such directory: {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK) or (
+            path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"{option}: {path}: cannot write there (permission denied)")

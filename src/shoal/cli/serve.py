@@ -17,6 +17,7 @@ import typer
 
 from shoal.cli.join import worker_address
 from shoal.cli.worker_count import MAX_COUNT, gpus_argument, run_workers, shares, spool_for
+from shoal.client import checked_connection
 from shoal.core.errors import ConnectError, InputError
 from shoal.core.models import RESERVED_RESOURCES
 from shoal.home import DEFAULT_PORT, Connection, resolve_connection, shoal_home
@@ -27,7 +28,10 @@ if TYPE_CHECKING:
 
 _WHOLE_NUMBER_RE = re.compile(r"^[0-9]{1,19}$")  # ASCII only: str.isdigit takes '²'
 MAX_GPUS = 1024  # as many as a worker may offer in its registration
-_GPU_ID_RE = re.compile(r"^[A-Za-z0-9_.:/][A-Za-z0-9_.:/-]{0,127}$")  # indexes, UUIDs, MIG ids
+MAX_PORT = 65535
+# What CUDA_VISIBLE_DEVICES takes: indexes, GPU UUIDs (GPU-...) and MIG ids (MIG-...).
+_GPU_ID_RE = re.compile(r"^(?:[0-9]{1,9}|(?:GPU|MIG)-[A-Za-z0-9_.:/-]{1,124})$")
+MAX_FILE_NAME_BYTES = 255  # a worker's name names its spool directory
 _RESOURCE_NAME_RE = re.compile(r"^[A-Za-z0-9_.@+-]{1,128}$")
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9_.:/@+-]{1,128}$")
 MAX_LABEL_VALUE_CHARS = 256
@@ -91,6 +95,7 @@ def server_command(
     from shoal.server.guard import GuardConfig
     from shoal.server.reactor import ReactorConfig
 
+    check_listen_address(host, port)  # before the home is touched: nothing made for nothing
     _logging(False)
     tls = TlsSettings(cert_file=tls_cert, key_file=tls_key, insecure_http=insecure_http,
                       extra_names=tuple(tls_san or ()), advertise=advertise)
@@ -128,13 +133,15 @@ def worker_command(
         help="Worker token (default: $SHOAL_TOKEN, else $SHOAL_HOME); it shows in `ps` "
              "until the worker starts: prefer $SHOAL_TOKEN.")] = None,
     name: Annotated[str | None, typer.Option(
-        help="Worker name, unique among connected workers (default: HOST-PID).")] = None,
+        help="Worker name, unique among connected workers (default: HOST-PID): up to 128 "
+             "printable characters, no '/' or '='.")] = None,
     cores: Annotated[int | None, typer.Option(help="Cores to offer (default: all).")] = None,
     memory: Annotated[str | None, typer.Option(help="Memory to offer, e.g. 8G.")] = None,
     gpus: Annotated[str | None, typer.Option(
         metavar="N|LIST",
-        help="GPUs to offer: a count N (ids 0..N-1) or ids like 0,2 (one id: '3,'). "
-             "Default: $CUDA_VISIBLE_DEVICES, else what nvidia-smi lists.")] = None,
+        help="GPUs to offer: a count N (ids 0..N-1) or ids like 0,2 or GPU-/MIG- UUIDs "
+             "(one id: '3,'). Default: $CUDA_VISIBLE_DEVICES, else what nvidia-smi lists.")
+    ] = None,
     resource: Annotated[list[str] | None, typer.Option(
         "--resource", metavar="NAME=N",
         help="A named resource to offer, e.g. licenses=4. Repeatable.")] = None,
@@ -213,19 +220,28 @@ def worker_command(
     gpu_ids = parse_gpus_option(gpus) if gpus is not None else None
     custom = parse_resource_options(resource or [])
     labels = parse_label_options(label or [])
+    # One name per process, kept across its reconnects: two workers on a host never clash.
+    base = name or f"{socket.gethostname()}-{os.getpid()}"
+    names = [f"{base}-{index}" for index in range(1, count + 1)] if count > 1 else [base]
+    for worker in names:
+        check_worker_name(worker, "--name" if name else "the host name")
+    if spool is not None:
+        check_spool(spool)
 
     address = worker_address(join, join_file, server, token)  # hides a token given in argv
 
     def locate() -> Connection:
         return resolve_connection(role="worker", server=address.server, token=address.token)
 
-    first = locate()  # fail now, with a clear message, if there is no server to find
+    # Fail now, with a clear message, if there is no server to find or what says where it
+    # is cannot be used.
+    first = checked_connection(role="worker", server=address.server, token=address.token,
+                               server_name=address.server_origin,
+                               token_name=address.token_origin)
     if address.warning:
         logging.getLogger("shoal.worker").warning("%s", address.warning)
     detected = detect_resources(with_gpus=gpu_ids is None)
     if count > 1:
-        base = name or f"{socket.gethostname()}-{os.getpid()}"
-        names = [f"{base}-{index}" for index in range(1, count + 1)]
         parts = shares(count, cores or detected.cores,
                        memory_bytes if memory_bytes is not None else detected.memory_bytes,
                        gpu_ids if gpu_ids is not None else detected.gpus,
@@ -251,8 +267,7 @@ def worker_command(
         gpus=gpu_ids if gpu_ids is not None else detected.gpus,
         custom=custom,
     )
-    # One name per process, kept across its reconnects: two workers on a host never clash.
-    worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
+    worker_name = base
     spool_dir = spool or shoal_home() / "spool" / worker_name
     agent = Agent(worker_name, resources, spool_dir, labels=labels, enforce_memory=enforce_memory,
                   on_server_lost=on_server_lost, server_lost_timeout=server_lost_timeout,
@@ -267,6 +282,65 @@ def worker_command(
         if problem is None:
             raise
         raise ConnectError(f"the server at {first.url}: {problem}") from None
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """`--port` is a TCP port (0: any free one) and `--host` an address or a name that
+    resolves: checked before the server makes its database, CA and tokens."""
+    if not 0 <= port <= MAX_PORT:
+        raise InputError(f"--port: {port} is not a port (0 to {MAX_PORT}; 0: any free port)")
+    if not host:  # every address, as bind() reads it
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as the server binds
+    try:
+        socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except UnicodeError:
+        raise InputError(f"--host: {host!r} is neither an IP address nor a host name") from None
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:  # the resolver is down: not the value's fault
+            return
+        raise InputError(f"--host: cannot listen on {host!r}: {exc.strerror}") from None
+
+
+def check_worker_name(name: str, where: str = "--name") -> None:
+    """A worker's name as the server takes it (its length: the protocol's Register.name),
+    that can also be the name of its spool directory and be pinned to with `add --on NAME`:
+    printable, without '/' or '=', not '.' or '..'."""
+    from annotated_types import MaxLen, MinLen
+
+    from shoal.core.protocol import Register
+
+    limits = Register.model_fields["name"].metadata
+    shortest = next(rule.min_length for rule in limits if isinstance(rule, MinLen))
+    longest = next(rule.max_length for rule in limits if isinstance(rule, MaxLen))
+    shown = repr(name) if len(name) <= 40 else repr(name[:37] + "...")
+    if not shortest <= len(name) <= longest:
+        raise InputError(f"{where}: a worker's name is {shortest} to {longest} characters; "
+                         f"{shown} has {len(name)}")
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_FILE_NAME_BYTES:
+        raise InputError(f"{where}: {shown} is longer than {MAX_FILE_NAME_BYTES} bytes, too "
+                         "long to name its spool directory")
+    if not name.isprintable() or "/" in name or "=" in name or name in (".", ".."):
+        raise InputError(f"{where}: {shown} is not a worker name (printable characters, "
+                         "no '/' or '=', not '.' or '..')")
+
+
+def check_spool(spool: Path) -> None:
+    """--spool: a directory, or one that can be made (its nearest existing ancestor is a
+    directory this user may write in). Nothing is made here."""
+    if spool.exists() or spool.is_symlink():
+        if not spool.is_dir():
+            raise InputError(f"--spool: {spool}: not a directory")
+        if not os.access(spool, os.W_OK | os.X_OK):
+            raise InputError(f"--spool: {spool}: cannot write there (permission denied)")
+        return
+    ancestor = spool.absolute().parent
+    while not (ancestor.exists() or ancestor.is_symlink()):
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"--spool: {spool}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"--spool: {spool}: cannot make it in {ancestor} (permission denied)")
 
 
 def check_workdir(workdir: Path) -> Path:
@@ -293,7 +367,8 @@ def parse_gpus_option(text: str) -> list[str]:
         ids.pop()
     for gpu_id in ids:
         if not _GPU_ID_RE.match(gpu_id):
-            raise InputError(f"--gpus: {text!r} is neither a count nor a list of GPU ids like 0,2")
+            raise InputError(f"--gpus: {text!r} is neither a count nor a list of GPU ids "
+                             "(indexes like 0,2, or GPU-... and MIG-... UUIDs)")
     if len(set(ids)) != len(ids):
         raise InputError(f"--gpus: {text!r} names a GPU twice")
     if len(ids) > MAX_GPUS:

@@ -105,7 +105,9 @@ def resolve(directory: Path) -> Path:
     `runs/<name>` directory, or a runmaker file's state), else the last run under it."""
     if (directory / DATABASE_FILE).is_file() and not (directory / RUNS).is_dir():
         return directory
-    with contextlib.suppress(OSError):
+    # A `last` that cannot be read, or names nothing (garbled: not text, a NUL in it), is
+    # passed over as a missing one is: the newest run is found by looking.
+    with contextlib.suppress(OSError, ValueError):
         name = (directory / LAST).read_text().strip()
         chosen = (directory / name).resolve()
         if name and (chosen / DATABASE_FILE).is_file():

@@ -24,6 +24,10 @@ SEAL_SUFFIX = "-sealed"
 # SQLite's result codes for a file that is not, or no longer, a sound database.
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
+# And those shoal's own reads meet only in a database changed behind its back: a table or a
+# column gone (SQLite's generic error), a value of the wrong type.
+_SQLITE_ERROR = 1
+_SQLITE_MISMATCH = 20
 _RESTORE_HINT = ("restore the latest copy made by `shoal backup` to this path, or move the file "
                  "away to start with an empty queue and new tokens")
 
@@ -71,6 +75,20 @@ def check_database(db: sqlite3.Connection, path: Path,
 def is_damage(exc: sqlite3.Error) -> bool:
     """Whether SQLite's error says the file is not a sound database (rather than, say, busy)."""
     return getattr(exc, "sqlite_errorcode", None) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+
+
+def is_damage_to_reader(exc: sqlite3.Error) -> bool:
+    """Whether SQLite's error, met by a reader of a database of shoal's schema (after its
+    version was checked), says the file is not what shoal wrote (rather than, say, busy)."""
+    return is_damage(exc) or getattr(exc, "sqlite_errorcode", None) in (_SQLITE_ERROR,
+                                                                        _SQLITE_MISMATCH)
+
+
+def damaged_to_reader(path: Path, reason: object) -> InputError:
+    """The error of a database that cannot be read for what it holds: damaged, or changed
+    by something other than shoal."""
+    return InputError(f"the database is damaged ({reason}); it cannot be read",
+                      source=str(path))
 
 
 def damaged(path: Path, reason: object) -> InputError:

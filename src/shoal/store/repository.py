@@ -40,6 +40,7 @@ from shoal.store.checkpoints import Checkpoints
 from shoal.store.files import (
     check_database,
     damaged,
+    damaged_to_reader,
     drop_seal,
     is_damage,
     prepare_database_file,
@@ -518,6 +519,10 @@ class Store:
             store._db.execute("PRAGMA busy_timeout = 5000")
             version = store._db.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.Error as exc:
+            if hasattr(store, "_connection"):
+                store._connection.close()
+            if is_damage(exc):  # not a database, or a truncated one
+                raise damaged_to_reader(path, exc) from None
             raise StoreUnavailable(f"{path}: cannot read the database ({exc})") from None
         if version != SCHEMA_VERSION:
             store._db.close()
