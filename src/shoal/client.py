@@ -30,6 +30,7 @@ import httpx
 from shoal.core.arrays import FIRST_ARRAY_JOBS
 from shoal.core.errors import (
     AuthError,
+    BatchInputError,
     Conflict,
     ConnectError,
     InputError,
@@ -199,13 +200,16 @@ class Client:
                     self._request("POST", f"/adds/{batch}", json={"seq": seq, **body},
                                   timeout=self.timeout + count * ADD_SECONDS_PER_JOB)
                 except InputError as exc:  # name the job by its place in the whole add
-                    raise InputError(_in_whole_add(str(exc), sent)) from None
+                    raise _batch_error(_in_whole_add(str(exc), sent)) from None
                 sent += count
                 if progress is not None:
                     progress(sent)
-            answer: dict[str, Any] = self._request(
-                "POST", f"/adds/{batch}/commit", json={"rerun": rerun},
-                timeout=self.timeout + sent * ADD_SECONDS_PER_JOB)
+            try:
+                answer: dict[str, Any] = self._request(
+                    "POST", f"/adds/{batch}/commit", json={"rerun": rerun},
+                    timeout=self.timeout + sent * ADD_SECONDS_PER_JOB)
+            except InputError as exc:
+                raise _batch_error(str(exc)) from None
             return answer
         except BaseException:  # a refused chunk, a bad line further on, Ctrl-C: add nothing
             with contextlib.suppress(ShoalError, httpx.HTTPError):
@@ -745,6 +749,20 @@ def _selection(ids: Iterable[int] | None, group: str | None) -> dict[str, Any]:
     if id_list is not None and not id_list:
         raise InputError("no job ids given")
     return {"ids": id_list} if id_list is not None else {"group": group}
+
+
+_BATCH_PLACE = re.compile(r"(?:jobs|cmds)\[(\d+)\]\.?|job (\d+) of the batch: ")
+
+
+def _batch_error(message: str) -> InputError:
+    """The server's refusal of an add, as BatchInputError when it names a job of the batch
+    (`jobs[i].field: ...`, or `job N of the batch: ...`), so that the caller can name the
+    job by where it came from (a file's line)."""
+    place = _BATCH_PLACE.match(message)
+    if place is None:
+        return InputError(message)
+    index = int(place[1]) if place[1] is not None else int(place[2]) - 1
+    return BatchInputError(index, message[place.end():].lstrip(": ") or message, message)
 
 
 def _in_whole_add(message: str, first: int) -> str:

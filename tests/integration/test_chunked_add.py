@@ -140,6 +140,25 @@ def test_the_cli_reads_a_file_as_it_sends_it_and_a_late_bad_line_adds_nothing(
     assert total_jobs(cluster) == 0
 
 
+@pytest.mark.parametrize("options, reason", [
+    ('{"cwd": "relative"}', "cwd: must be an absolute path"),
+    ('{"deps": ["nowhere"]}', "group:nowhere has no jobs"),
+])
+def test_a_line_the_server_refuses_is_named_by_the_file_and_line(
+        cluster: Cluster, tmp_path: Path, options: str, reason: str) -> None:
+    """What only the server can judge (a relative cwd, a wait for a group with no jobs),
+    in a line after the first chunk: still the file's line, exit 2, and nothing added."""
+    jobs_file = tmp_path / "jobs.wr"
+    bad_line = client_module.ADD_CHUNK + 3
+    lines = [f"echo {i}" for i in range(client_module.ADD_CHUNK + 10)]
+    lines[bad_line - 1] = f"echo bad\t{options}"
+    jobs_file.write_text("\n".join(lines) + "\n")
+    added = cluster.cli("add", "-f", str(jobs_file), "--format", "wr", timeout=600)
+    assert added.returncode == 2, added.stderr
+    assert added.stderr.strip() == f"shoal: {jobs_file}:{bad_line}: {reason}"
+    assert total_jobs(cluster) == 0
+
+
 def test_a_chunk_of_jobs_alike_but_for_their_commands_is_their_fields_and_commands(
         cluster: Cluster) -> None:
     batch = "cd" * 16

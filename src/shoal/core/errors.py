@@ -27,10 +27,10 @@ class BatchInputError(InputError):
     """A job of a batch being added is refused: `index` (from 0) says which, so a caller that
     knows where each job came from (a file's line) can say so."""
 
-    def __init__(self, index: int, reason: str):
+    def __init__(self, index: int, reason: str, message: str | None = None):
         self.index = index
         self.reason = reason
-        super().__init__(f"job {index + 1} of the batch: {reason}")
+        super().__init__(message or f"job {index + 1} of the batch: {reason}")
 
 
 class IllegalTransition(ShoalError):
