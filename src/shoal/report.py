@@ -14,7 +14,7 @@ import html
 import io
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,33 +51,16 @@ def from_server(client: Client, group: str | None) -> ReportData:
 
 
 def from_state_dir(state_dir: Path, group: str | None) -> ReportData:
-    """The jobs `shoal run` kept in its state directory (read only)."""
-    from shoal.core.errors import InputError
-    from shoal.home import DATABASE_FILE
-    from shoal.run.state import resolve
-    from shoal.store import JobQuery, Store
+    """The jobs `shoal run` kept in its state directory, read as `shoal jobs` reads them:
+    read only, so the run's database stays as the run left it (sealed)."""
+    from shoal.run.local import RunState
 
-    if not (state_dir / DATABASE_FILE).is_file():  # a .shoal of several runs: the last
-        state_dir = resolve(state_dir)
-    database = state_dir / DATABASE_FILE
-    if not database.is_file():
-        raise InputError(f"{state_dir}: no shoal run state here (no {DATABASE_FILE})")
-    store = Store(database)
+    run = RunState(state_dir)
     try:
-        jobs = [job.to_dict() for job in _all(store, JobQuery(group=group))]
+        jobs = list(run.jobs(group=group))
     finally:
-        store.close()
-    return ReportData(f"{state_dir}" + (f", group {group}" if group else ""), jobs)
-
-
-def _all(store: Any, query: Any) -> Iterator[Any]:
-    after: int | None = None
-    while True:
-        page = store.list_jobs(query, after_id=after, limit=5000)
-        yield from page
-        if len(page) < 5000:
-            return
-        after = page[-1].id
+        run.close()
+    return ReportData(f"{run.directory}" + (f", group {group}" if group else ""), jobs)
 
 
 # ---- numbers -----------------------------------------------------------------------------

@@ -26,10 +26,15 @@ def test_report_of_a_shoal_run_from_its_state_dir(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert ran.returncode == 1, ran.stderr  # one job failed
     html, png = tmp_path / "report.html", tmp_path / "report.png"
+    run_dir = tmp_path / ".shoal" / "runs" / "jobs.txt"
+    kept = ("shoal.db", "shoal.db-sealed")
+    before = {name: (run_dir / name).read_bytes() for name in kept}
     made = subprocess.run([*SHOAL, "report", "--state-dir", str(tmp_path / ".shoal"),
                            "--html", str(html), "--png", str(png)],
                           env=env, capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr
+    # Read only: the run's database and its seal are as the run left them.
+    assert {name: (run_dir / name).read_bytes() for name in kept} == before
     page = _check_outputs(html, png)
     assert "exit code 4" in page
     assert "<th>jobs</th><td>4</td>" in page
