@@ -82,3 +82,19 @@ def test_bad_worker_options_are_refused_before_it_joins(secure: Cluster, tmp_pat
         assert line.startswith(f"shoal: {option}: "), line
     assert secure.api("GET", "/workers")["workers"] == []
     assert not (secure.home / "spool").exists()
+
+
+def test_server_on_a_port_in_use_makes_no_database_nor_ca(tmp_path: Path) -> None:
+    """A port another process holds is found before anything is made in the home: no
+    database, no CA, no tokens (only the home's lock, held while it tried)."""
+    import socket
+
+    home = tmp_path / "home"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = shoal("server", "--port", str(port), cwd=tmp_path,
+                       env={"SHOAL_HOME": str(home)})
+    assert result.returncode == 1 and "Address already in use" in result.stderr
+    assert sorted(path.name for path in home.iterdir()) == ["server.lock"]

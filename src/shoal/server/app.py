@@ -246,14 +246,15 @@ def serve(home: Path, host: str, port: int, config: ReactorConfig | None = None,
     check_tls_settings(tls, host)
     lock_home(home)
     os.chmod(home, 0o700)
-    # The database first: one that is refused (emptied, damaged) must leave the home as it
+    # The port before anything is made: one in use must leave the home as it was.
+    sock = bind(host, port)
+    # The database next: one that is refused (emptied, damaged) must leave the home as it
     # was, and the certificate would be reissued here if the host's names had changed.
     store = Store(home / DATABASE_FILE)
     certificates = None if tls.insecure_http else Certificates(home, host, tls)
     tokens = TokenBook(store)
     admin_token, worker_token = tokens.ensure_default_tokens(home)
     guard = guard or GuardConfig()
-    sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     if certificates is not None:  # count TLS sockets from accept, before their handshake
         sock = guard_listener(sock, guard)
