@@ -31,14 +31,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "home"
 
 
-@pytest.fixture
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
 def refused(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     """Run shoal; it must exit 2 with one line and no internal error: that line."""
     code = main(list(args))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import stat
 import threading
 import time
@@ -123,14 +122,6 @@ def fake_server() -> Iterator[FakeServer]:
     yield fake
     httpd.shutdown()
     httpd.server_close()
-
-
-@pytest.fixture
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(autouse=True)
