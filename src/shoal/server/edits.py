@@ -69,7 +69,8 @@ def _check_cwd(spec: JobSpec, index: int) -> None:
     # An ensemble component's may be empty (a fresh directory) or relative (under its
     # worker's working directory).
     if spec.cwd is None or not (spec.cwd.startswith("/") or spec.gate):
-        raise BatchInputError(index, "cwd: must be an absolute path")
+        raise BatchInputError(index, "cwd: must be an absolute path",
+                              f"jobs[{index}].cwd: must be an absolute path")
 
 
 # Every field of a Job, in order: Job(*_ALL_FIELDS(job)) is a copy, at a seventh of the cost
