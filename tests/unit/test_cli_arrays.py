@@ -20,9 +20,9 @@ from shoal.core.arrays import (
     runs_of,
 )
 
-from .test_client_errors import FakeServer, closed_port_url, fake_server, isolated_home
+from .test_client_errors import FakeServer, fake_server, isolated_home
 
-__all__ = ["closed_port_url", "fake_server", "isolated_home"]  # fixtures used here
+__all__ = ["fake_server", "isolated_home"]  # fixtures used here
 
 EXAMPLES = "(examples: 1-100, 1-100:10, 1,5,9, 1-3,7)"
 

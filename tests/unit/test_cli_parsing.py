@@ -18,9 +18,9 @@ from shoal.client import SQLITE_HEADER
 from shoal.core.errors import InputError
 from shoal.core.models import JobState
 
-from .test_client_errors import FakeServer, closed_port_url, fake_server, isolated_home
+from .test_client_errors import FakeServer, fake_server, isolated_home
 
-__all__ = ["closed_port_url", "fake_server", "isolated_home"]  # fixtures used here
+__all__ = ["fake_server", "isolated_home"]  # fixtures used here
 
 GiB = 1024**3
 ADDED = {"added": 1, "existed": 0, "requeued": 0, "ids": [1]}
