@@ -39,14 +39,7 @@ from shoal.core.errors import (
     ShoalError,
     StoreUnavailable,
 )
-from shoal.home import (
-    CONNECTION_FILE,
-    SCHEME,
-    Connection,
-    parse_connection_string,
-    resolve_connection,
-    shoal_home,
-)
+from shoal.home import Connection, resolve_connection
 from shoal.trust import certificate_problem
 
 if TYPE_CHECKING:  # pydantic is not imported until a caller builds JobSpecs
@@ -112,7 +105,7 @@ class Client:
         """`url` is an https/http URL or a `shoal://` connection string; what is not given
         comes from SHOAL_SERVER/SHOAL_TOKEN, then `$SHOAL_HOME/server.json`. The server's
         certificate is checked against the pinned CA, or the system's trust store."""
-        connection = checked_connection(server=url, token=token)
+        connection = resolve_connection(server=url, token=token)
         self.url = connection.url
         self.timeout = timeout
         self._pinned_ca = connection.ca_fingerprint  # to say whether a refusal is the pin's
@@ -509,112 +502,6 @@ class Client:
                     f"the server at {self.url} sent a reply that is not JSON"
                 ) from None
         raise error_from_response(response.status_code, response.content)
-
-
-SERVER_VARIABLE = "SHOAL_SERVER"
-TOKEN_VARIABLE = "SHOAL_TOKEN"
-MAX_PORT = 65535
-_JSON_KIND = {bool: "true or false", int: "a number", float: "a number", list: "a list",
-              dict: "an object", type(None): "null"}
-
-
-def checked_connection(*, role: str = "admin", server: str | None = None,
-                       token: str | None = None, server_name: str = "the server address",
-                       token_name: str = "the token") -> Connection:
-    """`resolve_connection`, once what it would use is known to be usable: a server address
-    that cannot be dialled, a token that cannot be sent, a connection file whose fields are
-    not what they should be, is an InputError naming where it came from (`server_name` and
-    `token_name` for `server` and `token`; the variables; the file and its field)."""
-    if server:
-        check_server_address(server, server_name)
-    elif os.environ.get(SERVER_VARIABLE):
-        check_server_address(os.environ[SERVER_VARIABLE], SERVER_VARIABLE)
-    else:
-        check_connection_file(shoal_home() / CONNECTION_FILE)
-    # Found first: with no server to find (ConnectError), a verb that reads `shoal run`'s
-    # state reads it instead, and needs no token.
-    connection = resolve_connection(role=role, server=server, token=token)
-    if token:
-        check_token(token, token_name)
-    elif os.environ.get(TOKEN_VARIABLE):
-        check_token(os.environ[TOKEN_VARIABLE], TOKEN_VARIABLE)
-    return connection
-
-
-def address_problem(text: str) -> str | None:
-    """Why `text`, a server's URL or `shoal://` connection string, cannot be dialled; None
-    if it can. A connection string is never quoted: it carries a token."""
-    if text.startswith(SCHEME):
-        shown = "the connection string"
-        try:
-            url = parse_connection_string(text)[0]
-        except InputError as exc:
-            return str(exc)
-        except ValueError:  # urlsplit's own refusals: a [ never closed, ...
-            return "connection string: expected HOST:PORT after the token"
-    else:
-        shown = repr(text)
-        if not text.startswith(("http://", "https://")):
-            return (f"not a server address: {shown} (expected https://HOST:PORT or "
-                    f"{SCHEME}TOKEN@HOST:PORT?ca=...)")
-        url = text.rstrip("/")
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        return f"not a valid URL: {shown} ({exc})"
-    if not parsed.host:
-        return f"no host in {shown} (expected https://HOST:PORT)"
-    if parsed.port is not None and not 1 <= parsed.port <= MAX_PORT:
-        return f"{shown}: the port must be from 1 to {MAX_PORT}"
-    return None
-
-
-def check_server_address(text: str, where: str) -> None:
-    """An InputError naming `where` (--server, SHOAL_SERVER) if `text` cannot be dialled."""
-    problem = address_problem(text)
-    if problem is not None:
-        raise InputError(f"{where}: {problem}")
-
-
-def token_problem(token: str) -> str | None:
-    """Why `token` cannot be a token (it goes in an HTTP header); None if it can. The token
-    itself is never quoted."""
-    if all("!" <= char <= "~" for char in token):
-        return None
-    return ("the token is malformed: a token is printable ASCII, without spaces or line "
-            "breaks")
-
-
-def check_token(token: str, where: str) -> None:
-    """An InputError naming `where` (--token, SHOAL_TOKEN) if `token` cannot be sent."""
-    problem = token_problem(token)
-    if problem is not None:
-        raise InputError(f"{where}: {problem}")
-
-
-def check_connection_file(path: Path) -> None:
-    """The fields of the connection file, as the server writes them: "url" a server address,
-    the tokens, fingerprint and CA file strings (or null). One that is not is an InputError
-    naming the file and the field. A file that cannot be read, or is not a JSON object with
-    a "url", is left to `resolve_connection`, which finds no server there (ConnectError: a
-    verb that reads `shoal run`'s state then reads that instead)."""
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return
-    if not isinstance(data, dict) or "url" not in data:
-        return
-    for name in ("url", "admin_token", "worker_token", "ca_fingerprint", "ca_file"):
-        value = data.get(name)
-        if value is None and name != "url":
-            continue
-        if not isinstance(value, str):
-            raise InputError(f'field "{name}": expected a string, not '
-                             f"{_JSON_KIND.get(type(value), 'a value')}", source=str(path))
-        problem = (address_problem(value) if name == "url" else
-                   token_problem(value) if name.endswith("_token") else None)
-        if problem is not None:
-            raise InputError(f'field "{name}": {problem}', source=str(path))
 
 
 def _verify(connection: Connection) -> ssl.SSLContext | bool:

@@ -22,6 +22,9 @@ CONNECTION_FILE = "server.json"
 DATABASE_FILE = "shoal.db"
 DEFAULT_PORT = 7340
 SCHEME = "shoal://"
+SERVER_VARIABLE = "SHOAL_SERVER"
+TOKEN_VARIABLE = "SHOAL_TOKEN"
+MAX_PORT = 65535
 
 
 def shoal_home() -> Path:
@@ -115,6 +118,9 @@ def write_connection(home: Path, connection: Connection, *, pid: int,
 
 
 def read_connection_file(home: Path) -> Connection | None:
+    """The server written there; None if none is. A file that cannot be read, or is not a
+    JSON object with a "url", finds no server (ConnectError); one whose fields are not what
+    the server writes is an InputError naming the field."""
     path = home / CONNECTION_FILE
     try:
         data = json.loads(path.read_text())
@@ -124,6 +130,7 @@ def read_connection_file(home: Path) -> Connection | None:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConnectError(f"{path}: unreadable connection file ({exc})") from None
+    _check_connection_fields(data, path)
     ca_pem = None
     if ca_file:
         try:
@@ -132,6 +139,25 @@ def read_connection_file(home: Path) -> Connection | None:
             raise ConnectError(f"{path}: ca_file {ca_file}: {exc.strerror or exc}") from None
         _check_pin(ca_pem, pin, ca_file)
     return Connection(url, *tokens, ca_pem, pin)
+
+
+_JSON_KIND = {bool: "true or false", int: "a number", float: "a number", list: "a list",
+              dict: "an object", type(None): "null"}
+
+
+def _check_connection_fields(data: dict[str, object], path: Path) -> None:
+    """"url" a server address; the tokens, fingerprint and CA file strings (or null)."""
+    for name in ("url", "admin_token", "worker_token", "ca_fingerprint", "ca_file"):
+        value = data.get(name)
+        if value is None and name != "url":
+            continue
+        if not isinstance(value, str):
+            raise InputError(f'field "{name}": expected a string, not '
+                             f"{_JSON_KIND.get(type(value), 'a value')}", source=str(path))
+        problem = (address_problem(value) if name == "url" else
+                   token_problem(value) if name.endswith("_token") else None)
+        if problem is not None:
+            raise InputError(f'field "{name}": {problem}', source=str(path))
 
 
 # ---- trusting a pinned CA --------------------------------------------------------------------
@@ -176,20 +202,36 @@ def trusted_ca(url: str, pin: str) -> bytes:
 
 
 def resolve_connection(*, role: str = "admin", server: str | None = None,
-                       token: str | None = None) -> Connection:
+                       token: str | None = None, server_name: str = "the server address",
+                       token_name: str = "the token") -> Connection:
     """Flags beat SHOAL_SERVER/SHOAL_TOKEN, which beat `$SHOAL_HOME/server.json`.
 
     `server` may be a URL or a connection string; a token given apart beats the string's.
+    An address that cannot be dialled, or a token that cannot be sent, is an InputError
+    naming where it came from (`server_name` and `token_name` for the arguments; the
+    variables; the file and its field). The token is checked once a server is found: with
+    none (ConnectError), a verb that reads `shoal run`'s state reads it, and needs no token.
     """
-    server = server or os.environ.get("SHOAL_SERVER")
-    token = token or os.environ.get("SHOAL_TOKEN")
+    server_from = server_name if server else SERVER_VARIABLE
+    server = server or os.environ.get(SERVER_VARIABLE)
+    token_from = token_name if token else TOKEN_VARIABLE
+    token = token or os.environ.get(TOKEN_VARIABLE)
+    if server:
+        check_server_address(server, server_from)
+    given_token = token
+
+    def checked_token() -> None:  # called once a server is found
+        if given_token:
+            check_token(given_token, token_from)
+
     if server is not None and server.startswith(SCHEME):
         url, carried, pin = parse_connection_string(server)
         ca_pem = trusted_ca(url, pin) if pin else None
+        checked_token()
         return _for_role(Connection(url, None, None, ca_pem, pin), role, token or carried)
     try:
         from_file = read_connection_file(shoal_home())
-    except ConnectError:
+    except (ConnectError, InputError):
         if server is None:
             raise
         from_file = None  # a broken home does not stand in the way of an address given
@@ -200,14 +242,62 @@ def resolve_connection(*, role: str = "admin", server: str | None = None,
             "start one with `shoal server`, or set SHOAL_SERVER (a URL or a shoal:// "
             "connection string) and SHOAL_TOKEN"
         )
-    if not address.startswith(("http://", "https://")):
-        raise InputError(f"not a server address: {address!r} (expected https://HOST:PORT or "
-                         f"{SCHEME}TOKEN@HOST:PORT?ca=...)")
+    checked_token()
     if from_file is not None and address == from_file.url:
         if token is None:
             token = from_file.worker_token if role == "worker" else from_file.admin_token
         return _for_role(from_file, role, token)
     return _for_role(Connection(address, None, None), role, token)
+
+
+def address_problem(text: str) -> str | None:
+    """Why `text`, a server's URL or `shoal://` connection string, cannot be dialled; None
+    if it can. A connection string is never quoted: it carries a token."""
+    if text.startswith(SCHEME):
+        try:
+            parse_connection_string(text)
+        except InputError as exc:
+            return str(exc)
+        except ValueError:  # urlsplit's own refusals: a [ never closed, ...
+            return "connection string: expected HOST:PORT after the token"
+        return None
+    shown = repr(text)
+    if not text.startswith(("http://", "https://")):
+        return (f"not a server address: {shown} (expected https://HOST:PORT or "
+                f"{SCHEME}TOKEN@HOST:PORT?ca=...)")
+    try:
+        parts = urlsplit(text.rstrip("/"))
+        port = parts.port
+    except ValueError as exc:  # a [ never closed, a port out of range or not a number
+        return f"not a valid URL: {shown} ({exc})"
+    if not parts.hostname:
+        return f"no host in {shown} (expected https://HOST:PORT)"
+    if port is not None and not 1 <= port <= MAX_PORT:
+        return f"{shown}: the port must be from 1 to {MAX_PORT}"
+    return None
+
+
+def check_server_address(text: str, where: str) -> None:
+    """An InputError naming `where` (--server, SHOAL_SERVER) if `text` cannot be dialled."""
+    problem = address_problem(text)
+    if problem is not None:
+        raise InputError(f"{where}: {problem}")
+
+
+def token_problem(token: str) -> str | None:
+    """Why `token` cannot be a token (it goes in an HTTP header); None if it can. The token
+    itself is never quoted."""
+    if all("!" <= char <= "~" for char in token):
+        return None
+    return ("the token is malformed: a token is printable ASCII, without spaces or line "
+            "breaks")
+
+
+def check_token(token: str, where: str) -> None:
+    """An InputError naming `where` (--token, SHOAL_TOKEN) if `token` cannot be sent."""
+    problem = token_problem(token)
+    if problem is not None:
+        raise InputError(f"{where}: {problem}")
 
 
 def _for_role(connection: Connection, role: str, token: str | None) -> Connection:

@@ -21,13 +21,11 @@ from urllib.parse import unquote, urlsplit
 
 from shoal.cmdline import hide_arguments
 from shoal.core.errors import InputError
-from shoal.home import SCHEME
+from shoal.home import SCHEME, SERVER_VARIABLE, TOKEN_VARIABLE
 
 log = logging.getLogger("shoal.worker")
 
 JOIN_VARIABLE = "SHOAL_JOIN"
-TOKEN_VARIABLE = "SHOAL_TOKEN"
-SERVER_VARIABLE = "SHOAL_SERVER"
 MAX_JOIN_BYTES = 64 * 1024  # a join string is a line; a file or pipe bigger than this is not one
 _JOIN_RE = re.compile(SCHEME + r"[^\s'\"]+")
 

@@ -138,7 +138,7 @@ def check_global_options(server: str | None, token: str | None) -> None:
     """--server and --token, checked as given, in their names: an address that cannot be
     dialled, or a token that cannot be sent, is a usage error before any verb runs."""
     if server or token:
-        from shoal.client import check_server_address, check_token
+        from shoal.home import check_server_address, check_token
 
         if server:
             check_server_address(server, "--server")

@@ -17,10 +17,9 @@ import typer
 
 from shoal.cli.join import worker_address
 from shoal.cli.worker_count import MAX_COUNT, gpus_argument, run_workers, shares, spool_for
-from shoal.client import checked_connection
 from shoal.core.errors import ConnectError, InputError
 from shoal.core.models import RESERVED_RESOURCES
-from shoal.home import DEFAULT_PORT, Connection, resolve_connection, shoal_home
+from shoal.home import DEFAULT_PORT, MAX_PORT, Connection, resolve_connection, shoal_home
 from shoal.trust import certificate_problem
 
 if TYPE_CHECKING:
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
 
 _WHOLE_NUMBER_RE = re.compile(r"^[0-9]{1,19}$")  # ASCII only: str.isdigit takes '²'
 MAX_GPUS = 1024  # as many as a worker may offer in its registration
-MAX_PORT = 65535
 # What CUDA_VISIBLE_DEVICES takes: indexes, GPU UUIDs (GPU-...) and MIG ids (MIG-...).
 _GPU_ID_RE = re.compile(r"^(?:[0-9]{1,9}|(?:GPU|MIG)-[A-Za-z0-9_.:/-]{1,124})$")
 MAX_FILE_NAME_BYTES = 255  # a worker's name names its spool directory
@@ -235,7 +233,7 @@ def worker_command(
 
     # Fail now, with a clear message, if there is no server to find or what says where it
     # is cannot be used.
-    first = checked_connection(role="worker", server=address.server, token=address.token,
+    first = resolve_connection(role="worker", server=address.server, token=address.token,
                                server_name=address.server_origin,
                                token_name=address.token_origin)
     if address.warning:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from shoal.cli.join import JOIN_VARIABLE, SERVER_VARIABLE, TOKEN_VARIABLE, WorkerAddress
-from shoal.home import SCHEME
+from shoal.cli.join import JOIN_VARIABLE, WorkerAddress
+from shoal.home import SCHEME, SERVER_VARIABLE, TOKEN_VARIABLE
 
 MAX_COUNT = 1024
 
