@@ -69,6 +69,22 @@ def test_drain_starts_nothing_new_and_stops_when_idle(cluster: Cluster) -> None:
     cluster.wait_state(later, "done")  # a new server schedules again
 
 
+@pytest.mark.parametrize("verb", [("server", "stop"), ("drain",)])
+def test_stop_and_drain_return_once_the_local_server_has_let_go_of_its_home(
+        cluster: Cluster, verb: tuple[str, ...]) -> None:
+    """`shoal server stop` (and `drain`) of this host's server return once its process has
+    let go of the home, so that `shoal server` started next on it is not refused."""
+    from shoal.home import try_lock_home
+
+    stopped = cluster.cli(*verb)
+    assert stopped.returncode == 0, stopped.stderr
+    held = try_lock_home(cluster.home)  # free already: no waiting here
+    assert held is not None
+    os.close(held)
+    assert cluster.server is not None and cluster.server.wait(timeout=20) == 0
+    cluster.start_server()
+
+
 def test_backup_is_consistent_and_a_server_starts_on_it(cluster: Cluster,
                                                         tmp_path: Path) -> None:
     ids = add(cluster, *[f"echo {i}" for i in range(50)])

@@ -65,6 +65,7 @@ def drain(
         raise ShoalError(f"the server is still draining after {render.format_duration(timeout)}"
                          f", {render.plural(display.running, 'job')} running; it stops once "
                          "they have ended")
+    wait_for_local_exit(client, time.monotonic() + STOP_WAIT_SECONDS)
     print("server drained and stopped")
 
 
@@ -123,6 +124,29 @@ def wait_until_stopped(client: Client, started_at: object, deadline: float | Non
         time.sleep(interval)
 
 
+def wait_for_local_exit(client: Client, deadline: float) -> None:
+    """A server of this host's $SHOAL_HOME (its server.json names the client's address)
+    stops answering before its process has sealed the database and exited: wait until it
+    lets go of the home's lock, so that a server started next on the home finds it free."""
+    import os
+
+    from shoal.home import read_connection_file, shoal_home, try_lock_home
+
+    home = shoal_home()
+    try:
+        written = read_connection_file(home)
+    except ShoalError:
+        return
+    if written is None or written.url != client.url or not (home / "server.lock").exists():
+        return
+    while time.monotonic() < deadline:
+        held = try_lock_home(home)
+        if held is not None:
+            os.close(held)
+            return
+        time.sleep(STOP_POLL_SECONDS)
+
+
 # ---- backup ---------------------------------------------------------------------------
 
 
@@ -157,10 +181,11 @@ def stop_server(ctx: typer.Context) -> None:
     client = session_of(ctx).client()
     started_at = client.server_info().get("started_at")
     client.stop_server()
-    if not wait_until_stopped(client, started_at, time.monotonic() + STOP_WAIT_SECONDS,
-                              STOP_POLL_SECONDS):
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    if not wait_until_stopped(client, started_at, deadline, STOP_POLL_SECONDS):
         raise ShoalError(f"the server at {client.url} still answers "
                          f"{STOP_WAIT_SECONDS:g}s after being asked to stop")
+    wait_for_local_exit(client, deadline)
     print("server stopped")
 
 
