@@ -156,6 +156,8 @@ def test_env_values_may_come_from_here(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ({"memory": "8Q"}, "--memory: not a memory size: '8Q' (examples: 512M, 8G)"),
         ({"run_time": "soon"}, "--time: not a duration: 'soon'"),
+        ({"run_time": "5m5m"}, "--time: not a duration: '5m5m'"),  # a unit once, largest first
+        ({"run_time": "30m1h"}, "--time: not a duration: '30m1h'"),
         ({"priority": 10**9}, "--priority: Input should be less than or equal to 1000000"),
         ({"group": "a b"}, "--group: group names are 1-128 characters"),
         ({"cores": 0}, "--cores: Input should be greater than or equal to 1"),

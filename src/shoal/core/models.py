@@ -88,6 +88,9 @@ def parse_memory(text: str | int) -> int:
     return int(size)
 
 
+_UNIT_ORDER = ("d", "h", "m", "s", "ms")
+
+
 def parse_duration(text: str | float) -> float:
     """'1h', '30m', '90s', '90', or wr's '1h30m' -> seconds. Bare numbers are seconds."""
     if isinstance(text, int | float):
@@ -97,7 +100,9 @@ def parse_duration(text: str | float) -> float:
         number, unit = match.groups()
         return float(number) * _DURATION_UNITS[unit.lower() if unit else None]
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s|d)", text.strip().lower())
-    if parts and "".join(n + u for n, u in parts) == text.strip().lower():
+    order = [_UNIT_ORDER.index(unit) for _, unit in parts]
+    if parts and "".join(n + u for n, u in parts) == text.strip().lower() \
+            and order == sorted(set(order)):  # each unit once, the largest first: 1h30m
         return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
     raise ValueError(f"not a duration: {shown(text)} (examples: 90s, 30m, 1h30m)")
 
