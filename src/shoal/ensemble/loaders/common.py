@@ -37,8 +37,11 @@ def read_text(path: Path) -> str:
     except OSError as error:
         raise InputError(f"cannot read: {error.strerror or error}", source=str(path)) from None
     except UnicodeDecodeError as error:
-        raise InputError(f"not UTF-8 text (byte {error.start} is {error.object[error.start]:#04x})",
-                         source=str(path)) from None
+        data = error.object
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise InputError(f"not UTF-8 text (byte {column} of the line is "
+                         f"{data[error.start]:#04x})", source=str(path), line=line) from None
 
 
 def split_lines(text: str) -> list[str]:

@@ -362,7 +362,8 @@ class _ComponentReader:
                 raise ValueError(f"not a memory size: {quoted(value)}")
             size = parse_memory(value)
         except ValueError as error:
-            self.fail(f"'memory': {error} (examples: \"512M\", \"8G\")", "memory")
+            said = str(error).split(" (examples:")[0]  # TOML's own examples, quoted, instead
+            self.fail(f"'memory': {said} (examples: \"512M\", \"8G\")", "memory")
         if size < 1:
             self.fail(f"'memory' must be more than zero, not {quoted(value)}", "memory")
         return size
