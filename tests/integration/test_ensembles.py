@@ -362,8 +362,8 @@ def test_a_plan_that_can_never_fit_is_refused_at_once(cluster: Cluster, tmp_path
     spec.write_text(SQUEEZED.format(timeout="", cores=5))
     code, _, stderr = run(cluster, spec)
     assert code == 2
-    assert stderr.strip().splitlines()[-1] == ("shoal: components on worker h1 ask for 5 cores "
-                                              "together; it offers 4")
+    assert stderr.strip().splitlines()[-1] == ("shoal: ensemble squeezed: components on worker "
+                                              "h1 ask for 5 cores together; it offers 4")
 
 
 def temporary_workers(cluster: Cluster) -> list[dict[str, Any]]:

@@ -139,7 +139,11 @@ def run_ensembles(backend: EnsembleBackend, ensembles: Sequence[Ensemble],
         except KeyboardInterrupt:
             observer.note("interrupted while sending files; nothing of this run was started")
             raise Interrupted(outcomes) from None
-        snapshot = backend.start_ensemble(start_request(ensemble, manifest, options, placement))
+        try:
+            snapshot = backend.start_ensemble(start_request(ensemble, manifest, options,
+                                                            placement))
+        except InputError as exc:  # refused as planned (more than a worker has): which one
+            raise InputError(f"ensemble {ensemble.name}: {exc}") from None
         snapshot, interrupted = follow_run(backend, snapshot, options, observer)
         outcome = Outcome(snapshot)
         if on_result is not None:
