@@ -279,7 +279,7 @@ def test_a_host_no_worker_matches_is_the_servers_one_line(
     fake_server.reply("POST", "/ensembles", 400, {"error": {"code": "bad", "message": message}})
     assert main(["--server", fake_server.url, "--token", "t", "ensemble", "run",
                  str(pair)]) == 2
-    assert capsys.readouterr().err == f"shoal: {message}\n"
+    assert capsys.readouterr().err == f"shoal: ensemble pair: {message}\n"  # which one
     assert not (pair.parent / "shoal-runs").exists()  # nothing ran: no run directory
 
 

@@ -75,8 +75,7 @@ spec = json.loads(sys.argv[1])
 join = sys.stdin.readline().strip()
 home = os.path.expanduser("~")
 base = os.path.join(home, ".shoal", "up")
-if not os.path.isdir(base):
-    os.makedirs(base, 0o700)
+os.makedirs(base, 0o700, exist_ok=True)  # two hosts may share one home (NFS), started at once
 os.chmod(os.path.join(home, ".shoal"), 0o700)
 name = spec["name"]
 log_path = os.path.join(base, name + ".log")
