@@ -282,6 +282,16 @@ def test_file_list_takes_the_states_a_file_can_hold(tmp_path: Path,
     assert line == "shoal: --state: '?' is not one of . r d ! e"
 
 
+def test_file_list_shows_commands_as_shoal_status_does(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A line's control sequences are removed and other control characters escaped, as
+    everywhere shoal shows what it did not write itself."""
+    runs = tmp_path / "runs.txt"
+    runs.write_text(". echo \x1b[31mred\x1b[0m \x07bell\n")
+    assert main(["file", "list", str(runs)]) == 0
+    assert capsys.readouterr().out == "1: . - echo red \\x07bell\n"
+
+
 # ---- 9. shoal worker: options checked before connecting -----------------------------------------
 
 

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from shoal.cli import render
 from shoal.core.errors import InputError
 
 file_app = typer.Typer(name="file", no_args_is_help=True, add_completion=False,
@@ -23,10 +24,6 @@ FileArgument = Annotated[Path, typer.Argument(metavar="FILE", help="The runmaker
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 SETTABLE = ".rd!e"
 WAIT_SECONDS = 1.0
-
-
-def _clean(text: str) -> str:
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
 def check_states(text: str, allowed: str, *, one: bool) -> str:
@@ -62,7 +59,8 @@ def list_lines(
                           for line in shown], indent=2))
         return
     for line in shown:
-        print(f"{line.parsed.line}: {line.parsed.state_char} - {_clean(line.parsed.spec.cmd)}")
+        print(f"{line.parsed.line}: {line.parsed.state_char} - "
+              f"{render.one_line(line.parsed.spec.cmd)}")
 
 
 @file_app.command("set")
@@ -195,6 +193,6 @@ def check(
             said = True
             print(f"{len(refs)} lines {meaning}:")
             for ref in refs:
-                print(f"  {ref.line}: {ref.state} - {_clean(ref.cmd)}")
+                print(f"  {ref.line}: {ref.state} - {render.one_line(ref.cmd)}")
     if not said:
         print("no line is marked running")
