@@ -57,7 +57,7 @@ def test_a_run_database_changed_by_hand_is_said_to_be_damaged(tmp_path: Path) ->
     with sqlite3.connect(database) as db:
         db.execute("UPDATE jobs SET state = 'bogus' WHERE id = 1")
     db.close()
-    for verb in (["jobs"], ["status"], ["logs", "1"]):
+    for verb in (["jobs"], ["status"], ["logs", "1"], ["run", "jobs.txt", "--dry-run"]):
         line = one_line(shoal(*verb, cwd=tmp_path))
         assert line.startswith(f"shoal: {database}: the database is damaged"), verb
 

@@ -619,18 +619,14 @@ async def dry_run(run_input: RunInput, mode: str) -> None:
     home = state.run_dir(run_input.base, run_input.key)
     starting_over = mode == FRESH or (run_input.starts_over and mode == AUTO)
     if not starting_over and (home / DATABASE_FILE).is_file():
-        store = Store.read_only(home / DATABASE_FILE)
+        from shoal.run.local import RunState  # read as `shoal jobs` reads it: damage is said
+
+        earlier_run = RunState(home)
         try:
-            after: int | None = None
-            while True:
-                page = store.list_jobs(JobQuery(), after_id=after, limit=5000)
-                for job in page:
-                    earlier[job.cmd].append(job.state)
-                if len(page) < 5000:
-                    break
-                after = page[-1].id
+            for job in earlier_run.jobs(page_size=5000):
+                earlier[job["cmd"]].append(JobState(job["state"]))
         finally:
-            store.close()
+            earlier_run.close()
     out = sys.stdout
     run_input.writes = False
     try:
