@@ -43,7 +43,8 @@ _NAME_RE = re.compile(rf"^{_GROUP_CHARS}{{1,{MAX_GROUP_CHARS}}}$")
 _ENV_NAME_RE = re.compile(rf"^[!-<>-~]{{1,{MAX_ENV_NAME_CHARS}}}$")  # printable ASCII but '='
 _MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?\s*$", re.IGNORECASE)
 _MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
-DEPENDENCY_RE = re.compile(rf"^(\d{{1,18}}|group:{_GROUP_CHARS}{{1,{MAX_GROUP_CHARS}}})$")
+GROUP_PREFIX = "group:"  # a dependency on a whole group: group:NAME
+DEPENDENCY_RE = re.compile(rf"^(\d{{1,18}}|{GROUP_PREFIX}{_GROUP_CHARS}{{1,{MAX_GROUP_CHARS}}})$")
 LIMIT_RE = re.compile(rf"^[A-Za-z0-9_.@+-]{{1,{MAX_GROUP_CHARS}}}(:\d{{1,9}})?$")
 RESERVED_RESOURCES = frozenset({"cores", "memory", "gpus"})
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.core.errors import InputError
+from shoal.core.models import GROUP_PREFIX
 from shoal.formats.common import ParsedJob, SpecBuilder
 from shoal.formats.detect import detect_format, runmaker_share
 from shoal.formats.lines import count_lines, parse_lines, plain_commands
@@ -81,9 +82,6 @@ def read_file(path: str | Path, fmt: str = "auto", *,
     return Reading(_read_text(path), fmt, str(path), defaults)
 
 
-_GROUP = "group:"
-
-
 @dataclass(frozen=True)
 class FileCheck:
     """What checking a whole file found: its jobs, never kept."""
@@ -129,8 +127,8 @@ def check_file(
             relative = job.line
         first_in_group.setdefault(spec.group, jobs)
         for entry in (*spec.after, *spec.after_any):
-            if entry.startswith(_GROUP):
-                waits.setdefault(entry[len(_GROUP):], (jobs, job.line))
+            if entry.startswith(GROUP_PREFIX):
+                waits.setdefault(entry[len(GROUP_PREFIX):], (jobs, job.line))
     missing = None
     for group, (waiting, waiting_line) in waits.items():
         group_start = first_in_group.get(group)

@@ -11,11 +11,10 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
-from shoal.core.models import FINAL_STATES, Job, JobState
+from shoal.core.models import FINAL_STATES, GROUP_PREFIX, Job, JobState
 
 Verdict = Literal["ready", "wait", "cancel"]
 _BAD = frozenset({JobState.FAILED, JobState.CANCELLED})
-GROUP_PREFIX = "group:"
 JobLookup = Callable[[int], Job | None]  # a job by id, wherever it is kept
 
 
