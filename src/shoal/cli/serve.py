@@ -229,13 +229,13 @@ def worker_command(
     address = worker_address(join, join_file, server, token)  # hides a token given in argv
 
     def locate() -> Connection:
-        return resolve_connection(role="worker", server=address.server, token=address.token)
+        return resolve_connection(role="worker", server=address.server, token=address.token,
+                                  server_name=address.server_origin,
+                                  token_name=address.token_origin)
 
     # Fail now, with a clear message, if there is no server to find or what says where it
     # is cannot be used.
-    first = resolve_connection(role="worker", server=address.server, token=address.token,
-                               server_name=address.server_origin,
-                               token_name=address.token_origin)
+    first = locate()
     if address.warning:
         logging.getLogger("shoal.worker").warning("%s", address.warning)
     detected = detect_resources(with_gpus=gpu_ids is None)
@@ -304,17 +304,12 @@ def check_worker_name(name: str, where: str = "--name") -> None:
     """A worker's name as the server takes it (its length: the protocol's Register.name),
     that can also be the name of its spool directory and be pinned to with `add --on NAME`:
     printable, without '/' or '=', not '.' or '..'."""
-    from annotated_types import MaxLen, MinLen
+    from shoal.core.protocol import MAX_WORKER_NAME_CHARS
 
-    from shoal.core.protocol import Register
-
-    limits = Register.model_fields["name"].metadata
-    shortest = next(rule.min_length for rule in limits if isinstance(rule, MinLen))
-    longest = next(rule.max_length for rule in limits if isinstance(rule, MaxLen))
     shown = repr(name) if len(name) <= 40 else repr(name[:37] + "...")
-    if not shortest <= len(name) <= longest:
-        raise InputError(f"{where}: a worker's name is {shortest} to {longest} characters; "
-                         f"{shown} has {len(name)}")
+    if not 1 <= len(name) <= MAX_WORKER_NAME_CHARS:
+        raise InputError(f"{where}: a worker's name is 1 to {MAX_WORKER_NAME_CHARS} "
+                         f"characters; {shown} has {len(name)}")
     if len(name.encode("utf-8", "surrogateescape")) > MAX_FILE_NAME_BYTES:
         raise InputError(f"{where}: {shown} is longer than {MAX_FILE_NAME_BYTES} bytes, too "
                          "long to name its spool directory")

@@ -82,10 +82,13 @@ class RunningAttempt(_Message):
     gpus: list[Label] = Field(default_factory=list, max_length=1024)
 
 
+MAX_WORKER_NAME_CHARS = 128
+
+
 class Register(_Message):
     type: Literal["register"] = "register"
     protocol_version: Id
-    name: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=MAX_WORKER_NAME_CHARS)
     host: str = Field(max_length=255)
     resources: Resources
     labels: dict[Label, Label] = Field(default_factory=dict, max_length=1024)
