@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shoal.core.models import JobState
 from shoal.server.service import Service
 
 if TYPE_CHECKING:
@@ -81,25 +80,3 @@ async def _ssh_workers(service: Service, home: Path, hosts: Sequence[SshHost],
     workers = TemporaryWorkers(hosts, listener.join, label="shoal run")
     workers.start()
     return workers, listener
-
-
-def _summarise(service: Service, lines: dict[int, int], report: RunReport,
-               failed: Sequence[int]) -> None:
-    """A runmaker file's summary, as shoal.run.driver makes a lines file's: the slowest of the
-    jobs that succeeded, and the `failed` ones (as they ended), each with its line in the file
-    (`lines`: job id -> line)."""
-    from shoal.run.driver import MAX_FAILURES_SHOWN, SLOWEST_SHOWN
-
-    jobs = {job.id: job for job in service.find(sorted(lines))}
-    done = [job for job in jobs.values()
-            if job.state is JobState.DONE and job.wall_seconds is not None]
-    done.sort(key=lambda job: (job.wall_seconds or 0.0, job.id), reverse=True)
-    report.slowest = [{"id": job.id, "line": lines[job.id], "cmd": job.cmd,
-                       "wall_seconds": job.wall_seconds} for job in done[:SLOWEST_SHOWN]]
-    shown = [jobs[job_id] for job_id in failed if job_id in jobs]
-    report.failures_more = max(0, len(failed) - MAX_FAILURES_SHOWN)
-    for job in shown[:MAX_FAILURES_SHOWN]:
-        stderr = service.store.output(job.id, "stderr")
-        report.failures.append({"id": job.id, "line": lines[job.id], "cmd": job.cmd,
-                                "reason": job.fail_reason,
-                                "stderr_tail": (stderr.tail or stderr.head)[-2000:]})

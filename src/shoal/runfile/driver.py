@@ -27,7 +27,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -386,8 +386,6 @@ class FileRunner:
     async def run(self, home: Path, base: Path | None = None) -> None:
         """Run the file's lines, keeping the history in `home`; named the last run of `base`
         (see shoal.run.state) once it has started."""
-        from shoal.embedded import _summarise
-
         config = ReactorConfig(lost_grace_seconds=0.0, restart_grace_seconds=0.0)
         if self.options.listen is not None:
             config = ReactorConfig(restart_grace_seconds=0.0)
@@ -465,7 +463,7 @@ class FileRunner:
                     self.unclaim(active.line, ".")
             self.active.clear()
             self.report.wall_seconds = time.monotonic() - started
-            _summarise(service, self.ran, self.report, self.failed_ids)
+            summarise(service, self.ran, self.report, self.failed_ids)
             if listener is not None:
                 await listener.stop()
             await service.stop()
@@ -494,6 +492,28 @@ class FileRunner:
         self.runmaker.close()
         if self.log is not None:
             self.log.close()
+
+
+def summarise(service: Service, lines: dict[int, int], report: RunReport,
+               failed: Sequence[int]) -> None:
+    """A runmaker file's summary, as shoal.run.driver makes a lines file's: the slowest of the
+    jobs that succeeded, and the `failed` ones (as they ended), each with its line in the file
+    (`lines`: job id -> line)."""
+    from shoal.run.driver import MAX_FAILURES_SHOWN, SLOWEST_SHOWN
+
+    jobs = {job.id: job for job in service.find(sorted(lines))}
+    done = [job for job in jobs.values()
+            if job.state is JobState.DONE and job.wall_seconds is not None]
+    done.sort(key=lambda job: (job.wall_seconds or 0.0, job.id), reverse=True)
+    report.slowest = [{"id": job.id, "line": lines[job.id], "cmd": job.cmd,
+                       "wall_seconds": job.wall_seconds} for job in done[:SLOWEST_SHOWN]]
+    shown = [jobs[job_id] for job_id in failed if job_id in jobs]
+    report.failures_more = max(0, len(failed) - MAX_FAILURES_SHOWN)
+    for job in shown[:MAX_FAILURES_SHOWN]:
+        stderr = service.store.output(job.id, "stderr")
+        report.failures.append({"id": job.id, "line": lines[job.id], "cmd": job.cmd,
+                                "reason": job.fail_reason,
+                                "stderr_tail": (stderr.tail or stderr.head)[-2000:]})
 
 
 async def run_runmaker_file(path: Path, options: RunfileOptions, defaults: dict[str, object],
