@@ -9,7 +9,8 @@ BYTECODE := $(BIN)/python -m compileall -q src
 
 .PHONY: demo test lint typecheck unit bench clean
 
-$(BIN)/shoal: pyproject.toml
+# setup.py builds the native launcher (src/shoal/worker/_launcher.c) where a C compiler is found.
+$(BIN)/shoal: pyproject.toml setup.py src/shoal/worker/_launcher.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .

@@ -235,7 +235,9 @@ def test_a_loop_stalled_mid_turn_reports_the_keepers_kill_as_one(tmp_path: Path)
     result = results[1]
     assert (result.outcome, result.signal) == ("killed", 9)
     assert result.error is not None and "its keeper killed the job" in result.error
-    assert 2.0 <= result.wall_seconds < 10  # killed, not its 30 s
+    # Killed once the keeper's 0.5 s ran out, not after its 30 s (reaped off the loop, by the
+    # launcher, its end is the kill's instant; reaped by the loop, the loop's waking).
+    assert 0.5 <= result.wall_seconds < 10
 
 
 def test_background_child_is_killed_when_the_leader_exits(tmp_path: Path) -> None:

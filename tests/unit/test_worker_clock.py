@@ -12,9 +12,17 @@ import pytest
 
 import shoal.worker.runner as runner_module
 from shoal.core.protocol import Assignment, AttemptResult
+from shoal.worker.launcher import LAUNCHER_VARIABLE
 from shoal.worker.runner import Runner
 
 START = 1_700_000_000.0
+
+
+@pytest.fixture(autouse=True)
+def runner_reads_the_clocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner starts the jobs itself: the native launcher reads the real clocks, in C,
+    where a clock replaced here cannot reach (it derives `ended_at` the same way)."""
+    monkeypatch.setenv(LAUNCHER_VARIABLE, "python")
 
 
 def run_with_wall_clock(tmp_path: Path, cmd: str) -> AttemptResult:

@@ -243,7 +243,7 @@ class Run:
         parallel = self.settings.parallel
         # Offered twice its slots: the next jobs wait in the runner and start the moment a
         # slot frees, without a round trip through the service (see worker.runner).
-        offered = parallel * 2 if not self.settings.delay else parallel
+        offered = parallel * 4 if not self.settings.delay else parallel
         agent = Agent(LOCAL_WORKER, Resources(cores=offered, memory_bytes=self.memory_bytes),
                       private_directory(home / "spool"), host=socket.gethostname())
         agent.runner.max_running_cores = parallel

@@ -103,6 +103,24 @@ class JobCgroup:
                                                           os.O_WRONLY | os.O_CLOEXEC)
         return self._tasks_fds
 
+    def entry_fds(self) -> list[int]:
+        """Descriptors a child writes "0" to, to move itself into these cgroups before it
+        execs (`tasks` under v1, `cgroup.procs` under v2); `entered` once it has."""
+        if self.version == 1:
+            return list(self._tasks().values())
+        if self._tasks_fds is None:
+            self._tasks_fds = {}
+            for controller, directory in zip(self.paths, self._dirs, strict=True):
+                with contextlib.suppress(OSError):
+                    self._tasks_fds[controller] = os.open(directory + "/cgroup.procs",
+                                                          os.O_WRONLY | os.O_CLOEXEC)
+        return list(self._tasks_fds.values())
+
+    def entered(self, count: int) -> None:
+        """A child started with `count` of `entry_fds` is in these cgroups (in all of them,
+        if that is all of them; else `adopt` must follow)."""
+        self._born_inside = count == len(self.paths)
+
     def adopt(self, pid: int) -> None:
         """Put `pid` in this job's cgroups if it is not there yet (v2, or a v1 move that
         failed)."""

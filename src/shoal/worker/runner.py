@@ -74,7 +74,7 @@ from shoal.core.protocol import (
     RunningAttempt,
     StartedItem,
 )
-from shoal.worker.capture import collect, remove_quietly
+from shoal.worker.capture import collect, open_spool_file, remove_quietly
 from shoal.worker.cgroups import Containment, JobCgroup
 from shoal.worker.gate import (
     Gate,
@@ -86,6 +86,7 @@ from shoal.worker.gate import (
     unboost,
 )
 from shoal.worker.keeper import Keeper
+from shoal.worker.launcher import Launcher, LaunchEvent, available, make_launcher, read_events
 from shoal.worker.measure import ProcessTable, peak_memory_bytes
 from shoal.worker.spawn import Process, Spawner, abandon, signal_group, spawn_error_message
 from shoal.worker.staging import (
@@ -108,6 +109,9 @@ SPARE_SPOOLS_KEPT = 64
 # Running jobs whose cgroups keep their `tasks` files open (two descriptors each) for the
 # next spawn in them; beyond, they are closed after the spawn.
 TASKS_FILES_KEPT = 64
+# Jobs handed to the launcher ahead of each slot's running one: the loop may be that many
+# jobs late in learning of starts before a slot waits for it.
+QUEUED_PER_SLOT = 2
 
 
 @dataclass(slots=True, eq=False)
@@ -134,6 +138,7 @@ class _Attempt:
     cgroup: JobCgroup | None = None  # where the machine allows it
     tracked: bool = True  # told to the keeper one by one (not through its cgroup)
     slot: int = 0  # SHOAL_SLOT: unique among this runner's running jobs, lowest free first
+    native: bool = False  # started and reaped by the launcher (see launcher.py)
 
     @property
     def pid(self) -> int:
@@ -141,6 +146,37 @@ class _Attempt:
 
     def next_event(self) -> float:
         return min(self.next_sample, self.time_limit_at or math.inf, self.sigkill_at or math.inf)
+
+
+@dataclass(slots=True, eq=False)
+class _Launching:
+    """An assignment handed to the native launcher, not known to have started yet."""
+
+    assignment: Assignment
+    received_at: float
+    received_monotonic: float
+    stdout_path: str
+    stderr_path: str
+    cgroup: JobCgroup | None
+    entry_fds: int  # how many of its cgroups the child moves itself into
+    slot: int
+    # Whether its cores count as busy: from the start for the first job of an idle slot; a
+    # job queued behind a running one (never more cores than it) once that one has ended.
+    counted: bool
+    kill_reason: str | None = None  # killed while it was starting: ended once it has
+
+
+class _LaunchedProcess:
+    """A job the launcher started; only the launcher may reap it."""
+
+    __slots__ = ("pid", "returncode")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def wait(self) -> int:
+        raise RuntimeError("a launched job is reaped by the launcher")
 
 
 @dataclass(slots=True, eq=False)
@@ -219,6 +255,12 @@ class Runner:
         # Told of each job's end (its id, whether it succeeded) before the next job starts.
         self.on_exit: Callable[[int, bool], None] | None = None
         self._holding = False
+        # Jobs started and reaped off the loop (see launcher.py), where it is built.
+        self._launcher: Launcher | None = None
+        self._native = available()
+        self._launching: dict[int, _Launching] = {}  # by lease id
+        # slot -> lease ids of the jobs queued on it, in order
+        self._queued_on_slot: dict[int, deque[int]] = {}
 
     # ---- public interface ----------------------------------------------------------------
 
@@ -271,6 +313,12 @@ class Runner:
             RunningAttempt(job_id=assignment.job_id, lease_id=assignment.lease_id,
                            started_at=received_at, gpus=list(assignment.gpus))
             for assignment, received_at, _ in self._backlog
+        ] + [
+            RunningAttempt(job_id=launching.assignment.job_id,
+                           lease_id=launching.assignment.lease_id,
+                           started_at=launching.received_at,
+                           gpus=list(launching.assignment.gpus))
+            for launching in self._launching.values()
         ]
 
     def held(self) -> list[ReadyItem]:
@@ -291,6 +339,7 @@ class Runner:
         self._loop = asyncio.get_running_loop()
         lease_id = assignment.lease_id
         if lease_id in self._attempts or lease_id in self._preparing \
+                or lease_id in self._launching \
                 or any(held.lease_id == lease_id for held, _, _ in self._backlog):
             _log.warning("lease %d is already running; assignment ignored", lease_id)
             return
@@ -304,12 +353,18 @@ class Runner:
         if self._backlog or not self._may_start(assignment):
             self._backlog.append((assignment, time.time(), time.monotonic()))
             self._pump()
+            self._queue_successors()
             return
         self._start_now(assignment)
 
     def hold_starts(self) -> None:
         """Start nothing more (what is assigned waits) until `resume_starts`."""
         self._holding = True
+        for launching in sorted(self._queued(), key=lambda queued: queued.received_monotonic,
+                                reverse=True):
+            if self._withdraw(launching):
+                self._backlog.appendleft((launching.assignment, launching.received_at,
+                                          launching.received_monotonic))
 
     def resume_starts(self) -> None:
         self._holding = False
@@ -319,7 +374,8 @@ class Runner:
         if self._holding:
             return False
         cap = self.max_running_cores
-        if cap is not None and self._attempts and self._busy_cores + assignment.cores > cap:
+        if cap is not None and (self._attempts or self._launching) \
+                and self._busy_cores + assignment.cores > cap:
             return False
         return time.monotonic() - self._last_start >= self.start_interval_seconds
 
@@ -336,6 +392,12 @@ class Runner:
 
     def drop_backlog(self, reason: str) -> None:
         """Report every assignment still waiting here as killed, unstarted."""
+        for launching in self._queued():
+            if self._withdraw(launching):
+                self._report_unstarted(launching.assignment, launching.received_at,
+                                       launching.received_monotonic, reason, "killed")
+            else:
+                launching.kill_reason = launching.kill_reason or reason
         while self._backlog:
             assignment, received_at, received_monotonic = self._backlog.popleft()
             self._report_unstarted(assignment, received_at, received_monotonic, reason,
@@ -344,6 +406,9 @@ class Runner:
 
     def _start_now(self, assignment: Assignment) -> None:
         self._last_start = time.monotonic()
+        if self._native and self._hand_over(assignment, self._take_slot(), time.time(),
+                                            self._last_start):
+            return
         attempt = self._launch(assignment, assignment.cwd)
         if attempt is not None:
             self._on_started(StartedItem.trusted(  # our own values: nothing to check
@@ -402,6 +467,15 @@ class Runner:
                 self._backlog.remove(waiting)
                 self._report_unstarted(waiting[0], waiting[1], waiting[2], reason, "killed")
                 return True
+        launching = self._launching.get(lease_id)
+        if launching is not None and launching.assignment.job_id == job_id:
+            if self._withdraw(launching):
+                self._report_unstarted(launching.assignment, launching.received_at,
+                                       launching.received_monotonic, reason, "killed")
+                self._check_drained()
+            else:  # starting now: ended as soon as it has
+                launching.kill_reason = launching.kill_reason or reason
+            return True
         if attempt is None:
             preparation = self._preparing.get(lease_id)
             if preparation is None or preparation.assignment.job_id != job_id:
@@ -423,7 +497,7 @@ class Runner:
                 self._cancel_preparation(preparation, "the worker is shutting down")
             for attempt in list(self._attempts.values()):
                 self._stop(attempt, "killed", "the worker is shutting down")
-        if self._attempts or self._preparing or self._backlog:
+        if self._attempts or self._preparing or self._backlog or self._launching:
             if self._drained is None or self._drained.done():
                 self._drained = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._drained)  # several callers may wait on the same drain
@@ -431,6 +505,11 @@ class Runner:
             self._timer.cancel()
             self._timer, self._timer_due = None, math.inf
         self._spawner.close()
+        if self._launcher is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._launcher.fileno())
+            self._launcher.close()
+            self._launcher = None
         for pair in self._spare_spools:
             for path in pair:
                 remove_quietly(path)
@@ -485,7 +564,15 @@ class Runner:
                             f"cannot watch process: {exc}", cgroup, gate,
                             (stdout_path, stderr_path), slot)
             return None
+        return self._watch(assignment, process, pidfd, stdout_path, stderr_path, started_at,
+                           started_monotonic, gate, cgroup, slot)
 
+    def _watch(self, assignment: Assignment, process: Process, pidfd: int, stdout_path: str,
+               stderr_path: str, started_at: float, started_monotonic: float,
+               gate: Gate | None, cgroup: JobCgroup | None, slot: int) -> _Attempt:
+        """A started job, from now on one of this runner's: its record, and what watches it
+        (its pidfd on the loop, unless -1: the launcher reaps it)."""
+        assert self._loop is not None
         # The job's group and cgroup die with this worker, however it dies: the keeper knows
         # every job cgroup through their parents, and is told of the others one by one.
         if cgroup is None or not cgroup.contained:
@@ -520,7 +607,8 @@ class Runner:
         )
         self._attempts[assignment.lease_id] = attempt
         self._busy_cores += assignment.cores
-        self._loop.add_reader(pidfd, self._on_exit, attempt)
+        if pidfd >= 0:
+            self._loop.add_reader(pidfd, self._on_exit, attempt)
         self._wake_at(attempt.next_event())
         return attempt
 
@@ -562,6 +650,211 @@ class Runner:
                 error=error,
             )
         )
+
+    def _kill_all_of(self, attempt: _Attempt) -> None:
+        self._signal_group(attempt, signal.SIGKILL)
+        if attempt.cgroup is not None:
+            attempt.cgroup.kill()
+
+    def _signal_group(self, attempt: _Attempt, signal_number: int) -> None:
+        """Signal the job's process group while it is certainly still the job's: a launched
+        job's through the launcher, which knows whether it has reaped the leader yet."""
+        if attempt.native:
+            if self._launcher is not None:
+                self._launcher.signal(attempt.assignment.lease_id, signal_number)
+        else:
+            signal_group(attempt.pid, signal_number)
+
+    # ---- native starts: the launcher (see launcher.py) ------------------------------------
+
+    def _hand_over(self, assignment: Assignment, slot: int, received_at: float,
+                   received_monotonic: float) -> bool:
+        """Queue the job on `slot` of the launcher (it starts once the slot's running job has
+        ended, or at once); False, with the slot given back if it was free, if the launcher
+        cannot start it (`_launch` then does)."""
+        start = self._spawner.native_start(assignment, assignment.cwd, slot) \
+            if not assignment.gate else None
+        successor = slot in self._running_slots()
+        if start is None:
+            if not successor:
+                heapq.heappush(self._free_slots, slot)
+            return False
+        if self._launcher is None:
+            self._launcher = make_launcher()
+            assert self._loop is not None
+            self._loop.add_reader(self._launcher.fileno(), self._on_launched)
+        lease_id = assignment.lease_id
+        if self._spare_spools:
+            stdout_path, stderr_path = self._spare_spools.pop()
+        else:
+            stdout_path = f"{self._spool_dir}/{lease_id}.stdout"
+            stderr_path = f"{self._spool_dir}/{lease_id}.stderr"
+        cgroup = (self._containment.create(f"job-{lease_id}")
+                  if self._containment is not None else None)
+        entry_fds = cgroup.entry_fds() if cgroup is not None else []
+        try:
+            fds = self._job_fds(stdout_path, stderr_path)
+            self._launcher.queue(slot, lease_id, start.path, start.argv, start.envp, fds,
+                                 entry_fds, start.fallback, start.rlimit, start.cwd)
+        except (OSError, ValueError) as exc:
+            self._unstarted(assignment, received_at, received_monotonic,
+                            spawn_error_message(exc, ""), cgroup, None,
+                            (stdout_path, stderr_path), slot) if not successor else \
+                self._discard_unstarted(assignment, received_at, received_monotonic,
+                                          spawn_error_message(exc, ""), cgroup,
+                                          (stdout_path, stderr_path))
+            return True
+        self._launching[lease_id] = _Launching(
+            assignment, received_at, received_monotonic, stdout_path, stderr_path, cgroup,
+            len(entry_fds), slot, counted=not successor)
+        self._queued_on_slot.setdefault(slot, deque()).append(lease_id)
+        if not successor:
+            self._busy_cores += assignment.cores  # held from now, as for a running job
+        return True
+
+    def _job_fds(self, stdout_path: str, stderr_path: str) -> tuple[int, int, int]:
+        opened: list[int] = []
+        try:
+            opened.append(self._spawner.stdin())
+            opened.append(open_spool_file(stdout_path))
+            opened.append(open_spool_file(stderr_path))
+        except OSError:
+            for fd in opened:
+                os.close(fd)
+            raise
+        return opened[0], opened[1], opened[2]
+
+    def _discard_unstarted(self, assignment: Assignment, at: float, at_monotonic: float,
+                           error: str, cgroup: JobCgroup | None,
+                           spool: tuple[str, str]) -> None:
+        """As `_unstarted`, for a job whose slot is not its own to give back."""
+        self._discard_cgroup(cgroup)
+        for path in spool:
+            remove_quietly(path)
+        self._report_unstarted(assignment, at, at_monotonic, error)
+
+    def _running_slots(self) -> set[int]:
+        return {attempt.slot for attempt in self._attempts.values()}
+
+    def _queue_successors(self) -> None:
+        """Hand the launcher the next waiting job of each slot whose running job it started
+        and that has none queued yet, so that it starts the moment that job ends. Not while
+        an ended job may stop the run first (`on_exit`), nor with starts spaced out."""
+        if not self._native or self._holding or self._closing or self.on_exit is not None \
+                or self.start_interval_seconds or not self._backlog:
+            return
+        for attempt in list(self._attempts.values()):
+            if not attempt.native or attempt.stop_outcome is not None:
+                continue
+            while len(self._queued_on_slot.get(attempt.slot, ())) < QUEUED_PER_SLOT:
+                if not self._backlog:
+                    return
+                assignment, received_at, received_monotonic = self._backlog[0]
+                if assignment.cores > attempt.assignment.cores or assignment.gate:
+                    return  # it waits for a free slot, as before
+                self._backlog.popleft()
+                if not self._hand_over(assignment, attempt.slot, received_at,
+                                       received_monotonic):
+                    self._backlog.appendleft((assignment, received_at, received_monotonic))
+                    return
+
+    def _queued(self) -> list[_Launching]:
+        return [launching for launching in self._launching.values()
+                if launching.kill_reason is None]
+
+    def _withdraw(self, launching: _Launching) -> bool:
+        """Take a queued job back from the launcher (False: it is starting; its start comes
+        as an event). What it was given goes."""
+        assert self._launcher is not None
+        if not self._launcher.withdraw(launching.assignment.lease_id):
+            return False
+        self._forget_launching(launching)
+        self._discard_cgroup(launching.cgroup)
+        for path in (launching.stdout_path, launching.stderr_path):
+            remove_quietly(path)
+        return True
+
+    def _forget_launching(self, launching: _Launching, *, started: bool = False) -> None:
+        """No longer queued: it has `started` (and counts as running from now), or never
+        will. Then the slot's next job, if any, holds the slot's cores in its place, or the
+        slot is given back if nothing else holds it."""
+        lease_id, slot = launching.assignment.lease_id, launching.slot
+        del self._launching[lease_id]
+        if launching.counted:
+            self._busy_cores -= launching.assignment.cores
+        queued = self._queued_on_slot[slot]
+        queued.remove(lease_id)
+        if started:
+            if not queued:
+                del self._queued_on_slot[slot]
+            return
+        running = slot in self._running_slots()
+        if queued:
+            if launching.counted and not running:
+                self._count_next_on(slot)
+            return
+        del self._queued_on_slot[slot]
+        if not running:
+            heapq.heappush(self._free_slots, slot)
+
+    def _count_next_on(self, slot: int) -> None:
+        """The slot's running job has ended (or the job before it will never run): its next
+        queued job now holds the slot's cores."""
+        following = self._launching[self._queued_on_slot[slot][0]]
+        if not following.counted:
+            following.counted = True
+            self._busy_cores += following.assignment.cores
+
+    def _on_launched(self) -> None:
+        """The launcher's ends and starts, in the order they happened."""
+        assert self._launcher is not None
+        for event in read_events(self._launcher):
+            if event.kind == "e":
+                attempt = self._attempts.get(event.token)
+                if attempt is not None:
+                    self._launched_ended(attempt, event)
+            else:
+                launching = self._launching.get(event.token)
+                if launching is not None:
+                    self._launched_started(launching, event)
+        self._queue_successors()
+
+    def _launched_ended(self, attempt: _Attempt, event: LaunchEvent) -> None:
+        self._keeper.check_stall()  # a job the keeper killed is reported as its kill
+        if attempt.cgroup is not None:
+            attempt.cgroup.kill()  # those that left the process group
+        self._ended(attempt, None if event.status < 0 else event.status,
+                    event.user_seconds + event.system_seconds, event.max_rss_kib * 1024,
+                    event.monotonic)
+
+    def _launched_started(self, launching: _Launching, event: LaunchEvent) -> None:
+        assignment = launching.assignment
+        self._forget_launching(launching, started=event.kind == "s")
+        if event.kind == "f":
+            cwd = assignment.cwd
+            error = spawn_error_message(
+                OSError(event.status, os.strerror(event.status), cwd if event.in_cwd else None),
+                cwd)
+            self._discard_unstarted(assignment, event.wall, event.monotonic, error,
+                                    launching.cgroup,
+                                    (launching.stdout_path, launching.stderr_path))
+            self._check_drained()
+            return
+        cgroup = launching.cgroup
+        if cgroup is not None:
+            cgroup.entered(launching.entry_fds)
+            cgroup.adopt(event.pid)
+            if len(self._attempts) >= TASKS_FILES_KEPT:
+                cgroup.close()
+        attempt = self._watch(assignment, _LaunchedProcess(event.pid), -1,
+                              launching.stdout_path, launching.stderr_path, event.wall,
+                              event.monotonic, None, cgroup, launching.slot)
+        attempt.native = True
+        self._on_started(StartedItem.trusted(
+            job_id=assignment.job_id, lease_id=assignment.lease_id, pid=attempt.pid,
+            started_at=attempt.started_at))
+        if launching.kill_reason is not None:
+            self._stop(attempt, "killed", launching.kill_reason)
 
     # ---- gated attempts: prepare, hold, release ------------------------------------------
 
@@ -672,7 +965,7 @@ class Runner:
             self._stop(attempt, "killed", reason, grace=False)
 
     def _check_drained(self) -> None:
-        if self._attempts or self._preparing or self._backlog:
+        if self._attempts or self._preparing or self._backlog or self._launching:
             return
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
@@ -691,16 +984,24 @@ class Runner:
             pid, status, rusage = attempt.pid, None, None
         if pid == 0:  # not reapable yet after all; the reader fires again when it is
             return
-        ended_monotonic = time.monotonic()
+        assert self._loop is not None
+        self._loop.remove_reader(attempt.pidfd)
+        os.close(attempt.pidfd)
+        self._ended(attempt, status, rusage.ru_utime + rusage.ru_stime if rusage else 0.0,
+                    rusage.ru_maxrss * 1024 if rusage else 0, time.monotonic())
+
+    def _ended(self, attempt: _Attempt, status: int | None, cpu_seconds: float,
+               reaped_max_rss_bytes: int, ended_monotonic: float) -> None:
+        """The job's leader was reaped (`status` None: by someone else): report it."""
         cgroup_peak_bytes = attempt.cgroup.peak_memory_bytes() if attempt.cgroup else None
         # No process of the job is left to write to its spool files: they can serve the next.
         spools_reusable = attempt.cgroup is not None and attempt.cgroup.emptied
         self._discard_cgroup(attempt.cgroup)
-        assert self._loop is not None
-        self._loop.remove_reader(attempt.pidfd)
-        os.close(attempt.pidfd)
         del self._attempts[attempt.assignment.lease_id]
-        heapq.heappush(self._free_slots, attempt.slot)
+        if attempt.slot in self._queued_on_slot:  # the next jobs have it already
+            self._count_next_on(attempt.slot)
+        else:
+            heapq.heappush(self._free_slots, attempt.slot)
         if attempt.tracked:
             self._keeper.untrack(attempt.pid)
         self._busy_cores -= attempt.assignment.cores
@@ -745,10 +1046,10 @@ class Runner:
             started_at=attempt.started_at,
             ended_at=attempt.started_at + wall_seconds,  # never before it started
             wall_seconds=wall_seconds,
-            cpu_seconds=rusage.ru_utime + rusage.ru_stime if rusage else 0.0,
+            cpu_seconds=cpu_seconds,
             peak_rss_bytes=peak_memory_bytes(
                 cgroup_peak_bytes=cgroup_peak_bytes,
-                reaped_max_rss_bytes=rusage.ru_maxrss * 1024 if rusage else 0,
+                reaped_max_rss_bytes=reaped_max_rss_bytes,
                 sampled_tree_bytes=attempt.peak_tree_rss_bytes,
                 over_limit_bytes=attempt.over_limit_bytes,
             ),
@@ -797,7 +1098,7 @@ class Runner:
                 self._stop(attempt, "time_limit", f"time limit of {limit:g} s reached")
             if attempt.sigkill_at is not None and attempt.sigkill_at <= due:
                 attempt.sigkill_at = None
-                _kill_all_of(attempt)
+                self._kill_all_of(attempt)
         if self._attempts:
             self._wake_at(min(attempt.next_event() for attempt in self._attempts.values()))
 
@@ -825,20 +1126,14 @@ class Runner:
         if attempt.stop_outcome is None:
             attempt.stop_outcome, attempt.stop_reason = outcome, reason
         if not grace:
-            _kill_all_of(attempt)
+            self._kill_all_of(attempt)
             return
-        signal_group(attempt.pid, signal.SIGTERM)
+        self._signal_group(attempt, signal.SIGTERM)
         if attempt.cgroup is not None:
             attempt.cgroup.signal(signal.SIGTERM)  # those that left the group are asked too
         if attempt.sigkill_at is None:
             attempt.sigkill_at = time.monotonic() + KILL_GRACE_SECONDS
             self._wake_at(attempt.sigkill_at)
-
-
-def _kill_all_of(attempt: _Attempt) -> None:
-    signal_group(attempt.pid, signal.SIGKILL)
-    if attempt.cgroup is not None:
-        attempt.cgroup.kill()
 
 
 def _ready_item(attempt: _Attempt, cwd: str, staged: StagingReport) -> ReadyItem:

@@ -37,7 +37,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from shoal.core.protocol import Assignment
 from shoal.worker.capture import open_spool_file
@@ -107,6 +107,17 @@ def _close_inherited_on_exec() -> None:
                     os.set_inheritable(fd, False)
 
 
+class NativeStart(NamedTuple):
+    """A job as the native launcher execs it (see launcher.py)."""
+
+    path: bytes
+    argv: list[bytes]
+    envp: list[bytes]
+    fallback: tuple[bytes, list[bytes], list[bytes]] | None  # bash -c, if `path` fails
+    rlimit: tuple[int, int] | None  # the job's limit on open files, if not the worker's
+    cwd: bytes | None  # None: the worker's own directory
+
+
 class Spawner:
     def __init__(self, *, hide_unassigned_gpus: bool) -> None:
         self._hide_unassigned_gpus = hide_unassigned_gpus
@@ -130,17 +141,7 @@ class Spawner:
         gate: Gate | None = None,
     ) -> Process:
         """Start the command (held at its start line if `gate` is given)."""
-        gpus = os.fsencode(",".join(assignment.gpus))
-        env = {
-            **self._base_env,
-            **{os.fsencode(name): os.fsencode(value) for name, value in assignment.env.items()},
-            b"SHOAL_JOB_ID": b"%d" % assignment.job_id,
-            b"SHOAL_ATTEMPT_LEASE": b"%d" % assignment.lease_id,
-            b"SHOAL_SLOT": b"%d" % slot,
-            b"SHOAL_GPUS": gpus,
-        }
-        if assignment.gpus or self._hide_unassigned_gpus:
-            env[b"CUDA_VISIBLE_DEVICES"] = gpus
+        env = self._job_env(assignment, slot)
         stdout_fd = open_spool_file(stdout_path)
         try:
             stderr_fd = open_spool_file(stderr_path)
@@ -152,6 +153,51 @@ class Spawner:
                 os.close(stderr_fd)
         finally:
             os.close(stdout_fd)
+
+    def _job_env(self, assignment: Assignment, slot: int) -> dict[bytes, bytes]:
+        gpus = os.fsencode(",".join(assignment.gpus))
+        env = {
+            **self._base_env,
+            **{os.fsencode(name): os.fsencode(value) for name, value in assignment.env.items()},
+            b"SHOAL_JOB_ID": b"%d" % assignment.job_id,
+            b"SHOAL_ATTEMPT_LEASE": b"%d" % assignment.lease_id,
+            b"SHOAL_SLOT": b"%d" % slot,
+            b"SHOAL_GPUS": gpus,
+        }
+        if assignment.gpus or self._hide_unassigned_gpus:
+            env[b"CUDA_VISIBLE_DEVICES"] = gpus
+        return env
+
+    def native_start(self, assignment: Assignment, cwd: str, slot: int) -> NativeStart | None:
+        """What the native launcher execs for this job, if it can start it: nothing an exec
+        would refuse (a NUL, a name with "="); else None, and `spawn` starts it (and says
+        what is wrong)."""
+        cmd = os.fsencode(assignment.cmd)
+        if b"\0" in cmd or "\0" in cwd or any(
+                "=" in name or "\0" in name or "\0" in value or not name
+                for name, value in assignment.env.items()):
+            return None
+        own = not cwd or cwd == self._cwd
+        env = self._job_env(assignment, slot)
+        envp = [name + b"=" + value for name, value in env.items()]
+        shell = (os.fsencode(self._bash), [b"bash", b"-c", cmd], envp)
+        directory = None if own else os.fsencode(cwd)
+        direct = direct_start(assignment.cmd, env, self._cwd if own else cwd)
+        if direct is None:
+            return NativeStart(*shell, None, self.jobs_open_files, directory)
+        program, argv, direct_env = direct
+        return NativeStart(program, argv, [name + b"=" + value
+                                           for name, value in direct_env.items()],
+                           shell, self.jobs_open_files, directory)
+
+    @property
+    def jobs_open_files(self) -> tuple[int, int] | None:
+        """The limit on open files a job gets, if the worker raised its own."""
+        return None if self._open_files is None else self._open_files[0]
+
+    def stdin(self) -> int:
+        """A descriptor of /dev/null for one job's stdin (the caller closes it)."""
+        return os.dup(self._devnull)
 
     def _start(self, cmd: str, env: dict[bytes, bytes], cwd: str, stdout_fd: int,
                stderr_fd: int, gate: Gate | None) -> Process:

@@ -1,0 +1,263 @@
+"""The native launcher (worker/_launcher.c) against real processes, and the runner's use of it:
+each slot's queued jobs start one after the other, the moment the one before ends; a queued
+job can be taken back until it starts; signals reach only a job not yet reaped; what is left
+of a job's process group dies with its leader."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import select
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from shoal.core.protocol import Assignment, AttemptResult
+from shoal.worker import launcher as launcher_module
+from shoal.worker.launcher import Launcher, LaunchEvent, make_launcher, read_events
+from shoal.worker.runner import Runner
+from tests.system import require
+
+BASH = b"/bin/bash"
+
+
+@pytest.fixture
+def launcher() -> Iterator[Launcher]:
+    require(launcher_module._Native is not None, "the compiled native launcher")
+    made = make_launcher()
+    yield made
+    made.close()
+
+
+def env() -> list[bytes]:
+    return [name + b"=" + value for name, value in os.environb.items()]
+
+
+def fds(out: Path) -> tuple[int, int, int]:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    return (os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), os.open(out, flags),
+            os.open(out, flags))
+
+
+def shell(launcher: Launcher, slot: int, token: int, script: str, out: Path,
+          cwd: bytes | None = None) -> None:
+    launcher.queue(slot, token, BASH, [b"bash", b"-c", script.encode()], env(), fds(out), [],
+                   cwd=cwd)
+
+
+def collect(launcher: Launcher, count: int, timeout: float = 10.0) -> list[LaunchEvent]:
+    events: list[LaunchEvent] = []
+    deadline = time.monotonic() + timeout
+    while len(events) < count and time.monotonic() < deadline:
+        select.select([launcher.fileno()], [], [], 0.2)
+        events += read_events(launcher)
+    return events
+
+
+def test_a_slots_jobs_run_in_order_each_after_the_last_has_ended(
+        launcher: Launcher, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for token in range(1, 4):
+        shell(launcher, 1, token, f"echo start {token}; sleep 0.1; echo end {token}; "
+              f"exit {token}", out)
+    events = collect(launcher, 6)
+    assert [(e.kind, e.token) for e in events] == [
+        ("s", 1), ("e", 1), ("s", 2), ("e", 2), ("s", 3), ("e", 3)]
+    assert out.read_text().split("\n")[:-1] == [
+        f"{what} {token}" for token in (1, 2, 3) for what in ("start", "end")]
+    ends = {e.token: e for e in events if e.kind == "e"}
+    assert [os.waitstatus_to_exitcode(ends[t].status) for t in (1, 2, 3)] == [1, 2, 3]
+    starts = {e.token: e for e in events if e.kind == "s"}
+    for token in (2, 3):  # not before the one before it ended, and at once after
+        gap = starts[token].monotonic - ends[token - 1].monotonic
+        assert 0 <= gap < 0.5
+        assert ends[token].monotonic - starts[token].monotonic >= 0.1
+
+
+def test_slots_run_side_by_side(launcher: Launcher, tmp_path: Path) -> None:
+    for slot in (1, 2, 3):
+        shell(launcher, slot, slot, "sleep 0.5", tmp_path / f"out{slot}")
+    events = collect(launcher, 6)
+    starts = [e.monotonic for e in events if e.kind == "s"]
+    ends = [e.monotonic for e in events if e.kind == "e"]
+    assert len(starts) == len(ends) == 3
+    assert max(starts) < min(ends)  # all three ran at once
+
+
+def test_the_fallback_runs_when_the_program_cannot_be_executed(
+        launcher: Launcher, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    launcher.queue(1, 1, b"/nonexistent/program", [b"program"], env(), fds(out), [],
+                   fallback=(BASH, [b"bash", b"-c", b"echo fell back to bash"], env()))
+    launcher.queue(1, 2, b"/nonexistent/program", [b"program"], env(), fds(out), [])
+    shell(launcher, 1, 3, "echo after", out)  # a failed start does not stall the slot
+    events = collect(launcher, 5)
+    assert [(e.kind, e.token) for e in events] == [("s", 1), ("e", 1), ("f", 2), ("s", 3),
+                                                   ("e", 3)]
+    failed = events[2]
+    assert failed.status == errno.ENOENT and not failed.in_cwd
+    assert out.read_text() == "fell back to bash\nafter\n"
+
+
+def test_a_job_runs_in_its_directory_and_a_missing_one_is_reported(
+        launcher: Launcher, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shell(launcher, 1, 1, "pwd", out, cwd=str(tmp_path).encode())
+    shell(launcher, 1, 2, "pwd", out, cwd=str(tmp_path / "gone").encode())
+    events = collect(launcher, 3)
+    assert [(e.kind, e.token) for e in events] == [("s", 1), ("e", 1), ("f", 2)]
+    assert events[2].in_cwd and events[2].status == errno.ENOENT
+    assert out.read_text() == f"{tmp_path}\n"
+
+
+def test_a_queued_job_can_be_withdrawn_until_it_starts(launcher: Launcher, tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    shell(launcher, 1, 1, "sleep 0.3", tmp_path / "out")
+    shell(launcher, 1, 2, f"touch {ran}", tmp_path / "out")
+    shell(launcher, 1, 3, "true", tmp_path / "out")
+    assert launcher.withdraw(2) is True
+    assert launcher.withdraw(2) is False  # gone already
+    events = collect(launcher, 4)
+    assert [(e.kind, e.token) for e in events] == [("s", 1), ("e", 1), ("s", 3), ("e", 3)]
+    assert launcher.withdraw(3) is False  # started (and ended): too late
+    assert not ran.exists()
+
+
+def test_signals_reach_a_running_job_and_not_one_already_reaped(
+        launcher: Launcher, tmp_path: Path) -> None:
+    shell(launcher, 1, 1, "sleep 30", tmp_path / "out")
+    assert collect(launcher, 1)[0].kind == "s"
+    assert launcher.signal(1, signal.SIGTERM) is True
+    ended = collect(launcher, 1)[0]
+    assert ended.kind == "e" and os.WTERMSIG(ended.status) == signal.SIGTERM
+    assert launcher.signal(1, signal.SIGTERM) is False  # reaped: its group id is not its own
+
+
+def test_what_is_left_of_a_jobs_group_dies_with_its_leader(
+        launcher: Launcher, tmp_path: Path) -> None:
+    pid_file = tmp_path / "child"
+    shell(launcher, 1, 1, f"sleep 30 & echo $! > {pid_file}", tmp_path / "out")
+    events = collect(launcher, 2)
+    assert [e.kind for e in events] == ["s", "e"]
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(child)
+
+
+def test_the_environment_limits_and_session_a_job_gets(launcher: Launcher, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    soft, hard = 512, 4096
+    script = b'echo "$ONLY"; ulimit -n; echo $(($$ == $(ps -o sid= -p $$)))'
+    launcher.queue(1, 1, BASH, [b"bash", b"-c", script],
+                   [b"ONLY=this", b"PATH=" + os.environb[b"PATH"]], fds(out), [],
+                   rlimit=(soft, hard))
+    assert [e.kind for e in collect(launcher, 2)] == ["s", "e"]
+    lines = out.read_text().split("\n")
+    assert lines[0] == "this" and lines[1] == str(soft)
+    assert lines[-2] == "1"  # a session of its own: its group is the job's alone
+
+
+def test_a_closed_launcher_refuses_new_jobs_and_closes_what_it_was_given(tmp_path: Path) -> None:
+    require(launcher_module._Native is not None, "the compiled native launcher")
+    launcher = make_launcher()
+    shell(launcher, 1, 1, "true", tmp_path / "out")
+    assert [e.kind for e in collect(launcher, 2)] == ["s", "e"]
+    launcher.close()
+    given = fds(tmp_path / "out")
+    with pytest.raises(OSError):
+        launcher.queue(1, 2, BASH, [b"bash"], env(), given, [])
+    for fd in given:
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed by the launcher, not leaked
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# ---- the runner with the launcher ----------------------------------------------------------
+
+
+def assignment(lease_id: int, cmd: str, cwd: str = "") -> Assignment:
+    return Assignment(job_id=1000 + lease_id, lease_id=lease_id, cmd=cmd, cwd=cwd, env={},
+                      cores=1, memory_bytes=0, gpus=[], time_limit_seconds=None)
+
+
+def run_queued(tmp_path: Path, commands: list[str], parallel: int,
+               during: Callable[[Runner], Awaitable[None]] | None = None,
+               ) -> dict[int, AttemptResult]:
+    results: dict[int, AttemptResult] = {}
+
+    async def main() -> None:
+        runner = Runner(tmp_path / "spool", host="test-host", on_started=lambda _: None,
+                        on_finished=lambda result: results.__setitem__(result.lease_id, result))
+        runner.max_running_cores = parallel
+        for lease_id, cmd in enumerate(commands, start=1):
+            runner.start(assignment(lease_id, cmd))
+        if during is not None:
+            await during(runner)
+        await runner.shutdown(kill=False)
+
+    asyncio.run(main())
+    return results
+
+
+@pytest.mark.parametrize("launcher_kind", ["native", "python"])
+def test_the_runner_never_runs_more_than_its_slots_and_each_slot_one_job_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, launcher_kind: str) -> None:
+    if launcher_kind == "native":
+        require(launcher_module._Native is not None, "the compiled native launcher")
+    monkeypatch.setenv(launcher_module.LAUNCHER_VARIABLE, launcher_kind)
+    results = run_queued(tmp_path, ['echo "$SHOAL_SLOT"; sleep 0.02'] * 40, parallel=3)
+    assert len(results) == 40 and all(r.exit_code == 0 for r in results.values())
+    for r in results.values():  # the end derived from the start and the monotonic clock
+        assert r.ended_at == pytest.approx(r.started_at + r.wall_seconds)
+    spans = sorted((r.started_at, r.ended_at, int(r.stdout.head)) for r in results.values())
+    assert {slot for _, _, slot in spans} <= {1, 2, 3}
+    for start, _, slot in spans:
+        running = [other for other in spans if other[0] <= start < other[1]]
+        assert len(running) <= 3
+        assert [other[2] for other in running].count(slot) == 1  # no slot used twice at once
+
+
+def test_a_job_queued_behind_a_running_one_can_be_killed_before_it_starts(
+        tmp_path: Path) -> None:
+    require(launcher_module._Native is not None, "the compiled native launcher")
+    ran = tmp_path / "ran"
+
+    async def kill_second(runner: Runner) -> None:
+        await asyncio.sleep(0.2)  # the first runs, the second waits behind it in the launcher
+        assert runner.kill(1002, 2, "not wanted")
+
+    results = run_queued(tmp_path, ["sleep 0.5", f"touch {ran}", "echo third"], parallel=1,
+                         during=kill_second)
+    assert results[2].outcome == "killed" and results[2].error == "not wanted"
+    assert results[2].wall_seconds == 0 and results[2].pid is None
+    assert not ran.exists()
+    assert results[3].stdout.head == "third\n" and results[3].started_at >= results[1].ended_at
+
+
+def test_held_starts_take_queued_jobs_back_until_resumed(tmp_path: Path) -> None:
+    require(launcher_module._Native is not None, "the compiled native launcher")
+    resumed_at: list[float] = []
+
+    async def hold(runner: Runner) -> None:
+        await asyncio.sleep(0.1)
+        runner.hold_starts()
+        await asyncio.sleep(0.6)  # the first has ended; nothing else may start meanwhile
+        resumed_at.append(time.time())
+        runner.resume_starts()
+
+    results = run_queued(tmp_path, ["sleep 0.3", "true", "true"], parallel=1, during=hold)
+    assert all(r.exit_code == 0 for r in results.values())
+    assert results[2].started_at >= resumed_at[0] and results[3].started_at >= resumed_at[0]
