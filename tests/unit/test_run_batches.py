@@ -34,4 +34,19 @@ def test_batches_stretch_over_uncut_spans(monkeypatch: pytest.MonkeyPatch,
                                           uncut: tuple[tuple[int, int], ...],
                                           sizes: list[int]) -> None:
     monkeypatch.setattr(inputs, "BATCH", 4)
+    monkeypatch.setattr(inputs, "FIRST_BATCH", 4)
     assert _sizes(10, uncut) == sizes
+
+
+@pytest.mark.parametrize("uncut, sizes", [
+    ((), [2, 4, 2, 8, 8, 6]),  # then BATCH at a time, from where BATCH ends
+    (((2, 5),), [5, 3, 8, 8, 6]),  # a first batch stretched over a span
+])
+def test_the_first_batch_is_small_and_each_next_twice_the_last(
+        monkeypatch: pytest.MonkeyPatch, uncut: tuple[tuple[int, int], ...],
+        sizes: list[int]) -> None:
+    """The first jobs start once a few lines are in, not once thousands are; from BATCH
+    lines on, batches end where BATCH-sized ones would have (a run feeds AHEAD jobs)."""
+    monkeypatch.setattr(inputs, "BATCH", 8)
+    monkeypatch.setattr(inputs, "FIRST_BATCH", 2)
+    assert _sizes(30, uncut) == sizes

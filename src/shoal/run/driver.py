@@ -35,7 +35,7 @@ from shoal.run.inputs import Item, RunInput, too_much_memory
 from shoal.run.output import Joblog, OutputSettings, Printer, Results, Shown
 from shoal.run.terminal import Terminal, bar_text
 from shoal.server.reactor import ReactorConfig
-from shoal.server.service import IN_PROCESS_COMMIT_INTERVAL_SECONDS, Service
+from shoal.server.service import Service
 from shoal.store import JobQuery, Store
 from shoal.worker.agent import Agent, InProcessLink
 from shoal.worker.resources import detect_resources
@@ -169,8 +169,8 @@ class Run:
         service = Service(store, ReactorConfig(lost_grace_seconds=0.0,
                                                restart_grace_seconds=0.0))
         self.service = service
-        if not self.settings.hosts:  # every worker is in this process: see commit_interval
-            service.commit_interval = IN_PROCESS_COMMIT_INTERVAL_SECONDS
+        if not self.settings.hosts:  # every worker is in this process
+            service.serve_in_process()
         await service.start()
         self._read_earlier(store)
         self.printer = Printer(self.settings.output, self.terminal, home / "kept",

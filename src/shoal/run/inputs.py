@@ -37,6 +37,10 @@ from shoal.run.template import (
 )
 
 BATCH = 5000
+# The first batch of a file or arguments is this small, each next one twice the last until
+# BATCH lines are in, then BATCH at a time: the first jobs start while the rest of a long
+# file is still being added, and the batches still end where BATCH-sized ones would.
+FIRST_BATCH = 64
 _PERL = re.compile(r"\{=.*=\}", re.DOTALL)
 STREAM_BATCH = 2000
 
@@ -180,8 +184,8 @@ class RunInput:
             taken = 0
             spans = iter(self._uncut)
             span = next(spans, None)
+            size = FIRST_BATCH
             while True:
-                size = BATCH
                 while span is not None and span[0] <= taken + size:
                     if span[1] > taken + size:  # the batch would end inside it: take it all
                         size = span[1] - taken
@@ -192,6 +196,7 @@ class RunInput:
                 taken += len(batch)
                 yield batch
                 await asyncio.sleep(0)
+                size = min(size * 2, BATCH - taken) if taken < BATCH else BATCH
             return
         assert self._handle is not None
         async for batch in _stream_batches(self._handle, self._line_items(),

@@ -44,7 +44,7 @@ from shoal.runfile.guard import Guard
 from shoal.runfile.lines import Line, read_lines
 from shoal.runfile.output import LiveLines, RunmakerLog, captured_lines
 from shoal.server.reactor import ReactorConfig
-from shoal.server.service import IN_PROCESS_COMMIT_INTERVAL_SECONDS, Service
+from shoal.server.service import Service
 from shoal.store import Store
 
 if TYPE_CHECKING:
@@ -391,7 +391,7 @@ class FileRunner:
             config = ReactorConfig(restart_grace_seconds=0.0)
         service = self.service = Service(Store(home / DATABASE_FILE), config)
         if self.options.listen is None:  # every worker is in this process
-            service.commit_interval = IN_PROCESS_COMMIT_INTERVAL_SECONDS
+            service.serve_in_process()
         await service.start()
         self._drop_leftovers()
         self.recover()

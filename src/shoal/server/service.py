@@ -49,6 +49,9 @@ MAX_JOBS_PER_ADD = 1_000_000
 # The commit_interval of a run whose workers are all in its process (`shoal run`): at -j2,
 # about seven jobs of `true` a commit; a transaction a job cost more CPU than its spawn.
 IN_PROCESS_COMMIT_INTERVAL_SECONDS = 0.01
+# Its loop's steps at most this often: at -j2 a step (schedule, send, the deferred commit)
+# every job cost as much CPU as the job's own start; the runner holds a few jobs ahead.
+IN_PROCESS_STEP_INTERVAL_SECONDS = 0.002
 # The states each action can change: a group's other members are left where they are (in
 # the database, for ended ones).
 _ACTS_ON: dict[str, frozenset[JobState] | None] = {
@@ -97,6 +100,7 @@ class Service:
         # A crash then loses at most this much of their history, as it loses the workers
         # too: their jobs are killed with them, and are queued again on restart.
         self.commit_interval = 0.0
+        self.step_interval = 0.0  # the loop's steps at most this often (0: at every event)
         self._deferred: list[Effects] = []  # sent in process, not yet committed
         self._commit_due = 0.0
         self._woken_for = -1.0  # the _commit_due a wake-up is set for
@@ -164,6 +168,11 @@ class Service:
     def wake(self) -> None:
         self._wake.set()
 
+    def serve_in_process(self) -> None:
+        """Every worker is in this process (`shoal run`): see commit_interval."""
+        self.commit_interval = IN_PROCESS_COMMIT_INTERVAL_SECONDS
+        self.step_interval = IN_PROCESS_STEP_INTERVAL_SECONDS
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._stopping:
@@ -187,6 +196,8 @@ class Service:
                 break
             with contextlib.suppress(StoreUnavailable):  # logged in _commit; retried next step
                 self.step(defer=True)
+            if self.step_interval:  # what arrives meanwhile waits for one step
+                await asyncio.sleep(self.step_interval)
 
     def step(self, *, defer: bool = False) -> None:
         """`defer`: the loop's own step, whose commit may wait for the commit_interval. Any

@@ -18,6 +18,7 @@ import functools
 import os
 import re
 import stat
+import time
 
 # `compgen -b` and `compgen -k` of bash 5: a first word that bash runs itself.
 _BASH_OWN = frozenset(re.split(r"\s+", """
@@ -55,31 +56,53 @@ def direct_start(command: str, env: dict[bytes, bytes], cwd: str
                  ) -> tuple[bytes, list[bytes], dict[bytes, bytes]] | None:
     """(program, argv, environment) to exec for `command` run in `cwd` with `env`, when it
     needs no shell and its program is found; else None (run it through bash)."""
+    prepared = direct_environment(env, cwd)
+    if prepared is None:
+        return None
+    started, directories = prepared
+    found = direct_program(command, directories)
+    if found is None:
+        return None
+    program, argv = found
+    started[b"_"] = program
+    return program, argv, started
+
+
+def direct_environment(env: dict[bytes, bytes], cwd: str
+                       ) -> tuple[dict[bytes, bytes], tuple[bytes, ...] | None] | None:
+    """The environment bash would give a program it starts in `cwd` with `env`, but for `_`
+    (the program's path), and the PATH directories it would search (None: names without a
+    "/" go through bash); None if with this environment every command goes through bash."""
     if not env.keys().isdisjoint(_SHELL_SETTINGS) or \
             b"\0BASH_FUNC_" in b"\0" + b"\0".join(env):  # names hold no NUL
-        return None
-    argv = direct_argv(command)
-    if argv is None:
         return None
     level = env.get(b"SHLVL", b"0")
     if not level.isdigit() or (level.startswith(b"0") and level != b"0"):
         return None  # bash would rewrite it: let it
-    program = os.fsencode(argv[0])
-    if b"/" not in program:
-        directories = _search_path(env.get(b"PATH"))
-        if directories is None:
-            return None  # bash's default path, or entries relative to the job's directory
-        found = find_program(program, directories)
-        if found is None:
-            return None  # bash says why, and exits 127
-        program = found
     started = dict(env)
     if b"OLDPWD" in env and not os.path.isdir(os.path.join(os.fsencode(cwd), env[b"OLDPWD"])):
         del started[b"OLDPWD"]  # bash keeps it only if it names a directory
     started[b"PWD"] = _pwd(env.get(b"PWD"), cwd)
     started[b"SHLVL"] = level
-    started[b"_"] = program
-    return program, [os.fsencode(arg) for arg in argv], started
+    return started, _search_path(env.get(b"PATH"))
+
+
+def direct_program(command: str, directories: tuple[bytes, ...] | None
+                   ) -> tuple[bytes, list[bytes]] | None:
+    """(program, argv) of `command` if it needs no shell and its program is found, searching
+    `directories` for a name without a "/" (see `direct_environment`)."""
+    argv = direct_argv(command)
+    if argv is None:
+        return None
+    program = os.fsencode(argv[0])
+    if b"/" not in program:
+        if directories is None:
+            return None  # bash's default path, or entries relative to the job's directory
+        found = _found_lately(program, directories)
+        if found is None:
+            return None  # bash says why, and exits 127
+        program = found
+    return program, [os.fsencode(arg) for arg in argv]
 
 
 @functools.lru_cache(maxsize=64)
@@ -93,6 +116,28 @@ def _search_path(path: bytes | None) -> tuple[bytes, ...] | None:
         return None
     return tuple(dict.fromkeys(entry if entry.endswith(b"/") else entry + b"/"
                                for entry in entries))
+
+
+def _found_lately(name: bytes, directories: tuple[bytes, ...]) -> bytes | None:
+    """`find_program`, its answer kept for a second (as bash's own table of commands keeps
+    it for the shell's life): a job a millisecond long would otherwise spend a failed
+    `access` per directory before its program's. A program gone since fails its exec, and
+    the command then goes through bash, which searches again."""
+    now = time.monotonic()
+    key = (name, directories)
+    kept = _FOUND.get(key)
+    if kept is not None and now - kept[1] < FOUND_SECONDS:
+        return kept[0]
+    found = find_program(name, directories)
+    if len(_FOUND) >= FOUND_KEPT:
+        _FOUND.clear()
+    _FOUND[key] = (found, now)
+    return found
+
+
+FOUND_SECONDS = 1.0
+FOUND_KEPT = 256
+_FOUND: dict[tuple[bytes, tuple[bytes, ...]], tuple[bytes | None, float]] = {}
 
 
 def find_program(name: bytes, directories: tuple[bytes, ...]) -> bytes | None:

@@ -36,12 +36,14 @@ import resource
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from shoal.core.protocol import Assignment
 from shoal.worker.capture import open_spool_file
-from shoal.worker.direct import direct_start
+from shoal.worker.direct import direct_environment, direct_program, direct_start
 from shoal.worker.gate import Gate
 
 # Python ignores these, and an ignored signal stays ignored across an exec: a job gets them
@@ -107,6 +109,21 @@ def _close_inherited_on_exec() -> None:
                     os.set_inheritable(fd, False)
 
 
+TEMPLATE_SECONDS = 1.0
+TEMPLATES_KEPT = 64
+
+
+@dataclass(slots=True)
+class _Template:
+    """A job's environment but for shoal's own variables (and `_`): as given to bash, and
+    as bash gives it to a program it starts (None: every command goes through bash)."""
+
+    envp: list[bytes]
+    direct_envp: list[bytes] | None
+    directories: tuple[bytes, ...] | None  # where a program's name is searched
+    made: float  # time.monotonic()
+
+
 class NativeStart(NamedTuple):
     """A job as the native launcher execs it (see launcher.py)."""
 
@@ -123,6 +140,8 @@ class Spawner:
         self._hide_unassigned_gpus = hide_unassigned_gpus
         self._bash = shutil.which("bash") or "/bin/bash"  # resolved once: one exec per spawn
         self._base_env = dict(os.environb)  # bytes, so Popen need not encode it for every job
+        self._bash_path = os.fsencode(self._bash)
+        self._templates: dict[tuple[str, tuple[tuple[str, str], ...], bool], _Template] = {}
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._cwd = os.getcwd()
         self._posix_spawn = hasattr(os, "posix_spawn") and hasattr(os, "POSIX_SPAWN_DUP2")
@@ -155,18 +174,20 @@ class Spawner:
             os.close(stdout_fd)
 
     def _job_env(self, assignment: Assignment, slot: int) -> dict[bytes, bytes]:
+        return {**self._base_env,
+                **{os.fsencode(name): os.fsencode(value)
+                   for name, value in assignment.env.items()},
+                **dict(self._own_variables(assignment, slot))}
+
+    def _own_variables(self, assignment: Assignment, slot: int) -> list[tuple[bytes, bytes]]:
+        """What shoal sets in every job's environment (see the module's docstring)."""
         gpus = os.fsencode(",".join(assignment.gpus))
-        env = {
-            **self._base_env,
-            **{os.fsencode(name): os.fsencode(value) for name, value in assignment.env.items()},
-            b"SHOAL_JOB_ID": b"%d" % assignment.job_id,
-            b"SHOAL_ATTEMPT_LEASE": b"%d" % assignment.lease_id,
-            b"SHOAL_SLOT": b"%d" % slot,
-            b"SHOAL_GPUS": gpus,
-        }
+        own = [(b"SHOAL_JOB_ID", b"%d" % assignment.job_id),
+               (b"SHOAL_ATTEMPT_LEASE", b"%d" % assignment.lease_id),
+               (b"SHOAL_SLOT", b"%d" % slot), (b"SHOAL_GPUS", gpus)]
         if assignment.gpus or self._hide_unassigned_gpus:
-            env[b"CUDA_VISIBLE_DEVICES"] = gpus
-        return env
+            own.append((b"CUDA_VISIBLE_DEVICES", gpus))
+        return own
 
     def native_start(self, assignment: Assignment, cwd: str, slot: int) -> NativeStart | None:
         """What the native launcher execs for this job, if it can start it: nothing an exec
@@ -178,17 +199,42 @@ class Spawner:
                 for name, value in assignment.env.items()):
             return None
         own = not cwd or cwd == self._cwd
-        env = self._job_env(assignment, slot)
-        envp = [name + b"=" + value for name, value in env.items()]
-        shell = (os.fsencode(self._bash), [b"bash", b"-c", cmd], envp)
+        template = self._template(assignment, self._cwd if own else cwd)
+        variables = [name + b"=" + value for name, value in self._own_variables(assignment, slot)]
+        shell = (self._bash_path, [b"bash", b"-c", cmd], template.envp + variables)
         directory = None if own else os.fsencode(cwd)
-        direct = direct_start(assignment.cmd, env, self._cwd if own else cwd)
-        if direct is None:
+        direct_envp = template.direct_envp
+        found = None if direct_envp is None else \
+            direct_program(assignment.cmd, template.directories)
+        if found is None or direct_envp is None:
             return NativeStart(*shell, None, self.jobs_open_files, directory)
-        program, argv, direct_env = direct
-        return NativeStart(program, argv, [name + b"=" + value
-                                           for name, value in direct_env.items()],
+        program, argv = found
+        return NativeStart(program, argv, direct_envp + variables + [b"_=" + program],
                            shell, self.jobs_open_files, directory)
+
+    def _template(self, assignment: Assignment, cwd: str) -> _Template:
+        """The part of a job's environment that jobs alike share: made once a second for
+        each directory and environment (the checks bash's start makes look at the file
+        system), not for every job."""
+        key = (cwd, tuple(assignment.env.items()), bool(assignment.gpus))
+        now = time.monotonic()
+        template = self._templates.get(key)
+        if template is not None and now - template.made < TEMPLATE_SECONDS:
+            return template
+        env = {**self._base_env, **{os.fsencode(name): os.fsencode(value)
+                                    for name, value in assignment.env.items()}}
+        own = {name for name, _ in self._own_variables(assignment, 0)}
+        prepared = direct_environment(env, cwd)
+        template = _Template(
+            envp=[name + b"=" + value for name, value in env.items() if name not in own],
+            direct_envp=None if prepared is None else [
+                name + b"=" + value for name, value in prepared[0].items()
+                if name not in own and name != b"_"],
+            directories=None if prepared is None else prepared[1], made=now)
+        if len(self._templates) >= TEMPLATES_KEPT:
+            self._templates.clear()
+        self._templates[key] = template
+        return template
 
     @property
     def jobs_open_files(self) -> tuple[int, int] | None:
