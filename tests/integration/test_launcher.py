@@ -163,6 +163,20 @@ def test_the_environment_limits_and_session_a_job_gets(launcher: Launcher, tmp_p
     assert lines[-2] == "1"  # a session of its own: its group is the job's alone
 
 
+def test_after_a_job_ends_its_cgroups_list_is_read_for_what_is_left(
+        launcher: Launcher, tmp_path: Path) -> None:
+    """The file named is read once the job is reaped: empty, not empty, or unreadable (here
+    plain files stand for a cgroup's cgroup.procs)."""
+    empty, listed = tmp_path / "empty", tmp_path / "listed"
+    empty.write_text("")
+    listed.write_text("4242\n")
+    for token, procs in ((1, empty), (2, listed), (3, tmp_path / "missing")):
+        launcher.queue(token, token, BASH, [b"bash", b"-c", b"true"], env(),
+                       fds(tmp_path / "out"), [], procs=str(procs).encode())
+    ended = {e.token: e.empty for e in collect(launcher, 6) if e.kind == "e"}
+    assert ended == {1: 1, 2: 0, 3: -1}
+
+
 def test_a_closed_launcher_refuses_new_jobs_and_closes_what_it_was_given(tmp_path: Path) -> None:
     require(launcher_module._Native is not None, "the compiled native launcher")
     launcher = make_launcher()

@@ -5,7 +5,7 @@
  * The thread waits (poll) on the pidfd of each slot's running job and on a wake-up eventfd.
  * When a job ends it SIGKILLs what is left of its process group while the leader is still an
  * unreaped zombie (so the group id is still the job's), reaps it with wait4 for its status
- * and rusage, then starts the slot's next queued job at once: vfork, then in the child
+ * and rusage, reads whether anything of it is left in its cgroup, then starts the slot's next queued job at once: vfork, then in the child
  * setsid, its directory, move into the job's cgroups by writing "0" to their open `tasks`/`cgroup.procs`
  * descriptors, its stdin/stdout/stderr, SIGPIPE and SIGXFSZ back to their defaults, an empty
  * signal mask, the jobs' limit on open files, then execve (and, if that fails, the fallback
@@ -46,6 +46,7 @@ typedef struct Spec {
     char **fallback_envp;
     char **envp;
     char *cwd;            /* NULL: the worker's own */
+    char *procs;          /* a cgroup.procs to read once it has ended (NULL: none) */
     int fds[3];           /* stdin, stdout, stderr: owned, closed once started */
     int cgroup_fds[MAX_CGROUP_FDS];  /* not owned: the runner keeps them open */
     int n_cgroup_fds;
@@ -59,6 +60,7 @@ typedef struct {
     pid_t pid;            /* 0: nothing running */
     int pidfd;
     long long token;
+    char *procs;          /* the running job's, taken from its Spec */
     Spec *head, *tail;    /* queued, in order */
 } Slot;
 
@@ -66,6 +68,7 @@ typedef struct {
     /* kind 'e' ended, 's' started, 'f' failed to start */
     char kind;
     char in_cwd;          /* 'f': the failure was entering the job's directory */
+    signed char empty;    /* 'e': its cgroup.procs was empty (1), was not (0), unread (-1) */
     long long token;
     long long pid;
     int status;           /* 'e': the wait status; 'f': errno */
@@ -120,6 +123,7 @@ static void free_spec(Spec *spec) {
     PyMem_RawFree(spec->path);
     PyMem_RawFree(spec->fallback_path);
     PyMem_RawFree(spec->cwd);
+    PyMem_RawFree(spec->procs);
     free_strings(spec->argv);
     free_strings(spec->fallback_argv);
     free_strings(spec->fallback_envp);
@@ -196,14 +200,26 @@ static pid_t start(Spec *spec) {
     return pid;
 }
 
-/* Reap the slot's job if it has ended; 1 if it had. Called with the lock held. */
+/* Whether nothing is left in a cgroup: 1, 0, or -1 if it cannot be read. Opened anew each
+ * time: under v1 an open cgroup.procs keeps the list it first read. */
+static int cgroup_empty(const char *procs) {
+    int fd = open(procs, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    char byte;
+    ssize_t got = read(fd, &byte, 1);
+    close(fd);
+    return got < 0 ? -1 : got == 0;
+}
+
+/* Reap the slot's job if it has ended; 1 if it had. Called with the lock held (released
+ * while its cgroup is read). */
 static int reap(Launcher *self, Slot *slot) {
     int status;
     struct rusage usage;
     kill(-slot->pid, SIGKILL);  /* leftovers; the zombie keeps the group id the job's */
     pid_t got = wait4(slot->pid, &status, WNOHANG, &usage);
     if (got == 0) return 0;
-    Event event = {.kind = 'e', .token = slot->token, .pid = slot->pid,
+    Event event = {.kind = 'e', .token = slot->token, .pid = slot->pid, .empty = -1,
                    .wall = clock_seconds(CLOCK_REALTIME),
                    .monotonic = clock_seconds(CLOCK_MONOTONIC)};
     if (got < 0) {  /* reaped elsewhere: the status is lost */
@@ -214,10 +230,18 @@ static int reap(Launcher *self, Slot *slot) {
         event.stime = (double)usage.ru_stime.tv_sec + usage.ru_stime.tv_usec * 1e-6;
         event.maxrss_kib = usage.ru_maxrss;
     }
-    push_event(self, event);
     close(slot->pidfd);
     slot->pid = 0;
     slot->pidfd = -1;
+    char *procs = slot->procs;
+    slot->procs = NULL;
+    if (procs != NULL) {  /* whether anything outlived the group's kill; a read may wait */
+        pthread_mutex_unlock(&self->lock);
+        event.empty = (signed char)cgroup_empty(procs);
+        PyMem_RawFree(procs);
+        pthread_mutex_lock(&self->lock);
+    }
+    push_event(self, event);
     return 1;
 }
 
@@ -247,6 +271,8 @@ static void start_next(Launcher *self, Py_ssize_t i) {
         slot->pid = pid;
         slot->pidfd = pidfd;
         slot->token = spec->token;
+        slot->procs = spec->procs;
+        spec->procs = NULL;
         fcntl(pidfd, F_SETFD, FD_CLOEXEC);
     } else {
         slot->pid = 0;
@@ -389,6 +415,7 @@ static void Launcher_dealloc(Launcher *self) {
             spec = next;
         }
         if (self->slots[i].pidfd >= 0) close(self->slots[i].pidfd);
+        PyMem_RawFree(self->slots[i].procs);
     }
     PyMem_RawFree(self->slots);
     PyMem_RawFree(self->events);
@@ -444,15 +471,15 @@ static char **copy_list(PyObject *sequence) {
  * it is withdrawn), even when it raises. */
 static PyObject *Launcher_queue(Launcher *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"slot", "token", "path", "argv", "envp", "fds", "cgroup_fds",
-                               "fallback", "rlimit", "cwd", NULL};
+                               "fallback", "rlimit", "cwd", "procs", NULL};
     Py_ssize_t slot_index;
     long long token;
     PyObject *path, *argv, *envp, *cgroup_fds, *fallback = Py_None, *rlimit = Py_None,
-             *cwd = Py_None;
+             *cwd = Py_None, *procs = Py_None;
     int fds[3];
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "nLOOO(iii)O|OOO", keywords, &slot_index,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "nLOOO(iii)O|OOOO", keywords, &slot_index,
                                      &token, &path, &argv, &envp, &fds[0], &fds[1], &fds[2],
-                                     &cgroup_fds, &fallback, &rlimit, &cwd))
+                                     &cgroup_fds, &fallback, &rlimit, &cwd, &procs))
         return NULL;
     Spec *spec = PyMem_RawCalloc(1, sizeof(Spec));
     if (spec == NULL) {
@@ -469,6 +496,7 @@ static PyObject *Launcher_queue(Launcher *self, PyObject *args, PyObject *kwargs
             || (spec->envp = copy_list(envp)) == NULL)
         goto error;
     if (cwd != Py_None && (spec->cwd = copy_bytes(cwd)) == NULL) goto error;
+    if (procs != Py_None && (spec->procs = copy_bytes(procs)) == NULL) goto error;
     if (fallback != Py_None) {
         PyObject *fallback_path, *fallback_argv, *fallback_envp;
         if (!PyArg_ParseTuple(fallback, "OOO", &fallback_path, &fallback_argv, &fallback_envp))
@@ -598,7 +626,7 @@ static PyObject *Launcher_signal(Launcher *self, PyObject *args) {
 }
 
 /* events() -> list of (kind, token, pid, status, utime, stime, maxrss_kib, wall, monotonic,
- * in_cwd) */
+ * in_cwd, empty) */
 static PyObject *Launcher_events(Launcher *self, PyObject *Py_UNUSED(ignored)) {
     uint64_t count;
     ssize_t got = read(self->notify_fd, &count, sizeof count);
@@ -617,9 +645,10 @@ static PyObject *Launcher_events(Launcher *self, PyObject *Py_UNUSED(ignored)) {
     PyObject *list = PyList_New(n);
     for (Py_ssize_t i = 0; list != NULL && i < n; i++) {
         Event *e = &events[i];
-        PyObject *item = Py_BuildValue("(CLLiddlddO)", e->kind, e->token, e->pid, e->status,
+        PyObject *item = Py_BuildValue("(CLLiddlddOi)", e->kind, e->token, e->pid, e->status,
                                        e->utime, e->stime, e->maxrss_kib, e->wall,
-                                       e->monotonic, e->in_cwd ? Py_True : Py_False);
+                                       e->monotonic, e->in_cwd ? Py_True : Py_False,
+                                       (int)e->empty);
         if (item == NULL) {
             Py_CLEAR(list);
             break;

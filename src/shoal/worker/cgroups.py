@@ -142,10 +142,17 @@ class JobCgroup:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal_number)
 
-    def kill(self) -> None:
-        """SIGKILL every process in the job's cgroups."""
+    @property
+    def procs_file(self) -> str:
+        """Where one of its cgroups lists its processes: born in all of them, a job has none
+        left if this is empty."""
+        return self._dirs[0] + "/cgroup.procs"
+
+    def kill(self, *, known_empty: bool = False) -> None:
+        """SIGKILL every process in the job's cgroups (none if `known_empty`: `procs_file`
+        was read empty since the job's leader ended)."""
         # Born in all of them, its processes are in each: one empty list says none is left.
-        if self._born_inside and not _pids(self._dirs[0]):
+        if self._born_inside and (known_empty or not _pids(self._dirs[0])):
             self._emptied = True
             return
         kill_cgroup(self._dirs)

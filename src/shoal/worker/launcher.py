@@ -9,7 +9,8 @@ each spawn and reap, are most of what a Python runner costs beyond `xargs -P`
 The native launcher (``_launcher.c``, built with shoal where a C compiler is found) holds a
 queue per slot. A thread per lane (slot ``i`` is lane ``i % lanes``) waits on its running jobs'
 pidfds; when one ends it SIGKILLs what is left of the job's process group while the leader is
-still an unreaped zombie, reaps it with ``wait4`` and starts that slot's next job at once,
+still an unreaped zombie, reaps it with ``wait4``, reads whether anything of it is left in
+its cgroup (what left the group: the runner kills it) and starts that slot's next job at once,
 with ``vfork`` and ``execve``, the child entering the job's directory and moving itself into
 its cgroups first. The
 runner learns of each end and start afterwards (`events`), and queues the next job of a slot
@@ -47,6 +48,7 @@ class LaunchEvent(NamedTuple):
     wall: float  # time.time() when it ended or was started
     monotonic: float  # time.monotonic() then
     in_cwd: bool  # ``f``: it could not enter its directory
+    empty: int  # ``e``: its cgroup was empty once it was reaped (1), was not (0), unread (-1)
 
 
 Fallback = tuple[bytes, Sequence[bytes], Sequence[bytes]]  # (path, argv, envp)
@@ -56,14 +58,14 @@ class Launcher(Protocol):
     def queue(self, slot: int, token: int, path: bytes, argv: Sequence[bytes],
               envp: Sequence[bytes], fds: tuple[int, int, int], cgroup_fds: Sequence[int],
               fallback: Fallback | None = None, rlimit: tuple[int, int] | None = None,
-              cwd: bytes | None = None) -> None: ...
+              cwd: bytes | None = None, procs: bytes | None = None) -> None: ...
 
     def withdraw(self, token: int) -> bool: ...
 
     def signal(self, token: int, signal_number: int) -> bool: ...
 
     def events(self) -> list[tuple[str, int, int, int, float, float, int, float, float,
-                                   bool]]: ...
+                                   bool, int]]: ...
 
     def fileno(self) -> int: ...
 

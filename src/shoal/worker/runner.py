@@ -694,8 +694,10 @@ class Runner:
         entry_fds = cgroup.entry_fds() if cgroup is not None else []
         try:
             fds = self._job_fds(stdout_path, stderr_path)
-            self._launcher.queue(slot, lease_id, start.path, start.argv, start.envp, fds,
-                                 entry_fds, start.fallback, start.rlimit, start.cwd)
+            self._launcher.queue(
+                slot, lease_id, start.path, start.argv, start.envp, fds, entry_fds,
+                start.fallback, start.rlimit, start.cwd,
+                None if cgroup is None else os.fsencode(cgroup.procs_file))
         except (OSError, ValueError) as exc:
             self._unstarted(assignment, received_at, received_monotonic,
                             spawn_error_message(exc, ""), cgroup, None,
@@ -822,7 +824,7 @@ class Runner:
     def _launched_ended(self, attempt: _Attempt, event: LaunchEvent) -> None:
         self._keeper.check_stall()  # a job the keeper killed is reported as its kill
         if attempt.cgroup is not None:
-            attempt.cgroup.kill()  # those that left the process group
+            attempt.cgroup.kill(known_empty=event.empty == 1)  # those that left the group
         self._ended(attempt, None if event.status < 0 else event.status,
                     event.user_seconds + event.system_seconds, event.max_rss_kib * 1024,
                     event.monotonic)
