@@ -14,10 +14,11 @@ same jobs (N `bash -c 'true I'`, P at a time), interleaved. From the floor's rat
 
 With --helpers, the floor is also run with its spawns off the loop (`spawn_floor.py
 --helpers`: a helper process per slot starts and reaps the jobs, the loop only does the W of
-each), to see how much work that arrangement allows.
+each), to see how much work that arrangement allows; with --launcher, with its spawns in
+shoal's native launcher, as `shoal run` starts its jobs (`spawn_floor.py --launcher`).
 
     python bench/budget.py                         # 3000 jobs, 2 at a time, 3 repeats
-    python bench/budget.py --work 0,100,200,400 --helpers --write-docs
+    python bench/budget.py --work 0,100,200,400 --helpers --launcher --write-docs
 """
 
 from __future__ import annotations
@@ -40,10 +41,15 @@ DOCS = ROOT / "docs" / "performance.md"
 START, END = "<!-- budget:start -->", "<!-- budget:end -->"
 
 
-def floor_seconds(jobs: int, parallel: int, work_us: float, helpers: bool = False) -> float:
+# The floor with its spawns off the loop: spawn_floor.py's flag -> the row's words.
+OFF_LOOP = {"helpers": "the floor's spawns in a helper per slot",
+            "launcher": "the floor's spawns in shoal's native launcher"}
+
+
+def floor_seconds(jobs: int, parallel: int, work_us: float, mode: str | None = None) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, str(ROOT / "bench" / "spawn_floor.py"), str(jobs),
-                    str(parallel), str(work_us), *(["--helpers"] if helpers else [])],
+                    str(parallel), str(work_us), *([f"--{mode}"] if mode else [])],
                    check=True, timeout=TIMEOUT_S)
     return time.perf_counter() - start
 
@@ -80,6 +86,8 @@ def main() -> int:
     parser.add_argument("--target", type=float, default=0.8, help="ratio to xargs (0.8)")
     parser.add_argument("--helpers", action="store_true",
                         help="also time the floor with a spawning helper process per slot")
+    parser.add_argument("--launcher", action="store_true",
+                        help="also time the floor with its spawns in shoal's native launcher")
     parser.add_argument("--write-docs", action="store_true", help=f"update {DOCS.name}")
     args = parser.parse_args()
     try:
@@ -95,7 +103,8 @@ def main() -> int:
     start_up: list[float] = []
     floor_start: list[float] = []
     floor: dict[float, list[float]] = {w: [] for w in work}
-    helped: dict[float, list[float]] = {w: [] for w in work} if args.helpers else {}
+    modes = [mode for mode in OFF_LOOP if getattr(args, mode)]
+    helped: dict[str, dict[float, list[float]]] = {mode: {w: [] for w in work} for mode in modes}
     try:
         shoal_once(1, 1)  # a broken install is reported, not timed
     except Unavailable as exc:
@@ -106,8 +115,8 @@ def main() -> int:
         xargs.append(run_xargs(n, p)["xargs"])
         for w in work:
             floor[w].append(floor_seconds(n, p, w))
-            if args.helpers:
-                helped[w].append(floor_seconds(n, p, w, helpers=True))
+            for mode in modes:
+                helped[mode][w].append(floor_seconds(n, p, w, mode))
         shoal.append(shoal_once(n, p)[0])
         start_up.append(shoal_start_seconds())
         floor_start.append(floor_seconds(1, 1, 0))
@@ -120,7 +129,8 @@ def main() -> int:
 
 def report(args: argparse.Namespace, xargs: list[float], shoal: list[float],
            start_up: list[float], floor_start_up: list[float],
-           floor: dict[float, list[float]], helped: dict[float, list[float]]) -> str:
+           floor: dict[float, list[float]],
+           helped: dict[str, dict[float, list[float]]]) -> str:
     n, target = args.jobs, args.target
     xargs_rate = n / statistics.median(xargs)
     floor_start = statistics.median(floor_start_up)
@@ -147,10 +157,12 @@ def report(args: argparse.Namespace, xargs: list[float], shoal: list[float],
     for w, rate in curve:
         lines.append(f"| Python's floor + {w:.0f} µs of CPU a job | {rate:.0f} | "
                      f"{rate / xargs_rate:.2f}x |")
-    helped_curve = [(w, n / statistics.median(seconds)) for w, seconds in helped.items()]
-    for w, rate in helped_curve:
-        lines.append(f"| the floor's spawns in a helper per slot, + {w:.0f} µs a job | "
-                     f"{rate:.0f} | {rate / xargs_rate:.2f}x |")
+    curves = {mode: [(w, n / statistics.median(seconds)) for w, seconds in times.items()]
+              for mode, times in helped.items()}
+    for mode, mode_curve in curves.items():
+        for w, rate in mode_curve:
+            lines.append(f"| {OFF_LOOP[mode]}, + {w:.0f} µs a job | "
+                         f"{rate:.0f} | {rate / xargs_rate:.2f}x |")
     lines += [
         f"| shoal | {shoal_rate:.0f} | {shoal_rate / xargs_rate:.2f}x |",
         "",
@@ -164,11 +176,12 @@ def report(args: argparse.Namespace, xargs: list[float], shoal: list[float],
         f"- shoal runs as fast as the floor with **{work_at(shoal_rate, curve)} µs** a job "
         "(its start-up counted in that work).",
     ]
-    if helped_curve:
+    for mode, mode_curve in curves.items():
+        where = OFF_LOOP[mode].removeprefix("the floor's ")
         lines.append(
-            f"- With the spawns in a helper process per slot, {target:.1f}x leaves "
-            f"**{work_at(wanted, helped_curve)} µs** a job on the loop, "
-            f"**{work_at(wanted_after_start, helped_curve)} µs** with shoal's start-up.")
+            f"- With {where}, {target:.1f}x leaves "
+            f"**{work_at(wanted, mode_curve)} µs** a job on the loop, "
+            f"**{work_at(wanted_after_start, mode_curve)} µs** with shoal's start-up.")
     return "\n".join(lines) + "\n"
 
 

@@ -6,7 +6,7 @@ bench/throughput.py times it beside xargs and shoal: what shoal does beyond this
 database, the jobs' output, cgroups, the summary) is the difference between the two rows;
 what a Python event loop pays for starting processes is this row's gap to xargs.
 
-    python bench/spawn_floor.py N P [WORK_US] [--helpers]
+    python bench/spawn_floor.py N P [WORK_US] [--helpers | --launcher]
 
 WORK_US (default 0): CPU microseconds the loop spends on each job once it has ended and the
 next has started, as a runner's bookkeeping would. bench/budget.py uses it to find how much
@@ -18,6 +18,11 @@ stdin, two ahead, and writes back each that ended; the loop reads those, spends 
 each and sends the next number. This is a runner whose spawns are off the loop (a spawner
 process of its own per slot): the helper is the job's parent, woken where the job ends, and
 the next job is already waiting in its pipe.
+
+--launcher: the spawns in shoal's native launcher (src/shoal/worker/launcher.py), as
+`shoal run` now starts its jobs: each slot's next two jobs queued ahead, started by the
+launcher's thread the moment the one before ends; the loop reads the launcher's events,
+spends WORK_US on each job that ended and queues the slot's next.
 """
 
 from __future__ import annotations
@@ -104,6 +109,48 @@ async def run_with_helpers(jobs: int, parallel: int, work_seconds: float = 0.0) 
     await asyncio.gather(*followers)
 
 
+async def run_with_launcher(jobs: int, parallel: int, work_seconds: float = 0.0) -> None:
+    from shoal.worker.launcher import make_launcher, read_events
+
+    loop = asyncio.get_running_loop()
+    finished = loop.create_future()
+    launcher = make_launcher()
+    environment = [name + b"=" + value for name, value in os.environb.items()]
+    queued = ended = 0
+    slot_of: dict[int, int] = {}
+
+    def queue(slot: int) -> None:
+        nonlocal queued
+        if queued == jobs:
+            return
+        queued += 1
+        slot_of[queued] = slot
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        launcher.queue(slot, queued, b"/bin/bash", [b"bash", b"-c", b"true %d" % queued],
+                       environment, (null, os.dup(null), os.dup(null)), [])
+
+    def on_events() -> None:
+        nonlocal ended
+        for event in read_events(launcher):
+            if event.kind == "s":
+                queue(slot_of[event.token])  # two ahead: one more behind the one started
+            elif event.kind == "e":
+                ended += 1
+                if work_seconds:
+                    spend(work_seconds)
+        if ended == jobs and not finished.done():
+            finished.set_result(None)
+
+    loop.add_reader(launcher.fileno(), on_events)
+    for slot in range(1, min(parallel, jobs) + 1):
+        queue(slot)
+        queue(slot)
+    if jobs:
+        await finished
+    loop.remove_reader(launcher.fileno())
+    launcher.close()
+
+
 def slot() -> None:
     """A helper: one job at a time, from the numbers on stdin; a line out for each ended."""
     environment = dict(os.environ)
@@ -126,8 +173,8 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--slot"]:
         slot()
         sys.exit(0)
-    helpers = "--helpers" in sys.argv
-    args = [arg for arg in sys.argv[1:] if arg != "--helpers"]
+    args = [arg for arg in sys.argv[1:] if not arg.startswith("--")]
     work_us = float(args[2]) if len(args) > 2 else 0.0
-    runner = run_with_helpers if helpers else run
+    runner = run_with_helpers if "--helpers" in sys.argv else \
+        run_with_launcher if "--launcher" in sys.argv else run
     asyncio.run(runner(int(args[0]), int(args[1]), work_us / 1e6))

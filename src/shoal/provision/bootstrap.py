@@ -1,12 +1,15 @@
 """Installing shoal on a host that has no internet: wheels made here, installed there offline.
 
-Here: shoal's own wheel is built from the installed package (pure Python, so one wheel fits
-every host; its version carries a digest of its files, so a host can tell this exact build
-from another), and the wheels of its dependencies are fetched for the host's Python and
-platform with `pip download`, into a cache kept per target. There: the wheels go to
-`~/.shoal/wheels/`, a venv is made under `~/.shoal/venvs/`, and pip, run from its own wheel,
-installs from that directory alone (`--no-index`, no configuration file, `PIP_NO_INDEX`), so
-the host's pip never reaches an index. `~/.shoal/venv` points at the venv in use.
+Here: shoal's own wheel is built from the installed package (Python, so one wheel fits every
+host; its version carries a digest of its files, so a host can tell this exact build from
+another). The native launcher's compiled module goes along as it is: a host whose Python
+takes it (the same version and platform) uses it, any other runs without it (see
+worker/launcher.py); its C source stays here. The wheels of shoal's dependencies are fetched
+for the host's Python and platform with `pip download`, into a cache kept per target.
+There: the wheels go to `~/.shoal/wheels/`, a venv is made under `~/.shoal/venvs/`, and pip,
+run from its own wheel, installs from that directory alone (`--no-index`, no configuration
+file, `PIP_NO_INDEX`), so the host's pip never reaches an index. `~/.shoal/venv` points at
+the venv in use.
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ def _package_files() -> list[tuple[str, Path]]:
     root = Path(shoal.__file__).resolve().parent
     files = []
     for path in sorted(root.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+        if path.is_file() and "__pycache__" not in path.parts \
+                and path.suffix not in (".pyc", ".c"):
             files.append((f"shoal/{path.relative_to(root).as_posix()}", path))
     return files
 

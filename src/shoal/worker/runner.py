@@ -8,6 +8,12 @@ readable, reaps the child with ``wait4`` for its status and rusage (CPU time and
 include the descendants the job reaped itself). Nothing else in the process may reap with
 ``waitpid(-1)``, or it would take these statuses.
 
+Where the native launcher is built (see ``launcher``), a job that is not gated is started
+and reaped by it instead, off the loop: the runner hands it each slot's next jobs ahead
+(`QUEUED_PER_SLOT`) and learns of ends and starts as events, in the order they happened. A
+job queued there counts as held, like one in the backlog, and holds its slot's cores only
+once the job before it has ended.
+
 Gated attempts (ensemble components) are prepared before they start: their files are staged
 (see ``staging``) in their cwd or, when it is empty, in a fresh directory
 ``shoal-JOBID-<random suffix>`` under ``workdir_base`` (the system's temporary directory by default;

@@ -3,12 +3,15 @@
 A session of its own makes the process group id the job's pid, so the whole job can be
 signalled at once. Its environment is the worker's (as it was when the Spawner was made) plus the
 assignment's, ``SHOAL_JOB_ID``, ``SHOAL_ATTEMPT_LEASE``, ``SHOAL_SLOT`` (1..N, unique among the
-worker's running jobs, the lowest free first: GNU parallel's ``{%}``) and ``SHOAL_GPUS`` (the GPU
+worker's running jobs: GNU parallel's ``{%}``; a job queued behind another in the native
+launcher takes its slot, any other the lowest free) and ``SHOAL_GPUS`` (the GPU
 ids granted, comma-separated, empty if none). stdin is /dev/null; stdout and stderr go to files
 in the spool directory (see ``capture``), so a running job costs the event loop nothing.
 
-A command that needs no shell starts its program directly (see ``direct``), either way. The
-common case, a job in the worker's own directory and not held at a start line, is started
+A command that needs no shell starts its program directly (see ``direct``), either way.
+Where the native launcher is built, every job not held at a start line is handed to it
+(`native_start` says what it execs; see ``launcher``). Without it, a job in the worker's own
+directory and not held at a start line is started
 with ``posix_spawn`` (glibc's vfork-style clone: no copy of the worker's page tables, no
 Python in the child), which costs the worker a fraction of a ``fork``. Other jobs go through
 ``subprocess.Popen``, which can change directory and pass a gate's descriptors. Descriptors
