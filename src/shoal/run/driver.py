@@ -170,7 +170,7 @@ class Run:
                                                restart_grace_seconds=0.0))
         self.service = service
         if not self.settings.hosts:  # every worker is in this process
-            service.serve_in_process()
+            service.serve_in_process(jobs_ahead=not self.settings.delay)
         await service.start()
         self._read_earlier(store)
         self.printer = Printer(self.settings.output, self.terminal, home / "kept",

@@ -391,7 +391,7 @@ class FileRunner:
             config = ReactorConfig(restart_grace_seconds=0.0)
         service = self.service = Service(Store(home / DATABASE_FILE), config)
         if self.options.listen is None:  # every worker is in this process
-            service.serve_in_process()
+            service.serve_in_process(jobs_ahead=False)  # each job claimed in the file first
         await service.start()
         self._drop_leftovers()
         self.recover()

@@ -168,10 +168,13 @@ class Service:
     def wake(self) -> None:
         self._wake.set()
 
-    def serve_in_process(self) -> None:
-        """Every worker is in this process (`shoal run`): see commit_interval."""
+    def serve_in_process(self, *, jobs_ahead: bool) -> None:
+        """Every worker is in this process (`shoal run`): see commit_interval. `jobs_ahead`:
+        they are given more jobs than they run at once, so the steps may be spaced out
+        (a worker given only what it runs would wait for the next step at every end)."""
         self.commit_interval = IN_PROCESS_COMMIT_INTERVAL_SECONDS
-        self.step_interval = IN_PROCESS_STEP_INTERVAL_SECONDS
+        if jobs_ahead:
+            self.step_interval = IN_PROCESS_STEP_INTERVAL_SECONDS
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
