@@ -275,3 +275,24 @@ def test_held_starts_take_queued_jobs_back_until_resumed(tmp_path: Path) -> None
     results = run_queued(tmp_path, ["sleep 0.3", "true", "true"], parallel=1, during=hold)
     assert all(r.exit_code == 0 for r in results.values())
     assert results[2].started_at >= resumed_at[0] and results[3].started_at >= resumed_at[0]
+
+
+def test_a_job_whose_spool_file_cannot_be_made_is_reported_and_its_slot_freed(
+        tmp_path: Path) -> None:
+    require(launcher_module._Native is not None, "the compiled native launcher")
+    results: dict[int, AttemptResult] = {}
+    spool = tmp_path / "spool"
+
+    async def main() -> None:
+        runner = Runner(spool, host="test-host", on_started=lambda _: None,
+                        on_finished=lambda result: results.__setitem__(result.lease_id, result))
+        spool.rmdir()  # its spool files cannot be created
+        runner.start(assignment(1, "echo never"))
+        spool.mkdir()
+        runner.start(assignment(2, 'echo "$SHOAL_SLOT"'))
+        await runner.shutdown(kill=False)
+
+    asyncio.run(main())
+    assert results[1].outcome == "spawn_error" and results[1].error is not None
+    assert "No such file or directory" in results[1].error
+    assert results[2].exit_code == 0 and results[2].stdout.head == "1\n"  # slot 1 was free

@@ -705,12 +705,13 @@ class Runner:
                 start.fallback, start.rlimit, start.cwd,
                 None if cgroup is None else os.fsencode(cgroup.procs_file))
         except (OSError, ValueError) as exc:
-            self._unstarted(assignment, received_at, received_monotonic,
-                            spawn_error_message(exc, ""), cgroup, None,
-                            (stdout_path, stderr_path), slot) if not successor else \
-                self._discard_unstarted(assignment, received_at, received_monotonic,
-                                          spawn_error_message(exc, ""), cgroup,
-                                          (stdout_path, stderr_path))
+            error = spawn_error_message(exc, "")
+            if successor:  # the slot stays its running job's
+                self._discard_unstarted(assignment, received_at, received_monotonic, error,
+                                        cgroup, (stdout_path, stderr_path))
+            else:
+                self._unstarted(assignment, received_at, received_monotonic, error, cgroup,
+                                None, (stdout_path, stderr_path), slot)
             return True
         self._launching[lease_id] = _Launching(
             assignment, received_at, received_monotonic, stdout_path, stderr_path, cgroup,
