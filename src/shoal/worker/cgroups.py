@@ -94,27 +94,21 @@ class JobCgroup:
                     os.write(home_tasks[controller], tid)
 
     def _tasks(self) -> dict[str, int]:
-        """controller -> its `tasks` file, opened once: kept cgroups serve many spawns."""
+        """controller -> the file that moves a thread in (v1's `tasks`) or a process (v2's
+        `cgroup.procs`), opened once: kept cgroups serve many spawns."""
         if self._tasks_fds is None:
+            name = "/tasks" if self.version == 1 else "/cgroup.procs"
             self._tasks_fds = {}
             for controller, directory in zip(self.paths, self._dirs, strict=True):
                 with contextlib.suppress(OSError):
-                    self._tasks_fds[controller] = os.open(directory + "/tasks",
+                    self._tasks_fds[controller] = os.open(directory + name,
                                                           os.O_WRONLY | os.O_CLOEXEC)
         return self._tasks_fds
 
     def entry_fds(self) -> list[int]:
         """Descriptors a child writes "0" to, to move itself into these cgroups before it
-        execs (`tasks` under v1, `cgroup.procs` under v2); `entered` once it has."""
-        if self.version == 1:
-            return list(self._tasks().values())
-        if self._tasks_fds is None:
-            self._tasks_fds = {}
-            for controller, directory in zip(self.paths, self._dirs, strict=True):
-                with contextlib.suppress(OSError):
-                    self._tasks_fds[controller] = os.open(directory + "/cgroup.procs",
-                                                          os.O_WRONLY | os.O_CLOEXEC)
-        return list(self._tasks_fds.values())
+        execs; `entered` once it has."""
+        return list(self._tasks().values())
 
     def entered(self, count: int) -> None:
         """A child started with `count` of `entry_fds` is in these cgroups (in all of them,

@@ -94,7 +94,14 @@ from shoal.worker.gate import (
 from shoal.worker.keeper import Keeper
 from shoal.worker.launcher import Launcher, LaunchEvent, available, make_launcher, read_events
 from shoal.worker.measure import ProcessTable, peak_memory_bytes
-from shoal.worker.spawn import Process, Spawner, abandon, signal_group, spawn_error_message
+from shoal.worker.spawn import (
+    Process,
+    SpawnedProcess,
+    Spawner,
+    abandon,
+    signal_group,
+    spawn_error_message,
+)
 from shoal.worker.staging import (
     FetchBlob,
     StagingError,
@@ -172,14 +179,10 @@ class _Launching:
     kill_reason: str | None = None  # killed while it was starting: ended once it has
 
 
-class _LaunchedProcess:
+class _LaunchedProcess(SpawnedProcess):
     """A job the launcher started; only the launcher may reap it."""
 
-    __slots__ = ("pid", "returncode")
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
+    __slots__ = ()
 
     def wait(self) -> int:
         raise RuntimeError("a launched job is reaped by the launcher")
