@@ -296,3 +296,50 @@ def test_a_job_whose_spool_file_cannot_be_made_is_reported_and_its_slot_freed(
     assert results[1].outcome == "spawn_error" and results[1].error is not None
     assert "No such file or directory" in results[1].error
     assert results[2].exit_code == 0 and results[2].stdout.head == "1\n"  # slot 1 was free
+
+
+def run_assignments(tmp_path: Path, assignments: list[Assignment], parallel: int,
+                    ) -> dict[int, AttemptResult]:
+    results: dict[int, AttemptResult] = {}
+
+    async def main() -> None:
+        runner = Runner(tmp_path / "spool", host="test-host", on_started=lambda _: None,
+                        on_finished=lambda result: results.__setitem__(result.lease_id, result))
+        runner.max_running_cores = parallel
+        for each in assignments:
+            runner.start(each)
+        await runner.shutdown(kill=False)
+
+    asyncio.run(main())
+    return results
+
+
+def test_jobs_queued_behind_a_long_one_start_on_a_slot_that_frees(tmp_path: Path) -> None:
+    """Jobs handed to the launcher behind a long job are taken back and started on the
+    other slot once it has nothing else to run: they do not wait for the long one."""
+    require(launcher_module._Native is not None, "the compiled native launcher")
+    results = run_queued(tmp_path, ["sleep 3"] + ["sleep 0.05"] * 8, parallel=2)
+    long = results[1]
+    assert all(r.exit_code == 0 for r in results.values())
+    assert max(r.ended_at for n, r in results.items() if n > 1) < long.ended_at - 1.5
+
+
+def test_the_cores_a_slot_passes_on_are_never_more_than_the_runners(tmp_path: Path) -> None:
+    """A job queued behind another takes over the cores of the one it follows: never more
+    than it, so the cores in use never exceed the runner's."""
+    cores = [2, 1, 2, 1, 1, 2, 1, 2, 1, 1]
+    jobs = [Assignment(job_id=1000 + n, lease_id=n, cmd="sleep 0.1", cwd="", env={},
+                       cores=c, memory_bytes=0, gpus=[], time_limit_seconds=None)
+            for n, c in enumerate(cores, start=1)]
+    results = run_assignments(tmp_path, jobs, parallel=2)
+    assert all(r.exit_code == 0 for r in results.values())
+    spans = [(r.started_at, r.ended_at, cores[n - 1]) for n, r in results.items()]
+    for start, _, _ in spans:
+        assert sum(c for s, e, c in spans if s <= start < e) <= 2
+
+
+def test_a_command_that_cannot_be_encoded_is_refused_and_its_slot_freed(tmp_path: Path
+                                                                       ) -> None:
+    results = run_queued(tmp_path, ["echo \ud800", 'echo "$SHOAL_SLOT"'], parallel=1)
+    assert results[1].outcome == "spawn_error"
+    assert results[2].exit_code == 0 and results[2].stdout.head == "1\n"

@@ -54,6 +54,7 @@ typedef struct Spec {
     struct rlimit rlimit_nofile;
     volatile int exec_errno;  /* written by the vfork child, read by the parent */
     volatile int chdir_failed;
+    volatile int entered;  /* how many of its cgroups the child moved itself into */
 } Spec;
 
 typedef struct {
@@ -69,6 +70,7 @@ typedef struct {
     char kind;
     char in_cwd;          /* 'f': the failure was entering the job's directory */
     signed char empty;    /* 'e': its cgroup.procs was empty (1), was not (0), unread (-1) */
+    int entered;          /* 's': how many of its cgroups it entered itself */
     long long token;
     long long pid;
     int status;           /* 'e': the wait status; 'f': errno */
@@ -154,21 +156,37 @@ static void notify(Launcher *self) {
     (void)written;  /* full only if already readable */
 }
 
-/* In the vfork child: only system calls, then exec or _exit. */
+/* In the vfork child: only system calls, then exec or _exit. Its signal handlers are its own
+ * (vfork shares memory, not handlers); its memory is the worker's, so it writes only to
+ * `spec`, which the worker reads once the child has exec'd or exited. */
 static void __attribute__((noinline)) child(Spec *spec) {
     sigset_t none;
+    int source[3];
     if (setsid() < 0) goto fail;
     if (spec->cwd != NULL && chdir(spec->cwd) < 0) {
         spec->chdir_failed = 1;
         goto fail;
     }
+    /* A cgroup it cannot enter is left to the runner, which moves it in afterwards. */
     for (int i = 0; i < spec->n_cgroup_fds; i++)
-        if (write(spec->cgroup_fds[i], "0", 1) < 0) goto fail;
+        if (write(spec->cgroup_fds[i], "0", 1) == 1) spec->entered++;
+    /* Above 2 first, so that no dup2 overwrites another's source, and each target is a
+     * new descriptor (without close-on-exec). */
     for (int target = 0; target < 3; target++) {
-        if (dup2(spec->fds[target], target) < 0) goto fail;
+        source[target] = spec->fds[target] > 2 ? spec->fds[target]
+                                               : fcntl(spec->fds[target], F_DUPFD_CLOEXEC, 3);
+        if (source[target] < 0) goto fail;
     }
-    signal(SIGPIPE, SIG_DFL);
-    signal(SIGXFSZ, SIG_DFL);
+    for (int target = 0; target < 3; target++)
+        if (dup2(source[target], target) < 0) goto fail;
+    /* No handler of the worker's may run here before the exec: caught signals back to their
+     * defaults (the exec would do it), and SIGPIPE and SIGXFSZ, which Python ignores. */
+    for (int number = 1; number < NSIG; number++) {
+        struct sigaction action;
+        if (sigaction(number, NULL, &action) == 0 && action.sa_handler != SIG_DFL
+                && (action.sa_handler != SIG_IGN || number == SIGPIPE || number == SIGXFSZ))
+            signal(number, SIG_DFL);
+    }
     if (spec->has_rlimit) setrlimit(RLIMIT_NOFILE, &spec->rlimit_nofile);
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -187,6 +205,7 @@ static pid_t start(Spec *spec) {
     pthread_sigmask(SIG_SETMASK, &all, &old);  /* no handler may run in the child */
     spec->exec_errno = 0;
     spec->chdir_failed = 0;
+    spec->entered = 0;
     pid_t pid = vfork();
     if (pid == 0) child(spec);
     int saved = errno;
@@ -266,7 +285,7 @@ static void start_next(Launcher *self, Py_ssize_t i) {
     pthread_mutex_lock(&self->lock);
     slot = &self->slots[i];  /* the array may have grown meanwhile */
     Event event = {.kind = 's', .token = spec->token, .pid = pid, .wall = wall,
-                   .monotonic = monotonic};
+                   .monotonic = monotonic, .entered = spec->entered};
     if (pid > 0 && pidfd >= 0) {
         slot->pid = pid;
         slot->pidfd = pidfd;
@@ -315,11 +334,20 @@ static void *run(void *arg) {
         int added = start_queued(self, lane->index);
         if (added || ended) notify(self);
         if (self->closing) break;
-        if (capacity < self->n_slots + 1) {
-            capacity = self->n_slots + 1;
-            polled = PyMem_RawRealloc(polled, (size_t)capacity * sizeof *polled);
-            slot_of = PyMem_RawRealloc(slot_of, (size_t)capacity * sizeof *slot_of);
-            if (polled == NULL || slot_of == NULL) break;
+        while (capacity < self->n_slots + 1) {
+            struct pollfd *more_polled = PyMem_RawRealloc(
+                polled, (size_t)(self->n_slots + 1) * sizeof *polled);
+            if (more_polled != NULL) polled = more_polled;
+            Py_ssize_t *more_slots = PyMem_RawRealloc(
+                slot_of, (size_t)(self->n_slots + 1) * sizeof *slot_of);
+            if (more_slots != NULL) slot_of = more_slots;
+            if (more_polled != NULL && more_slots != NULL) {
+                capacity = self->n_slots + 1;
+            } else {  /* out of memory: try again shortly, the running jobs keep running */
+                pthread_mutex_unlock(&self->lock);
+                usleep(10000);
+                pthread_mutex_lock(&self->lock);
+            }
         }
         nfds_t n = 0;
         polled[n++] = (struct pollfd){.fd = lane->wake_fd, .events = POLLIN};
@@ -465,10 +493,11 @@ static char **copy_list(PyObject *sequence) {
     return strings;
 }
 
-/* queue(slot, token, path, argv, envp, fds, cgroup_fds, fallback=None, rlimit=None)
+/* queue(slot, token, path, argv, envp, fds, cgroup_fds, fallback=None, rlimit=None,
+ *       cwd=None, procs=None)
  * fallback: (path, argv, envp) exec'd if the first exec fails.
- * Takes ownership of the three fds (they are closed once the job started or failed, or when
- * it is withdrawn), even when it raises. */
+ * Once its arguments are parsed it owns the three fds (closed once the job has started or
+ * failed to, or is withdrawn), even when it raises after that. */
 static PyObject *Launcher_queue(Launcher *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"slot", "token", "path", "argv", "envp", "fds", "cgroup_fds",
                                "fallback", "rlimit", "cwd", "procs", NULL};
@@ -626,7 +655,7 @@ static PyObject *Launcher_signal(Launcher *self, PyObject *args) {
 }
 
 /* events() -> list of (kind, token, pid, status, utime, stime, maxrss_kib, wall, monotonic,
- * in_cwd, empty) */
+ * in_cwd, empty, entered) */
 static PyObject *Launcher_events(Launcher *self, PyObject *Py_UNUSED(ignored)) {
     uint64_t count;
     ssize_t got = read(self->notify_fd, &count, sizeof count);
@@ -645,10 +674,10 @@ static PyObject *Launcher_events(Launcher *self, PyObject *Py_UNUSED(ignored)) {
     PyObject *list = PyList_New(n);
     for (Py_ssize_t i = 0; list != NULL && i < n; i++) {
         Event *e = &events[i];
-        PyObject *item = Py_BuildValue("(CLLiddlddOi)", e->kind, e->token, e->pid, e->status,
-                                       e->utime, e->stime, e->maxrss_kib, e->wall,
+        PyObject *item = Py_BuildValue("(CLLiddlddOii)", e->kind, e->token, e->pid,
+                                       e->status, e->utime, e->stime, e->maxrss_kib, e->wall,
                                        e->monotonic, e->in_cwd ? Py_True : Py_False,
-                                       (int)e->empty);
+                                       (int)e->empty, e->entered);
         if (item == NULL) {
             Py_CLEAR(list);
             break;
@@ -663,7 +692,8 @@ static PyObject *Launcher_fileno(Launcher *self, PyObject *Py_UNUSED(ignored)) {
     return PyLong_FromLong(self->notify_fd);
 }
 
-/* close(): stop the thread; what is queued is dropped (withdraw it first to report it). */
+/* close(): stop the threads; what is queued is dropped (withdraw it first to report it).
+ * Jobs still running are neither killed nor reaped: the runner drains them first. */
 static PyObject *Launcher_close(Launcher *self, PyObject *Py_UNUSED(ignored)) {
     stop_threads(self);
     Py_RETURN_NONE;

@@ -13,8 +13,9 @@ still an unreaped zombie, reaps it with ``wait4``, reads whether anything of it 
 its cgroup (what left the group: the runner kills it) and starts that slot's next job at once,
 with ``vfork`` and ``execve``, the child entering the job's directory and moving itself into
 its cgroups first. The
-runner learns of each end and start afterwards (`events`), and queues the next job of a slot
-when it learns of its start: one job ahead per slot.
+runner learns of each end and start afterwards (`events`) and keeps each slot's queue two
+jobs long; with nothing else to start and a slot free, it takes back what waits behind
+running jobs (`withdraw`) to start it there.
 
 Without the compiled part, or with ``SHOAL_LAUNCHER=python`` in the environment, the runner
 spawns and reaps on its loop as before (`available` is False).
@@ -49,6 +50,7 @@ class LaunchEvent(NamedTuple):
     monotonic: float  # time.monotonic() then
     in_cwd: bool  # ``f``: it could not enter its directory
     empty: int  # ``e``: its cgroup was empty once it was reaped (1), was not (0), unread (-1)
+    entered: int  # ``s``: how many of the cgroups it was given it entered itself
 
 
 Fallback = tuple[bytes, Sequence[bytes], Sequence[bytes]]  # (path, argv, envp)
@@ -65,7 +67,7 @@ class Launcher(Protocol):
     def signal(self, token: int, signal_number: int) -> bool: ...
 
     def events(self) -> list[tuple[str, int, int, int, float, float, int, float, float,
-                                   bool, int]]: ...
+                                   bool, int, int]]: ...
 
     def fileno(self) -> int: ...
 

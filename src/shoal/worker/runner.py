@@ -171,8 +171,8 @@ class _Launching:
     stdout_path: str
     stderr_path: str
     cgroup: JobCgroup | None
-    entry_fds: int  # how many of its cgroups the child moves itself into
     slot: int
+    program: str  # what it execs last (bash, if the program itself fails): errors name it
     # Whether its cores count as busy: from the start for the first job of an idle slot; a
     # job queued behind a running one (never more cores than it) once that one has ended.
     counted: bool
@@ -392,7 +392,9 @@ class Runner:
         """Start what waits in the backlog while there is room; wake when the interval ends."""
         self._pump_timer = None
         while self._backlog and not self._closing_kill and self._may_start(self._backlog[0][0]):
-            self._start_now(self._backlog.popleft()[0])
+            self._start_now(*self._backlog.popleft())
+        if not self._backlog and self._reclaim_queued():
+            self._pump()  # what waited behind running jobs starts on the free slots
         if self._backlog and self.start_interval_seconds and self._pump_timer is None \
                 and self._loop is not None:
             wait = self._last_start + self.start_interval_seconds - time.monotonic()
@@ -413,10 +415,12 @@ class Runner:
                                    "killed")
         self._check_drained()
 
-    def _start_now(self, assignment: Assignment) -> None:
+    def _start_now(self, assignment: Assignment, received_at: float | None = None,
+                   received_monotonic: float | None = None) -> None:
         self._last_start = time.monotonic()
-        if self._native and self._hand_over(assignment, self._take_slot(), time.time(),
-                                            self._last_start):
+        if self._native and self._hand_over(
+                assignment, self._take_slot(), received_at or time.time(),
+                received_monotonic or self._last_start):
             return
         attempt = self._launch(assignment, assignment.cwd)
         if attempt is not None:
@@ -681,8 +685,11 @@ class Runner:
         """Queue the job on `slot` of the launcher (it starts once the slot's running job has
         ended, or at once); False, with the slot given back if it was free, if the launcher
         cannot start it (`_launch` then does)."""
-        start = self._spawner.native_start(assignment, assignment.cwd, slot) \
-            if not assignment.gate else None
+        try:
+            start = self._spawner.native_start(assignment, assignment.cwd, slot) \
+                if not assignment.gate else None
+        except UnicodeError:  # not encodable: the usual path says so
+            start = None
         successor = slot in self._running_slots()
         if start is None:
             if not successor:
@@ -718,7 +725,7 @@ class Runner:
             return True
         self._launching[lease_id] = _Launching(
             assignment, received_at, received_monotonic, stdout_path, stderr_path, cgroup,
-            len(entry_fds), slot, counted=not successor)
+            slot, os.fsdecode((start.fallback or start)[0]), counted=not successor)
         self._queued_on_slot.setdefault(slot, deque()).append(lease_id)
         if not successor:
             self._busy_cores += assignment.cores  # held from now, as for a running job
@@ -752,23 +759,39 @@ class Runner:
         """Hand the launcher the next waiting job of each slot whose running job it started
         and that has none queued yet, so that it starts the moment that job ends. Not while
         an ended job may stop the run first (`on_exit`), nor with starts spaced out."""
-        if not self._native or self._holding or self._closing or self.on_exit is not None \
+        if not self._native or self._holding or self._closing_kill or self.on_exit is not None \
                 or self.start_interval_seconds or not self._backlog:
             return
         for attempt in list(self._attempts.values()):
             if not attempt.native or attempt.stop_outcome is not None:
                 continue
-            while len(self._queued_on_slot.get(attempt.slot, ())) < QUEUED_PER_SLOT:
+            while len(queued := self._queued_on_slot.get(attempt.slot, ())) < QUEUED_PER_SLOT:
                 if not self._backlog:
                     return
                 assignment, received_at, received_monotonic = self._backlog[0]
-                if assignment.cores > attempt.assignment.cores or assignment.gate:
+                # Never more cores than the job it follows holds: the slot's cores pass on.
+                follows = self._launching[queued[-1]] if queued else attempt
+                if assignment.cores > follows.assignment.cores or assignment.gate:
                     return  # it waits for a free slot, as before
                 self._backlog.popleft()
                 if not self._hand_over(assignment, attempt.slot, received_at,
                                        received_monotonic):
                     self._backlog.appendleft((assignment, received_at, received_monotonic))
                     return
+
+    def _reclaim_queued(self) -> bool:
+        """With nothing left to start and room to start it, take back the jobs queued behind
+        running ones (they would wait for those to end) into the backlog, in the order they
+        came; whether any was."""
+        if self._holding or self._closing_kill or self.max_running_cores is None \
+                or self._busy_cores >= self.max_running_cores:
+            return False
+        waiting = sorted((launching for launching in self._queued() if not launching.counted),
+                         key=lambda launching: launching.received_monotonic)
+        taken = [launching for launching in waiting if self._withdraw(launching)]
+        self._backlog.extend((launching.assignment, launching.received_at,
+                              launching.received_monotonic) for launching in taken)
+        return bool(taken)
 
     def _queued(self) -> list[_Launching]:
         return [launching for launching in self._launching.values()
@@ -821,14 +844,17 @@ class Runner:
         """The launcher's ends and starts, in the order they happened."""
         assert self._launcher is not None
         for event in read_events(self._launcher):
-            if event.kind == "e":
-                attempt = self._attempts.get(event.token)
-                if attempt is not None:
-                    self._launched_ended(attempt, event)
-            else:
-                launching = self._launching.get(event.token)
-                if launching is not None:
-                    self._launched_started(launching, event)
+            try:  # taken from the launcher: each is handled, whatever another raises
+                if event.kind == "e":
+                    attempt = self._attempts.get(event.token)
+                    if attempt is not None:
+                        self._launched_ended(attempt, event)
+                else:
+                    launching = self._launching.get(event.token)
+                    if launching is not None:
+                        self._launched_started(launching, event)
+            except Exception:
+                _log.exception("handling the launcher's event %s failed", event)
         self._queue_successors()
 
     def _launched_ended(self, attempt: _Attempt, event: LaunchEvent) -> None:
@@ -844,9 +870,9 @@ class Runner:
         self._forget_launching(launching, started=event.kind == "s")
         if event.kind == "f":
             cwd = assignment.cwd
-            error = spawn_error_message(
-                OSError(event.status, os.strerror(event.status), cwd if event.in_cwd else None),
-                cwd)
+            error = spawn_error_message(OSError(event.status, os.strerror(event.status),
+                                                cwd if event.in_cwd else launching.program),
+                                        cwd)
             self._discard_unstarted(assignment, event.wall, event.monotonic, error,
                                     launching.cgroup,
                                     (launching.stdout_path, launching.stderr_path))
@@ -854,7 +880,7 @@ class Runner:
             return
         cgroup = launching.cgroup
         if cgroup is not None:
-            cgroup.entered(launching.entry_fds)
+            cgroup.entered(event.entered)
             cgroup.adopt(event.pid)
             if len(self._attempts) >= TASKS_FILES_KEPT:
                 cgroup.close()
@@ -964,7 +990,9 @@ class Runner:
         """The loop did not run for `seconds`, past the keeper's timeout: the keeper has
         killed every job (their second copies may be running elsewhere by now). Report them
         killed and make sure of it."""
-        # Those started before the stall; none can have started during it.
+        # Those started before the stall. The loop started none during it; the launcher may
+        # have started a slot's next job, which the keeper killed too if it was in a cgroup:
+        # that one is reported as it ended.
         stalled_since = time.monotonic() - seconds + _TIMER_SLACK_SECONDS
         stalled = [attempt for attempt in self._attempts.values()
                    if attempt.started_monotonic < stalled_since]
@@ -1037,8 +1065,9 @@ class Runner:
         if self.on_exit is not None:
             self.on_exit(attempt.assignment.job_id,
                          attempt.stop_outcome is None and exit_code == 0)
-        if self._backlog:
-            self._pump()  # the next job starts before this one is even reported
+        # The next job starts before this one is even reported (or, with none waiting, one
+        # queued behind a running job is taken back to start in this slot).
+        self._pump()
         wall_seconds = max(0.0, ended_monotonic - attempt.started_monotonic)
         if self.on_output is not None:
             try:

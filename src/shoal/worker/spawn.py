@@ -9,8 +9,9 @@ ids granted, comma-separated, empty if none). stdin is /dev/null; stdout and std
 in the spool directory (see ``capture``), so a running job costs the event loop nothing.
 
 A command that needs no shell starts its program directly (see ``direct``), either way.
-Where the native launcher is built, every job not held at a start line is handed to it
-(`native_start` says what it execs; see ``launcher``). Without it, a job in the worker's own
+Where the native launcher is built (and not turned off), a job not held at a start line is
+handed to it (`native_start` says what it execs, or that it cannot; see ``launcher``).
+Otherwise a job in the worker's own
 directory and not held at a start line is started
 with ``posix_spawn`` (glibc's vfork-style clone: no copy of the worker's page tables, no
 Python in the child), which costs the worker a fraction of a ``fork``. Other jobs go through
