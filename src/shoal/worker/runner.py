@@ -404,11 +404,7 @@ class Runner:
     def drop_backlog(self, reason: str) -> None:
         """Report every assignment still waiting here as killed, unstarted."""
         for launching in self._queued():
-            if self._withdraw(launching):
-                self._report_unstarted(launching.assignment, launching.received_at,
-                                       launching.received_monotonic, reason, "killed")
-            else:
-                launching.kill_reason = launching.kill_reason or reason
+            self._kill_queued(launching, reason)
         while self._backlog:
             assignment, received_at, received_monotonic = self._backlog.popleft()
             self._report_unstarted(assignment, received_at, received_monotonic, reason,
@@ -482,12 +478,8 @@ class Runner:
                 return True
         launching = self._launching.get(lease_id)
         if launching is not None and launching.assignment.job_id == job_id:
-            if self._withdraw(launching):
-                self._report_unstarted(launching.assignment, launching.received_at,
-                                       launching.received_monotonic, reason, "killed")
-                self._check_drained()
-            else:  # starting now: ended as soon as it has
-                launching.kill_reason = launching.kill_reason or reason
+            self._kill_queued(launching, reason)
+            self._check_drained()
             return True
         if attempt is None:
             preparation = self._preparing.get(lease_id)
@@ -537,11 +529,7 @@ class Runner:
                 ) -> _Attempt | None:
         """Spawn the process and watch it; None (and `on_finished`) if it could not start."""
         assert self._loop is not None
-        if self._spare_spools:  # emptied by a job that left no process behind
-            stdout_path, stderr_path = self._spare_spools.pop()
-        else:
-            stdout_path = f"{self._spool_dir}/{assignment.lease_id}.stdout"
-            stderr_path = f"{self._spool_dir}/{assignment.lease_id}.stderr"
+        stdout_path, stderr_path = self._spool_paths(assignment.lease_id)
         started_at, started_monotonic = time.time(), time.monotonic()
         cgroup = (
             self._containment.create(f"job-{assignment.lease_id}")
@@ -625,6 +613,13 @@ class Runner:
         self._wake_at(attempt.next_event())
         return attempt
 
+    def _spool_paths(self, lease_id: int) -> tuple[str, str]:
+        """Where the job's stdout and stderr go: a pair emptied by a job that left no
+        process behind, else new files."""
+        if self._spare_spools:
+            return self._spare_spools.pop()
+        return f"{self._spool_dir}/{lease_id}.stdout", f"{self._spool_dir}/{lease_id}.stderr"
+
     def _take_slot(self) -> int:
         if self._free_slots:
             return heapq.heappop(self._free_slots)
@@ -700,11 +695,7 @@ class Runner:
             assert self._loop is not None
             self._loop.add_reader(self._launcher.fileno(), self._on_launched)
         lease_id = assignment.lease_id
-        if self._spare_spools:
-            stdout_path, stderr_path = self._spare_spools.pop()
-        else:
-            stdout_path = f"{self._spool_dir}/{lease_id}.stdout"
-            stderr_path = f"{self._spool_dir}/{lease_id}.stderr"
+        stdout_path, stderr_path = self._spool_paths(lease_id)
         cgroup = (self._containment.create(f"job-{lease_id}")
                   if self._containment is not None else None)
         entry_fds = cgroup.entry_fds() if cgroup is not None else []
@@ -778,6 +769,15 @@ class Runner:
                                        received_monotonic):
                     self._backlog.appendleft((assignment, received_at, received_monotonic))
                     return
+
+    def _kill_queued(self, launching: _Launching, reason: str) -> None:
+        """Report a job handed to the launcher killed if it can still be taken back; else it
+        is starting, and is ended as soon as it has."""
+        if self._withdraw(launching):
+            self._report_unstarted(launching.assignment, launching.received_at,
+                                   launching.received_monotonic, reason, "killed")
+        else:
+            launching.kill_reason = launching.kill_reason or reason
 
     def _reclaim_queued(self) -> bool:
         """With nothing left to start and room to start it, take back the jobs queued behind
