@@ -20,6 +20,7 @@ from shoal.core.protocol import Assignment, AttemptResult
 from shoal.worker import launcher as launcher_module
 from shoal.worker.launcher import Launcher, LaunchEvent, make_launcher, read_events
 from shoal.worker.runner import Runner
+from tests.integration.test_runner import run
 from tests.system import require
 
 BASH = b"/bin/bash"
@@ -210,20 +211,14 @@ def assignment(lease_id: int, cmd: str, cwd: str = "") -> Assignment:
 def run_queued(tmp_path: Path, commands: list[str], parallel: int,
                during: Callable[[Runner], Awaitable[None]] | None = None,
                ) -> dict[int, AttemptResult]:
-    results: dict[int, AttemptResult] = {}
+    return run_assignments(tmp_path, [assignment(n, cmd) for n, cmd in
+                                      enumerate(commands, start=1)], parallel, during)
 
-    async def main() -> None:
-        runner = Runner(tmp_path / "spool", host="test-host", on_started=lambda _: None,
-                        on_finished=lambda result: results.__setitem__(result.lease_id, result))
-        runner.max_running_cores = parallel
-        for lease_id, cmd in enumerate(commands, start=1):
-            runner.start(assignment(lease_id, cmd))
-        if during is not None:
-            await during(runner)
-        await runner.shutdown(kill=False)
 
-    asyncio.run(main())
-    return results
+def run_assignments(tmp_path: Path, assignments: list[Assignment], parallel: int,
+                    during: Callable[[Runner], Awaitable[None]] | None = None,
+                    ) -> dict[int, AttemptResult]:
+    return run(tmp_path / "spool", *assignments, during=during, parallel=parallel)[1]
 
 
 @pytest.mark.parametrize("launcher_kind", ["native", "python"])
@@ -296,22 +291,6 @@ def test_a_job_whose_spool_file_cannot_be_made_is_reported_and_its_slot_freed(
     assert results[1].outcome == "spawn_error" and results[1].error is not None
     assert "No such file or directory" in results[1].error
     assert results[2].exit_code == 0 and results[2].stdout.head == "1\n"  # slot 1 was free
-
-
-def run_assignments(tmp_path: Path, assignments: list[Assignment], parallel: int,
-                    ) -> dict[int, AttemptResult]:
-    results: dict[int, AttemptResult] = {}
-
-    async def main() -> None:
-        runner = Runner(tmp_path / "spool", host="test-host", on_started=lambda _: None,
-                        on_finished=lambda result: results.__setitem__(result.lease_id, result))
-        runner.max_running_cores = parallel
-        for each in assignments:
-            runner.start(each)
-        await runner.shutdown(kill=False)
-
-    asyncio.run(main())
-    return results
 
 
 def test_jobs_queued_behind_a_long_one_start_on_a_slot_that_frees(tmp_path: Path) -> None:

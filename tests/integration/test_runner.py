@@ -53,8 +53,10 @@ def run(
     capture_bytes: int = 64 * 1024,
     offered_gpus: list[str] | None = None,
     enforce_memory: bool = True,
+    parallel: int | None = None,
 ) -> tuple[list[StartedItem], dict[int, AttemptResult]]:
-    """Start the assignments, run `during` alongside, and wait for every job to finish."""
+    """Start the assignments, run `during` alongside, and wait for every job to finish.
+    `parallel`: the runner runs that many cores' worth at once, the rest wait in it."""
     started: list[StartedItem] = []
     finished: dict[int, AttemptResult] = {}
 
@@ -68,6 +70,7 @@ def run(
             offered_gpus=offered_gpus or [],
             enforce_memory=enforce_memory,
         )
+        runner.max_running_cores = parallel
         for assignment in assignments:
             runner.start(assignment)
         if during is not None:
