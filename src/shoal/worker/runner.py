@@ -270,6 +270,10 @@ class Runner:
         self._launching: dict[int, _Launching] = {}  # by lease id
         # slot -> lease ids of the jobs queued on it, in order
         self._queued_on_slot: dict[int, deque[int]] = {}
+        self._on_slot: dict[int, _Attempt] = {}  # the running attempts, by slot
+        # Slots whose running launched job may have more queued behind it (see
+        # _queue_successors): only these are looked at, not every running job.
+        self._hungry: set[int] = set()
 
     # ---- public interface ----------------------------------------------------------------
 
@@ -310,25 +314,12 @@ class Runner:
                 gpus=list(attempt.assignment.gpus),
             )
             for attempt in self._attempts.values()
-        ] + [
-            RunningAttempt(
-                job_id=preparation.assignment.job_id,
-                lease_id=preparation.assignment.lease_id,
-                started_at=preparation.received_at,
-                gpus=list(preparation.assignment.gpus),
-            )
-            for preparation in self._preparing.values()
-        ] + [
-            RunningAttempt(job_id=assignment.job_id, lease_id=assignment.lease_id,
-                           started_at=received_at, gpus=list(assignment.gpus))
-            for assignment, received_at, _ in self._backlog
-        ] + [
-            RunningAttempt(job_id=launching.assignment.job_id,
-                           lease_id=launching.assignment.lease_id,
-                           started_at=launching.received_at,
-                           gpus=list(launching.assignment.gpus))
-            for launching in self._launching.values()
-        ]
+        ] + [_held(assignment, received_at) for assignment, received_at in (
+            *((preparation.assignment, preparation.received_at)
+              for preparation in self._preparing.values()),
+            *((assignment, received_at) for assignment, received_at, _ in self._backlog),
+            *((launching.assignment, launching.received_at)
+              for launching in self._launching.values()))]
 
     def held(self) -> list[ReadyItem]:
         """The Ready reports of the gated attempts still held at their start line."""
@@ -607,6 +598,7 @@ class Runner:
             slot=slot,
         )
         self._attempts[assignment.lease_id] = attempt
+        self._on_slot[slot] = attempt
         self._busy_cores += assignment.cores
         if pidfd >= 0:
             self._loop.add_reader(pidfd, self._on_exit, attempt)
@@ -628,10 +620,12 @@ class Runner:
 
     def _unstarted(self, assignment: Assignment, at: float, at_monotonic: float, error: str,
                    cgroup: JobCgroup | None, gate: Gate | None,
-                   spool: tuple[str, str], slot: int) -> None:
+                   spool: tuple[str, str], slot: int | None) -> None:
         """A spawn that failed, or a child that cannot be watched (and was ended): what it
-        was given goes away, and it is reported as not started."""
-        heapq.heappush(self._free_slots, slot)
+        was given goes away (its slot, unless None: not its own to give back), and it is
+        reported as not started."""
+        if slot is not None:
+            heapq.heappush(self._free_slots, slot)
         self._discard_cgroup(cgroup)
         for path in spool:
             remove_quietly(path)
@@ -685,7 +679,7 @@ class Runner:
                 if not assignment.gate else None
         except UnicodeError:  # not encodable: the usual path says so
             start = None
-        successor = slot in self._running_slots()
+        successor = slot in self._on_slot
         if start is None:
             if not successor:
                 heapq.heappush(self._free_slots, slot)
@@ -706,13 +700,10 @@ class Runner:
                 start.fallback, start.rlimit, start.cwd,
                 None if cgroup is None else os.fsencode(cgroup.procs_file))
         except (OSError, ValueError) as exc:
-            error = spawn_error_message(exc, "")
-            if successor:  # the slot stays its running job's
-                self._discard_unstarted(assignment, received_at, received_monotonic, error,
-                                        cgroup, (stdout_path, stderr_path))
-            else:
-                self._unstarted(assignment, received_at, received_monotonic, error, cgroup,
-                                None, (stdout_path, stderr_path), slot)
+            self._unstarted(assignment, received_at, received_monotonic,
+                            spawn_error_message(exc, ""), cgroup, None,
+                            (stdout_path, stderr_path),
+                            None if successor else slot)  # else it stays its running job's
             return True
         self._launching[lease_id] = _Launching(
             assignment, received_at, received_monotonic, stdout_path, stderr_path, cgroup,
@@ -734,18 +725,6 @@ class Runner:
             raise
         return opened[0], opened[1], opened[2]
 
-    def _discard_unstarted(self, assignment: Assignment, at: float, at_monotonic: float,
-                           error: str, cgroup: JobCgroup | None,
-                           spool: tuple[str, str]) -> None:
-        """As `_unstarted`, for a job whose slot is not its own to give back."""
-        self._discard_cgroup(cgroup)
-        for path in spool:
-            remove_quietly(path)
-        self._report_unstarted(assignment, at, at_monotonic, error)
-
-    def _running_slots(self) -> set[int]:
-        return {attempt.slot for attempt in self._attempts.values()}
-
     def _queue_successors(self) -> None:
         """Hand the launcher the next waiting job of each slot whose running job it started
         and that has none queued yet, so that it starts the moment that job ends. Not while
@@ -753,10 +732,12 @@ class Runner:
         if not self._native or self._holding or self._closing_kill or self.on_exit is not None \
                 or self.start_interval_seconds or not self._backlog:
             return
-        for attempt in list(self._attempts.values()):
-            if not attempt.native or attempt.stop_outcome is not None:
+        for slot in sorted(self._hungry):
+            attempt = self._on_slot.get(slot)
+            if attempt is None or not attempt.native or attempt.stop_outcome is not None:
+                self._hungry.discard(slot)
                 continue
-            while len(queued := self._queued_on_slot.get(attempt.slot, ())) < QUEUED_PER_SLOT:
+            while len(queued := self._queued_on_slot.get(slot, ())) < QUEUED_PER_SLOT:
                 if not self._backlog:
                     return
                 assignment, received_at, received_monotonic = self._backlog[0]
@@ -765,10 +746,10 @@ class Runner:
                 if assignment.cores > follows.assignment.cores or assignment.gate:
                     return  # it waits for a free slot, as before
                 self._backlog.popleft()
-                if not self._hand_over(assignment, attempt.slot, received_at,
-                                       received_monotonic):
+                if not self._hand_over(assignment, slot, received_at, received_monotonic):
                     self._backlog.appendleft((assignment, received_at, received_monotonic))
                     return
+            self._hungry.discard(slot)
 
     def _kill_queued(self, launching: _Launching, reason: str) -> None:
         """Report a job handed to the launcher killed if it can still be taken back; else it
@@ -823,7 +804,9 @@ class Runner:
             if not queued:
                 del self._queued_on_slot[slot]
             return
-        running = slot in self._running_slots()
+        running = slot in self._on_slot
+        if running:
+            self._hungry.add(slot)  # its queue is shorter now
         if queued:
             if launching.counted and not running:
                 self._count_next_on(slot)
@@ -873,9 +856,8 @@ class Runner:
             error = spawn_error_message(OSError(event.status, os.strerror(event.status),
                                                 cwd if event.in_cwd else launching.program),
                                         cwd)
-            self._discard_unstarted(assignment, event.wall, event.monotonic, error,
-                                    launching.cgroup,
-                                    (launching.stdout_path, launching.stderr_path))
+            self._unstarted(assignment, event.wall, event.monotonic, error, launching.cgroup,
+                            None, (launching.stdout_path, launching.stderr_path), None)
             self._check_drained()
             return
         cgroup = launching.cgroup
@@ -888,6 +870,7 @@ class Runner:
                               launching.stdout_path, launching.stderr_path, event.wall,
                               event.monotonic, None, cgroup, launching.slot)
         attempt.native = True
+        self._hungry.add(attempt.slot)
         self._on_started(StartedItem.trusted(
             job_id=assignment.job_id, lease_id=assignment.lease_id, pid=attempt.pid,
             started_at=attempt.started_at))
@@ -1038,6 +1021,7 @@ class Runner:
         spools_reusable = attempt.cgroup is not None and attempt.cgroup.emptied
         self._discard_cgroup(attempt.cgroup)
         del self._attempts[attempt.assignment.lease_id]
+        del self._on_slot[attempt.slot]
         if attempt.slot in self._queued_on_slot:  # the next jobs have it already
             self._count_next_on(attempt.slot)
         else:
@@ -1175,6 +1159,12 @@ class Runner:
         if attempt.sigkill_at is None:
             attempt.sigkill_at = time.monotonic() + KILL_GRACE_SECONDS
             self._wake_at(attempt.sigkill_at)
+
+
+def _held(assignment: Assignment, received_at: float) -> RunningAttempt:
+    """An assignment held here without a process yet (preparing, waiting, queued)."""
+    return RunningAttempt(job_id=assignment.job_id, lease_id=assignment.lease_id,
+                          started_at=received_at, gpus=list(assignment.gpus))
 
 
 def _ready_item(attempt: _Attempt, cwd: str, staged: StagingReport) -> ReadyItem:
