@@ -135,3 +135,24 @@ def test_the_program_found_is_the_one_bash_and_which_find(tmp_path: Path) -> Non
     assert expected == str(tmp_path / "d" / "prog")
     assert find_program(b"prog", directories) == os.fsencode(expected)
     assert find_program(b"missing", directories) is None
+
+
+def test_recent_answers_are_kept_for_their_time_and_at_most_so_many() -> None:
+    from shoal.worker.direct import Recent
+
+    made: list[str] = []
+
+    def make(key: str) -> str:
+        made.append(key)
+        return key.upper()
+
+    kept: Recent[str, str] = Recent(3600.0, 2)
+    assert [kept.get(k, lambda k=k: make(k)) for k in "aab"] == ["A", "A", "B"]
+    assert made == ["a", "b"]  # "a" made once
+    kept.get("c", lambda: make("c"))  # a third: the two kept go
+    kept.get("a", lambda: make("a"))
+    assert made == ["a", "b", "c", "a"]
+    stale: Recent[str, str] = Recent(0.0, 10)  # nothing kept past its time
+    stale.get("x", lambda: make("x"))
+    stale.get("x", lambda: make("x"))
+    assert made[-2:] == ["x", "x"]

@@ -19,6 +19,11 @@ import os
 import re
 import stat
 import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 # `compgen -b` and `compgen -k` of bash 5: a first word that bash runs itself.
 _BASH_OWN = frozenset(re.split(r"\s+", """
@@ -118,26 +123,34 @@ def _search_path(path: bytes | None) -> tuple[bytes, ...] | None:
                                for entry in entries))
 
 
+class Recent(Generic[K, V]):
+    """Answers kept for `seconds` (what they were made from is on the file system, which may
+    change), at most `kept` of them: a job a millisecond long cannot pay for them each."""
+
+    def __init__(self, seconds: float, kept: int) -> None:
+        self.seconds, self.kept = seconds, kept
+        self._answers: dict[K, tuple[V, float]] = {}
+
+    def get(self, key: K, make: Callable[[], V]) -> V:
+        now = time.monotonic()
+        answer = self._answers.get(key)
+        if answer is not None and now - answer[1] < self.seconds:
+            return answer[0]
+        value = make()
+        if len(self._answers) >= self.kept:
+            self._answers.clear()
+        self._answers[key] = (value, now)
+        return value
+
+
+# A program's place on PATH, kept a second (as bash's own table of commands keeps it for the
+# shell's life): otherwise a failed `access` per directory before it, every job. A program
+# gone since fails its exec, and the command then goes through bash, which searches again.
+_FOUND: Recent[tuple[bytes, tuple[bytes, ...]], bytes | None] = Recent(1.0, 256)
+
+
 def _found_lately(name: bytes, directories: tuple[bytes, ...]) -> bytes | None:
-    """`find_program`, its answer kept for a second (as bash's own table of commands keeps
-    it for the shell's life): a job a millisecond long would otherwise spend a failed
-    `access` per directory before its program's. A program gone since fails its exec, and
-    the command then goes through bash, which searches again."""
-    now = time.monotonic()
-    key = (name, directories)
-    kept = _FOUND.get(key)
-    if kept is not None and now - kept[1] < FOUND_SECONDS:
-        return kept[0]
-    found = find_program(name, directories)
-    if len(_FOUND) >= FOUND_KEPT:
-        _FOUND.clear()
-    _FOUND[key] = (found, now)
-    return found
-
-
-FOUND_SECONDS = 1.0
-FOUND_KEPT = 256
-_FOUND: dict[tuple[bytes, tuple[bytes, ...]], tuple[bytes | None, float]] = {}
+    return _FOUND.get((name, directories), lambda: find_program(name, directories))
 
 
 def find_program(name: bytes, directories: tuple[bytes, ...]) -> bytes | None:

@@ -40,14 +40,13 @@ import resource
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from shoal.core.protocol import Assignment
 from shoal.worker.capture import open_spool_file
-from shoal.worker.direct import direct_environment, direct_program, direct_start
+from shoal.worker.direct import Recent, direct_environment, direct_program, direct_start
 from shoal.worker.gate import Gate
 
 # Python ignores these, and an ignored signal stays ignored across an exec: a job gets them
@@ -113,10 +112,6 @@ def _close_inherited_on_exec() -> None:
                     os.set_inheritable(fd, False)
 
 
-TEMPLATE_SECONDS = 1.0
-TEMPLATES_KEPT = 64
-
-
 @dataclass(slots=True)
 class _Template:
     """A job's environment but for shoal's own variables (and `_`): as given to bash, and
@@ -125,7 +120,6 @@ class _Template:
     envp: list[bytes]
     direct_envp: list[bytes] | None
     directories: tuple[bytes, ...] | None  # where a program's name is searched
-    made: float  # time.monotonic()
 
 
 class NativeStart(NamedTuple):
@@ -145,7 +139,9 @@ class Spawner:
         self._bash = shutil.which("bash") or "/bin/bash"  # resolved once: one exec per spawn
         self._base_env = dict(os.environb)  # bytes, so Popen need not encode it for every job
         self._bash_path = os.fsencode(self._bash)
-        self._templates: dict[tuple[str, tuple[tuple[str, str], ...], bool], _Template] = {}
+        # Made once a second for each directory and environment, not for every job.
+        self._templates: Recent[tuple[str, tuple[tuple[str, str], ...], bool], _Template] = \
+            Recent(1.0, 64)
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._cwd = os.getcwd()
         self._posix_spawn = hasattr(os, "posix_spawn") and hasattr(os, "POSIX_SPAWN_DUP2")
@@ -217,28 +213,22 @@ class Spawner:
                            shell, self.jobs_open_files, directory)
 
     def _template(self, assignment: Assignment, cwd: str) -> _Template:
-        """The part of a job's environment that jobs alike share: made once a second for
-        each directory and environment (the checks bash's start makes look at the file
-        system), not for every job."""
+        """The part of a job's environment that jobs alike share (bash's start checks look
+        at the file system: see `_templates`)."""
         key = (cwd, tuple(assignment.env.items()), bool(assignment.gpus))
-        now = time.monotonic()
-        template = self._templates.get(key)
-        if template is not None and now - template.made < TEMPLATE_SECONDS:
-            return template
+        return self._templates.get(key, lambda: self._make_template(assignment, cwd))
+
+    def _make_template(self, assignment: Assignment, cwd: str) -> _Template:
         env = {**self._base_env, **{os.fsencode(name): os.fsencode(value)
                                     for name, value in assignment.env.items()}}
         own = {name for name, _ in self._own_variables(assignment, 0)}
         prepared = direct_environment(env, cwd)
-        template = _Template(
+        return _Template(
             envp=[name + b"=" + value for name, value in env.items() if name not in own],
             direct_envp=None if prepared is None else [
                 name + b"=" + value for name, value in prepared[0].items()
                 if name not in own and name != b"_"],
-            directories=None if prepared is None else prepared[1], made=now)
-        if len(self._templates) >= TEMPLATES_KEPT:
-            self._templates.clear()
-        self._templates[key] = template
-        return template
+            directories=None if prepared is None else prepared[1])
 
     @property
     def jobs_open_files(self) -> tuple[int, int] | None:
