@@ -322,3 +322,19 @@ def test_a_command_that_cannot_be_encoded_is_refused_and_its_slot_freed(tmp_path
     results = run_queued(tmp_path, ["echo \ud800", 'echo "$SHOAL_SLOT"'], parallel=1)
     assert results[1].outcome == "spawn_error"
     assert results[2].exit_code == 0 and results[2].stdout.head == "1\n"
+
+
+def test_the_launchers_threads_block_every_signal(launcher: Launcher, tmp_path: Path) -> None:
+    """Signals stay the interpreter's (its main thread's), and a job's vfork child, which
+    shares its thread's memory until it execs, can run none of the worker's handlers."""
+    before = set(os.listdir("/proc/self/task"))
+    shell(launcher, 1, 1, "true", tmp_path / "out")
+    assert [e.kind for e in collect(launcher, 2)] == ["s", "e"]
+    lanes = set(os.listdir("/proc/self/task")) - before
+    assert lanes
+    for tid in lanes:
+        status = Path(f"/proc/self/task/{tid}/status").read_text()
+        blocked = int(status.split("SigBlk:")[1].split()[0], 16)
+        # Every standard signal, 1 to 31, but SIGKILL and SIGSTOP, which nothing blocks.
+        standard = 0x7FFFFFFF & ~(1 << (signal.SIGKILL - 1)) & ~(1 << (signal.SIGSTOP - 1))
+        assert blocked & 0x7FFFFFFF == standard

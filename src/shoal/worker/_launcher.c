@@ -198,19 +198,15 @@ fail:
     _exit(127);
 }
 
-/* Start `spec`; its pid, or -errno. Runs on the launcher's thread, without the lock. */
+/* Start `spec`; its pid, or -errno. Runs on a lane's thread, without the lock; the thread
+ * blocks every signal from its birth, so no handler runs in the child before it resets them. */
 static pid_t start(Spec *spec) {
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);  /* no handler may run in the child */
     spec->exec_errno = 0;
     spec->chdir_failed = 0;
     spec->entered = 0;
     pid_t pid = vfork();
     if (pid == 0) child(spec);
-    int saved = errno;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (pid < 0) return -saved;
+    if (pid < 0) return -errno;
     if (spec->exec_errno != 0) {  /* the child has exited already: reap it */
         int status;
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
@@ -292,7 +288,6 @@ static void start_next(Launcher *self, Py_ssize_t i) {
         slot->token = spec->token;
         slot->procs = spec->procs;
         spec->procs = NULL;
-        fcntl(pidfd, F_SETFD, FD_CLOEXEC);
     } else {
         slot->pid = 0;
         event.kind = 'f';
@@ -323,9 +318,6 @@ static void *run(void *arg) {
     struct pollfd *polled = NULL;
     Py_ssize_t *slot_of = NULL;
     Py_ssize_t capacity = 0;
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, NULL);  /* signals are the interpreter's business */
     pthread_mutex_lock(&self->lock);
     int ended = 0;
     for (;;) {
@@ -578,10 +570,16 @@ static PyObject *Launcher_queue(Launcher *self, PyObject *args, PyObject *kwargs
         }
     }
     if (outcome == QUEUED && !lane->started) {
+        /* Born with every signal blocked (it inherits this thread's mask): signals are the
+         * interpreter's business, and a start's child must run no handler. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
         if (self->closing || pthread_create(&lane->thread, NULL, run, lane) != 0)
             outcome = NO_THREAD;
         else
             lane->started = 1;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
     }
     if (outcome == QUEUED) {
         Slot *slot = &self->slots[slot_index];
