@@ -20,6 +20,7 @@ from shoal.core.errors import ConnectError, InputError, ShoalError
 
 CONNECTION_FILE = "server.json"
 DATABASE_FILE = "shoal.db"
+LOCK_FILE = "server.lock"  # held by whatever serves the home: a server, a run
 DEFAULT_PORT = 7340
 SCHEME = "shoal://"
 SERVER_VARIABLE = "SHOAL_SERVER"
@@ -334,7 +335,7 @@ def lock_home(home: Path) -> int:
 def try_lock_home(home: Path) -> int | None:
     """`lock_home`, but None when another process holds the home."""
     private_directory(home)
-    fd = os.open(home / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -130,14 +130,14 @@ def wait_for_local_exit(client: Client, deadline: float) -> None:
     lets go of the home's lock, so that a server started next on the home finds it free."""
     import os
 
-    from shoal.home import read_connection_file, shoal_home, try_lock_home
+    from shoal.home import LOCK_FILE, read_connection_file, shoal_home, try_lock_home
 
     home = shoal_home()
     try:
         written = read_connection_file(home)
     except ShoalError:
         return
-    if written is None or written.url != client.url or not (home / "server.lock").exists():
+    if written is None or written.url != client.url or not (home / LOCK_FILE).exists():
         return
     while time.monotonic() < deadline:
         held = try_lock_home(home)

@@ -345,11 +345,11 @@ def _options_only(words: list[str], names: frozenset[str], value_options: frozen
     return True
 
 
-def _value_options(command: Any) -> frozenset[str]:
-    """The names of `command`'s options that take a value (all but its flags), as typer
-    made them: what tells shoal's words from the command's, kept with each option."""
+def _option_names(command: Any, *, flags: bool) -> frozenset[str]:
+    """The names of `command`'s options (with `flags`, or only those that take a value), as
+    typer made them: what tells shoal's words from the command's, kept with each option."""
     return frozenset(name for param in command.params
-                     if param.param_type_name == "option" and not param.is_flag
+                     if param.param_type_name == "option" and (flags or not param.is_flag)
                      for name in (*param.opts, *param.secondary_opts))
 
 
@@ -360,10 +360,8 @@ def run_arguments(args: list[str], command: Any) -> list[str]:
     out = listen_value(args)  # `--listen` alone is given its value: now every one has one
     from shoal.run.template import SOURCE_MARKS, has_placeholder
 
-    value_options = _value_options(command)
-    option_names = frozenset(name for param in command.params
-                             if param.param_type_name == "option"
-                             for name in (*param.opts, *param.secondary_opts))
+    value_options = _option_names(command, flags=False)
+    option_names = _option_names(command, flags=True)
     index = 0
     for_arguments = False
     while index < len(out):
@@ -529,9 +527,9 @@ def _input_words(words: list[str], arg_files: list[str], link: bool, choices: _C
 
 
 def _machine_memory() -> int:
-    from shoal.worker.resources import detect_resources
+    from shoal.worker.resources import machine_memory
 
-    return detect_resources(with_gpus=False).memory_bytes
+    return machine_memory()
 
 
 def _stdin_is_piped() -> bool:

@@ -38,7 +38,7 @@ from shoal.server.reactor import ReactorConfig
 from shoal.server.service import Service
 from shoal.store import JobQuery, Store
 from shoal.worker.agent import Agent, InProcessLink
-from shoal.worker.resources import detect_resources
+from shoal.worker.resources import machine_memory
 
 if TYPE_CHECKING:
     from shoal.embedded import RunReport
@@ -149,7 +149,7 @@ class Run:
         self.joblog: Joblog | None = None
         self.began = time.monotonic()
         self.failures_seen = 0
-        self.memory_bytes = detect_resources().memory_bytes
+        self.memory_bytes = machine_memory()
         # What an earlier run left: cmd -> job ids in input order, and their states.
         self._earlier: dict[str, deque[int]] = defaultdict(deque)
         self._earlier_states: dict[int, JobState] = {}

@@ -21,11 +21,10 @@ import shutil
 from pathlib import Path
 
 from shoal.core.errors import InputError
-from shoal.home import DATABASE_FILE, private_directory
+from shoal.home import DATABASE_FILE, LOCK_FILE, private_directory
 
 RUNS = "runs"
 LAST = "last"
-LOCK_FILE = "server.lock"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.@+-]")
 
 

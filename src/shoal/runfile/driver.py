@@ -421,10 +421,10 @@ class FileRunner:
         try:
             if self.options.parallel > 0:
                 from shoal.worker.agent import Agent, InProcessLink
-                from shoal.worker.resources import detect_resources
+                from shoal.worker.resources import machine_memory
 
                 agent = Agent(LOCAL_WORKER, Resources(cores=self.options.parallel,
-                                                      memory_bytes=detect_resources().memory_bytes),
+                                                      memory_bytes=machine_memory()),
                               private_directory(home / "spool"), host=socket.gethostname())
                 worker_id = service.join(agent.register_message(), InProcessLink(agent))
                 local_id = worker_id

@@ -3,6 +3,7 @@ GPUs it may hand out."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -31,6 +32,13 @@ def detect_resources(*, with_gpus: bool = True) -> Resources:
         memory_bytes = min(memory_bytes, limit)
     gpus = detect_gpus() if with_gpus else []
     return Resources(cores=cores, memory_bytes=memory_bytes, gpus=gpus)
+
+
+@functools.cache
+def machine_memory() -> int:
+    """What `detect_resources` finds of memory, looked up once a process (`shoal run` asks
+    at each check of its input and again for its worker)."""
+    return detect_resources(with_gpus=False).memory_bytes
 
 
 def detect_gpus() -> list[str]:
