@@ -236,6 +236,13 @@ def test_max_args_and_replace_string() -> None:
             bad()
 
 
+def test_a_delimiter_that_is_not_utf8_is_refused() -> None:
+    """It could only split the input's characters (which must be UTF-8) in two."""
+    with pytest.raises(InputError, match=r"^-d: \\x80 is not UTF-8 text"):
+        parse_delimiter("\\x80")
+    assert split_items("aĀ:b".encode(), b":", "args") == ["aĀ", "b"]
+
+
 def test_header_names_become_positions_and_other_braces_stay() -> None:
     names = ["size", "threads", "size"]
     assert by_position("run {size} {threads/} {size.} {print} {1} {#} {}", names) == \

@@ -264,17 +264,17 @@ def split_items(data: bytes, delimiter: bytes | None, source: str) -> list[str]:
     command is text): the first that is not is refused, by its number, before any runs."""
     ending = b"\n" if delimiter is None else delimiter
     try:
-        data.decode("utf-8")
+        text = data.decode("utf-8")  # once: a UTF-8 delimiter (parse_delimiter) splits it
     except UnicodeDecodeError as error:
         number = data.count(ending, 0, error.start) + 1
         raise InputError(f"not UTF-8 text (byte 0x{data[error.start]:02x})", source=source,
                          line=number) from None
-    items = data.split(ending)
-    if items and items[-1] == b"":
+    items = text.split(ending.decode("utf-8"))
+    if items and items[-1] == "":
         items.pop()
     if delimiter is None:
-        items = [item.removesuffix(b"\r") for item in items]
-    return [item.decode("utf-8") for item in items]
+        items = [item.removesuffix("\r") for item in items]
+    return items
 
 
 def parse_delimiter(text: str) -> bytes:
@@ -287,6 +287,11 @@ def parse_delimiter(text: str) -> bytes:
         raise InputError(f"-d: {text!r}: {error}") from None
     if not delimiter:
         raise InputError("-d: the delimiter is empty; give one, such as ':' or '\\0'")
+    try:  # the input is read as UTF-8 text: a byte of no character would split characters
+        delimiter.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"-d: {text} is not UTF-8 text, and the input is read as UTF-8; "
+                         "give characters, such as ':' or '\\0'") from None
     return bytes(delimiter)
 
 
