@@ -1,6 +1,6 @@
 """`shoal run` refuses bad input whole: a file or a file of arguments with one bad line
 anywhere runs nothing and leaves the state as it was, however long it is (its lines are
-added to the run in batches of 5000, so a bad line past the first batch is the test)."""
+added to the run in batches of BATCH lines, so a bad line past the first batch is the test)."""
 
 from __future__ import annotations
 

@@ -31,11 +31,11 @@ from shoal.core.protocol import Resources
 from shoal.core.states import Transition
 from shoal.home import DATABASE_FILE, private_directory, try_lock_home
 from shoal.run import state
-from shoal.run.inputs import Item, RunInput, too_much_memory
+from shoal.run.inputs import BATCH, Item, RunInput, too_much_memory
 from shoal.run.output import Joblog, OutputSettings, Printer, Results, Shown
 from shoal.run.terminal import Terminal, bar_text
 from shoal.server.reactor import ReactorConfig
-from shoal.server.service import Service
+from shoal.server.service import IN_PROCESS_STEP_INTERVAL_SECONDS, Service
 from shoal.store import JobQuery, Store
 from shoal.worker.agent import Agent, InProcessLink
 from shoal.worker.resources import machine_memory
@@ -51,7 +51,11 @@ SLOWEST_SHOWN = 3
 LINE_POLL_SECONDS = 0.1
 BAR_SECONDS = 0.2
 MAX_RUNS_AT_ONCE = 64  # runs of one stdin or command in one directory, each its own state
-AHEAD = 10_000  # jobs fed but not ended, at most: a file is read into the queue as it drains
+# Jobs fed but not ended, at most (10,240): a file is read into the queue as it drains. A
+# whole number of batches, so that a file's batches fill it exactly.
+AHEAD = 80 * BATCH
+# The least the feed waits after an add while jobs run: one of the service's steps.
+FEED_PAUSE_SECONDS = IN_PROCESS_STEP_INTERVAL_SECONDS
 _NOT_STARTED = (JobState.WAITING, JobState.QUEUED, JobState.DELAYED)
 
 # What an earlier run of the same input left, by what each mode does with it.
@@ -287,7 +291,13 @@ class Run:
                     await self._room.wait()
                 if self.halted is not None:
                     break
+                began = time.monotonic()
                 self._add(batch)
+                if self.pending:
+                    # While jobs run, the loop gets as long as the add took (and at least a
+                    # service step) to hand the slots their next jobs before the next add:
+                    # adds back to back left the slots idle.
+                    await asyncio.sleep(max(FEED_PAUSE_SECONDS, time.monotonic() - began))
         except InputError as error:
             if not self.tracked and self.input.total is not None:
                 # Input read whole (a file, arguments) refused before any job was taken: one
