@@ -272,6 +272,29 @@ def test_held_starts_take_queued_jobs_back_until_resumed(tmp_path: Path) -> None
     assert results[2].started_at >= resumed_at[0] and results[3].started_at >= resumed_at[0]
 
 
+def test_a_job_the_launcher_started_unseen_is_not_among_the_unstarted(tmp_path: Path) -> None:
+    """What a stopping run kills as "not started" (`not_started` after `hold_starts`) never
+    includes a job the launcher has started but whose start the loop has not seen yet: that
+    one runs to its end (`--halt soon` counted it as not run, though it had run)."""
+    require(launcher_module._Native is not None, "the compiled native launcher")
+    ran = tmp_path / "ran"
+    unstarted: list[int] = []
+
+    async def stop(runner: Runner) -> None:
+        time.sleep(0.2)  # the loop is held: the first job starts, its start still unseen
+        assert [attempt.pid for attempt in runner.running()] == [None, None, None]
+        runner.hold_starts()
+        unstarted.extend(runner.not_started())
+        for job_id in unstarted:
+            assert runner.kill(job_id, job_id - 1000, "not started: the run stopped")
+
+    results = run_queued(tmp_path, [f"sleep 0.3; touch {ran}", "true", "true"], parallel=1,
+                         during=stop)
+    assert unstarted == [1002, 1003]
+    assert results[1].outcome == "exited" and results[1].exit_code == 0 and ran.exists()
+    assert all(results[n].outcome == "killed" and results[n].pid is None for n in (2, 3))
+
+
 def test_a_job_whose_spool_file_cannot_be_made_is_reported_and_its_slot_freed(
         tmp_path: Path) -> None:
     require(launcher_module._Native is not None, "the compiled native launcher")

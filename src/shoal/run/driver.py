@@ -500,9 +500,12 @@ class Run:
                   if (job := self.service.reactor.jobs.get(job_id)) is not None
                   and job.state in _NOT_STARTED]
         # Given to the runner but waiting in it: killed through the service, so that they
-        # end cancelled (handed back by the runner, they would be queued again).
-        held = [attempt.job_id for attempt in self.agent.runner.running()
-                if attempt.pid is None] if self.agent is not None else []
+        # end cancelled (handed back by the runner, they would be queued again). One that the
+        # launcher has started already runs to its end, as a running job does.
+        held: list[int] = []
+        if self.agent is not None:
+            self.agent.runner.hold_starts()
+            held = self.agent.runner.not_started()
         self._cancel(queued + held, "not started: the run stopped")
 
     def _cancel(self, ids: list[int], reason: str) -> None:

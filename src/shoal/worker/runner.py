@@ -370,6 +370,14 @@ class Runner:
         self._holding = False
         self._pump()
 
+    def not_started(self) -> list[int]:
+        """After `hold_starts`: the jobs held here that have not started and will not until
+        `resume_starts` (waiting, or preparing). A job the launcher is starting already is not
+        among them, though its start is not seen yet: it runs (`running` lists it without a
+        pid until then)."""
+        return [assignment.job_id for assignment, _, _ in self._backlog] + \
+            [preparation.assignment.job_id for preparation in self._preparing.values()]
+
     def _may_start(self, assignment: Assignment) -> bool:
         if self._holding:
             return False
