@@ -20,8 +20,9 @@ process of its own per slot): the helper is the job's parent, woken where the jo
 the next job is already waiting in its pipe.
 
 --launcher: the spawns in shoal's native launcher (src/shoal/worker/launcher.py), as
-`shoal run` now starts its jobs: each slot's next two jobs queued ahead, started by the
-launcher's thread the moment the one before ends; the loop reads the launcher's events,
+`shoal run` starts its jobs: each slot's next jobs queued ahead (the runner's
+QUEUED_PER_SLOT), started by the launcher's thread the moment the one before ends; the loop,
+woken as the runner's is (NOTIFY_BELOW, NOTIFY_DELAY_SECONDS), reads the launcher's events,
 spends WORK_US on each job that ended and queues the slot's next.
 """
 
@@ -111,10 +112,11 @@ async def run_with_helpers(jobs: int, parallel: int, work_seconds: float = 0.0) 
 
 async def run_with_launcher(jobs: int, parallel: int, work_seconds: float = 0.0) -> None:
     from shoal.worker.launcher import make_launcher, read_events
+    from shoal.worker.runner import NOTIFY_BELOW, NOTIFY_DELAY_SECONDS, QUEUED_PER_SLOT
 
     loop = asyncio.get_running_loop()
     finished = loop.create_future()
-    launcher = make_launcher()
+    launcher = make_launcher(notify_below=NOTIFY_BELOW, notify_delay=NOTIFY_DELAY_SECONDS)
     environment = [name + b"=" + value for name, value in os.environb.items()]
     queued = ended = 0
     slot_of: dict[int, int] = {}
@@ -133,7 +135,7 @@ async def run_with_launcher(jobs: int, parallel: int, work_seconds: float = 0.0)
         nonlocal ended
         for event in read_events(launcher):
             if event.kind == "s":
-                queue(slot_of[event.token])  # two ahead: one more behind the one started
+                queue(slot_of[event.token])  # one more behind the one started
             elif event.kind == "e":
                 ended += 1
                 if work_seconds:
@@ -143,8 +145,8 @@ async def run_with_launcher(jobs: int, parallel: int, work_seconds: float = 0.0)
 
     loop.add_reader(launcher.fileno(), on_events)
     for slot in range(1, min(parallel, jobs) + 1):
-        queue(slot)
-        queue(slot)
+        for _ in range(QUEUED_PER_SLOT + 1):  # the running one and those queued behind it
+            queue(slot)
     if jobs:
         await finished
     loop.remove_reader(launcher.fileno())

@@ -79,6 +79,55 @@ def test_a_slots_jobs_run_in_order_each_after_the_last_has_ended(
         assert ends[token].monotonic - starts[token].monotonic >= 0.1
 
 
+def wake_ups(launcher: Launcher, count: int, timeout: float = 10.0
+             ) -> list[tuple[float, list[LaunchEvent]]]:
+    """The events read at each wake-up (the moment the eventfd was readable, and what was
+    read), until `count` events have come."""
+    woken: list[tuple[float, list[LaunchEvent]]] = []
+    deadline = time.monotonic() + timeout
+    while sum(len(events) for _, events in woken) < count and time.monotonic() < deadline:
+        if select.select([launcher.fileno()], [], [], 0.2)[0]:
+            woken.append((time.monotonic(), read_events(launcher)))
+    return woken
+
+
+def test_a_slot_with_jobs_queued_wakes_the_loop_once_for_several(tmp_path: Path) -> None:
+    """With `notify_below` 3, the loop is woken once fewer than 3 jobs wait behind the
+    slot's running one: the first wake-up brings the ends and starts of 5 jobs."""
+    require(launcher_module._Native is not None, "the compiled native launcher")
+    made = make_launcher(notify_below=3, notify_delay=1.0)
+    try:
+        for token in range(1, 9):
+            shell(made, 1, token, "sleep 0.05", tmp_path / "out")
+        woken = wake_ups(made, 16)
+    finally:
+        made.close()
+    events = [event for _, first in woken for event in first]
+    assert [(e.kind, e.token) for e in events] == [
+        (kind, token) for token in range(1, 9) for kind in ("s", "e")]
+    first = woken[0][1]
+    assert [(e.kind, e.token) for e in first] == [
+        *((kind, token) for token in range(1, 6) for kind in ("s", "e")), ("s", 6)]
+    assert len(woken) < 8
+
+
+def test_an_end_reaches_the_loop_within_the_delay_however_many_wait(tmp_path: Path) -> None:
+    """Deferred, an end is told within `notify_delay` of the first event not yet read."""
+    require(launcher_module._Native is not None, "the compiled native launcher")
+    made = make_launcher(notify_below=3, notify_delay=0.1)
+    try:
+        for token in range(1, 7):
+            shell(made, 1, token, "sleep 0.3", tmp_path / "out")
+        woken = wake_ups(made, 3)  # the first start, then the first end with the next start
+    finally:
+        made.close()
+    (started_seen, started), (ended_seen, ended) = woken[:2]
+    assert [(e.kind, e.token) for e in started] == [("s", 1)]
+    assert [(e.kind, e.token) for e in ended] == [("e", 1), ("s", 2)]
+    assert 0.09 <= started_seen - started[0].monotonic < 0.25
+    assert 0.09 <= ended_seen - ended[0].monotonic < 0.25
+
+
 def test_slots_run_side_by_side(launcher: Launcher, tmp_path: Path) -> None:
     for slot in (1, 2, 3):
         shell(launcher, slot, slot, "sleep 0.5", tmp_path / f"out{slot}")

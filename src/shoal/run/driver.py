@@ -39,6 +39,7 @@ from shoal.server.service import IN_PROCESS_STEP_INTERVAL_SECONDS, Service
 from shoal.store import JobQuery, Store
 from shoal.worker.agent import Agent, InProcessLink
 from shoal.worker.resources import machine_memory
+from shoal.worker.runner import QUEUED_PER_SLOT
 
 if TYPE_CHECKING:
     from shoal.embedded import RunReport
@@ -245,9 +246,10 @@ class Run:
 
     def _agent(self, home: Path) -> Agent:
         parallel = self.settings.parallel
-        # Offered twice its slots: the next jobs wait in the runner and start the moment a
-        # slot frees, without a round trip through the service (see worker.runner).
-        offered = parallel * 4 if not self.settings.delay else parallel
+        # Offered more than its slots: the next jobs wait in the runner (queued in the
+        # launcher, and one more for each slot) and start the moment a slot frees, without a
+        # round trip through the service (see worker.runner).
+        offered = parallel * (QUEUED_PER_SLOT + 2) if not self.settings.delay else parallel
         agent = Agent(LOCAL_WORKER, Resources(cores=offered, memory_bytes=self.memory_bytes),
                       private_directory(home / "spool"), host=socket.gethostname())
         agent.runner.max_running_cores = parallel

@@ -13,9 +13,11 @@ still an unreaped zombie, reaps it with ``wait4``, reads whether anything of it 
 its cgroup (what left the group: the runner kills it) and starts that slot's next job at once,
 with ``vfork`` and ``execve``, the child entering the job's directory and moving itself into
 its cgroups first. The
-runner learns of each end and start afterwards (`events`) and keeps each slot's queue two
-jobs long; with nothing else to start and a slot free, it takes back what waits behind
-running jobs (`withdraw`) to start it there.
+runner learns of each end and start afterwards (`events`) and keeps each slot's queue a few
+jobs long (`runner.QUEUED_PER_SLOT`); with nothing else to start and a slot free, it takes
+back what waits behind running jobs (`withdraw`) to start it there. The runner is told of
+ends and starts at once when a slot runs low (`notify_below`), else within `notify_delay`
+seconds: one wake-up of its loop handles several jobs.
 
 Without the compiled part, or with ``SHOAL_LAUNCHER=python`` in the environment, the runner
 spawns and reaps on its loop as before (`available` is False).
@@ -78,9 +80,10 @@ def available() -> bool:
     return _Native is not None and os.environ.get(LAUNCHER_VARIABLE, "native") != "python"
 
 
-def make_launcher() -> Launcher:
+def make_launcher(notify_below: int = 0, notify_delay: float = 0.0) -> Launcher:
+    """`notify_below` 0: the events' eventfd becomes readable at each end and start."""
     assert _Native is not None
-    launcher: Launcher = _Native(LANES)
+    launcher: Launcher = _Native(LANES, notify_below, notify_delay)
     return launcher
 
 

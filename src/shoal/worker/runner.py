@@ -124,7 +124,12 @@ SPARE_SPOOLS_KEPT = 64
 TASKS_FILES_KEPT = 64
 # Jobs handed to the launcher ahead of each slot's running one: the loop may be that many
 # jobs late in learning of starts before a slot waits for it.
-QUEUED_PER_SLOT = 2
+QUEUED_PER_SLOT = 6
+# The launcher wakes the loop once fewer than NOTIFY_BELOW jobs wait behind a slot's running
+# one (or a slot is idle), else within NOTIFY_DELAY_SECONDS of an end or start: a wake-up
+# handles the ends and starts of several jobs (see _launcher.c).
+NOTIFY_BELOW = QUEUED_PER_SLOT // 2
+NOTIFY_DELAY_SECONDS = 0.005
 
 
 @dataclass(slots=True, eq=False)
@@ -693,7 +698,8 @@ class Runner:
                 heapq.heappush(self._free_slots, slot)
             return False
         if self._launcher is None:
-            self._launcher = make_launcher()
+            self._launcher = make_launcher(notify_below=NOTIFY_BELOW,
+                                           notify_delay=NOTIFY_DELAY_SECONDS)
             assert self._loop is not None
             self._loop.add_reader(self._launcher.fileno(), self._on_launched)
         lease_id = assignment.lease_id
