@@ -129,7 +129,7 @@ QUEUED_PER_SLOT = 6
 # one (or a slot is idle), else within NOTIFY_DELAY_SECONDS of an end or start: a wake-up
 # handles the ends and starts of several jobs (see _launcher.c).
 NOTIFY_BELOW = QUEUED_PER_SLOT // 2
-NOTIFY_DELAY_SECONDS = 0.005
+NOTIFY_DELAY_SECONDS = 0.01
 
 
 @dataclass(slots=True, eq=False)
