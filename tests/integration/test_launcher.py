@@ -19,7 +19,7 @@ import pytest
 from shoal.core.protocol import Assignment, AttemptResult
 from shoal.worker import launcher as launcher_module
 from shoal.worker.launcher import Launcher, LaunchEvent, make_launcher, read_events
-from shoal.worker.runner import Runner
+from shoal.worker.runner import QUEUED_BEHIND_SECONDS, QUEUED_PER_SLOT, Runner
 from tests.integration.test_runner import run
 from tests.system import require
 
@@ -373,6 +373,21 @@ def test_jobs_queued_behind_a_long_one_start_on_a_slot_that_frees(tmp_path: Path
     long = results[1]
     assert all(r.exit_code == 0 for r in results.values())
     assert max(r.ended_at for n, r in results.items() if n > 1) < long.ended_at - 1.5
+
+
+def test_jobs_queued_behind_a_long_one_move_while_others_still_wait(tmp_path: Path) -> None:
+    """Jobs behind one that has run QUEUED_BEHIND_SECONDS are taken back to start on the
+    other slot next, not once everything else has run."""
+    require(launcher_module._Native is not None, "the compiled native launcher")
+    results = run_queued(tmp_path, ["sleep 2"] + ["sleep 0.05"] * 40, parallel=2)
+    long = results[1]
+    assert all(r.exit_code == 0 for r in results.values())
+    # In the order they came, each within the bound plus what was queued on the other slot
+    # (6 jobs of 0.05 s) and the loop's delays; the 40 short jobs take 2 s on one slot.
+    bound = QUEUED_BEHIND_SECONDS + (QUEUED_PER_SLOT + 2) * 0.05 + 0.3
+    late = {n: round(r.started_at - long.started_at, 2) for n, r in results.items()
+            if n <= 2 + QUEUED_PER_SLOT and r.started_at - long.started_at > bound}
+    assert not late, late
 
 
 def test_the_cores_a_slot_passes_on_are_never_more_than_the_runners(tmp_path: Path) -> None:

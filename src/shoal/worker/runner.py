@@ -130,6 +130,10 @@ QUEUED_PER_SLOT = 6
 # handles the ends and starts of several jobs (see _launcher.c).
 NOTIFY_BELOW = QUEUED_PER_SLOT // 2
 NOTIFY_DELAY_SECONDS = 0.01
+# Jobs queued behind one that has run this long are taken back, to start on the next slot
+# free (and none are queued behind it): the queue covers the loop's delays, which are
+# milliseconds, and jobs wait behind a long one at most this long, not for its end.
+QUEUED_BEHIND_SECONDS = 0.2
 
 
 @dataclass(slots=True, eq=False)
@@ -746,11 +750,15 @@ class Runner:
         if not self._native or self._holding or self._closing_kill or self.on_exit is not None \
                 or self.start_interval_seconds or not self._backlog:
             return
+        now = time.monotonic()
         for slot in sorted(self._hungry):
             attempt = self._on_slot.get(slot)
-            if attempt is None or not attempt.native or attempt.stop_outcome is not None:
+            if attempt is None or not attempt.native or attempt.stop_outcome is not None \
+                    or now - attempt.started_monotonic >= QUEUED_BEHIND_SECONDS:
                 self._hungry.discard(slot)
                 continue
+            if slot not in self._queued_on_slot:  # the first behind it: taken back if it runs long
+                self._wake_at(attempt.started_monotonic + QUEUED_BEHIND_SECONDS)
             while len(queued := self._queued_on_slot.get(slot, ())) < QUEUED_PER_SLOT:
                 if not self._backlog:
                     return
@@ -787,6 +795,32 @@ class Runner:
         self._backlog.extend((launching.assignment, launching.received_at,
                               launching.received_monotonic) for launching in taken)
         return bool(taken)
+
+    def _reclaim_behind_long(self, now: float) -> float:
+        """Take back the jobs queued behind one that has run QUEUED_BEHIND_SECONDS, to the
+        front of the backlog in the order they came: the next free slot starts them. Returns
+        when the next running job with jobs queued behind it will have run that long."""
+        waiting: list[_Launching] = []
+        next_due = math.inf
+        for slot, queued in self._queued_on_slot.items():
+            ahead = self._on_slot.get(slot)
+            if ahead is None:
+                continue
+            due = ahead.started_monotonic + QUEUED_BEHIND_SECONDS
+            if due > now:
+                next_due = min(next_due, due)
+                continue
+            waiting += [launching for lease_id in queued
+                        if not (launching := self._launching[lease_id]).counted
+                        and launching.kill_reason is None]
+        waiting.sort(key=lambda launching: launching.received_monotonic, reverse=True)
+        taken = [launching for launching in waiting if self._withdraw(launching)]
+        self._backlog.extendleft((launching.assignment, launching.received_at,
+                                  launching.received_monotonic) for launching in taken)
+        if taken:
+            self._pump()
+            self._queue_successors()
+        return next_due
 
     def _queued(self) -> list[_Launching]:
         return [launching for launching in self._launching.values()
@@ -1138,6 +1172,8 @@ class Runner:
             if attempt.sigkill_at is not None and attempt.sigkill_at <= due:
                 attempt.sigkill_at = None
                 self._kill_all_of(attempt)
+        if self._queued_on_slot and not self._holding and not self._closing_kill:
+            self._wake_at(self._reclaim_behind_long(due))
         if self._attempts:
             self._wake_at(min(attempt.next_event() for attempt in self._attempts.values()))
 
