@@ -248,8 +248,10 @@ class Run:
         parallel = self.settings.parallel
         # Offered more than its slots: the next jobs wait in the runner (queued in the
         # launcher, and one more for each slot) and start the moment a slot frees, without a
-        # round trip through the service (see worker.runner).
-        offered = parallel * (QUEUED_PER_SLOT + 2) if not self.settings.delay else parallel
+        # round trip through the service (see worker.runner). With other hosts' workers in
+        # the run, four times: what this one holds, theirs cannot take as the run ends.
+        ahead = 4 if self.settings.hosts else QUEUED_PER_SLOT + 2
+        offered = parallel * ahead if not self.settings.delay else parallel
         agent = Agent(LOCAL_WORKER, Resources(cores=offered, memory_bytes=self.memory_bytes),
                       private_directory(home / "spool"), host=socket.gethostname())
         agent.runner.max_running_cores = parallel
