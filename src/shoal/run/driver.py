@@ -296,11 +296,11 @@ class Run:
                 if self.halted is not None:
                     break
                 began = time.monotonic()
-                self._add(batch)
-                if self.pending:
-                    # While jobs run, the loop gets as long as the add took (and at least a
-                    # service step) to hand the slots their next jobs before the next add:
-                    # adds back to back left the slots idle.
+                if self._add(batch):
+                    # The loop gets as long as the add took (and at least a service step) to
+                    # hand the slots their next jobs before the next add: adds back to back
+                    # left the slots idle. (A batch that added nothing, all done before, waits
+                    # for nothing.)
                     await asyncio.sleep(max(FEED_PAUSE_SECONDS, time.monotonic() - began))
         except InputError as error:
             if not self.tracked and self.input.total is not None:
@@ -318,7 +318,9 @@ class Run:
             self.input_open = False
             self._check_finished()
 
-    def _add(self, batch: list[Item]) -> None:
+    def _add(self, batch: list[Item]) -> int:
+        """Add the batch's jobs (those an earlier run left undone are run again); how many
+        the run now follows."""
         assert self.service is not None
         mode = self.settings.resume
         new: list[Item] = []
@@ -358,6 +360,7 @@ class Run:
                                  line=new[error.index].number) from None
         for job_id, item in [*again, *zip(ids, new, strict=True)]:
             self._track(job_id, item)
+        return len(again) + len(ids)
 
     def _track(self, job_id: int, item: Item) -> None:
         self.tracked[job_id] = _Tracked(item.number, item.tag, len(self.order))

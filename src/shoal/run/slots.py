@@ -6,7 +6,8 @@ import re
 
 from shoal.core.errors import InputError
 
-# The local worker is offered twice its slots (see run.driver), within a worker's cores.
+# The local worker is offered up to eight times its slots (see run.driver), which must stay
+# within a worker's cores (1,000,000).
 MAX_JOBS_AT_ONCE = 100_000
 _FORM = re.compile(r"(?P<sign>[+-])?(?P<number>\d+(?:\.\d+)?)(?P<percent>%)?", re.ASCII)
 

@@ -69,6 +69,7 @@ typedef struct {
     long long token;
     char *procs;          /* the running job's, taken from its Spec */
     Spec *head, *tail;    /* queued, in order */
+    int touched;          /* a job of it ended or started since its lane last told Python */
 } Slot;
 
 typedef struct {
@@ -258,6 +259,7 @@ static int reap(Launcher *self, Slot *slot) {
     close(slot->pidfd);
     slot->pid = 0;
     slot->pidfd = -1;
+    slot->touched = 1;
     char *procs = slot->procs;
     slot->procs = NULL;
     if (procs != NULL) {  /* whether anything outlived the group's kill; a read may wait */
@@ -290,6 +292,7 @@ static void start_next(Launcher *self, Py_ssize_t i) {
     }
     pthread_mutex_lock(&self->lock);
     slot = &self->slots[i];  /* the array may have grown meanwhile */
+    slot->touched = 1;
     Event event = {.kind = 's', .token = spec->token, .pid = pid, .wall = wall,
                    .monotonic = monotonic, .entered = spec->entered};
     if (pid > 0 && pidfd >= 0) {
@@ -322,19 +325,24 @@ static int start_queued(Launcher *self, int lane) {
     return added;
 }
 
-/* Whether Python must be told now of what this lane has seen (see the top of this file).
+/* Whether Python must be told now of what this lane has seen (see the top of this file):
+ * judged on the slots where a job ended or started, not on the lane's others (an unused
+ * slot, or one running a long job with nothing behind it, must not make every event urgent).
  * Called with the lock held. */
 static int urgent(Launcher *self, int lane) {
-    if (self->notify_below <= 0) return 1;
+    int now = self->notify_below <= 0;
     for (Py_ssize_t i = lane; i < self->n_slots; i += self->n_lanes) {
         Slot *slot = &self->slots[i];
-        if (slot->pid == 0) return 1;
+        if (!slot->touched) continue;
+        slot->touched = 0;
+        if (now) continue;
         int queued = 0;
         for (Spec *spec = slot->head; spec != NULL && queued < self->notify_below;
              spec = spec->next)
             queued++;
-        if (queued < self->notify_below) return 1;
+        if (slot->pid == 0 || queued < self->notify_below) now = 1;
     }
+    if (now) return 1;
     for (Py_ssize_t k = 0; k < self->n_events; k++)
         if (self->events[k].kind == 'f') return 1;
     return 0;

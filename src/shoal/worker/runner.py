@@ -369,11 +369,7 @@ class Runner:
     def hold_starts(self) -> None:
         """Start nothing more (what is assigned waits) until `resume_starts`."""
         self._holding = True
-        for launching in sorted(self._queued(), key=lambda queued: queued.received_monotonic,
-                                reverse=True):
-            if self._withdraw(launching):
-                self._backlog.appendleft((launching.assignment, launching.received_at,
-                                          launching.received_monotonic))
+        self._take_back(self._queued(), to_front=True)
 
     def resume_starts(self) -> None:
         self._holding = False
@@ -744,9 +740,10 @@ class Runner:
         return opened[0], opened[1], opened[2]
 
     def _queue_successors(self) -> None:
-        """Hand the launcher the next waiting job of each slot whose running job it started
-        and that has none queued yet, so that it starts the moment that job ends. Not while
-        an ended job may stop the run first (`on_exit`), nor with starts spaced out."""
+        """Hand the launcher the next waiting jobs of each slot whose running job it started,
+        up to QUEUED_PER_SLOT behind it, so that each starts the moment the one before ends;
+        none behind a job that has run QUEUED_BEHIND_SECONDS. Not while an ended job may stop
+        the run first (`on_exit`), nor with starts spaced out."""
         if not self._native or self._holding or self._closing_kill or self.on_exit is not None \
                 or self.start_interval_seconds or not self._backlog:
             return
@@ -789,12 +786,8 @@ class Runner:
         if self._holding or self._closing_kill or self.max_running_cores is None \
                 or self._busy_cores >= self.max_running_cores:
             return False
-        waiting = sorted((launching for launching in self._queued() if not launching.counted),
-                         key=lambda launching: launching.received_monotonic)
-        taken = [launching for launching in waiting if self._withdraw(launching)]
-        self._backlog.extend((launching.assignment, launching.received_at,
-                              launching.received_monotonic) for launching in taken)
-        return bool(taken)
+        return self._take_back([launching for launching in self._queued()
+                                if not launching.counted], to_front=False)
 
     def _reclaim_behind_long(self, now: float) -> float:
         """Take back the jobs queued behind one that has run QUEUED_BEHIND_SECONDS, to the
@@ -813,14 +806,25 @@ class Runner:
             waiting += [launching for lease_id in queued
                         if not (launching := self._launching[lease_id]).counted
                         and launching.kill_reason is None]
-        waiting.sort(key=lambda launching: launching.received_monotonic, reverse=True)
-        taken = [launching for launching in waiting if self._withdraw(launching)]
-        self._backlog.extendleft((launching.assignment, launching.received_at,
-                                  launching.received_monotonic) for launching in taken)
-        if taken:
+        if self._take_back(waiting, to_front=True):
             self._pump()
             self._queue_successors()
         return next_due
+
+    def _take_back(self, launchings: list[_Launching], *, to_front: bool) -> bool:
+        """Withdraw these queued jobs from the launcher, newest first (a lane may meanwhile
+        start the oldest, never one behind a job taken back), and put those taken back in
+        the backlog in the order they came, at its front or its end; whether any was."""
+        taken = [launching for launching in sorted(
+            launchings, key=lambda launching: launching.received_monotonic, reverse=True)
+                 if self._withdraw(launching)]
+        entries = [(launching.assignment, launching.received_at, launching.received_monotonic)
+                   for launching in taken]
+        if to_front:
+            self._backlog.extendleft(entries)  # newest first: the oldest ends up in front
+        else:
+            self._backlog.extend(reversed(entries))
+        return bool(taken)
 
     def _queued(self) -> list[_Launching]:
         return [launching for launching in self._launching.values()
@@ -919,6 +923,8 @@ class Runner:
                               event.monotonic, None, cgroup, launching.slot)
         attempt.native = True
         self._hungry.add(attempt.slot)
+        if attempt.slot in self._queued_on_slot:  # what waits behind it moves if it runs long
+            self._wake_at(attempt.started_monotonic + QUEUED_BEHIND_SECONDS)
         self._on_started(StartedItem.trusted(
             job_id=assignment.job_id, lease_id=assignment.lease_id, pid=attempt.pid,
             started_at=attempt.started_at))
