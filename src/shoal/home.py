@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from shoal.core.errors import ConnectError, InputError, ShoalError
+from shoal.core.errors import ConnectError, InputError, ShoalError, json_kind
 
 CONNECTION_FILE = "server.json"
 DATABASE_FILE = "shoal.db"
@@ -142,10 +142,6 @@ def read_connection_file(home: Path) -> Connection | None:
     return Connection(url, *tokens, ca_pem, pin)
 
 
-_JSON_KIND = {bool: "true or false", int: "a number", float: "a number", list: "a list",
-              dict: "an object", type(None): "null"}
-
-
 def _check_connection_fields(data: dict[str, object], path: Path) -> None:
     """"url" a server address; the tokens, fingerprint and CA file strings (or null)."""
     for name in ("url", "admin_token", "worker_token", "ca_fingerprint", "ca_file"):
@@ -153,8 +149,8 @@ def _check_connection_fields(data: dict[str, object], path: Path) -> None:
         if value is None and name != "url":
             continue
         if not isinstance(value, str):
-            raise InputError(f'field "{name}": expected a string, not '
-                             f"{_JSON_KIND.get(type(value), 'a value')}", source=str(path))
+            raise InputError(f'field "{name}": expected a string, not {json_kind(value)}',
+                             source=str(path))
         problem = (address_problem(value) if name == "url" else
                    token_problem(value) if name.endswith("_token") else None)
         if problem is not None:

@@ -9,6 +9,8 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from .cluster import SHOAL, Cluster
 
 
@@ -62,12 +64,15 @@ def test_a_run_database_changed_by_hand_is_said_to_be_damaged(tmp_path: Path) ->
         assert line.startswith(f"shoal: {database}: the database is damaged"), verb
 
 
-def test_a_connection_file_with_a_bad_url_names_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("url, kind", [(5, "a number"), (["https://a:7341"], "an array"),
+                                       (True, "true or false")])
+def test_a_connection_file_with_a_bad_url_names_the_file(tmp_path: Path, url: object,
+                                                         kind: str) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    (home / "server.json").write_text(json.dumps({"url": 5}))
+    (home / "server.json").write_text(json.dumps({"url": url}))
     line = one_line(shoal("jobs", cwd=tmp_path, env={"SHOAL_HOME": str(home)}))
-    assert line == f'shoal: {home / "server.json"}: field "url": expected a string, not a number'
+    assert line == f'shoal: {home / "server.json"}: field "url": expected a string, not {kind}'
 
 
 def test_bad_worker_options_are_refused_before_it_joins(secure: Cluster, tmp_path: Path) -> None:

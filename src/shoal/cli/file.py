@@ -16,13 +16,14 @@ import typer
 
 from shoal.cli import render
 from shoal.core.errors import InputError
+from shoal.formats.runmaker import STATE_CHARS
 
 file_app = typer.Typer(name="file", no_args_is_help=True, add_completion=False,
                        help="Work on a runmaker file in place: set, list, wait, check.")
 
 FileArgument = Annotated[Path, typer.Argument(metavar="FILE", help="The runmaker file.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-SETTABLE = ".rd!e"
+SETTABLE = STATE_CHARS  # a line may be set to any state it can be in
 WAIT_SECONDS = 1.0
 
 

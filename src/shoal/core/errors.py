@@ -88,3 +88,17 @@ class StoreUnavailable(ShoalError):
 
 class ProtocolError(ShoalError):
     """A peer sent a message that does not follow the worker protocol."""
+
+
+def json_kind(value: object, inside: bool = False) -> str:
+    """What a value read from JSON is, for a message that must not show it (a secret, or
+    anything a user's file holds where a string belongs)."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, list):
+        if inside:
+            return "an array"
+        odd = [item for item in value if not isinstance(item, str)]
+        return f"an array holding {json_kind(odd[0], True)}" if odd else "an array"
+    return {str: "a string", int: "a number", float: "a number", dict: "an object"}.get(
+        type(value), "null")

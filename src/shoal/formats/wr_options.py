@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shoal.core.errors import json_kind
 from shoal.core.models import JobSpec, parse_duration, parse_memory, shown
 
 MAX_MEMORY_BYTES = 2**63 - 1  # what the store can hold
@@ -318,7 +319,7 @@ def map_options(options: Mapping[str, Any]) -> Mapped:
         if value is None or value == "" or value == []:
             continue
         if not option.kind.accepts(value):
-            shown = _kind_of(value) if option.secret else _show(value)
+            shown = json_kind(value) if option.secret else _show(value)
             raise OptionError(f'option "{name}" should be {option.kind.description}, not {shown}')
         if option.refusal:
             raise OptionError(f'option "{name}" is not supported; {option.refusal}')
@@ -351,19 +352,6 @@ def _unknown_option_message(name: str) -> str:
     close = difflib.get_close_matches(name, OPTIONS, n=1)
     hint = f'did you mean "{close[0]}"? ' if close else ""
     return f'option {_show(name)} is not known ({hint}known: {", ".join(OPTIONS)})'
-
-
-def _kind_of(value: Any, inside: bool = False) -> str:
-    """What a value is, for a message that must not show it."""
-    if isinstance(value, bool):
-        return "true or false"
-    if isinstance(value, list):
-        if inside:
-            return "an array"
-        odd = [item for item in value if not isinstance(item, str)]
-        return f"an array holding {_kind_of(odd[0], True)}" if odd else "an array"
-    return {str: "a string", int: "a number", float: "a number", dict: "an object"}.get(
-        type(value), "null")
 
 
 def _show(value: Any) -> str:
