@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import os
 import shutil
 import signal
@@ -33,6 +32,7 @@ from shoal.home import DATABASE_FILE, private_directory, try_lock_home
 from shoal.run import state
 from shoal.run.inputs import BATCH, Item, RunInput, too_much_memory
 from shoal.run.output import Joblog, OutputSettings, Printer, Results, Shown
+from shoal.run.summary_parts import MAX_FAILURES_SHOWN, SlowestJobs
 from shoal.run.terminal import Terminal, bar_text
 from shoal.server.reactor import ReactorConfig
 from shoal.server.service import IN_PROCESS_STEP_INTERVAL_SECONDS, Service
@@ -47,8 +47,6 @@ if TYPE_CHECKING:
     from shoal.runfile.listen import ListenSettings
 
 LOCAL_WORKER = "local"
-MAX_FAILURES_SHOWN = 20
-SLOWEST_SHOWN = 3
 LINE_POLL_SECONDS = 0.1
 BAR_SECONDS = 0.2
 MAX_RUNS_AT_ONCE = 64  # runs of one stdin or command in one directory, each its own state
@@ -160,8 +158,7 @@ class Run:
         self._earlier_states: dict[int, JobState] = {}
         self._feed_error: Exception | None = None
         self._room = asyncio.Event()  # set when jobs end: the feed may add more
-        # The slowest done jobs so far, fastest of them first: (wall seconds, id, line, cmd).
-        self._slowest: list[tuple[float, int, int, str]] = []
+        self._slowest = SlowestJobs()
         # With --halt: jobs whose result the runner has but the run has not counted yet, and
         # whether each succeeded (see _saw_end).
         self._deciding: dict[int, bool] = {}
@@ -436,10 +433,7 @@ class Run:
         self.input.ended(tracked.number, succeeded=job.state is JobState.DONE)
         if job.state is JobState.DONE:
             self.report.done += 1
-            if job.wall_seconds is not None:
-                heapq.heappush(self._slowest, (job.wall_seconds, job.id, tracked.number, job.cmd))
-                if len(self._slowest) > SLOWEST_SHOWN:
-                    heapq.heappop(self._slowest)
+            self._slowest.saw(job.wall_seconds, job.id, tracked.number, job.cmd)
         elif job.state is JobState.CANCELLED and self.halted is not None:
             self.report.not_run += 1
         else:
@@ -551,8 +545,7 @@ class Run:
     def _summarise(self) -> None:
         report = self.report
         report.failures_more = max(0, self.failures_seen - len(report.failures))
-        report.slowest = [{"id": job_id, "line": line, "cmd": cmd, "wall_seconds": wall}
-                          for wall, job_id, line, cmd in sorted(self._slowest, reverse=True)]
+        report.slowest = self._slowest.entries()
 
 
 def take_home(run_input: RunInput, mode: str) -> tuple[Path, int, bool]:

@@ -39,6 +39,7 @@ from shoal.core.states import Transition
 from shoal.formats import RunmakerFile
 from shoal.home import DATABASE_FILE, private_directory, try_lock_home
 from shoal.run import state as run_state
+from shoal.run.summary_parts import MAX_FAILURES_SHOWN, SlowestJobs
 from shoal.runfile.claims import CheckReport, ClaimBook, check_claims
 from shoal.runfile.guard import Guard
 from shoal.runfile.lines import Line, read_lines
@@ -136,8 +137,9 @@ class FileRunner:
         self.cursor = 0
         self.attempted: set[tuple[int, bytes]] = set()
         self.active: dict[int, Active] = {}  # job id -> the line it runs
-        self.ran: dict[int, int] = {}  # the jobs this runner ran -> their lines, for the summary
-        self.failed_ids: list[int] = []  # those that failed, as they ended
+        self.slowest = SlowestJobs()
+        # (job id, line) of the first jobs that failed, as they ended, for the summary
+        self.failures: list[tuple[int, int]] = []
         self.recent_ends: deque[float] = deque()
         self.began = time.monotonic()
         self.successes = 0
@@ -245,7 +247,6 @@ class FileRunner:
         jobs = self.service.reactor.jobs
         for job_id, line in zip(result["ids"], batch, strict=True):
             active = self.active[job_id] = Active(line)
-            self.ran[job_id] = line.parsed.line
             job = jobs.get(job_id)
             if job is not None and job.state is JobState.RUNNING:  # assigned within the add
                 self._assigned(active, job)
@@ -331,9 +332,12 @@ class FileRunner:
         if char == "d":
             self.report.done += 1
             self.successes += 1
+            if job is not None:
+                self.slowest.saw(job.wall_seconds, job_id, active.line.parsed.line, job.cmd)
         elif char != ".":
             self.report.failed += 1
-            self.failed_ids.append(job_id)
+            if len(self.failures) < MAX_FAILURES_SHOWN:
+                self.failures.append((job_id, active.line.parsed.line))
         self.recent_ends.append(time.monotonic())
         self._show_end(job_id, active, exit_code, job.fail_reason if job else None)
         self._progress()
@@ -463,7 +467,7 @@ class FileRunner:
                     self.unclaim(active.line, ".")
             self.active.clear()
             self.report.wall_seconds = time.monotonic() - started
-            summarise(service, self.ran, self.report, self.failed_ids)
+            summarise(service, self.report, self.slowest, self.failures)
             if listener is not None:
                 await listener.stop()
             await service.stop()
@@ -494,24 +498,20 @@ class FileRunner:
             self.log.close()
 
 
-def summarise(service: Service, lines: dict[int, int], report: RunReport,
-               failed: Sequence[int]) -> None:
+def summarise(service: Service, report: RunReport, slowest: SlowestJobs,
+              failures: Sequence[tuple[int, int]]) -> None:
     """A runmaker file's summary, as shoal.run.driver makes a lines file's: the slowest of the
-    jobs that succeeded, and the `failed` ones (as they ended), each with its line in the file
-    (`lines`: job id -> line)."""
-    from shoal.run.driver import MAX_FAILURES_SHOWN, SLOWEST_SHOWN
-
-    jobs = {job.id: job for job in service.find(sorted(lines))}
-    done = [job for job in jobs.values()
-            if job.state is JobState.DONE and job.wall_seconds is not None]
-    done.sort(key=lambda job: (job.wall_seconds or 0.0, job.id), reverse=True)
-    report.slowest = [{"id": job.id, "line": lines[job.id], "cmd": job.cmd,
-                       "wall_seconds": job.wall_seconds} for job in done[:SLOWEST_SHOWN]]
-    shown = [jobs[job_id] for job_id in failed if job_id in jobs]
-    report.failures_more = max(0, len(failed) - MAX_FAILURES_SHOWN)
-    for job in shown[:MAX_FAILURES_SHOWN]:
+    jobs that succeeded, and the first that failed (`failures`: (job id, line), as they
+    ended), each with its line in the file."""
+    report.slowest = slowest.entries()
+    report.failures_more = max(0, report.failed - len(failures))
+    jobs = {job.id: job for job in service.find(sorted(job_id for job_id, _ in failures))}
+    for job_id, line in failures:
+        job = jobs.get(job_id)
+        if job is None:
+            continue
         stderr = service.store.output(job.id, "stderr")
-        report.failures.append({"id": job.id, "line": lines[job.id], "cmd": job.cmd,
+        report.failures.append({"id": job.id, "line": line, "cmd": job.cmd,
                                 "reason": job.fail_reason,
                                 "stderr_tail": (stderr.tail or stderr.head)[-2000:]})
 
