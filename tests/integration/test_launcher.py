@@ -113,7 +113,8 @@ def test_a_slot_with_jobs_queued_wakes_the_loop_once_for_several(tmp_path: Path,
     # (The first start may come alone: the lane may start it before the rest are queued.)
     with_first_end = next(read for _, read in woken if ("e", 1) in [(e.kind, e.token)
                                                                     for e in read])
-    assert [e.token for e in with_first_end if e.kind == "e"] == [1, 2, 3, 4, 5]
+    # (More, if the loop is late to read them: a loaded machine.)
+    assert [e.token for e in with_first_end if e.kind == "e"][:5] == [1, 2, 3, 4, 5]
     assert len(woken) < 8
 
 
@@ -129,7 +130,7 @@ def test_an_end_reaches_the_loop_within_the_delay_however_many_wait(tmp_path: Pa
         made.close()
     ended_seen, ended = next((seen, read) for seen, read in woken
                              if ("e", 1) in [(e.kind, e.token) for e in read])
-    assert [(e.kind, e.token) for e in ended] == [("e", 1), ("s", 2)]
+    assert [(e.kind, e.token) for e in ended][:2] == [("e", 1), ("s", 2)]
     assert 0.09 <= ended_seen - ended[0].monotonic < 0.25
 
 
