@@ -32,7 +32,7 @@ from shoal.home import DATABASE_FILE, private_directory, try_lock_home
 from shoal.run import state
 from shoal.run.inputs import BATCH, Item, RunInput, too_much_memory
 from shoal.run.output import Joblog, OutputSettings, Printer, Results, Shown
-from shoal.run.summary_parts import MAX_FAILURES_SHOWN, SlowestJobs
+from shoal.run.summary_parts import MAX_FAILURES_SHOWN, SlowestJobs, failure_entry
 from shoal.run.terminal import Terminal, bar_text
 from shoal.server.reactor import ReactorConfig
 from shoal.server.service import IN_PROCESS_STEP_INTERVAL_SECONDS, Service
@@ -53,7 +53,7 @@ MAX_RUNS_AT_ONCE = 64  # runs of one stdin or command in one directory, each its
 # Jobs fed but not ended, at most (10,240): a file is read into the queue as it drains. A
 # whole number of batches, so that a file's batches fill it exactly.
 AHEAD = 80 * BATCH
-# The least the feed waits after an add while jobs run: one of the service's steps.
+# The least the feed waits after an add that added jobs: one of the service's steps.
 FEED_PAUSE_SECONDS = IN_PROCESS_STEP_INTERVAL_SECONDS
 _NOT_STARTED = (JobState.WAITING, JobState.QUEUED, JobState.DELAYED)
 
@@ -441,9 +441,8 @@ class Run:
             self.failures_seen += 1
             if len(self.report.failures) < MAX_FAILURES_SHOWN:
                 stderr = self.printer.output_of(job.id, "stderr").decode("utf-8", "replace")
-                self.report.failures.append({
-                    "id": job.id, "line": tracked.number, "cmd": job.cmd,
-                    "reason": job.fail_reason, "stderr_tail": stderr[-2000:]})
+                self.report.failures.append(failure_entry(job.id, tracked.number, job.cmd,
+                                                          job.fail_reason, stderr))
         # A job cancelled before it had a process (by --halt, or an interrupt, while it
         # waited) has nothing to keep: GNU parallel's --results and --joblog leave it out too.
         ran = not (job.state is JobState.CANCELLED and job.pid is None)

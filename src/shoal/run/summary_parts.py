@@ -7,6 +7,14 @@ import heapq
 
 SLOWEST_SHOWN = 3
 MAX_FAILURES_SHOWN = 20
+STDERR_TAIL_CHARS = 2000  # of a failed job's stderr, in the summary
+
+
+def failure_entry(job_id: int, line: int, cmd: str, reason: str | None,
+                  stderr: str) -> dict[str, object]:
+    """One of the summary's `failures`."""
+    return {"id": job_id, "line": line, "cmd": cmd, "reason": reason,
+            "stderr_tail": stderr[-STDERR_TAIL_CHARS:]}
 
 
 class SlowestJobs:

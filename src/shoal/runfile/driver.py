@@ -39,7 +39,7 @@ from shoal.core.states import Transition
 from shoal.formats import RunmakerFile
 from shoal.home import DATABASE_FILE, private_directory, try_lock_home
 from shoal.run import state as run_state
-from shoal.run.summary_parts import MAX_FAILURES_SHOWN, SlowestJobs
+from shoal.run.summary_parts import MAX_FAILURES_SHOWN, SlowestJobs, failure_entry
 from shoal.runfile.claims import CheckReport, ClaimBook, check_claims
 from shoal.runfile.guard import Guard
 from shoal.runfile.lines import Line, read_lines
@@ -511,9 +511,8 @@ def summarise(service: Service, report: RunReport, slowest: SlowestJobs,
         if job is None:
             continue
         stderr = service.store.output(job.id, "stderr")
-        report.failures.append({"id": job.id, "line": line, "cmd": job.cmd,
-                                "reason": job.fail_reason,
-                                "stderr_tail": (stderr.tail or stderr.head)[-2000:]})
+        report.failures.append(failure_entry(job.id, line, job.cmd, job.fail_reason,
+                                             stderr.tail or stderr.head))
 
 
 async def run_runmaker_file(path: Path, options: RunfileOptions, defaults: dict[str, object],

@@ -754,8 +754,8 @@ class Runner:
                     or now - attempt.started_monotonic >= QUEUED_BEHIND_SECONDS:
                 self._hungry.discard(slot)
                 continue
-            if slot not in self._queued_on_slot:  # the first behind it: taken back if it runs long
-                self._wake_at(attempt.started_monotonic + QUEUED_BEHIND_SECONDS)
+            if slot not in self._queued_on_slot:  # the first behind it
+                self._check_behind_later(attempt)
             while len(queued := self._queued_on_slot.get(slot, ())) < QUEUED_PER_SLOT:
                 if not self._backlog:
                     return
@@ -810,6 +810,10 @@ class Runner:
             self._pump()
             self._queue_successors()
         return next_due
+
+    def _check_behind_later(self, attempt: _Attempt) -> None:
+        """Jobs are queued behind `attempt`: the timer takes them back if it runs long."""
+        self._wake_at(attempt.started_monotonic + QUEUED_BEHIND_SECONDS)
 
     def _take_back(self, launchings: list[_Launching], *, to_front: bool) -> bool:
         """Withdraw these queued jobs from the launcher, newest first (a lane may meanwhile
@@ -923,8 +927,8 @@ class Runner:
                               event.monotonic, None, cgroup, launching.slot)
         attempt.native = True
         self._hungry.add(attempt.slot)
-        if attempt.slot in self._queued_on_slot:  # what waits behind it moves if it runs long
-            self._wake_at(attempt.started_monotonic + QUEUED_BEHIND_SECONDS)
+        if attempt.slot in self._queued_on_slot:
+            self._check_behind_later(attempt)
         self._on_started(StartedItem.trusted(
             job_id=assignment.job_id, lease_id=assignment.lease_id, pid=attempt.pid,
             started_at=attempt.started_at))
