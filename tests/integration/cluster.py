@@ -145,6 +145,13 @@ class Cluster:
         return wait_until(lambda: (job := self.job(job_id))["state"] in states and job,  # type: ignore[no-any-return]
                           timeout=timeout, message=f"job {job_id} to be {'/'.join(states)}")
 
+    def wait_started(self, job_id: int, timeout: float = 30) -> dict[str, Any]:
+        """Running and started: "running" alone may be a job its worker holds queued, which
+        a kill then ends with no attempt."""
+        return wait_until(lambda: (job := self.job(job_id))["state"] == "running"  # type: ignore[no-any-return]
+                          and job["started_at"] is not None and job,
+                          timeout=timeout, message=f"job {job_id} to start")
+
 
 @contextlib.contextmanager
 def running_cluster(tmp_path: Path, *server_args: str,

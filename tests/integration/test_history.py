@@ -204,7 +204,7 @@ def test_each_attempt_keeps_why_it_ended(cluster: Cluster) -> None:
         {"cmd": "exit 3", "cwd": "/", "retries": 1},
         {"cmd": "sleep 300", "cwd": "/"},
         {"cmd": "true", "cwd": "/"}]})["ids"]
-    cluster.wait_state(killed, "running")
+    cluster.wait_started(killed)
     cluster.api("POST", "/jobs/kill", json={"ids": [killed]})
     failed = cluster.wait_state(failing, "failed")
     reasons = [a["reason"] for a in failed["attempt_history"]]
