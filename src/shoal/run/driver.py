@@ -584,8 +584,7 @@ async def run_input(run_input: RunInput, settings: RunSettings) -> RunReport:
     report = RunReport(total=0, skipped_done=0, numbered_by=run_input.numbered_by,
                        rerun_resumes=not run_input.starts_over)
     run = Run(run_input, settings, report)  # its options are checked before any state is made
-    last = run_input.base / state.LAST
-    last_before = _read_quietly(last)
+    last_before = state.read_last(run_input.base)
     base_is_new = not run_input.base.exists()
     home, fd, created = take_home(run_input, settings.resume)
     report.state_dir = str(home)
@@ -593,7 +592,7 @@ async def run_input(run_input: RunInput, settings: RunSettings) -> RunReport:
         await run.go(home)
     except ShoalError:
         if not report.total:  # refused before any job was taken: leave things as they were
-            _put_back(last, last_before)
+            state.forget_last(run_input.base, home, last_before)
             if created:
                 shutil.rmtree(home, ignore_errors=True)
             if base_is_new:  # what this run made of it, if no other run is in it now
@@ -604,22 +603,6 @@ async def run_input(run_input: RunInput, settings: RunSettings) -> RunReport:
     finally:
         os.close(fd)
     return report
-
-
-def _read_quietly(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
-
-
-def _put_back(path: Path, content: bytes | None) -> None:
-    with contextlib.suppress(OSError):
-        if content is None:
-            path.unlink()
-        else:
-            path.write_bytes(content)
-
 
 
 async def dry_run(run_input: RunInput, mode: str) -> None:

@@ -81,11 +81,40 @@ def make_private(base: Path) -> None:
 
 
 def remember_last(base: Path, home: Path) -> None:
+    _write_last(base, _last_line(base, home))
+
+
+def read_last(base: Path) -> bytes | None:
+    """What `<base>/last` holds now (None: nothing), to put back with `forget_last`."""
+    try:
+        return (base / LAST).read_bytes()
+    except OSError:
+        return None
+
+
+def forget_last(base: Path, home: Path, before: bytes | None) -> None:
+    """A run refused before it took a job is not the last one: `last` goes back to what it
+    was, unless another run has named itself there since (two runs in one directory)."""
+    if read_last(base) != _last_line(base, home):
+        return
+    if before is None:
+        with contextlib.suppress(OSError):
+            (base / LAST).unlink()
+    else:
+        _write_last(base, before)
+
+
+def _last_line(base: Path, home: Path) -> bytes:
+    return os.fsencode(os.path.relpath(home, base) + "\n")
+
+
+def _write_last(base: Path, content: bytes) -> None:
+    """Replaced whole, never seen half written by a reader."""
     with contextlib.suppress(OSError):
         temporary = base / f".{LAST}.{os.getpid()}"
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            out.write(os.path.relpath(home, base) + "\n")
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(content)
         os.replace(temporary, base / LAST)
 
 
