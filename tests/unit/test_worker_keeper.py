@@ -4,6 +4,7 @@ when the worker stops sending heartbeats for the timeout, but not while they com
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -95,6 +96,32 @@ def test_without_a_timeout_only_a_closed_pipe_kills() -> None:
         job.wait()
         keeper.kill()
         keeper.wait()
+
+
+def test_the_keeper_kills_the_jobs_in_the_launchers_pid_table() -> None:
+    """The native launcher keeps the pid of each job it runs outside cgroups in a table the
+    keeper reads when it kills: on a stall, and when the worker is gone. A pid taken out (the
+    job was reaped) is left alone."""
+    table = os.memfd_create("test-pids")
+    os.ftruncate(table, 4 * 4)
+    job, later, reaped = start_job(), start_job(), start_job()
+    keeper = subprocess.Popen([*KEEPER, str(table)], stdin=subprocess.PIPE, pass_fds=[table])
+    assert keeper.stdin is not None
+    try:
+        os.pwrite(table, struct.pack("4i", 0, job.pid, 0, reaped.pid), 0)
+        os.pwrite(table, struct.pack("i", 0), 12)  # out of the table before it is reaped
+        keeper.stdin.write(b"T 0.4\n")
+        keeper.stdin.flush()
+        assert dead(job, within=3.0)  # no heartbeat came
+        os.pwrite(table, struct.pack("i", later.pid), 8)
+        keeper.stdin.close()  # the worker is gone
+        assert dead(later, within=3.0)
+        assert reaped.poll() is None
+    finally:
+        for process in (job, later, reaped, keeper):
+            process.kill()
+            process.wait()
+        os.close(table)
 
 
 @dataclass

@@ -12,6 +12,11 @@
  * command, as the Python spawner does). Each end, start and failed start is appended to a
  * list that Python reads after the notify eventfd becomes readable.
  *
+ * A job that is not wholly in its cgroups (or has none) has its pid in the keeper's table
+ * (`share_pids`: memory the keeper reads when it must kill the worker's jobs) while it runs,
+ * at its slot's index, from its start until just before it is reaped: the keeper knows it
+ * before Python has read its start, and at no cost to either while the worker lives.
+ *
  * Python is woken at once when a slot of the lane has nothing running, fewer than
  * `notify_below` jobs queued, or a start failed; otherwise within `notify_delay` seconds of
  * the first event it has not taken. Woken for every job, a busy loop ran each wake-up on
@@ -29,6 +34,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -61,6 +67,8 @@ typedef struct Spec {
     volatile int exec_errno;  /* written by the vfork child, read by the parent */
     volatile int chdir_failed;
     volatile int entered;  /* how many of its cgroups the child moved itself into */
+    int contained_at;     /* entering this many cgroups contains it, else the table has its
+                           * pid (-1: never put there) */
 } Spec;
 
 typedef struct {
@@ -70,6 +78,7 @@ typedef struct {
     char *procs;          /* the running job's, taken from its Spec */
     Spec *head, *tail;    /* queued, in order */
     int touched;          /* a job of it ended or started since its lane last told Python */
+    int in_table;         /* the running job's pid is in the keeper's table */
 } Slot;
 
 typedef struct {
@@ -114,6 +123,8 @@ typedef struct Launcher {
     Py_ssize_t n_slots;
     Event *events;
     Py_ssize_t n_events, cap_events;
+    int32_t *pids;        /* the keeper's table (NULL: none), one entry a slot */
+    Py_ssize_t n_pids;
 } Launcher;
 
 static double clock_seconds(clockid_t clock) {
@@ -243,8 +254,15 @@ static int reap(Launcher *self, Slot *slot) {
     int status;
     struct rusage usage;
     kill(-slot->pid, SIGKILL);  /* leftovers; the zombie keeps the group id the job's */
+    int32_t *entry = slot->in_table ? &self->pids[slot - self->slots] : NULL;
+    /* Out of the keeper's table before it is reaped: a reaped pid may be another's. */
+    if (entry != NULL) __atomic_store_n(entry, 0, __ATOMIC_RELEASE);
     pid_t got = wait4(slot->pid, &status, WNOHANG, &usage);
-    if (got == 0) return 0;
+    if (got == 0) {
+        if (entry != NULL) __atomic_store_n(entry, (int32_t)slot->pid, __ATOMIC_RELEASE);
+        return 0;
+    }
+    slot->in_table = 0;
     Event event = {.kind = 'e', .token = slot->token, .pid = slot->pid, .empty = -1,
                    .wall = clock_seconds(CLOCK_REALTIME),
                    .monotonic = clock_seconds(CLOCK_MONOTONIC)};
@@ -280,6 +298,7 @@ static void start_next(Launcher *self, Py_ssize_t i) {
     slot->head = spec->next;
     if (slot->head == NULL) slot->tail = NULL;
     slot->pid = -1;  /* starting: not idle, and not yet a process to watch */
+    int32_t *entry = self->pids != NULL && i < self->n_pids ? &self->pids[i] : NULL;
     pthread_mutex_unlock(&self->lock);
     double wall = clock_seconds(CLOCK_REALTIME), monotonic = clock_seconds(CLOCK_MONOTONIC);
     pid_t pid = start(spec);
@@ -290,6 +309,9 @@ static void start_next(Launcher *self, Py_ssize_t i) {
         int status;
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
     }
+    int in_table = entry != NULL && pid > 0 && pidfd >= 0 && spec->contained_at >= 0
+                   && spec->entered < spec->contained_at;
+    if (in_table) __atomic_store_n(entry, (int32_t)pid, __ATOMIC_RELEASE);
     pthread_mutex_lock(&self->lock);
     slot = &self->slots[i];  /* the array may have grown meanwhile */
     slot->touched = 1;
@@ -298,6 +320,7 @@ static void start_next(Launcher *self, Py_ssize_t i) {
     if (pid > 0 && pidfd >= 0) {
         slot->pid = pid;
         slot->pidfd = pidfd;
+        slot->in_table = in_table;
         slot->token = spec->token;
         slot->procs = spec->procs;
         spec->procs = NULL;
@@ -496,6 +519,7 @@ static void Launcher_dealloc(Launcher *self) {
     }
     PyMem_RawFree(self->slots);
     PyMem_RawFree(self->events);
+    if (self->pids != NULL) munmap(self->pids, (size_t)self->n_pids * sizeof(int32_t));
     for (int i = 0; i < self->n_lanes; i++)
         if (self->lanes[i].wake_fd >= 0) close(self->lanes[i].wake_fd);
     if (self->notify_fd >= 0) close(self->notify_fd);
@@ -543,21 +567,24 @@ static char **copy_list(PyObject *sequence) {
 }
 
 /* queue(slot, token, path, argv, envp, fds, cgroup_fds, fallback=None, rlimit=None,
- *       cwd=None, procs=None)
+ *       cwd=None, procs=None, contained_at=-1)
  * fallback: (path, argv, envp) exec'd if the first exec fails.
+ * contained_at: started having entered fewer cgroups than this, the job's pid goes in the
+ * keeper's table (-1: never).
  * Once its arguments are parsed it owns the three fds (closed once the job has started or
  * failed to, or is withdrawn), even when it raises after that. */
 static PyObject *Launcher_queue(Launcher *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"slot", "token", "path", "argv", "envp", "fds", "cgroup_fds",
-                               "fallback", "rlimit", "cwd", "procs", NULL};
+                               "fallback", "rlimit", "cwd", "procs", "contained_at", NULL};
     Py_ssize_t slot_index;
     long long token;
     PyObject *path, *argv, *envp, *cgroup_fds, *fallback = Py_None, *rlimit = Py_None,
              *cwd = Py_None, *procs = Py_None;
-    int fds[3];
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "nLOOO(iii)O|OOOO", keywords, &slot_index,
+    int fds[3], contained_at = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "nLOOO(iii)O|OOOOi", keywords, &slot_index,
                                      &token, &path, &argv, &envp, &fds[0], &fds[1], &fds[2],
-                                     &cgroup_fds, &fallback, &rlimit, &cwd, &procs))
+                                     &cgroup_fds, &fallback, &rlimit, &cwd, &procs,
+                                     &contained_at))
         return NULL;
     Spec *spec = PyMem_RawCalloc(1, sizeof(Spec));
     if (spec == NULL) {
@@ -566,6 +593,7 @@ static PyObject *Launcher_queue(Launcher *self, PyObject *args, PyObject *kwargs
     }
     memcpy(spec->fds, fds, sizeof fds);
     spec->token = token;
+    spec->contained_at = contained_at;
     if (slot_index < 0) {
         PyErr_SetString(PyExc_ValueError, "slot must be >= 0");
         goto error;
@@ -663,6 +691,24 @@ error:
     return NULL;
 }
 
+/* share_pids(fd, count): map the keeper's table, `count` 32-bit entries of file `fd`, once,
+ * before the first job is queued. */
+static PyObject *Launcher_share_pids(Launcher *self, PyObject *args) {
+    int fd;
+    Py_ssize_t count;
+    if (!PyArg_ParseTuple(args, "in", &fd, &count)) return NULL;
+    if (self->pids != NULL || self->n_slots > 0 || count <= 0) {
+        PyErr_SetString(PyExc_ValueError, "the table is shared once, before any job");
+        return NULL;
+    }
+    void *mapped = mmap(NULL, (size_t)count * sizeof(int32_t), PROT_READ | PROT_WRITE,
+                        MAP_SHARED, fd, 0);
+    if (mapped == MAP_FAILED) return PyErr_SetFromErrno(PyExc_OSError);
+    self->pids = mapped;
+    self->n_pids = count;
+    Py_RETURN_NONE;
+}
+
 /* withdraw(token) -> bool: True if it was still queued (it will never start). */
 static PyObject *Launcher_withdraw(Launcher *self, PyObject *arg) {
     long long token = PyLong_AsLongLong(arg);
@@ -757,6 +803,8 @@ static PyObject *Launcher_close(Launcher *self, PyObject *Py_UNUSED(ignored)) {
 static PyMethodDef Launcher_methods[] = {
     {"queue", (PyCFunction)(void (*)(void))Launcher_queue, METH_VARARGS | METH_KEYWORDS,
      "Queue a job to start on `slot` once its running job (if any) has ended."},
+    {"share_pids", (PyCFunction)Launcher_share_pids, METH_VARARGS,
+     "Keep the pids of running jobs not wholly in cgroups in the keeper's table."},
     {"withdraw", (PyCFunction)Launcher_withdraw, METH_O,
      "Take a queued job back; False if it has started (or is starting)."},
     {"signal", (PyCFunction)Launcher_signal, METH_VARARGS,

@@ -18,8 +18,11 @@ started once per worker. The worker writes to its stdin, one line each:
 
 Lines written during one turn of the worker's event loop go in one write at its end: a write
 wakes the keeper, and one wake per job start and end is most of what a short job costs. A job
-in a cgroup is known to the keeper from the moment it exists, and costs it nothing; any other
-is registered within the turn of the loop that started it.
+in a cgroup is known to the keeper from the moment it exists, and costs it nothing. So is a
+job the native launcher starts outside cgroups: its thread puts the job's pid in a table the
+keeper reads only when it kills (`pid_table`, shared memory: no write, no wake), from its
+start until just before it is reaped. Any other job is registered within the turn of the
+loop that started it.
 
 When the pipe closes (the worker is gone, however it went) the keeper kills every job still
 registered and exits. When no heartbeat has come for the timeout, it kills them too but stays:
@@ -41,6 +44,9 @@ from collections.abc import Callable, Sequence
 # The process is a module of its own that imports neither asyncio nor subprocess: it starts
 # with every worker (and every `shoal run`), so its start-up is paid on the jobs' cores.
 KEEPER_COMMAND = [sys.executable, "-m", "shoal.worker.keeper_process"]
+# Entries of the launcher's pid table, one a slot (4 bytes each, in memory only once used):
+# a launcher with more slots keeps the rest to the loop's lines.
+PID_TABLE_SLOTS = 1 << 16
 HEARTBEATS_PER_TIMEOUT = 4
 MAX_HEARTBEAT_SECONDS = 1.0
 
@@ -58,14 +64,16 @@ class Keeper:
         self._unsent: list[bytes] = []
         self._closed = False
         self._parents_line = b""
+        self._pids_fd: int | None = None
 
     def _pipe(self) -> int | None:
         if self._process is None:
+            table = () if self._pids_fd is None else (self._pids_fd,)
             try:
                 self._process = subprocess.Popen(
-                    KEEPER_COMMAND, stdin=subprocess.PIPE,
+                    [*KEEPER_COMMAND, *map(str, table)], stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    start_new_session=True, close_fds=True)
+                    start_new_session=True, close_fds=True, pass_fds=table)
             except OSError:
                 return None  # without a keeper jobs still run; only this safety net is gone
             if self._parents_line and self._process.stdin is not None:
@@ -109,6 +117,21 @@ class Keeper:
         """A job has started in a cgroup below the parents: make sure the keeper runs."""
         if self._process is None and not self._unsent:
             self._send(b"\n")  # an empty line: only starts the keeper
+
+    def pid_table(self) -> tuple[int, int] | None:
+        """A table for the native launcher to keep its running jobs' pids in, and the
+        keeper, started now, reading it when it kills: (its descriptor, entries), or None
+        (the keeper was started without one, or this system has no memfd)."""
+        if self._pids_fd is None and self._process is None and not self._closed:
+            try:
+                fd = os.memfd_create("shoal-keeper-pids")
+                os.ftruncate(fd, PID_TABLE_SLOTS * 4)
+            except (OSError, AttributeError):
+                return None
+            self._pids_fd = fd
+        if self._pids_fd is None or self._pipe() is None:
+            return None
+        return self._pids_fd, PID_TABLE_SLOTS
 
     def untrack(self, pgid: int) -> None:
         self._send(b"-%d\n" % pgid)
@@ -173,3 +196,6 @@ class Keeper:
             self._process.stdin.close()
             self._process.wait()
             self._process = None
+        if self._pids_fd is not None:
+            os.close(self._pids_fd)
+            self._pids_fd = None

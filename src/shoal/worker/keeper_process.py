@@ -1,11 +1,13 @@
 """The keeper's process: reads the worker's lines (see `shoal.worker.keeper`) and kills the
-jobs still registered when the pipe closes, or when no heartbeat came for the timeout.
+jobs still registered when the pipe closes, or when no heartbeat came for the timeout: those
+of its lines, and those in the native launcher's pid table (the descriptor in its argument).
 
 Standard library and `kill_cgroup` only, so that it starts in a few milliseconds.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import os
 import select
@@ -16,7 +18,21 @@ import time
 from shoal.worker.cgroups import kill_cgroup
 
 
-def _kill(jobs: dict[int, list[str]], parents: list[str]) -> None:
+def _table(fd: int | None) -> list[int]:
+    """The pids in the launcher's table now (each a job's process group)."""
+    if fd is None:
+        return []
+    try:
+        entries = array.array("i", os.pread(fd, os.fstat(fd).st_size, 0))
+    except OSError:
+        return []
+    return [pid for pid in entries if pid > 0]
+
+
+def _kill(jobs: dict[int, list[str]], parents: list[str], table: int | None) -> None:
+    for pgid in _table(table):
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, signal.SIGKILL)
     for pgid, cgroup_dirs in jobs.items():
         with contextlib.suppress(OSError):
             os.killpg(pgid, signal.SIGKILL)
@@ -39,11 +55,12 @@ def main() -> None:
     last_heard = time.monotonic()
     pending = b""
     fd = sys.stdin.fileno()
+    table = int(sys.argv[1]) if len(sys.argv) > 1 else None
     while True:
         wait = None if timeout is None else max(0.0, last_heard + timeout - time.monotonic())
         readable, _, _ = select.select([fd], [], [], wait)
         if not readable:  # the worker's loop has not run for the timeout: it is stopped
-            _kill(jobs, parents)
+            _kill(jobs, parents, table)
             jobs.clear()
             last_heard = time.monotonic()
             continue
@@ -66,7 +83,7 @@ def main() -> None:
                 timeout = float(words[1]) or None
             elif head == b"P":
                 parents = [os.fsdecode(word) for word in words[1:]]
-    _kill(jobs, parents)
+    _kill(jobs, parents, table)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ runner learns of each end and start afterwards (`events`) and keeps each slot's 
 jobs long (`runner.QUEUED_PER_SLOT`); with nothing else to start and a slot free, it takes
 back what waits behind running jobs (`withdraw`) to start it there. The runner is told of
 ends and starts at once when a slot runs low (`notify_below`), else within `notify_delay`
-seconds: one wake-up of its loop handles several jobs.
+seconds: one wake-up of its loop handles several jobs. A job not wholly in its cgroups has
+its pid in the keeper's table while it runs, put there by the thread that started it
+(`share_pids`): the keeper knows it before the runner does.
 
 Without the compiled part, or with ``SHOAL_LAUNCHER=python`` in the environment, the runner
 spawns and reaps on its loop as before (`available` is False).
@@ -62,7 +64,10 @@ class Launcher(Protocol):
     def queue(self, slot: int, token: int, path: bytes, argv: Sequence[bytes],
               envp: Sequence[bytes], fds: tuple[int, int, int], cgroup_fds: Sequence[int],
               fallback: Fallback | None = None, rlimit: tuple[int, int] | None = None,
-              cwd: bytes | None = None, procs: bytes | None = None) -> None: ...
+              cwd: bytes | None = None, procs: bytes | None = None,
+              contained_at: int = -1) -> None: ...
+
+    def share_pids(self, fd: int, count: int) -> None: ...
 
     def withdraw(self, token: int) -> bool: ...
 

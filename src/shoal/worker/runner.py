@@ -186,6 +186,7 @@ class _Launching:
     # job queued behind a running one (never more cores than it) once that one has ended.
     counted: bool
     kill_reason: str | None = None  # killed while it was starting: ended once it has
+    in_pid_table: bool = False  # started outside cgroups, it is in the keeper's pid table
 
 
 class _LaunchedProcess(SpawnedProcess):
@@ -275,6 +276,7 @@ class Runner:
         self._holding = False
         # Jobs started and reaped off the loop (see launcher.py), where it is built.
         self._launcher: Launcher | None = None
+        self._pid_table_slots = 0  # slots below this have their entry in the keeper's table
         self._native = available()
         self._launching: dict[int, _Launching] = {}  # by lease id
         # slot -> lease ids of the jobs queued on it, in order
@@ -574,13 +576,17 @@ class Runner:
 
     def _watch(self, assignment: Assignment, process: Process, pidfd: int, stdout_path: str,
                stderr_path: str, started_at: float, started_monotonic: float,
-               gate: Gate | None, cgroup: JobCgroup | None, slot: int) -> _Attempt:
+               gate: Gate | None, cgroup: JobCgroup | None, slot: int,
+               in_pid_table: bool = False) -> _Attempt:
         """A started job, from now on one of this runner's: its record, and what watches it
         (its pidfd on the loop, unless -1: the launcher reaps it)."""
         assert self._loop is not None
         # The job's group and cgroup die with this worker, however it dies: the keeper knows
-        # every job cgroup through their parents, and is told of the others one by one.
-        if cgroup is None or not cgroup.contained:
+        # every job cgroup through their parents, and is told of the others one by one, but
+        # for those the launcher keeps in its pid table from their start.
+        if in_pid_table and cgroup is None:
+            attempt_tracked = False
+        elif cgroup is None or not cgroup.contained:
             self._keeper.track(process.pid, cgroup.directories if cgroup is not None else ())
             attempt_tracked = True
         else:
@@ -700,6 +706,12 @@ class Runner:
         if self._launcher is None:
             self._launcher = make_launcher(notify_below=NOTIFY_BELOW,
                                            notify_delay=NOTIFY_DELAY_SECONDS)
+            # The keeper knows the jobs it starts outside cgroups before this loop does: a
+            # worker killed before it has read their start leaves none behind.
+            table = self._keeper.pid_table()
+            if table is not None:
+                self._launcher.share_pids(*table)
+                self._pid_table_slots = table[1]
             assert self._loop is not None
             self._loop.add_reader(self._launcher.fileno(), self._on_launched)
         lease_id = assignment.lease_id
@@ -707,12 +719,14 @@ class Runner:
         cgroup = (self._containment.create(f"job-{lease_id}")
                   if self._containment is not None else None)
         entry_fds = cgroup.entry_fds() if cgroup is not None else []
+        in_pid_table = slot < self._pid_table_slots
+        contained_at = (len(cgroup.paths) if cgroup is not None else 1) if in_pid_table else -1
         try:
             fds = self._job_fds(stdout_path, stderr_path)
             self._launcher.queue(
                 slot, lease_id, start.path, start.argv, start.envp, fds, entry_fds,
                 start.fallback, start.rlimit, start.cwd,
-                None if cgroup is None else os.fsencode(cgroup.procs_file))
+                None if cgroup is None else os.fsencode(cgroup.procs_file), contained_at)
         except (OSError, ValueError) as exc:
             self._unstarted(assignment, received_at, received_monotonic,
                             spawn_error_message(exc, ""), cgroup, None,
@@ -721,7 +735,8 @@ class Runner:
             return True
         self._launching[lease_id] = _Launching(
             assignment, received_at, received_monotonic, stdout_path, stderr_path, cgroup,
-            slot, os.fsdecode((start.fallback or start)[0]), counted=not successor)
+            slot, os.fsdecode((start.fallback or start)[0]), counted=not successor,
+            in_pid_table=in_pid_table)
         self._queued_on_slot.setdefault(slot, deque()).append(lease_id)
         if not successor:
             self._busy_cores += assignment.cores  # held from now, as for a running job
@@ -924,7 +939,8 @@ class Runner:
                 cgroup.close()
         attempt = self._watch(assignment, _LaunchedProcess(event.pid), -1,
                               launching.stdout_path, launching.stderr_path, event.wall,
-                              event.monotonic, None, cgroup, launching.slot)
+                              event.monotonic, None, cgroup, launching.slot,
+                              in_pid_table=launching.in_pid_table)
         attempt.native = True
         self._hungry.add(attempt.slot)
         if attempt.slot in self._queued_on_slot:
