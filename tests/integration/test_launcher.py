@@ -123,15 +123,15 @@ def test_an_end_reaches_the_loop_within_the_delay_however_many_wait(tmp_path: Pa
     require(launcher_module._Native is not None, "the compiled native launcher")
     made = make_launcher(notify_below=3, notify_delay=0.1)
     try:
-        for token in range(1, 7):
-            shell(made, 1, token, "sleep 0.3", tmp_path / "out")
+        for token in range(1, 7):  # without the delay's bound, the next wake-up is 1 s on
+            shell(made, 1, token, "sleep 1", tmp_path / "out")
         woken = wake_ups(made, 3)  # the first start, then the first end with the next start
     finally:
         made.close()
     ended_seen, ended = next((seen, read) for seen, read in woken
                              if ("e", 1) in [(e.kind, e.token) for e in read])
     assert [(e.kind, e.token) for e in ended][:2] == [("e", 1), ("s", 2)]
-    assert 0.09 <= ended_seen - ended[0].monotonic < 0.25
+    assert 0.09 <= ended_seen - ended[0].monotonic < 0.7  # room for a loaded machine
 
 
 def test_slots_run_side_by_side(launcher: Launcher, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ def add(cluster: Cluster, *cmds: str) -> list[int]:
 def test_worker_stop_requeue_hands_jobs_back_at_once(cluster: Cluster, tmp_path: Path) -> None:
     ledger = tmp_path / "ledger"
     [job_id] = add(cluster, f"sleep 3; echo done >> {ledger}")
-    job = cluster.wait_state(job_id, "running")
+    job = cluster.wait_started(job_id)  # else it may be given back unstarted: no attempt
     cluster.workers[job["worker"]].send_signal(signal.SIGTERM)
     cluster.workers[job["worker"]].wait(timeout=10)
     other = ({"w1", "w2"} - {job["worker"]}).pop()

@@ -119,9 +119,10 @@ class Keeper:
             self._send(b"\n")  # an empty line: only starts the keeper
 
     def pid_table(self) -> tuple[int, int] | None:
-        """A table for the native launcher to keep its running jobs' pids in, and the
-        keeper, started now, reading it when it kills: (its descriptor, entries), or None
-        (the keeper was started without one, or this system has no memfd)."""
+        """A table for the native launcher to keep its running jobs' pids in, which the
+        keeper (started at the end of this turn of the loop, as for a job's first line)
+        reads when it kills: (its descriptor, entries), or None (the keeper was started
+        without one, or this system has no memfd)."""
         if self._pids_fd is None and self._process is None and not self._closed:
             try:
                 fd = os.memfd_create("shoal-keeper-pids")
@@ -129,9 +130,8 @@ class Keeper:
             except (OSError, AttributeError):
                 return None
             self._pids_fd = fd
-        if self._pids_fd is None or self._pipe() is None:
-            return None
-        return self._pids_fd, PID_TABLE_SLOTS
+            self.covered()
+        return None if self._pids_fd is None else (self._pids_fd, PID_TABLE_SLOTS)
 
     def untrack(self, pgid: int) -> None:
         self._send(b"-%d\n" % pgid)
