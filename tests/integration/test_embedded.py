@@ -161,8 +161,19 @@ def _children_sleeping(parent: int) -> list[int]:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if cmdline[:2] == [b"sleep", b"30"]:
-            found.append(int(entry))
+        if cmdline[:2] == [b"sleep", b"30"] and parent in _ancestors(int(entry)):
+            found.append(int(entry))  # this run's, not another test's
+    return found
+
+
+def _ancestors(pid: int) -> list[int]:
+    found = []
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+        found.append(pid)
     return found
 
 

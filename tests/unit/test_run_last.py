@@ -20,9 +20,8 @@ def test_a_refused_run_gives_last_back_only_if_it_still_holds_it(
         tmp_path: Path, before: bytes | None, other_came: bool, left: bytes | None) -> None:
     if before is not None:
         (tmp_path / state.LAST).write_bytes(before)
-    assert state.read_last(tmp_path) == before
     refused = state.run_dir(tmp_path, "refused")
-    state.remember_last(tmp_path, refused)
+    assert state.remember_last(tmp_path, refused) == before
     assert state.read_last(tmp_path) == b"runs/refused\n"
     if other_came:
         state.remember_last(tmp_path, state.run_dir(tmp_path, "other"))

@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from shoal.worker.cgroups import Containment, JobCgroup
+from shoal.worker.keeper import PID_TABLE_SLOTS, Keeper
 from tests.system import require
 
 KEEPER = [sys.executable, "-m", "shoal.worker.keeper_process"]
@@ -122,6 +123,23 @@ def test_the_keeper_kills_the_jobs_in_the_launchers_pid_table() -> None:
             process.kill()
             process.wait()
         os.close(table)
+
+
+def test_a_keeper_started_before_any_launcher_has_the_pid_table_all_the_same() -> None:
+    """The keeper may start for a job the loop spawned itself (a staged one, say) before
+    the launcher exists: it is given the table at its start, and the launcher made later
+    shares it."""
+    keeper, job = Keeper(), start_job()
+    try:
+        keeper.track(job.pid)  # outside a loop: sent, and the keeper started, at once
+        assert keeper._process is not None
+        table = keeper.pid_table()
+        assert table is not None and table[1] == PID_TABLE_SLOTS
+        assert str(table[0]) in keeper._process.args  # type: ignore[operator]
+    finally:
+        keeper.close()
+        job.kill()
+        job.wait()
 
 
 @dataclass

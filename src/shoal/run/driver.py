@@ -547,7 +547,7 @@ class Run:
         report.slowest = self._slowest.entries()
 
 
-def take_home(run_input: RunInput, mode: str) -> tuple[Path, int, bool]:
+def take_home(run_input: RunInput, mode: str) -> tuple[Path, int, bool, bytes | None]:
     """Lock the input's state directory (one run of an input at a time), start it over if
     asked, and make it the last run of its base; also whether the directory is new.
 
@@ -574,8 +574,8 @@ def take_home(run_input: RunInput, mode: str) -> tuple[Path, int, bool]:
                          f"(its state: {home})")
     if mode == FRESH or (run_input.starts_over and mode == AUTO):
         state.clear(home)
-    state.remember_last(run_input.base, home)
-    return home, fd, created
+    last_before = state.remember_last(run_input.base, home)
+    return home, fd, created, last_before
 
 
 async def run_input(run_input: RunInput, settings: RunSettings) -> RunReport:
@@ -584,9 +584,8 @@ async def run_input(run_input: RunInput, settings: RunSettings) -> RunReport:
     report = RunReport(total=0, skipped_done=0, numbered_by=run_input.numbered_by,
                        rerun_resumes=not run_input.starts_over)
     run = Run(run_input, settings, report)  # its options are checked before any state is made
-    last_before = state.read_last(run_input.base)
     base_is_new = not run_input.base.exists()
-    home, fd, created = take_home(run_input, settings.resume)
+    home, fd, created, last_before = take_home(run_input, settings.resume)
     report.state_dir = str(home)
     try:
         await run.go(home)

@@ -80,12 +80,15 @@ def make_private(base: Path) -> None:
     private_directory(base)
 
 
-def remember_last(base: Path, home: Path) -> None:
+def remember_last(base: Path, home: Path) -> bytes | None:
+    """Name `home` the last run; what `last` held just before (to give to `forget_last`)."""
+    before = read_last(base)
     _write_last(base, _last_line(base, home))
+    return before
 
 
 def read_last(base: Path) -> bytes | None:
-    """What `<base>/last` holds now (None: nothing), to put back with `forget_last`."""
+    """What `<base>/last` holds now (None: nothing)."""
     try:
         return (base / LAST).read_bytes()
     except OSError:

@@ -36,6 +36,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -699,6 +700,12 @@ static PyObject *Launcher_share_pids(Launcher *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "in", &fd, &count)) return NULL;
     if (self->pids != NULL || self->n_slots > 0 || count <= 0) {
         PyErr_SetString(PyExc_ValueError, "the table is shared once, before any job");
+        return NULL;
+    }
+    struct stat file;
+    if (fstat(fd, &file) < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (file.st_size < (off_t)((size_t)count * sizeof(int32_t))) {  /* else SIGBUS */
+        PyErr_SetString(PyExc_ValueError, "the table's file is shorter than its entries");
         return NULL;
     }
     void *mapped = mmap(NULL, (size_t)count * sizeof(int32_t), PROT_READ | PROT_WRITE,

@@ -68,6 +68,7 @@ class Keeper:
 
     def _pipe(self) -> int | None:
         if self._process is None:
+            self._make_table()  # whether a launcher is made before or after: it can't wait
             table = () if self._pids_fd is None else (self._pids_fd,)
             try:
                 self._process = subprocess.Popen(
@@ -120,18 +121,27 @@ class Keeper:
 
     def pid_table(self) -> tuple[int, int] | None:
         """A table for the native launcher to keep its running jobs' pids in, which the
-        keeper (started at the end of this turn of the loop, as for a job's first line)
-        reads when it kills: (its descriptor, entries), or None (the keeper was started
-        without one, or this system has no memfd)."""
-        if self._pids_fd is None and self._process is None and not self._closed:
-            try:
-                fd = os.memfd_create("shoal-keeper-pids")
-                os.ftruncate(fd, PID_TABLE_SLOTS * 4)
-            except (OSError, AttributeError):
-                return None
-            self._pids_fd = fd
+        keeper (started at the end of this turn of the loop, as for a job's first line, if
+        it is not running yet) reads when it kills: (its descriptor, entries), or None (no
+        memfd on this system)."""
+        if self._process is None and not self._closed:
+            self._make_table()
             self.covered()
         return None if self._pids_fd is None else (self._pids_fd, PID_TABLE_SLOTS)
+
+    def _make_table(self) -> None:
+        if self._pids_fd is not None:
+            return
+        try:
+            fd = os.memfd_create("shoal-keeper-pids")  # close-on-exec: no job inherits it
+        except (OSError, AttributeError):
+            return
+        try:
+            os.ftruncate(fd, PID_TABLE_SLOTS * 4)
+        except OSError:
+            os.close(fd)
+            return
+        self._pids_fd = fd
 
     def untrack(self, pgid: int) -> None:
         self._send(b"-%d\n" % pgid)

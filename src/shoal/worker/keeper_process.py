@@ -19,7 +19,7 @@ from shoal.worker.cgroups import kill_cgroup
 
 
 def _table(fd: int | None) -> list[int]:
-    """The pids in the launcher's table now (each a job's process group)."""
+    """The process groups in the launcher's table now."""
     if fd is None:
         return []
     try:

@@ -706,14 +706,15 @@ class Runner:
         if self._launcher is None:
             self._launcher = make_launcher(notify_below=NOTIFY_BELOW,
                                            notify_delay=NOTIFY_DELAY_SECONDS)
+            assert self._loop is not None
+            self._loop.add_reader(self._launcher.fileno(), self._on_launched)
             # The keeper knows the jobs it starts outside cgroups before this loop does: a
             # worker killed before it has read their start leaves none behind.
             table = self._keeper.pid_table()
-            if table is not None:
-                self._launcher.share_pids(*table)
-                self._pid_table_slots = table[1]
-            assert self._loop is not None
-            self._loop.add_reader(self._launcher.fileno(), self._on_launched)
+            with contextlib.suppress(OSError, ValueError):  # else: lines, as for the others
+                if table is not None:
+                    self._launcher.share_pids(*table)
+                    self._pid_table_slots = table[1]
         lease_id = assignment.lease_id
         stdout_path, stderr_path = self._spool_paths(lease_id)
         cgroup = (self._containment.create(f"job-{lease_id}")
@@ -1048,8 +1049,8 @@ class Runner:
         killed every job (their second copies may be running elsewhere by now). Report them
         killed and make sure of it."""
         # Those started before the stall. The loop started none during it; the launcher may
-        # have started a slot's next job, which the keeper killed too if it was in a cgroup:
-        # that one is reported as it ended.
+        # have started a slot's next job, which the keeper killed too if it was in a cgroup
+        # or in the launcher's pid table: that one is reported as it ended.
         stalled_since = time.monotonic() - seconds + _TIMER_SLACK_SECONDS
         stalled = [attempt for attempt in self._attempts.values()
                    if attempt.started_monotonic < stalled_since]
