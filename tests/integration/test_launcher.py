@@ -434,3 +434,16 @@ def test_the_launchers_threads_block_every_signal(launcher: Launcher, tmp_path: 
         # Every standard signal, 1 to 31, but SIGKILL and SIGSTOP, which nothing blocks.
         standard = 0x7FFFFFFF & ~(1 << (signal.SIGKILL - 1)) & ~(1 << (signal.SIGSTOP - 1))
         assert blocked & 0x7FFFFFFF == standard
+
+
+def test_a_reused_spool_file_holds_only_its_own_jobs_output(tmp_path: Path) -> None:
+    """The launcher's jobs reuse the spool files of jobs that left nothing behind, opened
+    without truncation: they must have been emptied, or a short output would end in the
+    longer one before it."""
+    require(launcher_module._Native is not None, "the compiled native launcher")
+    long, short = "a long line of output from the first job", "short"
+    commands = [f"echo {long}; echo {long} >&2", f"echo {short}; echo {short} >&2"] * 10
+    results = run_queued(tmp_path, commands, parallel=1)
+    for lease_id, result in results.items():
+        expected = (long if lease_id % 2 else short) + "\n"
+        assert (result.stdout.head, result.stderr.head) == (expected, expected), lease_id

@@ -13,12 +13,14 @@ import os
 from shoal.core.protocol import Captured
 
 NO_OUTPUT = Captured()
-_SPOOL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+_SPOOL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
 
 
-def open_spool_file(path: str) -> int:
-    """Create (or truncate) an output file readable only by this user; return its descriptor."""
-    return os.open(path, _SPOOL_FLAGS, 0o600)
+def open_spool_file(path: str, *, empty: bool = False) -> int:
+    """Create (or truncate) an output file readable only by this user; return its descriptor.
+    `empty`: it is known to be (`collect` emptied it): no truncation, which costs an inode
+    update even of an empty file, and as much as the open itself."""
+    return os.open(path, _SPOOL_FLAGS if empty else _SPOOL_FLAGS | os.O_TRUNC, 0o600)
 
 
 def collect(path: str, capture_bytes: int, *, reuse: bool = False) -> tuple[Captured, bool]:

@@ -535,7 +535,7 @@ class Runner:
                 ) -> _Attempt | None:
         """Spawn the process and watch it; None (and `on_finished`) if it could not start."""
         assert self._loop is not None
-        stdout_path, stderr_path = self._spool_paths(assignment.lease_id)
+        stdout_path, stderr_path, _ = self._spool_paths(assignment.lease_id)
         started_at, started_monotonic = time.time(), time.monotonic()
         cgroup = (
             self._containment.create(f"job-{assignment.lease_id}")
@@ -624,12 +624,13 @@ class Runner:
         self._wake_at(attempt.next_event())
         return attempt
 
-    def _spool_paths(self, lease_id: int) -> tuple[str, str]:
+    def _spool_paths(self, lease_id: int) -> tuple[str, str, bool]:
         """Where the job's stdout and stderr go: a pair emptied by a job that left no
-        process behind, else new files."""
+        process behind (True), else new files."""
         if self._spare_spools:
-            return self._spare_spools.pop()
-        return f"{self._spool_dir}/{lease_id}.stdout", f"{self._spool_dir}/{lease_id}.stderr"
+            return *self._spare_spools.pop(), True
+        return (f"{self._spool_dir}/{lease_id}.stdout", f"{self._spool_dir}/{lease_id}.stderr",
+                False)
 
     def _take_slot(self) -> int:
         if self._free_slots:
@@ -716,14 +717,14 @@ class Runner:
                     self._launcher.share_pids(*table)
                     self._pid_table_slots = table[1]
         lease_id = assignment.lease_id
-        stdout_path, stderr_path = self._spool_paths(lease_id)
+        stdout_path, stderr_path, emptied = self._spool_paths(lease_id)
         cgroup = (self._containment.create(f"job-{lease_id}")
                   if self._containment is not None else None)
         entry_fds = cgroup.entry_fds() if cgroup is not None else []
         in_pid_table = slot < self._pid_table_slots
         contained_at = (len(cgroup.paths) if cgroup is not None else 1) if in_pid_table else -1
         try:
-            fds = self._job_fds(stdout_path, stderr_path)
+            fds = self._job_fds(stdout_path, stderr_path, emptied)
             self._launcher.queue(
                 slot, lease_id, start.path, start.argv, start.envp, fds, entry_fds,
                 start.fallback, start.rlimit, start.cwd,
@@ -743,12 +744,13 @@ class Runner:
             self._busy_cores += assignment.cores  # held from now, as for a running job
         return True
 
-    def _job_fds(self, stdout_path: str, stderr_path: str) -> tuple[int, int, int]:
+    def _job_fds(self, stdout_path: str, stderr_path: str,
+                 emptied: bool) -> tuple[int, int, int]:
         opened: list[int] = []
         try:
             opened.append(self._spawner.stdin())
-            opened.append(open_spool_file(stdout_path))
-            opened.append(open_spool_file(stderr_path))
+            opened.append(open_spool_file(stdout_path, empty=emptied))
+            opened.append(open_spool_file(stderr_path, empty=emptied))
         except OSError:
             for fd in opened:
                 os.close(fd)
