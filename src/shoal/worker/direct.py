@@ -52,9 +52,17 @@ def direct_argv(command: str) -> list[str] | None:
     line = _LINE.fullmatch(command)
     if line is None or line.group(1) in _BASH_OWN:
         return None
-    return [line.group(1)] + ["".join(next(part for part in segment.groups() if part is not None)
-                                      for segment in _SEGMENTS.finditer(word.group(0)))
-                              for word in _WORDS.finditer(line.group(2))]
+    rest = line.group(2)
+    if "'" not in rest and '"' not in rest:  # plain words, one space apart (most commands)
+        return [line.group(1), *rest.split(" ")[1:]]
+    return [line.group(1)] + [_unquoted(word.group(0)) for word in _WORDS.finditer(rest)]
+
+
+def _unquoted(word: str) -> str:
+    if "'" not in word and '"' not in word:
+        return word
+    return "".join(next(part for part in segment.groups() if part is not None)
+                   for segment in _SEGMENTS.finditer(word))
 
 
 def direct_start(command: str, env: dict[bytes, bytes], cwd: str
