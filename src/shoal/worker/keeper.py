@@ -115,7 +115,8 @@ class Keeper:
         self._parents_line = b" ".join([b"P", *(os.fsencode(d) for d in directories)]) + b"\n"
 
     def covered(self) -> None:
-        """A job has started in a cgroup below the parents: make sure the keeper runs."""
+        """A job the keeper finds without a line of its own has started (in a cgroup below
+        the parents, or in the pid table), or soon will: make sure the keeper runs."""
         if self._process is None and not self._unsent:
             self._send(b"\n")  # an empty line: only starts the keeper
 

@@ -584,7 +584,7 @@ class Runner:
         # The job's group and cgroup die with this worker, however it dies: the keeper knows
         # every job cgroup through their parents, and is told of the others one by one, but
         # for those the launcher keeps in its pid table from their start.
-        if in_pid_table and cgroup is None:
+        if in_pid_table and cgroup is None:  # (`pid_table` saw to the keeper's start)
             attempt_tracked = False
         elif cgroup is None or not cgroup.contained:
             self._keeper.track(process.pid, cgroup.directories if cgroup is not None else ())
